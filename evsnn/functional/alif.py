@@ -1,0 +1,151 @@
+"""Adaptive multi-timescale LIF (ALIF), SPEC.md §2 — the reference math.
+
+Per neuron, with ``α = exp(−1/τ_m)`` and ``ρ = exp(−1/τ_adp)``::
+
+    b_t = ρ·b_{t−1} + (1 − ρ)·s_{t−1}
+    B_t = b0 + β·b_t
+    v_t = α·v_{t−1} + (1 − α)·I_t − B_t·s_{t−1}
+    s_t = H(v_t − B_t)
+
+Initial state ``v = 0, s = 0, b = b0``. Nothing is detached: the gradient of ``s_t`` reaches
+``v_t`` and the threshold ``B_t`` through ``x = v_t − B_t``, and τ through α and ρ.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..surrogate import MultiGaussian, Surrogate
+
+__all__ = [
+    "ALIFState",
+    "ALIFTrace",
+    "alif_initial_state",
+    "alif_step",
+    "alif_scan",
+    "leaky_readout_step",
+    "leaky_readout_scan",
+    "decay",
+]
+
+_DEFAULT_SURROGATE = MultiGaussian()
+
+
+class ALIFState(NamedTuple):
+    """``v`` membrane potential, ``b`` adaptation trace, ``s`` last spikes; each ``[B, N]``."""
+
+    v: Tensor
+    b: Tensor
+    s: Tensor
+
+
+class ALIFTrace(NamedTuple):
+    """Per-step internals of a scan: membrane ``v`` and adaptive threshold ``threshold``, ``[T, B, N]``."""
+
+    v: Tensor
+    threshold: Tensor
+
+
+def decay(tau: Tensor) -> Tensor:
+    """``exp(−1/τ)`` with τ clamped to at least one step (SPEC §2: τ ≥ 1 always)."""
+    return torch.exp(-1.0 / tau.clamp(min=1.0))
+
+
+def alif_initial_state(like: Tensor, b0: float | Tensor = 0.01) -> ALIFState:
+    """Zero membrane and spikes, adaptation trace ``b0`` (SPEC §2), shaped like ``like``."""
+    zeros = torch.zeros_like(like)
+    b = torch.zeros_like(like) + b0
+    return ALIFState(zeros, b, zeros)
+
+
+def alif_step(
+    current: Tensor,
+    state: ALIFState | None,
+    *,
+    tau_mem: Tensor,
+    tau_adapt: Tensor,
+    b0: float | Tensor = 0.01,
+    beta: float | Tensor = 1.8,
+    surrogate: Surrogate = _DEFAULT_SURROGATE,
+) -> tuple[Tensor, ALIFState]:
+    """One ALIF step on the already-projected input current ``I_t`` (``[B, N]``).
+
+    Returns ``(s_t, ALIFState(v_t, b_t, s_t))``. ``beta = 0`` gives the non-adaptive LIF
+    with fixed threshold ``b0``.
+    """
+    if state is None:
+        state = alif_initial_state(current, b0)
+    alpha = decay(tau_mem)
+    rho = decay(tau_adapt)
+    b = rho * state.b + (1.0 - rho) * state.s
+    threshold = b0 + beta * b
+    v = alpha * state.v + (1.0 - alpha) * current - threshold * state.s
+    s = surrogate(v - threshold)
+    return s, ALIFState(v, b, s)
+
+
+def alif_scan(
+    current: Tensor,
+    state: ALIFState | None,
+    *,
+    tau_mem: Tensor,
+    tau_adapt: Tensor,
+    b0: float | Tensor = 0.01,
+    beta: float | Tensor = 1.8,
+    surrogate: Surrogate = _DEFAULT_SURROGATE,
+    weight_hh: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+) -> tuple[Tensor, ALIFState, ALIFTrace]:
+    """Reference multi-step ALIF over ``current`` ``[T, B, N]`` (the oracle of every backend).
+
+    With ``weight_hh`` (``[N, N]``) the layer is recurrent: ``I_t += W_hh s_{t−1} + b_hh``.
+    Returns ``(spikes [T, B, N], final_state, ALIFTrace(v, threshold))``.
+    """
+    if state is None:
+        state = alif_initial_state(current[0], b0)
+    spikes, vs, thresholds = [], [], []
+    alpha = decay(tau_mem)
+    rho = decay(tau_adapt)
+    v, b, s = state
+    for t in range(current.shape[0]):
+        i_t = current[t]
+        if weight_hh is not None:
+            rec = s @ weight_hh.t()
+            if bias_hh is not None:
+                rec = rec + bias_hh
+            i_t = i_t + rec
+        b = rho * b + (1.0 - rho) * s
+        threshold = b0 + beta * b
+        v = alpha * v + (1.0 - alpha) * i_t - threshold * s
+        s = surrogate(v - threshold)
+        spikes.append(s)
+        vs.append(v)
+        thresholds.append(threshold)
+    return (
+        torch.stack(spikes),
+        ALIFState(v, b, s),
+        ALIFTrace(torch.stack(vs), torch.stack(thresholds)),
+    )
+
+
+def leaky_readout_step(current: Tensor, m: Tensor | None, *, tau: Tensor) -> Tensor:
+    """Non-spiking leaky readout ``m_t = α_o·m_{t−1} + (1 − α_o)·I_t`` (SPEC §2)."""
+    alpha = decay(tau)
+    if m is None:
+        m = torch.zeros_like(current)
+    return alpha * m + (1.0 - alpha) * current
+
+
+def leaky_readout_scan(current: Tensor, m: Tensor | None, *, tau: Tensor) -> Tensor:
+    """Readout over ``[T, B, N]``; returns all ``m_t`` stacked."""
+    alpha = decay(tau)
+    if m is None:
+        m = torch.zeros_like(current[0])
+    out = []
+    for t in range(current.shape[0]):
+        m = alpha * m + (1.0 - alpha) * current[t]
+        out.append(m)
+    return torch.stack(out)

@@ -1,0 +1,247 @@
+"""Delta-encoded GRU and LSTM (Neil et al. 2017; Gao et al.), SPEC.md §4 — the reference math.
+
+Only changes larger than a threshold propagate; the matrix products accumulate them::
+
+    Δx_t = (x_t − x̂_{t−1}) ⊙ 1[|x_t − x̂_{t−1}| > Θ_x],   x̂_t = x̂_{t−1} + Δx_t
+    Δh_t = (h_t − ĥ_{t−1}) ⊙ 1[|h_t − ĥ_{t−1}| > Θ_h],   ĥ_t = ĥ_{t−1} + Δh_t
+
+DeltaGRU keeps four accumulators ``M = [M_r, M_z, M_nx, M_nh]`` (``[B, 4H]``)::
+
+    M_r  += W_ir Δx_t + W_hr Δh_{t−1}     (from b_ir + b_hr)
+    M_z  += W_iz Δx_t + W_hz Δh_{t−1}     (from b_iz + b_hz)
+    M_nx += W_in Δx_t                     (from b_in)
+    M_nh += W_hn Δh_{t−1}                 (from b_hn)
+    r = σ(M_r), z = σ(M_z), n = tanh(M_nx + r ⊙ M_nh), h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}
+
+DeltaLSTM keeps one accumulator ``M [B, 4H]`` (gates i, f, g, o) from ``b_ih + b_hh``.
+Invariant: ``M_t = W_x x̂_t + W_h ĥ_{t−1} + b``; with Θ = 0 the cells are ``nn.GRU``/``nn.LSTM``.
+The masks are piecewise constant, so autograd of this code is the exact gradient.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DeltaGRUState",
+    "DeltaLSTMState",
+    "DeltaTrace",
+    "delta_encode",
+    "delta_gru_initial_state",
+    "delta_lstm_initial_state",
+    "delta_gru_step",
+    "delta_lstm_step",
+    "delta_gru_scan",
+    "delta_lstm_scan",
+]
+
+
+class DeltaGRUState(NamedTuple):
+    """``h`` hidden ``[B, H]``, ``x_hat`` input memory ``[B, I]``, ``h_hat`` hidden memory
+    ``[B, H]`` (ĥ_{t−1}, before this step's Δh), ``m`` accumulators ``[B, 4H]`` (r, z, nx, nh)."""
+
+    h: Tensor
+    x_hat: Tensor
+    h_hat: Tensor
+    m: Tensor
+
+
+class DeltaLSTMState(NamedTuple):
+    """``h``, ``c`` ``[B, H]``, memories ``x_hat [B, I]``, ``h_hat [B, H]``, accumulator ``m [B, 4H]``."""
+
+    h: Tensor
+    c: Tensor
+    x_hat: Tensor
+    h_hat: Tensor
+    m: Tensor
+
+
+class DeltaTrace(NamedTuple):
+    """Per-step deltas of a scan: ``delta_x [T, B, I]`` and ``delta_h [T, B, H]`` (Δh_{t−1},
+    the hidden delta used at step t)."""
+
+    delta_x: Tensor
+    delta_h: Tensor
+
+
+def delta_encode(value: Tensor, memory: Tensor, theta: float | Tensor) -> tuple[Tensor, Tensor]:
+    """``Δ = (value − memory) ⊙ 1[|value − memory| > Θ]``; returns ``(Δ, memory + Δ)``."""
+    diff = value - memory
+    mask = (diff.detach().abs() > theta).to(value.dtype)
+    delta = diff * mask
+    return delta, memory + delta
+
+
+def delta_gru_initial_state(
+    batch: int,
+    input_size: int,
+    hidden_size: int,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    like: Tensor,
+    h0: Tensor | None = None,
+) -> DeltaGRUState:
+    """Memories at zero, accumulators at the biases (SPEC §4), ``h = h0`` or zeros."""
+    hs = hidden_size
+    b = like.new_zeros(4 * hs)
+    if bias_ih is not None:
+        b = b + torch.cat([bias_ih, bias_ih.new_zeros(hs)])
+    if bias_hh is not None:
+        b = b + torch.cat([bias_hh[: 2 * hs], bias_hh.new_zeros(hs), bias_hh[2 * hs :]])
+    h = like.new_zeros(batch, hs) if h0 is None else h0
+    return DeltaGRUState(h, like.new_zeros(batch, input_size), like.new_zeros(batch, hs), b.expand(batch, 4 * hs))
+
+
+def delta_lstm_initial_state(
+    batch: int,
+    input_size: int,
+    hidden_size: int,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    like: Tensor,
+    h0: Tensor | None = None,
+    c0: Tensor | None = None,
+) -> DeltaLSTMState:
+    hs = hidden_size
+    b = like.new_zeros(4 * hs)
+    if bias_ih is not None:
+        b = b + bias_ih
+    if bias_hh is not None:
+        b = b + bias_hh
+    h = like.new_zeros(batch, hs) if h0 is None else h0
+    c = like.new_zeros(batch, hs) if c0 is None else c0
+    return DeltaLSTMState(h, c, like.new_zeros(batch, input_size), like.new_zeros(batch, hs), b.expand(batch, 4 * hs))
+
+
+def _delta_gru_cell(
+    x: Tensor,
+    state: DeltaGRUState,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    theta_x: float | Tensor,
+    theta_h: float | Tensor,
+) -> tuple[Tensor, DeltaGRUState, Tensor, Tensor]:
+    h_prev, x_hat, h_hat, m = state
+    hs = h_prev.shape[-1]
+    dx, x_hat = delta_encode(x, x_hat, theta_x)
+    dh, h_hat = delta_encode(h_prev, h_hat, theta_h)
+    gx = dx @ weight_ih.t()
+    gh = dh @ weight_hh.t()
+    m = m + torch.cat([gx[:, : 2 * hs] + gh[:, : 2 * hs], gx[:, 2 * hs :], gh[:, 2 * hs :]], dim=-1)
+    m_r, m_z, m_nx, m_nh = m.chunk(4, dim=-1)
+    r = torch.sigmoid(m_r)
+    z = torch.sigmoid(m_z)
+    n = torch.tanh(m_nx + r * m_nh)
+    h = (1.0 - z) * n + z * h_prev
+    return h, DeltaGRUState(h, x_hat, h_hat, m), dx, dh
+
+
+def _delta_lstm_cell(
+    x: Tensor,
+    state: DeltaLSTMState,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    theta_x: float | Tensor,
+    theta_h: float | Tensor,
+) -> tuple[Tensor, DeltaLSTMState, Tensor, Tensor]:
+    h_prev, c_prev, x_hat, h_hat, m = state
+    dx, x_hat = delta_encode(x, x_hat, theta_x)
+    dh, h_hat = delta_encode(h_prev, h_hat, theta_h)
+    m = m + dx @ weight_ih.t() + dh @ weight_hh.t()
+    m_i, m_f, m_g, m_o = m.chunk(4, dim=-1)
+    c = torch.sigmoid(m_f) * c_prev + torch.sigmoid(m_i) * torch.tanh(m_g)
+    h = torch.sigmoid(m_o) * torch.tanh(c)
+    return h, DeltaLSTMState(h, c, x_hat, h_hat, m), dx, dh
+
+
+def _gru_state_or_initial(x, state, weight_ih, weight_hh, bias_ih, bias_hh) -> DeltaGRUState:
+    if state is not None:
+        return state
+    return delta_gru_initial_state(x.shape[-2], weight_ih.shape[1], weight_hh.shape[1], bias_ih, bias_hh, x)
+
+
+def _lstm_state_or_initial(x, state, weight_ih, weight_hh, bias_ih, bias_hh) -> DeltaLSTMState:
+    if state is not None:
+        return state
+    return delta_lstm_initial_state(x.shape[-2], weight_ih.shape[1], weight_hh.shape[1], bias_ih, bias_hh, x)
+
+
+def delta_gru_step(
+    x: Tensor,
+    state: DeltaGRUState | None,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    *,
+    theta_x: float | Tensor = 0.0,
+    theta_h: float | Tensor = 0.0,
+) -> tuple[Tensor, DeltaGRUState]:
+    """One DeltaGRU step on ``x [B, I]``. Biases enter only through the initial accumulators."""
+    state = _gru_state_or_initial(x, state, weight_ih, weight_hh, bias_ih, bias_hh)
+    h, new_state, _, _ = _delta_gru_cell(x, state, weight_ih, weight_hh, theta_x, theta_h)
+    return h, new_state
+
+
+def delta_lstm_step(
+    x: Tensor,
+    state: DeltaLSTMState | None,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    *,
+    theta_x: float | Tensor = 0.0,
+    theta_h: float | Tensor = 0.0,
+) -> tuple[Tensor, DeltaLSTMState]:
+    """One DeltaLSTM step on ``x [B, I]``."""
+    state = _lstm_state_or_initial(x, state, weight_ih, weight_hh, bias_ih, bias_hh)
+    h, new_state, _, _ = _delta_lstm_cell(x, state, weight_ih, weight_hh, theta_x, theta_h)
+    return h, new_state
+
+
+def delta_gru_scan(
+    x: Tensor,
+    state: DeltaGRUState | None,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    *,
+    theta_x: float | Tensor = 0.0,
+    theta_h: float | Tensor = 0.0,
+) -> tuple[Tensor, DeltaGRUState, DeltaTrace]:
+    """Reference DeltaGRU over ``x [T, B, I]``: ``(h [T, B, H], final state, DeltaTrace)``."""
+    state = _gru_state_or_initial(x, state, weight_ih, weight_hh, bias_ih, bias_hh)
+    hs, dxs, dhs = [], [], []
+    for t in range(x.shape[0]):
+        h, state, dx, dh = _delta_gru_cell(x[t], state, weight_ih, weight_hh, theta_x, theta_h)
+        hs.append(h)
+        dxs.append(dx)
+        dhs.append(dh)
+    return torch.stack(hs), state, DeltaTrace(torch.stack(dxs), torch.stack(dhs))
+
+
+def delta_lstm_scan(
+    x: Tensor,
+    state: DeltaLSTMState | None,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    *,
+    theta_x: float | Tensor = 0.0,
+    theta_h: float | Tensor = 0.0,
+) -> tuple[Tensor, DeltaLSTMState, DeltaTrace]:
+    """Reference DeltaLSTM over ``x [T, B, I]``: ``(h [T, B, H], final state, DeltaTrace)``."""
+    state = _lstm_state_or_initial(x, state, weight_ih, weight_hh, bias_ih, bias_hh)
+    hs, dxs, dhs = [], [], []
+    for t in range(x.shape[0]):
+        h, state, dx, dh = _delta_lstm_cell(x[t], state, weight_ih, weight_hh, theta_x, theta_h)
+        hs.append(h)
+        dxs.append(dx)
+        dhs.append(dh)
+    return torch.stack(hs), state, DeltaTrace(torch.stack(dxs), torch.stack(dhs))

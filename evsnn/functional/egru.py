@@ -1,0 +1,147 @@
+"""EGRU, the event-based GRU (Subramoney et al., ICLR 2023), SPEC.md §3 — the reference math.
+
+Weights and gate order as ``torch.nn.GRU`` (r, z, n)::
+
+    r_t = σ(W_ir x_t + b_ir + W_hr y_{t−1} + b_hr)
+    z_t = σ(W_iz x_t + b_iz + W_hz y_{t−1} + b_hz)
+    n_t = tanh(W_in x_t + b_in + r_t ⊙ (W_hn y_{t−1} + b_hn))
+
+``reset="output"`` (paper, default)::
+
+    c_t = z_t ⊙ c_{t−1} + (1 − z_t) ⊙ n_t − y_{t−1};   o_t = H(c_t − θ);   y_t = o_t ⊙ c_t
+
+``reset="threshold"`` (EvNN code v0.2)::
+
+    c̃_t = z_t ⊙ c_{t−1} + (1 − z_t) ⊙ n_t;   o_t = H(c̃_t − θ);   y_t = o_t ⊙ c̃_t;   c_t = c̃_t − o_t ⊙ θ
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..surrogate import Surrogate, Triangle
+
+__all__ = ["EGRUState", "EGRUTrace", "RESETS", "egru_step", "egru_scan", "egru_initial_state"]
+
+RESETS = ("output", "threshold")
+_DEFAULT_SURROGATE = Triangle(0.3)
+
+
+class EGRUState(NamedTuple):
+    """``c`` internal state and ``y`` event output, each ``[B, H]``."""
+
+    c: Tensor
+    y: Tensor
+
+
+class EGRUTrace(NamedTuple):
+    """Per-step internals of a scan: ``c_pre`` = the value compared with θ (c_t, or c̃_t for
+    the threshold reset), ``[T, B, H]``."""
+
+    c_pre: Tensor
+
+
+def egru_initial_state(batch: int, hidden: int, like: Tensor) -> EGRUState:
+    z = like.new_zeros(batch, hidden)
+    return EGRUState(z, z)
+
+
+def _check_reset(reset: str) -> None:
+    if reset not in RESETS:
+        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+
+
+def _egru_cell(
+    gi: Tensor,
+    state: EGRUState,
+    weight_hh: Tensor,
+    bias_hh: Tensor | None,
+    threshold: Tensor,
+    reset: str,
+    surrogate: Surrogate,
+) -> tuple[Tensor, EGRUState, Tensor]:
+    """One step given the input projection ``gi = W_ih x_t + b_ih`` (``[B, 3H]``)."""
+    c_prev, y_prev = state
+    gh = y_prev @ weight_hh.t()
+    if bias_hh is not None:
+        gh = gh + bias_hh
+    i_r, i_z, i_n = gi.chunk(3, dim=-1)
+    h_r, h_z, h_n = gh.chunk(3, dim=-1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    c_pre = z * c_prev + (1.0 - z) * n
+    if reset == "output":
+        c_pre = c_pre - y_prev
+    o = surrogate(c_pre - threshold)
+    y = o * c_pre
+    c = c_pre - o * threshold if reset == "threshold" else c_pre
+    return y, EGRUState(c, y), c_pre
+
+
+def egru_step(
+    x: Tensor,
+    state: EGRUState | None,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    threshold: Tensor,
+    *,
+    reset: str = "output",
+    surrogate: Surrogate = _DEFAULT_SURROGATE,
+) -> tuple[Tensor, EGRUState]:
+    """One EGRU step on ``x`` ``[B, I]``. Returns ``(y_t, EGRUState(c_t, y_t))``."""
+    _check_reset(reset)
+    if state is None:
+        state = egru_initial_state(x.shape[0], weight_hh.shape[1], x)
+    gi = x @ weight_ih.t()
+    if bias_ih is not None:
+        gi = gi + bias_ih
+    y, new_state, _ = _egru_cell(gi, state, weight_hh, bias_hh, threshold, reset, surrogate)
+    return y, new_state
+
+
+def egru_scan(
+    x: Tensor,
+    state: EGRUState | None,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    threshold: Tensor,
+    *,
+    reset: str = "output",
+    surrogate: Surrogate = _DEFAULT_SURROGATE,
+    zoneout: float = 0.0,
+    training: bool = False,
+) -> tuple[Tensor, EGRUState, EGRUTrace]:
+    """Reference EGRU over ``x`` ``[T, B, I]`` — the oracle of every backend.
+
+    ``zoneout`` (Krueger et al.) keeps each unit's previous ``c`` with that probability in
+    training and mixes in its expectation at evaluation. Returns
+    ``(y [T, B, H], final EGRUState, EGRUTrace(c_pre))``.
+    """
+    _check_reset(reset)
+    if state is None:
+        state = egru_initial_state(x.shape[1], weight_hh.shape[1], x)
+    gi_all = x @ weight_ih.t()
+    if bias_ih is not None:
+        gi_all = gi_all + bias_ih
+    ys, c_pres = [], []
+    for t in range(x.shape[0]):
+        y, new_state, c_pre = _egru_cell(gi_all[t], state, weight_hh, bias_hh, threshold, reset, surrogate)
+        if zoneout > 0.0:
+            if training:
+                keep = (torch.rand_like(new_state.c) < zoneout).to(x.dtype)
+                c = keep * state.c + (1.0 - keep) * new_state.c
+            else:
+                c = zoneout * state.c + (1.0 - zoneout) * new_state.c
+            new_state = EGRUState(c, y)
+        state = new_state
+        ys.append(y)
+        c_pres.append(c_pre)
+    return torch.stack(ys), state, EGRUTrace(torch.stack(c_pres))

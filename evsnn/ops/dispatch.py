@@ -1,0 +1,177 @@
+"""One dispatch point for every multi-step op: ``"auto" | "torch" | "cupy" | "cpu_event"``.
+
+Each family (``"alif"``, ``"egru"``, ``"delta_gru"``, ``"delta_lstm"``) has one signature —
+that of its reference scan in :mod:`evsnn.functional` — and every backend registered for it
+computes the same function. ``"torch"`` is the reference and always works. ``"auto"`` (the
+default of every layer) is overridden by the environment variable ``EVSNN_BACKEND``.
+
+A backend registers a :class:`Backend` with a ``check`` function that returns ``None`` when it
+can run a call (device, dtype, surrogate, options) and otherwise a sentence saying why not.
+An explicit request that cannot run raises that sentence; ``"auto"`` moves on to the next
+candidate and warns once per process and reason when a GPU tensor ends on the reference.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = [
+    "BACKENDS",
+    "ENV_VAR",
+    "FAMILIES",
+    "Backend",
+    "BackendUnavailable",
+    "register",
+    "registered",
+    "validate_backend",
+    "resolve",
+    "call",
+]
+
+BACKENDS = ("auto", "torch", "cupy", "cpu_event")
+FAMILIES = ("alif", "egru", "delta_gru", "delta_lstm")
+ENV_VAR = "EVSNN_BACKEND"
+
+
+class BackendUnavailable(RuntimeError):
+    """An explicitly requested backend cannot run this call."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    family: str
+    fn: Callable[..., Any]
+    check: Callable[..., "str | None"]
+    # Higher runs first under "auto" among the backends whose check passes.
+    priority: int = 0
+    # Whether "auto" may pick it at all (a backend whose speed depends on activity may
+    # decline "auto" through its check instead).
+    auto: bool = True
+
+
+_REGISTRY: dict[tuple[str, str], Backend] = {}
+_WARNED: set[str] = set()
+
+
+def register(backend: Backend) -> None:
+    if backend.family not in FAMILIES:
+        raise ValueError(f"unknown op family {backend.family!r}; expected one of {FAMILIES}")
+    if backend.name not in BACKENDS or backend.name == "auto":
+        raise ValueError(f"unknown backend name {backend.name!r}; expected one of {BACKENDS[1:]}")
+    _REGISTRY[(backend.family, backend.name)] = backend
+
+
+def registered(family: str) -> list[str]:
+    return [name for (fam, name) in _REGISTRY if fam == family]
+
+
+def validate_backend(name: object) -> str:
+    """Return ``name`` if it is a known backend, else raise ``ValueError``/``TypeError``."""
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a string, one of {BACKENDS}, got {type(name).__name__}")
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {BACKENDS}")
+    return name
+
+
+_INSTALL_HINT = {
+    "cupy": 'the CuPy backend needs a CUDA GPU and CuPy: pip install "evsnn[cuda13]" (or "evsnn[cuda12]")',
+}
+
+
+def _ensure_loaded(name: str) -> None:
+    # Accelerated backends register themselves when their module is imported; importing is
+    # cheap (CuPy itself is imported lazily inside them).
+    if name == "cupy":
+        try:
+            from . import cupy_backends  # noqa: F401
+        except ImportError:
+            pass
+    elif name == "cpu_event":
+        try:
+            from . import cpu_event  # noqa: F401
+        except ImportError:
+            pass
+
+
+def _requested(requested: str) -> str:
+    requested = validate_backend(requested)
+    if requested == "auto":
+        env = os.environ.get(ENV_VAR)
+        if env:
+            if env not in BACKENDS:
+                raise ValueError(f"environment variable {ENV_VAR}={env!r} is not one of {BACKENDS}")
+            return env
+    return requested
+
+
+def resolve(family: str, requested: str, device: torch.device, **config: Any) -> Backend:
+    """Pick the backend for one call. ``config`` is passed to every candidate's ``check``."""
+    name = _requested(requested)
+    if name != "auto":
+        _ensure_loaded(name)
+        backend = _REGISTRY.get((family, name))
+        if backend is None:
+            hint = _INSTALL_HINT.get(name, "")
+            raise BackendUnavailable(
+                f"backend {name!r} is not available for {family}" + (f": {hint}" if hint else "")
+            )
+        reason = backend.check(device=device, **config)
+        if reason is not None:
+            raise BackendUnavailable(f"backend {name!r} cannot run this {family} call: {reason}")
+        return backend
+    for candidate in ("cupy", "cpu_event"):
+        _ensure_loaded(candidate)
+    candidates = sorted(
+        (b for (fam, _), b in _REGISTRY.items() if fam == family and b.auto and b.name != "torch"),
+        key=lambda b: -b.priority,
+    )
+    reasons = []
+    for backend in candidates:
+        reason = backend.check(device=device, **config)
+        if reason is None:
+            return backend
+        reasons.append(f"{backend.name}: {reason}")
+    if device.type == "cuda":
+        key = f"{family}:{';'.join(reasons)}"
+        if key not in _WARNED:
+            _WARNED.add(key)
+            why = "; ".join(reasons) or _INSTALL_HINT["cupy"]
+            warnings.warn(
+                f"evsnn: running {family} on the PyTorch reference for a CUDA tensor ({why})",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+    return _REGISTRY[(family, "torch")]
+
+
+def call(family: str, requested: str, *args: Any, config: dict[str, Any], **kwargs: Any) -> Any:
+    """Resolve the backend for ``config`` and run it on ``args``/``kwargs``."""
+    backend = resolve(family, requested, **config)
+    return backend.fn(*args, **kwargs)
+
+
+def _always(**_: Any) -> None:
+    return None
+
+
+def _register_reference() -> None:
+    from ..functional import alif_scan, delta_gru_scan, delta_lstm_scan, egru_scan
+
+    for family, fn in (
+        ("alif", alif_scan),
+        ("egru", egru_scan),
+        ("delta_gru", delta_gru_scan),
+        ("delta_lstm", delta_lstm_scan),
+    ):
+        register(Backend("torch", family, fn, _always, priority=-100))
+
+
+_register_reference()
