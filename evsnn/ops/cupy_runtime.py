@@ -1,0 +1,188 @@
+"""Loads the CUDA sources of ``evsnn/cuda/`` and launches them with CuPy on torch's stream.
+
+- Sources live inside the package (``evsnn/cuda/*.cu``, ``*.cuh``) so an installed wheel finds
+  them; local ``#include "x.cuh"`` lines are inlined before compiling.
+- Each (source, defines, device) is compiled once through NVRTC (``cupy.RawModule``) and cached
+  in memory (CuPy also caches the binaries on disk).
+- A launch passes raw device pointers (``numpy.uint64``) of torch tensors: no copies, no CuPy
+  allocations, on ``torch.cuda.current_stream()`` under the tensors' device, and never
+  synchronises with the host.
+- :func:`compile_check` compiles a source through NVRTC for a given architecture WITHOUT a GPU
+  (CI uses it on CPU machines): errors and warnings both fail.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CUDA_DIR",
+    "CompileError",
+    "kernel_source",
+    "unavailable_reason",
+    "get_kernel",
+    "launch",
+    "ptr",
+    "i32",
+    "f32",
+    "f64",
+    "scalar",
+    "scalar_define",
+    "sm_count",
+    "compile_check",
+]
+
+CUDA_DIR = Path(__file__).resolve().parent.parent / "cuda"
+_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
+_SCALAR = {torch.float32: "float", torch.float64: "double"}
+BASE_OPTIONS = ("-std=c++17",)
+
+
+class CompileError(RuntimeError):
+    """NVRTC rejected a source (or warned, where warnings are errors)."""
+
+
+def kernel_source(filename: str, _seen: frozenset[str] = frozenset()) -> str:
+    """The text of ``evsnn/cuda/<filename>`` with its local includes inlined (each once)."""
+    path = CUDA_DIR / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"CUDA source {filename!r} not found in {CUDA_DIR}")
+    text = path.read_text()
+    seen = _seen | {filename}
+
+    def expand(match: re.Match) -> str:
+        name = match.group(1)
+        if name in seen:
+            return f"// {name} already included"
+        return f"// begin {name}\n{kernel_source(name, seen)}\n// end {name}"
+
+    return _INCLUDE.sub(expand, text)
+
+
+@functools.cache
+def unavailable_reason() -> str | None:
+    """``None`` if CuPy and a CUDA GPU are usable here, else why not (with the install hint)."""
+    if not torch.cuda.is_available():
+        return "no CUDA GPU is visible to PyTorch"
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        return 'CuPy is not installed: pip install "evsnn[cuda13]" (or "evsnn[cuda12]" for CUDA 12)'
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "CuPy sees no CUDA device"
+    except Exception as exc:  # CuPy present but its CUDA runtime does not match the driver
+        return f"CuPy cannot use the GPU ({type(exc).__name__}: {exc})"
+    return None
+
+
+def scalar_define(dtype: torch.dtype) -> str:
+    if dtype not in _SCALAR:
+        raise TypeError(f"the CuPy kernels support float32 and float64, got {dtype}")
+    return f"-Dscalar_t={_SCALAR[dtype]}"
+
+
+@functools.cache
+def _module(filename: str, options: tuple[str, ...], device_index: int):
+    import cupy
+
+    with cupy.cuda.Device(device_index):
+        return cupy.RawModule(code=kernel_source(filename), options=BASE_OPTIONS + options)
+
+
+@functools.cache
+def _kernel(filename: str, name: str, options: tuple[str, ...], device_index: int):
+    import cupy
+
+    with cupy.cuda.Device(device_index):
+        return _module(filename, options, device_index).get_function(name)
+
+
+def get_kernel(filename: str, name: str, *, dtype: torch.dtype, device: torch.device, defines: Iterable[str] = ()):
+    """The compiled ``extern "C"`` kernel ``name`` of ``filename`` for this dtype and device.
+
+    ``scalar_t`` is defined as the C type of ``dtype``; ``defines`` adds more ``-D`` options.
+    """
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    options = (scalar_define(dtype),) + tuple(defines)
+    return _kernel(filename, name, options, index)
+
+
+@functools.lru_cache(maxsize=64)
+def _external_stream(handle: int, device_index: int):
+    import cupy
+
+    return cupy.cuda.ExternalStream(handle, device_index)
+
+
+def ptr(t: torch.Tensor | None) -> np.uint64:
+    """Device pointer of a tensor (0 for ``None``). The tensor must be contiguous."""
+    if t is None:
+        return np.uint64(0)
+    if not t.is_contiguous():
+        raise ValueError("kernel arguments must be contiguous tensors")
+    return np.uint64(t.data_ptr())
+
+
+def i32(v: int) -> np.int32:
+    return np.int32(v)
+
+
+def f32(v: float) -> np.float32:
+    return np.float32(v)
+
+
+def f64(v: float) -> np.float64:
+    return np.float64(v)
+
+
+def scalar(v: float, dtype: torch.dtype) -> Any:
+    """A host scalar in the kernel's ``scalar_t``."""
+    return np.float64(v) if dtype == torch.float64 else np.float32(v)
+
+
+def launch(kernel, grid: tuple[int, ...], block: tuple[int, ...], args: tuple, *, device: torch.device, shared_mem: int = 0) -> None:
+    """Launch on torch's current stream of ``device``; asynchronous, no host sync."""
+    import cupy
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    stream = torch.cuda.current_stream(index)
+    with cupy.cuda.Device(index), _external_stream(stream.cuda_stream, index):
+        if shared_mem > 48 * 1024:
+            kernel.max_dynamic_shared_size_bytes = shared_mem
+        kernel(grid, block, args, shared_mem=shared_mem)
+
+
+@functools.cache
+def sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def compile_check(filename: str, arch: str, defines: Iterable[str] = ()) -> str:
+    """Compile ``filename`` with NVRTC for ``sm_<arch>`` without any GPU; return the log.
+
+    Raises :class:`CompileError` on an error or on any warning.
+    """
+    from cupy_backends.cuda.libs import nvrtc
+
+    source = kernel_source(filename)
+    options = list(BASE_OPTIONS) + [f"-arch=sm_{arch}", "--device-as-default-execution-space"] + list(defines)
+    prog = nvrtc.createProgram(source, filename, [], [])
+    try:
+        try:
+            nvrtc.compileProgram(prog, options)
+        except nvrtc.NVRTCError as exc:
+            raise CompileError(f"{filename} (sm_{arch}, {defines}) failed: {exc}\n{nvrtc.getProgramLog(prog)}") from None
+        log = nvrtc.getProgramLog(prog)
+        if "warning" in log.lower():
+            raise CompileError(f"{filename} (sm_{arch}, {defines}) compiled with warnings:\n{log}")
+        return log
+    finally:
+        nvrtc.destroyProgram(prog)
