@@ -1,0 +1,42 @@
+"""Shared test setup.
+
+- Every test starts from the same random seed, so a failure reproduces.
+- ``@pytest.mark.gpu`` tests are skipped, with the reason, when no CUDA GPU or no CuPy is present.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+
+def _gpu_skip_reason() -> str | None:
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU (torch.cuda.is_available() is False)"
+    if importlib.util.find_spec("cupy") is None:
+        return 'needs CuPy: pip install "evsnn[cuda13]" (or "evsnn[cuda12]")'
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = _gpu_skip_reason()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def reference_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests that compare layers with the reference math must not be redirected by a user's
+    ``EVSNN_BACKEND`` (e.g. ``cupy`` on a GPU box): unset it for the test."""
+    monkeypatch.delenv("EVSNN_BACKEND", raising=False)
