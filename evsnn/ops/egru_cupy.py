@@ -1,0 +1,269 @@
+"""CuPy backend of the EGRU (SPEC.md §3): persistent event-sparse forward and sparse BPTT kernels.
+
+``egru_cupy_scan`` has exactly the signature and return value of
+:func:`evsnn.functional.egru.egru_scan`. The work is split as follows (``evsnn/cuda/egru.cu``):
+
+- ``gi = x W_ihᵀ + b_ih`` for all steps: one torch GEMM (autograd gives ``dx``, ``dW_ih``, ``db_ih``).
+- Forward: ONE persistent kernel over all T steps, a grid barrier per step. Each block owns a
+  slice of units; per sample it compacts the events of ``y_{t−1}`` with warp ballots and reads
+  only their columns of ``W_hh`` (time ∝ number of events), then runs the fused gates.
+- Backward: ONE persistent reverse-time kernel. ``∂L/∂y_t`` (``W_hhᵀ δ_{t+1}``) is computed only
+  for units with ``o_t = 1`` or ``|c_pre − θ| <`` the surrogate's support (event-sparse BPTT;
+  an infinite support makes it dense but still exact), then the fused pointwise backward.
+  ``dW_hh = Σ_t δh_tᵀ y_{t−1}`` and ``∂L/∂y_0`` are dense torch GEMMs after the kernel.
+
+Deterministic: no float atomics; ∂L/∂θ is accumulated per (sample, unit) in time order and
+summed over samples by torch. No host synchronisation in forward or backward.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch import Tensor
+
+from ..functional.egru import RESETS, EGRUState, EGRUTrace
+from ..surrogate import Surrogate, Triangle
+from . import cupy_runtime as rt
+from .dispatch import Backend, register
+
+__all__ = ["egru_cupy_scan", "egru_cupy_check", "surrogate_kernel_args", "units_per_block"]
+
+_SOURCE = "egru.cu"
+_THREADS = 512
+_WARPS = _THREADS // 32
+_BUF = 64
+_UNITS = (1, 2, 4, 8, 16)
+_SG_KINDS = {"triangle": 0, "gaussian": 1, "multi_gaussian": 2, "atan": 3, "fast_sigmoid": 4}
+_DEFAULT_SURROGATE = Triangle(0.3)
+# Tests set this to exercise the path that reads W_hh from global memory (large H or float64).
+_FORCE_GLOBAL_WEIGHTS = False
+
+
+def surrogate_kernel_args(surrogate: Surrogate, dtype: torch.dtype) -> tuple:
+    """``(kind, p0, p1, p2, p3, trunc)`` for ``evsnn_surrogate_grad`` of ``cuda/common.cuh``.
+
+    Raises ``ValueError`` when the surrogate has no kernel form (``kernel_spec()`` is ``None``).
+    """
+    spec = surrogate.kernel_spec() if isinstance(surrogate, Surrogate) else None
+    if spec is None:
+        raise ValueError(f"surrogate {surrogate!r} has no kernel form (kernel_spec() is None)")
+    name, params = spec
+    if name not in _SG_KINDS:
+        raise ValueError(f"unknown surrogate kind {name!r} in kernel_spec(); expected one of {sorted(_SG_KINDS)}")
+    base = {"triangle": 2, "gaussian": 2, "multi_gaussian": 4, "atan": 1, "fast_sigmoid": 1}[name]
+    values = list(params[:base]) + [0.0] * (4 - base)
+    trunc = params[base] if len(params) > base else 0.0
+    return (rt.i32(_SG_KINDS[name]),) + tuple(rt.scalar(v, dtype) for v in values) + (rt.scalar(trunc, dtype),)
+
+
+def units_per_block(hidden: int, sms: int) -> int | None:
+    """Smallest EGRU_U with ``ceil(hidden / U) <= sms`` (one co-resident block per SM), or None."""
+    for u in _UNITS:
+        if math.ceil(hidden / u) <= sms:
+            return u
+    return None
+
+
+@functools.cache
+def _smem_limit(device_index: int) -> int:
+    import cupy
+
+    # 97 = cudaDevAttrMaxSharedMemoryPerBlockOptin (what a block may get after opting in).
+    return int(cupy.cuda.runtime.deviceGetAttribute(97, device_index))
+
+
+def _layout(hidden: int, batch: int, dtype: torch.dtype, device: torch.device) -> tuple[int, int, bool, int, bool, int]:
+    """(U, nblocks, fwd_smem_weights, fwd_shared_bytes, bwd_smem_weights, bwd_shared_bytes)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    u = units_per_block(hidden, rt.sm_count(index))
+    if u is None:
+        raise ValueError(f"hidden size {hidden} is larger than 16 units × {rt.sm_count(index)} SMs of this GPU")
+    nb = math.ceil(hidden / u)
+    es = torch.empty((), dtype=dtype).element_size()
+    limit = _smem_limit(index)
+    fwd_base = _WARPS * _BUF * (es + 4)
+    fwd_w = hidden * (3 * u + 1) * es
+    fwd_smem = fwd_base + fwd_w <= limit and not _FORCE_GLOBAL_WEIGHTS
+    bwd_base = batch * u * 4
+    bwd_w = u * 3 * hidden * es
+    bwd_smem = bwd_base + bwd_w <= limit and not _FORCE_GLOBAL_WEIGHTS
+    if bwd_base > limit:
+        raise ValueError(f"batch {batch} is too large for the EGRU backward kernel's shared list ({bwd_base} bytes)")
+    return u, nb, fwd_smem, fwd_base + (fwd_w if fwd_smem else 0), bwd_smem, bwd_base + (bwd_w if bwd_smem else 0)
+
+
+def egru_cupy_check(
+    *,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    surrogate: Surrogate | None = None,
+    reset: str = "output",
+    zoneout: float = 0.0,
+    shape: tuple[int, int, int] | None = None,
+    **_: object,
+) -> str | None:
+    """``None`` if the CuPy EGRU can run this call, else why not."""
+    if device.type != "cuda":
+        return f'the CuPy EGRU needs CUDA tensors, got a {device.type} tensor; install with pip install "evsnn[cuda13]"'
+    reason = rt.unavailable_reason()
+    if reason is not None:
+        return reason
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        return f"the CuPy EGRU supports float32 and float64, got {dtype}"
+    if reset not in RESETS:
+        return f"reset must be one of {RESETS}, got {reset!r}"
+    if zoneout:
+        return "zoneout is not implemented in the CuPy EGRU kernels (use backend='torch')"
+    sg = _DEFAULT_SURROGATE if surrogate is None else surrogate
+    if not isinstance(sg, Surrogate) or sg.kernel_spec() is None:
+        return f"surrogate {sg!r} has no kernel form (kernel_spec() is None)"
+    if shape is not None:
+        try:
+            _layout(int(shape[2]), int(shape[1]), dtype or torch.float32, device)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
+def _launch(kernel, grid: int, args: tuple, device: torch.device, shared_mem: int) -> None:
+    rt.launch(kernel, (grid,), (_THREADS,), args, device=device, shared_mem=shared_mem)
+
+
+def _pack_forward(weight_hh: Tensor, u: int, nb: int) -> Tensor:
+    """``[nb, H, 3U+1]`` with ``[k, j, g·U + v] = W_hh[g·H + k·U + v, j]`` (zero past H)."""
+    h = weight_hh.shape[1]
+    w = weight_hh.view(3, h, h)
+    w = torch.nn.functional.pad(w, (0, 0, 0, nb * u - h))  # [3, nb·U, H]
+    w = w.view(3, nb, u, h).permute(1, 3, 0, 2).reshape(nb, h, 3 * u)
+    return torch.nn.functional.pad(w, (0, 1)).contiguous()
+
+
+def _pack_backward(weight_hh: Tensor, u: int, nb: int) -> Tensor:
+    """``[nb, U, 3H]`` with ``[k, v, j] = W_hh[j, k·U + v]`` (zero past H)."""
+    h = weight_hh.shape[1]
+    w = torch.nn.functional.pad(weight_hh, (0, nb * u - h))  # [3H, nb·U]
+    return w.view(3 * h, nb, u).permute(1, 2, 0).contiguous()
+
+
+class _EGRUFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gi, c0, y0, weight_hh, bias_hh, theta, reset_threshold, surrogate):
+        steps, batch, h3 = gi.shape
+        hidden = h3 // 3
+        device = gi.device
+        dtype = gi.dtype
+        u, nb, fsm, fbytes, bsm, bbytes = _layout(hidden, batch, dtype, device)
+        kernel = rt.get_kernel(_SOURCE, "egru_forward", dtype=dtype, device=device, defines=(f"-DEGRU_U={u}",))
+        out = torch.empty(steps, batch, hidden, dtype=dtype, device=device)
+        c_state = c0.clone()
+        save = torch.empty(5, steps, batch, hidden, dtype=dtype, device=device)
+        barrier = torch.zeros(1, dtype=torch.int32, device=device)
+        wpack = _pack_forward(weight_hh, u, nb)
+        args = (
+            rt.ptr(gi), rt.ptr(y0), rt.ptr(wpack), rt.ptr(bias_hh), rt.ptr(theta), rt.ptr(out), rt.ptr(c_state),
+            rt.ptr(save), rt.ptr(barrier), rt.i32(steps), rt.i32(batch), rt.i32(hidden), rt.i32(int(fsm)),
+            rt.i32(int(reset_threshold)),
+        )
+        _launch(kernel, nb, args, device, fbytes)
+        ctx.save_for_backward(save, c0, y0, out, weight_hh, theta)
+        ctx.reset_threshold = reset_threshold
+        ctx.surrogate = surrogate
+        ctx.layout = (u, nb, bsm, bbytes)
+        c_pre = save[4]
+        ctx.mark_non_differentiable(c_pre)
+        return out, c_state, c_pre
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_c, _grad_c_pre):
+        save, c0, y0, out, weight_hh, theta = ctx.saved_tensors
+        steps, batch, hidden = out.shape
+        device, dtype = out.device, out.dtype
+        u, nb, bsm, bbytes = ctx.layout
+        gy = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
+        dc = torch.zeros_like(c0) if grad_c is None else grad_c.contiguous().clone()
+        dgi = torch.empty(steps, batch, 3 * hidden, dtype=dtype, device=device)
+        dgh = torch.empty_like(dgi)
+        dp0 = torch.zeros_like(c0)
+        dtheta_part = torch.zeros_like(c0)
+        dyrec = torch.zeros_like(c0)
+        barrier = torch.zeros(1, dtype=torch.int32, device=device)
+        wbpack = _pack_backward(weight_hh, u, nb)
+        support = ctx.surrogate.support
+        kernel = rt.get_kernel(_SOURCE, "egru_backward", dtype=dtype, device=device, defines=(f"-DEGRU_U={u}",))
+        args = (
+            rt.ptr(gy), rt.ptr(save), rt.ptr(c0), rt.ptr(wbpack), rt.ptr(theta), rt.ptr(dgi), rt.ptr(dgh),
+            rt.ptr(dc), rt.ptr(dp0), rt.ptr(dtheta_part), rt.ptr(dyrec), rt.ptr(barrier), rt.i32(steps),
+            rt.i32(batch), rt.i32(hidden), rt.i32(int(bsm)), rt.i32(int(ctx.reset_threshold)),
+        ) + surrogate_kernel_args(ctx.surrogate, dtype) + (
+            rt.scalar(math.inf if support is None else support, dtype),
+        )
+        _launch(kernel, nb, args, device, bbytes)
+        # Dense GEMMs over all steps (cuBLAS): the weight gradient does not skip zero events.
+        dgh_flat = dgh.view(steps * batch, 3 * hidden)
+        y_prev = torch.cat([y0.unsqueeze(0), out[:-1]]).view(steps * batch, hidden)
+        d_weight_hh = dgh_flat.t() @ y_prev
+        d_bias_hh = dgh_flat.sum(0)
+        d_y0 = dgh[0] @ weight_hh
+        if not ctx.reset_threshold:
+            d_y0 = d_y0 - dp0
+        return dgi, dc, d_y0, d_weight_hh, d_bias_hh, dtheta_part.sum(0), None, None
+
+
+def _same(name: str, t: Tensor, like: Tensor, shape: tuple[int, ...]) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if t.device != like.device or t.dtype != like.dtype:
+        raise ValueError(f"{name} must be on {like.device} with dtype {like.dtype}, got {t.device} / {t.dtype}")
+    return t.contiguous()
+
+
+def egru_cupy_scan(
+    x: Tensor,
+    state: EGRUState | None,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    threshold: Tensor,
+    *,
+    reset: str = "output",
+    surrogate: Surrogate = _DEFAULT_SURROGATE,
+    zoneout: float = 0.0,
+    training: bool = False,
+) -> tuple[Tensor, EGRUState, EGRUTrace]:
+    """EGRU over ``x`` ``[T, B, I]`` with the CuPy kernels; same contract as ``egru_scan``."""
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        raise ValueError(f"x must be a [T, B, I] tensor, got {type(x).__name__} {getattr(x, 'shape', '')}")
+    steps, batch, _ = x.shape
+    if steps < 1 or batch < 1:
+        raise ValueError(f"x needs at least one step and one sample, got shape {tuple(x.shape)}")
+    hidden = weight_hh.shape[1]
+    reason = egru_cupy_check(
+        device=x.device, dtype=x.dtype, surrogate=surrogate, reset=reset, zoneout=zoneout, shape=(steps, batch, hidden)
+    )
+    if reason is not None:
+        raise ValueError(f"the CuPy EGRU cannot run this call: {reason}")
+    weight_hh = _same("weight_hh", weight_hh, x, (3 * hidden, hidden))
+    threshold = _same("threshold", threshold, x, (hidden,))
+    if state is None:
+        c0 = x.new_zeros(batch, hidden)
+        y0 = c0
+    else:
+        c0 = _same("state.c", state.c, x, (batch, hidden))
+        y0 = _same("state.y", state.y, x, (batch, hidden))
+    gi = x @ weight_ih.t()
+    if bias_ih is not None:
+        gi = gi + bias_ih
+    b_hh = x.new_zeros(3 * hidden) if bias_hh is None else _same("bias_hh", bias_hh, x, (3 * hidden,))
+    out, c_final, c_pre = _EGRUFunction.apply(
+        gi.contiguous(), c0, y0, weight_hh, b_hh, threshold, reset == "threshold", surrogate
+    )
+    return out, EGRUState(c_final, out[-1]), EGRUTrace(c_pre)
+
+
+register(Backend("cupy", "egru", egru_cupy_scan, egru_cupy_check, priority=10))
