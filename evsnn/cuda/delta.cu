@@ -1,0 +1,296 @@
+// DeltaGRU / DeltaLSTM (SPEC.md §4): event-sparse forward and symmetric sparse BPTT.
+//
+// Compile-time options (besides -Dscalar_t=float|double):
+//   -DDELTA_LSTM=0|1   the cell (GRU: accumulator slots r, z, nx, nh; LSTM: i, f, g, o)
+//   -DDELTA_BT=n       samples whose active columns are merged (one read of a column serves n samples)
+//
+// Layouts (all contiguous):
+//   wp      [I + H, H, 4]  packed weights: row k < I is input column k, row I + k hidden column k;
+//                          wp[k, j, s] = weight of column k into accumulator slot s of unit j
+//                          (GRU: zero where a slot takes no input from that side)
+//   M       [.., B, H, 4]  accumulators unit-major (4 slots of a unit adjacent)
+//   x, dx   [T, B, I];  h, Δh, c  [T, B, H]
+//
+// Grid: ceil(H / U) blocks of DELTA_BLOCK threads (at most one per SM, so every block is resident
+// and the grid barrier of common.cuh is safe); block k owns hidden units [k·U, k·U + U).
+#include "common.cuh"
+#include "delta.cuh"
+
+#ifndef DELTA_LSTM
+#define DELTA_LSTM 0
+#endif
+#ifndef DELTA_BT
+#define DELTA_BT 1
+#endif
+#define DELTA_BLOCK 512
+#define DELTA_WARPS (DELTA_BLOCK / 32)
+#define DELTA_UMAX 128
+#define DELTA_PREFETCH 16
+
+// Δx_t for every step (the input deltas do not depend on h): one thread per (b, i), sequential in t.
+// Loads run DELTA_PREFETCH steps ahead so the scan is not one memory latency per step.
+extern "C" __global__ void delta_encode_input(const scalar_t* __restrict__ x, const scalar_t* __restrict__ xhat0,
+                                              scalar_t* __restrict__ dx, scalar_t* __restrict__ xhat_out, int T, int n,
+                                              scalar_t theta) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    scalar_t mem = xhat0[i];
+    for (int t0 = 0; t0 < T; t0 += DELTA_PREFETCH) {
+        scalar_t v[DELTA_PREFETCH];
+#pragma unroll
+        for (int k = 0; k < DELTA_PREFETCH; ++k) v[k] = (t0 + k < T) ? __ldg(x + (long long)(t0 + k) * n + i) : scalar_t(0);
+#pragma unroll
+        for (int k = 0; k < DELTA_PREFETCH; ++k) {
+            if (t0 + k < T) {
+                const scalar_t diff = v[k] - mem;
+                const scalar_t d = fabs(diff) > theta ? diff : scalar_t(0);
+                dx[(long long)(t0 + k) * n + i] = d;
+                mem = mem + d;
+            }
+        }
+    }
+    xhat_out[i] = mem;
+}
+
+// Persistent forward over all T steps, one grid barrier per step.
+// Per step and per tile of DELTA_BT samples: every block scans Δx_t and Δh_t, compacts the columns
+// that are nonzero for any sample of the tile (ballot, order-preserving), and adds only those
+// columns of the packed weights into its units' accumulators. The owner of a unit then computes
+// the gates, h_t and Δh_{t+1}, which the other blocks read after the barrier.
+extern "C" __global__ void __launch_bounds__(DELTA_BLOCK, 1)
+    delta_forward(const scalar_t* __restrict__ dx, const scalar_t* __restrict__ wp, scalar_t* __restrict__ m_work,
+                  scalar_t* __restrict__ h_work, scalar_t* __restrict__ hh_work, scalar_t* __restrict__ c_work,
+                  scalar_t* __restrict__ out, scalar_t* dh, scalar_t* __restrict__ m_all, scalar_t* __restrict__ c_all,
+                  unsigned int* counter, int T, int B, int I, int H, int U, scalar_t theta_h) {
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const int j0 = blockIdx.x * U;
+    const int K = I + H;
+    const int slots = DELTA_BLOCK / U;  // columns processed side by side
+    const int uj = tid % U;
+    const int slot = tid / U;
+    const int jj = j0 + uj;
+    const bool own = jj < H;
+    const int group = U < 32 ? 32 : U;  // threads whose partial sums for one unit meet in shared memory
+    const int ngroups = DELTA_BLOCK / group;
+    const long long BH = (long long)B * H;
+
+    __shared__ int s_idx[DELTA_BLOCK];
+    __shared__ scalar_t s_val[DELTA_BT][DELTA_BLOCK];
+    __shared__ scalar_t s_part[4 * DELTA_BLOCK];
+    __shared__ scalar_t s_red[4 * DELTA_UMAX];
+    __shared__ int s_wcount[DELTA_WARPS];
+    unsigned int target = 0;
+
+    // Δh_0 from the initial (h, ĥ).
+    for (int q = tid; q < B * U; q += DELTA_BLOCK) {
+        const int u = j0 + q % U;
+        if (u < H) {
+            const long long o = (long long)(q / U) * H + u;
+            const scalar_t diff = h_work[o] - hh_work[o];
+            const scalar_t d = fabs(diff) > theta_h ? diff : scalar_t(0);
+            dh[o] = d;
+            hh_work[o] = hh_work[o] + d;
+        }
+    }
+    evsnn_grid_barrier(counter, target);
+
+    for (int t = 0; t < T; ++t) {
+        const scalar_t* dx_t = dx + (long long)t * B * I;
+        const scalar_t* dh_t = dh + t * BH;
+        for (int b0 = 0; b0 < B; b0 += DELTA_BT) {
+            scalar_t acc[DELTA_BT][4];
+#pragma unroll
+            for (int bb = 0; bb < DELTA_BT; ++bb)
+#pragma unroll
+                for (int s = 0; s < 4; ++s) acc[bb][s] = scalar_t(0);
+
+            for (int base = 0; base < K; base += DELTA_BLOCK) {
+                const int p = base + tid;
+                scalar_t v[DELTA_BT];
+                bool active = false;
+#pragma unroll
+                for (int bb = 0; bb < DELTA_BT; ++bb) {
+                    const int b = b0 + bb;
+                    v[bb] = scalar_t(0);
+                    if (p < K && b < B)
+                        v[bb] = p < I ? __ldg(dx_t + (long long)b * I + p) : evsnn_ldcg(dh_t + (long long)b * H + (p - I));
+                    active = active || v[bb] != scalar_t(0);
+                }
+                const unsigned int ballot = __ballot_sync(EVSNN_FULL_MASK, active);
+                if (lane == 0) s_wcount[warp] = __popc(ballot);
+                __syncthreads();
+                int before = 0, n = 0;
+#pragma unroll
+                for (int w = 0; w < DELTA_WARPS; ++w) {
+                    const int c = s_wcount[w];
+                    before += w < warp ? c : 0;
+                    n += c;
+                }
+                if (active) {
+                    const int pos = before + __popc(ballot & evsnn_lanemask_lt());
+                    s_idx[pos] = p;
+#pragma unroll
+                    for (int bb = 0; bb < DELTA_BT; ++bb) s_val[bb][pos] = v[bb];
+                }
+                __syncthreads();
+                if (own) {
+#pragma unroll 4
+                    for (int q = slot; q < n; q += slots) {
+                        scalar_t w[4];
+                        delta_load4(wp + ((long long)s_idx[q] * H + jj) * 4, w);
+#pragma unroll
+                        for (int bb = 0; bb < DELTA_BT; ++bb) {
+                            const scalar_t d = s_val[bb][q];
+#pragma unroll
+                            for (int s = 0; s < 4; ++s) acc[bb][s] += w[s] * d;
+                        }
+                    }
+                }
+                __syncthreads();  // the next chunk rewrites s_idx, s_val, s_wcount
+            }
+
+#pragma unroll
+            for (int bb = 0; bb < DELTA_BT; ++bb) {
+                const int b = b0 + bb;
+                if (b < B) {  // uniform over the block
+#pragma unroll
+                    for (int s = 0; s < 4; ++s) {
+                        scalar_t a = acc[bb][s];
+                        // Lanes lane and lane ^ off hold the same unit when off >= U (U divides 32).
+                        for (int off = 16; off >= U; off >>= 1) a += __shfl_xor_sync(EVSNN_FULL_MASK, a, off);
+                        if (tid % group < U) s_part[((tid / group) * 4 + s) * U + uj] = a;
+                    }
+                    __syncthreads();
+                    for (int q = tid; q < 4 * U; q += DELTA_BLOCK) {
+                        const int s = q / U, u = q % U;
+                        scalar_t sum = scalar_t(0);
+                        for (int g = 0; g < ngroups; ++g) sum += s_part[(g * 4 + s) * U + u];
+                        s_red[s * U + u] = sum;
+                    }
+                    __syncthreads();
+                    if (tid < U && j0 + tid < H) {
+                        const long long o = (long long)b * H + j0 + tid;
+                        scalar_t m[4];
+#pragma unroll
+                        for (int s = 0; s < 4; ++s) {
+                            m[s] = m_work[o * 4 + s] + s_red[s * U + tid];
+                            m_work[o * 4 + s] = m[s];
+                            if (m_all != nullptr) m_all[(t * BH + o) * 4 + s] = m[s];
+                        }
+#if DELTA_LSTM
+                        const scalar_t c = delta_sigmoid(m[1]) * c_work[o] + delta_sigmoid(m[0]) * tanh(m[2]);
+                        const scalar_t h = delta_sigmoid(m[3]) * tanh(c);
+                        c_work[o] = c;
+                        if (c_all != nullptr) c_all[t * BH + o] = c;
+#else
+                        const scalar_t r = delta_sigmoid(m[0]);
+                        const scalar_t z = delta_sigmoid(m[1]);
+                        const scalar_t nn = tanh(m[2] + r * m[3]);
+                        const scalar_t h = (scalar_t(1) - z) * nn + z * h_work[o];
+#endif
+                        h_work[o] = h;
+                        out[t * BH + o] = h;
+                        if (t + 1 < T) {
+                            const scalar_t diff = h - hh_work[o];
+                            const scalar_t d = fabs(diff) > theta_h ? diff : scalar_t(0);
+                            dh[(t + 1) * BH + o] = d;
+                            hh_work[o] = hh_work[o] + d;
+                        }
+                    }
+                }
+            }
+        }
+        if (t + 1 < T) evsnn_grid_barrier(counter, target);
+    }
+}
+
+// Persistent reverse-time backward, one grid barrier per step (symmetric sparse BPTT, Chen et al.).
+// Phase A (elementwise, owner of each unit): δM_t = gate gradients + δM_{t+1}, stored for the
+//   weight-gradient GEMMs.
+// Phase B (after the barrier): e = W_hhᵀ δM_t only for the hidden columns k with Δh_t[b, k] ≠ 0 —
+//   the columns the forward pass read — each a dot product over the packed column k; it reaches
+//   h_{t−1} and ĥ_{t−1} through the delta encoder. Inactive columns pass nothing (their mask is 0).
+// The lam_* buffers carry the adjoints between steps and end holding the initial-state gradients.
+extern "C" __global__ void __launch_bounds__(DELTA_BLOCK, 1)
+    delta_backward(const scalar_t* __restrict__ g_out, const scalar_t* __restrict__ g_dh,
+                   const scalar_t* __restrict__ m_all, const scalar_t* __restrict__ out, const scalar_t* __restrict__ h0,
+                   const scalar_t* __restrict__ c_all, const scalar_t* __restrict__ c0, const scalar_t* __restrict__ dh,
+                   const scalar_t* __restrict__ wph, scalar_t* __restrict__ lam_h, scalar_t* __restrict__ lam_hh,
+                   scalar_t* __restrict__ lam_m, scalar_t* __restrict__ lam_c, scalar_t* dm_all, unsigned int* counter,
+                   int T, int B, int H, int U) {
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    const int warp = tid >> 5;
+    const int j0 = blockIdx.x * U;
+    const long long BH = (long long)B * H;
+    unsigned int target = 0;
+
+    for (int t = T - 1; t >= 0; --t) {
+        for (int q = tid; q < B * U; q += DELTA_BLOCK) {
+            const int u = j0 + q % U;
+            if (u >= H) continue;
+            const long long o = (long long)(q / U) * H + u;
+            const scalar_t lh = lam_h[o] + g_out[t * BH + o];
+            scalar_t m[4], g[4];
+#pragma unroll
+            for (int s = 0; s < 4; ++s) m[s] = m_all[(t * BH + o) * 4 + s];
+#if DELTA_LSTM
+            const scalar_t c = c_all[t * BH + o];
+            const scalar_t cprev = t > 0 ? c_all[(t - 1) * BH + o] : c0[o];
+            const scalar_t ig = delta_sigmoid(m[0]), fg = delta_sigmoid(m[1]), gg = tanh(m[2]), og = delta_sigmoid(m[3]);
+            const scalar_t tc = tanh(c);
+            const scalar_t gc = lam_c[o] + lh * og * (scalar_t(1) - tc * tc);
+            g[0] = gc * gg * ig * (scalar_t(1) - ig);
+            g[1] = gc * cprev * fg * (scalar_t(1) - fg);
+            g[2] = gc * ig * (scalar_t(1) - gg * gg);
+            g[3] = lh * tc * og * (scalar_t(1) - og);
+            lam_c[o] = gc * fg;
+            lam_h[o] = scalar_t(0);  // h_{t−1} reaches step t only through Δh_t (phase B)
+#else
+            const scalar_t hprev = t > 0 ? out[(t - 1) * BH + o] : h0[o];
+            const scalar_t r = delta_sigmoid(m[0]), z = delta_sigmoid(m[1]);
+            const scalar_t nn = tanh(m[2] + r * m[3]);
+            const scalar_t ga = lh * (scalar_t(1) - z) * (scalar_t(1) - nn * nn);
+            g[0] = ga * m[3] * r * (scalar_t(1) - r);
+            g[1] = lh * (hprev - nn) * z * (scalar_t(1) - z);
+            g[2] = ga;
+            g[3] = ga * r;
+            lam_h[o] = lh * z;  // the direct path h_{t−1} → h_t; phase B adds the delta path
+#endif
+#pragma unroll
+            for (int s = 0; s < 4; ++s) {
+                const scalar_t d = g[s] + lam_m[o * 4 + s];
+                lam_m[o * 4 + s] = d;
+                dm_all[(t * BH + o) * 4 + s] = d;
+            }
+        }
+        evsnn_grid_barrier(counter, target);
+
+        for (int q = warp; q < B * U; q += DELTA_WARPS) {
+            const int k = j0 + q % U;
+            if (k >= H) continue;
+            const int b = q / U;
+            const long long o = (long long)b * H + k;
+            if (dh[t * BH + o] == scalar_t(0)) continue;  // inactive column: mask 0, no gradient
+            const scalar_t* wcol = wph + (long long)k * H * 4;
+            const scalar_t* dmv = dm_all + (t * BH + (long long)b * H) * 4;
+            scalar_t e = scalar_t(0);
+#pragma unroll 4
+            for (int u = lane; u < H; u += 32) {
+                scalar_t w[4], d[4];
+                delta_load4(wcol + (long long)u * 4, w);
+                delta_load4_cg(dmv + (long long)u * 4, d);
+                e += w[0] * d[0] + w[1] * d[1] + w[2] * d[2] + w[3] * d[3];
+            }
+            e = evsnn_warp_sum(e);
+            if (lane == 0) {
+                if (g_dh != nullptr) e += g_dh[t * BH + o];
+                lam_h[o] += e + lam_hh[o];
+                lam_hh[o] = -e;
+            }
+        }
+        __syncthreads();  // phase A of step t − 1 reads lam_h written by other warps of this block
+    }
+}

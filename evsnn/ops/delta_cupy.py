@@ -1,0 +1,464 @@
+"""DeltaGRU / DeltaLSTM with an event-sparse forward and the symmetric sparse BPTT of Chen et al.
+
+SPEC.md §4. One :class:`torch.autograd.Function` holds the math; two engines run its recurrent core:
+
+- ``"cupy"``: the kernels of ``evsnn/cuda/delta.cu`` (CUDA tensors). The forward is one
+  persistent launch over all T steps (one grid barrier per step) that reads only the columns of
+  ``W_ih``/``W_hh`` whose delta is nonzero; the input deltas are encoded for all steps first by
+  one small kernel (they do not depend on h). The backward is one persistent reverse-time launch:
+  ``δM_t = gate gradients + δM_{t+1}`` elementwise, then ``W_hhᵀ δM_t`` only for the ACTIVE hidden
+  columns (those with ``Δh_t ≠ 0``, the ones the forward read).
+- ``"torch"``: the CPU twin (any device), the same recurrences in torch ops. It is what the float64
+  tests compare with autograd of the reference, so the backward math below runs in CI without a GPU.
+
+Backward math, per step t in reverse (``λ`` = adjoint carried from step t+1)::
+
+    δM_t   = ∂L/∂M_t|gates + λ_M                      (the accumulator's gradient accumulates)
+    e_h    = W_hhᵀ δM_t  on columns with Δh_t ≠ 0     (sparse: the forward's active columns)
+    ∂L/∂h_{t−1} = (GRU: z ⊙ λ_h) + m^h_t ⊙ (e_h + λ_ĥ),   λ_ĥ ← where(m^h_t, −e_h, λ_ĥ)
+    ∂L/∂W_hh = Σ_t δM_tᵀ Δh_t,  ∂L/∂W_ih = Σ_t δM_tᵀ Δx_t,  e_x = W_ihᵀ δM_t on columns with Δx_t ≠ 0
+
+What is sparse and what is not (both engines compute the exact gradient, = autograd of the
+reference): in the CuPy engine the forward products and the recurrent ``W_hhᵀ δM`` are sparse
+(only active columns are read). The two weight gradients and ``e_x`` are done once after the scan
+as dense GEMMs over the zero-filled deltas (cuBLAS, off the sequential path); the elementwise
+input-memory recurrence is a vectorised gather. The CPU twin uses dense masked products.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..functional.delta import (
+    DeltaGRUState,
+    DeltaLSTMState,
+    DeltaTrace,
+    delta_gru_initial_state,
+    delta_lstm_initial_state,
+)
+from . import cupy_runtime as rt
+from .dispatch import Backend, register
+
+__all__ = [
+    "delta_gru_scan_bptt",
+    "delta_lstm_scan_bptt",
+    "delta_gru_scan_cupy",
+    "delta_lstm_scan_cupy",
+    "check_cupy",
+    "units_per_block",
+    "ENGINES",
+]
+
+ENGINES = ("torch", "cupy")
+_SOURCE = "delta.cu"
+_BLOCK = 512  # DELTA_BLOCK in delta.cu
+_UMAX = 128  # DELTA_UMAX in delta.cu
+_ENCODE_BLOCK = 256
+
+# Accumulator slot of each weight row block. GRU: W_ih rows (r, z, n) feed slots (r, z, nx) and
+# W_hh rows (r, z, n) feed slots (r, z, nh); LSTM: rows (i, f, g, o) feed slots 0..3 from both sides.
+_GRU_IH_SLOTS = (0, 1, 2)
+_GRU_HH_SLOTS = (0, 1, 3)
+_LSTM_SLOTS = (0, 1, 2, 3)
+
+
+def _slots(lstm: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    return (_LSTM_SLOTS, _LSTM_SLOTS) if lstm else (_GRU_IH_SLOTS, _GRU_HH_SLOTS)
+
+
+def units_per_block(hidden: int, sm_count: int) -> int:
+    """Hidden units per block: the smallest power of two with ``ceil(hidden / U) <= sm_count``
+    (one resident block per SM, which the grid barrier needs)."""
+    u = 1
+    while math.ceil(hidden / u) > sm_count:
+        u *= 2
+    if u > _UMAX:
+        raise ValueError(f"hidden_size {hidden} needs {u} units per block on {sm_count} SMs; at most {_UMAX} supported")
+    return u
+
+
+def _to_unit_major(m: Tensor) -> Tensor:
+    """``[B, 4H]`` (slot blocks, the state layout) → ``[B, H, 4]`` (the kernels' layout)."""
+    b, g = m.shape
+    return m.reshape(b, 4, g // 4).transpose(1, 2).contiguous()
+
+
+def _to_slot_major(m: Tensor) -> Tensor:
+    b, h, _ = m.shape
+    return m.transpose(1, 2).reshape(b, 4 * h)
+
+
+def _pack_weights(w_ih: Tensor, w_hh: Tensor, lstm: bool) -> Tensor:
+    """``[I + H, H, 4]``: row k holds column k of ``W_ih`` (k < I) or of ``W_hh``, per unit and slot."""
+    hidden = w_hh.shape[1]
+    ih_slots, hh_slots = _slots(lstm)
+
+    def pack(w: Tensor, slots: tuple[int, ...]) -> Tensor:
+        cols = w.shape[1]
+        per_gate = w.reshape(len(slots), hidden, cols).permute(2, 1, 0)  # [cols, H, gates]
+        packed = w.new_zeros(cols, hidden, 4)
+        packed[:, :, list(slots)] = per_gate
+        return packed
+
+    return torch.cat([pack(w_ih, ih_slots), pack(w_hh, hh_slots)]).contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# Engines: the recurrent core of the forward and backward passes.
+# ----------------------------------------------------------------------------------------------
+
+
+def _forward_torch(lstm, x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh, theta_x, theta_h, keep):
+    """CPU twin of ``delta_encode_input`` + ``delta_forward`` (SPEC §4, step by step)."""
+    steps = x.shape[0]
+    ih_slots, hh_slots = _slots(lstm)
+    hidden = h0.shape[1]
+    xhat, h, hhat, m, c = xhat0, h0, hhat0, m0u, c0
+    outs, dxs, dhs, ms, cs = [], [], [], [], []
+    for t in range(steps):
+        diff = x[t] - xhat
+        dx = torch.where(diff.abs() > theta_x, diff, torch.zeros_like(diff))
+        xhat = xhat + dx
+        diff = h - hhat
+        dh = torch.where(diff.abs() > theta_h, diff, torch.zeros_like(diff))
+        hhat = hhat + dh
+        gx = (dx @ w_ih.t()).reshape(-1, len(ih_slots), hidden).transpose(1, 2)
+        gh = (dh @ w_hh.t()).reshape(-1, len(hh_slots), hidden).transpose(1, 2)
+        inc = torch.zeros_like(m)
+        inc[:, :, list(ih_slots)] += gx
+        inc[:, :, list(hh_slots)] += gh
+        m = m + inc
+        if lstm:
+            c = torch.sigmoid(m[..., 1]) * c + torch.sigmoid(m[..., 0]) * torch.tanh(m[..., 2])
+            h = torch.sigmoid(m[..., 3]) * torch.tanh(c)
+            cs.append(c)
+        else:
+            r, z = torch.sigmoid(m[..., 0]), torch.sigmoid(m[..., 1])
+            n = torch.tanh(m[..., 2] + r * m[..., 3])
+            h = (1.0 - z) * n + z * h
+        outs.append(h)
+        dxs.append(dx)
+        dhs.append(dh)
+        ms.append(m)
+    m_all = torch.stack(ms) if keep else None
+    c_all = torch.stack(cs) if lstm else None
+    return torch.stack(outs), torch.stack(dxs), torch.stack(dhs), xhat, hhat, m, c, m_all, c_all
+
+
+def _backward_torch(lstm, g_out, g_dh, m_all, out, h0, c_all, c0, dh, w_hh, lam_h, lam_hh, lam_m, lam_c):
+    """CPU twin of ``delta_backward``: returns ``(δM_all, ∂h0, ∂ĥ0, ∂M0, ∂c0)``."""
+    steps = out.shape[0]
+    _, hh_slots = _slots(lstm)
+    dms = [None] * steps
+    for t in range(steps - 1, -1, -1):
+        lh = lam_h + g_out[t]
+        m = m_all[t]
+        if lstm:
+            c = c_all[t]
+            cprev = c_all[t - 1] if t > 0 else c0
+            i, f, g, o = torch.sigmoid(m[..., 0]), torch.sigmoid(m[..., 1]), torch.tanh(m[..., 2]), torch.sigmoid(m[..., 3])
+            tc = torch.tanh(c)
+            gc = lam_c + lh * o * (1 - tc * tc)
+            local = torch.stack([gc * g * i * (1 - i), gc * cprev * f * (1 - f), gc * i * (1 - g * g), lh * tc * o * (1 - o)], -1)
+            lam_c = gc * f
+            direct = torch.zeros_like(lh)
+        else:
+            hprev = out[t - 1] if t > 0 else h0
+            r, z = torch.sigmoid(m[..., 0]), torch.sigmoid(m[..., 1])
+            n = torch.tanh(m[..., 2] + r * m[..., 3])
+            ga = lh * (1 - z) * (1 - n * n)
+            local = torch.stack([ga * m[..., 3] * r * (1 - r), lh * (hprev - n) * z * (1 - z), ga, ga * r], -1)
+            direct = lh * z
+        lam_m = local + lam_m
+        dms[t] = lam_m
+        active = dh[t] != 0
+        e = _slot_rows(lam_m, hh_slots) @ w_hh
+        if g_dh is not None:
+            e = e + g_dh[t]
+        lam_h = direct + torch.where(active, e + lam_hh, torch.zeros_like(e))
+        lam_hh = torch.where(active, -e, lam_hh)
+    return torch.stack(dms), lam_h, lam_hh, lam_m, lam_c
+
+
+def _slot_rows(dm: Tensor, slots: tuple[int, ...]) -> Tensor:
+    """``[..., H, 4]`` → ``[..., len(slots)·H]`` in the row order of the weight matrix."""
+    sel = dm[..., list(slots)]
+    return sel.transpose(-1, -2).reshape(*dm.shape[:-2], len(slots) * dm.shape[-2])
+
+
+def _kernel(name: str, lstm: bool, dtype: torch.dtype, device: torch.device, tile: int = 1):
+    return rt.get_kernel(_SOURCE, name, dtype=dtype, device=device, defines=(f"-DDELTA_LSTM={int(lstm)}", f"-DDELTA_BT={tile}"))
+
+
+def _grid(hidden: int, device: torch.device) -> tuple[int, int]:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    u = units_per_block(hidden, rt.sm_count(index))
+    return u, math.ceil(hidden / u)
+
+
+def _forward_cupy(lstm, x, xhat0, h0, hhat0, m0u, c0, wp, theta_x, theta_h, keep):
+    steps, batch, inp = x.shape
+    hidden = h0.shape[1]
+    dev, dt = x.device, x.dtype
+    x = x.contiguous()
+    dx = torch.empty_like(x)
+    xhat_t = torch.empty(batch, inp, device=dev, dtype=dt)
+    n = batch * inp
+    rt.launch(
+        _kernel("delta_encode_input", lstm, dt, dev),
+        (math.ceil(n / _ENCODE_BLOCK),),
+        (_ENCODE_BLOCK,),
+        (rt.ptr(x), rt.ptr(xhat0.contiguous()), rt.ptr(dx), rt.ptr(xhat_t), rt.i32(steps), rt.i32(n), rt.scalar(theta_x, dt)),
+        device=dev,
+    )
+    m_work = m0u.clone(memory_format=torch.contiguous_format)
+    h_work = h0.clone(memory_format=torch.contiguous_format)
+    hh_work = hhat0.clone(memory_format=torch.contiguous_format)
+    c_work = c0.clone(memory_format=torch.contiguous_format) if lstm else None
+    out = torch.empty(steps, batch, hidden, device=dev, dtype=dt)
+    dh = torch.empty_like(out)
+    m_all = torch.empty(steps, batch, hidden, 4, device=dev, dtype=dt) if keep else None
+    c_all = torch.empty_like(out) if lstm else None
+    counter = torch.zeros(1, device=dev, dtype=torch.int32)
+    u, blocks = _grid(hidden, dev)
+    # Merging the active columns of 4 samples reads each weight column once per 4 samples.
+    tile = 1 if batch == 1 else 4
+    args = (
+        rt.ptr(dx), rt.ptr(wp), rt.ptr(m_work), rt.ptr(h_work), rt.ptr(hh_work), rt.ptr(c_work), rt.ptr(out),
+        rt.ptr(dh), rt.ptr(m_all), rt.ptr(c_all), rt.ptr(counter),
+        rt.i32(steps), rt.i32(batch), rt.i32(inp), rt.i32(hidden), rt.i32(u), rt.scalar(theta_h, dt),
+    )  # fmt: skip
+    rt.launch(_kernel("delta_forward", lstm, dt, dev, tile), (blocks,), (_BLOCK,), args, device=dev)
+    return out, dx, dh, xhat_t, hh_work, m_work, c_work, m_all, c_all
+
+
+def _backward_cupy(lstm, g_out, g_dh, m_all, out, h0, c_all, c0, dh, wph, lam_h, lam_hh, lam_m, lam_c):
+    steps, batch, hidden = out.shape
+    dev, dt = out.device, out.dtype
+    lam_h, lam_hh, lam_m = (t.clone(memory_format=torch.contiguous_format) for t in (lam_h, lam_hh, lam_m))
+    lam_c = lam_c.clone(memory_format=torch.contiguous_format) if lstm else None
+    dm_all = torch.empty(steps, batch, hidden, 4, device=dev, dtype=dt)
+    counter = torch.zeros(1, device=dev, dtype=torch.int32)
+    u, blocks = _grid(hidden, dev)
+    args = (
+        rt.ptr(g_out.contiguous()), rt.ptr(None if g_dh is None else g_dh.contiguous()), rt.ptr(m_all), rt.ptr(out),
+        rt.ptr(h0.contiguous()), rt.ptr(c_all), rt.ptr(None if c0 is None else c0.contiguous()), rt.ptr(dh),
+        rt.ptr(wph), rt.ptr(lam_h), rt.ptr(lam_hh), rt.ptr(lam_m), rt.ptr(lam_c), rt.ptr(dm_all), rt.ptr(counter),
+        rt.i32(steps), rt.i32(batch), rt.i32(hidden), rt.i32(u),
+    )  # fmt: skip
+    rt.launch(_kernel("delta_backward", lstm, dt, dev), (blocks,), (_BLOCK,), args, device=dev)
+    return dm_all, lam_h, lam_hh, lam_m, lam_c
+
+
+# ----------------------------------------------------------------------------------------------
+# The autograd Function (shared by both engines).
+# ----------------------------------------------------------------------------------------------
+
+
+def _input_memory_backward(dx: Tensor, e_x: Tensor, g_xhat_t: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradients of ``x`` and ``x̂_0`` through the input delta encoder, vectorised over time.
+
+    ``λ_t = ∂L/∂x̂_t`` obeys ``λ_{t−1} = where(m_t, −e_x[t], λ_t)`` from ``λ_{T−1} = ∂L/∂x̂_T``, so
+    ``λ_t`` is ``−e_x[s]`` at the first active step ``s > t`` (or ``∂L/∂x̂_T`` if none);
+    ``∂L/∂x_t = m_t ⊙ (e_x[t] + λ_t)``. A reversed cumulative minimum of step indices finds ``s``.
+    """
+    steps = dx.shape[0]
+    active = dx != 0
+    idx = torch.arange(steps, device=dx.device).view(steps, *([1] * (dx.dim() - 1))).expand_as(dx)
+    idx = torch.where(active, idx, torch.full_like(idx, steps))
+    idx = torch.cat([idx, torch.full_like(idx[:1], steps)])
+    nxt = torch.flip(torch.cummin(torch.flip(idx, (0,)), 0).values, (0,))  # first active step ≥ t
+    values = torch.cat([torch.where(active, -e_x, torch.zeros_like(e_x)), g_xhat_t.unsqueeze(0)])
+    lam_after = values.gather(0, nxt[1:])  # λ_t for t = 0..T−1
+    g_x = torch.where(active, e_x + lam_after, torch.zeros_like(e_x))
+    g_xhat0 = values.gather(0, nxt[:1]).squeeze(0)
+    return g_x, g_xhat0
+
+
+class _DeltaScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, lstm, engine, theta_x, theta_h, x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh):
+        # Inference (nothing needs a gradient) skips storing the per-step accumulators.
+        keep = any(ctx.needs_input_grad)
+        if engine == "cupy":
+            wp = _pack_weights(w_ih, w_hh, lstm)
+            res = _forward_cupy(lstm, x, xhat0, h0, hhat0, m0u, c0, wp, theta_x, theta_h, keep)
+            wph = wp[x.shape[2] :]
+        else:
+            res = _forward_torch(lstm, x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh, theta_x, theta_h, keep)
+            wph = None
+        out, dx, dh, xhat_t, hhat_t, m_t, c_t, m_all, c_all = res
+        ctx.lstm, ctx.engine = lstm, engine
+        if keep:
+            ctx.save_for_backward(out, dx, dh, m_all, c_all, h0, c0, w_ih, w_hh, wph)
+        if c_t is None:
+            c_t = out.new_zeros(0)
+        return out, xhat_t, hhat_t, m_t, c_t, dx, dh
+
+    @staticmethod
+    def backward(ctx, g_out, g_xhat_t, g_hhat_t, g_m_t, g_c_t, g_dx, g_dh):
+        out, dx, dh, m_all, c_all, h0, c0, w_ih, w_hh, wph = ctx.saved_tensors
+        lstm = ctx.lstm
+        steps, batch, hidden = out.shape
+        inp = dx.shape[2]
+
+        def zeros_if_none(g, *shape):
+            return torch.zeros(shape, device=out.device, dtype=out.dtype) if g is None else g
+
+        g_out = zeros_if_none(g_out, steps, batch, hidden)
+        lam_hh = zeros_if_none(g_hhat_t, batch, hidden)
+        lam_m = zeros_if_none(g_m_t, batch, hidden, 4)
+        lam_c = zeros_if_none(g_c_t, batch, hidden) if lstm else None
+        lam_h = torch.zeros(batch, hidden, device=out.device, dtype=out.dtype)
+        core = _backward_cupy if ctx.engine == "cupy" else _backward_torch
+        w_rec = wph if ctx.engine == "cupy" else w_hh
+        dm_all, g_h0, g_hhat0, g_m0, g_c0 = core(lstm, g_out, g_dh, m_all, out, h0, c_all, c0, dh, w_rec, lam_h, lam_hh, lam_m, lam_c)
+
+        ih_slots, hh_slots = _slots(lstm)
+        dm_x = _slot_rows(dm_all, ih_slots).reshape(steps * batch, -1)  # [T·B, G·H]
+        dm_h = _slot_rows(dm_all, hh_slots).reshape(steps * batch, -1)
+        g_w_ih = dm_x.t() @ dx.reshape(steps * batch, inp) if ctx.needs_input_grad[10] else None
+        g_w_hh = dm_h.t() @ dh.reshape(steps * batch, hidden) if ctx.needs_input_grad[11] else None
+        e_x = (dm_x @ w_ih).reshape(steps, batch, inp)
+        if g_dx is not None:
+            e_x = e_x + g_dx
+        g_x, g_xhat0 = _input_memory_backward(dx, e_x, zeros_if_none(g_xhat_t, batch, inp))
+        return None, None, None, None, g_x, g_xhat0, g_h0, g_hhat0, g_m0, (g_c0 if lstm else None), g_w_ih, g_w_hh
+
+
+# ----------------------------------------------------------------------------------------------
+# Public scans (the signature of the reference scans, plus the engine).
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_theta(name: str, value: Any) -> float:
+    if isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a Python float for the sparse-BPTT scan (a tensor would need a host sync), got a Tensor")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _check_args(name, x, weight_ih, weight_hh, gates, engine):
+    if engine not in ENGINES:
+        raise ValueError(f"{name}: engine must be one of {ENGINES}, got {engine!r}")
+    if not isinstance(x, Tensor) or x.dim() != 3:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name} expects x of shape [T, B, input_size], got {got}")
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"{name} needs at least one step and one sample, got shape {tuple(x.shape)}")
+    for wname, w in (("weight_ih", weight_ih), ("weight_hh", weight_hh)):
+        if not isinstance(w, Tensor) or w.dim() != 2:
+            raise TypeError(f"{name}: {wname} must be a 2-D tensor, got {type(w).__name__}")
+        if w.dtype != x.dtype or w.device != x.device:
+            raise TypeError(f"{name}: {wname} is {w.dtype} on {w.device} but x is {x.dtype} on {x.device}")
+    hidden = weight_hh.shape[1]
+    if weight_hh.shape != (gates * hidden, hidden) or weight_ih.shape != (gates * hidden, x.shape[2]):
+        raise ValueError(
+            f"{name}: weight_ih must be [{gates}H, I] and weight_hh [{gates}H, H] with I = {x.shape[2]}, "
+            f"got {tuple(weight_ih.shape)} and {tuple(weight_hh.shape)}"
+        )
+    if engine == "cupy":
+        reason = check_cupy(device=x.device, dtype=x.dtype, shape=(x.shape[0], x.shape[1], hidden))
+        if reason is not None:
+            raise ValueError(f"{name}: the cupy engine cannot run this call: {reason}")
+
+
+def _scan(lstm, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, engine):
+    name = "delta_lstm_scan_bptt" if lstm else "delta_gru_scan_bptt"
+    _check_args(name, x, weight_ih, weight_hh, 4 if lstm else 3, engine)
+    theta_x = _check_theta("theta_x", theta_x)
+    theta_h = _check_theta("theta_h", theta_h)
+    batch, inp, hidden = x.shape[1], x.shape[2], weight_hh.shape[1]
+    if state is None:
+        init = delta_lstm_initial_state if lstm else delta_gru_initial_state
+        state = init(batch, inp, hidden, bias_ih, bias_hh, x)
+    if lstm:
+        h0, c0, xhat0, hhat0, m0 = state
+    else:
+        (h0, xhat0, hhat0, m0), c0 = state, None
+    out, xhat_t, hhat_t, m_t, c_t, dx, dh = _DeltaScan.apply(
+        lstm, engine, theta_x, theta_h, x, xhat0, h0, hhat0, _to_unit_major(m0), c0, weight_ih, weight_hh
+    )
+    m_t = _to_slot_major(m_t)
+    trace = DeltaTrace(dx, dh)
+    if lstm:
+        return out, DeltaLSTMState(out[-1], c_t, xhat_t, hhat_t, m_t), trace
+    return out, DeltaGRUState(out[-1], xhat_t, hhat_t, m_t), trace
+
+
+def delta_gru_scan_bptt(
+    x: Tensor,
+    state: DeltaGRUState | None,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    *,
+    theta_x: float = 0.0,
+    theta_h: float = 0.0,
+    engine: str = "cupy",
+) -> tuple[Tensor, DeltaGRUState, DeltaTrace]:
+    """:func:`evsnn.functional.delta_gru_scan` with the symmetric sparse backward (module docstring).
+
+    ``engine="cupy"`` runs the CUDA kernels (CUDA tensors); ``"torch"`` the twin in torch ops."""
+    return _scan(False, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, engine)
+
+
+def delta_lstm_scan_bptt(
+    x: Tensor,
+    state: DeltaLSTMState | None,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    *,
+    theta_x: float = 0.0,
+    theta_h: float = 0.0,
+    engine: str = "cupy",
+) -> tuple[Tensor, DeltaLSTMState, DeltaTrace]:
+    """:func:`evsnn.functional.delta_lstm_scan` with the symmetric sparse backward (module docstring)."""
+    return _scan(True, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, engine)
+
+
+def delta_gru_scan_cupy(x, state, weight_ih, weight_hh, bias_ih, bias_hh, *, theta_x=0.0, theta_h=0.0):
+    """The CuPy backend of ``"delta_gru"`` (the reference scan's signature and return value)."""
+    return _scan(False, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, "cupy")
+
+
+def delta_lstm_scan_cupy(x, state, weight_ih, weight_hh, bias_ih, bias_hh, *, theta_x=0.0, theta_h=0.0):
+    """The CuPy backend of ``"delta_lstm"``."""
+    return _scan(True, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, "cupy")
+
+
+def check_cupy(*, device: torch.device, dtype: torch.dtype | None = None, **config: Any) -> str | None:
+    """``None`` if the CuPy delta kernels can run this call, else why not."""
+    if device.type != "cuda":
+        return f'the CuPy backend runs on CUDA tensors, got a {device.type} tensor (pip install "evsnn[cuda13]" and move it to a GPU)'
+    reason = rt.unavailable_reason()
+    if reason is not None:
+        return reason
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        return f"the CuPy delta kernels support float32 and float64, got {dtype}"
+    for key in ("theta_x", "theta_h"):
+        value = config.get(key, 0.0)
+        if isinstance(value, Tensor):
+            return f"{key} must be a Python float for the CuPy delta kernels, got a Tensor"
+    shape = config.get("shape")
+    if shape is not None:
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        try:
+            units_per_block(shape[-1], rt.sm_count(index))
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
+register(Backend("cupy", "delta_gru", delta_gru_scan_cupy, check_cupy, priority=10))
+register(Backend("cupy", "delta_lstm", delta_lstm_scan_cupy, check_cupy, priority=10))
