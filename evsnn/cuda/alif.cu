@@ -1,0 +1,379 @@
+// ALIF (SPEC.md §2) on the GPU: fused multi-step forward and reverse-time backward kernels.
+//
+// Per neuron n of sample b, with alpha = exp(-1/tau_m), rho = exp(-1/tau_adp) computed by torch:
+//   b_t = rho*b_{t-1} + (1-rho)*s_{t-1}
+//   B_t = b0 + beta*b_t
+//   v_t = alpha*v_{t-1} + (1-alpha)*I_t - B_t*s_{t-1}
+//   s_t = H(v_t - B_t)
+// and, for the recurrent layer, I_t = current_t + (W_hh s_{t-1} + b_hh).
+//
+// Compiled with --fmad=false and the operations in the order of the PyTorch reference
+// (evsnn/functional/alif.py), so the feed-forward kernel reproduces the reference's rounding
+// step by step (the spikes are then identical, not merely close).
+//
+// Layouts: sequences [T, B, N], states [B, N], per-neuron parameters [N], all contiguous.
+// wt is W_hh transposed ([N_in, N_out], wt[j*N + n] = W_hh[n, j]) so that the columns of
+// W_hh that a spiking unit j needs (forward) and the rows of W_hh^T a unit inside the
+// surrogate's support needs (backward) are both one contiguous row of wt: coalesced.
+//
+// Backward, per (b, n), in reverse time, with carried adjoints Gv, Gb, Gs of v_t, b_t, s_t:
+//   gs  = Gs + dL/ds_t                dx = gs * g(v_t - B_t)
+//   gv  = Gv + dL/dv_t(trace) + dx    gB = dL/dB_t(trace) - dx - gv*s_{t-1}
+//   gb  = Gb + beta*gB                dI_t = (1-alpha)*gv
+//   dalpha += gv*(v_{t-1} - I_t)      drho += gb*(b_{t-1} - s_{t-1})
+//   db0 += gB                         dbeta += gB*b_t
+//   Gv <- alpha*gv   Gb <- rho*gb   Gs <- (1-rho)*gb - gv*B_t (+ (W_hh^T dI_t) if recurrent)
+// Parameter gradients are written as per-(b, n) partial sums over time (each by one thread,
+// in a fixed order) and reduced over the batch by torch: deterministic, no atomics.
+#include "common.cuh"
+
+#ifndef ALIF_REC_THREADS
+#define ALIF_REC_THREADS 128
+#endif
+#define ALIF_REC_WARPS (ALIF_REC_THREADS / 32)
+// Spike columns gathered per tile of the forward recurrent product (per warp: 4 ballots of 32).
+#define ALIF_TILE_PER_WARP 128
+#define ALIF_TILE (ALIF_REC_WARPS * ALIF_TILE_PER_WARP)
+
+typedef long long idx_t;
+
+#define SG_ARGS const int sg_kind, const scalar_t sg0, const scalar_t sg1, const scalar_t sg2, const scalar_t sg3, const scalar_t sg_trunc
+#define SG_G(x) evsnn_surrogate_grad(sg_kind, sg0, sg1, sg2, sg3, sg_trunc, (x))
+
+// One forward step of one neuron, in the reference's operation order.
+__device__ __forceinline__ void alif_step(scalar_t i_t, scalar_t alpha, scalar_t one_m_alpha, scalar_t rho,
+                                          scalar_t one_m_rho, scalar_t b0, scalar_t beta, scalar_t& v, scalar_t& b,
+                                          scalar_t& s, scalar_t& threshold) {
+    b = rho * b + one_m_rho * s;
+    threshold = b0 + beta * b;
+    v = alpha * v + one_m_alpha * i_t - threshold * s;
+    s = (v - threshold) > scalar_t(0) ? scalar_t(1) : scalar_t(0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Feed-forward: one thread per (b, n), the state in registers, a loop over all T steps.
+// b_trace may be null (no backward will follow): it is then not written.
+// ---------------------------------------------------------------------------------------------
+extern "C" __global__ void alif_ff_forward(const scalar_t* __restrict__ current, const scalar_t* __restrict__ v0,
+                                           const scalar_t* __restrict__ bstate0, const scalar_t* __restrict__ s0,
+                                           const scalar_t* __restrict__ alpha, const scalar_t* __restrict__ rho,
+                                           const scalar_t* __restrict__ b0, const scalar_t* __restrict__ beta,
+                                           scalar_t* __restrict__ spikes, scalar_t* __restrict__ v_trace,
+                                           scalar_t* __restrict__ b_trace, scalar_t* __restrict__ thr_trace,
+                                           scalar_t* __restrict__ v_out, scalar_t* __restrict__ b_out,
+                                           scalar_t* __restrict__ s_out, const int T, const int B, const int N) {
+    const idx_t BN = (idx_t)B * N;
+    const idx_t idx = (idx_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= BN) return;
+    const int n = (int)(idx % N);
+    const scalar_t a = alpha[n], r = rho[n], th0 = b0[n], bt = beta[n];
+    const scalar_t one_m_a = scalar_t(1) - a, one_m_r = scalar_t(1) - r;
+    scalar_t v = v0[idx], b = bstate0[idx], s = s0[idx], thr;
+    idx_t off = idx;
+#pragma unroll 4
+    for (int t = 0; t < T; ++t, off += BN) {
+        alif_step(current[off], a, one_m_a, r, one_m_r, th0, bt, v, b, s, thr);
+        spikes[off] = s;
+        v_trace[off] = v;
+        thr_trace[off] = thr;
+        if (b_trace != nullptr) b_trace[off] = b;
+    }
+    v_out[idx] = v;
+    b_out[idx] = b;
+    s_out[idx] = s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Feed-forward backward: one thread per (b, n), reverse time, adjoints in registers.
+// Incoming gradients g_* may be null (treated as zero).
+// ---------------------------------------------------------------------------------------------
+extern "C" __global__ void alif_ff_backward(
+    const scalar_t* __restrict__ inputs, const scalar_t* __restrict__ spikes, const scalar_t* __restrict__ v_trace,
+    const scalar_t* __restrict__ b_trace, const scalar_t* __restrict__ v0, const scalar_t* __restrict__ bstate0,
+    const scalar_t* __restrict__ s0, const scalar_t* __restrict__ alpha, const scalar_t* __restrict__ rho,
+    const scalar_t* __restrict__ b0, const scalar_t* __restrict__ beta, const scalar_t* __restrict__ g_spikes,
+    const scalar_t* __restrict__ g_vtrace, const scalar_t* __restrict__ g_thr, const scalar_t* __restrict__ g_vT,
+    const scalar_t* __restrict__ g_bT, const scalar_t* __restrict__ g_sT, SG_ARGS, scalar_t* __restrict__ g_current,
+    scalar_t* __restrict__ g_v0, scalar_t* __restrict__ g_bstate0, scalar_t* __restrict__ g_s0,
+    scalar_t* __restrict__ p_alpha, scalar_t* __restrict__ p_rho, scalar_t* __restrict__ p_b0,
+    scalar_t* __restrict__ p_beta, const int T, const int B, const int N) {
+    const idx_t BN = (idx_t)B * N;
+    const idx_t idx = (idx_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= BN) return;
+    const int n = (int)(idx % N);
+    const scalar_t a = alpha[n], r = rho[n], th0 = b0[n], bt = beta[n];
+    const scalar_t one_m_a = scalar_t(1) - a, one_m_r = scalar_t(1) - r;
+    scalar_t Gv = g_vT ? g_vT[idx] : scalar_t(0);
+    scalar_t Gb = g_bT ? g_bT[idx] : scalar_t(0);
+    scalar_t Gs = g_sT ? g_sT[idx] : scalar_t(0);
+    scalar_t acc_a = 0, acc_r = 0, acc_b0 = 0, acc_beta = 0;
+    idx_t off = (idx_t)(T - 1) * BN + idx;
+    scalar_t v_t = v_trace[off], b_t = b_trace[off];
+    for (int t = T - 1; t >= 0; --t, off -= BN) {
+        scalar_t v_p, b_p, s_p;
+        if (t > 0) {
+            v_p = v_trace[off - BN];
+            b_p = b_trace[off - BN];
+            s_p = spikes[off - BN];
+        } else {
+            v_p = v0[idx];
+            b_p = bstate0[idx];
+            s_p = s0[idx];
+        }
+        const scalar_t i_t = inputs[off];
+        const scalar_t thr = th0 + bt * b_t;
+        const scalar_t gs = Gs + (g_spikes ? g_spikes[off] : scalar_t(0));
+        const scalar_t dx = gs * SG_G(v_t - thr);
+        const scalar_t gv = Gv + dx + (g_vtrace ? g_vtrace[off] : scalar_t(0));
+        const scalar_t gB = (g_thr ? g_thr[off] : scalar_t(0)) - dx - gv * s_p;
+        const scalar_t gb = Gb + bt * gB;
+        g_current[off] = one_m_a * gv;
+        acc_a += gv * (v_p - i_t);
+        acc_r += gb * (b_p - s_p);
+        acc_b0 += gB;
+        acc_beta += gB * b_t;
+        Gv = a * gv;
+        Gb = r * gb;
+        Gs = one_m_r * gb - gv * thr;
+        v_t = v_p;
+        b_t = b_p;
+    }
+    g_v0[idx] = Gv;
+    g_bstate0[idx] = Gb;
+    g_s0[idx] = Gs;
+    p_alpha[idx] = acc_a;
+    p_rho[idx] = acc_r;
+    p_b0[idx] = acc_b0;
+    p_beta[idx] = acc_beta;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recurrent forward: one persistent launch for all T steps (grid <= number of SMs, one grid
+// barrier per step). A work unit is (sample b, chunk of ALIF_REC_THREADS neurons); a block
+// walks its units each step. The running state lives in v_out/b_out/s_out (each entry touched
+// by one thread only); the previous step's spikes of the whole sample, written by other
+// blocks, are read from `spikes` (or s0) through L2. When a backward will follow (b_trace not
+// null), the total input I_t = current_t + W_hh s_{t-1} + b_hh is kept in i_total for it.
+//
+// Event-sparse input: per tile of ALIF_TILE presynaptic units, each warp ballots its 128
+// entries of s_{t-1} != 0 and writes the indices (ascending) into its slice of a shared
+// list; every thread then sums wt[j, n]*s_{t-1}[j] over the listed j only, warp slice by
+// warp slice, so the summation order is fixed (ascending j): deterministic.
+// ---------------------------------------------------------------------------------------------
+extern "C" __global__ void __launch_bounds__(ALIF_REC_THREADS)
+    alif_rec_forward(const scalar_t* __restrict__ current, const scalar_t* __restrict__ v0,
+                     const scalar_t* __restrict__ bstate0, const scalar_t* __restrict__ s0,
+                     const scalar_t* __restrict__ alpha, const scalar_t* __restrict__ rho,
+                     const scalar_t* __restrict__ b0, const scalar_t* __restrict__ beta,
+                     const scalar_t* __restrict__ wt, const scalar_t* __restrict__ bias_hh, scalar_t* spikes,
+                     scalar_t* __restrict__ v_trace, scalar_t* __restrict__ b_trace, scalar_t* __restrict__ thr_trace,
+                     scalar_t* __restrict__ v_out, scalar_t* __restrict__ b_out, scalar_t* __restrict__ s_out,
+                     scalar_t* __restrict__ i_total, unsigned int* counter, const int T, const int B, const int N) {
+    __shared__ int list[ALIF_TILE];
+    __shared__ scalar_t vals[ALIF_TILE];
+    __shared__ int counts[ALIF_REC_WARPS];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const idx_t BN = (idx_t)B * N;
+    const int chunks = (N + ALIF_REC_THREADS - 1) / ALIF_REC_THREADS;
+    const int units = B * chunks;
+    unsigned int target = 0;
+    for (int t = 0; t < T; ++t) {
+        for (int u = blockIdx.x; u < units; u += gridDim.x) {
+            const int b = u / chunks;
+            const int n = (u % chunks) * ALIF_REC_THREADS + threadIdx.x;
+            const scalar_t* s_prev = (t == 0) ? s0 + (idx_t)b * N : spikes + (idx_t)(t - 1) * BN + (idx_t)b * N;
+            scalar_t acc = 0;
+            for (int j0 = 0; j0 < N; j0 += ALIF_TILE) {
+                int count = 0;
+                const int base = j0 + warp * ALIF_TILE_PER_WARP;
+#pragma unroll
+                for (int k = 0; k < ALIF_TILE_PER_WARP / 32; ++k) {
+                    const int j = base + k * 32 + lane;
+                    const scalar_t sv = j < N ? evsnn_ldcg(s_prev + j) : scalar_t(0);
+                    const unsigned int mask = __ballot_sync(EVSNN_FULL_MASK, sv != scalar_t(0));
+                    if (sv != scalar_t(0)) {
+                        const int pos = warp * ALIF_TILE_PER_WARP + count + __popc(mask & evsnn_lanemask_lt());
+                        list[pos] = j;
+                        vals[pos] = sv;
+                    }
+                    count += __popc(mask);
+                }
+                if (lane == 0) counts[warp] = count;
+                __syncthreads();
+                if (n < N) {
+                    for (int w = 0; w < ALIF_REC_WARPS; ++w) {
+                        const int c = counts[w];
+                        for (int k = 0; k < c; ++k) {
+                            const int pos = w * ALIF_TILE_PER_WARP + k;
+                            acc += wt[(idx_t)list[pos] * N + n] * vals[pos];
+                        }
+                    }
+                }
+                __syncthreads();
+            }
+            if (n < N) {
+                const idx_t sidx = (idx_t)b * N + n;
+                const idx_t off = (idx_t)t * BN + sidx;
+                scalar_t v, bb, s;
+                if (t == 0) {
+                    v = v0[sidx];
+                    bb = bstate0[sidx];
+                    s = s0[sidx];
+                } else {
+                    v = v_out[sidx];
+                    bb = b_out[sidx];
+                    s = s_out[sidx];
+                }
+                scalar_t rec = acc;
+                if (bias_hh != nullptr) rec = rec + bias_hh[n];
+                const scalar_t i_t = current[off] + rec;
+                scalar_t thr;
+                alif_step(i_t, alpha[n], scalar_t(1) - alpha[n], rho[n], scalar_t(1) - rho[n], b0[n], beta[n], v, bb, s,
+                          thr);
+                spikes[off] = s;
+                v_trace[off] = v;
+                thr_trace[off] = thr;
+                if (b_trace != nullptr) {
+                    b_trace[off] = bb;
+                    i_total[off] = i_t;
+                }
+                v_out[sidx] = v;
+                b_out[sidx] = bb;
+                s_out[sidx] = s;
+            }
+        }
+        if (t + 1 < T) evsnn_grid_barrier(counter, target);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Recurrent backward: one persistent launch, reverse time, one grid barrier per step, the same
+// units as the forward. At step t a unit (b, chunk of units j) first completes dL/ds_t of its
+// units with the recurrent term (W_hh^T dI_{t+1})[j] = sum_n wt[j, n] dI_{t+1}[b, n], computed
+// ONLY for the units whose pseudo-derivative g(v_t - B_t) is nonzero (everywhere else dL/ds_t
+// is multiplied by 0 and never used): one warp per such unit, a lane-strided dot product with a
+// fixed butterfly reduction (deterministic). Then it runs the elementwise backward of step t
+// for its units and writes dI_t = g_current[t]. After the last step the recurrent term for
+// the initial spikes s0 is computed for every unit (dense), since dL/ds0 is an output.
+//
+// The carried adjoints Gv, Gb, Gs live in g_v0, g_bstate0, g_s0 (each entry owned by one
+// thread) and end as the initial-state gradients; the parameter partials in p_*.
+// ---------------------------------------------------------------------------------------------
+__device__ __forceinline__ void alif_rec_dot_rows(const scalar_t* __restrict__ wt, const scalar_t* d_row,
+                                                  const int* list, const int count, scalar_t* rec, const int j_base,
+                                                  const int N) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int k = warp; k < count; k += ALIF_REC_WARPS) {
+        const int j = list[k];
+        const scalar_t* row = wt + (idx_t)j * N;
+        scalar_t sum = 0;
+        for (int n = lane; n < N; n += 32) sum += row[n] * evsnn_ldcg(d_row + n);
+        sum = evsnn_warp_sum(sum);
+        if (lane == 0) rec[j - j_base] = sum;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(ALIF_REC_THREADS) alif_rec_backward(
+    const scalar_t* __restrict__ inputs, const scalar_t* __restrict__ spikes, const scalar_t* __restrict__ v_trace,
+    const scalar_t* __restrict__ b_trace, const scalar_t* __restrict__ v0, const scalar_t* __restrict__ bstate0,
+    const scalar_t* __restrict__ s0, const scalar_t* __restrict__ alpha, const scalar_t* __restrict__ rho,
+    const scalar_t* __restrict__ b0, const scalar_t* __restrict__ beta, const scalar_t* __restrict__ wt,
+    const scalar_t* __restrict__ g_spikes, const scalar_t* __restrict__ g_vtrace, const scalar_t* __restrict__ g_thr,
+    const scalar_t* __restrict__ g_vT, const scalar_t* __restrict__ g_bT, const scalar_t* __restrict__ g_sT, SG_ARGS,
+    scalar_t* g_current, scalar_t* __restrict__ g_v0, scalar_t* __restrict__ g_bstate0, scalar_t* __restrict__ g_s0,
+    scalar_t* __restrict__ p_alpha, scalar_t* __restrict__ p_rho, scalar_t* __restrict__ p_b0,
+    scalar_t* __restrict__ p_beta, unsigned int* counter, const int T, const int B, const int N) {
+    __shared__ int list[ALIF_REC_THREADS];
+    __shared__ scalar_t rec[ALIF_REC_THREADS];
+    __shared__ int count;
+    const idx_t BN = (idx_t)B * N;
+    const int chunks = (N + ALIF_REC_THREADS - 1) / ALIF_REC_THREADS;
+    const int units = B * chunks;
+    unsigned int target = 0;
+
+    // Initialise the carries and partials of this block's units (own entries only).
+    for (int u = blockIdx.x; u < units; u += gridDim.x) {
+        const int b = u / chunks;
+        const int n = (u % chunks) * ALIF_REC_THREADS + threadIdx.x;
+        if (n < N) {
+            const idx_t sidx = (idx_t)b * N + n;
+            g_v0[sidx] = g_vT ? g_vT[sidx] : scalar_t(0);
+            g_bstate0[sidx] = g_bT ? g_bT[sidx] : scalar_t(0);
+            g_s0[sidx] = g_sT ? g_sT[sidx] : scalar_t(0);
+            p_alpha[sidx] = 0;
+            p_rho[sidx] = 0;
+            p_b0[sidx] = 0;
+            p_beta[sidx] = 0;
+        }
+    }
+
+    for (int t = T - 1; t >= 0; --t) {
+        for (int u = blockIdx.x; u < units; u += gridDim.x) {
+            const int b = u / chunks;
+            const int j_base = (u % chunks) * ALIF_REC_THREADS;
+            const int n = j_base + threadIdx.x;
+            const bool valid = n < N;
+            const idx_t sidx = (idx_t)b * N + n;
+            const idx_t off = (idx_t)t * BN + sidx;
+            scalar_t v_t = 0, b_t = 0, thr = 0, g = 0;
+            const scalar_t th0 = valid ? b0[n] : scalar_t(0), bt = valid ? beta[n] : scalar_t(0);
+            if (valid) {
+                v_t = v_trace[off];
+                b_t = b_trace[off];
+                thr = th0 + bt * b_t;
+                g = SG_G(v_t - thr);
+            }
+            // Recurrent part of dL/ds_t, only where g != 0.
+            const bool need = valid && (t + 1 < T) && g != scalar_t(0);
+            if (threadIdx.x == 0) count = 0;
+            __syncthreads();
+            if (need) list[atomicAdd(&count, 1)] = n;  // which warp takes which row does not change any sum
+            __syncthreads();
+            if (t + 1 < T) alif_rec_dot_rows(wt, g_current + (idx_t)(t + 1) * BN + (idx_t)b * N, list, count, rec, j_base, N);
+            __syncthreads();
+            if (valid) {
+                scalar_t v_p, b_p, s_p;
+                if (t > 0) {
+                    v_p = v_trace[off - BN];
+                    b_p = b_trace[off - BN];
+                    s_p = spikes[off - BN];
+                } else {
+                    v_p = v0[sidx];
+                    b_p = bstate0[sidx];
+                    s_p = s0[sidx];
+                }
+                const scalar_t a = alpha[n], r = rho[n];
+                scalar_t Gs = g_s0[sidx];
+                if (need) Gs = Gs + rec[threadIdx.x];
+                const scalar_t gs = Gs + (g_spikes ? g_spikes[off] : scalar_t(0));
+                const scalar_t dx = gs * g;
+                const scalar_t gv = g_v0[sidx] + dx + (g_vtrace ? g_vtrace[off] : scalar_t(0));
+                const scalar_t gB = (g_thr ? g_thr[off] : scalar_t(0)) - dx - gv * s_p;
+                const scalar_t gb = g_bstate0[sidx] + bt * gB;
+                g_current[off] = (scalar_t(1) - a) * gv;
+                p_alpha[sidx] += gv * (v_p - inputs[off]);
+                p_rho[sidx] += gb * (b_p - s_p);
+                p_b0[sidx] += gB;
+                p_beta[sidx] += gB * b_t;
+                g_v0[sidx] = a * gv;
+                g_bstate0[sidx] = r * gb;
+                g_s0[sidx] = (scalar_t(1) - r) * gb - gv * thr;
+            }
+        }
+        evsnn_grid_barrier(counter, target);
+    }
+
+    // dL/ds0 += W_hh^T dI_0 for every unit.
+    for (int u = blockIdx.x; u < units; u += gridDim.x) {
+        const int b = u / chunks;
+        const int j_base = (u % chunks) * ALIF_REC_THREADS;
+        const int n = j_base + threadIdx.x;
+        if (n < N) list[threadIdx.x] = n;
+        if (threadIdx.x == 0) count = min(ALIF_REC_THREADS, N - j_base);
+        __syncthreads();
+        alif_rec_dot_rows(wt, g_current + (idx_t)b * N, list, count, rec, j_base, N);
+        __syncthreads();
+        if (n < N) g_s0[(idx_t)b * N + n] += rec[threadIdx.x];
+        __syncthreads();
+    }
+}

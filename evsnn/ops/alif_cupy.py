@@ -1,0 +1,268 @@
+"""CuPy backend of the ALIF scan (SPEC.md §2), registered as ``("cupy", "alif")``.
+
+:func:`alif_scan_cupy` has exactly the signature and the return value of
+:func:`evsnn.functional.alif_scan`, ``(spikes [T, B, N], ALIFState(v, b, s), ALIFTrace(v, threshold))``,
+and computes the same function with two kernels per call (``evsnn/cuda/alif.cu``):
+
+- feed-forward (``weight_hh=None``): one thread per (sample, neuron) loops over all T steps with
+  the state in registers; the backward is one reverse-time kernel of the same shape;
+- recurrent: one persistent launch per sequence (grid ≤ number of SMs, a grid barrier per
+  step) whose input ``W_hh s_{t−1}`` sums only the columns of spiking units, and whose backward
+  computes ``(W_hhᵀ δ)[j]`` only for units j whose pseudo-derivative is nonzero (all units with an
+  infinite-support surrogate, few with a truncated one); ``∂L/∂W_hh`` is one GEMM over all steps.
+
+``α = exp(−1/max(τ_m, 1))`` and ``ρ`` are computed by torch (:func:`evsnn.functional.alif.decay`),
+so gradients reach ``tau_mem``/``tau_adapt`` through autograd exactly as in the reference.
+Gradients: current, initial state, τ_m, τ_adp, b0 and β (when tensors that require grad),
+``weight_hh``, ``bias_hh``; also through the trace outputs. No host synchronisation; parameter
+gradients are per-(sample, neuron) partials reduced by torch (deterministic).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..functional.alif import ALIFState, ALIFTrace, alif_initial_state, decay
+from ..surrogate import MultiGaussian, Surrogate
+from . import cupy_runtime as rt
+from .dispatch import Backend, register
+
+__all__ = ["alif_scan_cupy", "check", "surrogate_kernel_args", "REC_THREADS", "FF_THREADS"]
+
+SOURCE = "alif.cu"
+# Threads per block of the recurrent kernels: must equal ALIF_REC_THREADS of alif.cu.
+REC_THREADS = 128
+FF_THREADS = 256
+# --fmad=false: the kernels repeat the reference's operations in its order, with its roundings.
+_DEFINES = ("--fmad=false",)
+# Upper bound on the persistent grid (None: the number of SMs). Tests lower it to make each
+# block walk several work units per step.
+MAX_BLOCKS: int | None = None
+
+_DEFAULT_SURROGATE = MultiGaussian()
+_KINDS = {"triangle": (0, 2), "gaussian": (1, 2), "multi_gaussian": (2, 4), "atan": (3, 1), "fast_sigmoid": (4, 1)}
+
+
+def surrogate_kernel_args(surrogate: Surrogate) -> tuple[int, tuple[float, float, float, float], float] | None:
+    """``(kind, (p0, p1, p2, p3), trunc)`` for ``evsnn_surrogate_grad`` of ``common.cuh``, or ``None``.
+
+    Parameters beyond the kind's own are truncation supports (one per nesting of
+    :meth:`Surrogate.truncate`); the effective support is the smallest. ``trunc = 0`` means none.
+    """
+    spec = surrogate.kernel_spec() if isinstance(surrogate, Surrogate) else None
+    if spec is None:
+        return None
+    name, params = spec
+    if name not in _KINDS:
+        return None
+    kind, n_params = _KINDS[name]
+    own, supports = tuple(float(p) for p in params[:n_params]), [float(p) for p in params[n_params:]]
+    if len(own) != n_params:
+        return None
+    padded = own + (0.0,) * (4 - n_params)
+    return kind, padded, (min(supports) if supports else 0.0)  # type: ignore[return-value]
+
+
+def check(*, device: torch.device, dtype: torch.dtype | None = None, surrogate: Any = None, **_: Any) -> str | None:
+    """``None`` if the CuPy ALIF kernels can run this call, else the reason."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        reason = rt.unavailable_reason()
+        hint = f" ({reason})" if reason else ""
+        return (
+            f"the CuPy ALIF kernels need CUDA tensors, got a {device.type} tensor{hint}; for a GPU install "
+            f'pip install "evsnn[cuda13]" and move the layer to "cuda"'
+        )
+    reason = rt.unavailable_reason()
+    if reason is not None:
+        return reason
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        return f"the CuPy ALIF kernels support float32 and float64, got {dtype}"
+    if surrogate is not None and surrogate_kernel_args(surrogate) is None:
+        return f"surrogate {surrogate!r} has no kernel form (kernel_spec() is None); use the torch backend"
+    return None
+
+
+def _per_neuron(name: str, value: float | Tensor, n: int, like: Tensor) -> Tensor:
+    """``value`` as a contiguous ``[n]`` tensor (a float, a 0-d/1-element tensor or an ``[n]`` tensor)."""
+    if isinstance(value, Tensor):
+        if value.dim() == 0 or tuple(value.shape) == (1,):
+            return value.reshape(()).expand(n).to(dtype=like.dtype).contiguous()
+        if tuple(value.shape) != (n,):
+            raise ValueError(f"{name} must be a number or a tensor of shape ({n},), got shape {tuple(value.shape)}")
+        if value.device != like.device:
+            raise ValueError(f"{name} is on {value.device} but the input current is on {like.device}")
+        return value.to(dtype=like.dtype).contiguous()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.full((n,), float(value), dtype=like.dtype, device=like.device)
+    raise TypeError(f"{name} must be a float or a tensor, got {type(value).__name__}")
+
+
+def _grid(units: int, device: torch.device) -> int:
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    limit = rt.sm_count(index) if MAX_BLOCKS is None else min(MAX_BLOCKS, rt.sm_count(index))
+    return max(1, min(units, limit))
+
+
+def _g(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+class _ALIFScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, current, v0, bstate0, s0, alpha, rho, b0, beta, weight_hh, bias_hh, sg, needs_grad):
+        # needs_grad: a graph is being recorded (ctx.needs_input_grad stays True under no_grad).
+        T, B, N = current.shape
+        dev, dtype = current.device, current.dtype
+        spikes = torch.empty_like(current)
+        v_trace = torch.empty_like(current)
+        thr_trace = torch.empty_like(current)
+        b_trace = torch.empty_like(current) if needs_grad else None
+        v_out, b_out, s_out = (torch.empty_like(v0) for _ in range(3))
+        common = (rt.ptr(v0), rt.ptr(bstate0), rt.ptr(s0), rt.ptr(alpha), rt.ptr(rho), rt.ptr(b0), rt.ptr(beta))
+        if weight_hh is None:
+            kernel = rt.get_kernel(SOURCE, "alif_ff_forward", dtype=dtype, device=dev, defines=_DEFINES)
+            grid = (math.ceil(B * N / FF_THREADS),)
+            args = (rt.ptr(current),) + common + (
+                rt.ptr(spikes), rt.ptr(v_trace), rt.ptr(b_trace), rt.ptr(thr_trace),
+                rt.ptr(v_out), rt.ptr(b_out), rt.ptr(s_out), rt.i32(T), rt.i32(B), rt.i32(N),
+            )  # fmt: skip
+            rt.launch(kernel, grid, (FF_THREADS,), args, device=dev)
+            inputs, wt = current, None
+        else:
+            wt = weight_hh.t().contiguous()
+            inputs = torch.empty_like(current) if needs_grad else None
+            counter = torch.zeros(1, dtype=torch.int32, device=dev)
+            kernel = rt.get_kernel(SOURCE, "alif_rec_forward", dtype=dtype, device=dev, defines=_DEFINES)
+            grid = (_grid(B * math.ceil(N / REC_THREADS), dev),)
+            args = (rt.ptr(current),) + common + (
+                rt.ptr(wt), rt.ptr(bias_hh), rt.ptr(spikes), rt.ptr(v_trace), rt.ptr(b_trace), rt.ptr(thr_trace),
+                rt.ptr(v_out), rt.ptr(b_out), rt.ptr(s_out), rt.ptr(inputs), rt.ptr(counter),
+                rt.i32(T), rt.i32(B), rt.i32(N),
+            )  # fmt: skip
+            rt.launch(kernel, grid, (REC_THREADS,), args, device=dev)
+        if needs_grad:
+            ctx.save_for_backward(inputs, spikes, v_trace, b_trace, v0, bstate0, s0, alpha, rho, b0, beta, wt)
+        ctx.sg = sg
+        ctx.set_materialize_grads(False)
+        return spikes, v_trace, thr_trace, v_out, b_out, s_out
+
+    @staticmethod
+    def backward(ctx, g_spikes, g_vtrace, g_thr, g_vT, g_bT, g_sT):
+        inputs, spikes, v_trace, b_trace, v0, bstate0, s0, alpha, rho, b0, beta, wt = ctx.saved_tensors
+        T, B, N = spikes.shape
+        dev, dtype = spikes.device, spikes.dtype
+        kind, (p0, p1, p2, p3), trunc = ctx.sg
+        g_current = torch.empty_like(spikes)
+        g_v0, g_bstate0, g_s0 = (torch.empty_like(v0) for _ in range(3))
+        partials = [torch.empty_like(v0) for _ in range(4)]
+        grads_in = (_g(g_spikes), _g(g_vtrace), _g(g_thr), _g(g_vT), _g(g_bT), _g(g_sT))
+        sg_args = (rt.i32(kind),) + tuple(rt.scalar(p, dtype) for p in (p0, p1, p2, p3, trunc))
+        head = (rt.ptr(inputs), rt.ptr(spikes), rt.ptr(v_trace), rt.ptr(b_trace), rt.ptr(v0), rt.ptr(bstate0),
+                rt.ptr(s0), rt.ptr(alpha), rt.ptr(rho), rt.ptr(b0), rt.ptr(beta))  # fmt: skip
+        tail = (rt.ptr(g_current), rt.ptr(g_v0), rt.ptr(g_bstate0), rt.ptr(g_s0)) + tuple(rt.ptr(p) for p in partials)
+        if wt is None:
+            kernel = rt.get_kernel(SOURCE, "alif_ff_backward", dtype=dtype, device=dev, defines=_DEFINES)
+            args = head + tuple(rt.ptr(g) for g in grads_in) + sg_args + tail + (rt.i32(T), rt.i32(B), rt.i32(N))
+            rt.launch(kernel, (math.ceil(B * N / FF_THREADS),), (FF_THREADS,), args, device=dev)
+        else:
+            counter = torch.zeros(1, dtype=torch.int32, device=dev)
+            kernel = rt.get_kernel(SOURCE, "alif_rec_backward", dtype=dtype, device=dev, defines=_DEFINES)
+            args = head + (rt.ptr(wt),) + tuple(rt.ptr(g) for g in grads_in) + sg_args + tail + (
+                rt.ptr(counter), rt.i32(T), rt.i32(B), rt.i32(N),
+            )  # fmt: skip
+            rt.launch(kernel, (_grid(B * math.ceil(N / REC_THREADS), dev),), (REC_THREADS,), args, device=dev)
+        need = ctx.needs_input_grad
+        p_alpha, p_rho, p_b0, p_beta = partials
+        g_w = g_bias = None
+        if wt is not None and need[8]:
+            # dW[n, j] = sum_{t, b} dI_t[b, n] s_{t-1}[b, j]: one GEMM over steps 1..T-1, one for s0.
+            g_w = g_current[1:].reshape(-1, N).t() @ spikes[:-1].reshape(-1, N) + g_current[0].t() @ s0
+        if wt is not None and need[9]:
+            g_bias = g_current.sum(dim=(0, 1))
+        return (
+            g_current if need[0] else None,
+            g_v0 if need[1] else None,
+            g_bstate0 if need[2] else None,
+            g_s0 if need[3] else None,
+            p_alpha.sum(0) if need[4] else None,
+            p_rho.sum(0) if need[5] else None,
+            p_b0.sum(0) if need[6] else None,
+            p_beta.sum(0) if need[7] else None,
+            g_w,
+            g_bias,
+            None,
+            None,
+        )
+
+
+def _check_tensor(name: str, t: Any, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a tensor of shape {shape}, got {type(t).__name__}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if t.device != like.device or t.dtype != like.dtype:
+        raise ValueError(f"{name} must be a {like.dtype} tensor on {like.device}, got {t.dtype} on {t.device}")
+    return t.contiguous()
+
+
+def alif_scan_cupy(
+    current: Tensor,
+    state: ALIFState | None,
+    *,
+    tau_mem: Tensor,
+    tau_adapt: Tensor,
+    b0: float | Tensor = 0.01,
+    beta: float | Tensor = 1.8,
+    surrogate: Surrogate = _DEFAULT_SURROGATE,
+    weight_hh: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+) -> tuple[Tensor, ALIFState, ALIFTrace]:
+    """:func:`evsnn.functional.alif_scan` on the GPU (same arguments, same results; SPEC §2).
+
+    ``current`` ``[T, B, N]`` (CUDA, float32/float64); with ``weight_hh`` ``[N, N]`` the layer is
+    recurrent: ``I_t = current_t + W_hh s_{t−1} + b_hh``.
+    """
+    if not isinstance(current, Tensor) or current.dim() != 3:
+        got = tuple(current.shape) if isinstance(current, Tensor) else type(current).__name__
+        raise ValueError(f"current must be a [T, B, N] tensor, got {got}")
+    reason = check(device=current.device, dtype=current.dtype, surrogate=surrogate)
+    if reason is not None:
+        raise ValueError(f"alif_scan_cupy cannot run: {reason}")
+    T, B, N = current.shape
+    if T == 0 or B == 0 or N == 0:
+        raise ValueError(f"current must have T, B, N >= 1, got shape {tuple(current.shape)}")
+    if not isinstance(tau_mem, Tensor) or not isinstance(tau_adapt, Tensor):
+        raise TypeError(
+            f"tau_mem and tau_adapt must be tensors, got {type(tau_mem).__name__} and {type(tau_adapt).__name__}"
+        )
+    # α and ρ by torch, exactly as the reference computes them: τ's gradient goes through autograd.
+    alpha = _per_neuron("tau_mem", decay(tau_mem), N, current)
+    rho = _per_neuron("tau_adapt", decay(tau_adapt), N, current)
+    b0_n = _per_neuron("b0", b0, N, current)
+    beta_n = _per_neuron("beta", beta, N, current)
+    if state is None:
+        state = alif_initial_state(current[0], b0)
+    if not isinstance(state, tuple) or len(state) != 3:
+        raise TypeError(f"state must be an ALIFState(v, b, s) or None, got {type(state).__name__}")
+    v0, bstate0, s0 = (_check_tensor(f"state.{k}", x, (B, N), current) for k, x in zip("vbs", state))
+    if weight_hh is not None:
+        weight_hh = _check_tensor("weight_hh", weight_hh, (N, N), current)
+        if bias_hh is not None:
+            bias_hh = _check_tensor("bias_hh", bias_hh, (N,), current)
+    else:
+        bias_hh = None  # the reference uses bias_hh only with weight_hh
+    sg = surrogate_kernel_args(surrogate)
+    inputs = (current, v0, bstate0, s0, alpha, rho, b0_n, beta_n, weight_hh, bias_hh)
+    needs_grad = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in inputs)
+    spikes, v_trace, thr_trace, v_out, b_out, s_out = _ALIFScan.apply(
+        current.contiguous(), v0, bstate0, s0, alpha, rho, b0_n, beta_n, weight_hh, bias_hh, sg, needs_grad
+    )
+    return spikes, ALIFState(v_out, b_out, s_out), ALIFTrace(v_trace, thr_trace)
+
+
+register(Backend("cupy", "alif", alif_scan_cupy, check, priority=10))
