@@ -184,3 +184,24 @@ def test_bad_arguments():
         delta_gru_scan_bptt(x, None, params[0].float(), params[1], None, None, engine="torch")
     with pytest.raises(ValueError, match="cupy engine cannot run this call: the CuPy backend runs on CUDA tensors"):
         delta_gru_scan_bptt(x, None, *params, engine="cupy")
+
+
+def test_cupy_backend_registered_and_refuses_cpu_tensors():
+    from evsnn.ops import cupy_backends  # noqa: F401  (registers every family's CuPy backend)
+    from evsnn.ops.dispatch import BackendUnavailable, registered, resolve
+
+    assert "cupy" in registered("delta_gru") and "cupy" in registered("delta_lstm")
+    with pytest.raises(BackendUnavailable, match="CUDA tensors"):
+        resolve("delta_lstm", "cupy", device=torch.device("cpu"), dtype=torch.float32, theta_x=0.0, theta_h=0.0)
+
+
+def test_inference_mode_skips_saved_state_and_matches_reference():
+    gen = torch.Generator().manual_seed(3)
+    params = _params(4, 3, 5, gen)
+    x = torch.randn(6, 2, 3, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        out, final, _ = delta_lstm_scan_bptt(x, None, *params, theta_x=0.1, theta_h=0.05, engine="torch")
+        ref, ref_final, _ = delta_lstm_scan(x, None, *params, theta_x=0.1, theta_h=0.05)
+    assert out.grad_fn is None
+    torch.testing.assert_close(out, ref, rtol=0, atol=TOL)
+    torch.testing.assert_close(final.c, ref_final.c, rtol=0, atol=TOL)

@@ -208,11 +208,14 @@ def _forward_cupy(lstm, x, xhat0, h0, hhat0, m0u, c0, wp, theta_x, theta_h, keep
     dx = torch.empty_like(x)
     xhat_t = torch.empty(batch, inp, device=dev, dtype=dt)
     n = batch * inp
+    # Every tensor whose pointer goes to a kernel is held by a local name until the launch is
+    # queued, so the caching allocator cannot hand its memory to the next temporary.
+    xhat0 = xhat0.contiguous()
     rt.launch(
         _kernel("delta_encode_input", lstm, dt, dev),
         (math.ceil(n / _ENCODE_BLOCK),),
         (_ENCODE_BLOCK,),
-        (rt.ptr(x), rt.ptr(xhat0.contiguous()), rt.ptr(dx), rt.ptr(xhat_t), rt.i32(steps), rt.i32(n), rt.scalar(theta_x, dt)),
+        (rt.ptr(x), rt.ptr(xhat0), rt.ptr(dx), rt.ptr(xhat_t), rt.i32(steps), rt.i32(n), rt.scalar(theta_x, dt)),
         device=dev,
     )
     m_work = m0u.clone(memory_format=torch.contiguous_format)
@@ -244,9 +247,12 @@ def _backward_cupy(lstm, g_out, g_dh, m_all, out, h0, c_all, c0, dh, wph, lam_h,
     dm_all = torch.empty(steps, batch, hidden, 4, device=dev, dtype=dt)
     counter = torch.zeros(1, device=dev, dtype=torch.int32)
     u, blocks = _grid(hidden, dev)
+    g_out, h0 = g_out.contiguous(), h0.contiguous()
+    g_dh = None if g_dh is None else g_dh.contiguous()
+    c0 = None if c0 is None else c0.contiguous()
     args = (
-        rt.ptr(g_out.contiguous()), rt.ptr(None if g_dh is None else g_dh.contiguous()), rt.ptr(m_all), rt.ptr(out),
-        rt.ptr(h0.contiguous()), rt.ptr(c_all), rt.ptr(None if c0 is None else c0.contiguous()), rt.ptr(dh),
+        rt.ptr(g_out), rt.ptr(g_dh), rt.ptr(m_all), rt.ptr(out),
+        rt.ptr(h0), rt.ptr(c_all), rt.ptr(c0), rt.ptr(dh),
         rt.ptr(wph), rt.ptr(lam_h), rt.ptr(lam_hh), rt.ptr(lam_m), rt.ptr(lam_c), rt.ptr(dm_all), rt.ptr(counter),
         rt.i32(steps), rt.i32(batch), rt.i32(hidden), rt.i32(u),
     )  # fmt: skip
@@ -281,9 +287,9 @@ def _input_memory_backward(dx: Tensor, e_x: Tensor, g_xhat_t: Tensor) -> tuple[T
 
 class _DeltaScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lstm, engine, theta_x, theta_h, x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh):
-        # Inference (nothing needs a gradient) skips storing the per-step accumulators.
-        keep = any(ctx.needs_input_grad)
+    def forward(ctx, lstm, engine, keep, theta_x, theta_h, x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh):
+        # keep: a backward may follow (grad mode on and an input requires grad); inference skips
+        # storing the per-step accumulators.
         if engine == "cupy":
             wp = _pack_weights(w_ih, w_hh, lstm)
             res = _forward_cupy(lstm, x, xhat0, h0, hhat0, m0u, c0, wp, theta_x, theta_h, keep)
@@ -321,13 +327,13 @@ class _DeltaScan(torch.autograd.Function):
         ih_slots, hh_slots = _slots(lstm)
         dm_x = _slot_rows(dm_all, ih_slots).reshape(steps * batch, -1)  # [T·B, G·H]
         dm_h = _slot_rows(dm_all, hh_slots).reshape(steps * batch, -1)
-        g_w_ih = dm_x.t() @ dx.reshape(steps * batch, inp) if ctx.needs_input_grad[10] else None
-        g_w_hh = dm_h.t() @ dh.reshape(steps * batch, hidden) if ctx.needs_input_grad[11] else None
+        g_w_ih = dm_x.t() @ dx.reshape(steps * batch, inp) if ctx.needs_input_grad[11] else None
+        g_w_hh = dm_h.t() @ dh.reshape(steps * batch, hidden) if ctx.needs_input_grad[12] else None
         e_x = (dm_x @ w_ih).reshape(steps, batch, inp)
         if g_dx is not None:
             e_x = e_x + g_dx
         g_x, g_xhat0 = _input_memory_backward(dx, e_x, zeros_if_none(g_xhat_t, batch, inp))
-        return None, None, None, None, g_x, g_xhat0, g_h0, g_hhat0, g_m0, (g_c0 if lstm else None), g_w_ih, g_w_hh
+        return None, None, None, None, None, g_x, g_xhat0, g_h0, g_hhat0, g_m0, (g_c0 if lstm else None), g_w_ih, g_w_hh
 
 
 # ----------------------------------------------------------------------------------------------
@@ -383,8 +389,10 @@ def _scan(lstm, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta
         h0, c0, xhat0, hhat0, m0 = state
     else:
         (h0, xhat0, hhat0, m0), c0 = state, None
+    inputs = (x, xhat0, h0, hhat0, m0, c0, weight_ih, weight_hh)
+    keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     out, xhat_t, hhat_t, m_t, c_t, dx, dh = _DeltaScan.apply(
-        lstm, engine, theta_x, theta_h, x, xhat0, h0, hhat0, _to_unit_major(m0), c0, weight_ih, weight_hh
+        lstm, engine, keep, theta_x, theta_h, x, xhat0, h0, hhat0, _to_unit_major(m0), c0, weight_ih, weight_hh
     )
     m_t = _to_slot_major(m_t)
     trace = DeltaTrace(dx, dh)
