@@ -105,9 +105,9 @@ def test_kernel_block_size_matches_source():
 # --------------------------------------------------------------------------------------------
 # GPU: against the reference
 # --------------------------------------------------------------------------------------------
-def _case(T, B, N, dtype, recurrent, seed, with_state=True, bias=True):
+def _case(T, B, N, dtype, recurrent, seed, with_state=True, bias=True, device="cuda"):
     g = torch.Generator().manual_seed(seed)
-    dev = torch.device("cuda")
+    dev = torch.device(device)
 
     def leaf(t):
         return t.to(device=dev, dtype=dtype).requires_grad_(True)

@@ -267,6 +267,7 @@ __device__ __forceinline__ void alif_rec_dot_rows(const scalar_t* __restrict__ w
         const int j = list[k];
         const scalar_t* row = wt + (idx_t)j * N;
         scalar_t sum = 0;
+#pragma unroll 4
         for (int n = lane; n < N; n += 32) sum += row[n] * evsnn_ldcg(d_row + n);
         sum = evsnn_warp_sum(sum);
         if (lane == 0) rec[j - j_base] = sum;
