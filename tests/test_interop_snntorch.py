@@ -1,0 +1,383 @@
+"""snntorch drop-in neurons: conventions of snntorch 1.0, and the same numbers as evsnn's layers."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+snn = pytest.importorskip("snntorch")
+import snntorch.functional as SF  # noqa: E402
+import snntorch.surrogate as snn_surrogate  # noqa: E402
+from snntorch import utils as snn_utils  # noqa: E402
+from snntorch.functional import probe  # noqa: E402
+
+import evsnn  # noqa: E402
+from evsnn.functional import decay  # noqa: E402
+from evsnn.interop import snntorch as esnn  # noqa: E402
+
+T, B, NI, H, C = 4, 8, 5, 12, 3
+
+
+def _data(seed: int = 0, dtype=torch.float32):
+    """A small, learnable task: each class drives a different third of the inputs."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(B) % C
+    base = torch.zeros(B, NI)
+    for k in range(C):
+        base[y == k, k] = 1.0
+    x = base + 0.3 * torch.rand(B, NI, generator=g)
+    return x.to(dtype), y
+
+
+def _make_neuron(kind: str, n_in: int, n_out: int, **kw) -> nn.Module:
+    if kind == "alif":
+        return esnn.ALIF(**kw)
+    if kind == "egru":
+        return esnn.EGRU(n_in, n_out, **kw)
+    if kind == "delta_gru":
+        return esnn.DeltaGRU(n_in, n_out, threshold=0.02, **kw)
+    return esnn.DeltaLSTM(n_in, n_out, threshold=0.02, **kw)
+
+
+def _tutorial_net(kind: str) -> nn.Sequential:
+    # For ALIF the neuron follows its Linear (it takes a current); the other families own weights.
+    if kind == "alif":
+        return nn.Sequential(
+            nn.Linear(NI, H), esnn.ALIF(init_hidden=True), nn.Linear(H, C), esnn.ALIF(init_hidden=True, output=True)
+        )
+    return nn.Sequential(
+        nn.Linear(NI, H),
+        _make_neuron(kind, H, H, init_hidden=True),
+        nn.Linear(H, H),
+        _make_neuron(kind, H, C, init_hidden=True, output=True),
+    )
+
+
+def _run(net: nn.Module, x: torch.Tensor, steps: int = T) -> torch.Tensor:
+    esnn.reset(net)
+    outs = []
+    for _ in range(steps):
+        out = net(x)
+        outs.append(out[0] if isinstance(out, tuple) else out)
+    return torch.stack(outs)
+
+
+def _train(net: nn.Module, iters: int = 20) -> list[float]:
+    opt = torch.optim.Adam(net.parameters(), lr=2e-2)
+    loss_fn = SF.ce_rate_loss()
+    batches = [_data(0), _data(1)]
+    losses = []
+    for it in range(iters):
+        x, y = batches[it % 2]  # consecutive batches reuse the neurons' buffers
+        spk = _run(net, x)
+        loss = loss_fn(spk, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        acc = SF.accuracy_rate(spk, y)
+        assert 0.0 <= acc <= 1.0
+    return losses
+
+
+KINDS = ["alif", "egru", "delta_gru", "delta_lstm"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tutorial_network_trains(kind):
+    torch.manual_seed(0)
+    losses = _train(_tutorial_net(kind))
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.02, losses
+
+
+class _Nested(nn.Module):
+    def __init__(self, kind: str):
+        super().__init__()
+        self.block = nn.ModuleDict({"inner": _tutorial_net(kind)})
+
+    def forward(self, x):
+        return self.block["inner"](x)
+
+
+@pytest.mark.parametrize("kind", ["alif", "egru"])
+def test_nested_and_deepcopied_networks_train(kind):
+    torch.manual_seed(1)
+    nested = _Nested(kind)
+    losses = _train(nested, iters=8)
+    assert losses[-1] < losses[0]
+    clone = copy.deepcopy(nested)
+    losses = _train(clone, iters=4)
+    assert all(math.isfinite(v) for v in losses)
+    # The copy has its own buffers: resetting it leaves the original alone.
+    x, _ = _data(0)
+    nested(x)
+    esnn.reset(clone)
+    assert nested.block["inner"][1].mem.numel() > 0
+    assert clone.block["inner"][1].mem.numel() == 0
+
+
+def test_reset_reaches_deep_copies_that_snntorch_utils_misses():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Sequential(nn.Linear(NI, H), snn.Leaky(beta=0.9, init_hidden=True)))
+    clone = copy.deepcopy(net)
+    x, _ = _data(0)
+    clone(x)
+    assert clone[0][1].mem.grad_fn is not None
+    snn_utils.reset(clone)  # looks only at direct children, and only at SpikingNeuron.instances
+    assert clone[0][1].mem.grad_fn is not None
+    esnn.reset(clone)
+    assert clone[0][1].mem.grad_fn is None and not bool(clone[0][1].mem.any())
+
+
+def test_without_reset_consecutive_batches_backprop_into_a_freed_graph():
+    """The failure :func:`reset` prevents, shown on the evsnn neuron itself."""
+    torch.manual_seed(0)
+    net = _tutorial_net("alif")
+    x, y = _data(0)
+    SF.ce_rate_loss()(_run(net, x), y).backward()
+    out = torch.stack([net(x)[0] for _ in range(2)])
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        out.sum().backward()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_init_hidden_rejects_state_with_snntorch_type_error(kind):
+    neuron = _make_neuron(kind, NI, H, init_hidden=True)
+    x = torch.randn(B, NI if kind != "alif" else H)
+    out = neuron(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (B, H)
+    with pytest.raises(TypeError, match="init_hidden=True"):
+        neuron(x, out)
+
+
+def test_state_buffers_are_tensors_allocated_from_the_state_shape():
+    d = esnn.DeltaGRU(NI, H, threshold=0.1)
+    for name in ("h", "x_hat", "h_hat", "m"):
+        assert isinstance(getattr(d, name), torch.Tensor) and getattr(d, name).numel() == 0
+    d(torch.randn(B, NI))
+    assert d.h.shape == (B, H) and d.x_hat.shape == (B, NI) and d.m.shape == (B, 4 * H)
+    d(torch.randn(2, NI))  # a new batch size starts a fresh state of the state's own shape
+    assert d.x_hat.shape == (2, NI)
+    a = esnn.ALIF(threshold=0.05)
+    spk, mem, b = a(torch.zeros(3, H))
+    # b starts at b0 (SPEC §2), not at zero: with no spike it decays to ρ·b0 after one step.
+    torch.testing.assert_close(b, torch.full((3, H), 0.05) * a.rho)
+
+
+def test_alif_matches_native_layer_float64():
+    torch.manual_seed(0)
+    native = evsnn.ALIF(NI, H, recurrent=True, dtype=torch.float64, backend="torch")
+    fc = nn.Linear(NI, H, dtype=torch.float64)
+    with torch.no_grad():
+        fc.weight.copy_(native.weight_ih)
+        fc.bias.copy_(native.bias_ih)
+    neuron = esnn.ALIF(
+        beta=decay(native.tau_mem.detach()),
+        rho=decay(native.tau_adapt.detach()),
+        threshold=0.01,
+        adapt_strength=1.8,
+        linear_features=H,
+    ).double()
+    with torch.no_grad():
+        neuron.recurrent.weight.copy_(native.weight_hh)
+        neuron.recurrent.bias.copy_(native.bias_hh)
+    x = torch.rand(T, B, NI, dtype=torch.float64) * 3
+    ref, final = native(x)
+    spk, mem, b = neuron(fc(x[0]))
+    outs = [spk]
+    for t in range(1, T):
+        spk, mem, b = neuron(fc(x[t]), spk, mem, b)
+        outs.append(spk)
+    assert ref.sum() > 0
+    torch.testing.assert_close(torch.stack(outs), ref)
+    torch.testing.assert_close(mem, final.v)
+    torch.testing.assert_close(b, final.b)
+
+
+@pytest.mark.parametrize(
+    "kind,native_cls",
+    [("egru", evsnn.EGRU), ("delta_gru", evsnn.DeltaGRU), ("delta_lstm", evsnn.DeltaLSTM)],
+)
+def test_weighted_families_match_native_layers(kind, native_cls):
+    torch.manual_seed(0)
+    kw = {"theta_x": 0.02, "theta_h": 0.02} if kind != "egru" else {}
+    native = native_cls(NI, H, backend="torch", **kw)
+    neuron = _make_neuron(kind, NI, H, init_hidden=True)
+    neuron.cell.load_state_dict(native.state_dict())
+    x = torch.randn(T, B, NI)
+    ref, _ = native(x)
+    esnn.reset(neuron)
+    out = torch.stack([neuron(x[t]) for t in range(T)])
+    torch.testing.assert_close(out, ref)
+
+
+def test_explicit_state_and_truncated_bptt():
+    torch.manual_seed(0)
+    fc = nn.Linear(NI, H)
+    egru = esnn.EGRU(H, H)
+    x, _ = _data(0)
+    spk, mem = egru.reset_mem()
+    grads = []
+    for _chunk in range(2):
+        loss = 0.0
+        for _ in range(3):
+            spk, mem = egru(fc(x), spk, mem)
+            loss = loss + mem.pow(2).mean()
+        loss.backward()
+        grads.append(fc.weight.grad.clone())
+        esnn.detach_hidden(egru)
+        spk, mem = egru.spk, egru.mem  # the detached state continues the sequence
+        assert mem.grad_fn is None and mem.abs().sum() > 0
+    assert not torch.equal(grads[0], grads[1])
+
+
+def test_float64_model_with_snntorch_surrogate_keeps_dtype():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(NI, H),
+        esnn.ALIF(init_hidden=True, spike_grad=snn_surrogate.atan()),
+        nn.Linear(H, C),
+        esnn.ALIF(init_hidden=True, spike_grad=snn_surrogate.fast_sigmoid()),
+    ).double()
+    x, y = _data(0, torch.float64)
+    spk = _run(net, x)
+    assert spk.dtype == torch.float64
+    SF.ce_rate_loss()(spk, y).backward()
+    assert net[0].weight.grad.dtype == torch.float64 and net[0].weight.grad.abs().sum() > 0
+
+
+_FACTORIES = {
+    "straight_through_estimator": {},
+    "triangular": {},
+    "fast_sigmoid": {},
+    "atan": {},
+    "heaviside": {},
+    "sigmoid": {},
+    "spike_rate_escape": {},
+    "SSO": {},
+    "SFS": {"B": -1.0},
+    "custom_surrogate": {"custom_surrogate_function": lambda inp, grad, spk: grad * 0.5},
+}
+
+
+@pytest.mark.parametrize("name", sorted(_FACTORIES))
+def test_every_snntorch_surrogate_factory(name):
+    torch.manual_seed(0)
+    fn = getattr(snn_surrogate, name)(**_FACTORIES[name])
+    neuron = esnn.ALIF(spike_grad=fn, threshold=0.2, adapt_strength=0.0)  # threshold B_t = b0
+    cur = (torch.randn(B, H) * 0.5).requires_grad_(True)
+    # The spike is computed on mem − threshold, exactly as snntorch's own ``fire``.
+    spk, mem, b = neuron(cur)
+    torch.testing.assert_close(spk, (mem - 0.2 > 0).float())
+    spk.sum().backward()
+    # The gradient that reaches the current is the closure's own, times ∂mem/∂I = 1 − β.
+    x = (mem - 0.2).detach().requires_grad_(True)
+    torch.manual_seed(0)
+    fn(x).sum().backward()
+    if name not in ("spike_rate_escape", "SSO"):  # these two draw random gradients
+        torch.testing.assert_close(cur.grad, x.grad.float() * (1 - neuron.beta))
+
+
+def test_lso_factory_is_broken_upstream():
+    """snntorch 1.0.0's ``LSO`` calls the stochastic operator with the wrong arguments; the
+    same error reaches users of its own neurons."""
+    with pytest.raises(TypeError, match="variance"):
+        snn.Leaky(beta=0.9, spike_grad=snn_surrogate.LSO())(torch.randn(2, 3))
+    with pytest.raises(TypeError, match="variance"):
+        esnn.ALIF(spike_grad=snn_surrogate.LSO())(torch.randn(2, 3))
+
+
+def test_surrogate_disable_and_graded_spikes():
+    neuron = esnn.ALIF(surrogate_disable=True, graded_spikes_factor=2.5, threshold=0.05)
+    cur = torch.full((2, 4), 5.0, requires_grad=True)
+    spk, mem, b = neuron(cur)
+    assert set(spk.unique().tolist()) <= {0.0, 2.5} and spk.max() == 2.5
+    assert spk.grad_fn is None
+    # The graded spike passed back is the same state as the 0/1 spike kept in the buffer.
+    spk2, mem2, _ = neuron(cur, spk, mem, b)
+    ref = esnn.ALIF(surrogate_disable=True, threshold=0.05)
+    r1, rm1, rb1 = ref(cur)
+    r2, rm2, _ = ref(cur, r1, rm1, rb1)
+    torch.testing.assert_close(mem2, rm2)
+    torch.testing.assert_close(spk2, 2.5 * r2)
+
+
+def test_learn_threshold_and_bad_arguments():
+    neuron = esnn.ALIF(learn_threshold=True, learn_beta=True)
+    names = {n for n, _ in neuron.named_parameters()}
+    assert {"threshold", "tau_mem"} <= names
+    torch.testing.assert_close(neuron.beta, torch.tensor(math.exp(-1 / 20)))
+    egru = esnn.EGRU(NI, H, learn_threshold=False)
+    assert not egru.cell.log_threshold.requires_grad
+    with pytest.raises(ValueError, match="subtract"):
+        esnn.ALIF(reset_mechanism="zero")
+    with pytest.raises(ValueError, match=r"exp\(-1\)"):
+        esnn.ALIF(beta=0.2)
+    with pytest.raises(ValueError, match="reset_mechanism"):
+        esnn.EGRU(NI, H, reset_mechanism="none")
+    with pytest.raises(TypeError):
+        esnn.DeltaGRU(NI, H, spike_grad=snn_surrogate.atan())
+    with pytest.raises(ValueError, match=r"\[batch, 5\]"):
+        esnn.EGRU(NI, H)(torch.randn(T, B, NI))
+    with pytest.raises(TypeError, match="nn.Module"):
+        esnn.reset([1, 2])
+    e = esnn.EGRU(NI, H, reset_mechanism="subtract")
+    assert e.cell.reset == "threshold" and e.reset_mechanism == "subtract"
+
+
+def test_mixed_with_snntorch_neurons_utils_and_output_monitor():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(NI, H),
+        snn.Leaky(beta=0.9, init_hidden=True),
+        esnn.EGRU(H, H, init_hidden=True),
+        nn.Linear(H, C),
+        esnn.ALIF(init_hidden=True),
+    )
+    monitor = probe.OutputMonitor(net, instance=(esnn.EGRU, esnn.ALIF, snn.Leaky))
+    x, y = _data(0)
+    spk = _run(net, x, steps=4)
+    assert monitor.monitored_layers == ["1", "2", "4"]
+    assert len(monitor["2"]) == 4 and monitor["2"][0].shape == (B, H)
+    torch.testing.assert_close(torch.stack(monitor["4"]), spk)
+    SF.ce_rate_loss()(spk, y).backward()
+    esnn.reset(net)
+    assert net[1].mem.grad_fn is None and net[2].mem.numel() == 0
+    snn_utils.reset(net)  # snntorch's own utility still runs on a mixed network
+    # snntorch.utils' layer-count helper treats our neurons as plain modules (one output).
+    assert snn_utils._final_layer_check(net) == 1
+
+
+def test_torch_compile_matches_eager():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(NI, H), esnn.ALIF(init_hidden=True), nn.Linear(H, H), esnn.EGRU(H, C, init_hidden=True))
+    x, _ = _data(0)
+    eager = _run(net, x, steps=3)
+    compiled = torch.compile(net, backend="aot_eager")
+    esnn.reset(net)
+    out = torch.stack([compiled(x) for _ in range(3)])
+    torch.testing.assert_close(out, eager)
+
+
+def test_spikeplot_accepts_outputs(tmp_path):
+    pytest.importorskip("pandas")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from snntorch import spikeplot
+
+    torch.manual_seed(0)
+    net = _tutorial_net("alif")
+    spk = _run(net, _data(0)[0]).detach()
+    fig, ax = plt.subplots()
+    spikeplot.raster(spk[:, 0], ax, s=2)
+    spikeplot.spike_count(spk[:, 0], fig, ax, labels=["a", "b", "c"], num_steps=T, interpolate=1)
+    fig.savefig(tmp_path / "raster.png")
+    plt.close(fig)
+    assert (tmp_path / "raster.png").stat().st_size > 0
