@@ -24,9 +24,9 @@ pytestmark = pytest.mark.skipif(NVRTC_REASON is not None, reason=str(NVRTC_REASO
 @pytest.mark.parametrize("arch", ["80", "90"])
 @pytest.mark.parametrize("scalar", ["float", "double"])
 def test_egru_kernels_compile(arch: str, scalar: str) -> None:
-    # EGRU_U=16 is the largest register tile; 1 is the smallest (H <= #SMs).
-    for units in (1, 16):
-        rt.compile_check("egru.cu", arch, [f"-Dscalar_t={scalar}", f"-DEGRU_U={units}"])
+    # The two launch shapes the host uses: 1024 threads up to U=4, 512 threads for the largest tile.
+    for units, threads in ((4, 1024), (16, 512)):
+        rt.compile_check("egru.cu", arch, [f"-Dscalar_t={scalar}", f"-DEGRU_U={units}", f"-DEGRU_THREADS={threads}"])
 
 
 def test_compile_check_rejects_errors_and_warnings(tmp_path, monkeypatch) -> None:

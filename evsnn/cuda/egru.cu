@@ -18,7 +18,7 @@
 //   ∂L/∂c in global memory owned by the same thread, and accumulates ∂L/∂θ per (b, k) in a fixed
 //   order (deterministic; the host sums over b). Weight gradients are dense GEMMs on the host.
 //
-// Defines: scalar_t (float|double), EGRU_U (units per block: 1, 2, 4, 8 or 16).
+// Defines: scalar_t (float|double), EGRU_U (units per block: 1, 2, 4, 8 or 16), EGRU_THREADS.
 
 #include "common.cuh"
 
@@ -26,8 +26,14 @@
 #error "EGRU_U (units per block) must be defined"
 #endif
 
-#define EGRU_THREADS 512
+// Threads per block: 1024 where the register tile allows it (U <= 4), else 512; the host
+// passes the same value. More warps = more samples and needed pairs processed concurrently.
+#ifndef EGRU_THREADS
+#error "EGRU_THREADS (512 or 1024) must be defined"
+#endif
 #define EGRU_WARPS (EGRU_THREADS / 32)
+// Chunks of 32 columns of y_{t−1} loaded before their ballots, so that the loads overlap.
+#define EGRU_PREFETCH 8
 #define EGRU_ROWS (3 * EGRU_U)
 // Odd stride of the packed forward weights: lanes reading different columns hit different banks.
 #define EGRU_WSTRIDE (3 * EGRU_U + 1)
@@ -83,39 +89,66 @@ extern "C" __global__ void __launch_bounds__(EGRU_THREADS, 1)
             scalar_t acc[EGRU_ROWS];
 #pragma unroll
             for (int r = 0; r < EGRU_ROWS; ++r) acc[r] = scalar_t(0);
+            // Operands of this lane's gates, loaded now so their latency hides behind the scan.
+            const int k = kbase + lane;
+            const bool owner = lane < EGRU_U && k < H;
+            const size_t bk = (size_t)b * H + (owner ? k : 0);
+            const scalar_t* g = gi + ((size_t)t * B + b) * H3;
+            scalar_t gr = 0, gz = 0, gn = 0, br = 0, bz = 0, bn = 0, cprev = 0, yown = 0, th = 0;
+            if (owner) {
+                gr = g[k];
+                gz = g[H + k];
+                gn = g[2 * H + k];
+                br = bias_hh[k];
+                bz = bias_hh[H + k];
+                bn = bias_hh[2 * H + k];
+                cprev = c_state[bk];
+                // The same thread wrote y_{t−1}[b, k] (or it is the input y0): a plain load is coherent.
+                yown = yprev_all[bk];
+                th = theta[k];
+            }
             int count = 0;
-            for (int c0 = 0; c0 < H; c0 += 32) {
-                const int j = c0 + lane;
-                const scalar_t v = j < H ? evsnn_ldcg(yp + j) : scalar_t(0);
-                const bool active = v != scalar_t(0);
-                const unsigned int m = __ballot_sync(EVSNN_FULL_MASK, active);
-                if (active) {
-                    const int pos = count + __popc(m & lt);
-                    bidx[pos] = j;
-                    bval[pos] = v;
-                }
-                count += __popc(m);
-                if (count >= 32) {
-                    __syncwarp();
-                    {
-                        const scalar_t* w = W + (size_t)bidx[lane] * EGRU_WSTRIDE;
-                        const scalar_t yv = bval[lane];
+            for (int c00 = 0; c00 < H; c00 += 32 * EGRU_PREFETCH) {
+                scalar_t vq[EGRU_PREFETCH];
 #pragma unroll
-                        for (int r = 0; r < EGRU_ROWS; ++r) acc[r] += w[r] * yv;
+                for (int q = 0; q < EGRU_PREFETCH; ++q) {
+                    const int j = c00 + q * 32 + lane;
+                    vq[q] = j < H ? evsnn_ldcg(yp + j) : scalar_t(0);
+                }
+#pragma unroll
+                for (int q = 0; q < EGRU_PREFETCH; ++q) {
+                    const int j = c00 + q * 32 + lane;
+                    const scalar_t v = vq[q];
+                    const bool active = v != scalar_t(0);
+                    const unsigned int m = __ballot_sync(EVSNN_FULL_MASK, active);
+                    if (active) {
+                        const int pos = count + __popc(m & lt);
+                        bidx[pos] = j;
+                        bval[pos] = v;
                     }
-                    const int rest = count - 32;
-                    int ri = 0;
-                    scalar_t rv = scalar_t(0);
-                    if (lane < rest) {
-                        ri = bidx[32 + lane];
-                        rv = bval[32 + lane];
+                    count += __popc(m);
+                    if (count >= 32) {
+                        __syncwarp();
+                        {
+                            const scalar_t* w = W + (size_t)bidx[lane] * EGRU_WSTRIDE;
+                            const scalar_t yv = bval[lane];
+#pragma unroll
+                            for (int r = 0; r < EGRU_ROWS; ++r) acc[r] += w[r] * yv;
+                        }
+                        const int rest = count - 32;
+                        int ri = 0;
+                        scalar_t rv = scalar_t(0);
+                        if (lane < rest) {
+                            ri = bidx[32 + lane];
+                            rv = bval[32 + lane];
+                        }
+                        __syncwarp();
+                        if (lane < rest) {
+                            bidx[lane] = ri;
+                            bval[lane] = rv;
+                        }
+                        count = rest;
                     }
-                    __syncwarp();
-                    if (lane < rest) {
-                        bidx[lane] = ri;
-                        bval[lane] = rv;
-                    }
-                    count = rest;
                 }
             }
             __syncwarp();
@@ -140,19 +173,14 @@ extern "C" __global__ void __launch_bounds__(EGRU_THREADS, 1)
                         hn = s;
                 }
             }
-            const int k = kbase + lane;
-            if (lane < EGRU_U && k < H) {
-                const size_t bk = (size_t)b * H + k;
+            if (owner) {
                 const size_t tbk = (size_t)t * BH + bk;
-                const scalar_t* g = gi + ((size_t)t * B + b) * H3;
-                const scalar_t r = evsnn_sigmoid(g[k] + (hr + bias_hh[k]));
-                const scalar_t z = evsnn_sigmoid(g[H + k] + (hz + bias_hh[H + k]));
-                const scalar_t hnb = hn + bias_hh[2 * H + k];
-                const scalar_t n = tanh(g[2 * H + k] + r * hnb);
-                scalar_t p = z * c_state[bk] + (scalar_t(1) - z) * n;
-                // The same thread wrote y_{t−1}[b, k] (or it is the input y0): a plain load is coherent.
-                if (!reset_threshold) p -= yprev_all[bk];
-                const scalar_t th = theta[k];
+                const scalar_t r = evsnn_sigmoid(gr + (hr + br));
+                const scalar_t z = evsnn_sigmoid(gz + (hz + bz));
+                const scalar_t hnb = hn + bn;
+                const scalar_t n = tanh(gn + r * hnb);
+                scalar_t p = z * cprev + (scalar_t(1) - z) * n;
+                if (!reset_threshold) p -= yown;
                 const bool o = p - th > scalar_t(0);
                 out[tbk] = o ? p : scalar_t(0);
                 c_state[bk] = (reset_threshold && o) ? p - th : p;
@@ -234,7 +262,8 @@ extern "C" __global__ void __launch_bounds__(EGRU_THREADS, 1)
                 const scalar_t* w = W + (size_t)u * H3;
                 const scalar_t* d = dgh + ((size_t)(t + 1) * B + b) * H3;
                 scalar_t acc = scalar_t(0);
-                for (size_t j = lane; j < H3; j += 32) acc += w[j] * evsnn_ldcg(d + j);
+#pragma unroll 8
+                for (int j = lane; j < (int)H3; j += 32) acc += w[j] * evsnn_ldcg(d + j);
                 acc = evsnn_warp_sum(acc);
                 if (lane == 0) dyrec[(size_t)b * H + kbase + u] = acc;
             }

@@ -32,8 +32,6 @@ from .dispatch import Backend, register
 __all__ = ["egru_cupy_scan", "egru_cupy_check", "surrogate_kernel_args", "units_per_block"]
 
 _SOURCE = "egru.cu"
-_THREADS = 512
-_WARPS = _THREADS // 32
 _BUF = 64
 _UNITS = (1, 2, 4, 8, 16)
 _SG_KINDS = {"triangle": 0, "gaussian": 1, "multi_gaussian": 2, "atan": 3, "fast_sigmoid": 4}
@@ -57,6 +55,15 @@ def surrogate_kernel_args(surrogate: Surrogate, dtype: torch.dtype) -> tuple:
     values = list(params[:base]) + [0.0] * (4 - base)
     trunc = params[base] if len(params) > base else 0.0
     return (rt.i32(_SG_KINDS[name]),) + tuple(rt.scalar(v, dtype) for v in values) + (rt.scalar(trunc, dtype),)
+
+
+def _threads(u: int) -> int:
+    """Threads per block: 1024 where the forward's register tile fits 64 registers (U <= 4)."""
+    return 1024 if u <= 4 else 512
+
+
+def _defines(u: int) -> tuple[str, str]:
+    return (f"-DEGRU_U={u}", f"-DEGRU_THREADS={_threads(u)}")
 
 
 def units_per_block(hidden: int, sms: int) -> int | None:
@@ -84,7 +91,7 @@ def _layout(hidden: int, batch: int, dtype: torch.dtype, device: torch.device) -
     nb = math.ceil(hidden / u)
     es = torch.empty((), dtype=dtype).element_size()
     limit = _smem_limit(index)
-    fwd_base = _WARPS * _BUF * (es + 4)
+    fwd_base = _threads(u) // 32 * _BUF * (es + 4)
     fwd_w = hidden * (3 * u + 1) * es
     fwd_smem = fwd_base + fwd_w <= limit and not _FORCE_GLOBAL_WEIGHTS
     bwd_base = batch * u * 4
@@ -128,8 +135,8 @@ def egru_cupy_check(
     return None
 
 
-def _launch(kernel, grid: int, args: tuple, device: torch.device, shared_mem: int) -> None:
-    rt.launch(kernel, (grid,), (_THREADS,), args, device=device, shared_mem=shared_mem)
+def _launch(kernel, grid: int, u: int, args: tuple, device: torch.device, shared_mem: int) -> None:
+    rt.launch(kernel, (grid,), (_threads(u),), args, device=device, shared_mem=shared_mem)
 
 
 def _pack_forward(weight_hh: Tensor, u: int, nb: int) -> Tensor:
@@ -156,7 +163,7 @@ class _EGRUFunction(torch.autograd.Function):
         device = gi.device
         dtype = gi.dtype
         u, nb, fsm, fbytes, bsm, bbytes = _layout(hidden, batch, dtype, device)
-        kernel = rt.get_kernel(_SOURCE, "egru_forward", dtype=dtype, device=device, defines=(f"-DEGRU_U={u}",))
+        kernel = rt.get_kernel(_SOURCE, "egru_forward", dtype=dtype, device=device, defines=_defines(u))
         out = torch.empty(steps, batch, hidden, dtype=dtype, device=device)
         c_state = c0.clone()
         save = torch.empty(5, steps, batch, hidden, dtype=dtype, device=device)
@@ -167,7 +174,7 @@ class _EGRUFunction(torch.autograd.Function):
             rt.ptr(save), rt.ptr(barrier), rt.i32(steps), rt.i32(batch), rt.i32(hidden), rt.i32(int(fsm)),
             rt.i32(int(reset_threshold)),
         )
-        _launch(kernel, nb, args, device, fbytes)
+        _launch(kernel, nb, u, args, device, fbytes)
         ctx.save_for_backward(save, c0, y0, out, weight_hh, theta)
         ctx.reset_threshold = reset_threshold
         ctx.surrogate = surrogate
@@ -192,7 +199,7 @@ class _EGRUFunction(torch.autograd.Function):
         barrier = torch.zeros(1, dtype=torch.int32, device=device)
         wbpack = _pack_backward(weight_hh, u, nb)
         support = ctx.surrogate.support
-        kernel = rt.get_kernel(_SOURCE, "egru_backward", dtype=dtype, device=device, defines=(f"-DEGRU_U={u}",))
+        kernel = rt.get_kernel(_SOURCE, "egru_backward", dtype=dtype, device=device, defines=_defines(u))
         args = (
             rt.ptr(gy), rt.ptr(save), rt.ptr(c0), rt.ptr(wbpack), rt.ptr(theta), rt.ptr(dgi), rt.ptr(dgh),
             rt.ptr(dc), rt.ptr(dp0), rt.ptr(dtheta_part), rt.ptr(dyrec), rt.ptr(barrier), rt.i32(steps),
@@ -200,7 +207,7 @@ class _EGRUFunction(torch.autograd.Function):
         ) + surrogate_kernel_args(ctx.surrogate, dtype) + (
             rt.scalar(math.inf if support is None else support, dtype),
         )
-        _launch(kernel, nb, args, device, bbytes)
+        _launch(kernel, nb, u, args, device, bbytes)
         # Dense GEMMs over all steps (cuBLAS): the weight gradient does not skip zero events.
         dgh_flat = dgh.view(steps * batch, 3 * hidden)
         y_prev = torch.cat([y0.unsqueeze(0), out[:-1]]).view(steps * batch, hidden)
