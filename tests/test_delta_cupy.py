@@ -83,7 +83,7 @@ SHAPES = [
     (7, 3, 5, 6, (0.0, 0.0), False),
     (11, 5, 17, 33, (0.3, 0.05), True),  # odd sizes, batch not a multiple of the 4-sample tile
     (9, 1, 8, 200, (0.2, 0.02), False),  # 2 units per block
-    (6, 2, 12, 1030, (0.5, 0.05), True),  # 16 units per block, partial last block
+    (6, 2, 12, 1030, (0.5, 0.05), True),  # 8 units per block on 132 SMs, partial last block
 ]
 
 

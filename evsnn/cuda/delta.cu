@@ -3,6 +3,8 @@
 // Compile-time options (besides -Dscalar_t=float|double):
 //   -DDELTA_LSTM=0|1   the cell (GRU: accumulator slots r, z, nx, nh; LSTM: i, f, g, o)
 //   -DDELTA_BT=n       samples whose active columns are merged (one read of a column serves n samples)
+//   -DDELTA_PER=n      columns scanned per thread per chunk (a chunk is DELTA_PER·DELTA_BLOCK columns;
+//                      the host picks the largest n whose shared memory fits in 48 KB)
 //
 // Layouts (all contiguous):
 //   wp      [I + H, H, 4]  packed weights: row k < I is input column k, row I + k hidden column k;
@@ -22,10 +24,14 @@
 #ifndef DELTA_BT
 #define DELTA_BT 1
 #endif
+#ifndef DELTA_PER
+#define DELTA_PER 1
+#endif
 #define DELTA_BLOCK 512
 #define DELTA_WARPS (DELTA_BLOCK / 32)
 #define DELTA_UMAX 128
 #define DELTA_PREFETCH 16
+#define DELTA_CHUNK (DELTA_PER * DELTA_BLOCK)
 
 // Δx_t for every step (the input deltas do not depend on h): one thread per (b, i), sequential in t.
 // Loads run DELTA_PREFETCH steps ahead so the scan is not one memory latency per step.
@@ -76,11 +82,11 @@ extern "C" __global__ void __launch_bounds__(DELTA_BLOCK, 1)
     const int ngroups = DELTA_BLOCK / group;
     const long long BH = (long long)B * H;
 
-    __shared__ int s_idx[DELTA_BLOCK];
-    __shared__ scalar_t s_val[DELTA_BT][DELTA_BLOCK];
+    __shared__ int s_idx[DELTA_CHUNK];
+    __shared__ scalar_t s_val[DELTA_BT][DELTA_CHUNK];
     __shared__ scalar_t s_part[4 * DELTA_BLOCK];
     __shared__ scalar_t s_red[4 * DELTA_UMAX];
-    __shared__ int s_wcount[DELTA_WARPS];
+    __shared__ int s_wcount[DELTA_PER * DELTA_WARPS];
     unsigned int target = 0;
 
     // Δh_0 from the initial (h, ĥ).
@@ -106,33 +112,50 @@ extern "C" __global__ void __launch_bounds__(DELTA_BLOCK, 1)
 #pragma unroll
                 for (int s = 0; s < 4; ++s) acc[bb][s] = scalar_t(0);
 
-            for (int base = 0; base < K; base += DELTA_BLOCK) {
-                const int p = base + tid;
-                scalar_t v[DELTA_BT];
-                bool active = false;
+            for (int base = 0; base < K; base += DELTA_CHUNK) {
+                // All loads of the chunk are issued before the first use (one latency per chunk).
+                scalar_t v[DELTA_PER][DELTA_BT];
+                bool active[DELTA_PER];
 #pragma unroll
-                for (int bb = 0; bb < DELTA_BT; ++bb) {
-                    const int b = b0 + bb;
-                    v[bb] = scalar_t(0);
-                    if (p < K && b < B)
-                        v[bb] = p < I ? __ldg(dx_t + (long long)b * I + p) : evsnn_ldcg(dh_t + (long long)b * H + (p - I));
-                    active = active || v[bb] != scalar_t(0);
+                for (int r = 0; r < DELTA_PER; ++r) {
+                    const int p = base + r * DELTA_BLOCK + tid;
+                    active[r] = false;
+#pragma unroll
+                    for (int bb = 0; bb < DELTA_BT; ++bb) {
+                        const int b = b0 + bb;
+                        v[r][bb] = scalar_t(0);
+                        if (p < K && b < B)
+                            v[r][bb] = p < I ? __ldg(dx_t + (long long)b * I + p) : evsnn_ldcg(dh_t + (long long)b * H + (p - I));
+                    }
                 }
-                const unsigned int ballot = __ballot_sync(EVSNN_FULL_MASK, active);
-                if (lane == 0) s_wcount[warp] = __popc(ballot);
-                __syncthreads();
-                int before = 0, n = 0;
+                unsigned int ballot[DELTA_PER];
 #pragma unroll
-                for (int w = 0; w < DELTA_WARPS; ++w) {
-                    const int c = s_wcount[w];
-                    before += w < warp ? c : 0;
+                for (int r = 0; r < DELTA_PER; ++r) {
+#pragma unroll
+                    for (int bb = 0; bb < DELTA_BT; ++bb) active[r] = active[r] || v[r][bb] != scalar_t(0);
+                    ballot[r] = __ballot_sync(EVSNN_FULL_MASK, active[r]);
+                    if (lane == 0) s_wcount[r * DELTA_WARPS + warp] = __popc(ballot[r]);
+                }
+                __syncthreads();
+                // Compacted order: (r, warp, lane) — fixed, so the sums below are deterministic.
+                int n = 0;
+                int before[DELTA_PER];
+#pragma unroll
+                for (int r = 0; r < DELTA_PER; ++r) before[r] = 0;
+                for (int g = 0; g < DELTA_PER * DELTA_WARPS; ++g) {
+                    const int c = s_wcount[g];
+#pragma unroll
+                    for (int r = 0; r < DELTA_PER; ++r) before[r] += g < r * DELTA_WARPS + warp ? c : 0;
                     n += c;
                 }
-                if (active) {
-                    const int pos = before + __popc(ballot & evsnn_lanemask_lt());
-                    s_idx[pos] = p;
 #pragma unroll
-                    for (int bb = 0; bb < DELTA_BT; ++bb) s_val[bb][pos] = v[bb];
+                for (int r = 0; r < DELTA_PER; ++r) {
+                    if (active[r]) {
+                        const int pos = before[r] + __popc(ballot[r] & evsnn_lanemask_lt());
+                        s_idx[pos] = base + r * DELTA_BLOCK + tid;
+#pragma unroll
+                        for (int bb = 0; bb < DELTA_BT; ++bb) s_val[bb][pos] = v[r][bb];
+                    }
                 }
                 __syncthreads();
                 if (own) {

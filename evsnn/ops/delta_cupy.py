@@ -50,6 +50,8 @@ __all__ = [
     "delta_lstm_scan_cupy",
     "check_cupy",
     "units_per_block",
+    "columns_per_thread",
+    "kernel_defines",
     "ENGINES",
 ]
 
@@ -190,8 +192,24 @@ def _slot_rows(dm: Tensor, slots: tuple[int, ...]) -> Tensor:
     return sel.transpose(-1, -2).reshape(*dm.shape[:-2], len(slots) * dm.shape[-2])
 
 
+def columns_per_thread(itemsize: int, tile: int) -> int:
+    """``DELTA_PER``: the most columns a thread scans per chunk with the forward's static shared
+    memory (column list, values of ``tile`` samples, partial sums) under the 48 KB limit."""
+    for per in (4, 3, 2, 1):
+        shared = (4 + itemsize * tile) * _BLOCK * per + itemsize * 4 * (_BLOCK + _UMAX) + 4 * per * (_BLOCK // 32)
+        if shared <= 47 * 1024:
+            return per
+    raise ValueError(f"no column chunk fits in shared memory for {itemsize}-byte scalars and a {tile}-sample tile")
+
+
+def kernel_defines(lstm: bool, dtype: torch.dtype, tile: int) -> tuple[str, ...]:
+    """The ``-D`` options of one compiled variant of ``delta.cu`` (besides ``scalar_t``)."""
+    per = columns_per_thread(torch.empty(0, dtype=dtype).element_size(), tile)
+    return (f"-DDELTA_LSTM={int(lstm)}", f"-DDELTA_BT={tile}", f"-DDELTA_PER={per}")
+
+
 def _kernel(name: str, lstm: bool, dtype: torch.dtype, device: torch.device, tile: int = 1):
-    return rt.get_kernel(_SOURCE, name, dtype=dtype, device=device, defines=(f"-DDELTA_LSTM={int(lstm)}", f"-DDELTA_BT={tile}"))
+    return rt.get_kernel(_SOURCE, name, dtype=dtype, device=device, defines=kernel_defines(lstm, dtype, tile))
 
 
 def _grid(hidden: int, device: torch.device) -> tuple[int, int]:
