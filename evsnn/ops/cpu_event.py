@@ -1,0 +1,772 @@
+"""The ``"cpu_event"`` backend: event-sparse propagation on the CPU for all four families.
+
+At each step only the weight rows of *active* units are read and accumulated (SPEC.md §2–§4):
+
+    out[b] = Σ_{k active in sample b} value[b, k] · Wᵀ[k]          (``event_matmul``)
+
+with ``Wᵀ`` stored pre-transposed (``[K, N]``, contiguous rows) and the sum done by one
+``torch.nn.functional.embedding_bag`` call per step: a weighted sum of the gathered rows that
+never materialises them and keeps each sample's own active set (no union over the batch).
+Active means: a nonzero spike (ALIF), a nonzero event ``y`` (EGRU), a nonzero delta (delta
+cells). The elementwise parts stay dense, exactly as in the reference.
+
+Two paths, the same math as the reference scans of :mod:`evsnn.functional`:
+
+- inference (no tensor needs a gradient): a loop of in-place ops on preallocated buffers
+  (:class:`EGRURunner` & co., also used by :mod:`evsnn.streaming`);
+- training: the same event-sparse forward written with differentiable torch ops, so autograd
+  gives the exact gradient. A unit must take part in the product whenever a gradient can pass
+  through its output: for the delta cells that is exactly the nonzero deltas (the mask is
+  piecewise constant); for EGRU/ALIF it is the units with an event *or* inside the surrogate's
+  finite support (SPEC §3 "sparse BPTT"); a surrogate with infinite support makes the product
+  dense in training (still exact).
+
+``"auto"`` picks this backend only for CPU tensors with the batch/hidden sizes where it was
+measured to beat the dense reference (see ``AUTO_MAX_BATCH``/``AUTO_MIN_HIDDEN`` and the CPU
+section of docs/benchmarks.md); ``backend="cpu_event"`` runs it on any CPU shape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..functional.alif import ALIFState, ALIFTrace, alif_initial_state, decay
+from ..functional.delta import (
+    DeltaGRUState,
+    DeltaLSTMState,
+    DeltaTrace,
+    delta_gru_initial_state,
+    delta_lstm_initial_state,
+)
+from ..functional.egru import RESETS, EGRUState, EGRUTrace, egru_initial_state
+from ..surrogate import MultiGaussian, SnnTorchSurrogate, Surrogate, Triangle
+from .dispatch import Backend, register
+
+__all__ = [
+    "AUTO_MAX_BATCH",
+    "AUTO_MIN_HIDDEN",
+    "event_matmul",
+    "check",
+    "alif_event_scan",
+    "egru_event_scan",
+    "delta_gru_event_scan",
+    "delta_lstm_event_scan",
+    "ALIFRunner",
+    "EGRURunner",
+    "DeltaGRURunner",
+    "DeltaLSTMRunner",
+]
+
+# Crossover measured with benchmarks/cpu_streaming.py --crossover (docs/benchmarks.md, CPU
+# section): on 2 cores the event path wins over the dense reference at ~10-20 % activity for
+# small batches and hidden sizes from a few hundred units; above these batch sizes the union
+# of per-sample work approaches a dense GEMM, below these hidden sizes per-op overhead dominates.
+AUTO_MAX_BATCH = 8
+AUTO_MIN_HIDDEN = 128
+
+_DTYPES = (torch.float32, torch.float64)
+_EGRU_SURROGATE = Triangle(0.3)
+_ALIF_SURROGATE = MultiGaussian()
+
+
+# --------------------------------------------------------------------------------------------
+# The one sparse primitive
+# --------------------------------------------------------------------------------------------
+
+
+def event_matmul(values: Tensor, table: Tensor, active: Tensor | None = None) -> Tensor:
+    """``out[b] = Σ_{k: active[b, k]} values[b, k] · table[k]`` for ``values [B, K]``, ``table [K, N]``.
+
+    ``active`` defaults to ``values != 0``; passing a superset of the nonzeros gives the same
+    value and lets autograd return ``∂L/∂values`` on that superset (the rest gets 0).
+    Equals ``values @ table`` wherever ``values`` is zero outside ``active``. Differentiable in
+    ``values`` and ``table``. Work scales with the number of active entries, not with ``K``.
+    """
+    batch, k = values.shape
+    flat_values = values.reshape(-1)
+    sel = flat_values != 0 if active is None else active.reshape(-1)
+    flat = torch.nonzero(sel).squeeze(1)
+    if batch == 1:
+        idx, offsets = flat, flat.new_zeros(1)
+    else:
+        idx = flat.remainder(k)
+        # Entries are sorted by sample, so each sample's bag starts at the first index ≥ b·K.
+        offsets = torch.searchsorted(flat, torch.arange(batch, device=flat.device) * k)
+    return F.embedding_bag(idx, table, offsets, mode="sum", per_sample_weights=flat_values[flat])
+
+
+class _RowBag:
+    """``event_matmul`` for a fixed table and batch, minus the per-call bookkeeping.
+
+    ``__call__(values, active)`` takes the boolean set of active entries the caller already
+    has (an EGRU unit fired, a delta passed its threshold) instead of testing ``values != 0``;
+    the caller guarantees ``values`` is zero outside ``active``.
+    """
+
+    def __init__(self, table: Tensor, batch: int):
+        self.table = table
+        self.batch = batch
+        self.k = table.shape[0]
+        self.offsets = torch.zeros(1, dtype=torch.long, device=table.device)
+        self.starts = torch.arange(batch, device=table.device) * self.k
+
+    def __call__(self, values: Tensor, active: Tensor, weighted: bool = True) -> Tensor:
+        flat = torch.nonzero(active.view(-1)).squeeze(1)
+        if self.batch == 1:
+            idx, offsets = flat, self.offsets
+        else:
+            idx = flat.remainder(self.k)
+            offsets = torch.searchsorted(flat, self.starts)
+        weights = values.view(-1)[flat] if weighted else None
+        return F.embedding_bag(idx, self.table, offsets, mode="sum", per_sample_weights=weights)
+
+
+def _grad_needed(*tensors: Any) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if isinstance(t, Tensor) and t.requires_grad:
+            return True
+        if isinstance(t, tuple) and any(isinstance(u, Tensor) and u.requires_grad for u in t):
+            return True
+    return False
+
+
+def _check_cpu_tensors(name: str, *tensors: Any) -> None:
+    for t in tensors:
+        if isinstance(t, Tensor) and t.device.type != "cpu":
+            raise ValueError(f"the cpu_event backend runs on CPU tensors; {name} got a tensor on {t.device}")
+
+
+def _expand_theta(theta: float | Tensor, n: int, name: str, like: Tensor) -> Tensor:
+    t = torch.as_tensor(theta, dtype=like.dtype, device=like.device)
+    if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, n)):
+        raise ValueError(f"{name} must be a number or a tensor broadcastable to ({n},), got shape {tuple(t.shape)}")
+    return t.expand(n)
+
+
+# --------------------------------------------------------------------------------------------
+# EGRU (SPEC §3)
+# --------------------------------------------------------------------------------------------
+
+
+class EGRURunner:
+    """Inference-only EGRU stepper: weights prepared once, state in preallocated buffers.
+
+    ``step(gi)`` takes the input projection ``gi = W_ih x_t + b_ih`` (``[B, 3H]``) and returns
+    ``(y_t, c_pre_t)``; the recurrent product reads only the rows of ``W_hhᵀ`` of units with an
+    event ``y_{t−1} ≠ 0``.
+    """
+
+    def __init__(
+        self,
+        weight_ih: Tensor,
+        weight_hh: Tensor,
+        bias_ih: Tensor | None,
+        bias_hh: Tensor | None,
+        threshold: Tensor,
+        *,
+        reset: str = "output",
+    ):
+        if reset not in RESETS:
+            raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+        with torch.no_grad():
+            h = weight_hh.shape[1]
+            self.hidden = h
+            self.reset_mode = reset
+            self.weight_ih = weight_ih.detach()
+            self.bias_ih = None if bias_ih is None else bias_ih.detach()
+            self.table = weight_hh.detach().t().contiguous()  # [H, 3H]: a unit's outgoing weights are one row
+            self.bias_hh = None if bias_hh is None else bias_hh.detach()
+            self.threshold = threshold.detach().clone()
+        self.c: Tensor | None = None
+        self.y: Tensor | None = None
+
+    def load(self, state: EGRUState) -> None:
+        self.c = state.c.detach().clone()
+        self.y = state.y.detach().clone()
+        self.active = self.y != 0
+        self.zero = self.y.new_zeros(())
+        self.bag = _RowBag(self.table, self.y.shape[0])
+
+    def state(self) -> EGRUState:
+        return EGRUState(self.c.clone(), self.y.clone())
+
+    def project(self, x: Tensor) -> Tensor:
+        """``W_ih x + b_ih`` over the last dim of ``x``."""
+        if self.bias_ih is None:
+            return x @ self.weight_ih.t()
+        return F.linear(x, self.weight_ih, self.bias_ih)
+
+    def step(self, gi: Tensor, out: Tensor | None = None, c_pre_out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One step from ``gi [B, 3H]``; writes into ``out``/``c_pre_out`` when given (rows of
+        the scan's output buffers, never overwritten later, so the state can point at them)."""
+        h = self.hidden
+        gh = self.bag(self.y, self.active)  # fresh [B, 3H]: safe to update in place
+        if self.bias_hh is not None:
+            gh += self.bias_hh
+        rz = gh[:, : 2 * h]
+        rz += gi[:, : 2 * h]
+        rz.sigmoid_()
+        r, z = rz[:, :h], rz[:, h:]
+        n = torch.addcmul(gi[:, 2 * h :], r, gh[:, 2 * h :]).tanh_()
+        # z·c + (1 − z)·n as one lerp n + z·(c − n): equal up to rounding, 2 ops fewer per step.
+        c_pre = torch.lerp(n, self.c, z, out=c_pre_out)
+        if self.reset_mode == "output":
+            c_pre.sub_(self.y)
+        fired = c_pre > self.threshold
+        # θ > 0, so a unit that fired has y = c_pre ≠ 0: ``fired`` is next step's active set.
+        y = torch.where(fired, c_pre, self.zero, out=out)
+        self.c = c_pre - fired * self.threshold if self.reset_mode == "threshold" else c_pre
+        self.y = y
+        self.active = fired
+        return y, c_pre
+
+    def run(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """All steps of ``x [T, B, I]``; returns ``(y [T, B, H], c_pre [T, B, H])``."""
+        steps, batch = x.shape[:2]
+        gi_all = self.project(x)
+        out = x.new_empty(steps, batch, self.hidden)
+        c_pre = x.new_empty(steps, batch, self.hidden)
+        for t in range(steps):
+            self.step(gi_all[t], out[t], c_pre[t])
+        return out, c_pre
+
+
+def _egru_autograd(x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset, surrogate):
+    gi_all = x @ weight_ih.t()
+    if bias_ih is not None:
+        gi_all = gi_all + bias_ih
+    table = weight_hh.t().contiguous()
+    support = surrogate.support
+    c_prev, y_prev = state
+    # y_0 supplied with a gradient needs ∂L/∂y_0 for every unit: the first product stays dense.
+    dense = support is None or y_prev.requires_grad
+    active = None
+    ys, c_pres = [], []
+    for t in range(x.shape[0]):
+        gh = y_prev @ weight_hh.t() if dense else event_matmul(y_prev, table, active)
+        if bias_hh is not None:
+            gh = gh + bias_hh
+        i_r, i_z, i_n = gi_all[t].chunk(3, dim=-1)
+        h_r, h_z, h_n = gh.chunk(3, dim=-1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        c_pre = z * c_prev + (1.0 - z) * n
+        if reset == "output":
+            c_pre = c_pre - y_prev
+        o = surrogate(c_pre - threshold)
+        y = o * c_pre
+        c = c_pre - o * threshold if reset == "threshold" else c_pre
+        if support is not None:
+            dense = False
+            # A unit passes gradient through y_t if it fired or sits inside the support
+            # (|c − θ| < ε); "≤" keeps the boundary, a harmless superset.
+            with torch.no_grad():
+                active = (y != 0) | ((c_pre - threshold).abs() <= support)
+        ys.append(y)
+        c_pres.append(c_pre)
+        c_prev, y_prev = c, y
+    return torch.stack(ys), EGRUState(c_prev, y_prev), EGRUTrace(torch.stack(c_pres))
+
+
+def egru_event_scan(
+    x: Tensor,
+    state: EGRUState | None,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    threshold: Tensor,
+    *,
+    reset: str = "output",
+    surrogate: Surrogate = _EGRU_SURROGATE,
+    zoneout: float = 0.0,
+    training: bool = False,
+) -> tuple[Tensor, EGRUState, EGRUTrace]:
+    """Event-sparse EGRU over ``x [T, B, I]``; same signature and result as
+    :func:`evsnn.functional.egru_scan` (SPEC §3). Zoneout is not supported (``ValueError``)."""
+    if reset not in RESETS:
+        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    if zoneout != 0.0:
+        raise ValueError(f"the cpu_event EGRU does not implement zoneout, got zoneout={zoneout}")
+    _check_surrogate(surrogate)
+    _check_cpu_tensors("egru", x, weight_ih, weight_hh, threshold)
+    if state is None:
+        state = egru_initial_state(x.shape[1], weight_hh.shape[1], x)
+    params = (x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold)
+    if _grad_needed(*params):
+        return _egru_autograd(*params, reset, surrogate)
+    with torch.no_grad():
+        runner = EGRURunner(weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset=reset)
+        runner.load(state)
+        y, c_pre = runner.run(x)
+        return y, runner.state(), EGRUTrace(c_pre)
+
+
+# --------------------------------------------------------------------------------------------
+# ALIF (SPEC §2)
+# --------------------------------------------------------------------------------------------
+
+
+class ALIFRunner:
+    """Inference-only ALIF stepper. ``step(current)`` takes ``I_t = W_in x_t + b_in``
+    (``[B, N]``) and returns ``(s_t, v_t, B_t)``; the recurrent input ``W_rec s_{t−1}`` reads
+    only the rows of spiking units."""
+
+    def __init__(
+        self,
+        *,
+        tau_mem: Tensor,
+        tau_adapt: Tensor,
+        b0: float | Tensor = 0.01,
+        beta: float | Tensor = 1.8,
+        weight_hh: Tensor | None = None,
+        bias_hh: Tensor | None = None,
+    ):
+        with torch.no_grad():
+            self.alpha = decay(tau_mem.detach())
+            self.rho = decay(tau_adapt.detach())
+            self.one_minus_alpha = 1.0 - self.alpha
+            self.one_minus_rho = 1.0 - self.rho
+            self.b0 = b0.detach() if isinstance(b0, Tensor) else b0
+            self.beta = beta.detach() if isinstance(beta, Tensor) else beta
+            self.table = None if weight_hh is None else weight_hh.detach().t().contiguous()
+            self.bias_hh = None if bias_hh is None else bias_hh.detach()
+        self.v: Tensor | None = None
+        self.b: Tensor | None = None
+        self.s: Tensor | None = None
+
+    def load(self, state: ALIFState) -> None:
+        self.v, self.b, self.s = (t.detach().clone() for t in state)
+        self.active = self.s != 0
+        # A supplied s_0 may hold any values; spikes made here are exactly 0/1 and need no weights.
+        self.binary = False
+        if self.table is not None:
+            self.bag = _RowBag(self.table, self.s.shape[0])
+
+    def state(self) -> ALIFState:
+        return ALIFState(self.v.clone(), self.b.clone(), self.s.clone())
+
+    def step(
+        self,
+        current: Tensor,
+        out: Tensor | None = None,
+        v_out: Tensor | None = None,
+        thr_out: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One step from ``I_t [B, N]``; returns ``(s_t, v_t, B_t)``, written into the given
+        buffers (rows of the scan's outputs, never overwritten later)."""
+        s = self.s
+        if self.table is not None:
+            rec = self.bag(s, self.active, weighted=not self.binary)
+            if self.bias_hh is not None:
+                rec += self.bias_hh
+            current = current + rec
+        b = self.rho * self.b
+        b.addcmul_(self.one_minus_rho, s)
+        thr = torch.mul(self.beta, b, out=thr_out)
+        thr += self.b0
+        v = torch.mul(self.alpha, self.v, out=v_out)
+        v.addcmul_(self.one_minus_alpha, current).sub_(thr * s)
+        fired = v > thr  # ⇔ v − B > 0 for finite floats: the strict Heaviside of SPEC §1
+        spikes = fired.to(v.dtype) if out is None else out.copy_(fired)
+        self.b, self.v, self.s = b, v, spikes
+        self.active = fired
+        self.binary = True
+        return spikes, v, thr
+
+    def run(self, current: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        out = torch.empty_like(current)
+        vs = torch.empty_like(current)
+        thrs = torch.empty_like(current)
+        for t in range(current.shape[0]):
+            self.step(current[t], out[t], vs[t], thrs[t])
+        return out, vs, thrs
+
+
+def _alif_autograd(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh):
+    alpha = decay(tau_mem)
+    rho = decay(tau_adapt)
+    v, b, s = state
+    support = surrogate.support
+    table = None if weight_hh is None else weight_hh.t().contiguous()
+    dense = support is None or s.requires_grad
+    active = None
+    spikes, vs, thresholds = [], [], []
+    for t in range(current.shape[0]):
+        i_t = current[t]
+        if weight_hh is not None:
+            rec = s @ weight_hh.t() if dense else event_matmul(s, table, active)
+            if bias_hh is not None:
+                rec = rec + bias_hh
+            i_t = i_t + rec
+        b = rho * b + (1.0 - rho) * s
+        threshold = b0 + beta * b
+        v = alpha * v + (1.0 - alpha) * i_t - threshold * s
+        x = v - threshold
+        s = surrogate(x)
+        if support is not None:
+            dense = False
+            with torch.no_grad():
+                active = (s != 0) | (x.abs() <= support)
+        spikes.append(s)
+        vs.append(v)
+        thresholds.append(threshold)
+    return torch.stack(spikes), ALIFState(v, b, s), ALIFTrace(torch.stack(vs), torch.stack(thresholds))
+
+
+def alif_event_scan(
+    current: Tensor,
+    state: ALIFState | None,
+    *,
+    tau_mem: Tensor,
+    tau_adapt: Tensor,
+    b0: float | Tensor = 0.01,
+    beta: float | Tensor = 1.8,
+    surrogate: Surrogate = _ALIF_SURROGATE,
+    weight_hh: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+) -> tuple[Tensor, ALIFState, ALIFTrace]:
+    """Event-sparse ALIF over ``current [T, B, N]``; same signature and result as
+    :func:`evsnn.functional.alif_scan` (SPEC §2)."""
+    _check_surrogate(surrogate)
+    _check_cpu_tensors("alif", current, tau_mem, tau_adapt, weight_hh)
+    if state is None:
+        state = alif_initial_state(current[0], b0)
+    params = (current, state, tau_mem, tau_adapt, b0, beta)
+    if _grad_needed(*params, weight_hh, bias_hh):
+        return _alif_autograd(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh)
+    with torch.no_grad():
+        runner = ALIFRunner(tau_mem=tau_mem, tau_adapt=tau_adapt, b0=b0, beta=beta, weight_hh=weight_hh, bias_hh=bias_hh)
+        runner.load(state)
+        spikes, vs, thrs = runner.run(current)
+        return spikes, runner.state(), ALIFTrace(vs, thrs)
+
+
+# --------------------------------------------------------------------------------------------
+# Delta GRU / LSTM (SPEC §4)
+# --------------------------------------------------------------------------------------------
+
+
+def _delta_table(weight_ih: Tensor, weight_hh: Tensor, gru: bool) -> Tensor:
+    """Rows of ``[Δx; Δh]`` → increments of the accumulators ``M [4H]``.
+
+    DeltaGRU: an input row feeds ``(r, z, nx)`` and not ``nh``; a hidden row feeds
+    ``(r, z, nh)`` and not ``nx`` (SPEC §4). DeltaLSTM: ``[W_ihᵀ; W_hhᵀ]``.
+    Built from differentiable ops so gradients reach both weights.
+    """
+    wi, wh = weight_ih.t(), weight_hh.t()
+    if gru:
+        h = weight_hh.shape[1]
+        wi = torch.cat([wi, wi.new_zeros(wi.shape[0], h)], dim=1)
+        wh = torch.cat([wh[:, : 2 * h], wh.new_zeros(h, h), wh[:, 2 * h :]], dim=1)
+    return torch.cat([wi, wh], dim=0).contiguous()
+
+
+class _DeltaRunner:
+    """Inference-only delta-cell stepper shared by DeltaGRU and DeltaLSTM.
+
+    Input and hidden are encoded together as ``s = [x_t; h_{t−1}]`` against the memory
+    ``ŝ = [x̂; ĥ]`` and thresholds ``[Θ_x; Θ_h]``; one ``event_matmul`` over the nonzero deltas
+    updates the accumulators ``M``.
+    """
+
+    gru = True
+
+    def __init__(
+        self,
+        weight_ih: Tensor,
+        weight_hh: Tensor,
+        bias_ih: Tensor | None,
+        bias_hh: Tensor | None,
+        *,
+        theta_x: float | Tensor = 0.0,
+        theta_h: float | Tensor = 0.0,
+    ):
+        with torch.no_grad():
+            self.input_size = weight_ih.shape[1]
+            self.hidden = weight_hh.shape[1]
+            self.table = _delta_table(weight_ih.detach(), weight_hh.detach(), self.gru)
+            self.bias_ih = None if bias_ih is None else bias_ih.detach()
+            self.bias_hh = None if bias_hh is None else bias_hh.detach()
+            like = self.table
+            self.theta = torch.cat(
+                [
+                    _expand_theta(theta_x, self.input_size, "theta_x", like),
+                    _expand_theta(theta_h, self.hidden, "theta_h", like),
+                ]
+            )
+        self.s_hat: Tensor | None = None
+        self.m: Tensor | None = None
+        self.h: Tensor | None = None
+        self.c: Tensor | None = None
+
+    def _load_common(self, h: Tensor, x_hat: Tensor, h_hat: Tensor, m: Tensor) -> None:
+        self.h = h.detach().clone()
+        self.s_hat = torch.cat([x_hat.detach(), h_hat.detach()], dim=-1)
+        self.m = m.detach().clone(memory_format=torch.contiguous_format)
+        self.zero = self.h.new_zeros(())
+        self.bag = _RowBag(self.table, self.h.shape[0])
+
+    def _encode(self, s: Tensor, delta_out: Tensor | None) -> Tensor:
+        """``Δ = (s − ŝ)·1[|s − ŝ| > Θ]``, ``ŝ += Δ``, ``M += table-rows of the nonzero Δ``."""
+        diff = s - self.s_hat
+        passed = diff.abs() > self.theta
+        # |diff| > Θ ≥ 0 implies diff ≠ 0, so ``passed`` is exactly the set of nonzero deltas.
+        delta = torch.where(passed, diff, self.zero, out=delta_out)
+        self.s_hat += delta
+        self.m += self.bag(delta, passed)
+        return delta
+
+    def run(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """All steps of ``x [T, B, I]``; returns ``(h [T, B, H], deltas [T, B, I + H])``."""
+        steps, batch = x.shape[:2]
+        s_all = x.new_empty(steps, batch, self.input_size + self.hidden)
+        s_all[..., : self.input_size] = x
+        out = x.new_empty(steps, batch, self.hidden)
+        deltas = torch.empty_like(s_all)
+        for t in range(steps):
+            s_all[t, :, self.input_size :] = self.h
+            self._step_encoded(s_all[t], out[t], deltas[t])
+        return out, deltas
+
+    def step(self, x: Tensor) -> Tensor:
+        """One step on ``x [B, I]``; returns ``h_t``."""
+        s = torch.cat([x, self.h], dim=-1)
+        return self._step_encoded(s, None, None)
+
+    def _step_encoded(self, s, out, delta_out):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class DeltaGRURunner(_DeltaRunner):
+    """Inference-only DeltaGRU stepper (SPEC §4); ``step(x_t) -> h_t``."""
+
+    gru = True
+
+    def initial_state(self, batch: int, like: Tensor) -> DeltaGRUState:
+        return delta_gru_initial_state(batch, self.input_size, self.hidden, self.bias_ih, self.bias_hh, like)
+
+    def load(self, state: DeltaGRUState) -> None:
+        self._load_common(state.h, state.x_hat, state.h_hat, state.m)
+
+    def state(self) -> DeltaGRUState:
+        i = self.input_size
+        return DeltaGRUState(self.h.clone(), self.s_hat[:, :i].clone(), self.s_hat[:, i:].clone(), self.m.clone())
+
+    def _step_encoded(self, s: Tensor, out: Tensor | None, delta_out: Tensor | None) -> Tensor:
+        h = self.hidden
+        self._encode(s, delta_out)
+        m = self.m
+        rz = torch.sigmoid(m[:, : 2 * h])
+        r, z = rz[:, :h], rz[:, h:]
+        n = torch.addcmul(m[:, 2 * h : 3 * h], r, m[:, 3 * h :]).tanh_()
+        # (1 − z)·n + z·h_{t−1} as one lerp n + z·(h_{t−1} − n): equal up to rounding.
+        h_new = torch.lerp(n, self.h, z, out=out)
+        self.h = h_new
+        return h_new
+
+
+class DeltaLSTMRunner(_DeltaRunner):
+    """Inference-only DeltaLSTM stepper (SPEC §4); ``step(x_t) -> h_t``."""
+
+    gru = False
+
+    def initial_state(self, batch: int, like: Tensor) -> DeltaLSTMState:
+        return delta_lstm_initial_state(batch, self.input_size, self.hidden, self.bias_ih, self.bias_hh, like)
+
+    def load(self, state: DeltaLSTMState) -> None:
+        self._load_common(state.h, state.x_hat, state.h_hat, state.m)
+        self.c = state.c.detach().clone()
+
+    def state(self) -> DeltaLSTMState:
+        i = self.input_size
+        return DeltaLSTMState(
+            self.h.clone(), self.c.clone(), self.s_hat[:, :i].clone(), self.s_hat[:, i:].clone(), self.m.clone()
+        )
+
+    def _step_encoded(self, s: Tensor, out: Tensor | None, delta_out: Tensor | None) -> Tensor:
+        h = self.hidden
+        self._encode(s, delta_out)
+        m = self.m
+        gates = torch.sigmoid(m)  # i, f, _, o used; g takes tanh below
+        i_g, f_g, o_g = gates[:, :h], gates[:, h : 2 * h], gates[:, 3 * h :]
+        g_g = torch.tanh(m[:, 2 * h : 3 * h])
+        c = f_g * self.c
+        c.addcmul_(i_g, g_g)
+        h_new = torch.mul(o_g, torch.tanh(c), out=out) if out is not None else o_g * torch.tanh(c)
+        self.c = c
+        self.h = h_new
+        return h_new
+
+
+def _delta_autograd(x, state, weight_ih, weight_hh, theta_x, theta_h, gru: bool):
+    steps = x.shape[0]
+    n_in, hs = weight_ih.shape[1], weight_hh.shape[1]
+    table = _delta_table(weight_ih, weight_hh, gru)
+    theta = torch.cat(
+        [_expand_theta(theta_x, n_in, "theta_x", table), _expand_theta(theta_h, hs, "theta_h", table)]
+    ).detach()
+    if gru:
+        h, x_hat, h_hat, m = state
+        c = None
+    else:
+        h, c, x_hat, h_hat, m = state
+    s_hat = torch.cat([x_hat, h_hat], dim=-1)
+    hs_out, deltas = [], []
+    for t in range(steps):
+        s = torch.cat([x[t], h], dim=-1)
+        diff = s - s_hat
+        mask = diff.detach().abs() > theta
+        delta = diff * mask.to(diff.dtype)
+        s_hat = s_hat + delta
+        # The mask is piecewise constant: ∂Δ/∂s is zero off the mask, so the nonzero deltas
+        # are exactly the rows whose gradient is needed (SPEC §4, no approximation).
+        m = m + event_matmul(delta, table, mask)
+        if gru:
+            m_r, m_z, m_nx, m_nh = m.chunk(4, dim=-1)
+            r = torch.sigmoid(m_r)
+            z = torch.sigmoid(m_z)
+            n = torch.tanh(m_nx + r * m_nh)
+            h = (1.0 - z) * n + z * h
+        else:
+            m_i, m_f, m_g, m_o = m.chunk(4, dim=-1)
+            c = torch.sigmoid(m_f) * c + torch.sigmoid(m_i) * torch.tanh(m_g)
+            h = torch.sigmoid(m_o) * torch.tanh(c)
+        hs_out.append(h)
+        deltas.append(delta)
+    delta_all = torch.stack(deltas)
+    trace = DeltaTrace(delta_all[..., :n_in], delta_all[..., n_in:])
+    x_hat, h_hat = s_hat[..., :n_in], s_hat[..., n_in:]
+    final = DeltaGRUState(h, x_hat, h_hat, m) if gru else DeltaLSTMState(h, c, x_hat, h_hat, m)
+    return torch.stack(hs_out), final, trace
+
+
+def _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru: bool):
+    _check_cpu_tensors("delta_gru" if gru else "delta_lstm", x, weight_ih, weight_hh)
+    runner_type = DeltaGRURunner if gru else DeltaLSTMRunner
+    if state is None:
+        init = delta_gru_initial_state if gru else delta_lstm_initial_state
+        state = init(x.shape[1], weight_ih.shape[1], weight_hh.shape[1], bias_ih, bias_hh, x)
+    if _grad_needed(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h):
+        return _delta_autograd(x, state, weight_ih, weight_hh, theta_x, theta_h, gru)
+    with torch.no_grad():
+        runner = runner_type(weight_ih, weight_hh, bias_ih, bias_hh, theta_x=theta_x, theta_h=theta_h)
+        runner.load(state)
+        out, deltas = runner.run(x)
+        n_in = weight_ih.shape[1]
+        trace = DeltaTrace(deltas[..., :n_in].contiguous(), deltas[..., n_in:].contiguous())
+        return out, runner.state(), trace
+
+
+def delta_gru_event_scan(
+    x: Tensor,
+    state: DeltaGRUState | None,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    *,
+    theta_x: float | Tensor = 0.0,
+    theta_h: float | Tensor = 0.0,
+) -> tuple[Tensor, DeltaGRUState, DeltaTrace]:
+    """Event-sparse DeltaGRU over ``x [T, B, I]``; same signature and result as
+    :func:`evsnn.functional.delta_gru_scan` (SPEC §4)."""
+    return _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru=True)
+
+
+def delta_lstm_event_scan(
+    x: Tensor,
+    state: DeltaLSTMState | None,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    *,
+    theta_x: float | Tensor = 0.0,
+    theta_h: float | Tensor = 0.0,
+) -> tuple[Tensor, DeltaLSTMState, DeltaTrace]:
+    """Event-sparse DeltaLSTM over ``x [T, B, I]``; same signature and result as
+    :func:`evsnn.functional.delta_lstm_scan` (SPEC §4)."""
+    return _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru=False)
+
+
+# --------------------------------------------------------------------------------------------
+# The check that decides explicit requests and "auto"
+# --------------------------------------------------------------------------------------------
+
+
+def _surrogate_reason(surrogate: Any) -> str | None:
+    if isinstance(surrogate, SnnTorchSurrogate):
+        return "a snntorch surrogate has no known support or primitive; use an evsnn.surrogate instead"
+    if not isinstance(surrogate, Surrogate):
+        return f"surrogate must be an evsnn.surrogate.Surrogate, got {type(surrogate).__name__}"
+    return None
+
+
+def _check_surrogate(surrogate: Any) -> None:
+    reason = _surrogate_reason(surrogate)
+    if reason is not None:
+        raise TypeError(f"cpu_event backend: {reason}")
+
+
+def check(
+    *,
+    device: torch.device | str,
+    dtype: torch.dtype | None = None,
+    shape: tuple[int, int, int] | None = None,
+    surrogate: Any = None,
+    zoneout: float = 0.0,
+    auto: bool | None = None,
+    **config: Any,
+) -> str | None:
+    """``None`` when the cpu_event path can run a call, else the reason.
+
+    ``auto=False`` (an explicit ``backend="cpu_event"``) only checks that it *can* run: CPU,
+    float32/float64, an evsnn surrogate, no zoneout. Otherwise (``auto=True``, or ``None``
+    when the dispatcher does not say which) it also declines shapes outside the measured
+    crossover, so that "auto" never picks it where the dense reference is faster:
+    batch > ``AUTO_MAX_BATCH`` or hidden < ``AUTO_MIN_HIDDEN``.
+    """
+    if torch.device(device).type != "cpu":
+        return f"it runs on CPU tensors only, got device {device}"
+    if dtype is not None and dtype not in _DTYPES:
+        return f"it supports float32 and float64, got {dtype}"
+    if surrogate is not None:
+        reason = _surrogate_reason(surrogate)
+        if reason is not None:
+            return reason
+    if zoneout:
+        return f"zoneout={zoneout} is not implemented by the event path"
+    if auto is not False:
+        if shape is None:
+            return "no shape (T, B, H) given to choose by the measured crossover"
+        _, batch, hidden = shape
+        if batch > AUTO_MAX_BATCH:
+            return (
+                f"batch {batch} > {AUTO_MAX_BATCH}: the dense product is faster at this batch size "
+                "(measured crossover, docs/benchmarks.md)"
+            )
+        if hidden < AUTO_MIN_HIDDEN:
+            return (
+                f"hidden {hidden} < {AUTO_MIN_HIDDEN}: per-step overhead outweighs the saved reads "
+                "(measured crossover, docs/benchmarks.md)"
+            )
+    return None
+
+
+_FNS = {
+    "alif": alif_event_scan,
+    "egru": egru_event_scan,
+    "delta_gru": delta_gru_event_scan,
+    "delta_lstm": delta_lstm_event_scan,
+}
+
+for _family, _fn in _FNS.items():
+    register(Backend("cpu_event", _family, _fn, check, priority=10, auto=True))
