@@ -106,6 +106,23 @@ def _time_by_unit(x: Any, name: str, sample: int) -> np.ndarray:
     raise ValueError(f"{name} must have shape [T, N] or [T, B, N], got {tuple(arr.shape)}")
 
 
+def _events(x: Any, name: str, sample: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[int, int]]:
+    """``(t, n, values, (T, N))`` of the nonzero entries of ``[T, N]`` or sample ``sample`` of
+    ``[T, B, N]``. Tensors are searched in torch (no dense float copy of a 10⁷-entry raster)."""
+    if not isinstance(x, Tensor):
+        arr = _time_by_unit(x, name, sample)
+        t, n = np.nonzero(arr)
+        return t, n, arr[t, n].astype(np.float64), arr.shape
+    x = x.detach()
+    if x.dim() == 3:
+        x = x[:, _check_index("sample", sample, x.shape[1], "samples"), :]
+    elif x.dim() != 2:
+        raise ValueError(f"{name} must have shape [T, N] or [T, B, N], got {tuple(x.shape)}")
+    idx = torch.nonzero(x)
+    values = x[idx[:, 0], idx[:, 1]]
+    return idx[:, 0].cpu().numpy(), idx[:, 1].cpu().numpy(), values.cpu().double().numpy(), tuple(x.shape)
+
+
 def _marker_size(n_points: int) -> float:
     # Points² per marker: visible for a handful of events, not a solid block for 10⁵ of them.
     return float(np.clip(2000.0 / max(n_points, 1), 0.5, 16.0))
@@ -134,11 +151,10 @@ def raster(
     unit on y. All marks form a single rasterised collection, whose offsets are exactly the
     event coordinates.
     """
-    s = _time_by_unit(spikes, "spikes", sample)
+    t, n, _, shape = _events(spikes, "spikes", sample)
     ax = _new_axes(ax, (8.0, 4.0))
-    t, n = np.nonzero(s)
     ax.scatter(t, n, s=_marker_size(t.size), marker="s", linewidths=0, color=color, rasterized=True)
-    _event_axes(ax, s.shape[0], s.shape[1], title)
+    _event_axes(ax, shape[0], shape[1], title)
     return ax
 
 
@@ -163,12 +179,10 @@ def event_raster(
       collections labelled ``"Δ > 0"`` and ``"Δ < 0"`` (empty ones are still added so that the
       legend and the collection order are always the same).
     """
-    v = _time_by_unit(y, "y", sample)
     if signed is not None and not isinstance(signed, bool):
         raise TypeError(f"signed must be a bool or None, got {type(signed).__name__}")
+    t, n, vals, shape = _events(y, "y", sample)
     ax = _new_axes(ax, (8.0, 4.0))
-    t, n = np.nonzero(v)
-    vals = v[t, n]
     size = _marker_size(t.size)
     if signed is None:
         signed = bool((vals < 0).any())
@@ -194,7 +208,7 @@ def event_raster(
         if colorbar:
             mappable = ScalarMappable(norm=Normalize(lo, hi), cmap=colormap)
             ax.figure.colorbar(mappable, ax=ax, label="event value")
-    _event_axes(ax, v.shape[0], v.shape[1], title)
+    _event_axes(ax, shape[0], shape[1], title)
     return ax
 
 

@@ -104,6 +104,22 @@ def test_large_raster_renders_within_two_seconds():
     assert elapsed < 2.0, f"10 000 x 1 000 raster took {elapsed:.2f} s"
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_large_event_raster_renders_within_two_seconds(signed):
+    g = torch.Generator().manual_seed(1)
+    values = torch.randn(10_000, 1_000, generator=g)
+    y = values * (torch.rand(10_000, 1_000, generator=g) < 0.05)
+    if not signed:
+        y = y.abs()
+    start = time.perf_counter()
+    ax = plot.event_raster(y, signed=signed)
+    buf = io.BytesIO()
+    ax.figure.savefig(buf, format="png", dpi=100)
+    elapsed = time.perf_counter() - start
+    assert sum(len(c.get_offsets()) for c in ax.collections) == int((y != 0).sum())
+    assert elapsed < 2.0, f"10 000 x 1 000 event raster (signed={signed}) took {elapsed:.2f} s"
+
+
 def test_event_raster_signed_deltas_use_two_distinct_colours():
     d = torch.tensor([[0.5, 0.0, -0.2], [0.0, -1.0, 0.0], [0.3, 0.2, 0.0], [0.0, 0.0, -0.1]])
     ax = plot.event_raster(d)
@@ -235,6 +251,8 @@ def test_op_savings_bars_match_the_profile():
     heights = [p.get_height() for p in ax.patches]
     assert heights == [prof.layers[0].dense_macs, prof.layers[0].event_ops]
     assert ax.get_yscale() == "log"
+    act = plot.activity(prof)
+    assert np.allclose(act.get_lines()[0].get_ydata(), prof.layers[0].event_fraction_per_step)
     ax_dict = plot.op_savings(prof.to_dict())
     assert [p.get_height() for p in ax_dict.patches] == heights
     assert _png(ax).std() > 0
