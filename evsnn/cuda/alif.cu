@@ -34,6 +34,14 @@
 // Spike columns gathered per tile of the forward recurrent product (per warp: 4 ballots of 32).
 #define ALIF_TILE_PER_WARP 128
 #define ALIF_TILE (ALIF_REC_WARPS * ALIF_TILE_PER_WARP)
+// Backward: a chunk with at most this many units inside the surrogate's support computes their
+// rows of W_hh^T d one warp per unit (alif_rec_dot_rows); above it, the whole chunk at once with
+// coalesced loads of W_hh (alif_rec_dot_cols), which is faster when most units need it.
+#define ALIF_SPARSE_ROWS 8
+#define ALIF_DOT_TILE 1024
+#if ALIF_REC_THREADS != 128
+#error "alif_rec_dot_cols assumes 4 warps of 32 lanes x 4 units per lane = 128 units per chunk"
+#endif
 
 typedef long long idx_t;
 
@@ -259,6 +267,40 @@ extern "C" __global__ void __launch_bounds__(ALIF_REC_THREADS)
 // The carried adjoints Gv, Gb, Gs live in g_v0, g_bstate0, g_s0 (each entry owned by one
 // thread) and end as the initial-state gradients; the parameter partials in p_*.
 // ---------------------------------------------------------------------------------------------
+// Dense variant for a whole chunk: rec[j - j_base] = sum_n W[n, j] d[n] for the ALIF_REC_THREADS
+// units j of the chunk, reading W_hh row-major (w[n*N + j]): each warp takes every fourth n and
+// all units of the chunk (4 per lane, coalesced 128-byte loads, many in flight), d is staged in
+// shared memory, and the four warps' partial sums are added in a fixed order: deterministic.
+// Every thread of the block must call it (it synchronises).
+__device__ __forceinline__ void alif_rec_dot_cols(const scalar_t* __restrict__ w, const scalar_t* d_row,
+                                                  scalar_t* d_sh, scalar_t (*red)[ALIF_REC_THREADS], scalar_t* rec,
+                                                  const int j_base, const int N) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    scalar_t acc[4] = {0, 0, 0, 0};
+    for (int n0 = 0; n0 < N; n0 += ALIF_DOT_TILE) {
+        const int len = min(ALIF_DOT_TILE, N - n0);
+        __syncthreads();
+        for (int k = threadIdx.x; k < len; k += ALIF_REC_THREADS) d_sh[k] = evsnn_ldcg(d_row + n0 + k);
+        __syncthreads();
+#pragma unroll 4
+        for (int k = warp; k < len; k += ALIF_REC_WARPS) {
+            const scalar_t d = d_sh[k];
+            const scalar_t* wr = w + (idx_t)(n0 + k) * N + j_base + lane;
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                if (j_base + lane + 32 * q < N) acc[q] += wr[32 * q] * d;
+            }
+        }
+    }
+#pragma unroll
+    for (int q = 0; q < 4; ++q) red[warp][lane + 32 * q] = acc[q];
+    __syncthreads();
+    scalar_t sum = red[0][threadIdx.x];
+#pragma unroll
+    for (int k = 1; k < ALIF_REC_WARPS; ++k) sum += red[k][threadIdx.x];
+    rec[threadIdx.x] = sum;
+}
+
 __device__ __forceinline__ void alif_rec_dot_rows(const scalar_t* __restrict__ wt, const scalar_t* d_row,
                                                   const int* list, const int count, scalar_t* rec, const int j_base,
                                                   const int N) {
@@ -279,13 +321,16 @@ extern "C" __global__ void __launch_bounds__(ALIF_REC_THREADS) alif_rec_backward
     const scalar_t* __restrict__ b_trace, const scalar_t* __restrict__ v0, const scalar_t* __restrict__ bstate0,
     const scalar_t* __restrict__ s0, const scalar_t* __restrict__ alpha, const scalar_t* __restrict__ rho,
     const scalar_t* __restrict__ b0, const scalar_t* __restrict__ beta, const scalar_t* __restrict__ wt,
-    const scalar_t* __restrict__ g_spikes, const scalar_t* __restrict__ g_vtrace, const scalar_t* __restrict__ g_thr,
-    const scalar_t* __restrict__ g_vT, const scalar_t* __restrict__ g_bT, const scalar_t* __restrict__ g_sT, SG_ARGS,
+    const scalar_t* __restrict__ w, const scalar_t* __restrict__ g_spikes, const scalar_t* __restrict__ g_vtrace,
+    const scalar_t* __restrict__ g_thr, const scalar_t* __restrict__ g_vT, const scalar_t* __restrict__ g_bT,
+    const scalar_t* __restrict__ g_sT, SG_ARGS,
     scalar_t* g_current, scalar_t* __restrict__ g_v0, scalar_t* __restrict__ g_bstate0, scalar_t* __restrict__ g_s0,
     scalar_t* __restrict__ p_alpha, scalar_t* __restrict__ p_rho, scalar_t* __restrict__ p_b0,
     scalar_t* __restrict__ p_beta, unsigned int* counter, const int T, const int B, const int N) {
     __shared__ int list[ALIF_REC_THREADS];
     __shared__ scalar_t rec[ALIF_REC_THREADS];
+    __shared__ scalar_t d_sh[ALIF_DOT_TILE];
+    __shared__ scalar_t red[ALIF_REC_WARPS][ALIF_REC_THREADS];
     __shared__ int count;
     const idx_t BN = (idx_t)B * N;
     const int chunks = (N + ALIF_REC_THREADS - 1) / ALIF_REC_THREADS;
@@ -330,7 +375,13 @@ extern "C" __global__ void __launch_bounds__(ALIF_REC_THREADS) alif_rec_backward
             __syncthreads();
             if (need) list[atomicAdd(&count, 1)] = n;  // which warp takes which row does not change any sum
             __syncthreads();
-            if (t + 1 < T) alif_rec_dot_rows(wt, g_current + (idx_t)(t + 1) * BN + (idx_t)b * N, list, count, rec, j_base, N);
+            if (t + 1 < T) {
+                const scalar_t* d_row = g_current + (idx_t)(t + 1) * BN + (idx_t)b * N;
+                if (count > ALIF_SPARSE_ROWS)  // uniform across the block: count is shared
+                    alif_rec_dot_cols(w, d_row, d_sh, red, rec, j_base, N);
+                else
+                    alif_rec_dot_rows(wt, d_row, list, count, rec, j_base, N);
+            }
             __syncthreads();
             if (valid) {
                 scalar_t v_p, b_p, s_p;
@@ -369,10 +420,7 @@ extern "C" __global__ void __launch_bounds__(ALIF_REC_THREADS) alif_rec_backward
         const int b = u / chunks;
         const int j_base = (u % chunks) * ALIF_REC_THREADS;
         const int n = j_base + threadIdx.x;
-        if (n < N) list[threadIdx.x] = n;
-        if (threadIdx.x == 0) count = min(ALIF_REC_THREADS, N - j_base);
-        __syncthreads();
-        alif_rec_dot_rows(wt, g_current + (idx_t)b * N, list, count, rec, j_base, N);
+        alif_rec_dot_cols(w, g_current + (idx_t)b * N, d_sh, red, rec, j_base, N);
         __syncthreads();
         if (n < N) g_s0[(idx_t)b * N + n] += rec[threadIdx.x];
         __syncthreads();

@@ -146,14 +146,14 @@ class _ALIFScan(torch.autograd.Function):
             )  # fmt: skip
             rt.launch(kernel, grid, (REC_THREADS,), args, device=dev)
         if needs_grad:
-            ctx.save_for_backward(inputs, spikes, v_trace, b_trace, v0, bstate0, s0, alpha, rho, b0, beta, wt)
+            ctx.save_for_backward(inputs, spikes, v_trace, b_trace, v0, bstate0, s0, alpha, rho, b0, beta, wt, weight_hh)
         ctx.sg = sg
         ctx.set_materialize_grads(False)
         return spikes, v_trace, thr_trace, v_out, b_out, s_out
 
     @staticmethod
     def backward(ctx, g_spikes, g_vtrace, g_thr, g_vT, g_bT, g_sT):
-        inputs, spikes, v_trace, b_trace, v0, bstate0, s0, alpha, rho, b0, beta, wt = ctx.saved_tensors
+        inputs, spikes, v_trace, b_trace, v0, bstate0, s0, alpha, rho, b0, beta, wt, w = ctx.saved_tensors
         T, B, N = spikes.shape
         dev, dtype = spikes.device, spikes.dtype
         kind, (p0, p1, p2, p3), trunc = ctx.sg
@@ -172,7 +172,7 @@ class _ALIFScan(torch.autograd.Function):
         else:
             counter = torch.zeros(1, dtype=torch.int32, device=dev)
             kernel = rt.get_kernel(SOURCE, "alif_rec_backward", dtype=dtype, device=dev, defines=_DEFINES)
-            args = head + (rt.ptr(wt),) + tuple(rt.ptr(g) for g in grads_in) + sg_args + tail + (
+            args = head + (rt.ptr(wt), rt.ptr(w)) + tuple(rt.ptr(g) for g in grads_in) + sg_args + tail + (
                 rt.ptr(counter), rt.i32(T), rt.i32(B), rt.i32(N),
             )  # fmt: skip
             rt.launch(kernel, (_grid(B * math.ceil(N / REC_THREADS), dev),), (REC_THREADS,), args, device=dev)
