@@ -28,38 +28,50 @@ TAU_INITS = ("normal", "multi_normal", "bimodal", "constant")
 TauSpec = "float | tuple[float, float] | Sequence[tuple[float, float]] | Tensor"
 
 
-def init_tau(n: int, spec, kind: str = "normal", *, generator: torch.Generator | None = None) -> Tensor:
-    """Per-neuron time constants, at least one step each.
+def init_tau(
+    n: int, spec, kind: str = "normal", *, generator: torch.Generator | None = None, name: str = "tau"
+) -> Tensor:
+    """Per-neuron time constants ``[n]``, at least one step each.
 
+    - a plain number (whatever ``kind``): every neuron gets that τ;
+    - a tensor of ``n`` values: those τ;
     - ``kind="normal"``: ``spec = (mean, std)``, τ_j ~ N(mean, std²);
     - ``kind="multi_normal"`` (alias ``"bimodal"``): ``spec = [(mean, std), (mean, std), ...]``,
       an equal mixture: neuron j draws from component ``j mod len(spec)`` (so the groups keep
       their sizes) — the heterogeneous "multi-timescale" initialisation;
     - ``kind="constant"``: ``spec`` a number, or a tensor of ``n`` values.
 
-    Draws below one step are clamped to 1 (SPEC §2).
+    A non-positive τ (or mean) raises ``ValueError``; random draws below one step are clamped
+    to 1 (SPEC §2). ``name`` is used in error messages.
     """
     if kind not in TAU_INITS:
-        raise ValueError(f"tau init must be one of {TAU_INITS}, got {kind!r}")
+        raise ValueError(f"{name} init must be one of {TAU_INITS}, got {kind!r}")
     if isinstance(spec, Tensor):
-        if spec.shape != (n,):
-            raise ValueError(f"a tensor of time constants must have shape ({n},), got {tuple(spec.shape)}")
-        if not bool((spec > 0).all()):
-            raise ValueError("time constants must be > 0")
-        return spec.detach().clone().float().clamp(min=1.0)
+        if tuple(spec.shape) != (n,):
+            raise ValueError(f"a tensor {name} must have shape ({n},), got {tuple(spec.shape)}")
+        if not bool(torch.isfinite(spec).all()) or not bool((spec > 0).all()):
+            raise ValueError(f"{name} must be finite and > 0 for every neuron, got min {spec.min().item()!r}")
+        spec = spec.detach().clone()
+        if not spec.is_floating_point():
+            spec = spec.to(torch.get_default_dtype())
+        return spec.clamp(min=1.0)
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return torch.full((n,), max(check_positive(name, spec), 1.0))
     if kind == "constant":
-        return torch.full((n,), max(check_positive("tau", spec), 1.0))
+        raise TypeError(f"a constant {name} must be a number or a tensor of shape ({n},), got {type(spec).__name__}")
     if kind == "normal":
         components = [spec]
     else:
+        if not isinstance(spec, (tuple, list)):
+            raise TypeError(f"multi_normal {name} init expects a list of (mean, std) pairs, got {type(spec).__name__}")
         components = list(spec)
         if not components or not all(isinstance(c, (tuple, list)) and len(c) == 2 for c in components):
-            raise ValueError(f"multi_normal tau init expects a list of (mean, std) pairs, got {spec!r}")
+            raise ValueError(f"multi_normal {name} init expects a list of (mean, std) pairs, got {spec!r}")
     for comp in components:
         if not (isinstance(comp, (tuple, list)) and len(comp) == 2):
-            raise ValueError(f"normal tau init expects (mean, std), got {comp!r}")
-        check_positive("tau mean", comp[0])
-        check_nonnegative("tau std", comp[1])
+            raise ValueError(f"normal {name} init expects (mean, std) or a number, got {comp!r}")
+        check_positive(f"{name} mean", comp[0])
+        check_nonnegative(f"{name} std", comp[1])
     means = torch.tensor([float(c[0]) for c in components])
     stds = torch.tensor([float(c[1]) for c in components])
     which = torch.arange(n) % len(components)
@@ -107,10 +119,11 @@ class _ALIFBase(nn.Module):
             self.register_parameter("weight_hh", None)
             self.register_parameter("bias_hh", None)
         like = self.weight_ih
-        self.tau_mem = nn.Parameter(init_tau(hidden_size, tau_mem, tau_init).to(like))
-        self.tau_adapt = nn.Parameter(init_tau(hidden_size, tau_adapt, tau_init).to(like))
-        b0_t = torch.full((hidden_size,), float(b0)).to(like)
-        beta_t = torch.full((hidden_size,), float(beta) if adaptive else 0.0).to(like)
+        self.tau_mem = nn.Parameter(init_tau(hidden_size, tau_mem, tau_init, name="tau_mem").to(like))
+        self.tau_adapt = nn.Parameter(init_tau(hidden_size, tau_adapt, tau_init, name="tau_adapt").to(like))
+        # Built directly in the layer's dtype so that b0 = 0.2 in float64 is 0.2, not float32's 0.2.
+        b0_t = torch.full((hidden_size,), float(b0), dtype=like.dtype, device=like.device)
+        beta_t = torch.full((hidden_size,), float(beta) if adaptive else 0.0, dtype=like.dtype, device=like.device)
         if learn_threshold:
             self.b0 = nn.Parameter(b0_t)
             if adaptive:
@@ -267,7 +280,7 @@ class LeakyReadout(nn.Module):
         self.output_size = check_size("output_size", output_size)
         self.batch_first = bool(batch_first)
         self.linear = nn.Linear(input_size, output_size, bias=bias, device=device, dtype=dtype)
-        self.tau = nn.Parameter(init_tau(output_size, tau, tau_init).to(self.linear.weight))
+        self.tau = nn.Parameter(init_tau(output_size, tau, tau_init, name="tau").to(self.linear.weight))
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_input(type(self).__name__, x, 3, self.input_size, self.linear.weight)
