@@ -36,7 +36,8 @@ def init_tau(
     - a plain number (whatever ``kind``): every neuron gets that τ;
     - a tensor of ``n`` values: those τ;
     - ``kind="normal"``: ``spec = (mean, std)``, τ_j ~ N(mean, std²);
-    - ``kind="multi_normal"`` (alias ``"bimodal"``): ``spec = [(mean, std), (mean, std), ...]``,
+    - ``kind="multi_normal"`` (alias ``"bimodal"``): ``spec = [(mean, std), (mean, std), ...]``
+      (a single pair is accepted too),
       an equal mixture: neuron j draws from component ``j mod len(spec)`` (so the groups keep
       their sizes) — the heterogeneous "multi-timescale" initialisation;
     - ``kind="constant"``: ``spec`` a number, or a tensor of ``n`` values.
@@ -59,11 +60,16 @@ def init_tau(
         return torch.full((n,), max(check_positive(name, spec), 1.0))
     if kind == "constant":
         raise TypeError(f"a constant {name} must be a number or a tensor of shape ({n},), got {type(spec).__name__}")
-    if kind == "normal":
+    if not isinstance(spec, (tuple, list)):
+        raise TypeError(f"{name} must be a number, a (mean, std) pair, a list of pairs or a tensor, got {type(spec).__name__}")
+    is_pair = len(spec) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec)
+    if is_pair:
+        # one (mean, std) pair is a normal draw for any kind (a one-component mixture), so that
+        # tau_init="multi_normal" with a mixture for tau_mem keeps tau_adapt's default pair working
         components = [spec]
+    elif kind == "normal":
+        raise ValueError(f"normal {name} init expects (mean, std); for a list of pairs use tau_init='multi_normal', got {spec!r}")
     else:
-        if not isinstance(spec, (tuple, list)):
-            raise TypeError(f"multi_normal {name} init expects a list of (mean, std) pairs, got {type(spec).__name__}")
         components = list(spec)
         if not components or not all(isinstance(c, (tuple, list)) and len(c) == 2 for c in components):
             raise ValueError(f"multi_normal {name} init expects a list of (mean, std) pairs, got {spec!r}")

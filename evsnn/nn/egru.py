@@ -24,16 +24,19 @@ from ._checks import (
 __all__ = ["EGRU", "EGRUCell", "THRESHOLD_INITS"]
 
 THRESHOLD_INITS = ("beta", "constant")
+_LOG_THRESHOLD_MIN = math.log(1e-6)
+_LOG_THRESHOLD_MAX = math.log(1e4)
 
 
 def _init_threshold(hidden: int, threshold: float, kind: str) -> Tensor:
     if kind not in THRESHOLD_INITS:
         raise ValueError(f"threshold_init must be one of {THRESHOLD_INITS}, got {kind!r}")
     if kind == "constant":
-        return torch.full((hidden,), threshold)
+        # float64 so that log/exp round-trips a float64 layer's θ = 0.3 exactly enough
+        return torch.full((hidden,), threshold, dtype=torch.float64)
     # θ_j = threshold · 2u_j, u_j ~ Beta(5, 5): mean `threshold`, strictly inside (0, 2·threshold).
     u = torch.distributions.Beta(5.0, 5.0).sample((hidden,)).clamp(1e-3, 1 - 1e-3)
-    return threshold * 2.0 * u
+    return threshold * 2.0 * u.double()
 
 
 class _EGRUBase(nn.Module):
@@ -85,8 +88,14 @@ class _EGRUBase(nn.Module):
 
     @property
     def threshold(self) -> Tensor:
-        """The per-unit threshold θ > 0 (``[H]``)."""
-        return self.log_threshold.exp()
+        """The per-unit threshold θ = exp(log_threshold) (``[H]``), kept in [1e-6, 1e4].
+
+        The clamp keeps θ > 0 and finite whatever the optimiser does: a large step could push
+        ``log_threshold`` past float32's range, where exp gives 0 (θ must be > 0) or inf
+        (``c − o·θ`` would turn into NaN). Outside the range the gradient to θ is zero, as for
+        any clamp, like the τ ≥ 1 clamp of the ALIF neurons.
+        """
+        return self.log_threshold.clamp(_LOG_THRESHOLD_MIN, _LOG_THRESHOLD_MAX).exp()
 
     def extra_repr(self) -> str:
         return (
