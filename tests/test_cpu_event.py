@@ -1,0 +1,254 @@
+"""The cpu_event backend equals the reference scans: outputs, final states, traces and
+gradients (float64 autograd of the reference is the oracle), on random shapes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import evsnn
+from evsnn.functional import alif_scan, delta_gru_scan, delta_lstm_scan, egru_scan
+from evsnn.ops import cpu_event, dispatch
+from evsnn.surrogate import ATan, MultiGaussian, SnnTorchSurrogate, Triangle
+
+SHAPES = [(7, 1, 3, 12), (9, 3, 5, 17), (5, 4, 1, 33)]  # (T, B, I, H)
+
+
+def _close(a, b, dtype, what):
+    tol = {"rtol": 1e-10, "atol": 1e-10} if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    if isinstance(a, tuple):
+        assert len(a) == len(b), what
+        for i, (u, v) in enumerate(zip(a, b)):
+            _close(u, v, dtype, f"{what}[{i}]")
+        return
+    assert a.shape == b.shape, f"{what}: shape {tuple(a.shape)} vs {tuple(b.shape)}"
+    torch.testing.assert_close(a, b, **tol, msg=lambda m: f"{what}: {m}")
+
+
+def _leaves(*tensors):
+    return [t.detach().clone().requires_grad_(True) if t is not None else None for t in tensors]
+
+
+def _grads(out, params):
+    y, final, trace = out
+    # Touch every output so each path of the graph is checked: outputs, states and traces.
+    loss = (y * torch.linspace(0.5, 1.5, y.shape[-1], dtype=y.dtype)).sum()
+    loss = loss + sum((t.to(y.dtype) ** 2).sum() * 0.1 for t in final) + sum(t.sum() * 0.01 for t in trace)
+    live = [p for p in params if p is not None]
+    return torch.autograd.grad(loss, live)
+
+
+def _egru_inputs(shape, dtype, seed, active_state=False):
+    gen = torch.Generator().manual_seed(seed)
+    t, b, i, h = shape
+    x = torch.randn(t, b, i, generator=gen, dtype=dtype)
+    w_ih = torch.randn(3 * h, i, generator=gen, dtype=dtype) * 0.6
+    w_hh = torch.randn(3 * h, h, generator=gen, dtype=dtype) * 0.6
+    b_ih = torch.randn(3 * h, generator=gen, dtype=dtype) * 0.2
+    b_hh = torch.randn(3 * h, generator=gen, dtype=dtype) * 0.2
+    theta = torch.rand(h, generator=gen, dtype=dtype) * 0.3 + 0.05
+    state = None
+    if active_state:
+        c0 = torch.randn(b, h, generator=gen, dtype=dtype)
+        state = evsnn.EGRUState(c0, c0 * (c0 > theta))
+    return x, state, w_ih, w_hh, b_ih, b_hh, theta
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("reset", ["output", "threshold"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_egru_inference_equals_reference(shape, reset, dtype):
+    x, state, *params = _egru_inputs(shape, dtype, seed=sum(shape) + (reset == "threshold"), active_state=True)
+    with torch.no_grad():
+        ref = egru_scan(x, state, *params, reset=reset)
+        got = cpu_event.egru_event_scan(x, state, *params, reset=reset)
+    assert 0.0 < float((ref[0] != 0).double().mean()) < 0.9  # the test exercises sparse steps
+    _close(got, ref, dtype, f"egru {reset}")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("reset", ["output", "threshold"])
+@pytest.mark.parametrize("surrogate", [Triangle(0.3), ATan()], ids=["triangle", "atan"])
+def test_egru_gradients_equal_reference(shape, reset, surrogate):
+    dtype = torch.float64
+    x, state, *params = _egru_inputs(shape, dtype, seed=7, active_state=True)
+    leaves = _leaves(x, *params, *state)
+    x_r, w_ih, w_hh, b_ih, b_hh, theta, c0, y0 = leaves
+    # y_0 with a gradient forces a dense first product; c_0 is elementwise only.
+    st = evsnn.EGRUState(c0, y0)
+    ref = egru_scan(x_r, st, w_ih, w_hh, b_ih, b_hh, theta, reset=reset, surrogate=surrogate)
+    got = cpu_event.egru_event_scan(x_r, st, w_ih, w_hh, b_ih, b_hh, theta, reset=reset, surrogate=surrogate)
+    _close(got, ref, dtype, "egru train forward")
+    _close(_grads(got, leaves), _grads(ref, leaves), dtype, "egru grads")
+
+
+def test_egru_gradient_without_state_grad_and_float32():
+    x, _, *params = _egru_inputs((12, 2, 4, 40), torch.float32, seed=3)
+    leaves = _leaves(*params)
+    ref = egru_scan(x, None, *leaves)
+    got = cpu_event.egru_event_scan(x, None, *leaves)
+    _close(got, ref, torch.float32, "egru fp32 forward")
+    _close(_grads(got, leaves), _grads(ref, leaves), torch.float32, "egru fp32 grads")
+
+
+def _alif_inputs(shape, dtype, seed, recurrent=True):
+    gen = torch.Generator().manual_seed(seed)
+    t, b, _, n = shape
+    current = torch.randn(t, b, n, generator=gen, dtype=dtype) * 3.0
+    kw = {
+        "tau_mem": torch.rand(n, generator=gen, dtype=dtype) * 20 + 2,
+        "tau_adapt": torch.rand(n, generator=gen, dtype=dtype) * 100 + 50,
+        "b0": 0.01,
+        "beta": 1.8,
+        "weight_hh": torch.randn(n, n, generator=gen, dtype=dtype) * 0.5 if recurrent else None,
+        "bias_hh": torch.randn(n, generator=gen, dtype=dtype) * 0.1 if recurrent else None,
+    }
+    return current, kw
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("recurrent", [True, False])
+def test_alif_inference_equals_reference(shape, recurrent):
+    current, kw = _alif_inputs(shape, torch.float32, seed=11, recurrent=recurrent)
+    with torch.no_grad():
+        ref = alif_scan(current, None, **kw)
+        got = cpu_event.alif_event_scan(current, None, **kw)
+    assert 0.0 < float(ref[0].mean()) < 0.9
+    _close(got, ref, torch.float32, "alif")
+
+
+@pytest.mark.parametrize("shape", SHAPES[:2])
+@pytest.mark.parametrize("surrogate", [MultiGaussian(), Triangle(0.5), MultiGaussian().truncate(1.0)], ids=str)
+def test_alif_gradients_equal_reference(shape, surrogate):
+    dtype = torch.float64
+    current, kw = _alif_inputs(shape, dtype, seed=5)
+    names = ["tau_mem", "tau_adapt", "weight_hh", "bias_hh"]
+    leaves = _leaves(current, *(kw[k] for k in names))
+    kw.update(dict(zip(names, leaves[1:])), surrogate=surrogate)
+    ref = alif_scan(leaves[0], None, **kw)
+    got = cpu_event.alif_event_scan(leaves[0], None, **kw)
+    _close(got, ref, dtype, "alif train forward")
+    _close(_grads(got, leaves), _grads(ref, leaves), dtype, "alif grads")
+
+
+def _delta_inputs(shape, gates, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    t, b, i, h = shape
+    # A slow signal plus noise: some input deltas pass the threshold, some do not.
+    x = torch.cumsum(torch.randn(t, b, i, generator=gen, dtype=dtype) * 0.3, dim=0)
+    params = [
+        torch.randn(gates * h, i, generator=gen, dtype=dtype) * 0.5,
+        torch.randn(gates * h, h, generator=gen, dtype=dtype) * 0.5,
+        torch.randn(gates * h, generator=gen, dtype=dtype) * 0.2,
+        torch.randn(gates * h, generator=gen, dtype=dtype) * 0.2,
+    ]
+    return x, params
+
+
+DELTA = [(3, delta_gru_scan, cpu_event.delta_gru_event_scan), (4, delta_lstm_scan, cpu_event.delta_lstm_event_scan)]
+
+
+@pytest.mark.parametrize("gates,ref_fn,ev_fn", DELTA, ids=["gru", "lstm"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("theta", [0.0, 0.15])
+def test_delta_inference_equals_reference(gates, ref_fn, ev_fn, shape, theta):
+    x, params = _delta_inputs(shape, gates, torch.float32, seed=21)
+    with torch.no_grad():
+        ref = ref_fn(x, None, *params, theta_x=theta, theta_h=theta)
+        got = ev_fn(x, None, *params, theta_x=theta, theta_h=theta)
+    if theta > 0:
+        assert 0.0 < float((ref[2].delta_h != 0).double().mean()) < 1.0
+    _close(got, ref, torch.float32, "delta")
+
+
+@pytest.mark.parametrize("gates,ref_fn,ev_fn", DELTA, ids=["gru", "lstm"])
+@pytest.mark.parametrize("shape", SHAPES[:2])
+def test_delta_gradients_equal_reference(gates, ref_fn, ev_fn, shape):
+    dtype = torch.float64
+    x, params = _delta_inputs(shape, gates, dtype, seed=2)
+    leaves = _leaves(x, *params)
+    ref = ref_fn(leaves[0], None, *leaves[1:], theta_x=0.1, theta_h=0.1)
+    got = ev_fn(leaves[0], None, *leaves[1:], theta_x=0.1, theta_h=0.1)
+    _close(got, ref, dtype, "delta train forward")
+    _close(_grads(got, leaves), _grads(ref, leaves), dtype, "delta grads")
+
+
+def test_delta_with_given_state_continues_the_reference():
+    x, params = _delta_inputs((10, 2, 3, 9), 3, torch.float32, seed=4)
+    with torch.no_grad():
+        _, mid, _ = delta_gru_scan(x[:5], None, *params, theta_x=0.1, theta_h=0.1)
+        ref = delta_gru_scan(x[5:], mid, *params, theta_x=0.1, theta_h=0.1)
+        got = cpu_event.delta_gru_event_scan(x[5:], mid, *params, theta_x=0.1, theta_h=0.1)
+    _close(got, ref, torch.float32, "delta continued")
+
+
+def test_event_matmul_equals_dense_and_its_gradient():
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(4, 10, generator=gen, dtype=torch.float64) * (torch.rand(4, 10, generator=gen) < 0.3)
+    values[2] = 0.0  # a sample with no events
+    table = torch.randn(10, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    v = values.clone().requires_grad_(True)
+    active = (values != 0) | (torch.rand(4, 10, generator=gen) < 0.2)  # a superset of the nonzeros
+    out = cpu_event.event_matmul(v, table, active)
+    torch.testing.assert_close(out, values @ table)
+    g_v, g_t = torch.autograd.grad(out.sum(), (v, table))
+    v2 = values.clone().requires_grad_(True)
+    r_v, r_t = torch.autograd.grad((v2 @ table).sum(), (v2, table))
+    torch.testing.assert_close(g_t, r_t)
+    # ∂/∂values is returned on the active set and zero elsewhere.
+    torch.testing.assert_close(g_v, torch.where(active, r_v, torch.zeros_like(r_v)))
+
+
+def test_check_reasons_and_crossover():
+    cpu = torch.device("cpu")
+    ok = {"device": cpu, "dtype": torch.float32, "shape": (10, 1, 1024)}
+    assert cpu_event.check(**ok, auto=False) is None
+    assert cpu_event.check(**ok) is None
+    assert "CPU" in cpu_event.check(**{**ok, "device": torch.device("meta")})
+    assert "float16" in cpu_event.check(**{**ok, "dtype": torch.float16})
+    assert "zoneout" in cpu_event.check(**ok, zoneout=0.1, auto=False)
+    assert "snntorch" in cpu_event.check(**ok, surrogate=SnnTorchSurrogate(lambda x: x), auto=False)
+    big_batch = {**ok, "shape": (10, cpu_event.AUTO_MAX_BATCH + 1, 1024)}
+    small = {**ok, "shape": (10, 1, cpu_event.AUTO_MIN_HIDDEN - 1)}
+    assert cpu_event.check(**big_batch, auto=False) is None
+    assert "batch" in cpu_event.check(**big_batch, auto=True)
+    assert "hidden" in cpu_event.check(**small, auto=True)
+    assert "cpu_event" in dispatch.registered("egru")
+    chosen = dispatch.resolve("egru", "auto", **ok, surrogate=Triangle(0.3), zoneout=0.0)
+    assert chosen.name == "cpu_event"
+    assert dispatch.resolve("egru", "auto", **big_batch).name == "torch"
+
+
+def test_bad_calls_raise_clear_errors():
+    x, state, *params = _egru_inputs((3, 1, 2, 4), torch.float32, seed=0)
+    with pytest.raises(ValueError, match="zoneout"):
+        cpu_event.egru_event_scan(x, None, *params, zoneout=0.1)
+    with pytest.raises(ValueError, match="reset"):
+        cpu_event.egru_event_scan(x, None, *params, reset="nope")
+    with pytest.raises(TypeError, match="snntorch"):
+        cpu_event.egru_event_scan(x, None, *params, surrogate=SnnTorchSurrogate(lambda v: v))
+    xd, pd = _delta_inputs((3, 1, 2, 4), 3, torch.float32, seed=0)
+    with pytest.raises(ValueError, match="theta_h"):
+        cpu_event.delta_gru_event_scan(xd, None, *pd, theta_h=torch.ones(3))
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_layers_through_dispatch(batch_first):
+    torch.manual_seed(0)
+    h = cpu_event.AUTO_MIN_HIDDEN  # inside the auto crossover, so "auto" and "cpu_event" both run it
+    for make in (
+        lambda: evsnn.EGRU(4, h, batch_first=batch_first),
+        lambda: evsnn.DeltaGRU(4, h, batch_first=batch_first, theta_x=0.05, theta_h=0.05),
+        lambda: evsnn.DeltaLSTM(4, h, batch_first=batch_first, theta_x=0.05, theta_h=0.05),
+        lambda: evsnn.ALIF(4, h, batch_first=batch_first),
+    ):
+        layer = make()
+        x = torch.randn(2, 6, 4) if batch_first else torch.randn(6, 2, 4)
+        layer.backend = "torch"
+        ref_out, ref_state = layer(x)
+        layer.backend = "cpu_event"
+        out, final = layer(x)
+        _close((out, *final), (ref_out, *ref_state), torch.float32, type(layer).__name__)
+        g = torch.autograd.grad(out.sum(), layer.weight_hh)[0]
+        r = torch.autograd.grad(ref_out.sum(), layer.weight_hh)[0]
+        _close(g, r, torch.float32, f"{type(layer).__name__} weight_hh grad")
