@@ -21,13 +21,15 @@ IN, H = 3, 5
 pytestmark = pytest.mark.usefixtures("single_thread", "reference_backend")
 
 # Inputs are scaled so that every family is active (spikes/events/deltas) at these sizes.
+# backend="torch": these tests are about the layers' own logic on the reference math; each
+# accelerated backend is compared with the reference in its own test module.
 LAYERS = {
-    "ALIF": lambda: evsnn.ALIF(IN, H, dtype=F64),
-    "ALIF-ff": lambda: evsnn.ALIF(IN, H, recurrent=False, dtype=F64),
-    "EGRU-output": lambda: evsnn.EGRU(IN, H, threshold=0.1, dtype=F64),
-    "EGRU-threshold": lambda: evsnn.EGRU(IN, H, threshold=0.1, reset="threshold", dtype=F64),
-    "DeltaGRU": lambda: evsnn.DeltaGRU(IN, H, theta_x=0.2, theta_h=0.05, dtype=F64),
-    "DeltaLSTM": lambda: evsnn.DeltaLSTM(IN, H, theta_x=0.2, theta_h=0.05, dtype=F64),
+    "ALIF": lambda: evsnn.ALIF(IN, H, dtype=F64, backend="torch"),
+    "ALIF-ff": lambda: evsnn.ALIF(IN, H, recurrent=False, dtype=F64, backend="torch"),
+    "EGRU-output": lambda: evsnn.EGRU(IN, H, threshold=0.1, dtype=F64, backend="torch"),
+    "EGRU-threshold": lambda: evsnn.EGRU(IN, H, threshold=0.1, reset="threshold", dtype=F64, backend="torch"),
+    "DeltaGRU": lambda: evsnn.DeltaGRU(IN, H, theta_x=0.2, theta_h=0.05, dtype=F64, backend="torch"),
+    "DeltaLSTM": lambda: evsnn.DeltaLSTM(IN, H, theta_x=0.2, theta_h=0.05, dtype=F64, backend="torch"),
     "LeakyReadout": lambda: evsnn.LeakyReadout(IN, H, dtype=F64),
 }
 CELLS = {
