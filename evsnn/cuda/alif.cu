@@ -211,6 +211,7 @@ extern "C" __global__ void __launch_bounds__(ALIF_REC_THREADS)
                 if (n < N) {
                     for (int w = 0; w < ALIF_REC_WARPS; ++w) {
                         const int c = counts[w];
+#pragma unroll 8
                         for (int k = 0; k < c; ++k) {
                             const int pos = w * ALIF_TILE_PER_WARP + k;
                             acc += wt[(idx_t)list[pos] * N + n] * vals[pos];
@@ -282,13 +283,24 @@ __device__ __forceinline__ void alif_rec_dot_cols(const scalar_t* __restrict__ w
         __syncthreads();
         for (int k = threadIdx.x; k < len; k += ALIF_REC_THREADS) d_sh[k] = evsnn_ldcg(d_row + n0 + k);
         __syncthreads();
-#pragma unroll 4
-        for (int k = warp; k < len; k += ALIF_REC_WARPS) {
-            const scalar_t d = d_sh[k];
-            const scalar_t* wr = w + (idx_t)(n0 + k) * N + j_base + lane;
+        if (j_base + ALIF_REC_THREADS <= N) {
+            // Latency-bound on L2: unroll deeply so that each thread has ~64 loads in flight.
+#pragma unroll 16
+            for (int k = warp; k < len; k += ALIF_REC_WARPS) {
+                const scalar_t d = d_sh[k];
+                const scalar_t* wr = w + (idx_t)(n0 + k) * N + j_base + lane;
 #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-                if (j_base + lane + 32 * q < N) acc[q] += wr[32 * q] * d;
+                for (int q = 0; q < 4; ++q) acc[q] += wr[32 * q] * d;
+            }
+        } else {
+#pragma unroll 4
+            for (int k = warp; k < len; k += ALIF_REC_WARPS) {
+                const scalar_t d = d_sh[k];
+                const scalar_t* wr = w + (idx_t)(n0 + k) * N + j_base + lane;
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    if (j_base + lane + 32 * q < N) acc[q] += wr[32 * q] * d;
+                }
             }
         }
     }
