@@ -163,6 +163,8 @@ def test_state_buffers_are_tensors_allocated_from_the_state_shape():
     assert d.h.shape == (B, H) and d.x_hat.shape == (B, NI) and d.m.shape == (B, 4 * H)
     d(torch.randn(2, NI))  # a new batch size starts a fresh state of the state's own shape
     assert d.x_hat.shape == (2, NI)
+    with pytest.raises(ValueError, match=r"'m' must have shape \(2, 48\)"):
+        d(torch.randn(2, NI), d.h, d.x_hat, d.h_hat, torch.zeros(2, 3))
     a = esnn.ALIF(threshold=0.05)
     spk, mem, b = a(torch.zeros(3, H))
     # b starts at b0 (SPEC §2), not at zero: with no spike it decays to ρ·b0 after one step.

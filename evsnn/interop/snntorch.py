@@ -163,20 +163,21 @@ class _StatefulNeuron:
                 setattr(self, name, value)
         initial = self._initial_state(input_)
         state = {}
-        for name, field in zip(self._state_names, self._state_fields):
+        for name, field, value in zip(self._state_names, self._state_fields, passed):
             buf = getattr(self, name)
             init = getattr(initial, field)
-            # A buffer of another shape belongs to another batch (or was reset): start it afresh.
+            if value is not None and value.numel() > 0 and value.shape != init.shape:
+                raise ValueError(
+                    f"{cls} state {name!r} must have shape {tuple(init.shape)} for this input, got {tuple(value.shape)}"
+                )
+            # An empty buffer (fresh or reset) or a stored one of another batch size starts afresh.
             state[field] = buf if buf.shape == init.shape else init
         out, new_state = self._step(input_, self._state_type(**state))
         for name, field in zip(self._state_names, self._state_fields):
             setattr(self, name, getattr(new_state, field))
-        full = self._returned_state()
-        if self.output:
-            return (out,) + full[1:]
-        if self.init_hidden:
+        if self.init_hidden and not self.output:
             return out
-        return (out,) + full[1:]
+        return (out,) + self._returned_state()[1:]
 
     def _returned_state(self) -> tuple[Tensor, ...]:
         return tuple(getattr(self, n) for n in self._state_names)
