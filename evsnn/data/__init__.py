@@ -1,0 +1,28 @@
+"""Data for evsnn: offline digits as sequences and spikes, a temporal-order task, tonic loaders.
+
+Every loader returns samples ``(x [T, F] float32, label)``; batches from
+:func:`pad_collate` (or a :class:`torch.utils.data.TensorDataset`) are batch-first
+``[B, T, F]``, which the layers take with ``batch_first=True`` or after ``x.transpose(0, 1)``.
+"""
+
+from .digits import DIGIT_ENCODINGS, SequenceSplit, load_digits_sequences
+from .encode import ENCODINGS, delta_encode, encode, latency_encode, rate_encode
+from .neuromorphic import NEUROMORPHIC, dvs_gesture, nmnist, pad_collate, shd
+from .temporal import temporal_pattern_task
+
+__all__ = [
+    "DIGIT_ENCODINGS",
+    "ENCODINGS",
+    "NEUROMORPHIC",
+    "SequenceSplit",
+    "load_digits_sequences",
+    "encode",
+    "rate_encode",
+    "latency_encode",
+    "delta_encode",
+    "temporal_pattern_task",
+    "shd",
+    "dvs_gesture",
+    "nmnist",
+    "pad_collate",
+]
