@@ -395,3 +395,25 @@ def test_dtype_conversion_and_initial_state_helpers():
     assert out_a.shape == (4, 2, H)
     with pytest.raises(ValueError, match="no c0"):
         dgru.initial_state(2, c0=torch.ones(2, H))
+
+
+def test_backward_sparsity_counts_exact_zero_pseudo_derivatives():
+    # ALIF with a truncated surrogate: the fraction of (t, b, j) with |v − B| ≥ ε, from the trace
+    support = 0.3
+    layer = evsnn.ALIF(IN, H, surrogate=evsnn.surrogate.multi_gaussian().truncate(support), dtype=F64, backend="torch")
+    x = _x()
+    layer(x)
+    cur = nn.functional.linear(x, layer.weight_ih, layer.bias_ih)
+    _, _, trace = alif_scan(cur, None, tau_mem=layer.tau_mem, tau_adapt=layer.tau_adapt, b0=layer.b0, beta=layer.beta,
+                            weight_hh=layer.weight_hh, bias_hh=layer.bias_hh)
+    expected = ((trace.v - trace.threshold).abs() >= support).double().mean().item()
+    assert 0 < expected < 1
+    assert float(layer.last_stats.backward_sparsity) == pytest.approx(expected)
+    # EGRU (triangle, ε = 0.3): no event and |c − θ| ≥ ε
+    egru = LAYERS["EGRU-output"]()
+    egru(x)
+    _, _, tr = egru_scan(x, None, egru.weight_ih, egru.weight_hh, egru.bias_ih, egru.bias_hh, egru.threshold)
+    theta = egru.threshold
+    expected = ((tr.c_pre <= theta) & ((tr.c_pre - theta).abs() >= 0.3)).double().mean().item()
+    assert 0 < expected < 1
+    assert float(egru.last_stats.backward_sparsity) == pytest.approx(expected)
