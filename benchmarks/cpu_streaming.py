@@ -1,0 +1,203 @@
+"""CPU streaming inference: evsnn's event path vs its dense reference vs torch.nn.GRU/LSTM.
+
+One process, B = 1, T steps (default 1000), hidden sizes and activities from the command line.
+Activity is set by calibrating the threshold (EGRU: θ; delta cells: Θ_x = Θ_h) on a short
+prefix, then measured on the timed run. Times are medians of ``--repeats`` runs (the dense
+reference, being slow, runs ``--ref-repeats`` times). Ratios are against ``torch.nn.GRU``
+(``nn.LSTM`` for DeltaLSTM) timed in the same process. Prints a Markdown table.
+
+    python benchmarks/cpu_streaming.py                       # full table (several minutes)
+    python benchmarks/cpu_streaming.py --hidden 1024 --activity 0.1 0.02
+    python benchmarks/cpu_streaming.py --crossover           # event vs dense over (B, H)
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from functools import partial
+
+import torch
+
+from evsnn.functional import delta_gru_scan, delta_lstm_scan, egru_scan
+from evsnn.ops import cpu_event
+from evsnn.streaming import Stream
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    fn()  # warm-up (allocator, first-call dispatch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_stream(stream: Stream, x: torch.Tensor) -> None:
+    stream.reset()
+    for t in range(x.shape[0]):
+        stream.step(x[t])
+
+
+def make_input(steps: int, batch: int, features: int, seed: int) -> torch.Tensor:
+    # A slowly varying signal (random walk + sines), like sensor streams: input deltas are sparse.
+    gen = torch.Generator().manual_seed(seed)
+    t = torch.arange(steps, dtype=torch.float32).view(-1, 1, 1)
+    freq = torch.rand(1, batch, features, generator=gen) * 0.05
+    walk = torch.cumsum(torch.randn(steps, batch, features, generator=gen) * 0.05, dim=0)
+    return torch.sin(t * freq * 6.28) + walk
+
+
+def gru_weights(gates: int, inp: int, hidden: int, seed: int) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    bound = hidden**-0.5
+    shapes = [(gates * hidden, inp), (gates * hidden, hidden), (gates * hidden,), (gates * hidden,)]
+    return [(torch.rand(s, generator=gen) * 2 - 1) * bound for s in shapes]
+
+
+def calibrate(activity_of: Callable[[float], float], target: float, lo: float, hi: float) -> float:
+    """Bisection on a monotone (decreasing in the threshold) activity."""
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        if activity_of(mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def egru_rows(hidden, activities, args, x):
+    w = gru_weights(3, args.input, hidden, seed=hidden)
+    gru = torch.nn.GRU(args.input, hidden)
+    with torch.no_grad():
+        for p, v in zip((gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0), w):
+            p.copy_(v)
+    t_gru = timed(lambda: gru(x), args.repeats)
+    prefix = x[: min(200, x.shape[0])]
+
+    def activity(theta: float, seq=prefix) -> float:
+        y = cpu_event.egru_event_scan(seq, None, *w, torch.full((hidden,), theta))[0]
+        return float((y != 0).float().mean())
+
+    rows = []
+    for target in activities:
+        theta = calibrate(activity, target, 1e-3, 1.0)
+        th = torch.full((hidden,), theta)
+        act = activity(theta, x)
+        t_ev = timed(partial(cpu_event.egru_event_scan, x, None, *w, th), args.repeats)
+        t_ref = timed(partial(egru_scan, x, None, *w, th), args.ref_repeats) if not args.skip_ref else float("nan")
+        t_stream = float("nan")
+        if args.stream:
+            from evsnn.nn import EGRU
+
+            layer = EGRU(args.input, hidden, threshold_init="constant").eval()
+            with torch.no_grad():
+                for p, v in zip((layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh), w):
+                    p.copy_(v)
+                layer.log_threshold.copy_(th.log())
+            stream = Stream(layer, backend="cpu_event")
+
+            t_stream = timed(partial(run_stream, stream, x), args.repeats)
+        rows.append(("EGRU", hidden, act, t_ev, t_stream, t_ref, t_gru, "nn.GRU"))
+    return rows
+
+
+def delta_rows(gates, hidden, activities, args, x):
+    w = gru_weights(gates, args.input, hidden, seed=hidden + gates)
+    peer = (torch.nn.GRU if gates == 3 else torch.nn.LSTM)(args.input, hidden)
+    with torch.no_grad():
+        for p, v in zip((peer.weight_ih_l0, peer.weight_hh_l0, peer.bias_ih_l0, peer.bias_hh_l0), w):
+            p.copy_(v)
+    t_peer = timed(lambda: peer(x), args.repeats)
+    ev_fn = cpu_event.delta_gru_event_scan if gates == 3 else cpu_event.delta_lstm_event_scan
+    ref_fn = delta_gru_scan if gates == 3 else delta_lstm_scan
+    prefix = x[: min(200, x.shape[0])]
+
+    def activity(theta: float, seq=prefix) -> float:
+        trace = ev_fn(seq, None, *w, theta_x=theta, theta_h=theta)[2]
+        return float((trace.delta_h != 0).float().mean())
+
+    rows = []
+    name = "DeltaGRU" if gates == 3 else "DeltaLSTM"
+    for target in activities:
+        theta = calibrate(activity, target, 0.0, 0.5)
+        act = activity(theta, x)
+        t_ev = timed(partial(ev_fn, x, None, *w, theta_x=theta, theta_h=theta), args.repeats)
+        t_ref = (
+            timed(partial(ref_fn, x, None, *w, theta_x=theta, theta_h=theta), args.ref_repeats)
+            if not args.skip_ref
+            else float("nan")
+        )
+        rows.append((name, hidden, act, t_ev, float("nan"), t_ref, t_peer, "nn.GRU" if gates == 3 else "nn.LSTM"))
+    return rows
+
+
+def crossover(args) -> None:
+    print("| B | H | EGRU activity | event ms | dense ref ms | dense / event |")
+    print("|---|---|---|---|---|---|")
+    for hidden in args.cross_hidden:
+        w = gru_weights(3, args.input, hidden, seed=1)
+        for batch in args.cross_batch:
+            x = make_input(args.cross_steps, batch, args.input, seed=batch) * 2
+            th = torch.full((hidden,), args.cross_theta)
+            y = cpu_event.egru_event_scan(x, None, *w, th)[0]
+            t_ev = timed(partial(cpu_event.egru_event_scan, x, None, *w, th), args.repeats)
+            t_ref = timed(partial(egru_scan, x, None, *w, th), args.repeats)
+            act = float((y != 0).float().mean())
+            print(f"| {batch} | {hidden} | {act:.1%} | {t_ev * 1e3:.1f} | {t_ref * 1e3:.1f} | {t_ref / t_ev:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--input", type=int, default=64)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 1024, 2048])
+    parser.add_argument("--activity", type=float, nargs="+", default=[0.5, 0.2, 0.1, 0.05, 0.02])
+    parser.add_argument("--families", nargs="+", default=["egru", "delta_gru", "delta_lstm"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--ref-repeats", type=int, default=1)
+    parser.add_argument("--skip-ref", action="store_true", help="skip the (slow) dense evsnn reference")
+    parser.add_argument("--stream", action="store_true", help="also time Stream.step one step at a time (EGRU)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--crossover", action="store_true")
+    parser.add_argument("--cross-hidden", type=int, nargs="+", default=[64, 128, 256, 512])
+    parser.add_argument("--cross-batch", type=int, nargs="+", default=[1, 4, 8, 16, 32])
+    parser.add_argument("--cross-steps", type=int, default=100)
+    parser.add_argument("--cross-theta", type=float, default=0.15)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
+        f"{time.strftime('%Y-%m-%d')}, B = 1, T = {args.steps}, input {args.input}, median of {args.repeats}"
+    )
+    with torch.inference_mode():
+        if args.crossover:
+            crossover(args)
+            return
+        rows = []
+        for hidden in args.hidden:
+            x = make_input(args.steps, 1, args.input, seed=0)
+            if "egru" in args.families:
+                rows += egru_rows(hidden, args.activity, args, x)
+            if "delta_gru" in args.families:
+                rows += delta_rows(3, hidden, args.activity, args, x)
+            if "delta_lstm" in args.families:
+                rows += delta_rows(4, hidden, args.activity, args, x)
+    print()
+    print("| cell | H | activity | event path ms | Stream.step ms | dense ref ms | peer ms | peer / event | µs per step (event) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, hidden, act, t_ev, t_stream, t_ref, t_peer, peer in rows:
+        stream = "–" if t_stream != t_stream else f"{t_stream * 1e3:.0f}"
+        ref = "–" if t_ref != t_ref else f"{t_ref * 1e3:.0f}"
+        print(
+            f"| {name} | {hidden} | {act:.1%} | {t_ev * 1e3:.0f} | {stream} | {ref} | {peer} {t_peer * 1e3:.0f} | "
+            f"{t_peer / t_ev:.2f}× | {t_ev / args.steps * 1e6:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
