@@ -254,7 +254,8 @@ class SnnTorchSurrogate(Surrogate):
         self.fn = fn
 
     def __call__(self, x: Tensor) -> Tensor:
-        return self.fn(x)
+        # snntorch's surrogates return float32 spikes whatever the input dtype.
+        return self.fn(x).to(x.dtype)
 
     def grad(self, x: Tensor) -> Tensor:
         with torch.enable_grad():

@@ -103,6 +103,10 @@ class _EGRUBase(nn.Module):
             f"surrogate={self.surrogate!r}, backend={self.backend!r}"
         )
 
+    def initial_state(self, batch: int) -> EGRUState:
+        """Zero internal state and zero events for ``batch`` samples."""
+        return egru_initial_state(batch, self.hidden_size, self.weight_ih)
+
     def _check_state(self, state, batch: int, like: Tensor) -> EGRUState:
         h = self.hidden_size
         return check_state(type(self).__name__, state, EGRUState, [(batch, h), (batch, h)], like)

@@ -86,9 +86,16 @@ _INSTALL_HINT = {
 }
 
 
+_LOADED: set[str] = set()
+
+
 def _ensure_loaded(name: str) -> None:
     # Accelerated backends register themselves when their module is imported; importing is
-    # cheap (CuPy itself is imported lazily inside them).
+    # cheap (CuPy itself is imported lazily inside them). Tried once per process, so that a
+    # missing optional module costs nothing later (and torch.compile sees no import).
+    if name in _LOADED:
+        return
+    _LOADED.add(name)
     if name == "cupy":
         try:
             from . import cupy_backends  # noqa: F401
@@ -125,6 +132,9 @@ def resolve(family: str, requested: str, device: torch.device, **config: Any) ->
             )
         reason = backend.check(device=device, **config)
         if reason is not None:
+            hint = _INSTALL_HINT.get(name, "")
+            if hint and "pip install" not in reason:
+                reason = f"{reason} ({hint})"
             raise BackendUnavailable(f"backend {name!r} cannot run this {family} call: {reason}")
         return backend
     for candidate in ("cupy", "cpu_event"):
