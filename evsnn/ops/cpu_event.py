@@ -61,11 +61,11 @@ __all__ = [
     "DeltaLSTMRunner",
 ]
 
-# Crossover measured with benchmarks/cpu_streaming.py --crossover (docs/benchmarks.md, CPU
-# section): on 2 cores the event path wins over the dense reference at ~10-20 % activity for
-# small batches and hidden sizes from a few hundred units; above these batch sizes the union
-# of per-sample work approaches a dense GEMM, below these hidden sizes per-op overhead dominates.
-AUTO_MAX_BATCH = 8
+# Crossover measured with ``benchmarks/cpu_streaming.py --crossover`` (docs/benchmarks.md, CPU
+# section; 2 threads, T = 100, EGRU at 10-28 % activity): the event path ties or beats the dense
+# reference for every B in {1, 4, 8, 16, 32} once H >= 128 (1.0-3.6x); at H = 64 it is a tie
+# (0.94-1.22x), so "auto" declines there. Batches above 32 were not measured, so "auto" declines.
+AUTO_MAX_BATCH = 32
 AUTO_MIN_HIDDEN = 128
 
 _DTYPES = (torch.float32, torch.float64)
