@@ -58,7 +58,7 @@ def guarded(name: str, fn: Callable[[], None]) -> None:
     torch.cuda.empty_cache()
 
 
-def recurrent(T: int, B: int, n_in: int, H: int, quick: bool) -> None:
+def recurrent(T: int, B: int, n_in: int, H: int, quick: bool, skip_peers: bool = False) -> None:
     from evsnn.nn import ALIF
     from evsnn.surrogate import MultiGaussian
 
@@ -95,6 +95,21 @@ def recurrent(T: int, B: int, n_in: int, H: int, quick: bool) -> None:
         emit(bench=f"evsnn_alif_rec_{label}_fwd", **shape, spike_rate=rate, ms=bench(fwd, warm, rep))
 
     guarded("evsnn_alif_rec_cupy", lambda: evsnn_layer("cupy", MultiGaussian(), "cupy", 3, 5 if quick else 20))
+    # A/B in the same process: the previous version (backward reads W_hh from L2 every step, grid
+    # barrier with two __threadfence) and the shared-memory backward with the previous barrier.
+    from evsnn.ops import alif_cupy
+
+    defines, smem = alif_cupy._DEFINES, alif_cupy.SMEM_BACKWARD
+    for label, use_smem, legacy in (("cupy_prev", False, True), ("cupy_smem_legacy_barrier", True, True)):
+        alif_cupy.SMEM_BACKWARD = use_smem
+        alif_cupy._DEFINES = defines + (("-DEVSNN_LEGACY_BARRIER",) if legacy else ())
+        try:
+            guarded(
+                f"evsnn_alif_rec_{label}",
+                lambda label=label: evsnn_layer("cupy", MultiGaussian(), label, 3, 5 if quick else 20),
+            )
+        finally:
+            alif_cupy._DEFINES, alif_cupy.SMEM_BACKWARD = defines, smem
     guarded(
         "evsnn_alif_rec_cupy_trunc",
         lambda: evsnn_layer("cupy", MultiGaussian().truncate(0.5), "cupy_trunc0.5", 3, 5 if quick else 20),
@@ -103,6 +118,8 @@ def recurrent(T: int, B: int, n_in: int, H: int, quick: bool) -> None:
         "evsnn_alif_rec_cupy_trunc",
         lambda: evsnn_layer("cupy", MultiGaussian().truncate(0.1), "cupy_trunc0.1", 3, 5 if quick else 20),
     )
+    if skip_peers:
+        return
     guarded("evsnn_alif_rec_reference", lambda: evsnn_layer("torch", MultiGaussian(), "reference", 1, 2 if quick else 3))
 
     def snntorch_rleaky() -> None:
@@ -200,6 +217,9 @@ def table() -> str:
             lines.append(f"| {r['bench']} | — | {r['error']} |")
     ratios = []
     ours = ms("evsnn_alif_rec_cupy_fwd_bwd")
+    prev = ms("evsnn_alif_rec_cupy_prev_fwd_bwd")
+    if ours and prev:
+        ratios.append(f"recurrent fwd+bwd: previous version {prev:.2f} ms -> {ours:.2f} ms")
     for peer in ("snntorch_rleaky_loop_fwd_bwd", "norse_lsnn_recurrent_fwd_bwd", "evsnn_alif_rec_reference_fwd_bwd"):
         if ours and ms(peer):
             ratios.append(f"P2: {peer} / evsnn cupy recurrent = {ms(peer) / ours:.1f}x (target >= 40x for the peers)")
@@ -218,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write all measurements as JSON here")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--skip-ff", action="store_true", help="only the recurrent workload")
+    parser.add_argument("--skip-peers", action="store_true", help="no snntorch/norse/reference rows")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/alif.py needs a CUDA GPU", file=sys.stderr)
@@ -232,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         date=time.strftime("%Y-%m-%d"),
         command="python benchmarks/alif.py" + (" --quick" if args.quick else ""),
     )
-    recurrent(500, 32, 128, 512, args.quick)
+    recurrent(500, 32, 128, 512, args.quick, args.skip_peers)
     if not args.skip_ff:
         feed_forward(500, 32, 16384, args.quick)
     emit(bench="wall", seconds=round(time.time() - started, 1))

@@ -438,3 +438,217 @@ extern "C" __global__ void __launch_bounds__(ALIF_REC_THREADS) alif_rec_backward
         __syncthreads();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Recurrent backward with W_hh resident in shared memory (used when it fits; the host picks it).
+//
+// Why: in alif_rec_backward every work unit re-reads its 128-column slab of W_hh (256 KB) from
+// L2 at every step, 32 MB per step at B = 32, N = 512; latency-bound, ~70 % of the backward.
+// Here block (c, g) OWNS the ALIF_SM_COLS columns j of chunk c for a fixed contiguous range of
+// samples (group g): it copies W_hh[:, chunk] into shared memory once, keeps it for all T steps,
+// and serves ALIF_SM_TILE samples per pass from it. The carries Gv, Gb, Gs and the parameter
+// partials of its (sample, column) pairs live in shared memory too and are written out at the end.
+//
+// Thread (s = warp, jc = lane) runs the elementwise backward of pair (sample s of the pass,
+// column j_base + jc), exactly as alif_rec_backward. The product rec[s][jc] = sum_n W[n, j] d_s[n]
+// (d = dI_{t+1} of the pass's samples, staged transposed as dT[n][s]) is split over the 4 warps by
+// contiguous row quarters; per row a lane reads one W entry (conflict-free) and one broadcast
+// vector of the 4 samples' d, and the 4 quarters are added in a fixed order: deterministic.
+// The product is skipped when no pair of the pass has a nonzero pseudo-derivative.
+//
+// Dynamic shared memory (scalar_t): W [N][ALIF_SM_COLS], dT [N][ALIF_SM_TILE],
+// red [4][ALIF_SM_TILE][ALIF_SM_COLS], carries/partials [7][spb][ALIF_SM_COLS].
+// Grid: chunks * groups blocks, all resident (grid <= number of SMs, one grid barrier per step).
+// ---------------------------------------------------------------------------------------------
+#define ALIF_SM_COLS 32
+#define ALIF_SM_TILE (ALIF_REC_THREADS / ALIF_SM_COLS)
+#if ALIF_SM_COLS != 32 || ALIF_SM_TILE != 4
+#error "alif_rec_backward_smem assumes 32 columns (one per lane) and 4 samples (one per warp) per pass"
+#endif
+
+// The 4 samples' d of one row (16-byte aligned in shared memory).
+__device__ __forceinline__ void alif_sm_load4(const float* p, float& d0, float& d1, float& d2, float& d3) {
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    d0 = v.x;
+    d1 = v.y;
+    d2 = v.z;
+    d3 = v.w;
+}
+__device__ __forceinline__ void alif_sm_load4(const double* p, double& d0, double& d1, double& d2, double& d3) {
+    const double2 u = *reinterpret_cast<const double2*>(p);
+    const double2 v = *(reinterpret_cast<const double2*>(p) + 1);
+    d0 = u.x;
+    d1 = u.y;
+    d2 = v.x;
+    d3 = v.y;
+}
+
+// Returns rec[s = warp][jc = lane] = sum_n W[n, j] dT[n][s] for the pass staged in dT; every thread must call it.
+__device__ __forceinline__ scalar_t alif_sm_dot(const scalar_t* Ws, const scalar_t* dT, scalar_t* red, const int N) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int rows = (N + ALIF_REC_WARPS - 1) / ALIF_REC_WARPS;
+    const int n_begin = warp * rows, n_end = min(N, n_begin + rows);
+    scalar_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
+#pragma unroll 8
+    for (int n = n_begin; n < n_end; ++n) {
+        const scalar_t wv = Ws[n * ALIF_SM_COLS + lane];
+        scalar_t d0, d1, d2, d3;
+        alif_sm_load4(dT + n * ALIF_SM_TILE, d0, d1, d2, d3);  // one broadcast vector load
+        // Explicit fma: one instruction per multiply-add (the file is compiled with --fmad=false).
+        acc0 = fma(wv, d0, acc0);
+        acc1 = fma(wv, d1, acc1);
+        acc2 = fma(wv, d2, acc2);
+        acc3 = fma(wv, d3, acc3);
+    }
+    scalar_t* r = red + warp * ALIF_SM_TILE * ALIF_SM_COLS;
+    r[0 * ALIF_SM_COLS + lane] = acc0;
+    r[1 * ALIF_SM_COLS + lane] = acc1;
+    r[2 * ALIF_SM_COLS + lane] = acc2;
+    r[3 * ALIF_SM_COLS + lane] = acc3;
+    __syncthreads();
+    // Thread (s = warp, jc = lane): quarters 0..3 in order.
+    const int idx = warp * ALIF_SM_COLS + lane;
+    scalar_t sum = red[idx];
+#pragma unroll
+    for (int q = 1; q < ALIF_REC_WARPS; ++q) sum += red[q * ALIF_SM_TILE * ALIF_SM_COLS + idx];
+    return sum;
+}
+
+// Stage dT[n][s] = d_row(sample b_pass + s)[n] (zero for samples past b_end).
+__device__ __forceinline__ void alif_sm_stage(const scalar_t* rows, scalar_t* dT, const int b_pass, const int b_end,
+                                              const int N) {
+    for (int k = threadIdx.x; k < ALIF_SM_TILE * N; k += ALIF_REC_THREADS) {
+        const int s = k / N, n = k - s * N;
+        const int b = b_pass + s;
+        dT[n * ALIF_SM_TILE + s] = b < b_end ? evsnn_ldcg(rows + (idx_t)b * N + n) : scalar_t(0);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(ALIF_REC_THREADS) alif_rec_backward_smem(
+    const scalar_t* __restrict__ inputs, const scalar_t* __restrict__ spikes, const scalar_t* __restrict__ v_trace,
+    const scalar_t* __restrict__ b_trace, const scalar_t* __restrict__ v0, const scalar_t* __restrict__ bstate0,
+    const scalar_t* __restrict__ s0, const scalar_t* __restrict__ alpha, const scalar_t* __restrict__ rho,
+    const scalar_t* __restrict__ b0, const scalar_t* __restrict__ beta, const scalar_t* __restrict__ w,
+    const scalar_t* __restrict__ g_spikes, const scalar_t* __restrict__ g_vtrace, const scalar_t* __restrict__ g_thr,
+    const scalar_t* __restrict__ g_vT, const scalar_t* __restrict__ g_bT, const scalar_t* __restrict__ g_sT, SG_ARGS,
+    scalar_t* g_current, scalar_t* __restrict__ g_v0, scalar_t* __restrict__ g_bstate0, scalar_t* __restrict__ g_s0,
+    scalar_t* __restrict__ p_alpha, scalar_t* __restrict__ p_rho, scalar_t* __restrict__ p_b0,
+    scalar_t* __restrict__ p_beta, unsigned int* counter, const int T, const int B, const int N, const int spb) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    scalar_t* Ws = reinterpret_cast<scalar_t*>(smem_raw);
+    scalar_t* dT = Ws + (idx_t)N * ALIF_SM_COLS;
+    scalar_t* red = dT + (idx_t)N * ALIF_SM_TILE;
+    scalar_t* st = red + ALIF_REC_WARPS * ALIF_SM_TILE * ALIF_SM_COLS;  // [7][spb][ALIF_SM_COLS]
+    const int per = spb * ALIF_SM_COLS;
+    scalar_t *sGv = st, *sGb = st + per, *sGs = st + 2 * per;
+    scalar_t *sPa = st + 3 * per, *sPr = st + 4 * per, *sPb0 = st + 5 * per, *sPbeta = st + 6 * per;
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const idx_t BN = (idx_t)B * N;
+    const int chunk = blockIdx.x % ((N + ALIF_SM_COLS - 1) / ALIF_SM_COLS);
+    const int group = blockIdx.x / ((N + ALIF_SM_COLS - 1) / ALIF_SM_COLS);
+    const int j_base = chunk * ALIF_SM_COLS;
+    const int b_first = group * spb, b_end = min(B, b_first + spb);
+    const int n = j_base + lane;
+    const bool col_ok = n < N;
+    unsigned int target = 0;
+
+    // W_hh[:, chunk] -> shared (zero past N), once for the whole sequence.
+    for (int k = threadIdx.x; k < N * ALIF_SM_COLS; k += ALIF_REC_THREADS) {
+        const int row = k / ALIF_SM_COLS, jc = k - row * ALIF_SM_COLS;
+        Ws[k] = j_base + jc < N ? w[(idx_t)row * N + j_base + jc] : scalar_t(0);
+    }
+    for (int k = threadIdx.x; k < per; k += ALIF_REC_THREADS) {
+        const int b = b_first + k / ALIF_SM_COLS, j = j_base + k % ALIF_SM_COLS;
+        const bool ok = b < b_end && j < N;
+        const idx_t sidx = (idx_t)b * N + j;
+        sGv[k] = ok && g_vT ? g_vT[sidx] : scalar_t(0);
+        sGb[k] = ok && g_bT ? g_bT[sidx] : scalar_t(0);
+        sGs[k] = ok && g_sT ? g_sT[sidx] : scalar_t(0);
+        sPa[k] = sPr[k] = sPb0[k] = sPbeta[k] = scalar_t(0);
+    }
+    const scalar_t a = col_ok ? alpha[n] : scalar_t(0), r = col_ok ? rho[n] : scalar_t(0);
+    const scalar_t th0 = col_ok ? b0[n] : scalar_t(0), bt = col_ok ? beta[n] : scalar_t(0);
+    __syncthreads();
+
+    for (int t = T - 1; t >= 0; --t) {
+        for (int b_pass = b_first; b_pass < b_end; b_pass += ALIF_SM_TILE) {
+            const int b = b_pass + warp;
+            const bool valid = col_ok && b < b_end;
+            const idx_t sidx = (idx_t)b * N + n;
+            const idx_t off = (idx_t)t * BN + sidx;
+            const int k = (b - b_first) * ALIF_SM_COLS + lane;
+            // Every global load of the pair first (one memory latency), the product after.
+            scalar_t v_t = 0, b_t = 0, v_p = 0, b_p = 0, s_p = 0, i_t = 0, gsp = 0, gvt = 0, gth = 0;
+            if (valid) {
+                v_t = v_trace[off];
+                b_t = b_trace[off];
+                if (t > 0) {
+                    v_p = v_trace[off - BN];
+                    b_p = b_trace[off - BN];
+                    s_p = spikes[off - BN];
+                } else {
+                    v_p = v0[sidx];
+                    b_p = bstate0[sidx];
+                    s_p = s0[sidx];
+                }
+                i_t = inputs[off];
+                if (g_spikes) gsp = g_spikes[off];
+                if (g_vtrace) gvt = g_vtrace[off];
+                if (g_thr) gth = g_thr[off];
+            }
+            const scalar_t thr = th0 + bt * b_t;
+            const scalar_t g = valid ? SG_G(v_t - thr) : scalar_t(0);
+            const bool need = valid && (t + 1 < T) && g != scalar_t(0);
+            scalar_t rec = 0;
+            if (__syncthreads_or(need)) {  // uniform: the product only if some pair of the pass needs it
+                alif_sm_stage(g_current + (idx_t)(t + 1) * BN, dT, b_pass, b_end, N);
+                __syncthreads();
+                rec = alif_sm_dot(Ws, dT, red, N);
+            }
+            if (valid) {
+                scalar_t Gs = sGs[k];
+                if (need) Gs = Gs + rec;
+                const scalar_t gs = Gs + gsp;
+                const scalar_t dx = gs * g;
+                const scalar_t gv = sGv[k] + dx + gvt;
+                const scalar_t gB = gth - dx - gv * s_p;
+                const scalar_t gb = sGb[k] + bt * gB;
+                g_current[off] = (scalar_t(1) - a) * gv;
+                sPa[k] += gv * (v_p - i_t);
+                sPr[k] += gb * (b_p - s_p);
+                sPb0[k] += gB;
+                sPbeta[k] += gB * b_t;
+                sGv[k] = a * gv;
+                sGb[k] = r * gb;
+                sGs[k] = (scalar_t(1) - r) * gb - gv * thr;
+            }
+        }
+        evsnn_grid_barrier(counter, target);
+    }
+
+    // dL/ds0 += W_hh^T dI_0 for every pair (dense: dL/ds0 is an output), then write everything out.
+    for (int b_pass = b_first; b_pass < b_end; b_pass += ALIF_SM_TILE) {
+        __syncthreads();
+        alif_sm_stage(g_current, dT, b_pass, b_end, N);
+        __syncthreads();
+        const scalar_t rec = alif_sm_dot(Ws, dT, red, N);
+        const int b = b_pass + warp;
+        if (col_ok && b < b_end) sGs[(b - b_first) * ALIF_SM_COLS + lane] += rec;
+        __syncthreads();  // red and dT are reused by the next pass
+    }
+    __syncthreads();
+    for (int k = threadIdx.x; k < per; k += ALIF_REC_THREADS) {
+        const int b = b_first + k / ALIF_SM_COLS, j = j_base + k % ALIF_SM_COLS;
+        if (b < b_end && j < N) {
+            const idx_t sidx = (idx_t)b * N + j;
+            g_v0[sidx] = sGv[k];
+            g_bstate0[sidx] = sGb[k];
+            g_s0[sidx] = sGs[k];
+            p_alpha[sidx] = sPa[k];
+            p_rho[sidx] = sPr[k];
+            p_b0[sidx] = sPb0[k];
+            p_beta[sidx] = sPbeta[k];
+        }
+    }
+}

@@ -20,20 +20,35 @@
 // starts at 0. Each call waits until every block has arrived that many times, so the counter
 // never needs resetting within a launch (2^32 / gridDim arrivals before it wraps).
 //
-// Ordering: __syncthreads makes the block's writes happen-before thread 0's arrival;
-// __threadfence (cumulative) publishes them at device scope before the atomicAdd; after the
-// spin, a second fence orders the later reads. Readers of data written by OTHER blocks should
-// still load it with evsnn_ldcg (bypasses the non-coherent L1).
+// Ordering: __syncthreads makes the block's writes happen-before thread 0's arrival, which is an
+// atomic add with acquire-release semantics at GPU scope (cumulative: it publishes what the barrier
+// ordered before it); thread 0 then spins with ACQUIRE loads, and the closing __syncthreads
+// hands the acquired order to the whole block. This replaces the previous __threadfence (a
+// sequentially consistent fence.sc.gpu) before the add and after the spin, which orders more than
+// a barrier needs. -DEVSNN_LEGACY_BARRIER restores that version (kept for A/B timing).
+// Readers of data written by OTHER blocks should still load it with evsnn_ldcg (bypasses the
+// non-coherent L1).
 // ---------------------------------------------------------------------------------------------
 __device__ __forceinline__ void evsnn_grid_barrier(unsigned int* counter, unsigned int& target) {
     __syncthreads();
     if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
         target += gridDim.x * gridDim.y * gridDim.z;
+#ifdef EVSNN_LEGACY_BARRIER
         __threadfence();
         atomicAdd(counter, 1u);
         while (*((volatile unsigned int*)counter) < target) {
         }
         __threadfence();
+#else
+        // acq_rel: the last block to arrive sees every other arrival in the add itself and must
+        // acquire there, since it skips the spin.
+        unsigned int arrived;
+        asm volatile("atom.add.acq_rel.gpu.global.u32 %0, [%1], 1;" : "=r"(arrived) : "l"(counter) : "memory");
+        arrived += 1u;
+        while (arrived < target) {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(arrived) : "l"(counter) : "memory");
+        }
+#endif
     }
     __syncthreads();
 }

@@ -8,8 +8,11 @@ and computes the same function with two kernels per call (``evsnn/cuda/alif.cu``
   the state in registers; the backward is one reverse-time kernel of the same shape;
 - recurrent: one persistent launch per sequence (grid ≤ number of SMs, a grid barrier per
   step) whose input ``W_hh s_{t−1}`` sums only the columns of spiking units, and whose backward
-  computes ``(W_hhᵀ δ)[j]`` only for units j whose pseudo-derivative is nonzero (all units with an
+  computes ``(W_hhᵀ δ)[j]`` only where a unit's pseudo-derivative is nonzero (all units with an
   infinite-support surrogate, few with a truncated one); ``∂L/∂W_hh`` is one GEMM over all steps.
+  Where it fits (:func:`smem_plan`), the backward keeps each block's 32 columns of ``W_hh`` in
+  shared memory for the whole sequence and serves 4 samples per pass from them
+  (``alif_rec_backward_smem``); otherwise every step reads ``W_hh`` from L2 (``alif_rec_backward``).
 
 ``α = exp(−1/max(τ_m, 1))`` and ``ρ`` are computed by torch (:func:`evsnn.functional.alif.decay`),
 so gradients reach ``tau_mem``/``tau_adapt`` through autograd exactly as in the reference.
@@ -31,7 +34,7 @@ from ..surrogate import MultiGaussian, Surrogate
 from . import cupy_runtime as rt
 from .dispatch import Backend, register
 
-__all__ = ["alif_scan_cupy", "check", "surrogate_kernel_args", "REC_THREADS", "FF_THREADS"]
+__all__ = ["alif_scan_cupy", "check", "surrogate_kernel_args", "smem_plan", "REC_THREADS", "FF_THREADS"]
 
 SOURCE = "alif.cu"
 # Threads per block of the recurrent kernels: must equal ALIF_REC_THREADS of alif.cu.
@@ -42,6 +45,11 @@ _DEFINES = ("--fmad=false",)
 # Upper bound on the persistent grid (None: the number of SMs). Tests lower it to make each
 # block walk several work units per step.
 MAX_BLOCKS: int | None = None
+# Recurrent backward with W_hh resident in shared memory (alif_rec_backward_smem) wherever its
+# plan fits (see _smem_plan); False forces the previous kernel (kept for A/B timing and tests).
+SMEM_BACKWARD = True
+SM_COLS = 32  # ALIF_SM_COLS of alif.cu: columns of W_hh per block
+SM_TILE = 4  # ALIF_SM_TILE of alif.cu: samples per pass
 
 _DEFAULT_SURROGATE = MultiGaussian()
 _KINDS = {"triangle": (0, 2), "gaussian": (1, 2), "multi_gaussian": (2, 4), "atan": (3, 1), "fast_sigmoid": (4, 1)}
@@ -108,6 +116,34 @@ def _grid(units: int, device: torch.device) -> int:
     return max(1, min(units, limit))
 
 
+def _smem_limit(index: int) -> int:
+    """Largest dynamic shared memory one block may opt into on this device (bytes)."""
+    props = torch.cuda.get_device_properties(index)
+    limit = getattr(props, "shared_memory_per_block_optin", None)
+    if limit is None:
+        import cupy
+
+        limit = cupy.cuda.runtime.getDeviceProperties(index)["sharedMemPerBlockOptin"]
+    return int(limit)
+
+
+def smem_plan(B: int, N: int, itemsize: int, blocks: int, smem_limit: int) -> tuple[int, int, int] | None:
+    """``(grid, samples_per_block, shared_bytes)`` of ``alif_rec_backward_smem``, or ``None`` if it
+    does not fit: every block owns ``SM_COLS`` columns of ``W_hh`` (kept in shared memory for the
+    whole sequence) for a contiguous range of samples; ``blocks`` is the most resident blocks."""
+    chunks = math.ceil(N / SM_COLS)
+    if chunks > blocks:
+        return None
+    groups = max(1, min(blocks // chunks, math.ceil(B / SM_TILE)))
+    spb = math.ceil(B / groups)
+    groups = math.ceil(B / spb)  # no empty group
+    scalars = N * SM_COLS + N * SM_TILE + (REC_THREADS // 32) * SM_TILE * SM_COLS + 7 * spb * SM_COLS
+    shared = scalars * itemsize
+    if shared > smem_limit:
+        return None
+    return chunks * groups, spb, shared
+
+
 def _g(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.contiguous()
 
@@ -171,11 +207,23 @@ class _ALIFScan(torch.autograd.Function):
             rt.launch(kernel, (math.ceil(B * N / FF_THREADS),), (FF_THREADS,), args, device=dev)
         else:
             counter = torch.zeros(1, dtype=torch.int32, device=dev)
-            kernel = rt.get_kernel(SOURCE, "alif_rec_backward", dtype=dtype, device=dev, defines=_DEFINES)
-            args = head + (rt.ptr(wt), rt.ptr(w)) + tuple(rt.ptr(g) for g in grads_in) + sg_args + tail + (
-                rt.ptr(counter), rt.i32(T), rt.i32(B), rt.i32(N),
-            )  # fmt: skip
-            rt.launch(kernel, (_grid(B * math.ceil(N / REC_THREADS), dev),), (REC_THREADS,), args, device=dev)
+            index = dev.index if dev.index is not None else torch.cuda.current_device()
+            plan = None
+            if SMEM_BACKWARD:
+                plan = smem_plan(B, N, spikes.element_size(), _grid(B * N, dev), _smem_limit(index))
+            if plan is not None:
+                grid, spb, shared = plan
+                kernel = rt.get_kernel(SOURCE, "alif_rec_backward_smem", dtype=dtype, device=dev, defines=_DEFINES)
+                args = head + (rt.ptr(w),) + tuple(rt.ptr(g) for g in grads_in) + sg_args + tail + (
+                    rt.ptr(counter), rt.i32(T), rt.i32(B), rt.i32(N), rt.i32(spb),
+                )  # fmt: skip
+                rt.launch(kernel, (grid,), (REC_THREADS,), args, device=dev, shared_mem=shared)
+            else:
+                kernel = rt.get_kernel(SOURCE, "alif_rec_backward", dtype=dtype, device=dev, defines=_DEFINES)
+                args = head + (rt.ptr(wt), rt.ptr(w)) + tuple(rt.ptr(g) for g in grads_in) + sg_args + tail + (
+                    rt.ptr(counter), rt.i32(T), rt.i32(B), rt.i32(N),
+                )  # fmt: skip
+                rt.launch(kernel, (_grid(B * math.ceil(N / REC_THREADS), dev),), (REC_THREADS,), args, device=dev)
         need = ctx.needs_input_grad
         p_alpha, p_rho, p_b0, p_beta = partials
         g_w = g_bias = None
