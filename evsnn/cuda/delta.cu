@@ -5,6 +5,8 @@
 //   -DDELTA_BT=n       samples whose active columns are merged (one read of a column serves n samples)
 //   -DDELTA_PER=n      columns scanned per thread per chunk (a chunk is DELTA_PER·DELTA_BLOCK columns;
 //                      the host picks the largest n whose shared memory fits in 48 KB)
+//   -DDELTA_TAGGED=0|1 forward only, float only: blocks exchange Δh through tagged 64-bit words
+//                      instead of a grid barrier per step (see delta_forward)
 //
 // Layouts (all contiguous):
 //   wp      [I + H, H, 4]  packed weights: row k < I is input column k, row I + k hidden column k;
@@ -26,6 +28,9 @@
 #endif
 #ifndef DELTA_PER
 #define DELTA_PER 1
+#endif
+#ifndef DELTA_TAGGED
+#define DELTA_TAGGED 0
 #endif
 #define DELTA_BLOCK 512
 #define DELTA_WARPS (DELTA_BLOCK / 32)
@@ -58,7 +63,26 @@ extern "C" __global__ void delta_encode_input(const scalar_t* __restrict__ x, co
     xhat_out[i] = mem;
 }
 
-// Persistent forward over all T steps, one grid barrier per step.
+#if DELTA_TAGGED
+// Δh exchange without a grid barrier. Every published value is one aligned 64-bit word
+// (step tag << 32 | float bits), so a reader that sees the tag it expects has the value too: one
+// single-copy-atomic store and load carry data and readiness together; no fence, no counter.
+// The ring has 2 slots per (sample, unit): slot t & 1 holds Δh_t with tag t + 1 (a zeroed buffer
+// never matches). A block overwrites slot t & 1 with Δh_{t+2} only after it has read all of Δh_{t+1},
+// which every block publishes only after its own reads of Δh_t: no reader can lose a value.
+static_assert(sizeof(scalar_t) == 4, "DELTA_TAGGED packs a float and a 32-bit tag into one 64-bit word");
+__device__ __forceinline__ void delta_publish(unsigned long long* p, unsigned int tag, float v) {
+    const unsigned long long word = ((unsigned long long)tag << 32) | (unsigned long long)__float_as_uint(v);
+    asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" ::"l"(p), "l"(word) : "memory");
+}
+__device__ __forceinline__ unsigned long long delta_peek(const unsigned long long* p) {
+    unsigned long long word;
+    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(word) : "l"(p) : "memory");
+    return word;
+}
+#endif
+
+// Persistent forward over all T steps, one grid barrier per step (DELTA_TAGGED: none, see above).
 // Per step and per tile of DELTA_BT samples: every block scans Δx_t and Δh_t, compacts the columns
 // that are nonzero for any sample of the tile (ballot, order-preserving), and adds only those
 // columns of the packed weights into its units' accumulators. The owner of a unit then computes
@@ -67,7 +91,7 @@ extern "C" __global__ void __launch_bounds__(DELTA_BLOCK, 1)
     delta_forward(const scalar_t* __restrict__ dx, const scalar_t* __restrict__ wp, scalar_t* __restrict__ m_work,
                   scalar_t* __restrict__ h_work, scalar_t* __restrict__ hh_work, scalar_t* __restrict__ c_work,
                   scalar_t* __restrict__ out, scalar_t* dh, scalar_t* __restrict__ m_all, scalar_t* __restrict__ c_all,
-                  unsigned int* counter, int T, int B, int I, int H, int U, scalar_t theta_h) {
+                  unsigned int* counter, unsigned long long* xch, int T, int B, int I, int H, int U, scalar_t theta_h) {
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
@@ -87,7 +111,9 @@ extern "C" __global__ void __launch_bounds__(DELTA_BLOCK, 1)
     __shared__ scalar_t s_part[4 * DELTA_BLOCK];
     __shared__ scalar_t s_red[4 * DELTA_UMAX];
     __shared__ int s_wcount[DELTA_PER * DELTA_WARPS];
+    #if !DELTA_TAGGED
     unsigned int target = 0;
+#endif
 
     // Δh_0 from the initial (h, ĥ).
     for (int q = tid; q < B * U; q += DELTA_BLOCK) {
@@ -98,24 +124,60 @@ extern "C" __global__ void __launch_bounds__(DELTA_BLOCK, 1)
             const scalar_t d = fabs(diff) > theta_h ? diff : scalar_t(0);
             dh[o] = d;
             hh_work[o] = hh_work[o] + d;
+#if DELTA_TAGGED
+            delta_publish(xch + o, 1u, d);
+#endif
         }
     }
+#if DELTA_TAGGED
+    (void)counter;
+#else
+    (void)xch;
     evsnn_grid_barrier(counter, target);
+#endif
 
     for (int t = 0; t < T; ++t) {
         const scalar_t* dx_t = dx + (long long)t * B * I;
+#if !DELTA_TAGGED
         const scalar_t* dh_t = dh + t * BH;
+#endif
         for (int b0 = 0; b0 < B; b0 += DELTA_BT) {
             scalar_t acc[DELTA_BT][4];
 #pragma unroll
             for (int bb = 0; bb < DELTA_BT; ++bb)
 #pragma unroll
                 for (int s = 0; s < 4; ++s) acc[bb][s] = scalar_t(0);
+            // The owners' running state, loaded now so its latency overlaps the column scan.
+            // own_hc: h_{t-1} (GRU) or c_{t-1} (LSTM), the state the cell update reads.
+            scalar_t own_m[DELTA_BT][4], own_hc[DELTA_BT], own_hh[DELTA_BT];
+#pragma unroll
+            for (int bb = 0; bb < DELTA_BT; ++bb) {
+                const int b = b0 + bb;
+                own_hc[bb] = own_hh[bb] = scalar_t(0);
+#pragma unroll
+                for (int s = 0; s < 4; ++s) own_m[bb][s] = scalar_t(0);
+                if (tid < U && j0 + tid < H && b < B) {
+                    const long long o = (long long)b * H + j0 + tid;
+#pragma unroll
+                    for (int s = 0; s < 4; ++s) own_m[bb][s] = m_work[o * 4 + s];
+                    own_hh[bb] = hh_work[o];
+#if DELTA_LSTM
+                    own_hc[bb] = c_work[o];
+#else
+                    own_hc[bb] = h_work[o];
+#endif
+                }
+            }
 
             for (int base = 0; base < K; base += DELTA_CHUNK) {
                 // All loads of the chunk are issued before the first use (one latency per chunk).
                 scalar_t v[DELTA_PER][DELTA_BT];
                 bool active[DELTA_PER];
+#if DELTA_TAGGED
+                // Issue every load first; then wait only on the words whose tag is not there yet.
+                unsigned long long raw[DELTA_PER][DELTA_BT];
+                const unsigned long long* xch_t = xch + (t & 1) * BH;
+#endif
 #pragma unroll
                 for (int r = 0; r < DELTA_PER; ++r) {
                     const int p = base + r * DELTA_BLOCK + tid;
@@ -124,10 +186,34 @@ extern "C" __global__ void __launch_bounds__(DELTA_BLOCK, 1)
                     for (int bb = 0; bb < DELTA_BT; ++bb) {
                         const int b = b0 + bb;
                         v[r][bb] = scalar_t(0);
+#if DELTA_TAGGED
+                        raw[r][bb] = (unsigned long long)(t + 1) << 32;  // tag matches, value +0
+                        if (p < K && b < B) {
+                            if (p < I)
+                                v[r][bb] = __ldg(dx_t + (long long)b * I + p);
+                            else
+                                raw[r][bb] = delta_peek(xch_t + (long long)b * H + (p - I));
+                        }
+#else
                         if (p < K && b < B)
                             v[r][bb] = p < I ? __ldg(dx_t + (long long)b * I + p) : evsnn_ldcg(dh_t + (long long)b * H + (p - I));
+#endif
                     }
                 }
+#if DELTA_TAGGED
+#pragma unroll
+                for (int r = 0; r < DELTA_PER; ++r) {
+                    const int p = base + r * DELTA_BLOCK + tid;
+#pragma unroll
+                    for (int bb = 0; bb < DELTA_BT; ++bb) {
+                        if (p >= I && p < K && b0 + bb < B) {
+                            while ((unsigned int)(raw[r][bb] >> 32) != (unsigned int)(t + 1))
+                                raw[r][bb] = delta_peek(xch_t + (long long)(b0 + bb) * H + (p - I));
+                            v[r][bb] = __uint_as_float((unsigned int)(raw[r][bb] & 0xffffffffull));
+                        }
+                    }
+                }
+#endif
                 unsigned int ballot[DELTA_PER];
 #pragma unroll
                 for (int r = 0; r < DELTA_PER; ++r) {
@@ -198,12 +284,12 @@ extern "C" __global__ void __launch_bounds__(DELTA_BLOCK, 1)
                         scalar_t m[4];
 #pragma unroll
                         for (int s = 0; s < 4; ++s) {
-                            m[s] = m_work[o * 4 + s] + s_red[s * U + tid];
+                            m[s] = own_m[bb][s] + s_red[s * U + tid];
                             m_work[o * 4 + s] = m[s];
                             if (m_all != nullptr) m_all[(t * BH + o) * 4 + s] = m[s];
                         }
 #if DELTA_LSTM
-                        const scalar_t c = delta_sigmoid(m[1]) * c_work[o] + delta_sigmoid(m[0]) * tanh(m[2]);
+                        const scalar_t c = delta_sigmoid(m[1]) * own_hc[bb] + delta_sigmoid(m[0]) * tanh(m[2]);
                         const scalar_t h = delta_sigmoid(m[3]) * tanh(c);
                         c_work[o] = c;
                         if (c_all != nullptr) c_all[t * BH + o] = c;
@@ -211,21 +297,26 @@ extern "C" __global__ void __launch_bounds__(DELTA_BLOCK, 1)
                         const scalar_t r = delta_sigmoid(m[0]);
                         const scalar_t z = delta_sigmoid(m[1]);
                         const scalar_t nn = tanh(m[2] + r * m[3]);
-                        const scalar_t h = (scalar_t(1) - z) * nn + z * h_work[o];
+                        const scalar_t h = (scalar_t(1) - z) * nn + z * own_hc[bb];
 #endif
                         h_work[o] = h;
                         out[t * BH + o] = h;
                         if (t + 1 < T) {
-                            const scalar_t diff = h - hh_work[o];
+                            const scalar_t diff = h - own_hh[bb];
                             const scalar_t d = fabs(diff) > theta_h ? diff : scalar_t(0);
                             dh[(t + 1) * BH + o] = d;
-                            hh_work[o] = hh_work[o] + d;
+                            hh_work[o] = own_hh[bb] + d;
+#if DELTA_TAGGED
+                            delta_publish(xch + ((t + 1) & 1) * BH + o, (unsigned int)(t + 2), d);
+#endif
                         }
                     }
                 }
             }
         }
+#if !DELTA_TAGGED
         if (t + 1 < T) evsnn_grid_barrier(counter, target);
+#endif
     }
 }
 

@@ -3,9 +3,11 @@
 SPEC.md §4. One :class:`torch.autograd.Function` holds the math; two engines run its recurrent core:
 
 - ``"cupy"``: the kernels of ``evsnn/cuda/delta.cu`` (CUDA tensors). The forward is one
-  persistent launch over all T steps (one grid barrier per step) that reads only the columns of
+  persistent launch over all T steps that reads only the columns of
   ``W_ih``/``W_hh`` whose delta is nonzero; the input deltas are encoded for all steps first by
-  one small kernel (they do not depend on h). The backward is one persistent reverse-time launch:
+  one small kernel (they do not depend on h). Blocks hand Δh_t to each other through a grid
+  barrier per step (float64) or, in float32, through tagged 64-bit words (value | step), which a
+  reader polls: no barrier, no fence (:data:`TAGGED_EXCHANGE`). The backward is one persistent reverse-time launch:
   ``δM_t = gate gradients + δM_{t+1}`` elementwise, then ``W_hhᵀ δM_t`` only for the ACTIVE hidden
   columns (those with ``Δh_t ≠ 0``, the ones the forward read).
 - ``"torch"``: the CPU twin (any device), the same recurrences in torch ops. It is what the float64
@@ -60,6 +62,11 @@ _SOURCE = "delta.cu"
 _BLOCK = 512  # DELTA_BLOCK in delta.cu
 _UMAX = 128  # DELTA_UMAX in delta.cu
 _ENCODE_BLOCK = 256
+# float32 forward: blocks exchange Δh through tagged 64-bit words instead of a grid barrier per step
+# (DELTA_TAGGED in delta.cu). False restores the barrier version (kept for A/B timing and tests).
+TAGGED_EXCHANGE = True
+# Extra -D options for every delta kernel (benchmarks: "-DEVSNN_LEGACY_BARRIER" times the previous barrier).
+EXTRA_DEFINES: tuple[str, ...] = ()
 
 # Accumulator slot of each weight row block. GRU: W_ih rows (r, z, n) feed slots (r, z, nx) and
 # W_hh rows (r, z, n) feed slots (r, z, nh); LSTM: rows (i, f, g, o) feed slots 0..3 from both sides.
@@ -202,14 +209,21 @@ def columns_per_thread(itemsize: int, tile: int) -> int:
     raise ValueError(f"no column chunk fits in shared memory for {itemsize}-byte scalars and a {tile}-sample tile")
 
 
+def tagged_exchange(dtype: torch.dtype) -> bool:
+    """Whether the forward exchanges Δh through tagged words (float32 only: value and tag share 64 bits)."""
+    return TAGGED_EXCHANGE and dtype == torch.float32
+
+
 def kernel_defines(lstm: bool, dtype: torch.dtype, tile: int) -> tuple[str, ...]:
     """The ``-D`` options of one compiled variant of ``delta.cu`` (besides ``scalar_t``)."""
     per = columns_per_thread(torch.empty(0, dtype=dtype).element_size(), tile)
-    return (f"-DDELTA_LSTM={int(lstm)}", f"-DDELTA_BT={tile}", f"-DDELTA_PER={per}")
+    tagged = int(tagged_exchange(dtype))
+    return (f"-DDELTA_LSTM={int(lstm)}", f"-DDELTA_BT={tile}", f"-DDELTA_TAGGED={tagged}", f"-DDELTA_PER={per}")
 
 
 def _kernel(name: str, lstm: bool, dtype: torch.dtype, device: torch.device, tile: int = 1):
-    return rt.get_kernel(_SOURCE, name, dtype=dtype, device=device, defines=kernel_defines(lstm, dtype, tile))
+    defines = kernel_defines(lstm, dtype, tile) + EXTRA_DEFINES
+    return rt.get_kernel(_SOURCE, name, dtype=dtype, device=device, defines=defines)
 
 
 def _grid(hidden: int, device: torch.device) -> tuple[int, int]:
@@ -245,12 +259,14 @@ def _forward_cupy(lstm, x, xhat0, h0, hhat0, m0u, c0, wp, theta_x, theta_h, keep
     m_all = torch.empty(steps, batch, hidden, 4, device=dev, dtype=dt) if keep else None
     c_all = torch.empty_like(out) if lstm else None
     counter = torch.zeros(1, device=dev, dtype=torch.int32)
+    # Tagged Δh ring (2 slots); zeros carry tag 0, which no step expects.
+    xch = torch.zeros(2, batch, hidden, device=dev, dtype=torch.int64) if tagged_exchange(dt) else None
     u, blocks = _grid(hidden, dev)
     # Merging the active columns of 4 samples reads each weight column once per 4 samples.
     tile = 1 if batch == 1 else 4
     args = (
         rt.ptr(dx), rt.ptr(wp), rt.ptr(m_work), rt.ptr(h_work), rt.ptr(hh_work), rt.ptr(c_work), rt.ptr(out),
-        rt.ptr(dh), rt.ptr(m_all), rt.ptr(c_all), rt.ptr(counter),
+        rt.ptr(dh), rt.ptr(m_all), rt.ptr(c_all), rt.ptr(counter), rt.ptr(xch),
         rt.i32(steps), rt.i32(batch), rt.i32(inp), rt.i32(hidden), rt.i32(u), rt.scalar(theta_h, dt),
     )  # fmt: skip
     rt.launch(_kernel("delta_forward", lstm, dt, dev, tile), (blocks,), (_BLOCK,), args, device=dev)
