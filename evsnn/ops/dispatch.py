@@ -7,6 +7,9 @@ default of every layer) is overridden by the environment variable ``EVSNN_BACKEN
 
 A backend registers a :class:`Backend` with a ``check`` function that returns ``None`` when it
 can run a call (device, dtype, surrogate, options) and otherwise a sentence saying why not.
+``check`` also receives ``auto=True`` when ``"auto"`` is choosing (a backend may decline where it
+would be slower) and ``auto=False`` for an explicit request (it must then decline only where it
+cannot compute the call).
 An explicit request that cannot run raises that sentence; ``"auto"`` moves on to the next
 candidate and warns once per process and reason when a GPU tensor ends on the reference.
 """
@@ -130,7 +133,7 @@ def resolve(family: str, requested: str, device: torch.device, **config: Any) ->
             raise BackendUnavailable(
                 f"backend {name!r} is not available for {family}" + (f": {hint}" if hint else "")
             )
-        reason = backend.check(device=device, **config)
+        reason = backend.check(device=device, auto=False, **config)
         if reason is not None:
             hint = _INSTALL_HINT.get(name, "")
             if hint and "pip install" not in reason:
@@ -145,7 +148,7 @@ def resolve(family: str, requested: str, device: torch.device, **config: Any) ->
     )
     reasons = []
     for backend in candidates:
-        reason = backend.check(device=device, **config)
+        reason = backend.check(device=device, auto=True, **config)
         if reason is None:
             return backend
         reasons.append(f"{backend.name}: {reason}")
