@@ -117,11 +117,9 @@ class Stream:
                 self.backend = "torch"
                 self._alpha_tau = self.layer.tau.detach().clone()
             else:
+                # dispatch tells the backend's check whether "auto" is choosing: an explicit
+                # "cpu_event" only needs the event path to be able to run.
                 config = self._config()
-                if self.requested == "cpu_event":
-                    # An explicit request only needs the event path to be able to run; the
-                    # measured crossover is for "auto" (see evsnn.ops.cpu_event.check).
-                    config["auto"] = False
                 chosen = dispatch.resolve(self.family, self.requested, **config)
                 self.backend = chosen.name
                 if chosen.name == "cpu_event":
