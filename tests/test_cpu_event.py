@@ -252,3 +252,138 @@ def test_layers_through_dispatch(batch_first):
         g = torch.autograd.grad(out.sum(), layer.weight_hh)[0]
         r = torch.autograd.grad(ref_out.sum(), layer.weight_hh)[0]
         _close(g, r, torch.float32, f"{type(layer).__name__} weight_hh grad")
+
+
+# --------------------------------------------------------------------------------------------
+# The runners' kernels: fused numba loops and torch-op loops, chunk (run) and step by step
+# --------------------------------------------------------------------------------------------
+
+KERNEL_CHOICES = [
+    pytest.param("numba", marks=pytest.mark.skipif(not cpu_event.numba_available(), reason="numba not installed")),
+    "torch",
+]
+
+
+def _runner_and_reference(family, shape, dtype, kernel, seed, poison=False):
+    """A runner with a non-trivial initial state, and the reference scan's result from that state.
+
+    ``poison``: some units can never become active (θ huge); their outgoing weights (columns of
+    ``weight_hh``) are NaN for the runner and 0 for the reference, so any read of an inactive
+    row shows up as NaN in the runner's output.
+    """
+    t, b, i, h = shape
+    quiet = torch.arange(h) % 3 == 0
+    if family.startswith("egru"):
+        reset = family.split("_")[1]
+        x, state, w_ih, w_hh, b_ih, b_hh, theta = _egru_inputs(shape, dtype, seed, active_state=True)
+        if poison:
+            theta = torch.where(quiet, torch.full_like(theta, 1e9), theta)
+            state = evsnn.EGRUState(state.c, state.y * ~quiet)
+            w_hh[:, quiet] = 0.0
+        ref = egru_scan(x, state, w_ih, w_hh, b_ih, b_hh, theta, reset=reset)
+        if poison:
+            w_hh = w_hh.clone()
+            w_hh[:, quiet] = float("nan")
+        runner = cpu_event.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta, reset=reset, kernel=kernel)
+        runner.load(state)
+        return runner, x, ref
+    gates, ref_fn, _ = DELTA[0] if family == "delta_gru" else DELTA[1]
+    x, params = _delta_inputs(shape, gates, dtype, seed)
+    theta_h = torch.full((h,), 0.15, dtype=dtype)
+    if poison:
+        theta_h[quiet] = 1e9
+        params[1][:, quiet] = 0.0
+    # Continue from a mid-sequence state so that x̂, ĥ, M (and c) all start away from zero.
+    _, mid, _ = ref_fn(x[:3], None, *params, theta_x=0.15, theta_h=theta_h)
+    ref = ref_fn(x[3:], mid, *params, theta_x=0.15, theta_h=theta_h)
+    if poison:
+        params[1] = params[1].clone()
+        params[1][:, quiet] = float("nan")
+    runner_type = cpu_event.DeltaGRURunner if family == "delta_gru" else cpu_event.DeltaLSTMRunner
+    runner = runner_type(*params, theta_x=0.15, theta_h=theta_h, kernel=kernel)
+    runner.load(mid)
+    runner.block = 2  # several GEMM blocks per chunk
+    return runner, x[3:], ref
+
+
+FAMILIES = ["egru_output", "egru_threshold", "delta_gru", "delta_lstm"]
+
+
+def _activity(family, ref):
+    return float(((ref[0] if family.startswith("egru") else ref[2].delta_h) != 0).double().mean())
+
+
+@pytest.mark.parametrize("kernel", KERNEL_CHOICES)
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(8, 1, 3, 17), (9, 3, 5, 33)])
+def test_runner_chunk_equals_reference(kernel, family, dtype, shape):
+    with torch.inference_mode():
+        runner, x, ref = _runner_and_reference(family, shape, dtype, kernel, seed=sum(shape))
+        assert runner.kernel == kernel
+        assert 0.0 < _activity(family, ref) < 0.9  # sparse steps are exercised
+        if family.startswith("egru"):
+            y, c_pre = runner.run(x)
+            _close((y, tuple(runner.state()), c_pre), (ref[0], tuple(ref[1]), ref[2].c_pre), dtype, family)
+        else:
+            h, deltas = runner.run(x)
+            n_in = x.shape[-1]
+            got = (h, tuple(runner.state()), deltas[..., :n_in], deltas[..., n_in:])
+            _close(got, (ref[0], tuple(ref[1]), *ref[2]), dtype, family)
+
+
+@pytest.mark.parametrize("kernel", KERNEL_CHOICES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_runner_steps_equal_reference(kernel, family):
+    with torch.inference_mode():
+        runner, x, ref = _runner_and_reference(family, (8, 2, 4, 21), torch.float32, kernel, seed=3)
+        outs = []
+        for t in range(x.shape[0]):
+            if family.startswith("egru"):
+                outs.append(runner.step(runner.project(x[t]))[0].clone())
+            else:
+                outs.append(runner.step(x[t]).clone())  # the step path gathers Δx rows, no GEMM
+        _close((torch.stack(outs), tuple(runner.state())), (ref[0], tuple(ref[1])), torch.float32, family)
+
+
+@pytest.mark.parametrize("kernel", KERNEL_CHOICES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_runner_never_reads_rows_of_inactive_units(kernel, family):
+    with torch.inference_mode():
+        runner, x, ref = _runner_and_reference(family, (6, 2, 3, 18), torch.float32, kernel, seed=9, poison=True)
+        out = runner.run(x)[0]
+        assert torch.isfinite(out).all(), "a NaN row of an inactive unit was read"
+        _close(out, ref[0], torch.float32, f"{family} poisoned")
+
+
+def test_kernel_choice_and_errors(monkeypatch):
+    _, _, w_ih, w_hh, b_ih, b_hh, theta = _egru_inputs((2, 1, 2, 4), torch.float32, seed=0)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        cpu_event.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta, kernel="fast")
+    monkeypatch.setenv(cpu_event.KERNEL_ENV_VAR, "torch")
+    assert cpu_event.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta).kernel == "torch"
+    monkeypatch.setenv(cpu_event.KERNEL_ENV_VAR, "cuda")
+    with pytest.raises(ValueError, match="EVSNN_CPU_KERNEL='cuda'"):
+        cpu_event.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta)
+    monkeypatch.delenv(cpu_event.KERNEL_ENV_VAR)
+    expected = "numba" if cpu_event.numba_available() else "torch"
+    assert cpu_event.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta).kernel == expected
+    monkeypatch.setattr(cpu_event, "numba_available", lambda: False)
+    with pytest.raises(ValueError, match="pip install numba"):
+        cpu_event.DeltaGRURunner(torch.zeros(12, 2), torch.zeros(12, 4), None, None, kernel="numba")
+
+
+@pytest.mark.skipif(not cpu_event.numba_available(), reason="numba not installed")
+def test_fused_runner_refuses_mixed_dtypes():
+    x, state, *params = _egru_inputs((2, 1, 2, 4), torch.float32, seed=0)
+    runner = cpu_event.EGRURunner(*params, kernel="numba")
+    with pytest.raises(TypeError, match="expected dtype torch.float32"):
+        runner.load(evsnn.EGRUState(torch.zeros(1, 4, dtype=torch.float64), torch.zeros(1, 4, dtype=torch.float64)))
+    runner.load(evsnn.EGRUState(torch.zeros(1, 4), torch.zeros(1, 4)))
+    with pytest.raises(TypeError, match="got torch.float64"):
+        runner.step(torch.zeros(1, 12, dtype=torch.float64))
+    xd, pd = _delta_inputs((3, 1, 2, 4), 3, torch.float32, seed=0)
+    delta = cpu_event.DeltaGRURunner(*pd, kernel="numba")
+    delta.load(delta.initial_state(1, xd))
+    with pytest.raises(TypeError, match="got torch.float64"):
+        delta.run(xd.double())

@@ -28,8 +28,12 @@ section of docs/benchmarks.md); ``backend="cpu_event"`` runs it on any CPU shape
 
 from __future__ import annotations
 
+import functools
+import os
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -49,6 +53,9 @@ from .dispatch import Backend, register
 __all__ = [
     "AUTO_MAX_BATCH",
     "AUTO_MIN_HIDDEN",
+    "KERNELS",
+    "KERNEL_ENV_VAR",
+    "numba_available",
     "event_matmul",
     "check",
     "alif_event_scan",
@@ -150,6 +157,195 @@ def _expand_theta(theta: float | Tensor, n: int, name: str, like: Tensor) -> Ten
 
 
 # --------------------------------------------------------------------------------------------
+# Fused inference loops (numba)
+# --------------------------------------------------------------------------------------------
+# At B = 1 a torch op costs a few µs of dispatch whatever its size, and one recurrent step of
+# the torch-op runners below needs ~15 of them (≈ 75 µs at any activity, against ≈ 350-600 µs
+# for a whole ``nn.GRU`` step at H = 1024). These plain-Python loops, compiled once by numba,
+# run *all* steps of a chunk in one call: the gather of active rows and the gate math are
+# fused, nothing is allocated per step, and the cost per step is the active rows read plus
+# O(H) pointwise work. They compute the same equations as the reference scans, in the same
+# dtype (intermediate scalars in float64, stored in the array dtype).
+
+
+def _egru_loop(gi, table, bias_hh, theta, c, y, out_y, out_c, reset_output):  # pragma: no cover - numba
+    """EGRU (SPEC §3) over ``gi [T, B, 3H]`` (``W_ih x + b_ih``). ``table = W_hhᵀ [H, 3H]``.
+
+    Per step: ``gh = b_hh + Σ_{k: y_k ≠ 0} y_k · table[k]`` (only rows of units with an event),
+    gates, ``c_pre``; ``c``/``y`` ``[B, H]`` are the state, updated in place; ``out_y``/``out_c``
+    ``[T, B, H]`` receive ``y_t`` and ``c_pre_t``.
+    """
+    steps, batch, h3 = gi.shape
+    h = h3 // 3
+    acc = np.empty(h3, dtype=gi.dtype)
+    idx = np.empty(h, dtype=np.int64)
+    for b in range(batch):
+        n_act = 0
+        for k in range(h):
+            if y[b, k] != 0:
+                idx[n_act] = k
+                n_act += 1
+        for t in range(steps):
+            for j in range(h3):
+                acc[j] = bias_hh[j]
+            for a in range(n_act):
+                k = idx[a]
+                w = y[b, k]
+                row = table[k]
+                for j in range(h3):
+                    acc[j] += w * row[j]
+            n_act = 0
+            for j in range(h):
+                r = 1.0 / (1.0 + np.exp(-(gi[t, b, j] + acc[j])))
+                z = 1.0 / (1.0 + np.exp(-(gi[t, b, h + j] + acc[h + j])))
+                n = np.tanh(gi[t, b, 2 * h + j] + r * acc[2 * h + j])
+                c_pre = z * c[b, j] + (1.0 - z) * n
+                if reset_output:
+                    c_pre -= y[b, j]
+                out_c[t, b, j] = c_pre
+                # θ > 0, so a unit that fired has y = c_pre ≠ 0: it is an active row next step.
+                if c_pre > theta[j]:
+                    idx[n_act] = j
+                    n_act += 1
+                    y[b, j] = c_pre
+                    c[b, j] = c_pre if reset_output else c_pre - theta[j]
+                else:
+                    y[b, j] = 0.0
+                    c[b, j] = c_pre
+                out_y[t, b, j] = y[b, j]
+
+
+def _delta_encode_loop(x, x_hat, theta, delta):  # pragma: no cover - numba
+    """``Δ_t = (x_t − x̂)·1[|x_t − x̂| > Θ]``, ``x̂ += Δ_t`` over ``x [T, B, I]`` (SPEC §4)."""
+    steps, batch, n = x.shape
+    for b in range(batch):
+        for t in range(steps):
+            for i in range(n):
+                d = x[t, b, i] - x_hat[b, i]
+                if abs(d) > theta[i]:
+                    delta[t, b, i] = d
+                    x_hat[b, i] += d
+                else:
+                    delta[t, b, i] = 0.0
+
+
+def _delta_loop(gx, wx, dx, wh, theta_h, h, h_hat, m, c, out_h, out_dh, gru):  # pragma: no cover - numba
+    """DeltaGRU (``gru``) or DeltaLSTM (SPEC §4) over ``T`` steps whose input deltas ``dx``
+    ``[T, B, I]`` are already encoded.
+
+    ``gx [T, B, G·H]`` holds ``W_ih Δx_t`` when precomputed (one GEMM per chunk); with
+    ``gx.shape[0] == 0`` the rows of ``wx = W_ihᵀ`` of nonzero ``Δx`` are gathered instead.
+    Per step: ``Δh`` of ``h_{t−1}`` against ``ĥ`` (threshold ``theta_h``), ``M += W_ih Δx_t +
+    W_hh Δh`` reading only rows ``wh = W_hhᵀ [H, G·H]`` of nonzero ``Δh``, gates, ``h_t``.
+    GRU accumulators ``M [B, 4H]`` are ``(r, z, nx, nh)``: input rows feed ``r, z, nx``, hidden
+    rows ``r, z, nh``. ``h, ĥ, M, c`` are the state, updated in place.
+    """
+    steps, batch, n_in = dx.shape
+    hs = h.shape[1]
+    x_cols = wx.shape[1]
+    precomputed = gx.shape[0] > 0
+    idx = np.empty(hs, dtype=np.int64)
+    for b in range(batch):
+        for t in range(steps):
+            n_act = 0
+            for k in range(hs):
+                d = h[b, k] - h_hat[b, k]
+                if abs(d) > theta_h[k]:
+                    out_dh[t, b, k] = d
+                    h_hat[b, k] += d
+                    idx[n_act] = k
+                    n_act += 1
+                else:
+                    out_dh[t, b, k] = 0.0
+            if precomputed:
+                for j in range(x_cols):
+                    m[b, j] += gx[t, b, j]
+            else:
+                for i in range(n_in):
+                    d = dx[t, b, i]
+                    if d != 0:
+                        row = wx[i]
+                        for j in range(x_cols):
+                            m[b, j] += d * row[j]
+            for a in range(n_act):
+                k = idx[a]
+                d = out_dh[t, b, k]
+                row = wh[k]
+                if gru:
+                    for j in range(2 * hs):
+                        m[b, j] += d * row[j]
+                    for j in range(hs):
+                        m[b, 3 * hs + j] += d * row[2 * hs + j]
+                else:
+                    for j in range(4 * hs):
+                        m[b, j] += d * row[j]
+            for j in range(hs):
+                if gru:
+                    r = 1.0 / (1.0 + np.exp(-m[b, j]))
+                    z = 1.0 / (1.0 + np.exp(-m[b, hs + j]))
+                    n = np.tanh(m[b, 2 * hs + j] + r * m[b, 3 * hs + j])
+                    h[b, j] = (1.0 - z) * n + z * h[b, j]
+                else:
+                    gate_i = 1.0 / (1.0 + np.exp(-m[b, j]))
+                    gate_f = 1.0 / (1.0 + np.exp(-m[b, hs + j]))
+                    gate_o = 1.0 / (1.0 + np.exp(-m[b, 3 * hs + j]))
+                    c[b, j] = gate_f * c[b, j] + gate_i * np.tanh(m[b, 2 * hs + j])
+                    h[b, j] = gate_o * np.tanh(c[b, j])
+                out_h[t, b, j] = h[b, j]
+
+
+KERNELS = ("auto", "numba", "torch")
+
+
+@functools.cache
+def _numba_kernels() -> SimpleNamespace | None:
+    """The compiled loops, or ``None`` when numba is not installed (imported on first use:
+    ``import evsnn`` stays light). ``cache=True`` keeps the machine code between processes."""
+    try:
+        import numba
+    except ImportError:
+        return None
+    jit = numba.njit(cache=True, nogil=True)
+    return SimpleNamespace(egru=jit(_egru_loop), encode=jit(_delta_encode_loop), delta=jit(_delta_loop))
+
+
+def numba_available() -> bool:
+    """Whether the fused numba loops can run (``pip install numba``, the ``cpu`` extra)."""
+    return _numba_kernels() is not None
+
+
+KERNEL_ENV_VAR = "EVSNN_CPU_KERNEL"
+
+
+def _pick_kernel(kernel: str) -> str:
+    """``"auto"`` → the environment variable ``EVSNN_CPU_KERNEL`` if set, else ``"numba"`` when
+    installed, else ``"torch"``; an explicit choice is honoured or refused with the reason."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "auto":
+        env = os.environ.get(KERNEL_ENV_VAR)
+        if env:
+            if env not in KERNELS:
+                raise ValueError(f"environment variable {KERNEL_ENV_VAR}={env!r} is not one of {KERNELS}")
+            return _pick_kernel(env)
+        return "numba" if numba_available() else "torch"
+    if kernel == "numba" and not numba_available():
+        raise ValueError("kernel='numba' needs numba: pip install numba (or evsnn[cpu])")
+    return kernel
+
+
+def _check_same_dtype(what: str, like: Tensor, *tensors: Tensor) -> None:
+    for t in tensors:
+        if t.dtype != like.dtype:
+            raise TypeError(f"{what}: expected dtype {like.dtype} (the weights'), got {t.dtype}")
+
+
+def _np(t: Tensor) -> np.ndarray:
+    """A numpy view sharing ``t``'s memory (writes go through)."""
+    return t.detach().numpy()
+
+
+# --------------------------------------------------------------------------------------------
 # EGRU (SPEC §3)
 # --------------------------------------------------------------------------------------------
 
@@ -159,7 +355,9 @@ class EGRURunner:
 
     ``step(gi)`` takes the input projection ``gi = W_ih x_t + b_ih`` (``[B, 3H]``) and returns
     ``(y_t, c_pre_t)``; the recurrent product reads only the rows of ``W_hhᵀ`` of units with an
-    event ``y_{t−1} ≠ 0``.
+    event ``y_{t−1} ≠ 0``. ``kernel``: ``"numba"`` runs the fused loop :func:`_egru_loop` (one
+    call per step or chunk), ``"torch"`` a loop of torch ops, ``"auto"`` numba when installed;
+    :attr:`kernel` says which runs.
     """
 
     def __init__(
@@ -171,9 +369,11 @@ class EGRURunner:
         threshold: Tensor,
         *,
         reset: str = "output",
+        kernel: str = "auto",
     ):
         if reset not in RESETS:
             raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+        self.kernel = _pick_kernel(kernel)
         with torch.no_grad():
             h = weight_hh.shape[1]
             self.hidden = h
@@ -183,15 +383,35 @@ class EGRURunner:
             self.table = weight_hh.detach().t().contiguous()  # [H, 3H]: a unit's outgoing weights are one row
             self.bias_hh = None if bias_hh is None else bias_hh.detach()
             self.threshold = threshold.detach().clone()
+            if self.kernel == "numba":
+                zeros = self.table.new_zeros(3 * h)
+                self._np_args = (
+                    _np(self.table),
+                    _np(zeros if self.bias_hh is None else self.bias_hh.contiguous()),
+                    _np(self.threshold.expand(h).contiguous()),
+                )
         self.c: Tensor | None = None
         self.y: Tensor | None = None
 
     def load(self, state: EGRUState) -> None:
-        self.c = state.c.detach().clone()
-        self.y = state.y.detach().clone()
+        self.c = state.c.detach().clone(memory_format=torch.contiguous_format)
+        self.y = state.y.detach().clone(memory_format=torch.contiguous_format)
+        if self.kernel == "numba":
+            _check_same_dtype("EGRU state", self.table, self.c, self.y)
+            # The fused loop updates c and y in place: their numpy views stay valid.
+            self._np_state = (_np(self.c), _np(self.y))
+            return
         self.active = self.y != 0
         self.zero = self.y.new_zeros(())
         self.bag = _RowBag(self.table, self.y.shape[0])
+
+    def _fused(self, gi: Tensor, out: Tensor, c_pre: Tensor) -> None:
+        _check_same_dtype("EGRU input", self.table, gi)
+        table, bias_hh, theta = self._np_args
+        c, y = self._np_state
+        _numba_kernels().egru(
+            _np(gi.contiguous()), table, bias_hh, theta, c, y, _np(out), _np(c_pre), self.reset_mode == "output"
+        )
 
     def state(self) -> EGRUState:
         return EGRUState(self.c.clone(), self.y.clone())
@@ -205,6 +425,11 @@ class EGRURunner:
     def step(self, gi: Tensor, out: Tensor | None = None, c_pre_out: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One step from ``gi [B, 3H]``; writes into ``out``/``c_pre_out`` when given (rows of
         the scan's output buffers, never overwritten later, so the state can point at them)."""
+        if self.kernel == "numba":
+            out = gi.new_empty(gi.shape[0], self.hidden) if out is None else out
+            c_pre_out = gi.new_empty(gi.shape[0], self.hidden) if c_pre_out is None else c_pre_out
+            self._fused(gi.unsqueeze(0), out.unsqueeze(0), c_pre_out.unsqueeze(0))
+            return out, c_pre_out
         h = self.hidden
         gh = self.bag(self.y, self.active)  # fresh [B, 3H]: safe to update in place
         if self.bias_hh is not None:
@@ -232,6 +457,9 @@ class EGRURunner:
         gi_all = self.project(x)
         out = x.new_empty(steps, batch, self.hidden)
         c_pre = x.new_empty(steps, batch, self.hidden)
+        if self.kernel == "numba":
+            self._fused(gi_all, out, c_pre)
+            return out, c_pre
         for t in range(steps):
             self.step(gi_all[t], out[t], c_pre[t])
         return out, c_pre
@@ -474,8 +702,18 @@ class _DeltaRunner:
 
     Input and hidden are encoded together as ``s = [x_t; h_{t−1}]`` against the memory
     ``ŝ = [x̂; ĥ]`` and thresholds ``[Θ_x; Θ_h]``; one ``event_matmul`` over the nonzero deltas
-    updates the accumulators ``M``.
+    updates the accumulators ``M`` (``kernel="torch"``).
+
+    With ``kernel="numba"`` (the default where numba is installed) :meth:`run` encodes a block
+    of up to :attr:`block` steps' input deltas first (they depend on ``x`` only), turns them into
+    ``W_ih Δx_t`` with one dense GEMM for the block (``Δx`` is often denser than ``Δh``, and one
+    batched GEMM beats per-step row gathers of it), then runs the fused loop
+    :func:`_delta_loop`, which reads only the rows of ``W_hhᵀ`` of nonzero ``Δh``.
+    :meth:`step` gathers the rows of nonzero ``Δx`` instead. The sums are grouped differently
+    from the reference's, so results agree to rounding.
     """
+
+    block = 256  # steps per GEMM block: bounds the [block, B, G·H] buffer, keeps it in cache
 
     gru = True
 
@@ -488,7 +726,9 @@ class _DeltaRunner:
         *,
         theta_x: float | Tensor = 0.0,
         theta_h: float | Tensor = 0.0,
+        kernel: str = "auto",
     ):
+        self.kernel = _pick_kernel(kernel)
         with torch.no_grad():
             self.input_size = weight_ih.shape[1]
             self.hidden = weight_hh.shape[1]
@@ -502,6 +742,15 @@ class _DeltaRunner:
                     _expand_theta(theta_h, self.hidden, "theta_h", like),
                 ]
             )
+            if self.kernel == "numba":
+                self.wx = weight_ih.detach().t().contiguous()  # [I, G·H]: one input's weights per row
+                self.wh = weight_hh.detach().t().contiguous()  # [H, G·H]
+                self._np_args = (
+                    _np(self.wx),
+                    _np(self.wh),
+                    _np(self.theta[: self.input_size].contiguous()),
+                    _np(self.theta[self.input_size :].contiguous()),
+                )
         self.s_hat: Tensor | None = None
         self.m: Tensor | None = None
         self.h: Tensor | None = None
@@ -524,9 +773,43 @@ class _DeltaRunner:
         self.m += self.bag(delta, passed)
         return delta
 
+    def _fused(self, x: Tensor, gemm: bool, out: Tensor, dx: Tensor, dh: Tensor) -> None:
+        """Steps of ``x [t, B, I]`` through the numba loops; writes ``h``, ``Δx``, ``Δh``."""
+        _check_same_dtype("delta cell input", self.wx, x)
+        kernels = _numba_kernels()
+        wx, wh, theta_x, theta_h = self._np_args
+        n_in = self.input_size
+        s_hat = _np(self.s_hat)  # x̂ and ĥ are views into it: updated in place
+        x_hat, h_hat = s_hat[:, :n_in], s_hat[:, n_in:]
+        dx_np = _np(dx)
+        kernels.encode(_np(x.contiguous()), x_hat, theta_x, dx_np)
+        if gemm:
+            gx = _np(torch.matmul(dx, self.wx))
+        else:
+            gx = np.empty((0, x.shape[1], self.wx.shape[1]), dtype=dx_np.dtype)
+        c = self._c_dummy if self.c is None else _np(self.c)
+        kernels.delta(gx, wx, dx_np, wh, theta_h, _np(self.h), h_hat, _np(self.m), c, _np(out), _np(dh), self.gru)
+
+    def _load_fused(self) -> None:
+        if self.kernel != "numba":
+            return
+        _check_same_dtype("delta cell state", self.wx, self.h, self.s_hat, self.m)
+        self.h = self.h.contiguous()
+        self._c_dummy = np.empty((1, 1), dtype=_np(self.h).dtype)
+        self._dh_step = self.h.new_empty(1, *self.h.shape)
+
     def run(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """All steps of ``x [T, B, I]``; returns ``(h [T, B, H], deltas [T, B, I + H])``."""
         steps, batch = x.shape[:2]
+        if self.kernel == "numba":
+            n_in = self.input_size
+            out = x.new_empty(steps, batch, self.hidden)
+            dx = x.new_empty(steps, batch, n_in)
+            dh = x.new_empty(steps, batch, self.hidden)
+            for start in range(0, steps, self.block):
+                part = slice(start, start + self.block)
+                self._fused(x[part], True, out[part], dx[part], dh[part])
+            return out, torch.cat([dx, dh], dim=-1)
         s_all = x.new_empty(steps, batch, self.input_size + self.hidden)
         s_all[..., : self.input_size] = x
         out = x.new_empty(steps, batch, self.hidden)
@@ -538,6 +821,10 @@ class _DeltaRunner:
 
     def step(self, x: Tensor) -> Tensor:
         """One step on ``x [B, I]``; returns ``h_t``."""
+        if self.kernel == "numba":
+            out = x.new_empty(1, x.shape[0], self.hidden)
+            self._fused(x.unsqueeze(0), False, out, x.new_empty(1, *x.shape), self._dh_step)
+            return out[0]
         s = torch.cat([x, self.h], dim=-1)
         return self._step_encoded(s, None, None)
 
@@ -555,6 +842,7 @@ class DeltaGRURunner(_DeltaRunner):
 
     def load(self, state: DeltaGRUState) -> None:
         self._load_common(state.h, state.x_hat, state.h_hat, state.m)
+        self._load_fused()
 
     def state(self) -> DeltaGRUState:
         i = self.input_size
@@ -583,7 +871,8 @@ class DeltaLSTMRunner(_DeltaRunner):
 
     def load(self, state: DeltaLSTMState) -> None:
         self._load_common(state.h, state.x_hat, state.h_hat, state.m)
-        self.c = state.c.detach().clone()
+        self.c = state.c.detach().clone(memory_format=torch.contiguous_format)
+        self._load_fused()
 
     def state(self) -> DeltaLSTMState:
         i = self.input_size
