@@ -1,10 +1,15 @@
 """CPU streaming inference: evsnn's event path vs its dense reference vs torch.nn.GRU/LSTM.
 
 One process, B = 1, T steps (default 1000), hidden sizes and activities from the command line.
-Activity is set by calibrating the threshold (EGRU: θ; delta cells: Θ_x = Θ_h) on a short
-prefix, then measured on the timed run. Times are medians of ``--repeats`` runs (the dense
+Activity is set by calibrating the threshold (EGRU: θ; delta cells: Θ_x = Θ_h) on the whole
+input, then measured on the timed run. Times are medians of ``--repeats`` runs (the dense
 reference, being slow, runs ``--ref-repeats`` times). Ratios are against ``torch.nn.GRU``
 (``nn.LSTM`` for DeltaLSTM) timed in the same process. Prints a Markdown table.
+
+Columns: "event" is the event path's scan over the whole chunk with its default kernel (the
+fused numba loop where numba is installed); "torch-op loop" the same scan with
+``EVSNN_CPU_KERNEL=torch`` (``--torch-kernel``); "Stream.step" one step at a time through
+``evsnn.streaming.Stream`` (``--stream``).
 
     python benchmarks/cpu_streaming.py                       # full table (several minutes)
     python benchmarks/cpu_streaming.py --hidden 1024 --activity 0.1 0.02
@@ -14,6 +19,8 @@ reference, being slow, runs ``--ref-repeats`` times). Ratios are against ``torch
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import platform
 import statistics
 import time
@@ -41,6 +48,25 @@ def run_stream(stream: Stream, x: torch.Tensor) -> None:
     stream.reset()
     for t in range(x.shape[0]):
         stream.step(x[t])
+
+
+@contextlib.contextmanager
+def cpu_kernel(name: str):
+    """Runs the event path with ``EVSNN_CPU_KERNEL=name`` (read when a runner is built)."""
+    old = os.environ.get(cpu_event.KERNEL_ENV_VAR)
+    os.environ[cpu_event.KERNEL_ENV_VAR] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[cpu_event.KERNEL_ENV_VAR]
+        else:
+            os.environ[cpu_event.KERNEL_ENV_VAR] = old
+
+
+def timed_kernel(name: str, fn: Callable[[], object], repeats: int) -> float:
+    with cpu_kernel(name):
+        return timed(fn, repeats)
 
 
 def make_input(steps: int, batch: int, features: int, seed: int) -> torch.Tensor:
@@ -77,9 +103,8 @@ def egru_rows(hidden, activities, args, x):
         for p, v in zip((gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0), w):
             p.copy_(v)
     t_gru = timed(lambda: gru(x), args.repeats)
-    prefix = x[: min(200, x.shape[0])]
 
-    def activity(theta: float, seq=prefix) -> float:
+    def activity(theta: float, seq=x) -> float:
         y = cpu_event.egru_event_scan(seq, None, *w, torch.full((hidden,), theta))[0]
         return float((y != 0).float().mean())
 
@@ -89,6 +114,9 @@ def egru_rows(hidden, activities, args, x):
         th = torch.full((hidden,), theta)
         act = activity(theta, x)
         t_ev = timed(partial(cpu_event.egru_event_scan, x, None, *w, th), args.repeats)
+        t_ops = float("nan")
+        if args.torch_kernel:
+            t_ops = timed_kernel("torch", partial(cpu_event.egru_event_scan, x, None, *w, th), args.repeats)
         t_ref = timed(partial(egru_scan, x, None, *w, th), args.ref_repeats) if not args.skip_ref else float("nan")
         t_stream = float("nan")
         if args.stream:
@@ -102,7 +130,7 @@ def egru_rows(hidden, activities, args, x):
             stream = Stream(layer, backend="cpu_event")
 
             t_stream = timed(partial(run_stream, stream, x), args.repeats)
-        rows.append(("EGRU", hidden, act, t_ev, t_stream, t_ref, t_gru, "nn.GRU"))
+        rows.append(("EGRU", hidden, act, t_ev, t_ops, t_stream, t_ref, t_gru, "nn.GRU"))
     return rows
 
 
@@ -115,9 +143,8 @@ def delta_rows(gates, hidden, activities, args, x):
     t_peer = timed(lambda: peer(x), args.repeats)
     ev_fn = cpu_event.delta_gru_event_scan if gates == 3 else cpu_event.delta_lstm_event_scan
     ref_fn = delta_gru_scan if gates == 3 else delta_lstm_scan
-    prefix = x[: min(200, x.shape[0])]
 
-    def activity(theta: float, seq=prefix) -> float:
+    def activity(theta: float, seq=x) -> float:
         trace = ev_fn(seq, None, *w, theta_x=theta, theta_h=theta)[2]
         return float((trace.delta_h != 0).float().mean())
 
@@ -127,12 +154,24 @@ def delta_rows(gates, hidden, activities, args, x):
         theta = calibrate(activity, target, 0.0, 0.5)
         act = activity(theta, x)
         t_ev = timed(partial(ev_fn, x, None, *w, theta_x=theta, theta_h=theta), args.repeats)
+        t_ops = float("nan")
+        if args.torch_kernel:
+            t_ops = timed_kernel("torch", partial(ev_fn, x, None, *w, theta_x=theta, theta_h=theta), args.repeats)
+        t_stream = float("nan")
+        if args.stream:
+            from evsnn.nn import DeltaGRU, DeltaLSTM
+
+            layer = (DeltaGRU if gates == 3 else DeltaLSTM)(args.input, hidden, theta_x=theta, theta_h=theta).eval()
+            with torch.no_grad():
+                for p, v in zip((layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh), w):
+                    p.copy_(v)
+            t_stream = timed(partial(run_stream, Stream(layer, backend="cpu_event"), x), args.repeats)
         t_ref = (
             timed(partial(ref_fn, x, None, *w, theta_x=theta, theta_h=theta), args.ref_repeats)
             if not args.skip_ref
             else float("nan")
         )
-        rows.append((name, hidden, act, t_ev, float("nan"), t_ref, t_peer, "nn.GRU" if gates == 3 else "nn.LSTM"))
+        rows.append((name, hidden, act, t_ev, t_ops, t_stream, t_ref, t_peer, "nn.GRU" if gates == 3 else "nn.LSTM"))
     return rows
 
 
@@ -161,7 +200,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--ref-repeats", type=int, default=1)
     parser.add_argument("--skip-ref", action="store_true", help="skip the (slow) dense evsnn reference")
-    parser.add_argument("--stream", action="store_true", help="also time Stream.step one step at a time (EGRU)")
+    parser.add_argument("--stream", action="store_true", help="also time Stream.step one step at a time")
+    parser.add_argument("--torch-kernel", action="store_true", help="also time the torch-op loop (no numba)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--crossover", action="store_true")
     parser.add_argument("--cross-hidden", type=int, nargs="+", default=[64, 128, 256, 512])
@@ -172,7 +212,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-        f"{time.strftime('%Y-%m-%d')}, B = 1, T = {args.steps}, input {args.input}, median of {args.repeats}"
+        f"{time.strftime('%Y-%m-%d')}, B = 1, T = {args.steps}, input {args.input}, median of {args.repeats}, "
+        f"event kernel {'numba' if cpu_event.numba_available() else 'torch'}"
     )
     with torch.inference_mode():
         if args.crossover:
@@ -188,14 +229,20 @@ def main() -> None:
             if "delta_lstm" in args.families:
                 rows += delta_rows(4, hidden, args.activity, args, x)
     print()
-    print("| cell | H | activity | event path ms | Stream.step ms | dense ref ms | peer ms | peer / event | µs per step (event) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, hidden, act, t_ev, t_stream, t_ref, t_peer, peer in rows:
-        stream = "–" if t_stream != t_stream else f"{t_stream * 1e3:.0f}"
-        ref = "–" if t_ref != t_ref else f"{t_ref * 1e3:.0f}"
+    print(
+        "| cell | H | activity | event ms | torch-op loop ms | Stream.step ms | dense ref ms | peer ms | "
+        "peer / event | peer / Stream.step | µs per step (event) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def ms(v: float) -> str:
+        return "–" if v != v else f"{v * 1e3:.0f}"
+
+    for name, hidden, act, t_ev, t_ops, t_stream, t_ref, t_peer, peer in rows:
+        per_stream = "–" if t_stream != t_stream else f"{t_peer / t_stream:.2f}×"
         print(
-            f"| {name} | {hidden} | {act:.1%} | {t_ev * 1e3:.0f} | {stream} | {ref} | {peer} {t_peer * 1e3:.0f} | "
-            f"{t_peer / t_ev:.2f}× | {t_ev / args.steps * 1e6:.0f} |"
+            f"| {name} | {hidden} | {act:.1%} | {ms(t_ev)} | {ms(t_ops)} | {ms(t_stream)} | {ms(t_ref)} | "
+            f"{peer} {ms(t_peer)} | {t_peer / t_ev:.2f}× | {per_stream} | {t_ev / args.steps * 1e6:.0f} |"
         )
 
 
