@@ -14,8 +14,10 @@ expectation; DropConnect is off).
 
 The backend is chosen like the layer's (``"auto"``, ``EVSNN_BACKEND``): where the
 ``"cpu_event"`` backend applies, the stream uses its prepared stepper (weights transposed
-once, only the rows of active units read each step); otherwise it calls the chosen backend's
-scan on each step or chunk. Weights are read when the stream is built; call :meth:`refresh`
+once, only the rows of active units read each step; with numba installed one fused call per
+step or chunk, see ``evsnn.ops.cpu_event``); otherwise it calls the chosen backend's scan on
+each step or chunk. :meth:`Stream.chunk` is the fast way when inputs arrive in blocks: the
+input projection is one GEMM for the block instead of one matrix-vector product per step. Weights are read when the stream is built; call :meth:`refresh`
 after changing them. Tensors returned by a stream are inference tensors (see
 ``torch.inference_mode``): clone them outside inference mode before using them in autograd.
 """

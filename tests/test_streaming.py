@@ -137,9 +137,17 @@ def _live_tensors() -> int:
 
 
 @pytest.mark.slow
-def test_hundred_thousand_steps_with_bounded_memory():
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: evsnn.EGRU(2, 8, threshold=0.1, threshold_init="constant"),
+        lambda: evsnn.DeltaGRU(2, 8, theta_x=0.1, theta_h=0.05),
+    ],
+    ids=["EGRU", "DeltaGRU"],
+)
+def test_hundred_thousand_steps_with_bounded_memory(make):
     torch.manual_seed(0)
-    layer = evsnn.EGRU(2, 8, threshold=0.1, threshold_init="constant").eval()
+    layer = make().eval()
     stream = Stream(layer, batch_size=1, backend="cpu_event")
     x = torch.randn(64, 1, 2)
     for t in range(2000):  # warm up the allocator and every code path
