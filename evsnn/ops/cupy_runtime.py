@@ -66,9 +66,20 @@ def kernel_source(filename: str, _seen: frozenset[str] = frozenset()) -> str:
     return _INCLUDE.sub(expand, text)
 
 
-@functools.cache
+_PROBE: dict[str, str | None] = {}
+
+
+# A constant for the life of the process: torch.compile calls it once while tracing and bakes in
+# the answer instead of tracing a cached Python function.
+@torch.compiler.assume_constant_result
 def unavailable_reason() -> str | None:
     """``None`` if CuPy and a CUDA GPU are usable here, else why not (with the install hint)."""
+    if "reason" not in _PROBE:
+        _PROBE["reason"] = _probe()
+    return _PROBE["reason"]
+
+
+def _probe() -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible to PyTorch"
     try:
