@@ -12,8 +12,11 @@ cells). The elementwise parts stay dense, exactly as in the reference.
 
 Two paths, the same math as the reference scans of :mod:`evsnn.functional`:
 
-- inference (no tensor needs a gradient): a loop of in-place ops on preallocated buffers
-  (:class:`EGRURunner` & co., also used by :mod:`evsnn.streaming`);
+- inference (no tensor needs a gradient): :class:`EGRURunner` & co. (also used by
+  :mod:`evsnn.streaming`). With numba installed (the ``cpu`` extra) they run a whole chunk in
+  one compiled loop that gathers the active rows and does the gate math per step with no torch
+  dispatch (:func:`_egru_loop`, :func:`_delta_loop`); without it, or with
+  ``EVSNN_CPU_KERNEL=torch``, a loop of in-place torch ops with one ``embedding_bag`` per step;
 - training: the same event-sparse forward written with differentiable torch ops, so autograd
   gives the exact gradient. A unit must take part in the product whenever a gradient can pass
   through its output: for the delta cells that is exactly the nonzero deltas (the mask is
