@@ -4,6 +4,7 @@ scans. No ``nn.Module`` and no backend logic; every accelerated backend is teste
 from .alif import (
     ALIFState,
     ALIFTrace,
+    alif_dynamics,
     alif_initial_state,
     alif_scan,
     alif_step,
@@ -16,18 +17,21 @@ from .delta import (
     DeltaLSTMState,
     DeltaTrace,
     delta_encode,
+    delta_gru_gates,
     delta_gru_initial_state,
     delta_gru_scan,
     delta_gru_step,
+    delta_lstm_gates,
     delta_lstm_initial_state,
     delta_lstm_scan,
     delta_lstm_step,
 )
-from .egru import EGRUState, EGRUTrace, egru_initial_state, egru_scan, egru_step
+from .egru import EGRUState, EGRUTrace, egru_initial_state, egru_pointwise, egru_scan, egru_step
 
 __all__ = [
     "ALIFState",
     "ALIFTrace",
+    "alif_dynamics",
     "alif_initial_state",
     "alif_scan",
     "alif_step",
@@ -38,6 +42,8 @@ __all__ = [
     "DeltaLSTMState",
     "DeltaTrace",
     "delta_encode",
+    "delta_gru_gates",
+    "delta_lstm_gates",
     "delta_gru_initial_state",
     "delta_gru_scan",
     "delta_gru_step",
@@ -47,6 +53,7 @@ __all__ = [
     "EGRUState",
     "EGRUTrace",
     "egru_initial_state",
+    "egru_pointwise",
     "egru_scan",
     "egru_step",
 ]

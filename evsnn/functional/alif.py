@@ -25,6 +25,7 @@ __all__ = [
     "ALIFTrace",
     "alif_initial_state",
     "alif_step",
+    "alif_dynamics",
     "alif_scan",
     "leaky_readout_step",
     "leaky_readout_scan",
@@ -78,13 +79,29 @@ def alif_step(
     """
     if state is None:
         state = alif_initial_state(current, b0)
-    alpha = decay(tau_mem)
-    rho = decay(tau_adapt)
+    s, new_state, _ = alif_dynamics(current, state, decay(tau_mem), decay(tau_adapt), b0, beta, surrogate)
+    return s, new_state
+
+
+def alif_dynamics(
+    current: Tensor,
+    state: ALIFState,
+    alpha: Tensor,
+    rho: Tensor,
+    b0: float | Tensor,
+    beta: float | Tensor,
+    surrogate: Surrogate,
+) -> tuple[Tensor, ALIFState, Tensor]:
+    """The ALIF update of SPEC §2 given ``α``, ``ρ`` and the total input current ``I_t``.
+
+    The one home of these equations: every torch implementation (the reference scan and step,
+    the CPU event path) calls it. Returns ``(s_t, ALIFState(v_t, b_t, s_t), B_t)``.
+    """
     b = rho * state.b + (1.0 - rho) * state.s
     threshold = b0 + beta * b
     v = alpha * state.v + (1.0 - alpha) * current - threshold * state.s
     s = surrogate(v - threshold)
-    return s, ALIFState(v, b, s)
+    return s, ALIFState(v, b, s), threshold
 
 
 def alif_scan(
@@ -109,24 +126,20 @@ def alif_scan(
     spikes, vs, thresholds = [], [], []
     alpha = decay(tau_mem)
     rho = decay(tau_adapt)
-    v, b, s = state
     for t in range(current.shape[0]):
         i_t = current[t]
         if weight_hh is not None:
-            rec = s @ weight_hh.t()
+            rec = state.s @ weight_hh.t()
             if bias_hh is not None:
                 rec = rec + bias_hh
             i_t = i_t + rec
-        b = rho * b + (1.0 - rho) * s
-        threshold = b0 + beta * b
-        v = alpha * v + (1.0 - alpha) * i_t - threshold * s
-        s = surrogate(v - threshold)
+        s, state, threshold = alif_dynamics(i_t, state, alpha, rho, b0, beta, surrogate)
         spikes.append(s)
-        vs.append(v)
+        vs.append(state.v)
         thresholds.append(threshold)
     return (
         torch.stack(spikes),
-        ALIFState(v, b, s),
+        state,
         ALIFTrace(torch.stack(vs), torch.stack(thresholds)),
     )
 

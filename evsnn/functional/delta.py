@@ -30,6 +30,8 @@ __all__ = [
     "DeltaLSTMState",
     "DeltaTrace",
     "delta_encode",
+    "delta_gru_gates",
+    "delta_lstm_gates",
     "delta_gru_initial_state",
     "delta_lstm_initial_state",
     "delta_gru_step",
@@ -131,12 +133,26 @@ def _delta_gru_cell(
     gx = dx @ weight_ih.t()
     gh = dh @ weight_hh.t()
     m = m + torch.cat([gx[:, : 2 * hs] + gh[:, : 2 * hs], gx[:, 2 * hs :], gh[:, 2 * hs :]], dim=-1)
+    h = delta_gru_gates(m, h_prev)
+    return h, DeltaGRUState(h, x_hat, h_hat, m), dx, dh
+
+
+def delta_gru_gates(m: Tensor, h_prev: Tensor) -> Tensor:
+    """DeltaGRU output from its accumulators ``m = [M_r, M_z, M_nx, M_nh]`` (SPEC §4):
+    ``h_t = (1 − z) ⊙ n + z ⊙ h_{t−1}``. The one home of these gate equations."""
     m_r, m_z, m_nx, m_nh = m.chunk(4, dim=-1)
     r = torch.sigmoid(m_r)
     z = torch.sigmoid(m_z)
     n = torch.tanh(m_nx + r * m_nh)
-    h = (1.0 - z) * n + z * h_prev
-    return h, DeltaGRUState(h, x_hat, h_hat, m), dx, dh
+    return (1.0 - z) * n + z * h_prev
+
+
+def delta_lstm_gates(m: Tensor, c_prev: Tensor) -> tuple[Tensor, Tensor]:
+    """DeltaLSTM ``(h_t, c_t)`` from its accumulator ``m = [i, f, g, o]`` (SPEC §4):
+    ``c_t = f ⊙ c_{t−1} + i ⊙ g``, ``h_t = o ⊙ tanh(c_t)``. The one home of these equations."""
+    m_i, m_f, m_g, m_o = m.chunk(4, dim=-1)
+    c = torch.sigmoid(m_f) * c_prev + torch.sigmoid(m_i) * torch.tanh(m_g)
+    return torch.sigmoid(m_o) * torch.tanh(c), c
 
 
 def _delta_lstm_cell(
@@ -151,9 +167,7 @@ def _delta_lstm_cell(
     dx, x_hat = delta_encode(x, x_hat, theta_x)
     dh, h_hat = delta_encode(h_prev, h_hat, theta_h)
     m = m + dx @ weight_ih.t() + dh @ weight_hh.t()
-    m_i, m_f, m_g, m_o = m.chunk(4, dim=-1)
-    c = torch.sigmoid(m_f) * c_prev + torch.sigmoid(m_i) * torch.tanh(m_g)
-    h = torch.sigmoid(m_o) * torch.tanh(c)
+    h, c = delta_lstm_gates(m, c_prev)
     return h, DeltaLSTMState(h, c, x_hat, h_hat, m), dx, dh
 
 

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..surrogate import Surrogate, Triangle
 
-__all__ = ["EGRUState", "EGRUTrace", "RESETS", "egru_step", "egru_scan", "egru_initial_state"]
+__all__ = ["EGRUState", "EGRUTrace", "RESETS", "egru_step", "egru_scan", "egru_pointwise", "egru_initial_state"]
 
 RESETS = ("output", "threshold")
 _DEFAULT_SURROGATE = Triangle(0.3)
@@ -64,10 +64,27 @@ def _egru_cell(
     surrogate: Surrogate,
 ) -> tuple[Tensor, EGRUState, Tensor]:
     """One step given the input projection ``gi = W_ih x_t + b_ih`` (``[B, 3H]``)."""
-    c_prev, y_prev = state
-    gh = y_prev @ weight_hh.t()
+    gh = state.y @ weight_hh.t()
     if bias_hh is not None:
         gh = gh + bias_hh
+    return egru_pointwise(gi, gh, state, threshold, reset, surrogate)
+
+
+def egru_pointwise(
+    gi: Tensor,
+    gh: Tensor,
+    state: EGRUState,
+    threshold: Tensor,
+    reset: str,
+    surrogate: Surrogate,
+) -> tuple[Tensor, EGRUState, Tensor]:
+    """The EGRU gates, state update and events of SPEC §3 given both projections
+    ``gi = W_ih x_t + b_ih`` and ``gh = W_hh y_{t−1} + b_hh`` (``[B, 3H]`` each).
+
+    The one home of these equations: every torch implementation (the reference, the CPU event
+    path with its event-sparse ``gh``) calls it. Returns ``(y_t, EGRUState(c_t, y_t), c_pre)``.
+    """
+    c_prev, y_prev = state
     i_r, i_z, i_n = gi.chunk(3, dim=-1)
     h_r, h_z, h_n = gh.chunk(3, dim=-1)
     r = torch.sigmoid(i_r + h_r)

@@ -41,15 +41,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..functional.alif import ALIFState, ALIFTrace, alif_initial_state, decay
+from ..functional.alif import ALIFState, ALIFTrace, alif_dynamics, alif_initial_state, decay
 from ..functional.delta import (
     DeltaGRUState,
     DeltaLSTMState,
     DeltaTrace,
+    delta_gru_gates,
     delta_gru_initial_state,
+    delta_lstm_gates,
     delta_lstm_initial_state,
 )
-from ..functional.egru import RESETS, EGRUState, EGRUTrace, egru_initial_state
+from ..functional.egru import RESETS, EGRUState, EGRUTrace, egru_initial_state, egru_pointwise
 from ..surrogate import MultiGaussian, SnnTorchSurrogate, Surrogate, Triangle
 from .dispatch import Backend, register
 
@@ -483,17 +485,7 @@ def _egru_autograd(x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold, 
         gh = y_prev @ weight_hh.t() if dense else event_matmul(y_prev, table, active)
         if bias_hh is not None:
             gh = gh + bias_hh
-        i_r, i_z, i_n = gi_all[t].chunk(3, dim=-1)
-        h_r, h_z, h_n = gh.chunk(3, dim=-1)
-        r = torch.sigmoid(i_r + h_r)
-        z = torch.sigmoid(i_z + h_z)
-        n = torch.tanh(i_n + r * h_n)
-        c_pre = z * c_prev + (1.0 - z) * n
-        if reset == "output":
-            c_pre = c_pre - y_prev
-        o = surrogate(c_pre - threshold)
-        y = o * c_pre
-        c = c_pre - o * threshold if reset == "threshold" else c_pre
+        y, (c, _), c_pre = egru_pointwise(gi_all[t], gh, EGRUState(c_prev, y_prev), threshold, reset, surrogate)
         if support is not None:
             dense = False
             # A unit passes gradient through y_t if it fired or sits inside the support
@@ -624,7 +616,7 @@ class ALIFRunner:
 def _alif_autograd(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh):
     alpha = decay(tau_mem)
     rho = decay(tau_adapt)
-    v, b, s = state
+    s = state.s
     support = surrogate.support
     table = None if weight_hh is None else weight_hh.t().contiguous()
     dense = support is None or s.requires_grad
@@ -637,19 +629,15 @@ def _alif_autograd(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weig
             if bias_hh is not None:
                 rec = rec + bias_hh
             i_t = i_t + rec
-        b = rho * b + (1.0 - rho) * s
-        threshold = b0 + beta * b
-        v = alpha * v + (1.0 - alpha) * i_t - threshold * s
-        x = v - threshold
-        s = surrogate(x)
+        s, state, threshold = alif_dynamics(i_t, state, alpha, rho, b0, beta, surrogate)
         if support is not None:
             dense = False
             with torch.no_grad():
-                active = (s != 0) | (x.abs() <= support)
+                active = (s != 0) | ((state.v - threshold).abs() <= support)
         spikes.append(s)
-        vs.append(v)
+        vs.append(state.v)
         thresholds.append(threshold)
-    return torch.stack(spikes), ALIFState(v, b, s), ALIFTrace(torch.stack(vs), torch.stack(thresholds))
+    return torch.stack(spikes), state, ALIFTrace(torch.stack(vs), torch.stack(thresholds))
 
 
 def alif_event_scan(
@@ -922,15 +910,9 @@ def _delta_autograd(x, state, weight_ih, weight_hh, theta_x, theta_h, gru: bool)
         # are exactly the rows whose gradient is needed (SPEC §4, no approximation).
         m = m + event_matmul(delta, table, mask)
         if gru:
-            m_r, m_z, m_nx, m_nh = m.chunk(4, dim=-1)
-            r = torch.sigmoid(m_r)
-            z = torch.sigmoid(m_z)
-            n = torch.tanh(m_nx + r * m_nh)
-            h = (1.0 - z) * n + z * h
+            h = delta_gru_gates(m, h)
         else:
-            m_i, m_f, m_g, m_o = m.chunk(4, dim=-1)
-            c = torch.sigmoid(m_f) * c + torch.sigmoid(m_i) * torch.tanh(m_g)
-            h = torch.sigmoid(m_o) * torch.tanh(c)
+            h, c = delta_lstm_gates(m, c)
         hs_out.append(h)
         deltas.append(delta)
     delta_all = torch.stack(deltas)
