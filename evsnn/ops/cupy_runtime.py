@@ -171,7 +171,9 @@ def launch(kernel, grid: tuple[int, ...], block: tuple[int, ...], args: tuple, *
         kernel(grid, block, args, shared_mem=shared_mem)
 
 
-@functools.cache
+# Device properties are process constants: torch.compile evaluates them once while tracing the
+# backend checks instead of tracing into CUDA queries.
+@torch.compiler.assume_constant_result
 def sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 

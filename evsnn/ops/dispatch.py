@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -68,6 +68,11 @@ def register(backend: Backend) -> None:
         raise ValueError(f"unknown op family {backend.family!r}; expected one of {FAMILIES}")
     if backend.name not in BACKENDS or backend.name == "auto":
         raise ValueError(f"unknown backend name {backend.name!r}; expected one of {BACKENDS[1:]}")
+    if backend.name != "torch":
+        # Accelerated backends launch CuPy kernels or numba loops on raw data pointers, which
+        # torch.compile cannot trace (it fails on fake tensors' pointers). A compiled model calls
+        # them as opaque functions instead: one graph break at the op, eager speed inside it.
+        backend = replace(backend, fn=torch.compiler.disable(backend.fn))
     _REGISTRY[(backend.family, backend.name)] = backend
 
 

@@ -18,7 +18,6 @@ summed over samples by torch. No host synchronisation in forward or backward.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -74,7 +73,7 @@ def units_per_block(hidden: int, sms: int) -> int | None:
     return None
 
 
-@functools.cache
+@torch.compiler.assume_constant_result
 def _smem_limit(device_index: int) -> int:
     import cupy
 
