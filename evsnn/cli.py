@@ -198,8 +198,10 @@ def _bench(args: argparse.Namespace) -> int:
 def _version(module: str) -> str:
     try:
         return getattr(importlib.import_module(module), "__version__", "installed")
-    except Exception:
+    except ImportError:
         return "not installed"
+    except Exception as err:  # installed but broken: say so instead of hiding it
+        return f"installed but fails to import ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
 
 
 def _backend_status(family: str, backend: str, device: str) -> str:
