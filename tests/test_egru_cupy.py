@@ -63,6 +63,9 @@ def test_surrogate_kernel_args() -> None:
     assert int(args[0]) == 2 and [float(a) for a in args[1:]] == [0.5, 0.15, 6.0, 0.5, 1.5]
     args = ec.surrogate_kernel_args(ATan(3.0), torch.float64)
     assert int(args[0]) == 3 and [float(a) for a in args[1:]] == [3.0, 0.0, 0.0, 0.0, 0.0]
+    # nested truncation: the smallest support wins, as Truncated.grad does
+    args = ec.surrogate_kernel_args(Triangle(0.5).truncate(0.4).truncate(0.2), torch.float64)
+    assert float(args[5]) == pytest.approx(0.2)
 
 
 def test_units_per_block() -> None:

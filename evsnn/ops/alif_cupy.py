@@ -32,6 +32,7 @@ from torch import Tensor
 from ..functional.alif import ALIFState, ALIFTrace, alif_initial_state, decay
 from ..surrogate import MultiGaussian, Surrogate
 from . import cupy_runtime as rt
+from .cupy_runtime import surrogate_kernel_args
 from .dispatch import Backend, register
 
 __all__ = ["alif_scan_cupy", "check", "surrogate_kernel_args", "smem_plan", "REC_THREADS", "FF_THREADS"]
@@ -52,27 +53,6 @@ SM_COLS = 32  # ALIF_SM_COLS of alif.cu: columns of W_hh per block
 SM_TILE = 4  # ALIF_SM_TILE of alif.cu: samples per pass
 
 _DEFAULT_SURROGATE = MultiGaussian()
-_KINDS = {"triangle": (0, 2), "gaussian": (1, 2), "multi_gaussian": (2, 4), "atan": (3, 1), "fast_sigmoid": (4, 1)}
-
-
-def surrogate_kernel_args(surrogate: Surrogate) -> tuple[int, tuple[float, float, float, float], float] | None:
-    """``(kind, (p0, p1, p2, p3), trunc)`` for ``evsnn_surrogate_grad`` of ``common.cuh``, or ``None``.
-
-    Parameters beyond the kind's own are truncation supports (one per nesting of
-    :meth:`Surrogate.truncate`); the effective support is the smallest. ``trunc = 0`` means none.
-    """
-    spec = surrogate.kernel_spec() if isinstance(surrogate, Surrogate) else None
-    if spec is None:
-        return None
-    name, params = spec
-    if name not in _KINDS:
-        return None
-    kind, n_params = _KINDS[name]
-    own, supports = tuple(float(p) for p in params[:n_params]), [float(p) for p in params[n_params:]]
-    if len(own) != n_params:
-        return None
-    padded = own + (0.0,) * (4 - n_params)
-    return kind, padded, (min(supports) if supports else 0.0)  # type: ignore[return-value]
 
 
 def check(*, device: torch.device, dtype: torch.dtype | None = None, surrogate: Any = None, **_: Any) -> str | None:

@@ -37,6 +37,7 @@ __all__ = [
     "scalar_define",
     "sm_count",
     "compile_check",
+    "surrogate_kernel_args",
 ]
 
 CUDA_DIR = Path(__file__).resolve().parent.parent / "cuda"
@@ -199,3 +200,27 @@ def compile_check(filename: str, arch: str, defines: Iterable[str] = ()) -> str:
         return log
     finally:
         nvrtc.destroyProgram(prog)
+
+
+# Kind ids and parameter counts of evsnn_surrogate_grad in cuda/common.cuh.
+SURROGATE_KINDS = {"triangle": (0, 2), "gaussian": (1, 2), "multi_gaussian": (2, 4), "atan": (3, 1), "fast_sigmoid": (4, 1)}
+
+
+def surrogate_kernel_args(surrogate: Any) -> tuple[int, tuple[float, float, float, float], float] | None:
+    """``(kind, (p0, p1, p2, p3), trunc)`` for ``evsnn_surrogate_grad`` of ``common.cuh``, or ``None``
+    when the surrogate has no kernel form. Shared by every CuPy family.
+
+    Parameters beyond the kind's own are truncation supports (one per nesting of
+    :meth:`Surrogate.truncate`); the effective support is the smallest. ``trunc = 0`` means none.
+    """
+    from ..surrogate import Surrogate
+
+    spec = surrogate.kernel_spec() if isinstance(surrogate, Surrogate) else None
+    if spec is None or spec[0] not in SURROGATE_KINDS:
+        return None
+    name, params = spec
+    kind, n_params = SURROGATE_KINDS[name]
+    own, supports = tuple(float(p) for p in params[:n_params]), [float(p) for p in params[n_params:]]
+    if len(own) != n_params:
+        return None
+    return kind, own + (0.0,) * (4 - n_params), (min(supports) if supports else 0.0)  # type: ignore[return-value]

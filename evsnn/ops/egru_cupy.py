@@ -33,27 +33,22 @@ __all__ = ["egru_cupy_scan", "egru_cupy_check", "surrogate_kernel_args", "units_
 _SOURCE = "egru.cu"
 _BUF = 64
 _UNITS = (1, 2, 4, 8, 16)
-_SG_KINDS = {"triangle": 0, "gaussian": 1, "multi_gaussian": 2, "atan": 3, "fast_sigmoid": 4}
 _DEFAULT_SURROGATE = Triangle(0.3)
 # Tests set this to exercise the path that reads W_hh from global memory (large H or float64).
 _FORCE_GLOBAL_WEIGHTS = False
 
 
 def surrogate_kernel_args(surrogate: Surrogate, dtype: torch.dtype) -> tuple:
-    """``(kind, p0, p1, p2, p3, trunc)`` for ``evsnn_surrogate_grad`` of ``cuda/common.cuh``.
+    """``(kind, p0, p1, p2, p3, trunc)`` as kernel arguments in ``dtype`` (packing shared with
+    every family: :func:`evsnn.ops.cupy_runtime.surrogate_kernel_args`).
 
     Raises ``ValueError`` when the surrogate has no kernel form (``kernel_spec()`` is ``None``).
     """
-    spec = surrogate.kernel_spec() if isinstance(surrogate, Surrogate) else None
-    if spec is None:
+    packed = rt.surrogate_kernel_args(surrogate)
+    if packed is None:
         raise ValueError(f"surrogate {surrogate!r} has no kernel form (kernel_spec() is None)")
-    name, params = spec
-    if name not in _SG_KINDS:
-        raise ValueError(f"unknown surrogate kind {name!r} in kernel_spec(); expected one of {sorted(_SG_KINDS)}")
-    base = {"triangle": 2, "gaussian": 2, "multi_gaussian": 4, "atan": 1, "fast_sigmoid": 1}[name]
-    values = list(params[:base]) + [0.0] * (4 - base)
-    trunc = params[base] if len(params) > base else 0.0
-    return (rt.i32(_SG_KINDS[name]),) + tuple(rt.scalar(v, dtype) for v in values) + (rt.scalar(trunc, dtype),)
+    kind, params, trunc = packed
+    return (rt.i32(kind),) + tuple(rt.scalar(v, dtype) for v in params) + (rt.scalar(trunc, dtype),)
 
 
 def _threads(u: int) -> int:
@@ -124,7 +119,7 @@ def egru_cupy_check(
     if zoneout:
         return "zoneout is not implemented in the CuPy EGRU kernels (use backend='torch')"
     sg = _DEFAULT_SURROGATE if surrogate is None else surrogate
-    if not isinstance(sg, Surrogate) or sg.kernel_spec() is None:
+    if rt.surrogate_kernel_args(sg) is None:
         return f"surrogate {sg!r} has no kernel form (kernel_spec() is None)"
     if shape is not None:
         try:
