@@ -407,7 +407,6 @@ class EGRURunner:
             self._np_state = (_np(self.c), _np(self.y))
             return
         self.active = self.y != 0
-        self.zero = self.y.new_zeros(())
         self.bag = _RowBag(self.table, self.y.shape[0])
 
     def _fused(self, gi: Tensor, out: Tensor, c_pre: Tensor) -> None:
@@ -435,25 +434,20 @@ class EGRURunner:
             c_pre_out = gi.new_empty(gi.shape[0], self.hidden) if c_pre_out is None else c_pre_out
             self._fused(gi.unsqueeze(0), out.unsqueeze(0), c_pre_out.unsqueeze(0))
             return out, c_pre_out
-        h = self.hidden
-        gh = self.bag(self.y, self.active)  # fresh [B, 3H]: safe to update in place
+        gh = self.bag(self.y, self.active)
         if self.bias_hh is not None:
-            gh += self.bias_hh
-        rz = gh[:, : 2 * h]
-        rz += gi[:, : 2 * h]
-        rz.sigmoid_()
-        r, z = rz[:, :h], rz[:, h:]
-        n = torch.addcmul(gi[:, 2 * h :], r, gh[:, 2 * h :]).tanh_()
-        # z·c + (1 − z)·n as one lerp n + z·(c − n): equal up to rounding, 2 ops fewer per step.
-        c_pre = torch.lerp(n, self.c, z, out=c_pre_out)
-        if self.reset_mode == "output":
-            c_pre.sub_(self.y)
-        fired = c_pre > self.threshold
-        # θ > 0, so a unit that fired has y = c_pre ≠ 0: ``fired`` is next step's active set.
-        y = torch.where(fired, c_pre, self.zero, out=out)
-        self.c = c_pre - fired * self.threshold if self.reset_mode == "threshold" else c_pre
-        self.y = y
-        self.active = fired
+            gh = gh + self.bias_hh
+        # No graph is recorded here, so any surrogate's forward is the Heaviside step.
+        y, (c, _), c_pre = egru_pointwise(
+            gi, gh, EGRUState(self.c, self.y), self.threshold, self.reset_mode, _EGRU_SURROGATE
+        )
+        if out is not None:
+            y = out.copy_(y)
+        if c_pre_out is not None:
+            c_pre = c_pre_out.copy_(c_pre)
+        self.c, self.y = c, y
+        # θ > 0, so a unit that fired has y = c_pre ≠ 0: the events are next step's active set.
+        self.active = y != 0
         return y, c_pre
 
     def run(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -840,14 +834,10 @@ class DeltaGRURunner(_DeltaRunner):
         return DeltaGRUState(self.h.clone(), self.s_hat[:, :i].clone(), self.s_hat[:, i:].clone(), self.m.clone())
 
     def _step_encoded(self, s: Tensor, out: Tensor | None, delta_out: Tensor | None) -> Tensor:
-        h = self.hidden
         self._encode(s, delta_out)
-        m = self.m
-        rz = torch.sigmoid(m[:, : 2 * h])
-        r, z = rz[:, :h], rz[:, h:]
-        n = torch.addcmul(m[:, 2 * h : 3 * h], r, m[:, 3 * h :]).tanh_()
-        # (1 − z)·n + z·h_{t−1} as one lerp n + z·(h_{t−1} − n): equal up to rounding.
-        h_new = torch.lerp(n, self.h, z, out=out)
+        h_new = delta_gru_gates(self.m, self.h)
+        if out is not None:
+            h_new = out.copy_(h_new)
         self.h = h_new
         return h_new
 
@@ -872,16 +862,10 @@ class DeltaLSTMRunner(_DeltaRunner):
         )
 
     def _step_encoded(self, s: Tensor, out: Tensor | None, delta_out: Tensor | None) -> Tensor:
-        h = self.hidden
         self._encode(s, delta_out)
-        m = self.m
-        gates = torch.sigmoid(m)  # i, f, _, o used; g takes tanh below
-        i_g, f_g, o_g = gates[:, :h], gates[:, h : 2 * h], gates[:, 3 * h :]
-        g_g = torch.tanh(m[:, 2 * h : 3 * h])
-        c = f_g * self.c
-        c.addcmul_(i_g, g_g)
-        h_new = torch.mul(o_g, torch.tanh(c), out=out) if out is not None else o_g * torch.tanh(c)
-        self.c = c
+        h_new, self.c = delta_lstm_gates(self.m, self.c)
+        if out is not None:
+            h_new = out.copy_(h_new)
         self.h = h_new
         return h_new
 
