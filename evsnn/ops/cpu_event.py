@@ -127,13 +127,13 @@ class _RowBag:
         self.starts = torch.arange(batch, device=table.device) * self.k
 
     def __call__(self, values: Tensor, active: Tensor, weighted: bool = True) -> Tensor:
-        flat = torch.nonzero(active.view(-1)).squeeze(1)
+        flat = torch.nonzero(active.reshape(-1)).squeeze(1)
         if self.batch == 1:
             idx, offsets = flat, self.offsets
         else:
             idx = flat.remainder(self.k)
             offsets = torch.searchsorted(flat, self.starts)
-        weights = values.view(-1)[flat] if weighted else None
+        weights = values.reshape(-1)[flat] if weighted else None
         return F.embedding_bag(idx, self.table, offsets, mode="sum", per_sample_weights=weights)
 
 
@@ -215,7 +215,13 @@ def _egru_loop(gi, table, bias_hh, theta, c, y, out_y, out_c, reset_output):  # 
                     y[b, j] = c_pre
                     c[b, j] = c_pre if reset_output else c_pre - theta[j]
                 else:
-                    y[b, j] = 0.0
+                    # y = o·c_pre with o = 0, as in the reference: NaN for a NaN or −inf c_pre,
+                    # which then reaches every unit through the product, like the dense W_hh y.
+                    y_j = 0.0 * c_pre
+                    y[b, j] = y_j
+                    if y_j != 0.0:
+                        idx[n_act] = j
+                        n_act += 1
                     c[b, j] = c_pre
                 out_y[t, b, j] = y[b, j]
 
@@ -227,7 +233,8 @@ def _delta_encode_loop(x, x_hat, theta, delta):  # pragma: no cover - numba
         for t in range(steps):
             for i in range(n):
                 d = x[t, b, i] - x_hat[b, i]
-                if abs(d) > theta[i]:
+                # "not ≤" also passes a NaN difference on, as the reference's Δ = diff·0 does.
+                if not abs(d) <= theta[i]:
                     delta[t, b, i] = d
                     x_hat[b, i] += d
                 else:
@@ -255,7 +262,7 @@ def _delta_loop(gx, wx, dx, wh, theta_h, h, h_hat, m, c, out_h, out_dh, gru):  #
             n_act = 0
             for k in range(hs):
                 d = h[b, k] - h_hat[b, k]
-                if abs(d) > theta_h[k]:
+                if not abs(d) <= theta_h[k]:
                     out_dh[t, b, k] = d
                     h_hat[b, k] += d
                     idx[n_act] = k
@@ -667,27 +674,26 @@ def alif_event_scan(
 # --------------------------------------------------------------------------------------------
 
 
-def _delta_table(weight_ih: Tensor, weight_hh: Tensor, gru: bool) -> Tensor:
-    """Rows of ``[Δx; Δh]`` → increments of the accumulators ``M [4H]``.
+def _delta_increment(gx: Tensor, gh: Tensor, gru: bool) -> Tensor:
+    """Increments of the accumulators ``M [B, 4H]`` from ``gx = W_ih Δx`` and ``gh = W_hh Δh``.
 
-    DeltaGRU: an input row feeds ``(r, z, nx)`` and not ``nh``; a hidden row feeds
-    ``(r, z, nh)`` and not ``nx`` (SPEC §4). DeltaLSTM: ``[W_ihᵀ; W_hhᵀ]``.
-    Built from differentiable ops so gradients reach both weights.
+    DeltaGRU: the input feeds ``(r, z, nx)`` and not ``nh``; the hidden state feeds
+    ``(r, z, nh)`` and not ``nx`` (SPEC §4), exactly the reference's concatenation. The two
+    products stay separate (no zero blocks in one table): a NaN or inf delta times a zero
+    block would give NaN where the reference adds nothing.
     """
-    wi, wh = weight_ih.t(), weight_hh.t()
-    if gru:
-        h = weight_hh.shape[1]
-        wi = torch.cat([wi, wi.new_zeros(wi.shape[0], h)], dim=1)
-        wh = torch.cat([wh[:, : 2 * h], wh.new_zeros(h, h), wh[:, 2 * h :]], dim=1)
-    return torch.cat([wi, wh], dim=0).contiguous()
+    if not gru:
+        return gx + gh
+    h = gh.shape[-1] // 3
+    return torch.cat([gx[:, : 2 * h] + gh[:, : 2 * h], gx[:, 2 * h :], gh[:, 2 * h :]], dim=-1)
 
 
 class _DeltaRunner:
     """Inference-only delta-cell stepper shared by DeltaGRU and DeltaLSTM.
 
     Input and hidden are encoded together as ``s = [x_t; h_{t−1}]`` against the memory
-    ``ŝ = [x̂; ĥ]`` and thresholds ``[Θ_x; Θ_h]``; one ``event_matmul`` over the nonzero deltas
-    updates the accumulators ``M`` (``kernel="torch"``).
+    ``ŝ = [x̂; ĥ]`` and thresholds ``[Θ_x; Θ_h]``; row gathers of ``W_ihᵀ`` and ``W_hhᵀ`` over
+    the nonzero deltas update the accumulators ``M`` (``kernel="torch"``).
 
     With ``kernel="numba"`` (the default where numba is installed) :meth:`run` encodes a block
     of up to :attr:`block` steps' input deltas first (they depend on ``x`` only), turns them into
@@ -717,10 +723,11 @@ class _DeltaRunner:
         with torch.no_grad():
             self.input_size = weight_ih.shape[1]
             self.hidden = weight_hh.shape[1]
-            self.table = _delta_table(weight_ih.detach(), weight_hh.detach(), self.gru)
+            self.wx = weight_ih.detach().t().contiguous()  # [I, G·H]: one input's weights per row
+            self.wh = weight_hh.detach().t().contiguous()  # [H, G·H]
             self.bias_ih = None if bias_ih is None else bias_ih.detach()
             self.bias_hh = None if bias_hh is None else bias_hh.detach()
-            like = self.table
+            like = self.wx
             self.theta = torch.cat(
                 [
                     _expand_theta(theta_x, self.input_size, "theta_x", like),
@@ -728,8 +735,6 @@ class _DeltaRunner:
                 ]
             )
             if self.kernel == "numba":
-                self.wx = weight_ih.detach().t().contiguous()  # [I, G·H]: one input's weights per row
-                self.wh = weight_hh.detach().t().contiguous()  # [H, G·H]
                 self._np_args = (
                     _np(self.wx),
                     _np(self.wh),
@@ -746,16 +751,21 @@ class _DeltaRunner:
         self.s_hat = torch.cat([x_hat.detach(), h_hat.detach()], dim=-1)
         self.m = m.detach().clone(memory_format=torch.contiguous_format)
         self.zero = self.h.new_zeros(())
-        self.bag = _RowBag(self.table, self.h.shape[0])
+        self.bag_x = _RowBag(self.wx, self.h.shape[0])
+        self.bag_h = _RowBag(self.wh, self.h.shape[0])
 
     def _encode(self, s: Tensor, delta_out: Tensor | None) -> Tensor:
         """``Δ = (s − ŝ)·1[|s − ŝ| > Θ]``, ``ŝ += Δ``, ``M += table-rows of the nonzero Δ``."""
         diff = s - self.s_hat
-        passed = diff.abs() > self.theta
-        # |diff| > Θ ≥ 0 implies diff ≠ 0, so ``passed`` is exactly the set of nonzero deltas.
+        # |diff| > Θ ≥ 0 implies diff ≠ 0, so ``passed`` is exactly the set of nonzero deltas,
+        # plus the NaN differences, which the reference also propagates (Δ = NaN·0 = NaN).
+        passed = ~(diff.abs() <= self.theta)
         delta = torch.where(passed, diff, self.zero, out=delta_out)
         self.s_hat += delta
-        self.m += self.bag(delta, passed)
+        n_in = self.input_size
+        gx = self.bag_x(delta[:, :n_in], passed[:, :n_in])
+        gh = self.bag_h(delta[:, n_in:], passed[:, n_in:])
+        self.m += _delta_increment(gx, gh, self.gru)
         return delta
 
     def _fused(self, x: Tensor, gemm: bool, out: Tensor, dx: Tensor, dh: Tensor) -> None:
@@ -873,9 +883,9 @@ class DeltaLSTMRunner(_DeltaRunner):
 def _delta_autograd(x, state, weight_ih, weight_hh, theta_x, theta_h, gru: bool):
     steps = x.shape[0]
     n_in, hs = weight_ih.shape[1], weight_hh.shape[1]
-    table = _delta_table(weight_ih, weight_hh, gru)
+    table_x, table_h = weight_ih.t().contiguous(), weight_hh.t().contiguous()
     theta = torch.cat(
-        [_expand_theta(theta_x, n_in, "theta_x", table), _expand_theta(theta_h, hs, "theta_h", table)]
+        [_expand_theta(theta_x, n_in, "theta_x", table_x), _expand_theta(theta_h, hs, "theta_h", table_x)]
     ).detach()
     if gru:
         h, x_hat, h_hat, m = state
@@ -887,12 +897,15 @@ def _delta_autograd(x, state, weight_ih, weight_hh, theta_x, theta_h, gru: bool)
     for t in range(steps):
         s = torch.cat([x[t], h], dim=-1)
         diff = s - s_hat
-        mask = diff.detach().abs() > theta
+        # "not ≤" keeps a NaN difference in Δ and in the product, as the reference does.
+        mask = ~(diff.detach().abs() <= theta)
         delta = diff * mask.to(diff.dtype)
         s_hat = s_hat + delta
         # The mask is piecewise constant: ∂Δ/∂s is zero off the mask, so the nonzero deltas
         # are exactly the rows whose gradient is needed (SPEC §4, no approximation).
-        m = m + event_matmul(delta, table, mask)
+        gx = event_matmul(delta[:, :n_in], table_x, mask[:, :n_in])
+        gh = event_matmul(delta[:, n_in:], table_h, mask[:, n_in:])
+        m = m + _delta_increment(gx, gh, gru)
         if gru:
             h = delta_gru_gates(m, h)
         else:
