@@ -4,7 +4,8 @@ Every surrogate is a small picklable object. Calling it on ``x`` returns the str
 ``H(x) = 1[x > 0]`` in the forward pass and routes the pseudo-derivative ``g(x)`` in the
 backward pass. It is implemented without a custom ``autograd.Function``: each surrogate knows a
 primitive ``G`` with ``G' = g`` and returns ``H(x).detach() + G(x) - G(x).detach()``. The
-forward value is exactly ``H(x)`` (``a - a == 0`` for every finite float) and autograd
+forward value is exactly ``H(x)`` (``a - a == 0`` for every finite float; ±inf and NaN inputs
+are handled so that the forward is ``H(x)`` for them too) and autograd
 differentiates ``G``, which is ``g``. This keeps surrogates transparent to ``torch.compile``
 and to double backward.
 
@@ -70,8 +71,13 @@ class Surrogate:
         spike = heaviside(x).detach()
         if not (torch.is_grad_enabled() and x.requires_grad):
             return spike
-        g = self.primitive(x)
-        return spike + (g - g.detach())
+        # G(±inf) can be NaN (inf/inf) and G(NaN) is NaN, and NaN - NaN is not 0: evaluate G at
+        # the largest finite float instead of ±inf (the clamp passes no gradient there, and
+        # g(±∞) = 0 for every surrogate) and keep NaN inputs out of the forward value, so the
+        # forward is exactly H(x) for every x, as without grad.
+        big = torch.finfo(x.dtype).max
+        g = self.primitive(x.clamp(-big, big))
+        return spike + torch.where(torch.isnan(x), 0.0, g - g.detach())
 
     def grad(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -127,3 +127,43 @@ def test_as_surrogate_by_name_and_bad_input():
         sg.gaussian().truncate(-1.0)
     with pytest.raises(TypeError, match="expects a Surrogate"):
         sg.Truncated(lambda x: x, 1.0)
+
+
+def _snntorch_closures():
+    snntorch_surrogate = pytest.importorskip("snntorch.surrogate")
+    return [
+        sg.SnnTorchSurrogate(snntorch_surrogate.atan()),
+        sg.SnnTorchSurrogate(snntorch_surrogate.fast_sigmoid()),
+        sg.SnnTorchSurrogate(snntorch_surrogate.triangular()),
+    ]
+
+
+OURS = [
+    sg.triangle(),
+    sg.multi_gaussian(),
+    sg.gaussian(),
+    sg.atan(),
+    sg.fast_sigmoid(),
+    sg.multi_gaussian().truncate(1.0),
+    sg.fast_sigmoid().truncate(0.5),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("which", range(len(OURS) + 3))
+def test_forward_is_heaviside_for_non_finite_inputs_in_grad_mode(which, dtype):
+    s = OURS[which] if which < len(OURS) else _snntorch_closures()[which - len(OURS)]
+    values = [-float("inf"), -1e30, -1.0, 0.0, 1.0, 1e30, float("inf"), float("nan")]
+    expected = [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0]  # H(NaN) = 1[NaN > 0] = 0
+    x = torch.tensor(values, dtype=dtype, requires_grad=True)
+    out = s(x)
+    assert out.tolist() == expected, f"{s!r} in grad mode"
+    with torch.no_grad():
+        assert s(x).tolist() == expected, f"{s!r} without grad"
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    # g(±∞) = 0 for every surrogate of SPEC §1: no NaN comes back from an infinite input.
+    if isinstance(s, sg.SnnTorchSurrogate):
+        return
+    assert grad[0].item() == 0.0 and grad[6].item() == 0.0, f"{s!r}: gradient at ±inf {grad[[0, 6]].tolist()}"
+    finite = torch.tensor(values[2:5], dtype=torch.float64)
+    torch.testing.assert_close(grad[2:5].to(torch.float64), s.grad(finite), rtol=1e-6, atol=1e-6)
