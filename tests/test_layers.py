@@ -13,9 +13,11 @@ from torch import nn
 
 import evsnn
 from evsnn.functional import alif_scan, delta_gru_scan, delta_lstm_scan, egru_scan, leaky_readout_scan
+from evsnn.nn._stack import ALIFLayerState, DeltaGRULayerState, DeltaLSTMLayerState, EGRULayerState
 from evsnn.ops.dispatch import BackendUnavailable
 
 F64 = torch.float64
+LAYER_STATES = (ALIFLayerState, EGRULayerState, DeltaGRULayerState, DeltaLSTMLayerState)
 IN, H = 3, 5
 
 pytestmark = pytest.mark.usefixtures("single_thread", "reference_backend")
@@ -46,10 +48,20 @@ def _x(steps: int = 12, batch: int = 2) -> torch.Tensor:
     return torch.randn(steps, batch, IN, dtype=F64) * 2.0
 
 
+def _one_direction(state):
+    """A one-layer, one-direction layer's state (fields ``[1, B, ...]``, nn.GRU's ``h_n``
+    layout) as the functional ``[B, ...]`` state of the reference scans and cells."""
+    if not isinstance(state, LAYER_STATES):
+        return state
+    assert all(f.shape[0] == 1 for f in state), [tuple(f.shape) for f in state]
+    return type(state).__mro__[2](*(f[0] for f in state))
+
+
 def _assert_states_equal(a, b, atol: float = 0.0) -> None:
     if isinstance(a, torch.Tensor):
         torch.testing.assert_close(a, b, rtol=0, atol=atol)
         return
+    a, b = _one_direction(a), _one_direction(b)
     assert type(a) is type(b)
     for u, v in zip(a, b):
         torch.testing.assert_close(u, v, rtol=0, atol=atol)
@@ -225,10 +237,7 @@ def test_egru_from_torch_copies_weights_and_to_torch_is_its_dense_gru():
 
 
 def test_from_torch_rejects_what_it_cannot_convert():
-    with pytest.raises(ValueError, match="num_layers=2"):
-        evsnn.DeltaGRU.from_torch(nn.GRU(IN, H, num_layers=2))
-    with pytest.raises(ValueError, match="bidirectional"):
-        evsnn.EGRU.from_torch(nn.GRU(IN, H, bidirectional=True))
+    # stacked and bidirectional modules convert (tests/test_rnn_parity.py); a projection does not
     with pytest.raises(ValueError, match="proj_size"):
         evsnn.DeltaLSTM.from_torch(nn.LSTM(IN, H, proj_size=2))
     with pytest.raises(TypeError, match="expected a torch.nn.GRU, got LSTM"):
@@ -387,8 +396,8 @@ def test_dtype_conversion_and_initial_state_helpers():
     assert layer.tau_mem.dtype == F64 and layer.b0.dtype == F64
     out, _ = layer(_x())
     assert out.dtype == F64
-    st = layer.initial_state(3)
-    assert st.v.shape == (3, H) and torch.equal(st.b, layer.b0.expand(3, H))
+    st = layer.initial_state(3)  # nn.GRU's h_n layout [num_layers*directions, B, H]
+    assert st.v.shape == (1, 3, H) and torch.equal(st.b, layer.b0.expand(1, 3, H))
     dgru = evsnn.DeltaGRU(IN, H)
     init = dgru.initial_state(2, h0=torch.ones(2, H))
     out_a, _ = dgru(torch.randn(4, 2, IN), init)

@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from ..functional.alif import ALIFState, alif_initial_state, alif_step, decay, leaky_readout_scan
 from ..ops import dispatch
@@ -20,6 +21,7 @@ from ._checks import (
     grad_recorded,
     to_time_first,
 )
+from ._stack import ALIFLayerState, check_stack_args, direction_suffix, stack_states, stacked_forward
 
 __all__ = ["ALIF", "ALIFCell", "LeakyReadout", "init_tau", "TAU_INITS"]
 
@@ -115,42 +117,59 @@ class _ALIFBase(nn.Module):
         check_nonnegative("beta", beta)
         self.surrogate = MultiGaussian() if surrogate is None else as_surrogate(surrogate)
         self.backend = dispatch.validate_backend(backend)
-        factory = {"device": device, "dtype": dtype}
-        self.weight_ih = nn.Parameter(torch.empty(hidden_size, input_size, **factory))
-        self.bias_ih = nn.Parameter(torch.empty(hidden_size, **factory)) if bias else None
-        if self.recurrent:
-            self.weight_hh = nn.Parameter(torch.empty(hidden_size, hidden_size, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(hidden_size, **factory)) if bias else None
-        else:
-            self.register_parameter("weight_hh", None)
-            self.register_parameter("bias_hh", None)
-        like = self.weight_ih
-        self.tau_mem = nn.Parameter(init_tau(hidden_size, tau_mem, tau_init, name="tau_mem").to(like))
-        self.tau_adapt = nn.Parameter(init_tau(hidden_size, tau_adapt, tau_init, name="tau_adapt").to(like))
-        # Built directly in the layer's dtype so that b0 = 0.2 in float64 is 0.2, not float32's 0.2.
-        b0_t = torch.full((hidden_size,), float(b0), dtype=like.dtype, device=like.device)
-        beta_t = torch.full((hidden_size,), float(beta) if adaptive else 0.0, dtype=like.dtype, device=like.device)
-        if learn_threshold:
-            self.b0 = nn.Parameter(b0_t)
-            if adaptive:
-                self.beta = nn.Parameter(beta_t)
-            else:
-                self.register_buffer("beta", beta_t)
-        else:
-            self.register_buffer("b0", b0_t)
-            self.register_buffer("beta", beta_t)
-        self.reset_parameters()
+        self._init_specs = (tau_mem, tau_adapt, tau_init, float(b0), float(beta), bool(learn_threshold))
+        self._add_direction("", input_size, {"device": device, "dtype": dtype})
 
-    def reset_parameters(self) -> None:
+    def _add_direction(self, suffix: str, input_size: int, factory: dict) -> None:
+        """The parameters of one layer·direction, named ``weight_ih{suffix}`` ... (nn.GRU's suffixes)."""
+        tau_mem, tau_adapt, tau_init, b0, beta, learn_threshold = self._init_specs
+        n = self.hidden_size
+
+        def param(name: str, value: Tensor | None) -> None:
+            if value is None:
+                self.register_parameter(name + suffix, None)
+            else:
+                setattr(self, name + suffix, nn.Parameter(value))
+
+        param("weight_ih", torch.empty(n, input_size, **factory))
+        param("bias_ih", torch.empty(n, **factory) if self.bias else None)
+        param("weight_hh", torch.empty(n, n, **factory) if self.recurrent else None)
+        param("bias_hh", torch.empty(n, **factory) if self.bias and self.recurrent else None)
+        like = getattr(self, "weight_ih" + suffix)
+        param("tau_mem", init_tau(n, tau_mem, tau_init, name="tau_mem").to(like))
+        param("tau_adapt", init_tau(n, tau_adapt, tau_init, name="tau_adapt").to(like))
+        # Built directly in the layer's dtype so that b0 = 0.2 in float64 is 0.2, not float32's 0.2.
+        b0_t = torch.full((n,), b0, dtype=like.dtype, device=like.device)
+        beta_t = torch.full((n,), beta if self.adaptive else 0.0, dtype=like.dtype, device=like.device)
+        if learn_threshold:
+            param("b0", b0_t)
+            if self.adaptive:
+                param("beta", beta_t)
+            else:
+                self.register_buffer("beta" + suffix, beta_t)
+        else:
+            self.register_buffer("b0" + suffix, b0_t)
+            self.register_buffer("beta" + suffix, beta_t)
+        self._reset_direction(suffix)
+
+    def _suffixes(self) -> list[str]:
+        return [""]
+
+    def _reset_direction(self, suffix: str) -> None:
         for name in ("weight_ih", "weight_hh"):
-            w = getattr(self, name)
+            w = getattr(self, name + suffix)
             if w is not None:
                 nn.init.kaiming_uniform_(w, a=math.sqrt(5))
-        bound = 1.0 / math.sqrt(self.input_size)
+        bound = 1.0 / math.sqrt(getattr(self, "weight_ih" + suffix).shape[1])
         for name in ("bias_ih", "bias_hh"):
-            b = getattr(self, name)
+            b = getattr(self, name + suffix)
             if b is not None:
                 nn.init.uniform_(b, -bound, bound)
+
+    def reset_parameters(self) -> None:
+        """Kaiming-uniform weights and Uniform(−1/√fan_in, 1/√fan_in) biases like ``nn.Linear``."""
+        for suffix in self._suffixes():
+            self._reset_direction(suffix)
 
     def extra_repr(self) -> str:
         return (
@@ -158,7 +177,7 @@ class _ALIFBase(nn.Module):
             f"bias={self.bias}, surrogate={self.surrogate!r}, backend={self.backend!r}"
         )
 
-    def _check_state(self, state, batch: int, like: Tensor) -> ALIFState:
+    def _check_state(self, state, batch: int, like: Tensor, layer: int = 0) -> ALIFState:
         n = self.hidden_size
         return check_state(type(self).__name__, state, ALIFState, [(batch, n)] * 3, like)
 
@@ -168,30 +187,141 @@ class _ALIFBase(nn.Module):
         return alif_initial_state(like, self.b0.detach())
 
 
+_NEURON_ARGS = """
+        recurrent: add the recurrent product ``W_hh s_{t−1} + b_hh``.
+        adaptive: adaptive threshold (ALIF); ``False`` gives LIF with the fixed threshold ``b0``.
+        tau_mem: membrane time constants in steps: a number, ``(mean, std)``, a list of pairs
+            (with ``tau_init="multi_normal"``) or a tensor ``[hidden_size]`` (see :func:`init_tau`).
+        tau_adapt: adaptation time constants, same forms as ``tau_mem``.
+        tau_init: ``"normal"``, ``"multi_normal"`` (``"bimodal"``) or ``"constant"``.
+        b0: baseline threshold (> 0).
+        beta: adaptation strength (≥ 0; SPEC.md §2's β, not snntorch's decay ``beta``).
+        learn_threshold: make ``b0`` (and ``beta``) learnable parameters instead of buffers.
+        surrogate: pseudo-derivative of the spike (default ``MultiGaussian()``)."""
+
+
 class ALIF(_ALIFBase):
-    """Adaptive multi-timescale LIF layer over a sequence (SPEC.md §2).
+    __doc__ = (
+        """Adaptive multi-timescale LIF layer over a sequence (SPEC.md §2), stackable like ``nn.GRU``.
 
     ``I_t = W_ih x_t + b_ih (+ W_hh s_{t−1} + b_hh if recurrent)``, then the ALIF dynamics with
     per-neuron learnable ``tau_mem`` and ``tau_adapt``. ``adaptive=False`` gives a LIF neuron
     with the fixed threshold ``b0``. ``forward(x, state=None) -> (spikes, ALIFState)`` with
-    ``x`` of shape ``[T, B, input_size]`` (``[B, T, input_size]`` with ``batch_first=True``).
-    After each forward pass, :attr:`last_stats` holds the layer's :class:`LayerStats`.
-    """
+    ``x`` of shape ``[T, B, input_size]`` (``[B, T, input_size]`` with ``batch_first=True``) or
+    a :class:`~torch.nn.utils.rnn.PackedSequence`; spikes are ``[T, B, D·H]``. Stacking follows
+    SPEC.md §6; the returned state's fields ``v``, ``b``, ``s`` are ``[num_layers·D, B, H]``
+    (nn.GRU's ``h_n`` layout, ``state.s[-1]`` the last layer's final spikes; ``state[i]``
+    raises). Layer 0 forward keeps the parameter names ``weight_ih``, ``tau_mem`` ...; the
+    others carry nn.GRU's suffixes (``tau_mem_l1``, ``weight_ih_l0_reverse``). After each
+    forward pass, :attr:`last_stats` holds one :class:`LayerStats` summed over layers and
+    directions.
 
-    def __init__(self, input_size: int, hidden_size: int, *, batch_first: bool = False, record_stats: bool = True, **kwargs):
-        super().__init__(input_size, hidden_size, **kwargs)
+    Args:
+        input_size: features of the input.
+        hidden_size: neurons per layer and direction.
+        num_layers: stacked layers.
+        bias: add ``bias_ih`` (and ``bias_hh``).
+        batch_first: input and output are ``[B, T, ·]`` instead of ``[T, B, ·]``.
+        dropout: dropout on each layer's spikes except the last layer's, in training.
+        bidirectional: add a reverse direction per layer; spikes are concatenated."""
+        + _NEURON_ARGS
+        + """
+        record_stats: keep :attr:`last_stats` after each forward.
+        backend: ``"auto"``, ``"torch"``, ``"cpu_event"`` or ``"cupy"``.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
+    """
+    )
+
+    _state_base = ALIFState
+    _layer_state_type = ALIFLayerState
+    _per_layer_fields: frozenset[str] = frozenset()
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        recurrent: bool = True,
+        adaptive: bool = True,
+        tau_mem=(20.0, 5.0),
+        tau_adapt=(150.0, 10.0),
+        tau_init: str = "normal",
+        b0: float = 0.01,
+        beta: float = 1.8,
+        learn_threshold: bool = False,
+        surrogate: Surrogate | str | None = None,
+        record_stats: bool = True,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        num_layers, dropout, bidirectional = check_stack_args("ALIF", num_layers, dropout, bidirectional)
+        super().__init__(
+            input_size,
+            hidden_size,
+            recurrent=recurrent,
+            bias=bias,
+            adaptive=adaptive,
+            tau_mem=tau_mem,
+            tau_adapt=tau_adapt,
+            tau_init=tau_init,
+            b0=b0,
+            beta=beta,
+            learn_threshold=learn_threshold,
+            surrogate=surrogate,
+            backend=backend,
+            device=device,
+            dtype=dtype,
+        )
+        self.num_layers = num_layers
+        self.dropout = dropout
+        self.bidirectional = bidirectional
+        self.num_directions = 2 if bidirectional else 1
+        for suffix, size in self._extra_directions():
+            self._add_direction(suffix, size, {"device": device, "dtype": dtype})
         self.batch_first = bool(batch_first)
         self.record_stats = bool(record_stats)
         self.last_stats: LayerStats | None = None
 
-    def forward(self, x: Tensor, state: ALIFState | None = None) -> tuple[Tensor, ALIFState]:
-        name = type(self).__name__
-        check_input(name, x, 3, self.input_size, self.weight_ih)
-        x = to_time_first(x, self.batch_first)
-        if state is not None:
-            state = self._check_state(state, x.shape[1], x)
-        current = torch.nn.functional.linear(x, self.weight_ih, self.bias_ih)
-        backend = dispatch.resolve(
+    def _extra_directions(self) -> list[tuple[str, int]]:
+        size = self.hidden_size * self.num_directions
+        return [
+            (direction_suffix(k, bool(d)), self.input_size if k == 0 else size)
+            for k in range(self.num_layers)
+            for d in range(self.num_directions)
+            if k or d
+        ]
+
+    def _suffixes(self) -> list[str]:
+        return [""] + [s for s, _ in self._extra_directions()]
+
+    def extra_repr(self) -> str:
+        return (
+            super().extra_repr()
+            + f", num_layers={self.num_layers}, dropout={self.dropout}, bidirectional={self.bidirectional}"
+        )
+
+    def initial_state(self, batch: int) -> ALIFLayerState:
+        """``v = 0, s = 0, b = b0`` of each layer·direction, ``[num_layers·D, batch, H]`` each."""
+        like = self.weight_ih.new_zeros(batch, self.hidden_size)
+        finals = [
+            alif_initial_state(like, getattr(self, "b0" + direction_suffix(k, bool(d))).detach())
+            for k in range(self.num_layers)
+            for d in range(self.num_directions)
+        ]
+        return stack_states(self, finals)
+
+    def _direction_state_shapes(self, layer: int, batch: int) -> list[tuple[int, ...]]:
+        return [(batch, self.hidden_size)] * 3
+
+    def _resolve_backend(self, x: Tensor):
+        return dispatch.resolve(
             "alif",
             self.backend,
             device=x.device,
@@ -200,27 +330,37 @@ class ALIF(_ALIFBase):
             recurrent=self.recurrent,
             shape=tuple(x.shape[:2]) + (self.hidden_size,),
         )
+
+    def forward(
+        self, x: Tensor | PackedSequence, state: ALIFState | None = None
+    ) -> tuple[Tensor | PackedSequence, ALIFLayerState]:
+        return stacked_forward(self, x, state)
+
+    def _run_direction(self, layer: int, reverse: int, x: Tensor, state: ALIFState | None, backend):
+        suffix = direction_suffix(layer, bool(reverse))
+        current = torch.nn.functional.linear(x, getattr(self, "weight_ih" + suffix), getattr(self, "bias_ih" + suffix))
+        tau_mem = getattr(self, "tau_mem" + suffix)
         spikes, final, trace = backend.fn(
             current,
             state,
-            tau_mem=self.tau_mem,
-            tau_adapt=self.tau_adapt,
-            b0=self.b0,
-            beta=self.beta,
+            tau_mem=tau_mem,
+            tau_adapt=getattr(self, "tau_adapt" + suffix),
+            b0=getattr(self, "b0" + suffix),
+            beta=getattr(self, "beta" + suffix),
             surrogate=self.surrogate,
-            weight_hh=self.weight_hh,
-            bias_hh=self.bias_hh,
+            weight_hh=getattr(self, "weight_hh" + suffix),
+            bias_hh=getattr(self, "bias_hh" + suffix),
         )
+        stats = None
         if self.record_stats:
-            self.last_stats = self._stats(x, spikes, state, trace, grad_recorded(current, self.tau_mem))
-        out = spikes.transpose(0, 1) if self.batch_first else spikes
-        return out, final
+            stats = self._stats(x, spikes, state, trace, grad_recorded(current, tau_mem))
+        return spikes, final, stats
 
     def _stats(self, x: Tensor, spikes: Tensor, state, trace, training: bool) -> LayerStats:
         with torch.no_grad():
             steps, batch, n = spikes.shape
             event_ops = (x != 0).sum() * n
-            dense = steps * batch * n * self.input_size
+            dense = steps * batch * n * x.shape[-1]
             if self.recurrent:
                 s0 = state.s if state is not None else spikes.new_zeros(batch, n)
                 prev = torch.cat([s0.unsqueeze(0), spikes[:-1]])
@@ -240,7 +380,57 @@ class ALIF(_ALIFBase):
 
 
 class ALIFCell(_ALIFBase):
-    """One ALIF step: ``forward(x [B, input_size], state=None) -> (spikes, ALIFState)``."""
+    __doc__ = (
+        """One ALIF step (SPEC.md §2): ``forward(x [B, input_size], state=None) -> (spikes, ALIFState)``.
+
+    Args:
+        input_size: features of the input.
+        hidden_size: neurons.
+        bias: add ``bias_ih`` (and ``bias_hh``)."""
+        + _NEURON_ARGS
+        + """
+        backend: accepted for symmetry with :class:`ALIF`; a single step runs the reference.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
+    """
+    )
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        *,
+        recurrent: bool = True,
+        adaptive: bool = True,
+        tau_mem=(20.0, 5.0),
+        tau_adapt=(150.0, 10.0),
+        tau_init: str = "normal",
+        b0: float = 0.01,
+        beta: float = 1.8,
+        learn_threshold: bool = False,
+        surrogate: Surrogate | str | None = None,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            input_size,
+            hidden_size,
+            recurrent=recurrent,
+            bias=bias,
+            adaptive=adaptive,
+            tau_mem=tau_mem,
+            tau_adapt=tau_adapt,
+            tau_init=tau_init,
+            b0=b0,
+            beta=beta,
+            learn_threshold=learn_threshold,
+            surrogate=surrogate,
+            backend=backend,
+            device=device,
+            dtype=dtype,
+        )
 
     def forward(self, x: Tensor, state: ALIFState | None = None) -> tuple[Tensor, ALIFState]:
         check_input(type(self).__name__, x, 2, self.input_size, self.weight_ih)
@@ -250,7 +440,8 @@ class ALIFCell(_ALIFBase):
             state = self._check_state(state, x.shape[0], x)
         current = torch.nn.functional.linear(x, self.weight_ih, self.bias_ih)
         if self.recurrent:
-            current = current + torch.nn.functional.linear(state.s, self.weight_hh, self.bias_hh)
+            s_prev = state.s.to(self.weight_hh.dtype)  # the float32 state's spikes into a low-precision product
+            current = current + torch.nn.functional.linear(s_prev, self.weight_hh, self.bias_hh)
         return alif_step(
             current,
             state,
@@ -267,6 +458,16 @@ class LeakyReadout(nn.Module):
 
     ``forward(x [T, B, input_size], state=None) -> (m [T, B, output_size], m_T)``.
     τ_o is learnable per output, initialised N(20, 5) by default.
+
+    Args:
+        input_size: features of the input (e.g. the spikes of the layer below).
+        output_size: readout units.
+        bias: add the bias ``b``.
+        tau: readout time constants τ_o in steps, the forms of :func:`init_tau`.
+        tau_init: ``"normal"``, ``"multi_normal"`` (``"bimodal"``) or ``"constant"``.
+        batch_first: input and output are ``[B, T, ·]`` instead of ``[T, B, ·]``.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
     """
 
     def __init__(

@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from ..functional.delta import (
     DeltaGRUState,
@@ -17,8 +18,16 @@ from ..functional.delta import (
 )
 from ..ops import dispatch
 from ..stats import LayerStats
-from ._checks import check_input, check_nonnegative, check_size, check_state, grad_recorded, to_time_first
-from .egru import _check_torch_rnn, _copy_to_torch
+from ._checks import check_input, check_nonnegative, check_size, check_state, grad_recorded
+from ._stack import (
+    DeltaGRULayerState,
+    DeltaLSTMLayerState,
+    check_stack_args,
+    direction_suffix,
+    stack_states,
+    stacked_forward,
+)
+from .egru import _check_torch_rnn, _copy_from_torch, _copy_to_torch, _torch_args_of, _torch_rnn_args
 
 __all__ = ["DeltaGRU", "DeltaGRUCell", "DeltaLSTM", "DeltaLSTMCell"]
 
@@ -32,13 +41,12 @@ class _DeltaBase(nn.Module):
         self,
         input_size: int,
         hidden_size: int,
-        bias: bool = True,
-        *,
-        theta_x: float = 0.0,
-        theta_h: float = 0.0,
-        backend: str = "auto",
-        device=None,
-        dtype=None,
+        bias: bool,
+        theta_x: float,
+        theta_h: float,
+        backend: str,
+        device,
+        dtype,
     ):
         super().__init__()
         self.input_size = check_size("input_size", input_size)
@@ -47,23 +55,34 @@ class _DeltaBase(nn.Module):
         self.theta_x = check_nonnegative("theta_x", theta_x)
         self.theta_h = check_nonnegative("theta_h", theta_h)
         self.backend = dispatch.validate_backend(backend)
-        g, factory = self.gates, {"device": device, "dtype": dtype}
-        self.weight_ih = nn.Parameter(torch.empty(g * hidden_size, input_size, **factory))
-        self.weight_hh = nn.Parameter(torch.empty(g * hidden_size, hidden_size, **factory))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(g * hidden_size, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(g * hidden_size, **factory))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
-        self.reset_parameters()
+        self._add_direction("", input_size, {"device": device, "dtype": dtype})
 
-    def reset_parameters(self) -> None:
+    def _add_direction(self, suffix: str, input_size: int, factory: dict) -> None:
+        """The parameters of one layer·direction, named ``weight_ih{suffix}`` ... (nn.GRU's names)."""
+        rows = self.gates * self.hidden_size
+        setattr(self, "weight_ih" + suffix, nn.Parameter(torch.empty(rows, input_size, **factory)))
+        setattr(self, "weight_hh" + suffix, nn.Parameter(torch.empty(rows, self.hidden_size, **factory)))
+        for name in ("bias_ih", "bias_hh"):
+            if self.bias:
+                setattr(self, name + suffix, nn.Parameter(torch.empty(rows, **factory)))
+            else:
+                self.register_parameter(name + suffix, None)
+        self._reset_direction(suffix)
+
+    def _suffixes(self) -> list[str]:
+        return [""]
+
+    def _reset_direction(self, suffix: str) -> None:
         bound = 1.0 / math.sqrt(self.hidden_size)
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            p = getattr(self, name)
+            p = getattr(self, name + suffix)
             if p is not None:
                 nn.init.uniform_(p, -bound, bound)
+
+    def reset_parameters(self) -> None:
+        """Uniform(−1/√H, 1/√H) like ``nn.GRU``/``nn.LSTM``."""
+        for suffix in self._suffixes():
+            self._reset_direction(suffix)
 
     def extra_repr(self) -> str:
         return (
@@ -71,50 +90,119 @@ class _DeltaBase(nn.Module):
             f"theta_h={self.theta_h}, backend={self.backend!r}"
         )
 
-    def _state_shapes(self, batch: int) -> list[tuple[int, ...]]:
-        h, i, g = self.hidden_size, self.input_size, 4 * self.hidden_size
+    def _state_shapes(self, batch: int, input_size: int | None = None) -> list[tuple[int, ...]]:
+        h, g = self.hidden_size, 4 * self.hidden_size
+        i = self.input_size if input_size is None else input_size
         if self.state_type is DeltaGRUState:
             return [(batch, h), (batch, i), (batch, h), (batch, g)]
         return [(batch, h), (batch, h), (batch, i), (batch, h), (batch, g)]
 
-    def _check_state(self, state, batch: int, like: Tensor):
-        return check_state(type(self).__name__, state, self.state_type, self._state_shapes(batch), like)
+    def _check_state(self, state, batch: int, like: Tensor, layer: int = 0):
+        shapes = self._state_shapes(batch, self._layer_input_size(layer))
+        return check_state(type(self).__name__, state, self.state_type, shapes, like)
 
-    def initial_state(self, batch: int, h0: Tensor | None = None, c0: Tensor | None = None):
-        """Memories at zero and accumulators at the biases; ``h0`` (and ``c0``) optional."""
-        like = self.weight_ih
+    def _layer_input_size(self, layer: int) -> int:
+        return self.input_size
+
+    def _direction_initial_state(self, batch: int, suffix: str, input_size: int, h0=None, c0=None):
+        like, bias_ih, bias_hh = self.weight_ih, getattr(self, "bias_ih" + suffix), getattr(self, "bias_hh" + suffix)
         if self.state_type is DeltaGRUState:
             if c0 is not None:
-                raise ValueError("a DeltaGRU state has no c0")
-            return delta_gru_initial_state(batch, self.input_size, self.hidden_size, self.bias_ih, self.bias_hh, like, h0)
-        return delta_lstm_initial_state(
-            batch, self.input_size, self.hidden_size, self.bias_ih, self.bias_hh, like, h0, c0
-        )
+                raise ValueError(f"a {type(self).__name__} state has no c0 (that is nn.LSTM's cell state)")
+            return delta_gru_initial_state(batch, input_size, self.hidden_size, bias_ih, bias_hh, like, h0)
+        return delta_lstm_initial_state(batch, input_size, self.hidden_size, bias_ih, bias_hh, like, h0, c0)
 
-    def _copy_from(self, module: nn.Module) -> None:
-        with torch.no_grad():
-            self.weight_ih.copy_(module.weight_ih_l0)
-            self.weight_hh.copy_(module.weight_hh_l0)
-            if self.bias:
-                self.bias_ih.copy_(module.bias_ih_l0)
-                self.bias_hh.copy_(module.bias_hh_l0)
+
+class _DeltaCell(_DeltaBase):
+    def initial_state(self, batch: int, h0: Tensor | None = None, c0: Tensor | None = None):
+        """Memories at zero and accumulators at the biases; ``h0`` (and ``c0``) ``[B, H]`` optional."""
+        return self._direction_initial_state(batch, "", self.input_size, h0, c0)
 
 
 class _DeltaLayer(_DeltaBase):
     torch_type: type = nn.GRU
+    _per_layer_fields = frozenset({"x_hat"})
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, batch_first: bool = False, *, record_stats: bool = True, **kwargs):
-        super().__init__(input_size, hidden_size, bias, **kwargs)
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        bias: bool,
+        batch_first: bool,
+        dropout: float,
+        bidirectional: bool,
+        theta_x: float,
+        theta_h: float,
+        record_stats: bool,
+        backend: str,
+        device,
+        dtype,
+    ):
+        num_layers, dropout, bidirectional = check_stack_args(type(self).__name__, num_layers, dropout, bidirectional)
+        super().__init__(input_size, hidden_size, bias, theta_x, theta_h, backend, device, dtype)
+        self.num_layers = num_layers
+        self.dropout = dropout
+        self.bidirectional = bidirectional
+        self.num_directions = 2 if bidirectional else 1
+        for suffix, size in self._extra_directions():
+            self._add_direction(suffix, size, {"device": device, "dtype": dtype})
         self.batch_first = bool(batch_first)
         self.record_stats = bool(record_stats)
         self.last_stats: LayerStats | None = None
 
-    def forward(self, x: Tensor, state=None):
-        check_input(type(self).__name__, x, 3, self.input_size, self.weight_ih)
-        x = to_time_first(x, self.batch_first)
-        if state is not None:
-            state = self._check_state(state, x.shape[1], x)
-        backend = dispatch.resolve(
+    def _layer_input_size(self, layer: int) -> int:
+        return self.input_size if layer == 0 else self.hidden_size * self.num_directions
+
+    def _extra_directions(self) -> list[tuple[str, int]]:
+        return [
+            (direction_suffix(k, bool(d)), self._layer_input_size(k))
+            for k in range(self.num_layers)
+            for d in range(self.num_directions)
+            if k or d
+        ]
+
+    def _suffixes(self) -> list[str]:
+        return [""] + [s for s, _ in self._extra_directions()]
+
+    def extra_repr(self) -> str:
+        return (
+            super().extra_repr()
+            + f", num_layers={self.num_layers}, dropout={self.dropout}, bidirectional={self.bidirectional}"
+        )
+
+    def _direction_state_shapes(self, layer: int, batch: int) -> list[tuple[int, ...]]:
+        return self._state_shapes(batch, self._layer_input_size(layer))
+
+    def initial_state(self, batch: int, h0: Tensor | None = None, c0: Tensor | None = None):
+        """Memories at zero and accumulators at the biases, in the stacked layout.
+
+        ``h0`` (and ``c0``) as ``nn.GRU``/``nn.LSTM`` take them, ``[num_layers·D, B, H]``
+        (``[B, H]`` too for one layer and direction).
+        """
+        n = self.num_layers * self.num_directions
+        per_dir = []
+        for name, value in (("h0", h0), ("c0", c0)):
+            if value is not None and value.dim() == 2 and n == 1:
+                value = value.unsqueeze(0)
+            if value is not None and tuple(value.shape) != (n, batch, self.hidden_size):
+                raise ValueError(
+                    f"{type(self).__name__}.initial_state {name} must have shape {(n, batch, self.hidden_size)} "
+                    f"[num_layers*num_directions, batch, hidden_size], got {tuple(value.shape)}"
+                )
+            per_dir.append(value)
+        finals = []
+        for i in range(n):
+            k, d = divmod(i, self.num_directions)
+            h0_i = None if per_dir[0] is None else per_dir[0][i]
+            c0_i = None if per_dir[1] is None else per_dir[1][i]
+            finals.append(
+                self._direction_initial_state(batch, direction_suffix(k, bool(d)), self._layer_input_size(k), h0_i, c0_i)
+            )
+        return stack_states(self, finals)
+
+    def _resolve_backend(self, x: Tensor):
+        return dispatch.resolve(
             self.family,
             self.backend,
             device=x.device,
@@ -123,19 +211,25 @@ class _DeltaLayer(_DeltaBase):
             theta_h=self.theta_h,
             shape=tuple(x.shape[:2]) + (self.hidden_size,),
         )
+
+    def forward(self, x: Tensor | PackedSequence, state=None):
+        return stacked_forward(self, x, state)
+
+    def _run_direction(self, layer: int, reverse: int, x: Tensor, state, backend):
+        suffix = direction_suffix(layer, bool(reverse))
+        weight_ih = getattr(self, "weight_ih" + suffix)
         h, final, trace = backend.fn(
             x,
             state,
-            self.weight_ih,
-            self.weight_hh,
-            self.bias_ih,
-            self.bias_hh,
+            weight_ih,
+            getattr(self, "weight_hh" + suffix),
+            getattr(self, "bias_ih" + suffix),
+            getattr(self, "bias_hh" + suffix),
             theta_x=self.theta_x,
             theta_h=self.theta_h,
         )
-        if self.record_stats:
-            self.last_stats = self._stats(trace, grad_recorded(x, self.weight_ih))
-        return (h.transpose(0, 1) if self.batch_first else h), final
+        stats = self._stats(trace, grad_recorded(x, weight_ih)) if self.record_stats else None
+        return h, final, stats
 
     def _stats(self, trace, training: bool) -> LayerStats:
         with torch.no_grad():
@@ -146,7 +240,7 @@ class _DeltaLayer(_DeltaBase):
             return LayerStats(
                 layer=type(self).__name__,
                 event_fraction=active_h.float().mean(dim=(1, 2)),
-                dense_macs=steps * batch * rows * (self.input_size + h),
+                dense_macs=steps * batch * rows * (dx.shape[-1] + h),
                 event_ops=((dx != 0).sum() + active_h.sum()) * rows,
                 backward_sparsity=(~active_h).float().mean() if training else None,
                 input_event_fraction=(dx != 0).float().mean(dim=(1, 2)),
@@ -154,60 +248,166 @@ class _DeltaLayer(_DeltaBase):
 
     @classmethod
     def from_torch(cls, rnn: nn.Module, **kwargs):
-        """A delta layer with the weights of a one-layer, unidirectional ``nn.GRU``/``nn.LSTM``."""
+        """A delta layer with the weights of an ``nn.GRU``/``nn.LSTM``: every layer and direction,
+        ``batch_first``, ``dropout`` (``kwargs``, e.g. ``theta_x``, go to the constructor)."""
         _check_torch_rnn(rnn, cls.torch_type)
-        layer = cls(
-            rnn.input_size,
-            rnn.hidden_size,
-            bias=rnn.bias,
-            batch_first=rnn.batch_first,
-            device=rnn.weight_ih_l0.device,
-            dtype=rnn.weight_ih_l0.dtype,
-            **kwargs,
-        )
-        layer._copy_from(rnn)
+        layer = cls(**_torch_rnn_args(rnn, kwargs))
+        _copy_from_torch(layer, rnn)
         return layer
 
     def to_torch(self) -> nn.Module:
         """The ``nn.GRU``/``nn.LSTM`` with these weights (equal to this layer at Θ = 0)."""
-        rnn = self.torch_type(
-            self.input_size,
-            self.hidden_size,
-            bias=self.bias,
-            batch_first=self.batch_first,
-            device=self.weight_ih.device,
-            dtype=self.weight_ih.dtype,
-        )
+        rnn = self.torch_type(**_torch_args_of(self))
         _copy_to_torch(self, rnn)
         return rnn
 
 
+_LAYER_ARGS = """
+    Args:
+        input_size: features of the input.
+        hidden_size: units per layer and direction.
+        num_layers: stacked layers (``num_layers`` of nn.GRU/nn.LSTM).
+        bias: add ``bias_ih`` and ``bias_hh``.
+        batch_first: input and output are ``[B, T, ·]`` instead of ``[T, B, ·]``.
+        dropout: dropout on each layer's output except the last, in training.
+        bidirectional: add a reverse direction per layer; outputs are concatenated.
+        theta_x: input delta threshold Θ_x (≥ 0).
+        theta_h: hidden delta threshold Θ_h (≥ 0).
+        record_stats: keep :attr:`last_stats` after each forward.
+        backend: ``"auto"``, ``"torch"``, ``"cpu_event"`` or ``"cupy"``.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
+"""
+
+_LAYOUT = """
+    Stacking follows ``nn.GRU`` (SPEC.md §6); the input may be a
+    :class:`~torch.nn.utils.rnn.PackedSequence` (the output is one too). Every field of the
+    returned state is ``[num_layers·D, B, ·]`` (D = 2 if bidirectional, index ``k·D + d``),
+    except ``x_hat`` whose size differs per layer: ``x_hat[k·D + d]`` is that layer·direction's
+    ``[B, I_k]`` input memory (a ``[D, B, I]`` tensor when ``num_layers == 1``, a tuple
+    otherwise). ``state[i]`` raises (it would pick a field, not a layer). Parameters of layer 0
+    forward keep the names ``weight_ih`` ...; the others carry nn.GRU's suffixes
+    (``weight_ih_l1``, ``bias_hh_l0_reverse``). :attr:`last_stats` sums all layers and directions.
+"""
+
+
 class DeltaGRU(_DeltaLayer):
-    """DeltaGRU over a sequence (SPEC.md §4): only input and hidden changes larger than
-    ``theta_x``/``theta_h`` propagate. ``forward(x, state=None) -> (h [T, B, H], DeltaGRUState)``.
-    With ``theta_x = theta_h = 0`` it computes ``nn.GRU``."""
+    __doc__ = (
+        """DeltaGRU over a sequence (SPEC.md §4), constructed and called like ``nn.GRU``: only input
+    and hidden changes larger than ``theta_x``/``theta_h`` propagate. ``forward(x, state=None) ->
+    (h [T, B, D·H], DeltaGRUState)``, ``state.h`` is nn.GRU's ``h_n``. With
+    ``theta_x = theta_h = 0`` it computes ``nn.GRU``.
+"""
+        + _LAYOUT
+        + _LAYER_ARGS
+    )
 
     gates = 3
     state_type = DeltaGRUState
+    _state_base = DeltaGRUState
+    _layer_state_type = DeltaGRULayerState
     family = "delta_gru"
     torch_type = nn.GRU
 
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        theta_x: float = 0.0,
+        theta_h: float = 0.0,
+        record_stats: bool = True,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            theta_x, theta_h, record_stats, backend, device, dtype,
+        )
+
 
 class DeltaLSTM(_DeltaLayer):
-    """DeltaLSTM over a sequence (SPEC.md §4); ``forward(x, state=None) -> (h, DeltaLSTMState)``.
-    With ``theta_x = theta_h = 0`` it computes ``nn.LSTM``."""
+    __doc__ = (
+        """DeltaLSTM over a sequence (SPEC.md §4), constructed and called like ``nn.LSTM``:
+    ``forward(x, state=None) -> (h [T, B, D·H], DeltaLSTMState)``; ``(state.h, state.c)`` are
+    nn.LSTM's ``(h_n, c_n)``. With ``theta_x = theta_h = 0`` it computes ``nn.LSTM``.
+"""
+        + _LAYOUT
+        + _LAYER_ARGS
+    )
 
     gates = 4
     state_type = DeltaLSTMState
+    _state_base = DeltaLSTMState
+    _layer_state_type = DeltaLSTMLayerState
     family = "delta_lstm"
     torch_type = nn.LSTM
 
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        theta_x: float = 0.0,
+        theta_h: float = 0.0,
+        record_stats: bool = True,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            theta_x, theta_h, record_stats, backend, device, dtype,
+        )
 
-class DeltaGRUCell(_DeltaBase):
-    """One DeltaGRU step: ``forward(x [B, input_size], state=None) -> (h, DeltaGRUState)``."""
+
+_CELL_ARGS = """
+    Args:
+        input_size: features of the input.
+        hidden_size: units.
+        bias: add ``bias_ih`` and ``bias_hh``.
+        theta_x: input delta threshold Θ_x (≥ 0).
+        theta_h: hidden delta threshold Θ_h (≥ 0).
+        backend: accepted for symmetry with the layers; a single step runs the reference.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
+"""
+
+
+class DeltaGRUCell(_DeltaCell):
+    __doc__ = (
+        """One DeltaGRU step: ``forward(x [B, input_size], state=None) -> (h, DeltaGRUState)``.
+"""
+        + _CELL_ARGS
+    )
 
     gates = 3
     state_type = DeltaGRUState
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        *,
+        theta_x: float = 0.0,
+        theta_h: float = 0.0,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(input_size, hidden_size, bias, theta_x, theta_h, backend, device, dtype)
 
     def forward(self, x: Tensor, state: DeltaGRUState | None = None):
         check_input(type(self).__name__, x, 2, self.input_size, self.weight_ih)
@@ -217,11 +417,29 @@ class DeltaGRUCell(_DeltaBase):
         )
 
 
-class DeltaLSTMCell(_DeltaBase):
-    """One DeltaLSTM step: ``forward(x [B, input_size], state=None) -> (h, DeltaLSTMState)``."""
+class DeltaLSTMCell(_DeltaCell):
+    __doc__ = (
+        """One DeltaLSTM step: ``forward(x [B, input_size], state=None) -> (h, DeltaLSTMState)``.
+"""
+        + _CELL_ARGS
+    )
 
     gates = 4
     state_type = DeltaLSTMState
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        *,
+        theta_x: float = 0.0,
+        theta_h: float = 0.0,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(input_size, hidden_size, bias, theta_x, theta_h, backend, device, dtype)
 
     def forward(self, x: Tensor, state: DeltaLSTMState | None = None):
         check_input(type(self).__name__, x, 2, self.input_size, self.weight_ih)

@@ -6,8 +6,10 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from ..functional.egru import RESETS, EGRUState, egru_initial_state, egru_step
+from ..functional.precision import state_dtype
 from ..ops import dispatch
 from ..stats import LayerStats
 from ..surrogate import Surrogate, Triangle, as_surrogate
@@ -18,8 +20,8 @@ from ._checks import (
     check_size,
     check_state,
     grad_recorded,
-    to_time_first,
 )
+from ._stack import EGRULayerState, check_stack_args, direction_suffix, stacked_forward, torch_suffix
 
 __all__ = ["EGRU", "EGRUCell", "THRESHOLD_INITS"]
 
@@ -29,8 +31,6 @@ _LOG_THRESHOLD_MAX = math.log(1e4)
 
 
 def _init_threshold(hidden: int, threshold: float, kind: str) -> Tensor:
-    if kind not in THRESHOLD_INITS:
-        raise ValueError(f"threshold_init must be one of {THRESHOLD_INITS}, got {kind!r}")
     if kind == "constant":
         # float64 so that log/exp round-trips a float64 layer's θ = 0.3 exactly enough
         return torch.full((hidden,), threshold, dtype=torch.float64)
@@ -40,62 +40,77 @@ def _init_threshold(hidden: int, threshold: float, kind: str) -> Tensor:
 
 
 class _EGRUBase(nn.Module):
+    _param_names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "log_threshold")
+
     def __init__(
         self,
         input_size: int,
         hidden_size: int,
-        bias: bool = True,
-        *,
-        threshold: float = 0.3,
-        threshold_init: str = "beta",
-        reset: str = "output",
-        surrogate: Surrogate | str | None = None,
-        backend: str = "auto",
-        device=None,
-        dtype=None,
+        bias: bool,
+        threshold: float,
+        threshold_init: str,
+        reset: str,
+        surrogate: Surrogate | str | None,
+        backend: str,
+        device,
+        dtype,
     ):
         super().__init__()
         self.input_size = check_size("input_size", input_size)
         self.hidden_size = check_size("hidden_size", hidden_size)
         self.bias = bool(bias)
-        check_positive("threshold", threshold)
+        self._threshold_value = check_positive("threshold", threshold)
+        if threshold_init not in THRESHOLD_INITS:
+            raise ValueError(f"threshold_init must be one of {THRESHOLD_INITS}, got {threshold_init!r}")
+        self._threshold_init = threshold_init
         if reset not in RESETS:
             raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
         self.reset = reset
         self.surrogate = Triangle(0.3) if surrogate is None else as_surrogate(surrogate)
         self.backend = dispatch.validate_backend(backend)
-        factory = {"device": device, "dtype": dtype}
-        self.weight_ih = nn.Parameter(torch.empty(3 * hidden_size, input_size, **factory))
-        self.weight_hh = nn.Parameter(torch.empty(3 * hidden_size, hidden_size, **factory))
-        if bias:
-            self.bias_ih = nn.Parameter(torch.empty(3 * hidden_size, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(3 * hidden_size, **factory))
-        else:
-            self.register_parameter("bias_ih", None)
-            self.register_parameter("bias_hh", None)
-        # θ = exp(log_threshold) stays > 0 whatever the optimiser does.
-        theta = _init_threshold(hidden_size, float(threshold), threshold_init)
-        self.log_threshold = nn.Parameter(theta.log().to(self.weight_ih))
-        self.reset_parameters()
+        self._add_direction("", input_size, {"device": device, "dtype": dtype})
 
-    def reset_parameters(self) -> None:
-        """Uniform(−1/√H, 1/√H) like ``nn.GRU``; the threshold is left as it is."""
+    def _add_direction(self, suffix: str, input_size: int, factory: dict) -> None:
+        """The parameters of one layer·direction, named ``weight_ih{suffix}`` ... (nn.GRU's names)."""
+        hidden = self.hidden_size
+        weight_ih = nn.Parameter(torch.empty(3 * hidden, input_size, **factory))
+        setattr(self, "weight_ih" + suffix, weight_ih)
+        setattr(self, "weight_hh" + suffix, nn.Parameter(torch.empty(3 * hidden, hidden, **factory)))
+        for name in ("bias_ih", "bias_hh"):
+            if self.bias:
+                setattr(self, name + suffix, nn.Parameter(torch.empty(3 * hidden, **factory)))
+            else:
+                self.register_parameter(name + suffix, None)
+        # θ = exp(log_threshold) stays > 0 whatever the optimiser does.
+        theta = _init_threshold(hidden, self._threshold_value, self._threshold_init)
+        setattr(self, "log_threshold" + suffix, nn.Parameter(theta.log().to(weight_ih)))
+        self._reset_direction(suffix)
+
+    def _suffixes(self) -> list[str]:
+        return [""]
+
+    def _reset_direction(self, suffix: str) -> None:
         bound = 1.0 / math.sqrt(self.hidden_size)
         for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            p = getattr(self, name)
+            p = getattr(self, name + suffix)
             if p is not None:
                 nn.init.uniform_(p, -bound, bound)
 
+    def reset_parameters(self) -> None:
+        """Uniform(−1/√H, 1/√H) like ``nn.GRU``; the thresholds are left as they are."""
+        for suffix in self._suffixes():
+            self._reset_direction(suffix)
+
+    def _threshold_of(self, suffix: str) -> Tensor:
+        # The clamp keeps θ > 0 and finite whatever the optimiser does: a large step could push
+        # log_threshold past float32's range, where exp gives 0 (θ must be > 0) or inf (c − o·θ
+        # would turn into NaN). Outside the range the gradient to θ is zero, as for any clamp.
+        return getattr(self, "log_threshold" + suffix).clamp(_LOG_THRESHOLD_MIN, _LOG_THRESHOLD_MAX).exp()
+
     @property
     def threshold(self) -> Tensor:
-        """The per-unit threshold θ = exp(log_threshold) (``[H]``), kept in [1e-6, 1e4].
-
-        The clamp keeps θ > 0 and finite whatever the optimiser does: a large step could push
-        ``log_threshold`` past float32's range, where exp gives 0 (θ must be > 0) or inf
-        (``c − o·θ`` would turn into NaN). Outside the range the gradient to θ is zero, as for
-        any clamp, like the τ ≥ 1 clamp of the ALIF neurons.
-        """
-        return self.log_threshold.clamp(_LOG_THRESHOLD_MIN, _LOG_THRESHOLD_MAX).exp()
+        """The per-unit threshold θ = exp(log_threshold) (``[H]``, layer 0, forward), kept in [1e-6, 1e4]."""
+        return self._threshold_of("")
 
     def extra_repr(self) -> str:
         return (
@@ -103,62 +118,115 @@ class _EGRUBase(nn.Module):
             f"surrogate={self.surrogate!r}, backend={self.backend!r}"
         )
 
-    def initial_state(self, batch: int) -> EGRUState:
-        """Zero internal state and zero events for ``batch`` samples."""
-        return egru_initial_state(batch, self.hidden_size, self.weight_ih)
-
-    def _check_state(self, state, batch: int, like: Tensor) -> EGRUState:
+    def _check_state(self, state, batch: int, like: Tensor, layer: int = 0) -> EGRUState:
         h = self.hidden_size
         return check_state(type(self).__name__, state, EGRUState, [(batch, h), (batch, h)], like)
 
-    def _copy_from(self, module: nn.Module) -> None:
-        with torch.no_grad():
-            self.weight_ih.copy_(module.weight_ih_l0 if hasattr(module, "weight_ih_l0") else module.weight_ih)
-            self.weight_hh.copy_(module.weight_hh_l0 if hasattr(module, "weight_hh_l0") else module.weight_hh)
-            if self.bias:
-                self.bias_ih.copy_(module.bias_ih_l0 if hasattr(module, "bias_ih_l0") else module.bias_ih)
-                self.bias_hh.copy_(module.bias_hh_l0 if hasattr(module, "bias_hh_l0") else module.bias_hh)
-
 
 class EGRU(_EGRUBase):
-    """Event-based GRU over a sequence (SPEC.md §3), weights as ``torch.nn.GRU``.
+    """Event-based GRU over a sequence (SPEC.md §3), constructed and called like ``torch.nn.GRU``.
 
     ``forward(x, state=None) -> (y, EGRUState(c, y))`` with ``x [T, B, input_size]``
-    (``[B, T, input_size]`` with ``batch_first=True``); ``y`` is zero except where a unit
-    emitted an event. ``zoneout`` on ``c`` and DropConnect (``dropconnect``) on ``weight_hh``
-    apply in training. After each forward, :attr:`last_stats` holds the :class:`LayerStats`.
+    (``[B, T, input_size]`` with ``batch_first=True``) or a
+    :class:`~torch.nn.utils.rnn.PackedSequence`; ``y`` (``[T, B, D·H]``) is zero except where a
+    unit emitted an event. The returned state's fields ``c`` and ``y`` are in ``nn.GRU``'s
+    ``h_n`` layout ``[num_layers·D, B, H]`` (D = 2 if bidirectional), ``state.y[-1]`` is the last
+    layer's final events; ``state[i]`` raises (it would pick a field). An initial state is
+    accepted in that layout, or as ``[B, H]`` fields for one layer and direction. Stacking
+    follows SPEC.md §6. Parameters of layer 0 forward are ``weight_ih``, ``weight_hh``,
+    ``bias_ih``, ``bias_hh``, ``log_threshold``; other layers/directions carry ``nn.GRU``'s
+    suffixes (``weight_ih_l1``, ``log_threshold_l0_reverse``). After each forward,
+    :attr:`last_stats` holds one :class:`LayerStats` summed over layers and directions (the
+    per-run ones in ``last_stats.extra["runs"]`` when there are several).
+
+    Args:
+        input_size: features of the input.
+        hidden_size: units per layer and direction.
+        num_layers: stacked layers (nn.GRU's ``num_layers``).
+        bias: add ``bias_ih`` and ``bias_hh``.
+        batch_first: input and output are ``[B, T, ·]`` instead of ``[T, B, ·]``.
+        dropout: dropout on each layer's output except the last, in training (nn.GRU's ``dropout``).
+        bidirectional: add a reverse direction per layer; outputs are concatenated.
+        threshold: mean initial event threshold θ (> 0).
+        threshold_init: ``"beta"`` (θ·2u, u ~ Beta(5, 5) per unit) or ``"constant"``.
+        reset: what an event subtracts, one of ``RESETS`` (SPEC.md §3).
+        surrogate: pseudo-derivative of the event function (default ``Triangle(0.3)``).
+        zoneout: zoneout probability on ``c`` in training.
+        dropconnect: DropConnect probability on ``weight_hh`` in training.
+        record_stats: keep :attr:`last_stats` after each forward.
+        backend: ``"auto"``, ``"torch"``, ``"cpu_event"`` or ``"cupy"``.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
     """
+
+    _state_base = EGRUState
+    _layer_state_type = EGRULayerState
+    _per_layer_fields: frozenset[str] = frozenset()
 
     def __init__(
         self,
         input_size: int,
         hidden_size: int,
+        num_layers: int = 1,
         bias: bool = True,
         batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
         *,
+        threshold: float = 0.3,
+        threshold_init: str = "beta",
+        reset: str = "output",
+        surrogate: Surrogate | str | None = None,
         zoneout: float = 0.0,
         dropconnect: float = 0.0,
         record_stats: bool = True,
-        **kwargs,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
     ):
-        super().__init__(input_size, hidden_size, bias, **kwargs)
+        num_layers, dropout, bidirectional = check_stack_args("EGRU", num_layers, dropout, bidirectional)
+        super().__init__(input_size, hidden_size, bias, threshold, threshold_init, reset, surrogate, backend, device, dtype)
+        self.num_layers = num_layers
+        self.dropout = dropout
+        self.bidirectional = bidirectional
+        self.num_directions = 2 if bidirectional else 1
+        for suffix, size in self._extra_directions():
+            self._add_direction(suffix, size, {"device": device, "dtype": dtype})
         self.batch_first = bool(batch_first)
         self.zoneout = check_probability("zoneout", zoneout)
         self.dropconnect = check_probability("dropconnect", dropconnect)
         self.record_stats = bool(record_stats)
         self.last_stats: LayerStats | None = None
 
-    def forward(self, x: Tensor, state: EGRUState | None = None) -> tuple[Tensor, EGRUState]:
-        check_input(type(self).__name__, x, 3, self.input_size, self.weight_ih)
-        x = to_time_first(x, self.batch_first)
-        if state is not None:
-            state = self._check_state(state, x.shape[1], x)
-        weight_hh = self.weight_hh
-        if self.training and self.dropconnect > 0.0:
-            keep = torch.rand_like(weight_hh) >= self.dropconnect
-            weight_hh = weight_hh * keep.to(weight_hh.dtype) / (1.0 - self.dropconnect)
-        threshold = self.threshold
-        backend = dispatch.resolve(
+    def _extra_directions(self) -> list[tuple[str, int]]:
+        size = self.hidden_size * self.num_directions
+        return [
+            (direction_suffix(k, bool(d)), self.input_size if k == 0 else size)
+            for k in range(self.num_layers)
+            for d in range(self.num_directions)
+            if k or d
+        ]
+
+    def _suffixes(self) -> list[str]:
+        return [""] + [s for s, _ in self._extra_directions()]
+
+    def extra_repr(self) -> str:
+        return (
+            super().extra_repr()
+            + f", num_layers={self.num_layers}, dropout={self.dropout}, bidirectional={self.bidirectional}"
+        )
+
+    def initial_state(self, batch: int) -> EGRULayerState:
+        """Zero internal state and zero events, ``[num_layers·D, batch, H]`` each."""
+        shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
+        z = self.weight_ih.new_zeros(shape, dtype=state_dtype(self.weight_ih.dtype))  # float32 in low precision
+        return EGRULayerState(z, z.clone())
+
+    def _direction_state_shapes(self, layer: int, batch: int) -> list[tuple[int, ...]]:
+        return [(batch, self.hidden_size)] * 2
+
+    def _resolve_backend(self, x: Tensor):
+        return dispatch.resolve(
             "egru",
             self.backend,
             device=x.device,
@@ -168,15 +236,31 @@ class EGRU(_EGRUBase):
             zoneout=self.zoneout,
             shape=tuple(x.shape[:2]) + (self.hidden_size,),
         )
+
+    def forward(
+        self, x: Tensor | PackedSequence, state: EGRUState | None = None
+    ) -> tuple[Tensor | PackedSequence, EGRULayerState]:
+        return stacked_forward(self, x, state)
+
+    def _run_direction(self, layer: int, reverse: int, x: Tensor, state: EGRUState | None, backend):
+        suffix = direction_suffix(layer, bool(reverse))
+        weight_ih = getattr(self, "weight_ih" + suffix)
+        weight_hh = getattr(self, "weight_hh" + suffix)
+        if self.training and self.dropconnect > 0.0:
+            keep = torch.rand_like(weight_hh) >= self.dropconnect
+            weight_hh = weight_hh * keep.to(weight_hh.dtype) / (1.0 - self.dropconnect)
+        threshold = self._threshold_of(suffix)
         kwargs = {"reset": self.reset, "surrogate": self.surrogate}
         if self.zoneout > 0.0:
             kwargs.update(zoneout=self.zoneout, training=self.training)
         y, final, trace = backend.fn(
-            x, state, self.weight_ih, weight_hh, self.bias_ih, self.bias_hh, threshold, **kwargs
+            x, state, weight_ih, weight_hh, getattr(self, "bias_ih" + suffix), getattr(self, "bias_hh" + suffix),
+            threshold, **kwargs,
         )
+        stats = None
         if self.record_stats:
-            self.last_stats = self._stats(x, y, state, trace, threshold, grad_recorded(x, self.weight_ih))
-        return (y.transpose(0, 1) if self.batch_first else y), final
+            stats = self._stats(x, y, state, trace, threshold, grad_recorded(x, weight_ih))
+        return y, final, stats
 
     def _stats(self, x: Tensor, y: Tensor, state, trace, threshold: Tensor, training: bool) -> LayerStats:
         with torch.no_grad():
@@ -191,7 +275,7 @@ class EGRU(_EGRUBase):
             return LayerStats(
                 layer=type(self).__name__,
                 event_fraction=(y != 0).float().mean(dim=(1, 2)),
-                dense_macs=steps * batch * rows * (self.input_size + h),
+                dense_macs=steps * batch * rows * (x.shape[-1] + h),
                 event_ops=((x != 0).sum() + (prev != 0).sum()) * rows,
                 backward_sparsity=backward,
                 input_event_fraction=(x != 0).float().mean(dim=(1, 2)),
@@ -199,36 +283,54 @@ class EGRU(_EGRUBase):
 
     @classmethod
     def from_torch(cls, gru: nn.GRU, **kwargs) -> "EGRU":
-        """An EGRU with the weights of a one-layer, unidirectional ``nn.GRU``."""
+        """An EGRU with the weights of an ``nn.GRU`` (every layer and direction; ``kwargs`` go to EGRU)."""
         _check_torch_rnn(gru, nn.GRU)
-        layer = cls(
-            gru.input_size,
-            gru.hidden_size,
-            bias=gru.bias,
-            batch_first=gru.batch_first,
-            device=gru.weight_ih_l0.device,
-            dtype=gru.weight_ih_l0.dtype,
-            **kwargs,
-        )
-        layer._copy_from(gru)
+        layer = cls(**_torch_rnn_args(gru, kwargs))
+        _copy_from_torch(layer, gru)
         return layer
 
     def to_torch(self) -> nn.GRU:
         """An ``nn.GRU`` with these weights (a dense GRU: thresholds are dropped)."""
-        gru = nn.GRU(
-            self.input_size,
-            self.hidden_size,
-            bias=self.bias,
-            batch_first=self.batch_first,
-            device=self.weight_ih.device,
-            dtype=self.weight_ih.dtype,
-        )
+        gru = nn.GRU(**_torch_args_of(self))
         _copy_to_torch(self, gru)
         return gru
 
 
 class EGRUCell(_EGRUBase):
-    """One EGRU step: ``forward(x [B, input_size], state=None) -> (y, EGRUState(c, y))``."""
+    """One EGRU step (SPEC.md §3): ``forward(x [B, input_size], state=None) -> (y, EGRUState(c, y))``.
+
+    Args:
+        input_size: features of the input.
+        hidden_size: units.
+        bias: add ``bias_ih`` and ``bias_hh``.
+        threshold: mean initial event threshold θ (> 0).
+        threshold_init: ``"beta"`` (θ·2u, u ~ Beta(5, 5) per unit) or ``"constant"``.
+        reset: what an event subtracts, one of ``RESETS`` (SPEC.md §3).
+        surrogate: pseudo-derivative of the event function (default ``Triangle(0.3)``).
+        backend: accepted for symmetry with :class:`EGRU`; a single step runs the reference.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        *,
+        threshold: float = 0.3,
+        threshold_init: str = "beta",
+        reset: str = "output",
+        surrogate: Surrogate | str | None = None,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(input_size, hidden_size, bias, threshold, threshold_init, reset, surrogate, backend, device, dtype)
+
+    def initial_state(self, batch: int) -> EGRUState:
+        """Zero internal state and zero events for ``batch`` samples."""
+        return egru_initial_state(batch, self.hidden_size, self.weight_ih)
 
     def forward(self, x: Tensor, state: EGRUState | None = None) -> tuple[Tensor, EGRUState]:
         check_input(type(self).__name__, x, 2, self.input_size, self.weight_ih)
@@ -252,18 +354,58 @@ class EGRUCell(_EGRUBase):
 def _check_torch_rnn(module: nn.Module, kind: type) -> None:
     if not isinstance(module, kind):
         raise TypeError(f"expected a torch.nn.{kind.__name__}, got {type(module).__name__}")
-    if module.num_layers != 1:
-        raise ValueError(f"only a one-layer {kind.__name__} can be converted, got num_layers={module.num_layers}")
-    if module.bidirectional:
-        raise ValueError(f"a bidirectional {kind.__name__} cannot be converted")
     if getattr(module, "proj_size", 0):
-        raise ValueError(f"an {kind.__name__} with proj_size={module.proj_size} cannot be converted")
+        raise ValueError(f"an {kind.__name__} with proj_size={module.proj_size} cannot be converted (no projection here)")
+
+
+def _torch_rnn_args(rnn: nn.Module, kwargs: dict) -> dict:
+    """Constructor arguments of an evsnn layer mirroring ``rnn``; ``kwargs`` override or add."""
+    args = {
+        "input_size": rnn.input_size,
+        "hidden_size": rnn.hidden_size,
+        "num_layers": rnn.num_layers,
+        "bias": rnn.bias,
+        "batch_first": rnn.batch_first,
+        "bidirectional": rnn.bidirectional,
+        "device": rnn.weight_ih_l0.device,
+        "dtype": rnn.weight_ih_l0.dtype,
+    }
+    if rnn.num_layers > 1:  # nn.GRU already warned about a one-layer dropout, which does nothing
+        args["dropout"] = float(rnn.dropout)
+    args.update(kwargs)
+    return args
+
+
+def _torch_args_of(layer: nn.Module) -> dict:
+    return {
+        "input_size": layer.input_size,
+        "hidden_size": layer.hidden_size,
+        "num_layers": layer.num_layers,
+        "bias": layer.bias,
+        "batch_first": layer.batch_first,
+        "dropout": layer.dropout,
+        "bidirectional": layer.bidirectional,
+        "device": layer.weight_ih.device,
+        "dtype": layer.weight_ih.dtype,
+    }
+
+
+def _weight_pairs(layer: nn.Module, rnn: nn.Module):
+    """(evsnn name, nn.GRU/nn.LSTM name) of every weight and bias, all layers and directions."""
+    names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if layer.bias else ("weight_ih", "weight_hh")
+    for k in range(layer.num_layers):
+        for d in range(layer.num_directions):
+            for name in names:
+                yield name + direction_suffix(k, bool(d)), name + torch_suffix(k, bool(d))
+
+
+def _copy_from_torch(layer: nn.Module, rnn: nn.Module) -> None:
+    with torch.no_grad():
+        for ours, theirs in _weight_pairs(layer, rnn):
+            getattr(layer, ours).copy_(getattr(rnn, theirs))
 
 
 def _copy_to_torch(layer: nn.Module, rnn: nn.Module) -> None:
     with torch.no_grad():
-        rnn.weight_ih_l0.copy_(layer.weight_ih)
-        rnn.weight_hh_l0.copy_(layer.weight_hh)
-        if layer.bias:
-            rnn.bias_ih_l0.copy_(layer.bias_ih)
-            rnn.bias_hh_l0.copy_(layer.bias_hh)
+        for ours, theirs in _weight_pairs(layer, rnn):
+            getattr(rnn, theirs).copy_(getattr(layer, ours))

@@ -1,0 +1,329 @@
+"""``nn.GRU``-style stacking shared by the sequence layers (SPEC.md §6).
+
+One home for what ``EGRU``, ``DeltaGRU``, ``DeltaLSTM`` and ``ALIF`` share with ``nn.GRU``:
+``num_layers``, ``dropout`` between layers, ``bidirectional``, ``PackedSequence`` input and the
+``h_n`` state layout ``[num_layers·num_directions, B, ...]`` (index ``k·D + d``: layer ``k``,
+direction ``d``, 1 = reverse). Each layer only supplies ``_run_direction`` (one direction of one
+layer on a time-first sequence, through its backend) and the per-direction state shapes; this
+module composes those calls, so every backend serves every shape.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from ..functional.alif import ALIFState
+from ..functional.delta import DeltaGRUState, DeltaLSTMState
+from ..functional.egru import EGRUState
+from ..stats import LayerStats
+from ._checks import check_input, to_time_first
+
+__all__ = [
+    "ALIFLayerState",
+    "DeltaGRULayerState",
+    "DeltaLSTMLayerState",
+    "EGRULayerState",
+    "check_stack_args",
+    "direction_suffix",
+    "stacked_forward",
+    "torch_suffix",
+]
+
+
+class _NoPositionalIndex:
+    """A returned layer state refuses ``state[i]``: with ``out, h = layer(x)``, nn.GRU code's
+    ``h[-1]`` would otherwise silently pick a whole field instead of the last layer's state.
+    Fields, tuple unpacking, ``_replace``, pytrees and pickling do not index and keep working."""
+
+    __slots__ = ()
+    _hint = ""
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, slice)):
+            base = self._base_name()
+            raise TypeError(
+                f"{base} is ({', '.join(self._fields)}), a named tuple of fields in nn.GRU's h_n layout "
+                f"[num_layers*num_directions, batch, hidden], not a tensor: state[{index!r}] would pick a whole "
+                f"field. {self._hint}"
+            )
+        return super().__getitem__(index)
+
+    @classmethod
+    def _base_name(cls) -> str:
+        return next(b.__name__ for b in cls.__mro__[1:] if b is not _NoPositionalIndex and hasattr(b, "_fields"))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={v!r}" for n, v in zip(self._fields, self))
+        return f"{self._base_name()}({inner})"
+
+
+class EGRULayerState(_NoPositionalIndex, EGRUState):
+    """:class:`EGRUState` returned by :class:`EGRU`: ``c``, ``y`` are ``[num_layers·D, B, H]``."""
+
+    __slots__ = ()
+    _hint = "Use state.y[-1] for the last layer's final events (nn.GRU's h_n[-1]), state.c[-1] for its internal state."
+
+
+class DeltaGRULayerState(_NoPositionalIndex, DeltaGRUState):
+    """:class:`DeltaGRUState` returned by :class:`DeltaGRU` (``h`` is nn.GRU's ``h_n``)."""
+
+    __slots__ = ()
+    _hint = "Use state.h[-1] for the last layer's final hidden state (nn.GRU's h_n[-1]); state.h is h_n."
+
+
+class DeltaLSTMLayerState(_NoPositionalIndex, DeltaLSTMState):
+    """:class:`DeltaLSTMState` returned by :class:`DeltaLSTM` (``h``, ``c`` are nn.LSTM's ``h_n``, ``c_n``)."""
+
+    __slots__ = ()
+    _hint = "Use state.h / state.c for nn.LSTM's (h_n, c_n), e.g. state.h[-1] for the last layer's final hidden state."
+
+
+class ALIFLayerState(_NoPositionalIndex, ALIFState):
+    """:class:`ALIFState` returned by :class:`ALIF`: ``v``, ``b``, ``s`` are ``[num_layers·D, B, H]``."""
+
+    __slots__ = ()
+    _hint = "Use state.s[-1] for the last layer's final spikes, state.v[-1] for its membrane potential."
+
+
+def direction_suffix(layer: int, reverse: bool) -> str:
+    """Parameter-name suffix: none for layer 0 forward (today's names), nn.GRU's otherwise."""
+    return "" if layer == 0 and not reverse else torch_suffix(layer, reverse)
+
+
+def torch_suffix(layer: int, reverse: bool) -> str:
+    """``nn.GRU``'s parameter-name suffix: ``_l1``, ``_l0_reverse``, ..."""
+    return f"_l{layer}" + ("_reverse" if reverse else "")
+
+
+def check_stack_args(owner: str, num_layers: Any, dropout: Any, bidirectional: Any) -> tuple[int, float, bool]:
+    """Validate ``num_layers``, ``dropout``, ``bidirectional`` as ``nn.GRU`` does (``dropout < 1``)."""
+    if isinstance(num_layers, bool) or not isinstance(num_layers, int):
+        raise TypeError(
+            f"{owner} num_layers must be an int >= 1, got {type(num_layers).__name__} {num_layers!r} "
+            "(the third positional argument is num_layers, as in nn.GRU; pass bias= by keyword)"
+        )
+    if num_layers < 1:
+        raise ValueError(f"{owner} num_layers must be >= 1, got {num_layers}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
+        raise TypeError(f"{owner} dropout must be a number in [0, 1), got {type(dropout).__name__}")
+    if not math.isfinite(dropout) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"{owner} dropout must be in [0, 1), got {dropout!r}")
+    if dropout > 0 and num_layers == 1:
+        warnings.warn(
+            f"{owner}: dropout adds dropout between stacked layers (after all but the last one), so a "
+            f"non-zero dropout expects num_layers > 1, got dropout={dropout} and num_layers={num_layers}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return num_layers, float(dropout), bool(bidirectional)
+
+
+# ---------------------------------------------------------------------------------------------
+# state layout
+# ---------------------------------------------------------------------------------------------
+
+
+def direction_state(state: NamedTuple, index: int, base: type) -> NamedTuple:
+    """Layer·direction ``index``'s state (``[B, ...]`` fields) out of the stacked layout."""
+    return base(*(v[index] for v in state))
+
+
+def _per_layer_field(module: nn.Module, name: str) -> bool:
+    return name in module._per_layer_fields and module.num_layers > 1
+
+
+def stack_states(module: nn.Module, finals: Sequence[NamedTuple]) -> NamedTuple:
+    """Per-direction final states (``h_n`` order) → the layer state type in the stacked layout."""
+    fields = []
+    for name in module._layer_state_type._fields:
+        parts = [getattr(f, name) for f in finals]
+        fields.append(tuple(parts) if _per_layer_field(module, name) else torch.stack(parts))
+    return module._layer_state_type(*fields)
+
+
+def check_stacked_state(module: nn.Module, state: Any, batch: int, like: Tensor) -> NamedTuple:
+    """Accept a state in the stacked layout (or, for one layer and direction, the ``[B, ...]`` form)."""
+    name = type(module).__name__
+    base = module._state_base
+    fields = base._fields
+    if not isinstance(state, tuple) or len(state) != len(fields):
+        raise TypeError(f"{name} expects state as {base.__name__}({', '.join(fields)}) or None, got {type(state).__name__}")
+    n = module.num_layers * module.num_directions
+    shapes = [module._direction_state_shapes(i // module.num_directions, batch) for i in range(n)]
+    out = []
+    for j, (field, value) in enumerate(zip(fields, state)):
+        if _per_layer_field(module, field):
+            if not isinstance(value, (tuple, list)) or len(value) != n:
+                raise TypeError(
+                    f"{name} state field {field!r} must be a tuple of num_layers*num_directions={n} tensors "
+                    f"(layer k direction d at k*{module.num_directions}+d), got {type(value).__name__}"
+                )
+            for i, v in enumerate(value):
+                if not isinstance(v, Tensor) or tuple(v.shape) != shapes[i][j]:
+                    got = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+                    raise ValueError(f"{name} state field {field!r}[{i}] must have shape {shapes[i][j]}, got {got}")
+            out.append(tuple(value))
+            continue
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} state field {field!r} must be a tensor, got {type(value).__name__}")
+        expected = (n, *shapes[0][j])
+        if n == 1 and tuple(value.shape) == shapes[0][j]:
+            value = value.unsqueeze(0)
+        if tuple(value.shape) != expected:
+            legacy = f" (or {shapes[0][j]})" if n == 1 else ""
+            raise ValueError(
+                f"{name} state field {field!r} must have shape {expected}{legacy}: "
+                f"[num_layers*num_directions, batch, ...] as nn.GRU's h_n, got {tuple(value.shape)}"
+            )
+        out.append(value)
+    stacked = module._layer_state_type(*out)
+    # dtype and device: the per-direction check of each layer, one rule for cells and layers
+    for i in range(n):
+        module._check_state(direction_state(stacked, i, base), batch, like, layer=i // module.num_directions)
+    return stacked
+
+
+def _select_batch(module: nn.Module, state: NamedTuple, idx: Tensor) -> NamedTuple:
+    fields = []
+    for name, v in zip(state._fields, state):
+        if _per_layer_field(module, name):
+            fields.append(tuple(t.index_select(0, idx) for t in v))
+        else:
+            fields.append(v.index_select(1, idx))
+    return type(state)(*fields)
+
+
+def _cat_batch(module: nn.Module, states: Sequence[NamedTuple], order: Tensor) -> NamedTuple:
+    fields = []
+    for name in states[0]._fields:
+        parts = [getattr(s, name) for s in states]
+        if _per_layer_field(module, name):
+            n = len(parts[0])
+            fields.append(tuple(torch.cat([p[i] for p in parts], 0).index_select(0, order) for i in range(n)))
+        else:
+            fields.append(torch.cat(parts, 1).index_select(1, order))
+    return type(states[0])(*fields)
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+# ---------------------------------------------------------------------------------------------
+
+
+def merge_stats(name: str, parts: Sequence[tuple[LayerStats, int]]) -> LayerStats:
+    """One :class:`LayerStats` for several layer·direction (and length-group) runs.
+
+    ``parts`` are ``(stats, batch)``; ``event_fraction[t]`` is the mean over every run active at
+    step ``t`` weighted by its batch; ``dense_macs`` and ``event_ops`` are sums.
+    """
+    if len(parts) == 1:
+        return parts[0][0]
+    with torch.no_grad():
+        steps = max(s.event_fraction.shape[0] for s, _ in parts)
+
+        def per_step(attr: str) -> Tensor | None:
+            if any(getattr(s, attr) is None for s, _ in parts):
+                return None
+            total = parts[0][0].event_fraction.new_zeros(steps, dtype=torch.float32)
+            count = torch.zeros_like(total)
+            for s, b in parts:
+                v = getattr(s, attr).float()
+                total[: v.shape[0]] += v * b
+                count[: v.shape[0]] += b
+            return total / count
+
+        backward = None
+        if all(s.backward_sparsity is not None for s, _ in parts):
+            weights = [b * s.event_fraction.shape[0] for s, b in parts]
+            backward = sum(s.backward_sparsity.float() * w for (s, _), w in zip(parts, weights)) / sum(weights)
+        return LayerStats(
+            layer=name,
+            event_fraction=per_step("event_fraction"),
+            dense_macs=sum(int(s.dense_macs) for s, _ in parts),
+            event_ops=sum(s.event_ops for s, _ in parts),
+            backward_sparsity=backward,
+            input_event_fraction=per_step("input_event_fraction"),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# forward
+# ---------------------------------------------------------------------------------------------
+
+RunDirection = Callable[[int, int, Tensor, Any, Any], tuple[Tensor, NamedTuple, LayerStats | None]]
+
+
+def _run_dense(module: nn.Module, x: Tensor, state: NamedTuple | None, backend: Any):
+    """All layers and directions on a dense time-first ``x``; returns (out, finals, stats)."""
+    directions = module.num_directions
+    finals: list[NamedTuple] = []
+    stats: list[tuple[LayerStats, int]] = []
+    layer_in = x
+    for k in range(module.num_layers):
+        outs = []
+        for d in range(directions):
+            s = None if state is None else direction_state(state, k * directions + d, module._state_base)
+            seq = layer_in.flip(0) if d else layer_in
+            out, final, st = module._run_direction(k, d, seq, s, backend)
+            outs.append(out.flip(0) if d else out)
+            finals.append(final)
+            if st is not None:
+                stats.append((st, x.shape[1]))
+        layer_in = torch.cat(outs, -1) if directions > 1 else outs[0]
+        if module.dropout > 0.0 and module.training and k < module.num_layers - 1:
+            layer_in = nn.functional.dropout(layer_in, module.dropout, training=True)
+    return layer_in, finals, stats
+
+
+def stacked_forward(module: nn.Module, x: Tensor | PackedSequence, state: Any) -> tuple[Any, NamedTuple]:
+    """``module``'s forward over a dense or packed input: ``(output, final state)`` like ``nn.GRU``.
+
+    A :class:`~torch.nn.utils.rnn.PackedSequence` runs each group of equal-length sequences as
+    one dense batch (exact: no step past a sequence's end is computed), so it costs one stack
+    call per distinct length.
+    """
+    name = type(module).__name__
+    packed = isinstance(x, PackedSequence)
+    if packed:
+        check_input(name, x.data, 2, module.input_size, module.weight_ih)
+        seq, lengths = pad_packed_sequence(x)
+    else:
+        check_input(name, x, 3, module.input_size, module.weight_ih)
+        seq = to_time_first(x, module.batch_first)
+    batch = seq.shape[1]
+    if state is not None:
+        state = check_stacked_state(module, state, batch, seq)
+    backend = module._resolve_backend(seq)
+    if not packed:
+        out, finals, stats = _run_dense(module, seq, state, backend)
+        if module.record_stats:
+            module.last_stats = merge_stats(name, stats)
+        return (out.transpose(0, 1) if module.batch_first else out), stack_states(module, finals)
+
+    steps = seq.shape[0]
+    outs, states, indices, stats = [], [], [], []
+    for length in torch.unique(lengths).tolist():
+        idx = (lengths == length).nonzero().squeeze(1).to(seq.device)
+        sub_state = None if state is None else _select_batch(module, state, idx)
+        out, finals, st = _run_dense(module, seq[:length].index_select(1, idx), sub_state, backend)
+        outs.append(nn.functional.pad(out, (0, 0, 0, 0, 0, steps - length)))
+        states.append(stack_states(module, finals))
+        indices.append(idx)
+        stats.extend(st)
+    order = torch.argsort(torch.cat(indices))
+    out = torch.cat(outs, 1).index_select(1, order)
+    final = _cat_batch(module, states, order)
+    if module.record_stats:
+        module.last_stats = merge_stats(name, stats)
+    sorted_indices = x.sorted_indices
+    if sorted_indices is not None:
+        out = out.index_select(1, sorted_indices)
+    data = pack_padded_sequence(out, x.batch_sizes.new_tensor(sorted(lengths.tolist(), reverse=True)), enforce_sorted=True).data
+    return PackedSequence(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices), final
