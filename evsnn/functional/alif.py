@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..surrogate import MultiGaussian, Surrogate
+from .precision import Precision, precision_of, project, state_dtype
 
 __all__ = [
     "ALIFState",
@@ -56,10 +57,22 @@ def decay(tau: Tensor) -> Tensor:
 
 
 def alif_initial_state(like: Tensor, b0: float | Tensor = 0.01) -> ALIFState:
-    """Zero membrane and spikes, adaptation trace ``b0`` (SPEC §2), shaped like ``like``."""
-    zeros = torch.zeros_like(like)
-    b = torch.zeros_like(like) + b0
+    """Zero membrane and spikes, adaptation trace ``b0`` (SPEC §2), shaped like ``like``
+    (float32 for a low-precision ``like``, SPEC §6)."""
+    dtype = state_dtype(like.dtype)
+    zeros = torch.zeros_like(like, dtype=dtype)
+    b = torch.zeros_like(like, dtype=dtype) + (b0.to(dtype) if isinstance(b0, Tensor) else b0)
     return ALIFState(zeros, b, zeros)
+
+
+def _alif_precision(current: Tensor, tau_mem: Tensor) -> Precision:
+    # The current is already a product (W_ih x, in the autocast or module dtype); the parameters
+    # say whether autocast applies (a float64 layer stays float64).
+    return precision_of(torch.promote_types(current.dtype, tau_mem.dtype), tau_mem.device.type)
+
+
+def _as(value: float | Tensor, dtype: torch.dtype) -> float | Tensor:
+    return value.to(dtype) if isinstance(value, Tensor) else value
 
 
 def alif_step(
@@ -77,10 +90,13 @@ def alif_step(
     Returns ``(s_t, ALIFState(v_t, b_t, s_t))``. ``beta = 0`` gives the non-adaptive LIF
     with fixed threshold ``b0``.
     """
+    p = _alif_precision(current, tau_mem)
     if state is None:
         state = alif_initial_state(current, b0)
-    s, new_state, _ = alif_dynamics(current, state, decay(tau_mem), decay(tau_adapt), b0, beta, surrogate)
-    return s, new_state
+    alpha, rho = decay(tau_mem.to(p.compute)), decay(tau_adapt.to(p.compute))
+    b0, beta = _as(b0, p.compute), _as(beta, p.compute)
+    s, new_state, _ = alif_dynamics(current.to(p.compute), state, alpha, rho, b0, beta, surrogate)
+    return s.to(p.matmul), new_state
 
 
 def alif_dynamics(
@@ -119,42 +135,51 @@ def alif_scan(
     """Reference multi-step ALIF over ``current`` ``[T, B, N]`` (the oracle of every backend).
 
     With ``weight_hh`` (``[N, N]``) the layer is recurrent: ``I_t += W_hh s_{t−1} + b_hh``.
-    Returns ``(spikes [T, B, N], final_state, ALIFTrace(v, threshold))``.
+    Returns ``(spikes [T, B, N], final_state, ALIFTrace(v, threshold))``. Precision (SPEC §6):
+    membrane, trace and threshold in float32 for a low-precision layer, spikes returned in the
+    product dtype (the dtype of ``current`` under autocast or in a low-precision module).
     """
+    p = _alif_precision(current, tau_mem)
     if state is None:
         state = alif_initial_state(current[0], b0)
     spikes, vs, thresholds = [], [], []
-    alpha = decay(tau_mem)
-    rho = decay(tau_adapt)
+    alpha = decay(tau_mem.to(p.compute))
+    rho = decay(tau_adapt.to(p.compute))
+    b0, beta = _as(b0, p.compute), _as(beta, p.compute)
+    current = current.to(p.compute)
+    if weight_hh is not None and weight_hh.dtype != p.matmul:
+        weight_hh = weight_hh.to(p.matmul)  # cast once, not per step
     for t in range(current.shape[0]):
         i_t = current[t]
         if weight_hh is not None:
-            rec = state.s @ weight_hh.t()
-            if bias_hh is not None:
-                rec = rec + bias_hh
-            i_t = i_t + rec
+            i_t = i_t + project(state.s, weight_hh, bias_hh, p)
         s, state, threshold = alif_dynamics(i_t, state, alpha, rho, b0, beta, surrogate)
         spikes.append(s)
         vs.append(state.v)
         thresholds.append(threshold)
     return (
-        torch.stack(spikes),
+        torch.stack(spikes).to(p.matmul),
         state,
         ALIFTrace(torch.stack(vs), torch.stack(thresholds)),
     )
 
 
 def leaky_readout_step(current: Tensor, m: Tensor | None, *, tau: Tensor) -> Tensor:
-    """Non-spiking leaky readout ``m_t = α_o·m_{t−1} + (1 − α_o)·I_t`` (SPEC §2)."""
-    alpha = decay(tau)
+    """Non-spiking leaky readout ``m_t = α_o·m_{t−1} + (1 − α_o)·I_t`` (SPEC §2); ``m`` is a
+    membrane: float32 for a low-precision current or τ (SPEC §6)."""
+    dtype = state_dtype(torch.promote_types(current.dtype, tau.dtype))
+    alpha = decay(tau.to(dtype))
     if m is None:
-        m = torch.zeros_like(current)
-    return alpha * m + (1.0 - alpha) * current
+        m = torch.zeros_like(current, dtype=dtype)
+    return alpha * m + (1.0 - alpha) * current.to(dtype)
 
 
 def leaky_readout_scan(current: Tensor, m: Tensor | None, *, tau: Tensor) -> Tensor:
-    """Readout over ``[T, B, N]``; returns all ``m_t`` stacked."""
-    alpha = decay(tau)
+    """Readout over ``[T, B, N]``; returns all ``m_t`` stacked (float32 for a low-precision
+    current or τ, SPEC §6)."""
+    dtype = state_dtype(torch.promote_types(current.dtype, tau.dtype))
+    alpha = decay(tau.to(dtype))
+    current = current.to(dtype)
     if m is None:
         m = torch.zeros_like(current[0])
     out = []

@@ -16,6 +16,9 @@ DeltaGRU keeps four accumulators ``M = [M_r, M_z, M_nx, M_nh]`` (``[B, 4H]``)::
 DeltaLSTM keeps one accumulator ``M [B, 4H]`` (gates i, f, g, o) from ``b_ih + b_hh``.
 Invariant: ``M_t = W_x x̂_t + W_h ĥ_{t−1} + b``; with Θ = 0 the cells are ``nn.GRU``/``nn.LSTM``.
 The masks are piecewise constant, so autograd of this code is the exact gradient.
+Precision (SPEC §6): the products take Δx/Δh in the weights' (or autocast) dtype; x̂, ĥ, M, c, h
+and every comparison with Θ stay float32 for a low-precision layer; the ``h`` sequence is
+returned in the product dtype.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from .precision import Precision, precision_of, project, state_dtype
 
 __all__ = [
     "DeltaGRUState",
@@ -72,7 +77,7 @@ class DeltaTrace(NamedTuple):
 def delta_encode(value: Tensor, memory: Tensor, theta: float | Tensor) -> tuple[Tensor, Tensor]:
     """``Δ = (value − memory) ⊙ 1[|value − memory| > Θ]``; returns ``(Δ, memory + Δ)``."""
     diff = value - memory
-    mask = (diff.detach().abs() > theta).to(value.dtype)
+    mask = (diff.detach().abs() > theta).to(diff.dtype)
     delta = diff * mask
     return delta, memory + delta
 
@@ -86,8 +91,10 @@ def delta_gru_initial_state(
     like: Tensor,
     h0: Tensor | None = None,
 ) -> DeltaGRUState:
-    """Memories at zero, accumulators at the biases (SPEC §4), ``h = h0`` or zeros."""
+    """Memories at zero, accumulators at the biases (SPEC §4), ``h = h0`` or zeros; float32
+    for a low-precision ``like`` (SPEC §6)."""
     hs = hidden_size
+    like = like.new_zeros((), dtype=state_dtype(like.dtype))
     b = like.new_zeros(4 * hs)
     if bias_ih is not None:
         b = b + torch.cat([bias_ih, bias_ih.new_zeros(hs)])
@@ -107,7 +114,10 @@ def delta_lstm_initial_state(
     h0: Tensor | None = None,
     c0: Tensor | None = None,
 ) -> DeltaLSTMState:
+    """Memories at zero, accumulator at ``b_ih + b_hh`` (SPEC §4); float32 for a low-precision
+    ``like`` (SPEC §6)."""
     hs = hidden_size
+    like = like.new_zeros((), dtype=state_dtype(like.dtype))
     b = like.new_zeros(4 * hs)
     if bias_ih is not None:
         b = b + bias_ih
@@ -125,13 +135,14 @@ def _delta_gru_cell(
     weight_hh: Tensor,
     theta_x: float | Tensor,
     theta_h: float | Tensor,
+    p: Precision,
 ) -> tuple[Tensor, DeltaGRUState, Tensor, Tensor]:
     h_prev, x_hat, h_hat, m = state
     hs = h_prev.shape[-1]
     dx, x_hat = delta_encode(x, x_hat, theta_x)
     dh, h_hat = delta_encode(h_prev, h_hat, theta_h)
-    gx = dx @ weight_ih.t()
-    gh = dh @ weight_hh.t()
+    gx = project(dx, weight_ih, None, p)
+    gh = project(dh, weight_hh, None, p)
     m = m + torch.cat([gx[:, : 2 * hs] + gh[:, : 2 * hs], gx[:, 2 * hs :], gh[:, 2 * hs :]], dim=-1)
     h = delta_gru_gates(m, h_prev)
     return h, DeltaGRUState(h, x_hat, h_hat, m), dx, dh
@@ -162,11 +173,12 @@ def _delta_lstm_cell(
     weight_hh: Tensor,
     theta_x: float | Tensor,
     theta_h: float | Tensor,
+    p: Precision,
 ) -> tuple[Tensor, DeltaLSTMState, Tensor, Tensor]:
     h_prev, c_prev, x_hat, h_hat, m = state
     dx, x_hat = delta_encode(x, x_hat, theta_x)
     dh, h_hat = delta_encode(h_prev, h_hat, theta_h)
-    m = m + dx @ weight_ih.t() + dh @ weight_hh.t()
+    m = m + project(dx, weight_ih, None, p) + project(dh, weight_hh, None, p)
     h, c = delta_lstm_gates(m, c_prev)
     return h, DeltaLSTMState(h, c, x_hat, h_hat, m), dx, dh
 
@@ -195,9 +207,10 @@ def delta_gru_step(
     theta_h: float | Tensor = 0.0,
 ) -> tuple[Tensor, DeltaGRUState]:
     """One DeltaGRU step on ``x [B, I]``. Biases enter only through the initial accumulators."""
+    p = precision_of(weight_ih.dtype, weight_ih.device.type)
     state = _gru_state_or_initial(x, state, weight_ih, weight_hh, bias_ih, bias_hh)
-    h, new_state, _, _ = _delta_gru_cell(x, state, weight_ih, weight_hh, theta_x, theta_h)
-    return h, new_state
+    h, new_state, _, _ = _delta_gru_cell(x, state, weight_ih, weight_hh, theta_x, theta_h, p)
+    return h.to(p.matmul), new_state
 
 
 def delta_lstm_step(
@@ -212,9 +225,10 @@ def delta_lstm_step(
     theta_h: float | Tensor = 0.0,
 ) -> tuple[Tensor, DeltaLSTMState]:
     """One DeltaLSTM step on ``x [B, I]``."""
+    p = precision_of(weight_ih.dtype, weight_ih.device.type)
     state = _lstm_state_or_initial(x, state, weight_ih, weight_hh, bias_ih, bias_hh)
-    h, new_state, _, _ = _delta_lstm_cell(x, state, weight_ih, weight_hh, theta_x, theta_h)
-    return h, new_state
+    h, new_state, _, _ = _delta_lstm_cell(x, state, weight_ih, weight_hh, theta_x, theta_h, p)
+    return h.to(p.matmul), new_state
 
 
 def delta_gru_scan(
@@ -229,14 +243,16 @@ def delta_gru_scan(
     theta_h: float | Tensor = 0.0,
 ) -> tuple[Tensor, DeltaGRUState, DeltaTrace]:
     """Reference DeltaGRU over ``x [T, B, I]``: ``(h [T, B, H], final state, DeltaTrace)``."""
+    p = precision_of(weight_ih.dtype, weight_ih.device.type)
     state = _gru_state_or_initial(x, state, weight_ih, weight_hh, bias_ih, bias_hh)
+    weight_ih, weight_hh = weight_ih.to(p.matmul), weight_hh.to(p.matmul)  # cast once, not per step
     hs, dxs, dhs = [], [], []
     for t in range(x.shape[0]):
-        h, state, dx, dh = _delta_gru_cell(x[t], state, weight_ih, weight_hh, theta_x, theta_h)
+        h, state, dx, dh = _delta_gru_cell(x[t], state, weight_ih, weight_hh, theta_x, theta_h, p)
         hs.append(h)
         dxs.append(dx)
         dhs.append(dh)
-    return torch.stack(hs), state, DeltaTrace(torch.stack(dxs), torch.stack(dhs))
+    return torch.stack(hs).to(p.matmul), state, DeltaTrace(torch.stack(dxs), torch.stack(dhs))
 
 
 def delta_lstm_scan(
@@ -251,11 +267,13 @@ def delta_lstm_scan(
     theta_h: float | Tensor = 0.0,
 ) -> tuple[Tensor, DeltaLSTMState, DeltaTrace]:
     """Reference DeltaLSTM over ``x [T, B, I]``: ``(h [T, B, H], final state, DeltaTrace)``."""
+    p = precision_of(weight_ih.dtype, weight_ih.device.type)
     state = _lstm_state_or_initial(x, state, weight_ih, weight_hh, bias_ih, bias_hh)
+    weight_ih, weight_hh = weight_ih.to(p.matmul), weight_hh.to(p.matmul)  # cast once, not per step
     hs, dxs, dhs = [], [], []
     for t in range(x.shape[0]):
-        h, state, dx, dh = _delta_lstm_cell(x[t], state, weight_ih, weight_hh, theta_x, theta_h)
+        h, state, dx, dh = _delta_lstm_cell(x[t], state, weight_ih, weight_hh, theta_x, theta_h, p)
         hs.append(h)
         dxs.append(dx)
         dhs.append(dh)
-    return torch.stack(hs), state, DeltaTrace(torch.stack(dxs), torch.stack(dhs))
+    return torch.stack(hs).to(p.matmul), state, DeltaTrace(torch.stack(dxs), torch.stack(dhs))

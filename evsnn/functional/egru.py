@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ..surrogate import Surrogate, Triangle
+from .precision import Precision, precision_of, project, state_dtype
 
 __all__ = ["EGRUState", "EGRUTrace", "RESETS", "egru_step", "egru_scan", "egru_pointwise", "egru_initial_state"]
 
@@ -45,7 +46,8 @@ class EGRUTrace(NamedTuple):
 
 
 def egru_initial_state(batch: int, hidden: int, like: Tensor) -> EGRUState:
-    z = like.new_zeros(batch, hidden)
+    """Zero ``c`` and ``y`` on ``like``'s device, float32 for a low-precision ``like`` (SPEC §6)."""
+    z = like.new_zeros(batch, hidden, dtype=state_dtype(like.dtype))
     return EGRUState(z, z)
 
 
@@ -62,11 +64,10 @@ def _egru_cell(
     threshold: Tensor,
     reset: str,
     surrogate: Surrogate,
+    p: Precision,
 ) -> tuple[Tensor, EGRUState, Tensor]:
     """One step given the input projection ``gi = W_ih x_t + b_ih`` (``[B, 3H]``)."""
-    gh = state.y @ weight_hh.t()
-    if bias_hh is not None:
-        gh = gh + bias_hh
+    gh = project(state.y, weight_hh, bias_hh, p)
     return egru_pointwise(gi, gh, state, threshold, reset, surrogate)
 
 
@@ -113,13 +114,12 @@ def egru_step(
 ) -> tuple[Tensor, EGRUState]:
     """One EGRU step on ``x`` ``[B, I]``. Returns ``(y_t, EGRUState(c_t, y_t))``."""
     _check_reset(reset)
+    p = precision_of(weight_ih.dtype, weight_ih.device.type)
     if state is None:
         state = egru_initial_state(x.shape[0], weight_hh.shape[1], x)
-    gi = x @ weight_ih.t()
-    if bias_ih is not None:
-        gi = gi + bias_ih
-    y, new_state, _ = _egru_cell(gi, state, weight_hh, bias_hh, threshold, reset, surrogate)
-    return y, new_state
+    gi = project(x, weight_ih, bias_ih, p)
+    y, new_state, _ = _egru_cell(gi, state, weight_hh, bias_hh, threshold.to(p.compute), reset, surrogate, p)
+    return y.to(p.matmul), new_state
 
 
 def egru_scan(
@@ -140,20 +140,24 @@ def egru_scan(
 
     ``zoneout`` (Krueger et al.) keeps each unit's previous ``c`` with that probability in
     training and mixes in its expectation at evaluation. Returns
-    ``(y [T, B, H], final EGRUState, EGRUTrace(c_pre))``.
+    ``(y [T, B, H], final EGRUState, EGRUTrace(c_pre))``. Precision (SPEC §6, see
+    :mod:`evsnn.functional.precision`): products in the weights' (or autocast) dtype, ``c``,
+    θ and the event test in float32 for a low-precision layer, ``y`` returned in the product dtype.
     """
     _check_reset(reset)
+    p = precision_of(weight_ih.dtype, weight_ih.device.type)
     if state is None:
         state = egru_initial_state(x.shape[1], weight_hh.shape[1], x)
-    gi_all = x @ weight_ih.t()
-    if bias_ih is not None:
-        gi_all = gi_all + bias_ih
+    gi_all = project(x, weight_ih, bias_ih, p)
+    if weight_hh.dtype != p.matmul:
+        weight_hh = weight_hh.to(p.matmul)  # cast once, not per step
+    threshold = threshold.to(p.compute)
     ys, c_pres = [], []
     for t in range(x.shape[0]):
-        y, new_state, c_pre = _egru_cell(gi_all[t], state, weight_hh, bias_hh, threshold, reset, surrogate)
+        y, new_state, c_pre = _egru_cell(gi_all[t], state, weight_hh, bias_hh, threshold, reset, surrogate, p)
         if zoneout > 0.0:
             if training:
-                keep = (torch.rand_like(new_state.c) < zoneout).to(x.dtype)
+                keep = (torch.rand_like(new_state.c) < zoneout).to(new_state.c.dtype)
                 c = keep * state.c + (1.0 - keep) * new_state.c
             else:
                 c = zoneout * state.c + (1.0 - zoneout) * new_state.c
@@ -161,4 +165,4 @@ def egru_scan(
         state = new_state
         ys.append(y)
         c_pres.append(c_pre)
-    return torch.stack(ys), state, EGRUTrace(torch.stack(c_pres))
+    return torch.stack(ys).to(p.matmul), state, EGRUTrace(torch.stack(c_pres))

@@ -9,6 +9,10 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from ..functional.precision import LOW_PRECISION, state_dtype
+
+_REAL_DTYPES = "float32, float64, bfloat16 or float16"
+
 
 def check_size(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
@@ -41,8 +45,38 @@ def check_probability(name: str, value: float) -> float:
     return value
 
 
+def check_dtypes(layer: str, x: Tensor, weight: Tensor) -> None:
+    """Real floating dtypes only; ``x`` in the parameters' dtype, or under ``torch.autocast`` for
+    ``x``'s device in float32 or the autocast dtype (autocast casts the products' operands, as
+    for ``nn.GRU``; SPEC §6). A float64 layer takes float64 input only."""
+    if weight.dtype.is_complex or not weight.dtype.is_floating_point:
+        raise TypeError(
+            f"{layer} parameters have dtype {weight.dtype}; evsnn layers are real-valued ({_REAL_DTYPES}): "
+            "convert the layer with .float(), .double(), .bfloat16() or .half()"
+        )
+    if x.dtype.is_complex or not x.dtype.is_floating_point:
+        raise TypeError(f"{layer} expects a real floating-point input ({_REAL_DTYPES}), got {x.dtype}")
+    if x.dtype == weight.dtype:
+        return
+    device_type = x.device.type
+    if weight.dtype != torch.float64 and torch.is_autocast_enabled(device_type):
+        allowed = (torch.float32, torch.get_autocast_dtype(device_type))
+        if x.dtype in allowed:
+            return
+        names = ", ".join(str(d) for d in dict.fromkeys((weight.dtype, *allowed)))
+        raise TypeError(
+            f"{layer} input has dtype {x.dtype}; under torch.autocast({device_type!r}) the layer with "
+            f"{weight.dtype} parameters takes one of {names}"
+        )
+    hint = ""
+    if x.dtype in LOW_PRECISION and weight.dtype == torch.float32:
+        hint = f" (run it under torch.autocast({device_type!r}, {x.dtype}) or convert the layer to {x.dtype})"
+    raise TypeError(f"{layer} input has dtype {x.dtype} but the layer's parameters are {weight.dtype}{hint}")
+
+
 def check_input(layer: str, x: Any, rank: int, features: int, weight: Tensor) -> None:
-    """``x`` must be a tensor of ``rank`` dims, last dim ``features``, same dtype/device as ``weight``."""
+    """``x`` must be a tensor of ``rank`` dims, last dim ``features``, on ``weight``'s device, in a
+    dtype :func:`check_dtypes` accepts."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{layer} expects a torch.Tensor input, got {type(x).__name__}")
     if x.dim() != rank:
@@ -50,8 +84,7 @@ def check_input(layer: str, x: Any, rank: int, features: int, weight: Tensor) ->
         raise ValueError(f"{layer} expects a {rank}-D input {shape}, got shape {tuple(x.shape)}")
     if x.shape[-1] != features:
         raise ValueError(f"{layer} expects input_size={features} features in the last dim, got {x.shape[-1]}")
-    if x.dtype != weight.dtype:
-        raise TypeError(f"{layer} input has dtype {x.dtype} but the layer's parameters are {weight.dtype}")
+    check_dtypes(layer, x, weight)
     if x.device != weight.device:
         raise ValueError(f"{layer} input is on {x.device} but the layer's parameters are on {weight.device}")
 
@@ -63,8 +96,10 @@ def check_state(
     shapes: Sequence[tuple[int, ...]],
     like: Tensor,
 ) -> NamedTuple:
-    """``state`` must be a ``state_type`` (or a plain tuple of its fields) with these shapes."""
+    """``state`` must be a ``state_type`` (or a plain tuple of its fields) with these shapes, in
+    the state dtype of ``like`` (float32 for a low-precision ``like``, SPEC §6)."""
     fields = state_type._fields  # type: ignore[attr-defined]
+    expected = state_dtype(like.dtype)
     if not isinstance(state, tuple) or len(state) != len(fields):
         raise TypeError(
             f"{layer} expects state as {state_type.__name__}({', '.join(fields)}) or None, got {type(state).__name__}"
@@ -76,8 +111,9 @@ def check_state(
             raise TypeError(f"{layer} state field {name!r} must be a tensor, got {type(tensor).__name__}")
         if tuple(tensor.shape) != tuple(shape):
             raise ValueError(f"{layer} state field {name!r} must have shape {tuple(shape)}, got {tuple(tensor.shape)}")
-        if tensor.dtype != like.dtype:
-            raise TypeError(f"{layer} state field {name!r} has dtype {tensor.dtype}, expected {like.dtype}")
+        if tensor.dtype != expected:
+            why = " (the state stays float32 under low precision, SPEC §6)" if expected != like.dtype else ""
+            raise TypeError(f"{layer} state field {name!r} has dtype {tensor.dtype}, expected {expected}{why}")
         if tensor.device != like.device:
             raise ValueError(f"{layer} state field {name!r} is on {tensor.device}, expected {like.device}")
     return state

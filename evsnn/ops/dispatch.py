@@ -12,10 +12,20 @@ would be slower) and ``auto=False`` for an explicit request (it must then declin
 cannot compute the call).
 An explicit request that cannot run raises that sentence; ``"auto"`` moves on to the next
 candidate and warns once per process and reason when a GPU tensor ends on the reference.
+
+Low precision (SPEC §6; ``torch.autocast`` or a bfloat16/float16 layer): the reference handles
+it itself (:mod:`evsnn.functional.precision`). The accelerated kernels exist in float32 and
+float64 only, so they are asked whether they can run the call in float32 and, when chosen, run
+their float32 kernel on operands rounded to the low dtype (:func:`run_lowered`), with the state
+and thresholds in float32 as SPEC §6 asks and the output events returned in the low dtype. That
+is announced by one warning per backend, family and dtype, never by a silent switch to the much
+slower reference.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import warnings
 from collections.abc import Callable
@@ -23,6 +33,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+
+from ..functional.precision import LOW_PRECISION
 
 __all__ = [
     "BACKENDS",
@@ -35,6 +47,8 @@ __all__ = [
     "validate_backend",
     "resolve",
     "call",
+    "lowered_dtype",
+    "run_lowered",
 ]
 
 BACKENDS = ("auto", "torch", "cupy", "cpu_event")
@@ -127,8 +141,42 @@ def _requested(requested: str) -> str:
     return requested
 
 
+def lowered_dtype(device_type: str, dtype: torch.dtype | None) -> torch.dtype | None:
+    """The low dtype a call with input/parameter ``dtype`` runs its products in (SPEC §6):
+    the autocast dtype when autocast is on for ``device_type`` (float64 excepted), else
+    ``dtype`` itself if it is bfloat16/float16, else ``None`` (full precision)."""
+    if dtype is None or dtype == torch.float64 or not dtype.is_floating_point:
+        return None
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return dtype if dtype in LOW_PRECISION else None
+
+
 def resolve(family: str, requested: str, device: torch.device, **config: Any) -> Backend:
-    """Pick the backend for one call. ``config`` is passed to every candidate's ``check``."""
+    """Pick the backend for one call. ``config`` is passed to every candidate's ``check``.
+
+    Under low precision (:func:`lowered_dtype`) accelerated backends are checked for float32
+    and the one chosen is returned wrapped by :func:`run_lowered`."""
+    device = torch.device(device)
+    low = lowered_dtype(device.type, config.get("dtype"))
+    if low is None:
+        return _resolve(family, requested, device, config)
+    backend = _resolve(family, requested, device, {**config, "dtype": torch.float32})
+    if backend.name == "torch":
+        return backend
+    key = f"lowered:{backend.name}:{family}:{low}"
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(
+            f"evsnn: the {backend.name} {family} kernels have no {low} form; running them in float32 on "
+            f"operands rounded to {low} (state and thresholds float32, outputs {low}; SPEC §6)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return replace(backend, fn=functools.partial(run_lowered, backend.fn, family, low, device.type))
+
+
+def _resolve(family: str, requested: str, device: torch.device, config: dict[str, Any]) -> Backend:
     name = _requested(requested)
     if name != "auto":
         _ensure_loaded(name)
@@ -165,9 +213,56 @@ def resolve(family: str, requested: str, device: torch.device, **config: Any) ->
             warnings.warn(
                 f"evsnn: running {family} on the PyTorch reference for a CUDA tensor ({why})",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
     return _REGISTRY[(family, "torch")]
+
+
+# Per family: the arguments that are operands of the products and are rounded to the low dtype
+# before the float32 kernel sees them. The delta cells' products take Δx, Δh, which the kernel
+# forms from float32 x, memories and h (SPEC §6): only their weights are rounded.
+_PRODUCT_OPERANDS = {
+    "alif": ("weight_hh",),
+    "egru": ("x", "weight_ih", "weight_hh"),
+    "delta_gru": ("weight_ih", "weight_hh"),
+    "delta_lstm": ("weight_ih", "weight_hh"),
+}
+
+
+def _upcast(value: Any, compute: torch.dtype) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(compute) if value.is_floating_point() and value.dtype != compute else value
+    if isinstance(value, tuple) and value and all(isinstance(v, torch.Tensor) for v in value):
+        return type(value)(*(_upcast(v, compute) for v in value))
+    return value
+
+
+@functools.cache
+def _signature(family: str) -> inspect.Signature:
+    return inspect.signature(_REGISTRY[(family, "torch")].fn)
+
+
+def run_lowered(fn: Callable[..., Any], family: str, low: torch.dtype, device_type: str, *args: Any, **kwargs: Any):
+    """Run a float32 backend ``fn`` of ``family`` for a call in the low dtype ``low`` (SPEC §6).
+
+    The products' operands (:data:`_PRODUCT_OPERANDS`) are rounded to ``low`` and then upcast,
+    so the kernel multiplies exactly the low-precision values and accumulates in float32 (as a
+    tensor-core product does); everything else is upcast to float32; autocast is switched off
+    inside so that the kernel's own products stay float32. Returns the backend's
+    ``(out, state, trace)`` with ``out`` in ``low`` and the state float32.
+    """
+    bound = _signature(family).bind(*args, **kwargs)
+    rounded = _PRODUCT_OPERANDS[family]
+    for name, value in bound.arguments.items():
+        if name in rounded and isinstance(value, torch.Tensor) and value.dtype != low:
+            value = value.to(low)
+        bound.arguments[name] = _upcast(value, torch.float32)
+    if torch.is_autocast_enabled(device_type):
+        with torch.autocast(device_type, enabled=False):
+            out, state, trace = fn(*bound.args, **bound.kwargs)
+    else:
+        out, state, trace = fn(*bound.args, **bound.kwargs)
+    return out.to(low), state, trace
 
 
 def call(family: str, requested: str, *args: Any, config: dict[str, Any], **kwargs: Any) -> Any:
