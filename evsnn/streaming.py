@@ -33,6 +33,7 @@ from .functional.alif import alif_initial_state, leaky_readout_step
 from .functional.delta import delta_gru_initial_state, delta_lstm_initial_state
 from .functional.egru import egru_initial_state
 from .nn._checks import check_input, check_size, check_state
+from .nn._validate import check_steps, check_tensor_state
 from .nn.alif import ALIF, ALIFCell, LeakyReadout
 from .nn.delta import DeltaGRU, DeltaGRUCell, DeltaLSTM, DeltaLSTMCell
 from .nn.egru import EGRU, EGRUCell
@@ -193,10 +194,10 @@ class Stream:
             if state is None:
                 state = self._initial_state()
             elif self.family is None:
-                shape = (self.batch_size, self.hidden_size)
-                if not isinstance(state, Tensor) or tuple(state.shape) != shape:
-                    got = tuple(state.shape) if isinstance(state, Tensor) else type(state).__name__
-                    raise ValueError(f"LeakyReadout stream state must be a tensor of shape {shape}, got {got}")
+                reference = self._initial_state()
+                check_tensor_state(
+                    f"Stream({type(self.layer).__name__})", state, tuple(reference.shape), reference.dtype, reference.device
+                )
             else:
                 reference = self._initial_state()
                 state = check_state(
@@ -254,6 +255,7 @@ class Stream:
         name = f"Stream({type(self.layer).__name__}).chunk"
         check_input(name, x, 3, self.input_size, self._like)
         x = x.transpose(0, 1) if batch_first else x
+        check_steps(name, x)
         if x.shape[1] != self.batch_size:
             raise ValueError(f"{name} expects batch size {self.batch_size} (set by Stream(batch_size=...)), got {x.shape[1]}")
         with torch.inference_mode():

@@ -115,3 +115,155 @@ def test_stream_propagates_nan_like_the_reference(make, kernel, monkeypatch):
         _same(reference.step(x[step]), event.step(x[step]), f"step {step}")
     for name, u, v in zip(type(reference.state)._fields, reference.state, event.state):
         _same(u, v, f"state.{name}")
+
+
+# --------------------------------------------------------------------------------------------
+# T = 0: one ValueError everywhere, naming the layer and T >= 1
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_cpu_event_scans_refuse_zero_steps(family, grad):
+    gen = torch.Generator().manual_seed(6)
+    params = tuple(p.requires_grad_(grad) for p in _params(family, 4, 5, gen))
+    x = torch.zeros(0, 2, 4, dtype=torch.float64)
+    theta = torch.full((5,), 0.2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"at least one time step \(T >= 1\).*T = 0"):
+        _run(FAMILIES[family][1], family, x, params, theta)
+
+
+def test_cpu_event_alif_scan_refuses_zero_steps():
+    tau = torch.full((5,), 10.0)
+    with pytest.raises(ValueError, match=r"alif.*T >= 1"):
+        cpu_event.alif_event_scan(torch.zeros(0, 2, 5), None, tau_mem=tau, tau_adapt=tau)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu_event"])
+@pytest.mark.parametrize(
+    "make", [evsnn.ALIF, evsnn.EGRU, evsnn.DeltaGRU, evsnn.DeltaLSTM, evsnn.LeakyReadout], ids=lambda c: c.__name__
+)
+def test_stream_chunk_refuses_zero_steps(make, backend):
+    layer = make(4, 6) if make is evsnn.LeakyReadout else make(4, 6, backend=backend)
+    stream = Stream(layer, batch_size=2, backend=None if make is evsnn.LeakyReadout else backend)
+    with pytest.raises(ValueError, match=rf"Stream\({make.__name__}\).chunk expects at least one time step"):
+        stream.chunk(torch.zeros(0, 2, 4))
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_leaky_readout_refuses_zero_steps(batch_first):
+    readout = evsnn.LeakyReadout(4, 3, batch_first=batch_first)
+    x = torch.zeros(2, 0, 4) if batch_first else torch.zeros(0, 2, 4)
+    with pytest.raises(ValueError, match=r"LeakyReadout expects at least one time step \(T >= 1\)"):
+        readout(x)
+
+
+# --------------------------------------------------------------------------------------------
+# LeakyReadout state: dtype and device checked like the other layers' states
+# --------------------------------------------------------------------------------------------
+
+
+def test_leaky_readout_state_dtype_and_device_are_checked():
+    readout = evsnn.LeakyReadout(4, 3)
+    x = torch.randn(5, 2, 4)
+    good = torch.zeros(2, 3)
+    torch.testing.assert_close(readout(x, good)[0], readout(x)[0])  # zeros = the initial state
+    with pytest.raises(TypeError, match=r"LeakyReadout state must have dtype torch.float32.*got torch.float64"):
+        readout(x, good.double())
+    with pytest.raises(TypeError, match=r"LeakyReadout state must have dtype torch.float32.*got torch.int64"):
+        readout(x, good.long())
+    with pytest.raises(ValueError, match=r"LeakyReadout state must be on cpu.*got meta"):
+        readout(x, torch.zeros(2, 3, device="meta"))
+    with pytest.raises(TypeError, match=r"LeakyReadout state must be a torch.Tensor"):
+        readout(x, [[0.0] * 3] * 2)
+    stream = Stream(readout, batch_size=2)
+    with pytest.raises(TypeError, match=r"Stream\(LeakyReadout\) state must have dtype torch.float32"):
+        stream.reset(good.double())
+    with pytest.raises(ValueError, match=r"Stream\(LeakyReadout\) state must be on cpu"):
+        stream.reset(torch.zeros(2, 3, device="meta"))
+
+
+# --------------------------------------------------------------------------------------------
+# Parameters set to invalid values after construction
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [evsnn.DeltaGRU, evsnn.DeltaLSTM, evsnn.DeltaGRUCell, evsnn.DeltaLSTMCell])
+def test_delta_thresholds_are_checked_when_assigned(make):
+    layer = make(3, 4, theta_x=0.1)
+    for bad, error in ((-0.1, ValueError), (float("nan"), ValueError), (float("inf"), ValueError), ("0.1", TypeError)):
+        with pytest.raises(error, match=rf"{make.__name__}.theta_x must be"):
+            layer.theta_x = bad
+        with pytest.raises(error, match=rf"{make.__name__}.theta_h must be"):
+            layer.theta_h = bad
+    assert layer.theta_x == 0.1  # the refused value was not stored
+    layer.theta_h = 0.25
+    assert layer.theta_h == 0.25 and isinstance(layer.theta_h, float)
+
+
+def _constrained(make):
+    """(layer, name of a constrained tensor, a refused value) for each layer kind."""
+    layer = make(3, 4)
+    if isinstance(layer, (evsnn.EGRU, evsnn.EGRUCell)):
+        return layer, "log_threshold", float("nan")
+    if isinstance(layer, evsnn.LeakyReadout):
+        return layer, "tau", float("nan")
+    return layer, "tau_mem", float("nan")
+
+
+KINDS = [evsnn.ALIF, evsnn.ALIFCell, evsnn.EGRU, evsnn.EGRUCell, evsnn.LeakyReadout]
+
+
+@pytest.mark.parametrize("make", KINDS, ids=lambda c: c.__name__)
+def test_invalid_parameter_is_refused_by_assignment_load_state_dict_and_check(make):
+    layer, name, bad = _constrained(make)
+    good = {k: v.clone() for k, v in layer.state_dict().items()}
+    poisoned = {k: v.clone() for k, v in good.items()}
+    poisoned[name][1] = bad
+    with pytest.raises(ValueError, match=rf"{make.__name__}.{name} must be finite, got nan at index 1"):
+        layer.load_state_dict(poisoned)
+    torch.testing.assert_close(getattr(layer, name).detach(), good[name])  # a refused load changes nothing
+    # Inside a larger model the layer's own check still runs.
+    model = torch.nn.Sequential(make(3, 4))
+    with pytest.raises(ValueError, match=rf"{make.__name__}.{name} must be finite"):
+        model.load_state_dict({f"0.{k}": v for k, v in poisoned.items()})
+    with pytest.raises(ValueError, match=rf"{make.__name__}.{name} must be finite"):
+        setattr(layer, name, torch.nn.Parameter(poisoned[name]))
+    layer.load_state_dict(good)
+    assert layer.check() is layer
+    with torch.no_grad():
+        getattr(layer, name)[2] = bad  # in-place writes are not watched: check() finds them
+    with pytest.raises(ValueError, match=rf"{make.__name__}.{name} must be finite, got nan at index 2"):
+        layer.check()
+
+
+def test_alif_b0_and_beta_rules_and_nan_weights():
+    layer = evsnn.ALIF(3, 4, learn_threshold=True)
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    for name, value, what in (("b0", 0.0, "finite and > 0"), ("beta", -0.5, "finite and >= 0")):
+        poisoned = {k: v.clone() for k, v in state.items()}
+        poisoned[name][0] = value
+        with pytest.raises(ValueError, match=rf"ALIF.{name} must be {what}, got {value!r} at index 0"):
+            layer.load_state_dict(poisoned)
+    with torch.no_grad():
+        layer.weight_hh[0, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"ALIF.weight_hh must be finite, got inf at index 1"):
+        layer.check()
+
+
+def test_delta_check_finds_nan_weights_and_bad_thresholds():
+    layer = evsnn.DeltaGRU(3, 4)
+    assert layer.check() is layer
+    with torch.no_grad():
+        layer.bias_hh[5] = float("nan")
+    with pytest.raises(ValueError, match=r"DeltaGRU.bias_hh must be finite, got nan at index 5"):
+        layer.check()
+
+
+def test_egru_threshold_property_of_a_nan_log_threshold_is_caught():
+    layer = evsnn.EGRU(3, 4)
+    with torch.no_grad():
+        layer.log_threshold[0] = float("nan")
+    # The forward pass does not look (no host sync); check() does, and names the parameter.
+    with pytest.raises(ValueError, match=r"EGRU.log_threshold must be finite"):
+        layer.check()

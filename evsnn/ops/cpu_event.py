@@ -52,6 +52,7 @@ from ..functional.delta import (
     delta_lstm_initial_state,
 )
 from ..functional.egru import RESETS, EGRUState, EGRUTrace, egru_initial_state, egru_pointwise
+from ..nn._validate import check_steps
 from ..surrogate import MultiGaussian, SnnTorchSurrogate, Surrogate, Triangle
 from .dispatch import Backend, register
 
@@ -521,6 +522,7 @@ def egru_event_scan(
         raise ValueError(f"the cpu_event EGRU does not implement zoneout, got zoneout={zoneout}")
     _check_surrogate(surrogate)
     _check_cpu_tensors("egru", x, weight_ih, weight_hh, threshold)
+    check_steps("the cpu_event egru scan", x)
     if state is None:
         state = egru_initial_state(x.shape[1], weight_hh.shape[1], x)
     params = (x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold)
@@ -657,6 +659,7 @@ def alif_event_scan(
     :func:`evsnn.functional.alif_scan` (SPEC §2)."""
     _check_surrogate(surrogate)
     _check_cpu_tensors("alif", current, tau_mem, tau_adapt, weight_hh)
+    check_steps("the cpu_event alif scan", current)
     if state is None:
         state = alif_initial_state(current[0], b0)
     params = (current, state, tau_mem, tau_adapt, b0, beta)
@@ -920,7 +923,9 @@ def _delta_autograd(x, state, weight_ih, weight_hh, theta_x, theta_h, gru: bool)
 
 
 def _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru: bool):
-    _check_cpu_tensors("delta_gru" if gru else "delta_lstm", x, weight_ih, weight_hh)
+    family = "delta_gru" if gru else "delta_lstm"
+    _check_cpu_tensors(family, x, weight_ih, weight_hh)
+    check_steps(f"the cpu_event {family} scan", x)
     runner_type = DeltaGRURunner if gru else DeltaLSTMRunner
     if state is None:
         init = delta_gru_initial_state if gru else delta_lstm_initial_state
