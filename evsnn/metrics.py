@@ -238,8 +238,14 @@ def profile(
     loss_fn: Callable[[Any], Tensor] | None = None,
     energy: Mapping[str, float] | None = None,
     energy_source: str | None = None,
+    warmup: bool = True,
 ) -> Profile:
     """Run ``model(x)`` once and profile every layer that records ``last_stats``.
+
+    With ``warmup=True`` (default) one untimed ``model(x)`` under ``torch.no_grad()`` runs
+    first, so that ``forward_ms`` times a steady call rather than first-use costs (lazy imports,
+    kernel compilation, allocator growth: seconds on a first call). Pass ``warmup=False`` when a
+    forward call changes the model (e.g. BatchNorm running statistics in training mode).
 
     With ``backward=True`` the forward pass records the graph (so that backward sparsity is
     measured: the fraction of units whose pseudo-derivative is exactly zero) and
@@ -284,6 +290,9 @@ def profile(
                 info["stats"] = stats
                 break
 
+    if warmup:  # before the hooks: the warm-up call is not profiled
+        with torch.no_grad():
+            model(x)
     handles = []
     for m in layers:
         handles.append(m.register_forward_pre_hook(pre_hook))

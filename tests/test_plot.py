@@ -243,6 +243,27 @@ def test_traces_egru_state_theta_and_events():
         plot.traces(torch.zeros(3), y)
 
 
+def test_profile_warms_up_before_it_times():
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = evsnn.EGRU(4, 6)
+            self.calls: list[bool] = []
+
+        def forward(self, x):
+            self.calls.append(torch.is_grad_enabled())
+            return self.layer(x)
+
+    model, x = Counting(), torch.randn(5, 2, 4)
+    prof = metrics.profile(model, x, backward=True)
+    # one untimed call without a graph, then the profiled call; only the latter is reported
+    assert model.calls == [False, True] and len(prof.layers) == 1
+    assert prof.layers[0].event_ops == model.layer.last_stats.event_ops
+    model.calls.clear()
+    metrics.profile(model, x, warmup=False)
+    assert model.calls == [False]
+
+
 def test_op_savings_bars_match_the_profile():
     torch.manual_seed(0)
     model = evsnn.EGRU(4, 6, threshold_init="constant", threshold=0.1)
