@@ -14,6 +14,7 @@ so a ``T = 10 000 × N = 1 000`` raster at 5 % activity renders in well under tw
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -473,9 +474,16 @@ def training_curves(log: Any, ax: Axes | None = None, *, title: str | None = Non
 
 
 def save(obj: Any, path: str | os.PathLike, *, dpi: int = 120, close: bool = True) -> str:
-    """Save an Axes' or a Figure's figure to ``path`` (format from the suffix) and close it."""
+    """Save an Axes' or a Figure's figure to ``path`` (format from the suffix) and close it.
+
+    The image is rendered in memory and moved into place atomically (a unique temporary file
+    next to ``path``, then ``os.replace``): a reader never sees half an image, and a failed
+    write leaves no temporary file and names ``path``.
+    """
     from matplotlib.axes import Axes as _Axes
     from matplotlib.figure import Figure as _Figure
+
+    from .train import atomic_write
 
     if isinstance(obj, _Axes):
         fig = obj.figure
@@ -483,7 +491,11 @@ def save(obj: Any, path: str | os.PathLike, *, dpi: int = 120, close: bool = Tru
         fig = obj
     else:
         raise TypeError(f"save expects a matplotlib Axes or Figure, got {type(obj).__name__}")
-    fig.savefig(path, dpi=dpi)
-    if close:
-        _pyplot().close(fig)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, dpi=dpi, format=os.path.splitext(os.fspath(path))[1].lstrip(".") or None)
+    finally:
+        if close:
+            _pyplot().close(fig)
+    atomic_write(path, buf.getvalue())
     return os.fspath(path)

@@ -10,18 +10,36 @@ equal shards of each global batch, and DDP averages the gradients. Since the los
 over equal shards, each step equals one process on the whole global batch (up to summation
 order). gloo on CPU, NCCL on CUDA.
 
-The run folder gets ``checkpoint.pt`` (rewritten atomically after every epoch, so an
-interrupted run keeps its last complete epoch), ``metrics.json``, ``events.pt`` (the first
-layer's events on a few test samples, for redrawing), ``raster.png`` and ``curves.png``.
+Run folder (one run per folder, never overwritten):
+
+- ``run.json``: created first, with ``O_EXCL``, so that of two runs started into one folder
+  exactly one owns it; holds the ``run_id`` (also written into every other file), the start time
+  and the configuration. A folder that already holds run files is refused.
+- ``checkpoint.pt``: model, optimiser, epoch and step, rewritten after every epoch, so an
+  interrupted run keeps its last complete epoch;
+- ``metrics.json``: accuracy, per-layer activity and operations, per-epoch history;
+- ``events.pt``: the first layer's events ``[T, 8, hidden]`` and labels of the first 8 test
+  samples (a copy, not the test set), from which ``evsnn plot`` redraws ``raster.png``;
+- ``raster.png`` and ``curves.png`` (when matplotlib is installed).
+
+Every file is written to a unique temporary name in the folder and moved into place with
+``os.replace``, so a reader sees the old file or the new one, never half of one; a failed write
+(full disk included) removes its temporary file and names the file it was writing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import json
 import math
 import os
+import socket
 import sys
+import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -34,9 +52,11 @@ from torch import Tensor, nn
 from . import nn as enn
 
 __all__ = ["MODELS", "DATASETS", "TrainConfig", "SequenceClassifier", "build_model", "load_data", "train",
-           "draw_run_plots", "load_run"]
+           "draw_run_plots", "load_run", "RunFolder", "RunFolderError", "RunFolderInUse", "atomic_write", "resolve_device",
+           "choose_threads"]
 
 MODELS = ("alif", "egru", "deltagru", "deltalstm")
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 DATASETS = ("digits", "digits-pixels", "digits-permuted", "temporal", "shd", "dvsgesture", "nmnist")
 
 
@@ -54,7 +74,7 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-2
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"
     backend: str = "auto"
     out: str | None = None
     max_steps: int | None = None
@@ -72,8 +92,19 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an int in [0, 2**32), got {self.seed!r}")
+        # The optimiser keeps lr in float32: a larger value overflows inside torch.optim.
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= _FLOAT32_MAX):
+            raise ValueError(f"lr must be a finite number in (0, {_FLOAT32_MAX:.3g}], got {self.lr!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ValueError(f"threads must be an int >= 1 or None, got {self.threads!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError):
+                raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}") from None
         if self.data in ("shd", "dvsgesture", "nmnist") and not self.data_dir:
             raise ValueError(f"--data {self.data} needs --data-dir, the folder holding the data set")
         return self
@@ -136,12 +167,38 @@ def load_data(config: TrainConfig) -> tuple[Any, Any, int, int]:
     root = config.data_dir
     if not os.path.isdir(root):
         raise FileNotFoundError(f"data folder {root!r} does not exist")
-    loader = {"shd": data.shd, "dvsgesture": data.dvs_gesture, "nmnist": data.nmnist}[config.data]
-    train_set, test_set = loader(root, train=True), loader(root, train=False)
+    train_set, test_set = _open_split(config.data, root, True), _open_split(config.data, root, False)
     if len(train_set) == 0 or len(test_set) == 0:
         raise FileNotFoundError(f"no {config.data} samples found under {root!r}")
     n_classes = {"shd": 20, "dvsgesture": 11, "nmnist": 10}[config.data]
     return train_set, test_set, train_set[0][0].shape[-1], n_classes
+
+
+def _data_location(name: str, root: str, train: bool) -> str:
+    """The file (SHD) or folder a split of a neuromorphic data set is read from, for messages."""
+    if name == "shd":
+        return os.path.join(root, "SHD", f"shd_{'train' if train else 'test'}.h5")
+    sub = {"dvsgesture": ("DVSGesture", "ibmGestureTrain", "ibmGestureTest"), "nmnist": ("NMNIST", "Train", "Test")}
+    folder, tr, te = sub[name]
+    return os.path.join(root, folder, tr if train else te)
+
+
+def _open_split(name: str, root: str, train: bool) -> Any:
+    """One split through its loader, with its first sample read, so that an unreadable file fails
+    here with its name rather than inside the first epoch with the library's text alone."""
+    from . import data
+
+    loader = {"shd": data.shd, "dvsgesture": data.dvs_gesture, "nmnist": data.nmnist}[name]
+    try:
+        dataset = loader(root, train=train)
+        if len(dataset):
+            dataset[0]
+    except (FileNotFoundError, ImportError):
+        raise
+    except (OSError, KeyError, ValueError, IndexError, RuntimeError, EOFError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise OSError(f"cannot read {name} data from {_data_location(name, root, train)}: {reason}") from None
+    return dataset
 
 
 def _batches(dataset, indices: Tensor) -> tuple[Tensor, Tensor]:
@@ -203,16 +260,171 @@ def _evaluate(model: nn.Module, dataset, device: torch.device, batch_size: int =
     return correct / total, loss_sum / total
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+class RunFolderError(OSError):
+    """A run folder cannot be used or written; the message names the folder or file."""
+
+
+class RunFolderInUse(RunFolderError):
+    """The run folder already holds, or is being written by, another run."""
+
+
+def _os_reason(err: OSError) -> str:
+    if err.errno == errno.ENOSPC:
+        return "no space left on the device (disk full)"
+    return err.strerror or str(err) or type(err).__name__
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a unique temporary file next to ``path``, then ``os.replace`` it there:
+    readers see the old file or the new one. On failure the temporary file is removed and a
+    :class:`RunFolderError` names ``path``."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise RunFolderError(f"cannot write {os.fspath(path)}: {_os_reason(err)}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; the result is an ordinary file
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(err, OSError):
+            raise RunFolderError(f"cannot write {os.fspath(path)}: {_os_reason(err)}") from None
+        raise
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+RUN_FILES = ("run.json", "checkpoint.pt", "metrics.json", "events.pt", "raster.png", "curves.png")
+
+
+class RunFolder:
+    """The folder of one run, claimed by creating ``run.json`` with ``O_EXCL``.
+
+    Args:
+        path: the folder (created with its parents if missing).
+        run_id: the id written into every file of the run.
+        created: whether :meth:`claim` created the folder (then :meth:`release` may remove it).
+    """
+
+    def __init__(self, path: Path, run_id: str, created: bool):
+        self.path = path
+        self.run_id = run_id
+        self.created = created
+
+    @classmethod
+    def claim(cls, path: str | os.PathLike, config: TrainConfig) -> RunFolder:
+        """Create or adopt an empty-of-runs folder and mark it as this run's; refuse a folder that
+        holds (or is being written by) another run, with a message naming it."""
+        path = Path(path)
+        created = not path.exists()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RunFolderError(f"cannot create run folder {os.fspath(path)}: {_os_reason(err)}") from None
+        taken = [name for name in RUN_FILES if (path / name).exists()]
+        if taken:
+            raise RunFolderInUse(cls._taken_message(path, taken))
+        run_id = uuid.uuid4().hex
+        marker = path / "run.json"
+        try:
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise RunFolderInUse(cls._taken_message(path, ["run.json"])) from None
+        except OSError as err:
+            raise RunFolderError(f"cannot write to run folder {os.fspath(path)}: {_os_reason(err)}") from None
+        info = {"run_id": run_id, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
+                "pid": os.getpid(), "config": asdict(config)}
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(info, indent=2))
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                marker.unlink()
+            raise RunFolderError(f"cannot write {os.fspath(marker)}: {_os_reason(err)}") from None
+        return cls(path, run_id, created)
+
+    @staticmethod
+    def _taken_message(path: Path, taken: list[str]) -> str:
+        return (f"run folder {os.fspath(path)} already holds a run ({', '.join(taken)}); runs are never "
+                "overwritten: choose a new --out (or remove the folder)")
+
+    def write(self, name: str, data: bytes) -> Path:
+        target = self.path / name
+        atomic_write(target, data)
+        return target
+
+    def save(self, name: str, obj: dict[str, Any]) -> Path:
+        return self.write(name, _torch_bytes({**obj, "run_id": self.run_id}))
+
+    def release(self) -> None:
+        """Undo :meth:`claim` for a run that wrote nothing else: remove ``run.json`` (and the
+        folder when the claim created it and it is now empty)."""
+        if any((self.path / name).exists() for name in RUN_FILES[1:]):
+            return
+        with contextlib.suppress(OSError):
+            (self.path / "run.json").unlink()
+        if self.created:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → ``cuda`` when PyTorch sees a GPU, else ``cpu``; other names as given, checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {name} asked for, but no CUDA GPU is visible to PyTorch")
+    return device
+
+
+def choose_threads(cores: int, load: float, current: int, processes: int = 1) -> tuple[int, str]:
+    """Intra-op threads for CPU training and the reason, for ``cores`` usable cores, the 1-minute
+    load average ``load`` and ``processes`` training processes on this machine.
+
+    The recurrent loops issue many small ops per step; their thread hand-offs cost more than they
+    save once the cores are shared (measured on a loaded 2-core machine: 3 epochs took 42 s with
+    the default threads and 7 s with one). So: one thread on ≤ 2 cores, else the cores that the
+    load leaves idle, split over the processes, at least one and at most ``current``.
+    """
+    if cores <= 2:
+        return 1, f"{cores} cores"
+    idle = int(cores - load)
+    n = max(1, min(current, idle // max(processes, 1)))
+    return n, f"{cores} cores, load {load:.1f}" + (f", {processes} processes" if processes > 1 else "")
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _progress(total: int, enabled: bool, desc: str) -> Any:
-    """A tqdm bar over one epoch's batches when tqdm is installed; without tqdm nothing is drawn
-    during the epoch (the loop prints one line per epoch either way)."""
-    if enabled:
+    """A tqdm bar over one epoch's batches when tqdm is installed and stderr is a terminal (a
+    bar in a piped log is a flood of carriage returns); otherwise nothing is drawn during the
+    epoch (the loop prints one line per epoch either way)."""
+    if enabled and sys.stderr.isatty():
         try:
             from tqdm import tqdm
 
@@ -241,15 +453,78 @@ def default_run_dir(config: TrainConfig) -> Path:
 def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train, evaluate after every epoch, write the run folder, return the metrics dict.
 
-    ``KeyboardInterrupt`` propagates after the last completed epoch's checkpoint is on disk.
+    Everything that can be checked is checked before the first epoch: the configuration, the
+    device, the run folder (claimed, so a folder holding another run is refused with
+    :class:`RunFolderInUse` and an unwritable one fails at once, naming it) and the data. On CPU
+    with ``config.threads=None`` the thread count comes from :func:`choose_threads`; the previous
+    count is restored on return. ``KeyboardInterrupt`` propagates after the last completed epoch's
+    checkpoint is on disk; a run that ends before its first checkpoint removes its claim again.
+    Without matplotlib the run still completes (metrics, checkpoint and events are written) and
+    ``log`` gets a note instead of the plots.
     """
     config.validate()
+    config.device = str(resolve_device(config.device))
     dist_info = _init_distributed(config)
-    if config.threads:
-        torch.set_num_threads(config.threads)
     device = torch.device(config.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but no CUDA GPU is visible to PyTorch")
+    threads_before = torch.get_num_threads()
+    run: RunFolder | None = None
+    try:
+        if dist_info.main:
+            run = _claim_run_folder(config)
+        else:
+            config.out = os.fspath(Path(config.out) if config.out else default_run_dir(config))
+        threads = _set_threads(config, device, dist_info, threads_before, log if progress else None)
+        return _train(config, device, dist_info, run, threads, progress, log)
+    except BaseException:
+        if run is not None:
+            run.release()
+        raise
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _set_threads(config: TrainConfig, device: torch.device, dist_info: _Dist, current: int,
+                 log: Callable[[str], None] | None) -> int:
+    if config.threads is not None:
+        n, source = config.threads, "--threads"
+    elif device.type == "cpu":
+        try:
+            load = os.getloadavg()[0]
+        except (AttributeError, OSError):  # no load average on this platform
+            load = 0.0
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", dist_info.world))
+        n, why = choose_threads(_usable_cores(), load, current, processes)
+        source = f"auto: {why}; --threads N to override"
+    else:
+        return current
+    torch.set_num_threads(n)
+    if log is not None and dist_info.main:
+        log(f"threads: {n} ({source})")
+    return n
+
+
+def _claim_run_folder(config: TrainConfig) -> RunFolder:
+    if config.out:
+        run = RunFolder.claim(config.out, config)
+    else:
+        # Default names carry the second the run started; runs started in the same second
+        # get -2, -3, ... instead of refusing.
+        base = default_run_dir(config)
+        for i in range(1, 100):
+            candidate = base if i == 1 else base.with_name(f"{base.name}-{i}")
+            try:
+                run = RunFolder.claim(candidate, config)
+                break
+            except RunFolderInUse:
+                continue
+        else:
+            raise RunFolderInUse(f"run folders {base}, {base}-2, ... {base}-99 are all taken: pass --out")
+    config.out = os.fspath(run.path)
+    return run
+
+
+def _train(config: TrainConfig, device: torch.device, dist_info: _Dist, run: RunFolder | None, threads: int,
+           progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
     train_set, test_set, n_features, n_classes = load_data(config)
     torch.manual_seed(config.seed)
     model = build_model(config, n_features, n_classes).to(device)
@@ -264,10 +539,6 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=max(total_steps, 2))
-    run_dir = Path(config.out) if config.out else default_run_dir(config)
-    if dist_info.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    config.out = str(run_dir)
     history: list[dict[str, Any]] = []
     step, started = 0, time.time()
     shard = config.batch_size // dist_info.world
@@ -284,7 +555,11 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
             opt.step()
             sched.step()
             step += 1
-            loss_sum += float(loss.detach()) * len(mine)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise RuntimeError(f"training diverged: the loss is {value} at epoch {epoch}, step {step} "
+                                   f"(lr {config.lr:g}; try a smaller --lr)")
+            loss_sum += value * len(mine)
             seen += len(mine)
             act_sum += model.layer.last_stats.mean_event_fraction if model.layer.last_stats else 0.0
             bar.update(1)
@@ -297,26 +572,34 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
         row = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "test_loss": test_loss, "accuracy": acc,
                "activity": act_sum / n_batches, "time_s": time.time() - started}
         history.append(row)
-        if dist_info.main:
-            _atomic_save({"config": asdict(config), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "epoch": epoch, "step": step, "n_features": n_features, "n_classes": n_classes},
-                         run_dir / "checkpoint.pt")
+        if run is not None:
+            run.save("checkpoint.pt", {"config": asdict(config), "model": model.state_dict(),
+                                       "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
+                                       "n_features": n_features, "n_classes": n_classes})
             if progress:
                 log(f"epoch {epoch:>3}/{config.epochs}  loss {row['loss']:.3f}  test accuracy {acc:.3f}  "
                     f"activity {row['activity']:.3f}  {row['time_s']:.0f}s")
         if step >= total_steps:
             break
-    metrics = _summarise(model, test_set, device, config, history, time.time() - started, dist_info.world)
-    if dist_info.main:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        draw_run_plots(run_dir)
+    metrics, events = _summarise(model, test_set, device, config, history, time.time() - started, dist_info.world)
+    metrics["threads"] = threads
+    if run is not None:
+        metrics["run_id"] = run.run_id
+        run.save("events.pt", events)
+        run.write("metrics.json", json.dumps(metrics, indent=2).encode())
+        try:
+            draw_run_plots(run.path)
+        except ImportError as err:
+            log(f"note: {err}; raster.png and curves.png were not drawn. metrics.json, checkpoint.pt and events.pt "
+                f"are in {run.path} (draw the plots later with 'evsnn plot {run.path}')")
     return metrics
 
 
 def _summarise(model: SequenceClassifier, test_set, device: torch.device, config: TrainConfig,
-               history: list[dict[str, Any]], seconds: float, world: int) -> dict[str, Any]:
-    """Final accuracy plus each layer's :class:`~evsnn.stats.LayerStats` on the whole test set;
-    saves the events of the first 8 test samples next to the metrics for ``evsnn plot``."""
+               history: list[dict[str, Any]], seconds: float, world: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Final accuracy plus each layer's :class:`~evsnn.stats.LayerStats` on the whole test set,
+    and the ``events.pt`` payload: the events and labels of the first 8 test samples, copied
+    (a slice would carry the whole test set's storage into the file)."""
     model.eval()
     idx = torch.arange(len(test_set))
     x, y = _batches(test_set, idx)
@@ -324,15 +607,20 @@ def _summarise(model: SequenceClassifier, test_set, device: torch.device, config
         logits, events = model(x.to(device))
     accuracy = float((logits.argmax(1).cpu() == y).float().mean())
     layers = [layer.last_stats.as_dict() for layer in model.layers_with_stats() if layer.last_stats is not None]
-    if config.out and int(os.environ.get("RANK", "0")) == 0:
-        torch.save({"events": events[:, :8].cpu(), "labels": y[:8], "model": config.model},
-                   Path(config.out) / "events.pt")
-    return {"config": asdict(config), "accuracy": accuracy, "train_seconds": seconds, "world_size": world,
-            "layers": layers, "history": history}
+    keep = torch.contiguous_format
+    saved = {"events": events[:, :8].detach().cpu().clone(memory_format=keep),
+             "labels": y[:8].clone(memory_format=keep), "model": config.model}
+    metrics = {"config": asdict(config), "accuracy": accuracy, "train_seconds": seconds, "world_size": world,
+               "layers": layers, "history": history}
+    return metrics, saved
+
+
+_HISTORY_KEYS = ("epoch", "loss", "test_loss", "accuracy", "activity")
 
 
 def load_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(metrics, events)`` of a run folder; clear errors when a file is missing or unreadable."""
+    """``(metrics, events)`` of a finished run folder, checked: a clear error naming the file when
+    one is missing, unreadable, not what ``evsnn train`` writes, or from another run."""
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"run folder {os.fspath(run)!r} does not exist")
@@ -340,37 +628,66 @@ def load_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]
     for p in (metrics_path, events_path):
         if not p.is_file():
             raise FileNotFoundError(f"{os.fspath(p)!r} is missing: is {os.fspath(run)!r} a finished evsnn run folder?")
-    try:
-        metrics = json.loads(metrics_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{os.fspath(metrics_path)!r} is not valid JSON ({err})") from None
+    metrics = _read_json(metrics_path)
     if not isinstance(metrics, dict) or not isinstance(metrics.get("history"), list):
         raise ValueError(f"{os.fspath(metrics_path)!r} has no 'history' list: not an evsnn metrics file")
+    for row in metrics["history"]:
+        if not isinstance(row, dict) or not all(
+            isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool) for k in _HISTORY_KEYS if k in row
+        ) or "epoch" not in row:
+            raise ValueError(f"{os.fspath(metrics_path)!r}: a history row is not a dict of numbers with an 'epoch': "
+                             f"{str(row)[:80]}")
     try:
         events = torch.load(events_path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a corrupt file
         raise ValueError(f"{os.fspath(events_path)!r} is unreadable ({type(err).__name__})") from None
-    if not isinstance(events, dict) or "events" not in events:
+    if not isinstance(events, dict) or not isinstance(events.get("events"), Tensor):
         raise ValueError(f"{os.fspath(events_path)!r} has no 'events' tensor")
+    ev = events["events"]
+    if ev.dim() != 3 or 0 in ev.shape:
+        raise ValueError(f"{os.fspath(events_path)!r}: 'events' must be a non-empty [T, samples, units] tensor, "
+                         f"got shape {tuple(ev.shape)}")
+    labels = events.get("labels")
+    if labels is not None and not (isinstance(labels, Tensor) and labels.dim() == 1 and labels.numel() >= 1):
+        raise ValueError(f"{os.fspath(events_path)!r}: 'labels' must be a non-empty 1-d tensor, got "
+                         f"{tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__}")
+    ids = {"metrics.json": metrics.get("run_id"), "events.pt": events.get("run_id")}
+    marker = run / "run.json"
+    if marker.is_file():
+        info = _read_json(marker)
+        ids["run.json"] = info.get("run_id") if isinstance(info, dict) else None
+    known = {name: rid for name, rid in ids.items() if rid is not None}
+    if len(set(known.values())) > 1:
+        raise ValueError(f"run folder {os.fspath(run)!r} mixes files of different runs "
+                         f"({', '.join(f'{n}: {r}' for n, r in known.items())})")
     return metrics, events
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{os.fspath(path)!r} is not valid JSON ({err})") from None
+    except OSError as err:
+        raise RunFolderError(f"cannot read {os.fspath(path)}: {_os_reason(err)}") from None
 
 
 def draw_run_plots(run_dir: str | os.PathLike) -> list[Path]:
     """(Re)draw ``raster.png`` (the first layer's events on one test sample) and ``curves.png``
-    (loss, accuracy and activity per epoch) in a run folder, with :mod:`evsnn.plot`."""
+    (loss, accuracy and activity per epoch) in a run folder, with :mod:`evsnn.plot`; each file
+    is replaced atomically."""
     from . import plot
 
     metrics, events = load_run(run_dir)
     run = Path(run_dir)
     ev = events["events"]
-    label = int(events["labels"][0]) if "labels" in events else None
+    label = int(events["labels"][0]) if events.get("labels") is not None else None
     title = f"{events.get('model', '')} events, test sample 0" + (f" (label {label})" if label is not None else "")
     if events.get("model") == "alif":
         ax = plot.raster(ev, sample=0, title=title)
     else:
         ax = plot.event_raster(ev, sample=0, title=title)
     out = [Path(plot.save(ax, run / "raster.png"))]
-    log = [{k: v for k, v in row.items() if k in ("epoch", "loss", "test_loss", "accuracy", "activity")}
-           for row in metrics["history"]]
+    log = [{k: v for k, v in row.items() if k in _HISTORY_KEYS} for row in metrics["history"]]
     out.append(Path(plot.save(plot.training_curves(log, title="training"), run / "curves.png")))
     return out
