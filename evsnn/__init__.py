@@ -1,21 +1,23 @@
 """evsnn: event-driven neurons (ALIF, EGRU, delta cells) for PyTorch, snntorch and norse."""
 
 import importlib
+from typing import TYPE_CHECKING
 
-from . import functional, surrogate
-from .functional import ALIFState, DeltaGRUState, DeltaLSTMState, EGRUState
-from .nn import (
-    ALIF,
-    EGRU,
-    ALIFCell,
-    DeltaGRU,
-    DeltaGRUCell,
-    DeltaLSTM,
-    DeltaLSTMCell,
-    EGRUCell,
-    LeakyReadout,
-)
-from .stats import LayerStats
+if TYPE_CHECKING:  # the names below load on first use (see __getattr__)
+    from . import functional, surrogate
+    from .functional import ALIFState, DeltaGRUState, DeltaLSTMState, EGRUState
+    from .nn import (
+        ALIF,
+        EGRU,
+        ALIFCell,
+        DeltaGRU,
+        DeltaGRUCell,
+        DeltaLSTM,
+        DeltaLSTMCell,
+        EGRUCell,
+        LeakyReadout,
+    )
+    from .stats import LayerStats
 
 __version__ = "0.1.0"
 
@@ -42,13 +44,28 @@ __all__ = [
     "regularizers",
 ]
 
-# Heavy or optional-dependency submodules load on first use (matplotlib only when plotting).
-_LAZY_SUBMODULES = ("plot", "metrics", "regularizers", "streaming", "interop", "data")
+# Everything loads on first use: `import evsnn` (and so `evsnn --help`) does not import torch,
+# and matplotlib loads only when plotting.
+_LAZY_SUBMODULES = ("functional", "surrogate", "nn", "ops", "stats", "plot", "metrics", "regularizers", "streaming",
+                    "interop", "data", "train", "cli")
+_LAZY_NAMES = {
+    **dict.fromkeys(("ALIFState", "EGRUState", "DeltaGRUState", "DeltaLSTMState"), "functional"),
+    **dict.fromkeys(("ALIF", "ALIFCell", "EGRU", "EGRUCell", "DeltaGRU", "DeltaGRUCell", "DeltaLSTM", "DeltaLSTMCell",
+                     "LeakyReadout"), "nn"),
+    "LayerStats": "stats",
+}
 
 
 def __getattr__(name: str):
     if name in _LAZY_SUBMODULES:
-        module = importlib.import_module(f".{name}", __name__)
-        globals()[name] = module
-        return module
-    raise AttributeError(f"module 'evsnn' has no attribute {name!r}")
+        value = importlib.import_module(f".{name}", __name__)
+    elif name in _LAZY_NAMES:
+        value = getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+    else:
+        raise AttributeError(f"module 'evsnn' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
