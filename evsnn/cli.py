@@ -2,17 +2,23 @@
 
 Errors are one line on stderr (``evsnn: error: ...``) and a non-zero exit, never a traceback:
 2 for bad arguments, 1 for a failure while running, 130 when interrupted (the run folder then
-keeps the checkpoint of the last completed epoch).
+keeps the checkpoint of the last completed epoch), 141 when the reader of stdout went away
+(``evsnn train | head -1``), quietly, like other Unix tools.
+
+``evsnn --help`` and ``evsnn --version`` import neither torch nor the rest of evsnn: a
+subcommand's options (and the imports their choices need) are built only for that subcommand.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import platform
 import subprocess
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -44,27 +50,61 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite positive number, got {value}")
     return value
 
 
-def _parser() -> _Parser:
+_COMMANDS = {
+    "train": "train a network (default: ALIF on the scikit-learn digits)",
+    "plot": "redraw raster.png and curves.png from a run folder",
+    "bench": "run the project's benchmarks (benchmarks/ of the evsnn checkout)",
+    "info": "versions and which backends work here",
+}
+
+
+def _evsnn_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _parser(command: str | None = None) -> _Parser:
+    """The parser; only ``command``'s own options are built (the train options import torch)."""
+    p = _Parser(prog="evsnn", description="Event-driven neurons for PyTorch: train, plot, benchmark, inspect.")
+    p.add_argument("--version", action="version", version=f"evsnn {_evsnn_version()}")
+    sub = p.add_subparsers(dest="command", metavar="{train,plot,bench,info}", parser_class=_Parser)
+    builders = {"train": _train_options, "plot": _plot_options, "bench": _bench_options, "info": None}
+    for name, help_text in _COMMANDS.items():
+        child = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        if name == command and builders[name] is not None:
+            builders[name](child)
+    return p
+
+
+def _train_options(t: _Parser) -> None:
     from .data.encode import ENCODINGS
     from .ops.dispatch import BACKENDS
     from .train import DATASETS, MODELS, TrainConfig
 
     d = TrainConfig()
-    p = _Parser(prog="evsnn", description="Event-driven neurons for PyTorch: train, plot, benchmark, inspect.")
-    sub = p.add_subparsers(dest="command", metavar="{train,plot,bench,info}", parser_class=_Parser)
-
-    t = sub.add_parser("train", help="train a network (default: ALIF on the scikit-learn digits)",
-                       description="Train an evsnn network; writes metrics.json, checkpoint.pt, raster.png, curves.png.")
+    t.description = ("Train an evsnn network; writes run.json, checkpoint.pt, metrics.json, events.pt, raster.png "
+                     "and curves.png into a new run folder.")
     t.add_argument("--model", choices=MODELS, default=d.model, help="neuron layer (default %(default)s)")
     t.add_argument("--data", choices=DATASETS, default=d.data,
                    help="digits: rows of the 8x8 digits; digits-pixels / digits-permuted: one pixel per step; "
@@ -77,30 +117,36 @@ def _parser() -> _Parser:
     t.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
                    help="global batch size, split over torchrun processes (default %(default)s)")
     t.add_argument("--lr", type=_positive_float, default=d.lr, help="peak learning rate, one-cycle (default %(default)s)")
-    t.add_argument("--seed", type=int, default=d.seed)
-    t.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N (default %(default)s)")
+    t.add_argument("--seed", type=_non_negative_int, default=d.seed, help="random seed >= 0 (default %(default)s)")
+    t.add_argument("--device", default=d.device,
+                   help="auto (a CUDA GPU when PyTorch sees one, else the CPU), cpu, cuda or cuda:N "
+                        "(default %(default)s)")
     t.add_argument("--backend", choices=BACKENDS, default=d.backend, help="evsnn op backend (default %(default)s)")
-    t.add_argument("--out", default=None, help="run folder (default runs/<model>-<data>-<time>)")
+    t.add_argument("--out", default=None,
+                   help="run folder, new or empty: a folder holding another run is refused "
+                        "(default runs/<model>-<data>-<time>)")
     t.add_argument("--max-steps", type=_positive_int, default=None, help="stop after this many optimiser steps")
-    t.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    t.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads (default on CPU: 1 on <= 2 cores, else the cores the load average "
+                        "leaves idle; the choice is printed)")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
-    pl = sub.add_parser("plot", help="redraw raster.png and curves.png from a run folder")
+
+def _plot_options(pl: _Parser) -> None:
     pl.add_argument("run", help="run folder written by 'evsnn train'")
 
-    b = sub.add_parser("bench", help="run the scripts in benchmarks/",
-                       description="Run benchmark scripts from the benchmarks/ folder of an evsnn checkout.")
+
+def _bench_options(b: _Parser) -> None:
+    b.description = ("Run benchmark scripts from the benchmarks/ folder of the evsnn checkout this evsnn was "
+                     "installed from (never from the current directory), or from --dir.")
     b.add_argument("names", nargs="*", help="benchmark names (file stems); default: all")
-    b.add_argument("--dir", default=None, help="benchmarks folder (default ./benchmarks or the checkout's)")
+    b.add_argument("--dir", default=None, help="run the scripts of this folder instead")
     b.add_argument("--gpu", action="store_true", help="require a CUDA GPU and CuPy; fail at once without them")
     b.add_argument("--list", action="store_true", help="list the benchmarks and exit")
 
-    sub.add_parser("info", help="versions and which backends work here")
-    return p
-
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, train
+    from .train import RunFolderError, TrainConfig, train
 
     config = TrainConfig(
         model=args.model, data=args.data, data_dir=args.data_dir, encoding=args.encoding, repeat=args.repeat,
@@ -111,6 +157,8 @@ def _train(args: argparse.Namespace) -> int:
         raise CLIError(f"data folder {args.data_dir!r} does not exist")
     try:
         metrics = train(config, progress=not args.quiet, log=lambda s: print(s, flush=True))
+    except RunFolderError as err:
+        raise CLIError(str(err)) from None
     except KeyboardInterrupt:
         ckpt = Path(config.out or "") / "checkpoint.pt"
         where = f"; last checkpoint kept at {ckpt}" if config.out and ckpt.is_file() else "; no epoch had completed"
@@ -122,9 +170,11 @@ def _train(args: argparse.Namespace) -> int:
 
 def _summary(metrics: dict) -> str:
     c = metrics["config"]
+    procs = f"{metrics['world_size']} process{'es' if metrics['world_size'] > 1 else ''}"
+    threads = f", {metrics['threads']} thread{'s' if metrics['threads'] > 1 else ''} each" if "threads" in metrics else ""
     lines = [
         f"evsnn train: {c['model']} on {c['data']} — test accuracy {metrics['accuracy']:.2%} "
-        f"in {metrics['train_seconds']:.0f} s ({metrics['world_size']} process{'es' if metrics['world_size'] > 1 else ''})",
+        f"in {metrics['train_seconds']:.0f} s on {c['device']} ({procs}{threads})",
     ]
     for layer in metrics["layers"]:
         lines.append(
@@ -132,28 +182,55 @@ def _summary(metrics: dict) -> str:
             f"{layer['event_ops']:,} event ops vs {layer['dense_macs']:,} dense MACs "
             f"({layer['ops_saved_fraction']:.1%} saved)"
         )
-    lines.append(f"  run folder: {c['out']} (metrics.json, checkpoint.pt, raster.png, curves.png)")
+    from .train import RUN_FILES
+
+    present = [name for name in RUN_FILES if (Path(c["out"]) / name).is_file()]
+    lines.append(f"  run folder: {c['out']} ({', '.join(present)})")
     return "\n".join(lines)
 
 
 def _plot(args: argparse.Namespace) -> int:
     from .train import draw_run_plots
 
-    for path in draw_run_plots(args.run):
+    try:
+        paths = draw_run_plots(args.run)
+    except (OSError, ValueError, ImportError):
+        raise  # already a message naming the file
+    except Exception as err:  # a folder the checks let through must still not end in a traceback
+        raise CLIError(f"cannot draw the plots of run folder {args.run!r}: {type(err).__name__}: "
+                       f"{str(err).splitlines()[0] if str(err) else ''}") from None
+    for path in paths:
         print(path)
     return 0
 
 
+def _project_benchmarks() -> Path | None:
+    """``benchmarks/`` of the evsnn checkout this package is imported from, or ``None`` for an
+    installed wheel (no checkout: a ``benchmarks`` folder next to site-packages' evsnn is not ours)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        name = tomllib.loads((root / "pyproject.toml").read_text())["project"]["name"]
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return None
+    folder = root / "benchmarks"
+    return folder if name == "evsnn" and folder.is_dir() else None
+
+
 def _benchmarks_dir(explicit: str | None) -> Path:
+    # Never ./benchmarks: running a script found in whatever directory the user stands in would
+    # execute a file nobody chose.
     if explicit is not None:
         path = Path(explicit)
         if not path.is_dir():
             raise CLIError(f"benchmarks folder {explicit!r} does not exist")
         return path
-    for candidate in (Path.cwd() / "benchmarks", Path(__file__).resolve().parent.parent / "benchmarks"):
-        if candidate.is_dir():
-            return candidate
-    raise CLIError("no benchmarks/ folder here: run 'evsnn bench' from an evsnn checkout or pass --dir")
+    folder = _project_benchmarks()
+    if folder is None:
+        raise CLIError("this evsnn is not installed from a checkout, so it has no benchmarks/: clone the "
+                       "repository and 'pip install -e .' there, or pass --dir")
+    return folder
 
 
 def _gpu_problem() -> str | None:
@@ -197,11 +274,19 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _version(module: str) -> str:
     try:
-        return getattr(importlib.import_module(module), "__version__", "installed")
+        # Import-time warnings of other packages (norse's FutureWarning from torch.jit) are not
+        # evsnn's to show, and would land in the middle of the table.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return getattr(importlib.import_module(module), "__version__", "installed")
     except ImportError:
         return "not installed"
     except Exception as err:  # installed but broken: say so instead of hiding it
         return f"installed but fails to import ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+
+
+# Backends that run on CUDA tensors only: probed on the GPU, never on the CPU.
+_GPU_BACKENDS = frozenset({"cupy"})
 
 
 def _backend_status(family: str, backend: str, device: str) -> str:
@@ -213,9 +298,11 @@ def _backend_status(family: str, backend: str, device: str) -> str:
 
     make = {"alif": enn.ALIF, "egru": enn.EGRU, "delta_gru": enn.DeltaGRU, "delta_lstm": enn.DeltaLSTM}[family]
     try:
-        layer = make(8, 256, backend=backend).to(device)
-        with torch.no_grad():
-            layer(torch.rand(4, 1, 8, device=device))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            layer = make(8, 256, backend=backend).to(device)
+            with torch.no_grad():
+                layer(torch.rand(4, 1, 8, device=device))
     except Exception as err:  # report any reason a backend cannot run here, in one line
         return f"no ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
     return "ok"
@@ -228,30 +315,55 @@ def _info(_: argparse.Namespace) -> int:
     from .ops import dispatch
 
     print(f"evsnn {__version__}  python {platform.python_version()}  {platform.platform()}")
-    for mod in ("torch", "numpy", "cupy", "snntorch", "norse", "nir", "tonic", "sklearn", "matplotlib", "tqdm"):
-        print(f"  {mod:<11}{_version(mod)}")
+    versions = {}
+    for mod in ("torch", "numpy", "cupy", "numba", "snntorch", "norse", "nir", "tonic", "sklearn", "matplotlib",
+                "tqdm"):
+        versions[mod] = _version(mod)
+        print(f"  {mod:<11}{versions[mod]}")
     cuda = torch.cuda.is_available()
     gpu = torch.cuda.get_device_name(0) if cuda else "none"
     print(f"  CUDA GPU   {gpu}")
-    devices = ["cpu"] + (["cuda"] if cuda else [])
     print("backends (one inference pass per layer, B=1, H=256):")
     for family in dispatch.FAMILIES:
-        for device in devices:
-            cells = [f"{b}: {_backend_status(family, b, device)}" for b in dispatch.BACKENDS if b != "auto"]
+        for device in ["cpu"] + (["cuda"] if cuda else []):
+            names = [b for b in dispatch.BACKENDS if b != "auto" and (b in _GPU_BACKENDS) == (device == "cuda")]
+            if device == "cuda":
+                names = ["torch", *names]
+            cells = [f"{b}: {_backend_status(family, b, device)}" for b in names]
             print(f"  {family:<11}{device:<5} " + "; ".join(cells))
+    if not cuda:
+        why = "no CUDA GPU is visible to PyTorch"
+        if versions["cupy"] == "not installed":
+            why += '; CuPy is not installed either (pip install "evsnn[cuda13]" on a GPU machine)'
+        print(f"  {', '.join(sorted(_GPU_BACKENDS))}: not usable here ({why})")
     return 0
+
+
+def _stdout_gone() -> int:
+    # The reader of stdout closed the pipe: stop quietly. Point stdout at /dev/null so that the
+    # interpreter's final flush does not raise again, and exit as a SIGPIPE-killed tool would.
+    with open(os.devnull, "w") as devnull:
+        try:
+            os.dup2(devnull.fileno(), sys.stdout.fileno())
+        except (OSError, ValueError):  # stdout replaced by an object without a file descriptor
+            pass
+    return 128 + 13
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``evsnn``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        parser = _parser()
+        command = argv[0] if argv and argv[0] in _COMMANDS else None
+        parser = _parser(command)
         args = parser.parse_args(argv)
         if args.command is None:
             parser.print_help()
             return 2
         handler = {"train": _train, "plot": _plot, "bench": _bench, "info": _info}[args.command]
         return handler(args)
+    except BrokenPipeError:
+        return _stdout_gone()
     except CLIError as err:
         print(f"evsnn: error: {err}", file=sys.stderr)
         return err.code

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -129,6 +130,148 @@ def test_info_lists_versions_and_backends(evsnn_cmd):
     for family in ("alif", "egru", "delta_gru", "delta_lstm"):
         assert f"  {family}" in proc.stdout
     assert "torch: ok" in proc.stdout  # the reference always runs
+    installed = {line.split()[0] for line in proc.stdout.splitlines()[1:12] if "not installed" not in line}
+    if "cupy" in installed:  # never suggest installing what the table lists as installed
+        assert "evsnn[cuda13]" not in proc.stdout and "evsnn[cuda12]" not in proc.stdout, proc.stdout
+    if not torch.cuda.is_available():
+        assert "cupy: not usable here (no CUDA GPU is visible to PyTorch" in proc.stdout
+        assert "cupy: no (" not in proc.stdout  # not probed on CPU tensors
+
+
+def test_info_versions_hide_import_time_warnings(tmp_path, monkeypatch):
+    # norse 1.1 warns (FutureWarning from torch.jit) when imported; that text landed inside the table
+    (tmp_path / "noisy_pkg.py").write_text("import warnings\nwarnings.warn('deprecated', FutureWarning)\n"
+                                           "__version__ = '9.9'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli._version("noisy_pkg") == "9.9"
+    assert caught == []
+
+
+def test_help_and_version_are_fast_and_import_no_torch():
+    code = ("import sys\nfrom evsnn.cli import main\nfor args in (['--help'], ['--version']):\n"
+            "    try:\n        main(args)\n    except SystemExit as e:\n        assert e.code == 0, e.code\n"
+            "print('torch' in sys.modules, 'evsnn.nn' in sys.modules)")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    from evsnn import __version__
+
+    assert f"evsnn {__version__}" in proc.stdout and "{train,plot,bench,info}" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_arguments_are_checked_before_training(evsnn_cmd, monkeypatch, tmp_path):
+    from evsnn import train as tr
+
+    def no_data(config):
+        raise AssertionError("training started despite a bad argument")
+
+    monkeypatch.setattr(tr, "load_data", no_data)
+    _one_line_error(evsnn_cmd("train", "--seed", "-5"), "argument --seed: expected an integer in [0, 2**32), got -5")
+    _one_line_error(evsnn_cmd("train", "--lr", "inf"), "expected a finite positive number, got inf")
+    _one_line_error(evsnn_cmd("train", "--lr", "nan"), "expected a finite positive number, got nan")
+    proc = evsnn_cmd("train", "--lr", "1e300", "--out", str(tmp_path / "lr"))
+    _one_line_error(proc, "lr must be a finite number in (0, 3.4e+38], got 1e+300")
+    _one_line_error(evsnn_cmd("train", "--device", "gpu0"), "device must be auto, cpu, cuda or cuda:N, got 'gpu0'")
+    if not torch.cuda.is_available():
+        _one_line_error(evsnn_cmd("train", "--device", "cuda", "--out", str(tmp_path / "cuda")), "no CUDA GPU")
+    assert not (tmp_path / "lr").exists() and not (tmp_path / "cuda").exists()
+    (tmp_path / "file").write_text("")
+    proc = evsnn_cmd("train", "--out", str(tmp_path / "file" / "run"))
+    _one_line_error(proc, f"cannot create run folder {tmp_path / 'file' / 'run'}")
+    assert proc.stdout == ""  # not one epoch (nor the thread line) before the refusal
+
+
+def test_bench_runs_only_the_projects_benchmarks(tmp_path, monkeypatch, evsnn_cmd):
+    planted = tmp_path / "benchmarks"
+    planted.mkdir()
+    marker = tmp_path / "executed"
+    for name in ("planted", "alif"):
+        (planted / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').write('{name}')\n")
+    monkeypatch.chdir(tmp_path)
+    ran: list[list[str]] = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda argv, cwd: ran.append(list(argv)) or 0)
+    _one_line_error(evsnn_cmd("bench", "planted"), f"no benchmark named planted in {ROOT / 'benchmarks'}")
+    listed = evsnn_cmd("bench", "--list").stdout.split()
+    assert "planted" not in listed and listed == sorted(p.stem for p in (ROOT / "benchmarks").glob("[!_]*.py"))
+    assert evsnn_cmd("bench", "alif").returncode == 0
+    assert ran == [[sys.executable, str(ROOT / "benchmarks" / "alif.py")]]
+    assert not marker.exists()
+
+
+def _plot_folder(folder: Path, *, events=None, labels=None, history=None, metrics=None, ids=("a", "a")) -> Path:
+    folder.mkdir()
+    if metrics is None:
+        rows = [{"epoch": 1, "loss": 2.0, "test_loss": 2.1, "accuracy": 0.3, "activity": 0.1}]
+        metrics = {"history": rows if history is None else history, "run_id": ids[0]}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    ev = (torch.rand(6, 2, 5) < 0.3).float() if events is None else events
+    saved = {"events": ev, "labels": torch.tensor([3, 1]) if labels is None else labels, "model": "alif",
+             "run_id": ids[1]}
+    torch.save(saved, folder / "events.pt")
+    return folder
+
+
+@pytest.mark.parametrize("case, needle", [
+    (dict(labels=torch.tensor([], dtype=torch.long)), "'labels' must be a non-empty 1-d tensor, got (0,)"),
+    (dict(events=torch.zeros(6, 5)), "'events' must be a non-empty [T, samples, units] tensor, got shape (6, 5)"),
+    (dict(events=torch.zeros(6, 0, 5)), "got shape (6, 0, 5)"),
+    (dict(events=[1, 2]), "has no 'events' tensor"),
+    (dict(history=["epoch 1"]), "a history row is not a dict of numbers"),
+    (dict(history=[{"epoch": 1, "loss": "low"}]), "a history row is not a dict of numbers"),
+    (dict(metrics=[1, 2]), "has no 'history' list"),
+    (dict(ids=("a", "b")), "mixes files of different runs (metrics.json: a, events.pt: b)"),
+])
+def test_plot_rejects_corrupt_folders_in_one_line(tmp_path, evsnn_cmd, case, needle):
+    from evsnn.train import load_run
+
+    load_run(_plot_folder(tmp_path / "good"))  # the base folder is valid; only `case` breaks it
+    proc = evsnn_cmd("plot", str(_plot_folder(tmp_path / "bad", **case)))
+    _one_line_error(proc, needle)
+    assert proc.returncode == 1
+
+
+def test_plot_draws_a_valid_hand_made_folder(tmp_path, evsnn_cmd):
+    folder = _plot_folder(tmp_path / "good")
+    proc = evsnn_cmd("plot", str(folder))
+    assert proc.returncode == 0 and proc.stdout.split() == [str(folder / "raster.png"), str(folder / "curves.png")]
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_corrupt_shd_file_is_named(tmp_path, evsnn_cmd):
+    pytest.importorskip("tonic")
+    (tmp_path / "SHD").mkdir()
+    for split in ("train", "test"):
+        (tmp_path / "SHD" / f"shd_{split}.h5").write_bytes(b"not an HDF5 file" * 8)
+    out = tmp_path / "run"
+    proc = evsnn_cmd("train", "--data", "shd", "--data-dir", str(tmp_path), "--out", str(out))
+    _one_line_error(proc, f"cannot read shd data from {tmp_path / 'SHD' / 'shd_train.h5'}: ")
+    assert not out.exists()
+
+
+def test_without_matplotlib_a_run_finishes_with_a_note(tmp_path, monkeypatch, evsnn_cmd, single_thread):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
+    out = tmp_path / "run"
+    proc = evsnn_cmd("train", "--hidden", "16", "--epochs", "1", "--max-steps", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert f"metrics.json, checkpoint.pt and events.pt are in {out}" in proc.stdout
+    assert "evsnn.plot needs matplotlib" in proc.stdout
+    assert f"run folder: {out} (run.json, checkpoint.pt, metrics.json, events.pt)" in proc.stdout
+    assert not (out / "raster.png").exists()
+
+
+def test_closed_stdout_pipe_ends_quietly(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "evsnn", "train", "--hidden", "16", "--epochs", "3", "--max-steps",
+                             "6", "--out", str(tmp_path / "run")], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()  # like `evsnn train | head -1`
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err
+    assert first.startswith("threads: ") and err == ""
 
 
 def test_interrupt_keeps_last_checkpoint(tmp_path):
@@ -147,7 +290,7 @@ def test_interrupt_keeps_last_checkpoint(tmp_path):
     assert proc.returncode == 130
     assert "interrupted; last checkpoint kept at" in err and "Traceback" not in err
     saved = torch.load(ckpt, weights_only=True)
-    assert saved["epoch"] >= 1 and not (out / "checkpoint.pt.tmp").exists()
+    assert saved["epoch"] >= 1 and not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_global_batches_are_full_and_shared():
