@@ -6,9 +6,9 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
 
 from ..functional.alif import ALIFState, alif_initial_state, alif_step, decay, leaky_readout_scan
+from ..functional.precision import state_dtype
 from ..ops import dispatch
 from ..stats import LayerStats
 from ..surrogate import MultiGaussian, Surrogate, as_surrogate
@@ -21,7 +21,8 @@ from ._checks import (
     grad_recorded,
     to_time_first,
 )
-from ._stack import ALIFLayerState, check_stack_args, direction_suffix, stack_states, stacked_forward
+from ._stack import ALIFLayerState, StackedForward, check_stack_args, direction_suffix, stack_states
+from ._validate import ParameterChecks, check_steps, check_tensor_state
 
 __all__ = ["ALIF", "ALIFCell", "LeakyReadout", "init_tau", "TAU_INITS"]
 
@@ -87,7 +88,7 @@ def init_tau(
     return tau.clamp(min=1.0)
 
 
-class _ALIFBase(nn.Module):
+class _ALIFBase(ParameterChecks):
     def __init__(
         self,
         input_size: int,
@@ -200,7 +201,7 @@ _NEURON_ARGS = """
         surrogate: pseudo-derivative of the spike (default ``MultiGaussian()``)."""
 
 
-class ALIF(_ALIFBase):
+class ALIF(StackedForward, _ALIFBase):
     __doc__ = (
         """Adaptive multi-timescale LIF layer over a sequence (SPEC.md §2), stackable like ``nn.GRU``.
 
@@ -331,10 +332,6 @@ class ALIF(_ALIFBase):
             shape=tuple(x.shape[:2]) + (self.hidden_size,),
         )
 
-    def forward(
-        self, x: Tensor | PackedSequence, state: ALIFState | None = None
-    ) -> tuple[Tensor | PackedSequence, ALIFLayerState]:
-        return stacked_forward(self, x, state)
 
     def _run_direction(self, layer: int, reverse: int, x: Tensor, state: ALIFState | None, backend):
         suffix = direction_suffix(layer, bool(reverse))
@@ -453,7 +450,7 @@ class ALIFCell(_ALIFBase):
         )
 
 
-class LeakyReadout(nn.Module):
+class LeakyReadout(ParameterChecks):
     """Non-spiking leaky readout ``m_t = α_o m_{t−1} + (1 − α_o)(W s_t + b)`` (SPEC §2).
 
     ``forward(x [T, B, input_size], state=None) -> (m [T, B, output_size], m_T)``.
@@ -492,11 +489,14 @@ class LeakyReadout(nn.Module):
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_input(type(self).__name__, x, 3, self.input_size, self.linear.weight)
         x = to_time_first(x, self.batch_first)
+        name = type(self).__name__
+        check_steps(name, x)
+        current = self.linear(x)
         if state is not None:
-            if not isinstance(state, Tensor) or tuple(state.shape) != (x.shape[1], self.output_size):
-                got = tuple(state.shape) if isinstance(state, Tensor) else type(state).__name__
-                raise ValueError(f"LeakyReadout state must be a tensor of shape {(x.shape[1], self.output_size)}, got {got}")
-        m = leaky_readout_scan(self.linear(x), state, tau=self.tau)
+            # The dtype the scan keeps m in (float32 next to low-precision products, SPEC §6).
+            dtype = state_dtype(torch.promote_types(current.dtype, self.tau.dtype))
+            check_tensor_state(name, state, (x.shape[1], self.output_size), dtype, self.tau.device)
+        m = leaky_readout_scan(current, state, tau=self.tau)
         final = m[-1]
         return (m.transpose(0, 1) if self.batch_first else m), final
 

@@ -6,7 +6,6 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
 
 from ..functional.egru import RESETS, EGRUState, egru_initial_state, egru_step
 from ..functional.precision import state_dtype
@@ -21,7 +20,8 @@ from ._checks import (
     check_state,
     grad_recorded,
 )
-from ._stack import EGRULayerState, check_stack_args, direction_suffix, stacked_forward, torch_suffix
+from ._stack import EGRULayerState, StackedForward, check_stack_args, direction_suffix, torch_suffix
+from ._validate import ParameterChecks
 
 __all__ = ["EGRU", "EGRUCell", "THRESHOLD_INITS"]
 
@@ -39,7 +39,7 @@ def _init_threshold(hidden: int, threshold: float, kind: str) -> Tensor:
     return threshold * 2.0 * u.double()
 
 
-class _EGRUBase(nn.Module):
+class _EGRUBase(ParameterChecks):
     _param_names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "log_threshold")
 
     def __init__(
@@ -109,7 +109,10 @@ class _EGRUBase(nn.Module):
 
     @property
     def threshold(self) -> Tensor:
-        """The per-unit threshold θ = exp(log_threshold) (``[H]``, layer 0, forward), kept in [1e-6, 1e4]."""
+        """The per-unit threshold θ = exp(log_threshold) (``[H]``, layer 0, forward), kept in [1e-6, 1e4].
+
+        A NaN ``log_threshold`` gives a NaN θ: assigning or loading one raises, an in-place write
+        is found by :meth:`check` (the forward pass does not synchronise to look)."""
         return self._threshold_of("")
 
     def extra_repr(self) -> str:
@@ -123,7 +126,7 @@ class _EGRUBase(nn.Module):
         return check_state(type(self).__name__, state, EGRUState, [(batch, h), (batch, h)], like)
 
 
-class EGRU(_EGRUBase):
+class EGRU(StackedForward, _EGRUBase):
     """Event-based GRU over a sequence (SPEC.md §3), constructed and called like ``torch.nn.GRU``.
 
     ``forward(x, state=None) -> (y, EGRUState(c, y))`` with ``x [T, B, input_size]``
@@ -237,10 +240,6 @@ class EGRU(_EGRUBase):
             shape=tuple(x.shape[:2]) + (self.hidden_size,),
         )
 
-    def forward(
-        self, x: Tensor | PackedSequence, state: EGRUState | None = None
-    ) -> tuple[Tensor | PackedSequence, EGRULayerState]:
-        return stacked_forward(self, x, state)
 
     def _run_direction(self, layer: int, reverse: int, x: Tensor, state: EGRUState | None, backend):
         suffix = direction_suffix(layer, bool(reverse))
