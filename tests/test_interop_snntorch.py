@@ -16,7 +16,7 @@ from snntorch import utils as snn_utils  # noqa: E402
 from snntorch.functional import probe  # noqa: E402
 
 import evsnn  # noqa: E402
-from evsnn.functional import decay  # noqa: E402
+from evsnn.functional import alif_initial_state, decay  # noqa: E402
 from evsnn.interop import snntorch as esnn  # noqa: E402
 
 T, B, NI, H, C = 4, 8, 5, 12, 3
@@ -165,10 +165,14 @@ def test_state_buffers_are_tensors_allocated_from_the_state_shape():
     assert d.x_hat.shape == (2, NI)
     with pytest.raises(ValueError, match=r"'m' must have shape \(2, 48\)"):
         d(torch.randn(2, NI), d.h, d.x_hat, d.h_hat, torch.zeros(2, 3))
-    a = esnn.ALIF(threshold=0.05)
-    spk, mem, b = a(torch.zeros(3, H))
+    a = esnn.ALIF(threshold=0.05, convention="spec")
+    a(torch.zeros(3, H))
     # b starts at b0 (SPEC §2), not at zero: with no spike it decays to ρ·b0 after one step.
-    torch.testing.assert_close(b, torch.full((3, H), 0.05) * a.rho)
+    torch.testing.assert_close(a.b, torch.full((3, H), 0.05) * a.rho)
+    # In snntorch's units the threshold is b0/(1−β), so the trace starts at threshold·(1−β).
+    a = esnn.ALIF(threshold=0.05)
+    a(torch.zeros(3, H))
+    torch.testing.assert_close(a.b, torch.full((3, H), 0.05) * (1 - a.beta) * a.rho)
 
 
 def test_alif_matches_native_layer_float64():
@@ -184,21 +188,23 @@ def test_alif_matches_native_layer_float64():
         threshold=0.01,
         adapt_strength=1.8,
         linear_features=H,
+        convention="spec",
     ).double()
     with torch.no_grad():
         neuron.recurrent.weight.copy_(native.weight_hh)
         neuron.recurrent.bias.copy_(native.bias_hh)
     x = torch.rand(T, B, NI, dtype=torch.float64) * 3
     ref, final = native(x)
-    spk, mem, b = neuron(fc(x[0]))
-    outs = [spk]
-    for t in range(1, T):
+    init = alif_initial_state(torch.zeros(B, H, dtype=torch.float64), 0.01)  # SPEC §2, passed explicitly
+    spk, mem, b = init.s, init.v, init.b
+    outs = []
+    for t in range(T):
         spk, mem, b = neuron(fc(x[t]), spk, mem, b)
         outs.append(spk)
     assert ref.sum() > 0
     torch.testing.assert_close(torch.stack(outs), ref)
-    torch.testing.assert_close(mem, final.v)
-    torch.testing.assert_close(b, final.b)
+    torch.testing.assert_close(mem, final.v.reshape(mem.shape))  # h_n-style [1, B, H] or [B, H]
+    torch.testing.assert_close(b, final.b.reshape(b.shape))
 
 
 @pytest.mark.parametrize(
@@ -223,18 +229,18 @@ def test_explicit_state_and_truncated_bptt():
     fc = nn.Linear(NI, H)
     egru = esnn.EGRU(H, H)
     x, _ = _data(0)
-    spk, mem = egru.reset_mem()
+    mem = egru.init_leaky()
     grads = []
     for _chunk in range(2):
         loss = 0.0
         for _ in range(3):
-            spk, mem = egru(fc(x), spk, mem)
+            spk, mem = egru(fc(x), mem)
             loss = loss + mem.pow(2).mean()
         loss.backward()
         grads.append(fc.weight.grad.clone())
         esnn.detach_hidden(egru)
-        spk, mem = egru.spk, egru.mem  # the detached state continues the sequence
-        assert mem.grad_fn is None and mem.abs().sum() > 0
+        mem = egru.mem  # the detached state continues the sequence
+        assert mem.grad_fn is None and mem.abs().sum() > 0 and egru.spk.grad_fn is None
     assert not torch.equal(grads[0], grads[1])
 
 
@@ -274,15 +280,15 @@ def test_every_snntorch_surrogate_factory(name):
     neuron = esnn.ALIF(spike_grad=fn, threshold=0.2, adapt_strength=0.0)  # threshold B_t = b0
     cur = (torch.randn(B, H) * 0.5).requires_grad_(True)
     # The spike is computed on mem − threshold, exactly as snntorch's own ``fire``.
-    spk, mem, b = neuron(cur)
+    spk, mem = neuron(cur)
     torch.testing.assert_close(spk, (mem - 0.2 > 0).float())
     spk.sum().backward()
-    # The gradient that reaches the current is the closure's own, times ∂mem/∂I = 1 − β.
+    # The gradient that reaches the current is the closure's own (∂mem/∂I = 1, as snn.Leaky).
     x = (mem - 0.2).detach().requires_grad_(True)
     torch.manual_seed(0)
     fn(x).sum().backward()
     if name not in ("spike_rate_escape", "SSO"):  # these two draw random gradients
-        torch.testing.assert_close(cur.grad, x.grad.float() * (1 - neuron.beta))
+        torch.testing.assert_close(cur.grad, x.grad.float())
 
 
 def test_lso_factory_is_broken_upstream():
@@ -297,14 +303,15 @@ def test_lso_factory_is_broken_upstream():
 def test_surrogate_disable_and_graded_spikes():
     neuron = esnn.ALIF(surrogate_disable=True, graded_spikes_factor=2.5, threshold=0.05)
     cur = torch.full((2, 4), 5.0, requires_grad=True)
-    spk, mem, b = neuron(cur)
+    spk, mem = neuron(cur)
+    b = neuron.b
     assert set(spk.unique().tolist()) <= {0.0, 2.5} and spk.max() == 2.5
     assert spk.grad_fn is None
     # The graded spike passed back is the same state as the 0/1 spike kept in the buffer.
     spk2, mem2, _ = neuron(cur, spk, mem, b)
     ref = esnn.ALIF(surrogate_disable=True, threshold=0.05)
-    r1, rm1, rb1 = ref(cur)
-    r2, rm2, _ = ref(cur, r1, rm1, rb1)
+    r1, rm1 = ref(cur)
+    r2, rm2, _ = ref(cur, r1, rm1, ref.b)
     torch.testing.assert_close(mem2, rm2)
     torch.testing.assert_close(spk2, 2.5 * r2)
 
@@ -351,8 +358,8 @@ def test_mixed_with_snntorch_neurons_utils_and_output_monitor():
     esnn.reset(net)
     assert net[1].mem.grad_fn is None and net[2].mem.numel() == 0
     snn_utils.reset(net)  # snntorch's own utility still runs on a mixed network
-    # snntorch.utils' layer-count helper treats our neurons as plain modules (one output).
-    assert snn_utils._final_layer_check(net) == 1
+    # snntorch.utils' layer-count helper counts our neurons' outputs as snn.Leaky's: (spk, mem).
+    assert snn_utils._final_layer_check(net) == 2
 
 
 def test_torch_compile_matches_eager():
