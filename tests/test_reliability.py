@@ -267,3 +267,28 @@ def test_egru_threshold_property_of_a_nan_log_threshold_is_caught():
     # The forward pass does not look (no host sync); check() does, and names the parameter.
     with pytest.raises(ValueError, match=r"EGRU.log_threshold must be finite"):
         layer.check()
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu_event"])
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("make", [evsnn.ALIF, evsnn.EGRU, evsnn.DeltaGRU, evsnn.DeltaLSTM], ids=lambda c: c.__name__)
+def test_layers_refuse_zero_steps_on_every_backend(make, batch_first, backend):
+    layer = make(4, 6, batch_first=batch_first, backend=backend)
+    x = torch.zeros(2, 0, 4) if batch_first else torch.zeros(0, 2, 4)
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            with pytest.raises(ValueError, match=rf"^{make.__name__} expects at least one time step \(T >= 1\)"):
+                layer(x)
+
+
+# --------------------------------------------------------------------------------------------
+# NIR export of a bare unsupported module names it
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [lambda: torch.nn.GRU(3, 4), torch.nn.ReLU, lambda: torch.nn.LSTM(3, 4)])
+def test_nir_export_of_a_bare_unsupported_module_names_it(make):
+    nir_interop = pytest.importorskip("evsnn.interop.nir")
+    module = make()
+    with pytest.raises(ValueError, match=rf"cannot export the model \({type(module).__name__}\) to NIR"):
+        nir_interop.export_to_nir(module)

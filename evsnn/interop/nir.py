@@ -191,10 +191,12 @@ def export_to_nir(model: nn.Module, dt: float = 1e-3, *, type_check: bool = True
     for cls, extract in pairs:
         module_map[cls] = _checked(extract, cls.__name__)
     for name, module in model.named_modules():
-        # The tracer treats the map's types as leaves and looks them up by exact type.
+        # The tracer treats the map's types as leaves and looks them up by exact type. The
+        # model itself counts too: a bare nn.GRU would otherwise fail inside torch.fx.
         mapped = type(module) in module_map
-        if name and not mapped and (not list(module.children()) or isinstance(module, tuple(module_map))):
-            raise ValueError(f"cannot export {name} ({type(module).__name__}) to NIR: no exporter knows it")
+        if not mapped and (not list(module.children()) or isinstance(module, tuple(module_map))):
+            label = name or "the model"
+            raise ValueError(f"cannot export {label} ({type(module).__name__}) to NIR: no exporter knows it")
     stateful = {ALIF, LeakyReadout} | known
     return nirtorch.torch_to_nir(model, module_map, default_dict=None, type_check=type_check, stateful_modules=stateful)
 

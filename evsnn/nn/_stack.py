@@ -33,7 +33,7 @@ __all__ = [
     "EGRULayerState",
     "check_stack_args",
     "direction_suffix",
-    "StackedForward",
+    "stacked_forward",
     "torch_suffix",
 ]
 
@@ -283,41 +283,26 @@ def _run_dense(module: nn.Module, x: Tensor, state: NamedTuple | None, backend: 
     return layer_in, finals, stats
 
 
-class StackedForward:
-    """``forward`` of the sequence layers (EGRU, DeltaGRU, DeltaLSTM, ALIF), like ``nn.GRU``'s."""
+def stacked_forward(module: nn.Module, x: Tensor | PackedSequence, state: Any) -> tuple[Any, NamedTuple]:
+    """``module``'s forward over a dense or packed input: ``(output, final state)`` like ``nn.GRU``.
 
-    def forward(self, x: Tensor | PackedSequence, state: Any = None) -> tuple[Any, NamedTuple]:
-        """``(output, final state)`` of a dense ``[T, B, I]`` (``[B, T, I]`` with ``batch_first``)
-        or packed input; the output is packed when the input is. ``state``: the layer's state
-        type in the stacked layout (see the class docstring), or ``None``."""
-        seq, lengths = _sequence(self, x)
-        if state is not None:
-            state = check_stacked_state(self, state, seq.shape[1], seq)
-        backend = self._resolve_backend(seq)
-        # An accelerated backend is opaque to torch.compile (raw-pointer kernels): the whole
-        # stack runs eagerly behind one graph break here, instead of one break per nested frame.
-        run = _run if backend.name == "torch" else _run_opaque
-        return run(self, x, seq, lengths, state, backend)
-
-
-def _sequence(module: nn.Module, x: Any) -> tuple[Tensor, Tensor | None]:
-    """The time-first dense sequence (zero-padded for packed input) and the packed lengths."""
+    A :class:`~torch.nn.utils.rnn.PackedSequence` runs each group of equal-length sequences as
+    one dense batch (exact: no step past a sequence's end is computed), so it costs one stack
+    call per distinct length.
+    """
     name = type(module).__name__
-    if isinstance(x, PackedSequence):
+    packed = isinstance(x, PackedSequence)
+    if packed:
         check_input(name, x.data, 2, module.input_size, module.weight_ih)
-        return pad_packed_sequence(x)
-    check_input(name, x, 3, module.input_size, module.weight_ih)
-    seq = to_time_first(x, module.batch_first)
-    check_steps(name, seq)
-    return seq, None
-
-
-def _run(module: nn.Module, x: Any, seq: Tensor, lengths: Tensor | None, state: Any, backend: Any):
-    """All layers and directions; a packed input runs each group of equal-length sequences as one
-    dense batch (exact: no step past a sequence's end is computed), one stack call per distinct
-    length."""
-    name = type(module).__name__
-    packed = lengths is not None
+        seq, lengths = pad_packed_sequence(x)
+    else:
+        check_input(name, x, 3, module.input_size, module.weight_ih)
+        seq = to_time_first(x, module.batch_first)
+        check_steps(name, seq)
+    batch = seq.shape[1]
+    if state is not None:
+        state = check_stacked_state(module, state, batch, seq)
+    backend = module._resolve_backend(seq)
     if not packed:
         out, finals, stats = _run_dense(module, seq, state, backend)
         if module.record_stats:
@@ -344,6 +329,3 @@ def _run(module: nn.Module, x: Any, seq: Tensor, lengths: Tensor | None, state: 
         out = out.index_select(1, sorted_indices)
     data = pack_padded_sequence(out, x.batch_sizes.new_tensor(sorted(lengths.tolist(), reverse=True)), enforce_sorted=True).data
     return PackedSequence(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices), final
-
-
-_run_opaque = torch.compiler.disable(_run)

@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from ..functional.delta import (
     DeltaGRUState,
@@ -21,10 +22,10 @@ from ._checks import check_input, check_nonnegative, check_size, check_state, gr
 from ._stack import (
     DeltaGRULayerState,
     DeltaLSTMLayerState,
-    StackedForward,
     check_stack_args,
     direction_suffix,
     stack_states,
+    stacked_forward,
 )
 from ._validate import ParameterChecks
 from .egru import _check_torch_rnn, _copy_from_torch, _copy_to_torch, _torch_args_of, _torch_rnn_args
@@ -119,7 +120,7 @@ class _DeltaCell(_DeltaBase):
         return self._direction_initial_state(batch, "", self.input_size, h0, c0)
 
 
-class _DeltaLayer(StackedForward, _DeltaBase):
+class _DeltaLayer(_DeltaBase):
     torch_type: type = nn.GRU
     _per_layer_fields = frozenset({"x_hat"})
 
@@ -212,6 +213,8 @@ class _DeltaLayer(StackedForward, _DeltaBase):
             shape=tuple(x.shape[:2]) + (self.hidden_size,),
         )
 
+    def forward(self, x: Tensor | PackedSequence, state=None):
+        return stacked_forward(self, x, state)
 
     def _run_direction(self, layer: int, reverse: int, x: Tensor, state, backend):
         suffix = direction_suffix(layer, bool(reverse))

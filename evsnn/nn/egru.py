@@ -6,6 +6,7 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence
 
 from ..functional.egru import RESETS, EGRUState, egru_initial_state, egru_step
 from ..functional.precision import state_dtype
@@ -20,7 +21,7 @@ from ._checks import (
     check_state,
     grad_recorded,
 )
-from ._stack import EGRULayerState, StackedForward, check_stack_args, direction_suffix, torch_suffix
+from ._stack import EGRULayerState, check_stack_args, direction_suffix, stacked_forward, torch_suffix
 from ._validate import ParameterChecks
 
 __all__ = ["EGRU", "EGRUCell", "THRESHOLD_INITS"]
@@ -126,7 +127,7 @@ class _EGRUBase(ParameterChecks):
         return check_state(type(self).__name__, state, EGRUState, [(batch, h), (batch, h)], like)
 
 
-class EGRU(StackedForward, _EGRUBase):
+class EGRU(_EGRUBase):
     """Event-based GRU over a sequence (SPEC.md §3), constructed and called like ``torch.nn.GRU``.
 
     ``forward(x, state=None) -> (y, EGRUState(c, y))`` with ``x [T, B, input_size]``
@@ -240,6 +241,10 @@ class EGRU(StackedForward, _EGRUBase):
             shape=tuple(x.shape[:2]) + (self.hidden_size,),
         )
 
+    def forward(
+        self, x: Tensor | PackedSequence, state: EGRUState | None = None
+    ) -> tuple[Tensor | PackedSequence, EGRULayerState]:
+        return stacked_forward(self, x, state)
 
     def _run_direction(self, layer: int, reverse: int, x: Tensor, state: EGRUState | None, backend):
         suffix = direction_suffix(layer, bool(reverse))
