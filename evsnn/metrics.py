@@ -34,6 +34,7 @@ from .functional.alif import ALIFState, ALIFTrace, alif_scan
 from .functional.delta import DeltaTrace, delta_gru_scan, delta_lstm_scan
 from .functional.egru import EGRUTrace, egru_scan
 from .nn import ALIF, EGRU, DeltaGRU, DeltaLSTM
+from .nn._stack import single_direction_state
 from .stats import LayerStats
 
 __all__ = [
@@ -409,9 +410,11 @@ def reference_traces(layer: nn.Module, x: Tensor, state: Any = None) -> LayerTra
         )
     if layer.batch_first:
         x = x.transpose(0, 1)
+    if isinstance(layer, ALIF) and state is not None and not isinstance(state, ALIFState):
+        raise TypeError(f"an ALIF state must be an ALIFState, got {type(state).__name__}")
+    # the layer's [1, B, ...] state (or the [B, ...] form) as the scan's; final_state stays [B, ...]
+    state = single_direction_state(layer, state, x.shape[1], x, "reference_traces")
     if isinstance(layer, ALIF):
-        if state is not None and not isinstance(state, ALIFState):
-            raise TypeError(f"an ALIF state must be an ALIFState, got {type(state).__name__}")
         current = torch.nn.functional.linear(x, layer.weight_ih, layer.bias_ih)
         spikes, final, trace = alif_scan(
             current,

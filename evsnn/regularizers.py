@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from .functional.delta import DeltaGRUState, DeltaLSTMState, delta_encode
 from .functional.egru import EGRUTrace
 from .nn import EGRU, DeltaGRU, DeltaLSTM
+from .nn._stack import single_direction_state
 
 __all__ = [
     "event_indicator",
@@ -240,8 +241,10 @@ class DeltaL1Regularizer(nn.Module):
         if layer.batch_first:
             output = output.transpose(0, 1)
         h0 = h_hat0 = None
+        if state is not None and not isinstance(state, (DeltaGRUState, DeltaLSTMState)):
+            raise TypeError(f"state must be a DeltaGRUState or DeltaLSTMState, got {type(state).__name__}")
+        # the layer's [1, B, H] state (or the [B, H] form) as one direction's [B, H] fields
+        state = single_direction_state(layer, state, output.shape[1], output, "DeltaL1Regularizer")
         if state is not None:
-            if not isinstance(state, (DeltaGRUState, DeltaLSTMState)):
-                raise TypeError(f"state must be a DeltaGRUState or DeltaLSTMState, got {type(state).__name__}")
             h0, h_hat0 = state.h, state.h_hat
         return self.strength * delta_l1(output, layer.theta_h, h0, h_hat0, self.reduction)

@@ -368,3 +368,21 @@ def test_nn_gru_positional_order_and_bad_stacking_values(cls):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cls(IN, H, 2, dropout=0.3)
+
+
+def test_one_layer_helpers_take_the_layer_state_and_refuse_stacks():
+    from evsnn import metrics
+    from evsnn.regularizers import DeltaL1Regularizer
+
+    layer = FAMILIES["DeltaGRU"]()
+    x = torch.randn(5, 2, IN, dtype=F64) * 2
+    _, state = layer(x)  # [1, B, ...] fields
+    out, _ = layer(x, state)
+    reg = DeltaL1Regularizer(1.0)
+    by_layout = reg(out, layer, state)
+    by_fields = reg(out, layer, type(state).__mro__[2](*(f[0] for f in state)))
+    _close(by_layout, by_fields, atol=0)
+    assert by_layout > 0
+    stacked = FAMILIES["DeltaGRU"](num_layers=2)
+    with pytest.raises(ValueError, match="replays a one-layer, unidirectional DeltaGRU; got num_layers=2"):
+        metrics.reference_traces(stacked, x)

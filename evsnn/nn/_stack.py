@@ -33,7 +33,7 @@ __all__ = [
     "EGRULayerState",
     "check_stack_args",
     "direction_suffix",
-    "stacked_forward",
+    "StackedForward",
     "torch_suffix",
 ]
 
@@ -191,6 +191,20 @@ def check_stacked_state(module: nn.Module, state: Any, batch: int, like: Tensor)
     return stacked
 
 
+def single_direction_state(module: nn.Module, state: Any, batch: int, like: Tensor, what: str) -> NamedTuple | None:
+    """For helpers that replay one layer·direction (metrics, regularisers): refuse a stacked or
+    bidirectional ``module``; return ``state`` (the layer's ``[1, B, ...]`` layout or the
+    ``[B, ...]`` form) as the functional ``[B, ...]`` state, or ``None``."""
+    if module.num_layers != 1 or module.bidirectional:
+        raise ValueError(
+            f"{what} replays a one-layer, unidirectional {type(module).__name__}; got num_layers="
+            f"{module.num_layers}, bidirectional={module.bidirectional}"
+        )
+    if state is None:
+        return None
+    return direction_state(check_stacked_state(module, state, batch, like), 0, module._state_base)
+
+
 def _select_batch(module: nn.Module, state: NamedTuple, idx: Tensor) -> NamedTuple:
     fields = []
     for name, v in zip(state._fields, state):
@@ -283,26 +297,41 @@ def _run_dense(module: nn.Module, x: Tensor, state: NamedTuple | None, backend: 
     return layer_in, finals, stats
 
 
-def stacked_forward(module: nn.Module, x: Tensor | PackedSequence, state: Any) -> tuple[Any, NamedTuple]:
-    """``module``'s forward over a dense or packed input: ``(output, final state)`` like ``nn.GRU``.
+class StackedForward:
+    """``forward`` of the sequence layers (EGRU, DeltaGRU, DeltaLSTM, ALIF), like ``nn.GRU``'s."""
 
-    A :class:`~torch.nn.utils.rnn.PackedSequence` runs each group of equal-length sequences as
-    one dense batch (exact: no step past a sequence's end is computed), so it costs one stack
-    call per distinct length.
-    """
+    def forward(self, x: Tensor | PackedSequence, state: Any = None) -> tuple[Any, NamedTuple]:
+        """``(output, final state)`` of a dense ``[T, B, I]`` (``[B, T, I]`` with ``batch_first``)
+        or packed input; the output is packed when the input is. ``state``: the layer's state
+        type in the stacked layout (see the class docstring), or ``None``."""
+        seq, lengths = _sequence(self, x)
+        if state is not None:
+            state = check_stacked_state(self, state, seq.shape[1], seq)
+        backend = self._resolve_backend(seq)
+        # An accelerated backend is opaque to torch.compile (raw-pointer kernels): the whole
+        # stack runs eagerly behind one graph break here, instead of one break per nested frame.
+        run = _run if backend.name == "torch" else _run_opaque
+        return run(self, x, seq, lengths, state, backend)
+
+
+def _sequence(module: nn.Module, x: Any) -> tuple[Tensor, Tensor | None]:
+    """The time-first dense sequence (zero-padded for packed input) and the packed lengths."""
     name = type(module).__name__
-    packed = isinstance(x, PackedSequence)
-    if packed:
+    if isinstance(x, PackedSequence):
         check_input(name, x.data, 2, module.input_size, module.weight_ih)
-        seq, lengths = pad_packed_sequence(x)
-    else:
-        check_input(name, x, 3, module.input_size, module.weight_ih)
-        seq = to_time_first(x, module.batch_first)
-        check_steps(name, seq)
-    batch = seq.shape[1]
-    if state is not None:
-        state = check_stacked_state(module, state, batch, seq)
-    backend = module._resolve_backend(seq)
+        return pad_packed_sequence(x)
+    check_input(name, x, 3, module.input_size, module.weight_ih)
+    seq = to_time_first(x, module.batch_first)
+    check_steps(name, seq)
+    return seq, None
+
+
+def _run(module: nn.Module, x: Any, seq: Tensor, lengths: Tensor | None, state: Any, backend: Any):
+    """All layers and directions; a packed input runs each group of equal-length sequences as one
+    dense batch (exact: no step past a sequence's end is computed), one stack call per distinct
+    length."""
+    name = type(module).__name__
+    packed = lengths is not None
     if not packed:
         out, finals, stats = _run_dense(module, seq, state, backend)
         if module.record_stats:
@@ -329,3 +358,6 @@ def stacked_forward(module: nn.Module, x: Tensor | PackedSequence, state: Any) -
         out = out.index_select(1, sorted_indices)
     data = pack_padded_sequence(out, x.batch_sizes.new_tensor(sorted(lengths.tolist(), reverse=True)), enforce_sorted=True).data
     return PackedSequence(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices), final
+
+
+_run_opaque = torch.compiler.disable(_run)
