@@ -17,8 +17,12 @@ The backend is chosen like the layer's (``"auto"``, ``EVSNN_BACKEND``): where th
 once, only the rows of active units read each step; with numba installed one fused call per
 step or chunk, see ``evsnn.ops.cpu_event``); otherwise it calls the chosen backend's scan on
 each step or chunk. :meth:`Stream.chunk` is the fast way when inputs arrive in blocks: the
-input projection is one GEMM for the block instead of one matrix-vector product per step. Weights are read when the stream is built; call :meth:`refresh`
-after changing them. Tensors returned by a stream are inference tensors (see
+input projection is one GEMM for the block instead of one matrix-vector product per step.
+
+Weights are read when the stream is built. A stream notices when the layer's parameters,
+buffers or thresholds change afterwards (in place, e.g. an optimiser step, or replaced): its
+next ``step``/``chunk`` raises instead of mixing old and new weights. Call :meth:`refresh` to
+read them again (``refresh(keep_state=True)`` continues from the current state). Tensors returned by a stream are inference tensors (see
 ``torch.inference_mode``): clone them outside inference mode before using them in autograd.
 """
 
@@ -111,8 +115,10 @@ class Stream:
             config.update(theta_x=layer.theta_x, theta_h=layer.theta_h)
         return config
 
-    def refresh(self) -> None:
-        """Re-read the layer's weights and choose the backend again; the state is reset."""
+    def refresh(self, keep_state: bool = False) -> None:
+        """Re-read the layer's weights and choose the backend again. The state is reset, or with
+        ``keep_state=True`` carried over (the stream continues with the new weights)."""
+        state = self.state if keep_state else None
         with torch.inference_mode():
             self._runner = None
             self._backend = None
@@ -130,7 +136,50 @@ class Stream:
                 else:
                     self._backend = chosen
                     self._snapshot = self._reference_args()
-        self.reset()
+        self._watch()
+        self.reset(state)
+
+    # What the stream read: every parameter and buffer of the layer (the dict it sits in, the
+    # tensor object, its version counter, bumped by every in-place write) and the scalar
+    # options the backends were prepared with. Comparing them costs a few hundred ns per tensor.
+    _OPTIONS = ("theta_x", "theta_h", "reset", "zoneout", "recurrent")
+
+    def _watch(self) -> None:
+        watched = []
+        for prefix, module in self.layer.named_modules():
+            for table in (module._parameters, module._buffers):
+                for name, t in table.items():
+                    if t is not None:
+                        version = None if t.is_inference() else t._version
+                        watched.append((table, name, t, version, f"{prefix}.{name}" if prefix else name))
+        self._watched = watched
+        options = self.layer.__dict__
+        self._options = tuple((name, options[name]) for name in self._OPTIONS if name in options)
+
+    def _check_unchanged(self) -> None:
+        # A plain loop with an early exit: this runs before every step.
+        options = self.layer.__dict__
+        for table, name, t, version, _ in self._watched:
+            if table.get(name) is not t or (version is not None and t._version != version):
+                break
+        else:
+            for name, value in self._options:
+                if options.get(name) != value:
+                    break
+            else:
+                return
+        changed = [
+            label
+            for table, name, t, version, label in self._watched
+            if table.get(name) is not t or (version is not None and t._version != version)
+        ]
+        changed += [name for name, value in self._options if options.get(name) != value]
+        if changed:
+            raise RuntimeError(
+                f"Stream({type(self.layer).__name__}): the layer's {', '.join(changed)} changed since the stream "
+                "read them; call stream.refresh() to read them again (the state is reset) or "
+                "stream.refresh(keep_state=True) to continue from the current state with the new values"
+            )
 
     def _make_runner(self):
         from .ops import cpu_event
@@ -238,6 +287,7 @@ class Stream:
     def step(self, x: Tensor) -> Tensor:
         """Advance one step on ``x [B, input_size]``; returns the layer's output ``[B, H]``."""
         self._check_step_input(x)
+        self._check_unchanged()
         with torch.inference_mode():
             layer, runner = self.layer, self._runner
             if runner is not None:
@@ -256,6 +306,7 @@ class Stream:
         check_input(name, x, 3, self.input_size, self._like)
         x = x.transpose(0, 1) if batch_first else x
         check_steps(name, x)
+        self._check_unchanged()
         if x.shape[1] != self.batch_size:
             raise ValueError(f"{name} expects batch size {self.batch_size} (set by Stream(batch_size=...)), got {x.shape[1]}")
         with torch.inference_mode():

@@ -168,3 +168,60 @@ def test_hundred_thousand_steps_with_bounded_memory(make):
     assert tensors_after - tensors_before <= 5, (tensors_before, tensors_after)
     assert rss_growth_kib < 16 * 1024, f"max RSS grew by {rss_growth_kib} KiB over 100 000 steps"
     assert elapsed < 120, f"100 000 steps took {elapsed:.1f} s"
+
+
+def _change_in_place(layer):
+    with torch.no_grad():
+        layer.weight_hh.mul_(1.5)
+
+
+def _replace_parameter(layer):
+    layer.weight_hh = torch.nn.Parameter(layer.weight_hh.detach() * 1.5)
+
+
+def _optimiser_step(layer):
+    for p in layer.parameters():
+        p.grad = torch.ones_like(p)
+    torch.optim.SGD(layer.parameters(), lr=0.1).step()
+
+
+def _change_threshold(layer):
+    layer.theta_h = layer.theta_h + 0.1
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu_event"])
+@pytest.mark.parametrize(
+    "change", [_change_in_place, _replace_parameter, _optimiser_step, _change_threshold], ids=lambda f: f.__name__[1:]
+)
+def test_stream_refuses_weights_changed_under_it_and_refresh_reads_them(change, backend):
+    torch.manual_seed(2)
+    layer = evsnn.DeltaGRU(3, H_EVENT, theta_x=0.05, theta_h=0.02).eval()
+    x = _signal(6, 1, 3, seed=7)
+    stream = Stream(layer, backend=backend)
+    stream.step(x[0])
+    change(layer)
+    with pytest.raises(RuntimeError, match=r"Stream\(DeltaGRU\): the layer's .* changed since the stream read them"):
+        stream.step(x[1])
+    with pytest.raises(RuntimeError, match=r"call stream.refresh\(\)"):
+        stream.chunk(x[1:3])
+    # refresh(keep_state=True) continues from the state reached, with the new weights.
+    saved = stream.state
+    stream.refresh(keep_state=True)
+    got = stream.chunk(x[1:])
+    with torch.no_grad():
+        want, _ = layer(x[1:], saved)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    stream.refresh()  # back to the initial state
+    with torch.no_grad():
+        want, _ = layer(x)
+    torch.testing.assert_close(stream.chunk(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_readout_stream_refuses_a_changed_tau():
+    readout = evsnn.LeakyReadout(3, 4)
+    stream = Stream(readout)
+    stream.step(torch.randn(1, 3))
+    with torch.no_grad():
+        readout.tau.add_(1.0)
+    with pytest.raises(RuntimeError, match=r"Stream\(LeakyReadout\): the layer's tau changed"):
+        stream.step(torch.randn(1, 3))
