@@ -292,3 +292,46 @@ def test_nir_export_of_a_bare_unsupported_module_names_it(make):
     module = make()
     with pytest.raises(ValueError, match=rf"cannot export the model \({type(module).__name__}\) to NIR"):
         nir_interop.export_to_nir(module)
+
+
+# --------------------------------------------------------------------------------------------
+# Persistent GPU kernels: every block must be resident at once (the decision, on CPU)
+# --------------------------------------------------------------------------------------------
+
+
+def test_coresidency_decision():
+    from evsnn.ops.cupy_runtime import coresidency_reason
+
+    # One block per SM on 132 SMs: a grid of 132 fits, 133 would leave a block waiting forever.
+    assert coresidency_reason(blocks=132, threads=512, shared_mem=0, sm_count=132, blocks_per_sm=1) is None
+    assert coresidency_reason(blocks=1, threads=512, shared_mem=0, sm_count=132, blocks_per_sm=1) is None
+    reason = coresidency_reason(blocks=133, threads=512, shared_mem=0, sm_count=132, blocks_per_sm=1)
+    assert reason is not None and "133 blocks" in reason and "132 SMs x 1" in reason and "resident" in reason
+    # Two resident blocks per SM double the capacity.
+    assert coresidency_reason(blocks=264, threads=128, shared_mem=0, sm_count=132, blocks_per_sm=2) is None
+    assert coresidency_reason(blocks=265, threads=128, shared_mem=0, sm_count=132, blocks_per_sm=2) is not None
+    # Too much shared memory or too many registers: not even one block fits on an SM.
+    reason = coresidency_reason(blocks=4, threads=512, shared_mem=300_000, sm_count=132, blocks_per_sm=0)
+    assert reason is not None and "300000 bytes" in reason and "512 threads" in reason
+    with pytest.raises(ValueError, match="blocks must be >= 1"):
+        coresidency_reason(blocks=0, threads=512, shared_mem=0, sm_count=132, blocks_per_sm=1)
+
+
+def test_persistent_launch_refuses_before_launching(monkeypatch):
+    from evsnn.ops import cupy_runtime as rt
+
+    launched = []
+    monkeypatch.setattr(rt, "launch", lambda *a, **k: launched.append(a))
+    monkeypatch.setattr(rt, "sm_count", lambda index: 4)
+    monkeypatch.setattr(rt, "max_active_blocks_per_sm", lambda kernel, threads, shared_mem, index: 1)
+
+    class FakeKernel:
+        name = "egru_forward"
+        max_dynamic_shared_size_bytes = 0
+
+    device = torch.device("cuda", 0)
+    rt.launch_persistent(FakeKernel(), (4,), (256,), (), device=device)
+    assert len(launched) == 1
+    with pytest.raises(rt.CoResidencyError, match=r"egru_forward.*5 blocks.*4 SMs x 1"):
+        rt.launch_persistent(FakeKernel(), (5,), (256,), (), device=device)
+    assert len(launched) == 1, "a refused persistent kernel must not be launched"

@@ -160,7 +160,7 @@ class _ALIFScan(torch.autograd.Function):
                 rt.ptr(v_out), rt.ptr(b_out), rt.ptr(s_out), rt.ptr(inputs), rt.ptr(counter),
                 rt.i32(T), rt.i32(B), rt.i32(N),
             )  # fmt: skip
-            rt.launch(kernel, grid, (REC_THREADS,), args, device=dev)
+            rt.launch_persistent(kernel, grid, (REC_THREADS,), args, device=dev)
         if needs_grad:
             ctx.save_for_backward(inputs, spikes, v_trace, b_trace, v0, bstate0, s0, alpha, rho, b0, beta, wt, weight_hh)
         ctx.sg = sg
@@ -197,13 +197,13 @@ class _ALIFScan(torch.autograd.Function):
                 args = head + (rt.ptr(w),) + tuple(rt.ptr(g) for g in grads_in) + sg_args + tail + (
                     rt.ptr(counter), rt.i32(T), rt.i32(B), rt.i32(N), rt.i32(spb),
                 )  # fmt: skip
-                rt.launch(kernel, (grid,), (REC_THREADS,), args, device=dev, shared_mem=shared)
+                rt.launch_persistent(kernel, (grid,), (REC_THREADS,), args, device=dev, shared_mem=shared)
             else:
                 kernel = rt.get_kernel(SOURCE, "alif_rec_backward", dtype=dtype, device=dev, defines=_DEFINES)
                 args = head + (rt.ptr(wt), rt.ptr(w)) + tuple(rt.ptr(g) for g in grads_in) + sg_args + tail + (
                     rt.ptr(counter), rt.i32(T), rt.i32(B), rt.i32(N),
                 )  # fmt: skip
-                rt.launch(kernel, (_grid(B * math.ceil(N / REC_THREADS), dev),), (REC_THREADS,), args, device=dev)
+                rt.launch_persistent(kernel, (_grid(B * math.ceil(N / REC_THREADS), dev),), (REC_THREADS,), args, device=dev)
         need = ctx.needs_input_grad
         p_alpha, p_rho, p_b0, p_beta = partials
         g_w = g_bias = None

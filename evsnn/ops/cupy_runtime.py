@@ -7,6 +7,11 @@
 - A launch passes raw device pointers (``numpy.uint64``) of torch tensors: no copies, no CuPy
   allocations, on ``torch.cuda.current_stream()`` under the tensors' device, and never
   synchronises with the host.
+- A persistent kernel (one launch over all steps, blocks waiting on each other through a grid
+  barrier or flags) deadlocks if some of its blocks are not resident while others wait:
+  :func:`launch_persistent` checks with the CUDA occupancy API that the whole grid fits on the
+  device at once and otherwise raises :class:`CoResidencyError` before launching. The check
+  counts free SMs: kernels of other streams running at the same time are not accounted for.
 - :func:`compile_check` compiles a source through NVRTC for a given architecture WITHOUT a GPU
   (CI uses it on CPU machines): errors and warnings both fail.
 """
@@ -14,6 +19,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,6 +35,10 @@ __all__ = [
     "unavailable_reason",
     "get_kernel",
     "launch",
+    "launch_persistent",
+    "CoResidencyError",
+    "coresidency_reason",
+    "max_active_blocks_per_sm",
     "ptr",
     "i32",
     "f32",
@@ -170,6 +180,71 @@ def launch(kernel, grid: tuple[int, ...], block: tuple[int, ...], args: tuple, *
         if shared_mem > 48 * 1024:
             kernel.max_dynamic_shared_size_bytes = shared_mem
         kernel(grid, block, args, shared_mem=shared_mem)
+
+
+class CoResidencyError(RuntimeError):
+    """A persistent kernel's grid cannot be resident all at once on this device."""
+
+
+def coresidency_reason(*, blocks: int, threads: int, shared_mem: int, sm_count: int, blocks_per_sm: int) -> str | None:
+    """``None`` when a persistent grid of ``blocks`` blocks (``threads`` each, ``shared_mem``
+    bytes of dynamic shared memory) is resident all at once on ``sm_count`` SMs holding
+    ``blocks_per_sm`` of its blocks each (the CUDA occupancy result), else why not."""
+    if blocks < 1:
+        raise ValueError(f"blocks must be >= 1, got {blocks}")
+    if blocks_per_sm < 1:
+        return (
+            f"one block of {threads} threads with {shared_mem} bytes of dynamic shared memory does not fit on an SM "
+            "(occupancy: 0 blocks per SM; registers or shared memory exceed the SM's)"
+        )
+    capacity = sm_count * blocks_per_sm
+    if blocks > capacity:
+        return (
+            f"its grid of {blocks} blocks exceeds the {capacity} blocks resident at once ({sm_count} SMs x "
+            f"{blocks_per_sm} per SM): blocks waiting at its grid barrier would wait forever for the others"
+        )
+    return None
+
+
+_OCCUPANCY: dict[tuple[int, int, int, int], int] = {}
+
+
+def max_active_blocks_per_sm(kernel, threads: int, shared_mem: int, device_index: int) -> int:
+    """``cuOccupancyMaxActiveBlocksPerMultiprocessor`` of ``kernel`` (cached per launch shape)."""
+    key = (int(kernel.kernel.ptr), threads, shared_mem, device_index)
+    if key not in _OCCUPANCY:
+        import cupy
+        from cupy_backends.cuda.api import driver
+
+        with cupy.cuda.Device(device_index):
+            _OCCUPANCY[key] = int(driver.occupancyMaxActiveBlocksPerMultiprocessor(key[0], threads, shared_mem))
+    return _OCCUPANCY[key]
+
+
+def launch_persistent(
+    kernel, grid: tuple[int, ...], block: tuple[int, ...], args: tuple, *, device: torch.device, shared_mem: int = 0
+) -> None:
+    """:func:`launch` for a kernel whose blocks wait on each other: refused with
+    :class:`CoResidencyError` unless the whole grid can be resident at once (no host sync: the
+    occupancy query is a host-side driver call, cached)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if shared_mem > 48 * 1024:
+        # The opt-in above 48 KiB must be set before the occupancy query, which depends on it.
+        kernel.max_dynamic_shared_size_bytes = shared_mem
+    blocks, threads = math.prod(grid), math.prod(block)
+    reason = coresidency_reason(
+        blocks=blocks,
+        threads=threads,
+        shared_mem=shared_mem,
+        sm_count=sm_count(index),
+        blocks_per_sm=max_active_blocks_per_sm(kernel, threads, shared_mem, index),
+    )
+    if reason is not None:
+        raise CoResidencyError(
+            f"cannot launch the persistent kernel {kernel.name} on cuda:{index}: {reason}. "
+            "Use a smaller hidden size or batch, or backend='torch'"
+        )
+    launch(kernel, grid, block, args, device=device, shared_mem=shared_mem)
 
 
 # Device properties are process constants: torch.compile evaluates them once while tracing the

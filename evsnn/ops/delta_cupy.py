@@ -269,7 +269,7 @@ def _forward_cupy(lstm, x, xhat0, h0, hhat0, m0u, c0, wp, theta_x, theta_h, keep
         rt.ptr(dh), rt.ptr(m_all), rt.ptr(c_all), rt.ptr(counter), rt.ptr(xch),
         rt.i32(steps), rt.i32(batch), rt.i32(inp), rt.i32(hidden), rt.i32(u), rt.scalar(theta_h, dt),
     )  # fmt: skip
-    rt.launch(_kernel("delta_forward", lstm, dt, dev, tile), (blocks,), (_BLOCK,), args, device=dev)
+    rt.launch_persistent(_kernel("delta_forward", lstm, dt, dev, tile), (blocks,), (_BLOCK,), args, device=dev)
     return out, dx, dh, xhat_t, hh_work, m_work, c_work, m_all, c_all
 
 
@@ -290,7 +290,7 @@ def _backward_cupy(lstm, g_out, g_dh, m_all, out, h0, c_all, c0, dh, wph, lam_h,
         rt.ptr(wph), rt.ptr(lam_h), rt.ptr(lam_hh), rt.ptr(lam_m), rt.ptr(lam_c), rt.ptr(dm_all), rt.ptr(counter),
         rt.i32(steps), rt.i32(batch), rt.i32(hidden), rt.i32(u),
     )  # fmt: skip
-    rt.launch(_kernel("delta_backward", lstm, dt, dev), (blocks,), (_BLOCK,), args, device=dev)
+    rt.launch_persistent(_kernel("delta_backward", lstm, dt, dev), (blocks,), (_BLOCK,), args, device=dev)
     return dm_all, lam_h, lam_hh, lam_m, lam_c
 
 

@@ -130,7 +130,7 @@ def egru_cupy_check(
 
 
 def _launch(kernel, grid: int, u: int, args: tuple, device: torch.device, shared_mem: int) -> None:
-    rt.launch(kernel, (grid,), (_threads(u),), args, device=device, shared_mem=shared_mem)
+    rt.launch_persistent(kernel, (grid,), (_threads(u),), args, device=device, shared_mem=shared_mem)
 
 
 def _pack_forward(weight_hh: Tensor, u: int, nb: int) -> Tensor:
