@@ -350,9 +350,9 @@ class ALIF(_LeakyForm, Leaky):
     exactly: the membrane integrates ``(1 − β)·I_t`` and nothing is detached. Both are the same
     forward dynamics in different voltage units: a "snntorch" neuron with ``(threshold,
     adapt_strength)`` spikes as a "spec" one with ``(threshold·(1−β), adapt_strength·(1−β))``,
-    whose ``mem`` is ``(1−β)`` times smaller. The adaptation trace ``b`` is a spike-rate trace
-    without units; it starts at SPEC's ``b0``: ``threshold`` ("spec"), ``threshold·(1−β)``
-    ("snntorch").
+    whose ``mem`` is ``(1−β)`` times smaller (``b``, a spike-rate trace, has no units). The
+    initial state is SPEC's with "spec" (``b = b0 = threshold``) and snntorch's with "snntorch":
+    all zeros, no adaptation before the first spike.
 
     ``spk, mem = alif(cur, mem)`` (``mem`` is the membrane ``v``; ``b`` and the 0/1 spike state
     stay inside, as ``alif.b`` and ``alif.spk``), or ``spk, mem, b = alif(cur, spk, mem, b)``
@@ -495,15 +495,11 @@ class ALIF(_LeakyForm, Leaky):
         """Adaptation decay ``exp(−1/τ_adp)``."""
         return decay(self.tau_adapt)
 
-    def _base_threshold(self, dtype: torch.dtype) -> Tensor:
-        """SPEC's ``b0``, the adaptation trace's initial value, in the units of ``convention``."""
-        b0 = self.threshold.to(dtype)
-        if self.convention == "snntorch":
-            b0 = b0 * (1.0 - self.beta.to(dtype))
-        return b0
-
     def _initial_state(self, x: Tensor) -> ALIFState:
-        return alif_initial_state(x, self._base_threshold(x.dtype))
+        # SPEC §2 starts the trace at b0; snntorch starts every state at zero, and b0 = threshold
+        # would be a large head start in snntorch's units (threshold 1.0 vs SPEC's 0.01).
+        b_initial = self.threshold.to(x.dtype) if self.convention == "spec" else 0.0
+        return alif_initial_state(x, b_initial)
 
     def _step(self, current: Tensor, state: ALIFState) -> tuple[Tensor, ALIFState]:
         if self.recurrent is not None:
