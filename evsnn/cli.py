@@ -129,6 +129,9 @@ def _train_options(t: _Parser) -> None:
     t.add_argument("--threads", type=_positive_int, default=None,
                    help="torch CPU threads (default on CPU: 1 on <= 2 cores, else the cores the load average "
                         "leaves idle; the choice is printed)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out from its last checkpoint (give the same options "
+                        "as that run)")
     t.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
 
@@ -155,13 +158,16 @@ def _train(args: argparse.Namespace) -> int:
     )
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise CLIError(f"data folder {args.data_dir!r} does not exist")
+    if args.resume and args.out is None:
+        raise CLIError("--resume needs --out, the folder of the run to continue", 2)
     try:
-        metrics = train(config, progress=not args.quiet, log=lambda s: print(s, flush=True))
+        metrics = train(config, progress=not args.quiet, log=lambda s: print(s, flush=True), resume=args.resume)
     except RunFolderError as err:
         raise CLIError(str(err)) from None
     except KeyboardInterrupt:
         ckpt = Path(config.out or "") / "checkpoint.pt"
-        where = f"; last checkpoint kept at {ckpt}" if config.out and ckpt.is_file() else "; no epoch had completed"
+        where = (f"; last checkpoint kept at {ckpt} (continue with --resume --out {config.out})"
+                 if config.out and ckpt.is_file() else "; no epoch had completed")
         raise CLIError(f"interrupted{where}", 130) from None
     if int(os.environ.get("RANK", "0")) == 0:
         print(_summary(metrics))

@@ -316,19 +316,48 @@ def _torch_bytes(obj: Any) -> bytes:
 RUN_FILES = ("run.json", "checkpoint.pt", "metrics.json", "events.pt", "raster.png", "curves.png")
 
 
+# Options that define a run: resuming with any of them changed would not continue the same run.
+_RUN_DEFINING = ("model", "data", "data_dir", "encoding", "repeat", "hidden", "epochs", "batch_size", "lr", "seed",
+                 "backend", "max_steps", "extra")
+
+
+def _lock(fd: int, path: Path) -> None:
+    """Hold an exclusive lock on ``run.json`` while the run writes the folder (released by the
+    kernel when the process ends, so a killed run leaves no stale lock)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: the O_EXCL claim alone guards fresh runs
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunFolderInUse(f"run folder {os.fspath(path)} is being written by another running evsnn train") from None
+
+
 class RunFolder:
-    """The folder of one run, claimed by creating ``run.json`` with ``O_EXCL``.
+    """The folder of one run, claimed by creating ``run.json`` with ``O_EXCL`` and locked while
+    the run writes it.
 
     Args:
         path: the folder (created with its parents if missing).
         run_id: the id written into every file of the run.
         created: whether :meth:`claim` created the folder (then :meth:`release` may remove it).
+        lock_fd: the open, locked ``run.json`` (closed by :meth:`close`).
     """
 
-    def __init__(self, path: Path, run_id: str, created: bool):
+    def __init__(self, path: Path, run_id: str, created: bool, lock_fd: int | None = None):
         self.path = path
         self.run_id = run_id
         self.created = created
+        self.lock_fd = lock_fd
+
+    def close(self) -> None:
+        """Release the lock on the folder."""
+        if self.lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.lock_fd)
+            self.lock_fd = None
 
     @classmethod
     def claim(cls, path: str | os.PathLike, config: TrainConfig) -> RunFolder:
@@ -354,18 +383,68 @@ class RunFolder:
         info = {"run_id": run_id, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
                 "pid": os.getpid(), "config": asdict(config)}
         try:
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(info, indent=2))
+            _lock(fd, path)
+            data = json.dumps(info, indent=2).encode()
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.EIO, "short write")
         except OSError as err:
+            with contextlib.suppress(OSError):
+                os.close(fd)
             with contextlib.suppress(OSError):
                 marker.unlink()
             raise RunFolderError(f"cannot write {os.fspath(marker)}: {_os_reason(err)}") from None
-        return cls(path, run_id, created)
+        return cls(path, run_id, created, fd)
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike, config: TrainConfig) -> tuple[RunFolder, dict[str, Any]]:
+        """Take over the interrupted run in ``path`` (``run.json`` and ``checkpoint.pt``, no
+        ``metrics.json``) when ``config`` asks for the same run: ``(folder, checkpoint)``."""
+        path = Path(path)
+        marker, ckpt = path / "run.json", path / "checkpoint.pt"
+        if not marker.is_file() or not ckpt.is_file():
+            raise RunFolderError(f"cannot resume {os.fspath(path)}: no interrupted run there (run.json and "
+                                 "checkpoint.pt expected)")
+        if (path / "metrics.json").exists():
+            raise RunFolderError(f"cannot resume {os.fspath(path)}: its run has finished (metrics.json is there); "
+                                 "choose a new --out for a new run")
+        info = _read_json(marker)
+        run_id = info.get("run_id") if isinstance(info, dict) else None
+        try:
+            fd = os.open(marker, os.O_RDONLY)
+        except OSError as err:
+            raise RunFolderError(f"cannot open {os.fspath(marker)}: {_os_reason(err)}") from None
+        _lock(fd, path)
+        folder = cls(path, run_id, False, fd)
+        try:
+            try:
+                state = torch.load(ckpt, map_location="cpu", weights_only=True)
+            except Exception as err:  # torch raises several types for a corrupt file
+                raise RunFolderError(f"cannot resume {os.fspath(path)}: {os.fspath(ckpt)} is unreadable "
+                                     f"({type(err).__name__})") from None
+            if not isinstance(state, dict) or run_id is None or state.get("run_id") != run_id:
+                raise RunFolderError(f"cannot resume {os.fspath(path)}: checkpoint.pt is not from the run of run.json")
+            if "scheduler" not in state or "history" not in state:
+                raise RunFolderError(f"cannot resume {os.fspath(path)}: its checkpoint has no scheduler state or "
+                                     "history (written by an older evsnn)")
+            saved = state.get("config", {})
+            differ = [k for k in _RUN_DEFINING if saved.get(k) != getattr(config, k)]
+            if differ:
+                raise ValueError(f"cannot resume {os.fspath(path)}: its run used "
+                                 f"{', '.join(f'{k}={saved.get(k)!r}' for k in differ)}, this command asks "
+                                 f"{', '.join(f'{k}={getattr(config, k)!r}' for k in differ)} (give the options "
+                                 "of the run you resume)")
+        except BaseException:
+            folder.close()
+            raise
+        return folder, state
 
     @staticmethod
     def _taken_message(path: Path, taken: list[str]) -> str:
-        return (f"run folder {os.fspath(path)} already holds a run ({', '.join(taken)}); runs are never "
-                "overwritten: choose a new --out (or remove the folder)")
+        unfinished = "checkpoint.pt" in taken and "metrics.json" not in taken
+        what = "an unfinished run" if unfinished else "a run"
+        choice = ("continue it with --resume or choose a new --out" if unfinished
+                  else "choose a new --out (or remove the folder)")
+        return f"run folder {os.fspath(path)} already holds {what} ({', '.join(taken)}); runs are never overwritten: {choice}"
 
     def write(self, name: str, data: bytes) -> Path:
         target = self.path / name
@@ -450,8 +529,14 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.model}-{config.data}-{stamp}"
 
 
-def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print,
+          resume: bool = False) -> dict[str, Any]:
     """Train, evaluate after every epoch, write the run folder, return the metrics dict.
+
+    With ``resume=True``, ``config.out`` must hold an interrupted run of the same configuration
+    (:meth:`RunFolder.resume`); training continues after its last checkpointed epoch with the
+    saved model, optimiser, learning-rate schedule and history, and ends as the uninterrupted
+    run would have (the batches of every epoch depend only on the seed and the epoch).
 
     Everything that can be checked is checked before the first epoch: the configuration, the
     device, the run folder (claimed, so a folder holding another run is refused with
@@ -468,18 +553,28 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
     device = torch.device(config.device)
     threads_before = torch.get_num_threads()
     run: RunFolder | None = None
+    state: dict[str, Any] | None = None
     try:
-        if dist_info.main:
+        if resume:
+            if not config.out:
+                raise ValueError("resume needs the run folder to continue (--out)")
+            if dist_info.main:
+                run, state = RunFolder.resume(config.out, config)
+            else:
+                state = torch.load(Path(config.out) / "checkpoint.pt", map_location="cpu", weights_only=True)
+        elif dist_info.main:
             run = _claim_run_folder(config)
         else:
             config.out = os.fspath(Path(config.out) if config.out else default_run_dir(config))
         threads = _set_threads(config, device, dist_info, threads_before, log if progress else None)
-        return _train(config, device, dist_info, run, threads, progress, log)
+        return _train(config, device, dist_info, run, threads, progress, log, state)
     except BaseException:
-        if run is not None:
+        if run is not None and not resume:
             run.release()
         raise
     finally:
+        if run is not None:
+            run.close()
         torch.set_num_threads(threads_before)
 
 
@@ -524,7 +619,7 @@ def _claim_run_folder(config: TrainConfig) -> RunFolder:
 
 
 def _train(config: TrainConfig, device: torch.device, dist_info: _Dist, run: RunFolder | None, threads: int,
-           progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
+           progress: bool, log: Callable[[str], None], state: dict[str, Any] | None = None) -> dict[str, Any]:
     train_set, test_set, n_features, n_classes = load_data(config)
     torch.manual_seed(config.seed)
     model = build_model(config, n_features, n_classes).to(device)
@@ -540,9 +635,20 @@ def _train(config: TrainConfig, device: torch.device, dist_info: _Dist, run: Run
         total_steps = min(total_steps, config.max_steps)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=max(total_steps, 2))
     history: list[dict[str, Any]] = []
-    step, started = 0, time.time()
+    step, started, first_epoch = 0, time.time(), 1
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history = list(state["history"])
+        step, first_epoch = state["step"], state["epoch"] + 1
+        started -= history[-1]["time_s"] if history else 0.0
+        if progress and dist_info.main:
+            log(f"resuming {config.out} after epoch {state['epoch']} (step {step})")
     shard = config.batch_size // dist_info.world
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(first_epoch, config.epochs + 1):
+        if step >= total_steps:
+            break
         bar = _progress(per_epoch, progress and dist_info.main, f"epoch {epoch}/{config.epochs}")
         loss_sum, seen, act_sum = 0.0, 0, 0.0
         for batch in _global_batches(len(train_set), config.batch_size, epoch, config.seed):
@@ -574,7 +680,8 @@ def _train(config: TrainConfig, device: torch.device, dist_info: _Dist, run: Run
         history.append(row)
         if run is not None:
             run.save("checkpoint.pt", {"config": asdict(config), "model": model.state_dict(),
-                                       "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
+                                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                       "history": history, "epoch": epoch, "step": step,
                                        "n_features": n_features, "n_classes": n_classes})
             if progress:
                 log(f"epoch {epoch:>3}/{config.epochs}  loss {row['loss']:.3f}  test accuracy {acc:.3f}  "

@@ -175,6 +175,7 @@ def test_arguments_are_checked_before_training(evsnn_cmd, monkeypatch, tmp_path)
     proc = evsnn_cmd("train", "--lr", "1e300", "--out", str(tmp_path / "lr"))
     _one_line_error(proc, "lr must be a finite number in (0, 3.4e+38], got 1e+300")
     _one_line_error(evsnn_cmd("train", "--device", "gpu0"), "device must be auto, cpu, cuda or cuda:N, got 'gpu0'")
+    _one_line_error(evsnn_cmd("train", "--resume"), "--resume needs --out")
     if not torch.cuda.is_available():
         _one_line_error(evsnn_cmd("train", "--device", "cuda", "--out", str(tmp_path / "cuda")), "no CUDA GPU")
     assert not (tmp_path / "lr").exists() and not (tmp_path / "cuda").exists()

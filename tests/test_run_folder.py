@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,46 @@ def test_progress_bar_only_on_a_terminal(tmp_path, monkeypatch, capsys, single_t
     monkeypatch.setattr(sys, "stderr", term)
     tr.train(TrainConfig(out=str(tmp_path / "tty"), **TINY), progress=True, log=lambda s: None)
     assert "epoch 1/1" in term.text and "batch" in term.text
+
+
+def _interrupt_after_epoch_1(line: str) -> None:
+    if line.startswith("epoch   1/"):  # logged right after epoch 1's checkpoint is on disk
+        raise KeyboardInterrupt
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, single_thread):
+    settings = dict(hidden=16, epochs=2, batch_size=512)
+    straight = tr.train(TrainConfig(out=str(tmp_path / "straight"), **settings), progress=False)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(TrainConfig(out=str(out), **settings), log=_interrupt_after_epoch_1)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1 and not (out / "metrics.json").exists()
+    with pytest.raises(RunFolderInUse, match="holds an unfinished run .*continue it with --resume"):
+        tr.train(TrainConfig(out=str(out), **settings), progress=False)
+    lines: list[str] = []
+    resumed = tr.train(TrainConfig(out=str(out), **settings), log=lines.append, resume=True)
+    assert f"resuming {out} after epoch 1 (step 2)" in lines
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 4
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert resumed["accuracy"] == straight["accuracy"]
+    drop_time = [{k: v for k, v in row.items() if k != "time_s"} for row in straight["history"]]
+    assert [{k: v for k, v in row.items() if k != "time_s"} for row in resumed["history"]] == drop_time
+    assert len(set(_run_ids(out).values())) == 1  # still the one run of the folder
+
+
+def test_resume_refuses_what_it_cannot_continue(tmp_path, single_thread):
+    with pytest.raises(RunFolderError, match="no interrupted run there"):
+        tr.train(TrainConfig(out=str(tmp_path), **TINY), resume=True)
+    finished = tmp_path / "finished"
+    _tiny_run(finished)
+    with pytest.raises(RunFolderError, match="its run has finished"):
+        tr.train(TrainConfig(out=str(finished), **TINY), resume=True)
+    running = RunFolder.claim(tmp_path / "running", TrainConfig(**TINY))  # holds the lock, like a live run
+    running.save("checkpoint.pt", {"config": asdict(TrainConfig(**TINY)), "scheduler": {}, "history": []})
+    with pytest.raises(RunFolderInUse, match="is being written by another running evsnn train"):
+        tr.train(TrainConfig(out=str(running.path), **TINY), resume=True)
+    running.close()
+    with pytest.raises(ValueError, match="its run used hidden=16, this command asks hidden=32"):
+        tr.train(TrainConfig(out=str(running.path), **{**TINY, "hidden": 32}), resume=True)
