@@ -1,0 +1,82 @@
+"""A NeuroBench Benchmark over an evsnn network (ALIF -> EGRU -> DeltaGRU -> Linear) reports the
+events inside the evsnn layers: checked against counts taken directly from the layers' outputs,
+hand formulas for dense MACs and membrane updates, and evsnn.metrics.profile on the whole data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from neurobench.benchmarks import Benchmark
+from neurobench.metrics.workload import ClassificationAccuracy
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import evsnn
+from evsnn.interop.neurobench import ActivationSparsity, EvsnnModel, MembraneUpdates, SynapticOperations
+from evsnn.metrics import profile
+
+N, T, F = 10, 12, 5
+H_ALIF, H_EGRU, H_DELTA = 16, 12, 8
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.alif = evsnn.ALIF(F, H_ALIF, batch_first=True, backend="torch")
+        self.egru = evsnn.EGRU(H_ALIF, H_EGRU, batch_first=True, backend="torch")
+        self.delta = evsnn.DeltaGRU(H_EGRU, H_DELTA, theta_x=0.05, theta_h=0.05, batch_first=True, backend="torch")
+        self.out = nn.Linear(H_DELTA, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s, _ = self.alif(x)
+        y, _ = self.egru(s)
+        h, _ = self.delta(y)
+        return self.out(h[:, -1])
+
+
+def test_benchmark_reports_evsnn_events(single_thread) -> None:
+    net = Net().eval()
+    x = 3.0 * torch.randn(N, T, F)
+    labels = torch.randint(0, 3, (N,))
+    loader = DataLoader(TensorDataset(x, labels), batch_size=4)  # batches of 4, 4, 2
+    metrics = [ClassificationAccuracy, ActivationSparsity, SynapticOperations, MembraneUpdates]
+    results = Benchmark(EvsnnModel(net), loader, [], [lambda p: p.argmax(-1)], [[], metrics]).run(quiet=True)
+
+    with torch.no_grad():
+        logits = net(x)
+        s, _ = net.alif(x)
+        y, _ = net.egru(s)
+        net.delta(y)
+        delta_events = float(net.delta.last_stats.event_fraction.float().mean()) * T * N * H_DELTA
+    assert results["ClassificationAccuracy"] == pytest.approx((logits.argmax(-1) == labels).float().mean().item())
+
+    # Events: spikes and EGRU events counted on the outputs themselves, nonzero hidden deltas.
+    events = int(torch.count_nonzero(s)) + int(torch.count_nonzero(y)) + delta_events
+    slots = T * N * (H_ALIF + H_EGRU + H_DELTA)
+    assert 0 < events < slots
+    assert results["ActivationSparsity"] == pytest.approx(1.0 - events / slots, rel=1e-6)
+
+    assert results["MembraneUpdates"] == T * (H_ALIF + H_EGRU + H_DELTA)
+
+    ops = results["SynapticOperations"]
+    dense = T * (H_ALIF * (F + H_ALIF) + 3 * H_EGRU * (H_ALIF + H_EGRU) + 3 * H_DELTA * (H_EGRU + H_DELTA))
+    assert ops["Dense"] == pytest.approx(dense)
+    # Binary drivers (ACs): the spikes into the EGRU (3·H rows each) and ALIF's recurrent spikes
+    # (H rows each, one step late: the last step's spikes drive nothing inside the layer).
+    spikes_in = int(torch.count_nonzero(s))
+    alif_recurrent = int(torch.count_nonzero(s[:, :-1])) * H_ALIF
+    assert ops["Effective_ACs"] == pytest.approx((spikes_in * 3 * H_EGRU + alif_recurrent) / N)
+    # Everything together is what evsnn.metrics.profile counts on the whole data in one call.
+    whole = profile(net, x, warmup=False)
+    assert len(whole.layers) == 3
+    total = sum(row.event_ops for row in whole.layers) / N
+    assert ops["Effective_ACs"] + ops["Effective_MACs"] == pytest.approx(total)
+    assert ops["Effective_MACs"] > 0
+
+
+def test_metrics_refuse_a_plain_neurobench_model() -> None:
+    from neurobench.models import TorchModel
+
+    model = TorchModel(Net())
+    with pytest.raises(TypeError, match="EvsnnModel"):
+        SynapticOperations()(model, torch.zeros(1), (torch.zeros(1, T, F), torch.zeros(1)))
