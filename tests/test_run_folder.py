@@ -271,3 +271,11 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, single_thread):
     running.close()
     with pytest.raises(ValueError, match="its run used hidden=16, this command asks hidden=32"):
         tr.train(TrainConfig(out=str(running.path), **{**TINY, "hidden": 32}), resume=True)
+
+
+def test_a_diverging_run_stops_with_a_message(tmp_path, single_thread):
+    # lr = 1e38 is a valid float32; one Adam step of that size makes the loss infinite at step 2
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match=r"training diverged: the loss is inf at epoch 1, step 2 \(lr 1e\+38; try"):
+        _tiny_run(out, lr=1e38, max_steps=4)
+    assert not out.exists()  # nothing was saved, so the folder is given back
