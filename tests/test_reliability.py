@@ -82,7 +82,8 @@ def test_cpu_event_propagates_nan_and_inf_like_the_reference(family, grad, kerne
     _same_result(ref, got, f"{family} ({kernel}, grad={grad})")
 
 
-def test_cpu_event_alif_propagates_nan_like_the_reference():
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_cpu_event_alif_propagates_nan_like_the_reference(grad):
     gen = torch.Generator().manual_seed(4)
     t, b, h = 6, 2, 5
     current = torch.randn(t, b, h, generator=gen, dtype=torch.float64)
@@ -94,6 +95,7 @@ def test_cpu_event_alif_propagates_nan_like_the_reference():
         "weight_hh": torch.randn(h, h, generator=gen, dtype=torch.float64),
         "bias_hh": torch.randn(h, generator=gen, dtype=torch.float64),
     }
+    kwargs["weight_hh"].requires_grad_(grad)
     _same_result(alif_scan(current, None, **kwargs), cpu_event.alif_event_scan(current, None, **kwargs), "alif")
 
 
@@ -335,3 +337,19 @@ def test_persistent_launch_refuses_before_launching(monkeypatch):
     with pytest.raises(rt.CoResidencyError, match=r"egru_forward.*5 blocks.*4 SMs x 1"):
         rt.launch_persistent(FakeKernel(), (5,), (256,), (), device=device)
     assert len(launched) == 1, "a refused persistent kernel must not be launched"
+
+
+@pytest.mark.parametrize("bad", [INF, -INF, NAN])
+@pytest.mark.parametrize("make", [evsnn.ALIF, evsnn.EGRU], ids=lambda c: c.__name__)
+def test_a_non_finite_input_gives_the_same_output_in_training_and_inference(make, bad):
+    # fast_sigmoid's primitive is inf/inf = NaN at ±inf: the case that broke training.
+    layer = make(4, 6, backend="torch", dtype=torch.float64, surrogate="fast_sigmoid")
+    x = torch.randn(5, 2, 4, dtype=torch.float64)
+    x[1, 0, 2] = bad
+    with torch.no_grad():
+        layer.weight_ih[:, 2] = 1.0  # the bad value reaches every unit's input current
+    with torch.no_grad():
+        inference = layer(x)[0]
+    training = layer(x)[0]
+    assert training.requires_grad
+    _same(training, inference, f"{make.__name__} output")
