@@ -266,6 +266,25 @@ def test_float32_state_feeds_a_low_precision_layer_and_bf16_state_is_refused(nam
         layer(x, low_state)
 
 
+@pytest.mark.parametrize("name", list(LAYERS))
+def test_stream_of_a_low_precision_layer_runs_the_event_path(name):
+    """A bf16 layer at H = 128 streams on cpu_event (the runners upcast its rounded weights)
+    and agrees with the layer's own forward pass."""
+    from evsnn.streaming import Stream
+
+    big = {"ALIF": evsnn.ALIF, "EGRU": evsnn.EGRU, "DeltaGRU": evsnn.DeltaGRU, "DeltaLSTM": evsnn.DeltaLSTM}[name]
+    layer = big(IN, 128, **(THETA if name.startswith("Delta") else {})).to(torch.bfloat16)
+    x = _input(name, steps=6).to(torch.bfloat16)
+    stream = Stream(layer, batch_size=B)
+    assert stream.backend == "cpu_event"
+    stepped = torch.stack([stream.step(xt) for xt in x])
+    chunked = Stream(layer, batch_size=B).chunk(x)
+    with torch.no_grad():
+        expected, _ = layer(x)
+    for out in (stepped, chunked):
+        _compare(name, out, expected.float(), torch.bfloat16)
+
+
 ALL_MODULES = {**LAYERS, **CELLS, "LeakyReadout": lambda **k: evsnn.LeakyReadout(IN, H, **k)}
 
 

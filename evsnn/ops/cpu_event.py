@@ -52,6 +52,7 @@ from ..functional.delta import (
     delta_lstm_initial_state,
 )
 from ..functional.egru import RESETS, EGRUState, EGRUTrace, egru_initial_state, egru_pointwise
+from ..functional.precision import LOW_PRECISION, state_dtype
 from ..nn._validate import check_steps
 from ..surrogate import MultiGaussian, SnnTorchSurrogate, Surrogate, Triangle
 from .dispatch import Backend, register
@@ -153,6 +154,22 @@ def _check_cpu_tensors(name: str, *tensors: Any) -> None:
     for t in tensors:
         if isinstance(t, Tensor) and t.device.type != "cpu":
             raise ValueError(f"the cpu_event backend runs on CPU tensors; {name} got a tensor on {t.device}")
+
+
+def _full(t: Any) -> Any:
+    """A runner's copy of a parameter in its compute dtype: float32 for a bfloat16/float16 one.
+    The loops exist in float32/float64 only; a low-precision layer runs them on its rounded
+    values upcast (SPEC §6), as :func:`evsnn.ops.dispatch.run_lowered` does for the scans."""
+    if isinstance(t, Tensor):
+        t = t.detach()
+        return t.to(state_dtype(t.dtype)) if t.is_floating_point() else t
+    return t
+
+
+def _upcast_low(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """A bfloat16/float16 input upcast to the runner's ``dtype``; any other dtype is left for
+    the runner's own checks (a float64 input to a float32 runner is refused, not converted)."""
+    return x.to(dtype) if x.dtype in LOW_PRECISION else x
 
 
 def _expand_theta(theta: float | Tensor, n: int, name: str, like: Tensor) -> Tensor:
@@ -391,11 +408,11 @@ class EGRURunner:
             h = weight_hh.shape[1]
             self.hidden = h
             self.reset_mode = reset
-            self.weight_ih = weight_ih.detach()
-            self.bias_ih = None if bias_ih is None else bias_ih.detach()
-            self.table = weight_hh.detach().t().contiguous()  # [H, 3H]: a unit's outgoing weights are one row
-            self.bias_hh = None if bias_hh is None else bias_hh.detach()
-            self.threshold = threshold.detach().clone()
+            self.weight_ih = _full(weight_ih)
+            self.bias_ih = _full(bias_ih)
+            self.table = _full(weight_hh).t().contiguous()  # [H, 3H]: a unit's outgoing weights are one row
+            self.bias_hh = _full(bias_hh)
+            self.threshold = _full(threshold).clone()
             if self.kernel == "numba":
                 zeros = self.table.new_zeros(3 * h)
                 self._np_args = (
@@ -430,6 +447,7 @@ class EGRURunner:
 
     def project(self, x: Tensor) -> Tensor:
         """``W_ih x + b_ih`` over the last dim of ``x``."""
+        x = _upcast_low(x, self.weight_ih.dtype)  # a low-precision layer's input, upcast like its weights
         if self.bias_ih is None:
             return x @ self.weight_ih.t()
         return F.linear(x, self.weight_ih, self.bias_ih)
@@ -462,8 +480,8 @@ class EGRURunner:
         """All steps of ``x [T, B, I]``; returns ``(y [T, B, H], c_pre [T, B, H])``."""
         steps, batch = x.shape[:2]
         gi_all = self.project(x)
-        out = x.new_empty(steps, batch, self.hidden)
-        c_pre = x.new_empty(steps, batch, self.hidden)
+        out = gi_all.new_empty(steps, batch, self.hidden)
+        c_pre = gi_all.new_empty(steps, batch, self.hidden)
         if self.kernel == "numba":
             self._fused(gi_all, out, c_pre)
             return out, c_pre
@@ -556,14 +574,14 @@ class ALIFRunner:
         bias_hh: Tensor | None = None,
     ):
         with torch.no_grad():
-            self.alpha = decay(tau_mem.detach())
-            self.rho = decay(tau_adapt.detach())
+            self.alpha = decay(_full(tau_mem))
+            self.rho = decay(_full(tau_adapt))
             self.one_minus_alpha = 1.0 - self.alpha
             self.one_minus_rho = 1.0 - self.rho
-            self.b0 = b0.detach() if isinstance(b0, Tensor) else b0
-            self.beta = beta.detach() if isinstance(beta, Tensor) else beta
-            self.table = None if weight_hh is None else weight_hh.detach().t().contiguous()
-            self.bias_hh = None if bias_hh is None else bias_hh.detach()
+            self.b0 = _full(b0)
+            self.beta = _full(beta)
+            self.table = None if weight_hh is None else _full(weight_hh).t().contiguous()
+            self.bias_hh = _full(bias_hh)
         self.v: Tensor | None = None
         self.b: Tensor | None = None
         self.s: Tensor | None = None
@@ -588,6 +606,7 @@ class ALIFRunner:
     ) -> tuple[Tensor, Tensor, Tensor]:
         """One step from ``I_t [B, N]``; returns ``(s_t, v_t, B_t)``, written into the given
         buffers (rows of the scan's outputs, never overwritten later)."""
+        current = _upcast_low(current, self.alpha.dtype)  # a low-precision layer's current (SPEC §6)
         s = self.s
         if self.table is not None:
             rec = self.bag(s, self.active, weighted=not self.binary)
@@ -608,6 +627,7 @@ class ALIFRunner:
         return spikes, v, thr
 
     def run(self, current: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        current = _upcast_low(current, self.alpha.dtype)
         out = torch.empty_like(current)
         vs = torch.empty_like(current)
         thrs = torch.empty_like(current)
@@ -726,10 +746,10 @@ class _DeltaRunner:
         with torch.no_grad():
             self.input_size = weight_ih.shape[1]
             self.hidden = weight_hh.shape[1]
-            self.wx = weight_ih.detach().t().contiguous()  # [I, G·H]: one input's weights per row
-            self.wh = weight_hh.detach().t().contiguous()  # [H, G·H]
-            self.bias_ih = None if bias_ih is None else bias_ih.detach()
-            self.bias_hh = None if bias_hh is None else bias_hh.detach()
+            self.wx = _full(weight_ih).t().contiguous()  # [I, G·H]: one input's weights per row
+            self.wh = _full(weight_hh).t().contiguous()  # [H, G·H]
+            self.bias_ih = _full(bias_ih)
+            self.bias_hh = _full(bias_hh)
             like = self.wx
             self.theta = torch.cat(
                 [
@@ -798,6 +818,7 @@ class _DeltaRunner:
 
     def run(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """All steps of ``x [T, B, I]``; returns ``(h [T, B, H], deltas [T, B, I + H])``."""
+        x = _upcast_low(x, self.wx.dtype)  # a low-precision layer's input (SPEC §6)
         steps, batch = x.shape[:2]
         if self.kernel == "numba":
             n_in = self.input_size
@@ -819,6 +840,7 @@ class _DeltaRunner:
 
     def step(self, x: Tensor) -> Tensor:
         """One step on ``x [B, I]``; returns ``h_t``."""
+        x = _upcast_low(x, self.wx.dtype)
         if self.kernel == "numba":
             out = x.new_empty(1, x.shape[0], self.hidden)
             self._fused(x.unsqueeze(0), False, out, x.new_empty(1, *x.shape), self._dh_step)
