@@ -33,7 +33,7 @@ from ..functional.alif import ALIFState, ALIFTrace, alif_initial_state, decay
 from ..surrogate import MultiGaussian, Surrogate
 from . import cupy_runtime as rt
 from .cupy_runtime import surrogate_kernel_args
-from .dispatch import Backend, register
+from .dispatch import Backend, low_precision_hint, register
 
 __all__ = ["alif_scan_cupy", "check", "surrogate_kernel_args", "smem_plan", "REC_THREADS", "FF_THREADS"]
 
@@ -69,7 +69,7 @@ def check(*, device: torch.device, dtype: torch.dtype | None = None, surrogate: 
     if reason is not None:
         return reason
     if dtype is not None and dtype not in (torch.float32, torch.float64):
-        return f"the CuPy ALIF kernels support float32 and float64, got {dtype}"
+        return f"the CuPy ALIF kernels support float32 and float64, got {dtype}{low_precision_hint(dtype)}"
     if surrogate is not None and surrogate_kernel_args(surrogate) is None:
         return f"surrogate {surrogate!r} has no kernel form (kernel_spec() is None); use the torch backend"
     return None

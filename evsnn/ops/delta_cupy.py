@@ -43,7 +43,7 @@ from ..functional.delta import (
     delta_lstm_initial_state,
 )
 from . import cupy_runtime as rt
-from .dispatch import Backend, register
+from .dispatch import Backend, low_precision_hint, register
 
 __all__ = [
     "delta_gru_scan_bptt",
@@ -487,7 +487,7 @@ def check_cupy(*, device: torch.device, dtype: torch.dtype | None = None, **conf
     if reason is not None:
         return reason
     if dtype is not None and dtype not in (torch.float32, torch.float64):
-        return f"the CuPy delta kernels support float32 and float64, got {dtype}"
+        return f"the CuPy delta kernels support float32 and float64, got {dtype}{low_precision_hint(dtype)}"
     for key in ("theta_x", "theta_h"):
         value = config.get(key, 0.0)
         if isinstance(value, Tensor):

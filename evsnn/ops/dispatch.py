@@ -48,6 +48,7 @@ __all__ = [
     "resolve",
     "call",
     "lowered_dtype",
+    "low_precision_hint",
     "run_lowered",
 ]
 
@@ -150,6 +151,17 @@ def lowered_dtype(device_type: str, dtype: torch.dtype | None) -> torch.dtype | 
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return dtype if dtype in LOW_PRECISION else None
+
+
+def low_precision_hint(dtype: torch.dtype | None) -> str:
+    """The clause a float32/float64-only kernel's check appends when refused a bf16/fp16 call
+    made to it directly (through the layers it is never asked: :func:`resolve` lowers first)."""
+    if dtype in LOW_PRECISION:
+        return (
+            "; bfloat16/float16 layers reach these kernels through evsnn.ops.dispatch, which runs them in "
+            "float32 on operands rounded to the low dtype (SPEC §6)"
+        )
+    return ""
 
 
 def resolve(family: str, requested: str, device: torch.device, **config: Any) -> Backend:

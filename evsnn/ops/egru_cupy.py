@@ -26,7 +26,7 @@ from torch import Tensor
 from ..functional.egru import RESETS, EGRUState, EGRUTrace
 from ..surrogate import Surrogate, Triangle
 from . import cupy_runtime as rt
-from .dispatch import Backend, register
+from .dispatch import Backend, low_precision_hint, register
 
 __all__ = ["egru_cupy_scan", "egru_cupy_check", "surrogate_kernel_args", "units_per_block"]
 
@@ -113,7 +113,7 @@ def egru_cupy_check(
     if reason is not None:
         return reason
     if dtype is not None and dtype not in (torch.float32, torch.float64):
-        return f"the CuPy EGRU supports float32 and float64, got {dtype}"
+        return f"the CuPy EGRU supports float32 and float64, got {dtype}{low_precision_hint(dtype)}"
     if reset not in RESETS:
         return f"reset must be one of {RESETS}, got {reset!r}"
     if zoneout:
