@@ -390,3 +390,246 @@ def test_spikeplot_accepts_outputs(tmp_path):
     fig.savefig(tmp_path / "raster.png")
     plt.close(fig)
     assert (tmp_path / "raster.png").stat().st_size > 0
+
+
+# --- the snn.Leaky drop-in: call forms, snntorch's own reset/detach helpers, conventions ---------
+
+
+def _leaky_pair(beta: float = 0.9):
+    """snn.Leaky and the ALIF that computes it (no adaptation, the same surrogate), float64."""
+    leaky = snn.Leaky(beta=beta)
+    alif = esnn.ALIF(beta=beta, adapt_strength=0.0, spike_grad=snn_surrogate.atan()).double()
+    return leaky, alif
+
+
+def test_alif_in_the_leaky_form_is_snn_leaky_values_and_gradients():
+    torch.manual_seed(0)
+    leaky, alif = _leaky_pair()
+    cur = (1.5 * torch.rand(12, B, H, dtype=torch.float64)).requires_grad_(True)
+    readout = torch.randn(H, dtype=torch.float64)
+    outs = {}
+    for name, neuron in (("leaky", leaky), ("alif", alif)):
+        mem = neuron.init_leaky()
+        loss = 0.0
+        spikes = []
+        for t in range(cur.shape[0]):
+            spk, mem = neuron(cur[t], mem)
+            spikes.append(spk.double())
+            loss = loss + (spk * readout).sum() + 0.1 * mem.pow(2).sum()
+        (grad,) = torch.autograd.grad(loss, cur)
+        outs[name] = (torch.stack(spikes), mem, grad)
+    spikes, mem, grad = outs["alif"]
+    assert 0 < spikes.mean() < 0.9
+    torch.testing.assert_close(spikes, outs["leaky"][0])
+    torch.testing.assert_close(mem, outs["leaky"][1])
+    torch.testing.assert_close(grad, outs["leaky"][2])
+
+
+def test_the_two_alif_conventions_are_one_neuron_in_two_units():
+    """SPEC §2 integrates (1−β)·I; snntorch's convention integrates I: the same spikes with
+    thresholds and membrane scaled by 1/(1−β), from the same state."""
+    torch.manual_seed(0)
+    beta, thr, strength = 0.9, 0.4, 1.2
+    snt = esnn.ALIF(beta=beta, threshold=thr, adapt_strength=strength, detach_reset=False).double()
+    spec = esnn.ALIF(beta=beta, threshold=thr * (1 - beta), adapt_strength=strength * (1 - beta), convention="spec")
+    spec = spec.double()
+    k = 1 - float(snt.beta)  # β as stored (τ_m = −1/ln β in float32), the same in both neurons
+    spec.threshold.fill_(thr * k)
+    spec.adapt_strength.fill_(strength * k)
+    cur = 0.3 + 0.4 * torch.rand(30, B, H, dtype=torch.float64)
+    zeros = torch.zeros(B, H, dtype=torch.float64)
+    a = b = (zeros, zeros, zeros)
+    total = 0.0
+    for t in range(cur.shape[0]):
+        a = snt(cur[t], *a)
+        b = spec(cur[t], *b)
+        torch.testing.assert_close(a[0], b[0])
+        torch.testing.assert_close(a[1] * k, b[1])
+        torch.testing.assert_close(a[2], b[2])
+        total += float(a[0].sum())
+    assert total > 0 and bool((a[2] > 0).any())  # spikes and adaptation happened
+
+
+def test_snntorch_utils_reset_resets_the_whole_state_and_batches_train():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(NI, H),
+        esnn.ALIF(init_hidden=True),
+        nn.Linear(H, H),
+        esnn.EGRU(H, H, init_hidden=True),
+        nn.Linear(H, C),
+        esnn.ALIF(init_hidden=True, output=True),
+    )
+    fresh = copy.deepcopy(net)
+    xs = [3 * _data(0)[0], 3 * _data(1)[0]]
+    ys = [_data(0)[1], _data(1)[1]]
+    for x, y in zip(xs, ys):  # without snntorch's reset the second backward would hit a freed graph
+        snn_utils.reset(net)
+        spk = torch.stack([net(x)[0] for _ in range(5)])
+        SF.ce_rate_loss()(spk, y).backward()
+    assert bool(net[1].b.any()) and net[1].v.grad_fn is not None and net[3].spk.grad_fn is not None
+    snn_utils.reset(net)
+    for name in ("v", "b", "spk"):
+        assert getattr(net[1], name).grad_fn is None
+    assert net[1].b.numel() == 0 and net[3].spk.numel() == 0
+    # After the reset the network answers the second batch as a never-used copy does.
+    with torch.no_grad():
+        got = torch.stack([net(xs[1])[0] for _ in range(5)])
+        want = torch.stack([fresh(xs[1])[0] for _ in range(5)])
+    assert bool(got.any())
+    torch.testing.assert_close(got, want)
+
+
+def test_snntorch_tbptt_detaches_the_whole_state_as_for_snn_leaky():
+    """snntorch.backprop.TBPTT resets with utils.reset and cuts the graph every K steps with
+    Leaky.detach_hidden (an in-place detach of mem): on the non-adaptive ALIF it trains exactly
+    as on snn.Leaky; on an adaptive one with attached spike history it runs (b and spk are cut
+    with mem)."""
+    backprop = pytest.importorskip("snntorch.backprop")
+    x = 3 * torch.rand(32, NI)
+    y = torch.arange(32) % C
+
+    def run(make):
+        torch.manual_seed(1)
+        net = nn.Sequential(nn.Linear(NI, H), make(init_hidden=True), nn.Linear(H, C), make(init_hidden=True, output=True))
+        opt = torch.optim.SGD(net.parameters(), lr=0.5)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+        loss = backprop.TBPTT(net, loader, opt, SF.ce_rate_loss(), num_steps=6, time_var=False, K=2)
+        return loss, net[0].weight.detach()
+
+    def leaky(**kw):
+        return snn.Leaky(beta=0.9, **kw)
+
+    def alif(**kw):
+        return esnn.ALIF(beta=0.9, adapt_strength=0.0, spike_grad=snn_surrogate.atan(), **kw)
+
+    loss_ref, w_ref = run(leaky)
+    loss, w = run(alif)
+    torch.testing.assert_close(loss, loss_ref)
+    torch.testing.assert_close(w, w_ref)
+    loss, _ = run(lambda **kw: esnn.ALIF(beta=0.9, detach_reset=False, **kw))  # spk and b carry graphs
+    assert math.isfinite(loss.item())
+
+
+def test_leaky_detach_hidden_keeps_values_and_cuts_every_part_of_the_state():
+    torch.manual_seed(0)
+    fc = nn.Linear(NI, H)
+    alif = esnn.ALIF(beta=0.9, init_hidden=True, detach_reset=False)  # spk and b carry graphs
+    twin = copy.deepcopy(alif)
+    x = 3 * _data(0)[0]
+    first = torch.stack([alif(fc(x)) for _ in range(3)])
+    first.sum().backward()  # frees the first chunk's graph; the state still points into it
+    for _ in range(3):
+        twin(fc(x))
+    snn.Leaky.detach_hidden()  # snntorch's class-level helper: mem.detach_() on every Leaky
+    out = torch.stack([alif(fc(x)) for _ in range(3)])
+    out.sum().backward()  # would raise if b or spk still led into the first chunk's graph
+    esnn.detach_hidden(twin)
+    ref = torch.stack([twin(fc(x)) for _ in range(3)])
+    torch.testing.assert_close(out, ref)
+
+
+def test_snntorch_utils_reset_reaches_deep_copies_of_evsnn_neurons():
+    net = nn.Sequential(nn.Linear(NI, H), esnn.ALIF(init_hidden=True), esnn.EGRU(H, H, init_hidden=True))
+    clone = copy.deepcopy(net)
+    clone(3 * _data(0)[0])
+    assert clone[1].b.numel() > 0 and clone[2].mem.numel() > 0
+    snn_utils.reset(clone)  # a deep copy of snn.Leaky is missed here (see the test above)
+    assert not clone[1].mem.any() and clone[1].b.numel() == 0 and clone[2].spk.numel() == 0
+
+
+def test_failed_construction_leaves_no_half_built_neuron_for_snntorch_helpers():
+    before = len(snn.SpikingNeuron.instances)
+    with pytest.raises(ValueError, match=r"exp\(-1\)"):
+        esnn.ALIF(beta=0.2)
+    with pytest.raises(ValueError, match="reset_mechanism"):
+        esnn.EGRU(NI, H, reset_mechanism="none")
+    assert len(snn.SpikingNeuron.instances) == before
+    snn.Leaky.reset_hidden()  # walks every registered neuron
+    snn.Leaky.detach_hidden()
+
+
+def test_leaky_form_binds_mem_and_full_form_binds_every_state():
+    torch.manual_seed(0)
+    alif = esnn.ALIF(beta=0.8, threshold=1.0, adapt_strength=0.5)
+    cur = torch.full((2, 3), 0.25)
+    # The snn.Leaky form: the one state argument is the membrane (hand computed, no spike yet).
+    spk, mem = alif(cur, torch.full((2, 3), 0.5))
+    torch.testing.assert_close(mem, torch.full((2, 3), 0.8 * 0.5 + 0.25))
+    spk, mem = alif(cur, mem=mem)
+    torch.testing.assert_close(mem, torch.full((2, 3), 0.8 * 0.65 + 0.25))
+    # A membrane above threshold: the spike is reset one step later by B = threshold + 0.5·b.
+    spk, mem = alif(cur, torch.full((2, 3), 1.0))
+    assert spk.all() and not alif.b.any()
+    spk, mem = alif(cur, mem)
+    b = 1 - alif.rho  # b = ρ·0 + (1 − ρ)·s
+    torch.testing.assert_close(alif.b, b.expand(2, 3))
+    torch.testing.assert_close(mem, 0.8 * (0.8 + 0.25) + 0.25 - (1.0 + 0.5 * b).expand(2, 3))
+    # The full form takes and returns every state, positionally or by name.
+    s0, m0, b0 = alif.spk, alif.v, alif.b
+    out1 = alif(cur, s0, m0, b0)
+    out2 = alif(cur, spk=s0, mem=m0, b=b0)
+    assert len(out1) == len(out2) == 3
+    for p, q in zip(out1, out2):
+        torch.testing.assert_close(p, q)
+    egru = esnn.EGRU(NI, H)
+    x = torch.randn(B, NI)
+    y, c = egru(x, egru.init_leaky())
+    assert torch.equal(c, egru.mem) and torch.equal(y, egru.spk) and egru.y is egru.spk
+    assert len(egru(x, y, c)) == 2
+
+
+def test_ambiguous_or_impossible_calls_name_the_right_forms():
+    alif = esnn.ALIF()
+    cur = torch.randn(B, H)
+    forms = r"spk, mem = alif\(cur, mem\).*spk, mem, b = alif\(cur, spk, mem, b\)"
+    with pytest.raises(TypeError, match="2 state arguments. ALIF takes `" + forms):
+        alif(cur, cur, cur)
+    with pytest.raises(TypeError, match=r"\['mem', 'spk'\]. ALIF takes `" + forms):
+        alif(cur, spk=cur, mem=cur)
+    with pytest.raises(TypeError, match="positionally or by keyword, not both"):
+        alif(cur, cur, b=cur)
+    egru = esnn.EGRU(NI, H)
+    with pytest.raises(TypeError, match=r"3 state arguments. EGRU takes `spk, mem = egru\(x, mem\)`"):
+        egru(torch.randn(B, NI), cur, cur, cur)
+    with pytest.raises(TypeError, match=r"init_hidden=True.*\.mem"):
+        esnn.ALIF(init_hidden=True)(cur, cur)
+    with pytest.raises(TypeError, match="ALIF.mem must be a tensor"):
+        alif.mem = [0.0]
+    with pytest.raises(ValueError, match=r"convention must be one of \['snntorch', 'spec'\]"):
+        esnn.ALIF(convention="norse")
+    with pytest.raises(TypeError, match="beta"):
+        esnn.EGRU(NI, H, beta=0.9)
+
+
+def test_assigning_mem_resets_or_detaches_as_for_snn_leaky():
+    torch.manual_seed(0)
+    fc = nn.Linear(NI, H)
+    alif = esnn.ALIF(beta=0.9, init_hidden=True, detach_reset=False)  # so that b carries a graph
+    x = 3 * _data(0)[0]
+    for _ in range(4):
+        alif(fc(x))
+    assert alif.b.any() and alif.b.grad_fn is not None
+    values = (alif.v.detach().clone(), alif.b.detach().clone())
+    alif.mem = alif.mem.detach()  # a detached view of its own membrane: truncated BPTT
+    assert all(getattr(alif, n).grad_fn is None for n in ("v", "b", "spk"))
+    torch.testing.assert_close(alif.v, values[0])
+    torch.testing.assert_close(alif.b, values[1])
+    alif.mem = torch.full_like(alif.mem, 0.5)  # a membrane it did not produce: a new sequence
+    assert alif.b.numel() == 0 and alif.spk.numel() == 0
+    spk = alif(torch.zeros(B, H))
+    assert not spk.any() and not alif.b.any()
+    torch.testing.assert_close(alif.mem, torch.full((B, H), 0.45))
+
+
+def test_signatures_and_args_sections_show_every_argument():
+    import inspect
+
+    for cls in (esnn.ALIF, esnn.EGRU, esnn.DeltaGRU, esnn.DeltaLSTM):
+        params = inspect.signature(cls).parameters
+        assert all(p.kind is not inspect.Parameter.VAR_KEYWORD for p in params.values()), cls
+        doc = inspect.getdoc(cls)
+        args = doc[doc.index("Args:") :]
+        missing = [name for name in params if f"{name}:" not in args]
+        assert not missing, (cls.__name__, missing)
+    assert issubclass(esnn.ALIF, snn.Leaky) and issubclass(esnn.EGRU, snn.Leaky)
