@@ -79,6 +79,11 @@ class Stream:
         if not isinstance(layer, SUPPORTED_LAYERS):
             names = ", ".join(c.__name__ for c in SUPPORTED_LAYERS)
             raise TypeError(f"Stream expects an evsnn layer or cell ({names}), got {type(layer).__name__}")
+        if getattr(layer, "num_layers", 1) != 1 or getattr(layer, "bidirectional", False):
+            raise ValueError(
+                f"Stream runs one layer forward in time; got {type(layer).__name__} with num_layers="
+                f"{layer.num_layers}, bidirectional={layer.bidirectional} (a reverse direction needs the whole sequence)"
+            )
         self.layer = layer
         self.batch_size = check_size("batch_size", batch_size)
         self.family = _family_of(layer)

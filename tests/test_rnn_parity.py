@@ -386,3 +386,15 @@ def test_one_layer_helpers_take_the_layer_state_and_refuse_stacks():
     stacked = FAMILIES["DeltaGRU"](num_layers=2)
     with pytest.raises(ValueError, match="replays a one-layer, unidirectional DeltaGRU; got num_layers=2"):
         metrics.reference_traces(stacked, x)
+
+
+def test_stream_and_nir_refuse_stacked_layers_instead_of_using_layer_0():
+    from evsnn.interop.nir import export_to_nir
+    from evsnn.streaming import Stream
+
+    with pytest.raises(ValueError, match="Stream runs one layer.*num_layers=2"):
+        Stream(evsnn.EGRU(IN, H, 2))
+    with pytest.raises(ValueError, match="bidirectional=True"):
+        Stream(evsnn.DeltaGRU(IN, H, bidirectional=True))
+    with pytest.raises(ValueError, match="to NIR: export one-layer"):
+        export_to_nir(nn.Sequential(evsnn.ALIF(IN, H, 2, adaptive=False)))

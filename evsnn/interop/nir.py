@@ -85,6 +85,11 @@ def _readout(module: LeakyReadout, dt: float) -> nir.NIRGraph:
 
 
 def _alif(module: ALIF, dt: float, name: str) -> nir.NIRGraph:
+    if module.num_layers != 1 or module.bidirectional:
+        raise ValueError(
+            f"cannot export {name} (ALIF, num_layers={module.num_layers}, bidirectional={module.bidirectional}) "
+            "to NIR: export one-layer, unidirectional ALIF layers (stack them in an nn.Sequential)"
+        )
     if module.adaptive and bool((module.beta != 0).any()):
         raise ValueError(
             f"cannot export {name} ({type(module).__name__}, adaptive=True) to NIR: NIR has no neuron with an "
