@@ -2,8 +2,8 @@
 
 :class:`ALIF` and :class:`EGRU` are ``snntorch.Leaky`` subclasses: code written for
 ``snn.Leaky`` runs after swapping the class, and snntorch's own helpers (``utils.reset``,
-``Leaky.reset_hidden``/``detach_hidden``, ``backprop.BPTT``/``TBPTT``, the ``_final_layer_check``
-that counts a network's outputs) treat them as they treat ``snn.Leaky``::
+``Leaky.reset_hidden``/``detach_hidden``, ``backprop.TBPTT``, the ``_final_layer_check`` that
+counts a network's outputs) treat them as they treat ``snn.Leaky``::
 
     mem = alif.init_leaky()                   # or reset_mem(): clears the whole state
     spk, mem = alif(cur, mem)                 # the snn.Leaky form; b stays inside (alif.b)
@@ -28,8 +28,8 @@ detaches the whole state, values kept (truncated BPTT).
 Every step is computed by :mod:`evsnn.functional` (through :mod:`evsnn.nn` cells for the
 families that own weights); this module only threads the state the snntorch way. State lives in
 non-persistent buffers that are tensors, never ``None``; an empty or wrongly shaped buffer (a new
-batch size, a reset) is re-allocated from the *state's own* initial value (``b = b0`` for ALIF,
-accumulators at the biases for delta cells). :func:`reset` and :func:`detach_hidden` also reach
+batch size, a reset) is re-allocated from the *state's own* initial value (ALIF's as its
+``convention`` says, accumulators at the biases for delta cells). :func:`reset` and :func:`detach_hidden` also reach
 neurons at any depth and the delta neurons, which snntorch's helpers do not know.
 
 Argument conventions checked against snntorch 1.0.0: ``spike_grad`` accepts every factory of
@@ -384,9 +384,9 @@ class ALIF(_LeakyForm, Leaky):
         convention: ``"snntorch"`` (``mem = β·mem + I``, detached reset; default) or
             ``"spec"`` (``mem = β·mem + (1 − β)·I``, nothing detached: SPEC §2).
         detach_reset: override the convention's choice of passing the spike history to the
-            reset and to ``b`` without gradient (snntorch's choice; measured in the tests to
-            train the snntorch tutorial network as ``snn.Leaky`` does, where the attached reset
-            lags far behind).
+            reset and to ``b`` without gradient (snntorch's choice). Measured on snntorch's
+            tutorial-5 network (digits, 3 epochs, non-adaptive, atan): test accuracy 0.74 detached,
+            identical to ``snn.Leaky``, against 0.46 attached.
     """
 
     _state_names = ("spk", "v", "b")
