@@ -266,6 +266,22 @@ def test_cpu_event_backend_serves_stacked_bidirectional_packed(family):
             torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_cupy_backend_serves_stacked_bidirectional_packed(family):
+    layer = FAMILIES[family](num_layers=2, bidirectional=True, backend="torch", device="cuda").float()
+    x = torch.randn(6, 3, IN, device="cuda") * 2
+    packed = pack_padded_sequence(x, torch.tensor([6, 3, 5]), enforce_sorted=False)
+    ref, ref_state = layer(packed)
+    layer.backend = "cupy"
+    out, state = layer(packed)
+    torch.testing.assert_close(out.data, ref.data, rtol=1e-5, atol=1e-5)
+    for name in state._fields:
+        a, b = getattr(state, name), getattr(ref_state, name)
+        for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
+            torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-5)
+
+
 # --------------------------------------------------------------------------------------------
 # the returned state: h_n layout, no silent h[-1], still a NamedTuple for everything else
 # --------------------------------------------------------------------------------------------
