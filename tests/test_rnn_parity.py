@@ -344,6 +344,9 @@ def test_last_stats_sum_layers_and_directions():
     expected = 2 * steps * batch * rows * (IN + H) + 2 * steps * batch * rows * (2 * H + H)
     assert layer.last_stats.dense_macs == expected
     assert layer.last_stats.event_fraction.shape == (steps,)
+    runs = layer.last_stats.extra["runs"]  # h_n order: l0, l0_reverse, l1, l1_reverse
+    assert [r.dense_macs for r in runs] == [steps * batch * rows * (IN + H)] * 2 + [steps * batch * rows * 3 * H] * 2
+    _close(layer.last_stats.event_fraction, sum(r.event_fraction for r in runs) / 4, atol=1e-7)
 
 
 # --------------------------------------------------------------------------------------------

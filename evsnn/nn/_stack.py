@@ -236,7 +236,8 @@ def merge_stats(name: str, parts: Sequence[tuple[LayerStats, int]]) -> LayerStat
     """One :class:`LayerStats` for several layer·direction (and length-group) runs.
 
     ``parts`` are ``(stats, batch)``; ``event_fraction[t]`` is the mean over every run active at
-    step ``t`` weighted by its batch; ``dense_macs`` and ``event_ops`` are sums.
+    step ``t`` weighted by its batch; ``dense_macs`` and ``event_ops`` are sums. The runs'
+    own stats (``h_n`` order, per length group for packed input) stay in ``extra["runs"]``.
     """
     if len(parts) == 1:
         return parts[0][0]
@@ -265,6 +266,7 @@ def merge_stats(name: str, parts: Sequence[tuple[LayerStats, int]]) -> LayerStat
             event_ops=sum(s.event_ops for s, _ in parts),
             backward_sparsity=backward,
             input_event_fraction=per_step("input_event_fraction"),
+            extra={"runs": [s for s, _ in parts]},
         )
 
 
