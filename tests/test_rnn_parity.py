@@ -106,6 +106,34 @@ def test_theta_zero_packed_equals_torch_rnn_packed(kind):
         _close(state.c, ref_state[1])
 
 
+class _Classifier(nn.Module):
+    """nn.GRU user code as tutorials write it: packed variable-length batch, last valid step."""
+
+    def __init__(self, rnn_cls):
+        super().__init__()
+        self.rnn = rnn_cls(IN, H, num_layers=2, batch_first=True, dropout=0.1, bidirectional=True, dtype=F64)
+        self.fc = nn.Linear(2 * H, 3, dtype=F64)
+
+    def forward(self, x, lengths):
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True)
+        return self.fc(out[torch.arange(len(lengths)), lengths - 1])
+
+
+@pytest.mark.parametrize("torch_cls,ours", [(nn.GRU, evsnn.DeltaGRU), (nn.LSTM, evsnn.DeltaLSTM)])
+def test_nn_gru_code_runs_with_only_the_class_swapped(torch_cls, ours):
+    ref_net = _Classifier(torch_cls).eval()
+    net = _Classifier(ours).eval()
+    net.load_state_dict(ref_net.state_dict())  # nn.GRU's weight_ih_l0 ... load into layer 0 forward
+    x = torch.randn(4, 6, IN, dtype=F64)
+    lengths = torch.tensor([6, 2, 5, 3])
+    _close(net(x, lengths), ref_net(x, lengths))
+    _, h_n = ref_net.rnn(x)
+    _, state = net.rnn(x)
+    _close(state.h, h_n if torch_cls is nn.GRU else h_n[0])  # state.h is h_n in both
+
+
 def test_to_torch_round_trip_keeps_every_layer_and_direction():
     for ours, kind in ((evsnn.DeltaLSTM, nn.LSTM), (evsnn.EGRU, nn.GRU)):
         layer = ours(IN, H, 2, bias=True, batch_first=True, dropout=0.25, bidirectional=True, dtype=F64)

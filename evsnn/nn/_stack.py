@@ -126,6 +126,19 @@ def check_stack_args(owner: str, num_layers: Any, dropout: Any, bidirectional: A
     return num_layers, float(dropout), bool(bidirectional)
 
 
+def accept_torch_names(module: nn.Module) -> None:
+    """Let ``load_state_dict`` take ``nn.GRU``/``nn.LSTM``'s names for layer 0 forward
+    (``weight_ih_l0`` ...), so an ``nn.GRU`` checkpoint loads after swapping the class."""
+    module.register_load_state_dict_pre_hook(_rename_torch_keys)
+
+
+def _rename_torch_keys(module: nn.Module, state_dict: dict, prefix: str, *_: Any) -> None:
+    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        theirs = prefix + name + "_l0"
+        if theirs in state_dict and prefix + name not in state_dict:
+            state_dict[prefix + name] = state_dict.pop(theirs)
+
+
 # ---------------------------------------------------------------------------------------------
 # state layout
 # ---------------------------------------------------------------------------------------------

@@ -6,26 +6,28 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
 
 from ..functional.delta import (
     DeltaGRUState,
     DeltaLSTMState,
+    check_delta_rule,
     delta_gru_initial_state,
     delta_gru_step,
     delta_lstm_initial_state,
     delta_lstm_step,
 )
+from ..functional.fixed_point import check_fixed_point, quantize_fixed_point
 from ..ops import dispatch
 from ..stats import LayerStats
 from ._checks import check_input, check_nonnegative, check_size, check_state, grad_recorded
 from ._stack import (
     DeltaGRULayerState,
     DeltaLSTMLayerState,
+    StackedForward,
+    accept_torch_names,
     check_stack_args,
     direction_suffix,
     stack_states,
-    stacked_forward,
 )
 from ._validate import ParameterChecks
 from .egru import _check_torch_rnn, _copy_from_torch, _copy_to_torch, _torch_args_of, _torch_rnn_args
@@ -58,6 +60,27 @@ class _DeltaBase(ParameterChecks):
         self.backend = dispatch.validate_backend(backend)
         self._add_direction("", input_size, {"device": device, "dtype": dtype})
 
+    def _set_official_options(self, delta_rule: str, fixed_point, weight_fixed_point) -> None:
+        """The official DeltaRNN variants (SPEC §4): tie rule and Qm.n rounding."""
+        self.delta_rule = check_delta_rule(delta_rule)
+        self.fixed_point = check_fixed_point("fixed_point", fixed_point)
+        self.weight_fixed_point = check_fixed_point("weight_fixed_point", weight_fixed_point)
+
+    def _scan_options(self) -> dict:
+        """Keyword options of the scans/steps; ``fixed_point`` only when set, as the backends
+        that do not implement it are refused by dispatch for it."""
+        options = {"theta_x": self.theta_x, "theta_h": self.theta_h, "delta_rule": self.delta_rule}
+        if self.fixed_point is not None:
+            options["fixed_point"] = self.fixed_point
+        return options
+
+    def _weight(self, name: str) -> Tensor:
+        """A weight as the products use it: rounded to ``weight_fixed_point`` (straight-through)."""
+        w = getattr(self, name)
+        if self.weight_fixed_point is None or w is None:
+            return w
+        return quantize_fixed_point(w, *self.weight_fixed_point)
+
     def _add_direction(self, suffix: str, input_size: int, factory: dict) -> None:
         """The parameters of one layer·direction, named ``weight_ih{suffix}`` ... (nn.GRU's names)."""
         rows = self.gates * self.hidden_size
@@ -89,6 +112,9 @@ class _DeltaBase(ParameterChecks):
         return (
             f"{self.input_size}, {self.hidden_size}, bias={self.bias}, theta_x={self.theta_x}, "
             f"theta_h={self.theta_h}, backend={self.backend!r}"
+            + (f", delta_rule={self.delta_rule!r}" if self.delta_rule != "strict" else "")
+            + (f", fixed_point={self.fixed_point}" if self.fixed_point is not None else "")
+            + (f", weight_fixed_point={self.weight_fixed_point}" if self.weight_fixed_point is not None else "")
         )
 
     def _state_shapes(self, batch: int, input_size: int | None = None) -> list[tuple[int, ...]]:
@@ -120,7 +146,7 @@ class _DeltaCell(_DeltaBase):
         return self._direction_initial_state(batch, "", self.input_size, h0, c0)
 
 
-class _DeltaLayer(_DeltaBase):
+class _DeltaLayer(StackedForward, _DeltaBase):
     torch_type: type = nn.GRU
     _per_layer_fields = frozenset({"x_hat"})
 
@@ -148,6 +174,7 @@ class _DeltaLayer(_DeltaBase):
         self.num_directions = 2 if bidirectional else 1
         for suffix, size in self._extra_directions():
             self._add_direction(suffix, size, {"device": device, "dtype": dtype})
+        accept_torch_names(self)
         self.batch_first = bool(batch_first)
         self.record_stats = bool(record_stats)
         self.last_stats: LayerStats | None = None
@@ -210,24 +237,23 @@ class _DeltaLayer(_DeltaBase):
             dtype=x.dtype,
             theta_x=self.theta_x,
             theta_h=self.theta_h,
+            delta_rule=self.delta_rule,
+            fixed_point=self.fixed_point,
             shape=tuple(x.shape[:2]) + (self.hidden_size,),
         )
 
-    def forward(self, x: Tensor | PackedSequence, state=None):
-        return stacked_forward(self, x, state)
 
     def _run_direction(self, layer: int, reverse: int, x: Tensor, state, backend):
         suffix = direction_suffix(layer, bool(reverse))
-        weight_ih = getattr(self, "weight_ih" + suffix)
+        weight_ih = self._weight("weight_ih" + suffix)
         h, final, trace = backend.fn(
             x,
             state,
             weight_ih,
-            getattr(self, "weight_hh" + suffix),
+            self._weight("weight_hh" + suffix),
             getattr(self, "bias_ih" + suffix),
             getattr(self, "bias_hh" + suffix),
-            theta_x=self.theta_x,
-            theta_h=self.theta_h,
+            **self._scan_options(),
         )
         stats = self._stats(trace, grad_recorded(x, weight_ih)) if self.record_stats else None
         return h, final, stats
@@ -274,6 +300,12 @@ _LAYER_ARGS = """
         bidirectional: add a reverse direction per layer; outputs are concatenated.
         theta_x: input delta threshold Θ_x (≥ 0).
         theta_h: hidden delta threshold Θ_h (≥ 0).
+        delta_rule: ``"strict"`` fires on ``|Δ| > Θ`` (SPEC default), ``"inclusive"`` on
+            ``|Δ| ≥ Θ`` (the official DeltaRNN code; differs where ties occur, e.g. fixed-point data).
+        fixed_point: ``(m, n)`` rounds each input ``x_t`` and each ``h_t`` to signed Qm.n
+            (saturating, straight-through gradient; torch reference backend only), or ``None``.
+        weight_fixed_point: ``(m, n)`` rounds ``weight_ih``/``weight_hh`` to Qm.n in the products
+            (straight-through; the stored parameters stay full precision), or ``None``.
         record_stats: keep :attr:`last_stats` after each forward.
         backend: ``"auto"``, ``"torch"``, ``"cpu_event"`` or ``"cupy"``.
         device: device of the parameters.
@@ -326,7 +358,11 @@ class DeltaGRU(_DeltaLayer):
         backend: str = "auto",
         device=None,
         dtype=None,
+        delta_rule: str = "strict",
+        fixed_point: tuple[int, int] | None = None,
+        weight_fixed_point: tuple[int, int] | None = None,
     ):
+        self._set_official_options(delta_rule, fixed_point, weight_fixed_point)
         super().__init__(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
             theta_x, theta_h, record_stats, backend, device, dtype,
@@ -366,7 +402,11 @@ class DeltaLSTM(_DeltaLayer):
         backend: str = "auto",
         device=None,
         dtype=None,
+        delta_rule: str = "strict",
+        fixed_point: tuple[int, int] | None = None,
+        weight_fixed_point: tuple[int, int] | None = None,
     ):
+        self._set_official_options(delta_rule, fixed_point, weight_fixed_point)
         super().__init__(
             input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
             theta_x, theta_h, record_stats, backend, device, dtype,
@@ -380,6 +420,12 @@ _CELL_ARGS = """
         bias: add ``bias_ih`` and ``bias_hh``.
         theta_x: input delta threshold Θ_x (≥ 0).
         theta_h: hidden delta threshold Θ_h (≥ 0).
+        delta_rule: ``"strict"`` fires on ``|Δ| > Θ`` (SPEC default), ``"inclusive"`` on
+            ``|Δ| ≥ Θ`` (the official DeltaRNN code; differs where ties occur, e.g. fixed-point data).
+        fixed_point: ``(m, n)`` rounds each input ``x_t`` and each ``h_t`` to signed Qm.n
+            (saturating, straight-through gradient; torch reference backend only), or ``None``.
+        weight_fixed_point: ``(m, n)`` rounds ``weight_ih``/``weight_hh`` to Qm.n in the products
+            (straight-through; the stored parameters stay full precision), or ``None``.
         backend: accepted for symmetry with the layers; a single step runs the reference.
         device: device of the parameters.
         dtype: dtype of the parameters.
@@ -407,14 +453,19 @@ class DeltaGRUCell(_DeltaCell):
         backend: str = "auto",
         device=None,
         dtype=None,
+        delta_rule: str = "strict",
+        fixed_point: tuple[int, int] | None = None,
+        weight_fixed_point: tuple[int, int] | None = None,
     ):
+        self._set_official_options(delta_rule, fixed_point, weight_fixed_point)
         super().__init__(input_size, hidden_size, bias, theta_x, theta_h, backend, device, dtype)
 
     def forward(self, x: Tensor, state: DeltaGRUState | None = None):
         check_input(type(self).__name__, x, 2, self.input_size, self.weight_ih)
         state = self.initial_state(x.shape[0]) if state is None else self._check_state(state, x.shape[0], x)
         return delta_gru_step(
-            x, state, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, theta_x=self.theta_x, theta_h=self.theta_h
+            x, state, self._weight("weight_ih"), self._weight("weight_hh"), self.bias_ih, self.bias_hh,
+            **self._scan_options(),
         )
 
 
@@ -439,12 +490,17 @@ class DeltaLSTMCell(_DeltaCell):
         backend: str = "auto",
         device=None,
         dtype=None,
+        delta_rule: str = "strict",
+        fixed_point: tuple[int, int] | None = None,
+        weight_fixed_point: tuple[int, int] | None = None,
     ):
+        self._set_official_options(delta_rule, fixed_point, weight_fixed_point)
         super().__init__(input_size, hidden_size, bias, theta_x, theta_h, backend, device, dtype)
 
     def forward(self, x: Tensor, state: DeltaLSTMState | None = None):
         check_input(type(self).__name__, x, 2, self.input_size, self.weight_ih)
         state = self.initial_state(x.shape[0]) if state is None else self._check_state(state, x.shape[0], x)
         return delta_lstm_step(
-            x, state, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, theta_x=self.theta_x, theta_h=self.theta_h
+            x, state, self._weight("weight_ih"), self._weight("weight_hh"), self.bias_ih, self.bias_hh,
+            **self._scan_options(),
         )

@@ -6,7 +6,6 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
 
 from ..functional.egru import RESETS, EGRUState, egru_initial_state, egru_step
 from ..functional.precision import state_dtype
@@ -21,7 +20,7 @@ from ._checks import (
     check_state,
     grad_recorded,
 )
-from ._stack import EGRULayerState, check_stack_args, direction_suffix, stacked_forward, torch_suffix
+from ._stack import EGRULayerState, StackedForward, accept_torch_names, check_stack_args, direction_suffix, torch_suffix
 from ._validate import ParameterChecks
 
 __all__ = ["EGRU", "EGRUCell", "THRESHOLD_INITS"]
@@ -127,7 +126,7 @@ class _EGRUBase(ParameterChecks):
         return check_state(type(self).__name__, state, EGRUState, [(batch, h), (batch, h)], like)
 
 
-class EGRU(_EGRUBase):
+class EGRU(StackedForward, _EGRUBase):
     """Event-based GRU over a sequence (SPEC.md §3), constructed and called like ``torch.nn.GRU``.
 
     ``forward(x, state=None) -> (y, EGRUState(c, y))`` with ``x [T, B, input_size]``
@@ -196,6 +195,7 @@ class EGRU(_EGRUBase):
         self.num_directions = 2 if bidirectional else 1
         for suffix, size in self._extra_directions():
             self._add_direction(suffix, size, {"device": device, "dtype": dtype})
+        accept_torch_names(self)
         self.batch_first = bool(batch_first)
         self.zoneout = check_probability("zoneout", zoneout)
         self.dropconnect = check_probability("dropconnect", dropconnect)
@@ -241,10 +241,6 @@ class EGRU(_EGRUBase):
             shape=tuple(x.shape[:2]) + (self.hidden_size,),
         )
 
-    def forward(
-        self, x: Tensor | PackedSequence, state: EGRUState | None = None
-    ) -> tuple[Tensor | PackedSequence, EGRULayerState]:
-        return stacked_forward(self, x, state)
 
     def _run_direction(self, layer: int, reverse: int, x: Tensor, state: EGRUState | None, backend):
         suffix = direction_suffix(layer, bool(reverse))
