@@ -13,6 +13,10 @@ Weights and gate order as ``torch.nn.GRU`` (r, z, n)::
 ``reset="threshold"`` (EvNN code v0.2)::
 
     c̃_t = z_t ⊙ c_{t−1} + (1 − z_t) ⊙ n_t;   o_t = H(c̃_t − θ);   y_t = o_t ⊙ c̃_t;   c_t = c̃_t − o_t ⊙ θ
+
+Zoneout (as the official EvNN code) mixes the value compared with θ with ``c_{t−1}`` *before*
+the event test: ``c̃_t ← d ⊙ c_{t−1} + (1 − d) ⊙ c̃_t``, ``d ~ Bernoulli(p)`` in training and
+``d = p`` in evaluation; the event, ``y_t`` and the reset all see the zoned value.
 """
 
 from __future__ import annotations
@@ -65,10 +69,11 @@ def _egru_cell(
     reset: str,
     surrogate: Surrogate,
     p: Precision,
+    zoneout: Tensor | float | None = None,
 ) -> tuple[Tensor, EGRUState, Tensor]:
     """One step given the input projection ``gi = W_ih x_t + b_ih`` (``[B, 3H]``)."""
     gh = project(state.y, weight_hh, bias_hh, p)
-    return egru_pointwise(gi, gh, state, threshold, reset, surrogate)
+    return egru_pointwise(gi, gh, state, threshold, reset, surrogate, zoneout)
 
 
 def egru_pointwise(
@@ -78,12 +83,16 @@ def egru_pointwise(
     threshold: Tensor,
     reset: str,
     surrogate: Surrogate,
+    zoneout: Tensor | float | None = None,
 ) -> tuple[Tensor, EGRUState, Tensor]:
     """The EGRU gates, state update and events of SPEC §3 given both projections
     ``gi = W_ih x_t + b_ih`` and ``gh = W_hh y_{t−1} + b_hh`` (``[B, 3H]`` each).
 
     The one home of these equations: every torch implementation (the reference, the CPU event
-    path with its event-sparse ``gh``) calls it. Returns ``(y_t, EGRUState(c_t, y_t), c_pre)``.
+    path with its event-sparse ``gh``) calls it. ``zoneout`` is the zoneout weight ``d`` of this
+    step (a ``[B, H]`` 0/1 mask in training, the probability ``p`` in evaluation, ``None`` for
+    none): ``c̃_t ← d ⊙ c_{t−1} + (1 − d) ⊙ c̃_t`` before the event test (SPEC §3).
+    Returns ``(y_t, EGRUState(c_t, y_t), c_pre)`` with ``c_pre`` the zoned value compared with θ.
     """
     c_prev, y_prev = state
     i_r, i_z, i_n = gi.chunk(3, dim=-1)
@@ -94,6 +103,8 @@ def egru_pointwise(
     c_pre = z * c_prev + (1.0 - z) * n
     if reset == "output":
         c_pre = c_pre - y_prev
+    if zoneout is not None:
+        c_pre = zoneout * c_prev + (1.0 - zoneout) * c_pre
     o = surrogate(c_pre - threshold)
     y = o * c_pre
     c = c_pre - o * threshold if reset == "threshold" else c_pre
@@ -138,8 +149,9 @@ def egru_scan(
 ) -> tuple[Tensor, EGRUState, EGRUTrace]:
     """Reference EGRU over ``x`` ``[T, B, I]`` — the oracle of every backend.
 
-    ``zoneout`` (Krueger et al.) keeps each unit's previous ``c`` with that probability in
-    training and mixes in its expectation at evaluation. Returns
+    ``zoneout`` (Krueger et al.) replaces each unit's candidate ``c̃_t`` by ``c_{t−1}`` with that
+    probability in training (a fresh Bernoulli mask per step) and by the expectation
+    ``p·c_{t−1} + (1 − p)·c̃_t`` at evaluation, before the event test (SPEC §3). Returns
     ``(y [T, B, H], final EGRUState, EGRUTrace(c_pre))``. Precision (SPEC §6, see
     :mod:`evsnn.functional.precision`): products in the weights' (or autocast) dtype, ``c``,
     θ and the event test in float32 for a low-precision layer, ``y`` returned in the product dtype.
@@ -152,17 +164,14 @@ def egru_scan(
     if weight_hh.dtype != p.matmul:
         weight_hh = weight_hh.to(p.matmul)  # cast once, not per step
     threshold = threshold.to(p.compute)
+    if not 0.0 <= zoneout < 1.0:
+        raise ValueError(f"zoneout must be a probability in [0, 1), got {zoneout!r}")
     ys, c_pres = [], []
     for t in range(x.shape[0]):
-        y, new_state, c_pre = _egru_cell(gi_all[t], state, weight_hh, bias_hh, threshold, reset, surrogate, p)
+        d: Tensor | float | None = None
         if zoneout > 0.0:
-            if training:
-                keep = (torch.rand_like(new_state.c) < zoneout).to(new_state.c.dtype)
-                c = keep * state.c + (1.0 - keep) * new_state.c
-            else:
-                c = zoneout * state.c + (1.0 - zoneout) * new_state.c
-            new_state = EGRUState(c, y)
-        state = new_state
+            d = (torch.rand_like(state.c) < zoneout).to(state.c.dtype) if training else zoneout
+        y, state, c_pre = _egru_cell(gi_all[t], state, weight_hh, bias_hh, threshold, reset, surrogate, p, d)
         ys.append(y)
         c_pres.append(c_pre)
     return torch.stack(ys).to(p.matmul), state, EGRUTrace(torch.stack(c_pres))
