@@ -42,7 +42,7 @@
 // Loads run DELTA_PREFETCH steps ahead so the scan is not one memory latency per step.
 extern "C" __global__ void delta_encode_input(const scalar_t* __restrict__ x, const scalar_t* __restrict__ xhat0,
                                               scalar_t* __restrict__ dx, scalar_t* __restrict__ xhat_out, int T, int n,
-                                              scalar_t theta) {
+                                              scalar_t theta, int inclusive) {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     scalar_t mem = xhat0[i];
@@ -54,7 +54,7 @@ extern "C" __global__ void delta_encode_input(const scalar_t* __restrict__ x, co
         for (int k = 0; k < DELTA_PREFETCH; ++k) {
             if (t0 + k < T) {
                 const scalar_t diff = v[k] - mem;
-                const scalar_t d = fabs(diff) > theta ? diff : scalar_t(0);
+                const scalar_t d = delta_pass(diff, theta, inclusive);
                 dx[(long long)(t0 + k) * n + i] = d;
                 mem = mem + d;
             }
@@ -91,7 +91,8 @@ extern "C" __global__ void __launch_bounds__(DELTA_BLOCK, 1)
     delta_forward(const scalar_t* __restrict__ dx, const scalar_t* __restrict__ wp, scalar_t* __restrict__ m_work,
                   scalar_t* __restrict__ h_work, scalar_t* __restrict__ hh_work, scalar_t* __restrict__ c_work,
                   scalar_t* __restrict__ out, scalar_t* dh, scalar_t* __restrict__ m_all, scalar_t* __restrict__ c_all,
-                  unsigned int* counter, unsigned long long* xch, int T, int B, int I, int H, int U, scalar_t theta_h) {
+                  unsigned int* counter, unsigned long long* xch, int T, int B, int I, int H, int U, scalar_t theta_h,
+                  int inclusive) {
     const int tid = threadIdx.x;
     const int lane = tid & 31;
     const int warp = tid >> 5;
@@ -121,7 +122,7 @@ extern "C" __global__ void __launch_bounds__(DELTA_BLOCK, 1)
         if (u < H) {
             const long long o = (long long)(q / U) * H + u;
             const scalar_t diff = h_work[o] - hh_work[o];
-            const scalar_t d = fabs(diff) > theta_h ? diff : scalar_t(0);
+            const scalar_t d = delta_pass(diff, theta_h, inclusive);
             dh[o] = d;
             hh_work[o] = hh_work[o] + d;
 #if DELTA_TAGGED
@@ -303,7 +304,7 @@ extern "C" __global__ void __launch_bounds__(DELTA_BLOCK, 1)
                         out[t * BH + o] = h;
                         if (t + 1 < T) {
                             const scalar_t diff = h - own_hh[bb];
-                            const scalar_t d = fabs(diff) > theta_h ? diff : scalar_t(0);
+                            const scalar_t d = delta_pass(diff, theta_h, inclusive);
                             dh[(t + 1) * BH + o] = d;
                             hh_work[o] = own_hh[bb] + d;
 #if DELTA_TAGGED

@@ -43,4 +43,13 @@ __device__ __forceinline__ void delta_load4_cg(const double* p, double (&w)[4]) 
     w[3] = b.y;
 }
 
+// The delta of a difference against its threshold (SPEC §4): strict keeps it unless |diff| <= theta,
+// inclusive (the official DeltaRNN rule |diff| >= theta) unless |diff| < theta or diff == 0. Both are
+// written as "drop if" so a NaN difference is kept, as the reference's diff * mask = NaN is.
+__device__ __forceinline__ scalar_t delta_pass(scalar_t diff, scalar_t theta, int inclusive) {
+    const scalar_t a = fabs(diff);
+    const bool drop = inclusive ? (a < theta || diff == scalar_t(0)) : (a <= theta);
+    return drop ? scalar_t(0) : diff;
+}
+
 __device__ __forceinline__ scalar_t delta_sigmoid(scalar_t x) { return scalar_t(1) / (scalar_t(1) + exp(-x)); }

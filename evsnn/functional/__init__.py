@@ -13,6 +13,7 @@ from .alif import (
     leaky_readout_step,
 )
 from .delta import (
+    DELTA_RULES,
     DeltaGRUState,
     DeltaLSTMState,
     DeltaTrace,
@@ -27,6 +28,7 @@ from .delta import (
     delta_lstm_step,
 )
 from .egru import EGRUState, EGRUTrace, egru_initial_state, egru_pointwise, egru_scan, egru_step
+from .fixed_point import quantize_fixed_point
 
 __all__ = [
     "ALIFState",
@@ -38,6 +40,8 @@ __all__ = [
     "decay",
     "leaky_readout_scan",
     "leaky_readout_step",
+    "DELTA_RULES",
+    "quantize_fixed_point",
     "DeltaGRUState",
     "DeltaLSTMState",
     "DeltaTrace",

@@ -16,6 +16,11 @@ DeltaGRU keeps four accumulators ``M = [M_r, M_z, M_nx, M_nh]`` (``[B, 4H]``)::
 DeltaLSTM keeps one accumulator ``M [B, 4H]`` (gates i, f, g, o) from ``b_ih + b_hh``.
 Invariant: ``M_t = W_x x̂_t + W_h ĥ_{t−1} + b``; with Θ = 0 the cells are ``nn.GRU``/``nn.LSTM``.
 The masks are piecewise constant, so autograd of this code is the exact gradient.
+
+Tie rule ``delta_rule``: ``"strict"`` (SPEC default) fires on ``|Δ| > Θ``; ``"inclusive"`` (the
+official DeltaRNN code) fires on ``|Δ| ≥ Θ``. A NaN difference propagates under both (``Δ = NaN``).
+``fixed_point=(m, n)`` rounds the activations (each ``x_t`` and each new ``h_t``, c stays full
+precision) to Qm.n with a straight-through gradient (:func:`quantize_fixed_point`).
 Precision (SPEC §6): the products take Δx/Δh in the weights' (or autocast) dtype; x̂, ĥ, M, c, h
 and every comparison with Θ stay float32 for a low-precision layer; the ``h`` sequence is
 returned in the product dtype.
@@ -28,9 +33,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .fixed_point import check_fixed_point, quantize_fixed_point
 from .precision import Precision, precision_of, project, state_dtype
 
 __all__ = [
+    "DELTA_RULES",
+    "check_delta_rule",
     "DeltaGRUState",
     "DeltaLSTMState",
     "DeltaTrace",
@@ -44,6 +52,16 @@ __all__ = [
     "delta_gru_scan",
     "delta_lstm_scan",
 ]
+
+
+DELTA_RULES = ("strict", "inclusive")
+
+
+def check_delta_rule(delta_rule: object) -> str:
+    """``delta_rule`` must be ``"strict"`` (``|Δ| > Θ``) or ``"inclusive"`` (``|Δ| ≥ Θ``)."""
+    if delta_rule not in DELTA_RULES:
+        raise ValueError(f"delta_rule must be one of {DELTA_RULES}, got {delta_rule!r}")
+    return delta_rule
 
 
 class DeltaGRUState(NamedTuple):
@@ -74,10 +92,14 @@ class DeltaTrace(NamedTuple):
     delta_h: Tensor
 
 
-def delta_encode(value: Tensor, memory: Tensor, theta: float | Tensor) -> tuple[Tensor, Tensor]:
-    """``Δ = (value − memory) ⊙ 1[|value − memory| > Θ]``; returns ``(Δ, memory + Δ)``."""
+def delta_encode(
+    value: Tensor, memory: Tensor, theta: float | Tensor, delta_rule: str = "strict"
+) -> tuple[Tensor, Tensor]:
+    """``Δ = (value − memory) ⊙ 1[|value − memory| > Θ]`` (``≥`` for ``delta_rule="inclusive"``);
+    returns ``(Δ, memory + Δ)``. A NaN difference gives ``Δ = NaN`` (``NaN · 0``) under both rules."""
     diff = value - memory
-    mask = (diff.detach().abs() > theta).to(diff.dtype)
+    mag = diff.detach().abs()
+    mask = (mag >= theta if delta_rule == "inclusive" else mag > theta).to(diff.dtype)
     delta = diff * mask
     return delta, memory + delta
 
@@ -136,15 +158,21 @@ def _delta_gru_cell(
     theta_x: float | Tensor,
     theta_h: float | Tensor,
     p: Precision,
+    delta_rule: str = "strict",
+    fixed_point: tuple[int, int] | None = None,
 ) -> tuple[Tensor, DeltaGRUState, Tensor, Tensor]:
     h_prev, x_hat, h_hat, m = state
     hs = h_prev.shape[-1]
-    dx, x_hat = delta_encode(x, x_hat, theta_x)
-    dh, h_hat = delta_encode(h_prev, h_hat, theta_h)
+    if fixed_point is not None:
+        x = quantize_fixed_point(x, *fixed_point)
+    dx, x_hat = delta_encode(x, x_hat, theta_x, delta_rule)
+    dh, h_hat = delta_encode(h_prev, h_hat, theta_h, delta_rule)
     gx = project(dx, weight_ih, None, p)
     gh = project(dh, weight_hh, None, p)
     m = m + torch.cat([gx[:, : 2 * hs] + gh[:, : 2 * hs], gx[:, 2 * hs :], gh[:, 2 * hs :]], dim=-1)
     h = delta_gru_gates(m, h_prev)
+    if fixed_point is not None:
+        h = quantize_fixed_point(h, *fixed_point)
     return h, DeltaGRUState(h, x_hat, h_hat, m), dx, dh
 
 
@@ -174,12 +202,18 @@ def _delta_lstm_cell(
     theta_x: float | Tensor,
     theta_h: float | Tensor,
     p: Precision,
+    delta_rule: str = "strict",
+    fixed_point: tuple[int, int] | None = None,
 ) -> tuple[Tensor, DeltaLSTMState, Tensor, Tensor]:
     h_prev, c_prev, x_hat, h_hat, m = state
-    dx, x_hat = delta_encode(x, x_hat, theta_x)
-    dh, h_hat = delta_encode(h_prev, h_hat, theta_h)
+    if fixed_point is not None:
+        x = quantize_fixed_point(x, *fixed_point)
+    dx, x_hat = delta_encode(x, x_hat, theta_x, delta_rule)
+    dh, h_hat = delta_encode(h_prev, h_hat, theta_h, delta_rule)
     m = m + project(dx, weight_ih, None, p) + project(dh, weight_hh, None, p)
     h, c = delta_lstm_gates(m, c_prev)
+    if fixed_point is not None:
+        h = quantize_fixed_point(h, *fixed_point)
     return h, DeltaLSTMState(h, c, x_hat, h_hat, m), dx, dh
 
 
@@ -205,11 +239,14 @@ def delta_gru_step(
     *,
     theta_x: float | Tensor = 0.0,
     theta_h: float | Tensor = 0.0,
+    delta_rule: str = "strict",
+    fixed_point: tuple[int, int] | None = None,
 ) -> tuple[Tensor, DeltaGRUState]:
     """One DeltaGRU step on ``x [B, I]``. Biases enter only through the initial accumulators."""
     p = precision_of(weight_ih.dtype, weight_ih.device.type)
     state = _gru_state_or_initial(x, state, weight_ih, weight_hh, bias_ih, bias_hh)
-    h, new_state, _, _ = _delta_gru_cell(x, state, weight_ih, weight_hh, theta_x, theta_h, p)
+    delta_rule, fixed_point = check_delta_rule(delta_rule), check_fixed_point("fixed_point", fixed_point)
+    h, new_state, _, _ = _delta_gru_cell(x, state, weight_ih, weight_hh, theta_x, theta_h, p, delta_rule, fixed_point)
     return h.to(p.matmul), new_state
 
 
@@ -223,11 +260,14 @@ def delta_lstm_step(
     *,
     theta_x: float | Tensor = 0.0,
     theta_h: float | Tensor = 0.0,
+    delta_rule: str = "strict",
+    fixed_point: tuple[int, int] | None = None,
 ) -> tuple[Tensor, DeltaLSTMState]:
     """One DeltaLSTM step on ``x [B, I]``."""
     p = precision_of(weight_ih.dtype, weight_ih.device.type)
     state = _lstm_state_or_initial(x, state, weight_ih, weight_hh, bias_ih, bias_hh)
-    h, new_state, _, _ = _delta_lstm_cell(x, state, weight_ih, weight_hh, theta_x, theta_h, p)
+    delta_rule, fixed_point = check_delta_rule(delta_rule), check_fixed_point("fixed_point", fixed_point)
+    h, new_state, _, _ = _delta_lstm_cell(x, state, weight_ih, weight_hh, theta_x, theta_h, p, delta_rule, fixed_point)
     return h.to(p.matmul), new_state
 
 
@@ -241,14 +281,20 @@ def delta_gru_scan(
     *,
     theta_x: float | Tensor = 0.0,
     theta_h: float | Tensor = 0.0,
+    delta_rule: str = "strict",
+    fixed_point: tuple[int, int] | None = None,
 ) -> tuple[Tensor, DeltaGRUState, DeltaTrace]:
-    """Reference DeltaGRU over ``x [T, B, I]``: ``(h [T, B, H], final state, DeltaTrace)``."""
+    """Reference DeltaGRU over ``x [T, B, I]``: ``(h [T, B, H], final state, DeltaTrace)``.
+
+    ``delta_rule``: ``"strict"`` (``|Δ| > Θ``, default) or ``"inclusive"`` (``|Δ| ≥ Θ``, official
+    code). ``fixed_point=(m, n)``: each ``x_t`` and ``h_t`` rounded to Qm.n (straight-through)."""
     p = precision_of(weight_ih.dtype, weight_ih.device.type)
     state = _gru_state_or_initial(x, state, weight_ih, weight_hh, bias_ih, bias_hh)
+    delta_rule, fixed_point = check_delta_rule(delta_rule), check_fixed_point("fixed_point", fixed_point)
     weight_ih, weight_hh = weight_ih.to(p.matmul), weight_hh.to(p.matmul)  # cast once, not per step
     hs, dxs, dhs = [], [], []
     for t in range(x.shape[0]):
-        h, state, dx, dh = _delta_gru_cell(x[t], state, weight_ih, weight_hh, theta_x, theta_h, p)
+        h, state, dx, dh = _delta_gru_cell(x[t], state, weight_ih, weight_hh, theta_x, theta_h, p, delta_rule, fixed_point)
         hs.append(h)
         dxs.append(dx)
         dhs.append(dh)
@@ -265,14 +311,18 @@ def delta_lstm_scan(
     *,
     theta_x: float | Tensor = 0.0,
     theta_h: float | Tensor = 0.0,
+    delta_rule: str = "strict",
+    fixed_point: tuple[int, int] | None = None,
 ) -> tuple[Tensor, DeltaLSTMState, DeltaTrace]:
-    """Reference DeltaLSTM over ``x [T, B, I]``: ``(h [T, B, H], final state, DeltaTrace)``."""
+    """Reference DeltaLSTM over ``x [T, B, I]``: ``(h [T, B, H], final state, DeltaTrace)``;
+    ``delta_rule`` and ``fixed_point`` as :func:`delta_gru_scan` (``c`` stays full precision)."""
     p = precision_of(weight_ih.dtype, weight_ih.device.type)
     state = _lstm_state_or_initial(x, state, weight_ih, weight_hh, bias_ih, bias_hh)
+    delta_rule, fixed_point = check_delta_rule(delta_rule), check_fixed_point("fixed_point", fixed_point)
     weight_ih, weight_hh = weight_ih.to(p.matmul), weight_hh.to(p.matmul)  # cast once, not per step
     hs, dxs, dhs = [], [], []
     for t in range(x.shape[0]):
-        h, state, dx, dh = _delta_lstm_cell(x[t], state, weight_ih, weight_hh, theta_x, theta_h, p)
+        h, state, dx, dh = _delta_lstm_cell(x[t], state, weight_ih, weight_hh, theta_x, theta_h, p, delta_rule, fixed_point)
         hs.append(h)
         dxs.append(dx)
         dhs.append(dh)

@@ -46,6 +46,7 @@ from ..functional.delta import (
     DeltaGRUState,
     DeltaLSTMState,
     DeltaTrace,
+    check_delta_rule,
     delta_gru_gates,
     delta_gru_initial_state,
     delta_lstm_gates,
@@ -244,22 +245,24 @@ def _egru_loop(gi, table, bias_hh, theta, c, y, out_y, out_c, reset_output):  # 
                 out_y[t, b, j] = y[b, j]
 
 
-def _delta_encode_loop(x, x_hat, theta, delta):  # pragma: no cover - numba
-    """``Δ_t = (x_t − x̂)·1[|x_t − x̂| > Θ]``, ``x̂ += Δ_t`` over ``x [T, B, I]`` (SPEC §4)."""
+def _delta_encode_loop(x, x_hat, theta, delta, inclusive):  # pragma: no cover - numba
+    """``Δ_t = (x_t − x̂)·1[|x_t − x̂| > Θ]`` (``≥`` when ``inclusive``), ``x̂ += Δ_t`` over
+    ``x [T, B, I]`` (SPEC §4)."""
     steps, batch, n = x.shape
     for b in range(batch):
         for t in range(steps):
             for i in range(n):
                 d = x[t, b, i] - x_hat[b, i]
-                # "not ≤" also passes a NaN difference on, as the reference's Δ = diff·0 does.
-                if not abs(d) <= theta[i]:
+                # "not ≤" / "not <" also pass a NaN difference on, as the reference's Δ = diff·0
+                # does; d != 0 drops the zero deltas the inclusive rule admits at Θ = 0.
+                if (not abs(d) < theta[i] and d != 0) if inclusive else not abs(d) <= theta[i]:
                     delta[t, b, i] = d
                     x_hat[b, i] += d
                 else:
                     delta[t, b, i] = 0.0
 
 
-def _delta_loop(gx, wx, dx, wh, theta_h, h, h_hat, m, c, out_h, out_dh, gru):  # pragma: no cover - numba
+def _delta_loop(gx, wx, dx, wh, theta_h, h, h_hat, m, c, out_h, out_dh, gru, inclusive):  # pragma: no cover - numba
     """DeltaGRU (``gru``) or DeltaLSTM (SPEC §4) over ``T`` steps whose input deltas ``dx``
     ``[T, B, I]`` are already encoded.
 
@@ -280,7 +283,7 @@ def _delta_loop(gx, wx, dx, wh, theta_h, h, h_hat, m, c, out_h, out_dh, gru):  #
             n_act = 0
             for k in range(hs):
                 d = h[b, k] - h_hat[b, k]
-                if not abs(d) <= theta_h[k]:
+                if (not abs(d) < theta_h[k] and d != 0) if inclusive else not abs(d) <= theta_h[k]:
                     out_dh[t, b, k] = d
                     h_hat[b, k] += d
                     idx[n_act] = k
@@ -740,9 +743,11 @@ class _DeltaRunner:
         *,
         theta_x: float | Tensor = 0.0,
         theta_h: float | Tensor = 0.0,
+        delta_rule: str = "strict",
         kernel: str = "auto",
     ):
         self.kernel = _pick_kernel(kernel)
+        self.inclusive = check_delta_rule(delta_rule) == "inclusive"
         with torch.no_grad():
             self.input_size = weight_ih.shape[1]
             self.hidden = weight_hh.shape[1]
@@ -778,11 +783,10 @@ class _DeltaRunner:
         self.bag_h = _RowBag(self.wh, self.h.shape[0])
 
     def _encode(self, s: Tensor, delta_out: Tensor | None) -> Tensor:
-        """``Δ = (s − ŝ)·1[|s − ŝ| > Θ]``, ``ŝ += Δ``, ``M += table-rows of the nonzero Δ``."""
+        """``Δ = (s − ŝ)·1[|s − ŝ| > Θ]`` (``≥`` for the inclusive rule), ``ŝ += Δ``,
+        ``M += table-rows of the nonzero Δ``."""
         diff = s - self.s_hat
-        # |diff| > Θ ≥ 0 implies diff ≠ 0, so ``passed`` is exactly the set of nonzero deltas,
-        # plus the NaN differences, which the reference also propagates (Δ = NaN·0 = NaN).
-        passed = ~(diff.abs() <= self.theta)
+        passed = _passed(diff, self.theta, self.inclusive, grad=False)
         delta = torch.where(passed, diff, self.zero, out=delta_out)
         self.s_hat += delta
         n_in = self.input_size
@@ -800,13 +804,15 @@ class _DeltaRunner:
         s_hat = _np(self.s_hat)  # x̂ and ĥ are views into it: updated in place
         x_hat, h_hat = s_hat[:, :n_in], s_hat[:, n_in:]
         dx_np = _np(dx)
-        kernels.encode(_np(x.contiguous()), x_hat, theta_x, dx_np)
+        kernels.encode(_np(x.contiguous()), x_hat, theta_x, dx_np, self.inclusive)
         if gemm:
             gx = _np(torch.matmul(dx, self.wx))
         else:
             gx = np.empty((0, x.shape[1], self.wx.shape[1]), dtype=dx_np.dtype)
         c = self._c_dummy if self.c is None else _np(self.c)
-        kernels.delta(gx, wx, dx_np, wh, theta_h, _np(self.h), h_hat, _np(self.m), c, _np(out), _np(dh), self.gru)
+        kernels.delta(
+            gx, wx, dx_np, wh, theta_h, _np(self.h), h_hat, _np(self.m), c, _np(out), _np(dh), self.gru, self.inclusive
+        )
 
     def _load_fused(self) -> None:
         if self.kernel != "numba":
@@ -905,7 +911,21 @@ class DeltaLSTMRunner(_DeltaRunner):
         return h_new
 
 
-def _delta_autograd(x, state, weight_ih, weight_hh, theta_x, theta_h, gru: bool):
+def _passed(diff: Tensor, theta: Tensor, inclusive: bool, grad: bool) -> Tensor:
+    """The reference's mask: ``|diff| > Θ`` (strict) or ``|diff| ≥ Θ`` (inclusive), written as
+    "not ≤" / "not <" so that a NaN difference passes on too, as the reference's
+    ``Δ = NaN·0 = NaN`` does. The rows of W it selects are the only ones the product and its
+    gradient need (SPEC §4). Without a gradient (``grad=False``) the inclusive rule also drops
+    ``diff = 0`` (admitted at Θ = 0): its Δ is 0 either way, but with a gradient the mask is
+    what passes ``∂Δ/∂s = 1``, so it must stay the reference's."""
+    mag = diff.detach().abs()
+    if inclusive:
+        mask = ~(mag < theta)
+        return mask if grad else mask & (diff != 0)
+    return ~(mag <= theta)
+
+
+def _delta_autograd(x, state, weight_ih, weight_hh, theta_x, theta_h, gru: bool, inclusive: bool):
     steps = x.shape[0]
     n_in, hs = weight_ih.shape[1], weight_hh.shape[1]
     table_x, table_h = weight_ih.t().contiguous(), weight_hh.t().contiguous()
@@ -922,8 +942,7 @@ def _delta_autograd(x, state, weight_ih, weight_hh, theta_x, theta_h, gru: bool)
     for t in range(steps):
         s = torch.cat([x[t], h], dim=-1)
         diff = s - s_hat
-        # "not ≤" keeps a NaN difference in Δ and in the product, as the reference does.
-        mask = ~(diff.detach().abs() <= theta)
+        mask = _passed(diff, theta, inclusive, grad=True)
         delta = diff * mask.to(diff.dtype)
         s_hat = s_hat + delta
         # The mask is piecewise constant: ∂Δ/∂s is zero off the mask, so the nonzero deltas
@@ -944,8 +963,9 @@ def _delta_autograd(x, state, weight_ih, weight_hh, theta_x, theta_h, gru: bool)
     return torch.stack(hs_out), final, trace
 
 
-def _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru: bool):
+def _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru: bool, delta_rule: str):
     family = "delta_gru" if gru else "delta_lstm"
+    inclusive = check_delta_rule(delta_rule) == "inclusive"
     _check_cpu_tensors(family, x, weight_ih, weight_hh)
     check_steps(f"the cpu_event {family} scan", x)
     runner_type = DeltaGRURunner if gru else DeltaLSTMRunner
@@ -953,9 +973,11 @@ def _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta
         init = delta_gru_initial_state if gru else delta_lstm_initial_state
         state = init(x.shape[1], weight_ih.shape[1], weight_hh.shape[1], bias_ih, bias_hh, x)
     if _grad_needed(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h):
-        return _delta_autograd(x, state, weight_ih, weight_hh, theta_x, theta_h, gru)
+        return _delta_autograd(x, state, weight_ih, weight_hh, theta_x, theta_h, gru, inclusive)
     with torch.no_grad():
-        runner = runner_type(weight_ih, weight_hh, bias_ih, bias_hh, theta_x=theta_x, theta_h=theta_h)
+        runner = runner_type(
+            weight_ih, weight_hh, bias_ih, bias_hh, theta_x=theta_x, theta_h=theta_h, delta_rule=delta_rule
+        )
         runner.load(state)
         out, deltas = runner.run(x)
         n_in = weight_ih.shape[1]
@@ -973,10 +995,11 @@ def delta_gru_event_scan(
     *,
     theta_x: float | Tensor = 0.0,
     theta_h: float | Tensor = 0.0,
+    delta_rule: str = "strict",
 ) -> tuple[Tensor, DeltaGRUState, DeltaTrace]:
     """Event-sparse DeltaGRU over ``x [T, B, I]``; same signature and result as
     :func:`evsnn.functional.delta_gru_scan` (SPEC §4)."""
-    return _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru=True)
+    return _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru=True, delta_rule=delta_rule)
 
 
 def delta_lstm_event_scan(
@@ -989,10 +1012,11 @@ def delta_lstm_event_scan(
     *,
     theta_x: float | Tensor = 0.0,
     theta_h: float | Tensor = 0.0,
+    delta_rule: str = "strict",
 ) -> tuple[Tensor, DeltaLSTMState, DeltaTrace]:
     """Event-sparse DeltaLSTM over ``x [T, B, I]``; same signature and result as
     :func:`evsnn.functional.delta_lstm_scan` (SPEC §4)."""
-    return _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru=False)
+    return _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru=False, delta_rule=delta_rule)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1021,6 +1045,7 @@ def check(
     shape: tuple[int, int, int] | None = None,
     surrogate: Any = None,
     zoneout: float = 0.0,
+    fixed_point: tuple[int, int] | None = None,
     auto: bool | None = None,
     **config: Any,
 ) -> str | None:
@@ -1042,6 +1067,8 @@ def check(
             return reason
     if zoneout:
         return f"zoneout={zoneout} is not implemented by the event path"
+    if fixed_point is not None:
+        return f"fixed_point={fixed_point} (Qm.n rounding) is implemented by the torch reference only"
     if auto is not False:
         if shape is None:
             return "no shape (T, B, H) given to choose by the measured crossover"

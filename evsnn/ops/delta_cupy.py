@@ -39,6 +39,7 @@ from ..functional.delta import (
     DeltaGRUState,
     DeltaLSTMState,
     DeltaTrace,
+    check_delta_rule,
     delta_gru_initial_state,
     delta_lstm_initial_state,
 )
@@ -62,6 +63,10 @@ _SOURCE = "delta.cu"
 _BLOCK = 512  # DELTA_BLOCK in delta.cu
 _UMAX = 128  # DELTA_UMAX in delta.cu
 _ENCODE_BLOCK = 256
+_INCLUSIVE_AT_ZERO = (
+    'delta_rule="inclusive" with a zero threshold fires on zero differences, whose gradient '
+    "(dDelta/ds = 1) the sparse backward skips; use a threshold > 0 or the torch reference"
+)
 # float32 forward: blocks exchange Δh through tagged 64-bit words instead of a grid barrier per step
 # (DELTA_TAGGED in delta.cu). False restores the barrier version (kept for A/B timing and tests).
 TAGGED_EXCHANGE = True
@@ -121,7 +126,15 @@ def _pack_weights(w_ih: Tensor, w_hh: Tensor, lstm: bool) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
-def _forward_torch(lstm, x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh, theta_x, theta_h, keep):
+def _delta_pass(diff: Tensor, theta: float, inclusive: bool) -> Tensor:
+    """``delta_pass`` of delta.cuh: keep unless ``|diff| ≤ Θ`` (strict) or ``|diff| < Θ`` or
+    ``diff = 0`` (inclusive); a NaN difference is kept, as the reference's ``diff·mask`` is."""
+    mag = diff.abs()
+    drop = (mag < theta) | (diff == 0) if inclusive else mag <= theta
+    return torch.where(drop, torch.zeros_like(diff), diff)
+
+
+def _forward_torch(lstm, x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh, theta_x, theta_h, inclusive, keep):
     """CPU twin of ``delta_encode_input`` + ``delta_forward`` (SPEC §4, step by step)."""
     steps = x.shape[0]
     ih_slots, hh_slots = _slots(lstm)
@@ -130,10 +143,10 @@ def _forward_torch(lstm, x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh, theta_x, thet
     outs, dxs, dhs, ms, cs = [], [], [], [], []
     for t in range(steps):
         diff = x[t] - xhat
-        dx = torch.where(diff.abs() > theta_x, diff, torch.zeros_like(diff))
+        dx = _delta_pass(diff, theta_x, inclusive)
         xhat = xhat + dx
         diff = h - hhat
-        dh = torch.where(diff.abs() > theta_h, diff, torch.zeros_like(diff))
+        dh = _delta_pass(diff, theta_h, inclusive)
         hhat = hhat + dh
         gx = (dx @ w_ih.t()).reshape(-1, len(ih_slots), hidden).transpose(1, 2)
         gh = (dh @ w_hh.t()).reshape(-1, len(hh_slots), hidden).transpose(1, 2)
@@ -232,7 +245,7 @@ def _grid(hidden: int, device: torch.device) -> tuple[int, int]:
     return u, math.ceil(hidden / u)
 
 
-def _forward_cupy(lstm, x, xhat0, h0, hhat0, m0u, c0, wp, theta_x, theta_h, keep):
+def _forward_cupy(lstm, x, xhat0, h0, hhat0, m0u, c0, wp, theta_x, theta_h, inclusive, keep):
     steps, batch, inp = x.shape
     hidden = h0.shape[1]
     dev, dt = x.device, x.dtype
@@ -247,7 +260,8 @@ def _forward_cupy(lstm, x, xhat0, h0, hhat0, m0u, c0, wp, theta_x, theta_h, keep
         _kernel("delta_encode_input", lstm, dt, dev),
         (math.ceil(n / _ENCODE_BLOCK),),
         (_ENCODE_BLOCK,),
-        (rt.ptr(x), rt.ptr(xhat0), rt.ptr(dx), rt.ptr(xhat_t), rt.i32(steps), rt.i32(n), rt.scalar(theta_x, dt)),
+        (rt.ptr(x), rt.ptr(xhat0), rt.ptr(dx), rt.ptr(xhat_t), rt.i32(steps), rt.i32(n), rt.scalar(theta_x, dt),
+         rt.i32(int(inclusive))),
         device=dev,
     )
     m_work = m0u.clone(memory_format=torch.contiguous_format)
@@ -268,6 +282,7 @@ def _forward_cupy(lstm, x, xhat0, h0, hhat0, m0u, c0, wp, theta_x, theta_h, keep
         rt.ptr(dx), rt.ptr(wp), rt.ptr(m_work), rt.ptr(h_work), rt.ptr(hh_work), rt.ptr(c_work), rt.ptr(out),
         rt.ptr(dh), rt.ptr(m_all), rt.ptr(c_all), rt.ptr(counter), rt.ptr(xch),
         rt.i32(steps), rt.i32(batch), rt.i32(inp), rt.i32(hidden), rt.i32(u), rt.scalar(theta_h, dt),
+        rt.i32(int(inclusive)),
     )  # fmt: skip
     rt.launch_persistent(_kernel("delta_forward", lstm, dt, dev, tile), (blocks,), (_BLOCK,), args, device=dev)
     return out, dx, dh, xhat_t, hh_work, m_work, c_work, m_all, c_all
@@ -321,15 +336,15 @@ def _input_memory_backward(dx: Tensor, e_x: Tensor, g_xhat_t: Tensor) -> tuple[T
 
 class _DeltaScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, lstm, engine, keep, theta_x, theta_h, x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh):
+    def forward(ctx, lstm, engine, keep, theta_x, theta_h, inclusive, x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh):
         # keep: a backward may follow (grad mode on and an input requires grad); inference skips
         # storing the per-step accumulators.
         if engine == "cupy":
             wp = _pack_weights(w_ih, w_hh, lstm)
-            res = _forward_cupy(lstm, x, xhat0, h0, hhat0, m0u, c0, wp, theta_x, theta_h, keep)
+            res = _forward_cupy(lstm, x, xhat0, h0, hhat0, m0u, c0, wp, theta_x, theta_h, inclusive, keep)
             wph = wp[x.shape[2] :]
         else:
-            res = _forward_torch(lstm, x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh, theta_x, theta_h, keep)
+            res = _forward_torch(lstm, x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh, theta_x, theta_h, inclusive, keep)
             wph = None
         out, dx, dh, xhat_t, hhat_t, m_t, c_t, m_all, c_all = res
         ctx.lstm, ctx.engine = lstm, engine
@@ -361,13 +376,13 @@ class _DeltaScan(torch.autograd.Function):
         ih_slots, hh_slots = _slots(lstm)
         dm_x = _slot_rows(dm_all, ih_slots).reshape(steps * batch, -1)  # [T·B, G·H]
         dm_h = _slot_rows(dm_all, hh_slots).reshape(steps * batch, -1)
-        g_w_ih = dm_x.t() @ dx.reshape(steps * batch, inp) if ctx.needs_input_grad[11] else None
-        g_w_hh = dm_h.t() @ dh.reshape(steps * batch, hidden) if ctx.needs_input_grad[12] else None
+        g_w_ih = dm_x.t() @ dx.reshape(steps * batch, inp) if ctx.needs_input_grad[12] else None
+        g_w_hh = dm_h.t() @ dh.reshape(steps * batch, hidden) if ctx.needs_input_grad[13] else None
         e_x = (dm_x @ w_ih).reshape(steps, batch, inp)
         if g_dx is not None:
             e_x = e_x + g_dx
         g_x, g_xhat0 = _input_memory_backward(dx, e_x, zeros_if_none(g_xhat_t, batch, inp))
-        return None, None, None, None, None, g_x, g_xhat0, g_h0, g_hhat0, g_m0, (g_c0 if lstm else None), g_w_ih, g_w_hh
+        return None, None, None, None, None, None, g_x, g_xhat0, g_h0, g_hhat0, g_m0, (g_c0 if lstm else None), g_w_ih, g_w_hh
 
 
 # ----------------------------------------------------------------------------------------------
@@ -410,11 +425,14 @@ def _check_args(name, x, weight_ih, weight_hh, gates, engine):
             raise ValueError(f"{name}: the cupy engine cannot run this call: {reason}")
 
 
-def _scan(lstm, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, engine):
+def _scan(lstm, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, engine, delta_rule="strict"):
     name = "delta_lstm_scan_bptt" if lstm else "delta_gru_scan_bptt"
     _check_args(name, x, weight_ih, weight_hh, 4 if lstm else 3, engine)
     theta_x = _check_theta("theta_x", theta_x)
     theta_h = _check_theta("theta_h", theta_h)
+    inclusive = check_delta_rule(delta_rule) == "inclusive"
+    if inclusive and min(theta_x, theta_h) == 0.0:
+        raise ValueError(f"{name}: {_INCLUSIVE_AT_ZERO}")
     batch, inp, hidden = x.shape[1], x.shape[2], weight_hh.shape[1]
     if state is None:
         init = delta_lstm_initial_state if lstm else delta_gru_initial_state
@@ -426,7 +444,7 @@ def _scan(lstm, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta
     inputs = (x, xhat0, h0, hhat0, m0, c0, weight_ih, weight_hh)
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     out, xhat_t, hhat_t, m_t, c_t, dx, dh = _DeltaScan.apply(
-        lstm, engine, keep, theta_x, theta_h, x, xhat0, h0, hhat0, _to_unit_major(m0), c0, weight_ih, weight_hh
+        lstm, engine, keep, theta_x, theta_h, inclusive, x, xhat0, h0, hhat0, _to_unit_major(m0), c0, weight_ih, weight_hh
     )
     m_t = _to_slot_major(m_t)
     trace = DeltaTrace(dx, dh)
@@ -445,12 +463,13 @@ def delta_gru_scan_bptt(
     *,
     theta_x: float = 0.0,
     theta_h: float = 0.0,
+    delta_rule: str = "strict",
     engine: str = "cupy",
 ) -> tuple[Tensor, DeltaGRUState, DeltaTrace]:
     """:func:`evsnn.functional.delta_gru_scan` with the symmetric sparse backward (module docstring).
 
     ``engine="cupy"`` runs the CUDA kernels (CUDA tensors); ``"torch"`` the twin in torch ops."""
-    return _scan(False, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, engine)
+    return _scan(False, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, engine, delta_rule)
 
 
 def delta_lstm_scan_bptt(
@@ -463,20 +482,25 @@ def delta_lstm_scan_bptt(
     *,
     theta_x: float = 0.0,
     theta_h: float = 0.0,
+    delta_rule: str = "strict",
     engine: str = "cupy",
 ) -> tuple[Tensor, DeltaLSTMState, DeltaTrace]:
     """:func:`evsnn.functional.delta_lstm_scan` with the symmetric sparse backward (module docstring)."""
-    return _scan(True, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, engine)
+    return _scan(True, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, engine, delta_rule)
 
 
-def delta_gru_scan_cupy(x, state, weight_ih, weight_hh, bias_ih, bias_hh, *, theta_x=0.0, theta_h=0.0):
+def delta_gru_scan_cupy(
+    x, state, weight_ih, weight_hh, bias_ih, bias_hh, *, theta_x=0.0, theta_h=0.0, delta_rule="strict"
+):
     """The CuPy backend of ``"delta_gru"`` (the reference scan's signature and return value)."""
-    return _scan(False, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, "cupy")
+    return _scan(False, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, "cupy", delta_rule)
 
 
-def delta_lstm_scan_cupy(x, state, weight_ih, weight_hh, bias_ih, bias_hh, *, theta_x=0.0, theta_h=0.0):
+def delta_lstm_scan_cupy(
+    x, state, weight_ih, weight_hh, bias_ih, bias_hh, *, theta_x=0.0, theta_h=0.0, delta_rule="strict"
+):
     """The CuPy backend of ``"delta_lstm"``."""
-    return _scan(True, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, "cupy")
+    return _scan(True, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, "cupy", delta_rule)
 
 
 def check_cupy(*, device: torch.device, dtype: torch.dtype | None = None, **config: Any) -> str | None:
@@ -492,6 +516,10 @@ def check_cupy(*, device: torch.device, dtype: torch.dtype | None = None, **conf
         value = config.get(key, 0.0)
         if isinstance(value, Tensor):
             return f"{key} must be a Python float for the CuPy delta kernels, got a Tensor"
+    if config.get("fixed_point") is not None:
+        return f"fixed_point={config['fixed_point']} (Qm.n rounding) is implemented by the torch reference only"
+    if config.get("delta_rule", "strict") == "inclusive" and min(config.get("theta_x", 0.0), config.get("theta_h", 0.0)) == 0.0:
+        return _INCLUSIVE_AT_ZERO
     shape = config.get("shape")
     if shape is not None:
         index = device.index if device.index is not None else torch.cuda.current_device()
