@@ -353,6 +353,8 @@ def test_initial_state_layouts_and_their_errors():
     with pytest.raises(TypeError, match=r"ALIF expects state as ALIFState\(v, b, s\)"):
         alif(x, torch.zeros(2, 2, H, dtype=F64))
     dgru = FAMILIES["DeltaGRU"](num_layers=2, bidirectional=True)
+    with pytest.raises(TypeError, match=r"got Tensor; for nn.GRU's h0 tensor pass layer.initial_state\(batch, h0=h0\)"):
+        dgru(x, torch.zeros(4, 2, H, dtype=F64))
     st = dgru.initial_state(2)
     assert isinstance(st.x_hat, tuple) and [t.shape[-1] for t in st.x_hat] == [IN, IN, 2 * H, 2 * H]
     with pytest.raises(TypeError, match="x_hat.*tuple of num_layers\\*num_directions=4"):

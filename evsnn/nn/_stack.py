@@ -10,6 +10,7 @@ module composes those calls, so every backend serves every shape.
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -168,7 +169,16 @@ def check_stacked_state(module: nn.Module, state: Any, batch: int, like: Tensor)
     base = module._state_base
     fields = base._fields
     if not isinstance(state, tuple) or len(state) != len(fields):
-        raise TypeError(f"{name} expects state as {base.__name__}({', '.join(fields)}) or None, got {type(state).__name__}")
+        hint = ""
+        if isinstance(state, Tensor):
+            hint = (
+                "; for nn.GRU's h0 tensor pass layer.initial_state(batch, h0=h0)"
+                if "h0" in inspect.signature(module.initial_state).parameters
+                else "; start from layer.initial_state(batch) and _replace its fields"
+            )
+        raise TypeError(
+            f"{name} expects state as {base.__name__}({', '.join(fields)}) or None, got {type(state).__name__}{hint}"
+        )
     n = module.num_layers * module.num_directions
     shapes = [module._direction_state_shapes(i // module.num_directions, batch) for i in range(n)]
     out = []
