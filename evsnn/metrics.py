@@ -453,11 +453,13 @@ def reference_traces(layer: nn.Module, x: Tensor, state: Any = None) -> LayerTra
     h, final, trace = scan(
         x,
         state,
-        layer.weight_ih,
-        layer.weight_hh,
+        layer._weight("weight_ih"),  # rounded as the layer's products use it (weight_fixed_point)
+        layer._weight("weight_hh"),
         layer.bias_ih,
         layer.bias_hh,
         theta_x=layer.theta_x,
         theta_h=layer.theta_h,
+        delta_rule=layer.delta_rule,
+        fixed_point=layer.fixed_point,
     )
     return LayerTraces(h, trace.delta_h, trace, layer.theta_h, final)

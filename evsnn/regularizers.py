@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .functional.delta import DeltaGRUState, DeltaLSTMState, delta_encode
+from .functional.delta import DeltaGRUState, DeltaLSTMState, check_delta_rule, delta_encode
 from .functional.egru import EGRUTrace
 from .nn import EGRU, DeltaGRU, DeltaLSTM
 from .nn._stack import single_direction_state
@@ -167,6 +167,7 @@ def hidden_deltas(
     theta_h: float | Tensor,
     h0: Tensor | None = None,
     h_hat0: Tensor | None = None,
+    delta_rule: str = "strict",
 ) -> Tensor:
     """The hidden deltas ``Δh`` of a delta cell, recomputed differentiably from its output.
 
@@ -176,8 +177,10 @@ def hidden_deltas(
         Δh = (h_{t−1} − ĥ) ⊙ 1[|h_{t−1} − ĥ| > Θ_h],   ĥ ← ĥ + Δh
 
     starting from ``h_{−1} = h0`` and ``ĥ = h_hat0`` (zeros by default, as the layer's initial
-    state). The result equals ``DeltaTrace.delta_h`` of the same pass, ``[T, B, H]``.
+    state). ``delta_rule="inclusive"`` uses ``≥`` as the layer option of that name. The result
+    equals ``DeltaTrace.delta_h`` of the same pass, ``[T, B, H]``.
     """
+    check_delta_rule(delta_rule)
     output = _check_tensor("output", output)
     if output.dim() != 3:
         raise ValueError(f"output must be a time-first hidden sequence [T, B, H], got shape {tuple(output.shape)}")
@@ -188,7 +191,7 @@ def hidden_deltas(
             raise ValueError(f"{name} must have shape {tuple(output.shape[1:])}, got {tuple(t.shape)}")
     deltas = []
     for t in range(output.shape[0]):
-        dh, h_hat = delta_encode(prev, h_hat, theta_h)
+        dh, h_hat = delta_encode(prev, h_hat, theta_h, delta_rule)
         deltas.append(dh)
         prev = output[t]
     return torch.stack(deltas)
@@ -200,11 +203,12 @@ def delta_l1(
     h0: Tensor | None = None,
     h_hat0: Tensor | None = None,
     reduction: str = "sum",
+    delta_rule: str = "strict",
 ) -> Tensor:
     """``Σ|Δh|`` (``reduction="sum"``, SPEC §4) or ``mean|Δh|`` of :func:`hidden_deltas`."""
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    dh = hidden_deltas(output, theta_h, h0, h_hat0).abs()
+    dh = hidden_deltas(output, theta_h, h0, h_hat0, delta_rule).abs()
     return dh.sum() if reduction == "sum" else dh.mean()
 
 
@@ -247,4 +251,4 @@ class DeltaL1Regularizer(nn.Module):
         state = single_direction_state(layer, state, output.shape[1], output, "DeltaL1Regularizer")
         if state is not None:
             h0, h_hat0 = state.h, state.h_hat
-        return self.strength * delta_l1(output, layer.theta_h, h0, h_hat0, self.reduction)
+        return self.strength * delta_l1(output, layer.theta_h, h0, h_hat0, self.reduction, layer.delta_rule)

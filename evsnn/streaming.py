@@ -117,7 +117,9 @@ class Stream:
         elif self.family == "alif":
             config.update(surrogate=layer.surrogate, recurrent=layer.recurrent)
         else:
-            config.update(theta_x=layer.theta_x, theta_h=layer.theta_h)
+            config.update(
+                theta_x=layer.theta_x, theta_h=layer.theta_h, delta_rule=layer.delta_rule, fixed_point=layer.fixed_point
+            )
         return config
 
     def refresh(self, keep_state: bool = False) -> None:
@@ -147,7 +149,9 @@ class Stream:
     # What the stream read: every parameter and buffer of the layer (the dict it sits in, the
     # tensor object, its version counter, bumped by every in-place write) and the scalar
     # options the backends were prepared with. Comparing them costs a few hundred ns per tensor.
-    _OPTIONS = ("theta_x", "theta_h", "reset", "zoneout", "recurrent")
+    _OPTIONS = (
+        "theta_x", "theta_h", "reset", "zoneout", "recurrent", "delta_rule", "fixed_point", "weight_fixed_point",
+    )  # fmt: skip
 
     def _watch(self) -> None:
         watched = []
@@ -205,7 +209,13 @@ class Stream:
             )
         runner_type = cpu_event.DeltaGRURunner if self.family == "delta_gru" else cpu_event.DeltaLSTMRunner
         return runner_type(
-            layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh, theta_x=layer.theta_x, theta_h=layer.theta_h
+            layer._weight("weight_ih"),  # rounded as the layer's products use it (weight_fixed_point)
+            layer._weight("weight_hh"),
+            layer.bias_ih,
+            layer.bias_hh,
+            theta_x=layer.theta_x,
+            theta_h=layer.theta_h,
+            delta_rule=layer.delta_rule,
         )
 
     def _reference_args(self) -> tuple[tuple, dict]:
@@ -228,8 +238,8 @@ class Stream:
                 "bias_hh": layer.bias_hh,
             }
             return (), kwargs
-        args = (layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh)
-        return args, {"theta_x": layer.theta_x, "theta_h": layer.theta_h}
+        args = (layer._weight("weight_ih"), layer._weight("weight_hh"), layer.bias_ih, layer.bias_hh)
+        return args, layer._scan_options()
 
     def _initial_state(self):
         layer, batch, like = self.layer, self.batch_size, self._like

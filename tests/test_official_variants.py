@@ -399,3 +399,46 @@ def test_fixed_point_runs_on_the_reference_only(single_thread):
                                    quantize_fixed_point(layer.weight_hh, 2, 5), layer.bias_ih, layer.bias_hh,
                                    theta_x=0.1, theta_h=0.1)
     torch.testing.assert_close(h, ref, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# What recomputes the mask or replays a layer follows the layer's options
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options,stream_backend",
+    [
+        ({"delta_rule": "inclusive"}, "cpu_event"),
+        ({"delta_rule": "inclusive", "fixed_point": (3, 3)}, "torch"),
+        ({"fixed_point": (3, 4), "weight_fixed_point": (2, 5)}, "torch"),
+    ],
+    ids=["inclusive", "inclusive-fixed_point", "fixed_point"],
+)
+def test_regularizer_replay_and_stream_follow_the_layer_options(options, stream_backend, single_thread):
+    from evsnn.metrics import reference_traces
+    from evsnn.regularizers import DeltaL1Regularizer, delta_l1
+    from evsnn.streaming import Stream
+
+    torch.manual_seed(4)
+    x = torch.round(torch.randn(9, 2, 3) * 4) / 4  # input ties against Θ_x = 0.25
+    layer = evsnn.DeltaGRU(3, 8, theta_x=0.25, theta_h=0.125, **options).eval()
+    with torch.no_grad():
+        h, _ = layer(x)
+        wfmt = options.get("weight_fixed_point")
+        w_ih, w_hh = (layer.weight_ih, layer.weight_hh) if wfmt is None else (
+            quantize_fixed_point(layer.weight_ih, *wfmt), quantize_fixed_point(layer.weight_hh, *wfmt))
+        explicit = {k: v for k, v in options.items() if k != "weight_fixed_point"}
+        _, _, trace = delta_gru_scan(x, None, w_ih, w_hh, layer.bias_ih, layer.bias_hh, theta_x=0.25, theta_h=0.125,
+                                     **explicit)
+        replay = reference_traces(layer, x)
+        cost = DeltaL1Regularizer(1.0)(h, layer)
+        stream = Stream(layer, batch_size=2, backend=stream_backend)
+        streamed = torch.stack([stream.step(x[t]) for t in range(x.shape[0])])
+    torch.testing.assert_close(replay.output, h, rtol=0, atol=0)
+    torch.testing.assert_close(replay.trace.delta_h, trace.delta_h, rtol=0, atol=0)
+    torch.testing.assert_close(cost, trace.delta_h.abs().sum(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(streamed, h, rtol=1e-5, atol=1e-6)
+    if options.get("delta_rule") == "inclusive" and "fixed_point" in options:
+        # h on the 1/8 grid: hidden ties against Θ_h = 1/8, so the strict recomputation differs
+        assert float(delta_l1(h, 0.125)) != pytest.approx(float(cost))
