@@ -6,7 +6,6 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence
 
 from ..functional.alif import ALIFState, alif_initial_state, alif_step, decay, leaky_readout_scan
 from ..functional.precision import state_dtype
@@ -22,7 +21,7 @@ from ._checks import (
     grad_recorded,
     to_time_first,
 )
-from ._stack import ALIFLayerState, check_stack_args, direction_suffix, stack_states, stacked_forward
+from ._stack import ALIFLayerState, StackedForward, check_stack_args, direction_suffix, stack_states
 from ._validate import ParameterChecks, check_steps, check_tensor_state
 
 __all__ = ["ALIF", "ALIFCell", "LeakyReadout", "init_tau", "TAU_INITS"]
@@ -202,7 +201,7 @@ _NEURON_ARGS = """
         surrogate: pseudo-derivative of the spike (default ``MultiGaussian()``)."""
 
 
-class ALIF(_ALIFBase):
+class ALIF(StackedForward, _ALIFBase):
     __doc__ = (
         """Adaptive multi-timescale LIF layer over a sequence (SPEC.md §2), stackable like ``nn.GRU``.
 
@@ -333,10 +332,6 @@ class ALIF(_ALIFBase):
             shape=tuple(x.shape[:2]) + (self.hidden_size,),
         )
 
-    def forward(
-        self, x: Tensor | PackedSequence, state: ALIFState | None = None
-    ) -> tuple[Tensor | PackedSequence, ALIFLayerState]:
-        return stacked_forward(self, x, state)
 
     def _run_direction(self, layer: int, reverse: int, x: Tensor, state: ALIFState | None, backend):
         suffix = direction_suffix(layer, bool(reverse))
