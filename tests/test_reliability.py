@@ -141,6 +141,24 @@ def test_cpu_event_alif_scan_refuses_zero_steps():
         cpu_event.alif_event_scan(torch.zeros(0, 2, 5), None, tau_mem=tau, tau_adapt=tau)
 
 
+def test_reference_scans_refuse_zero_steps():
+    """The functional scans, the oracle every backend is compared with, give the same error."""
+    from evsnn import functional as F
+
+    x, tau = torch.zeros(0, 2, 4), torch.full((4,), 10.0)
+    w3, w4, b3, b4 = torch.zeros(12, 4), torch.zeros(12, 4), torch.zeros(12), torch.zeros(16)
+    calls = {
+        "alif_scan": lambda: F.alif_scan(x, None, tau_mem=tau, tau_adapt=tau),
+        "leaky_readout_scan": lambda: F.leaky_readout_scan(x, None, tau=tau),
+        "egru_scan": lambda: F.egru_scan(x, None, w3, w3, b3, b3, torch.full((4,), 0.3)),
+        "delta_gru_scan": lambda: F.delta_gru_scan(x, None, w3, w3, b3, b3),
+        "delta_lstm_scan": lambda: F.delta_lstm_scan(x, None, torch.zeros(16, 4), w4.new_zeros(16, 4), b4, b4),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=rf"{name} expects at least one time step \(T >= 1\).*T = 0"):
+            call()
+
+
 @pytest.mark.parametrize("backend", ["torch", "cpu_event"])
 @pytest.mark.parametrize(
     "make", [evsnn.ALIF, evsnn.EGRU, evsnn.DeltaGRU, evsnn.DeltaLSTM, evsnn.LeakyReadout], ids=lambda c: c.__name__

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..surrogate import MultiGaussian, Surrogate
+from .checks import check_steps
 from .precision import Precision, precision_of, project, state_dtype
 
 __all__ = [
@@ -139,6 +140,7 @@ def alif_scan(
     membrane, trace and threshold in float32 for a low-precision layer, spikes returned in the
     product dtype (the dtype of ``current`` under autocast or in a low-precision module).
     """
+    check_steps("alif_scan", current)
     p = _alif_precision(current, tau_mem)
     if state is None:
         state = alif_initial_state(current[0], b0)
@@ -177,6 +179,7 @@ def leaky_readout_step(current: Tensor, m: Tensor | None, *, tau: Tensor) -> Ten
 def leaky_readout_scan(current: Tensor, m: Tensor | None, *, tau: Tensor) -> Tensor:
     """Readout over ``[T, B, N]``; returns all ``m_t`` stacked (float32 for a low-precision
     current or τ, SPEC §6)."""
+    check_steps("leaky_readout_scan", current)
     dtype = state_dtype(torch.promote_types(current.dtype, tau.dtype))
     alpha = decay(tau.to(dtype))
     current = current.to(dtype)

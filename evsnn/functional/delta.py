@@ -33,6 +33,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .checks import check_steps
 from .fixed_point import check_fixed_point, quantize_fixed_point
 from .precision import Precision, precision_of, project, state_dtype
 
@@ -288,6 +289,7 @@ def delta_gru_scan(
 
     ``delta_rule``: ``"strict"`` (``|Δ| > Θ``, default) or ``"inclusive"`` (``|Δ| ≥ Θ``, official
     code). ``fixed_point=(m, n)``: each ``x_t`` and ``h_t`` rounded to Qm.n (straight-through)."""
+    check_steps("delta_gru_scan", x)
     p = precision_of(weight_ih.dtype, weight_ih.device.type)
     state = _gru_state_or_initial(x, state, weight_ih, weight_hh, bias_ih, bias_hh)
     delta_rule, fixed_point = check_delta_rule(delta_rule), check_fixed_point("fixed_point", fixed_point)
@@ -316,6 +318,7 @@ def delta_lstm_scan(
 ) -> tuple[Tensor, DeltaLSTMState, DeltaTrace]:
     """Reference DeltaLSTM over ``x [T, B, I]``: ``(h [T, B, H], final state, DeltaTrace)``;
     ``delta_rule`` and ``fixed_point`` as :func:`delta_gru_scan` (``c`` stays full precision)."""
+    check_steps("delta_lstm_scan", x)
     p = precision_of(weight_ih.dtype, weight_ih.device.type)
     state = _lstm_state_or_initial(x, state, weight_ih, weight_hh, bias_ih, bias_hh)
     delta_rule, fixed_point = check_delta_rule(delta_rule), check_fixed_point("fixed_point", fixed_point)

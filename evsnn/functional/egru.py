@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..surrogate import Surrogate, Triangle
+from .checks import check_steps
 from .precision import Precision, precision_of, project, state_dtype
 
 __all__ = ["EGRUState", "EGRUTrace", "RESETS", "egru_step", "egru_scan", "egru_pointwise", "egru_initial_state"]
@@ -157,6 +158,7 @@ def egru_scan(
     θ and the event test in float32 for a low-precision layer, ``y`` returned in the product dtype.
     """
     _check_reset(reset)
+    check_steps("egru_scan", x)
     p = precision_of(weight_ih.dtype, weight_ih.device.type)
     if state is None:
         state = egru_initial_state(x.shape[1], weight_hh.shape[1], x)

@@ -23,15 +23,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..functional.checks import check_steps
+
 __all__ = ["check_steps", "check_tensor_state", "check_parameters", "ParameterChecks"]
-
-
-def check_steps(owner: str, x: Tensor, time_dim: int = 0) -> None:
-    """Refuse a sequence with no time step: ``ValueError`` naming ``owner`` and the shape."""
-    if x.shape[time_dim] == 0:
-        raise ValueError(
-            f"{owner} expects at least one time step (T >= 1), got an input of shape {tuple(x.shape)} with T = 0"
-        )
 
 
 def check_tensor_state(owner: str, state: Any, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:

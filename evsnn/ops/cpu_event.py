@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..functional.alif import ALIFState, ALIFTrace, alif_dynamics, alif_initial_state, decay
+from ..functional.checks import check_steps
 from ..functional.delta import (
     DeltaGRUState,
     DeltaLSTMState,
@@ -54,7 +55,6 @@ from ..functional.delta import (
 )
 from ..functional.egru import RESETS, EGRUState, EGRUTrace, egru_initial_state, egru_pointwise
 from ..functional.precision import LOW_PRECISION, state_dtype
-from ..nn._validate import check_steps
 from ..surrogate import MultiGaussian, SnnTorchSurrogate, Surrogate, Triangle
 from .dispatch import Backend, register
 
