@@ -203,7 +203,8 @@ def test_check_reasons_and_crossover():
     cpu = torch.device("cpu")
     ok = {"device": cpu, "dtype": torch.float32, "shape": (10, 1, 1024)}
     assert cpu_event.check(**ok, auto=False) is None
-    assert cpu_event.check(**ok) is None
+    assert cpu_event.check(**ok, family="egru", training=False) is None
+    assert "family" in cpu_event.check(**ok, training=False)
     assert "CPU" in cpu_event.check(**{**ok, "device": torch.device("meta")})
     assert "float16" in cpu_event.check(**{**ok, "dtype": torch.float16})
     assert "zoneout" in cpu_event.check(**ok, zoneout=0.1, auto=False)
@@ -211,12 +212,71 @@ def test_check_reasons_and_crossover():
     big_batch = {**ok, "shape": (10, cpu_event.AUTO_MAX_BATCH + 1, 1024)}
     small = {**ok, "shape": (10, 1, cpu_event.AUTO_MIN_HIDDEN - 1)}
     assert cpu_event.check(**big_batch, auto=False) is None
-    assert "batch" in cpu_event.check(**big_batch, auto=True)
-    assert "hidden" in cpu_event.check(**small, auto=True)
+    assert "batch" in cpu_event.check(**big_batch, auto=True, family="egru", training=False)
+    assert "hidden" in cpu_event.check(**small, auto=True, family="egru", training=False)
     assert "cpu_event" in dispatch.registered("egru")
-    chosen = dispatch.resolve("egru", "auto", **ok, surrogate=Triangle(0.3), zoneout=0.0)
+    chosen = dispatch.resolve("egru", "auto", **ok, surrogate=Triangle(0.3), zoneout=0.0, training=False)
     assert chosen.name == "cpu_event"
     assert dispatch.resolve("egru", "auto", **big_batch).name == "torch"
+
+
+# Decisions measured with benchmarks/cpu_crossover.py (docs/benchmarks.md, "CPU backend choice")
+# and in issue 14 (EGRU training at B = 32, H = 1024: event path 5960 ms, reference 3414 ms).
+AUTO_DECISIONS = [
+    # family, training, batch, hidden, cpu_event chosen
+    ("egru", False, 1, 1024, True),
+    ("egru", False, 8, 1024, True),
+    ("egru", True, 32, 1024, False),
+    ("egru", True, 1, 1024, False),
+    ("egru", False, 1, 64, False),
+    ("egru", False, 64, 1024, False),
+    ("egru", False, 32, 128, False),
+    ("egru", False, 32, 256, True),
+    ("delta_gru", False, 1, 1024, True),
+    ("delta_gru", True, 8, 1024, True),
+    ("delta_gru", True, 1, 1024, False),
+    ("delta_gru", True, 32, 128, False),
+    ("delta_lstm", True, 8, 1024, True),
+    ("delta_lstm", True, 16, 256, False),
+    ("alif", True, 32, 1024, False),
+    ("alif", False, 32, 1024, True),
+]
+
+
+@pytest.mark.parametrize("family,training,batch,hidden,chosen", AUTO_DECISIONS)
+def test_auto_decides_training_and_inference_apart(family, training, batch, hidden, chosen):
+    reason = cpu_event.auto_reason(family, training, batch, hidden)
+    assert (reason is None) == chosen, reason
+    if not chosen:
+        assert ("training" if training else "inference") in reason
+    via_dispatch = dispatch.resolve(
+        family, "auto", device=torch.device("cpu"), dtype=torch.float32, shape=(10, batch, hidden), training=training
+    )
+    assert via_dispatch.name == ("cpu_event" if chosen else "torch")
+
+
+def test_layer_auto_follows_grad_recording(monkeypatch):
+    """A layer tells dispatch whether its call records gradients: the same EGRU at the same
+    shape runs cpu_event under no_grad and the reference when training; an explicit
+    backend="cpu_event" keeps running the event path in training."""
+    monkeypatch.delenv("EVSNN_BACKEND", raising=False)
+    layer = evsnn.EGRU(3, cpu_event.AUTO_MIN_HIDDEN)
+    x = torch.randn(4, 2, 3)
+    with torch.no_grad():
+        assert layer._resolve_backend(x).name == "cpu_event"
+    assert layer._resolve_backend(x).name == "torch"
+    layer.requires_grad_(False)
+    assert layer._resolve_backend(x).name == "cpu_event"  # grad mode on, but nothing records a graph
+    layer.requires_grad_(True)
+    layer.backend = "cpu_event"
+    assert layer._resolve_backend(x).name == "cpu_event"
+    out, _ = layer(x)
+    layer.backend = "torch"
+    ref, _ = layer(x)
+    torch.testing.assert_close(out, ref)
+    g = torch.autograd.grad(out.sum(), layer.weight_hh)[0]
+    r = torch.autograd.grad(ref.sum(), layer.weight_hh)[0]
+    torch.testing.assert_close(g, r)
 
 
 def test_bad_calls_raise_clear_errors():

@@ -330,6 +330,7 @@ class ALIF(StackedForward, _ALIFBase):
             surrogate=self.surrogate,
             recurrent=self.recurrent,
             shape=tuple(x.shape[:2]) + (self.hidden_size,),
+            training=grad_recorded(x, *self.parameters()),
         )
 
 

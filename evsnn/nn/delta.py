@@ -240,6 +240,7 @@ class _DeltaLayer(StackedForward, _DeltaBase):
             delta_rule=self.delta_rule,
             fixed_point=self.fixed_point,
             shape=tuple(x.shape[:2]) + (self.hidden_size,),
+            training=grad_recorded(x, *self.parameters()),
         )
 
 

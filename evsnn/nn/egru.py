@@ -239,6 +239,7 @@ class EGRU(StackedForward, _EGRUBase):
             reset=self.reset,
             zoneout=self.zoneout,
             shape=tuple(x.shape[:2]) + (self.hidden_size,),
+            training=grad_recorded(x, *self.parameters()),
         )
 
 

@@ -25,8 +25,9 @@ Two paths, the same math as the reference scans of :mod:`evsnn.functional`:
   dense in training (still exact).
 
 ``"auto"`` picks this backend only for CPU tensors with the batch/hidden sizes where it was
-measured to beat the dense reference (see ``AUTO_MAX_BATCH``/``AUTO_MIN_HIDDEN`` and the CPU
-section of docs/benchmarks.md); ``backend="cpu_event"`` runs it on any CPU shape.
+measured to beat the dense reference, in training and in inference separately (:data:`AUTO_RULES`,
+:func:`auto_reason`; "CPU backend choice" in docs/benchmarks.md); ``backend="cpu_event"`` runs it
+on any CPU shape.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from __future__ import annotations
 import functools
 import os
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -61,6 +62,9 @@ from .dispatch import Backend, register
 __all__ = [
     "AUTO_MAX_BATCH",
     "AUTO_MIN_HIDDEN",
+    "AUTO_RULES",
+    "AutoRule",
+    "auto_reason",
     "KERNELS",
     "KERNEL_ENV_VAR",
     "numba_available",
@@ -76,12 +80,60 @@ __all__ = [
     "DeltaLSTMRunner",
 ]
 
-# Crossover measured with ``benchmarks/cpu_streaming.py --crossover`` (docs/benchmarks.md, CPU
-# section; 2 threads, T = 100, EGRU at 10-28 % activity): the event path ties or beats the dense
+# Inference crossover measured with ``benchmarks/cpu_streaming.py --crossover`` (docs/benchmarks.md,
+# CPU section; 2 threads, T = 100, EGRU at 10-28 % activity): the event path ties or beats the dense
 # reference for every B in {1, 4, 8, 16, 32} once H >= 128 (1.0-3.6x); at H = 64 it is a tie
 # (0.94-1.22x), so "auto" declines there. Batches above 32 were not measured, so "auto" declines.
 AUTO_MAX_BATCH = 32
 AUTO_MIN_HIDDEN = 128
+
+
+class AutoRule(NamedTuple):
+    """One region where ``"auto"`` picks cpu_event: ``min_batch <= batch <= max_batch`` and
+    ``hidden >= min_hidden``."""
+
+    min_batch: int
+    max_batch: int
+    min_hidden: int
+
+
+# (family, training) -> the regions where the event path measured faster than the dense
+# reference (an empty tuple: never), from ``benchmarks/cpu_crossover.py`` (docs/benchmarks.md,
+# "CPU backend choice"; reference time / event time, one thread, 10 % activity, T = 50, and the
+# 2-thread inference table of the CPU streaming section). Unmeasured shapes stay on the
+# reference. Training is decided apart from inference: the event path's training forward for
+# EGRU and ALIF is a loop of differentiable torch ops, which the reference beat at every
+# measured shape; the delta cells win in training only from H = 1024 and B >= 2.
+_INFERENCE = (AutoRule(1, 16, AUTO_MIN_HIDDEN), AutoRule(17, AUTO_MAX_BATCH, 256))
+AUTO_RULES: dict[tuple[str, bool], tuple[AutoRule, ...]] = {
+    ("egru", False): _INFERENCE,
+    ("delta_gru", False): _INFERENCE,
+    ("delta_lstm", False): _INFERENCE,
+    ("alif", False): _INFERENCE,
+    ("egru", True): (),
+    ("delta_gru", True): (AutoRule(2, AUTO_MAX_BATCH, 1024),),
+    ("delta_lstm", True): (AutoRule(2, AUTO_MAX_BATCH, 1024),),
+    ("alif", True): (),
+}
+
+
+def auto_reason(family: str | None, training: bool, batch: int, hidden: int) -> str | None:
+    """``None`` when ``"auto"`` should run ``family`` on cpu_event for a ``[T, batch, hidden]``
+    call, else why not, read from the measured table :data:`AUTO_RULES` (pure: no timing)."""
+    mode = "training" if training else "inference"
+    rules = AUTO_RULES.get((family, bool(training)))
+    if rules is None:
+        return f"no measured crossover for family {family!r} in {mode}"
+    if not rules:
+        return f"in {mode} the dense reference was faster at every measured shape (docs/benchmarks.md)"
+    if any(r.min_batch <= batch <= r.max_batch and hidden >= r.min_hidden for r in rules):
+        return None
+    measured = "; ".join(f"B {r.min_batch}-{r.max_batch} with H >= {r.min_hidden}" for r in rules)
+    return (
+        f"batch {batch}, hidden {hidden} is outside where it beat the dense reference in {mode} ({measured}; "
+        "measured crossover, docs/benchmarks.md)"
+    )
+
 
 _DTYPES = (torch.float32, torch.float64)
 _EGRU_SURROGATE = Triangle(0.3)
@@ -973,6 +1025,14 @@ def _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta
         init = delta_gru_initial_state if gru else delta_lstm_initial_state
         state = init(x.shape[1], weight_ih.shape[1], weight_hh.shape[1], bias_ih, bias_hh, x)
     if _grad_needed(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h):
+        if gru and _pick_kernel("auto") == "numba":
+            # The fused event-sparse forward and backward (measured faster than the torch-op loop
+            # below at H = 1024, B = 32: docs/benchmarks.md, "CPU training").
+            from . import cpu_train
+
+            return cpu_train.delta_gru_train_scan(
+                x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x=theta_x, theta_h=theta_h, delta_rule=delta_rule
+            )
         return _delta_autograd(x, state, weight_ih, weight_hh, theta_x, theta_h, gru, inclusive)
     with torch.no_grad():
         runner = runner_type(
@@ -1047,15 +1107,19 @@ def check(
     zoneout: float = 0.0,
     fixed_point: tuple[int, int] | None = None,
     auto: bool | None = None,
+    family: str | None = None,
+    training: bool | None = None,
     **config: Any,
 ) -> str | None:
     """``None`` when the cpu_event path can run a call, else the reason.
 
     ``auto=False`` (an explicit ``backend="cpu_event"``) only checks that it *can* run: CPU,
     float32/float64, an evsnn surrogate, no zoneout. Otherwise (``auto=True``, or ``None``
-    when the dispatcher does not say which) it also declines shapes outside the measured
-    crossover, so that "auto" never picks it where the dense reference is faster:
-    batch > ``AUTO_MAX_BATCH`` or hidden < ``AUTO_MIN_HIDDEN``.
+    when the dispatcher does not say which) it also declines where the measured crossover
+    (:func:`auto_reason`, :data:`AUTO_RULES`) says the dense reference is faster for
+    ``family`` (bound at registration) in training or inference. ``training``: whether the
+    call records gradients (the layers pass it); a caller that does not say (``None``, e.g.
+    :class:`evsnn.streaming.Stream`, which runs in inference mode) gets the inference rule.
     """
     if torch.device(device).type != "cpu":
         return f"it runs on CPU tensors only, got device {device}"
@@ -1073,16 +1137,7 @@ def check(
         if shape is None:
             return "no shape (T, B, H) given to choose by the measured crossover"
         _, batch, hidden = shape
-        if batch > AUTO_MAX_BATCH:
-            return (
-                f"batch {batch} > {AUTO_MAX_BATCH}: the dense product is faster at this batch size "
-                "(measured crossover, docs/benchmarks.md)"
-            )
-        if hidden < AUTO_MIN_HIDDEN:
-            return (
-                f"hidden {hidden} < {AUTO_MIN_HIDDEN}: per-step overhead outweighs the saved reads "
-                "(measured crossover, docs/benchmarks.md)"
-            )
+        return auto_reason(family, bool(training), batch, hidden)
     return None
 
 
@@ -1094,4 +1149,4 @@ _FNS = {
 }
 
 for _family, _fn in _FNS.items():
-    register(Backend("cpu_event", _family, _fn, check, priority=10, auto=True))
+    register(Backend("cpu_event", _family, _fn, functools.partial(check, family=_family), priority=10, auto=True))

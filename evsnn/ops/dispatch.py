@@ -9,7 +9,9 @@ A backend registers a :class:`Backend` with a ``check`` function that returns ``
 can run a call (device, dtype, surrogate, options) and otherwise a sentence saying why not.
 ``check`` also receives ``auto=True`` when ``"auto"`` is choosing (a backend may decline where it
 would be slower) and ``auto=False`` for an explicit request (it must then decline only where it
-cannot compute the call).
+cannot compute the call). The layers pass ``training`` (whether the call records gradients):
+a path can win in inference and lose in training (cpu_event decides each from its own measured
+crossover), so "auto" never trades the reference for a slower path.
 An explicit request that cannot run raises that sentence; ``"auto"`` moves on to the next
 candidate and warns once per process and reason when a GPU tensor ends on the reference.
 
