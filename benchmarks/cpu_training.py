@@ -1,9 +1,10 @@
-"""DeltaGRU training on the CPU: the fused numba training kernel (evsnn.ops.cpu_train) vs the
-cpu_event training path (differentiable torch-op loop) vs torch.nn.GRU training, one process.
+"""Delta-cell training on the CPU: the fused numba training kernels (evsnn.ops.cpu_train, what
+backend="cpu_event" runs in training) vs the previous cpu_event training path (the differentiable
+torch-op loop, ``EVSNN_CPU_KERNEL=torch``) vs torch.nn.GRU / nn.LSTM training, one process.
 
 Forward + backward of ``out.sum()`` with every parameter requiring a gradient, default shape of
 issue 14: H = 1024, B = 32, T = 100, input 64. Θ_x = Θ_h is calibrated so that the hidden-delta
-occupancy is ``--occupancy`` (default 10 %). Times are medians of ``--repeats`` runs after one
+occupancy is ``--occupancy`` (default 10 %). ``--cell lstm`` for the DeltaLSTM. Times are medians of ``--repeats`` runs after one
 warm-up; ratios are against ``nn.GRU`` timed in the same process. ``--reference`` also times
 the dense torch reference (slow). Prints a Markdown table per thread count.
 
@@ -21,7 +22,7 @@ from collections.abc import Callable
 
 import torch
 
-from evsnn.functional import delta_gru_scan
+from evsnn.functional import delta_gru_scan, delta_lstm_scan
 from evsnn.ops import cpu_event, cpu_train
 
 
@@ -44,6 +45,23 @@ def make_input(steps: int, batch: int, features: int, seed: int) -> torch.Tensor
     return torch.sin(t * freq * 6.28) + walk
 
 
+def torch_op_loop(fn: Callable[..., object]) -> Callable[..., object]:
+    """``fn`` run with ``EVSNN_CPU_KERNEL=torch``: the cpu_event torch-op training loop."""
+
+    def run(*args, **kwargs):
+        old = os.environ.get(cpu_event.KERNEL_ENV_VAR)
+        os.environ[cpu_event.KERNEL_ENV_VAR] = "torch"
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if old is None:
+                del os.environ[cpu_event.KERNEL_ENV_VAR]
+            else:
+                os.environ[cpu_event.KERNEL_ENV_VAR] = old
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=1024)
@@ -54,15 +72,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reference", action="store_true")
+    parser.add_argument("--cell", choices=("gru", "lstm"), default="gru")
     args = parser.parse_args()
+    gru_cell = args.cell == "gru"
+    fused = cpu_train.delta_gru_train_scan if gru_cell else cpu_train.delta_lstm_train_scan
+    event = cpu_event.delta_gru_event_scan if gru_cell else cpu_event.delta_lstm_event_scan
+    reference = delta_gru_scan if gru_cell else delta_lstm_scan
     hs, batch = args.hidden, args.batch
     x = make_input(args.steps, batch, args.input, seed=0)
-    gru = torch.nn.GRU(args.input, hs)
+    gru = (torch.nn.GRU if gru_cell else torch.nn.LSTM)(args.input, hs)
     weights = [p.detach().clone() for p in (gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)]
 
     def occupancy(theta: float) -> float:
         with torch.no_grad():
-            trace = cpu_event.delta_gru_event_scan(x, None, *weights, theta_x=theta, theta_h=theta)[2]
+            trace = event(x, None, *weights, theta_x=theta, theta_h=theta)[2]
         return (trace.delta_h != 0).float().mean().item()
 
     def calibrate(target: float) -> float:
@@ -85,7 +108,8 @@ def main() -> None:
         gru(x)[0].sum().backward()
 
     print(
-        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, H = {hs}, B = {batch}, "
+        f"# Delta{args.cell.upper()}, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"H = {hs}, B = {batch}, "
         f"T = {args.steps}, input {args.input}, fwd+bwd of out.sum(), median of {args.repeats}"
     )
     thetas = {target: calibrate(target) for target in args.occupancy}
@@ -93,18 +117,19 @@ def main() -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         print(f"\n{threads} thread(s), load {os.getloadavg()[0]:.2f}\n")
-        print(f"| Θ | hidden occ. | nn.GRU ms | fused ms | cpu_event ms |{ref_col} fused / nn.GRU | fused vs cpu_event |")
+        peer = "nn.GRU" if gru_cell else "nn.LSTM"
+        print(f"| Θ | hidden occ. | {peer} ms | fused ms | torch-op loop ms |{ref_col} fused / {peer} | loop / fused |")
         print("|---|---|---|---|---|" + ("---|" if args.reference else "") + "---|---|")
         for theta in thetas.values():
             t_gru = timed(gru_step, args.repeats)
-            t_fused = timed(train_step(cpu_train.delta_gru_train_scan, theta), args.repeats)
-            t_event = timed(train_step(cpu_event.delta_gru_event_scan, theta), args.repeats)
+            t_fused = timed(train_step(fused, theta), args.repeats)
+            t_event = timed(train_step(torch_op_loop(event), theta), args.repeats)
             ref = ""
             if args.reference:
-                ref = f" {timed(train_step(delta_gru_scan, theta), 1) * 1e3:.0f} |"
+                ref = f" {timed(train_step(reference, theta), 1) * 1e3:.0f} |"
             print(
                 f"| {theta:.4f} | {occupancy(theta):.3f} | {t_gru * 1e3:.0f} | {t_fused * 1e3:.0f} | "
-                f"{t_event * 1e3:.0f} |{ref} {t_fused / t_gru:.2f}× | {t_event / t_fused:.2f}× faster |",
+                f"{t_event * 1e3:.0f} |{ref} {t_fused / t_gru:.2f}× | {t_event / t_fused:.2f}× |",
                 flush=True,
             )
     print(f"\n# load at end {os.getloadavg()[0]:.2f}")

@@ -1,5 +1,5 @@
-"""The fused numba DeltaGRU training kernel (evsnn.ops.cpu_train) against autograd of the
-reference scan evsnn.functional.delta_gru_scan: outputs, final state, delta traces and the
+"""The fused numba DeltaGRU/DeltaLSTM training kernels (evsnn.ops.cpu_train) against autograd of
+the reference scans evsnn.functional.delta_gru_scan/delta_lstm_scan: outputs, final state, delta traces and the
 gradients of all of them, float64 to 1e-10 and float32 to rounding; and its sparsity
 bookkeeping (columns that are never active are never read, forward or backward)."""
 
@@ -8,22 +8,30 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evsnn.functional import DeltaGRUState, delta_gru_scan
+from evsnn.functional import DeltaGRUState, DeltaLSTMState, delta_gru_scan, delta_lstm_scan
 from evsnn.ops import cpu_event, cpu_train
 
 pytestmark = pytest.mark.skipif(not cpu_train.train_kernels_available(), reason="numba not installed")
 
 
-def _params(inp: int, hs: int, dtype: torch.dtype, gen: torch.Generator) -> list[torch.Tensor]:
-    shapes = [(3 * hs, inp), (3 * hs, hs), (3 * hs,), (3 * hs,)]
+CELLS = {
+    "gru": (3, DeltaGRUState, delta_gru_scan, "delta_gru_train_scan"),
+    "lstm": (4, DeltaLSTMState, delta_lstm_scan, "delta_lstm_train_scan"),
+}
+
+
+def _params(inp: int, hs: int, dtype: torch.dtype, gen: torch.Generator, gates: int = 3) -> list[torch.Tensor]:
+    shapes = [(gates * hs, inp), (gates * hs, hs), (gates * hs,), (gates * hs,)]
     return [torch.randn(s, generator=gen, dtype=dtype) * 0.6 for s in shapes]
 
 
-def _state(batch: int, inp: int, hs: int, dtype: torch.dtype, gen: torch.Generator) -> DeltaGRUState:
+def _state(batch: int, inp: int, hs: int, dtype: torch.dtype, gen: torch.Generator, cell: str = "gru"):
     def r(*shape):
         return torch.randn(*shape, generator=gen, dtype=dtype) * 0.5
 
-    return DeltaGRUState(r(batch, hs), r(batch, inp), r(batch, hs), r(batch, 4 * hs))
+    if cell == "gru":
+        return DeltaGRUState(r(batch, hs), r(batch, inp), r(batch, hs), r(batch, 4 * hs))
+    return DeltaLSTMState(r(batch, hs), r(batch, hs), r(batch, inp), r(batch, hs), r(batch, 4 * hs))
 
 
 def _run(fn, x, state, params, weights_out, **options):
@@ -31,7 +39,7 @@ def _run(fn, x, state, params, weights_out, **options):
     state, both delta traces) with random weights, w.r.t. input, state and parameters."""
     x = x.clone().requires_grad_(True)
     params = [p.clone().requires_grad_(True) for p in params]
-    state = None if state is None else DeltaGRUState(*(s.clone().requires_grad_(True) for s in state))
+    state = None if state is None else type(state)(*(s.clone().requires_grad_(True) for s in state))
     out, final, trace = fn(x, state, *params, **options)
     results = (out, *final, *trace)
     loss = sum((r * w).sum() for r, w in zip(results, weights_out))
@@ -40,23 +48,24 @@ def _run(fn, x, state, params, weights_out, **options):
     return results, grads
 
 
-def _compare(shape, dtype, options, given_state, seed, atol, rtol):
+def _compare(shape, dtype, options, given_state, seed, atol, rtol, cell="gru"):
     steps, batch, inp, hs = shape
+    gates, state_type, reference, fused_name = CELLS[cell]
+    fused = getattr(cpu_train, fused_name)
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(steps, batch, inp, generator=gen, dtype=dtype)
     # Repeat some steps so that some inputs do not change: zero deltas, exactly Θ = 0 ties.
     x[1::3] = x[0::3][: x[1::3].shape[0]]
-    params = _params(inp, hs, dtype, gen)
-    state = _state(batch, inp, hs, dtype, gen) if given_state else None
-    ref_out, _, _ = delta_gru_scan(x, state, *params, **options)
-    shapes = [ref_out.shape, (batch, hs), (batch, inp), (batch, hs), (batch, 4 * hs), (steps, batch, inp), (steps, batch, hs)]
-    weights_out = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
-    ref, ref_g = _run(delta_gru_scan, x, state, params, weights_out, **options)
-    got, got_g = _run(cpu_train.delta_gru_train_scan, x, state, params, weights_out, **options)
-    names = ["h", "final h", "x_hat", "h_hat", "m", "delta_x", "delta_h"]
+    params = _params(inp, hs, dtype, gen, gates)
+    state = _state(batch, inp, hs, dtype, gen, cell) if given_state else None
+    ref_out, ref_final, ref_trace = reference(x, state, *params, **options)
+    weights_out = [torch.randn(t.shape, generator=gen, dtype=dtype) for t in (ref_out, *ref_final, *ref_trace)]
+    ref, ref_g = _run(reference, x, state, params, weights_out, **options)
+    got, got_g = _run(fused, x, state, params, weights_out, **options)
+    names = ["h", *(f"final {f}" for f in state_type._fields), "delta_x", "delta_h"]
     for name, a, b in zip(names, got, ref):
         torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}")
-    grad_names = ["x", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "h0", "x_hat0", "h_hat0", "m0"]
+    grad_names = ["x", "weight_ih", "weight_hh", "bias_ih", "bias_hh", *(f"{f}0" for f in state_type._fields)]
     for name, a, b in zip(grad_names, got_g, ref_g):
         if b is None:
             assert a is None or torch.count_nonzero(a) == 0, name
@@ -72,15 +81,17 @@ OPTIONS = [
 ]
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: f"{o['delta_rule']}-{o['theta_h']}")
 @pytest.mark.parametrize("given_state", [False, True])
-def test_float64_equals_reference_autograd(single_thread, options, given_state):
-    _compare((9, 3, 5, 7), torch.float64, options, given_state, seed=1, atol=1e-10, rtol=1e-10)
+def test_float64_equals_reference_autograd(single_thread, options, given_state, cell):
+    _compare((9, 3, 5, 7), torch.float64, options, given_state, seed=1, atol=1e-10, rtol=1e-10, cell=cell)
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("options", OPTIONS[1:3], ids=lambda o: f"{o['delta_rule']}-{o['theta_h']}")
-def test_float32_equals_reference_autograd(single_thread, options):
-    _compare((12, 4, 6, 16), torch.float32, options, True, seed=2, atol=2e-5, rtol=1e-4)
+def test_float32_equals_reference_autograd(single_thread, options, cell):
+    _compare((12, 4, 6, 16), torch.float32, options, True, seed=2, atol=2e-5, rtol=1e-4, cell=cell)
 
 
 def test_per_unit_thresholds(single_thread):
@@ -90,39 +101,41 @@ def test_per_unit_thresholds(single_thread):
     _compare((8, 2, 5, 7), torch.float64, {"theta_x": theta_x, "theta_h": theta_h}, True, seed=3, atol=1e-10, rtol=1e-10)
 
 
-def test_never_active_columns_are_never_read(single_thread):
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_never_active_columns_are_never_read(single_thread, cell):
     """Input 0 never changes (x̂_0 already holds its value) and hidden unit 2 can never pass its
     threshold: their weight columns are poisoned with NaN. The kernel must give what the
     reference gives with those columns zeroed (a dense product would spread the NaN), and a
     zero gradient for the poisoned columns (their deltas are always 0)."""
     steps, batch, inp, hs = 10, 3, 4, 6
     dtype = torch.float64
+    gates, _, reference, fused_name = CELLS[cell]
     gen = torch.Generator().manual_seed(4)
     x = torch.randn(steps, batch, inp, generator=gen, dtype=dtype)
     x[:, :, 0] = 0.7
-    state = _state(batch, inp, hs, dtype, gen)
+    state = _state(batch, inp, hs, dtype, gen, cell)
     state = state._replace(x_hat=state.x_hat.clone())
     state.x_hat[:, 0] = 0.7
     theta_h = torch.full((hs,), 0.05, dtype=dtype)
     theta_h[2] = 1e6
     options = {"theta_x": 0.1, "theta_h": theta_h}
-    clean = _params(inp, hs, dtype, gen)
+    clean = _params(inp, hs, dtype, gen, gates)
     clean[0][:, 0] = 0.0
     clean[1][:, 2] = 0.0
     poisoned = [p.clone() for p in clean]
     poisoned[0][:, 0] = float("nan")
     poisoned[1][:, 2] = float("nan")
-    shapes = [(steps, batch, hs), (batch, hs), (batch, inp), (batch, hs), (batch, 4 * hs), (steps, batch, inp), (steps, batch, hs)]
-    weights_out = [torch.randn(s, generator=gen, dtype=dtype) for s in shapes]
-    ref, ref_g = _run(delta_gru_scan, x, state, clean, weights_out, **options)
-    got, got_g = _run(cpu_train.delta_gru_train_scan, x, state, poisoned, weights_out, **options)
+    ref_out, ref_final, ref_trace = reference(x, state, *clean, **options)
+    weights_out = [torch.randn(t.shape, generator=gen, dtype=dtype) for t in (ref_out, *ref_final, *ref_trace)]
+    ref, ref_g = _run(reference, x, state, clean, weights_out, **options)
+    got, got_g = _run(getattr(cpu_train, fused_name), x, state, poisoned, weights_out, **options)
     for a, b in zip(got, ref):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
     for a, b in zip(got_g, ref_g):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
     assert torch.count_nonzero(got_g[1][:, 0]) == 0 and torch.count_nonzero(got_g[2][:, 2]) == 0
     # The dense reference does read them: the poison is real.
-    assert torch.isnan(delta_gru_scan(x, state, *poisoned, **options)[0]).any()
+    assert torch.isnan(reference(x, state, *poisoned, **options)[0]).any()
 
 
 def test_bad_inputs_are_refused():

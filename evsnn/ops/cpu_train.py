@@ -1,4 +1,4 @@
-"""Fused numba training kernel for the DeltaGRU on the CPU: event-sparse forward *and* backward.
+"""Fused numba training kernels for DeltaGRU and DeltaLSTM on the CPU: event-sparse forward *and* backward.
 
 Forward (SPEC §4, the equations of :func:`evsnn.functional.delta_gru_scan`): per sample and
 step, encode ``Δx_t`` and ``Δh_{t−1}``, add the rows of ``W_ihᵀ``/``W_hhᵀ`` of the *active*
@@ -29,26 +29,37 @@ import torch
 from torch import Tensor
 
 from ..functional.checks import check_steps
-from ..functional.delta import DeltaGRUState, DeltaTrace, check_delta_rule, delta_gru_initial_state
+from ..functional.delta import (
+    DeltaGRUState,
+    DeltaLSTMState,
+    DeltaTrace,
+    check_delta_rule,
+    delta_gru_initial_state,
+    delta_lstm_initial_state,
+)
 
-__all__ = ["delta_gru_train_scan", "train_kernels_available"]
+__all__ = ["delta_gru_train_scan", "delta_lstm_train_scan", "train_kernels_available"]
 
 _DTYPES = (torch.float32, torch.float64)
 
 
-def _delta_gru_forward(
-    x, wx, wh, theta_x, theta_h, h, x_hat, h_hat, m, inclusive,
-    out_h, out_dx, out_dh, gate_r, gate_z, gate_n, gate_nh,
+def _delta_forward(
+    x, wx, wh, theta_x, theta_h, h, c, x_hat, h_hat, m, inclusive, gru,
+    out_h, out_c, out_dx, out_dh, gate0, gate1, gate2, gate3,
     idx_x, val_x, off_x, idx_h, val_h, off_h,
 ):  # pragma: no cover - numba
-    """DeltaGRU over ``x [T, B, I]`` from the state ``h, x̂, ĥ, M`` (updated in place).
+    """DeltaGRU (``gru``) or DeltaLSTM over ``x [T, B, I]`` from the state ``h, (c,) x̂, ĥ, M``
+    (updated in place; ``c``/``out_c`` are unused placeholders for the GRU).
 
-    ``wx = W_ihᵀ [I, 3H]``, ``wh = W_hhᵀ [H, 3H]``. Writes ``h_t``, ``Δx_t``, ``Δh_{t−1}`` and
-    the gates; the active columns of step t of sample b are ``idx_*[off_*[b·T + t] : off_*[b·T + t + 1]]``
-    with their deltas in ``val_*``.
+    ``wx = W_ihᵀ [I, G·H]``, ``wh = W_hhᵀ [H, G·H]``. Writes ``h_t``, ``c_t``, ``Δx_t``,
+    ``Δh_{t−1}`` and the gates (GRU: ``r, z, n, M_nh``; LSTM: ``i, f, g, o``); the active columns
+    of step t of sample b are ``idx_*[off_*[b·T + t] : off_*[b·T + t + 1]]``, their deltas in
+    ``val_*``. GRU accumulators ``M`` are ``(r, z, nx, nh)``: input rows feed ``r, z, nx``,
+    hidden rows ``r, z, nh`` (SPEC §4); LSTM rows feed all four gates.
     """
     steps, batch, n_in = x.shape
     hs = h.shape[1]
+    x_cols = wx.shape[1]
     pos_x = 0
     pos_h = 0
     for b in range(batch):
@@ -66,7 +77,7 @@ def _delta_gru_forward(
                     val_x[pos_x] = d
                     pos_x += 1
                     row = wx[i]
-                    for j in range(3 * hs):
+                    for j in range(x_cols):
                         m[b, j] += d * row[j]
                 else:
                     out_dx[t, b, i] = 0.0
@@ -79,71 +90,112 @@ def _delta_gru_forward(
                     val_h[pos_h] = d
                     pos_h += 1
                     row = wh[k]
-                    for j in range(2 * hs):
-                        m[b, j] += d * row[j]
-                    for j in range(hs):
-                        m[b, 3 * hs + j] += d * row[2 * hs + j]
+                    if gru:
+                        for j in range(2 * hs):
+                            m[b, j] += d * row[j]
+                        for j in range(hs):
+                            m[b, 3 * hs + j] += d * row[2 * hs + j]
+                    else:
+                        for j in range(4 * hs):
+                            m[b, j] += d * row[j]
                 else:
                     out_dh[t, b, k] = 0.0
             for j in range(hs):
-                r = 1.0 / (1.0 + np.exp(-m[b, j]))
-                z = 1.0 / (1.0 + np.exp(-m[b, hs + j]))
-                nh = m[b, 3 * hs + j]
-                n = np.tanh(m[b, 2 * hs + j] + r * nh)
-                h[b, j] = (1.0 - z) * n + z * h[b, j]
+                if gru:
+                    r = 1.0 / (1.0 + np.exp(-m[b, j]))
+                    z = 1.0 / (1.0 + np.exp(-m[b, hs + j]))
+                    nh = m[b, 3 * hs + j]
+                    n = np.tanh(m[b, 2 * hs + j] + r * nh)
+                    h[b, j] = (1.0 - z) * n + z * h[b, j]
+                    gate0[t, b, j] = r
+                    gate1[t, b, j] = z
+                    gate2[t, b, j] = n
+                    gate3[t, b, j] = nh
+                else:
+                    gi = 1.0 / (1.0 + np.exp(-m[b, j]))
+                    gf = 1.0 / (1.0 + np.exp(-m[b, hs + j]))
+                    gg = np.tanh(m[b, 2 * hs + j])
+                    go = 1.0 / (1.0 + np.exp(-m[b, 3 * hs + j]))
+                    c[b, j] = gf * c[b, j] + gi * gg
+                    h[b, j] = go * np.tanh(c[b, j])
+                    out_c[t, b, j] = c[b, j]
+                    gate0[t, b, j] = gi
+                    gate1[t, b, j] = gf
+                    gate2[t, b, j] = gg
+                    gate3[t, b, j] = go
                 out_h[t, b, j] = h[b, j]
-                gate_r[t, b, j] = r
-                gate_z[t, b, j] = z
-                gate_n[t, b, j] = n
-                gate_nh[t, b, j] = nh
     off_x[batch * steps] = pos_x
     off_h[batch * steps] = pos_h
 
 
-def _delta_gru_backward(
-    wx, wh, h0, out_h, gate_r, gate_z, gate_n, gate_nh,
+def _delta_backward(
+    wx, wh, h0, c0, gru, out_h, out_c, gate0, gate1, gate2, gate3,
     idx_x, val_x, off_x, idx_h, val_h, off_h,
-    g_out, g_dx, g_dh, a_h, a_xhat, a_hhat, a_m,
+    g_out, g_dx, g_dh, a_h, a_c, a_xhat, a_hhat, a_m,
     g_x, g_wx, g_wh,
 ):  # pragma: no cover - numba
-    """Reverse-time adjoint of :func:`_delta_gru_forward`.
+    """Reverse-time adjoint of :func:`_delta_forward`.
 
-    ``a_h, a_xhat, a_hhat, a_m`` enter as the gradients of the final state and leave as those
-    of the initial state (in place). ``g_out``, ``g_dx``, ``g_dh`` are the gradients of the
-    outputs and of the delta traces. Writes ``g_x [T, B, I]`` (zero-filled by the caller) and
-    accumulates ``g_wx = ∂L/∂W_ihᵀ [I, 3H]``, ``g_wh = ∂L/∂W_hhᵀ [H, 3H]`` (zero-filled).
+    ``a_h, a_c, a_xhat, a_hhat, a_m`` enter as the gradients of the final state and leave as
+    those of the initial state (in place; ``a_c`` unused for the GRU). ``g_out``, ``g_dx``,
+    ``g_dh`` are the gradients of the outputs and of the delta traces. Writes ``g_x [T, B, I]``
+    (zero-filled by the caller) and accumulates ``g_wx = ∂L/∂W_ihᵀ``, ``g_wh = ∂L/∂W_hhᵀ``
+    (zero-filled).
     """
     steps, batch, hs = out_h.shape
+    x_cols = wx.shape[1]
     a_prev = np.empty(hs, dtype=a_h.dtype)
     for b in range(batch):
         for t in range(steps - 1, -1, -1):
             cell = b * steps + t
-            # Gates: h_t = (1 − z)·n + z·h_{t−1}, n = tanh(M_nx + r·M_nh).
+            # δM_t = the gates' gradient + δM_{t+1}.
             for j in range(hs):
                 gh = a_h[b, j] + g_out[t, b, j]
-                h_prev = out_h[t - 1, b, j] if t > 0 else h0[b, j]
-                r = gate_r[t, b, j]
-                z = gate_z[t, b, j]
-                n = gate_n[t, b, j]
-                g_pre_n = gh * (1.0 - z) * (1.0 - n * n)
-                a_m[b, j] += g_pre_n * gate_nh[t, b, j] * r * (1.0 - r)
-                a_m[b, hs + j] += gh * (h_prev - n) * z * (1.0 - z)
-                a_m[b, 2 * hs + j] += g_pre_n
-                a_m[b, 3 * hs + j] += g_pre_n * r
-                a_prev[j] = gh * z
-            # Active hidden columns: ∂L/∂Δh_k = W_hh[:, k]ᵀ δM (rows r, z, nh of M).
+                if gru:
+                    # h_t = (1 − z)·n + z·h_{t−1}, n = tanh(M_nx + r·M_nh).
+                    h_prev = out_h[t - 1, b, j] if t > 0 else h0[b, j]
+                    r = gate0[t, b, j]
+                    z = gate1[t, b, j]
+                    n = gate2[t, b, j]
+                    g_pre_n = gh * (1.0 - z) * (1.0 - n * n)
+                    a_m[b, j] += g_pre_n * gate3[t, b, j] * r * (1.0 - r)
+                    a_m[b, hs + j] += gh * (h_prev - n) * z * (1.0 - z)
+                    a_m[b, 2 * hs + j] += g_pre_n
+                    a_m[b, 3 * hs + j] += g_pre_n * r
+                    a_prev[j] = gh * z
+                else:
+                    # c_t = f·c_{t−1} + i·g, h_t = o·tanh(c_t); h_{t−1} enters only through Δh.
+                    c_prev = out_c[t - 1, b, j] if t > 0 else c0[b, j]
+                    gi = gate0[t, b, j]
+                    gf = gate1[t, b, j]
+                    gg = gate2[t, b, j]
+                    go = gate3[t, b, j]
+                    tc = np.tanh(out_c[t, b, j])
+                    gc = a_c[b, j] + gh * go * (1.0 - tc * tc)
+                    a_m[b, j] += gc * gg * gi * (1.0 - gi)
+                    a_m[b, hs + j] += gc * c_prev * gf * (1.0 - gf)
+                    a_m[b, 2 * hs + j] += gc * gi * (1.0 - gg * gg)
+                    a_m[b, 3 * hs + j] += gh * tc * go * (1.0 - go)
+                    a_c[b, j] = gc * gf
+                    a_prev[j] = 0.0
+            # Active hidden columns: ∂L/∂Δh_k = W_hh[:, k]ᵀ δM (GRU: rows r, z, nh of M).
             for p in range(off_h[cell], off_h[cell + 1]):
                 k = idx_h[p]
                 d = val_h[p]
                 row = wh[k]
                 grow = g_wh[k]
                 acc = 0.0
-                for j in range(2 * hs):
-                    acc += row[j] * a_m[b, j]
-                    grow[j] += d * a_m[b, j]
-                for j in range(hs):
-                    acc += row[2 * hs + j] * a_m[b, 3 * hs + j]
-                    grow[2 * hs + j] += d * a_m[b, 3 * hs + j]
+                if gru:
+                    for j in range(2 * hs):
+                        acc += row[j] * a_m[b, j]
+                        grow[j] += d * a_m[b, j]
+                    for j in range(hs):
+                        acc += row[2 * hs + j] * a_m[b, 3 * hs + j]
+                        grow[2 * hs + j] += d * a_m[b, 3 * hs + j]
+                else:
+                    for j in range(4 * hs):
+                        acc += row[j] * a_m[b, j]
+                        grow[j] += d * a_m[b, j]
                 # Δh_k = h_{t−1,k} − ĥ_k and ĥ_k += Δh_k: the delta's gradient goes to h_{t−1}
                 # and, with the opposite sign, to the previous memory.
                 g = acc + g_dh[t, b, k] + a_hhat[b, k]
@@ -151,14 +203,14 @@ def _delta_gru_backward(
                 a_hhat[b, k] -= g
             for j in range(hs):
                 a_h[b, j] = a_prev[j]
-            # Active input columns: ∂L/∂Δx_i = W_ih[:, i]ᵀ δM (rows r, z, nx of M).
+            # Active input columns: ∂L/∂Δx_i = W_ih[:, i]ᵀ δM (GRU: rows r, z, nx of M).
             for p in range(off_x[cell], off_x[cell + 1]):
                 i = idx_x[p]
                 d = val_x[p]
                 row = wx[i]
                 grow = g_wx[i]
                 acc = 0.0
-                for j in range(3 * hs):
+                for j in range(x_cols):
                     acc += row[j] * a_m[b, j]
                     grow[j] += d * a_m[b, j]
                 g = acc + g_dx[t, b, i] + a_xhat[b, i]
@@ -175,8 +227,8 @@ def _kernels() -> SimpleNamespace | None:
     # Reassociation lets the backward's dot products vectorise; no NaN/inf assumptions are made,
     # so non-finite values propagate as in the reference.
     fast = {"reassoc", "contract"}
-    forward = numba.njit(cache=True, nogil=True, fastmath=fast)(_delta_gru_forward)
-    backward = numba.njit(cache=True, nogil=True, fastmath=fast)(_delta_gru_backward)
+    forward = numba.njit(cache=True, nogil=True, fastmath=fast)(_delta_forward)
+    backward = numba.njit(cache=True, nogil=True, fastmath=fast)(_delta_backward)
     return SimpleNamespace(forward=forward, backward=backward)
 
 
@@ -189,18 +241,24 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-class _DeltaGRUTrain(torch.autograd.Function):
+class _DeltaTrain(torch.autograd.Function):
+    """The fused kernels as one autograd node. ``c0`` is ``None`` for the GRU, whose ``c``
+    output is then an empty placeholder without gradient."""
+
     @staticmethod
-    def forward(ctx, x, h0, x_hat0, h_hat0, m0, weight_ih, weight_hh, theta_x, theta_h, inclusive):
+    def forward(ctx, x, h0, c0, x_hat0, h_hat0, m0, weight_ih, weight_hh, theta_x, theta_h, inclusive, gru):
         steps, batch, n_in = x.shape
         hs = weight_hh.shape[1]
         wx = weight_ih.detach().t().contiguous()
         wh = weight_hh.detach().t().contiguous()
-        h = h0.detach().clone(memory_format=torch.contiguous_format)
-        x_hat = x_hat0.detach().clone(memory_format=torch.contiguous_format)
-        h_hat = h_hat0.detach().clone(memory_format=torch.contiguous_format)
-        m = m0.detach().clone(memory_format=torch.contiguous_format)
+
+        def work(t):
+            return t.detach().clone(memory_format=torch.contiguous_format)
+
+        h, x_hat, h_hat, m = work(h0), work(x_hat0), work(h_hat0), work(m0)
+        c = x.new_zeros(0, 0) if gru else work(c0)
         out = x.new_empty(steps, batch, hs)
+        out_c = x.new_empty(0, 0, 0) if gru else x.new_empty(steps, batch, hs)
         dx = x.new_empty(steps, batch, n_in)
         dh = x.new_empty(steps, batch, hs)
         gates = [x.new_empty(steps, batch, hs) for _ in range(4)]
@@ -215,20 +273,25 @@ class _DeltaGRUTrain(torch.autograd.Function):
         off_h = np.empty(cells + 1, dtype=np.int64)
         _kernels().forward(
             _np(x.contiguous()), _np(wx), _np(wh), _np(theta_x), _np(theta_h),
-            _np(h), _np(x_hat), _np(h_hat), _np(m), inclusive,
-            _np(out), _np(dx), _np(dh), *(_np(g) for g in gates),
+            _np(h), _np(c), _np(x_hat), _np(h_hat), _np(m), inclusive, gru,
+            _np(out), _np(out_c), _np(dx), _np(dh), *(_np(g) for g in gates),
             idx_x, val_x, off_x, idx_h, val_h, off_h,
         )
         n_x, n_h = int(off_x[-1]), int(off_h[-1])
         ctx.events = (idx_x[:n_x].copy(), val_x[:n_x].copy(), off_x, idx_h[:n_h].copy(), val_h[:n_h].copy(), off_h)
-        ctx.save_for_backward(h0, out, wx, wh, *gates)
-        return out, h.clone(), x_hat, h_hat, m, dx, dh
+        ctx.gru = gru
+        c0_saved = x.new_zeros(0, 0) if gru else c0
+        ctx.save_for_backward(h0, c0_saved, out, out_c, wx, wh, *gates)
+        if gru:
+            ctx.mark_non_differentiable(c)
+        return out, h.clone(), c, x_hat, h_hat, m, dx, dh
 
     @staticmethod
-    def backward(ctx, g_out, g_h, g_xhat, g_hhat, g_m, g_dx, g_dh):
-        h0, out, wx, wh, *gates = ctx.saved_tensors
+    def backward(ctx, g_out, g_h, g_c, g_xhat, g_hhat, g_m, g_dx, g_dh):
+        h0, c0, out, out_c, wx, wh, *gates = ctx.saved_tensors
         steps, batch, hs = out.shape
         n_in = wx.shape[0]
+        gru = ctx.gru
 
         def grad_or_zeros(g, *shape):
             return out.new_zeros(shape) if g is None else g.contiguous()
@@ -238,6 +301,7 @@ class _DeltaGRUTrain(torch.autograd.Function):
         g_dh = grad_or_zeros(g_dh, steps, batch, hs)
         # In-place adjoints: start as the final state's gradients, end as the initial state's.
         a_h = grad_or_zeros(g_h, batch, hs).clone()
+        a_c = out.new_zeros(0, 0) if gru else grad_or_zeros(g_c, batch, hs).clone()
         a_xhat = grad_or_zeros(g_xhat, batch, n_in).clone()
         a_hhat = grad_or_zeros(g_hhat, batch, hs).clone()
         a_m = grad_or_zeros(g_m, batch, 4 * hs).clone()
@@ -246,12 +310,14 @@ class _DeltaGRUTrain(torch.autograd.Function):
         g_wh = torch.zeros_like(wh)
         idx_x, val_x, off_x, idx_h, val_h, off_h = ctx.events
         _kernels().backward(
-            _np(wx), _np(wh), _np(h0.contiguous()), _np(out), *(_np(g) for g in gates),
+            _np(wx), _np(wh), _np(h0.contiguous()), _np(c0.contiguous()), gru, _np(out), _np(out_c),
+            *(_np(g) for g in gates),
             idx_x, val_x, off_x, idx_h, val_h, off_h,
-            _np(g_out), _np(g_dx), _np(g_dh), _np(a_h), _np(a_xhat), _np(a_hhat), _np(a_m),
+            _np(g_out), _np(g_dx), _np(g_dh), _np(a_h), _np(a_c), _np(a_xhat), _np(a_hhat), _np(a_m),
             _np(g_x), _np(g_wx), _np(g_wh),
         )
-        return g_x, a_h, a_xhat, a_hhat, a_m, g_wx.t(), g_wh.t(), None, None, None
+        g_c0 = None if gru else a_c
+        return g_x, a_h, g_c0, a_xhat, a_hhat, a_m, g_wx.t(), g_wh.t(), None, None, None, None
 
 
 def _theta_vector(theta: float | Tensor, n: int, name: str, like: Tensor) -> Tensor:
@@ -259,6 +325,53 @@ def _theta_vector(theta: float | Tensor, n: int, name: str, like: Tensor) -> Ten
     if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, n)):
         raise ValueError(f"{name} must be a number or a tensor broadcastable to ({n},), got shape {tuple(t.shape)}")
     return t.expand(n).contiguous()
+
+
+def _delta_train_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, delta_rule, gru):
+    family = "delta_gru" if gru else "delta_lstm"
+    inclusive = check_delta_rule(delta_rule) == "inclusive"
+    check_steps(f"the cpu_train {family} scan", x)
+    if _kernels() is None:
+        raise RuntimeError("the fused CPU training kernels need numba: pip install numba (or evsnn[cpu])")
+    if x.dim() != 3:
+        raise ValueError(f"the cpu_train {family} scan expects x of shape [T, B, I], got {tuple(x.shape)}")
+    for name, t in (("x", x), ("weight_ih", weight_ih), ("weight_hh", weight_hh)):
+        if t.device.type != "cpu":
+            raise ValueError(f"the cpu_train {family} scan runs on CPU tensors; {name} is on {t.device}")
+        if t.dtype not in _DTYPES or t.dtype != x.dtype:
+            raise TypeError(
+                f"the cpu_train {family} scan takes float32 or float64 tensors of one dtype; x is {x.dtype}, "
+                f"{name} is {t.dtype}"
+            )
+    batch, n_in, hs = x.shape[1], weight_ih.shape[1], weight_hh.shape[1]
+    state_type = DeltaGRUState if gru else DeltaLSTMState
+    if state is None:
+        init = delta_gru_initial_state if gru else delta_lstm_initial_state
+        state = init(batch, n_in, hs, bias_ih, bias_hh, x)
+    shapes = {"h": (batch, hs), "c": (batch, hs), "x_hat": (batch, n_in), "h_hat": (batch, hs), "m": (batch, 4 * hs)}
+    for name, t in zip(state_type._fields, state):
+        if t.dtype != x.dtype or t.device.type != "cpu" or tuple(t.shape) != shapes[name]:
+            raise TypeError(
+                f"the cpu_train {family} scan expects state field {name!r} as a CPU {x.dtype} tensor of shape "
+                f"{shapes[name]}, got a {t.device.type} {t.dtype} tensor of shape {tuple(t.shape)}"
+            )
+    fields = state_type(*state)._asdict()
+    out, h, c, x_hat, h_hat, m, dx, dh = _DeltaTrain.apply(
+        x, fields["h"], fields.get("c"), fields["x_hat"], fields["h_hat"], fields["m"], weight_ih, weight_hh,
+        _theta_vector(theta_x, n_in, "theta_x", x), _theta_vector(theta_h, hs, "theta_h", x), inclusive, gru,
+    )
+    final = DeltaGRUState(h, x_hat, h_hat, m) if gru else DeltaLSTMState(h, c, x_hat, h_hat, m)
+    return out, final, DeltaTrace(dx, dh)
+
+
+_ARGS_DOC = """
+    Args:
+        x: input ``[T, B, I]``.
+        state: the cell's state NamedTuple or ``None`` (zeros, ``M`` at the biases).
+        weight_ih, weight_hh, bias_ih, bias_hh: ``nn.GRU``/``nn.LSTM``-layout parameters.
+        theta_x, theta_h: delta thresholds (numbers or per-feature tensors; no gradient).
+        delta_rule: ``"strict"`` (``|Δ| > Θ``) or ``"inclusive"`` (``|Δ| ≥ Θ``).
+"""
 
 
 def delta_gru_train_scan(
@@ -278,41 +391,30 @@ def delta_gru_train_scan(
     Same signature and result as :func:`evsnn.functional.delta_gru_scan` (without
     ``fixed_point``), differentiable in ``x``, the state, the weights and the biases (through
     the initial accumulators); CPU float32/float64 tensors of one dtype, numba required.
-
-    Args:
-        x: input ``[T, B, I]``.
-        state: ``DeltaGRUState(h, x_hat, h_hat, m)`` or ``None`` (zeros, ``M`` at the biases).
-        weight_ih, weight_hh, bias_ih, bias_hh: ``nn.GRU``-layout parameters.
-        theta_x, theta_h: delta thresholds (numbers or per-feature tensors; no gradient).
-        delta_rule: ``"strict"`` (``|Δ| > Θ``) or ``"inclusive"`` (``|Δ| ≥ Θ``).
     """
-    inclusive = check_delta_rule(delta_rule) == "inclusive"
-    check_steps("the cpu_train delta_gru scan", x)
-    if _kernels() is None:
-        raise RuntimeError("the fused CPU training kernels need numba: pip install numba (or evsnn[cpu])")
-    if x.dim() != 3:
-        raise ValueError(f"the cpu_train delta_gru scan expects x of shape [T, B, I], got {tuple(x.shape)}")
-    for name, t in (("x", x), ("weight_ih", weight_ih), ("weight_hh", weight_hh)):
-        if t.device.type != "cpu":
-            raise ValueError(f"the cpu_train delta_gru scan runs on CPU tensors; {name} is on {t.device}")
-        if t.dtype not in _DTYPES or t.dtype != x.dtype:
-            raise TypeError(
-                f"the cpu_train delta_gru scan takes float32 or float64 tensors of one dtype; x is {x.dtype}, "
-                f"{name} is {t.dtype}"
-            )
-    n_in, hs = weight_ih.shape[1], weight_hh.shape[1]
-    if state is None:
-        state = delta_gru_initial_state(x.shape[1], n_in, hs, bias_ih, bias_hh, x)
-    h0, x_hat0, h_hat0, m0 = state
-    shapes = ((x.shape[1], hs), (x.shape[1], n_in), (x.shape[1], hs), (x.shape[1], 4 * hs))
-    for name, t, shape in zip(DeltaGRUState._fields, state, shapes):
-        if t.dtype != x.dtype or t.device.type != "cpu" or tuple(t.shape) != shape:
-            raise TypeError(
-                f"the cpu_train delta_gru scan expects state field {name!r} as a CPU {x.dtype} tensor of shape "
-                f"{shape}, got a {t.device.type} {t.dtype} tensor of shape {tuple(t.shape)}"
-            )
-    out, h, x_hat, h_hat, m, dx, dh = _DeltaGRUTrain.apply(
-        x, h0, x_hat0, h_hat0, m0, weight_ih, weight_hh,
-        _theta_vector(theta_x, n_in, "theta_x", x), _theta_vector(theta_h, hs, "theta_h", x), inclusive,
-    )
-    return out, DeltaGRUState(h, x_hat, h_hat, m), DeltaTrace(dx, dh)
+    return _delta_train_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, delta_rule, gru=True)
+
+
+def delta_lstm_train_scan(
+    x: Tensor,
+    state: DeltaLSTMState | None,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    *,
+    theta_x: float | Tensor = 0.0,
+    theta_h: float | Tensor = 0.0,
+    delta_rule: str = "strict",
+) -> tuple[Tensor, DeltaLSTMState, DeltaTrace]:
+    """DeltaLSTM over ``x [T, B, I]`` with the fused event-sparse forward and backward (SPEC §4).
+
+    Same signature and result as :func:`evsnn.functional.delta_lstm_scan` (without
+    ``fixed_point``), differentiable in ``x``, the state, the weights and the biases (through
+    the initial accumulator); CPU float32/float64 tensors of one dtype, numba required.
+    """
+    return _delta_train_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, delta_rule, gru=False)
+
+
+delta_gru_train_scan.__doc__ += _ARGS_DOC
+delta_lstm_train_scan.__doc__ += _ARGS_DOC
