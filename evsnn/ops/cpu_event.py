@@ -766,6 +766,20 @@ def _delta_increment(gx: Tensor, gh: Tensor, gru: bool) -> Tensor:
     return torch.cat([gx[:, : 2 * h] + gh[:, : 2 * h], gx[:, 2 * h :], gh[:, 2 * h :]], dim=-1)
 
 
+def _joint_delta_table(table_x: Tensor, table_h: Tensor, gru: bool) -> Tensor:
+    """``[W_ih; W_hh]ᵀ`` as one table ``[I + H, 4H]`` whose rows give the accumulator increments
+    of ``[Δx; Δh]`` in one product (SPEC §4). DeltaGRU: the input rows feed ``(r, z, nx)`` and
+    the hidden rows ``(r, z, nh)``, the other block is zero (exact for finite deltas only)."""
+    if not gru:
+        return torch.cat([table_x, table_h], dim=0)
+    h = table_h.shape[0]
+    zeros_x = table_x.new_zeros(table_x.shape[0], h)
+    zeros_h = table_h.new_zeros(h, h)
+    rows_x = torch.cat([table_x, zeros_x], dim=1)
+    rows_h = torch.cat([table_h[:, : 2 * h], zeros_h, table_h[:, 2 * h :]], dim=1)
+    return torch.cat([rows_x, rows_h], dim=0)
+
+
 class _DeltaRunner:
     """Inference-only delta-cell stepper shared by DeltaGRU and DeltaLSTM.
 
@@ -981,6 +995,7 @@ def _delta_autograd(x, state, weight_ih, weight_hh, theta_x, theta_h, gru: bool,
     steps = x.shape[0]
     n_in, hs = weight_ih.shape[1], weight_hh.shape[1]
     table_x, table_h = weight_ih.t().contiguous(), weight_hh.t().contiguous()
+    table = _joint_delta_table(table_x, table_h, gru)
     theta = torch.cat(
         [_expand_theta(theta_x, n_in, "theta_x", table_x), _expand_theta(theta_h, hs, "theta_h", table_x)]
     ).detach()
@@ -999,9 +1014,14 @@ def _delta_autograd(x, state, weight_ih, weight_hh, theta_x, theta_h, gru: bool,
         s_hat = s_hat + delta
         # The mask is piecewise constant: ∂Δ/∂s is zero off the mask, so the nonzero deltas
         # are exactly the rows whose gradient is needed (SPEC §4, no approximation).
-        gx = event_matmul(delta[:, :n_in], table_x, mask[:, :n_in])
-        gh = event_matmul(delta[:, n_in:], table_h, mask[:, n_in:])
-        m = m + _delta_increment(gx, gh, gru)
+        if gru and not bool(torch.isfinite(delta.detach()).all()):
+            # The GRU's joint table has zero blocks; NaN/inf times zero would give NaN where
+            # the reference adds nothing, so such a step takes the two products apart.
+            gx = event_matmul(delta[:, :n_in], table_x, mask[:, :n_in])
+            gh = event_matmul(delta[:, n_in:], table_h, mask[:, n_in:])
+            m = m + _delta_increment(gx, gh, gru)
+        else:
+            m = m + event_matmul(delta, table, mask)
         if gru:
             h = delta_gru_gates(m, h)
         else:
