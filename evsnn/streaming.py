@@ -307,10 +307,14 @@ class Stream:
             layer, runner = self.layer, self._runner
             if runner is not None:
                 if self.family == "egru":
-                    return runner.step(runner.project(x))[0]
-                if self.family == "alif":
-                    return runner.step(nn.functional.linear(x, layer.weight_ih, layer.bias_ih))[0]
-                return runner.step(x)
+                    out = runner.step(runner.project(x))[0]
+                elif self.family == "alif":
+                    out = runner.step(nn.functional.linear(x, layer.weight_ih, layer.bias_ih))[0]
+                else:
+                    out = runner.step(x)
+                # the runners compute a bf16/fp16 layer in float32 (SPEC §6); outputs in the
+                # layer's dtype, as its forward and the reference path give them
+                return out.to(self._like.dtype)
             return self._reference_chunk(x.unsqueeze(0))[0]
 
     def chunk(self, x: Tensor) -> Tensor:
@@ -331,6 +335,7 @@ class Stream:
                     out = runner.run(nn.functional.linear(x, self.layer.weight_ih, self.layer.bias_ih))[0]
                 else:
                     out = runner.run(x)[0]
+                out = out.to(self._like.dtype)
             else:
                 out = self._reference_chunk(x)
         return out.transpose(0, 1) if batch_first else out

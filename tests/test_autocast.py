@@ -281,7 +281,9 @@ def test_stream_of_a_low_precision_layer_runs_the_event_path(name):
     chunked = Stream(layer, batch_size=B).chunk(x)
     with torch.no_grad():
         expected, _ = layer(x)
+    reference = torch.stack([Stream(layer, batch_size=B, backend="torch").step(xt) for xt in x[:2]])
     for out in (stepped, chunked):
+        assert out.dtype == expected.dtype == reference.dtype == torch.bfloat16
         _compare(name, out, expected.float(), torch.bfloat16)
 
 
