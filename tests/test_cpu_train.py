@@ -152,23 +152,26 @@ def test_bad_inputs_are_refused():
         cpu_train.delta_gru_train_scan(x, state, *params)
 
 
-def test_cpu_event_training_path_uses_the_fused_kernel(single_thread, monkeypatch):
+@pytest.mark.parametrize("cell", ["gru"])
+def test_cpu_event_training_path_uses_the_fused_kernel(single_thread, monkeypatch, cell):
     """backend="cpu_event" in training runs the fused kernel (and gives the reference's
     gradients); EVSNN_CPU_KERNEL=torch keeps the torch-op training loop."""
+    gates, _, reference, fused_name = CELLS[cell]
+    event = cpu_event.delta_gru_event_scan if cell == "gru" else cpu_event.delta_lstm_event_scan
     calls = []
-    real = cpu_train.delta_gru_train_scan
-    monkeypatch.setattr(cpu_train, "delta_gru_train_scan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = getattr(cpu_train, fused_name)
+    monkeypatch.setattr(cpu_train, fused_name, lambda *a, **k: calls.append(1) or real(*a, **k))
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(6, 2, 3, generator=gen)
-    params = [p.requires_grad_(True) for p in _params(3, 8, torch.float32, gen)]
-    out = cpu_event.delta_gru_event_scan(x, None, *params, theta_x=0.1, theta_h=0.1)[0]
+    params = [p.requires_grad_(True) for p in _params(3, 8, torch.float32, gen, gates)]
+    out = event(x, None, *params, theta_x=0.1, theta_h=0.1)[0]
     assert calls == [1]
-    ref = delta_gru_scan(x, None, *params, theta_x=0.1, theta_h=0.1)[0]
+    ref = reference(x, None, *params, theta_x=0.1, theta_h=0.1)[0]
     torch.testing.assert_close(out, ref)
     g = torch.autograd.grad(out.sum(), params)
     r = torch.autograd.grad(ref.sum(), params)
     for a, b in zip(g, r):
         torch.testing.assert_close(a, b)
     monkeypatch.setenv(cpu_event.KERNEL_ENV_VAR, "torch")
-    cpu_event.delta_gru_event_scan(x, None, *params, theta_x=0.1, theta_h=0.1)
+    event(x, None, *params, theta_x=0.1, theta_h=0.1)
     assert calls == [1]

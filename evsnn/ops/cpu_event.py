@@ -103,7 +103,8 @@ class AutoRule(NamedTuple):
 # 2-thread inference table of the CPU streaming section). Unmeasured shapes stay on the
 # reference. Training is decided apart from inference: the event path's training forward for
 # EGRU and ALIF is a loop of differentiable torch ops, which the reference beat at every
-# measured shape; the delta cells win in training only from H = 1024 and B >= 2.
+# measured shape; the DeltaGRU trains with the fused kernel of :mod:`evsnn.ops.cpu_train` (1.7-11x
+# the reference from H = 128), the DeltaLSTM's torch-op loop wins only from H = 1024 and B >= 2.
 _INFERENCE = (AutoRule(1, 16, AUTO_MIN_HIDDEN), AutoRule(17, AUTO_MAX_BATCH, 256))
 AUTO_RULES: dict[tuple[str, bool], tuple[AutoRule, ...]] = {
     ("egru", False): _INFERENCE,
@@ -111,7 +112,7 @@ AUTO_RULES: dict[tuple[str, bool], tuple[AutoRule, ...]] = {
     ("delta_lstm", False): _INFERENCE,
     ("alif", False): _INFERENCE,
     ("egru", True): (),
-    ("delta_gru", True): (AutoRule(2, AUTO_MAX_BATCH, 1024),),
+    ("delta_gru", True): (AutoRule(1, AUTO_MAX_BATCH, AUTO_MIN_HIDDEN),),
     ("delta_lstm", True): (AutoRule(2, AUTO_MAX_BATCH, 1024),),
     ("alif", True): (),
 }
@@ -1046,8 +1047,9 @@ def _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta
         state = init(x.shape[1], weight_ih.shape[1], weight_hh.shape[1], bias_ih, bias_hh, x)
     if _grad_needed(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h):
         if gru and _pick_kernel("auto") == "numba":
-            # The fused event-sparse forward and backward (measured faster than the torch-op loop
-            # below at H = 1024, B = 32: docs/benchmarks.md, "CPU training").
+            # The fused event-sparse forward and backward, measured faster than the torch-op loop
+            # below at H = 1024, B = 32 (docs/benchmarks.md, "CPU training of the delta cells").
+            # The DeltaLSTM's fused kernel is exact too but was not measured faster: not used.
             from . import cpu_train
 
             return cpu_train.delta_gru_train_scan(
