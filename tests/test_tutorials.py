@@ -28,7 +28,7 @@ EXPECTED = [
 ]
 
 # Tutorials written to the "one idea, prose, a picture, an exercise" standard.
-TEACHING = ["03_norse", "06_adaptive_timescales", "08_gpu_kernels", "09_streaming_inference", "10_shd_with_tonic",
+TEACHING = ["02_snntorch", "03_norse", "06_adaptive_timescales", "08_gpu_kernels", "09_streaming_inference", "10_shd_with_tonic",
             "11_checkpoints_and_resuming", "12_reading_a_profile"]
 
 
@@ -61,7 +61,13 @@ def _profile_by_hand(text: str) -> list[tuple[str, float, float]]:
 
 def _check_printed_results(stem: str, text: str) -> None:
     """The comparisons a notebook prints, each against its independent truth."""
-    if stem == "03_norse":
+    if stem == "02_snntorch":
+        # the ALIF drop-in without adaptation is snn.Leaky: same readout, same gradients
+        assert _numbers(text, "max |readout difference|:") == [0.0], text
+        (rel,) = _numbers(text, "max |fc1 gradient difference| / max |gradient|:")
+        assert rel < 1e-5
+        assert "esnn.ALIF (adaptive): test accuracy" in text
+    elif stem == "03_norse":
         # SequentialState's returned state list continues a split sequence exactly
         assert _numbers(text, "max |difference| between whole and two pieces:") == [0.0], text
         assert "stateful modules: [True, False, True]" in text
