@@ -28,7 +28,7 @@ EXPECTED = [
 ]
 
 # Tutorials written to the "one idea, prose, a picture, an exercise" standard.
-TEACHING = ["02_snntorch", "03_norse", "06_adaptive_timescales", "08_gpu_kernels", "09_streaming_inference", "10_shd_with_tonic",
+TEACHING = ["02_snntorch", "03_norse", "05_delta_networks", "06_adaptive_timescales", "08_gpu_kernels", "09_streaming_inference", "10_shd_with_tonic",
             "11_checkpoints_and_resuming", "12_reading_a_profile"]
 
 
@@ -71,6 +71,13 @@ def _check_printed_results(stem: str, text: str) -> None:
         # SequentialState's returned state list continues a split sequence exactly
         assert _numbers(text, "max |difference| between whole and two pieces:") == [0.0], text
         assert "stateful modules: [True, False, True]" in text
+    elif stem == "05_delta_networks":
+        # SPEC §4: with both thresholds at zero the DeltaGRU is the nn.GRU it was converted from
+        (diff,) = _numbers(text, "max |nn.GRU - DeltaGRU(Θ=0)|:")
+        assert diff < 1e-5
+        gru_acc = _numbers(text, "nn.GRU test accuracy")
+        zero = re.search(r"Θ = 0\.0\s+accuracy ([0-9.]+)", text)
+        assert zero and gru_acc == [float(zero.group(1))], text
     elif stem == "09_streaming_inference":
         diffs = _max_abs_checks(text)
         assert len(diffs) == 3 and max(diffs) < 1e-5, diffs  # step, chunk+step, refresh vs the layer's forward
