@@ -27,8 +27,8 @@ EXPECTED = [
     "12_reading_a_profile",
 ]
 
-# Tutorials written to the "one idea, prose, a picture, an exercise" standard.
-TEACHING = ["02_snntorch", "03_norse", "05_delta_networks", "06_adaptive_timescales", "08_gpu_kernels", "09_streaming_inference", "10_shd_with_tonic",
+# Tutorials written to the "one idea, prose, a picture, an exercise" standard (04 teaches in its own form).
+TEACHING = ["01_quickstart", "02_snntorch", "03_norse", "05_delta_networks", "07_rasters_and_profiles", "06_adaptive_timescales", "08_gpu_kernels", "09_streaming_inference", "10_shd_with_tonic",
             "11_checkpoints_and_resuming", "12_reading_a_profile"]
 
 
