@@ -94,6 +94,15 @@ def test_float32_equals_reference_autograd(single_thread, options, cell):
     _compare((12, 4, 6, 16), torch.float32, options, True, seed=2, atol=2e-5, rtol=1e-4, cell=cell)
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_batch_parallel_threads_give_the_same_result(single_thread, cell):
+    """With two threads the samples run in parallel and the weight gradients are summed from
+    per-chunk parts (an uneven split of B = 5): still the reference's values."""
+    torch.set_num_threads(2)  # the fixture restores the previous setting
+    assert cpu_train._threads(5) == min(2, cpu_train._kernels().numba.config.NUMBA_NUM_THREADS)
+    _compare((7, 5, 4, 6), torch.float64, OPTIONS[2], True, seed=6, atol=1e-10, rtol=1e-10, cell=cell)
+
+
 def test_per_unit_thresholds(single_thread):
     gen = torch.Generator().manual_seed(3)
     theta_x = torch.rand(5, generator=gen, dtype=torch.float64) * 0.4

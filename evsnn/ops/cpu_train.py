@@ -29,6 +29,11 @@ import torch
 from torch import Tensor
 
 from ..functional.checks import check_steps
+
+try:  # numba is optional (the ``cpu`` extra); this module is imported only on the training path
+    from numba import prange
+except ImportError:  # pragma: no cover - without numba the kernels are never compiled
+    prange = range
 from ..functional.delta import (
     DeltaGRUState,
     DeltaLSTMState,
@@ -53,20 +58,21 @@ def _delta_forward(
 
     ``wx = W_ihᵀ [I, G·H]``, ``wh = W_hhᵀ [H, G·H]``. Writes ``h_t``, ``c_t``, ``Δx_t``,
     ``Δh_{t−1}`` and the gates (GRU: ``r, z, n, M_nh``; LSTM: ``i, f, g, o``); the active columns
-    of step t of sample b are ``idx_*[off_*[b·T + t] : off_*[b·T + t + 1]]``, their deltas in
-    ``val_*``. GRU accumulators ``M`` are ``(r, z, nx, nh)``: input rows feed ``r, z, nx``,
+    of step t of sample b are ``idx_*[off_*[b·T + t, 0] : off_*[b·T + t, 1]]``, their deltas in
+    ``val_*``; sample b writes only its own region (from ``b·T·I`` / ``b·T·H`` on), so samples run
+    in parallel. GRU accumulators ``M`` are ``(r, z, nx, nh)``: input rows feed ``r, z, nx``,
     hidden rows ``r, z, nh`` (SPEC §4); LSTM rows feed all four gates.
     """
     steps, batch, n_in = x.shape
     hs = h.shape[1]
     x_cols = wx.shape[1]
-    pos_x = 0
-    pos_h = 0
-    for b in range(batch):
+    for b in prange(batch):
+        pos_x = b * steps * n_in
+        pos_h = b * steps * hs
         for t in range(steps):
             cell = b * steps + t
-            off_x[cell] = pos_x
-            off_h[cell] = pos_h
+            off_x[cell, 0] = pos_x
+            off_h[cell, 0] = pos_h
             for i in range(n_in):
                 d = x[t, b, i] - x_hat[b, i]
                 # The reference's mask, written as "not ≤" / "not <" (a NaN difference passes on).
@@ -124,98 +130,104 @@ def _delta_forward(
                     gate2[t, b, j] = gg
                     gate3[t, b, j] = go
                 out_h[t, b, j] = h[b, j]
-    off_x[batch * steps] = pos_x
-    off_h[batch * steps] = pos_h
+            off_x[cell, 1] = pos_x
+            off_h[cell, 1] = pos_h
 
 
 def _delta_backward(
     wx, wh, h0, c0, gru, out_h, out_c, gate0, gate1, gate2, gate3,
     idx_x, val_x, off_x, idx_h, val_h, off_h,
     g_out, g_dx, g_dh, a_h, a_c, a_xhat, a_hhat, a_m,
-    g_x, g_wx, g_wh,
+    g_x, g_wx_parts, g_wh_parts,
 ):  # pragma: no cover - numba
     """Reverse-time adjoint of :func:`_delta_forward`.
 
     ``a_h, a_c, a_xhat, a_hhat, a_m`` enter as the gradients of the final state and leave as
     those of the initial state (in place; ``a_c`` unused for the GRU). ``g_out``, ``g_dx``,
     ``g_dh`` are the gradients of the outputs and of the delta traces. Writes ``g_x [T, B, I]``
-    (zero-filled by the caller) and accumulates ``g_wx = ∂L/∂W_ihᵀ``, ``g_wh = ∂L/∂W_hhᵀ``
-    (zero-filled).
+    (zero-filled by the caller) and accumulates ``∂L/∂W_ihᵀ``, ``∂L/∂W_hhᵀ`` into
+    ``g_wx_parts[c]``, ``g_wh_parts[c]`` (zero-filled), one part per chunk ``c`` of the batch:
+    the chunks run in parallel and the caller sums the parts.
     """
     steps, batch, hs = out_h.shape
     x_cols = wx.shape[1]
-    a_prev = np.empty(hs, dtype=a_h.dtype)
-    for b in range(batch):
-        for t in range(steps - 1, -1, -1):
-            cell = b * steps + t
-            # δM_t = the gates' gradient + δM_{t+1}.
-            for j in range(hs):
-                gh = a_h[b, j] + g_out[t, b, j]
-                if gru:
-                    # h_t = (1 − z)·n + z·h_{t−1}, n = tanh(M_nx + r·M_nh).
-                    h_prev = out_h[t - 1, b, j] if t > 0 else h0[b, j]
-                    r = gate0[t, b, j]
-                    z = gate1[t, b, j]
-                    n = gate2[t, b, j]
-                    g_pre_n = gh * (1.0 - z) * (1.0 - n * n)
-                    a_m[b, j] += g_pre_n * gate3[t, b, j] * r * (1.0 - r)
-                    a_m[b, hs + j] += gh * (h_prev - n) * z * (1.0 - z)
-                    a_m[b, 2 * hs + j] += g_pre_n
-                    a_m[b, 3 * hs + j] += g_pre_n * r
-                    a_prev[j] = gh * z
-                else:
-                    # c_t = f·c_{t−1} + i·g, h_t = o·tanh(c_t); h_{t−1} enters only through Δh.
-                    c_prev = out_c[t - 1, b, j] if t > 0 else c0[b, j]
-                    gi = gate0[t, b, j]
-                    gf = gate1[t, b, j]
-                    gg = gate2[t, b, j]
-                    go = gate3[t, b, j]
-                    tc = np.tanh(out_c[t, b, j])
-                    gc = a_c[b, j] + gh * go * (1.0 - tc * tc)
-                    a_m[b, j] += gc * gg * gi * (1.0 - gi)
-                    a_m[b, hs + j] += gc * c_prev * gf * (1.0 - gf)
-                    a_m[b, 2 * hs + j] += gc * gi * (1.0 - gg * gg)
-                    a_m[b, 3 * hs + j] += gh * tc * go * (1.0 - go)
-                    a_c[b, j] = gc * gf
-                    a_prev[j] = 0.0
-            # Active hidden columns: ∂L/∂Δh_k = W_hh[:, k]ᵀ δM (GRU: rows r, z, nh of M).
-            for p in range(off_h[cell], off_h[cell + 1]):
-                k = idx_h[p]
-                d = val_h[p]
-                row = wh[k]
-                grow = g_wh[k]
-                acc = 0.0
-                if gru:
-                    for j in range(2 * hs):
+    chunks = g_wx_parts.shape[0]
+    per_chunk = (batch + chunks - 1) // chunks
+    for part in prange(chunks):
+        a_prev = np.empty(hs, dtype=a_h.dtype)
+        g_wx = g_wx_parts[part]
+        g_wh = g_wh_parts[part]
+        for b in range(part * per_chunk, min(batch, (part + 1) * per_chunk)):
+            for t in range(steps - 1, -1, -1):
+                cell = b * steps + t
+                # δM_t = the gates' gradient + δM_{t+1}.
+                for j in range(hs):
+                    gh = a_h[b, j] + g_out[t, b, j]
+                    if gru:
+                        # h_t = (1 − z)·n + z·h_{t−1}, n = tanh(M_nx + r·M_nh).
+                        h_prev = out_h[t - 1, b, j] if t > 0 else h0[b, j]
+                        r = gate0[t, b, j]
+                        z = gate1[t, b, j]
+                        n = gate2[t, b, j]
+                        g_pre_n = gh * (1.0 - z) * (1.0 - n * n)
+                        a_m[b, j] += g_pre_n * gate3[t, b, j] * r * (1.0 - r)
+                        a_m[b, hs + j] += gh * (h_prev - n) * z * (1.0 - z)
+                        a_m[b, 2 * hs + j] += g_pre_n
+                        a_m[b, 3 * hs + j] += g_pre_n * r
+                        a_prev[j] = gh * z
+                    else:
+                        # c_t = f·c_{t−1} + i·g, h_t = o·tanh(c_t); h_{t−1} enters only through Δh.
+                        c_prev = out_c[t - 1, b, j] if t > 0 else c0[b, j]
+                        gi = gate0[t, b, j]
+                        gf = gate1[t, b, j]
+                        gg = gate2[t, b, j]
+                        go = gate3[t, b, j]
+                        tc = np.tanh(out_c[t, b, j])
+                        gc = a_c[b, j] + gh * go * (1.0 - tc * tc)
+                        a_m[b, j] += gc * gg * gi * (1.0 - gi)
+                        a_m[b, hs + j] += gc * c_prev * gf * (1.0 - gf)
+                        a_m[b, 2 * hs + j] += gc * gi * (1.0 - gg * gg)
+                        a_m[b, 3 * hs + j] += gh * tc * go * (1.0 - go)
+                        a_c[b, j] = gc * gf
+                        a_prev[j] = 0.0
+                # Active hidden columns: ∂L/∂Δh_k = W_hh[:, k]ᵀ δM (GRU: rows r, z, nh of M).
+                for p in range(off_h[cell, 0], off_h[cell, 1]):
+                    k = idx_h[p]
+                    d = val_h[p]
+                    row = wh[k]
+                    grow = g_wh[k]
+                    acc = 0.0
+                    if gru:
+                        for j in range(2 * hs):
+                            acc += row[j] * a_m[b, j]
+                            grow[j] += d * a_m[b, j]
+                        for j in range(hs):
+                            acc += row[2 * hs + j] * a_m[b, 3 * hs + j]
+                            grow[2 * hs + j] += d * a_m[b, 3 * hs + j]
+                    else:
+                        for j in range(4 * hs):
+                            acc += row[j] * a_m[b, j]
+                            grow[j] += d * a_m[b, j]
+                    # Δh_k = h_{t−1,k} − ĥ_k and ĥ_k += Δh_k: the delta's gradient goes to h_{t−1}
+                    # and, with the opposite sign, to the previous memory.
+                    g = acc + g_dh[t, b, k] + a_hhat[b, k]
+                    a_prev[k] += g
+                    a_hhat[b, k] -= g
+                for j in range(hs):
+                    a_h[b, j] = a_prev[j]
+                # Active input columns: ∂L/∂Δx_i = W_ih[:, i]ᵀ δM (GRU: rows r, z, nx of M).
+                for p in range(off_x[cell, 0], off_x[cell, 1]):
+                    i = idx_x[p]
+                    d = val_x[p]
+                    row = wx[i]
+                    grow = g_wx[i]
+                    acc = 0.0
+                    for j in range(x_cols):
                         acc += row[j] * a_m[b, j]
                         grow[j] += d * a_m[b, j]
-                    for j in range(hs):
-                        acc += row[2 * hs + j] * a_m[b, 3 * hs + j]
-                        grow[2 * hs + j] += d * a_m[b, 3 * hs + j]
-                else:
-                    for j in range(4 * hs):
-                        acc += row[j] * a_m[b, j]
-                        grow[j] += d * a_m[b, j]
-                # Δh_k = h_{t−1,k} − ĥ_k and ĥ_k += Δh_k: the delta's gradient goes to h_{t−1}
-                # and, with the opposite sign, to the previous memory.
-                g = acc + g_dh[t, b, k] + a_hhat[b, k]
-                a_prev[k] += g
-                a_hhat[b, k] -= g
-            for j in range(hs):
-                a_h[b, j] = a_prev[j]
-            # Active input columns: ∂L/∂Δx_i = W_ih[:, i]ᵀ δM (GRU: rows r, z, nx of M).
-            for p in range(off_x[cell], off_x[cell + 1]):
-                i = idx_x[p]
-                d = val_x[p]
-                row = wx[i]
-                grow = g_wx[i]
-                acc = 0.0
-                for j in range(x_cols):
-                    acc += row[j] * a_m[b, j]
-                    grow[j] += d * a_m[b, j]
-                g = acc + g_dx[t, b, i] + a_xhat[b, i]
-                g_x[t, b, i] = g
-                a_xhat[b, i] -= g
+                    g = acc + g_dx[t, b, i] + a_xhat[b, i]
+                    g_x[t, b, i] = g
+                    a_xhat[b, i] -= g
 
 
 @functools.cache
@@ -227,9 +239,28 @@ def _kernels() -> SimpleNamespace | None:
     # Reassociation lets the backward's dot products vectorise; no NaN/inf assumptions are made,
     # so non-finite values propagate as in the reference.
     fast = {"reassoc", "contract"}
-    forward = numba.njit(cache=True, nogil=True, fastmath=fast)(_delta_forward)
-    backward = numba.njit(cache=True, nogil=True, fastmath=fast)(_delta_backward)
-    return SimpleNamespace(forward=forward, backward=backward)
+    jit = numba.njit(cache=True, nogil=True, fastmath=fast, parallel=True)
+    return SimpleNamespace(forward=jit(_delta_forward), backward=jit(_delta_backward), numba=numba)
+
+
+def _threads(batch: int) -> int:
+    """Threads for the batch-parallel loops: torch's intra-op setting (what the user chose with
+    ``torch.set_num_threads``), capped by numba's pool and the batch; set on numba's pool."""
+    numba = _kernels().numba
+    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, batch))
+    numba.set_num_threads(n)
+    return n
+
+
+def _compact(idx: np.ndarray, val: np.ndarray, off: np.ndarray, steps: int, region: int):
+    """The used prefix of each sample's region of ``idx``/``val``, concatenated, with ``off``
+    shifted to match: what the backward needs and nothing more."""
+    batch = off.shape[0] // steps
+    starts = np.arange(batch) * region
+    used = off[steps - 1 :: steps, 1] - starts
+    keep = np.concatenate([np.arange(s, s + u) for s, u in zip(starts, used)]) if batch else np.empty(0, np.int64)
+    shift = np.concatenate([[0], np.cumsum(used)[:-1]]) - starts
+    return idx[keep], val[keep], off + np.repeat(shift, steps)[:, None]
 
 
 def train_kernels_available() -> bool:
@@ -263,22 +294,22 @@ class _DeltaTrain(torch.autograd.Function):
         dh = x.new_empty(steps, batch, hs)
         gates = [x.new_empty(steps, batch, hs) for _ in range(4)]
         cells = steps * batch
-        # Capacity for every column active; np.empty only reserves the pages, and only the used
-        # prefix is kept for the backward.
+        # Capacity for every column active, one region per sample; np.empty only reserves the
+        # pages, and only the used part of each region is kept for the backward.
         idx_x = np.empty(cells * n_in, dtype=np.int32)
         idx_h = np.empty(cells * hs, dtype=np.int32)
         val_x = np.empty(cells * n_in, dtype=_np(x).dtype)
         val_h = np.empty(cells * hs, dtype=_np(x).dtype)
-        off_x = np.empty(cells + 1, dtype=np.int64)
-        off_h = np.empty(cells + 1, dtype=np.int64)
+        off_x = np.empty((cells, 2), dtype=np.int64)
+        off_h = np.empty((cells, 2), dtype=np.int64)
+        _threads(batch)
         _kernels().forward(
             _np(x.contiguous()), _np(wx), _np(wh), _np(theta_x), _np(theta_h),
             _np(h), _np(c), _np(x_hat), _np(h_hat), _np(m), inclusive, gru,
             _np(out), _np(out_c), _np(dx), _np(dh), *(_np(g) for g in gates),
             idx_x, val_x, off_x, idx_h, val_h, off_h,
         )
-        n_x, n_h = int(off_x[-1]), int(off_h[-1])
-        ctx.events = (idx_x[:n_x].copy(), val_x[:n_x].copy(), off_x, idx_h[:n_h].copy(), val_h[:n_h].copy(), off_h)
+        ctx.events = (*_compact(idx_x, val_x, off_x, steps, steps * n_in), *_compact(idx_h, val_h, off_h, steps, steps * hs))
         ctx.gru = gru
         c0_saved = x.new_zeros(0, 0) if gru else c0
         ctx.save_for_backward(h0, c0_saved, out, out_c, wx, wh, *gates)
@@ -287,6 +318,7 @@ class _DeltaTrain(torch.autograd.Function):
         return out, h.clone(), c, x_hat, h_hat, m, dx, dh
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, g_out, g_h, g_c, g_xhat, g_hhat, g_m, g_dx, g_dh):
         h0, c0, out, out_c, wx, wh, *gates = ctx.saved_tensors
         steps, batch, hs = out.shape
@@ -306,8 +338,9 @@ class _DeltaTrain(torch.autograd.Function):
         a_hhat = grad_or_zeros(g_hhat, batch, hs).clone()
         a_m = grad_or_zeros(g_m, batch, 4 * hs).clone()
         g_x = out.new_zeros(steps, batch, n_in)
-        g_wx = torch.zeros_like(wx)
-        g_wh = torch.zeros_like(wh)
+        parts = _threads(batch)
+        g_wx = wx.new_zeros(parts, *wx.shape)
+        g_wh = wh.new_zeros(parts, *wh.shape)
         idx_x, val_x, off_x, idx_h, val_h, off_h = ctx.events
         _kernels().backward(
             _np(wx), _np(wh), _np(h0.contiguous()), _np(c0.contiguous()), gru, _np(out), _np(out_c),
@@ -317,7 +350,7 @@ class _DeltaTrain(torch.autograd.Function):
             _np(g_x), _np(g_wx), _np(g_wh),
         )
         g_c0 = None if gru else a_c
-        return g_x, a_h, g_c0, a_xhat, a_hhat, a_m, g_wx.t(), g_wh.t(), None, None, None, None
+        return g_x, a_h, g_c0, a_xhat, a_hhat, a_m, g_wx.sum(0).t(), g_wh.sum(0).t(), None, None, None, None
 
 
 def _theta_vector(theta: float | Tensor, n: int, name: str, like: Tensor) -> Tensor:
