@@ -10,7 +10,10 @@ contract, with states that are the NamedTuples of :mod:`evsnn.functional`
 - cells (``ALIFCell``, ``EGRUCell``, ``DeltaGRUCell``, ``DeltaLSTMCell``) take one step
   ``[B, input_size]``; ``norse.torch.Lift(cell)`` runs them over time;
 - layers (``ALIF``, ``EGRU``, ``DeltaGRU``, ``DeltaLSTM``) take a whole time-first sequence
-  ``[T, B, input_size]`` and return ``(out [T, B, H], final_state)`` like norse's ``LIF``.
+  ``[T, B, input_size]`` and return ``(out [T, B, H], final_state)`` like norse's ``LIF``; the
+  final state is the same NamedTuple type with every per-unit field in ``nn.GRU``'s ``h_n``
+  layout ``[num_layers·num_directions, B, H]`` (``[1, B, H]`` for one layer), as the
+  :mod:`evsnn.nn` layers return it, and is accepted back as the next call's state.
 
 Unlike norse's ``LIFParameters`` (a NamedTuple of tensors that ``module.to()`` does not move),
 every parameter here is an ``nn.Parameter`` of the module and moves with ``.to()``.
