@@ -62,6 +62,34 @@ def torch_op_loop(fn: Callable[..., object]) -> Callable[..., object]:
     return run
 
 
+def backward_curve(fused, x, weights, thetas, occupancy, args) -> None:
+    """Forward and backward time of the fused kernel per occupancy (the backward reads only the
+    active columns, so its time must fall with the occupancy)."""
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        print(f"\n{threads} thread(s), load {os.getloadavg()[0]:.2f}\n")
+        print("| Θ | hidden occ. | backward sparsity | forward ms | backward ms |")
+        print("|---|---|---|---|---|")
+        for theta in thetas.values():
+            fwd, bwd = [], []
+            for _ in range(args.repeats + 1):  # the first run is a warm-up
+                params = [w.clone().requires_grad_(True) for w in weights]
+                start = time.perf_counter()
+                out = fused(x, None, *params, theta_x=theta, theta_h=theta)[0]
+                mid = time.perf_counter()
+                out.sum().backward()
+                end = time.perf_counter()
+                fwd.append(mid - start)
+                bwd.append(end - mid)
+            occ = occupancy(theta)
+            print(
+                f"| {theta:.4f} | {occ:.3f} | {1 - occ:.3f} | {statistics.median(fwd[1:]) * 1e3:.0f} | "
+                f"{statistics.median(bwd[1:]) * 1e3:.0f} |",
+                flush=True,
+            )
+    print(f"\n# load at end {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=1024)
@@ -73,6 +101,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reference", action="store_true")
     parser.add_argument("--cell", choices=("gru", "lstm"), default="gru")
+    parser.add_argument(
+        "--curve", action="store_true", help="only the fused kernel: forward and backward time against occupancy"
+    )
     args = parser.parse_args()
     gru_cell = args.cell == "gru"
     fused = cpu_train.delta_gru_train_scan if gru_cell else cpu_train.delta_lstm_train_scan
@@ -113,6 +144,9 @@ def main() -> None:
         f"T = {args.steps}, input {args.input}, fwd+bwd of out.sum(), median of {args.repeats}"
     )
     thetas = {target: calibrate(target) for target in args.occupancy}
+    if args.curve:
+        backward_curve(fused, x, weights, thetas, occupancy, args)
+        return
     ref_col = " reference ms |" if args.reference else ""
     for threads in args.threads:
         torch.set_num_threads(threads)
