@@ -80,3 +80,66 @@ def test_metrics_refuse_a_plain_neurobench_model() -> None:
     model = TorchModel(Net())
     with pytest.raises(TypeError, match="EvsnnModel"):
         SynapticOperations()(model, torch.zeros(1), (torch.zeros(1, T, F), torch.zeros(1)))
+
+
+def _load_example():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "neurobench_mackey_glass.py"
+    spec = importlib.util.spec_from_file_location("neurobench_mackey_glass", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Persistence(nn.Module):
+    """Autonomous persistence forecast: every step repeats the first (last known) value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1, dtype=torch.float64))  # a parameter for Footprint to count
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * x[:, :1].expand_as(x)
+
+
+def test_mackey_glass_example_protocol_on_a_tiny_series(single_thread, tmp_path) -> None:
+    """The example's data preparation and Benchmark call on a 301-point series (2 + 2 Lyapunov
+    times of 75 points, plus one): splits against the series itself, sMAPE of a persistence
+    forecast and of the example's DeltaGRU forecaster against sMAPE computed by hand."""
+    import copy
+
+    import numpy as np
+
+    ex = _load_example()
+    t = np.arange(400, dtype=np.float64)
+    series = 0.9 + 0.3 * np.sin(0.21 * t) + 0.1 * np.cos(0.37 * t)  # positive, like Mackey-Glass
+    np.save(tmp_path / "tiny.npy", series)
+    mg = ex.mackey_glass(str(tmp_path / "tiny.npy"), traintime=2.0, testtime=2.0)
+    x, y, test = ex.splits(mg)
+    s = torch.from_numpy(series)
+    assert x.shape == (1, 150, 1) and y.shape == (1, 150, 1)
+    assert torch.equal(x[0, :, 0], s[:150]) and torch.equal(y[0, :, 0], s[1:151])
+    truth = s[151:301]  # the 150 forecast targets; the first test input is s[150]
+
+    def smape(pred: torch.Tensor) -> float:
+        return float(200 * ((pred - truth).abs() / (pred.abs() + truth.abs())).mean())
+
+    r = ex.benchmark(_Persistence(), test, evsnn_metrics=False)
+    assert r["SMAPE"] == pytest.approx(smape(s[150].expand(150)), rel=1e-9)
+    assert r["Footprint"] == 8  # one float64 parameter, no buffers
+
+    window, hidden = 8, 6
+    net = ex.Forecaster(window, hidden, theta=0.05, mean=0.9, std=0.3).eval()
+    net.mode = "teacher"
+    with torch.no_grad():
+        net(x)
+    net.mode = "autonomous"
+    with torch.no_grad():
+        preds = copy.deepcopy(net)(s[150:300].reshape(1, 150, 1))[0, :, 0]
+    r = ex.benchmark(net, test)
+    assert r["SMAPE"] == pytest.approx(smape(preds), rel=1e-9)
+    assert r["MembraneUpdates"] == 150 * hidden  # one forecast run of 150 one-step calls
+    assert r["SynapticOperations"]["Dense"] == pytest.approx(150 * 3 * hidden * (window + hidden))
+    assert 0 < r["SynapticOperations"]["Effective_MACs"] < r["SynapticOperations"]["Dense"]
