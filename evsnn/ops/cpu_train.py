@@ -1,11 +1,12 @@
 """Fused numba training kernels for DeltaGRU and DeltaLSTM on the CPU: event-sparse forward *and* backward.
 
-Forward (SPEC §4, the equations of :func:`evsnn.functional.delta_gru_scan`): per sample and
-step, encode ``Δx_t`` and ``Δh_{t−1}``, add the rows of ``W_ihᵀ``/``W_hhᵀ`` of the *active*
-columns to the accumulators ``M``, gates, ``h_t``. It keeps for the backward only what the
-backward reads: per (step, sample) the list of active input and hidden columns and their
-delta values (compact, ``int32`` index + value), and the gate values ``r, z, n, M_nh``
-(elementwise, dense as in any GRU).
+Forward (SPEC §4, the equations of :func:`evsnn.functional.delta_gru_scan` and
+:func:`~evsnn.functional.delta_lstm_scan`): per sample and step, encode ``Δx_t`` and ``Δh_{t−1}``,
+add the rows of ``W_ihᵀ``/``W_hhᵀ`` of the *active* columns to the accumulators ``M``, gates,
+``h_t``. It keeps for the backward only what the backward reads: per (step, sample) the list of
+active input and hidden columns and their delta values (compact, ``int32`` index + value), and
+the gate values (GRU ``r, z, n, M_nh``; LSTM ``i, f, g, o`` and ``c_t``: elementwise, dense as in
+any GRU/LSTM). Samples are independent and run in parallel (``torch.get_num_threads()``).
 
 Backward (Chen et al.'s symmetric sparse BPTT, SPEC §4), in reverse time per sample:
 ``δM_t = gates' gradient + δM_{t+1}`` (the accumulator's gradient accumulates), and only for the
