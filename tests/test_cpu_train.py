@@ -184,3 +184,26 @@ def test_cpu_event_training_path_uses_the_fused_kernel(single_thread, monkeypatc
     monkeypatch.setenv(cpu_event.KERNEL_ENV_VAR, "torch")
     event(x, None, *params, theta_x=0.1, theta_h=0.1)
     assert calls == [1]
+
+
+def test_layer_training_under_auto_runs_the_fused_kernel(single_thread, monkeypatch):
+    """evsnn.DeltaGRU in training with backend="auto" at a shape inside the training crossover
+    goes through dispatch to the fused kernel, with the reference's outputs and gradients."""
+    import evsnn
+
+    monkeypatch.delenv("EVSNN_BACKEND", raising=False)
+    calls = []
+    real = cpu_train.delta_gru_train_scan
+    monkeypatch.setattr(cpu_train, "delta_gru_train_scan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    layer = evsnn.DeltaGRU(3, cpu_event.AUTO_MIN_HIDDEN, theta_x=0.05, theta_h=0.05)
+    x = torch.randn(5, 2, 3)
+    out, _ = layer(x)
+    assert calls == [1]
+    g = torch.autograd.grad(out.sum(), list(layer.parameters()))
+    layer.backend = "torch"
+    ref, _ = layer(x)
+    r = torch.autograd.grad(ref.sum(), list(layer.parameters()))
+    assert calls == [1]
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(g, r):
+        torch.testing.assert_close(a, b)
