@@ -132,8 +132,15 @@ def test_mackey_glass_example_protocol_on_a_tiny_series(single_thread, tmp_path)
 
     window, hidden = 8, 6
     net = ex.Forecaster(window, hidden, theta=0.05, mean=0.9, std=0.3).eval()
-    net.mode = "teacher"
     with torch.no_grad():
+        # The autonomous path continues the teacher-forced one: its first step (a true value)
+        # gives the prediction that the whole teacher-forced sequence gives at that step.
+        net.mode = "teacher"
+        whole = net(x)[0, -1, 0]
+        net(x[:, :-1])
+        net.mode = "autonomous"
+        assert torch.allclose(net(x[:, -1:])[0, 0, 0], whole, rtol=0, atol=1e-12)
+        net.mode = "teacher"
         net(x)
     net.mode = "autonomous"
     with torch.no_grad():
