@@ -485,7 +485,7 @@ def test_snntorch_tbptt_detaches_the_whole_state_as_for_snn_leaky():
     Leaky.detach_hidden (an in-place detach of mem): on the non-adaptive ALIF it trains exactly
     as on snn.Leaky; on an adaptive one with attached spike history it runs (b and spk are cut
     with mem)."""
-    backprop = pytest.importorskip("snntorch.backprop")
+    from snntorch import backprop
     x = 3 * torch.rand(32, NI)
     y = torch.arange(32) % C
 

@@ -67,8 +67,6 @@ def _run(fn, family, x, params, gen_theta):
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_cpu_event_propagates_nan_and_inf_like_the_reference(family, grad, kernel, monkeypatch):
-    if kernel == "numba" and not cpu_event.numba_available():
-        pytest.skip("numba is not installed")
     monkeypatch.setenv(cpu_event.KERNEL_ENV_VAR, kernel)
     gen = torch.Generator().manual_seed(3)
     t, b, i, h = 6, 3, 4, 7
@@ -102,8 +100,6 @@ def test_cpu_event_alif_propagates_nan_like_the_reference(grad):
 @pytest.mark.parametrize("kernel", ["numba", "torch"])
 @pytest.mark.parametrize("make", [evsnn.DeltaGRU, evsnn.DeltaLSTM, evsnn.EGRU], ids=lambda c: c.__name__)
 def test_stream_propagates_nan_like_the_reference(make, kernel, monkeypatch):
-    if kernel == "numba" and not cpu_event.numba_available():
-        pytest.skip("numba is not installed")
     monkeypatch.setenv(cpu_event.KERNEL_ENV_VAR, kernel)
     extra = {} if make is evsnn.EGRU else {"theta_x": 0.1, "theta_h": 0.05}
     layer = make(4, 9, dtype=torch.float64, **extra).eval()
@@ -308,7 +304,7 @@ def test_layers_refuse_zero_steps_on_every_backend(make, batch_first, backend):
 
 @pytest.mark.parametrize("make", [lambda: torch.nn.GRU(3, 4), torch.nn.ReLU, lambda: torch.nn.LSTM(3, 4)])
 def test_nir_export_of_a_bare_unsupported_module_names_it(make):
-    nir_interop = pytest.importorskip("evsnn.interop.nir")
+    from evsnn.interop import nir as nir_interop
     module = make()
     with pytest.raises(ValueError, match=rf"cannot export the model \({type(module).__name__}\) to NIR"):
         nir_interop.export_to_nir(module)

@@ -12,13 +12,12 @@ from __future__ import annotations
 import functools
 
 import pytest
+import sklearn  # noqa: F401  (the digits loader; the [dev] extra has it)
+import snntorch as snn
+import snntorch.functional as SF
 import torch
+from snntorch import spikegen, surrogate, utils
 from torch import nn
-
-snn = pytest.importorskip("snntorch")
-pytest.importorskip("sklearn")
-import snntorch.functional as SF  # noqa: E402
-from snntorch import spikegen, surrogate, utils  # noqa: E402
 
 from evsnn.data import load_digits_sequences  # noqa: E402
 from evsnn.interop import snntorch as esnn  # noqa: E402
