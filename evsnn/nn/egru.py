@@ -154,7 +154,8 @@ class EGRU(StackedForward, _EGRUBase):
         threshold_init: ``"beta"`` (θ·2u, u ~ Beta(5, 5) per unit) or ``"constant"``.
         reset: what an event subtracts, one of ``RESETS`` (SPEC.md §3).
         surrogate: pseudo-derivative of the event function (default ``Triangle(0.3)``).
-        zoneout: zoneout probability on ``c`` in training.
+        zoneout: probability p of keeping ``c_{t−1}`` instead of the candidate, before the event
+            test (SPEC.md §3): a Bernoulli(p) mask in training, its expectation in eval.
         dropconnect: DropConnect probability on ``weight_hh`` in training.
         record_stats: keep :attr:`last_stats` after each forward.
         backend: ``"auto"``, ``"torch"``, ``"cpu_event"`` or ``"cupy"``.
