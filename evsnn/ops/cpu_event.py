@@ -769,15 +769,10 @@ def _delta_increment(gx: Tensor, gh: Tensor, gru: bool) -> Tensor:
 
 def _joint_delta_table(table_x: Tensor, table_h: Tensor, gru: bool) -> Tensor:
     """``[W_ih; W_hh]ᵀ`` as one table ``[I + H, 4H]`` whose rows give the accumulator increments
-    of ``[Δx; Δh]`` in one product (SPEC §4). DeltaGRU: the input rows feed ``(r, z, nx)`` and
-    the hidden rows ``(r, z, nh)``, the other block is zero (exact for finite deltas only)."""
-    if not gru:
-        return torch.cat([table_x, table_h], dim=0)
-    h = table_h.shape[0]
-    zeros_x = table_x.new_zeros(table_x.shape[0], h)
-    zeros_h = table_h.new_zeros(h, h)
-    rows_x = torch.cat([table_x, zeros_x], dim=1)
-    rows_h = torch.cat([table_h[:, : 2 * h], zeros_h, table_h[:, 2 * h :]], dim=1)
+    of ``[Δx; Δh]`` in one product (SPEC §4), laid out by :func:`_delta_increment`. For the GRU
+    each block has a zero part, so one product is exact for finite deltas only."""
+    rows_x = _delta_increment(table_x, table_h.new_zeros(table_x.shape[0], table_h.shape[1]), gru)
+    rows_h = _delta_increment(table_x.new_zeros(table_h.shape[0], table_x.shape[1]), table_h, gru)
     return torch.cat([rows_x, rows_h], dim=0)
 
 
