@@ -1,0 +1,1 @@
+"""ALIF's accelerated paths: op registration, CPU kernels and CUDA launcher side by side (reference: evsnn.functional.alif)."""
