@@ -188,7 +188,7 @@ def _summary(metrics: dict) -> str:
             f"{layer['event_ops']:,} event ops vs {layer['dense_macs']:,} dense MACs "
             f"({layer['ops_saved_fraction']:.1%} saved)"
         )
-    from .train import RUN_FILES
+    from .runs import RUN_FILES
 
     present = [name for name in RUN_FILES if (Path(c["out"]) / name).is_file()]
     lines.append(f"  run folder: {c['out']} ({', '.join(present)})")
@@ -196,7 +196,7 @@ def _summary(metrics: dict) -> str:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from .train import draw_run_plots
+    from .runs import draw_run_plots
 
     try:
         paths = draw_run_plots(args.run)
