@@ -1,0 +1,495 @@
+"""Fused numba kernels for ALIF on the CPU (SPEC §2): the inference loop and event-sparse training.
+
+Forward (:func:`_alif_forward`, the equations of :func:`evsnn.functional.alif_dynamics`): per
+sample and step, ``I_t = current_t + b_hh + Σ_{k: s_{t−1,k} ≠ 0} s_{t−1,k}·W_hhᵀ[k]`` (only the
+rows of units that spiked), then ``b_t``, ``B_t``, ``v_t`` and ``s_t = H(v_t − B_t)``. Inference
+runs it alone (:func:`alif_loop`, what :class:`ALIFRunner`'s numba kernel calls); training also
+keeps per (sample, step) the list of units that spiked (compact ``int32`` indices) and the dense
+``b_t`` and ``I_t`` (elementwise, as in any recurrent cell).
+
+Backward (:func:`_alif_backward`), in reverse time per chunk of samples (chunks in parallel):
+with ``x_t = v_t − B_t`` and the pseudo-derivative ``g``,
+
+    gs = ∂L/∂s_t,  gx = gs·g(x_t),  gv = α·gv_{t+1} + ∂L/∂v_t + gx,
+    gB = ∂L/∂B_t − gx − gv·s_{t−1},  gb = ρ·gb_{t+1} + β·gB,  gI_t = (1 − α)·gv,
+    ∂L/∂s_{t−1} = (1 − ρ)·gb − B_t·gv + W_hhᵀ gI_t,
+
+and the recurrent product ``(W_hhᵀ gI_t)_k`` is formed only for units whose ``s_{t−1,k}`` can
+pass a gradient: ``x_{t−1,k}`` inside the surrogate's support (every finite ``x`` for a surrogate
+without one; with ``state.s`` requiring a gradient, every unit at t = 0). ``∂L/∂W_hh`` is summed
+from the spike lists. A unit that never spikes and never enters the support has its weight
+column read by neither pass. The parameters' gradients ``∂α, ∂ρ, ∂b0, ∂β, ∂b_hh`` are summed
+per unit; ``α = exp(−1/τ)`` and ``ρ`` stay torch ops (:func:`evsnn.functional.alif.decay`), so
+autograd carries them to τ.
+
+``g`` is evaluated here with the reference's gating (the autograd of
+:meth:`evsnn.surrogate.Surrogate.__call__`): a NaN or infinite ``x`` passes no gradient, nor does
+a finite ``x`` outside a finite support (Triangle: ``|x| ≤ ε`` passes; :class:`Truncated`:
+``|x| < ε``), whatever comes from above, NaN included. The formulas are those of
+:mod:`evsnn.surrogate` (one numba copy, selected by :meth:`Surrogate.kernel_spec`); a surrogate
+without a kernel spec is refused (:func:`surrogate_reason`).
+
+``detach_reset=True`` is the snntorch convention of :class:`evsnn.interop.snntorch.ALIF`:
+``s_{t−1}`` enters the adaptation trace and the reset without gradient (it still does through
+``W_hh s_{t−1}``).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ...functional.alif import ALIFState, ALIFTrace, alif_initial_state, decay
+from ...functional.checks import check_steps
+from ...surrogate import MultiGaussian, SnnTorchSurrogate, Surrogate
+
+try:  # numba is optional (the ``cpu`` extra)
+    from numba import prange
+except ImportError:  # pragma: no cover - without numba the kernels are never compiled
+    prange = range
+
+__all__ = ["alif_loop", "alif_train_scan", "kernels_available", "surrogate_reason"]
+
+_DTYPES = (torch.float32, torch.float64)
+# kernel_spec names -> (code in the kernel, number of base parameters; more are truncations)
+_SURROGATES = {"triangle": (0, 2), "multi_gaussian": (1, 4), "gaussian": (2, 2), "atan": (3, 1), "fast_sigmoid": (4, 1)}
+
+
+def _alif_forward(
+    current, wt, bias_hh, alpha, rho, b0, beta, v, b, s,
+    out_s, out_v, out_thr, out_b, out_i, idx, off, one,
+):  # pragma: no cover - numba
+    """ALIF over ``current [T, B, N]`` from the state ``v, b, s [B, N]`` (updated in place).
+
+    ``wt = W_hhᵀ [N, N]`` (``[0, 0]``: not recurrent), ``bias_hh [N]`` (``[0]``: none). Writes
+    ``s_t, v_t, B_t`` into ``out_s, out_v, out_thr``. Training (``out_b.shape[0] > 0``) also
+    writes ``b_t``, ``I_t`` and the units that spiked at step t of sample b,
+    ``idx[off[b·T + t, 0] : off[b·T + t, 1]]``; sample b writes only its region (from ``b·T·N``).
+    ``one`` is 1 in the arrays' dtype, so that a float32 step rounds like the reference's ops.
+    """
+    steps, batch, n = current.shape
+    recurrent = wt.shape[0] > 0
+    has_bias = bias_hh.shape[0] > 0
+    train = out_b.shape[0] > 0
+    lists = train and recurrent  # the backward reads the spike lists only for W_hh
+    for bb in prange(batch):
+        acc = np.empty(n, dtype=current.dtype)
+        active = np.empty(n, dtype=np.int64)
+        n_act = 0
+        if recurrent:
+            for k in range(n):
+                if s[bb, k] != 0:  # a given s_0 may hold any value (NaN too, as the dense product)
+                    active[n_act] = k
+                    n_act += 1
+        pos = bb * steps * n
+        for t in range(steps):
+            if recurrent:
+                for j in range(n):
+                    acc[j] = bias_hh[j] if has_bias else 0.0
+                for a in range(n_act):
+                    k = active[a]
+                    w = s[bb, k]
+                    row = wt[k]
+                    for j in range(n):
+                        acc[j] += w * row[j]
+            n_act = 0
+            cell = bb * steps + t
+            if train:
+                off[cell, 0] = pos
+            for j in range(n):
+                i_t = current[t, bb, j] + acc[j] if recurrent else current[t, bb, j]
+                s_prev = s[bb, j]
+                b_t = rho[j] * b[bb, j] + (one - rho[j]) * s_prev
+                thr = b0[j] + beta[j] * b_t
+                v_t = alpha[j] * v[bb, j] + (one - alpha[j]) * i_t - thr * s_prev
+                # H(v − B): strict, and 0 for a NaN difference, as the reference's Heaviside.
+                spike = 1.0 if v_t - thr > 0 else 0.0
+                v[bb, j] = v_t
+                b[bb, j] = b_t
+                s[bb, j] = spike
+                out_s[t, bb, j] = spike
+                out_v[t, bb, j] = v_t
+                out_thr[t, bb, j] = thr
+                if train:
+                    out_b[t, bb, j] = b_t
+                    out_i[t, bb, j] = i_t
+                if spike != 0.0:
+                    active[n_act] = j
+                    n_act += 1
+                    if lists:
+                        idx[pos] = j
+                        pos += 1
+            if train:
+                off[cell, 1] = pos
+
+
+def _alif_backward(
+    wt, alpha, rho, beta, v0, b0_state, s0, out_s, out_v, out_thr, out_b, out_i, idx, off,
+    kind, params, gate, detach_reset, need_s0, zero,
+    g_s, g_v, g_thr, a_v, a_b, a_s, g_cur,
+    g_alpha, g_rho, g_b0, g_beta, g_bias, g_wt,
+):  # pragma: no cover - numba
+    """Reverse-time adjoint of :func:`_alif_forward` (training storage).
+
+    ``a_v, a_b, a_s [B, N]`` enter as the gradients of the final ``v, b, s`` and leave as those
+    of the initial state (in place). ``g_s, g_v, g_thr`` are the gradients of the spikes and of
+    the trace (``[0, 0, 0]``: none). Writes ``g_cur [T, B, N]`` (``∂L/∂current``) and accumulates
+    per chunk ``c`` of the batch ``∂L/∂α, ρ, b0, β, b_hh`` into ``g_*[c]`` and ``∂L/∂W_hhᵀ`` into
+    ``g_wt[c]`` (zero-filled; the caller sums the parts). Surrogate ``kind`` with ``params``;
+    ``gate``: the truncation support (``inf`` if none).
+    """
+    steps, batch, n = out_s.shape
+    recurrent = wt.shape[0] > 0
+    has_gs = g_s.shape[0] > 0
+    has_gv = g_v.shape[0] > 0
+    has_gthr = g_thr.shape[0] > 0
+    chunks = g_alpha.shape[0]
+    per_chunk = (batch + chunks - 1) // chunks
+    sqrt2pi = math.sqrt(2.0 * math.pi)
+    for part in prange(chunks):
+        lo = part * per_chunk
+        hi = min(batch, lo + per_chunk)
+        for t in range(steps - 1, -1, -1):
+            for j in range(n):
+                for bb in range(lo, hi):
+                    x = out_v[t, bb, j] - out_thr[t, bb, j]
+                    # The surrogate's pseudo-derivative with the reference's gating: a NaN or
+                    # infinite x passes nothing, nor a finite x outside a finite support.
+                    passes = math.isfinite(x) and abs(x) < gate
+                    g = 0.0
+                    if passes:
+                        if kind == 0:  # triangle(width, peak): G clamps at ±width, inclusive
+                            passes = abs(x) <= params[0]
+                            g = params[1] * (1.0 - abs(x) / params[0])
+                        elif kind == 1:  # multi_gaussian(sigma, height, scale, gamma)
+                            sg, h = params[0], params[1]
+                            w = params[2] * sg
+                            g = params[3] * (
+                                (1.0 + h) * math.exp(-0.5 * (x / sg) ** 2) / (sg * sqrt2pi)
+                                - h * math.exp(-0.5 * ((x - sg) / w) ** 2) / (w * sqrt2pi)
+                                - h * math.exp(-0.5 * ((x + sg) / w) ** 2) / (w * sqrt2pi)
+                            )
+                        elif kind == 2:  # gaussian(sigma, scale)
+                            g = params[1] * math.exp(-0.5 * (x / params[0]) ** 2) / (params[0] * sqrt2pi)
+                        elif kind == 3:  # atan(alpha)
+                            u = math.pi * params[0] * x / 2.0
+                            g = (params[0] / 2.0) / (1.0 + u * u)
+                        else:  # fast_sigmoid(slope)
+                            d = params[0] * abs(x) + 1.0
+                            g = 1.0 / (d * d)
+                    gs = a_s[bb, j]
+                    if passes and recurrent and t + 1 < steps:
+                        # ∂L/∂s_t gets W_hhᵀ gI_{t+1}: only where s_t can pass it on.
+                        row = wt[j]
+                        gnext = g_cur[t + 1, bb]
+                        acc = zero
+                        for i in range(n):
+                            acc += row[i] * gnext[i]
+                        gs += acc
+                    if has_gs:
+                        gs += g_s[t, bb, j]
+                    gx = gs * g if passes else 0.0
+                    gv = a_v[bb, j] + gx
+                    if has_gv:
+                        gv += g_v[t, bb, j]
+                    s_prev = out_s[t - 1, bb, j] if t > 0 else s0[bb, j]
+                    v_prev = out_v[t - 1, bb, j] if t > 0 else v0[bb, j]
+                    b_prev = out_b[t - 1, bb, j] if t > 0 else b0_state[bb, j]
+                    g_b_t = -gx - gv * s_prev
+                    if has_gthr:
+                        g_b_t += g_thr[t, bb, j]
+                    gb = a_b[bb, j] + beta[j] * g_b_t
+                    gi = (1.0 - alpha[j]) * gv
+                    g_cur[t, bb, j] = gi
+                    g_alpha[part, j] += gv * (v_prev - out_i[t, bb, j])
+                    g_rho[part, j] += gb * (b_prev - s_prev)
+                    g_b0[part, j] += g_b_t
+                    g_beta[part, j] += g_b_t * out_b[t, bb, j]
+                    g_bias[part, j] += gi
+                    a_v[bb, j] = alpha[j] * gv
+                    a_b[bb, j] = rho[j] * gb
+                    if detach_reset:
+                        a_s[bb, j] = 0.0
+                    else:
+                        a_s[bb, j] = (1.0 - rho[j]) * gb - out_thr[t, bb, j] * gv
+            if recurrent:
+                gw = g_wt[part]
+                for bb in range(lo, hi):
+                    gi_row = g_cur[t, bb]
+                    if t > 0:
+                        # ∂L/∂W_hhᵀ[k] += s_{t−1,k}·gI_t for the units that spiked at t − 1 (s = 1).
+                        cell = bb * steps + t - 1
+                        for p in range(off[cell, 0], off[cell, 1]):
+                            grow = gw[idx[p]]
+                            for i in range(n):
+                                grow[i] += gi_row[i]
+                    else:
+                        for k in range(n):
+                            w = s0[bb, k]
+                            if w != 0:
+                                grow = gw[k]
+                                for i in range(n):
+                                    grow[i] += w * gi_row[i]
+                        if need_s0:
+                            for k in range(n):
+                                row = wt[k]
+                                acc = zero
+                                for i in range(n):
+                                    acc += row[i] * gi_row[i]
+                                a_s[bb, k] += acc
+
+
+@functools.cache
+def _kernels() -> SimpleNamespace | None:
+    try:
+        import numba
+    except ImportError:
+        return None
+    # The forward keeps the reference's rounding (no fast-math); the backward lets its dot
+    # products reassociate to vectorise, with no NaN/inf assumptions (non-finite values propagate).
+    forward = numba.njit(cache=True, nogil=True, parallel=True)(_alif_forward)
+    backward = numba.njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract"})(_alif_backward)
+    return SimpleNamespace(forward=forward, backward=backward, numba=numba)
+
+
+def kernels_available() -> bool:
+    """Whether the fused numba ALIF kernels can run (numba installed)."""
+    return _kernels() is not None
+
+
+def _threads(batch: int) -> int:
+    """Threads for the batch-parallel loops: torch's intra-op setting, capped by numba's pool and
+    the batch; set on numba's pool."""
+    numba = _kernels().numba
+    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, batch))
+    numba.set_num_threads(n)
+    return n
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
+
+def surrogate_reason(surrogate: Any) -> str | None:
+    """``None`` when the fused training kernel computes ``surrogate``'s pseudo-derivative, else why not."""
+    if isinstance(surrogate, SnnTorchSurrogate):
+        return "a snntorch surrogate has no closed form the fused ALIF kernel can evaluate; use an evsnn.surrogate"
+    if not isinstance(surrogate, Surrogate):
+        return f"surrogate must be an evsnn.surrogate.Surrogate, got {type(surrogate).__name__}"
+    spec = surrogate.kernel_spec()
+    if spec is None or spec[0] not in _SURROGATES or len(spec[1]) < _SURROGATES[spec[0]][1]:
+        return f"{type(surrogate).__name__} has no kernel_spec the fused ALIF kernel knows ({sorted(_SURROGATES)})"
+    return None
+
+
+def _surrogate_code(surrogate: Surrogate) -> tuple[int, np.ndarray, float]:
+    name, values = surrogate.kernel_spec()
+    code, n_base = _SURROGATES[name]
+    params = np.zeros(4, dtype=np.float64)
+    params[:n_base] = values[:n_base]
+    # Truncations (nested ones too) each let only |x| < ε through: the smallest one decides.
+    gate = min(values[n_base:], default=math.inf)
+    return code, params, float(gate)
+
+
+def alif_loop(
+    current: np.ndarray,
+    table: np.ndarray,
+    bias_hh: np.ndarray,
+    alpha: np.ndarray,
+    rho: np.ndarray,
+    b0: np.ndarray,
+    beta: np.ndarray,
+    v: np.ndarray,
+    b: np.ndarray,
+    s: np.ndarray,
+    out_s: np.ndarray,
+    out_v: np.ndarray,
+    out_thr: np.ndarray,
+) -> None:
+    """The fused inference loop over ``current [T, B, N]`` (numpy arrays of one dtype): the state
+    ``v, b, s [B, N]`` is updated in place, ``s_t, v_t, B_t`` written into ``out_*``.
+
+    ``table = W_hhᵀ [N, N]`` contiguous (``[0, 0]`` for a non-recurrent layer), ``bias_hh [N]``
+    (``[0]``: none), ``alpha, rho, b0, beta [N]``. Samples run in parallel on
+    ``torch.get_num_threads()`` threads.
+    """
+    empty = np.empty((0, 0, 0), dtype=current.dtype)
+    _threads(current.shape[1])
+    _kernels().forward(
+        current, table, bias_hh, alpha, rho, b0, beta, v, b, s, out_s, out_v, out_thr,
+        empty, empty, np.empty(0, dtype=np.int32), np.empty((0, 2), dtype=np.int64), current.dtype.type(1),
+    )
+
+
+def _compact(idx: np.ndarray, off: np.ndarray, steps: int, region: int) -> tuple[np.ndarray, np.ndarray]:
+    """The used prefix of each sample's region of ``idx``, concatenated, ``off`` shifted to match."""
+    batch = off.shape[0] // steps
+    starts = np.arange(batch) * region
+    used = off[steps - 1 :: steps, 1] - starts
+    keep = np.concatenate([np.arange(s, s + u) for s, u in zip(starts, used)]) if batch else np.empty(0, np.int64)
+    shift = np.concatenate([[0], np.cumsum(used)[:-1]]) - starts
+    return idx[keep], off + np.repeat(shift, steps)[:, None]
+
+
+class _ALIFTrain(torch.autograd.Function):
+    """The fused forward and backward as one autograd node (``weight_hh``/``bias_hh`` may be empty)."""
+
+    @staticmethod
+    def forward(ctx, current, v0, b0_state, s0, alpha, rho, b0, beta, weight_hh, bias_hh, surrogate, detach_reset):
+        steps, batch, n = current.shape
+        recurrent = weight_hh.numel() > 0
+        wt = weight_hh.detach().t().contiguous() if recurrent else current.new_zeros(0, 0)
+        work = [t.detach().clone(memory_format=torch.contiguous_format) for t in (v0, b0_state, s0)]
+        outs = [current.new_empty(steps, batch, n) for _ in range(5)]  # s, v, B, b, I
+        region = steps * n
+        idx = np.empty(batch * region if recurrent else 0, dtype=np.int32)
+        off = np.empty((batch * steps, 2), dtype=np.int64)
+        vec = [t.detach().contiguous() for t in (alpha, rho, b0, beta, bias_hh)]
+        _threads(batch)
+        _kernels().forward(
+            _np(current.detach().contiguous()), _np(wt), _np(vec[4]), *(_np(t) for t in vec[:4]),
+            *(_np(t) for t in work), *(_np(t) for t in outs), idx, off, _np(current).dtype.type(1),
+        )
+        if recurrent:
+            ctx.events = _compact(idx, off, steps, region)
+        else:
+            ctx.events = (idx, off)
+        ctx.surrogate = _surrogate_code(surrogate)
+        ctx.detach_reset = bool(detach_reset)
+        ctx.recurrent = recurrent
+        ctx.save_for_backward(v0, b0_state, s0, alpha, rho, beta, wt, *outs)
+        spikes, vs, thrs = outs[:3]
+        v_t, b_t, s_t = work
+        return spikes, v_t, b_t, s_t, vs, thrs
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_s, g_vT, g_bT, g_sT, g_v, g_thr):
+        v0, b0_state, s0, alpha, rho, beta, wt, *outs = ctx.saved_tensors
+        steps, batch, n = outs[0].shape
+        like = outs[0]
+        none = like.new_zeros(0, 0, 0)
+
+        def grad(g, shape):
+            if g is None:
+                return like.new_zeros(shape)
+            return g.detach().to(like.dtype).contiguous().clone()
+
+        a_v, a_b, a_s = grad(g_vT, (batch, n)), grad(g_bT, (batch, n)), grad(g_sT, (batch, n))
+        g_cur = like.new_empty(steps, batch, n)
+        parts = _threads(batch)
+        sums = [like.new_zeros(parts, n) for _ in range(5)]  # alpha, rho, b0, beta, bias_hh
+        g_wt = like.new_zeros(parts, n, n) if ctx.recurrent else like.new_zeros(parts, 0, 0)
+        code, params, gate = ctx.surrogate
+        idx, off = ctx.events
+        zero = np.float32(0) if like.dtype == torch.float32 else np.float64(0)
+        _kernels().backward(
+            _np(wt), _np(alpha.contiguous()), _np(rho.contiguous()), _np(beta.contiguous()),
+            *(_np(t.contiguous()) for t in (v0, b0_state, s0)), *(_np(t) for t in outs), idx, off,
+            code, params, gate, ctx.detach_reset, bool(ctx.needs_input_grad[3]), zero,
+            *(none if g is None else _np(g.contiguous()) for g in (g_s, g_v, g_thr)),
+            _np(a_v), _np(a_b), _np(a_s), _np(g_cur), *(_np(t) for t in sums), _np(g_wt),
+        )
+        g_alpha, g_rho, g_b0, g_beta, g_bias = (t.sum(0) for t in sums)
+        g_w = g_wt.sum(0).t() if ctx.recurrent else None
+        g_bias = g_bias if ctx.recurrent else None
+        return g_cur, a_v, a_b, a_s, g_alpha, g_rho, g_b0, g_beta, g_w, g_bias, None, None
+
+
+def _vector(value: float | Tensor, n: int, name: str, like: Tensor) -> Tensor:
+    """``value`` as an ``[n]`` tensor of ``like``'s dtype, differentiable (expand)."""
+    if isinstance(value, Tensor):
+        if value.dtype != like.dtype or value.device.type != "cpu":
+            raise TypeError(
+                f"the fused ALIF scan expects {name} as a CPU {like.dtype} tensor or a number, got a "
+                f"{value.device.type} {value.dtype} tensor"
+            )
+        if value.dim() > 1 or (value.dim() == 1 and value.shape[0] not in (1, n)):
+            raise ValueError(f"{name} must be a number or a tensor broadcastable to ({n},), got shape {tuple(value.shape)}")
+        return value.expand(n).contiguous()
+    return torch.full((n,), float(value), dtype=like.dtype)
+
+
+def alif_train_scan(
+    current: Tensor,
+    state: ALIFState | None,
+    *,
+    tau_mem: Tensor,
+    tau_adapt: Tensor,
+    b0: float | Tensor = 0.01,
+    beta: float | Tensor = 1.8,
+    surrogate: Surrogate | None = None,
+    weight_hh: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+    detach_reset: bool = False,
+) -> tuple[Tensor, ALIFState, ALIFTrace]:
+    """ALIF over ``current [T, B, N]`` with the fused event-sparse forward and backward (SPEC §2).
+
+    Same signature and result as :func:`evsnn.functional.alif_scan`, differentiable in the
+    current, the state, ``tau_mem``, ``tau_adapt``, ``b0``, ``beta``, ``weight_hh`` and
+    ``bias_hh``; CPU float32/float64 tensors of one dtype, numba required.
+
+    Args:
+        current: the input current ``W_ih x_t + b_ih``, ``[T, B, N]``.
+        state: ``ALIFState(v, b, s)`` ``[B, N]`` each, or ``None`` (``v = s = 0``, ``b = b0``).
+        tau_mem, tau_adapt: per-neuron time constants ``[N]`` (clamped to ≥ 1 step).
+        b0, beta: baseline threshold and adaptation strength (numbers or ``[N]`` tensors).
+        surrogate: the spike's pseudo-derivative (default ``MultiGaussian()``); one with a
+            kernel spec (:func:`surrogate_reason`).
+        weight_hh, bias_hh: the recurrent weights ``[N, N]`` and bias ``[N]``, or ``None``.
+        detach_reset: ``s_{t−1}`` enters the adaptation trace and the reset without gradient
+            (the snntorch convention of :class:`evsnn.interop.snntorch.ALIF`).
+    """
+    surrogate = MultiGaussian() if surrogate is None else surrogate
+    reason = surrogate_reason(surrogate)
+    if reason is not None:
+        raise TypeError(f"the fused ALIF scan cannot run: {reason}")
+    check_steps("the fused ALIF scan", current)
+    if _kernels() is None:
+        raise RuntimeError("the fused ALIF kernels need numba: pip install numba (or evsnn[cpu])")
+    if current.dim() != 3:
+        raise ValueError(f"the fused ALIF scan expects current of shape [T, B, N], got {tuple(current.shape)}")
+    steps, batch, n = current.shape
+    named = {"current": current, "tau_mem": tau_mem, "tau_adapt": tau_adapt, "weight_hh": weight_hh, "bias_hh": bias_hh}
+    for name, t in named.items():
+        if t is None:
+            continue
+        if t.device.type != "cpu":
+            raise ValueError(f"the fused ALIF scan runs on CPU tensors; {name} is on {t.device}")
+        if t.dtype not in _DTYPES or t.dtype != current.dtype:
+            raise TypeError(
+                f"the fused ALIF scan takes float32 or float64 tensors of one dtype; current is {current.dtype}, "
+                f"{name} is {t.dtype}"
+            )
+    shapes = {"tau_mem": (n,), "tau_adapt": (n,), "weight_hh": (n, n), "bias_hh": (n,)}
+    for name, shape in shapes.items():
+        t = named[name]
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(f"the fused ALIF scan expects {name} of shape {shape}, got {tuple(t.shape)}")
+    if bias_hh is not None and weight_hh is None:
+        raise ValueError("the fused ALIF scan got bias_hh without weight_hh (bias_hh belongs to the recurrent product)")
+    b0_vec = _vector(b0, n, "b0", current)
+    if state is None:
+        state = alif_initial_state(current[0], b0_vec)
+    for name, t in zip(ALIFState._fields, state):
+        if not isinstance(t, Tensor) or t.dtype != current.dtype or t.device.type != "cpu" or tuple(t.shape) != (batch, n):
+            got = f"a {t.device.type} {t.dtype} tensor of shape {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+            raise TypeError(
+                f"the fused ALIF scan expects state field {name!r} as a CPU {current.dtype} tensor of shape "
+                f"{(batch, n)}, got {got}"
+            )
+    empty = current.new_zeros(0)
+    spikes, v_t, b_t, s_t, vs, thrs = _ALIFTrain.apply(
+        current, *state, decay(tau_mem), decay(tau_adapt), b0_vec, _vector(beta, n, "beta", current),
+        current.new_zeros(0, 0) if weight_hh is None else weight_hh,
+        empty if bias_hh is None else bias_hh,
+        surrogate, detach_reset,
+    )
+    return spikes, ALIFState(v_t, b_t, s_t), ALIFTrace(vs, thrs)
