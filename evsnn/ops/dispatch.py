@@ -22,6 +22,12 @@ their float32 kernel on operands rounded to the low dtype (:func:`run_lowered`),
 and thresholds in float32 as SPEC §6 asks and the output events returned in the low dtype. That
 is announced by one warning per backend, family and dtype, never by a silent switch to the much
 slower reference.
+
+The decision is a cached lookup (:func:`resolve`): keyed by the family, the requested backend,
+the value of ``EVSNN_BACKEND``, the device, the low-precision dtype in effect and every ``config``
+item the checks read (``dtype``, ``training``, ``surrogate``, ... and the ``(B, H)`` of ``shape``:
+no check may read the number of steps). A call with the same key runs no check; registering a
+backend (or any write to the registry) empties the cache.
 """
 
 from __future__ import annotations
@@ -48,7 +54,6 @@ __all__ = [
     "registered",
     "validate_backend",
     "resolve",
-    "call",
     "lowered_dtype",
     "low_precision_hint",
     "run_lowered",
@@ -76,8 +81,23 @@ class Backend:
     auto: bool = True
 
 
-_REGISTRY: dict[tuple[str, str], Backend] = {}
+class _Registry(dict):
+    """The registered backends; any write empties the decision cache (tests replace entries too)."""
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        _CACHE.clear()
+
+    def __delitem__(self, key) -> None:
+        super().__delitem__(key)
+        _CACHE.clear()
+
+
+_REGISTRY: dict[tuple[str, str], Backend] = _Registry()
 _WARNED: set[str] = set()
+# (key of resolve) -> (backend, warnings to give once per process: ((warned key, message), ...))
+_CACHE: dict[tuple, tuple[Backend, tuple[tuple[str, str], ...]]] = {}
+_CACHE_LIMIT = 1024
 
 
 def register(backend: Backend) -> None:
@@ -170,27 +190,67 @@ def resolve(family: str, requested: str, device: torch.device, **config: Any) ->
     """Pick the backend for one call. ``config`` is passed to every candidate's ``check``.
 
     Under low precision (:func:`lowered_dtype`) accelerated backends are checked for float32
-    and the one chosen is returned wrapped by :func:`run_lowered`."""
+    and the one chosen is returned wrapped by :func:`run_lowered`. The decision is cached by
+    what it depends on (module docstring); an unchanged call runs no check."""
     device = torch.device(device)
     low = lowered_dtype(device.type, config.get("dtype"))
+    env = os.environ.get(ENV_VAR) if requested == "auto" else None
+    key = _cache_key(family, requested, env, device, low, config)
+    entry = _CACHE.get(key) if key is not None else None
+    if entry is None:
+        entry = _decide(family, requested, device, low, config)
+        if key is not None:
+            if len(_CACHE) >= _CACHE_LIMIT:
+                _CACHE.clear()
+            _CACHE[key] = entry
+    backend, notes = entry
+    for warned, message in notes:
+        if warned not in _WARNED:
+            _WARNED.add(warned)
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+    return backend
+
+
+def _cache_key(
+    family: str, requested: str, env: str | None, device: torch.device, low: torch.dtype | None, config: dict[str, Any]
+) -> tuple | None:
+    """The decision's key, or ``None`` when a config value cannot key it (a tensor threshold,
+    an unhashable value): such a call is decided afresh."""
+    items = []
+    for name in sorted(config):
+        value = config[name]
+        if name == "shape" and value is not None:
+            value = tuple(int(v) for v in value[1:])  # (B, H): the checks do not depend on T
+        elif isinstance(value, torch.Tensor):
+            return None
+        items.append((name, value))
+    key = (family, requested, env, device, low, tuple(items))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _decide(
+    family: str, requested: str, device: torch.device, low: torch.dtype | None, config: dict[str, Any]
+) -> tuple[Backend, tuple[tuple[str, str], ...]]:
     if low is None:
         return _resolve(family, requested, device, config)
-    backend = _resolve(family, requested, device, {**config, "dtype": torch.float32})
+    backend, notes = _resolve(family, requested, device, {**config, "dtype": torch.float32})
     if backend.name == "torch":
-        return backend
-    key = f"lowered:{backend.name}:{family}:{low}"
-    if key not in _WARNED:
-        _WARNED.add(key)
-        warnings.warn(
-            f"evsnn: the {backend.name} {family} kernels have no {low} form; running them in float32 on "
-            f"operands rounded to {low} (state and thresholds float32, outputs {low}; SPEC §6)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return replace(backend, fn=functools.partial(run_lowered, backend.fn, family, low, device.type))
+        return backend, notes
+    message = (
+        f"evsnn: the {backend.name} {family} kernels have no {low} form; running them in float32 on "
+        f"operands rounded to {low} (state and thresholds float32, outputs {low}; SPEC §6)"
+    )
+    lowered = replace(backend, fn=functools.partial(run_lowered, backend.fn, family, low, device.type))
+    return lowered, notes + ((f"lowered:{backend.name}:{family}:{low}", message),)
 
 
-def _resolve(family: str, requested: str, device: torch.device, config: dict[str, Any]) -> Backend:
+def _resolve(
+    family: str, requested: str, device: torch.device, config: dict[str, Any]
+) -> tuple[Backend, tuple[tuple[str, str], ...]]:
     name = _requested(requested)
     if name != "auto":
         _ensure_loaded(name)
@@ -206,7 +266,7 @@ def _resolve(family: str, requested: str, device: torch.device, config: dict[str
             if hint and "pip install" not in reason:
                 reason = f"{reason} ({hint})"
             raise BackendUnavailable(f"backend {name!r} cannot run this {family} call: {reason}")
-        return backend
+        return backend, ()
     for candidate in ("cupy", "cpu_event"):
         _ensure_loaded(candidate)
     candidates = sorted(
@@ -217,19 +277,14 @@ def _resolve(family: str, requested: str, device: torch.device, config: dict[str
     for backend in candidates:
         reason = backend.check(device=device, auto=True, **config)
         if reason is None:
-            return backend
+            return backend, ()
         reasons.append(f"{backend.name}: {reason}")
+    notes: tuple[tuple[str, str], ...] = ()
     if device.type == "cuda":
-        key = f"{family}:{';'.join(reasons)}"
-        if key not in _WARNED:
-            _WARNED.add(key)
-            why = "; ".join(reasons) or _INSTALL_HINT["cupy"]
-            warnings.warn(
-                f"evsnn: running {family} on the PyTorch reference for a CUDA tensor ({why})",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-    return _REGISTRY[(family, "torch")]
+        why = "; ".join(reasons) or _INSTALL_HINT["cupy"]
+        message = f"evsnn: running {family} on the PyTorch reference for a CUDA tensor ({why})"
+        notes = ((f"{family}:{';'.join(reasons)}", message),)
+    return _REGISTRY[(family, "torch")], notes
 
 
 # Per family: the arguments that are operands of the products and are rounded to the low dtype
@@ -277,12 +332,6 @@ def run_lowered(fn: Callable[..., Any], family: str, low: torch.dtype, device_ty
     else:
         out, state, trace = fn(*bound.args, **bound.kwargs)
     return out.to(low), state, trace
-
-
-def call(family: str, requested: str, *args: Any, config: dict[str, Any], **kwargs: Any) -> Any:
-    """Resolve the backend for ``config`` and run it on ``args``/``kwargs``."""
-    backend = resolve(family, requested, **config)
-    return backend.fn(*args, **kwargs)
 
 
 def _always(**_: Any) -> None:
