@@ -1,4 +1,4 @@
-"""CuPy ALIF kernels (evsnn/cuda/alif.cu) against the PyTorch reference ``alif_scan``.
+"""CuPy ALIF kernels (cuda/alif.cu) against the PyTorch reference ``alif_scan``.
 
 GPU tests (``@pytest.mark.gpu``) compare outputs, final states, traces and the gradients of
 every input (current, initial state, τ_m, τ_adp, b0, β, W_hh, b_hh) with autograd of the

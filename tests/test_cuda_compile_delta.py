@@ -1,4 +1,4 @@
-"""The delta-cell kernels (evsnn/cuda/delta.cu) compile through NVRTC without a GPU.
+"""The delta-cell kernels (cuda/delta.cu) compile through NVRTC without a GPU.
 
 sm_80 and sm_90, float and double, GRU and LSTM, one-sample and 4-sample column tiles
 (the two tiles the op uses); any error or warning fails.

@@ -2,7 +2,7 @@
 
 :func:`alif_scan_cupy` has exactly the signature and the return value of
 :func:`evsnn.functional.alif_scan`, ``(spikes [T, B, N], ALIFState(v, b, s), ALIFTrace(v, threshold))``,
-and computes the same function with two kernels per call (``evsnn/cuda/alif.cu``):
+and computes the same function with two kernels per call (``cuda/alif.cu``):
 
 - feed-forward (``weight_hh=None``): one thread per (sample, neuron) loops over all T steps with
   the state in registers; the backward is one reverse-time kernel of the same shape;

@@ -1,7 +1,8 @@
-"""Loads the CUDA sources of ``evsnn/cuda/`` and launches them with CuPy on torch's stream.
+"""Loads the CUDA sources of the top-level ``cuda/`` folder and launches them with CuPy on torch's stream.
 
-- Sources live inside the package (``evsnn/cuda/*.cu``, ``*.cuh``) so an installed wheel finds
-  them; local ``#include "x.cuh"`` lines are inlined before compiling.
+- The sources (``cuda/*.cu``, ``*.cuh``) ship inside the wheel as ``evsnn/_cuda_src/`` (setup.py
+  maps that package onto ``cuda/``); a source checkout or editable install reads ``cuda/`` itself
+  (:data:`CUDA_DIR`). Local ``#include "x.cuh"`` lines are inlined before compiling.
 - Each (source, defines, device) is compiled once through NVRTC (``cupy.RawModule``) and cached
   in memory (CuPy also caches the binaries on disk).
 - A launch passes raw device pointers (``numpy.uint64``) of torch tensors: no copies, no CuPy
@@ -50,7 +51,23 @@ __all__ = [
     "surrogate_kernel_args",
 ]
 
-CUDA_DIR = Path(__file__).resolve().parent.parent / "cuda"
+
+
+def _find_cuda_dir() -> Path:
+    # A wheel holds the sources as package data of evsnn._cuda_src; an editable install or a checkout
+    # keeps them in the repository's top-level cuda/ (a nested folder without __init__.py is not
+    # importable through setuptools' editable finder, so it is found by path there).
+    package = Path(__file__).resolve().parent.parent
+    for candidate in (package / "_cuda_src", package.parent / "cuda"):
+        if (candidate / "common.cuh").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"evsnn's CUDA sources were not found: expected {package / '_cuda_src'} (installed wheel) "
+        f"or {package.parent / 'cuda'} (source checkout)"
+    )
+
+
+CUDA_DIR = _find_cuda_dir()
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
 _SCALAR = {torch.float32: "float", torch.float64: "double"}
 BASE_OPTIONS = ("-std=c++17",)
@@ -61,7 +78,7 @@ class CompileError(RuntimeError):
 
 
 def kernel_source(filename: str, _seen: frozenset[str] = frozenset()) -> str:
-    """The text of ``evsnn/cuda/<filename>`` with its local includes inlined (each once)."""
+    """The text of ``cuda/<filename>`` (:data:`CUDA_DIR`) with its local includes inlined (each once)."""
     path = CUDA_DIR / filename
     if not path.is_file():
         raise FileNotFoundError(f"CUDA source {filename!r} not found in {CUDA_DIR}")

@@ -2,7 +2,7 @@
 
 SPEC.md §4. One :class:`torch.autograd.Function` holds the math; two engines run its recurrent core:
 
-- ``"cupy"``: the kernels of ``evsnn/cuda/delta.cu`` (CUDA tensors). The forward is one
+- ``"cupy"``: the kernels of ``cuda/delta.cu`` (CUDA tensors). The forward is one
   persistent launch over all T steps that reads only the columns of
   ``W_ih``/``W_hh`` whose delta is nonzero; the input deltas are encoded for all steps first by
   one small kernel (they do not depend on h). Blocks hand Δh_t to each other through a grid

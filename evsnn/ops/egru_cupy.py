@@ -1,7 +1,7 @@
 """CuPy backend of the EGRU (SPEC.md §3): persistent event-sparse forward and sparse BPTT kernels.
 
 ``egru_cupy_scan`` has exactly the signature and return value of
-:func:`evsnn.functional.egru.egru_scan`. The work is split as follows (``evsnn/cuda/egru.cu``):
+:func:`evsnn.functional.egru.egru_scan`. The work is split as follows (``cuda/egru.cu``):
 
 - ``gi = x W_ihᵀ + b_ih`` for all steps: one torch GEMM (autograd gives ``dx``, ``dW_ih``, ``db_ih``).
 - Forward: ONE persistent kernel over all T steps, a grid barrier per step. Each block owns a
