@@ -1,0 +1,405 @@
+"""Fused numba training kernel for EGRU on the CPU: event-sparse forward *and* backward (SPEC §3).
+
+The input projection ``gi = W_ih x + b_ih`` of all steps is one dense torch product outside the
+kernel (autograd differentiates it); the kernel does the recurrence.
+
+Forward, per step: ``gh = b_hh + Σ_{k: y_{t−1,k} ≠ 0} y_{t−1,k} · W_hhᵀ[k]`` (only the rows of
+units with an event), then the gates and state update of :func:`evsnn.functional.egru_pointwise`
+(both resets, zoneout before the event test). The rows are visited unit-major over the samples
+of a thread's chunk, so a row of ``W_hhᵀ`` is read once per step for all of that chunk's samples
+that have the event. It keeps for the backward the gates ``r, z, n`` and ``W_hn y + b_hn``
+(elementwise, dense as in any GRU) and, as returned anyway, the events ``y`` and ``c_pre``
+(the value compared with θ): the nonzero entries of ``y`` are the event lists, ``c_t``/``c_{t−1}``
+are recomputed from ``c_pre`` and θ, and the zoneout masks are kept as bytes.
+
+Backward, in reverse time: the elementwise adjoint of every unit, then the recurrent products
+only where they matter: ``∂L/∂y_{t−1,k} = W_hh[:, k]ᵀ δgh_t`` only for units ``k`` that fired at
+``t−1`` or whose pseudo-derivative ``g(c_pre − θ)`` at ``t−1`` is nonzero (inside the
+surrogate's support; otherwise ``y_{t−1,k}`` passes no gradient), and
+``∂L/∂W_hhᵀ[k] += y_{t−1,k} · δgh_t`` only for units with an event. The pseudo-derivative is
+evaluated by autograd of the surrogate itself, so every :class:`~evsnn.surrogate.Surrogate`
+gives the reference's gradient (one with infinite support makes the recurrent product dense:
+still exact). A row of ``W_hh`` whose unit never fires and never enters the support is never
+read, forward or backward.
+
+The result is the reference's (:func:`evsnn.functional.egru_scan`) and so are its gradients, to
+rounding: the sums are grouped differently. Non-finite values propagate as in the reference's
+forward (a NaN or −∞ ``c_pre`` gives ``y = 0·c_pre = NaN``, an event that reaches every unit).
+"""
+
+from __future__ import annotations
+
+import functools
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ...functional.checks import check_steps
+from ...functional.egru import RESETS, EGRUState, EGRUTrace, egru_initial_state
+from ...functional.precision import Precision, project
+from ...surrogate import SnnTorchSurrogate, Surrogate, Triangle
+
+try:  # numba is optional (the ``cpu`` extra); this module is imported only on the training path
+    from numba import prange
+except ImportError:  # pragma: no cover - without numba the kernels are never compiled
+    prange = range
+
+__all__ = ["egru_train_scan", "egru_train_kernel_available", "egru_train_reason"]
+
+_DTYPES = (torch.float32, torch.float64)
+_DEFAULT_SURROGATE = Triangle(0.3)
+
+# Zoneout modes of the kernels: none, the expectation p (evaluation), a Bernoulli mask (training).
+_ZO_NONE, _ZO_MEAN, _ZO_MASK = 0, 1, 2
+
+
+def _egru_forward(
+    gi, table, bias_hh, theta, c, y, reset_output, zo_mode, zo_p, zo_mask, chunks,
+    out_y, out_v, gate_r, gate_z, gate_n, gate_hn,
+):  # pragma: no cover - numba
+    """EGRU over ``gi [T, B, 3H]`` from the state ``c, y`` ``[B, H]`` (updated in place).
+
+    ``table = W_hhᵀ [H, 3H]``. Writes ``y_t``, ``c_pre_t`` and the gates ``r, z, n`` and
+    ``W_hn y_{t−1} + b_hn`` ``[T, B, H]``. The batch is cut into ``chunks`` runs of samples
+    that run in parallel; each writes only its own samples.
+    """
+    steps, batch, h3 = gi.shape
+    hs = h3 // 3
+    per_chunk = (batch + chunks - 1) // chunks
+    for part in prange(chunks):
+        b0 = part * per_chunk
+        nb = max(0, min(batch, b0 + per_chunk) - b0)
+        acc = np.empty((nb, h3), dtype=gi.dtype)
+        for t in range(steps):
+            for bb in range(nb):
+                for j in range(h3):
+                    acc[bb, j] = bias_hh[j]
+            # Only rows of units with an event (NaN ≠ 0 counts: it spreads as in the dense product).
+            for k in range(hs):
+                row = table[k]
+                for bb in range(nb):
+                    w = y[b0 + bb, k]
+                    if w != 0.0:
+                        for j in range(h3):
+                            acc[bb, j] += w * row[j]
+            for bb in range(nb):
+                b = b0 + bb
+                for j in range(hs):
+                    r = 1.0 / (1.0 + np.exp(-(gi[t, b, j] + acc[bb, j])))
+                    z = 1.0 / (1.0 + np.exp(-(gi[t, b, hs + j] + acc[bb, hs + j])))
+                    hn = acc[bb, 2 * hs + j]
+                    n = np.tanh(gi[t, b, 2 * hs + j] + r * hn)
+                    c_prev = c[b, j]
+                    v = z * c_prev + (1.0 - z) * n
+                    if reset_output:
+                        v = v - y[b, j]
+                    if zo_mode == 1:
+                        v = zo_p * c_prev + (1.0 - zo_p) * v
+                    elif zo_mode == 2:
+                        d = 1.0 if zo_mask[t, b, j] else 0.0
+                        v = d * c_prev + (1.0 - d) * v
+                    gate_r[t, b, j] = r
+                    gate_z[t, b, j] = z
+                    gate_n[t, b, j] = n
+                    gate_hn[t, b, j] = hn
+                    out_v[t, b, j] = v
+                    v = out_v[t, b, j]  # the stored (array-dtype) value is what is compared
+                    if v > theta[j]:
+                        y[b, j] = v
+                        c[b, j] = v if reset_output else v - theta[j]
+                    else:
+                        # y = o·c_pre with o = 0, as in the reference: NaN for a NaN or −∞ c_pre.
+                        y[b, j] = 0.0 * v
+                        c[b, j] = v
+                    out_y[t, b, j] = y[b, j]
+
+
+def _egru_backward(
+    table, theta, c0, y0, reset_output, zo_mode, zo_p, zo_mask, need_y0, chunks,
+    out_y, out_v, pseudo, gate_r, gate_z, gate_n, gate_hn,
+    g_out, g_v, a_c, a_y, g_gi, g_table_parts, g_bias_parts, g_theta_parts,
+):  # pragma: no cover - numba
+    """Reverse-time adjoint of :func:`_egru_forward`.
+
+    ``a_c, a_y`` ``[B, H]`` enter as the gradients of the final ``c`` and ``y`` and leave as
+    those of the initial state (in place). ``g_out``/``g_v`` are the gradients of ``y`` and of
+    ``c_pre``; ``pseudo [T, B, H]`` is ``g(c_pre − θ)``. Writes ``g_gi [T, B, 3H]`` and
+    accumulates ``∂L/∂W_hhᵀ``, ``∂L/∂b_hh``, ``∂L/∂θ`` into the zero-filled part of its chunk
+    (the caller sums the parts). ``need_y0``: compute ``∂L/∂y_0`` for every unit (a given
+    initial event state that needs its gradient), else only what reaches the parameters.
+    """
+    steps, batch, hs = out_y.shape
+    h3 = 3 * hs
+    per_chunk = (batch + chunks - 1) // chunks
+    threshold_reset = not reset_output
+    for part in prange(chunks):
+        b0 = part * per_chunk
+        nb = max(0, min(batch, b0 + per_chunk) - b0)
+        dgh = np.empty((nb, h3), dtype=out_y.dtype)
+        zero = np.zeros(1, dtype=out_y.dtype)[0]
+        g_table = g_table_parts[part]
+        g_bias = g_bias_parts[part]
+        g_theta = g_theta_parts[part]
+        for t in range(steps - 1, -1, -1):
+            for bb in range(nb):
+                b = b0 + bb
+                for j in range(hs):
+                    th = theta[j]
+                    v = out_v[t, b, j]
+                    o = 1.0 if v > th else 0.0
+                    dy = g_out[t, b, j] + a_y[b, j]
+                    dc = a_c[b, j]
+                    # y = o·v, c = v − o·θ (threshold reset) or v; o = H(v − θ) with pseudo-derivative g.
+                    do = dy * v
+                    if threshold_reset:
+                        do -= dc * th
+                    dx = do * pseudo[t, b, j]
+                    dv = dy * o + dc + dx + g_v[t, b, j]
+                    g_theta[j] -= dx
+                    if threshold_reset:
+                        g_theta[j] -= dc * o
+                    if t > 0:
+                        vp = out_v[t - 1, b, j]
+                        c_prev = vp - th if (threshold_reset and vp > th) else vp
+                    else:
+                        c_prev = c0[b, j]
+                    # Zoneout: v = d·c_{t−1} + (1 − d)·u.
+                    if zo_mode == 1:
+                        du = (1.0 - zo_p) * dv
+                        dc_prev = zo_p * dv
+                    elif zo_mode == 2:
+                        d = 1.0 if zo_mask[t, b, j] else 0.0
+                        du = (1.0 - d) * dv
+                        dc_prev = d * dv
+                    else:
+                        du = dv
+                        dc_prev = 0.0
+                    r = gate_r[t, b, j]
+                    z = gate_z[t, b, j]
+                    n = gate_n[t, b, j]
+                    # u = z·c_{t−1} + (1 − z)·n (− y_{t−1}), n = tanh(a_n + r·hn).
+                    dc_prev += du * z
+                    dan = du * (1.0 - z) * (1.0 - n * n)
+                    daz = du * (c_prev - n) * z * (1.0 - z)
+                    dar = dan * gate_hn[t, b, j] * r * (1.0 - r)
+                    g_gi[t, b, j] = dar
+                    g_gi[t, b, hs + j] = daz
+                    g_gi[t, b, 2 * hs + j] = dan
+                    dgh[bb, j] = dar
+                    dgh[bb, hs + j] = daz
+                    dgh[bb, 2 * hs + j] = dan * r
+                    a_c[b, j] = dc_prev
+                    a_y[b, j] = -du if reset_output else 0.0
+                for j in range(h3):
+                    g_bias[j] += dgh[bb, j]
+            # Recurrent products, unit-major so each row is read once for the chunk's samples:
+            # ∂L/∂y_{t−1,k} where y_{t−1,k} can pass gradient, ∂L/∂W_hhᵀ[k] where it is an event.
+            for k in range(hs):
+                row = table[k]
+                grow = g_table[k]
+                th = theta[k]
+                for bb in range(nb):
+                    b = b0 + bb
+                    if t > 0:
+                        vp = out_v[t - 1, b, k]
+                        live = vp > th or pseudo[t - 1, b, k] != 0.0
+                        w = out_y[t - 1, b, k]
+                    else:
+                        live = need_y0
+                        w = y0[b, k]
+                    if live:
+                        acc = zero
+                        for j in range(h3):
+                            acc += row[j] * dgh[bb, j]
+                        a_y[b, k] += acc
+                    if w != 0.0:
+                        for j in range(h3):
+                            grow[j] += w * dgh[bb, j]
+
+
+@functools.cache
+def _kernels() -> SimpleNamespace | None:
+    try:
+        import numba
+    except ImportError:
+        return None
+    # Reassociation lets the row loops vectorise; no NaN/inf assumptions are made, so non-finite
+    # values propagate as in the reference.
+    jit = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, parallel=True)
+    return SimpleNamespace(forward=jit(_egru_forward), backward=jit(_egru_backward), numba=numba)
+
+
+def egru_train_kernel_available() -> bool:
+    """Whether the fused EGRU training kernel can run (numba installed)."""
+    return _kernels() is not None
+
+
+def _threads(batch: int) -> int:
+    """Threads for the batch-parallel loops: torch's intra-op setting (what the user chose with
+    ``torch.set_num_threads``), capped by numba's pool and the batch; set on numba's pool."""
+    numba = _kernels().numba
+    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, batch))
+    numba.set_num_threads(n)
+    return n
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().numpy()
+
+
+def _pseudo_derivative(surrogate: Surrogate, x: Tensor) -> Tensor:
+    """``g(x)`` exactly as autograd of the reference sees it: the derivative of the surrogate's
+    own forward (its primitive, clamps and NaN guard included)."""
+    with torch.enable_grad():
+        xx = x.detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(surrogate(xx).sum(), xx)
+    return g
+
+
+class _EGRUTrain(torch.autograd.Function):
+    """The fused kernels as one autograd node over ``gi = W_ih x + b_ih``."""
+
+    @staticmethod
+    def forward(ctx, gi, c0, y0, weight_hh, bias_hh, theta, reset_output, surrogate, zo_p, zo_mask):
+        steps, batch, h3 = gi.shape
+        hs = h3 // 3
+        table = weight_hh.detach().t().contiguous()
+        bias = gi.new_zeros(h3) if bias_hh is None else bias_hh.detach().contiguous()
+        c = c0.detach().clone(memory_format=torch.contiguous_format)
+        y = y0.detach().clone(memory_format=torch.contiguous_format)
+        out_y = gi.new_empty(steps, batch, hs)
+        out_v = gi.new_empty(steps, batch, hs)
+        gates = [gi.new_empty(steps, batch, hs) for _ in range(4)]
+        zo_mode = _ZO_NONE if zo_p == 0.0 else (_ZO_MASK if zo_mask is not None else _ZO_MEAN)
+        mask = zo_mask if zo_mask is not None else np.zeros((0, 0, 0), dtype=np.uint8)
+        chunks = _threads(batch)
+        _kernels().forward(
+            _np(gi.contiguous()), _np(table), _np(bias), _np(theta), _np(c), _np(y), reset_output,
+            zo_mode, zo_p, mask, chunks, _np(out_y), _np(out_v), *(_np(g) for g in gates),
+        )
+        ctx.options = (reset_output, surrogate, zo_mode, zo_p, mask, bias_hh is not None)
+        ctx.save_for_backward(c0, y0, table, theta, out_y, out_v, *gates)
+        return out_y, c, y, out_v
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out, g_c, g_y, g_v):
+        c0, y0, table, theta, out_y, out_v, *gates = ctx.saved_tensors
+        reset_output, surrogate, zo_mode, zo_p, mask, has_bias = ctx.options
+        steps, batch, hs = out_y.shape
+
+        def grad_or_zeros(g, *shape):
+            return out_y.new_zeros(shape) if g is None else g.contiguous()
+
+        g_out = grad_or_zeros(g_out, steps, batch, hs)
+        g_v = grad_or_zeros(g_v, steps, batch, hs)
+        # In-place adjoints: they start as the final state's gradients and end as the initial state's.
+        a_c = grad_or_zeros(g_c, batch, hs).clone()
+        a_y = grad_or_zeros(g_y, batch, hs).clone()
+        pseudo = _pseudo_derivative(surrogate, out_v - theta).contiguous()
+        chunks = _threads(batch)
+        g_gi = out_y.new_empty(steps, batch, 3 * hs)
+        g_table = table.new_zeros(chunks, *table.shape)
+        g_bias = table.new_zeros(chunks, 3 * hs)
+        g_theta = table.new_zeros(chunks, hs)
+        _kernels().backward(
+            _np(table), _np(theta), _np(c0.contiguous()), _np(y0.contiguous()), reset_output, zo_mode, zo_p, mask,
+            bool(ctx.needs_input_grad[2]), chunks, _np(out_y), _np(out_v), _np(pseudo), *(_np(g) for g in gates),
+            _np(g_out), _np(g_v), _np(a_c), _np(a_y), _np(g_gi), _np(g_table), _np(g_bias), _np(g_theta),
+        )
+        g_bias_hh = g_bias.sum(0) if has_bias else None
+        return g_gi, a_c, a_y, g_table.sum(0).t(), g_bias_hh, g_theta.sum(0), None, None, None, None
+
+
+def egru_train_reason(surrogate: object, zoneout: float = 0.0) -> str | None:
+    """``None`` when :func:`egru_train_scan` can run with this surrogate and zoneout, else why not
+    (numba missing; a snntorch closure or a non-:class:`~evsnn.surrogate.Surrogate`)."""
+    if _kernels() is None:
+        return "the fused EGRU training kernel needs numba: pip install numba (or evsnn[cpu])"
+    if isinstance(surrogate, SnnTorchSurrogate):
+        return "a snntorch surrogate is not supported by the fused EGRU training kernel; use an evsnn.surrogate"
+    if not isinstance(surrogate, Surrogate):
+        return f"surrogate must be an evsnn.surrogate.Surrogate, got {type(surrogate).__name__}"
+    if not 0.0 <= zoneout < 1.0:
+        return f"zoneout must be a probability in [0, 1), got {zoneout!r}"
+    return None
+
+
+def egru_train_scan(
+    x: Tensor,
+    state: EGRUState | None,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    threshold: Tensor,
+    *,
+    reset: str = "output",
+    surrogate: Surrogate = _DEFAULT_SURROGATE,
+    zoneout: float = 0.0,
+    training: bool = False,
+) -> tuple[Tensor, EGRUState, EGRUTrace]:
+    """EGRU over ``x [T, B, I]`` with the fused event-sparse forward and backward (SPEC §3).
+
+    Same signature and result as :func:`evsnn.functional.egru_scan`, differentiable in ``x``,
+    the state, the weights, the biases and the threshold; CPU float32/float64 tensors of one
+    dtype, numba required. Zoneout in training draws its masks exactly as the reference does
+    (one ``torch.rand_like(c)`` per step), so under the same seed both give the same result.
+
+    Args:
+        x: input ``[T, B, I]``.
+        state: ``EGRUState(c, y)`` ``[B, H]`` each, or ``None`` (zeros).
+        weight_ih, weight_hh, bias_ih, bias_hh: ``nn.GRU``-layout parameters (biases may be ``None``).
+        threshold: θ, a tensor broadcastable to ``(H,)``.
+        reset: ``"output"`` (the paper's) or ``"threshold"`` (EvNN code v0.2).
+        surrogate: any :class:`evsnn.surrogate.Surrogate` (pseudo-derivative of the event test).
+        zoneout: probability in ``[0, 1)``; a Bernoulli mask per step in training, its expectation otherwise.
+        training: whether zoneout draws masks (``True``) or uses its expectation.
+    """
+    if reset not in RESETS:
+        raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    reason = egru_train_reason(surrogate, zoneout)
+    if reason is not None:
+        error = ValueError if "zoneout" in reason else (RuntimeError if "numba" in reason else TypeError)
+        raise error(f"egru_train_scan: {reason}")
+    check_steps("egru_train_scan", x)
+    if x.dim() != 3:
+        raise ValueError(f"egru_train_scan expects x of shape [T, B, I], got {tuple(x.shape)}")
+    named = [("x", x), ("weight_ih", weight_ih), ("weight_hh", weight_hh), ("threshold", threshold)]
+    named += [(n, t) for n, t in (("bias_ih", bias_ih), ("bias_hh", bias_hh)) if t is not None]
+    for name, t in named:
+        if t.device.type != "cpu":
+            raise ValueError(f"egru_train_scan runs on CPU tensors; {name} is on {t.device}")
+        if t.dtype not in _DTYPES or t.dtype != x.dtype:
+            raise TypeError(
+                f"egru_train_scan takes float32 or float64 tensors of one dtype; x is {x.dtype}, {name} is {t.dtype}"
+            )
+    batch, hs = x.shape[1], weight_hh.shape[1]
+    if tuple(weight_hh.shape) != (3 * hs, hs) or weight_ih.shape[0] != 3 * hs or weight_ih.shape[1] != x.shape[2]:
+        raise ValueError(
+            f"egru_train_scan expects weight_ih [3H, I] = [{3 * hs}, {x.shape[2]}] and weight_hh [3H, H] = "
+            f"[{3 * hs}, {hs}], got {tuple(weight_ih.shape)} and {tuple(weight_hh.shape)}"
+        )
+    if threshold.dim() > 1 or threshold.numel() not in (1, hs):
+        raise ValueError(f"threshold must be broadcastable to ({hs},), got shape {tuple(threshold.shape)}")
+    if state is None:
+        state = egru_initial_state(batch, hs, x)
+    for name, t in zip(EGRUState._fields, state):
+        if t.dtype != x.dtype or t.device.type != "cpu" or tuple(t.shape) != (batch, hs):
+            raise TypeError(
+                f"egru_train_scan expects state field {name!r} as a CPU {x.dtype} tensor of shape {(batch, hs)}, "
+                f"got a {t.device.type} {t.dtype} tensor of shape {tuple(t.shape)}"
+            )
+    gi = project(x, weight_ih, bias_ih, Precision(x.dtype, x.dtype))
+    mask = None
+    if zoneout > 0.0 and training:
+        # The reference's draws, in its order: one rand_like(c) per step.
+        c = state.c
+        mask = torch.stack([torch.rand_like(c) < zoneout for _ in range(x.shape[0])]).numpy().view(np.uint8)
+    theta = threshold.expand(hs)
+    out, c, y, c_pre = _EGRUTrain.apply(
+        gi, state.c, state.y, weight_hh, bias_hh, theta.contiguous(), reset == "output", surrogate, float(zoneout), mask
+    )
+    return out, EGRUState(c, y), EGRUTrace(c_pre)

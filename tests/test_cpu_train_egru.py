@@ -1,0 +1,194 @@
+"""The fused numba EGRU training kernel (evsnn.ops.egru.cpu_train) against autograd of the reference
+scan evsnn.functional.egru_scan: outputs, final state, the c_pre trace and the gradients of all of
+them w.r.t. input, initial state, weights, biases and threshold, float64 to 1e-10 and float32 to
+rounding, for every evsnn surrogate, both resets and zoneout; non-finite values as in the reference;
+and its sparsity bookkeeping (a row of W_hh whose unit never fires nor enters the support is never read)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from evsnn import surrogate as sg
+from evsnn.functional import EGRUState, egru_scan
+from evsnn.ops.egru import cpu_train
+
+# numba comes with the [dev] extra: without it these tests fail rather than skip.
+assert cpu_train.egru_train_kernel_available(), "tests/test_cpu_train_egru.py needs numba: pip install -e '.[dev]'"
+
+SURROGATES = {
+    "triangle": sg.Triangle(0.3),
+    "multi_gaussian": sg.MultiGaussian(),
+    "gaussian": sg.Gaussian(),
+    "atan": sg.ATan(),
+    "fast_sigmoid": sg.FastSigmoid(),
+    "truncated_gaussian": sg.Gaussian().truncate(0.4),
+}
+
+
+def _params(inp: int, hs: int, dtype: torch.dtype, gen: torch.Generator, bias: bool = True) -> list:
+    w_ih = torch.randn(3 * hs, inp, generator=gen, dtype=dtype) * 0.8
+    w_hh = torch.randn(3 * hs, hs, generator=gen, dtype=dtype) * 0.8
+    b_ih = torch.randn(3 * hs, generator=gen, dtype=dtype) * 0.3 if bias else None
+    b_hh = torch.randn(3 * hs, generator=gen, dtype=dtype) * 0.3 if bias else None
+    theta = torch.rand(hs, generator=gen, dtype=dtype) * 0.3 + 0.05
+    return [w_ih, w_hh, b_ih, b_hh, theta]
+
+
+def _run(fn, x, state, params, weights_out, **options):
+    """Forward through ``fn`` and gradients of a loss that reads every output (sequence, final
+    state, c_pre trace) with random weights, w.r.t. input, parameters and state."""
+    x = x.clone().requires_grad_(True)
+    params = [None if p is None else p.clone().requires_grad_(True) for p in params]
+    state = None if state is None else EGRUState(*(s.clone().requires_grad_(True) for s in state))
+    out, final, trace = fn(x, state, *params, **options)
+    results = (out, *final, *trace)
+    loss = sum((r * w).sum() for r, w in zip(results, weights_out))
+    leaves = [x, *(p for p in params if p is not None)] + ([] if state is None else list(state))
+    return results, torch.autograd.grad(loss, leaves, allow_unused=True)
+
+
+def _compare(shape, dtype, options, given_state, seed, atol, rtol, bias=True, rng_seed=None):
+    steps, batch, inp, hs = shape
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(steps, batch, inp, generator=gen, dtype=dtype)
+    params = _params(inp, hs, dtype, gen, bias)
+    state = None
+    if given_state:
+        c0 = torch.randn(batch, hs, generator=gen, dtype=dtype) * 0.5
+        state = EGRUState(c0, torch.where(c0 > 0.2, c0, torch.zeros_like(c0)))
+    with torch.no_grad():
+        ref_results = egru_scan(x, state, *params, **options)
+    ref_flat = (ref_results[0], *ref_results[1], *ref_results[2])
+    weights_out = [torch.randn(t.shape, generator=gen, dtype=dtype) for t in ref_flat]
+    if rng_seed is not None:
+        torch.manual_seed(rng_seed)
+    ref, ref_g = _run(egru_scan, x, state, params, weights_out, **options)
+    if rng_seed is not None:
+        torch.manual_seed(rng_seed)
+    got, got_g = _run(cpu_train.egru_train_scan, x, state, params, weights_out, **options)
+    events = (ref[0] != 0).double().mean().item()
+    assert 0.02 < events < 0.9, f"the case must have some events and some silence, got {events:.3f}"
+    for name, a, b in zip(["y", "final c", "final y", "c_pre"], got, ref):
+        torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m, n=name: f"{n}: {m}")
+    names = ["x", "weight_ih", "weight_hh", "bias_ih", "bias_hh", "threshold"]
+    names = [n for n in names if bias or "bias" not in n] + (["c0", "y0"] if given_state else [])
+    assert len(got_g) == len(ref_g) == len(names)
+    for name, a, b in zip(names, got_g, ref_g):
+        assert b is not None and a is not None, name
+        torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m, n=name: f"grad {n}: {m}")
+
+
+@pytest.mark.parametrize("given_state", [False, True], ids=["zero_state", "given_state"])
+@pytest.mark.parametrize("reset", ["output", "threshold"])
+@pytest.mark.parametrize("surrogate", sorted(SURROGATES))
+def test_float64_equals_reference_autograd(single_thread, surrogate, reset, given_state):
+    options = {"reset": reset, "surrogate": SURROGATES[surrogate]}
+    _compare((7, 3, 4, 9), torch.float64, options, given_state, seed=1, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("reset", ["output", "threshold"])
+def test_float32_equals_reference_autograd(single_thread, reset):
+    options = {"reset": reset, "surrogate": SURROGATES["triangle"]}
+    _compare((9, 4, 5, 16), torch.float32, options, True, seed=2, atol=1e-4, rtol=1e-4)
+
+
+def test_without_biases_and_with_a_scalar_threshold(single_thread):
+    _compare((6, 2, 3, 8), torch.float64, {"reset": "threshold"}, False, seed=3, atol=1e-10, rtol=1e-10, bias=False)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 2, 3, generator=gen, dtype=torch.float64)
+    w_ih, w_hh, b_ih, b_hh, _ = _params(3, 6, torch.float64, gen)
+    theta = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+    ref = egru_scan(x, None, w_ih, w_hh, b_ih, b_hh, theta)[0]
+    got = cpu_train.egru_train_scan(x, None, w_ih, w_hh, b_ih, b_hh, theta)[0]
+    torch.testing.assert_close(got, ref, atol=1e-12, rtol=1e-12)
+    g_ref = torch.autograd.grad((ref * ref).sum(), theta)[0]
+    g_got = torch.autograd.grad((got * got).sum(), theta)[0]
+    torch.testing.assert_close(g_got, g_ref, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("reset", ["output", "threshold"])
+@pytest.mark.parametrize("training", [True, False], ids=["train_mask", "eval_mean"])
+def test_zoneout_equals_reference(single_thread, reset, training):
+    """In training both draw the same Bernoulli masks under one seed (the kernel draws them as
+    the reference does); in eval zoneout is its expectation."""
+    options = {"reset": reset, "zoneout": 0.3, "training": training}
+    _compare((8, 3, 4, 9), torch.float64, options, True, seed=4, atol=1e-10, rtol=1e-10, rng_seed=11)
+
+
+def test_batch_parallel_threads_give_the_same_result(single_thread):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 5, 4, generator=gen, dtype=torch.float64)
+    params = _params(4, 10, torch.float64, gen)
+    weights_out = [torch.randn(6, 5, 10, generator=gen, dtype=torch.float64)]
+    one, one_g = _run(cpu_train.egru_train_scan, x, None, params, weights_out)
+    torch.set_num_threads(2)
+    two, two_g = _run(cpu_train.egru_train_scan, x, None, params, weights_out)
+    for a, b in zip((*one, *one_g), (*two, *two_g)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("reset", ["output", "threshold"])
+def test_non_finite_values_propagate_like_the_reference(single_thread, reset):
+    """A NaN and ±inf in the input: the forward (sequence, state, trace) equals the reference's
+    with NaN at exactly the same positions, in training mode."""
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(6, 3, 4, generator=gen, dtype=torch.float64)
+    x[1, 1, 2] = float("nan")
+    x[2, 0, 0] = float("inf")
+    x[3, 0, 1] = -float("inf")
+    params = [p.requires_grad_(True) for p in _params(4, 7, torch.float64, gen)]
+    ref = egru_scan(x, None, *params, reset=reset)
+    got = cpu_train.egru_train_scan(x, None, *params, reset=reset)
+    assert torch.isnan(ref[0]).any(), "the poisoned input must reach the reference's output"
+    assert not torch.isnan(ref[0][:, 2]).any(), "sample 2 is clean and must stay so"
+    for a, b in zip((got[0], *got[1], *got[2]), (ref[0], *ref[1], *ref[2])):
+        assert torch.equal(torch.isnan(a), torch.isnan(b))
+        torch.testing.assert_close(a.detach(), b.detach(), atol=1e-10, rtol=1e-10, equal_nan=True)
+
+
+@pytest.mark.parametrize("reset", ["output", "threshold"])
+def test_never_active_rows_are_never_read(single_thread, reset):
+    """Unit 2 can never fire nor enter the triangle's support (θ = 1e6): its column of W_hh is
+    poisoned with NaN. The kernel must give what the reference gives with that column zeroed (a
+    dense product would spread the NaN), and a zero gradient for it."""
+    steps, batch, inp, hs = 10, 3, 4, 6
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(steps, batch, inp, generator=gen, dtype=torch.float64)
+    clean = _params(inp, hs, torch.float64, gen)
+    clean[4][2] = 1e6
+    clean[1][:, 2] = 0.0
+    poisoned = [p.clone() for p in clean]
+    poisoned[1][:, 2] = float("nan")
+    options = {"reset": reset}
+    with torch.no_grad():
+        ref_out, ref_final, ref_trace = egru_scan(x, None, *clean, **options)
+    weights_out = [torch.randn(t.shape, generator=gen, dtype=torch.float64) for t in (ref_out, *ref_final, *ref_trace)]
+    ref, ref_g = _run(egru_scan, x, None, clean, weights_out, **options)
+    got, got_g = _run(cpu_train.egru_train_scan, x, None, poisoned, weights_out, **options)
+    assert (ref[0] != 0).any(), "other units must fire"
+    for a, b in zip((*got, *got_g), (*ref, *ref_g)):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    assert torch.count_nonzero(got_g[2][:, 2]) == 0
+    # The dense reference does read it: the poison is real.
+    assert torch.isnan(egru_scan(x, None, *poisoned, **options)[0]).any()
+
+
+def test_bad_inputs_are_refused():
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(3, 2, 4)
+    params = _params(4, 5, torch.float32, gen)
+    with pytest.raises(TypeError, match="float64"):
+        cpu_train.egru_train_scan(x, None, params[0].double(), *params[1:])
+    with pytest.raises(ValueError, match="reset"):
+        cpu_train.egru_train_scan(x, None, *params, reset="soft")
+    with pytest.raises(ValueError, match="zoneout"):
+        cpu_train.egru_train_scan(x, None, *params, zoneout=1.0)
+    with pytest.raises(TypeError, match="snntorch"):
+        cpu_train.egru_train_scan(x, None, *params, surrogate=sg.SnnTorchSurrogate(torch.sigmoid))
+    with pytest.raises(ValueError, match="threshold"):
+        cpu_train.egru_train_scan(x, None, *params[:4], torch.ones(3))
+    with pytest.raises(ValueError, match="T >= 1"):
+        cpu_train.egru_train_scan(x[:0], None, *params)
+    with pytest.raises(TypeError, match="state field 'y'"):
+        cpu_train.egru_train_scan(x, EGRUState(torch.zeros(2, 5), torch.zeros(2, 4)), *params)
