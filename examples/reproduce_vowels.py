@@ -1,0 +1,168 @@
+"""JapaneseVowels: GRU vs EGRU vs DeltaGRU vs ALIF at the same width (docs/reproductions.md).
+
+    OMP_NUM_THREADS=1 python examples/reproduce_vowels.py --part baseline --seeds 0 1 2 --json runs/vowels_base.json
+    OMP_NUM_THREADS=1 python examples/reproduce_vowels.py --part delta --seeds 0 1 2 --json runs/vowels_delta.json
+    python examples/reproduce_vowels.py --report runs/vowels_base.json runs/vowels_delta.json --figure docs/img/vowels_accuracy_vs_ops.png
+
+``--part baseline`` trains nn.GRU, EGRU and ALIF per seed and evaluates each trained GRU converted
+to a DeltaGRU (same weights, ``DeltaGRU.from_torch``) at every Θ of ``--convert-thetas``
+("conversion only": trained at Θ = 0, evaluated at Θ > 0). ``--part delta`` trains a DeltaGRU at
+each Θ of ``--train-thetas`` (Θ_x = Θ_h = Θ during training, plus the L1 cost on Δh) and evaluates
+it at the same Θ ("delta-aware"). Operations are the recurrent layer's own count on the test set
+(``last_stats``: dense MACs vs event operations, packed sequences, no padded step counted).
+Every row is printed as a Markdown table row and kept in ``--json``; ``--report`` prints mean ± std
+per configuration and draws accuracy against operations.
+
+Data: the aeon package's copy of JapaneseVowels (or ``--data-dir``, a folder holding
+JapaneseVowels_TRAIN.ts and JapaneseVowels_TEST.ts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reproduce_common import Net, Result, evaluate, hardware, train  # noqa: E402
+
+import evsnn  # noqa: E402
+from evsnn.data.vowels import load_japanese_vowels  # noqa: E402
+
+HEADER = ("| model | training | Θ eval | seed | test accuracy | activity | event ops | dense MACs | ops ÷ | train s |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
+
+
+def row(model: str, training: str, theta: float, seed: int, r: Result, seconds: float) -> dict:
+    d = {"model": model, "training": training, "theta": theta, "seed": seed, "accuracy": r.accuracy,
+         "activity": r.event_fraction, "event_ops": r.event_ops, "dense_macs": r.dense_macs,
+         "ops_reduction": r.ops_reduction, "train_s": seconds}
+    print(f"| {model} | {training} | {theta:g} | {seed} | {r.accuracy:.4f} | {r.event_fraction:.3f} | "
+          f"{r.event_ops:,} | {r.dense_macs:,} | {r.ops_reduction:.2f} | {seconds:.0f} |", flush=True)
+    return d
+
+
+def converted(gru_net: Net, theta: float) -> Net:
+    """The trained nn.GRU network with its layer replaced by a DeltaGRU of the same weights at Θ."""
+    net = Net("deltagru", gru_net.layer.input_size, gru_net.layer.hidden_size, gru_net.readout.output_size)
+    net.layer = evsnn.DeltaGRU.from_torch(gru_net.layer, theta_x=theta, theta_h=theta)
+    net.readout.load_state_dict(gru_net.readout.state_dict())
+    return net
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", choices=("baseline", "delta"), default=None)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=30)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--egru-target", type=float, default=0.15, help="one-sided activity target of the EGRU")
+    p.add_argument("--l1", type=float, default=1e-3, help="strength of the L1 cost on Δh (delta-aware training)")
+    p.add_argument("--convert-thetas", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2, 0.3, 0.5])
+    p.add_argument("--train-thetas", type=float, nargs="+", default=[0.1, 0.2, 0.4])
+    p.add_argument("--models", nargs="+", default=["gru", "egru", "alif"])
+    p.add_argument("--json", default=None, help="append the rows to this JSON file")
+    p.add_argument("--report", nargs="+", default=None, help="JSON files of earlier runs: print mean ± std")
+    p.add_argument("--figure", default=None, help="with --report: draw accuracy vs operations here")
+    args = p.parse_args()
+    if args.report:
+        report(args.report, args.figure)
+        return
+    if args.part is None:
+        p.error("give --part baseline or --part delta (or --report)")
+    torch.set_num_threads(1)
+    data = load_japanese_vowels(args.data_dir)
+    print(f"# JapaneseVowels: {len(data.train)} train, {len(data.test)} test, {data.n_features} features, "
+          f"{data.n_classes} speakers, lengths {int(data.train.lengths.min())}-{data.max_steps}; hidden {args.hidden}, "
+          f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr}; {hardware()}\n\n{HEADER}", flush=True)
+    rows = []
+    common = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
+    for seed in args.seeds:
+        if args.part == "baseline":
+            for kind in args.models:
+                torch.manual_seed(seed)
+                net = Net(kind, data.n_features, args.hidden, data.n_classes)
+                extra = {"egru_target": args.egru_target} if kind == "egru" else {}
+                secs = train(net, data.train, seed=seed, **common, **extra)
+                rows.append(row(kind, "dense" if kind == "gru" else "native", 0.0, seed, evaluate(net, data.test), secs))
+                if kind == "gru":
+                    for theta in args.convert_thetas:
+                        rows.append(row("deltagru", "conversion", theta, seed, evaluate(converted(net, theta), data.test),
+                                        0.0))
+        else:
+            for theta in args.train_thetas:
+                torch.manual_seed(seed)
+                net = Net("deltagru", data.n_features, args.hidden, data.n_classes, theta=theta)
+                secs = train(net, data.train, seed=seed, l1_delta=args.l1, **common)
+                rows.append(row("deltagru", f"delta-aware (L1 {args.l1:g})", theta, seed, evaluate(net, data.test), secs))
+    print(f"\n# end: {hardware()}")
+    if args.json:
+        path = Path(args.json)
+        old = json.loads(path.read_text()) if path.is_file() else []
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(old + rows, indent=1))
+
+
+def report(paths: list[str], figure: str | None) -> None:
+    rows = [r for path in paths for r in json.loads(Path(path).read_text())]
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["training"], r["theta"]), []).append(r)
+
+    def ms(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+        values = [v * scale for v in values]
+        sd = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+    print("| model | training | Θ | seeds | test accuracy % | activity % | ops ÷ (dense / event) | train s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (model, training, theta), rs in groups.items():
+        print(f"| {model} | {training} | {theta:g} | {len(rs)} | {ms([r['accuracy'] for r in rs], 100)} | "
+              f"{ms([r['activity'] for r in rs], 100)} | {ms([r['ops_reduction'] for r in rs], digits=2)} | "
+              f"{ms([r['train_s'] for r in rs], digits=0)} |")
+    if figure:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        styles = {"conversion": ("o-", "DeltaGRU, conversion only (trained Θ=0)"),
+                  "delta-aware": ("s-", "DeltaGRU, delta-aware training")}
+        for key, (style, label) in styles.items():
+            pts = sorted((k[2], rs) for k, rs in groups.items() if k[0] == "deltagru" and k[1].startswith(key))
+            if not pts:
+                continue
+            xs = [statistics.mean(r["event_ops"] / r["dense_macs"] for r in rs) for _, rs in pts]
+            ys = [100 * statistics.mean(r["accuracy"] for r in rs) for _, rs in pts]
+            es = [100 * statistics.stdev(r["accuracy"] for r in rs) if len(rs) > 1 else 0 for _, rs in pts]
+            ax.errorbar(xs, ys, yerr=es, fmt=style, capsize=3, label=label)
+            for (theta, _), x, y in zip(pts, xs, ys):
+                ax.annotate(f"Θ={theta:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        for (model, _, _), rs in groups.items():
+            if model in ("gru", "egru", "alif"):
+                x = statistics.mean(r["event_ops"] / r["dense_macs"] for r in rs)
+                y = 100 * statistics.mean(r["accuracy"] for r in rs)
+                ax.plot([x], [y], "*", markersize=10, label={"gru": "nn.GRU (dense)", "egru": "EGRU",
+                                                             "alif": "ALIF (own dense MACs)"}[model])
+        ax.set_xscale("log")
+        ax.set_xlabel("recurrent-layer operations / dense MACs of the same layer (test set)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title("JapaneseVowels, hidden 64, mean ± std over seeds")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(figure, dpi=120)
+        print(f"\nfigure: {figure}")
+
+
+if __name__ == "__main__":
+    main()
