@@ -16,16 +16,13 @@
 // W_hh that a spiking unit j needs (forward) and the rows of W_hh^T a unit inside the
 // surrogate's support needs (backward) are both one contiguous row of wt: coalesced.
 //
-// Backward, per (b, n), in reverse time, with carried adjoints Gv, Gb, Gs of v_t, b_t, s_t:
-//   gs  = Gs + dL/ds_t                dx = gs * g(v_t - B_t)
-//   gv  = Gv + dL/dv_t(trace) + dx    gB = dL/dB_t(trace) - dx - gv*s_{t-1}
-//   gb  = Gb + beta*gB                dI_t = (1-alpha)*gv
-//   dalpha += gv*(v_{t-1} - I_t)      drho += gb*(b_{t-1} - s_{t-1})
-//   db0 += gB                         dbeta += gB*b_t
-//   Gv <- alpha*gv   Gb <- rho*gb   Gs <- (1-rho)*gb - gv*B_t (+ (W_hh^T dI_t) if recurrent)
+// The step (alif_step) and its adjoint (alif_adjoint_step, reverse time, per (b, n), with carried
+// adjoints Gv, Gb, Gs of v_t, b_t, s_t; the recurrent layer adds W_hh^T dI_{t+1} to Gs) are the
+// __device__ functions of alif.cuh, shared by every kernel here.
 // Parameter gradients are written as per-(b, n) partial sums over time (each by one thread,
 // in a fixed order) and reduced over the batch by torch: deterministic, no atomics.
 #include "common.cuh"
+#include "alif.cuh"
 
 #ifndef ALIF_REC_THREADS
 #define ALIF_REC_THREADS 128
@@ -47,16 +44,6 @@ typedef long long idx_t;
 
 #define SG_ARGS const int sg_kind, const scalar_t sg0, const scalar_t sg1, const scalar_t sg2, const scalar_t sg3, const scalar_t sg_trunc
 #define SG_G(x) evsnn_surrogate_grad(sg_kind, sg0, sg1, sg2, sg3, sg_trunc, (x))
-
-// One forward step of one neuron, in the reference's operation order.
-__device__ __forceinline__ void alif_step(scalar_t i_t, scalar_t alpha, scalar_t one_m_alpha, scalar_t rho,
-                                          scalar_t one_m_rho, scalar_t b0, scalar_t beta, scalar_t& v, scalar_t& b,
-                                          scalar_t& s, scalar_t& threshold) {
-    b = rho * b + one_m_rho * s;
-    threshold = b0 + beta * b;
-    v = alpha * v + one_m_alpha * i_t - threshold * s;
-    s = (v - threshold) > scalar_t(0) ? scalar_t(1) : scalar_t(0);
-}
 
 // ---------------------------------------------------------------------------------------------
 // Feed-forward: one thread per (b, n), the state in registers, a loop over all T steps.
@@ -110,7 +97,6 @@ extern "C" __global__ void alif_ff_backward(
     if (idx >= BN) return;
     const int n = (int)(idx % N);
     const scalar_t a = alpha[n], r = rho[n], th0 = b0[n], bt = beta[n];
-    const scalar_t one_m_a = scalar_t(1) - a, one_m_r = scalar_t(1) - r;
     scalar_t Gv = g_vT ? g_vT[idx] : scalar_t(0);
     scalar_t Gb = g_bT ? g_bT[idx] : scalar_t(0);
     scalar_t Gs = g_sT ? g_sT[idx] : scalar_t(0);
@@ -128,21 +114,11 @@ extern "C" __global__ void alif_ff_backward(
             b_p = bstate0[idx];
             s_p = s0[idx];
         }
-        const scalar_t i_t = inputs[off];
-        const scalar_t thr = th0 + bt * b_t;
-        const scalar_t gs = Gs + (g_spikes ? g_spikes[off] : scalar_t(0));
-        const scalar_t dx = gs * SG_G(v_t - thr);
-        const scalar_t gv = Gv + dx + (g_vtrace ? g_vtrace[off] : scalar_t(0));
-        const scalar_t gB = (g_thr ? g_thr[off] : scalar_t(0)) - dx - gv * s_p;
-        const scalar_t gb = Gb + bt * gB;
-        g_current[off] = one_m_a * gv;
-        acc_a += gv * (v_p - i_t);
-        acc_r += gb * (b_p - s_p);
-        acc_b0 += gB;
-        acc_beta += gB * b_t;
-        Gv = a * gv;
-        Gb = r * gb;
-        Gs = one_m_r * gb - gv * thr;
+        const scalar_t thr = alif_threshold(th0, bt, b_t);
+        g_current[off] = alif_adjoint_step(SG_G(v_t - thr), g_spikes ? g_spikes[off] : scalar_t(0),
+                                           g_vtrace ? g_vtrace[off] : scalar_t(0), g_thr ? g_thr[off] : scalar_t(0), a,
+                                           r, bt, thr, b_t, v_p, b_p, s_p, inputs[off], Gv, Gb, Gs, acc_a, acc_r,
+                                           acc_b0, acc_beta);
         v_t = v_p;
         b_t = b_p;
     }
@@ -378,7 +354,7 @@ extern "C" __global__ void __launch_bounds__(ALIF_REC_THREADS) alif_rec_backward
             if (valid) {
                 v_t = v_trace[off];
                 b_t = b_trace[off];
-                thr = th0 + bt * b_t;
+                thr = alif_threshold(th0, bt, b_t);
                 g = SG_G(v_t - thr);
             }
             // Recurrent part of dL/ds_t, only where g != 0.
@@ -406,22 +382,13 @@ extern "C" __global__ void __launch_bounds__(ALIF_REC_THREADS) alif_rec_backward
                     b_p = bstate0[sidx];
                     s_p = s0[sidx];
                 }
-                const scalar_t a = alpha[n], r = rho[n];
                 scalar_t Gs = g_s0[sidx];
                 if (need) Gs = Gs + rec[threadIdx.x];
-                const scalar_t gs = Gs + (g_spikes ? g_spikes[off] : scalar_t(0));
-                const scalar_t dx = gs * g;
-                const scalar_t gv = g_v0[sidx] + dx + (g_vtrace ? g_vtrace[off] : scalar_t(0));
-                const scalar_t gB = (g_thr ? g_thr[off] : scalar_t(0)) - dx - gv * s_p;
-                const scalar_t gb = g_bstate0[sidx] + bt * gB;
-                g_current[off] = (scalar_t(1) - a) * gv;
-                p_alpha[sidx] += gv * (v_p - inputs[off]);
-                p_rho[sidx] += gb * (b_p - s_p);
-                p_b0[sidx] += gB;
-                p_beta[sidx] += gB * b_t;
-                g_v0[sidx] = a * gv;
-                g_bstate0[sidx] = r * gb;
-                g_s0[sidx] = (scalar_t(1) - r) * gb - gv * thr;
+                g_current[off] = alif_adjoint_step(
+                    g, g_spikes ? g_spikes[off] : scalar_t(0), g_vtrace ? g_vtrace[off] : scalar_t(0),
+                    g_thr ? g_thr[off] : scalar_t(0), alpha[n], rho[n], bt, thr, b_t, v_p, b_p, s_p, inputs[off],
+                    g_v0[sidx], g_bstate0[sidx], Gs, p_alpha[sidx], p_rho[sidx], p_b0[sidx], p_beta[sidx]);
+                g_s0[sidx] = Gs;
             }
         }
         evsnn_grid_barrier(counter, target);
@@ -597,7 +564,7 @@ extern "C" __global__ void __launch_bounds__(ALIF_REC_THREADS) alif_rec_backward
                 if (g_vtrace) gvt = g_vtrace[off];
                 if (g_thr) gth = g_thr[off];
             }
-            const scalar_t thr = th0 + bt * b_t;
+            const scalar_t thr = alif_threshold(th0, bt, b_t);
             const scalar_t g = valid ? SG_G(v_t - thr) : scalar_t(0);
             const bool need = valid && (t + 1 < T) && g != scalar_t(0);
             scalar_t rec = 0;
@@ -609,19 +576,9 @@ extern "C" __global__ void __launch_bounds__(ALIF_REC_THREADS) alif_rec_backward
             if (valid) {
                 scalar_t Gs = sGs[k];
                 if (need) Gs = Gs + rec;
-                const scalar_t gs = Gs + gsp;
-                const scalar_t dx = gs * g;
-                const scalar_t gv = sGv[k] + dx + gvt;
-                const scalar_t gB = gth - dx - gv * s_p;
-                const scalar_t gb = sGb[k] + bt * gB;
-                g_current[off] = (scalar_t(1) - a) * gv;
-                sPa[k] += gv * (v_p - i_t);
-                sPr[k] += gb * (b_p - s_p);
-                sPb0[k] += gB;
-                sPbeta[k] += gB * b_t;
-                sGv[k] = a * gv;
-                sGb[k] = r * gb;
-                sGs[k] = (scalar_t(1) - r) * gb - gv * thr;
+                g_current[off] = alif_adjoint_step(g, gsp, gvt, gth, a, r, bt, thr, b_t, v_p, b_p, s_p, i_t, sGv[k],
+                                                   sGb[k], Gs, sPa[k], sPr[k], sPb0[k], sPbeta[k]);
+                sGs[k] = Gs;
             }
         }
         evsnn_grid_barrier(counter, target);
