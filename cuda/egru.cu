@@ -8,12 +8,12 @@
 //   the warp scans y_{t−1}[b, :] 32 columns at a time, compacts the nonzero entries (the events)
 //   with __ballot_sync into a 64-entry warp buffer and, every 32 events, lets each lane multiply
 //   one event column of W_hh (rows r, z, n of its units) by y_j: the work is ∝ number of events,
-//   not H. A warp reduction gives W_h{r,z,n} y_{t−1} for the block's units; lane u runs the fused
-//   gates of unit u (r, z, n, c, o, y) and saves r, z, n, hn = W_hn y + b_hn and c_pre.
+//   not H. A warp reduction gives W_h{r,z,n} y_{t−1} for the block's units; lane u runs the step
+//   of unit u (egru_step of egru.cuh) and saves r, z, n, hn = W_hn y + b_hn and c_pre.
 // Backward, step t = T−1 … 0, pair (b, k) of the block:
 //   Y = ∂L/∂y_t is needed only where o_t = 1 or |c_pre − θ| < support (else it is multiplied by
 //   exactly 0: SPEC §3 sparse BPTT); only for those pairs a warp computes Σ_j W_hh[j, k] δh_{t+1}[b, j]
-//   over the 3H gate rows (event-sparse backward). The pointwise backward then writes the gate
+//   over the 3H gate rows (event-sparse backward). The pointwise backward (egru_adjoint_step) then writes the gate
 //   pre-activation gradients δi_t = (da_r, da_z, da_n) and δh_t = (da_r, da_z, da_n ⊙ r), carries
 //   ∂L/∂c in global memory owned by the same thread, and accumulates ∂L/∂θ per (b, k) in a fixed
 //   order (deterministic; the host sums over b). Weight gradients are dense GEMMs on the host.
@@ -21,6 +21,7 @@
 // Defines: scalar_t (float|double), EGRU_U (units per block: 1, 2, 4, 8 or 16), EGRU_THREADS.
 
 #include "common.cuh"
+#include "egru.cuh"
 
 #ifndef EGRU_U
 #error "EGRU_U (units per block) must be defined"
@@ -175,15 +176,10 @@ extern "C" __global__ void __launch_bounds__(EGRU_THREADS, 1)
             }
             if (owner) {
                 const size_t tbk = (size_t)t * BH + bk;
-                const scalar_t r = evsnn_sigmoid(gr + (hr + br));
-                const scalar_t z = evsnn_sigmoid(gz + (hz + bz));
-                const scalar_t hnb = hn + bn;
-                const scalar_t n = tanh(gn + r * hnb);
-                scalar_t p = z * cprev + (scalar_t(1) - z) * n;
-                if (!reset_threshold) p -= yown;
-                const bool o = p - th > scalar_t(0);
-                out[tbk] = o ? p : scalar_t(0);
-                c_state[bk] = (reset_threshold && o) ? p - th : p;
+                scalar_t r, z, n, hnb, p, y, c;
+                egru_step(gr, gz, gn, hr, hz, hn, br, bz, bn, cprev, yown, th, reset_threshold, r, z, n, hnb, p, y, c);
+                out[tbk] = y;
+                c_state[bk] = c;
                 save_r[tbk] = r;
                 save_z[tbk] = z;
                 save_n[tbk] = n;
@@ -250,7 +246,7 @@ extern "C" __global__ void __launch_bounds__(EGRU_THREADS, 1)
                 if (k >= H) continue;
                 const size_t bk = (size_t)(i / EGRU_U) * H + k;
                 const scalar_t x = save_c[(size_t)t * BH + bk] - theta[k];
-                if (x > scalar_t(0) || fabs(x) < support) s_list[atomicAdd(&s_count, 1)] = i;
+                if (egru_in_support(x, support)) s_list[atomicAdd(&s_count, 1)] = i;
             }
             __syncthreads();
             const int count = s_count;
@@ -280,34 +276,15 @@ extern "C" __global__ void __launch_bounds__(EGRU_THREADS, 1)
             const scalar_t p = save_c[tbk];
             const scalar_t th = theta[k];
             const scalar_t x = p - th;
-            const scalar_t o = x > scalar_t(0) ? scalar_t(1) : scalar_t(0);
+            const bool need = egru_in_support(x, support);
             const scalar_t g = evsnn_surrogate_grad(sg_kind, sg_p0, sg_p1, sg_p2, sg_p3, sg_trunc, x);
-            const bool need = x > scalar_t(0) || fabs(x) < support;
             scalar_t Y = gy[tbk];
             if (need && t + 1 < T) Y += dyrec[bk];
             // Output reset: c_pre_{t+1} contains −y_t.
             if (!reset_threshold) Y -= dp_next[bk];
-            const scalar_t C = dc[bk];
-            scalar_t dp = Y * (o + p * g);
-            scalar_t dth = -Y * p * g;
-            if (reset_threshold) {
-                dp += C * (scalar_t(1) - th * g);
-                dth += C * (th * g - o);
-            } else {
-                dp += C;
-            }
-            scalar_t cprev;
-            if (t == 0) {
-                cprev = c0[bk];
-            } else {
-                const scalar_t pp = save_c[tbk - BH];
-                cprev = (reset_threshold && pp - th > scalar_t(0)) ? pp - th : pp;
-            }
-            const scalar_t dz = dp * (cprev - n);
-            const scalar_t dn = dp * (scalar_t(1) - z);
-            const scalar_t daz = dz * z * (scalar_t(1) - z);
-            const scalar_t dan = dn * (scalar_t(1) - n * n);
-            const scalar_t dar = dan * hn * r * (scalar_t(1) - r);
+            const scalar_t cprev = t == 0 ? c0[bk] : egru_reset(save_c[tbk - BH], th, reset_threshold);
+            scalar_t dar, daz, dan, dp, dth, dcprev;
+            egru_adjoint_step(Y, dc[bk], g, r, z, n, hn, p, th, cprev, reset_threshold, dar, daz, dan, dp, dth, dcprev);
             scalar_t* gi_row = dgi + ((size_t)t * B + b) * H3;
             scalar_t* gh_row = dgh + ((size_t)t * B + b) * H3;
             gi_row[k] = dar;
@@ -316,7 +293,7 @@ extern "C" __global__ void __launch_bounds__(EGRU_THREADS, 1)
             gh_row[k] = dar;
             gh_row[H + k] = daz;
             gh_row[2 * H + k] = dan * r;
-            dc[bk] = dp * z;
+            dc[bk] = dcprev;
             dp_next[bk] = dp;
             dtheta_part[bk] += dth;
         }
