@@ -1,7 +1,7 @@
 // DeltaGRU / DeltaLSTM (SPEC.md §4): event-sparse forward and symmetric sparse BPTT.
 //
 // Compile-time options (besides -Dscalar_t=float|double):
-//   -DDELTA_LSTM=0|1   the cell (GRU: accumulator slots r, z, nx, nh; LSTM: i, f, g, o)
+//   -DDELTA_LSTM=0|1   the cell (accumulator slots DELTA_GRU_* or DELTA_LSTM_* of delta.cuh)
 //   -DDELTA_BT=n       samples whose active columns are merged (one read of a column serves n samples)
 //   -DDELTA_PER=n      columns scanned per thread per chunk (a chunk is DELTA_PER·DELTA_BLOCK columns;
 //                      the host picks the largest n whose shared memory fits in 48 KB)
@@ -38,6 +38,43 @@
 #define DELTA_PREFETCH 16
 #define DELTA_CHUNK (DELTA_PER * DELTA_BLOCK)
 
+// The packed weights hold 4 accumulator slots per (column, unit): one 16-byte (float) or two
+// 16-byte (double) loads fetch every gate weight a unit needs from one active column.
+__device__ __forceinline__ void delta_load4(const float* p, float (&w)[4]) {
+    const float4 v = __ldg(reinterpret_cast<const float4*>(p));
+    w[0] = v.x;
+    w[1] = v.y;
+    w[2] = v.z;
+    w[3] = v.w;
+}
+
+__device__ __forceinline__ void delta_load4(const double* p, double (&w)[4]) {
+    const double2 a = __ldg(reinterpret_cast<const double2*>(p));
+    const double2 b = __ldg(reinterpret_cast<const double2*>(p) + 1);
+    w[0] = a.x;
+    w[1] = a.y;
+    w[2] = b.x;
+    w[3] = b.y;
+}
+
+// The same, through L2 only: for data that other blocks of this launch wrote (δM in the backward).
+__device__ __forceinline__ void delta_load4_cg(const float* p, float (&w)[4]) {
+    const float4 v = __ldcg(reinterpret_cast<const float4*>(p));
+    w[0] = v.x;
+    w[1] = v.y;
+    w[2] = v.z;
+    w[3] = v.w;
+}
+
+__device__ __forceinline__ void delta_load4_cg(const double* p, double (&w)[4]) {
+    const double2 a = __ldcg(reinterpret_cast<const double2*>(p));
+    const double2 b = __ldcg(reinterpret_cast<const double2*>(p) + 1);
+    w[0] = a.x;
+    w[1] = a.y;
+    w[2] = b.x;
+    w[3] = b.y;
+}
+
 // Δx_t for every step (the input deltas do not depend on h): one thread per (b, i), sequential in t.
 // Loads run DELTA_PREFETCH steps ahead so the scan is not one memory latency per step.
 extern "C" __global__ void delta_encode_input(const scalar_t* __restrict__ x, const scalar_t* __restrict__ xhat0,
@@ -53,10 +90,7 @@ extern "C" __global__ void delta_encode_input(const scalar_t* __restrict__ x, co
 #pragma unroll
         for (int k = 0; k < DELTA_PREFETCH; ++k) {
             if (t0 + k < T) {
-                const scalar_t diff = v[k] - mem;
-                const scalar_t d = delta_pass(diff, theta, inclusive);
-                dx[(long long)(t0 + k) * n + i] = d;
-                mem = mem + d;
+                dx[(long long)(t0 + k) * n + i] = delta_encode(v[k], mem, theta, inclusive);
             }
         }
     }
@@ -121,10 +155,10 @@ extern "C" __global__ void __launch_bounds__(DELTA_BLOCK, 1)
         const int u = j0 + q % U;
         if (u < H) {
             const long long o = (long long)(q / U) * H + u;
-            const scalar_t diff = h_work[o] - hh_work[o];
-            const scalar_t d = delta_pass(diff, theta_h, inclusive);
+            scalar_t hh = hh_work[o];
+            const scalar_t d = delta_encode(h_work[o], hh, theta_h, inclusive);
             dh[o] = d;
-            hh_work[o] = hh_work[o] + d;
+            hh_work[o] = hh;
 #if DELTA_TAGGED
             delta_publish(xch + o, 1u, d);
 #endif
@@ -290,23 +324,20 @@ extern "C" __global__ void __launch_bounds__(DELTA_BLOCK, 1)
                             if (m_all != nullptr) m_all[(t * BH + o) * 4 + s] = m[s];
                         }
 #if DELTA_LSTM
-                        const scalar_t c = delta_sigmoid(m[1]) * own_hc[bb] + delta_sigmoid(m[0]) * tanh(m[2]);
-                        const scalar_t h = delta_sigmoid(m[3]) * tanh(c);
+                        scalar_t c;
+                        const scalar_t h = delta_lstm_step(m, own_hc[bb], c);
                         c_work[o] = c;
                         if (c_all != nullptr) c_all[t * BH + o] = c;
 #else
-                        const scalar_t r = delta_sigmoid(m[0]);
-                        const scalar_t z = delta_sigmoid(m[1]);
-                        const scalar_t nn = tanh(m[2] + r * m[3]);
-                        const scalar_t h = (scalar_t(1) - z) * nn + z * own_hc[bb];
+                        const scalar_t h = delta_gru_step(m, own_hc[bb]);
 #endif
                         h_work[o] = h;
                         out[t * BH + o] = h;
                         if (t + 1 < T) {
-                            const scalar_t diff = h - own_hh[bb];
-                            const scalar_t d = delta_pass(diff, theta_h, inclusive);
+                            scalar_t hh = own_hh[bb];
+                            const scalar_t d = delta_encode(h, hh, theta_h, inclusive);
                             dh[(t + 1) * BH + o] = d;
-                            hh_work[o] = own_hh[bb] + d;
+                            hh_work[o] = hh;
 #if DELTA_TAGGED
                             delta_publish(xch + ((t + 1) & 1) * BH + o, (unsigned int)(t + 2), d);
 #endif
@@ -352,27 +383,15 @@ extern "C" __global__ void __launch_bounds__(DELTA_BLOCK, 1)
 #pragma unroll
             for (int s = 0; s < 4; ++s) m[s] = m_all[(t * BH + o) * 4 + s];
 #if DELTA_LSTM
-            const scalar_t c = c_all[t * BH + o];
             const scalar_t cprev = t > 0 ? c_all[(t - 1) * BH + o] : c0[o];
-            const scalar_t ig = delta_sigmoid(m[0]), fg = delta_sigmoid(m[1]), gg = tanh(m[2]), og = delta_sigmoid(m[3]);
-            const scalar_t tc = tanh(c);
-            const scalar_t gc = lam_c[o] + lh * og * (scalar_t(1) - tc * tc);
-            g[0] = gc * gg * ig * (scalar_t(1) - ig);
-            g[1] = gc * cprev * fg * (scalar_t(1) - fg);
-            g[2] = gc * ig * (scalar_t(1) - gg * gg);
-            g[3] = lh * tc * og * (scalar_t(1) - og);
-            lam_c[o] = gc * fg;
+            scalar_t lc = lam_c[o];
+            delta_lstm_adjoint(m, c_all[t * BH + o], cprev, lh, lc, g);
+            lam_c[o] = lc;
             lam_h[o] = scalar_t(0);  // h_{t−1} reaches step t only through Δh_t (phase B)
 #else
             const scalar_t hprev = t > 0 ? out[(t - 1) * BH + o] : h0[o];
-            const scalar_t r = delta_sigmoid(m[0]), z = delta_sigmoid(m[1]);
-            const scalar_t nn = tanh(m[2] + r * m[3]);
-            const scalar_t ga = lh * (scalar_t(1) - z) * (scalar_t(1) - nn * nn);
-            g[0] = ga * m[3] * r * (scalar_t(1) - r);
-            g[1] = lh * (hprev - nn) * z * (scalar_t(1) - z);
-            g[2] = ga;
-            g[3] = ga * r;
-            lam_h[o] = lh * z;  // the direct path h_{t−1} → h_t; phase B adds the delta path
+            // The direct path h_{t−1} → h_t; phase B adds the delta path.
+            lam_h[o] = delta_gru_adjoint(m, hprev, lh, g);
 #endif
 #pragma unroll
             for (int s = 0; s < 4; ++s) {
