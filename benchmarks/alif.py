@@ -95,21 +95,6 @@ def recurrent(T: int, B: int, n_in: int, H: int, quick: bool, skip_peers: bool =
         emit(bench=f"evsnn_alif_rec_{label}_fwd", **shape, spike_rate=rate, ms=bench(fwd, warm, rep))
 
     guarded("evsnn_alif_rec_cupy", lambda: evsnn_layer("cupy", MultiGaussian(), "cupy", 3, 5 if quick else 20))
-    # A/B in the same process: the previous version (backward reads W_hh from L2 every step, grid
-    # barrier with two __threadfence) and the shared-memory backward with the previous barrier.
-    from evsnn.ops import alif_cupy
-
-    defines, smem = alif_cupy._DEFINES, alif_cupy.SMEM_BACKWARD
-    for label, use_smem, legacy in (("cupy_prev", False, True), ("cupy_smem_legacy_barrier", True, True)):
-        alif_cupy.SMEM_BACKWARD = use_smem
-        alif_cupy._DEFINES = defines + (("-DEVSNN_LEGACY_BARRIER",) if legacy else ())
-        try:
-            guarded(
-                f"evsnn_alif_rec_{label}",
-                lambda label=label: evsnn_layer("cupy", MultiGaussian(), label, 3, 5 if quick else 20),
-            )
-        finally:
-            alif_cupy._DEFINES, alif_cupy.SMEM_BACKWARD = defines, smem
     guarded(
         "evsnn_alif_rec_cupy_trunc",
         lambda: evsnn_layer("cupy", MultiGaussian().truncate(0.5), "cupy_trunc0.5", 3, 5 if quick else 20),
@@ -155,8 +140,9 @@ def recurrent(T: int, B: int, n_in: int, H: int, quick: bool, skip_peers: bool =
 
 
 def feed_forward(T: int, B: int, N: int, quick: bool) -> None:
+    from evsnn.ops.alif_cupy import alif_scan_cuda
+
     from evsnn.functional import alif_scan
-    from evsnn.ops.alif_cupy import alif_scan_cupy
 
     dev = "cuda"
     shape = dict(T=T, B=B, N=N)
@@ -181,7 +167,7 @@ def feed_forward(T: int, B: int, N: int, quick: bool) -> None:
         emit(bench=f"evsnn_alif_ff_{label}_fwd", **shape, spike_rate=rate, ms=bench(fwd, warm, rep))
         current.grad = tau_mem.grad = tau_adapt.grad = None
 
-    guarded("evsnn_alif_ff_cupy", lambda: evsnn_ff(alif_scan_cupy, "cupy", 3, 5 if quick else 20))
+    guarded("evsnn_alif_ff_cupy", lambda: evsnn_ff(alif_scan_cuda, "cupy", 3, 5 if quick else 20))
 
     def spikingjelly_lif() -> None:
         from spikingjelly.activation_based import neuron
@@ -217,9 +203,6 @@ def table() -> str:
             lines.append(f"| {r['bench']} | — | {r['error']} |")
     ratios = []
     ours = ms("evsnn_alif_rec_cupy_fwd_bwd")
-    prev = ms("evsnn_alif_rec_cupy_prev_fwd_bwd")
-    if ours and prev:
-        ratios.append(f"recurrent fwd+bwd: previous version {prev:.2f} ms -> {ours:.2f} ms")
     for peer in ("snntorch_rleaky_loop_fwd_bwd", "norse_lsnn_recurrent_fwd_bwd", "evsnn_alif_rec_reference_fwd_bwd"):
         if ours and ms(peer):
             ratios.append(f"P2: {peer} / evsnn cupy recurrent = {ms(peer) / ours:.1f}x (target >= 40x for the peers)")

@@ -1,5 +1,5 @@
 """Where the cpu_event backend beats the dense torch reference on the CPU, for inference and
-for training separately: the table behind ``backend="auto"`` (``cpu_event.AUTO_RULES``).
+for training separately: the table behind ``backend="auto"`` (``auto.AUTO_RULES``).
 
 One process, one thread by default (``--threads``). For each family, batch B and hidden size H
 it times the reference scan of :mod:`evsnn.functional` and the cpu_event scan on the same
@@ -26,7 +26,10 @@ from functools import partial
 import torch
 
 from evsnn.functional import alif_scan, delta_gru_scan, delta_lstm_scan, egru_scan
-from evsnn.ops import cpu_event
+from evsnn.ops import cpu_common
+from evsnn.ops.alif import cpu as alif_cpu
+from evsnn.ops.delta import cpu as delta_cpu
+from evsnn.ops.egru import cpu as egru_cpu
 
 FAMILIES = ("egru", "delta_gru", "delta_lstm", "alif")
 
@@ -83,15 +86,15 @@ def problem(family: str, steps: int, batch: int, hidden: int, inp: int, target: 
         def activity(theta: float) -> float:
             with torch.no_grad():
                 a, k = args(theta, False)
-                return (cpu_event.egru_event_scan(*a, **k)[0] != 0).float().mean().item()
+                return (egru_cpu.egru_scan_cpu(*a, **k)[0] != 0).float().mean().item()
 
         theta = calibrate(activity, target, 1e-3, 1.0, increasing=False)
-        return egru_scan, cpu_event.egru_event_scan, lambda grad: args(theta, grad), activity(theta)
+        return egru_scan, egru_cpu.egru_scan_cpu, lambda grad: args(theta, grad), activity(theta)
     if family in ("delta_gru", "delta_lstm"):
         gates = 3 if family == "delta_gru" else 4
         w = [uniform(s, bound, gen) for s in ((gates * hidden, inp), (gates * hidden, hidden), (gates * hidden,), (gates * hidden,))]
         ref = delta_gru_scan if family == "delta_gru" else delta_lstm_scan
-        event = cpu_event.delta_gru_event_scan if family == "delta_gru" else cpu_event.delta_lstm_event_scan
+        event = delta_cpu.delta_gru_scan_cpu if family == "delta_gru" else delta_cpu.delta_lstm_scan_cpu
 
         def args(theta: float, grad: bool):
             params = [p.clone().requires_grad_(grad) for p in w]
@@ -122,10 +125,10 @@ def problem(family: str, steps: int, batch: int, hidden: int, inp: int, target: 
         def activity(scale: float) -> float:
             with torch.no_grad():
                 a, k = args(scale, False)
-                return cpu_event.alif_event_scan(*a, **k)[0].mean().item()
+                return alif_cpu.alif_scan_cpu(*a, **k)[0].mean().item()
 
         scale = calibrate(activity, target, 0.0, 50.0, increasing=True)
-        return alif_scan, cpu_event.alif_event_scan, lambda grad: args(scale, grad), activity(scale)
+        return alif_scan, alif_cpu.alif_scan_cpu, lambda grad: args(scale, grad), activity(scale)
     raise ValueError(f"unknown family {family!r}; expected one of {FAMILIES}")
 
 
@@ -154,7 +157,7 @@ def main() -> None:
     print(
         f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s), "
         f"T = {args.steps}, input {args.input}, target activity {args.activity}, "
-        f"numba loops: {cpu_event.numba_available()}, load {os.getloadavg()[0]:.2f}"
+        f"numba loops: {cpu_common.numba_available()}, load {os.getloadavg()[0]:.2f}"
     )
     print("| family | mode | B | H | activity | reference ms | cpu_event ms | ref / event |")
     print("|---|---|---|---|---|---|---|---|")

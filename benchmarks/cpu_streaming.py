@@ -30,7 +30,9 @@ from functools import partial
 import torch
 
 from evsnn.functional import delta_gru_scan, delta_lstm_scan, egru_scan
-from evsnn.ops import cpu_event
+from evsnn.ops import cpu_common
+from evsnn.ops.delta import cpu as delta_cpu
+from evsnn.ops.egru import cpu as egru_cpu
 from evsnn.streaming import Stream
 
 
@@ -53,15 +55,15 @@ def run_stream(stream: Stream, x: torch.Tensor) -> None:
 @contextlib.contextmanager
 def cpu_kernel(name: str):
     """Runs the event path with ``EVSNN_CPU_KERNEL=name`` (read when a runner is built)."""
-    old = os.environ.get(cpu_event.KERNEL_ENV_VAR)
-    os.environ[cpu_event.KERNEL_ENV_VAR] = name
+    old = os.environ.get(cpu_common.KERNEL_ENV_VAR)
+    os.environ[cpu_common.KERNEL_ENV_VAR] = name
     try:
         yield
     finally:
         if old is None:
-            del os.environ[cpu_event.KERNEL_ENV_VAR]
+            del os.environ[cpu_common.KERNEL_ENV_VAR]
         else:
-            os.environ[cpu_event.KERNEL_ENV_VAR] = old
+            os.environ[cpu_common.KERNEL_ENV_VAR] = old
 
 
 def timed_kernel(name: str, fn: Callable[[], object], repeats: int) -> float:
@@ -105,7 +107,7 @@ def egru_rows(hidden, activities, args, x):
     t_gru = timed(lambda: gru(x), args.repeats)
 
     def activity(theta: float, seq=x) -> float:
-        y = cpu_event.egru_event_scan(seq, None, *w, torch.full((hidden,), theta))[0]
+        y = egru_cpu.egru_scan_cpu(seq, None, *w, torch.full((hidden,), theta))[0]
         return float((y != 0).float().mean())
 
     rows = []
@@ -113,10 +115,10 @@ def egru_rows(hidden, activities, args, x):
         theta = calibrate(activity, target, 1e-3, 1.0)
         th = torch.full((hidden,), theta)
         act = activity(theta, x)
-        t_ev = timed(partial(cpu_event.egru_event_scan, x, None, *w, th), args.repeats)
+        t_ev = timed(partial(egru_cpu.egru_scan_cpu, x, None, *w, th), args.repeats)
         t_ops = float("nan")
         if args.torch_kernel:
-            t_ops = timed_kernel("torch", partial(cpu_event.egru_event_scan, x, None, *w, th), args.repeats)
+            t_ops = timed_kernel("torch", partial(egru_cpu.egru_scan_cpu, x, None, *w, th), args.repeats)
         t_ref = timed(partial(egru_scan, x, None, *w, th), args.ref_repeats) if not args.skip_ref else float("nan")
         t_stream = float("nan")
         if args.stream:
@@ -141,7 +143,7 @@ def delta_rows(gates, hidden, activities, args, x):
         for p, v in zip((peer.weight_ih_l0, peer.weight_hh_l0, peer.bias_ih_l0, peer.bias_hh_l0), w):
             p.copy_(v)
     t_peer = timed(lambda: peer(x), args.repeats)
-    ev_fn = cpu_event.delta_gru_event_scan if gates == 3 else cpu_event.delta_lstm_event_scan
+    ev_fn = delta_cpu.delta_gru_scan_cpu if gates == 3 else delta_cpu.delta_lstm_scan_cpu
     ref_fn = delta_gru_scan if gates == 3 else delta_lstm_scan
 
     def activity(theta: float, seq=x) -> float:
@@ -183,8 +185,8 @@ def crossover(args) -> None:
         for batch in args.cross_batch:
             x = make_input(args.cross_steps, batch, args.input, seed=batch) * 2
             th = torch.full((hidden,), args.cross_theta)
-            y = cpu_event.egru_event_scan(x, None, *w, th)[0]
-            t_ev = timed(partial(cpu_event.egru_event_scan, x, None, *w, th), args.repeats)
+            y = egru_cpu.egru_scan_cpu(x, None, *w, th)[0]
+            t_ev = timed(partial(egru_cpu.egru_scan_cpu, x, None, *w, th), args.repeats)
             t_ref = timed(partial(egru_scan, x, None, *w, th), args.repeats)
             act = float((y != 0).float().mean())
             print(f"| {batch} | {hidden} | {act:.1%} | {t_ev * 1e3:.1f} | {t_ref * 1e3:.1f} | {t_ref / t_ev:.2f} |")
@@ -213,7 +215,7 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
         f"{time.strftime('%Y-%m-%d')}, B = 1, T = {args.steps}, input {args.input}, median of {args.repeats}, "
-        f"event kernel {'numba' if cpu_event.numba_available() else 'torch'}"
+        f"event kernel {'numba' if cpu_common.numba_available() else 'torch'}"
     )
     with torch.inference_mode():
         if args.crossover:

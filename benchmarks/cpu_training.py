@@ -1,4 +1,4 @@
-"""Delta-cell training on the CPU: the fused numba training kernels (evsnn.ops.cpu_train, what
+"""Delta-cell training on the CPU: the fused numba training kernels (evsnn.ops.delta.cpu_train, what
 backend="cpu_event" runs in training) vs the previous cpu_event training path (the differentiable
 torch-op loop, ``EVSNN_CPU_KERNEL=torch``) vs torch.nn.GRU / nn.LSTM training, one process.
 
@@ -23,7 +23,9 @@ from collections.abc import Callable
 import torch
 
 from evsnn.functional import delta_gru_scan, delta_lstm_scan
-from evsnn.ops import cpu_event, cpu_train
+from evsnn.ops import cpu_common
+from evsnn.ops.delta import cpu as delta_cpu
+from evsnn.ops.delta import cpu_train
 
 
 def timed(fn: Callable[[], object], repeats: int) -> float:
@@ -49,15 +51,15 @@ def torch_op_loop(fn: Callable[..., object]) -> Callable[..., object]:
     """``fn`` run with ``EVSNN_CPU_KERNEL=torch``: the cpu_event torch-op training loop."""
 
     def run(*args, **kwargs):
-        old = os.environ.get(cpu_event.KERNEL_ENV_VAR)
-        os.environ[cpu_event.KERNEL_ENV_VAR] = "torch"
+        old = os.environ.get(cpu_common.KERNEL_ENV_VAR)
+        os.environ[cpu_common.KERNEL_ENV_VAR] = "torch"
         try:
             return fn(*args, **kwargs)
         finally:
             if old is None:
-                del os.environ[cpu_event.KERNEL_ENV_VAR]
+                del os.environ[cpu_common.KERNEL_ENV_VAR]
             else:
-                os.environ[cpu_event.KERNEL_ENV_VAR] = old
+                os.environ[cpu_common.KERNEL_ENV_VAR] = old
 
     return run
 
@@ -107,7 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     gru_cell = args.cell == "gru"
     fused = cpu_train.delta_gru_train_scan if gru_cell else cpu_train.delta_lstm_train_scan
-    event = cpu_event.delta_gru_event_scan if gru_cell else cpu_event.delta_lstm_event_scan
+    event = delta_cpu.delta_gru_scan_cpu if gru_cell else delta_cpu.delta_lstm_scan_cpu
     reference = delta_gru_scan if gru_cell else delta_lstm_scan
     hs, batch = args.hidden, args.batch
     x = make_input(args.steps, batch, args.input, seed=0)

@@ -28,11 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evsnn.ops import delta_cupy  # noqa: E402
-from evsnn.ops.delta_cupy import delta_gru_scan_cupy, delta_lstm_scan_cupy  # noqa: E402
+from evsnn.ops.delta.cuda import delta_gru_scan_cuda, delta_lstm_scan_cuda  # noqa: E402
 
 INPUT = 128
-CELLS = {"DeltaGRU": (torch.nn.GRU, delta_gru_scan_cupy), "DeltaLSTM": (torch.nn.LSTM, delta_lstm_scan_cupy)}
+CELLS = {"DeltaGRU": (torch.nn.GRU, delta_gru_scan_cuda), "DeltaLSTM": (torch.nn.LSTM, delta_lstm_scan_cuda)}
 
 
 def cuda_time(fn: Callable[[], object], reps: int, warmup: int = 2) -> float:
@@ -91,13 +90,7 @@ def make(cell: str, hidden: int):
     return rnn, fn, params
 
 
-def set_version(previous: bool) -> None:
-    """``previous``: the version before the tagged Δh exchange and the acquire/release barrier."""
-    delta_cupy.TAGGED_EXCHANGE = not previous
-    delta_cupy.EXTRA_DEFINES = ("-DEVSNN_LEGACY_BARRIER",) if previous else ()
-
-
-def inference(levels, reps: int, steps: int, hidden: int, batches=(1, 32), compare: bool = False) -> list[dict]:
+def inference(levels, reps: int, steps: int, hidden: int, batches=(1, 32)) -> list[dict]:
     rows = []
     for batch in batches:
         x = smooth_input(steps, batch)
@@ -115,17 +108,9 @@ def inference(levels, reps: int, steps: int, hidden: int, batches=(1, 32), compa
 
                 with torch.no_grad():
                     t = cuda_time(run, reps)
-                    t_prev = None
-                    if compare:  # the previous version in the same process, then the current one again
-                        set_version(previous=True)
-                        t_prev = cuda_time(run, reps)
-                        set_version(previous=False)
-                        t = min(t, cuda_time(run, reps))
-                rows.append(dict(cell=cell, batch=batch, theta=theta, occ_h=occ_h, occ_x=occ_x, evsnn_ms=t, cudnn_ms=t_cudnn,
-                                 prev_ms=t_prev))
-                prev = f" (previous version {t_prev:.2f} ms)" if t_prev is not None else ""
+                rows.append(dict(cell=cell, batch=batch, theta=theta, occ_h=occ_h, occ_x=occ_x, evsnn_ms=t, cudnn_ms=t_cudnn))
                 print(f"  inference {cell} B={batch} Θ={theta:.3g} occ_h={occ_h:.3f} occ_x={occ_x:.3f}: "
-                      f"{t:.2f} ms vs cuDNN {t_cudnn:.2f} ms{prev}", flush=True)
+                      f"{t:.2f} ms vs cuDNN {t_cudnn:.2f} ms", flush=True)
     return rows
 
 
@@ -167,7 +152,7 @@ def training(levels, reps: int, steps: int, hidden: int, batch: int) -> list[dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats and occupancy levels")
-    parser.add_argument("--p4", action="store_true", help="only B = 1 inference (P4), beside the previous version")
+    parser.add_argument("--p4", action="store_true", help="only B = 1 inference (P4)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/delta.py needs a CUDA GPU")
@@ -179,19 +164,18 @@ def main() -> None:
     print(f"device: {device}, torch {torch.__version__}, date {datetime.date.today()}", flush=True)
     if args.p4:
         reps = 15
-        inf = inference((1.0, 0.1, 0.02), reps, steps=1000, hidden=1024, batches=(1,), compare=True)
+        inf = inference((1.0, 0.1, 0.02), reps, steps=1000, hidden=1024, batches=(1,))
         trn = []
     else:
         inf = inference(levels, reps, steps=1000, hidden=1024)
         trn = training(levels, reps, steps=500, hidden=512, batch=32)
 
     print(f"\n### Inference, T=1000, I={INPUT}, H=1024 (fp32, TF32 off, median of {reps}) on {device}\n")
-    print("| cell | B | Θ | hidden occupancy | input occupancy | evsnn CuPy ms | previous ms | cuDNN ms | speed-up vs cuDNN |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| cell | B | Θ | hidden occupancy | input occupancy | evsnn CuPy ms | cuDNN ms | speed-up vs cuDNN |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in inf:
-        prev = f"{r['prev_ms']:.2f}" if r["prev_ms"] is not None else "—"
         print(f"| {r['cell']} | {r['batch']} | {r['theta']:.3g} | {r['occ_h']:.3f} | {r['occ_x']:.3f} | "
-              f"{r['evsnn_ms']:.2f} | {prev} | {r['cudnn_ms']:.2f} | {r['cudnn_ms'] / r['evsnn_ms']:.2f}× |")
+              f"{r['evsnn_ms']:.2f} | {r['cudnn_ms']:.2f} | {r['cudnn_ms'] / r['evsnn_ms']:.2f}× |")
     print(f"\n### Training fwd+bwd of out.sum(), T=500, B=32, I={INPUT}, H=512 (median of {reps})\n")
     print("| cell | Θ | hidden occupancy | backward sparsity | fwd ms | bwd ms | fwd+bwd ms | cuDNN fwd+bwd ms | ratio vs cuDNN |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evsnn.functional.egru import egru_scan, egru_step  # noqa: E402
-from evsnn.ops.egru_cupy import egru_cupy_scan  # noqa: E402
+from evsnn.ops.egru.cuda import egru_scan_cuda  # noqa: E402
 from evsnn.surrogate import Triangle  # noqa: E402
 
 T, B, INPUT = 500, 32, 128
@@ -69,7 +69,7 @@ def activity_of(x: torch.Tensor, params: dict[str, torch.Tensor], theta: float) 
     """(fraction of events, backward sparsity) of the CuPy forward at a constant threshold."""
     th = torch.full((params["weight_hh"].shape[1],), theta, device="cuda")
     with torch.no_grad():
-        out, _, trace = egru_cupy_scan(x, None, threshold=th, surrogate=SURROGATE, **params)
+        out, _, trace = egru_scan_cuda(x, None, threshold=th, surrogate=SURROGATE, **params)
     xdist = trace.c_pre - th
     need = (xdist > 0) | (xdist.abs() < SURROGATE.support)
     return (out != 0).float().mean().item(), 1.0 - need.float().mean().item()
@@ -137,8 +137,8 @@ def main() -> None:
         theta = torch.full((hidden,), theta_v, device="cuda")
         row = {"H": hidden, "activity": act, "bwd_sparsity": bsp}
         p = leaves(params, theta)
-        row["cupy_f"] = cuda_time(lambda p=p, x=x: torch.no_grad()(run_fn(egru_cupy_scan, x, p, False))(), reps)
-        row["cupy_fb"] = cuda_time(run_fn(egru_cupy_scan, x, p, True), reps)
+        row["cupy_f"] = cuda_time(lambda p=p, x=x: torch.no_grad()(run_fn(egru_scan_cuda, x, p, False))(), reps)
+        row["cupy_fb"] = cuda_time(run_fn(egru_scan_cuda, x, p, True), reps)
         gru = torch.nn.GRU(INPUT, hidden).cuda()
         xg = x.clone().requires_grad_(True)
 
@@ -202,8 +202,8 @@ def main() -> None:
         theta_v = calibrate(x, params, target)
         act, bsp = activity_of(x, params, theta_v)
         p = leaves(params, torch.full((hidden,), theta_v, device="cuda"))
-        f = cuda_time(lambda p=p, x=x: torch.no_grad()(run_fn(egru_cupy_scan, x, p, False))(), reps)
-        fb = cuda_time(run_fn(egru_cupy_scan, x, p, True), reps)
+        f = cuda_time(lambda p=p, x=x: torch.no_grad()(run_fn(egru_scan_cuda, x, p, False))(), reps)
+        fb = cuda_time(run_fn(egru_scan_cuda, x, p, True), reps)
         print(f"| {act:.1%} | {bsp:.1%} | {f:.2f} | {fb:.2f} | {fb - f:.2f} | {cudnn_fb:.2f} |")
     print(f"\n# total {time.time() - started:.0f} s")
 

@@ -23,9 +23,8 @@
 // Ordering: __syncthreads makes the block's writes happen-before thread 0's arrival, which is an
 // atomic add with acquire-release semantics at GPU scope (cumulative: it publishes what the barrier
 // ordered before it); thread 0 then spins with ACQUIRE loads, and the closing __syncthreads
-// hands the acquired order to the whole block. This replaces the previous __threadfence (a
-// sequentially consistent fence.sc.gpu) before the add and after the spin, which orders more than
-// a barrier needs. -DEVSNN_LEGACY_BARRIER restores that version (kept for A/B timing).
+// hands the acquired order to the whole block (a __threadfence, i.e. fence.sc.gpu, before the add
+// and after the spin would order more than a barrier needs).
 // Readers of data written by OTHER blocks should still load it with evsnn_ldcg (bypasses the
 // non-coherent L1).
 // ---------------------------------------------------------------------------------------------
@@ -33,13 +32,6 @@ __device__ __forceinline__ void evsnn_grid_barrier(unsigned int* counter, unsign
     __syncthreads();
     if (threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0) {
         target += gridDim.x * gridDim.y * gridDim.z;
-#ifdef EVSNN_LEGACY_BARRIER
-        __threadfence();
-        atomicAdd(counter, 1u);
-        while (*((volatile unsigned int*)counter) < target) {
-        }
-        __threadfence();
-#else
         // acq_rel: the last block to arrive sees every other arrival in the add itself and must
         // acquire there, since it skips the spin.
         unsigned int arrived;
@@ -48,7 +40,6 @@ __device__ __forceinline__ void evsnn_grid_barrier(unsigned int* counter, unsign
         while (arrived < target) {
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(arrived) : "l"(counter) : "memory");
         }
-#endif
     }
     __syncthreads();
 }

@@ -15,7 +15,7 @@ expectation; DropConnect is off).
 The backend is chosen like the layer's (``"auto"``, ``EVSNN_BACKEND``): where the
 ``"cpu_event"`` backend applies, the stream uses its prepared stepper (weights transposed
 once, only the rows of active units read each step; with numba installed one fused call per
-step or chunk, see ``evsnn.ops.cpu_event``); otherwise it calls the chosen backend's scan on
+step or chunk, see ``evsnn.ops.egru.cpu`` & co.); otherwise it calls the chosen backend's scan on
 each step or chunk. :meth:`Stream.chunk` is the fast way when inputs arrive in blocks: the
 input projection is one GEMM for the block instead of one matrix-vector product per step.
 
@@ -191,15 +191,17 @@ class Stream:
             )
 
     def _make_runner(self):
-        from .ops import cpu_event
+        from .ops.alif import cpu as alif_cpu
+        from .ops.delta import cpu as delta_cpu
+        from .ops.egru import cpu as egru_cpu
 
         layer = self.layer
         if self.family == "egru":
-            return cpu_event.EGRURunner(
+            return egru_cpu.EGRURunner(
                 layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh, layer.threshold, reset=layer.reset
             )
         if self.family == "alif":
-            return cpu_event.ALIFRunner(
+            return alif_cpu.ALIFRunner(
                 tau_mem=layer.tau_mem,
                 tau_adapt=layer.tau_adapt,
                 b0=layer.b0,
@@ -207,7 +209,7 @@ class Stream:
                 weight_hh=layer.weight_hh,
                 bias_hh=layer.bias_hh,
             )
-        runner_type = cpu_event.DeltaGRURunner if self.family == "delta_gru" else cpu_event.DeltaLSTMRunner
+        runner_type = delta_cpu.DeltaGRURunner if self.family == "delta_gru" else delta_cpu.DeltaLSTMRunner
         return runner_type(
             layer._weight("weight_ih"),  # rounded as the layer's products use it (weight_fixed_point)
             layer._weight("weight_hh"),

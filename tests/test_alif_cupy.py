@@ -16,8 +16,9 @@ import torch
 
 from evsnn.functional import alif_scan
 from evsnn.functional.alif import ALIFState
-from evsnn.ops import alif_cupy, dispatch
 from evsnn.ops import cupy_runtime as rt
+from evsnn.ops import dispatch
+from evsnn.ops.alif import cuda as alif_cuda
 from evsnn.surrogate import ATan, FastSigmoid, Gaussian, MultiGaussian, SnnTorchSurrogate, Triangle
 
 SURROGATES = {
@@ -40,7 +41,7 @@ def test_registered_with_dispatcher():
     assert "cupy" in dispatch.registered("alif")
     backend = dispatch._REGISTRY[("alif", "cupy")]
     # dispatch wraps accelerated ops with torch.compiler.disable (opaque to torch.compile)
-    assert backend.fn.__wrapped__ is alif_cupy.alif_scan_cupy and backend.check is alif_cupy.check
+    assert backend.fn.__wrapped__ is alif_cuda.alif_scan_cuda and backend.check is alif_cuda.check_cuda
 
 
 @pytest.mark.parametrize(
@@ -56,20 +57,20 @@ def test_registered_with_dispatcher():
     ],
 )
 def test_surrogate_kernel_args(surrogate, expected):
-    assert alif_cupy.surrogate_kernel_args(surrogate) == expected
+    assert alif_cuda.surrogate_kernel_args(surrogate) == expected
 
 
 def test_surrogate_without_kernel_form_is_refused():
     sg = SnnTorchSurrogate(lambda x: (x > 0).float())
-    assert alif_cupy.surrogate_kernel_args(sg) is None
-    reason = alif_cupy.check(device=torch.device("cuda", 0), dtype=torch.float32, surrogate=sg)
+    assert alif_cuda.surrogate_kernel_args(sg) is None
+    reason = alif_cuda.check_cuda(device=torch.device("cuda", 0), dtype=torch.float32, surrogate=sg)
     assert reason is not None
     if rt.unavailable_reason() is None:  # with a GPU the surrogate itself is the reason
         assert "kernel_spec" in reason
 
 
 def test_check_cpu_tensor_names_cuda_and_install_hint():
-    reason = alif_cupy.check(device=torch.device("cpu"), dtype=torch.float32, surrogate=MultiGaussian())
+    reason = alif_cuda.check_cuda(device=torch.device("cpu"), dtype=torch.float32, surrogate=MultiGaussian())
     assert reason is not None and "CUDA tensors" in reason and 'pip install "evsnn[cuda13]"' in reason
 
 
@@ -83,24 +84,24 @@ def test_explicit_cupy_on_cpu_raises_and_auto_falls_back_to_reference():
 def test_scan_on_cpu_tensor_raises_value_error():
     x = torch.randn(3, 2, 4)
     with pytest.raises(ValueError, match="CUDA tensors"):
-        alif_cupy.alif_scan_cupy(x, None, tau_mem=torch.full((4,), 20.0), tau_adapt=torch.full((4,), 150.0))
+        alif_cuda.alif_scan_cuda(x, None, tau_mem=torch.full((4,), 20.0), tau_adapt=torch.full((4,), 150.0))
 
 
 def test_scan_rejects_bad_shapes_and_types():
     with pytest.raises(ValueError, match=r"\[T, B, N\]"):
-        alif_cupy.alif_scan_cupy(torch.randn(2, 3), None, tau_mem=torch.ones(3), tau_adapt=torch.ones(3))
+        alif_cuda.alif_scan_cuda(torch.randn(2, 3), None, tau_mem=torch.ones(3), tau_adapt=torch.ones(3))
     like = torch.zeros(2, 3, 5)
     with pytest.raises(ValueError, match=r"shape \(5,\)"):
-        alif_cupy._per_neuron("b0", torch.ones(4), 5, like)
+        alif_cuda._per_neuron("b0", torch.ones(4), 5, like)
     with pytest.raises(TypeError, match="float or a tensor"):
-        alif_cupy._per_neuron("beta", "1.8", 5, like)
-    assert torch.equal(alif_cupy._per_neuron("b0", 0.5, 5, like), torch.full((5,), 0.5))
-    assert torch.equal(alif_cupy._per_neuron("b0", torch.tensor(2.0), 5, like), torch.full((5,), 2.0))
+        alif_cuda._per_neuron("beta", "1.8", 5, like)
+    assert torch.equal(alif_cuda._per_neuron("b0", 0.5, 5, like), torch.full((5,), 0.5))
+    assert torch.equal(alif_cuda._per_neuron("b0", torch.tensor(2.0), 5, like), torch.full((5,), 2.0))
 
 
 def test_kernel_block_size_matches_source():
-    text = (rt.CUDA_DIR / alif_cupy.SOURCE).read_text()
-    assert f"#define ALIF_REC_THREADS {alif_cupy.REC_THREADS}" in text
+    text = (rt.CUDA_DIR / alif_cuda.SOURCE).read_text()
+    assert f"#define ALIF_REC_THREADS {alif_cuda.REC_THREADS}" in text
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,7 +163,7 @@ def _rel(a, b):
 
 def _compare(case, surrogate, weights, dtype):
     out_tol, grad_tol = TOL[dtype]
-    got, got_g = _run(alif_cupy.alif_scan_cupy, case, surrogate, weights)
+    got, got_g = _run(alif_cuda.alif_scan_cuda, case, surrogate, weights)
     ref, ref_g = _run(alif_scan, case, surrogate, weights)
     rate = ref[0].mean().item()
     assert 0.005 < rate < 0.95, f"test case has a degenerate spike rate {rate}"
@@ -204,7 +205,7 @@ def test_default_initial_state_and_no_bias(recurrent):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 def test_recurrent_many_units_per_block_and_several_tiles(monkeypatch, dtype):
     # N = 600 spans two 512-column tiles of the forward gather; 2 blocks walk 10 units each step.
-    monkeypatch.setattr(alif_cupy, "MAX_BLOCKS", 2)
+    monkeypatch.setattr(rt, "sm_count", lambda index: 2)
     case, weights = _case(8, 2, 600, dtype, True, seed=4)
     _compare(case, MultiGaussian().truncate(0.5), weights, dtype)
 
@@ -213,8 +214,8 @@ def test_recurrent_many_units_per_block_and_several_tiles(monkeypatch, dtype):
 @pytest.mark.parametrize("recurrent", [False, True], ids=["ff", "rec"])
 def test_bitwise_identical_runs(recurrent):
     case, weights = _case(30, 4, 200, torch.float32, recurrent, seed=5)
-    a, ga = _run(alif_cupy.alif_scan_cupy, case, MultiGaussian(), weights)
-    b, gb = _run(alif_cupy.alif_scan_cupy, case, MultiGaussian(), weights)
+    a, ga = _run(alif_cuda.alif_scan_cuda, case, MultiGaussian(), weights)
+    b, gb = _run(alif_cuda.alif_scan_cuda, case, MultiGaussian(), weights)
     for x, y in zip(a, b):
         assert torch.equal(x, y)
     for k in ga:
@@ -228,7 +229,7 @@ def test_no_grad_forward_equals_reference(recurrent):
     kwargs = {k: case.get(k) for k in ("tau_mem", "tau_adapt", "b0", "beta", "weight_hh", "bias_hh")}
     state = ALIFState(case["v"], case["b"], case["s"])
     with torch.no_grad():
-        s1, f1, t1 = alif_cupy.alif_scan_cupy(case["current"], state, **kwargs)
+        s1, f1, t1 = alif_cuda.alif_scan_cuda(case["current"], state, **kwargs)
         s2, f2, t2 = alif_scan(case["current"], state, **kwargs)
     assert not s1.requires_grad
     assert torch.equal(s1, s2)

@@ -404,7 +404,7 @@ def test_cupy_under_low_precision_runs_float32_kernel_on_rounded_operands(family
         assert torch.equal(tensors["x"], x.float())
 
 
-@pytest.mark.parametrize("module", ["alif_cupy", "egru_cupy", "delta_cupy"])
+@pytest.mark.parametrize("module", ["alif.cuda", "egru.cuda", "delta.cuda"])
 def test_cupy_checks_name_the_low_precision_route(module, monkeypatch):
     """Called directly with bf16 (not through a layer), a CuPy check refuses and says how the
     layers run bf16 on it. CUDA's presence is stood in for: only the dtype branch is under test."""
@@ -413,9 +413,8 @@ def test_cupy_checks_name_the_low_precision_route(module, monkeypatch):
     from evsnn.ops import cupy_runtime
 
     mod = importlib.import_module(f"evsnn.ops.{module}")
-    check = {"alif_cupy": "check", "egru_cupy": "egru_cupy_check", "delta_cupy": "check_cupy"}[module]
     monkeypatch.setattr(cupy_runtime, "unavailable_reason", lambda: None)
-    reason = getattr(mod, check)(device=torch.device("cuda"), dtype=torch.bfloat16)
+    reason = mod.check_cuda(device=torch.device("cuda"), dtype=torch.bfloat16)
     assert "float32 and float64, got torch.bfloat16" in reason
     assert "through evsnn.ops.dispatch, which runs them in float32 on operands rounded" in reason
 

@@ -8,7 +8,10 @@ import torch
 
 import evsnn
 from evsnn.functional import alif_scan, delta_gru_scan, delta_lstm_scan, egru_scan
-from evsnn.ops import cpu_event, dispatch
+from evsnn.ops import auto, cpu_common, dispatch
+from evsnn.ops.alif import cpu as alif_cpu
+from evsnn.ops.delta import cpu as delta_cpu
+from evsnn.ops.egru import cpu as egru_cpu
 from evsnn.surrogate import ATan, MultiGaussian, SnnTorchSurrogate, Triangle
 
 SHAPES = [(7, 1, 3, 12), (9, 3, 5, 17), (5, 4, 1, 33)]  # (T, B, I, H)
@@ -61,7 +64,7 @@ def test_egru_inference_equals_reference(shape, reset, dtype):
     x, state, *params = _egru_inputs(shape, dtype, seed=sum(shape) + (reset == "threshold"), active_state=True)
     with torch.no_grad():
         ref = egru_scan(x, state, *params, reset=reset)
-        got = cpu_event.egru_event_scan(x, state, *params, reset=reset)
+        got = egru_cpu.egru_scan_cpu(x, state, *params, reset=reset)
     assert 0.0 < float((ref[0] != 0).double().mean()) < 0.9  # the test exercises sparse steps
     _close(got, ref, dtype, f"egru {reset}")
 
@@ -77,7 +80,7 @@ def test_egru_gradients_equal_reference(shape, reset, surrogate):
     # y_0 with a gradient forces a dense first product; c_0 is elementwise only.
     st = evsnn.EGRUState(c0, y0)
     ref = egru_scan(x_r, st, w_ih, w_hh, b_ih, b_hh, theta, reset=reset, surrogate=surrogate)
-    got = cpu_event.egru_event_scan(x_r, st, w_ih, w_hh, b_ih, b_hh, theta, reset=reset, surrogate=surrogate)
+    got = egru_cpu.egru_scan_cpu(x_r, st, w_ih, w_hh, b_ih, b_hh, theta, reset=reset, surrogate=surrogate)
     _close(got, ref, dtype, "egru train forward")
     _close(_grads(got, leaves), _grads(ref, leaves), dtype, "egru grads")
 
@@ -86,7 +89,7 @@ def test_egru_gradient_without_state_grad_and_float32():
     x, _, *params = _egru_inputs((12, 2, 4, 40), torch.float32, seed=3)
     leaves = _leaves(*params)
     ref = egru_scan(x, None, *leaves)
-    got = cpu_event.egru_event_scan(x, None, *leaves)
+    got = egru_cpu.egru_scan_cpu(x, None, *leaves)
     _close(got, ref, torch.float32, "egru fp32 forward")
     _close(_grads(got, leaves), _grads(ref, leaves), torch.float32, "egru fp32 grads")
 
@@ -112,7 +115,7 @@ def test_alif_inference_equals_reference(shape, recurrent):
     current, kw = _alif_inputs(shape, torch.float32, seed=11, recurrent=recurrent)
     with torch.no_grad():
         ref = alif_scan(current, None, **kw)
-        got = cpu_event.alif_event_scan(current, None, **kw)
+        got = alif_cpu.alif_scan_cpu(current, None, **kw)
     assert 0.0 < float(ref[0].mean()) < 0.9
     _close(got, ref, torch.float32, "alif")
 
@@ -126,7 +129,7 @@ def test_alif_gradients_equal_reference(shape, surrogate):
     leaves = _leaves(current, *(kw[k] for k in names))
     kw.update(dict(zip(names, leaves[1:])), surrogate=surrogate)
     ref = alif_scan(leaves[0], None, **kw)
-    got = cpu_event.alif_event_scan(leaves[0], None, **kw)
+    got = alif_cpu.alif_scan_cpu(leaves[0], None, **kw)
     _close(got, ref, dtype, "alif train forward")
     _close(_grads(got, leaves), _grads(ref, leaves), dtype, "alif grads")
 
@@ -145,7 +148,7 @@ def _delta_inputs(shape, gates, dtype, seed):
     return x, params
 
 
-DELTA = [(3, delta_gru_scan, cpu_event.delta_gru_event_scan), (4, delta_lstm_scan, cpu_event.delta_lstm_event_scan)]
+DELTA = [(3, delta_gru_scan, delta_cpu.delta_gru_scan_cpu), (4, delta_lstm_scan, delta_cpu.delta_lstm_scan_cpu)]
 
 
 @pytest.mark.parametrize("gates,ref_fn,ev_fn", DELTA, ids=["gru", "lstm"])
@@ -178,7 +181,7 @@ def test_delta_with_given_state_continues_the_reference():
     with torch.no_grad():
         _, mid, _ = delta_gru_scan(x[:5], None, *params, theta_x=0.1, theta_h=0.1)
         ref = delta_gru_scan(x[5:], mid, *params, theta_x=0.1, theta_h=0.1)
-        got = cpu_event.delta_gru_event_scan(x[5:], mid, *params, theta_x=0.1, theta_h=0.1)
+        got = delta_cpu.delta_gru_scan_cpu(x[5:], mid, *params, theta_x=0.1, theta_h=0.1)
     _close(got, ref, torch.float32, "delta continued")
 
 
@@ -189,7 +192,7 @@ def test_event_matmul_equals_dense_and_its_gradient():
     table = torch.randn(10, 6, generator=gen, dtype=torch.float64, requires_grad=True)
     v = values.clone().requires_grad_(True)
     active = (values != 0) | (torch.rand(4, 10, generator=gen) < 0.2)  # a superset of the nonzeros
-    out = cpu_event.event_matmul(v, table, active)
+    out = cpu_common.event_matmul(v, table, active)
     torch.testing.assert_close(out, values @ table)
     g_v, g_t = torch.autograd.grad(out.sum(), (v, table))
     v2 = values.clone().requires_grad_(True)
@@ -202,18 +205,18 @@ def test_event_matmul_equals_dense_and_its_gradient():
 def test_check_reasons_and_crossover():
     cpu = torch.device("cpu")
     ok = {"device": cpu, "dtype": torch.float32, "shape": (10, 1, 1024)}
-    assert cpu_event.check(**ok, auto=False) is None
-    assert cpu_event.check(**ok, family="egru", training=False) is None
-    assert "family" in cpu_event.check(**ok, training=False)
-    assert "CPU" in cpu_event.check(**{**ok, "device": torch.device("meta")})
-    assert "float16" in cpu_event.check(**{**ok, "dtype": torch.float16})
-    assert "zoneout" in cpu_event.check(**ok, zoneout=0.1, auto=False)
-    assert "snntorch" in cpu_event.check(**ok, surrogate=SnnTorchSurrogate(lambda x: x), auto=False)
-    big_batch = {**ok, "shape": (10, cpu_event.AUTO_MAX_BATCH + 1, 1024)}
-    small = {**ok, "shape": (10, 1, cpu_event.AUTO_MIN_HIDDEN - 1)}
-    assert cpu_event.check(**big_batch, auto=False) is None
-    assert "batch" in cpu_event.check(**big_batch, auto=True, family="egru", training=False)
-    assert "hidden" in cpu_event.check(**small, auto=True, family="egru", training=False)
+    assert cpu_common.check_cpu(**ok, auto=False) is None
+    assert cpu_common.check_cpu(**ok, family="egru", training=False) is None
+    assert "family" in cpu_common.check_cpu(**ok, training=False)
+    assert "CPU" in cpu_common.check_cpu(**{**ok, "device": torch.device("meta")})
+    assert "float16" in cpu_common.check_cpu(**{**ok, "dtype": torch.float16})
+    assert "zoneout" in cpu_common.check_cpu(**ok, zoneout=0.1, auto=False)
+    assert "snntorch" in cpu_common.check_cpu(**ok, surrogate=SnnTorchSurrogate(lambda x: x), auto=False)
+    big_batch = {**ok, "shape": (10, auto.AUTO_MAX_BATCH + 1, 1024)}
+    small = {**ok, "shape": (10, 1, auto.AUTO_MIN_HIDDEN - 1)}
+    assert cpu_common.check_cpu(**big_batch, auto=False) is None
+    assert "batch" in cpu_common.check_cpu(**big_batch, auto=True, family="egru", training=False)
+    assert "hidden" in cpu_common.check_cpu(**small, auto=True, family="egru", training=False)
     assert "cpu_event" in dispatch.registered("egru")
     chosen = dispatch.resolve("egru", "auto", **ok, surrogate=Triangle(0.3), zoneout=0.0, training=False)
     assert chosen.name == "cpu_event"
@@ -247,7 +250,7 @@ AUTO_DECISIONS = [
 
 @pytest.mark.parametrize("family,training,batch,hidden,chosen", AUTO_DECISIONS)
 def test_auto_decides_training_and_inference_apart(family, training, batch, hidden, chosen):
-    reason = cpu_event.auto_reason(family, training, batch, hidden)
+    reason = auto.auto_reason(family, training, batch, hidden)
     assert (reason is None) == chosen, reason
     if not chosen:
         assert ("training" if training else "inference") in reason
@@ -262,7 +265,7 @@ def test_layer_auto_follows_grad_recording(monkeypatch):
     shape runs cpu_event under no_grad and the reference when training; an explicit
     backend="cpu_event" keeps running the event path in training."""
     monkeypatch.delenv("EVSNN_BACKEND", raising=False)
-    layer = evsnn.EGRU(3, cpu_event.AUTO_MIN_HIDDEN)
+    layer = evsnn.EGRU(3, auto.AUTO_MIN_HIDDEN)
     x = torch.randn(4, 2, 3)
     with torch.no_grad():
         assert layer._resolve_backend(x).name == "cpu_event"
@@ -284,20 +287,20 @@ def test_layer_auto_follows_grad_recording(monkeypatch):
 def test_bad_calls_raise_clear_errors():
     x, state, *params = _egru_inputs((3, 1, 2, 4), torch.float32, seed=0)
     with pytest.raises(ValueError, match="zoneout"):
-        cpu_event.egru_event_scan(x, None, *params, zoneout=0.1)
+        egru_cpu.egru_scan_cpu(x, None, *params, zoneout=0.1)
     with pytest.raises(ValueError, match="reset"):
-        cpu_event.egru_event_scan(x, None, *params, reset="nope")
+        egru_cpu.egru_scan_cpu(x, None, *params, reset="nope")
     with pytest.raises(TypeError, match="snntorch"):
-        cpu_event.egru_event_scan(x, None, *params, surrogate=SnnTorchSurrogate(lambda v: v))
+        egru_cpu.egru_scan_cpu(x, None, *params, surrogate=SnnTorchSurrogate(lambda v: v))
     xd, pd = _delta_inputs((3, 1, 2, 4), 3, torch.float32, seed=0)
     with pytest.raises(ValueError, match="theta_h"):
-        cpu_event.delta_gru_event_scan(xd, None, *pd, theta_h=torch.ones(3))
+        delta_cpu.delta_gru_scan_cpu(xd, None, *pd, theta_h=torch.ones(3))
 
 
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_layers_through_dispatch(batch_first):
     torch.manual_seed(0)
-    h = cpu_event.AUTO_MIN_HIDDEN  # inside the auto crossover, so "auto" and "cpu_event" both run it
+    h = auto.AUTO_MIN_HIDDEN  # inside the auto crossover, so "auto" and "cpu_event" both run it
     for make in (
         lambda: evsnn.EGRU(4, h, batch_first=batch_first),
         lambda: evsnn.DeltaGRU(4, h, batch_first=batch_first, theta_x=0.05, theta_h=0.05),
@@ -321,7 +324,7 @@ def test_layers_through_dispatch(batch_first):
 # --------------------------------------------------------------------------------------------
 
 KERNEL_CHOICES = [
-    pytest.param("numba", marks=pytest.mark.skipif(not cpu_event.numba_available(), reason="numba not installed")),
+    pytest.param("numba", marks=pytest.mark.skipif(not cpu_common.numba_available(), reason="numba not installed")),
     "torch",
 ]
 
@@ -346,7 +349,7 @@ def _runner_and_reference(family, shape, dtype, kernel, seed, poison=False):
         if poison:
             w_hh = w_hh.clone()
             w_hh[:, quiet] = float("nan")
-        runner = cpu_event.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta, reset=reset, kernel=kernel)
+        runner = egru_cpu.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta, reset=reset, kernel=kernel)
         runner.load(state)
         return runner, x, ref
     gates, ref_fn, _ = DELTA[0] if family == "delta_gru" else DELTA[1]
@@ -361,7 +364,7 @@ def _runner_and_reference(family, shape, dtype, kernel, seed, poison=False):
     if poison:
         params[1] = params[1].clone()
         params[1][:, quiet] = float("nan")
-    runner_type = cpu_event.DeltaGRURunner if family == "delta_gru" else cpu_event.DeltaLSTMRunner
+    runner_type = delta_cpu.DeltaGRURunner if family == "delta_gru" else delta_cpu.DeltaLSTMRunner
     runner = runner_type(*params, theta_x=0.15, theta_h=theta_h, kernel=kernel)
     runner.load(mid)
     runner.block = 2  # several GEMM blocks per chunk
@@ -421,31 +424,31 @@ def test_runner_never_reads_rows_of_inactive_units(kernel, family):
 def test_kernel_choice_and_errors(monkeypatch):
     _, _, w_ih, w_hh, b_ih, b_hh, theta = _egru_inputs((2, 1, 2, 4), torch.float32, seed=0)
     with pytest.raises(ValueError, match="kernel must be one of"):
-        cpu_event.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta, kernel="fast")
-    monkeypatch.setenv(cpu_event.KERNEL_ENV_VAR, "torch")
-    assert cpu_event.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta).kernel == "torch"
-    monkeypatch.setenv(cpu_event.KERNEL_ENV_VAR, "cuda")
+        egru_cpu.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta, kernel="fast")
+    monkeypatch.setenv(cpu_common.KERNEL_ENV_VAR, "torch")
+    assert egru_cpu.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta).kernel == "torch"
+    monkeypatch.setenv(cpu_common.KERNEL_ENV_VAR, "cuda")
     with pytest.raises(ValueError, match="EVSNN_CPU_KERNEL='cuda'"):
-        cpu_event.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta)
-    monkeypatch.delenv(cpu_event.KERNEL_ENV_VAR)
-    expected = "numba" if cpu_event.numba_available() else "torch"
-    assert cpu_event.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta).kernel == expected
-    monkeypatch.setattr(cpu_event, "numba_available", lambda: False)
+        egru_cpu.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta)
+    monkeypatch.delenv(cpu_common.KERNEL_ENV_VAR)
+    expected = "numba" if cpu_common.numba_available() else "torch"
+    assert egru_cpu.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta).kernel == expected
+    monkeypatch.setattr(cpu_common, "numba_available", lambda: False)
     with pytest.raises(ValueError, match="pip install numba"):
-        cpu_event.DeltaGRURunner(torch.zeros(12, 2), torch.zeros(12, 4), None, None, kernel="numba")
+        delta_cpu.DeltaGRURunner(torch.zeros(12, 2), torch.zeros(12, 4), None, None, kernel="numba")
 
 
-@pytest.mark.skipif(not cpu_event.numba_available(), reason="numba not installed")
+@pytest.mark.skipif(not cpu_common.numba_available(), reason="numba not installed")
 def test_fused_runner_refuses_mixed_dtypes():
     x, state, *params = _egru_inputs((2, 1, 2, 4), torch.float32, seed=0)
-    runner = cpu_event.EGRURunner(*params, kernel="numba")
+    runner = egru_cpu.EGRURunner(*params, kernel="numba")
     with pytest.raises(TypeError, match="expected dtype torch.float32"):
         runner.load(evsnn.EGRUState(torch.zeros(1, 4, dtype=torch.float64), torch.zeros(1, 4, dtype=torch.float64)))
     runner.load(evsnn.EGRUState(torch.zeros(1, 4), torch.zeros(1, 4)))
     with pytest.raises(TypeError, match="got torch.float64"):
         runner.step(torch.zeros(1, 12, dtype=torch.float64))
     xd, pd = _delta_inputs((3, 1, 2, 4), 3, torch.float32, seed=0)
-    delta = cpu_event.DeltaGRURunner(*pd, kernel="numba")
+    delta = delta_cpu.DeltaGRURunner(*pd, kernel="numba")
     delta.load(delta.initial_state(1, xd))
     with pytest.raises(TypeError, match="got torch.float64"):
         delta.run(xd.double())

@@ -1,4 +1,4 @@
-"""The fused numba DeltaGRU/DeltaLSTM training kernels (evsnn.ops.cpu_train) against autograd of
+"""The fused numba DeltaGRU/DeltaLSTM training kernels (evsnn.ops.delta.cpu_train) against autograd of
 the reference scans evsnn.functional.delta_gru_scan/delta_lstm_scan: outputs, final state, delta traces and the
 gradients of all of them, float64 to 1e-10 and float32 to rounding; and its sparsity
 bookkeeping (columns that are never active are never read, forward or backward)."""
@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from evsnn.functional import DeltaGRUState, DeltaLSTMState, delta_gru_scan, delta_lstm_scan
-from evsnn.ops import cpu_event, cpu_train
+from evsnn.ops import auto, cpu_common
+from evsnn.ops.delta import cpu as delta_cpu
+from evsnn.ops.delta import cpu_train
 
 # numba comes with the [dev] extra: without it these tests fail rather than skip.
 assert cpu_train.train_kernels_available(), "tests/test_cpu_train.py needs numba: pip install -e '.[dev]'"
@@ -167,7 +169,7 @@ def test_cpu_event_training_path_uses_the_fused_kernel(single_thread, monkeypatc
     """backend="cpu_event" in training runs the fused kernel (and gives the reference's
     gradients); EVSNN_CPU_KERNEL=torch keeps the torch-op training loop."""
     gates, _, reference, fused_name = CELLS[cell]
-    event = cpu_event.delta_gru_event_scan if cell == "gru" else cpu_event.delta_lstm_event_scan
+    event = delta_cpu.delta_gru_scan_cpu if cell == "gru" else delta_cpu.delta_lstm_scan_cpu
     calls = []
     real = getattr(cpu_train, fused_name)
     monkeypatch.setattr(cpu_train, fused_name, lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -182,7 +184,7 @@ def test_cpu_event_training_path_uses_the_fused_kernel(single_thread, monkeypatc
     r = torch.autograd.grad(ref.sum(), params)
     for a, b in zip(g, r):
         torch.testing.assert_close(a, b)
-    monkeypatch.setenv(cpu_event.KERNEL_ENV_VAR, "torch")
+    monkeypatch.setenv(cpu_common.KERNEL_ENV_VAR, "torch")
     event(x, None, *params, theta_x=0.1, theta_h=0.1)
     assert calls == [1]
 
@@ -196,7 +198,7 @@ def test_layer_training_under_auto_runs_the_fused_kernel(single_thread, monkeypa
     calls = []
     real = cpu_train.delta_gru_train_scan
     monkeypatch.setattr(cpu_train, "delta_gru_train_scan", lambda *a, **k: calls.append(1) or real(*a, **k))
-    layer = evsnn.DeltaGRU(3, cpu_event.AUTO_MIN_HIDDEN, theta_x=0.05, theta_h=0.05)
+    layer = evsnn.DeltaGRU(3, auto.AUTO_MIN_HIDDEN, theta_x=0.05, theta_h=0.05)
     x = torch.randn(5, 2, 3)
     out, _ = layer(x)
     assert calls == [1]

@@ -7,7 +7,7 @@ import importlib.util
 
 import pytest
 
-from evsnn.ops import alif_cupy
+from evsnn.ops.alif import cuda as alif_cuda
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("cupy") is None, reason='needs CuPy: pip install "evsnn[cuda13]"')
 
@@ -18,7 +18,7 @@ def test_alif_kernels_compile(arch, scalar):
     from evsnn.ops.cupy_runtime import compile_check
 
     # The same options as at run time: scalar type and --fmad=false.
-    compile_check(alif_cupy.SOURCE, arch, [f"-Dscalar_t={scalar}", *alif_cupy._DEFINES])
+    compile_check(alif_cuda.SOURCE, arch, [f"-Dscalar_t={scalar}", *alif_cuda._DEFINES])
 
 
 def test_compile_check_catches_an_error(tmp_path, monkeypatch):
@@ -27,7 +27,8 @@ def test_compile_check_catches_an_error(tmp_path, monkeypatch):
 
     broken = tmp_path / "alif.cu"
     broken.write_text((rt.CUDA_DIR / "alif.cu").read_text().replace("alif_step(", "alif_stepp(", 1))
-    (tmp_path / "common.cuh").write_text((rt.CUDA_DIR / "common.cuh").read_text())
+    for header in ("common.cuh", "alif.cuh"):
+        (tmp_path / header).write_text((rt.CUDA_DIR / header).read_text())
     monkeypatch.setattr(rt, "CUDA_DIR", tmp_path)
     with pytest.raises(rt.CompileError):
-        rt.compile_check("alif.cu", "90", ["-Dscalar_t=float", *alif_cupy._DEFINES])
+        rt.compile_check("alif.cu", "90", ["-Dscalar_t=float", *alif_cuda._DEFINES])

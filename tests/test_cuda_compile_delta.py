@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from evsnn.ops import cupy_runtime as rt
-from evsnn.ops.delta_cupy import kernel_defines
+from evsnn.ops.delta.cuda import kernel_defines
 
 try:
     from cupy_backends.cuda.libs import nvrtc  # noqa: F401

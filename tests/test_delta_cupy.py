@@ -14,13 +14,13 @@ from evsnn.functional import delta_gru_scan, delta_lstm_scan
 from evsnn.functional.delta import DeltaGRUState, DeltaLSTMState
 from evsnn.nn import DeltaGRU, DeltaLSTM
 from evsnn.ops import dispatch
-from evsnn.ops.delta_cupy import check_cupy, delta_gru_scan_cupy, delta_lstm_scan_cupy
+from evsnn.ops.delta.cuda import check_cuda, delta_gru_scan_cuda, delta_lstm_scan_cuda
 
 pytestmark = pytest.mark.gpu
 
 CELLS = {
-    "gru": (3, delta_gru_scan, delta_gru_scan_cupy, DeltaGRUState),
-    "lstm": (4, delta_lstm_scan, delta_lstm_scan_cupy, DeltaLSTMState),
+    "gru": (3, delta_gru_scan, delta_gru_scan_cuda, DeltaGRUState),
+    "lstm": (4, delta_lstm_scan, delta_lstm_scan_cuda, DeltaLSTMState),
 }
 # float32: relative L2 error ‖got − ref‖ / ‖ref‖ (sums in another order; T ≤ 24 steps).
 F32_FWD, F32_GRAD = 2e-5, 2e-4
@@ -152,7 +152,7 @@ def test_inference_without_grad_and_layer_dispatch():
 
 
 def test_check_reasons():
-    assert "CUDA tensors" in check_cupy(device=torch.device("cpu"), dtype=torch.float32)
-    assert "float32 and float64" in check_cupy(device=torch.device("cuda"), dtype=torch.float16)
-    assert "Python float" in check_cupy(device=torch.device("cuda"), dtype=torch.float32, theta_h=torch.tensor(0.1))
-    assert check_cupy(device=torch.device("cuda"), dtype=torch.float32, shape=(5, 2, 10**7)) is not None
+    assert "CUDA tensors" in check_cuda(device=torch.device("cpu"), dtype=torch.float32)
+    assert "float32 and float64" in check_cuda(device=torch.device("cuda"), dtype=torch.float16)
+    assert "Python float" in check_cuda(device=torch.device("cuda"), dtype=torch.float32, theta_h=torch.tensor(0.1))
+    assert check_cuda(device=torch.device("cuda"), dtype=torch.float32, shape=(5, 2, 10**7)) is not None

@@ -1,4 +1,4 @@
-"""The symmetric sparse BPTT of the delta cells (evsnn/ops/delta_cupy.py) on CPU, float64.
+"""The symmetric sparse BPTT of the delta cells (evsnn/ops/delta/cuda.py) on CPU, float64.
 
 The ``"torch"`` engine runs the same recurrences as the CUDA kernels in torch ops; its forward must
 equal the reference scan and its custom backward must equal autograd of the reference to 1e-10.
@@ -11,7 +11,7 @@ import torch
 
 from evsnn.functional import delta_gru_scan, delta_lstm_scan
 from evsnn.functional.delta import DeltaGRUState, DeltaLSTMState
-from evsnn.ops.delta_cupy import (
+from evsnn.ops.delta.cuda import (
     _input_memory_backward,
     _pack_weights,
     delta_gru_scan_bptt,
@@ -187,7 +187,6 @@ def test_bad_arguments():
 
 
 def test_cupy_backend_registered_and_refuses_cpu_tensors():
-    from evsnn.ops import cupy_backends  # noqa: F401  (registers every family's CuPy backend)
     from evsnn.ops.dispatch import BackendUnavailable, registered, resolve
 
     assert "cupy" in registered("delta_gru") and "cupy" in registered("delta_lstm")

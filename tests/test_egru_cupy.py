@@ -18,7 +18,7 @@ import torch
 from evsnn.functional.egru import EGRUState, egru_scan
 from evsnn.ops import cupy_runtime as rt
 from evsnn.ops import dispatch
-from evsnn.ops import egru_cupy as ec
+from evsnn.ops.egru import cuda as ec
 from evsnn.surrogate import ATan, FastSigmoid, Gaussian, MultiGaussian, Triangle
 
 GPU_REASON = rt.unavailable_reason()
@@ -76,7 +76,7 @@ def test_units_per_block() -> None:
 
 
 def test_check_reports_cpu_and_options() -> None:
-    reason = ec.egru_cupy_check(device=torch.device("cpu"), dtype=torch.float32)
+    reason = ec.check_cuda(device=torch.device("cpu"), dtype=torch.float32)
     assert reason is not None and 'pip install "evsnn[cuda13]"' in reason
     with pytest.raises(dispatch.BackendUnavailable, match="cuda13"):
         dispatch.resolve("egru", "cupy", torch.device("cpu"), dtype=torch.float32)
@@ -130,7 +130,7 @@ def _compare(steps, batch, inp, hidden, dtype, reset, with_state, surrogate=None
         torch.randn(*s, generator=gen, dtype=torch.float64).to(dtype).cuda()
         for s in ((steps, batch, hidden), (batch, hidden), (batch, hidden))
     )
-    got = _run(ec.egru_cupy_scan, x, state, params, reset, surrogate, weights)
+    got = _run(ec.egru_scan_cuda, x, state, params, reset, surrogate, weights)
     want = _run(egru_scan, x, state, params, reset, surrogate, weights)
     return got, want
 
@@ -194,7 +194,9 @@ def test_surrogates(surrogate, reset) -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(GPU_REASON is not None, reason=f"no GPU/CuPy: {GPU_REASON}")
 def test_no_bias_and_global_weights(monkeypatch) -> None:
-    monkeypatch.setattr(ec, "_FORCE_GLOBAL_WEIGHTS", True)
+    # A shared-memory limit that holds only the backward's event list (B·U·4 <= 3·16·4 bytes): W_hh is
+    # then read from global memory in both directions, the path of large H or float64.
+    monkeypatch.setattr(ec, "_smem_limit", lambda index: 3 * 16 * 4)
     for reset in ("output", "threshold"):
         got, want = _compare(5, 3, 6, 70, torch.float64, reset, True, bias=False, seed=5)
         _assert_close(got, want, torch.float64)
@@ -226,4 +228,4 @@ def test_layer_dispatch_auto_picks_cupy() -> None:
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(st.c, st_ref.c, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="zoneout"):
-        ec.egru_cupy_scan(x, None, layer.weight_ih, layer.weight_hh, None, None, layer.threshold, zoneout=0.1)
+        ec.egru_scan_cuda(x, None, layer.weight_ih, layer.weight_hh, None, None, layer.threshold, zoneout=0.1)

@@ -23,9 +23,10 @@ from evsnn.functional import (
     egru_scan,
     quantize_fixed_point,
 )
-from evsnn.ops import cpu_event, dispatch
+from evsnn.ops import cpu_common, dispatch
 from evsnn.ops import cupy_runtime as rt
-from evsnn.ops.delta_cupy import check_cupy, delta_gru_scan_bptt, delta_lstm_scan_bptt
+from evsnn.ops.delta import cpu as delta_cpu
+from evsnn.ops.delta.cuda import check_cuda, delta_gru_scan_bptt, delta_lstm_scan_bptt
 
 F64 = torch.float64
 
@@ -137,7 +138,7 @@ def test_zoneout_eval_gradcheck(single_thread):
 def test_zoneout_is_refused_by_the_backends_without_it_and_auto_runs_the_reference(single_thread):
     layer = evsnn.EGRU(3, 256, zoneout=0.3, threshold=0.1, dtype=F64).eval()
     shape = (4, 2, 256)
-    assert "zoneout" in cpu_event.check(device=torch.device("cpu"), dtype=F64, zoneout=0.3, shape=shape, auto=False)
+    assert "zoneout" in cpu_common.check_cpu(device=torch.device("cpu"), dtype=F64, zoneout=0.3, shape=shape, auto=False)
     chosen = dispatch.resolve("egru", "auto", device=torch.device("cpu"), dtype=F64, surrogate=layer.surrogate,
                               reset=layer.reset, zoneout=0.3, shape=shape)
     assert chosen.name == "torch"
@@ -222,8 +223,8 @@ def _tied_delta_problem(gates: int, dtype: torch.dtype, with_nan: bool = False):
 
 
 DELTA_FAMILIES = [
-    (3, delta_gru_scan, cpu_event.delta_gru_event_scan, delta_gru_scan_bptt),
-    (4, delta_lstm_scan, cpu_event.delta_lstm_event_scan, delta_lstm_scan_bptt),
+    (3, delta_gru_scan, delta_cpu.delta_gru_scan_cpu, delta_gru_scan_bptt),
+    (4, delta_lstm_scan, delta_cpu.delta_lstm_scan_cpu, delta_lstm_scan_bptt),
 ]
 
 
@@ -252,10 +253,10 @@ def test_every_cpu_backend_follows_the_tie_rule(gates, ref_fn, event_fn, twin_fn
         strict_ref = ref_fn(x, state, *params, theta_x=0.25, theta_h=0.25)
         if rule == "inclusive":
             assert not torch.equal(torch.nan_to_num(ref[2].delta_x), torch.nan_to_num(strict_ref[2].delta_x))
-        for kernel in cpu_event.KERNELS[1:]:
-            if kernel == "numba" and not cpu_event.numba_available():
+        for kernel in cpu_common.KERNELS[1:]:
+            if kernel == "numba" and not cpu_common.numba_available():
                 continue
-            monkeypatch.setenv(cpu_event.KERNEL_ENV_VAR, kernel)
+            monkeypatch.setenv(cpu_common.KERNEL_ENV_VAR, kernel)
             _assert_same(event_fn(x, state, *params, **kw), ref, f"cpu_event[{kernel}] {rule}", 1e-5)
         _assert_same(twin_fn(x, state, *params, **kw, engine="torch"), ref, f"CUDA twin {rule}", 1e-5)
 
@@ -283,9 +284,9 @@ def test_inclusive_rule_gradients_equal_the_reference(gates, ref_fn, event_fn, t
 def test_cupy_delta_refuses_what_its_kernels_lack(monkeypatch):
     monkeypatch.setattr(rt, "unavailable_reason", lambda: None)
     cuda = torch.device("cuda")
-    assert check_cupy(device=cuda, dtype=torch.float32, theta_x=0.25, theta_h=0.25, delta_rule="inclusive") is None
-    assert "fixed_point" in check_cupy(device=cuda, dtype=torch.float32, fixed_point=(3, 4))
-    assert "inclusive" in check_cupy(device=cuda, dtype=torch.float32, theta_x=0.0, theta_h=0.25, delta_rule="inclusive")
+    assert check_cuda(device=cuda, dtype=torch.float32, theta_x=0.25, theta_h=0.25, delta_rule="inclusive") is None
+    assert "fixed_point" in check_cuda(device=cuda, dtype=torch.float32, fixed_point=(3, 4))
+    assert "inclusive" in check_cuda(device=cuda, dtype=torch.float32, theta_x=0.0, theta_h=0.25, delta_rule="inclusive")
     x, state, params = _tied_delta_problem(3, torch.float32)
     with pytest.raises(ValueError, match="zero threshold"):
         delta_gru_scan_bptt(x, state, *params, theta_x=0.0, theta_h=0.25, delta_rule="inclusive", engine="torch")
@@ -384,7 +385,7 @@ def test_fixed_point_layer_equals_steps_on_explicitly_quantized_values(single_th
 def test_fixed_point_runs_on_the_reference_only(single_thread):
     shape = (4, 2, 256)
     cpu = torch.device("cpu")
-    assert "fixed_point" in cpu_event.check(device=cpu, dtype=torch.float32, fixed_point=(3, 4), shape=shape, auto=False)
+    assert "fixed_point" in cpu_common.check_cpu(device=cpu, dtype=torch.float32, fixed_point=(3, 4), shape=shape, auto=False)
     chosen = dispatch.resolve("delta_gru", "auto", device=cpu, dtype=torch.float32, theta_x=0.1, theta_h=0.1,
                               delta_rule="strict", fixed_point=(3, 4), shape=shape)
     assert chosen.name == "torch"

@@ -9,7 +9,10 @@ import torch
 
 import evsnn
 from evsnn.functional import alif_scan, delta_gru_scan, delta_lstm_scan, egru_scan
-from evsnn.ops import cpu_event
+from evsnn.ops import cpu_common
+from evsnn.ops.alif import cpu as alif_cpu
+from evsnn.ops.delta import cpu as delta_cpu
+from evsnn.ops.egru import cpu as egru_cpu
 from evsnn.streaming import Stream
 
 pytestmark = pytest.mark.usefixtures("reference_backend", "single_thread")
@@ -51,9 +54,9 @@ def _params(family: str, i: int, h: int, gen: torch.Generator) -> tuple:
 
 
 FAMILIES = {
-    "delta_gru": (delta_gru_scan, cpu_event.delta_gru_event_scan),
-    "delta_lstm": (delta_lstm_scan, cpu_event.delta_lstm_event_scan),
-    "egru": (egru_scan, cpu_event.egru_event_scan),
+    "delta_gru": (delta_gru_scan, delta_cpu.delta_gru_scan_cpu),
+    "delta_lstm": (delta_lstm_scan, delta_cpu.delta_lstm_scan_cpu),
+    "egru": (egru_scan, egru_cpu.egru_scan_cpu),
 }
 
 
@@ -67,7 +70,7 @@ def _run(fn, family, x, params, gen_theta):
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_cpu_event_propagates_nan_and_inf_like_the_reference(family, grad, kernel, monkeypatch):
-    monkeypatch.setenv(cpu_event.KERNEL_ENV_VAR, kernel)
+    monkeypatch.setenv(cpu_common.KERNEL_ENV_VAR, kernel)
     gen = torch.Generator().manual_seed(3)
     t, b, i, h = 6, 3, 4, 7
     x = _poisoned_input(t, b, i, gen)
@@ -94,13 +97,13 @@ def test_cpu_event_alif_propagates_nan_like_the_reference(grad):
         "bias_hh": torch.randn(h, generator=gen, dtype=torch.float64),
     }
     kwargs["weight_hh"].requires_grad_(grad)
-    _same_result(alif_scan(current, None, **kwargs), cpu_event.alif_event_scan(current, None, **kwargs), "alif")
+    _same_result(alif_scan(current, None, **kwargs), alif_cpu.alif_scan_cpu(current, None, **kwargs), "alif")
 
 
 @pytest.mark.parametrize("kernel", ["numba", "torch"])
 @pytest.mark.parametrize("make", [evsnn.DeltaGRU, evsnn.DeltaLSTM, evsnn.EGRU], ids=lambda c: c.__name__)
 def test_stream_propagates_nan_like_the_reference(make, kernel, monkeypatch):
-    monkeypatch.setenv(cpu_event.KERNEL_ENV_VAR, kernel)
+    monkeypatch.setenv(cpu_common.KERNEL_ENV_VAR, kernel)
     extra = {} if make is evsnn.EGRU else {"theta_x": 0.1, "theta_h": 0.05}
     layer = make(4, 9, dtype=torch.float64, **extra).eval()
     gen = torch.Generator().manual_seed(5)
@@ -134,7 +137,7 @@ def test_cpu_event_scans_refuse_zero_steps(family, grad):
 def test_cpu_event_alif_scan_refuses_zero_steps():
     tau = torch.full((5,), 10.0)
     with pytest.raises(ValueError, match=r"alif.*T >= 1"):
-        cpu_event.alif_event_scan(torch.zeros(0, 2, 5), None, tau_mem=tau, tau_adapt=tau)
+        alif_cpu.alif_scan_cpu(torch.zeros(0, 2, 5), None, tau_mem=tau, tau_adapt=tau)
 
 
 def test_reference_scans_refuse_zero_steps():

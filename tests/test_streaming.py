@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import evsnn
-from evsnn.ops import cpu_event
+from evsnn.ops import auto
 from evsnn.streaming import Stream
 
-H_EVENT = cpu_event.AUTO_MIN_HIDDEN  # where "auto" picks the event path on CPU
+H_EVENT = auto.AUTO_MIN_HIDDEN  # where "auto" picks the event path on CPU
 
 
 def _sequence_layers():

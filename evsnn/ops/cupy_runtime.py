@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..functional.precision import LOW_PRECISION
+
 __all__ = [
     "CUDA_DIR",
     "CompileError",
@@ -49,6 +51,7 @@ __all__ = [
     "sm_count",
     "compile_check",
     "surrogate_kernel_args",
+    "low_precision_hint",
 ]
 
 
@@ -316,3 +319,13 @@ def surrogate_kernel_args(surrogate: Any) -> tuple[int, tuple[float, float, floa
     if len(own) != n_params:
         return None
     return kind, own + (0.0,) * (4 - n_params), (min(supports) if supports else 0.0)  # type: ignore[return-value]
+
+def low_precision_hint(dtype: torch.dtype | None) -> str:
+    """The clause a float32/float64-only kernel's check appends when refused a bf16/fp16 call
+    made to it directly (through the layers it is never asked: :func:`evsnn.ops.dispatch.resolve` lowers first)."""
+    if dtype in LOW_PRECISION:
+        return (
+            "; bfloat16/float16 layers reach these kernels through evsnn.ops.dispatch, which runs them in "
+            "float32 on operands rounded to the low dtype (SPEC §6)"
+        )
+    return ""

@@ -33,6 +33,7 @@ backend (or any write to the registry) empties the cache.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import os
 import warnings
@@ -55,7 +56,6 @@ __all__ = [
     "validate_backend",
     "resolve",
     "lowered_dtype",
-    "low_precision_hint",
     "run_lowered",
 ]
 
@@ -114,6 +114,9 @@ def register(backend: Backend) -> None:
 
 
 def registered(family: str) -> list[str]:
+    """The backends registered for ``family`` (the accelerated ones are loaded first)."""
+    for name in _ACCELERATED:
+        _ensure_loaded(name)
     return [name for (fam, name) in _REGISTRY if fam == family]
 
 
@@ -134,23 +137,38 @@ _INSTALL_HINT = {
 _LOADED: set[str] = set()
 
 
+# backend -> family -> (module under evsnn.ops, its scan, its check). The family modules import
+# nothing from this one (no import cycle): dispatch imports them and registers what they export.
+_ACCELERATED = {
+    "cpu_event": {
+        "alif": ("alif.cpu", "alif_scan_cpu", "check_cpu"),
+        "egru": ("egru.cpu", "egru_scan_cpu", "check_cpu"),
+        "delta_gru": ("delta.cpu", "delta_gru_scan_cpu", "check_cpu"),
+        "delta_lstm": ("delta.cpu", "delta_lstm_scan_cpu", "check_cpu"),
+    },
+    "cupy": {
+        "alif": ("alif.cuda", "alif_scan_cuda", "check_cuda"),
+        "egru": ("egru.cuda", "egru_scan_cuda", "check_cuda"),
+        "delta_gru": ("delta.cuda", "delta_gru_scan_cuda", "check_cuda"),
+        "delta_lstm": ("delta.cuda", "delta_lstm_scan_cuda", "check_cuda"),
+    },
+}
+
+
 def _ensure_loaded(name: str) -> None:
-    # Accelerated backends register themselves when their module is imported; importing is
-    # cheap (CuPy itself is imported lazily inside them). Tried once per process, so that a
-    # missing optional module costs nothing later (and torch.compile sees no import).
-    if name in _LOADED:
+    # An accelerated backend's modules are imported and registered on first request; importing is
+    # cheap (CuPy and numba are imported lazily inside them). Done once per process (and
+    # torch.compile sees no import). The cpu_event check decides "auto" per family, so it is
+    # bound to its family; the CuPy checks need no family.
+    if name in _LOADED or name not in _ACCELERATED:
         return
     _LOADED.add(name)
-    if name == "cupy":
-        try:
-            from . import cupy_backends  # noqa: F401
-        except ImportError:
-            pass
-    elif name == "cpu_event":
-        try:
-            from . import cpu_event  # noqa: F401
-        except ImportError:
-            pass
+    for family, (module, scan, check) in _ACCELERATED[name].items():
+        mod = importlib.import_module(f"{__package__}.{module}")
+        check_fn = getattr(mod, check)
+        if name == "cpu_event":
+            check_fn = functools.partial(check_fn, family=family)
+        register(Backend(name, family, getattr(mod, scan), check_fn, priority=10, auto=True))
 
 
 def _requested(requested: str) -> str:
@@ -173,17 +191,6 @@ def lowered_dtype(device_type: str, dtype: torch.dtype | None) -> torch.dtype | 
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return dtype if dtype in LOW_PRECISION else None
-
-
-def low_precision_hint(dtype: torch.dtype | None) -> str:
-    """The clause a float32/float64-only kernel's check appends when refused a bf16/fp16 call
-    made to it directly (through the layers it is never asked: :func:`resolve` lowers first)."""
-    if dtype in LOW_PRECISION:
-        return (
-            "; bfloat16/float16 layers reach these kernels through evsnn.ops.dispatch, which runs them in "
-            "float32 on operands rounded to the low dtype (SPEC §6)"
-        )
-    return ""
 
 
 def resolve(family: str, requested: str, device: torch.device, **config: Any) -> Backend:

@@ -1,6 +1,6 @@
 """CuPy backend of the EGRU (SPEC.md §3): persistent event-sparse forward and sparse BPTT kernels.
 
-``egru_cupy_scan`` has exactly the signature and return value of
+``egru_scan_cuda`` has exactly the signature and return value of
 :func:`evsnn.functional.egru.egru_scan`. The work is split as follows (``cuda/egru.cu``):
 
 - ``gi = x W_ihᵀ + b_ih`` for all steps: one torch GEMM (autograd gives ``dx``, ``dW_ih``, ``db_ih``).
@@ -23,19 +23,17 @@ import math
 import torch
 from torch import Tensor
 
-from ..functional.egru import RESETS, EGRUState, EGRUTrace
-from ..surrogate import Surrogate, Triangle
-from . import cupy_runtime as rt
-from .dispatch import Backend, low_precision_hint, register
+from ...functional.egru import RESETS, EGRUState, EGRUTrace
+from ...surrogate import Surrogate, Triangle
+from .. import cupy_runtime as rt
+from ..cupy_runtime import low_precision_hint
 
-__all__ = ["egru_cupy_scan", "egru_cupy_check", "surrogate_kernel_args", "units_per_block"]
+__all__ = ["egru_scan_cuda", "check_cuda", "surrogate_kernel_args", "units_per_block"]
 
 _SOURCE = "egru.cu"
 _BUF = 64
 _UNITS = (1, 2, 4, 8, 16)
 _DEFAULT_SURROGATE = Triangle(0.3)
-# Tests set this to exercise the path that reads W_hh from global memory (large H or float64).
-_FORCE_GLOBAL_WEIGHTS = False
 
 
 def surrogate_kernel_args(surrogate: Surrogate, dtype: torch.dtype) -> tuple:
@@ -87,16 +85,16 @@ def _layout(hidden: int, batch: int, dtype: torch.dtype, device: torch.device) -
     limit = _smem_limit(index)
     fwd_base = _threads(u) // 32 * _BUF * (es + 4)
     fwd_w = hidden * (3 * u + 1) * es
-    fwd_smem = fwd_base + fwd_w <= limit and not _FORCE_GLOBAL_WEIGHTS
+    fwd_smem = fwd_base + fwd_w <= limit
     bwd_base = batch * u * 4
     bwd_w = u * 3 * hidden * es
-    bwd_smem = bwd_base + bwd_w <= limit and not _FORCE_GLOBAL_WEIGHTS
+    bwd_smem = bwd_base + bwd_w <= limit
     if bwd_base > limit:
         raise ValueError(f"batch {batch} is too large for the EGRU backward kernel's shared list ({bwd_base} bytes)")
     return u, nb, fwd_smem, fwd_base + (fwd_w if fwd_smem else 0), bwd_smem, bwd_base + (bwd_w if bwd_smem else 0)
 
 
-def egru_cupy_check(
+def check_cuda(
     *,
     device: torch.device,
     dtype: torch.dtype | None = None,
@@ -223,7 +221,7 @@ def _same(name: str, t: Tensor, like: Tensor, shape: tuple[int, ...]) -> Tensor:
     return t.contiguous()
 
 
-def egru_cupy_scan(
+def egru_scan_cuda(
     x: Tensor,
     state: EGRUState | None,
     weight_ih: Tensor,
@@ -244,7 +242,7 @@ def egru_cupy_scan(
     if steps < 1 or batch < 1:
         raise ValueError(f"x needs at least one step and one sample, got shape {tuple(x.shape)}")
     hidden = weight_hh.shape[1]
-    reason = egru_cupy_check(
+    reason = check_cuda(
         device=x.device, dtype=x.dtype, surrogate=surrogate, reset=reset, zoneout=zoneout, shape=(steps, batch, hidden)
     )
     if reason is not None:
@@ -267,4 +265,3 @@ def egru_cupy_scan(
     return out, EGRUState(c_final, out[-1]), EGRUTrace(c_pre)
 
 
-register(Backend("cupy", "egru", egru_cupy_scan, egru_cupy_check, priority=10))

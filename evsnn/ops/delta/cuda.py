@@ -7,7 +7,7 @@ SPEC.md §4. One :class:`torch.autograd.Function` holds the math; two engines ru
   ``W_ih``/``W_hh`` whose delta is nonzero; the input deltas are encoded for all steps first by
   one small kernel (they do not depend on h). Blocks hand Δh_t to each other through a grid
   barrier per step (float64) or, in float32, through tagged 64-bit words (value | step), which a
-  reader polls: no barrier, no fence (:data:`TAGGED_EXCHANGE`). The backward is one persistent reverse-time launch:
+  reader polls: no barrier, no fence (:func:`tagged_exchange`). The backward is one persistent reverse-time launch:
   ``δM_t = gate gradients + δM_{t+1}`` elementwise, then ``W_hhᵀ δM_t`` only for the ACTIVE hidden
   columns (those with ``Δh_t ≠ 0``, the ones the forward read).
 - ``"torch"``: the CPU twin (any device), the same recurrences in torch ops. It is what the float64
@@ -35,23 +35,26 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..functional.delta import (
+from ...functional.delta import (
     DeltaGRUState,
     DeltaLSTMState,
     DeltaTrace,
     check_delta_rule,
+    delta_encode,
+    delta_gru_gates,
     delta_gru_initial_state,
+    delta_lstm_gates,
     delta_lstm_initial_state,
 )
-from . import cupy_runtime as rt
-from .dispatch import Backend, low_precision_hint, register
+from .. import cupy_runtime as rt
+from ..cupy_runtime import low_precision_hint
 
 __all__ = [
     "delta_gru_scan_bptt",
     "delta_lstm_scan_bptt",
-    "delta_gru_scan_cupy",
-    "delta_lstm_scan_cupy",
-    "check_cupy",
+    "delta_gru_scan_cuda",
+    "delta_lstm_scan_cuda",
+    "check_cuda",
     "units_per_block",
     "columns_per_thread",
     "kernel_defines",
@@ -67,11 +70,6 @@ _INCLUSIVE_AT_ZERO = (
     'delta_rule="inclusive" with a zero threshold fires on zero differences, whose gradient '
     "(dDelta/ds = 1) the sparse backward skips; use a threshold > 0 or the torch reference"
 )
-# float32 forward: blocks exchange Δh through tagged 64-bit words instead of a grid barrier per step
-# (DELTA_TAGGED in delta.cu). False restores the barrier version (kept for A/B timing and tests).
-TAGGED_EXCHANGE = True
-# Extra -D options for every delta kernel (benchmarks: "-DEVSNN_LEGACY_BARRIER" times the previous barrier).
-EXTRA_DEFINES: tuple[str, ...] = ()
 
 # Accumulator slot of each weight row block. GRU: W_ih rows (r, z, n) feed slots (r, z, nx) and
 # W_hh rows (r, z, n) feed slots (r, z, nh); LSTM: rows (i, f, g, o) feed slots 0..3 from both sides.
@@ -126,28 +124,18 @@ def _pack_weights(w_ih: Tensor, w_hh: Tensor, lstm: bool) -> Tensor:
 # ----------------------------------------------------------------------------------------------
 
 
-def _delta_pass(diff: Tensor, theta: float, inclusive: bool) -> Tensor:
-    """``delta_pass`` of delta.cuh: keep unless ``|diff| ≤ Θ`` (strict) or ``|diff| < Θ`` or
-    ``diff = 0`` (inclusive); a NaN difference is kept, as the reference's ``diff·mask`` is."""
-    mag = diff.abs()
-    drop = (mag < theta) | (diff == 0) if inclusive else mag <= theta
-    return torch.where(drop, torch.zeros_like(diff), diff)
-
-
 def _forward_torch(lstm, x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh, theta_x, theta_h, inclusive, keep):
-    """CPU twin of ``delta_encode_input`` + ``delta_forward`` (SPEC §4, step by step)."""
+    """CPU twin of ``delta_encode_input`` + ``delta_forward``: the encoder and the gates of
+    :mod:`evsnn.functional.delta` (SPEC §4) step by step, on the kernels' unit-major accumulators."""
     steps = x.shape[0]
+    rule = "inclusive" if inclusive else "strict"
     ih_slots, hh_slots = _slots(lstm)
     hidden = h0.shape[1]
     xhat, h, hhat, m, c = xhat0, h0, hhat0, m0u, c0
     outs, dxs, dhs, ms, cs = [], [], [], [], []
     for t in range(steps):
-        diff = x[t] - xhat
-        dx = _delta_pass(diff, theta_x, inclusive)
-        xhat = xhat + dx
-        diff = h - hhat
-        dh = _delta_pass(diff, theta_h, inclusive)
-        hhat = hhat + dh
+        dx, xhat = delta_encode(x[t], xhat, theta_x, rule)
+        dh, hhat = delta_encode(h, hhat, theta_h, rule)
         gx = (dx @ w_ih.t()).reshape(-1, len(ih_slots), hidden).transpose(1, 2)
         gh = (dh @ w_hh.t()).reshape(-1, len(hh_slots), hidden).transpose(1, 2)
         inc = torch.zeros_like(m)
@@ -155,13 +143,10 @@ def _forward_torch(lstm, x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh, theta_x, thet
         inc[:, :, list(hh_slots)] += gh
         m = m + inc
         if lstm:
-            c = torch.sigmoid(m[..., 1]) * c + torch.sigmoid(m[..., 0]) * torch.tanh(m[..., 2])
-            h = torch.sigmoid(m[..., 3]) * torch.tanh(c)
+            h, c = delta_lstm_gates(_to_slot_major(m), c)
             cs.append(c)
         else:
-            r, z = torch.sigmoid(m[..., 0]), torch.sigmoid(m[..., 1])
-            n = torch.tanh(m[..., 2] + r * m[..., 3])
-            h = (1.0 - z) * n + z * h
+            h = delta_gru_gates(_to_slot_major(m), h)
         outs.append(h)
         dxs.append(dx)
         dhs.append(dh)
@@ -223,8 +208,9 @@ def columns_per_thread(itemsize: int, tile: int) -> int:
 
 
 def tagged_exchange(dtype: torch.dtype) -> bool:
-    """Whether the forward exchanges Δh through tagged words (float32 only: value and tag share 64 bits)."""
-    return TAGGED_EXCHANGE and dtype == torch.float32
+    """Whether the forward exchanges Δh through tagged 64-bit words instead of a grid barrier per step
+    (DELTA_TAGGED in delta.cu): float32 only, where value and tag share 64 bits."""
+    return dtype == torch.float32
 
 
 def kernel_defines(lstm: bool, dtype: torch.dtype, tile: int) -> tuple[str, ...]:
@@ -235,7 +221,7 @@ def kernel_defines(lstm: bool, dtype: torch.dtype, tile: int) -> tuple[str, ...]
 
 
 def _kernel(name: str, lstm: bool, dtype: torch.dtype, device: torch.device, tile: int = 1):
-    defines = kernel_defines(lstm, dtype, tile) + EXTRA_DEFINES
+    defines = kernel_defines(lstm, dtype, tile)
     return rt.get_kernel(_SOURCE, name, dtype=dtype, device=device, defines=defines)
 
 
@@ -420,7 +406,7 @@ def _check_args(name, x, weight_ih, weight_hh, gates, engine):
             f"got {tuple(weight_ih.shape)} and {tuple(weight_hh.shape)}"
         )
     if engine == "cupy":
-        reason = check_cupy(device=x.device, dtype=x.dtype, shape=(x.shape[0], x.shape[1], hidden))
+        reason = check_cuda(device=x.device, dtype=x.dtype, shape=(x.shape[0], x.shape[1], hidden))
         if reason is not None:
             raise ValueError(f"{name}: the cupy engine cannot run this call: {reason}")
 
@@ -489,21 +475,21 @@ def delta_lstm_scan_bptt(
     return _scan(True, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, engine, delta_rule)
 
 
-def delta_gru_scan_cupy(
+def delta_gru_scan_cuda(
     x, state, weight_ih, weight_hh, bias_ih, bias_hh, *, theta_x=0.0, theta_h=0.0, delta_rule="strict"
 ):
     """The CuPy backend of ``"delta_gru"`` (the reference scan's signature and return value)."""
     return _scan(False, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, "cupy", delta_rule)
 
 
-def delta_lstm_scan_cupy(
+def delta_lstm_scan_cuda(
     x, state, weight_ih, weight_hh, bias_ih, bias_hh, *, theta_x=0.0, theta_h=0.0, delta_rule="strict"
 ):
     """The CuPy backend of ``"delta_lstm"``."""
     return _scan(True, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, "cupy", delta_rule)
 
 
-def check_cupy(*, device: torch.device, dtype: torch.dtype | None = None, **config: Any) -> str | None:
+def check_cuda(*, device: torch.device, dtype: torch.dtype | None = None, **config: Any) -> str | None:
     """``None`` if the CuPy delta kernels can run this call, else why not."""
     if device.type != "cuda":
         return f'the CuPy backend runs on CUDA tensors, got a {device.type} tensor (pip install "evsnn[cuda13]" and move it to a GPU)'
@@ -530,5 +516,3 @@ def check_cupy(*, device: torch.device, dtype: torch.dtype | None = None, **conf
     return None
 
 
-register(Backend("cupy", "delta_gru", delta_gru_scan_cupy, check_cupy, priority=10))
-register(Backend("cupy", "delta_lstm", delta_lstm_scan_cupy, check_cupy, priority=10))

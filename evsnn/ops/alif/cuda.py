@@ -1,6 +1,6 @@
 """CuPy backend of the ALIF scan (SPEC.md §2), registered as ``("cupy", "alif")``.
 
-:func:`alif_scan_cupy` has exactly the signature and the return value of
+:func:`alif_scan_cuda` has exactly the signature and the return value of
 :func:`evsnn.functional.alif_scan`, ``(spikes [T, B, N], ALIFState(v, b, s), ALIFTrace(v, threshold))``,
 and computes the same function with two kernels per call (``cuda/alif.cu``):
 
@@ -29,13 +29,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..functional.alif import ALIFState, ALIFTrace, alif_initial_state, decay
-from ..surrogate import MultiGaussian, Surrogate
-from . import cupy_runtime as rt
-from .cupy_runtime import surrogate_kernel_args
-from .dispatch import Backend, low_precision_hint, register
+from ...functional.alif import ALIFState, ALIFTrace, alif_initial_state, decay
+from ...surrogate import MultiGaussian, Surrogate
+from .. import cupy_runtime as rt
+from ..cupy_runtime import low_precision_hint, surrogate_kernel_args
 
-__all__ = ["alif_scan_cupy", "check", "surrogate_kernel_args", "smem_plan", "REC_THREADS", "FF_THREADS"]
+__all__ = ["alif_scan_cuda", "check_cuda", "surrogate_kernel_args", "smem_plan", "REC_THREADS", "FF_THREADS"]
 
 SOURCE = "alif.cu"
 # Threads per block of the recurrent kernels: must equal ALIF_REC_THREADS of alif.cu.
@@ -43,19 +42,13 @@ REC_THREADS = 128
 FF_THREADS = 256
 # --fmad=false: the kernels repeat the reference's operations in its order, with its roundings.
 _DEFINES = ("--fmad=false",)
-# Upper bound on the persistent grid (None: the number of SMs). Tests lower it to make each
-# block walk several work units per step.
-MAX_BLOCKS: int | None = None
-# Recurrent backward with W_hh resident in shared memory (alif_rec_backward_smem) wherever its
-# plan fits (see _smem_plan); False forces the previous kernel (kept for A/B timing and tests).
-SMEM_BACKWARD = True
 SM_COLS = 32  # ALIF_SM_COLS of alif.cu: columns of W_hh per block
 SM_TILE = 4  # ALIF_SM_TILE of alif.cu: samples per pass
 
 _DEFAULT_SURROGATE = MultiGaussian()
 
 
-def check(*, device: torch.device, dtype: torch.dtype | None = None, surrogate: Any = None, **_: Any) -> str | None:
+def check_cuda(*, device: torch.device, dtype: torch.dtype | None = None, surrogate: Any = None, **_: Any) -> str | None:
     """``None`` if the CuPy ALIF kernels can run this call, else the reason."""
     device = torch.device(device)
     if device.type != "cuda":
@@ -92,8 +85,7 @@ def _per_neuron(name: str, value: float | Tensor, n: int, like: Tensor) -> Tenso
 
 def _grid(units: int, device: torch.device) -> int:
     index = device.index if device.index is not None else torch.cuda.current_device()
-    limit = rt.sm_count(index) if MAX_BLOCKS is None else min(MAX_BLOCKS, rt.sm_count(index))
-    return max(1, min(units, limit))
+    return max(1, min(units, rt.sm_count(index)))
 
 
 def _smem_limit(index: int) -> int:
@@ -188,9 +180,9 @@ class _ALIFScan(torch.autograd.Function):
         else:
             counter = torch.zeros(1, dtype=torch.int32, device=dev)
             index = dev.index if dev.index is not None else torch.cuda.current_device()
-            plan = None
-            if SMEM_BACKWARD:
-                plan = smem_plan(B, N, spikes.element_size(), _grid(B * N, dev), _smem_limit(index))
+            # W_hh resident in shared memory (alif_rec_backward_smem) wherever its plan fits; else
+            # alif_rec_backward reads it from global memory every step.
+            plan = smem_plan(B, N, spikes.element_size(), _grid(B * N, dev), _smem_limit(index))
             if plan is not None:
                 grid, spb, shared = plan
                 kernel = rt.get_kernel(SOURCE, "alif_rec_backward_smem", dtype=dtype, device=dev, defines=_DEFINES)
@@ -238,7 +230,7 @@ def _check_tensor(name: str, t: Any, shape: tuple[int, ...], like: Tensor) -> Te
     return t.contiguous()
 
 
-def alif_scan_cupy(
+def alif_scan_cuda(
     current: Tensor,
     state: ALIFState | None,
     *,
@@ -258,9 +250,9 @@ def alif_scan_cupy(
     if not isinstance(current, Tensor) or current.dim() != 3:
         got = tuple(current.shape) if isinstance(current, Tensor) else type(current).__name__
         raise ValueError(f"current must be a [T, B, N] tensor, got {got}")
-    reason = check(device=current.device, dtype=current.dtype, surrogate=surrogate)
+    reason = check_cuda(device=current.device, dtype=current.dtype, surrogate=surrogate)
     if reason is not None:
-        raise ValueError(f"alif_scan_cupy cannot run: {reason}")
+        raise ValueError(f"alif_scan_cuda cannot run: {reason}")
     T, B, N = current.shape
     if T == 0 or B == 0 or N == 0:
         raise ValueError(f"current must have T, B, N >= 1, got shape {tuple(current.shape)}")
@@ -293,4 +285,3 @@ def alif_scan_cupy(
     return spikes, ALIFState(v_out, b_out, s_out), ALIFTrace(v_trace, thr_trace)
 
 
-register(Backend("cupy", "alif", alif_scan_cupy, check, priority=10))

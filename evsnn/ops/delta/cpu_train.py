@@ -29,13 +29,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..functional.checks import check_steps
+from ...functional.checks import check_steps
 
 try:  # numba is optional (the ``cpu`` extra); this module is imported only on the training path
     from numba import prange
 except ImportError:  # pragma: no cover - without numba the kernels are never compiled
     prange = range
-from ..functional.delta import (
+from ...functional.delta import (
     DeltaGRUState,
     DeltaLSTMState,
     DeltaTrace,

@@ -1,0 +1,159 @@
+"""ALIF on the ``"cpu_event"`` backend (SPEC §2): the inference runner and the event-sparse
+differentiable scan; same results as :func:`evsnn.functional.alif_scan`."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ...functional.alif import ALIFState, ALIFTrace, alif_dynamics, alif_initial_state, decay
+from ...functional.checks import check_steps
+from ...surrogate import MultiGaussian, Surrogate
+from ..cpu_common import (
+    _check_cpu_tensors,
+    _check_surrogate,
+    _full,
+    _grad_needed,
+    _RowBag,
+    _upcast_low,
+    check_cpu,
+    event_matmul,
+)
+
+__all__ = ["ALIFRunner", "alif_scan_cpu", "check_cpu"]
+
+_ALIF_SURROGATE = MultiGaussian()
+
+
+class ALIFRunner:
+    """Inference-only ALIF stepper. ``step(current)`` takes ``I_t = W_in x_t + b_in``
+    (``[B, N]``) and returns ``(s_t, v_t, B_t)``; the recurrent input ``W_rec s_{t−1}`` reads
+    only the rows of spiking units."""
+
+    def __init__(
+        self,
+        *,
+        tau_mem: Tensor,
+        tau_adapt: Tensor,
+        b0: float | Tensor = 0.01,
+        beta: float | Tensor = 1.8,
+        weight_hh: Tensor | None = None,
+        bias_hh: Tensor | None = None,
+    ):
+        with torch.no_grad():
+            self.alpha = decay(_full(tau_mem))
+            self.rho = decay(_full(tau_adapt))
+            self.one_minus_alpha = 1.0 - self.alpha
+            self.one_minus_rho = 1.0 - self.rho
+            self.b0 = _full(b0)
+            self.beta = _full(beta)
+            self.table = None if weight_hh is None else _full(weight_hh).t().contiguous()
+            self.bias_hh = _full(bias_hh)
+        self.v: Tensor | None = None
+        self.b: Tensor | None = None
+        self.s: Tensor | None = None
+
+    def load(self, state: ALIFState) -> None:
+        self.v, self.b, self.s = (t.detach().clone() for t in state)
+        self.active = self.s != 0
+        # A supplied s_0 may hold any values; spikes made here are exactly 0/1 and need no weights.
+        self.binary = False
+        if self.table is not None:
+            self.bag = _RowBag(self.table, self.s.shape[0])
+
+    def state(self) -> ALIFState:
+        return ALIFState(self.v.clone(), self.b.clone(), self.s.clone())
+
+    def step(
+        self,
+        current: Tensor,
+        out: Tensor | None = None,
+        v_out: Tensor | None = None,
+        thr_out: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """One step from ``I_t [B, N]``; returns ``(s_t, v_t, B_t)``, written into the given
+        buffers (rows of the scan's outputs, never overwritten later)."""
+        current = _upcast_low(current, self.alpha.dtype)  # a low-precision layer's current (SPEC §6)
+        s = self.s
+        if self.table is not None:
+            rec = self.bag(s, self.active, weighted=not self.binary)
+            if self.bias_hh is not None:
+                rec += self.bias_hh
+            current = current + rec
+        b = self.rho * self.b
+        b.addcmul_(self.one_minus_rho, s)
+        thr = torch.mul(self.beta, b, out=thr_out)
+        thr += self.b0
+        v = torch.mul(self.alpha, self.v, out=v_out)
+        v.addcmul_(self.one_minus_alpha, current).sub_(thr * s)
+        fired = v > thr  # ⇔ v − B > 0 for finite floats: the strict Heaviside of SPEC §1
+        spikes = fired.to(v.dtype) if out is None else out.copy_(fired)
+        self.b, self.v, self.s = b, v, spikes
+        self.active = fired
+        self.binary = True
+        return spikes, v, thr
+
+    def run(self, current: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        current = _upcast_low(current, self.alpha.dtype)
+        out = torch.empty_like(current)
+        vs = torch.empty_like(current)
+        thrs = torch.empty_like(current)
+        for t in range(current.shape[0]):
+            self.step(current[t], out[t], vs[t], thrs[t])
+        return out, vs, thrs
+
+
+def _alif_autograd(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh):
+    alpha = decay(tau_mem)
+    rho = decay(tau_adapt)
+    s = state.s
+    support = surrogate.support
+    table = None if weight_hh is None else weight_hh.t().contiguous()
+    dense = support is None or s.requires_grad
+    active = None
+    spikes, vs, thresholds = [], [], []
+    for t in range(current.shape[0]):
+        i_t = current[t]
+        if weight_hh is not None:
+            rec = s @ weight_hh.t() if dense else event_matmul(s, table, active)
+            if bias_hh is not None:
+                rec = rec + bias_hh
+            i_t = i_t + rec
+        s, state, threshold = alif_dynamics(i_t, state, alpha, rho, b0, beta, surrogate)
+        if support is not None:
+            dense = False
+            with torch.no_grad():
+                active = (s != 0) | ((state.v - threshold).abs() <= support)
+        spikes.append(s)
+        vs.append(state.v)
+        thresholds.append(threshold)
+    return torch.stack(spikes), state, ALIFTrace(torch.stack(vs), torch.stack(thresholds))
+
+
+def alif_scan_cpu(
+    current: Tensor,
+    state: ALIFState | None,
+    *,
+    tau_mem: Tensor,
+    tau_adapt: Tensor,
+    b0: float | Tensor = 0.01,
+    beta: float | Tensor = 1.8,
+    surrogate: Surrogate = _ALIF_SURROGATE,
+    weight_hh: Tensor | None = None,
+    bias_hh: Tensor | None = None,
+) -> tuple[Tensor, ALIFState, ALIFTrace]:
+    """Event-sparse ALIF over ``current [T, B, N]``; same signature and result as
+    :func:`evsnn.functional.alif_scan` (SPEC §2)."""
+    _check_surrogate(surrogate)
+    _check_cpu_tensors("alif", current, tau_mem, tau_adapt, weight_hh)
+    check_steps("the cpu_event alif scan", current)
+    if state is None:
+        state = alif_initial_state(current[0], b0)
+    params = (current, state, tau_mem, tau_adapt, b0, beta)
+    if _grad_needed(*params, weight_hh, bias_hh):
+        return _alif_autograd(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh)
+    with torch.no_grad():
+        runner = ALIFRunner(tau_mem=tau_mem, tau_adapt=tau_adapt, b0=b0, beta=beta, weight_hh=weight_hh, bias_hh=bias_hh)
+        runner.load(state)
+        spikes, vs, thrs = runner.run(current)
+        return spikes, runner.state(), ALIFTrace(vs, thrs)
