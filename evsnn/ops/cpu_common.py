@@ -24,8 +24,6 @@ Two paths, the same math as the reference scans of :mod:`evsnn.functional`:
   finite support (SPEC §3 "sparse BPTT"); a surrogate with infinite support makes the product
   dense in training (still exact).
 
-``"auto"`` picks this backend only for CPU tensors with the batch/hidden sizes where it was
-
 This module holds what the four families' CPU paths share (:mod:`evsnn.ops.alif.cpu`,
 :mod:`evsnn.ops.egru.cpu`, :mod:`evsnn.ops.delta.cpu`): the sparse product, the numba/torch
 kernel choice, input checks, and :func:`check_cpu`, the check the dispatcher runs; when ``"auto"``
