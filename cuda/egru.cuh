@@ -35,7 +35,7 @@ __device__ __forceinline__ void egru_step(scalar_t gr, scalar_t gz, scalar_t gn,
     if (!reset_threshold) p -= yprev;
     const bool o = p - th > scalar_t(0);
     y = o ? p : scalar_t(0);
-    c = (reset_threshold && o) ? p - th : p;
+    c = egru_reset(p, th, reset_threshold);
 }
 
 // The adjoint of egru_step for one unit at step t.
