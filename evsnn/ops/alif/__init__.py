@@ -1,1 +1,4 @@
-"""ALIF's accelerated paths: op registration, CPU kernels and CUDA launcher side by side (reference: evsnn.functional.alif)."""
+"""ALIF's accelerated paths side by side (reference: :mod:`evsnn.functional.alif`): ``cpu`` (the
+``"cpu_event"`` backend: :func:`~evsnn.ops.alif.cpu.alif_scan_cpu`, the streaming runner) and
+``cuda`` (the ``"cupy"`` backend: :func:`~evsnn.ops.alif.cuda.alif_scan_cuda`); each exports its
+``check_cpu``/``check_cuda``, registered by :mod:`evsnn.ops.dispatch`."""

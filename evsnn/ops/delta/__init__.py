@@ -1,2 +1,5 @@
-"""DeltaGRU/DeltaLSTM accelerated paths: op registration, CPU kernels and CUDA launcher side by side
-(reference: evsnn.functional.delta)."""
+"""DeltaGRU/DeltaLSTM accelerated paths side by side (reference: :mod:`evsnn.functional.delta`):
+``cpu`` (the ``"cpu_event"`` backend: ``delta_gru_scan_cpu``/``delta_lstm_scan_cpu``, the streaming
+runners), ``cpu_train`` (the fused numba training kernels ``cpu`` uses) and ``cuda`` (the ``"cupy"``
+backend: ``delta_gru_scan_cuda``/``delta_lstm_scan_cuda``); each exports its ``check_cpu``/``check_cuda``,
+registered by :mod:`evsnn.ops.dispatch`."""

@@ -1,1 +1,4 @@
-"""EGRU's accelerated paths: op registration, CPU kernels and CUDA launcher side by side (reference: evsnn.functional.egru)."""
+"""EGRU's accelerated paths side by side (reference: :mod:`evsnn.functional.egru`): ``cpu`` (the
+``"cpu_event"`` backend: :func:`~evsnn.ops.egru.cpu.egru_scan_cpu`, the streaming runner) and
+``cuda`` (the ``"cupy"`` backend: :func:`~evsnn.ops.egru.cuda.egru_scan_cuda`); each exports its
+``check_cpu``/``check_cuda``, registered by :mod:`evsnn.ops.dispatch`."""
