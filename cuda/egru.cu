@@ -13,10 +13,11 @@
 // Backward, step t = T−1 … 0, pair (b, k) of the block:
 //   Y = ∂L/∂y_t is needed only where o_t = 1 or |c_pre − θ| < support (else it is multiplied by
 //   exactly 0: SPEC §3 sparse BPTT); only for those pairs a warp computes Σ_j W_hh[j, k] δh_{t+1}[b, j]
-//   over the 3H gate rows (event-sparse backward). The pointwise backward (egru_adjoint_step) then writes the gate
-//   pre-activation gradients δi_t = (da_r, da_z, da_n) and δh_t = (da_r, da_z, da_n ⊙ r), carries
-//   ∂L/∂c in global memory owned by the same thread, and accumulates ∂L/∂θ per (b, k) in a fixed
-//   order (deterministic; the host sums over b). Weight gradients are dense GEMMs on the host.
+//   over the 3H gate rows (event-sparse backward). The pointwise backward (egru_adjoint_step of
+//   egru.cuh) then writes the gate pre-activation gradients δi_t = (da_r, da_z, da_n) and
+//   δh_t = (da_r, da_z, da_n ⊙ r), carries ∂L/∂c in global memory owned by the same thread, and
+//   accumulates ∂L/∂θ per (b, k) in a fixed order (deterministic; the host sums over b). Weight
+//   gradients are dense GEMMs on the host.
 //
 // Defines: scalar_t (float|double), EGRU_U (units per block: 1, 2, 4, 8 or 16), EGRU_THREADS.
 
