@@ -16,7 +16,18 @@ from evsnn.ops.egru import cpu_train
 # numba comes with the [dev] extra: without it these tests fail rather than skip.
 assert cpu_train.egru_train_kernel_available(), "tests/test_cpu_train_egru.py needs numba: pip install -e '.[dev]'"
 
+class _SoftStep(sg.Surrogate):
+    """A user surrogate with no kernel_spec: the kernel takes its pseudo-derivative from autograd."""
+
+    def grad(self, x: torch.Tensor) -> torch.Tensor:
+        return 2.0 / torch.cosh(2.0 * x) ** 2
+
+    def primitive(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(2.0 * x)
+
+
 SURROGATES = {
+    "user_soft_step": _SoftStep(),
     "triangle": sg.Triangle(0.3),
     "multi_gaussian": sg.MultiGaussian(),
     "gaussian": sg.Gaussian(),

@@ -16,10 +16,11 @@ Backward, in reverse time: the elementwise adjoint of every unit, then the recur
 only where they matter: ``∂L/∂y_{t−1,k} = W_hh[:, k]ᵀ δgh_t`` only for units ``k`` that fired at
 ``t−1`` or whose pseudo-derivative ``g(c_pre − θ)`` at ``t−1`` is nonzero (inside the
 surrogate's support; otherwise ``y_{t−1,k}`` passes no gradient), and
-``∂L/∂W_hhᵀ[k] += y_{t−1,k} · δgh_t`` only for units with an event. The pseudo-derivative is
-evaluated by autograd of the surrogate itself, so every :class:`~evsnn.surrogate.Surrogate`
-gives the reference's gradient (one with infinite support makes the recurrent product dense:
-still exact). A row of ``W_hh`` whose unit never fires and never enters the support is never
+``∂L/∂W_hhᵀ[k] += y_{t−1,k} · δgh_t`` only for units with an event. The pseudo-derivative of
+a surrogate with a known ``kernel_spec`` (the five of SPEC §1 and their truncations) is
+evaluated in the kernel; any other :class:`~evsnn.surrogate.Surrogate` gets it from autograd of
+the surrogate itself (one dense torch pass), so every one gives the reference's gradient (one
+with infinite support makes the recurrent product dense: still exact). A row of ``W_hh`` whose unit never fires and never enters the support is never
 read, forward or backward.
 
 The result is the reference's (:func:`evsnn.functional.egru_scan`) and so are its gradients, to
@@ -30,6 +31,7 @@ forward (a NaN or −∞ ``c_pre`` gives ``y = 0·c_pre = NaN``, an event that r
 from __future__ import annotations
 
 import functools
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -42,9 +44,12 @@ from ...functional.precision import Precision, project
 from ...surrogate import SnnTorchSurrogate, Surrogate, Triangle
 
 try:  # numba is optional (the ``cpu`` extra); this module is imported only on the training path
-    from numba import prange
+    from numba import njit, prange
 except ImportError:  # pragma: no cover - without numba the kernels are never compiled
     prange = range
+
+    def njit(*args, **kwargs):
+        return lambda fn: fn
 
 __all__ = ["egru_train_scan", "egru_train_kernel_available", "egru_train_reason"]
 
@@ -53,6 +58,38 @@ _DEFAULT_SURROGATE = Triangle(0.3)
 
 # Zoneout modes of the kernels: none, the expectation p (evaluation), a Bernoulli mask (training).
 _ZO_NONE, _ZO_MEAN, _ZO_MASK = 0, 1, 2
+# kernel_spec names -> (code in the kernel, number of base parameters; more are truncations). A
+# surrogate without one (code -1) gets its pseudo-derivative from autograd, precomputed.
+_SURROGATES = {"triangle": (0, 2), "multi_gaussian": (1, 4), "gaussian": (2, 2), "atan": (3, 1), "fast_sigmoid": (4, 1)}
+_SQRT2PI = math.sqrt(2.0 * math.pi)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pseudo_at(kind, params, gate, pseudo, t, b, j, x):  # pragma: no cover - numba
+    """``g(x)`` of SPEC §1 at ``x = c_pre − θ`` of (t, b, j), as autograd of the reference sees it:
+    a NaN or infinite ``x`` passes nothing, nor an ``x`` outside a truncation (``|x| < gate``).
+    ``kind`` -1 reads the precomputed ``pseudo``."""
+    if kind < 0:
+        return pseudo[t, b, j]
+    if not abs(x) < gate:
+        return 0.0
+    if kind == 0:  # triangle(width, peak)
+        return params[1] * max(0.0, 1.0 - abs(x) / params[0])
+    if kind == 1:  # multi_gaussian(sigma, height, scale, gamma)
+        sg, h = params[0], params[1]
+        w = params[2] * sg
+        return params[3] * (
+            (1.0 + h) * math.exp(-0.5 * (x / sg) ** 2) / (sg * _SQRT2PI)
+            - h * math.exp(-0.5 * ((x - sg) / w) ** 2) / (w * _SQRT2PI)
+            - h * math.exp(-0.5 * ((x + sg) / w) ** 2) / (w * _SQRT2PI)
+        )
+    if kind == 2:  # gaussian(sigma, scale)
+        return params[1] * math.exp(-0.5 * (x / params[0]) ** 2) / (params[0] * _SQRT2PI)
+    if kind == 3:  # atan(alpha)
+        u = math.pi * params[0] * x / 2.0
+        return (params[0] / 2.0) / (1.0 + u * u)
+    d = params[0] * abs(x) + 1.0  # fast_sigmoid(slope)
+    return 1.0 / (d * d)
 
 
 def _egru_forward(
@@ -118,14 +155,15 @@ def _egru_forward(
 
 def _egru_backward(
     table, theta, c0, y0, reset_output, zo_mode, zo_p, zo_mask, need_y0, chunks,
-    out_y, out_v, pseudo, gate_r, gate_z, gate_n, gate_hn,
+    kind, params, gate, pseudo, out_y, out_v, gate_r, gate_z, gate_n, gate_hn,
     g_out, g_v, a_c, a_y, g_gi, g_table_parts, g_bias_parts, g_theta_parts,
 ):  # pragma: no cover - numba
     """Reverse-time adjoint of :func:`_egru_forward`.
 
     ``a_c, a_y`` ``[B, H]`` enter as the gradients of the final ``c`` and ``y`` and leave as
     those of the initial state (in place). ``g_out``/``g_v`` are the gradients of ``y`` and of
-    ``c_pre``; ``pseudo [T, B, H]`` is ``g(c_pre − θ)``. Writes ``g_gi [T, B, 3H]`` and
+    ``c_pre``; the pseudo-derivative ``g(c_pre − θ)`` is that of surrogate ``kind`` with
+    ``params`` and truncation ``gate`` (:func:`_pseudo_at`), or ``pseudo [T, B, H]``. Writes ``g_gi [T, B, 3H]`` and
     accumulates ``∂L/∂W_hhᵀ``, ``∂L/∂b_hh``, ``∂L/∂θ`` into the zero-filled part of its chunk
     (the caller sums the parts). ``need_y0``: compute ``∂L/∂y_0`` for every unit (a given
     initial event state that needs its gradient), else only what reaches the parameters.
@@ -155,7 +193,7 @@ def _egru_backward(
                     do = dy * v
                     if threshold_reset:
                         do -= dc * th
-                    dx = do * pseudo[t, b, j]
+                    dx = do * _pseudo_at(kind, params, gate, pseudo, t, b, j, v - th)
                     dv = dy * o + dc + dx + g_v[t, b, j]
                     g_theta[j] -= dx
                     if threshold_reset:
@@ -204,7 +242,7 @@ def _egru_backward(
                     b = b0 + bb
                     if t > 0:
                         vp = out_v[t - 1, b, k]
-                        live = vp > th or pseudo[t - 1, b, k] != 0.0
+                        live = vp > th or _pseudo_at(kind, params, gate, pseudo, t - 1, b, k, vp - th) != 0.0
                         w = out_y[t - 1, b, k]
                     else:
                         live = need_y0
@@ -247,6 +285,19 @@ def _threads(batch: int) -> int:
 
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().numpy()
+
+
+def _surrogate_code(surrogate: Surrogate) -> tuple[int, np.ndarray, float]:
+    """``(kind, params, gate)`` for :func:`_pseudo_at`: a surrogate whose ``kernel_spec`` the
+    kernel knows is evaluated in the kernel, any other by autograd (kind -1)."""
+    params = np.zeros(4, dtype=np.float64)
+    spec = surrogate.kernel_spec()
+    if spec is None or spec[0] not in _SURROGATES or len(spec[1]) < _SURROGATES[spec[0]][1]:
+        return -1, params, math.inf
+    code, n_base = _SURROGATES[spec[0]]
+    params[:n_base] = spec[1][:n_base]
+    # Truncations (nested ones too) each let only |x| < ε through: the smallest one decides.
+    return code, params, float(min(spec[1][n_base:], default=math.inf))
 
 
 def _pseudo_derivative(surrogate: Surrogate, x: Tensor) -> Tensor:
@@ -298,7 +349,11 @@ class _EGRUTrain(torch.autograd.Function):
         # In-place adjoints: they start as the final state's gradients and end as the initial state's.
         a_c = grad_or_zeros(g_c, batch, hs).clone()
         a_y = grad_or_zeros(g_y, batch, hs).clone()
-        pseudo = _pseudo_derivative(surrogate, out_v - theta).contiguous()
+        kind, params, gate = _surrogate_code(surrogate)
+        if kind < 0:
+            pseudo = _pseudo_derivative(surrogate, out_v - theta).contiguous()
+        else:
+            pseudo = out_y.new_empty(0, 0, 0)
         chunks = _threads(batch)
         g_gi = out_y.new_empty(steps, batch, 3 * hs)
         g_table = table.new_zeros(chunks, *table.shape)
@@ -306,7 +361,8 @@ class _EGRUTrain(torch.autograd.Function):
         g_theta = table.new_zeros(chunks, hs)
         _kernels().backward(
             _np(table), _np(theta), _np(c0.contiguous()), _np(y0.contiguous()), reset_output, zo_mode, zo_p, mask,
-            bool(ctx.needs_input_grad[2]), chunks, _np(out_y), _np(out_v), _np(pseudo), *(_np(g) for g in gates),
+            bool(ctx.needs_input_grad[2]), chunks, kind, params, gate, _np(pseudo), _np(out_y), _np(out_v),
+            *(_np(g) for g in gates),
             _np(g_out), _np(g_v), _np(a_c), _np(a_y), _np(g_gi), _np(g_table), _np(g_bias), _np(g_theta),
         )
         g_bias_hh = g_bias.sum(0) if has_bias else None
