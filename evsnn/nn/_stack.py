@@ -34,6 +34,7 @@ __all__ = [
     "EGRULayerState",
     "check_stack_args",
     "direction_suffix",
+    "PendingStats",
     "StackedForward",
     "torch_suffix",
 ]
@@ -255,13 +256,51 @@ def _cat_batch(module: nn.Module, states: Sequence[NamedTuple], order: Tensor) -
 # ---------------------------------------------------------------------------------------------
 
 
+class PendingStats:
+    """One layer·direction run's statistics, kept as the arguments of the layer's ``_stats``
+    (tensors the forward made anyway) and computed when :attr:`StackedForward.last_stats` is
+    read, so a forward whose statistics nobody reads pays no reduction for them.
+
+    The version counters of those tensors are noted (outside ``torch.compile`` tracing, and not
+    for inference-mode tensors, which have none): reading the statistics after one of them was
+    changed in place raises instead of describing a different pass."""
+
+    def __init__(self, module: nn.Module, *args: Any):
+        self.module = module
+        self.args = args
+        self.versions = None if torch.compiler.is_compiling() else _versions(args)
+
+    def compute(self) -> LayerStats:
+        if self.versions is not None and _versions(self.args) != self.versions:
+            name = type(self.module).__name__
+            raise RuntimeError(
+                f"{name}.last_stats: a tensor of the last forward (its input, output or initial state) was "
+                "modified in place after the forward, so its statistics would describe a different pass; read "
+                "last_stats before changing them in place, or run the forward again"
+            )
+        return self.module._stats(*self.args)
+
+
+def _tensors(values: Any):
+    for v in values:
+        if isinstance(v, Tensor):
+            yield v
+        elif isinstance(v, tuple):
+            yield from _tensors(v)
+
+
+def _versions(values: Any) -> tuple:
+    return tuple(None if t.is_inference() else t._version for t in _tensors(values))
+
+
 def merge_stats(name: str, parts: Sequence[tuple[LayerStats, int]]) -> LayerStats:
     """One :class:`LayerStats` for several layer·direction (and length-group) runs.
 
-    ``parts`` are ``(stats, batch)``; ``event_fraction[t]`` is the mean over every run active at
-    step ``t`` weighted by its batch; ``dense_macs`` and ``event_ops`` are sums. The runs'
+    ``parts`` are ``(stats, batch)`` (a :class:`PendingStats` is computed first);
+    ``event_fraction[t]`` is the mean over every run active at step ``t`` weighted by its batch; ``dense_macs`` and ``event_ops`` are sums. The runs'
     own stats (``h_n`` order, per length group for packed input) stay in ``extra["runs"]``.
     """
+    parts = [(s.compute() if isinstance(s, PendingStats) else s, b) for s, b in parts]
     if len(parts) == 1:
         return parts[0][0]
     with torch.no_grad():
@@ -297,14 +336,14 @@ def merge_stats(name: str, parts: Sequence[tuple[LayerStats, int]]) -> LayerStat
 # forward
 # ---------------------------------------------------------------------------------------------
 
-RunDirection = Callable[[int, int, Tensor, Any, Any], tuple[Tensor, NamedTuple, LayerStats | None]]
+RunDirection = Callable[[int, int, Tensor, Any, Any], tuple[Tensor, NamedTuple, PendingStats | None]]
 
 
 def _run_dense(module: nn.Module, x: Tensor, state: NamedTuple | None, backend: Any):
     """All layers and directions on a dense time-first ``x``; returns (out, finals, stats)."""
     directions = module.num_directions
     finals: list[NamedTuple] = []
-    stats: list[tuple[LayerStats, int]] = []
+    stats: list[tuple[PendingStats, int]] = []
     layer_in = x
     for k in range(module.num_layers):
         outs = []
@@ -324,6 +363,21 @@ def _run_dense(module: nn.Module, x: Tensor, state: NamedTuple | None, backend: 
 
 class StackedForward:
     """``forward`` of the sequence layers (EGRU, DeltaGRU, DeltaLSTM, ALIF), like ``nn.GRU``'s."""
+
+    @property
+    def last_stats(self) -> LayerStats | None:
+        """:class:`LayerStats` of the last forward (``record_stats=True``), computed on first read."""
+        pending = self.__dict__.get("_pending_stats")
+        if pending is not None:
+            name, parts = pending
+            self.__dict__["_last_stats"] = merge_stats(name, parts)
+            self.__dict__["_pending_stats"] = None  # computed once; the forward's tensors are released
+        return self.__dict__.get("_last_stats")
+
+    @last_stats.setter
+    def last_stats(self, value: LayerStats | None) -> None:
+        self.__dict__["_pending_stats"] = None
+        self.__dict__["_last_stats"] = value
 
     def forward(self, x: Tensor | PackedSequence, state: Any = None) -> tuple[Any, NamedTuple]:
         """``(output, final state)`` of a dense ``[T, B, I]`` (``[B, T, I]`` with ``batch_first``)
@@ -360,7 +414,7 @@ def _run(module: nn.Module, x: Any, seq: Tensor, lengths: Tensor | None, state: 
     if not packed:
         out, finals, stats = _run_dense(module, seq, state, backend)
         if module.record_stats:
-            module.last_stats = merge_stats(name, stats)
+            module._pending_stats = (name, stats)
         return (out.transpose(0, 1) if module.batch_first else out), stack_states(module, finals)
 
     steps = seq.shape[0]
@@ -377,7 +431,7 @@ def _run(module: nn.Module, x: Any, seq: Tensor, lengths: Tensor | None, state: 
     out = torch.cat(outs, 1).index_select(1, order)
     final = _cat_batch(module, states, order)
     if module.record_stats:
-        module.last_stats = merge_stats(name, stats)
+        module._pending_stats = (name, stats)
     sorted_indices = x.sorted_indices
     if sorted_indices is not None:
         out = out.index_select(1, sorted_indices)

@@ -21,7 +21,7 @@ from ._checks import (
     grad_recorded,
     to_time_first,
 )
-from ._stack import ALIFLayerState, StackedForward, check_stack_args, direction_suffix, stack_states
+from ._stack import ALIFLayerState, PendingStats, StackedForward, check_stack_args, direction_suffix, stack_states
 from ._validate import ParameterChecks, check_steps, check_tensor_state
 
 __all__ = ["ALIF", "ALIFCell", "LeakyReadout", "init_tau", "TAU_INITS"]
@@ -351,7 +351,7 @@ class ALIF(StackedForward, _ALIFBase):
         )
         stats = None
         if self.record_stats:
-            stats = self._stats(x, spikes, state, trace, grad_recorded(current, tau_mem))
+            stats = PendingStats(self, x, spikes, state, trace, grad_recorded(current, tau_mem))
         return spikes, final, stats
 
     def _stats(self, x: Tensor, spikes: Tensor, state, trace, training: bool) -> LayerStats:

@@ -23,6 +23,7 @@ from ._checks import check_input, check_nonnegative, check_size, check_state, gr
 from ._stack import (
     DeltaGRULayerState,
     DeltaLSTMLayerState,
+    PendingStats,
     StackedForward,
     accept_torch_names,
     check_stack_args,
@@ -256,7 +257,7 @@ class _DeltaLayer(StackedForward, _DeltaBase):
             getattr(self, "bias_hh" + suffix),
             **self._scan_options(),
         )
-        stats = self._stats(trace, grad_recorded(x, weight_ih)) if self.record_stats else None
+        stats = PendingStats(self, trace, grad_recorded(x, weight_ih)) if self.record_stats else None
         return h, final, stats
 
     def _stats(self, trace, training: bool) -> LayerStats:

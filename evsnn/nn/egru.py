@@ -20,7 +20,15 @@ from ._checks import (
     check_state,
     grad_recorded,
 )
-from ._stack import EGRULayerState, StackedForward, accept_torch_names, check_stack_args, direction_suffix, torch_suffix
+from ._stack import (
+    EGRULayerState,
+    PendingStats,
+    StackedForward,
+    accept_torch_names,
+    check_stack_args,
+    direction_suffix,
+    torch_suffix,
+)
 from ._validate import ParameterChecks
 
 __all__ = ["EGRU", "EGRUCell", "THRESHOLD_INITS"]
@@ -261,7 +269,7 @@ class EGRU(StackedForward, _EGRUBase):
         )
         stats = None
         if self.record_stats:
-            stats = self._stats(x, y, state, trace, threshold, grad_recorded(x, weight_ih))
+            stats = PendingStats(self, x, y, state, trace, threshold, grad_recorded(x, weight_ih))
         return y, final, stats
 
     def _stats(self, x: Tensor, y: Tensor, state, trace, threshold: Tensor, training: bool) -> LayerStats:
