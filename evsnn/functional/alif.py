@@ -32,6 +32,9 @@ __all__ = [
     "leaky_readout_step",
     "leaky_readout_scan",
     "decay",
+    "decay_time_constant",
+    "euler_time_constant",
+    "euler_to_steps",
 ]
 
 _DEFAULT_SURROGATE = MultiGaussian()
@@ -55,6 +58,22 @@ class ALIFTrace(NamedTuple):
 def decay(tau: Tensor) -> Tensor:
     """``exp(−1/τ)`` with τ clamped to at least one step (SPEC §2: τ ≥ 1 always)."""
     return torch.exp(-1.0 / tau.clamp(min=1.0))
+
+
+def decay_time_constant(alpha: Tensor) -> Tensor:
+    """The inverse of :func:`decay`: ``τ = −1/ln α`` for a per-step decay ``α ∈ [e⁻¹, 1)`` (SPEC §2)."""
+    return -1.0 / torch.log(alpha)
+
+
+def euler_time_constant(tau: Tensor, dt: float) -> Tensor:
+    """``τ_E = dt/(1 − α)``, ``α = decay(τ)``: the time constant of a forward-Euler leak
+    ``v ← (1 − dt/τ_E)·v + (dt/τ_E)·I`` (NIR's ``LI``) that decays per step exactly as τ steps do."""
+    return dt / (1.0 - decay(tau))
+
+
+def euler_to_steps(tau_euler: Tensor, dt: float) -> Tensor:
+    """The inverse of :func:`euler_time_constant`: ``τ = −1/ln(1 − dt/τ_E)`` (``log1p``, exact for small ``dt/τ_E``)."""
+    return -1.0 / torch.log1p(-dt / tau_euler)
 
 
 def alif_initial_state(like: Tensor, b0: float | Tensor = 0.01) -> ALIFState:

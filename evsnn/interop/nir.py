@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..functional.alif import decay, leaky_readout_step
+from ..functional.alif import decay, euler_time_constant, euler_to_steps, leaky_readout_step
 from ..nn.alif import ALIF, ALIFCell, LeakyReadout
 from ..nn.delta import DeltaGRU, DeltaGRUCell, DeltaLSTM, DeltaLSTMCell
 from ..nn.egru import EGRU, EGRUCell
@@ -66,9 +66,8 @@ def _linear(module: nn.Linear) -> nir.NIRNode:
 
 
 def _euler_tau(tau_steps: Tensor, dt: float) -> np.ndarray:
-    """NIR τ whose forward-Euler step reproduces the decay ``α = exp(−1/τ_steps)``: ``dt/(1 − α)``."""
-    alpha = decay(tau_steps.detach().double())
-    return (dt / (1.0 - alpha)).cpu().numpy()
+    """NIR τ whose forward-Euler step reproduces the decay ``α = exp(−1/τ_steps)``."""
+    return euler_time_constant(tau_steps.detach().double(), dt).cpu().numpy()
 
 
 def _readout(module: LeakyReadout, dt: float) -> nir.NIRGraph:
@@ -106,7 +105,7 @@ def _alif(module: ALIF, dt: float, name: str) -> nir.NIRGraph:
     nodes: dict[str, nir.NIRNode] = {
         "input": nir.Input(input_type=np.array([module.input_size])),
         "w_in": _affine(module.weight_ih, bias),
-        "li": nir.LI(tau=(dt / (1.0 - alpha)).cpu().numpy(), r=np.ones(n), v_leak=np.zeros(n)),
+        "li": nir.LI(tau=_euler_tau(module.tau_mem, dt), r=np.ones(n), v_leak=np.zeros(n)),
         "threshold": nir.Threshold(threshold=b0.cpu().numpy()),
         # The soft reset −b0·s_{t−1}, entered as a current scaled by 1/(1 − α) (see module docstring).
         "reset": nir.Scale(scale=(-b0 / (1.0 - alpha)).cpu().numpy()),
@@ -219,7 +218,7 @@ class NIRLeakyIntegrator(nn.Module):
         if not bool(((k > 0) & (k <= 1 - math.exp(-1.0) + 1e-12)).all()):
             raise ValueError(f"LI node needs dt/tau in (0, 1 - exp(-1)] (a time constant of at least one step), got {k.tolist()}")
         # τ in steps such that exp(−1/τ) = 1 − dt/τ_NIR.
-        self.tau = nn.Parameter((-1.0 / torch.log1p(-k)).float())
+        self.tau = nn.Parameter(euler_to_steps(tau.double(), dt).float())
         self.register_buffer("r", r.float())
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
