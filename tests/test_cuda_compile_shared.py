@@ -53,6 +53,19 @@ SHARED = {
     "delta_lstm_adjoint": ("delta.cuh", ("delta_backward",)),
 }
 
+# Shared function -> the shared functions it must call.
+USES = {
+    "alif_step": ("alif_threshold",),
+    "egru_step": ("evsnn_sigmoid", "egru_reset"),
+    "delta_encode": ("delta_pass",),
+    "delta_gru_gates": ("evsnn_sigmoid",),
+    "delta_gru_step": ("delta_gru_gates",),
+    "delta_gru_adjoint": ("delta_gru_gates",),
+    "delta_lstm_gates": ("evsnn_sigmoid",),
+    "delta_lstm_step": ("delta_lstm_gates",),
+    "delta_lstm_adjoint": ("delta_lstm_gates",),
+}
+
 # The text of each equation (spaces ignored), which must occur exactly once in all sources.
 EQUATIONS = {
     "sigmoid": "scalar_t(1)/(scalar_t(1)+exp(-x))",
@@ -85,11 +98,12 @@ def _sources(directory: Path = CUDA_DIR) -> dict[str, str]:
     return {p.name: _strip_comments(p.read_text()) for p in sorted(directory.iterdir()) if p.suffix in (".cu", ".cuh")}
 
 
-def _kernel_bodies(sources: dict[str, str]) -> dict[str, str]:
+def _bodies(sources: dict[str, str], pattern: re.Pattern) -> dict[str, str]:
+    # The brace-matched body that follows each match's signature, by name.
     bodies = {}
     for text in sources.values():
-        for match in _KERNEL.finditer(text):
-            start = text.index("{", match.end())
+        for match in pattern.finditer(text):
+            start = text.index("{", match.start(1))
             depth, i = 0, start
             while True:
                 depth += {"{": 1, "}": -1}.get(text[i], 0)
@@ -98,6 +112,14 @@ def _kernel_bodies(sources: dict[str, str]) -> dict[str, str]:
                 i += 1
             bodies[match.group(1)] = text[start : i + 1]
     return bodies
+
+
+def _kernel_bodies(sources: dict[str, str]) -> dict[str, str]:
+    return _bodies(sources, _KERNEL)
+
+
+def _device_bodies(sources: dict[str, str]) -> dict[str, str]:
+    return _bodies(sources, _DEVICE_FN)
 
 
 def _equation_counts(sources: dict[str, str]) -> dict[str, int]:
@@ -120,10 +142,11 @@ def test_every_kernel_calls_the_shared_functions() -> None:
     for fn, (_, kernels) in SHARED.items():
         for kernel in kernels:
             assert re.search(rf"\b{fn}\s*\(", bodies[kernel]), f"kernel {kernel} does not call {fn}"
-    # The device functions that use the shared ones (alif_step the threshold, the gates the sigmoid).
-    alif = _sources()["alif.cuh"]
-    step = alif[alif.index("alif_step(") :]
-    assert "alif_threshold(" in step[: step.index("}")]
+    # Shared functions built from shared functions (the step from its gates, the gates from the sigmoid).
+    bodies = _device_bodies(_sources())
+    for fn, callees in USES.items():
+        for callee in callees:
+            assert re.search(rf"\b{callee}\s*\(", bodies[fn]), f"{fn} does not call {callee}"
 
 
 def test_each_equation_is_written_once() -> None:
