@@ -10,6 +10,7 @@ if TYPE_CHECKING:  # the names below load on first use (see __getattr__)
         ALIF,
         EGRU,
         ALIFCell,
+        ALIFReadout,
         DeltaGRU,
         DeltaGRUCell,
         DeltaLSTM,
@@ -26,6 +27,7 @@ __all__ = [
     "surrogate",
     "ALIF",
     "ALIFCell",
+    "ALIFReadout",
     "LeakyReadout",
     "EGRU",
     "EGRUCell",
@@ -51,7 +53,7 @@ _LAZY_SUBMODULES = ("functional", "surrogate", "nn", "ops", "stats", "plot", "me
 _LAZY_NAMES = {
     **dict.fromkeys(("ALIFState", "EGRUState", "DeltaGRUState", "DeltaLSTMState"), "functional"),
     **dict.fromkeys(("ALIF", "ALIFCell", "EGRU", "EGRUCell", "DeltaGRU", "DeltaGRUCell", "DeltaLSTM", "DeltaLSTMCell",
-                     "LeakyReadout"), "nn"),
+                     "ALIFReadout", "LeakyReadout"), "nn"),
     "LayerStats": "stats",
 }
 

@@ -21,14 +21,13 @@ from ._checks import (
     grad_recorded,
     to_time_first,
 )
+from ._family import ALIF_FAMILY
 from ._stack import ALIFLayerState, PendingStats, StackedForward, check_stack_args, direction_suffix, stack_states
 from ._validate import ParameterChecks, check_steps, check_tensor_state
 
-__all__ = ["ALIF", "ALIFCell", "LeakyReadout", "init_tau", "TAU_INITS"]
+__all__ = ["ALIF", "ALIFCell", "ALIFReadout", "LeakyReadout", "init_tau", "TAU_INITS"]
 
 TAU_INITS = ("normal", "multi_normal", "bimodal", "constant")
-
-TauSpec = "float | tuple[float, float] | Sequence[tuple[float, float]] | Tensor"
 
 
 def init_tau(
@@ -234,6 +233,7 @@ class ALIF(StackedForward, _ALIFBase):
     """
     )
 
+    neuron_family = ALIF_FAMILY
     _state_base = ALIFState
     _layer_state_type = ALIFLayerState
     _per_layer_fields: frozenset[str] = frozenset()
@@ -321,24 +321,13 @@ class ALIF(StackedForward, _ALIFBase):
     def _direction_state_shapes(self, layer: int, batch: int) -> list[tuple[int, ...]]:
         return [(batch, self.hidden_size)] * 3
 
-    def _resolve_backend(self, x: Tensor):
-        return dispatch.resolve(
-            "alif",
-            self.backend,
-            device=x.device,
-            dtype=x.dtype,
-            surrogate=self.surrogate,
-            recurrent=self.recurrent,
-            shape=tuple(x.shape[:2]) + (self.hidden_size,),
-            training=grad_recorded(x, *self.parameters()),
-        )
+    def _dispatch_options(self) -> dict:
+        return {"surrogate": self.surrogate, "recurrent": self.recurrent}
 
-
-    def _run_direction(self, layer: int, reverse: int, x: Tensor, state: ALIFState | None, backend):
-        suffix = direction_suffix(layer, bool(reverse))
+    def _scan_direction(self, suffix: str, x: Tensor, state: ALIFState | None, scan):
         current = torch.nn.functional.linear(x, getattr(self, "weight_ih" + suffix), getattr(self, "bias_ih" + suffix))
         tau_mem = getattr(self, "tau_mem" + suffix)
-        spikes, final, trace = backend.fn(
+        spikes, final, trace = scan(
             current,
             state,
             tau_mem=tau_mem,
@@ -352,7 +341,11 @@ class ALIF(StackedForward, _ALIFBase):
         stats = None
         if self.record_stats:
             stats = PendingStats(self, x, spikes, state, trace, grad_recorded(current, tau_mem))
-        return spikes, final, stats
+        return spikes, final, trace, stats
+
+    def _replay_view(self, spikes: Tensor, trace) -> tuple[Tensor, Tensor]:
+        """(events, threshold) of a replay (:func:`evsnn.metrics.reference_traces`): spikes, ``B_t``."""
+        return spikes, trace.threshold
 
     def _stats(self, x: Tensor, spikes: Tensor, state, trace, training: bool) -> LayerStats:
         with torch.no_grad():
@@ -504,3 +497,103 @@ class LeakyReadout(ParameterChecks):
     @property
     def alpha(self) -> Tensor:
         return decay(self.tau)
+
+
+class ALIFReadout(_ALIFBase):
+    __doc__ = (
+        """Adaptive spiking output layer read out through its membrane (Yin et al. 2021; SPEC.md §2).
+
+    ``I_t = W_ih x_t + b_ih`` (not recurrent), then the ALIF dynamics of SPEC §2; ``forward(x
+    [T, B, input_size], state=None) -> (v [T, B, output_size], ALIFState)`` returns the membrane
+    ``v_t`` of every step, which Yin et al.'s networks pass through ``log_softmax`` each step
+    (ECG, SHD). The neurons still spike: each spike resets the membrane by the threshold and
+    drives the adaptation, so ``v`` is not a leaky integral of the input. ``state`` is the
+    :class:`ALIFState` ``(v, b, s)`` with fields ``[B, output_size]``.
+
+    Args:
+        input_size: features of the input (e.g. the spikes of the layer below).
+        output_size: readout neurons (classes).
+        bias: add ``bias_ih``."""
+        + _NEURON_ARGS.replace("        recurrent: add the recurrent product ``W_hh s_{t−1} + b_hh``.\n", "")
+        + """
+        batch_first: input and output are ``[B, T, ·]`` instead of ``[T, B, ·]``.
+        backend: ``"auto"``, ``"torch"``, ``"cpu_event"`` or ``"cupy"``.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
+    """
+    )
+
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        bias: bool = True,
+        *,
+        adaptive: bool = True,
+        tau_mem=(20.0, 5.0),
+        tau_adapt=(150.0, 10.0),
+        tau_init: str = "normal",
+        b0: float = 0.01,
+        beta: float = 1.8,
+        learn_threshold: bool = False,
+        surrogate: Surrogate | str | None = None,
+        batch_first: bool = False,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(
+            input_size,
+            output_size,
+            recurrent=False,
+            bias=bias,
+            adaptive=adaptive,
+            tau_mem=tau_mem,
+            tau_adapt=tau_adapt,
+            tau_init=tau_init,
+            b0=b0,
+            beta=beta,
+            learn_threshold=learn_threshold,
+            surrogate=surrogate,
+            backend=backend,
+            device=device,
+            dtype=dtype,
+        )
+        self.output_size = self.hidden_size
+        self.batch_first = bool(batch_first)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.input_size}, {self.output_size}, adaptive={self.adaptive}, bias={self.bias}, "
+            f"surrogate={self.surrogate!r}, backend={self.backend!r}, batch_first={self.batch_first}"
+        )
+
+    def forward(self, x: Tensor, state: ALIFState | None = None) -> tuple[Tensor, ALIFState]:
+        name = type(self).__name__
+        check_input(name, x, 3, self.input_size, self.weight_ih)
+        x = to_time_first(x, self.batch_first)
+        check_steps(name, x)
+        if state is not None:
+            state = self._check_state(state, x.shape[1], x)
+        current = torch.nn.functional.linear(x, self.weight_ih, self.bias_ih)
+        backend = dispatch.resolve(
+            "alif",
+            self.backend,
+            device=x.device,
+            dtype=x.dtype,
+            surrogate=self.surrogate,
+            recurrent=False,
+            shape=(x.shape[0], x.shape[1], self.output_size),
+            training=grad_recorded(x, *self.parameters()),
+        )
+        _, final, trace = backend.fn(
+            current,
+            state,
+            tau_mem=self.tau_mem,
+            tau_adapt=self.tau_adapt,
+            b0=self.b0,
+            beta=self.beta,
+            surrogate=self.surrogate,
+        )
+        v = trace.v
+        return (v.transpose(0, 1) if self.batch_first else v), final
