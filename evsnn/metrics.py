@@ -30,10 +30,11 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .functional.alif import ALIFState, ALIFTrace, alif_scan
-from .functional.delta import DeltaTrace, delta_gru_scan, delta_lstm_scan
-from .functional.egru import EGRUTrace, egru_scan
+from .functional.alif import ALIFState, ALIFTrace
+from .functional.delta import DeltaTrace
+from .functional.egru import EGRUTrace
 from .nn import ALIF, EGRU, DeltaGRU, DeltaLSTM
+from .nn._family import NeuronFamily
 from .nn._stack import single_direction_state
 from .stats import LayerStats
 
@@ -189,15 +190,9 @@ class Profile:
         return self.table()
 
 
-def _rows_per_event(layer: nn.Module) -> int | None:
-    """Weight rows touched by one input/recurrent event (how LayerStats counts event ops)."""
-    if isinstance(layer, ALIF):
-        return layer.hidden_size
-    if isinstance(layer, DeltaLSTM):
-        return 4 * layer.hidden_size
-    if isinstance(layer, (EGRU, DeltaGRU)):
-        return 3 * layer.hidden_size
-    return None
+def _family(layer: nn.Module) -> NeuronFamily | None:
+    family = getattr(layer, "neuron_family", None)
+    return family if isinstance(family, NeuronFamily) else None
 
 
 def _first_tensor(out: Any) -> Tensor:
@@ -333,9 +328,11 @@ def profile(
 def _layer_profile(name: str, layer: nn.Module, info: dict[str, Any], energies: dict[str, float]) -> LayerProfile:
     stats: LayerStats = info["stats"]
     event_ops = int(stats.event_ops)
-    rows = _rows_per_event(layer)
-    is_delta = isinstance(layer, (DeltaGRU, DeltaLSTM))
-    events_binary = isinstance(layer, ALIF)
+    family = _family(layer)
+    # weight rows touched by one input/recurrent event (how LayerStats counts event ops)
+    rows = None if family is None else family.gates * layer.hidden_size
+    is_delta = family is not None and family.delta_encoded
+    events_binary = family is not None and family.binary_events
     input_binary = bool(info["input_binary"]) and not is_delta
     if rows is not None and not is_delta and info["input_nnz"] is not None:
         input_ops = info["input_nnz"] * rows
@@ -414,52 +411,12 @@ def reference_traces(layer: nn.Module, x: Tensor, state: Any = None) -> LayerTra
         raise TypeError(f"an ALIF state must be an ALIFState, got {type(state).__name__}")
     # the layer's [1, B, ...] state (or the [B, ...] form) as the scan's; final_state stays [B, ...]
     state = single_direction_state(layer, state, x.shape[1], x, "reference_traces")
-    if isinstance(layer, ALIF):
-        current = torch.nn.functional.linear(x, layer.weight_ih, layer.bias_ih)
-        spikes, final, trace = alif_scan(
-            current,
-            state,
-            tau_mem=layer.tau_mem,
-            tau_adapt=layer.tau_adapt,
-            b0=layer.b0,
-            beta=layer.beta,
-            surrogate=layer.surrogate,
-            weight_hh=layer.weight_hh,
-            bias_hh=layer.bias_hh,
+    if isinstance(layer, EGRU) and layer.training and (layer.zoneout > 0.0 or layer.dropconnect > 0.0):
+        raise ValueError(
+            "this EGRU samples zoneout/DropConnect masks in training, which a replay cannot reproduce; "
+            "call layer.eval() first"
         )
-        return LayerTraces(spikes, spikes, trace, trace.threshold, final)
-    if isinstance(layer, EGRU):
-        if layer.training and (layer.zoneout > 0.0 or layer.dropconnect > 0.0):
-            raise ValueError(
-                "this EGRU samples zoneout/DropConnect masks in training, which a replay cannot reproduce; "
-                "call layer.eval() first"
-            )
-        threshold = layer.threshold
-        y, final, trace = egru_scan(
-            x,
-            state,
-            layer.weight_ih,
-            layer.weight_hh,
-            layer.bias_ih,
-            layer.bias_hh,
-            threshold,
-            reset=layer.reset,
-            surrogate=layer.surrogate,
-            zoneout=layer.zoneout,
-            training=False,
-        )
-        return LayerTraces(y, y, trace, threshold, final)
-    scan = delta_lstm_scan if isinstance(layer, DeltaLSTM) else delta_gru_scan
-    h, final, trace = scan(
-        x,
-        state,
-        layer._weight("weight_ih"),  # rounded as the layer's products use it (weight_fixed_point)
-        layer._weight("weight_hh"),
-        layer.bias_ih,
-        layer.bias_hh,
-        theta_x=layer.theta_x,
-        theta_h=layer.theta_h,
-        delta_rule=layer.delta_rule,
-        fixed_point=layer.fixed_point,
-    )
-    return LayerTraces(h, trace.delta_h, trace, layer.theta_h, final)
+    # the layer's own call of its scan (layer 0, forward), with the family's reference scan
+    output, final, trace, _ = layer._scan_direction("", x, state, layer.neuron_family.reference)
+    events, threshold = layer._replay_view(output, trace)
+    return LayerTraces(output, events, trace, threshold, final)

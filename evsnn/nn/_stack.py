@@ -23,8 +23,9 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from ..functional.alif import ALIFState
 from ..functional.delta import DeltaGRUState, DeltaLSTMState
 from ..functional.egru import EGRUState
+from ..ops import dispatch
 from ..stats import LayerStats
-from ._checks import check_input, to_time_first
+from ._checks import check_input, grad_recorded, to_time_first
 from ._validate import check_steps
 
 __all__ = [
@@ -362,7 +363,27 @@ def _run_dense(module: nn.Module, x: Tensor, state: NamedTuple | None, backend: 
 
 
 class StackedForward:
-    """``forward`` of the sequence layers (EGRU, DeltaGRU, DeltaLSTM, ALIF), like ``nn.GRU``'s."""
+    """``forward`` of the sequence layers (EGRU, DeltaGRU, DeltaLSTM, ALIF), like ``nn.GRU``'s.
+
+    A layer supplies its :class:`~evsnn.nn._family.NeuronFamily` (``neuron_family``), the
+    options its backends' checks read (``_dispatch_options``) and ``_scan_direction(suffix, x,
+    state, scan) -> (out, final, trace, stats)``: one layer·direction through ``scan`` (a
+    backend, or the family's reference for a replay)."""
+
+    def _resolve_backend(self, x: Tensor):
+        return dispatch.resolve(
+            self.neuron_family.name,
+            self.backend,
+            device=x.device,
+            dtype=x.dtype,
+            shape=tuple(x.shape[:2]) + (self.hidden_size,),
+            training=grad_recorded(x, *self.parameters()),
+            **self._dispatch_options(),
+        )
+
+    def _run_direction(self, layer: int, reverse: int, x: Tensor, state: Any, backend: Any):
+        out, final, _, stats = self._scan_direction(direction_suffix(layer, bool(reverse)), x, state, backend.fn)
+        return out, final, stats
 
     @property
     def last_stats(self) -> LayerStats | None:

@@ -20,6 +20,7 @@ from ..functional.fixed_point import check_fixed_point, quantize_fixed_point
 from ..ops import dispatch
 from ..stats import LayerStats
 from ._checks import check_input, check_nonnegative, check_size, check_state, grad_recorded
+from ._family import DELTA_GRU_FAMILY, DELTA_LSTM_FAMILY
 from ._stack import (
     DeltaGRULayerState,
     DeltaLSTMLayerState,
@@ -37,9 +38,12 @@ __all__ = ["DeltaGRU", "DeltaGRUCell", "DeltaLSTM", "DeltaLSTMCell"]
 
 
 class _DeltaBase(ParameterChecks):
-    gates = 3
+    neuron_family = DELTA_GRU_FAMILY
     state_type: type = DeltaGRUState
-    family = "delta_gru"
+
+    @property
+    def gates(self) -> int:
+        return self.neuron_family.gates
 
     def __init__(
         self,
@@ -230,25 +234,17 @@ class _DeltaLayer(StackedForward, _DeltaBase):
             )
         return stack_states(self, finals)
 
-    def _resolve_backend(self, x: Tensor):
-        return dispatch.resolve(
-            self.family,
-            self.backend,
-            device=x.device,
-            dtype=x.dtype,
-            theta_x=self.theta_x,
-            theta_h=self.theta_h,
-            delta_rule=self.delta_rule,
-            fixed_point=self.fixed_point,
-            shape=tuple(x.shape[:2]) + (self.hidden_size,),
-            training=grad_recorded(x, *self.parameters()),
-        )
+    def _dispatch_options(self) -> dict:
+        return {
+            "theta_x": self.theta_x,
+            "theta_h": self.theta_h,
+            "delta_rule": self.delta_rule,
+            "fixed_point": self.fixed_point,
+        }
 
-
-    def _run_direction(self, layer: int, reverse: int, x: Tensor, state, backend):
-        suffix = direction_suffix(layer, bool(reverse))
+    def _scan_direction(self, suffix: str, x: Tensor, state, scan):
         weight_ih = self._weight("weight_ih" + suffix)
-        h, final, trace = backend.fn(
+        h, final, trace = scan(
             x,
             state,
             weight_ih,
@@ -258,7 +254,11 @@ class _DeltaLayer(StackedForward, _DeltaBase):
             **self._scan_options(),
         )
         stats = PendingStats(self, trace, grad_recorded(x, weight_ih)) if self.record_stats else None
-        return h, final, stats
+        return h, final, trace, stats
+
+    def _replay_view(self, h: Tensor, trace) -> tuple[Tensor, float]:
+        """(events, threshold) of a replay (:func:`evsnn.metrics.reference_traces`): ``Δh``, Θ_h."""
+        return trace.delta_h, self.theta_h
 
     def _stats(self, trace, training: bool) -> LayerStats:
         with torch.no_grad():
@@ -337,11 +337,10 @@ class DeltaGRU(_DeltaLayer):
         + _LAYER_ARGS
     )
 
-    gates = 3
+    neuron_family = DELTA_GRU_FAMILY
     state_type = DeltaGRUState
     _state_base = DeltaGRUState
     _layer_state_type = DeltaGRULayerState
-    family = "delta_gru"
     torch_type = nn.GRU
 
     def __init__(
@@ -381,11 +380,10 @@ class DeltaLSTM(_DeltaLayer):
         + _LAYER_ARGS
     )
 
-    gates = 4
+    neuron_family = DELTA_LSTM_FAMILY
     state_type = DeltaLSTMState
     _state_base = DeltaLSTMState
     _layer_state_type = DeltaLSTMLayerState
-    family = "delta_lstm"
     torch_type = nn.LSTM
 
     def __init__(
@@ -441,7 +439,7 @@ class DeltaGRUCell(_DeltaCell):
         + _CELL_ARGS
     )
 
-    gates = 3
+    neuron_family = DELTA_GRU_FAMILY
     state_type = DeltaGRUState
 
     def __init__(
@@ -478,7 +476,7 @@ class DeltaLSTMCell(_DeltaCell):
         + _CELL_ARGS
     )
 
-    gates = 4
+    neuron_family = DELTA_LSTM_FAMILY
     state_type = DeltaLSTMState
 
     def __init__(

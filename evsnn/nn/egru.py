@@ -20,6 +20,7 @@ from ._checks import (
     check_state,
     grad_recorded,
 )
+from ._family import EGRU_FAMILY
 from ._stack import (
     EGRULayerState,
     PendingStats,
@@ -171,6 +172,7 @@ class EGRU(StackedForward, _EGRUBase):
         dtype: dtype of the parameters.
     """
 
+    neuron_family = EGRU_FAMILY
     _state_base = EGRUState
     _layer_state_type = EGRULayerState
     _per_layer_fields: frozenset[str] = frozenset()
@@ -238,22 +240,10 @@ class EGRU(StackedForward, _EGRUBase):
     def _direction_state_shapes(self, layer: int, batch: int) -> list[tuple[int, ...]]:
         return [(batch, self.hidden_size)] * 2
 
-    def _resolve_backend(self, x: Tensor):
-        return dispatch.resolve(
-            "egru",
-            self.backend,
-            device=x.device,
-            dtype=x.dtype,
-            surrogate=self.surrogate,
-            reset=self.reset,
-            zoneout=self.zoneout,
-            shape=tuple(x.shape[:2]) + (self.hidden_size,),
-            training=grad_recorded(x, *self.parameters()),
-        )
+    def _dispatch_options(self) -> dict:
+        return {"surrogate": self.surrogate, "reset": self.reset, "zoneout": self.zoneout}
 
-
-    def _run_direction(self, layer: int, reverse: int, x: Tensor, state: EGRUState | None, backend):
-        suffix = direction_suffix(layer, bool(reverse))
+    def _scan_direction(self, suffix: str, x: Tensor, state: EGRUState | None, scan):
         weight_ih = getattr(self, "weight_ih" + suffix)
         weight_hh = getattr(self, "weight_hh" + suffix)
         if self.training and self.dropconnect > 0.0:
@@ -263,14 +253,18 @@ class EGRU(StackedForward, _EGRUBase):
         kwargs = {"reset": self.reset, "surrogate": self.surrogate}
         if self.zoneout > 0.0:
             kwargs.update(zoneout=self.zoneout, training=self.training)
-        y, final, trace = backend.fn(
+        y, final, trace = scan(
             x, state, weight_ih, weight_hh, getattr(self, "bias_ih" + suffix), getattr(self, "bias_hh" + suffix),
             threshold, **kwargs,
         )
         stats = None
         if self.record_stats:
             stats = PendingStats(self, x, y, state, trace, threshold, grad_recorded(x, weight_ih))
-        return y, final, stats
+        return y, final, trace, stats
+
+    def _replay_view(self, y: Tensor, trace) -> tuple[Tensor, Tensor]:
+        """(events, threshold) of a replay (:func:`evsnn.metrics.reference_traces`): ``y``, θ."""
+        return y, self.threshold
 
     def _stats(self, x: Tensor, y: Tensor, state, trace, threshold: Tensor, training: bool) -> LayerStats:
         with torch.no_grad():
