@@ -147,8 +147,8 @@ def train(model: Net, train_set, *, epochs: int, batch_size: int, lr: float, see
                 # Σ|Δh| over the valid steps per sample (SPEC §4's L1 cost on the deltas)
                 dh = hidden_deltas(out, model.layer.theta_h, delta_rule=model.layer.delta_rule)
                 loss = loss + l1_delta * (dh.abs() * valid).sum() / x.shape[1]
-            if activity is not None:
-                loss = loss + activity(out * valid)
+            if activity is not None:  # the event rate of the valid steps only ([steps, H] rows)
+                loss = loss + activity(out[valid[..., 0].bool()])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
