@@ -160,8 +160,9 @@ def _alif_backward(
                 for bb in range(lo, hi):
                     x = out_v[t, bb, j] - out_thr[t, bb, j]
                     # The surrogate's pseudo-derivative with the reference's gating: a NaN or
-                    # infinite x passes nothing, nor a finite x outside a finite support.
-                    passes = math.isfinite(x) and abs(x) < gate
+                    # infinite x passes nothing (|x| < gate is false for them, gate = inf
+                    # included), nor a finite x outside a finite support.
+                    passes = abs(x) < gate
                     g = 0.0
                     if passes:
                         if kind == 0:  # triangle(width, peak): G clamps at ±width, inclusive
