@@ -110,3 +110,25 @@ def test_stacked_bidirectional_merges_on_read():
     assert len(runs) == 4
     torch.testing.assert_close(stats.event_fraction, torch.stack([r.event_fraction for r in runs]).mean(0))
     assert int(stats.event_ops) == sum(int(r.event_ops) for r in runs)
+
+
+def test_pending_stats_hold_no_graph_and_copy_as_computed_stats():
+    """The kept tensors are detached (the layer does not keep the forward's graph alive), and a
+    deepcopy or pickle carries the computed LayerStats."""
+    import copy
+    import io
+
+    layer = LAYERS["EGRU"]()
+    x = torch.randn(T, B, IN) * 2
+    out, _ = layer(x)
+    pending = layer.__dict__["_pending_stats"]
+    kept = [a for p, _ in pending[1] for a in p.args if isinstance(a, torch.Tensor)]
+    assert kept and all(t.grad_fn is None for t in kept)
+    clone = copy.deepcopy(layer)
+    assert clone.__dict__["_pending_stats"] is None
+    torch.testing.assert_close(clone.last_stats.event_fraction, (out != 0).float().mean(dim=(1, 2)))
+    buf = io.BytesIO()
+    torch.save(layer, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    torch.testing.assert_close(loaded.last_stats.event_fraction, clone.last_stats.event_fraction)

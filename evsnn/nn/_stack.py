@@ -268,8 +268,10 @@ class PendingStats:
 
     def __init__(self, module: nn.Module, *args: Any):
         self.module = module
-        self.args = args
-        self.versions = None if torch.compiler.is_compiling() else _versions(args)
+        # detached (views: no copy, same version counters), so that the layer does not keep the
+        # forward's autograd graph alive
+        self.args = tuple(_detached(a) for a in args)
+        self.versions = None if torch.compiler.is_compiling() else _versions(self.args)
 
     def compute(self) -> LayerStats:
         if self.versions is not None and _versions(self.args) != self.versions:
@@ -280,6 +282,14 @@ class PendingStats:
                 "last_stats before changing them in place, or run the forward again"
             )
         return self.module._stats(*self.args)
+
+
+def _detached(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(_detached(v) for v in value))
+    return value
 
 
 def _tensors(values: Any):
@@ -399,6 +409,14 @@ class StackedForward:
     def last_stats(self, value: LayerStats | None) -> None:
         self.__dict__["_pending_stats"] = None
         self.__dict__["_last_stats"] = value
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A pickle or deepcopy holds the computed LayerStats, not the forward's tensors.
+        try:
+            _ = self.last_stats
+        except RuntimeError:  # its tensors were changed in place: there are no statistics to keep
+            self.last_stats = None
+        return super().__getstate__()
 
     def forward(self, x: Tensor | PackedSequence, state: Any = None) -> tuple[Any, NamedTuple]:
         """``(output, final state)`` of a dense ``[T, B, I]`` (``[B, T, I]`` with ``batch_first``)
