@@ -108,28 +108,46 @@ def _egru_forward(
     for part in prange(chunks):
         b0 = part * per_chunk
         nb = max(0, min(batch, b0 + per_chunk) - b0)
-        acc = np.empty((nb, h3), dtype=gi.dtype)
-        for t in range(steps):
-            for bb in range(nb):
-                for j in range(h3):
-                    acc[bb, j] = bias_hh[j]
-            # Only rows of units with an event (NaN ≠ 0 counts: it spreads as in the dense product).
+        acc = np.empty(h3, dtype=gi.dtype)
+        one = np.ones(1, dtype=gi.dtype)[0]
+        events = np.empty(hs, dtype=np.int64)
+        for bb in range(nb):
+            b = b0 + bb
+            # The units with an event in y_0 (NaN ≠ 0 counts: it spreads as in the dense product).
+            n_ev = 0
             for k in range(hs):
-                row = table[k]
-                for bb in range(nb):
-                    w = y[b0 + bb, k]
-                    if w != 0.0:
-                        for j in range(h3):
-                            acc[bb, j] += w * row[j]
-            for bb in range(nb):
-                b = b0 + bb
+                if y[b, k] != 0.0:
+                    events[n_ev] = k
+                    n_ev += 1
+            for t in range(steps):
+                # gh = b_hh + Σ_{k: event} y_k · table[k], four rows per pass over the accumulator.
+                for j in range(h3):
+                    acc[j] = bias_hh[j]
+                p = 0
+                while p + 4 <= n_ev:
+                    k0, k1, k2, k3 = events[p], events[p + 1], events[p + 2], events[p + 3]
+                    w0, w1, w2, w3 = y[b, k0], y[b, k1], y[b, k2], y[b, k3]
+                    r0, r1, r2, r3 = table[k0], table[k1], table[k2], table[k3]
+                    for j in range(h3):
+                        acc[j] += w0 * r0[j] + w1 * r1[j] + w2 * r2[j] + w3 * r3[j]
+                    p += 4
+                while p < n_ev:
+                    k = events[p]
+                    w = y[b, k]
+                    row = table[k]
+                    for j in range(h3):
+                        acc[j] += w * row[j]
+                    p += 1
+                n_ev = 0
                 for j in range(hs):
-                    r = 1.0 / (1.0 + np.exp(-(gi[t, b, j] + acc[bb, j])))
-                    z = 1.0 / (1.0 + np.exp(-(gi[t, b, hs + j] + acc[bb, hs + j])))
-                    hn = acc[bb, 2 * hs + j]
+                    # In the arrays' dtype, as the reference computes (float32 libm calls are the
+                    # cheaper ones, and this loop's cost is mostly theirs).
+                    r = one / (one + np.exp(-(gi[t, b, j] + acc[j])))
+                    z = one / (one + np.exp(-(gi[t, b, hs + j] + acc[hs + j])))
+                    hn = acc[2 * hs + j]
                     n = np.tanh(gi[t, b, 2 * hs + j] + r * hn)
                     c_prev = c[b, j]
-                    v = z * c_prev + (1.0 - z) * n
+                    v = z * c_prev + (one - z) * n
                     if reset_output:
                         v = v - y[b, j]
                     if zo_mode == 1:
@@ -151,6 +169,9 @@ def _egru_forward(
                         y[b, j] = 0.0 * v
                         c[b, j] = v
                     out_y[t, b, j] = y[b, j]
+                    if y[b, j] != 0.0:
+                        events[n_ev] = j
+                        n_ev += 1
 
 
 def _egru_backward(
@@ -177,6 +198,9 @@ def _egru_backward(
         nb = max(0, min(batch, b0 + per_chunk) - b0)
         dgh = np.empty((nb, h3), dtype=out_y.dtype)
         zero = np.zeros(1, dtype=out_y.dtype)[0]
+        live_at = np.empty(nb, dtype=np.int64)
+        ev_at = np.empty(nb, dtype=np.int64)
+        ev_w = np.empty(nb, dtype=out_y.dtype)
         g_table = g_table_parts[part]
         g_bias = g_bias_parts[part]
         g_theta = g_theta_parts[part]
@@ -232,12 +256,13 @@ def _egru_backward(
                     a_y[b, j] = -du if reset_output else 0.0
                 for j in range(h3):
                     g_bias[j] += dgh[bb, j]
-            # Recurrent products, unit-major so each row is read once for the chunk's samples:
-            # ∂L/∂y_{t−1,k} where y_{t−1,k} can pass gradient, ∂L/∂W_hhᵀ[k] where it is an event.
+            # Recurrent products, unit-major so each row is read once for the chunk's samples, four
+            # samples per pass over it: ∂L/∂y_{t−1,k} for the samples where y_{t−1,k} can pass
+            # gradient ("live"), ∂L/∂W_hhᵀ[k] from the samples where it is an event.
             for k in range(hs):
-                row = table[k]
-                grow = g_table[k]
                 th = theta[k]
+                n_live = 0
+                n_ev = 0
                 for bb in range(nb):
                     b = b0 + bb
                     if t > 0:
@@ -248,13 +273,52 @@ def _egru_backward(
                         live = need_y0
                         w = y0[b, k]
                     if live:
-                        acc = zero
-                        for j in range(h3):
-                            acc += row[j] * dgh[bb, j]
-                        a_y[b, k] += acc
+                        live_at[n_live] = bb
+                        n_live += 1
                     if w != 0.0:
-                        for j in range(h3):
-                            grow[j] += w * dgh[bb, j]
+                        ev_at[n_ev] = bb
+                        ev_w[n_ev] = w
+                        n_ev += 1
+                row = table[k]
+                p = 0
+                while p + 4 <= n_live:
+                    d0, d1, d2, d3 = dgh[live_at[p]], dgh[live_at[p + 1]], dgh[live_at[p + 2]], dgh[live_at[p + 3]]
+                    a0 = zero
+                    a1 = zero
+                    a2 = zero
+                    a3 = zero
+                    for j in range(h3):
+                        rj = row[j]
+                        a0 += rj * d0[j]
+                        a1 += rj * d1[j]
+                        a2 += rj * d2[j]
+                        a3 += rj * d3[j]
+                    a_y[b0 + live_at[p], k] += a0
+                    a_y[b0 + live_at[p + 1], k] += a1
+                    a_y[b0 + live_at[p + 2], k] += a2
+                    a_y[b0 + live_at[p + 3], k] += a3
+                    p += 4
+                while p < n_live:
+                    d0 = dgh[live_at[p]]
+                    a0 = zero
+                    for j in range(h3):
+                        a0 += row[j] * d0[j]
+                    a_y[b0 + live_at[p], k] += a0
+                    p += 1
+                grow = g_table[k]
+                p = 0
+                while p + 4 <= n_ev:
+                    d0, d1, d2, d3 = dgh[ev_at[p]], dgh[ev_at[p + 1]], dgh[ev_at[p + 2]], dgh[ev_at[p + 3]]
+                    w0, w1, w2, w3 = ev_w[p], ev_w[p + 1], ev_w[p + 2], ev_w[p + 3]
+                    for j in range(h3):
+                        grow[j] += w0 * d0[j] + w1 * d1[j] + w2 * d2[j] + w3 * d3[j]
+                    p += 4
+                while p < n_ev:
+                    d0 = dgh[ev_at[p]]
+                    w0 = ev_w[p]
+                    for j in range(h3):
+                        grow[j] += w0 * d0[j]
+                    p += 1
 
 
 @functools.cache
