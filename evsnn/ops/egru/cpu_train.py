@@ -5,12 +5,12 @@ kernel (autograd differentiates it); the kernel does the recurrence.
 
 Forward, per step: ``gh = b_hh + Σ_{k: y_{t−1,k} ≠ 0} y_{t−1,k} · W_hhᵀ[k]`` (only the rows of
 units with an event), then the gates and state update of :func:`evsnn.functional.egru_pointwise`
-(both resets, zoneout before the event test). The rows are visited unit-major over the samples
-of a thread's chunk, so a row of ``W_hhᵀ`` is read once per step for all of that chunk's samples
-that have the event. It keeps for the backward the gates ``r, z, n`` and ``W_hn y + b_hn``
-(elementwise, dense as in any GRU) and, as returned anyway, the events ``y`` and ``c_pre``
-(the value compared with θ): the nonzero entries of ``y`` are the event lists, ``c_t``/``c_{t−1}``
-are recomputed from ``c_pre`` and θ, and the zoneout masks are kept as bytes.
+(both resets, zoneout before the event test). Each sample keeps the list of its units with an
+event and adds their rows four at a time, so its accumulator is read and written once per four
+rows. It keeps for the backward the gates ``r, z, n`` and ``W_hn y + b_hn`` (elementwise, dense
+as in any GRU) and, as returned anyway, ``y`` and ``c_pre`` (the value compared with θ): the
+backward finds the events as the nonzero entries of ``y`` (a separate list would be a second
+copy), recomputes ``c_{t−1}`` from ``c_pre`` and θ, and reads the zoneout masks kept as bytes.
 
 Backward, in reverse time: the elementwise adjoint of every unit, then the recurrent products
 only where they matter: ``∂L/∂y_{t−1,k} = W_hh[:, k]ᵀ δgh_t`` only for units ``k`` that fired at
@@ -20,8 +20,9 @@ surrogate's support; otherwise ``y_{t−1,k}`` passes no gradient), and
 a surrogate with a known ``kernel_spec`` (the five of SPEC §1 and their truncations) is
 evaluated in the kernel; any other :class:`~evsnn.surrogate.Surrogate` gets it from autograd of
 the surrogate itself (one dense torch pass), so every one gives the reference's gradient (one
-with infinite support makes the recurrent product dense: still exact). A row of ``W_hh`` whose unit never fires and never enters the support is never
-read, forward or backward.
+with infinite support makes the recurrent product dense: still exact). These products run
+unit-major over a thread's samples, four samples per pass over a row. A row of ``W_hh`` whose
+unit never fires and never enters the support is never read, forward or backward.
 
 The result is the reference's (:func:`evsnn.functional.egru_scan`) and so are its gradients, to
 rounding: the sums are grouped differently. Non-finite values propagate as in the reference's
