@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .functional.delta import DeltaGRUState, DeltaLSTMState, check_delta_rule, delta_encode
+from .functional.delta import DeltaGRUState, DeltaLSTMState, DeltaTrace, check_delta_rule, delta_encode
 from .functional.egru import EGRUTrace
 from .nn import EGRU, DeltaGRU, DeltaLSTM
 from .nn._stack import single_direction_state
@@ -215,10 +215,13 @@ def delta_l1(
 class DeltaL1Regularizer(nn.Module):
     """L1 cost on the hidden deltas of a delta cell: ``strength · Σ|Δh|`` (SPEC §4).
 
-    ``forward(output, layer, state=None)``: ``output`` is what the ``DeltaGRU``/``DeltaLSTM``
-    ``layer`` returned (its ``batch_first`` layout), ``state`` the initial state passed to that
-    forward (``None`` for the default). ``Θ_h`` is read from the layer. Fewer, smaller hidden
-    changes mean fewer deltas above ``Θ_h``, i.e. fewer operations.
+    ``forward(output, layer, state=None, trace=None)``: ``output`` is what the
+    ``DeltaGRU``/``DeltaLSTM`` ``layer`` returned (its ``batch_first`` layout), ``state`` the
+    initial state passed to that forward (``None`` for the default). ``Θ_h`` is read from the
+    layer. Fewer, smaller hidden changes mean fewer deltas above ``Θ_h``, i.e. fewer operations.
+    With ``trace`` (the :class:`~evsnn.functional.DeltaTrace` of the same pass, e.g. from
+    :func:`evsnn.metrics.reference_traces`, whose ``delta_h`` carries the reference's graph) its
+    ``Δh`` are used as they are instead of being recomputed from ``output``.
     """
 
     def __init__(self, strength: float = 1e-3, *, reduction: str = "sum"):
@@ -232,7 +235,11 @@ class DeltaL1Regularizer(nn.Module):
         return f"strength={self.strength}, reduction={self.reduction!r}"
 
     def forward(
-        self, output: Tensor, layer: nn.Module, state: DeltaGRUState | DeltaLSTMState | None = None
+        self,
+        output: Tensor,
+        layer: nn.Module,
+        state: DeltaGRUState | DeltaLSTMState | None = None,
+        trace: DeltaTrace | None = None,
     ) -> Tensor:
         if not isinstance(layer, (DeltaGRU, DeltaLSTM)):
             raise TypeError(f"DeltaL1Regularizer needs the DeltaGRU/DeltaLSTM layer, got {type(layer).__name__}")
@@ -244,6 +251,16 @@ class DeltaL1Regularizer(nn.Module):
             )
         if layer.batch_first:
             output = output.transpose(0, 1)
+        if trace is not None:
+            if not isinstance(trace, DeltaTrace):
+                raise TypeError(f"trace must be a DeltaTrace, got {type(trace).__name__}")
+            if tuple(trace.delta_h.shape) != tuple(output.shape):
+                raise ValueError(
+                    f"trace.delta_h must be the same pass's time-first {tuple(output.shape)}, "
+                    f"got {tuple(trace.delta_h.shape)}"
+                )
+            dh = trace.delta_h.abs()
+            return self.strength * (dh.sum() if self.reduction == "sum" else dh.mean())
         h0 = h_hat0 = None
         if state is not None and not isinstance(state, (DeltaGRUState, DeltaLSTMState)):
             raise TypeError(f"state must be a DeltaGRUState or DeltaLSTMState, got {type(state).__name__}")
