@@ -9,6 +9,11 @@ warm-up; ratios are against ``nn.GRU`` timed in the same process. ``--reference`
 the dense torch reference (slow). Prints a Markdown table per thread count.
 
     python benchmarks/cpu_training.py --threads 1 2
+
+``--cell alif``: a recurrent ALIF layer (evsnn.ALIF's initialisation, input ``W_ih x + b_ih`` inside
+the timed step) with the fused ALIF kernels (evsnn.ops.alif.cpu_kernels) vs the cpu_event torch-op
+loop vs nn.GRU, for the layer's default surrogate (infinite support: every unit's recurrent
+gradient is formed) and a truncated one (``--alif-support``).
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ from collections.abc import Callable
 
 import torch
 
-from evsnn.functional import delta_gru_scan, delta_lstm_scan
+import evsnn
+from evsnn.functional import alif_scan, delta_gru_scan, delta_lstm_scan
 from evsnn.ops import cpu_common
+from evsnn.ops.alif import cpu as alif_cpu
+from evsnn.ops.alif import cpu_kernels as alif_kernels
 from evsnn.ops.delta import cpu as delta_cpu
 from evsnn.ops.delta import cpu_train
 
@@ -92,6 +100,66 @@ def backward_curve(fused, x, weights, thetas, occupancy, args) -> None:
     print(f"\n# load at end {os.getloadavg()[0]:.2f}")
 
 
+def alif_rows(args) -> None:
+    """ALIF training rows: fused kernels vs the torch-op loop (vs the reference) vs nn.GRU."""
+    hs, batch = args.hidden, args.batch
+    x = make_input(args.steps, batch, args.input, seed=0)
+    torch.manual_seed(0)
+    layer = evsnn.ALIF(args.input, hs)
+    gru = torch.nn.GRU(args.input, hs)
+    names = ("weight_ih", "bias_ih", "tau_mem", "tau_adapt", "weight_hh", "bias_hh")
+    surrogates = [layer.surrogate, layer.surrogate.truncate(args.alif_support)]
+
+    def train_step(fn, surrogate) -> Callable[[], object]:
+        def run() -> object:
+            p = {n: getattr(layer, n).detach().clone().requires_grad_(True) for n in names}
+            current = torch.nn.functional.linear(x, p["weight_ih"], p["bias_ih"])
+            out = fn(
+                current, None, tau_mem=p["tau_mem"], tau_adapt=p["tau_adapt"], b0=layer.b0, beta=layer.beta,
+                surrogate=surrogate, weight_hh=p["weight_hh"], bias_hh=p["bias_hh"],
+            )
+            out[0].sum().backward()
+            return out
+
+        return run
+
+    def gru_step() -> None:
+        gru.zero_grad()
+        gru(x)[0].sum().backward()
+
+    with torch.no_grad():
+        current = torch.nn.functional.linear(x, layer.weight_ih, layer.bias_ih)
+        kwargs = {n: getattr(layer, n) for n in ("tau_mem", "tau_adapt", "b0", "beta", "weight_hh", "bias_hh")}
+        spikes, _, trace = alif_scan(current, None, **kwargs)
+        x_spike = trace.v - trace.threshold
+    rate = spikes.float().mean().item()
+    print(
+        f"# ALIF, {platform.processor() or platform.machine()}, torch {torch.__version__}, H = {hs}, B = {batch}, "
+        f"T = {args.steps}, input {args.input}, fwd+bwd of out.sum(), median of {args.repeats}, "
+        f"{rate:.3f} spikes per neuron per step"
+    )
+    ref_col = " reference ms |" if args.reference else ""
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        print(f"\n{threads} thread(s), load {os.getloadavg()[0]:.2f}\n")
+        print(f"| surrogate | outside support | nn.GRU ms | fused ms | torch-op loop ms |{ref_col} fused / nn.GRU | loop / fused | load |")
+        print("|---|---|---|---|---|" + ("---|" if args.reference else "") + "---|---|---|")
+        for surrogate in surrogates:
+            outside = 0.0 if surrogate.support is None else (x_spike.abs() >= surrogate.support).float().mean().item()
+            t_gru = timed(gru_step, args.repeats)
+            t_fused = timed(train_step(alif_kernels.alif_train_scan, surrogate), args.repeats)
+            t_loop = timed(train_step(torch_op_loop(alif_cpu.alif_scan_cpu), surrogate), args.repeats)
+            ref = ""
+            if args.reference:
+                ref = f" {timed(train_step(alif_scan, surrogate), 1) * 1e3:.0f} |"
+            print(
+                f"| {surrogate!r} | {outside:.3f} | {t_gru * 1e3:.0f} | {t_fused * 1e3:.0f} | {t_loop * 1e3:.0f} |{ref} "
+                f"{t_fused / t_gru:.2f}× | {t_loop / t_fused:.2f}× | {os.getloadavg()[0]:.2f} |",
+                flush=True,
+            )
+    print(f"\n# load at end {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=1024)
@@ -102,11 +170,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reference", action="store_true")
-    parser.add_argument("--cell", choices=("gru", "lstm"), default="gru")
+    parser.add_argument("--cell", choices=("gru", "lstm", "alif"), default="gru")
+    parser.add_argument("--alif-support", type=float, default=0.3, help="support of the truncated ALIF surrogate row")
     parser.add_argument(
         "--curve", action="store_true", help="only the fused kernel: forward and backward time against occupancy"
     )
     args = parser.parse_args()
+    if args.cell == "alif":
+        alif_rows(args)
+        return
     gru_cell = args.cell == "gru"
     fused = cpu_train.delta_gru_train_scan if gru_cell else cpu_train.delta_lstm_train_scan
     event = delta_cpu.delta_gru_scan_cpu if gru_cell else delta_cpu.delta_lstm_scan_cpu

@@ -6,6 +6,10 @@ support never being read."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -230,12 +234,36 @@ def test_two_threads_uneven_batch(single_thread):
     """With two threads the samples run in parallel and the parameter gradients are summed from
     per-chunk parts (an uneven split of B = 5): still the reference's values."""
     torch.set_num_threads(2)  # the fixture restores the previous setting
-    assert cpu_kernels._threads(5) == min(2, cpu_kernels._kernels().numba.config.NUMBA_NUM_THREADS)
+    with cpu_kernels._threads(5) as threads:
+        assert threads == min(2, cpu_kernels._kernels().numba.config.NUMBA_NUM_THREADS)
     current, kw = _inputs((7, 5, 9), torch.float64, seed=13)
     state = _random_state(5, 9, torch.float64, seed=14)
     ref = _run(alif_scan, current, state, kw, surrogate=Triangle(0.5))
     got = _run(cpu_kernels.alif_train_scan, current, state, kw, surrogate=Triangle(0.5))
     _assert_same(got, ref, F64, "two threads")
+
+
+_THREADS_SCRIPT = """
+import torch
+from evsnn.ops.alif import cpu_kernels
+torch.set_num_threads(1)
+current = torch.randn(4, 3, 6, dtype=torch.float64, requires_grad=True)
+tau = torch.full((6,), 5.0, dtype=torch.float64)
+spikes = cpu_kernels.alif_train_scan(current, None, tau_mem=tau, tau_adapt=tau * 20, weight_hh=torch.eye(6).double())[0]
+spikes.sum().backward()
+print(torch.get_num_threads())
+"""
+
+
+def test_torch_thread_setting_survives_the_kernels():
+    """Numba's OpenMP pool, when it starts (the first parallel call of a process, hence a fresh
+    process here), resets the process-wide OpenMP thread count that torch shares; the kernels
+    put torch's setting back: one thread stays one thread."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    env["NUMBA_NUM_THREADS"] = "2"
+    out = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -36,8 +36,10 @@ without a kernel spec is refused (:func:`surrogate_reason`).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -264,13 +266,24 @@ def kernels_available() -> bool:
     return _kernels() is not None
 
 
-def _threads(batch: int) -> int:
+@contextlib.contextmanager
+def _threads(batch: int) -> Iterator[int]:
     """Threads for the batch-parallel loops: torch's intra-op setting, capped by numba's pool and
-    the batch; set on numba's pool."""
+    the batch; set on numba's pool for the calls inside the ``with``.
+
+    Numba's OpenMP pool, started by the first parallel call, sets the process-wide OpenMP thread
+    count (which torch shares) to the pool's size: torch's own setting is put back afterwards,
+    or a ``torch.set_num_threads(1)`` would silently become 2 after the first call.
+    """
     numba = _kernels().numba
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, batch))
+    before = torch.get_num_threads()
+    n = max(1, min(before, numba.config.NUMBA_NUM_THREADS, batch))
     numba.set_num_threads(n)
-    return n
+    try:
+        yield n
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -322,11 +335,11 @@ def alif_loop(
     ``torch.get_num_threads()`` threads.
     """
     empty = np.empty((0, 0, 0), dtype=current.dtype)
-    _threads(current.shape[1])
-    _kernels().forward(
-        current, table, bias_hh, alpha, rho, b0, beta, v, b, s, out_s, out_v, out_thr,
-        empty, empty, np.empty(0, dtype=np.int32), np.empty((0, 2), dtype=np.int64), current.dtype.type(1),
-    )
+    with _threads(current.shape[1]):
+        _kernels().forward(
+            current, table, bias_hh, alpha, rho, b0, beta, v, b, s, out_s, out_v, out_thr,
+            empty, empty, np.empty(0, dtype=np.int32), np.empty((0, 2), dtype=np.int64), current.dtype.type(1),
+        )
 
 
 def _compact(idx: np.ndarray, off: np.ndarray, steps: int, region: int) -> tuple[np.ndarray, np.ndarray]:
@@ -353,11 +366,11 @@ class _ALIFTrain(torch.autograd.Function):
         idx = np.empty(batch * region if recurrent else 0, dtype=np.int32)
         off = np.empty((batch * steps, 2), dtype=np.int64)
         vec = [t.detach().contiguous() for t in (alpha, rho, b0, beta, bias_hh)]
-        _threads(batch)
-        _kernels().forward(
-            _np(current.detach().contiguous()), _np(wt), _np(vec[4]), *(_np(t) for t in vec[:4]),
-            *(_np(t) for t in work), *(_np(t) for t in outs), idx, off, _np(current).dtype.type(1),
-        )
+        with _threads(batch):
+            _kernels().forward(
+                _np(current.detach().contiguous()), _np(wt), _np(vec[4]), *(_np(t) for t in vec[:4]),
+                *(_np(t) for t in work), *(_np(t) for t in outs), idx, off, _np(current).dtype.type(1),
+            )
         if recurrent:
             ctx.events = _compact(idx, off, steps, region)
         else:
@@ -385,19 +398,19 @@ class _ALIFTrain(torch.autograd.Function):
 
         a_v, a_b, a_s = grad(g_vT, (batch, n)), grad(g_bT, (batch, n)), grad(g_sT, (batch, n))
         g_cur = like.new_empty(steps, batch, n)
-        parts = _threads(batch)
-        sums = [like.new_zeros(parts, n) for _ in range(5)]  # alpha, rho, b0, beta, bias_hh
-        g_wt = like.new_zeros(parts, n, n) if ctx.recurrent else like.new_zeros(parts, 0, 0)
         code, params, gate = ctx.surrogate
         idx, off = ctx.events
         zero = np.float32(0) if like.dtype == torch.float32 else np.float64(0)
-        _kernels().backward(
-            _np(wt), _np(alpha.contiguous()), _np(rho.contiguous()), _np(beta.contiguous()),
-            *(_np(t.contiguous()) for t in (v0, b0_state, s0)), *(_np(t) for t in outs), idx, off,
-            code, params, gate, ctx.detach_reset, bool(ctx.needs_input_grad[3]), zero,
-            *(none if g is None else _np(g.contiguous()) for g in (g_s, g_v, g_thr)),
-            _np(a_v), _np(a_b), _np(a_s), _np(g_cur), *(_np(t) for t in sums), _np(g_wt),
-        )
+        with _threads(batch) as parts:
+            sums = [like.new_zeros(parts, n) for _ in range(5)]  # alpha, rho, b0, beta, bias_hh
+            g_wt = like.new_zeros(parts, n, n) if ctx.recurrent else like.new_zeros(parts, 0, 0)
+            _kernels().backward(
+                _np(wt), _np(alpha.contiguous()), _np(rho.contiguous()), _np(beta.contiguous()),
+                *(_np(t.contiguous()) for t in (v0, b0_state, s0)), *(_np(t) for t in outs), idx, off,
+                code, params, gate, ctx.detach_reset, bool(ctx.needs_input_grad[3]), zero,
+                *(none if g is None else _np(g.contiguous()) for g in (g_s, g_v, g_thr)),
+                _np(a_v), _np(a_b), _np(a_s), _np(g_cur), *(_np(t) for t in sums), _np(g_wt),
+            )
         g_alpha, g_rho, g_b0, g_beta, g_bias = (t.sum(0) for t in sums)
         g_w = g_wt.sum(0).t() if ctx.recurrent else None
         g_bias = g_bias if ctx.recurrent else None
