@@ -426,9 +426,12 @@ class StackedForward:
         if state is not None:
             state = check_stacked_state(self, state, seq.shape[1], seq)
         backend = self._resolve_backend(seq)
-        # An accelerated backend is opaque to torch.compile (raw-pointer kernels): the whole
-        # stack runs eagerly behind one graph break here, instead of one break per nested frame.
-        run = _run if backend.name == "torch" else _run_opaque
+        # What torch.compile cannot trace runs eagerly behind one graph break here (instead of one
+        # break per nested frame): the CuPy launchers (raw-pointer kernels, not custom ops) and the
+        # cpu_event training paths (data-dependent row gathers, numba autograd.Functions). The
+        # reference and cpu_event inference (custom ops, evsnn/ops/<family>/op.py) are traced.
+        opaque = backend.name == "cupy" or (backend.name == "cpu_event" and grad_recorded(seq, *self.parameters()))
+        run = _run_opaque if opaque else _run
         return run(self, x, seq, lengths, state, backend)
 
 

@@ -105,10 +105,12 @@ def register(backend: Backend) -> None:
         raise ValueError(f"unknown op family {backend.family!r}; expected one of {FAMILIES}")
     if backend.name not in BACKENDS or backend.name == "auto":
         raise ValueError(f"unknown backend name {backend.name!r}; expected one of {BACKENDS[1:]}")
-    if backend.name != "torch":
-        # Accelerated backends launch CuPy kernels or numba loops on raw data pointers, which
-        # torch.compile cannot trace (it fails on fake tensors' pointers). A compiled model calls
-        # them as opaque functions instead: one graph break at the op, eager speed inside it.
+    if backend.name == "cupy":
+        # The CuPy launchers pass raw data pointers, which torch.compile cannot trace (fake tensors
+        # have none), and they are not custom ops yet: a compiled model calls them as opaque
+        # functions, one graph break at the op. The cpu_event scans need no wrapper: their kernels
+        # are the custom ops evsnn::<family>_scan_cpu (evsnn/ops/<family>/op.py), which
+        # torch.compile keeps in the graph as single opaque nodes.
         backend = replace(backend, fn=torch.compiler.disable(backend.fn))
     _REGISTRY[(backend.family, backend.name)] = backend
 

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from ...functional.alif import ALIFState, ALIFTrace, alif_dynamics, alif_initial_state, decay
 from ...functional.checks import check_steps
+from ...functional.precision import state_dtype
 from ...surrogate import MultiGaussian, Surrogate
 from ..cpu_common import (
     _check_cpu_tensors,
@@ -151,9 +152,19 @@ def alif_scan_cpu(
         state = alif_initial_state(current[0], b0)
     params = (current, state, tau_mem, tau_adapt, b0, beta)
     if _grad_needed(*params, weight_hh, bias_hh):
-        return _alif_autograd(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh)
-    with torch.no_grad():
-        runner = ALIFRunner(tau_mem=tau_mem, tau_adapt=tau_adapt, b0=b0, beta=beta, weight_hh=weight_hh, bias_hh=bias_hh)
-        runner.load(state)
-        spikes, vs, thrs = runner.run(current)
-        return spikes, runner.state(), ALIFTrace(vs, thrs)
+        return _alif_train(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh)
+    # evsnn::alif_scan_cpu (evsnn/ops/alif/op.py, registered on import of this package): one opaque
+    # op for torch.compile; the scalars b0, beta go in as tensors.
+    dtype = state_dtype(current.dtype)
+    b0, beta = (torch.as_tensor(p, dtype=dtype) if not isinstance(p, Tensor) else p for p in (b0, beta))
+    spikes, v, b, s, vs, thrs = torch.ops.evsnn.alif_scan_cpu(
+        current, *state, tau_mem, tau_adapt, b0, beta, weight_hh, bias_hh
+    )
+    return spikes, ALIFState(v, b, s), ALIFTrace(vs, thrs)
+
+
+# The training path (torch ops whose row gathers have data-dependent shapes) is not a custom op:
+# a compiled model runs it eagerly behind one graph break here.
+@torch.compiler.disable
+def _alif_train(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh):
+    return _alif_autograd(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh)

@@ -33,6 +33,7 @@ from ...functional.alif import ALIFState, ALIFTrace, alif_initial_state, decay
 from ...surrogate import MultiGaussian, Surrogate
 from .. import cupy_runtime as rt
 from ..cupy_runtime import low_precision_hint, surrogate_kernel_args
+from ..packed_weights import packed
 
 __all__ = ["alif_scan_cuda", "check_cuda", "surrogate_kernel_args", "smem_plan", "REC_THREADS", "FF_THREADS"]
 
@@ -116,6 +117,11 @@ def smem_plan(B: int, N: int, itemsize: int, blocks: int, smem_limit: int) -> tu
     return chunks * groups, spb, shared
 
 
+def _transposed(weight_hh: Tensor) -> Tensor:
+    """``W_hhᵀ`` contiguous: a spiking unit's outgoing weights are one row."""
+    return weight_hh.t().contiguous()
+
+
 def _g(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.contiguous()
 
@@ -142,7 +148,7 @@ class _ALIFScan(torch.autograd.Function):
             rt.launch(kernel, grid, (FF_THREADS,), args, device=dev)
             inputs, wt = current, None
         else:
-            wt = weight_hh.t().contiguous()
+            wt = packed("alif_transposed", _transposed, (weight_hh,))
             inputs = torch.empty_like(current) if needs_grad else None
             counter = torch.zeros(1, dtype=torch.int32, device=dev)
             kernel = rt.get_kernel(SOURCE, "alif_rec_forward", dtype=dtype, device=dev, defines=_DEFINES)

@@ -22,6 +22,7 @@ from ...functional.delta import (
     delta_lstm_gates,
     delta_lstm_initial_state,
 )
+from ...functional.precision import state_dtype
 from ..cpu_common import (
     _check_cpu_tensors,
     _check_same_dtype,
@@ -421,33 +422,40 @@ def _delta_autograd(x, state, weight_ih, weight_hh, theta_x, theta_h, gru: bool,
 
 def _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru: bool, delta_rule: str):
     family = "delta_gru" if gru else "delta_lstm"
-    inclusive = check_delta_rule(delta_rule) == "inclusive"
+    check_delta_rule(delta_rule)
     _check_cpu_tensors(family, x, weight_ih, weight_hh)
     check_steps(f"the cpu_event {family} scan", x)
-    runner_type = DeltaGRURunner if gru else DeltaLSTMRunner
     if state is None:
         init = delta_gru_initial_state if gru else delta_lstm_initial_state
         state = init(x.shape[1], weight_ih.shape[1], weight_hh.shape[1], bias_ih, bias_hh, x)
     if _grad_needed(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h):
-        if gru and _pick_kernel("auto") == "numba":
-            # The fused event-sparse forward and backward, measured faster than the torch-op loop
-            # below at H = 1024, B = 32 (docs/benchmarks.md, "CPU training of the delta cells").
-            # The DeltaLSTM's fused kernel is exact too but was not measured faster: not used.
-            from . import cpu_train
+        return _delta_train(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru, delta_rule)
+    # evsnn::delta_gru_scan_cpu / delta_lstm_scan_cpu (evsnn/ops/delta/op.py, registered on import of
+    # this package): one opaque op for torch.compile; the thresholds go in as tensors.
+    like = x.new_zeros((), dtype=state_dtype(weight_ih.dtype))
+    theta_x = _expand_theta(theta_x, weight_ih.shape[1], "theta_x", like)
+    theta_h = _expand_theta(theta_h, weight_hh.shape[1], "theta_h", like)
+    op = torch.ops.evsnn.delta_gru_scan_cpu if gru else torch.ops.evsnn.delta_lstm_scan_cpu
+    out, *final, dx, dh = op(x, *state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, delta_rule)
+    return out, (DeltaGRUState if gru else DeltaLSTMState)(*final), DeltaTrace(dx, dh)
 
-            return cpu_train.delta_gru_train_scan(
-                x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x=theta_x, theta_h=theta_h, delta_rule=delta_rule
-            )
-        return _delta_autograd(x, state, weight_ih, weight_hh, theta_x, theta_h, gru, inclusive)
-    with torch.no_grad():
-        runner = runner_type(
-            weight_ih, weight_hh, bias_ih, bias_hh, theta_x=theta_x, theta_h=theta_h, delta_rule=delta_rule
+
+# The training paths (torch ops whose row gathers have data-dependent shapes; the fused numba
+# kernels of an autograd.Function) are not custom ops: a compiled model runs them eagerly behind
+# one graph break here.
+@torch.compiler.disable
+def _delta_train(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru: bool, delta_rule: str):
+    inclusive = check_delta_rule(delta_rule) == "inclusive"
+    if gru and _pick_kernel("auto") == "numba":
+        # The fused event-sparse forward and backward, measured faster than the torch-op loop
+        # below at H = 1024, B = 32 (docs/benchmarks.md, "CPU training of the delta cells").
+        # The DeltaLSTM's fused kernel is exact too but was not measured faster: not used.
+        from . import cpu_train
+
+        return cpu_train.delta_gru_train_scan(
+            x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x=theta_x, theta_h=theta_h, delta_rule=delta_rule
         )
-        runner.load(state)
-        out, deltas = runner.run(x)
-        n_in = weight_ih.shape[1]
-        trace = DeltaTrace(deltas[..., :n_in].contiguous(), deltas[..., n_in:].contiguous())
-        return out, runner.state(), trace
+    return _delta_autograd(x, state, weight_ih, weight_hh, theta_x, theta_h, gru, inclusive)
 
 
 def delta_gru_scan_cpu(

@@ -48,6 +48,7 @@ from ...functional.delta import (
 )
 from .. import cupy_runtime as rt
 from ..cupy_runtime import low_precision_hint
+from ..packed_weights import packed
 
 __all__ = [
     "delta_gru_scan_bptt",
@@ -326,7 +327,7 @@ class _DeltaScan(torch.autograd.Function):
         # keep: a backward may follow (grad mode on and an input requires grad); inference skips
         # storing the per-step accumulators.
         if engine == "cupy":
-            wp = _pack_weights(w_ih, w_hh, lstm)
+            wp = packed("delta", _pack_weights, (w_ih, w_hh), lstm)
             res = _forward_cupy(lstm, x, xhat0, h0, hhat0, m0u, c0, wp, theta_x, theta_h, inclusive, keep)
             wph = wp[x.shape[2] :]
         else:

@@ -272,9 +272,17 @@ def egru_scan_cpu(
         state = egru_initial_state(x.shape[1], weight_hh.shape[1], x)
     params = (x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold)
     if _grad_needed(*params):
-        return _egru_autograd(*params, reset, surrogate)
-    with torch.no_grad():
-        runner = EGRURunner(weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset=reset)
-        runner.load(state)
-        y, c_pre = runner.run(x)
-        return y, runner.state(), EGRUTrace(c_pre)
+        return _egru_train(*params, reset, surrogate)
+    # evsnn::egru_scan_cpu (evsnn/ops/egru/op.py, registered on import of this package): one opaque
+    # op for torch.compile.
+    y, c, y_final, c_pre = torch.ops.evsnn.egru_scan_cpu(
+        x, *state, weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset
+    )
+    return y, EGRUState(c, y_final), EGRUTrace(c_pre)
+
+
+# The training path (torch ops whose row gathers have data-dependent shapes) is not a custom op:
+# a compiled model runs it eagerly behind one graph break here.
+@torch.compiler.disable
+def _egru_train(x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset, surrogate):
+    return _egru_autograd(x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset, surrogate)

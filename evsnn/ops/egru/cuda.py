@@ -27,6 +27,7 @@ from ...functional.egru import RESETS, EGRUState, EGRUTrace
 from ...surrogate import Surrogate, Triangle
 from .. import cupy_runtime as rt
 from ..cupy_runtime import low_precision_hint
+from ..packed_weights import packed
 
 __all__ = ["egru_scan_cuda", "check_cuda", "surrogate_kernel_args", "units_per_block"]
 
@@ -160,7 +161,7 @@ class _EGRUFunction(torch.autograd.Function):
         c_state = c0.clone()
         save = torch.empty(5, steps, batch, hidden, dtype=dtype, device=device)
         barrier = torch.zeros(1, dtype=torch.int32, device=device)
-        wpack = _pack_forward(weight_hh, u, nb)
+        wpack = packed("egru_forward", _pack_forward, (weight_hh,), u, nb)
         args = (
             rt.ptr(gi), rt.ptr(y0), rt.ptr(wpack), rt.ptr(bias_hh), rt.ptr(theta), rt.ptr(out), rt.ptr(c_state),
             rt.ptr(save), rt.ptr(barrier), rt.i32(steps), rt.i32(batch), rt.i32(hidden), rt.i32(int(fsm)),
@@ -189,7 +190,7 @@ class _EGRUFunction(torch.autograd.Function):
         dtheta_part = torch.zeros_like(c0)
         dyrec = torch.zeros_like(c0)
         barrier = torch.zeros(1, dtype=torch.int32, device=device)
-        wbpack = _pack_backward(weight_hh, u, nb)
+        wbpack = packed("egru_backward", _pack_backward, (weight_hh,), u, nb)
         support = ctx.surrogate.support
         kernel = rt.get_kernel(_SOURCE, "egru_backward", dtype=dtype, device=device, defines=_defines(u))
         args = (
