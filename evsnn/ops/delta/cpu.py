@@ -69,48 +69,53 @@ def _delta_encode_loop(x, x_hat, theta, delta, inclusive):  # pragma: no cover -
                     delta[t, b, i] = 0.0
 
 
-def _delta_loop(gx, wx, dx, wh, theta_h, h, h_hat, m, c, out_h, out_dh, gru, inclusive):  # pragma: no cover - numba
-    """DeltaGRU (``gru``) or DeltaLSTM (SPEC §4) over ``T`` steps whose input deltas ``dx``
-    ``[T, B, I]`` are already encoded.
+def _delta_loop(gx, xd, wx, wh, theta, s_hat, h, m, c, out_h, out_d, idx, gru, inclusive):  # pragma: no cover - numba
+    """DeltaGRU (``gru``) or DeltaLSTM (SPEC §4) over ``T`` steps of ``xd [T, B, I]``.
 
-    ``gx [T, B, G·H]`` holds ``W_ih Δx_t`` when precomputed (one GEMM per chunk); with
-    ``gx.shape[0] == 0`` the rows of ``wx = W_ihᵀ`` of nonzero ``Δx`` are gathered instead.
-    Per step: ``Δh`` of ``h_{t−1}`` against ``ĥ`` (threshold ``theta_h``), ``M += W_ih Δx_t +
-    W_hh Δh`` reading only rows ``wh = W_hhᵀ [H, G·H]`` of nonzero ``Δh``, gates, ``h_t``.
-    GRU accumulators ``M [B, 4H]`` are ``(r, z, nx, nh)``: input rows feed ``r, z, nx``, hidden
-    rows ``r, z, nh``. ``h, ĥ, M, c`` are the state, updated in place.
+    Two ways in for the input: with ``gx [T, B, G·H] = W_ih Δx_t`` precomputed (one GEMM per
+    chunk), ``xd`` holds the encoded deltas ``Δx``; with ``gx.shape[0] == 0`` (the step path: one
+    call per step), ``xd`` is the raw input ``x``, encoded here against ``x̂`` and the rows of
+    ``wx = W_ihᵀ`` of nonzero ``Δx`` gathered. Per step: the deltas of ``s = [x_t; h_{t−1}]``
+    against ``ŝ = s_hat [B, I + H]`` (thresholds ``theta [I + H]``) — of ``h_{t−1}`` only when
+    ``Δx`` came encoded —, ``M += W_ih Δx_t + W_hh Δh`` reading only rows ``wh = W_hhᵀ [H, G·H]``
+    of nonzero ``Δh``, gates, ``h_t``. GRU accumulators ``M [B, 4H]`` are ``(r, z, nx, nh)``:
+    input rows feed ``r, z, nx``, hidden rows ``r, z, nh``. ``ŝ, h, M, c`` are the state,
+    updated in place; ``out_h [T, B, H]`` and ``out_d [T, B, I + H]`` (``[Δx; Δh]``) receive
+    each step's results. ``idx [I + H]`` (int64) is scratch.
     """
-    steps, batch, n_in = dx.shape
+    steps, batch, n_in = xd.shape
     hs = h.shape[1]
     x_cols = wx.shape[1]
-    precomputed = gx.shape[0] > 0
-    idx = np.empty(hs, dtype=np.int64)
+    encode_x = gx.shape[0] == 0
+    first = 0 if encode_x else n_in
     for b in range(batch):
         for t in range(steps):
+            if not encode_x:
+                for i in range(n_in):
+                    out_d[t, b, i] = xd[t, b, i]
+                for j in range(x_cols):
+                    m[b, j] += gx[t, b, j]
             n_act = 0
-            for k in range(hs):
-                d = h[b, k] - h_hat[b, k]
-                if (not abs(d) < theta_h[k] and d != 0) if inclusive else not abs(d) <= theta_h[k]:
-                    out_dh[t, b, k] = d
-                    h_hat[b, k] += d
+            for k in range(first, n_in + hs):
+                d = (xd[t, b, k] if k < n_in else h[b, k - n_in]) - s_hat[b, k]
+                # "not ≤" / "not <" also pass a NaN difference on, as the reference's Δ = diff·0
+                # does; d != 0 drops the zero deltas the inclusive rule admits at Θ = 0.
+                if (not abs(d) < theta[k] and d != 0) if inclusive else not abs(d) <= theta[k]:
+                    out_d[t, b, k] = d
+                    s_hat[b, k] += d
                     idx[n_act] = k
                     n_act += 1
                 else:
-                    out_dh[t, b, k] = 0.0
-            if precomputed:
-                for j in range(x_cols):
-                    m[b, j] += gx[t, b, j]
-            else:
-                for i in range(n_in):
-                    d = dx[t, b, i]
-                    if d != 0:
-                        row = wx[i]
-                        for j in range(x_cols):
-                            m[b, j] += d * row[j]
+                    out_d[t, b, k] = 0.0
             for a in range(n_act):
                 k = idx[a]
-                d = out_dh[t, b, k]
-                row = wh[k]
+                d = out_d[t, b, k]
+                if k < n_in:
+                    row = wx[k]
+                    for j in range(x_cols):
+                        m[b, j] += d * row[j]
+                    continue
+                row = wh[k - n_in]
                 if gru:
                     for j in range(2 * hs):
                         m[b, j] += d * row[j]
@@ -132,7 +137,6 @@ def _delta_loop(gx, wx, dx, wh, theta_h, h, h_hat, m, c, out_h, out_dh, gru, inc
                     c[b, j] = gate_f * c[b, j] + gate_i * np.tanh(m[b, 2 * hs + j])
                     h[b, j] = gate_o * np.tanh(c[b, j])
                 out_h[t, b, j] = h[b, j]
-
 
 
 @functools.cache
@@ -177,8 +181,9 @@ class _DeltaRunner:
     ``W_ih Δx_t`` with one dense GEMM for the block (``Δx`` is often denser than ``Δh``, and one
     batched GEMM beats per-step row gathers of it), then runs the fused loop
     :func:`_delta_loop`, which reads only the rows of ``W_hhᵀ`` of nonzero ``Δh``.
-    :meth:`step` gathers the rows of nonzero ``Δx`` instead. The sums are grouped differently
-    from the reference's, so results agree to rounding.
+    :meth:`step` is one call of that loop, which encodes ``x_t`` itself and gathers the rows of
+    nonzero ``Δx`` instead (no torch op, no allocation besides ``h_t``). The sums are grouped
+    differently from the reference's, so results agree to rounding.
     """
 
     block = 256  # steps per GEMM block: bounds the [block, B, G·H] buffer, keeps it in cache
@@ -218,8 +223,10 @@ class _DeltaRunner:
                     _np(self.wx),
                     _np(self.wh),
                     _np(self.theta[: self.input_size].contiguous()),
-                    _np(self.theta[self.input_size :].contiguous()),
+                    _np(self.theta),
                 )
+                self._no_gx = np.empty((0, 1, self.wx.shape[1]), dtype=self._np_args[0].dtype)
+                self._idx = np.empty(self.input_size + self.hidden, dtype=np.int64)
         self.s_hat: Tensor | None = None
         self.m: Tensor | None = None
         self.h: Tensor | None = None
@@ -246,46 +253,46 @@ class _DeltaRunner:
         self.m += _delta_increment(gx, gh, self.gru)
         return delta
 
-    def _fused(self, x: Tensor, gemm: bool, out: Tensor, dx: Tensor, dh: Tensor) -> None:
-        """Steps of ``x [t, B, I]`` through the numba loops; writes ``h``, ``Δx``, ``Δh``."""
+    def _fused(self, x: Tensor, out: Tensor, deltas: Tensor, dx: Tensor) -> None:
+        """Steps of ``x [t, B, I]`` through the numba loops: the input deltas encoded into ``dx``
+        and projected by one GEMM, then the recurrent loop; writes ``h`` and ``[Δx; Δh]``."""
         _check_same_dtype("delta cell input", self.wx, x)
         kernels = _kernels()
-        wx, wh, theta_x, theta_h = self._np_args
-        n_in = self.input_size
-        s_hat = _np(self.s_hat)  # x̂ and ĥ are views into it: updated in place
-        x_hat, h_hat = s_hat[:, :n_in], s_hat[:, n_in:]
+        _, _, theta_x, _ = self._np_args
+        s_hat = self._np_state[0]
         dx_np = _np(dx)
-        kernels.encode(_np(x.contiguous()), x_hat, theta_x, dx_np, self.inclusive)
-        if gemm:
-            gx = _np(torch.matmul(dx, self.wx))
-        else:
-            gx = np.empty((0, x.shape[1], self.wx.shape[1]), dtype=dx_np.dtype)
-        c = self._c_dummy if self.c is None else _np(self.c)
-        kernels.delta(
-            gx, wx, dx_np, wh, theta_h, _np(self.h), h_hat, _np(self.m), c, _np(out), _np(dh), self.gru, self.inclusive
-        )
+        # x̂ is a view into ŝ: updated in place
+        kernels.encode(_np(x.contiguous()), s_hat[:, : self.input_size], theta_x, dx_np, self.inclusive)
+        self._loop(_np(torch.matmul(dx, self.wx)), dx_np, _np(out), _np(deltas))
+
+    def _loop(self, gx: np.ndarray, xd: np.ndarray, out: np.ndarray, deltas: np.ndarray) -> None:
+        wx, wh, _, theta = self._np_args
+        s_hat, h, m, c = self._np_state
+        _kernels().delta(gx, xd, wx, wh, theta, s_hat, h, m, c, out, deltas, self._idx, self.gru, self.inclusive)
 
     def _load_fused(self) -> None:
         if self.kernel != "numba":
             return
         _check_same_dtype("delta cell state", self.wx, self.h, self.s_hat, self.m)
         self.h = self.h.contiguous()
-        self._c_dummy = np.empty((1, 1), dtype=_np(self.h).dtype)
-        self._dh_step = self.h.new_empty(1, *self.h.shape)
+        c = np.empty((1, 1), dtype=_np(self.h).dtype) if self.c is None else _np(self.c)
+        # The loops update ŝ, h, M and c in place: their numpy views stay valid.
+        self._np_state = (_np(self.s_hat), _np(self.h), _np(self.m), c)
+        self._d_step = np.empty((1, self.h.shape[0], self.input_size + self.hidden), dtype=c.dtype)
 
     def run(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """All steps of ``x [T, B, I]``; returns ``(h [T, B, H], deltas [T, B, I + H])``."""
         x = _upcast_low(x, self.wx.dtype)  # a low-precision layer's input (SPEC §6)
         steps, batch = x.shape[:2]
         if self.kernel == "numba":
-            n_in = self.input_size
             out = x.new_empty(steps, batch, self.hidden)
-            dx = x.new_empty(steps, batch, n_in)
-            dh = x.new_empty(steps, batch, self.hidden)
+            deltas = x.new_empty(steps, batch, self.input_size + self.hidden)
+            dx = x.new_empty(min(steps, self.block), batch, self.input_size)
             for start in range(0, steps, self.block):
                 part = slice(start, start + self.block)
-                self._fused(x[part], True, out[part], dx[part], dh[part])
-            return out, torch.cat([dx, dh], dim=-1)
+                n = min(self.block, steps - start)
+                self._fused(x[part], out[part], deltas[part], dx[:n])
+            return out, deltas
         s_all = x.new_empty(steps, batch, self.input_size + self.hidden)
         s_all[..., : self.input_size] = x
         out = x.new_empty(steps, batch, self.hidden)
@@ -296,12 +303,15 @@ class _DeltaRunner:
         return out, deltas
 
     def step(self, x: Tensor) -> Tensor:
-        """One step on ``x [B, I]``; returns ``h_t``."""
+        """One step on ``x [B, I]``; returns ``h_t`` (a new tensor)."""
         x = _upcast_low(x, self.wx.dtype)
         if self.kernel == "numba":
-            out = x.new_empty(1, x.shape[0], self.hidden)
-            self._fused(x.unsqueeze(0), False, out, x.new_empty(1, *x.shape), self._dh_step)
-            return out[0]
+            _check_same_dtype("delta cell input", self.wx, x)
+            batch = x.shape[0]
+            out = torch.empty(batch, self.hidden, dtype=x.dtype)
+            xd = _np(x.contiguous()).reshape(1, batch, -1)
+            self._loop(self._no_gx, xd, _np(out).reshape(1, batch, -1), self._d_step)
+            return out
         s = torch.cat([x, self.h], dim=-1)
         return self._step_encoded(s, None, None)
 
