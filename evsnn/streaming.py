@@ -15,8 +15,8 @@ expectation; DropConnect is off).
 The backend is chosen like the layer's (``"auto"``, ``EVSNN_BACKEND``): where the
 ``"cpu_event"`` backend applies, the stream uses its prepared stepper (weights transposed
 once, only the rows of active units read each step; with numba installed one fused call per
-step or chunk, see ``evsnn.ops.egru.cpu`` & co.); otherwise it calls the chosen backend's scan on
-each step or chunk. :meth:`Stream.chunk` is the fast way when inputs arrive in blocks: the
+step, input projection included, or per chunk, see ``evsnn.ops.egru.cpu`` & co.); otherwise it
+calls the chosen backend's scan on each step or chunk. :meth:`Stream.chunk` is the fast way when inputs arrive in blocks: the
 input projection is one GEMM for the block instead of one matrix-vector product per step.
 
 Weights are read when the stream is built. A stream notices when the layer's parameters,
@@ -28,6 +28,7 @@ read them again (``refresh(keep_state=True)`` continues from the current state).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -47,32 +48,221 @@ __all__ = ["Stream", "SUPPORTED_LAYERS"]
 
 SUPPORTED_LAYERS = (ALIF, ALIFCell, LeakyReadout, EGRU, EGRUCell, DeltaGRU, DeltaGRUCell, DeltaLSTM, DeltaLSTMCell)
 
-_FAMILY = {
-    ALIF: "alif",
-    ALIFCell: "alif",
-    EGRU: "egru",
-    EGRUCell: "egru",
-    DeltaGRU: "delta_gru",
-    DeltaGRUCell: "delta_gru",
-    DeltaLSTM: "delta_lstm",
-    DeltaLSTMCell: "delta_lstm",
+
+# ---------------------------------------------------------------------------------------------
+# What each family needs: plain functions of the layer, gathered in one table below
+# ---------------------------------------------------------------------------------------------
+
+
+class _Family(NamedTuple):
+    """How a :class:`Stream` runs one family.
+
+    Args:
+        name: the op family of :mod:`evsnn.ops.dispatch` (``None``: the readout, elementwise
+            after one linear map, no backend to choose).
+        options: ``layer -> dict``, the options the backends' checks read.
+        initial_state: ``(layer, batch, like) -> state``, the layer's initial state.
+        reference: ``layer -> (args, kwargs)`` the chosen backend's scan is called with after
+            ``(input, state)``, read when the stream is built.
+        project: ``(layer, x) -> input of the scan``: ``x`` itself, or ALIF's current
+            ``W_ih x + b_ih``.
+        runner: ``layer -> stepper`` of the ``"cpu_event"`` backend (weights prepared once).
+        step: ``(runner, layer, x_t) -> output of the step``.
+        run: ``(runner, layer, x) -> outputs of all steps of x [T, B, I]``.
+    """
+
+    name: str | None
+    options: Callable[[nn.Module], dict[str, Any]]
+    initial_state: Callable[[nn.Module, int, Tensor], Any]
+    reference: Callable[[nn.Module], tuple[tuple, dict]]
+    project: Callable[[nn.Module, Tensor], Tensor]
+    runner: Callable[[nn.Module], Any] | None = None
+    step: Callable[[Any, nn.Module, Tensor], Tensor] | None = None
+    run: Callable[[Any, nn.Module, Tensor], Tensor] | None = None
+
+
+def _input(layer: nn.Module, x: Tensor) -> Tensor:
+    return x
+
+
+def _alif_current(layer: nn.Module, x: Tensor) -> Tensor:
+    return nn.functional.linear(x, layer.weight_ih, layer.bias_ih)
+
+
+# EGRU (SPEC §3): the runner's fused step projects x_t itself.
+
+
+def _egru_reference(layer: nn.Module) -> tuple[tuple, dict]:
+    kwargs = {"reset": layer.reset, "surrogate": layer.surrogate}
+    zoneout = getattr(layer, "zoneout", 0.0)
+    if zoneout > 0.0:
+        kwargs.update(zoneout=zoneout, training=False)
+    return (layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh, layer.threshold.detach()), kwargs
+
+
+def _egru_runner(layer: nn.Module):
+    from .ops.egru import cpu
+
+    return cpu.EGRURunner(
+        layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh, layer.threshold, reset=layer.reset
+    )
+
+
+_EGRU = _Family(
+    "egru",
+    options=lambda layer: {
+        "surrogate": layer.surrogate,
+        "reset": layer.reset,
+        "zoneout": getattr(layer, "zoneout", 0.0),
+    },
+    initial_state=lambda layer, batch, like: egru_initial_state(batch, layer.hidden_size, like),
+    reference=_egru_reference,
+    project=_input,
+    runner=_egru_runner,
+    step=lambda runner, layer, x: runner.step_input(x),
+    run=lambda runner, layer, x: runner.run(x)[0],
+)
+
+
+# ALIF (SPEC §2): the scans take the current W_ih x + b_ih.
+
+
+def _alif_reference(layer: nn.Module) -> tuple[tuple, dict]:
+    kwargs = {
+        "tau_mem": layer.tau_mem,
+        "tau_adapt": layer.tau_adapt,
+        "b0": layer.b0,
+        "beta": layer.beta,
+        "surrogate": layer.surrogate,
+        "weight_hh": layer.weight_hh,
+        "bias_hh": layer.bias_hh,
+    }
+    return (), kwargs
+
+
+def _alif_runner(layer: nn.Module):
+    from .ops.alif import cpu
+
+    return cpu.ALIFRunner(
+        tau_mem=layer.tau_mem,
+        tau_adapt=layer.tau_adapt,
+        b0=layer.b0,
+        beta=layer.beta,
+        weight_hh=layer.weight_hh,
+        bias_hh=layer.bias_hh,
+    )
+
+
+_ALIF = _Family(
+    "alif",
+    options=lambda layer: {"surrogate": layer.surrogate, "recurrent": layer.recurrent},
+    initial_state=lambda layer, batch, like: alif_initial_state(like.new_zeros(batch, layer.hidden_size), layer.b0),
+    reference=_alif_reference,
+    project=_alif_current,
+    runner=_alif_runner,
+    step=lambda runner, layer, x: runner.step(_alif_current(layer, x))[0],
+    run=lambda runner, layer, x: runner.run(_alif_current(layer, x))[0],
+)
+
+
+# DeltaGRU / DeltaLSTM (SPEC §4): the runner's fused step encodes and gathers x_t itself.
+
+
+def _delta_options(layer: nn.Module) -> dict[str, Any]:
+    return {
+        "theta_x": layer.theta_x,
+        "theta_h": layer.theta_h,
+        "delta_rule": layer.delta_rule,
+        "fixed_point": layer.fixed_point,
+    }
+
+
+def _delta_reference(layer: nn.Module) -> tuple[tuple, dict]:
+    args = (layer._weight("weight_ih"), layer._weight("weight_hh"), layer.bias_ih, layer.bias_hh)
+    return args, layer._scan_options()
+
+
+def _delta_runner(layer: nn.Module):
+    from .ops.delta import cpu
+
+    runner_type = cpu.DeltaGRURunner if layer.neuron_family.name == "delta_gru" else cpu.DeltaLSTMRunner
+    return runner_type(
+        layer._weight("weight_ih"),  # rounded as the layer's products use it (weight_fixed_point)
+        layer._weight("weight_hh"),
+        layer.bias_ih,
+        layer.bias_hh,
+        theta_x=layer.theta_x,
+        theta_h=layer.theta_h,
+        delta_rule=layer.delta_rule,
+    )
+
+
+def _delta_family(name: str, init: Callable[..., Any]) -> _Family:
+    return _Family(
+        name,
+        options=_delta_options,
+        initial_state=lambda layer, batch, like: init(
+            batch, layer.input_size, layer.hidden_size, layer.bias_ih, layer.bias_hh, like
+        ),
+        reference=_delta_reference,
+        project=_input,
+        runner=_delta_runner,
+        step=lambda runner, layer, x: runner.step(x),
+        run=lambda runner, layer, x: runner.run(x)[0],
+    )
+
+
+# LeakyReadout: m_t = α m_{t−1} + (1 − α) W x_t, step by step; its "scan" is that loop.
+
+
+def _readout_scan(current: Tensor, m: Tensor, tau: Tensor) -> tuple[Tensor, Tensor, None]:
+    outs = []
+    for t in range(current.shape[0]):
+        m = leaky_readout_step(current[t], m, tau=tau)
+        outs.append(m)
+    return torch.stack(outs), m, None
+
+
+_READOUT = _Family(
+    None,
+    options=lambda layer: {},
+    initial_state=lambda layer, batch, like: like.new_zeros(batch, layer.output_size),
+    reference=lambda layer: ((layer.tau.detach().clone(),), {}),
+    project=lambda layer, x: layer.linear(x),
+)
+
+_FAMILIES = {
+    ALIF: _ALIF,
+    ALIFCell: _ALIF,
+    EGRU: _EGRU,
+    EGRUCell: _EGRU,
+    DeltaGRU: _delta_family("delta_gru", delta_gru_initial_state),
+    DeltaGRUCell: _delta_family("delta_gru", delta_gru_initial_state),
+    DeltaLSTM: _delta_family("delta_lstm", delta_lstm_initial_state),
+    DeltaLSTMCell: _delta_family("delta_lstm", delta_lstm_initial_state),
+    LeakyReadout: _READOUT,
 }
 
 
-def _family_of(layer: nn.Module) -> str | None:
+def _family_of(layer: nn.Module) -> _Family:
     for cls in type(layer).__mro__:
-        if cls in _FAMILY:
-            return _FAMILY[cls]
-    return None
+        if cls in _FAMILIES:
+            return _FAMILIES[cls]
+    raise AssertionError(f"{type(layer).__name__} is in SUPPORTED_LAYERS but has no entry in _FAMILIES")
 
 
 class Stream:
     """Stateful online inference over one evsnn layer or cell (see the module docstring).
 
-    ``Stream(layer, batch_size=1, backend=None)``; ``backend=None`` uses the layer's own
-    ``backend`` setting. ``step(x_t [B, I]) -> [B, H]``, ``chunk(x) -> outputs of all steps``,
-    ``reset(state=None)``, :attr:`state` (a copy of the current state NamedTuple, or the
-    readout's ``m`` tensor), :attr:`backend` (the backend actually used).
+    Args:
+        layer: an evsnn layer or cell of :data:`SUPPORTED_LAYERS` (one layer, one direction).
+        batch_size: the batch every ``step``/``chunk`` input has.
+        backend: as the layers' ``backend``; ``None`` uses the layer's own setting.
+
+    ``step(x_t [B, I]) -> [B, H]``, ``chunk(x) -> outputs of all steps``, ``reset(state=None)``,
+    :attr:`state` (a copy of the current state NamedTuple, or the readout's ``m`` tensor),
+    :attr:`backend` (the backend actually used), :attr:`family` (the op family, ``None`` for
+    the readout).
     """
 
     def __init__(self, layer: nn.Module, *, batch_size: int = 1, backend: str | None = None):
@@ -86,10 +276,12 @@ class Stream:
             )
         self.layer = layer
         self.batch_size = check_size("batch_size", batch_size)
-        self.family = _family_of(layer)
+        self._family = _family_of(layer)
+        self.family = self._family.name
         requested = getattr(layer, "backend", "torch") if backend is None else backend
         self.requested = dispatch.validate_backend(requested)
         self._like = layer.linear.weight if isinstance(layer, LeakyReadout) else layer.weight_ih
+        self._name = f"Stream({type(layer).__name__})"
         self.refresh()
 
     # ---------------------------------------------------------------------------------------
@@ -105,44 +297,32 @@ class Stream:
     def input_size(self) -> int:
         return self.layer.input_size
 
-    def _config(self) -> dict[str, Any]:
-        layer = self.layer
-        config: dict[str, Any] = {
-            "device": self._like.device,
-            "dtype": self._like.dtype,
-            "shape": (1, self.batch_size, self.hidden_size),
-        }
-        if self.family == "egru":
-            config.update(surrogate=layer.surrogate, reset=layer.reset, zoneout=getattr(layer, "zoneout", 0.0))
-        elif self.family == "alif":
-            config.update(surrogate=layer.surrogate, recurrent=layer.recurrent)
-        else:
-            config.update(
-                theta_x=layer.theta_x, theta_h=layer.theta_h, delta_rule=layer.delta_rule, fixed_point=layer.fixed_point
-            )
-        return config
-
     def refresh(self, keep_state: bool = False) -> None:
         """Re-read the layer's weights and choose the backend again. The state is reset, or with
         ``keep_state=True`` carried over (the stream continues with the new weights)."""
         state = self.state if keep_state else None
+        family, layer = self._family, self.layer
         with torch.inference_mode():
             self._runner = None
-            self._backend = None
-            if self.family is None:  # LeakyReadout: elementwise after one linear map
+            self._args, self._kwargs = family.reference(layer)
+            if family.name is None:
                 self.backend = "torch"
-                self._alpha_tau = self.layer.tau.detach().clone()
+                self._scan = _readout_scan
             else:
                 # dispatch tells the backend's check whether "auto" is choosing: an explicit
                 # "cpu_event" only needs the event path to be able to run.
-                config = self._config()
-                chosen = dispatch.resolve(self.family, self.requested, **config)
+                chosen = dispatch.resolve(
+                    family.name,
+                    self.requested,
+                    device=self._like.device,
+                    dtype=self._like.dtype,
+                    shape=(1, self.batch_size, self.hidden_size),
+                    **family.options(layer),
+                )
                 self.backend = chosen.name
+                self._scan = chosen.fn
                 if chosen.name == "cpu_event":
-                    self._runner = self._make_runner()
-                else:
-                    self._backend = chosen
-                    self._snapshot = self._reference_args()
+                    self._runner = family.runner(layer)
         self._watch()
         self.reset(state)
 
@@ -185,101 +365,26 @@ class Stream:
         changed += [name for name, value in self._options if options.get(name) != value]
         if changed:
             raise RuntimeError(
-                f"Stream({type(self.layer).__name__}): the layer's {', '.join(changed)} changed since the stream "
+                f"{self._name}: the layer's {', '.join(changed)} changed since the stream "
                 "read them; call stream.refresh() to read them again (the state is reset) or "
                 "stream.refresh(keep_state=True) to continue from the current state with the new values"
             )
 
-    def _make_runner(self):
-        from .ops.alif import cpu as alif_cpu
-        from .ops.delta import cpu as delta_cpu
-        from .ops.egru import cpu as egru_cpu
-
-        layer = self.layer
-        if self.family == "egru":
-            return egru_cpu.EGRURunner(
-                layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh, layer.threshold, reset=layer.reset
-            )
-        if self.family == "alif":
-            return alif_cpu.ALIFRunner(
-                tau_mem=layer.tau_mem,
-                tau_adapt=layer.tau_adapt,
-                b0=layer.b0,
-                beta=layer.beta,
-                weight_hh=layer.weight_hh,
-                bias_hh=layer.bias_hh,
-            )
-        runner_type = delta_cpu.DeltaGRURunner if self.family == "delta_gru" else delta_cpu.DeltaLSTMRunner
-        return runner_type(
-            layer._weight("weight_ih"),  # rounded as the layer's products use it (weight_fixed_point)
-            layer._weight("weight_hh"),
-            layer.bias_ih,
-            layer.bias_hh,
-            theta_x=layer.theta_x,
-            theta_h=layer.theta_h,
-            delta_rule=layer.delta_rule,
-        )
-
-    def _reference_args(self) -> tuple[tuple, dict]:
-        layer = self.layer
-        if self.family == "egru":
-            kwargs = {"reset": layer.reset, "surrogate": layer.surrogate}
-            zoneout = getattr(layer, "zoneout", 0.0)
-            if zoneout > 0.0:
-                kwargs.update(zoneout=zoneout, training=False)
-            args = (layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh, layer.threshold.detach())
-            return args, kwargs
-        if self.family == "alif":
-            kwargs = {
-                "tau_mem": layer.tau_mem,
-                "tau_adapt": layer.tau_adapt,
-                "b0": layer.b0,
-                "beta": layer.beta,
-                "surrogate": layer.surrogate,
-                "weight_hh": layer.weight_hh,
-                "bias_hh": layer.bias_hh,
-            }
-            return (), kwargs
-        args = (layer._weight("weight_ih"), layer._weight("weight_hh"), layer.bias_ih, layer.bias_hh)
-        return args, layer._scan_options()
-
-    def _initial_state(self):
-        layer, batch, like = self.layer, self.batch_size, self._like
-        if self.family is None:
-            return like.new_zeros(batch, layer.output_size)
-        if self.family == "egru":
-            return egru_initial_state(batch, layer.hidden_size, like)
-        if self.family == "alif":
-            return alif_initial_state(like.new_zeros(batch, layer.hidden_size), layer.b0)
-        init = delta_gru_initial_state if self.family == "delta_gru" else delta_lstm_initial_state
-        return init(batch, layer.input_size, layer.hidden_size, layer.bias_ih, layer.bias_hh, like)
-
     def reset(self, state: NamedTuple | Tensor | None = None) -> None:
         """Back to the layer's initial state, or to ``state`` (checked like the layer's)."""
         with torch.inference_mode():
+            initial = self._family.initial_state(self.layer, self.batch_size, self._like)
             if state is None:
-                state = self._initial_state()
-            elif self.family is None:
-                reference = self._initial_state()
-                check_tensor_state(
-                    f"Stream({type(self.layer).__name__})", state, tuple(reference.shape), reference.dtype, reference.device
-                )
+                state = initial
+            elif isinstance(initial, Tensor):
+                check_tensor_state(self._name, state, tuple(initial.shape), initial.dtype, initial.device)
             else:
-                reference = self._initial_state()
-                state = check_state(
-                    f"Stream({type(self.layer).__name__})",
-                    state,
-                    type(reference),
-                    [tuple(t.shape) for t in reference],
-                    self._like,
-                )
+                state = check_state(self._name, state, type(initial), [tuple(t.shape) for t in initial], self._like)
             if self._runner is not None:
                 self._runner.load(state)
                 self._state = None
             else:
-                self._state = tuple(t.clone() for t in state) if self.family else state.clone()
-                if self.family:
-                    self._state = type(state)(*self._state)
+                self._state = _copy(state)
 
     @property
     def state(self):
@@ -287,76 +392,56 @@ class Stream:
         with torch.inference_mode():
             if self._runner is not None:
                 return self._runner.state()
-            if self.family is None:
-                return self._state.clone()
-            return type(self._state)(*(t.clone() for t in self._state))
+            return _copy(self._state)
 
     # ---------------------------------------------------------------------------------------
     # running
     # ---------------------------------------------------------------------------------------
 
-    def _check_step_input(self, x: Any) -> None:
-        name = f"Stream({type(self.layer).__name__}).step"
-        check_input(name, x, 2, self.input_size, self._like)
-        if x.shape[0] != self.batch_size:
-            raise ValueError(f"{name} expects batch size {self.batch_size} (set by Stream(batch_size=...)), got {x.shape[0]}")
-
     def step(self, x: Tensor) -> Tensor:
         """Advance one step on ``x [B, input_size]``; returns the layer's output ``[B, H]``."""
-        self._check_step_input(x)
+        check_input(f"{self._name}.step", x, 2, self.input_size, self._like)
+        if x.shape[0] != self.batch_size:
+            raise ValueError(
+                f"{self._name}.step expects batch size {self.batch_size} (set by Stream(batch_size=...)), got {x.shape[0]}"
+            )
         self._check_unchanged()
         with torch.inference_mode():
-            layer, runner = self.layer, self._runner
-            if runner is not None:
-                if self.family == "egru":
-                    out = runner.step(runner.project(x))[0]
-                elif self.family == "alif":
-                    out = runner.step(nn.functional.linear(x, layer.weight_ih, layer.bias_ih))[0]
-                else:
-                    out = runner.step(x)
+            if self._runner is not None:
                 # the runners compute a bf16/fp16 layer in float32 (SPEC §6); outputs in the
                 # layer's dtype, as its forward and the reference path give them
-                return out.to(self._like.dtype)
+                return self._family.step(self._runner, self.layer, x).to(self._like.dtype)
             return self._reference_chunk(x.unsqueeze(0))[0]
 
     def chunk(self, x: Tensor) -> Tensor:
         """Advance over all steps of ``x`` (``[T, B, I]``, or ``[B, T, I]`` for a layer built
         with ``batch_first=True``); returns all outputs in the same layout."""
         batch_first = bool(getattr(self.layer, "batch_first", False))
-        name = f"Stream({type(self.layer).__name__}).chunk"
+        name = f"{self._name}.chunk"
         check_input(name, x, 3, self.input_size, self._like)
         x = x.transpose(0, 1) if batch_first else x
         check_steps(name, x)
         self._check_unchanged()
         if x.shape[1] != self.batch_size:
-            raise ValueError(f"{name} expects batch size {self.batch_size} (set by Stream(batch_size=...)), got {x.shape[1]}")
+            raise ValueError(
+                f"{name} expects batch size {self.batch_size} (set by Stream(batch_size=...)), got {x.shape[1]}"
+            )
         with torch.inference_mode():
-            runner = self._runner
-            if runner is not None:
-                if self.family == "alif":
-                    out = runner.run(nn.functional.linear(x, self.layer.weight_ih, self.layer.bias_ih))[0]
-                else:
-                    out = runner.run(x)[0]
-                out = out.to(self._like.dtype)
+            if self._runner is not None:
+                out = self._family.run(self._runner, self.layer, x).to(self._like.dtype)
             else:
                 out = self._reference_chunk(x)
         return out.transpose(0, 1) if batch_first else out
 
     def _reference_chunk(self, x: Tensor) -> Tensor:
-        layer = self.layer
-        if self.family is None:
-            current = layer.linear(x)
-            m = self._state
-            outs = []
-            for t in range(current.shape[0]):
-                m = leaky_readout_step(current[t], m, tau=self._alpha_tau)
-                outs.append(m)
-            self._state = m
-            return torch.stack(outs)
-        args, kwargs = self._snapshot
-        if self.family == "alif":
-            current = nn.functional.linear(x, layer.weight_ih, layer.bias_ih)
-            out, self._state, _ = self._backend.fn(current, self._state, **kwargs)
-        else:
-            out, self._state, _ = self._backend.fn(x, self._state, *args, **kwargs)
+        inp = self._family.project(self.layer, x)
+        out, self._state, _ = self._scan(inp, self._state, *self._args, **self._kwargs)
         return out
+
+
+def _copy(state: Any) -> Any:
+    """A copy of a state NamedTuple (or of the readout's ``m``), so the stream's own tensors are
+    never the caller's."""
+    if isinstance(state, Tensor):
+        return state.clone()
+    return type(state)(*(t.clone() for t in state))
