@@ -220,3 +220,34 @@ def test_packed_weights_without_a_version_counter_are_packed_every_call():
     assert packed("alif_transposed", alif_cuda._transposed, (p,)) is stale
     clear()
     assert torch.equal(packed("alif_transposed", alif_cuda._transposed, (p,)), p.detach().t())
+
+
+def _egru_cuda_forward(device, steps, batch, hidden):
+    def make(*shape):
+        return torch.empty(*shape, device=device, dtype=torch.float64, requires_grad=True)
+
+    inputs = (make(steps, batch, 3 * hidden), make(batch, hidden), make(batch, hidden))
+    inputs += (make(3 * hidden, hidden), make(3 * hidden), make(hidden))
+    outputs = torch.ops.evsnn.egru_scan_cuda_fwd(*inputs, False, 1, [0.3, 0.0, 0.0, 0.0], 0.0, 0.3)
+    return inputs, outputs
+
+
+def test_egru_cuda_ops_fake_kernels_and_autograd_without_a_gpu():
+    """No GPU here: the CuPy kernels do not run. Under FakeTensorMode (CUDA fake tensors) the fake
+    kernel gives the hand-computed shapes on the CUDA device; on meta tensors (the autograd engine
+    needs no device there) the gradient of the forward op goes through the registered autograd to
+    the backward op's fake kernel, one gradient per differentiable input."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    steps, batch, hidden = 4, 3, 7
+    with FakeTensorMode():
+        _, (out, c_final, save) = _egru_cuda_forward("cuda", steps, batch, hidden)
+        assert out.shape == (steps, batch, hidden) and c_final.shape == (batch, hidden)
+        assert save.shape == (5, steps, batch, hidden)
+        assert {t.dtype for t in (out, c_final, save)} == {torch.float64}
+        assert {t.device.type for t in (out, c_final, save)} == {"cuda"}
+    inputs, (out, c_final, save) = _egru_cuda_forward("meta", steps, batch, hidden)
+    assert not save.requires_grad  # c_pre = save[4] passes no gradient
+    grads = torch.autograd.grad(out.sum() + c_final.sum(), inputs)
+    for grad, inp in zip(grads, inputs):
+        assert grad.shape == inp.shape and grad.dtype == inp.dtype and grad.device == inp.device

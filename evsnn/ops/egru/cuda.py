@@ -148,68 +148,80 @@ def _pack_backward(weight_hh: Tensor, u: int, nb: int) -> Tensor:
     return w.view(3 * h, nb, u).permute(1, 2, 0).contiguous()
 
 
-class _EGRUFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, gi, c0, y0, weight_hh, bias_hh, theta, reset_threshold, surrogate):
-        steps, batch, h3 = gi.shape
-        hidden = h3 // 3
-        device = gi.device
-        dtype = gi.dtype
-        u, nb, fsm, fbytes, bsm, bbytes = _layout(hidden, batch, dtype, device)
-        kernel = rt.get_kernel(_SOURCE, "egru_forward", dtype=dtype, device=device, defines=_defines(u))
-        out = torch.empty(steps, batch, hidden, dtype=dtype, device=device)
-        c_state = c0.clone()
-        save = torch.empty(5, steps, batch, hidden, dtype=dtype, device=device)
-        barrier = torch.zeros(1, dtype=torch.int32, device=device)
-        wpack = packed("egru_forward", _pack_forward, (weight_hh,), u, nb)
-        args = (
-            rt.ptr(gi), rt.ptr(y0), rt.ptr(wpack), rt.ptr(bias_hh), rt.ptr(theta), rt.ptr(out), rt.ptr(c_state),
-            rt.ptr(save), rt.ptr(barrier), rt.i32(steps), rt.i32(batch), rt.i32(hidden), rt.i32(int(fsm)),
-            rt.i32(int(reset_threshold)),
-        )
-        _launch(kernel, nb, u, args, device, fbytes)
-        ctx.save_for_backward(save, c0, y0, out, weight_hh, theta)
-        ctx.reset_threshold = reset_threshold
-        ctx.surrogate = surrogate
-        ctx.layout = (u, nb, bsm, bbytes)
-        c_pre = save[4]
-        ctx.mark_non_differentiable(c_pre)
-        return out, c_state, c_pre
+def egru_forward_launch(
+    gi: Tensor, c0: Tensor, y0: Tensor, weight_hh: Tensor, bias_hh: Tensor, theta: Tensor, reset_threshold: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The persistent forward kernel over ``gi [T, B, 3H]`` (contiguous, one dtype and device):
+    ``(y [T, B, H], c_T [B, H], save [5, T, B, H])``; ``save[4]`` is ``c_pre``, the rest is what
+    the backward reads. The body of the custom op ``evsnn::egru_scan_cuda_fwd`` (:mod:`.op`)."""
+    steps, batch, h3 = gi.shape
+    hidden = h3 // 3
+    device = gi.device
+    dtype = gi.dtype
+    u, nb, fsm, fbytes, _, _ = _layout(hidden, batch, dtype, device)
+    kernel = rt.get_kernel(_SOURCE, "egru_forward", dtype=dtype, device=device, defines=_defines(u))
+    out = torch.empty(steps, batch, hidden, dtype=dtype, device=device)
+    c_state = c0.clone()
+    save = torch.empty(5, steps, batch, hidden, dtype=dtype, device=device)
+    barrier = torch.zeros(1, dtype=torch.int32, device=device)
+    wpack = packed("egru_forward", _pack_forward, (weight_hh,), u, nb)
+    args = (
+        rt.ptr(gi), rt.ptr(y0), rt.ptr(wpack), rt.ptr(bias_hh), rt.ptr(theta), rt.ptr(out), rt.ptr(c_state),
+        rt.ptr(save), rt.ptr(barrier), rt.i32(steps), rt.i32(batch), rt.i32(hidden), rt.i32(int(fsm)),
+        rt.i32(int(reset_threshold)),
+    )
+    _launch(kernel, nb, u, args, device, fbytes)
+    return out, c_state, save
 
-    @staticmethod
-    def backward(ctx, grad_out, grad_c, _grad_c_pre):
-        save, c0, y0, out, weight_hh, theta = ctx.saved_tensors
-        steps, batch, hidden = out.shape
-        device, dtype = out.device, out.dtype
-        u, nb, bsm, bbytes = ctx.layout
-        gy = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
-        dc = torch.zeros_like(c0) if grad_c is None else grad_c.contiguous().clone()
-        dgi = torch.empty(steps, batch, 3 * hidden, dtype=dtype, device=device)
-        dgh = torch.empty_like(dgi)
-        dp0 = torch.zeros_like(c0)
-        dtheta_part = torch.zeros_like(c0)
-        dyrec = torch.zeros_like(c0)
-        barrier = torch.zeros(1, dtype=torch.int32, device=device)
-        wbpack = packed("egru_backward", _pack_backward, (weight_hh,), u, nb)
-        support = ctx.surrogate.support
-        kernel = rt.get_kernel(_SOURCE, "egru_backward", dtype=dtype, device=device, defines=_defines(u))
-        args = (
-            rt.ptr(gy), rt.ptr(save), rt.ptr(c0), rt.ptr(wbpack), rt.ptr(theta), rt.ptr(dgi), rt.ptr(dgh),
-            rt.ptr(dc), rt.ptr(dp0), rt.ptr(dtheta_part), rt.ptr(dyrec), rt.ptr(barrier), rt.i32(steps),
-            rt.i32(batch), rt.i32(hidden), rt.i32(int(bsm)), rt.i32(int(ctx.reset_threshold)),
-        ) + surrogate_kernel_args(ctx.surrogate, dtype) + (
-            rt.scalar(math.inf if support is None else support, dtype),
-        )
-        _launch(kernel, nb, u, args, device, bbytes)
-        # Dense GEMMs over all steps (cuBLAS): the weight gradient does not skip zero events.
-        dgh_flat = dgh.view(steps * batch, 3 * hidden)
-        y_prev = torch.cat([y0.unsqueeze(0), out[:-1]]).view(steps * batch, hidden)
-        d_weight_hh = dgh_flat.t() @ y_prev
-        d_bias_hh = dgh_flat.sum(0)
-        d_y0 = dgh[0] @ weight_hh
-        if not ctx.reset_threshold:
-            d_y0 = d_y0 - dp0
-        return dgi, dc, d_y0, d_weight_hh, d_bias_hh, dtheta_part.sum(0), None, None
+
+def egru_backward_launch(
+    grad_out: Tensor,
+    grad_c: Tensor,
+    save: Tensor,
+    c0: Tensor,
+    y0: Tensor,
+    out: Tensor,
+    weight_hh: Tensor,
+    theta: Tensor,
+    reset_threshold: bool,
+    sg_kind: int,
+    sg_params: list[float],
+    sg_trunc: float,
+    support: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The persistent reverse-time kernel, then the dense weight-gradient GEMMs:
+    ``(∂gi, ∂c_0, ∂y_0, ∂W_hh, ∂b_hh, ∂θ)``. The surrogate comes as its kernel form
+    (:func:`evsnn.ops.cupy_runtime.surrogate_kernel_args`) and its support (``inf`` for none).
+    The body of the custom op ``evsnn::egru_scan_cuda_bwd`` (:mod:`.op`)."""
+    steps, batch, hidden = out.shape
+    device, dtype = out.device, out.dtype
+    u, nb, _, _, bsm, bbytes = _layout(hidden, batch, dtype, device)
+    gy = grad_out.contiguous()
+    dc = grad_c.contiguous().clone()
+    dgi = torch.empty(steps, batch, 3 * hidden, dtype=dtype, device=device)
+    dgh = torch.empty_like(dgi)
+    dp0 = torch.zeros_like(c0)
+    dtheta_part = torch.zeros_like(c0)
+    dyrec = torch.zeros_like(c0)
+    barrier = torch.zeros(1, dtype=torch.int32, device=device)
+    wbpack = packed("egru_backward", _pack_backward, (weight_hh,), u, nb)
+    kernel = rt.get_kernel(_SOURCE, "egru_backward", dtype=dtype, device=device, defines=_defines(u))
+    surrogate = (rt.i32(sg_kind),) + tuple(rt.scalar(v, dtype) for v in sg_params) + (rt.scalar(sg_trunc, dtype),)
+    args = (
+        rt.ptr(gy), rt.ptr(save), rt.ptr(c0), rt.ptr(wbpack), rt.ptr(theta), rt.ptr(dgi), rt.ptr(dgh),
+        rt.ptr(dc), rt.ptr(dp0), rt.ptr(dtheta_part), rt.ptr(dyrec), rt.ptr(barrier), rt.i32(steps),
+        rt.i32(batch), rt.i32(hidden), rt.i32(int(bsm)), rt.i32(int(reset_threshold)),
+    ) + surrogate + (rt.scalar(support, dtype),)
+    _launch(kernel, nb, u, args, device, bbytes)
+    # Dense GEMMs over all steps (cuBLAS): the weight gradient does not skip zero events.
+    dgh_flat = dgh.view(steps * batch, 3 * hidden)
+    y_prev = torch.cat([y0.unsqueeze(0), out[:-1]]).view(steps * batch, hidden)
+    d_weight_hh = dgh_flat.t() @ y_prev
+    d_bias_hh = dgh_flat.sum(0)
+    d_y0 = dgh[0] @ weight_hh
+    if not reset_threshold:
+        d_y0 = d_y0 - dp0
+    return dgi, dc, d_y0, d_weight_hh, d_bias_hh, dtheta_part.sum(0)
 
 
 def _same(name: str, t: Tensor, like: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -260,9 +272,12 @@ def egru_scan_cuda(
     if bias_ih is not None:
         gi = gi + bias_ih
     b_hh = x.new_zeros(3 * hidden) if bias_hh is None else _same("bias_hh", bias_hh, x, (3 * hidden,))
-    out, c_final, c_pre = _EGRUFunction.apply(
-        gi.contiguous(), c0, y0, weight_hh, b_hh, threshold, reset == "threshold", surrogate
+    kind, params, trunc = rt.surrogate_kernel_args(surrogate)
+    support = math.inf if surrogate.support is None else float(surrogate.support)
+    # evsnn::egru_scan_cuda_fwd/_bwd (evsnn/ops/egru/op.py, registered on import of this package)
+    out, c_final, save = torch.ops.evsnn.egru_scan_cuda_fwd(
+        gi.contiguous(), c0, y0, weight_hh, b_hh, threshold, reset == "threshold", kind, list(params), trunc, support
     )
-    return out, EGRUState(c_final, out[-1]), EGRUTrace(c_pre)
+    return out, EGRUState(c_final, out[-1]), EGRUTrace(save[4])
 
 

@@ -3,9 +3,15 @@ one opaque op per call (no graph break) and can trace shapes through its fake ke
 
 ``evsnn::egru_scan_cpu``: the ``"cpu_event"`` inference scan (numba loop or torch-op runner of
 :class:`~evsnn.ops.egru.cpu.EGRURunner`); :func:`~evsnn.ops.egru.cpu.egru_scan_cpu` calls it when no
-gradient is recorded. The state is flattened to tensors (custom ops take no NamedTuples) and every
-output is a fresh tensor (no output aliases an input). Not differentiable: a call that records
-gradients runs the training path instead.
+gradient is recorded. Not differentiable: a call that records gradients runs the training path.
+
+``evsnn::egru_scan_cuda_fwd`` / ``evsnn::egru_scan_cuda_bwd``: the CuPy forward and backward kernels
+(:func:`~evsnn.ops.egru.cuda.egru_forward_launch`, :func:`~evsnn.ops.egru.cuda.egru_backward_launch`),
+the backward registered as the forward's gradient; :func:`~evsnn.ops.egru.cuda.egru_scan_cuda` calls
+the forward. The surrogate travels as its kernel form (kind, parameters, truncation, support).
+
+States are flattened to tensors (custom ops take no NamedTuples) and every output is a fresh tensor
+(no output aliases an input or another output).
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from torch import Tensor
 from ...functional.egru import EGRUState
 from ...functional.precision import state_dtype
 from .cpu import EGRURunner
+from .cuda import egru_backward_launch, egru_forward_launch
 
-__all__ = ["egru_scan_cpu_op"]
+__all__ = ["egru_scan_cpu_op", "egru_scan_cuda_fwd", "egru_scan_cuda_bwd"]
 
 
 @torch.library.custom_op("evsnn::egru_scan_cpu", mutates_args=(), device_types="cpu")
@@ -49,3 +56,84 @@ def _(x, c, y, weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset):
     dtype = state_dtype(weight_ih.dtype)
     seq = x.new_empty(steps, batch, hidden, dtype=dtype)
     return seq, c.new_empty(batch, hidden, dtype=dtype), y.new_empty(batch, hidden, dtype=dtype), torch.empty_like(seq)
+
+
+@torch.library.custom_op("evsnn::egru_scan_cuda_fwd", mutates_args=(), device_types="cuda")
+def egru_scan_cuda_fwd(
+    gi: Tensor,
+    c0: Tensor,
+    y0: Tensor,
+    weight_hh: Tensor,
+    bias_hh: Tensor,
+    theta: Tensor,
+    reset_threshold: bool,
+    sg_kind: int,
+    sg_params: list[float],
+    sg_trunc: float,
+    support: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """EGRU forward kernel over ``gi = W_ih x + b_ih [T, B, 3H]``: ``(y [T, B, H], c_T [B, H],
+    save [5, T, B, H])`` with ``save[4] = c_pre``. The surrogate arguments serve the backward."""
+    return egru_forward_launch(gi, c0, y0, weight_hh, bias_hh, theta, reset_threshold)
+
+
+@egru_scan_cuda_fwd.register_fake
+def _(gi, c0, y0, weight_hh, bias_hh, theta, reset_threshold, sg_kind, sg_params, sg_trunc, support):
+    steps, batch, h3 = gi.shape
+    hidden = h3 // 3
+    return gi.new_empty(steps, batch, hidden), c0.new_empty(c0.shape), gi.new_empty(5, steps, batch, hidden)
+
+
+@torch.library.custom_op("evsnn::egru_scan_cuda_bwd", mutates_args=(), device_types="cuda")
+def egru_scan_cuda_bwd(
+    grad_out: Tensor,
+    grad_c: Tensor,
+    save: Tensor,
+    c0: Tensor,
+    y0: Tensor,
+    out: Tensor,
+    weight_hh: Tensor,
+    theta: Tensor,
+    reset_threshold: bool,
+    sg_kind: int,
+    sg_params: list[float],
+    sg_trunc: float,
+    support: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """EGRU backward kernel: ``(∂gi, ∂c_0, ∂y_0, ∂W_hh, ∂b_hh, ∂θ)`` from the output and final-state
+    gradients and the forward's ``save``."""
+    return egru_backward_launch(
+        grad_out, grad_c, save, c0, y0, out, weight_hh, theta, reset_threshold, sg_kind, sg_params, sg_trunc, support
+    )
+
+
+@egru_scan_cuda_bwd.register_fake
+def _(grad_out, grad_c, save, c0, y0, out, weight_hh, theta, reset_threshold, sg_kind, sg_params, sg_trunc, support):
+    steps, batch, hidden = out.shape
+    return (
+        out.new_empty(steps, batch, 3 * hidden),
+        c0.new_empty(c0.shape),
+        y0.new_empty(y0.shape),
+        weight_hh.new_empty(weight_hh.shape),
+        weight_hh.new_empty(3 * hidden),
+        theta.new_empty(theta.shape),
+    )
+
+
+def _setup_fwd(ctx, inputs, output) -> None:
+    gi, c0, y0, weight_hh, bias_hh, theta, *flags = inputs
+    out, _, save = output
+    ctx.save_for_backward(save, c0, y0, out, weight_hh, theta)
+    ctx.flags = flags  # reset_threshold and the surrogate's kernel form
+    ctx.mark_non_differentiable(save)  # c_pre (save[4]) passes no gradient, as in every EGRU kernel
+
+
+def _backward_fwd(ctx, grad_out, grad_c, _grad_save):
+    save, c0, y0, out, weight_hh, theta = ctx.saved_tensors
+    grad_out = torch.zeros_like(out) if grad_out is None else grad_out
+    grad_c = torch.zeros_like(c0) if grad_c is None else grad_c
+    grads = torch.ops.evsnn.egru_scan_cuda_bwd(grad_out, grad_c, save, c0, y0, out, weight_hh, theta, *ctx.flags)
+    return (*grads, None, None, None, None, None)
+
+
+egru_scan_cuda_fwd.register_autograd(_backward_fwd, setup_context=_setup_fwd)
