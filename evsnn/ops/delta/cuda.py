@@ -1,6 +1,7 @@
 """DeltaGRU / DeltaLSTM with an event-sparse forward and the symmetric sparse BPTT of Chen et al.
 
-SPEC.md §4. One :class:`torch.autograd.Function` holds the math; two engines run its recurrent core:
+SPEC.md §4. One pair of custom ops (forward, backward; :mod:`evsnn.ops.delta.op`) holds the math;
+two engines run its recurrent core:
 
 - ``"cupy"``: the kernels of ``cuda/delta.cu`` (CUDA tensors). The forward is one
   persistent launch over all T steps that reads only the columns of
@@ -216,7 +217,7 @@ def tagged_exchange(dtype: torch.dtype) -> bool:
 
 def kernel_defines(lstm: bool, dtype: torch.dtype, tile: int) -> tuple[str, ...]:
     """The ``-D`` options of one compiled variant of ``delta.cu`` (besides ``scalar_t``)."""
-    per = columns_per_thread(torch.empty(0, dtype=dtype).element_size(), tile)
+    per = columns_per_thread(dtype.itemsize, tile)
     tagged = int(tagged_exchange(dtype))
     return (f"-DDELTA_LSTM={int(lstm)}", f"-DDELTA_BT={tile}", f"-DDELTA_TAGGED={tagged}", f"-DDELTA_PER={per}")
 
@@ -297,7 +298,7 @@ def _backward_cupy(lstm, g_out, g_dh, m_all, out, h0, c_all, c0, dh, wph, lam_h,
 
 
 # ----------------------------------------------------------------------------------------------
-# The autograd Function (shared by both engines).
+# Forward and backward (shared by both engines), the bodies of the custom ops.
 # ----------------------------------------------------------------------------------------------
 
 
@@ -321,55 +322,87 @@ def _input_memory_backward(dx: Tensor, e_x: Tensor, g_xhat_t: Tensor) -> tuple[T
     return g_x, g_xhat0
 
 
-class _DeltaScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, lstm, engine, keep, theta_x, theta_h, inclusive, x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh):
-        # keep: a backward may follow (grad mode on and an input requires grad); inference skips
-        # storing the per-step accumulators.
-        if engine == "cupy":
-            wp = packed("delta", _pack_weights, (w_ih, w_hh), lstm)
-            res = _forward_cupy(lstm, x, xhat0, h0, hhat0, m0u, c0, wp, theta_x, theta_h, inclusive, keep)
-            wph = wp[x.shape[2] :]
-        else:
-            res = _forward_torch(lstm, x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh, theta_x, theta_h, inclusive, keep)
-            wph = None
-        out, dx, dh, xhat_t, hhat_t, m_t, c_t, m_all, c_all = res
-        ctx.lstm, ctx.engine = lstm, engine
-        if keep:
-            ctx.save_for_backward(out, dx, dh, m_all, c_all, h0, c0, w_ih, w_hh, wph)
-        if c_t is None:
-            c_t = out.new_zeros(0)
-        return out, xhat_t, hhat_t, m_t, c_t, dx, dh
+def delta_forward_impl(
+    x: Tensor,
+    xhat0: Tensor,
+    h0: Tensor,
+    hhat0: Tensor,
+    m0u: Tensor,
+    c0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    theta_x: float,
+    theta_h: float,
+    inclusive: bool,
+    lstm: bool,
+    engine: str,
+    keep: bool,
+) -> tuple[Tensor, ...]:
+    """The forward of either engine: ``(h [T, B, H], x̂_T, ĥ_T, M_T (unit-major), c_T, Δx, Δh,
+    M_all, c_all)``; ``c0``/``c_T``/``c_all`` are empty for the GRU, ``M_all`` (the per-step
+    accumulators the backward reads) is empty unless ``keep`` (a backward may follow). The body of
+    the custom op ``evsnn::delta_scan_bptt_fwd`` (:mod:`.op`)."""
+    c0 = c0 if lstm else None
+    if engine == "cupy":
+        wp = packed("delta", _pack_weights, (w_ih, w_hh), lstm)
+        res = _forward_cupy(lstm, x, xhat0, h0, hhat0, m0u, c0, wp, theta_x, theta_h, inclusive, keep)
+    else:
+        res = _forward_torch(lstm, x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh, theta_x, theta_h, inclusive, keep)
+    out, dx, dh, xhat_t, hhat_t, m_t, c_t, m_all, c_all = res
+    empty = out.new_zeros(0)
+    return (
+        out, xhat_t, hhat_t, m_t, empty if c_t is None else c_t, dx, dh,
+        empty.clone() if m_all is None else m_all, empty.clone() if c_all is None else c_all,
+    )  # fmt: skip
 
-    @staticmethod
-    def backward(ctx, g_out, g_xhat_t, g_hhat_t, g_m_t, g_c_t, g_dx, g_dh):
-        out, dx, dh, m_all, c_all, h0, c0, w_ih, w_hh, wph = ctx.saved_tensors
-        lstm = ctx.lstm
-        steps, batch, hidden = out.shape
-        inp = dx.shape[2]
 
-        def zeros_if_none(g, *shape):
-            return torch.zeros(shape, device=out.device, dtype=out.dtype) if g is None else g
+def delta_backward_impl(
+    g_out: Tensor,
+    g_xhat_t: Tensor,
+    g_hhat_t: Tensor,
+    g_m_t: Tensor,
+    g_c_t: Tensor,
+    g_dx: Tensor,
+    g_dh: Tensor,
+    out: Tensor,
+    dx: Tensor,
+    dh: Tensor,
+    m_all: Tensor,
+    c_all: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    lstm: bool,
+    engine: str,
+    need_w_ih: bool,
+    need_w_hh: bool,
+) -> tuple[Tensor, ...]:
+    """The backward of either engine from the gradients of the forward's outputs (zeros where
+    none): ``(∂x, ∂x̂_0, ∂h_0, ∂ĥ_0, ∂M_0 (unit-major), ∂c_0, ∂W_ih, ∂W_hh)``; ``∂c_0`` is empty
+    for the GRU and a weight's gradient is empty unless ``need_w_*``. The body of the custom op
+    ``evsnn::delta_scan_bptt_bwd`` (:mod:`.op`)."""
+    steps, batch, hidden = out.shape
+    inp = dx.shape[2]
+    c0 = c0 if lstm else None
+    c_all = c_all if lstm else None
+    lam_c = g_c_t if lstm else None
+    lam_h = torch.zeros(batch, hidden, device=out.device, dtype=out.dtype)
+    if engine == "cupy":
+        core, w_rec = _backward_cupy, packed("delta", _pack_weights, (w_ih, w_hh), lstm)[inp:]
+    else:
+        core, w_rec = _backward_torch, w_hh
+    dm_all, g_h0, g_hhat0, g_m0, g_c0 = core(lstm, g_out, g_dh, m_all, out, h0, c_all, c0, dh, w_rec, lam_h, g_hhat_t, g_m_t, lam_c)
 
-        g_out = zeros_if_none(g_out, steps, batch, hidden)
-        lam_hh = zeros_if_none(g_hhat_t, batch, hidden)
-        lam_m = zeros_if_none(g_m_t, batch, hidden, 4)
-        lam_c = zeros_if_none(g_c_t, batch, hidden) if lstm else None
-        lam_h = torch.zeros(batch, hidden, device=out.device, dtype=out.dtype)
-        core = _backward_cupy if ctx.engine == "cupy" else _backward_torch
-        w_rec = wph if ctx.engine == "cupy" else w_hh
-        dm_all, g_h0, g_hhat0, g_m0, g_c0 = core(lstm, g_out, g_dh, m_all, out, h0, c_all, c0, dh, w_rec, lam_h, lam_hh, lam_m, lam_c)
-
-        ih_slots, hh_slots = _slots(lstm)
-        dm_x = _slot_rows(dm_all, ih_slots).reshape(steps * batch, -1)  # [T·B, G·H]
-        dm_h = _slot_rows(dm_all, hh_slots).reshape(steps * batch, -1)
-        g_w_ih = dm_x.t() @ dx.reshape(steps * batch, inp) if ctx.needs_input_grad[12] else None
-        g_w_hh = dm_h.t() @ dh.reshape(steps * batch, hidden) if ctx.needs_input_grad[13] else None
-        e_x = (dm_x @ w_ih).reshape(steps, batch, inp)
-        if g_dx is not None:
-            e_x = e_x + g_dx
-        g_x, g_xhat0 = _input_memory_backward(dx, e_x, zeros_if_none(g_xhat_t, batch, inp))
-        return None, None, None, None, None, None, g_x, g_xhat0, g_h0, g_hhat0, g_m0, (g_c0 if lstm else None), g_w_ih, g_w_hh
+    ih_slots, hh_slots = _slots(lstm)
+    dm_x = _slot_rows(dm_all, ih_slots).reshape(steps * batch, -1)  # [T·B, G·H]
+    dm_h = _slot_rows(dm_all, hh_slots).reshape(steps * batch, -1)
+    empty = out.new_zeros(0)
+    g_w_ih = dm_x.t() @ dx.reshape(steps * batch, inp) if need_w_ih else empty.clone()
+    g_w_hh = dm_h.t() @ dh.reshape(steps * batch, hidden) if need_w_hh else empty.clone()
+    e_x = (dm_x @ w_ih).reshape(steps, batch, inp) + g_dx
+    g_x, g_xhat0 = _input_memory_backward(dx, e_x, g_xhat_t)
+    return g_x, g_xhat0, g_h0, g_hhat0, g_m0, (g_c0 if lstm else empty), g_w_ih, g_w_hh
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,8 +463,10 @@ def _scan(lstm, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta
         (h0, xhat0, hhat0, m0), c0 = state, None
     inputs = (x, xhat0, h0, hhat0, m0, c0, weight_ih, weight_hh)
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    out, xhat_t, hhat_t, m_t, c_t, dx, dh = _DeltaScan.apply(
-        lstm, engine, keep, theta_x, theta_h, inclusive, x, xhat0, h0, hhat0, _to_unit_major(m0), c0, weight_ih, weight_hh
+    # evsnn::delta_scan_bptt_fwd/_bwd (evsnn/ops/delta/op.py, registered on import of this package)
+    out, xhat_t, hhat_t, m_t, c_t, dx, dh, _, _ = torch.ops.evsnn.delta_scan_bptt_fwd(
+        x, xhat0, h0, hhat0, _to_unit_major(m0), x.new_zeros(0) if c0 is None else c0, weight_ih, weight_hh,
+        theta_x, theta_h, inclusive, lstm, engine, keep,
     )
     m_t = _to_slot_major(m_t)
     trace = DeltaTrace(dx, dh)

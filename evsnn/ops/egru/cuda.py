@@ -82,7 +82,7 @@ def _layout(hidden: int, batch: int, dtype: torch.dtype, device: torch.device) -
     if u is None:
         raise ValueError(f"hidden size {hidden} is larger than 16 units × {rt.sm_count(index)} SMs of this GPU")
     nb = math.ceil(hidden / u)
-    es = torch.empty((), dtype=dtype).element_size()
+    es = dtype.itemsize
     limit = _smem_limit(index)
     fwd_base = _threads(u) // 32 * _BUF * (es + 4)
     fwd_w = hidden * (3 * u + 1) * es
