@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reproduce_common import KINDS, Net, evaluate, hardware, train  # noqa: E402
 
-from evsnn.data import load_digits_sequences, load_mnist1d  # noqa: E402
+from evsnn.data.digits import load_digits_sequences  # noqa: E402
+from evsnn.data.mnist_1d import load_mnist1d  # noqa: E402
 
 
 def sd(values: list[float]) -> float:
