@@ -227,6 +227,7 @@ class _DeltaRunner:
                 )
                 self._no_gx = np.empty((0, 1, self.wx.shape[1]), dtype=self._np_args[0].dtype)
                 self._idx = np.empty(self.input_size + self.hidden, dtype=np.int64)
+                self._kernel = _kernels().delta
         self.s_hat: Tensor | None = None
         self.m: Tensor | None = None
         self.h: Tensor | None = None
@@ -268,7 +269,7 @@ class _DeltaRunner:
     def _loop(self, gx: np.ndarray, xd: np.ndarray, out: np.ndarray, deltas: np.ndarray) -> None:
         wx, wh, _, theta = self._np_args
         s_hat, h, m, c = self._np_state
-        _kernels().delta(gx, xd, wx, wh, theta, s_hat, h, m, c, out, deltas, self._idx, self.gru, self.inclusive)
+        self._kernel(gx, xd, wx, wh, theta, s_hat, h, m, c, out, deltas, self._idx, self.gru, self.inclusive)
 
     def _load_fused(self) -> None:
         if self.kernel != "numba":
@@ -307,11 +308,12 @@ class _DeltaRunner:
         x = _upcast_low(x, self.wx.dtype)
         if self.kernel == "numba":
             _check_same_dtype("delta cell input", self.wx, x)
+            # numpy in and out: a torch op costs µs of dispatch at B = 1, the whole step ~100 µs
             batch = x.shape[0]
-            out = torch.empty(batch, self.hidden, dtype=x.dtype)
-            xd = _np(x.contiguous()).reshape(1, batch, -1)
-            self._loop(self._no_gx, xd, _np(out).reshape(1, batch, -1), self._d_step)
-            return out
+            xd = (x.detach() if x.requires_grad else x).contiguous().numpy().reshape(1, batch, -1)
+            out = np.empty((1, batch, self.hidden), dtype=xd.dtype)
+            self._loop(self._no_gx, xd, out, self._d_step)
+            return torch.from_numpy(out[0])
         s = torch.cat([x, self.h], dim=-1)
         return self._step_encoded(s, None, None)
 
