@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from .functional.alif import alif_initial_state, leaky_readout_step
 from .functional.delta import delta_gru_initial_state, delta_lstm_initial_state
 from .functional.egru import egru_initial_state
+from .functional.precision import LOW_PRECISION
 from .nn._checks import check_input, check_size, check_state
 from .nn._validate import check_steps, check_tensor_state
 from .nn.alif import ALIF, ALIFCell, LeakyReadout
@@ -282,6 +283,11 @@ class Stream:
         self.requested = dispatch.validate_backend(requested)
         self._like = layer.linear.weight if isinstance(layer, LeakyReadout) else layer.weight_ih
         self._name = f"Stream({type(layer).__name__})"
+        # what step() accepts without the full check_input (which it passes), and whether the
+        # runners' float32 outputs go back to a bf16/fp16 layer's dtype (SPEC §6)
+        self._step_shape = torch.Size((self.batch_size, self.input_size))
+        self._cast = self._like.dtype in LOW_PRECISION
+        self._inference = torch.inference_mode()  # entered by each step: one object, not one per step
         self.refresh()
 
     # ---------------------------------------------------------------------------------------
@@ -400,17 +406,23 @@ class Stream:
 
     def step(self, x: Tensor) -> Tensor:
         """Advance one step on ``x [B, input_size]``; returns the layer's output ``[B, H]``."""
-        check_input(f"{self._name}.step", x, 2, self.input_size, self._like)
-        if x.shape[0] != self.batch_size:
-            raise ValueError(
-                f"{self._name}.step expects batch size {self.batch_size} (set by Stream(batch_size=...)), got {x.shape[0]}"
-            )
+        like = self._like
+        if not (
+            type(x) is Tensor and x.shape == self._step_shape and x.dtype == like.dtype and x.device == like.device
+        ):
+            check_input(f"{self._name}.step", x, 2, self.input_size, like)
+            if x.shape[0] != self.batch_size:
+                raise ValueError(
+                    f"{self._name}.step expects batch size {self.batch_size} (set by Stream(batch_size=...)), "
+                    f"got {x.shape[0]}"
+                )
         self._check_unchanged()
-        with torch.inference_mode():
+        with self._inference:
             if self._runner is not None:
+                out = self._family.step(self._runner, self.layer, x)
                 # the runners compute a bf16/fp16 layer in float32 (SPEC §6); outputs in the
                 # layer's dtype, as its forward and the reference path give them
-                return self._family.step(self._runner, self.layer, x).to(self._like.dtype)
+                return out.to(like.dtype) if self._cast else out
             return self._reference_chunk(x.unsqueeze(0))[0]
 
     def chunk(self, x: Tensor) -> Tensor:
@@ -428,7 +440,8 @@ class Stream:
             )
         with torch.inference_mode():
             if self._runner is not None:
-                out = self._family.run(self._runner, self.layer, x).to(self._like.dtype)
+                out = self._family.run(self._runner, self.layer, x)
+                out = out.to(self._like.dtype) if self._cast else out
             else:
                 out = self._reference_chunk(x)
         return out.transpose(0, 1) if batch_first else out
