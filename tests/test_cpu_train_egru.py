@@ -6,6 +6,10 @@ and its sparsity bookkeeping (a row of W_hh whose unit never fires nor enters th
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -185,6 +189,28 @@ def test_never_active_rows_are_never_read(single_thread, reset):
     assert torch.isnan(egru_scan(x, None, *poisoned, **options)[0]).any()
 
 
+_THREADS_SCRIPT = """
+import torch
+from evsnn.ops.egru.cpu_train import egru_train_scan
+torch.set_num_threads(1)
+x = torch.randn(4, 3, 2, dtype=torch.float64)
+w = [torch.randn(15, 2, dtype=torch.float64, requires_grad=True), torch.randn(15, 5, dtype=torch.float64), None, None]
+egru_train_scan(x, None, *w, torch.full((5,), 0.1, dtype=torch.float64))[0].sum().backward()
+print(torch.get_num_threads())
+"""
+
+
+def test_torch_thread_setting_survives_the_kernels():
+    """Numba's OpenMP pool, when it starts (the first parallel call of a process, hence a fresh
+    process here), resets the process-wide OpenMP thread count that torch shares; the kernels
+    put torch's setting back: one thread stays one thread."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    env["NUMBA_NUM_THREADS"] = "2"
+    out = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1"]
+
+
 def test_bad_inputs_are_refused():
     gen = torch.Generator().manual_seed(8)
     x = torch.randn(3, 2, 4)
@@ -203,3 +229,60 @@ def test_bad_inputs_are_refused():
         cpu_train.egru_train_scan(x[:0], None, *params)
     with pytest.raises(TypeError, match="state field 'y'"):
         cpu_train.egru_train_scan(x, EGRUState(torch.zeros(2, 5), torch.zeros(2, 4)), *params)
+
+
+def test_cpu_event_training_path_uses_the_fused_kernel(single_thread, monkeypatch):
+    """backend="cpu_event" in training runs the fused kernel (with the reference's gradients);
+    EVSNN_CPU_KERNEL=torch keeps the torch-op training loop."""
+    from evsnn.ops import cpu_common
+    from evsnn.ops.egru import cpu as egru_cpu
+
+    calls = []
+    real = cpu_train.egru_train_scan
+    monkeypatch.setattr(cpu_train, "egru_train_scan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(6, 2, 3, generator=gen)
+    params = [p.requires_grad_(True) for p in _params(3, 8, torch.float32, gen)]
+    out = egru_cpu.egru_scan_cpu(x, None, *params)[0]
+    assert calls == [1]
+    ref = egru_scan(x, None, *params)[0]
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(torch.autograd.grad(out.sum(), params), torch.autograd.grad(ref.sum(), params)):
+        torch.testing.assert_close(a, b)
+    monkeypatch.setenv(cpu_common.KERNEL_ENV_VAR, "torch")
+    egru_cpu.egru_scan_cpu(x, None, *params)
+    assert calls == [1]
+    with pytest.raises(ValueError, match="zoneout"):
+        egru_cpu.egru_scan_cpu(x, None, *params, zoneout=0.2, training=True)
+    reason = cpu_common.check_cpu(device="cpu", zoneout=0.2, family="egru", training=True, auto=False)
+    assert "zoneout" in reason
+
+
+def test_layer_training_with_zoneout_runs_the_fused_kernel(single_thread, monkeypatch):
+    """evsnn.EGRU with zoneout in training: backend="auto" at a shape inside the training
+    crossover goes through dispatch to the fused kernel, and under one seed gives the reference
+    layer's outputs and gradients (same zoneout masks)."""
+    import evsnn
+    from evsnn.ops import cpu_common
+
+    monkeypatch.delenv("EVSNN_BACKEND", raising=False)
+    assert cpu_common.check_cpu(device="cpu", zoneout=0.2, family="egru", training=True, auto=False) is None
+    calls = []
+    real = cpu_train.egru_train_scan
+    monkeypatch.setattr(cpu_train, "egru_train_scan", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    layer = evsnn.EGRU(3, 64, zoneout=0.2, reset="threshold").train()
+    x = torch.randn(5, 2, 3)
+    assert layer._resolve_backend(x).name == "cpu_event"
+    torch.manual_seed(1)
+    out, _ = layer(x)
+    assert calls == [1]
+    g = torch.autograd.grad(out.sum(), list(layer.parameters()))
+    layer.backend = "torch"
+    torch.manual_seed(1)
+    ref, _ = layer(x)
+    r = torch.autograd.grad(ref.sum(), list(layer.parameters()))
+    assert (ref != 0).any()
+    torch.testing.assert_close(out, ref)
+    for a, b in zip(g, r):
+        torch.testing.assert_close(a, b)

@@ -31,8 +31,10 @@ forward (a NaN or −∞ ``c_pre`` gives ``y = 0·c_pre = NaN``, an event that r
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -339,13 +341,21 @@ def egru_train_kernel_available() -> bool:
     return _kernels() is not None
 
 
-def _threads(batch: int) -> int:
+@contextlib.contextmanager
+def _threads(batch: int) -> Iterator[int]:
     """Threads for the batch-parallel loops: torch's intra-op setting (what the user chose with
-    ``torch.set_num_threads``), capped by numba's pool and the batch; set on numba's pool."""
+    ``torch.set_num_threads``), capped by numba's pool and the batch; set on numba's pool for the
+    calls inside the ``with``. Numba's OpenMP pool, started by the first parallel call, sets the
+    process-wide OpenMP thread count that torch shares: torch's setting is put back afterwards."""
     numba = _kernels().numba
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, batch))
+    before = torch.get_num_threads()
+    n = max(1, min(before, numba.config.NUMBA_NUM_THREADS, batch))
     numba.set_num_threads(n)
-    return n
+    try:
+        yield n
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -390,11 +400,11 @@ class _EGRUTrain(torch.autograd.Function):
         gates = [gi.new_empty(steps, batch, hs) for _ in range(4)]
         zo_mode = _ZO_NONE if zo_p == 0.0 else (_ZO_MASK if zo_mask is not None else _ZO_MEAN)
         mask = zo_mask if zo_mask is not None else np.zeros((0, 0, 0), dtype=np.uint8)
-        chunks = _threads(batch)
-        _kernels().forward(
-            _np(gi.contiguous()), _np(table), _np(bias), _np(theta), _np(c), _np(y), reset_output,
-            zo_mode, zo_p, mask, chunks, _np(out_y), _np(out_v), *(_np(g) for g in gates),
-        )
+        with _threads(batch) as chunks:
+            _kernels().forward(
+                _np(gi.contiguous()), _np(table), _np(bias), _np(theta), _np(c), _np(y), reset_output,
+                zo_mode, zo_p, mask, chunks, _np(out_y), _np(out_v), *(_np(g) for g in gates),
+            )
         ctx.options = (reset_output, surrogate, zo_mode, zo_p, mask, bias_hh is not None)
         ctx.save_for_backward(c0, y0, table, theta, out_y, out_v, *gates)
         return out_y, c, y, out_v
@@ -419,17 +429,17 @@ class _EGRUTrain(torch.autograd.Function):
             pseudo = _pseudo_derivative(surrogate, out_v - theta).contiguous()
         else:
             pseudo = out_y.new_empty(0, 0, 0)
-        chunks = _threads(batch)
-        g_gi = out_y.new_empty(steps, batch, 3 * hs)
-        g_table = table.new_zeros(chunks, *table.shape)
-        g_bias = table.new_zeros(chunks, 3 * hs)
-        g_theta = table.new_zeros(chunks, hs)
-        _kernels().backward(
-            _np(table), _np(theta), _np(c0.contiguous()), _np(y0.contiguous()), reset_output, zo_mode, zo_p, mask,
-            bool(ctx.needs_input_grad[2]), chunks, kind, params, gate, _np(pseudo), _np(out_y), _np(out_v),
-            *(_np(g) for g in gates),
-            _np(g_out), _np(g_v), _np(a_c), _np(a_y), _np(g_gi), _np(g_table), _np(g_bias), _np(g_theta),
-        )
+        with _threads(batch) as chunks:
+            g_gi = out_y.new_empty(steps, batch, 3 * hs)
+            g_table = table.new_zeros(chunks, *table.shape)
+            g_bias = table.new_zeros(chunks, 3 * hs)
+            g_theta = table.new_zeros(chunks, hs)
+            _kernels().backward(
+                _np(table), _np(theta), _np(c0.contiguous()), _np(y0.contiguous()), reset_output, zo_mode, zo_p, mask,
+                bool(ctx.needs_input_grad[2]), chunks, kind, params, gate, _np(pseudo), _np(out_y), _np(out_v),
+                *(_np(g) for g in gates),
+                _np(g_out), _np(g_v), _np(a_c), _np(a_y), _np(g_gi), _np(g_table), _np(g_bias), _np(g_theta),
+            )
         g_bias_hh = g_bias.sum(0) if has_bias else None
         return g_gi, a_c, a_y, g_table.sum(0).t(), g_bias_hh, g_theta.sum(0), None, None, None, None
 
