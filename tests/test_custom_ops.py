@@ -251,3 +251,35 @@ def test_egru_cuda_ops_fake_kernels_and_autograd_without_a_gpu():
     grads = torch.autograd.grad(out.sum() + c_final.sum(), inputs)
     for grad, inp in zip(grads, inputs):
         assert grad.shape == inp.shape and grad.dtype == inp.dtype and grad.device == inp.device
+
+
+@pytest.mark.parametrize("lstm", [False, True], ids=["gru", "lstm"])
+def test_delta_bptt_ops_opcheck_with_the_torch_engine(lstm):
+    """The forward/backward op pair of the delta cells, run by its torch engine on the CPU: opcheck
+    (schema, fake kernels against real outputs, the registered autograd under AOT), and its
+    gradients against float64 autograd of the reference scan."""
+    dtype = torch.float64
+    x, state, weight_ih, weight_hh, bias_ih, bias_hh, _, _ = _delta_case(dtype, 4 if lstm else 3, lstm)
+    x.requires_grad_(True)
+    weight_ih.requires_grad_(True)
+    weight_hh.requires_grad_(True)
+    if lstm:
+        h0, c0, x_hat0, h_hat0, m0 = state
+    else:
+        (h0, x_hat0, h_hat0, m0), c0 = state, torch.zeros(0, dtype=dtype)
+    m0u = m0.view(B, 4, H).transpose(1, 2).contiguous()  # the kernels' unit-major accumulators
+    args = (x, x_hat0, h0, h_hat0, m0u, c0, weight_ih, weight_hh, 0.3, 0.05, False, lstm, "torch", True)
+    torch.library.opcheck(torch.ops.evsnn.delta_scan_bptt_fwd, args)
+
+    scan = evsnn.ops.delta.cuda.delta_lstm_scan_bptt if lstm else evsnn.ops.delta.cuda.delta_gru_scan_bptt
+    ref_scan = delta_lstm_scan if lstm else delta_gru_scan
+    kwargs = dict(theta_x=0.3, theta_h=0.05)
+    out, _, trace = scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, engine="torch", **kwargs)
+    ref, _, ref_trace = ref_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, **kwargs)
+    assert (ref_trace.delta_h != 0).any() and (ref_trace.delta_h == 0).any()
+    _close(out, ref, dtype)
+    weights = torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)
+    grads = torch.autograd.grad((out * weights).sum(), (x, weight_ih, weight_hh))
+    ref_grads = torch.autograd.grad((ref * weights).sum(), (x, weight_ih, weight_hh))
+    for got, want in zip(grads, ref_grads):
+        _close(got, want, dtype)

@@ -4,10 +4,16 @@ fake kernel.
 
 ``evsnn::delta_gru_scan_cpu`` / ``evsnn::delta_lstm_scan_cpu``: the ``"cpu_event"`` inference scans
 (:class:`~evsnn.ops.delta.cpu.DeltaGRURunner`, :class:`~evsnn.ops.delta.cpu.DeltaLSTMRunner`), called
-by :mod:`evsnn.ops.delta.cpu`'s scans when no gradient is recorded. The state is flattened to
-tensors (custom ops take no NamedTuples), the thresholds come as tensors, and every output is a
-fresh tensor (no output aliases an input). Not differentiable: a call that records gradients runs
-the training path instead.
+by :mod:`evsnn.ops.delta.cpu`'s scans when no gradient is recorded (the thresholds come as tensors).
+Not differentiable: a call that records gradients runs the training path instead.
+
+``evsnn::delta_scan_bptt_fwd`` / ``evsnn::delta_scan_bptt_bwd``: the forward and the symmetric sparse
+backward of :mod:`evsnn.ops.delta.cuda` (``engine="cupy"``: the CUDA kernels; ``"torch"``: their
+twin in torch ops, on any device), the backward registered as the forward's gradient. Optional
+tensors (the GRU's ``c``, the accumulators kept for a backward) are empty tensors when absent.
+
+States are flattened to tensors (custom ops take no NamedTuples) and every output is a fresh tensor
+(no output aliases an input or another output).
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ from torch import Tensor
 from ...functional.delta import DeltaGRUState, DeltaLSTMState
 from ...functional.precision import state_dtype
 from .cpu import DeltaGRURunner, DeltaLSTMRunner
+from .cuda import delta_backward_impl, delta_forward_impl
 
-__all__ = ["delta_gru_scan_cpu_op", "delta_lstm_scan_cpu_op"]
+__all__ = ["delta_gru_scan_cpu_op", "delta_lstm_scan_cpu_op", "delta_scan_bptt_fwd", "delta_scan_bptt_bwd"]
 
 
 def _trace(deltas: Tensor, n_in: int) -> tuple[Tensor, Tensor]:
@@ -95,3 +102,120 @@ def _(x, h, x_hat, h_hat, m, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, th
 @delta_lstm_scan_cpu_op.register_fake
 def _(x, h, c, x_hat, h_hat, m, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, delta_rule):
     return _fake(x, (h, c, x_hat, h_hat, m), weight_ih, weight_hh)
+
+
+@torch.library.custom_op("evsnn::delta_scan_bptt_fwd", mutates_args=())
+def delta_scan_bptt_fwd(
+    x: Tensor,
+    xhat0: Tensor,
+    h0: Tensor,
+    hhat0: Tensor,
+    m0u: Tensor,
+    c0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    theta_x: float,
+    theta_h: float,
+    inclusive: bool,
+    lstm: bool,
+    engine: str,
+    keep: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Delta cell forward over ``x [T, B, I]`` from ``(x̂, h, ĥ, M [B, H, 4], c)``: ``(h_seq, x̂_T,
+    ĥ_T, M_T, c_T, Δx, Δh, M_all, c_all)`` (:func:`evsnn.ops.delta.cuda.delta_forward_impl`)."""
+    return delta_forward_impl(x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh, theta_x, theta_h, inclusive, lstm, engine, keep)
+
+
+@delta_scan_bptt_fwd.register_fake
+def _(x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh, theta_x, theta_h, inclusive, lstm, engine, keep):
+    steps, batch, n_in = x.shape
+    hidden = h0.shape[1]
+    seq = x.new_empty(steps, batch, hidden)
+    return (
+        seq, x.new_empty(batch, n_in), x.new_empty(batch, hidden), x.new_empty(batch, hidden, 4),
+        x.new_empty(batch, hidden) if lstm else x.new_empty(0), x.new_empty(steps, batch, n_in), torch.empty_like(seq),
+        x.new_empty(steps, batch, hidden, 4) if keep else x.new_empty(0),
+        torch.empty_like(seq) if lstm else x.new_empty(0),
+    )  # fmt: skip
+
+
+@torch.library.custom_op("evsnn::delta_scan_bptt_bwd", mutates_args=())
+def delta_scan_bptt_bwd(
+    g_out: Tensor,
+    g_xhat_t: Tensor,
+    g_hhat_t: Tensor,
+    g_m_t: Tensor,
+    g_c_t: Tensor,
+    g_dx: Tensor,
+    g_dh: Tensor,
+    out: Tensor,
+    dx: Tensor,
+    dh: Tensor,
+    m_all: Tensor,
+    c_all: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    lstm: bool,
+    engine: str,
+    need_w_ih: bool,
+    need_w_hh: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Delta cell backward: ``(∂x, ∂x̂_0, ∂h_0, ∂ĥ_0, ∂M_0, ∂c_0, ∂W_ih, ∂W_hh)``
+    (:func:`evsnn.ops.delta.cuda.delta_backward_impl`)."""
+    return delta_backward_impl(
+        g_out, g_xhat_t, g_hhat_t, g_m_t, g_c_t, g_dx, g_dh, out, dx, dh, m_all, c_all, h0, c0, w_ih, w_hh,
+        lstm, engine, need_w_ih, need_w_hh,
+    )  # fmt: skip
+
+
+@delta_scan_bptt_bwd.register_fake
+def _(g_out, g_xhat_t, g_hhat_t, g_m_t, g_c_t, g_dx, g_dh, out, dx, dh, m_all, c_all, h0, c0, w_ih, w_hh, lstm,
+      engine, need_w_ih, need_w_hh):  # fmt: skip
+    empty = out.new_empty(0)
+    return (
+        dx.new_empty(dx.shape), g_xhat_t.new_empty(g_xhat_t.shape), h0.new_empty(h0.shape),
+        g_hhat_t.new_empty(g_hhat_t.shape), g_m_t.new_empty(g_m_t.shape), c0.new_empty(c0.shape) if lstm else empty,
+        w_ih.new_empty(w_ih.shape) if need_w_ih else out.new_empty(0),
+        w_hh.new_empty(w_hh.shape) if need_w_hh else out.new_empty(0),
+    )  # fmt: skip
+
+
+def _setup_bptt(ctx, inputs, output) -> None:
+    x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh, theta_x, theta_h, inclusive, lstm, engine, keep = inputs
+    out, xhat_t, hhat_t, m_t, c_t, dx, dh, m_all, c_all = output
+    ctx.save_for_backward(out, dx, dh, m_all, c_all, h0, c0, w_ih, w_hh)
+    ctx.flags = (lstm, engine)
+    # The per-step accumulators and cells are residuals for the backward, not results.
+    ctx.mark_non_differentiable(m_all, c_all)
+
+
+def _backward_bptt(ctx, g_out, g_xhat_t, g_hhat_t, g_m_t, g_c_t, g_dx, g_dh, _g_m_all, _g_c_all):
+    out, dx, dh, m_all, c_all, h0, c0, w_ih, w_hh = ctx.saved_tensors
+    lstm, engine = ctx.flags
+    steps, batch, hidden = out.shape
+
+    def zeros_if_none(g: Tensor | None, *shape: int) -> Tensor:
+        return out.new_zeros(shape) if g is None else g
+
+    grads = torch.ops.evsnn.delta_scan_bptt_bwd(
+        zeros_if_none(g_out, steps, batch, hidden),
+        zeros_if_none(g_xhat_t, batch, dx.shape[2]),
+        zeros_if_none(g_hhat_t, batch, hidden),
+        zeros_if_none(g_m_t, batch, hidden, 4),
+        zeros_if_none(g_c_t, batch, hidden) if lstm else out.new_zeros(0),
+        zeros_if_none(g_dx, *dx.shape),
+        zeros_if_none(g_dh, *dh.shape),
+        out, dx, dh, m_all, c_all, h0, c0, w_ih, w_hh, lstm, engine,
+        ctx.needs_input_grad[6], ctx.needs_input_grad[7],
+    )  # fmt: skip
+    g_x, g_xhat0, g_h0, g_hhat0, g_m0, g_c0, g_w_ih, g_w_hh = grads
+    return (
+        g_x, g_xhat0, g_h0, g_hhat0, g_m0, g_c0 if lstm else None,
+        g_w_ih if ctx.needs_input_grad[6] else None, g_w_hh if ctx.needs_input_grad[7] else None,
+        None, None, None, None, None, None,
+    )  # fmt: skip
+
+
+delta_scan_bptt_fwd.register_autograd(_backward_bptt, setup_context=_setup_bptt)
