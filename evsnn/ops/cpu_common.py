@@ -223,12 +223,13 @@ def check_cpu(
     """``None`` when the cpu_event path can run a call, else the reason.
 
     ``auto=False`` (an explicit ``backend="cpu_event"``) only checks that it *can* run: CPU,
-    float32/float64, an evsnn surrogate, no zoneout. Otherwise (``auto=True``, or ``None``
-    when the dispatcher does not say which) it also declines where the measured crossover
-    (:func:`auto_reason`, :data:`AUTO_RULES`) says the dense reference is faster for
-    ``family`` (bound at registration) in training or inference. ``training``: whether the
-    call records gradients (the layers pass it); a caller that does not say (``None``, e.g.
-    :class:`evsnn.streaming.Stream`, which runs in inference mode) gets the inference rule.
+    float32/float64, an evsnn surrogate, no zoneout (but in EGRU training on the fused kernel).
+    Otherwise (``auto=True``, or ``None`` when the dispatcher does not say which) it also
+    declines where the measured crossover (:func:`auto_reason`, :data:`AUTO_RULES`) says the
+    dense reference is faster for ``family`` (bound at registration) in training or inference.
+    ``training``: whether the call records gradients (the layers pass it); a caller that does not
+    say (``None``, e.g. :class:`evsnn.streaming.Stream`, which runs in inference mode) gets the
+    inference rule.
     """
     if torch.device(device).type != "cpu":
         return f"it runs on CPU tensors only, got device {device}"
@@ -238,8 +239,9 @@ def check_cpu(
         reason = _surrogate_reason(surrogate)
         if reason is not None:
             return reason
-    if zoneout:
-        return f"zoneout={zoneout} is not implemented by the event path"
+    if zoneout and not (family == "egru" and training and numba_available() and _pick_kernel("auto") == "numba"):
+        # Only EGRU training on the fused numba kernel (evsnn.ops.egru.cpu_train) implements it.
+        return f"zoneout={zoneout} is implemented by the event path only in EGRU training on the fused numba kernel"
     if fixed_point is not None:
         return f"fixed_point={fixed_point} (Qm.n rounding) is implemented by the torch reference only"
     if auto is not False:
