@@ -43,17 +43,22 @@ __all__ = ["EGRURunner", "egru_scan_cpu", "check_cpu"]
 # dtype (intermediate scalars in float64, stored in the array dtype).
 
 
-def _egru_loop(gi, table, bias_hh, theta, c, y, out_y, out_c, reset_output):  # pragma: no cover - numba
-    """EGRU (SPEC §3) over ``gi [T, B, 3H]`` (``W_ih x + b_ih``). ``table = W_hhᵀ [H, 3H]``.
+def _egru_loop(gi, x, wx, bias_ih, table, bias_hh, theta, c, y, out_y, out_c, acc, idx, reset_output):  # pragma: no cover - numba
+    """EGRU (SPEC §3) over ``T`` steps. ``table = W_hhᵀ [H, 3H]``.
 
-    Per step: ``gh = b_hh + Σ_{k: y_k ≠ 0} y_k · table[k]`` (only rows of units with an event),
-    gates, ``c_pre``; ``c``/``y`` ``[B, H]`` are the state, updated in place; ``out_y``/``out_c``
-    ``[T, B, H]`` receive ``y_t`` and ``c_pre_t``.
+    The input gates come precomputed, ``gi [T, B, 3H] = W_ih x + b_ih`` (one GEMM per chunk), or
+    with ``gi.shape[0] == 0`` are formed here from ``x [T, B, I]``, ``wx = W_ihᵀ [I, 3H]`` and
+    ``bias_ih [3H]`` (the step path: one call per step, no torch op). Per step: ``gh = b_hh +
+    Σ_{k: y_k ≠ 0} y_k · table[k]`` (only rows of units with an event), gates, ``c_pre``;
+    ``c``/``y`` ``[B, H]`` are the state, updated in place; ``out_y``/``out_c`` ``[T, B, H]``
+    receive ``y_t`` and ``c_pre_t``. ``acc [2, 3H]`` and ``idx [H]`` (int64) are scratch.
     """
-    steps, batch, h3 = gi.shape
-    h = h3 // 3
-    acc = np.empty(h3, dtype=gi.dtype)
-    idx = np.empty(h, dtype=np.int64)
+    h = table.shape[0]
+    h3 = 3 * h
+    project = gi.shape[0] == 0
+    # acc_h = W_hh y + b_hh, acc_x = W_ih x + b_ih (two rows: the products index from 0 and vectorise)
+    acc_h, acc_x = acc[0], acc[1]
+    steps, batch = (x.shape[0], x.shape[1]) if project else (gi.shape[0], gi.shape[1])
     for b in range(batch):
         n_act = 0
         for k in range(h):
@@ -62,18 +67,30 @@ def _egru_loop(gi, table, bias_hh, theta, c, y, out_y, out_c, reset_output):  # 
                 n_act += 1
         for t in range(steps):
             for j in range(h3):
-                acc[j] = bias_hh[j]
+                acc_h[j] = bias_hh[j]
+            if project:
+                for j in range(h3):
+                    acc_x[j] = bias_ih[j]
+                # every input column is read: a zero x_i times a NaN/inf weight is NaN, as in W_ih x
+                for i in range(x.shape[2]):
+                    w = x[t, b, i]
+                    row = wx[i]
+                    for j in range(h3):
+                        acc_x[j] += w * row[j]
+            else:
+                for j in range(h3):
+                    acc_x[j] = gi[t, b, j]
             for a in range(n_act):
                 k = idx[a]
                 w = y[b, k]
                 row = table[k]
                 for j in range(h3):
-                    acc[j] += w * row[j]
+                    acc_h[j] += w * row[j]
             n_act = 0
             for j in range(h):
-                r = 1.0 / (1.0 + np.exp(-(gi[t, b, j] + acc[j])))
-                z = 1.0 / (1.0 + np.exp(-(gi[t, b, h + j] + acc[h + j])))
-                n = np.tanh(gi[t, b, 2 * h + j] + r * acc[2 * h + j])
+                r = 1.0 / (1.0 + np.exp(-(acc_x[j] + acc_h[j])))
+                z = 1.0 / (1.0 + np.exp(-(acc_x[h + j] + acc_h[h + j])))
+                n = np.tanh(acc_x[2 * h + j] + r * acc_h[2 * h + j])
                 c_pre = z * c[b, j] + (1.0 - z) * n
                 if reset_output:
                     c_pre -= y[b, j]
@@ -96,7 +113,6 @@ def _egru_loop(gi, table, bias_hh, theta, c, y, out_y, out_c, reset_output):  # 
                 out_y[t, b, j] = y[b, j]
 
 
-
 @functools.cache
 def _kernels() -> SimpleNamespace | None:
     """The compiled loop, or ``None`` without numba (compiled on first use)."""
@@ -112,9 +128,9 @@ class EGRURunner:
 
     ``step(gi)`` takes the input projection ``gi = W_ih x_t + b_ih`` (``[B, 3H]``) and returns
     ``(y_t, c_pre_t)``; the recurrent product reads only the rows of ``W_hhᵀ`` of units with an
-    event ``y_{t−1} ≠ 0``. ``kernel``: ``"numba"`` runs the fused loop :func:`_egru_loop` (one
-    call per step or chunk), ``"torch"`` a loop of torch ops, ``"auto"`` numba when installed;
-    :attr:`kernel` says which runs.
+    event ``y_{t−1} ≠ 0``. :meth:`step_input` takes ``x_t`` itself (the streaming step).
+    ``kernel``: ``"numba"`` runs the fused loop :func:`_egru_loop` (one call per step or chunk),
+    ``"torch"`` a loop of torch ops, ``"auto"`` numba when installed; :attr:`kernel` says which runs.
     """
 
     def __init__(
@@ -147,6 +163,14 @@ class EGRURunner:
                     _np(zeros if self.bias_hh is None else self.bias_hh.contiguous()),
                     _np(self.threshold.expand(h).contiguous()),
                 )
+                # step_input's projection inside the loop: W_ihᵀ rows, b_ih, and scratch
+                self._np_input = (
+                    _np(self.weight_ih.t().contiguous()),
+                    _np(zeros if self.bias_ih is None else self.bias_ih.contiguous()),
+                )
+                self._np_scratch = (np.empty((2, 3 * h), dtype=_np(zeros).dtype), np.empty(h, dtype=np.int64))
+                self._no_gi = np.empty((0, 1, 3 * h), dtype=_np(zeros).dtype)
+                self._kernel = _kernels().egru
         self.c: Tensor | None = None
         self.y: Tensor | None = None
 
@@ -157,6 +181,7 @@ class EGRURunner:
             _check_same_dtype("EGRU state", self.table, self.c, self.y)
             # The fused loop updates c and y in place: their numpy views stay valid.
             self._np_state = (_np(self.c), _np(self.y))
+            self._c_pre_step = np.empty((1, *self.c.shape), dtype=self._np_state[0].dtype)
             return
         self.active = self.y != 0
         self.bag = _RowBag(self.table, self.y.shape[0])
@@ -165,9 +190,34 @@ class EGRURunner:
         _check_same_dtype("EGRU input", self.table, gi)
         table, bias_hh, theta = self._np_args
         c, y = self._np_state
-        _kernels().egru(
-            _np(gi.contiguous()), table, bias_hh, theta, c, y, _np(out), _np(c_pre), self.reset_mode == "output"
-        )
+        wx, bias_ih = self._np_input
+        self._kernel(
+            _np(gi.contiguous()), self._no_gi, wx, bias_ih, table, bias_hh, theta, c, y, _np(out), _np(c_pre),
+            *self._np_scratch, self.reset_mode == "output",
+        )  # fmt: skip
+
+    def step_input(self, x: Tensor) -> Tensor:
+        """One step from the layer's input ``x [B, I]``; returns ``y_t`` (a new tensor).
+
+        With numba this is one call of :func:`_egru_loop`, projection included (``W_ih x_t``
+        from ``W_ihᵀ`` held here): no torch op and no allocation besides ``y_t``. Otherwise
+        ``step(project(x))``."""
+        x = _upcast_low(x, self.weight_ih.dtype)
+        if self.kernel != "numba":
+            return self.step(self.project(x))[0]
+        _check_same_dtype("EGRU input", self.table, x)
+        # numpy in and out: a torch op costs µs of dispatch at B = 1, the whole step ~100 µs
+        batch = x.shape[0]
+        x_np = (x.detach() if x.requires_grad else x).contiguous().numpy().reshape(1, batch, -1)
+        out = np.empty((1, batch, self.hidden), dtype=x_np.dtype)
+        table, bias_hh, theta = self._np_args
+        c, y = self._np_state
+        wx, bias_ih = self._np_input
+        self._kernel(
+            self._no_gi, x_np, wx, bias_ih, table, bias_hh, theta, c, y, out, self._c_pre_step, *self._np_scratch,
+            self.reset_mode == "output",
+        )  # fmt: skip
+        return torch.from_numpy(out[0])
 
     def state(self) -> EGRUState:
         return EGRUState(self.c.clone(), self.y.clone())
