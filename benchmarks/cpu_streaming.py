@@ -4,12 +4,15 @@ One process, B = 1, T steps (default 1000), hidden sizes and activities from the
 Activity is set by calibrating the threshold (EGRU: θ; delta cells: Θ_x = Θ_h) on the whole
 input, then measured on the timed run. Times are medians of ``--repeats`` runs (the dense
 reference, being slow, runs ``--ref-repeats`` times). Ratios are against ``torch.nn.GRU``
-(``nn.LSTM`` for DeltaLSTM) timed in the same process. Prints a Markdown table.
+(``nn.LSTM`` for DeltaLSTM) timed in the same process, interleaved with the event path and
+``Stream.step`` (one run of each per repeat), so that a change of machine load between them
+does not skew the ratio. Prints the load average and a Markdown table.
 
 Columns: "event" is the event path's scan over the whole chunk with its default kernel (the
 fused numba loop where numba is installed); "torch-op loop" the same scan with
 ``EVSNN_CPU_KERNEL=torch`` (``--torch-kernel``); "Stream.step" one step at a time through
-``evsnn.streaming.Stream`` (``--stream``).
+``evsnn.streaming.Stream`` (``--stream``: one fused numba call per step, input projection or
+encoding included).
 
     python benchmarks/cpu_streaming.py                       # full table (several minutes)
     python benchmarks/cpu_streaming.py --hidden 1024 --activity 0.1 0.02
@@ -37,13 +40,21 @@ from evsnn.streaming import Stream
 
 
 def timed(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up (allocator, first-call dispatch)
-    times = []
+    return timed_interleaved([fn], repeats)[0]
+
+
+def timed_interleaved(fns: list[Callable[[], object] | None], repeats: int) -> list[float]:
+    """Median time of each function, run in turn once per repeat (``None``: not timed, NaN)."""
+    live = [fn for fn in fns if fn is not None]
+    for fn in live:
+        fn()  # warm-up (allocator, first-call dispatch, numba compile)
+    times: dict[int, list[float]] = {id(fn): [] for fn in live}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for fn in live:
+            start = time.perf_counter()
+            fn()
+            times[id(fn)].append(time.perf_counter() - start)
+    return [float("nan") if fn is None else statistics.median(times[id(fn)]) for fn in fns]
 
 
 def run_stream(stream: Stream, x: torch.Tensor) -> None:
@@ -104,7 +115,6 @@ def egru_rows(hidden, activities, args, x):
     with torch.no_grad():
         for p, v in zip((gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0), w):
             p.copy_(v)
-    t_gru = timed(lambda: gru(x), args.repeats)
 
     def activity(theta: float, seq=x) -> float:
         y = egru_cpu.egru_scan_cpu(seq, None, *w, torch.full((hidden,), theta))[0]
@@ -115,12 +125,11 @@ def egru_rows(hidden, activities, args, x):
         theta = calibrate(activity, target, 1e-3, 1.0)
         th = torch.full((hidden,), theta)
         act = activity(theta, x)
-        t_ev = timed(partial(egru_cpu.egru_scan_cpu, x, None, *w, th), args.repeats)
         t_ops = float("nan")
         if args.torch_kernel:
             t_ops = timed_kernel("torch", partial(egru_cpu.egru_scan_cpu, x, None, *w, th), args.repeats)
         t_ref = timed(partial(egru_scan, x, None, *w, th), args.ref_repeats) if not args.skip_ref else float("nan")
-        t_stream = float("nan")
+        stream_fn = None
         if args.stream:
             from evsnn.nn import EGRU
 
@@ -129,9 +138,9 @@ def egru_rows(hidden, activities, args, x):
                 for p, v in zip((layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh), w):
                     p.copy_(v)
                 layer.log_threshold.copy_(th.log())
-            stream = Stream(layer, backend="cpu_event")
-
-            t_stream = timed(partial(run_stream, stream, x), args.repeats)
+            stream_fn = partial(run_stream, Stream(layer, backend="cpu_event"), x)
+        event_fn = partial(egru_cpu.egru_scan_cpu, x, None, *w, th)
+        t_gru, t_ev, t_stream = timed_interleaved([lambda: gru(x), event_fn, stream_fn], args.repeats)
         rows.append(("EGRU", hidden, act, t_ev, t_ops, t_stream, t_ref, t_gru, "nn.GRU"))
     return rows
 
@@ -142,7 +151,6 @@ def delta_rows(gates, hidden, activities, args, x):
     with torch.no_grad():
         for p, v in zip((peer.weight_ih_l0, peer.weight_hh_l0, peer.bias_ih_l0, peer.bias_hh_l0), w):
             p.copy_(v)
-    t_peer = timed(lambda: peer(x), args.repeats)
     ev_fn = delta_cpu.delta_gru_scan_cpu if gates == 3 else delta_cpu.delta_lstm_scan_cpu
     ref_fn = delta_gru_scan if gates == 3 else delta_lstm_scan
 
@@ -155,11 +163,10 @@ def delta_rows(gates, hidden, activities, args, x):
     for target in activities:
         theta = calibrate(activity, target, 0.0, 0.5)
         act = activity(theta, x)
-        t_ev = timed(partial(ev_fn, x, None, *w, theta_x=theta, theta_h=theta), args.repeats)
         t_ops = float("nan")
         if args.torch_kernel:
             t_ops = timed_kernel("torch", partial(ev_fn, x, None, *w, theta_x=theta, theta_h=theta), args.repeats)
-        t_stream = float("nan")
+        stream_fn = None
         if args.stream:
             from evsnn.nn import DeltaGRU, DeltaLSTM
 
@@ -167,7 +174,9 @@ def delta_rows(gates, hidden, activities, args, x):
             with torch.no_grad():
                 for p, v in zip((layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh), w):
                     p.copy_(v)
-            t_stream = timed(partial(run_stream, Stream(layer, backend="cpu_event"), x), args.repeats)
+            stream_fn = partial(run_stream, Stream(layer, backend="cpu_event"), x)
+        event_fn = partial(ev_fn, x, None, *w, theta_x=theta, theta_h=theta)
+        t_peer, t_ev, t_stream = timed_interleaved([lambda: peer(x), event_fn, stream_fn], args.repeats)
         t_ref = (
             timed(partial(ref_fn, x, None, *w, theta_x=theta, theta_h=theta), args.ref_repeats)
             if not args.skip_ref
@@ -215,7 +224,8 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
         f"{time.strftime('%Y-%m-%d')}, B = 1, T = {args.steps}, input {args.input}, median of {args.repeats}, "
-        f"event kernel {'numba' if cpu_common.numba_available() else 'torch'}"
+        f"event kernel {'numba' if cpu_common.numba_available() else 'torch'}, "
+        f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs"
     )
     with torch.inference_mode():
         if args.crossover:

@@ -14,16 +14,21 @@ expectation; DropConnect is off).
 
 The backend is chosen like the layer's (``"auto"``, ``EVSNN_BACKEND``): where the
 ``"cpu_event"`` backend applies, the stream uses its prepared stepper (weights transposed
-once, only the rows of active units read each step; with numba installed one fused call per
-step, input projection included, or per chunk, see ``evsnn.ops.egru.cpu`` & co.); otherwise it
-calls the chosen backend's scan on each step or chunk. :meth:`Stream.chunk` is the fast way when inputs arrive in blocks: the
-input projection is one GEMM for the block instead of one matrix-vector product per step.
+once, only the rows of active units read each step; with numba installed one compiled call
+per step, the input projection or input encoding included, or per chunk, see
+``evsnn.ops.egru.cpu`` & co.); otherwise it calls the chosen backend's scan on each step or
+chunk. :meth:`Stream.chunk` is the fast way when inputs arrive in blocks: the input
+projection is one GEMM for the block instead of one matrix-vector product per step.
 
 Weights are read when the stream is built. A stream notices when the layer's parameters,
 buffers or thresholds change afterwards (in place, e.g. an optimiser step, or replaced): its
 next ``step``/``chunk`` raises instead of mixing old and new weights. Call :meth:`refresh` to
-read them again (``refresh(keep_state=True)`` continues from the current state). Tensors returned by a stream are inference tensors (see
-``torch.inference_mode``): clone them outside inference mode before using them in autograd.
+read them again (``refresh(keep_state=True)`` continues from the current state). Tensors
+returned by a stream are inference tensors (see ``torch.inference_mode``): clone them outside
+inference mode before using them in autograd.
+
+Each family's wiring (initial state, backend options, reference scan arguments, runner) is
+one entry of ``_FAMILIES`` below.
 """
 
 from __future__ import annotations
@@ -183,10 +188,10 @@ def _delta_reference(layer: nn.Module) -> tuple[tuple, dict]:
     return args, layer._scan_options()
 
 
-def _delta_runner(layer: nn.Module):
+def _delta_runner(layer: nn.Module, name: str):
     from .ops.delta import cpu
 
-    runner_type = cpu.DeltaGRURunner if layer.neuron_family.name == "delta_gru" else cpu.DeltaLSTMRunner
+    runner_type = cpu.DeltaGRURunner if name == "delta_gru" else cpu.DeltaLSTMRunner
     return runner_type(
         layer._weight("weight_ih"),  # rounded as the layer's products use it (weight_fixed_point)
         layer._weight("weight_hh"),
@@ -207,13 +212,13 @@ def _delta_family(name: str, init: Callable[..., Any]) -> _Family:
         ),
         reference=_delta_reference,
         project=_input,
-        runner=_delta_runner,
+        runner=lambda layer: _delta_runner(layer, name),
         step=lambda runner, layer, x: runner.step(x),
         run=lambda runner, layer, x: runner.run(x)[0],
     )
 
 
-# LeakyReadout: m_t = α m_{t−1} + (1 − α) W x_t, step by step; its "scan" is that loop.
+# LeakyReadout: leaky_readout_step after one linear map; its "scan" is the loop of steps.
 
 
 def _readout_scan(current: Tensor, m: Tensor, tau: Tensor) -> tuple[Tensor, Tensor, None]:
