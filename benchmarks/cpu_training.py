@@ -14,6 +14,11 @@ the dense torch reference (slow). Prints a Markdown table per thread count.
 the timed step) with the fused ALIF kernels (evsnn.ops.alif.cpu_kernels) vs the cpu_event torch-op
 loop vs nn.GRU, for the layer's default surrogate (infinite support: every unit's recurrent
 gradient is formed) and a truncated one (``--alif-support``).
+
+``--cell egru``: EGRU with the fused kernel (evsnn.ops.egru.cpu_train) vs the cpu_event torch-op loop
+vs nn.GRU, nn.GRU-initialised weights and the triangle(0.3) surrogate, θ calibrated to the event
+fractions ``--occupancy`` (e.g. 0.12 0.15); ``--curve`` times its forward and backward against
+backward sparsity, set by the triangle's width (``--widths``).
 """
 
 from __future__ import annotations
@@ -28,12 +33,17 @@ from collections.abc import Callable
 import torch
 
 import evsnn
-from evsnn.functional import alif_scan, delta_gru_scan, delta_lstm_scan
+from evsnn.functional import alif_scan, delta_gru_scan, delta_lstm_scan, egru_scan
 from evsnn.ops import cpu_common
 from evsnn.ops.alif import cpu as alif_cpu
 from evsnn.ops.alif import cpu_kernels as alif_kernels
 from evsnn.ops.delta import cpu as delta_cpu
 from evsnn.ops.delta import cpu_train
+from evsnn.ops.egru import cpu as egru_cpu
+from evsnn.ops.egru.cpu_train import egru_train_scan
+from evsnn.surrogate import Triangle
+
+EGRU_SURROGATE = Triangle(0.3)
 
 
 def timed(fn: Callable[[], object], repeats: int) -> float:
@@ -160,6 +170,102 @@ def alif_rows(args) -> None:
     print(f"\n# load at end {os.getloadavg()[0]:.2f}")
 
 
+def egru_rows(args) -> None:
+    """EGRU rows: the fused kernel (evsnn.ops.egru.cpu_train) vs the cpu_event torch-op loop vs
+    nn.GRU training, θ calibrated to the event fractions ``--occupancy``; ``--curve``: forward and
+    backward time of the fused kernel against backward sparsity (the triangle surrogate's width
+    sets how many silent units sit inside its support), at the first event fraction."""
+    hs, batch = args.hidden, args.batch
+    x = make_input(args.steps, batch, args.input, seed=0)
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(args.input, hs)
+    weights = [p.detach().clone() for p in (gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)]
+
+    def forward(fn, theta: float, surrogate=EGRU_SURROGATE, grad: bool = False):
+        params = [w.clone().requires_grad_(grad) for w in weights]
+        thr = torch.full((hs,), theta, requires_grad=grad)
+        return fn(x, None, *params, thr, surrogate=surrogate)
+
+    def events(theta: float) -> float:
+        with torch.no_grad():
+            return (forward(egru_train_scan, theta)[0] != 0).float().mean().item()
+
+    def live(theta: float, surrogate) -> float:
+        """Fraction of (step, sample, unit) whose y can pass a gradient: an event or g(c − θ) ≠ 0."""
+        with torch.no_grad():
+            c_pre = forward(egru_train_scan, theta)[2].c_pre
+        with torch.enable_grad():
+            v = (c_pre - theta).requires_grad_(True)
+            (g,) = torch.autograd.grad(surrogate(v).sum(), v)
+        return ((c_pre > theta) | (g != 0)).float().mean().item()
+
+    def calibrate(target: float) -> float:
+        lo, hi = 0.0, 1.0
+        for _ in range(12):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if events(mid) > target else (lo, mid)
+        return (lo + hi) / 2
+
+    def train_step(fn, theta: float, surrogate=EGRU_SURROGATE) -> Callable[[], None]:
+        def run() -> None:
+            forward(fn, theta, surrogate, grad=True)[0].sum().backward()
+
+        return run
+
+    def gru_step() -> None:
+        gru.zero_grad()
+        gru(x)[0].sum().backward()
+
+    print(
+        f"# EGRU, {platform.processor() or platform.machine()}, torch {torch.__version__}, H = {hs}, B = {batch}, "
+        f"T = {args.steps}, input {args.input}, triangle(0.3) surrogate, nn.GRU-initialised weights, "
+        f"fwd+bwd of out.sum(), median of {args.repeats}"
+    )
+    thetas = [calibrate(target) for target in args.occupancy]
+    if args.curve:
+        theta = thetas[0]
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            print(f"\n{threads} thread(s), θ = {theta:.4f}, events {events(theta):.3f}, load {os.getloadavg()[0]:.2f}\n")
+            print("| surrogate width ε | live units | backward sparsity | forward ms | backward ms |")
+            print("|---|---|---|---|---|")
+            for width in args.widths:
+                surrogate = Triangle(width)
+                fwd, bwd = [], []
+                for _ in range(args.repeats + 1):  # the first run is a warm-up
+                    start = time.perf_counter()
+                    out = forward(egru_train_scan, theta, surrogate, grad=True)[0]
+                    mid = time.perf_counter()
+                    out.sum().backward()
+                    fwd.append(mid - start)
+                    bwd.append(time.perf_counter() - mid)
+                occ = live(theta, surrogate)
+                print(
+                    f"| {width:g} | {occ:.3f} | {1 - occ:.3f} | {statistics.median(fwd[1:]) * 1e3:.0f} | "
+                    f"{statistics.median(bwd[1:]) * 1e3:.0f} |",
+                    flush=True,
+                )
+        print(f"\n# load at end {os.getloadavg()[0]:.2f}")
+        return
+    ref_col = " reference ms |" if args.reference else ""
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        print(f"\n{threads} thread(s), load {os.getloadavg()[0]:.2f}\n")
+        print(f"| θ | events | live units | nn.GRU ms | fused ms | torch-op loop ms |{ref_col} fused / nn.GRU | loop / fused |")
+        print("|---|---|---|---|---|---|" + ("---|" if args.reference else "") + "---|---|")
+        for theta in thetas:
+            t_gru = timed(gru_step, args.repeats)
+            t_fused = timed(train_step(egru_train_scan, theta), args.repeats)
+            t_loop = timed(train_step(torch_op_loop(egru_cpu.egru_scan_cpu), theta), args.repeats)
+            ref = f" {timed(train_step(egru_scan, theta), 1) * 1e3:.0f} |" if args.reference else ""
+            print(
+                f"| {theta:.4f} | {events(theta):.3f} | {live(theta, EGRU_SURROGATE):.3f} | {t_gru * 1e3:.0f} | "
+                f"{t_fused * 1e3:.0f} | {t_loop * 1e3:.0f} |{ref} {t_fused / t_gru:.2f}× | {t_loop / t_fused:.2f}× |",
+                flush=True,
+            )
+    print(f"\n# load at end {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=1024)
@@ -170,7 +276,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reference", action="store_true")
-    parser.add_argument("--cell", choices=("gru", "lstm", "alif"), default="gru")
+    parser.add_argument("--cell", choices=("gru", "lstm", "alif", "egru"), default="gru")
+    parser.add_argument(
+        "--widths", type=float, nargs="+", default=[0.3, 0.1, 0.03, 0.01, 0.001], help="EGRU --curve: triangle widths"
+    )
     parser.add_argument("--alif-support", type=float, default=0.3, help="support of the truncated ALIF surrogate row")
     parser.add_argument(
         "--curve", action="store_true", help="only the fused kernel: forward and backward time against occupancy"
@@ -178,6 +287,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.cell == "alif":
         alif_rows(args)
+        return
+    if args.cell == "egru":
+        egru_rows(args)
         return
     gru_cell = args.cell == "gru"
     fused = cpu_train.delta_gru_train_scan if gru_cell else cpu_train.delta_lstm_train_scan
