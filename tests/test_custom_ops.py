@@ -283,3 +283,36 @@ def test_delta_bptt_ops_opcheck_with_the_torch_engine(lstm):
     ref_grads = torch.autograd.grad((ref * weights).sum(), (x, weight_ih, weight_hh))
     for got, want in zip(grads, ref_grads):
         _close(got, want, dtype)
+
+
+def _alif_cuda_forward(device, steps, batch, n, recurrent):
+    def make(*shape):
+        return torch.empty(*shape, device=device, dtype=torch.float32, requires_grad=True)
+
+    inputs = (make(steps, batch, n), make(batch, n), make(batch, n), make(batch, n))
+    inputs += tuple(make(n) for _ in range(4))  # alpha, rho, b0, beta per neuron
+    inputs += (make(n, n), make(n)) if recurrent else (None, None)
+    outputs = torch.ops.evsnn.alif_scan_cuda_fwd(*inputs, True, 0, [1.0, 0.5, 0.0, 0.0], 0.0)
+    return inputs, outputs
+
+
+@pytest.mark.parametrize("recurrent", [True, False], ids=["recurrent", "feedforward"])
+def test_alif_cuda_ops_fake_kernels_and_autograd_without_a_gpu(recurrent):
+    """As for the EGRU: no GPU here, the CuPy kernels do not run; fake-kernel shapes on CUDA fake
+    tensors, and the registered autograd reaching the backward op's fake kernel on meta tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    steps, batch, n = 5, 2, 9
+    with FakeTensorMode():
+        _, outputs = _alif_cuda_forward("cuda", steps, batch, n, recurrent)
+        shapes = [tuple(t.shape) for t in outputs]
+        assert shapes[:3] == [(steps, batch, n)] * 3 and shapes[3:6] == [(batch, n)] * 3
+        assert shapes[6] == (steps, batch, n)  # b_trace: a backward may follow
+        assert shapes[7] == ((steps, batch, n) if recurrent else (0,))  # total currents, recurrent only
+        assert {t.device.type for t in outputs} == {"cuda"} and {t.dtype for t in outputs} == {torch.float32}
+    inputs, outputs = _alif_cuda_forward("meta", steps, batch, n, recurrent)
+    spikes, v, thr, v_T, b_T, s_T = outputs[:6]
+    differentiable = [t for t in inputs if t is not None]
+    grads = torch.autograd.grad((spikes.sum() + v.sum() + thr.sum() + v_T.sum()), differentiable)
+    for grad, inp in zip(grads, differentiable):
+        assert grad.shape == inp.shape and grad.dtype == inp.dtype and grad.device == inp.device

@@ -122,108 +122,134 @@ def _transposed(weight_hh: Tensor) -> Tensor:
     return weight_hh.t().contiguous()
 
 
-def _g(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.contiguous()
+def _g(t: Tensor) -> Tensor | None:
+    # An absent gradient comes as an empty tensor and goes to the kernel as a null pointer.
+    return None if t.numel() == 0 else t.contiguous()
 
 
-class _ALIFScan(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, current, v0, bstate0, s0, alpha, rho, b0, beta, weight_hh, bias_hh, sg, needs_grad):
-        # needs_grad: a graph is being recorded (ctx.needs_input_grad stays True under no_grad).
-        T, B, N = current.shape
-        dev, dtype = current.device, current.dtype
-        spikes = torch.empty_like(current)
-        v_trace = torch.empty_like(current)
-        thr_trace = torch.empty_like(current)
-        b_trace = torch.empty_like(current) if needs_grad else None
-        v_out, b_out, s_out = (torch.empty_like(v0) for _ in range(3))
-        common = (rt.ptr(v0), rt.ptr(bstate0), rt.ptr(s0), rt.ptr(alpha), rt.ptr(rho), rt.ptr(b0), rt.ptr(beta))
-        if weight_hh is None:
-            kernel = rt.get_kernel(SOURCE, "alif_ff_forward", dtype=dtype, device=dev, defines=_DEFINES)
-            grid = (math.ceil(B * N / FF_THREADS),)
-            args = (rt.ptr(current),) + common + (
-                rt.ptr(spikes), rt.ptr(v_trace), rt.ptr(b_trace), rt.ptr(thr_trace),
-                rt.ptr(v_out), rt.ptr(b_out), rt.ptr(s_out), rt.i32(T), rt.i32(B), rt.i32(N),
+def alif_forward_launch(
+    current: Tensor,
+    v0: Tensor,
+    bstate0: Tensor,
+    s0: Tensor,
+    alpha: Tensor,
+    rho: Tensor,
+    b0: Tensor,
+    beta: Tensor,
+    weight_hh: Tensor | None,
+    bias_hh: Tensor | None,
+    needs_grad: bool,
+) -> tuple[Tensor, ...]:
+    """The feed-forward or recurrent forward kernel over ``current [T, B, N]``: ``(spikes, v,
+    threshold, v_T, b_T, s_T, b_trace, inputs)``; ``b_trace`` (and, recurrent, ``inputs``: the
+    total input current of each step) are residuals for the backward, empty unless ``needs_grad``.
+    The body of the custom op ``evsnn::alif_scan_cuda_fwd`` (:mod:`.op`)."""
+    T, B, N = current.shape
+    dev, dtype = current.device, current.dtype
+    spikes = torch.empty_like(current)
+    v_trace = torch.empty_like(current)
+    thr_trace = torch.empty_like(current)
+    b_trace = torch.empty_like(current) if needs_grad else None
+    v_out, b_out, s_out = (torch.empty_like(v0) for _ in range(3))
+    common = (rt.ptr(v0), rt.ptr(bstate0), rt.ptr(s0), rt.ptr(alpha), rt.ptr(rho), rt.ptr(b0), rt.ptr(beta))
+    inputs = None
+    if weight_hh is None:
+        kernel = rt.get_kernel(SOURCE, "alif_ff_forward", dtype=dtype, device=dev, defines=_DEFINES)
+        grid = (math.ceil(B * N / FF_THREADS),)
+        args = (rt.ptr(current),) + common + (
+            rt.ptr(spikes), rt.ptr(v_trace), rt.ptr(b_trace), rt.ptr(thr_trace),
+            rt.ptr(v_out), rt.ptr(b_out), rt.ptr(s_out), rt.i32(T), rt.i32(B), rt.i32(N),
+        )  # fmt: skip
+        rt.launch(kernel, grid, (FF_THREADS,), args, device=dev)
+    else:
+        wt = packed("alif_transposed", _transposed, (weight_hh,))
+        inputs = torch.empty_like(current) if needs_grad else None
+        counter = torch.zeros(1, dtype=torch.int32, device=dev)
+        kernel = rt.get_kernel(SOURCE, "alif_rec_forward", dtype=dtype, device=dev, defines=_DEFINES)
+        grid = (_grid(B * math.ceil(N / REC_THREADS), dev),)
+        args = (rt.ptr(current),) + common + (
+            rt.ptr(wt), rt.ptr(bias_hh), rt.ptr(spikes), rt.ptr(v_trace), rt.ptr(b_trace), rt.ptr(thr_trace),
+            rt.ptr(v_out), rt.ptr(b_out), rt.ptr(s_out), rt.ptr(inputs), rt.ptr(counter),
+            rt.i32(T), rt.i32(B), rt.i32(N),
+        )  # fmt: skip
+        rt.launch_persistent(kernel, grid, (REC_THREADS,), args, device=dev)
+    empty = current.new_empty(0)
+    return (
+        spikes, v_trace, thr_trace, v_out, b_out, s_out,
+        empty if b_trace is None else b_trace, empty.clone() if inputs is None else inputs,
+    )  # fmt: skip
+
+
+def alif_backward_launch(
+    grads: list[Tensor],
+    inputs: Tensor,
+    spikes: Tensor,
+    v_trace: Tensor,
+    b_trace: Tensor,
+    v0: Tensor,
+    bstate0: Tensor,
+    s0: Tensor,
+    alpha: Tensor,
+    rho: Tensor,
+    b0: Tensor,
+    beta: Tensor,
+    weight_hh: Tensor | None,
+    sg_kind: int,
+    sg_params: list[float],
+    sg_trunc: float,
+    need_w: bool,
+    need_bias: bool,
+) -> tuple[Tensor, ...]:
+    """The backward kernel from the gradients of ``(spikes, v, threshold, v_T, b_T, s_T)`` (empty
+    where absent) and the forward's residuals (``inputs``: the input currents, of every step when
+    recurrent): ``(∂current, ∂v_0, ∂b_0, ∂s_0, ∂α, ∂ρ, ∂b0, ∂β, ∂W_hh, ∂b_hh)``, the last two
+    empty unless asked for. The body of the custom op ``evsnn::alif_scan_cuda_bwd`` (:mod:`.op`)."""
+    T, B, N = spikes.shape
+    dev, dtype = spikes.device, spikes.dtype
+    wt = None if weight_hh is None else packed("alif_transposed", _transposed, (weight_hh,))
+    w = weight_hh
+    g_current = torch.empty_like(spikes)
+    g_v0, g_bstate0, g_s0 = (torch.empty_like(v0) for _ in range(3))
+    partials = [torch.empty_like(v0) for _ in range(4)]
+    grads_in = tuple(_g(g) for g in grads)
+    sg_args = (rt.i32(sg_kind),) + tuple(rt.scalar(p, dtype) for p in (*sg_params, sg_trunc))
+    head = (rt.ptr(inputs), rt.ptr(spikes), rt.ptr(v_trace), rt.ptr(b_trace), rt.ptr(v0), rt.ptr(bstate0),
+            rt.ptr(s0), rt.ptr(alpha), rt.ptr(rho), rt.ptr(b0), rt.ptr(beta))  # fmt: skip
+    tail = (rt.ptr(g_current), rt.ptr(g_v0), rt.ptr(g_bstate0), rt.ptr(g_s0)) + tuple(rt.ptr(p) for p in partials)
+    if wt is None:
+        kernel = rt.get_kernel(SOURCE, "alif_ff_backward", dtype=dtype, device=dev, defines=_DEFINES)
+        args = head + tuple(rt.ptr(g) for g in grads_in) + sg_args + tail + (rt.i32(T), rt.i32(B), rt.i32(N))
+        rt.launch(kernel, (math.ceil(B * N / FF_THREADS),), (FF_THREADS,), args, device=dev)
+    else:
+        counter = torch.zeros(1, dtype=torch.int32, device=dev)
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        # W_hh resident in shared memory (alif_rec_backward_smem) wherever its plan fits; else
+        # alif_rec_backward reads it from global memory every step.
+        plan = smem_plan(B, N, spikes.element_size(), _grid(B * N, dev), _smem_limit(index))
+        if plan is not None:
+            grid, spb, shared = plan
+            kernel = rt.get_kernel(SOURCE, "alif_rec_backward_smem", dtype=dtype, device=dev, defines=_DEFINES)
+            args = head + (rt.ptr(w),) + tuple(rt.ptr(g) for g in grads_in) + sg_args + tail + (
+                rt.ptr(counter), rt.i32(T), rt.i32(B), rt.i32(N), rt.i32(spb),
             )  # fmt: skip
-            rt.launch(kernel, grid, (FF_THREADS,), args, device=dev)
-            inputs, wt = current, None
+            rt.launch_persistent(kernel, (grid,), (REC_THREADS,), args, device=dev, shared_mem=shared)
         else:
-            wt = packed("alif_transposed", _transposed, (weight_hh,))
-            inputs = torch.empty_like(current) if needs_grad else None
-            counter = torch.zeros(1, dtype=torch.int32, device=dev)
-            kernel = rt.get_kernel(SOURCE, "alif_rec_forward", dtype=dtype, device=dev, defines=_DEFINES)
-            grid = (_grid(B * math.ceil(N / REC_THREADS), dev),)
-            args = (rt.ptr(current),) + common + (
-                rt.ptr(wt), rt.ptr(bias_hh), rt.ptr(spikes), rt.ptr(v_trace), rt.ptr(b_trace), rt.ptr(thr_trace),
-                rt.ptr(v_out), rt.ptr(b_out), rt.ptr(s_out), rt.ptr(inputs), rt.ptr(counter),
-                rt.i32(T), rt.i32(B), rt.i32(N),
+            kernel = rt.get_kernel(SOURCE, "alif_rec_backward", dtype=dtype, device=dev, defines=_DEFINES)
+            args = head + (rt.ptr(wt), rt.ptr(w)) + tuple(rt.ptr(g) for g in grads_in) + sg_args + tail + (
+                rt.ptr(counter), rt.i32(T), rt.i32(B), rt.i32(N),
             )  # fmt: skip
-            rt.launch_persistent(kernel, grid, (REC_THREADS,), args, device=dev)
-        if needs_grad:
-            ctx.save_for_backward(inputs, spikes, v_trace, b_trace, v0, bstate0, s0, alpha, rho, b0, beta, wt, weight_hh)
-        ctx.sg = sg
-        ctx.set_materialize_grads(False)
-        return spikes, v_trace, thr_trace, v_out, b_out, s_out
-
-    @staticmethod
-    def backward(ctx, g_spikes, g_vtrace, g_thr, g_vT, g_bT, g_sT):
-        inputs, spikes, v_trace, b_trace, v0, bstate0, s0, alpha, rho, b0, beta, wt, w = ctx.saved_tensors
-        T, B, N = spikes.shape
-        dev, dtype = spikes.device, spikes.dtype
-        kind, (p0, p1, p2, p3), trunc = ctx.sg
-        g_current = torch.empty_like(spikes)
-        g_v0, g_bstate0, g_s0 = (torch.empty_like(v0) for _ in range(3))
-        partials = [torch.empty_like(v0) for _ in range(4)]
-        grads_in = (_g(g_spikes), _g(g_vtrace), _g(g_thr), _g(g_vT), _g(g_bT), _g(g_sT))
-        sg_args = (rt.i32(kind),) + tuple(rt.scalar(p, dtype) for p in (p0, p1, p2, p3, trunc))
-        head = (rt.ptr(inputs), rt.ptr(spikes), rt.ptr(v_trace), rt.ptr(b_trace), rt.ptr(v0), rt.ptr(bstate0),
-                rt.ptr(s0), rt.ptr(alpha), rt.ptr(rho), rt.ptr(b0), rt.ptr(beta))  # fmt: skip
-        tail = (rt.ptr(g_current), rt.ptr(g_v0), rt.ptr(g_bstate0), rt.ptr(g_s0)) + tuple(rt.ptr(p) for p in partials)
-        if wt is None:
-            kernel = rt.get_kernel(SOURCE, "alif_ff_backward", dtype=dtype, device=dev, defines=_DEFINES)
-            args = head + tuple(rt.ptr(g) for g in grads_in) + sg_args + tail + (rt.i32(T), rt.i32(B), rt.i32(N))
-            rt.launch(kernel, (math.ceil(B * N / FF_THREADS),), (FF_THREADS,), args, device=dev)
-        else:
-            counter = torch.zeros(1, dtype=torch.int32, device=dev)
-            index = dev.index if dev.index is not None else torch.cuda.current_device()
-            # W_hh resident in shared memory (alif_rec_backward_smem) wherever its plan fits; else
-            # alif_rec_backward reads it from global memory every step.
-            plan = smem_plan(B, N, spikes.element_size(), _grid(B * N, dev), _smem_limit(index))
-            if plan is not None:
-                grid, spb, shared = plan
-                kernel = rt.get_kernel(SOURCE, "alif_rec_backward_smem", dtype=dtype, device=dev, defines=_DEFINES)
-                args = head + (rt.ptr(w),) + tuple(rt.ptr(g) for g in grads_in) + sg_args + tail + (
-                    rt.ptr(counter), rt.i32(T), rt.i32(B), rt.i32(N), rt.i32(spb),
-                )  # fmt: skip
-                rt.launch_persistent(kernel, (grid,), (REC_THREADS,), args, device=dev, shared_mem=shared)
-            else:
-                kernel = rt.get_kernel(SOURCE, "alif_rec_backward", dtype=dtype, device=dev, defines=_DEFINES)
-                args = head + (rt.ptr(wt), rt.ptr(w)) + tuple(rt.ptr(g) for g in grads_in) + sg_args + tail + (
-                    rt.ptr(counter), rt.i32(T), rt.i32(B), rt.i32(N),
-                )  # fmt: skip
-                rt.launch_persistent(kernel, (_grid(B * math.ceil(N / REC_THREADS), dev),), (REC_THREADS,), args, device=dev)
-        need = ctx.needs_input_grad
-        p_alpha, p_rho, p_b0, p_beta = partials
-        g_w = g_bias = None
-        if wt is not None and need[8]:
-            # dW[n, j] = sum_{t, b} dI_t[b, n] s_{t-1}[b, j]: one GEMM over steps 1..T-1, one for s0.
-            g_w = g_current[1:].reshape(-1, N).t() @ spikes[:-1].reshape(-1, N) + g_current[0].t() @ s0
-        if wt is not None and need[9]:
-            g_bias = g_current.sum(dim=(0, 1))
-        return (
-            g_current if need[0] else None,
-            g_v0 if need[1] else None,
-            g_bstate0 if need[2] else None,
-            g_s0 if need[3] else None,
-            p_alpha.sum(0) if need[4] else None,
-            p_rho.sum(0) if need[5] else None,
-            p_b0.sum(0) if need[6] else None,
-            p_beta.sum(0) if need[7] else None,
-            g_w,
-            g_bias,
-            None,
-            None,
-        )
+            rt.launch_persistent(kernel, (_grid(B * math.ceil(N / REC_THREADS), dev),), (REC_THREADS,), args, device=dev)
+    p_alpha, p_rho, p_b0, p_beta = partials
+    empty = spikes.new_empty(0)
+    g_w, g_bias = empty, empty.clone()
+    if wt is not None and need_w:
+        # dW[n, j] = sum_{t, b} dI_t[b, n] s_{t-1}[b, j]: one GEMM over steps 1..T-1, one for s0.
+        g_w = g_current[1:].reshape(-1, N).t() @ spikes[:-1].reshape(-1, N) + g_current[0].t() @ s0
+    if wt is not None and need_bias:
+        g_bias = g_current.sum(dim=(0, 1))
+    return (
+        g_current, g_v0, g_bstate0, g_s0, p_alpha.sum(0), p_rho.sum(0), p_b0.sum(0), p_beta.sum(0), g_w, g_bias
+    )
 
 
 def _check_tensor(name: str, t: Any, shape: tuple[int, ...], like: Tensor) -> Tensor:
@@ -285,8 +311,11 @@ def alif_scan_cuda(
     sg = surrogate_kernel_args(surrogate)
     inputs = (current, v0, bstate0, s0, alpha, rho, b0_n, beta_n, weight_hh, bias_hh)
     needs_grad = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in inputs)
-    spikes, v_trace, thr_trace, v_out, b_out, s_out = _ALIFScan.apply(
-        current.contiguous(), v0, bstate0, s0, alpha, rho, b0_n, beta_n, weight_hh, bias_hh, sg, needs_grad
+    kind, params, trunc = sg
+    # evsnn::alif_scan_cuda_fwd/_bwd (evsnn/ops/alif/op.py, registered on import of this package)
+    spikes, v_trace, thr_trace, v_out, b_out, s_out, _, _ = torch.ops.evsnn.alif_scan_cuda_fwd(
+        current.contiguous(), v0, bstate0, s0, alpha, rho, b0_n, beta_n, weight_hh, bias_hh, needs_grad,
+        kind, list(params), trunc,
     )
     return spikes, ALIFState(v_out, b_out, s_out), ALIFTrace(v_trace, thr_trace)
 
