@@ -247,8 +247,13 @@ AUTO_DECISIONS = [
     ("delta_lstm", True, 8, 1024, True),
     ("delta_lstm", True, 1, 1024, False),
     ("delta_lstm", True, 16, 256, False),
-    ("alif", True, 32, 1024, False),
+    ("alif", True, 32, 1024, True),
+    ("alif", True, 64, 32, True),
+    ("alif", True, 65, 128, False),
+    ("alif", True, 8, 16, False),
     ("alif", False, 32, 1024, True),
+    ("alif", False, 64, 32, True),
+    ("alif", False, 128, 1024, False),
 ]
 
 

@@ -17,6 +17,7 @@ import torch
 import evsnn
 from evsnn.functional import alif_scan
 from evsnn.functional.alif import ALIFState, alif_initial_state, alif_step, decay
+from evsnn.ops.alif import cpu as alif_cpu
 from evsnn.ops.alif import cpu_kernels
 from evsnn.surrogate import ATan, FastSigmoid, Gaussian, MultiGaussian, SnnTorchSurrogate, Surrogate, Triangle
 
@@ -245,6 +246,7 @@ def test_two_threads_uneven_batch(single_thread):
 
 _THREADS_SCRIPT = """
 import torch
+from evsnn.ops.alif import cpu as alif_cpu
 from evsnn.ops.alif import cpu_kernels
 torch.set_num_threads(1)
 current = torch.randn(4, 3, 6, dtype=torch.float64, requires_grad=True)
@@ -320,3 +322,98 @@ def test_bad_calls_raise_clear_errors():
     (g,) = torch.autograd.grad(spikes.sum(), leaf, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
         g.sum().backward()
+
+
+# --------------------------------------------------------------------------------------------
+# Wiring: the cpu_event backend's ALIF runner and training path use these kernels
+# --------------------------------------------------------------------------------------------
+
+
+def _runner_case(dtype, seed, recurrent=True, poison=False):
+    current, kw = _inputs((9, 3, 15), dtype, seed=seed, recurrent=recurrent)
+    state = _random_state(3, 15, dtype, seed=seed + 1)
+    if poison:
+        # Units 0, 3, 6, ... never spike (threshold 1e9, s_0 = 0): their rows of W_hhᵀ are NaN
+        # for the runner and 0 for the reference.
+        quiet = torch.arange(15) % 3 == 0
+        kw["b0"] = torch.where(quiet, torch.full_like(kw["b0"], 1e9), kw["b0"])
+        state = state._replace(s=state.s * ~quiet)
+        kw["weight_hh"][:, quiet] = 0.0
+    with torch.no_grad():
+        ref = alif_scan(current, state, **kw)
+    if poison:
+        kw["weight_hh"] = kw["weight_hh"].clone()
+        kw["weight_hh"][:, quiet] = float("nan")
+    return current, state, kw, ref
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("recurrent", [True, False])
+@pytest.mark.parametrize("kernel", ["numba", "torch"])
+def test_runner_kernels_equal_reference(single_thread, dtype, recurrent, kernel):
+    """ALIFRunner (what the cpu_event inference scan and evsnn.streaming run), whole chunk and
+    step by step, from a given state: the reference's spikes, membrane, threshold and state."""
+    current, state, kw, (spikes, final, trace) = _runner_case(dtype, seed=21, recurrent=recurrent)
+    tol = F64 if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
+    runner = alif_cpu.ALIFRunner(**kw, kernel=kernel)
+    assert runner.kernel == kernel
+    runner.load(state)
+    got = runner.run(current)
+    for a, r in zip((*got, *runner.state()), (spikes, trace.v, trace.threshold, *final)):
+        torch.testing.assert_close(a, r, **tol)
+    runner.load(state)
+    steps = [tuple(o.clone() for o in runner.step(current[t])) for t in range(current.shape[0])]
+    for i, r in enumerate((spikes, trace.v, trace.threshold)):
+        torch.testing.assert_close(torch.stack([s[i] for s in steps]), r, **tol)
+
+
+def test_runner_never_reads_rows_of_quiet_units(single_thread):
+    current, state, kw, (spikes, final, trace) = _runner_case(torch.float64, seed=23, poison=True)
+    runner = alif_cpu.ALIFRunner(**kw, kernel="numba")
+    runner.load(state)
+    out, v, thr = runner.run(current)
+    assert torch.isfinite(v).all(), "a NaN row of a quiet unit was read"
+    torch.testing.assert_close((out, v, thr), (spikes, trace.v, trace.threshold), **F64)
+    with pytest.raises(TypeError, match="expected dtype torch.float64"):
+        runner.step(current[0].float())
+
+
+@pytest.mark.parametrize("backend", ["cpu_event", "auto"])
+def test_layer_training_runs_the_fused_kernel(single_thread, monkeypatch, backend):
+    """evsnn.ALIF in training on the CPU (explicitly, and by "auto" at an ECG-like size, H = 36,
+    B = 64) runs the fused kernel (its autograd node), with the reference's spikes and gradients."""
+    monkeypatch.delenv("EVSNN_BACKEND", raising=False)
+    monkeypatch.delenv("EVSNN_CPU_KERNEL", raising=False)
+    torch.manual_seed(5)
+    layer = evsnn.ALIF(4, 36, backend=backend, dtype=torch.float64)
+    x = torch.randn(20, 64, 4, dtype=torch.float64) * 2.0
+    assert layer._resolve_backend(x).name == "cpu_event"
+    spikes, _ = layer(x)
+    assert type(spikes.grad_fn).__name__ == "_ALIFTrainBackward"
+    got = torch.autograd.grad((spikes * torch.linspace(0, 1, 36, dtype=x.dtype)).sum(), list(layer.parameters()))
+    layer.backend = "torch"
+    ref_spikes, _ = layer(x)
+    ref = torch.autograd.grad((ref_spikes * torch.linspace(0, 1, 36, dtype=x.dtype)).sum(), list(layer.parameters()))
+    assert ref_spikes.mean() > 0.02
+    torch.testing.assert_close(spikes, ref_spikes, **F64)
+    for a, r in zip(got, ref):
+        torch.testing.assert_close(a, r, **F64)
+
+
+def test_training_check_and_the_torch_op_loop(monkeypatch):
+    """Where the fused kernel cannot run a training call (a surrogate without a kernel spec,
+    ``EVSNN_CPU_KERNEL=torch``), "auto" declines cpu_event with the reason (the torch-op loop is
+    slower than the reference); an explicit request runs that loop, exact too."""
+    monkeypatch.delenv("EVSNN_CPU_KERNEL", raising=False)
+    ok = {"device": torch.device("cpu"), "dtype": torch.float64, "shape": (10, 8, 64), "family": "alif"}
+    assert alif_cpu.check_cpu(**ok, training=True, auto=True, surrogate=MultiGaussian()) is None
+    assert "kernel_spec" in alif_cpu.check_cpu(**ok, training=True, auto=True, surrogate=_NoKernel())
+    assert alif_cpu.check_cpu(**ok, training=True, auto=False, surrogate=_NoKernel()) is None
+    assert alif_cpu.check_cpu(**ok, training=False, auto=True, surrogate=_NoKernel()) is None
+    current, kw = _inputs((6, 2, 8), torch.float64, seed=25)
+    leaf = current.clone().requires_grad_(True)
+    assert type(alif_cpu.alif_scan_cpu(leaf, None, **kw)[0].grad_fn).__name__ == "_ALIFTrainBackward"
+    monkeypatch.setenv("EVSNN_CPU_KERNEL", "torch")
+    assert "numba" in alif_cpu.check_cpu(**ok, training=True, auto=True, surrogate=MultiGaussian())
+    loop = _run(alif_cpu.alif_scan_cpu, current, None, kw)
+    _assert_same(loop, _run(alif_scan, current, None, kw), F64, "torch-op loop")

@@ -36,20 +36,26 @@ class AutoRule(NamedTuple):
 # 2-thread inference table of the CPU streaming section). Unmeasured shapes stay on the
 # reference. Training is decided apart from inference: EGRU trains with the fused kernel of
 # :mod:`evsnn.ops.egru.cpu_train` (5.9-65x the reference at every measured B in {1, 8, 32},
-# H in {64, 128, 256, 1024}, T = 50, 10 % events, one thread); ALIF's training forward is a loop
-# of differentiable torch ops, which the reference beat at every measured shape; the DeltaGRU
+# H in {64, 128, 256, 1024}, T = 50, 10 % events, one thread); ALIF runs the fused kernels of
+# :mod:`evsnn.ops.alif.cpu_kernels` in both modes (``_ALIF`` below); the DeltaGRU
 # trains with the fused kernel of :mod:`evsnn.ops.delta.cpu_train` (1.7-11x the reference from
 # H = 128), the DeltaLSTM's torch-op loop wins only from H = 1024 and B >= 2.
 _INFERENCE = (AutoRule(1, 16, AUTO_MIN_HIDDEN), AutoRule(17, AUTO_MAX_BATCH, 256))
+# ALIF on the fused numba kernels (inference loop; training forward and backward): faster than the
+# reference at every measured B in {1, 8, 32, 64} and H in {32, 128, 1024}, in inference and in
+# training, with one and two threads (``benchmarks/cpu_crossover.py --families alif``, T = 50,
+# 10 % spikes; docs/benchmarks.md). Unmeasured B > 64 or H < 32 stay on the reference, and so
+# does every ALIF call without numba (:func:`evsnn.ops.alif.cpu.check_cpu`).
+_ALIF = (AutoRule(1, 64, 32),)
 AUTO_RULES: dict[tuple[str, bool], tuple[AutoRule, ...]] = {
     ("egru", False): _INFERENCE,
     ("delta_gru", False): _INFERENCE,
     ("delta_lstm", False): _INFERENCE,
-    ("alif", False): _INFERENCE,
+    ("alif", False): _ALIF,
     ("egru", True): (AutoRule(1, AUTO_MAX_BATCH, 64),),
     ("delta_gru", True): (AutoRule(1, AUTO_MAX_BATCH, AUTO_MIN_HIDDEN),),
     ("delta_lstm", True): (AutoRule(2, AUTO_MAX_BATCH, 1024),),
-    ("alif", True): (),
+    ("alif", True): _ALIF,
 }
 
 

@@ -11,15 +11,20 @@ from ...functional.checks import check_steps
 from ...functional.precision import state_dtype
 from ...surrogate import MultiGaussian, Surrogate
 from ..cpu_common import (
+    DTYPES,
     _check_cpu_tensors,
+    _check_same_dtype,
     _check_surrogate,
     _full,
     _grad_needed,
+    _np,
+    _pick_kernel,
     _RowBag,
     _upcast_low,
-    check_cpu,
     event_matmul,
 )
+from ..cpu_common import check_cpu as _check_cpu_common
+from . import cpu_kernels
 
 __all__ = ["ALIFRunner", "alif_scan_cpu", "check_cpu"]
 
@@ -29,7 +34,9 @@ _ALIF_SURROGATE = MultiGaussian()
 class ALIFRunner:
     """Inference-only ALIF stepper. ``step(current)`` takes ``I_t = W_in x_t + b_in``
     (``[B, N]``) and returns ``(s_t, v_t, B_t)``; the recurrent input ``W_rec s_{t−1}`` reads
-    only the rows of spiking units."""
+    only the rows of spiking units. ``kernel``: ``"numba"`` runs the fused loop
+    (:func:`evsnn.ops.alif.cpu_kernels.alif_loop`, one call per step or chunk), ``"torch"`` a
+    loop of torch ops, ``"auto"`` numba when installed; :attr:`kernel` says which runs."""
 
     def __init__(
         self,
@@ -40,7 +47,9 @@ class ALIFRunner:
         beta: float | Tensor = 1.8,
         weight_hh: Tensor | None = None,
         bias_hh: Tensor | None = None,
+        kernel: str = "auto",
     ):
+        self.kernel = _pick_kernel(kernel)
         with torch.no_grad():
             self.alpha = decay(_full(tau_mem))
             self.rho = decay(_full(tau_adapt))
@@ -50,11 +59,27 @@ class ALIFRunner:
             self.beta = _full(beta)
             self.table = None if weight_hh is None else _full(weight_hh).t().contiguous()
             self.bias_hh = _full(bias_hh)
+            if self.kernel == "numba":
+                n, like = self.alpha.shape[0], self.alpha
+                vectors = [torch.as_tensor(p, dtype=like.dtype).expand(n).contiguous() for p in (self.b0, self.beta)]
+                self._np_args = (
+                    _np(like.new_zeros(0, 0) if self.table is None else self.table),
+                    _np(like.new_zeros(0) if self.bias_hh is None else self.bias_hh.contiguous()),
+                    _np(self.alpha.contiguous()),
+                    _np(self.rho.contiguous()),
+                    *(_np(v) for v in vectors),
+                )
         self.v: Tensor | None = None
         self.b: Tensor | None = None
         self.s: Tensor | None = None
 
     def load(self, state: ALIFState) -> None:
+        if self.kernel == "numba":
+            self.v, self.b, self.s = (t.detach().clone(memory_format=torch.contiguous_format) for t in state)
+            _check_same_dtype("ALIF state", self.alpha, self.v, self.b, self.s)
+            # The fused loop updates v, b and s in place: their numpy views stay valid.
+            self._np_state = (_np(self.v), _np(self.b), _np(self.s))
+            return
         self.v, self.b, self.s = (t.detach().clone() for t in state)
         self.active = self.s != 0
         # A supplied s_0 may hold any values; spikes made here are exactly 0/1 and need no weights.
@@ -64,6 +89,12 @@ class ALIFRunner:
 
     def state(self) -> ALIFState:
         return ALIFState(self.v.clone(), self.b.clone(), self.s.clone())
+
+    def _fused(self, current: Tensor, out: Tensor, v_out: Tensor, thr_out: Tensor) -> None:
+        _check_same_dtype("ALIF input", self.alpha, current)
+        cpu_kernels.alif_loop(
+            _np(current.contiguous()), *self._np_args, *self._np_state, _np(out), _np(v_out), _np(thr_out)
+        )
 
     def step(
         self,
@@ -75,6 +106,10 @@ class ALIFRunner:
         """One step from ``I_t [B, N]``; returns ``(s_t, v_t, B_t)``, written into the given
         buffers (rows of the scan's outputs, never overwritten later)."""
         current = _upcast_low(current, self.alpha.dtype)  # a low-precision layer's current (SPEC §6)
+        if self.kernel == "numba":
+            out, v_out, thr_out = (current.new_empty(current.shape) if o is None else o for o in (out, v_out, thr_out))
+            self._fused(current.unsqueeze(0), out.unsqueeze(0), v_out.unsqueeze(0), thr_out.unsqueeze(0))
+            return out, v_out, thr_out
         s = self.s
         if self.table is not None:
             rec = self.bag(s, self.active, weighted=not self.binary)
@@ -99,9 +134,47 @@ class ALIFRunner:
         out = torch.empty_like(current)
         vs = torch.empty_like(current)
         thrs = torch.empty_like(current)
+        if self.kernel == "numba":
+            self._fused(current, out, vs, thrs)
+            return out, vs, thrs
         for t in range(current.shape[0]):
             self.step(current[t], out[t], vs[t], thrs[t])
         return out, vs, thrs
+
+
+def _fused_training_reason(surrogate: Surrogate | None) -> str | None:
+    """``None`` when the fused training kernels (:mod:`evsnn.ops.alif.cpu_kernels`) can run,
+    else why not (the torch-op loop then runs, which the reference beat at every measured shape)."""
+    if _pick_kernel("auto") != "numba":
+        return (
+            "ALIF's crossover (evsnn.ops.auto) was measured with the fused numba kernels, which do not run "
+            "(numba missing or EVSNN_CPU_KERNEL=torch)"
+        )
+    return None if surrogate is None else cpu_kernels.surrogate_reason(surrogate)
+
+
+def check_cpu(*, training: bool | None = None, auto: bool | None = None, surrogate=None, **config) -> str | None:
+    """:func:`evsnn.ops.cpu_common.check_cpu`; under ``"auto"`` it also declines a call the fused
+    kernels cannot run, where the measured crossover does not hold (in training the torch-op loop is
+    slower than the reference)."""
+    reason = _check_cpu_common(training=training, auto=auto, surrogate=surrogate, **config)
+    if reason is None and auto is not False:
+        reason = _fused_training_reason(surrogate if training else None)
+    return reason
+
+
+def _alif_training(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh):
+    """The fused kernels for a call they can run (one dtype, float32/float64, a surrogate with a
+    kernel spec, numba), else the differentiable torch-op loop (a low-precision current, a
+    custom surrogate, ``EVSNN_CPU_KERNEL=torch``)."""
+    tensors = [current, *state, tau_mem, tau_adapt, weight_hh, bias_hh, b0, beta]
+    one_dtype = all(not isinstance(t, Tensor) or t.dtype == current.dtype for t in tensors)
+    if one_dtype and current.dtype in DTYPES and _fused_training_reason(surrogate) is None:
+        return cpu_kernels.alif_train_scan(
+            current, state, tau_mem=tau_mem, tau_adapt=tau_adapt, b0=b0, beta=beta, surrogate=surrogate,
+            weight_hh=weight_hh, bias_hh=bias_hh,
+        )
+    return _alif_autograd(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh)
 
 
 def _alif_autograd(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh):
@@ -167,4 +240,4 @@ def alif_scan_cpu(
 # a compiled model runs it eagerly behind one graph break here.
 @torch.compiler.disable
 def _alif_train(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh):
-    return _alif_autograd(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh)
+    return _alif_training(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh)
