@@ -1,8 +1,9 @@
 """CPU streaming inference: evsnn's event path vs its dense reference vs torch.nn.GRU/LSTM.
 
 One process, B = 1, T steps (default 1000), hidden sizes and activities from the command line.
-Activity is set by calibrating the threshold (EGRU: θ; delta cells: Θ_x = Θ_h) on the whole
-input, then measured on the timed run. Times are medians of ``--repeats`` runs (the dense
+Activity is set by calibrating the threshold (EGRU: θ; delta cells: Θ_x = Θ_h; ALIF, ``--families
+alif``: the scale of the input weights, spikes per neuron per step) on the whole input, then
+measured on the timed run. The ALIF rows time ``W_ih x`` and the recurrent ALIF scan together. Times are medians of ``--repeats`` runs (the dense
 reference, being slow, runs ``--ref-repeats`` times). Ratios are against ``torch.nn.GRU``
 (``nn.LSTM`` for DeltaLSTM) timed in the same process, interleaved with the event path and
 ``Stream.step`` (one run of each per repeat), so that a change of machine load between them
@@ -32,8 +33,9 @@ from functools import partial
 
 import torch
 
-from evsnn.functional import delta_gru_scan, delta_lstm_scan, egru_scan
+from evsnn.functional import alif_scan, delta_gru_scan, delta_lstm_scan, egru_scan
 from evsnn.ops import cpu_common
+from evsnn.ops.alif import cpu as alif_cpu
 from evsnn.ops.delta import cpu as delta_cpu
 from evsnn.ops.egru import cpu as egru_cpu
 from evsnn.streaming import Stream
@@ -186,6 +188,43 @@ def delta_rows(gates, hidden, activities, args, x):
     return rows
 
 
+def alif_rows(hidden, activities, args, x):
+    """Recurrent ALIF (evsnn.ALIF's initialisation) vs nn.GRU of the same width: ``W_ih x`` and the
+    scan (the fused numba loop of the cpu_event path), the torch-op loop, Stream.step, the reference."""
+    from evsnn.nn import ALIF
+
+    torch.manual_seed(hidden)
+    layer = ALIF(args.input, hidden).eval()
+    gru = torch.nn.GRU(args.input, hidden)
+    w_in = layer.weight_ih.detach().clone()
+    kw = {n: getattr(layer, n).detach() for n in ("tau_mem", "tau_adapt", "b0", "beta", "weight_hh", "bias_hh")}
+
+    def scan(fn, scale: float, seq=x):
+        return fn(torch.nn.functional.linear(seq, w_in * scale, layer.bias_ih), None, **kw)
+
+    def activity(scale: float, seq=x) -> float:
+        return float(scan(alif_cpu.alif_scan_cpu, scale, seq)[0].mean())
+
+    rows = []
+    for target in activities:
+        # Spikes grow with the input scale: bisect on the negated scale with the decreasing rule.
+        scale = -calibrate(lambda neg: activity(-neg), target, -20.0, 0.0)
+        act = activity(scale)
+        t_ops = float("nan")
+        if args.torch_kernel:
+            t_ops = timed_kernel("torch", partial(scan, alif_cpu.alif_scan_cpu, scale), args.repeats)
+        t_ref = timed(partial(scan, alif_scan, scale), args.ref_repeats) if not args.skip_ref else float("nan")
+        stream_fn = None
+        if args.stream:
+            with torch.no_grad():
+                layer.weight_ih.copy_(w_in * scale)
+            stream_fn = partial(run_stream, Stream(layer, backend="cpu_event"), x)
+        event_fn = partial(scan, alif_cpu.alif_scan_cpu, scale)
+        t_gru, t_ev, t_stream = timed_interleaved([lambda: gru(x), event_fn, stream_fn], args.repeats)
+        rows.append(("ALIF", hidden, act, t_ev, t_ops, t_stream, t_ref, t_gru, "nn.GRU"))
+    return rows
+
+
 def crossover(args) -> None:
     print("| B | H | EGRU activity | event ms | dense ref ms | dense / event |")
     print("|---|---|---|---|---|---|")
@@ -240,6 +279,8 @@ def main() -> None:
                 rows += delta_rows(3, hidden, args.activity, args, x)
             if "delta_lstm" in args.families:
                 rows += delta_rows(4, hidden, args.activity, args, x)
+            if "alif" in args.families:
+                rows += alif_rows(hidden, args.activity, args, x)
     print()
     print(
         "| cell | H | activity | event ms | torch-op loop ms | Stream.step ms | dense ref ms | peer ms | "
