@@ -166,7 +166,7 @@ def report(paths: list[str], figure: str | None) -> None:
                          "alif": "ALIF (binary spikes: accumulates)"}[model]
                 ax.errorbar([x], [y], yerr=[e], fmt="*", markersize=10, capsize=3, label=label)
         ax.set_xscale("log")
-        ax.set_xlabel("recurrent-layer operations / dense MACs of an nn.GRU of the same width (test set)")
+        ax.set_xlabel("layer operations / dense MACs of an nn.GRU of that width")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title("JapaneseVowels, hidden 64, mean ± std over seeds")
         ax.grid(True, which="both", alpha=0.3)
