@@ -1,0 +1,172 @@
+"""QTDB ECG: the loader on tiny hand-written .mat files, its errors, and ``evsnn train --data ecg``.
+
+The files are written here with scipy.io.savemat, with the real files' field names and dtypes
+(x int16 [N, T, 4], y uint8 one-hot [N, T, 6], t uint16 [N, T], max_i uint16 [N, 1]); the real
+data (../shared/data/qtdb) is never needed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+import torch.nn.functional as F
+
+from evsnn import cli
+from evsnn.data import QTDBSplit, load_qtdb
+from evsnn.train import PerStepALIF, TrainConfig, train
+
+STEPS = 14
+
+
+def _one_hot(labels: list[list[int]]) -> np.ndarray:
+    """One-hot uint8 [N, T, 6]; a label of -1 leaves the step's row all zero (unlabelled)."""
+    y = np.zeros((len(labels), len(labels[0]), 6), dtype=np.uint8)
+    for n, row in enumerate(labels):
+        for t, c in enumerate(row):
+            if c >= 0:
+                y[n, t, c] = 1
+    return y
+
+
+def _write(folder: Path, name: str, x: np.ndarray, labels: list[list[int]]) -> None:
+    n, t, _ = x.shape
+    scipy.io.savemat(folder / name, {
+        "x": x.astype(np.int16),
+        "y": _one_hot(labels),
+        "t": np.tile(np.arange(t, dtype=np.uint16), (n, 1)),
+        "max_i": np.full((n, 1), t, dtype=np.uint16),
+    })
+
+
+# Two training traces and one test trace with hand-chosen content.
+TRAIN_X = np.array([
+    [[1, 0, -1, 0]] * 7 + [[0, 1, 0, -1]] * 7,
+    [[-1, -1, 1, 1]] * 14,
+])
+TRAIN_LABELS = [
+    [-1, -1, 5, 5, 4, 4, 4, 1, 1, 2, 2, 3, 3, 0],  # first two steps unlabelled -> class 0 (np.argmax)
+    [4] * 7 + [5] * 7,
+]
+TEST_X = np.array([[[0, 0, 1, 1]] * 14])
+TEST_LABELS = [[2] * 5 + [3] * 5 + [-1] * 4]
+
+
+@pytest.fixture
+def qtdb_dir(tmp_path: Path) -> Path:
+    _write(tmp_path, "QTDB_train.mat", TRAIN_X, TRAIN_LABELS)
+    _write(tmp_path, "QTDB_test.mat", TEST_X, TEST_LABELS)
+    return tmp_path
+
+
+def test_loader_returns_float_inputs_and_per_step_labels(qtdb_dir):
+    split = load_qtdb(qtdb_dir)
+    assert isinstance(split, QTDBSplit)
+    assert (split.n_features, split.n_classes, split.steps) == (4, 6, STEPS)
+    x, y = split.train.tensors
+    assert x.dtype == torch.float32 and x.shape == (2, STEPS, 4)
+    assert y.dtype == torch.int64 and y.shape == (2, STEPS)
+    assert torch.equal(x, torch.tensor(TRAIN_X, dtype=torch.float32))
+    assert y[0].tolist() == [0, 0, 5, 5, 4, 4, 4, 1, 1, 2, 2, 3, 3, 0]
+    assert y[1].tolist() == [4] * 7 + [5] * 7
+    xt, yt = split.test.tensors
+    assert torch.equal(xt, torch.tensor(TEST_X, dtype=torch.float32))
+    assert yt[0].tolist() == [2] * 5 + [3] * 5 + [0] * 4
+    sample_x, sample_y = split.test[0]
+    assert sample_x.shape == (STEPS, 4) and sample_y.shape == (STEPS,)
+
+
+def test_missing_folder_and_files_say_where_the_data_comes_from(tmp_path):
+    nowhere = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError) as err:
+        load_qtdb(nowhere)
+    msg = str(err.value)
+    assert str(nowhere) in msg and "does not exist" in msg
+    assert "github.com/byin-cwi/Efficient-spiking-networks" in msg and "data/" in msg and "MIT" in msg
+    assert "never downloads" in msg
+    _write(tmp_path, "QTDB_train.mat", TRAIN_X, TRAIN_LABELS)
+    with pytest.raises(FileNotFoundError, match="QTDB_test.mat is missing") as err:
+        load_qtdb(tmp_path)
+    assert "github.com/byin-cwi/Efficient-spiking-networks" in str(err.value)
+
+
+def test_malformed_files_are_refused_with_what_was_expected(tmp_path):
+    scipy.io.savemat(tmp_path / "QTDB_train.mat", {"x": TRAIN_X.astype(np.int16)})
+    _write(tmp_path, "QTDB_test.mat", TEST_X, TEST_LABELS)
+    with pytest.raises(ValueError, match="no field 'y'"):
+        load_qtdb(tmp_path)
+    y = _one_hot(TRAIN_LABELS)
+    y[0, 3, 0] = 1  # two classes at one step
+    scipy.io.savemat(tmp_path / "QTDB_train.mat", {"x": TRAIN_X.astype(np.int16), "y": y})
+    with pytest.raises(ValueError, match="one-hot"):
+        load_qtdb(tmp_path)
+    scipy.io.savemat(tmp_path / "QTDB_train.mat", {"x": TRAIN_X[:, :5].astype(np.int16), "y": _one_hot(TRAIN_LABELS)})
+    with pytest.raises(ValueError, match=r"x \[N, T, F\]"):
+        load_qtdb(tmp_path)
+
+
+def test_per_step_model_loss_and_accuracy_are_the_recipes(single_thread):
+    """Loss: nn.NLLLoss (mean over the batch) of log_softmax(membrane) at each step t >= 10,
+    summed over steps, as Yin et al.'s loop; accuracy over the same steps."""
+    model = PerStepALIF(4, 8, 6, backend="torch")
+    x = torch.tensor(TRAIN_X, dtype=torch.float32).transpose(0, 1)
+    y = torch.tensor([[0, 0, 5, 5, 4, 4, 4, 1, 1, 2, 2, 3, 3, 0], [4] * 7 + [5] * 7])
+    log_probs, spikes = model(x)
+    assert log_probs.shape == (STEPS, 2, 6) and spikes.shape == (STEPS, 2, 8)
+    v, _ = model.readout(spikes)
+    torch.testing.assert_close(log_probs, F.log_softmax(v, -1))
+    expected = sum(F.nll_loss(log_probs[t], y[:, t]) for t in range(10, STEPS))
+    torch.testing.assert_close(model.loss(log_probs, y), expected)
+    pred = log_probs.argmax(-1)
+    correct = sum(int((pred[t] == y[:, t]).sum()) for t in range(10, STEPS))
+    assert model.hits(log_probs, y) == (correct, 2 * (STEPS - 10))
+
+
+def test_per_step_model_initialisation_and_learning_rates():
+    model = PerStepALIF(4, 36, 6, adaptive=False)
+    w = model.layer.weight_hh.detach()
+    torch.testing.assert_close(w @ w.t(), torch.eye(36), atol=1e-5, rtol=0)  # orthogonal
+    for b in (model.layer.bias_ih, model.layer.bias_hh, model.readout.bias_ih):
+        assert torch.count_nonzero(b) == 0
+    assert torch.all(model.layer.tau_mem == 20) and torch.all(model.layer.tau_adapt == 7)
+    assert torch.all(model.readout.tau_mem == 20) and torch.all(model.readout.tau_adapt == 100)
+    assert torch.all(model.layer.beta == 0) and torch.all(model.readout.beta == 1.8)
+    groups = model.param_groups(0.01)
+    rates = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert len(rates) == len(list(model.parameters()))
+    assert rates[id(model.layer.tau_mem)] == pytest.approx(0.03)
+    assert rates[id(model.readout.tau_adapt)] == pytest.approx(0.02)
+    assert rates[id(model.layer.weight_hh)] == pytest.approx(0.01)
+
+
+def test_train_ecg_end_to_end_on_tiny_files(qtdb_dir, tmp_path, single_thread):
+    out = tmp_path / "run"
+    config = TrainConfig(model="alif", data="ecg", data_dir=str(qtdb_dir), hidden=6, epochs=2, batch_size=2,
+                         backend="torch", out=str(out), threads=1)
+    metrics = train(config, progress=False)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["accuracy"] == metrics["accuracy"]
+    # one test trace, steps 10..13 counted: the accuracy is a multiple of 1/4
+    assert metrics["accuracy"] * 4 == pytest.approx(round(metrics["accuracy"] * 4))
+    assert len(metrics["history"]) == 2
+    events = torch.load(out / "events.pt", weights_only=True)
+    assert events["events"].shape == (STEPS, 1, 6)
+    assert events["step_labels"].tolist() == [[2] * 5 + [3] * 5 + [0] * 4]
+
+
+def test_cli_ecg_errors_name_the_source(tmp_path, capsys):
+    def error(*args: str) -> str:
+        capsys.readouterr()
+        assert cli.main(list(args)) != 0
+        return capsys.readouterr().err
+
+    msg = error("train", "--data", "ecg", "--data-dir", str(tmp_path / "nowhere"))
+    assert "does not exist" in msg and "github.com/byin-cwi/Efficient-spiking-networks" in msg
+    assert "github.com/byin-cwi/Efficient-spiking-networks" in error("train", "--data", "ecg")
+    assert "--model alif" in error("train", "--data", "ecg", "--data-dir", str(tmp_path), "--model", "egru")
+    assert "QTDB_train.mat is missing" in error("train", "--data", "ecg", "--data-dir", str(tmp_path),
+                                                "--out", str(tmp_path / "run"))
