@@ -25,11 +25,12 @@ EXPECTED = [
     "10_shd_with_tonic",
     "11_checkpoints_and_resuming",
     "12_reading_a_profile",
+    "13_ecg_reproduction",
 ]
 
 # Tutorials written to the "one idea, prose, a picture, an exercise" standard.
 TEACHING = ["01_quickstart", "02_snntorch", "03_norse", "04_egru_sparse_bptt", "05_delta_networks", "07_rasters_and_profiles", "06_adaptive_timescales", "08_gpu_kernels", "09_streaming_inference", "10_shd_with_tonic",
-            "11_checkpoints_and_resuming", "12_reading_a_profile"]
+            "11_checkpoints_and_resuming", "12_reading_a_profile", "13_ecg_reproduction"]
 
 
 def _stream_text(nb) -> str:
@@ -100,6 +101,15 @@ def _check_printed_results(stem: str, text: str) -> None:
         assert [r[0] for r in rows] == ["event fraction", "dense MACs", "event ops", "dense pJ", "event pJ"], rows
         for name, by_hand, reported in rows:
             assert by_hand == pytest.approx(reported, rel=1e-4), name
+    elif stem == "13_ecg_reproduction":
+        assert "data: the real QTDB files" in text or "data: SYNTHETIC ECG-like traces" in text, text
+        # the membrane readout is the reference scan's membrane; the loss is the original per-step loop's
+        assert _numbers(text, "max |ALIFReadout membrane - alif_scan membrane|:") == [0.0], text
+        (loss_diff,) = _numbers(text, "max |model.loss - per-step NLL summed over t >= 10|:")
+        assert loss_diff < 1e-2
+        rate = re.search(r"spikes per neuron per step: by hand ([0-9.]+)\s+last_stats ([0-9.]+)", text)
+        assert rate and rate.group(1) == rate.group(2), text
+        assert len(re.findall(r"^epoch \d: .* per-step test accuracy", text, flags=re.M)) == 4, text
     elif stem == "06_adaptive_timescales":
         acc = dict(re.findall(r"^\s*([a-z]+, [a-z]+): test accuracy ([0-9.]+)", text, flags=re.M))
         assert set(acc) == {"homogeneous, frozen", "homogeneous, learned", "heterogeneous, frozen",
@@ -108,7 +118,7 @@ def _check_printed_results(stem: str, text: str) -> None:
         assert float(acc["heterogeneous, frozen"]) > 0.75 and float(acc["homogeneous, frozen"]) < 0.6, acc
 
 
-def test_all_twelve_tutorials_are_there():
+def test_all_tutorials_are_there():
     assert [p.stem for p in TUTORIALS] == EXPECTED
 
 
