@@ -113,10 +113,14 @@ def test_float32_within_tolerance(single_thread):
     _assert_same(got, ref, F32, "float32")
 
 
-def test_numbers_for_b0_and_beta(single_thread):
-    """b0 and beta as plain numbers (the functional defaults) give the reference's result."""
+@pytest.mark.parametrize("scalar", [float, torch.tensor], ids=["number", "0-dim tensor"])
+def test_scalar_b0_beta_and_no_recurrent_bias(single_thread, scalar):
+    """b0 and beta as plain numbers (the functional defaults) or 0-dim tensors (whose gradient
+    is the sum over units), and W_hh without b_hh: the reference's result."""
     current, kw = _inputs((6, 2, 9), torch.float64, seed=2)
-    kw.update(b0=0.05, beta=1.8)
+    kw.update(b0=scalar(0.05), beta=scalar(1.8), bias_hh=None)
+    if scalar is torch.tensor:
+        kw.update(b0=kw["b0"].double(), beta=kw["beta"].double())
     _assert_same(
         _run(cpu_kernels.alif_train_scan, current, None, kw), _run(alif_scan, current, None, kw), F64, "numbers"
     )
