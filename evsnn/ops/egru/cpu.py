@@ -163,11 +163,10 @@ class EGRURunner:
                     _np(zeros if self.bias_hh is None else self.bias_hh.contiguous()),
                     _np(self.threshold.expand(h).contiguous()),
                 )
-                # step_input's projection inside the loop: W_ihᵀ rows, b_ih, and scratch
-                self._np_input = (
-                    _np(self.weight_ih.t().contiguous()),
-                    _np(zeros if self.bias_ih is None else self.bias_ih.contiguous()),
-                )
+                # W_ihᵀ and b_ih for the projection inside the loop (step_input), made on its first
+                # call: a chunk (the scans' path) projects with one GEMM instead
+                self._np_input: tuple[np.ndarray, np.ndarray] | None = None
+                self._no_input = (np.empty((0, 3 * h), dtype=_np(zeros).dtype), _np(zeros))
                 self._np_scratch = (np.empty((2, 3 * h), dtype=_np(zeros).dtype), np.empty(h, dtype=np.int64))
                 self._no_gi = np.empty((0, 1, 3 * h), dtype=_np(zeros).dtype)
                 self._kernel = _kernels().egru
@@ -190,7 +189,7 @@ class EGRURunner:
         _check_same_dtype("EGRU input", self.table, gi)
         table, bias_hh, theta = self._np_args
         c, y = self._np_state
-        wx, bias_ih = self._np_input
+        wx, bias_ih = self._no_input
         self._kernel(
             _np(gi.contiguous()), self._no_gi, wx, bias_ih, table, bias_hh, theta, c, y, _np(out), _np(c_pre),
             *self._np_scratch, self.reset_mode == "output",
@@ -212,6 +211,9 @@ class EGRURunner:
         out = np.empty((1, batch, self.hidden), dtype=x_np.dtype)
         table, bias_hh, theta = self._np_args
         c, y = self._np_state
+        if self._np_input is None:
+            bias_ih = self._no_input[1] if self.bias_ih is None else _np(self.bias_ih.contiguous())
+            self._np_input = (_np(self.weight_ih.t().contiguous()), bias_ih)
         wx, bias_ih = self._np_input
         self._kernel(
             self._no_gi, x_np, wx, bias_ih, table, bias_hh, theta, c, y, out, self._c_pre_step, *self._np_scratch,
