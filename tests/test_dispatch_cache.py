@@ -136,11 +136,16 @@ def test_registry_write_empties_the_cache(counted, monkeypatch):
 
 
 def test_tensor_config_is_decided_each_time(monkeypatch):
-    """A tensor-valued option (a learnable threshold) cannot key the cache: decided afresh."""
+    """A tensor-valued option (a learnable threshold) or an unhashable one cannot key the cache:
+    decided afresh."""
     monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
     config = {"device": CPU, "dtype": torch.float32, "theta_x": torch.tensor(0.1), "theta_h": 0.1}
     assert dispatch._cache_key("delta_gru", "auto", None, CPU, None, config) is None
     assert dispatch.resolve("delta_gru", "torch", **config).name == "torch"
+    before = dict(dispatch._CACHE)
+    unhashable = {"device": CPU, "dtype": torch.float32, "fixed_point": [3, 4]}
+    assert dispatch.resolve("delta_gru", "torch", **unhashable).name == "torch"
+    assert dispatch._CACHE == before
 
 
 def test_layer_forward_checks_once(counted, single_thread):

@@ -205,7 +205,10 @@ def resolve(family: str, requested: str, device: torch.device, **config: Any) ->
     low = lowered_dtype(device.type, config.get("dtype"))
     env = os.environ.get(ENV_VAR) if requested == "auto" else None
     key = _cache_key(family, requested, env, device, low, config)
-    entry = _CACHE.get(key) if key is not None else None
+    try:
+        entry = _CACHE.get(key) if key is not None else None
+    except TypeError:  # an unhashable config value: decided afresh
+        key = entry = None
     if entry is None:
         entry = _decide(family, requested, device, low, config)
         if key is not None:
@@ -223,8 +226,8 @@ def resolve(family: str, requested: str, device: torch.device, **config: Any) ->
 def _cache_key(
     family: str, requested: str, env: str | None, device: torch.device, low: torch.dtype | None, config: dict[str, Any]
 ) -> tuple | None:
-    """The decision's key, or ``None`` when a config value cannot key it (a tensor threshold,
-    an unhashable value): such a call is decided afresh."""
+    """The decision's key, or ``None`` when a config value cannot key it (a tensor threshold):
+    such a call is decided afresh (as one whose key is unhashable)."""
     items = []
     for name in sorted(config):
         value = config[name]
@@ -233,12 +236,7 @@ def _cache_key(
         elif isinstance(value, torch.Tensor):
             return None
         items.append((name, value))
-    key = (family, requested, env, device, low, tuple(items))
-    try:
-        hash(key)
-    except TypeError:
-        return None
-    return key
+    return (family, requested, env, device, low, tuple(items))
 
 
 def _decide(
