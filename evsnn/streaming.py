@@ -286,12 +286,9 @@ class Stream:
         self.family = self._family.name
         requested = getattr(layer, "backend", "torch") if backend is None else backend
         self.requested = dispatch.validate_backend(requested)
-        self._like = layer.linear.weight if isinstance(layer, LeakyReadout) else layer.weight_ih
         self._name = f"Stream({type(layer).__name__})"
-        # what step() accepts without the full check_input (which it passes), and whether the
-        # runners' float32 outputs go back to a bf16/fp16 layer's dtype (SPEC §6)
+        # what step() accepts without the full check_input (which it passes)
         self._step_shape = torch.Size((self.batch_size, self.input_size))
-        self._cast = self._like.dtype in LOW_PRECISION
         self._inference = torch.inference_mode()  # entered by each step: one object, not one per step
         self.refresh()
 
@@ -313,6 +310,10 @@ class Stream:
         ``keep_state=True`` carried over (the stream continues with the new weights)."""
         state = self.state if keep_state else None
         family, layer = self._family, self.layer
+        # the dtype and device the layer has now (it may have been converted since)
+        self._like = layer.linear.weight if isinstance(layer, LeakyReadout) else layer.weight_ih
+        # the runners compute a bf16/fp16 layer in float32 (SPEC §6): outputs go back to its dtype
+        self._cast = self._like.dtype in LOW_PRECISION
         with torch.inference_mode():
             self._runner = None
             self._args, self._kwargs = family.reference(layer)
@@ -338,8 +339,9 @@ class Stream:
         self.reset(state)
 
     # What the stream read: every parameter and buffer of the layer (the dict it sits in, the
-    # tensor object, its version counter, bumped by every in-place write) and the scalar
-    # options the backends were prepared with. Comparing them costs a few hundred ns per tensor.
+    # tensor object, its version counter, bumped by every in-place write, and its dtype, which
+    # module.double()/.half() change on the same object) and the scalar options the backends
+    # were prepared with. Comparing them costs a few hundred ns per tensor.
     _OPTIONS = (
         "theta_x", "theta_h", "reset", "zoneout", "recurrent", "delta_rule", "fixed_point", "weight_fixed_point",
     )  # fmt: skip
@@ -351,7 +353,8 @@ class Stream:
                 for name, t in table.items():
                     if t is not None:
                         version = None if t.is_inference() else t._version
-                        watched.append((table, name, t, version, f"{prefix}.{name}" if prefix else name))
+                        label = f"{prefix}.{name}" if prefix else name
+                        watched.append((table, name, t, version, t.dtype, label))
         self._watched = watched
         options = self.layer.__dict__
         self._options = tuple((name, options[name]) for name in self._OPTIONS if name in options)
@@ -359,8 +362,8 @@ class Stream:
     def _check_unchanged(self) -> None:
         # A plain loop with an early exit: this runs before every step.
         options = self.layer.__dict__
-        for table, name, t, version, _ in self._watched:
-            if table.get(name) is not t or (version is not None and t._version != version):
+        for table, name, t, version, dtype, _ in self._watched:
+            if table.get(name) is not t or (version is not None and t._version != version) or t.dtype is not dtype:
                 break
         else:
             for name, value in self._options:
@@ -370,8 +373,8 @@ class Stream:
                 return
         changed = [
             label
-            for table, name, t, version, label in self._watched
-            if table.get(name) is not t or (version is not None and t._version != version)
+            for table, name, t, version, dtype, label in self._watched
+            if table.get(name) is not t or (version is not None and t._version != version) or t.dtype is not dtype
         ]
         changed += [name for name, value in self._options if options.get(name) != value]
         if changed:

@@ -145,3 +145,18 @@ def test_fused_step_refuses_an_input_of_another_dtype():
     delta.load(delta.initial_state(1, torch.zeros(1, 2)))
     with pytest.raises(TypeError, match="expected dtype torch.float32 .*got torch.float64"):
         delta.step(torch.zeros(1, 2, dtype=torch.float64))
+
+
+@needs_numba
+def test_refresh_follows_a_layer_converted_to_another_dtype(single_thread):
+    layer = _layer("egru_output", torch.float32)
+    stream = Stream(layer, batch_size=2, backend="cpu_event")
+    x = _signal(6, 2, torch.float64, seed=8)
+    stream.step(x[0].float())
+    layer.double()
+    with pytest.raises(RuntimeError, match="changed since the stream read them"):
+        stream.step(x[1])
+    stream.refresh()
+    got = torch.stack([stream.step(x[t]) for t in range(6)])
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, _reference("egru_output", layer, x, None)[0], **TOL[torch.float64])
