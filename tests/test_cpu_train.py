@@ -210,3 +210,31 @@ def test_layer_training_under_auto_runs_the_fused_kernel(single_thread, monkeypa
     torch.testing.assert_close(out, ref)
     for a, b in zip(g, r):
         torch.testing.assert_close(a, b)
+
+
+_THREADS_SCRIPT = """
+import torch
+from evsnn.ops.delta import cpu_train
+torch.set_num_threads(1)
+x = torch.randn(6, 3, 4, dtype=torch.float64, requires_grad=True)
+w_ih = torch.randn(12, 4, dtype=torch.float64, requires_grad=True)
+w_hh = torch.randn(12, 4, dtype=torch.float64, requires_grad=True)
+out = cpu_train.delta_gru_train_scan(x, None, w_ih, w_hh, None, None, theta_x=0.1, theta_h=0.1)[0]
+out.sum().backward()
+print(torch.get_num_threads())
+"""
+
+
+def test_torch_thread_setting_survives_the_kernels():
+    """Numba's OpenMP pool, when it starts (the first parallel call of a process, hence a fresh
+    process), resets the process-wide OpenMP thread count that torch shares; the delta training
+    kernels put torch's setting back: one thread stays one thread."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    env["NUMBA_NUM_THREADS"] = "2"
+    out = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1"]

@@ -22,7 +22,9 @@ reference). Sums are grouped differently from the reference's, so results agree 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -253,6 +255,18 @@ def _threads(batch: int) -> int:
     return n
 
 
+@contextlib.contextmanager
+def _keep_torch_threads() -> Iterator[None]:
+    """Numba's OpenMP pool, started by the first parallel call, sets the process-wide OpenMP
+    thread count that torch shares: put torch's setting back after a kernel call."""
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 def _compact(idx: np.ndarray, val: np.ndarray, off: np.ndarray, steps: int, region: int):
     """The used prefix of each sample's region of ``idx``/``val``, concatenated, with ``off``
     shifted to match: what the backward needs and nothing more."""
@@ -303,13 +317,14 @@ class _DeltaTrain(torch.autograd.Function):
         val_h = np.empty(cells * hs, dtype=_np(x).dtype)
         off_x = np.empty((cells, 2), dtype=np.int64)
         off_h = np.empty((cells, 2), dtype=np.int64)
-        _threads(batch)
-        _kernels().forward(
-            _np(x.contiguous()), _np(wx), _np(wh), _np(theta_x), _np(theta_h),
-            _np(h), _np(c), _np(x_hat), _np(h_hat), _np(m), inclusive, gru,
-            _np(out), _np(out_c), _np(dx), _np(dh), *(_np(g) for g in gates),
-            idx_x, val_x, off_x, idx_h, val_h, off_h,
-        )
+        with _keep_torch_threads():
+            _threads(batch)
+            _kernels().forward(
+                _np(x.contiguous()), _np(wx), _np(wh), _np(theta_x), _np(theta_h),
+                _np(h), _np(c), _np(x_hat), _np(h_hat), _np(m), inclusive, gru,
+                _np(out), _np(out_c), _np(dx), _np(dh), *(_np(g) for g in gates),
+                idx_x, val_x, off_x, idx_h, val_h, off_h,
+            )
         ctx.events = (*_compact(idx_x, val_x, off_x, steps, steps * n_in), *_compact(idx_h, val_h, off_h, steps, steps * hs))
         ctx.gru = gru
         c0_saved = x.new_zeros(0, 0) if gru else c0
@@ -343,13 +358,14 @@ class _DeltaTrain(torch.autograd.Function):
         g_wx = wx.new_zeros(parts, *wx.shape)
         g_wh = wh.new_zeros(parts, *wh.shape)
         idx_x, val_x, off_x, idx_h, val_h, off_h = ctx.events
-        _kernels().backward(
-            _np(wx), _np(wh), _np(h0.contiguous()), _np(c0.contiguous()), gru, _np(out), _np(out_c),
-            *(_np(g) for g in gates),
-            idx_x, val_x, off_x, idx_h, val_h, off_h,
-            _np(g_out), _np(g_dx), _np(g_dh), _np(a_h), _np(a_c), _np(a_xhat), _np(a_hhat), _np(a_m),
-            _np(g_x), _np(g_wx), _np(g_wh),
-        )
+        with _keep_torch_threads():
+            _kernels().backward(
+                _np(wx), _np(wh), _np(h0.contiguous()), _np(c0.contiguous()), gru, _np(out), _np(out_c),
+                *(_np(g) for g in gates),
+                idx_x, val_x, off_x, idx_h, val_h, off_h,
+                _np(g_out), _np(g_dx), _np(g_dh), _np(a_h), _np(a_c), _np(a_xhat), _np(a_hhat), _np(a_m),
+                _np(g_x), _np(g_wx), _np(g_wh),
+            )
         g_c0 = None if gru else a_c
         return g_x, a_h, g_c0, a_xhat, a_hhat, a_m, g_wx.sum(0).t(), g_wh.sum(0).t(), None, None, None, None
 
