@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import sys
 
 import numpy as np
@@ -143,19 +142,6 @@ def test_variable_lengths_through_a_layer_equal_each_sequence_alone(tiny_vowels)
         expected, _ = gru(seq[:, None])
         torch.testing.assert_close(out[: len(seq), i], expected[:, 0], rtol=1e-5, atol=1e-6)
         assert (out[len(seq):, i] == 0).all()
-
-
-def test_real_japanese_vowels_shapes():
-    root = os.environ.get("EVSNN_VOWELS_DIR")
-    if root is None and importlib.util.find_spec("aeon") is None:
-        pytest.skip("JapaneseVowels needs the aeon package (pip install aeon; it is not in [dev] because it pins "
-                    "numpy<2.4 and numba<0.64) or EVSNN_VOWELS_DIR, a folder holding its .ts files")
-    split = load_japanese_vowels(root)
-    assert (len(split.train), len(split.test), split.n_features, split.n_classes) == (270, 370, 12, 9)
-    assert split.train.labels.bincount().tolist() == [30] * 9
-    assert int(split.train.lengths.min()) == 7 and split.max_steps == 29
-    frames = torch.cat(split.train.sequences)
-    torch.testing.assert_close(frames.mean(0), torch.zeros(12), atol=1e-4, rtol=0)
 
 
 def test_mnist1d_equals_the_package_generator_and_keeps_numpy_state():
