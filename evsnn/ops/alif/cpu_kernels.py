@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -50,6 +49,7 @@ from torch import Tensor
 from ...functional.alif import ALIFState, ALIFTrace, alif_initial_state, decay
 from ...functional.checks import check_steps
 from ...surrogate import MultiGaussian, SnnTorchSurrogate, Surrogate
+from ..cpu_surrogate import KERNEL_SURROGATES, TRIANGLE, pseudo_derivative, surrogate_code
 
 try:  # numba is optional (the ``cpu`` extra)
     from numba import prange
@@ -59,8 +59,6 @@ except ImportError:  # pragma: no cover - without numba the kernels are never co
 __all__ = ["alif_loop", "alif_train_scan", "kernels_available", "surrogate_reason"]
 
 _DTYPES = (torch.float32, torch.float64)
-# kernel_spec names -> (code in the kernel, number of base parameters; more are truncations)
-_SURROGATES = {"triangle": (0, 2), "multi_gaussian": (1, 4), "gaussian": (2, 2), "atan": (3, 1), "fast_sigmoid": (4, 1)}
 
 
 def _alif_forward(
@@ -153,7 +151,6 @@ def _alif_backward(
     has_gthr = g_thr.shape[0] > 0
     chunks = g_alpha.shape[0]
     per_chunk = (batch + chunks - 1) // chunks
-    sqrt2pi = math.sqrt(2.0 * math.pi)
     for part in prange(chunks):
         lo = part * per_chunk
         hi = min(batch, lo + per_chunk)
@@ -164,28 +161,10 @@ def _alif_backward(
                     # The surrogate's pseudo-derivative with the reference's gating: a NaN or
                     # infinite x passes nothing (|x| < gate is false for them, gate = inf
                     # included), nor a finite x outside a finite support.
-                    passes = abs(x) < gate
-                    g = 0.0
-                    if passes:
-                        if kind == 0:  # triangle(width, peak): G clamps at ±width, inclusive
-                            passes = abs(x) <= params[0]
-                            g = params[1] * (1.0 - abs(x) / params[0])
-                        elif kind == 1:  # multi_gaussian(sigma, height, scale, gamma)
-                            sg, h = params[0], params[1]
-                            w = params[2] * sg
-                            g = params[3] * (
-                                (1.0 + h) * math.exp(-0.5 * (x / sg) ** 2) / (sg * sqrt2pi)
-                                - h * math.exp(-0.5 * ((x - sg) / w) ** 2) / (w * sqrt2pi)
-                                - h * math.exp(-0.5 * ((x + sg) / w) ** 2) / (w * sqrt2pi)
-                            )
-                        elif kind == 2:  # gaussian(sigma, scale)
-                            g = params[1] * math.exp(-0.5 * (x / params[0]) ** 2) / (params[0] * sqrt2pi)
-                        elif kind == 3:  # atan(alpha)
-                            u = math.pi * params[0] * x / 2.0
-                            g = (params[0] / 2.0) / (1.0 + u * u)
-                        else:  # fast_sigmoid(slope)
-                            d = params[0] * abs(x) + 1.0
-                            g = 1.0 / (d * d)
+                    g = pseudo_derivative(kind, params, gate, x)
+                    # The triangle's G clamps at ±width, inclusive: the reference's product
+                    # reaches s_t up to |x| = width (where g is 0, which a NaN product keeps NaN).
+                    passes = abs(x) < gate and (kind != TRIANGLE or abs(x) <= params[0])
                     gs = a_s[bb, j]
                     if passes and recurrent and t + 1 < steps:
                         # ∂L/∂s_t gets W_hhᵀ gI_{t+1}: only where s_t can pass it on.
@@ -296,20 +275,16 @@ def surrogate_reason(surrogate: Any) -> str | None:
         return "a snntorch surrogate has no closed form the fused ALIF kernel can evaluate; use an evsnn.surrogate"
     if not isinstance(surrogate, Surrogate):
         return f"surrogate must be an evsnn.surrogate.Surrogate, got {type(surrogate).__name__}"
-    spec = surrogate.kernel_spec()
-    if spec is None or spec[0] not in _SURROGATES or len(spec[1]) < _SURROGATES[spec[0]][1]:
-        return f"{type(surrogate).__name__} has no kernel_spec the fused ALIF kernel knows ({sorted(_SURROGATES)})"
+    if surrogate_code(surrogate) is None:
+        return (f"{type(surrogate).__name__} has no kernel_spec the fused ALIF kernel knows "
+                f"({sorted(KERNEL_SURROGATES)})")
     return None
 
 
 def _surrogate_code(surrogate: Surrogate) -> tuple[int, np.ndarray, float]:
-    name, values = surrogate.kernel_spec()
-    code, n_base = _SURROGATES[name]
-    params = np.zeros(4, dtype=np.float64)
-    params[:n_base] = values[:n_base]
-    # Truncations (nested ones too) each let only |x| < ε through: the smallest one decides.
-    gate = min(values[n_base:], default=math.inf)
-    return code, params, float(gate)
+    code = surrogate_code(surrogate)
+    assert code is not None, "surrogate_reason admits only surrogates with a kernel spec"
+    return code
 
 
 def alif_loop(

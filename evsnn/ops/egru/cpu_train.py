@@ -45,6 +45,7 @@ from ...functional.checks import check_steps
 from ...functional.egru import RESETS, EGRUState, EGRUTrace, egru_initial_state
 from ...functional.precision import Precision, project
 from ...surrogate import SnnTorchSurrogate, Surrogate, Triangle
+from ..cpu_surrogate import pseudo_derivative, surrogate_code
 
 try:  # numba is optional (the ``cpu`` extra); this module is imported only on the training path
     from numba import njit, prange
@@ -61,38 +62,15 @@ _DEFAULT_SURROGATE = Triangle(0.3)
 
 # Zoneout modes of the kernels: none, the expectation p (evaluation), a Bernoulli mask (training).
 _ZO_NONE, _ZO_MEAN, _ZO_MASK = 0, 1, 2
-# kernel_spec names -> (code in the kernel, number of base parameters; more are truncations). A
-# surrogate without one (code -1) gets its pseudo-derivative from autograd, precomputed.
-_SURROGATES = {"triangle": (0, 2), "multi_gaussian": (1, 4), "gaussian": (2, 2), "atan": (3, 1), "fast_sigmoid": (4, 1)}
-_SQRT2PI = math.sqrt(2.0 * math.pi)
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _pseudo_at(kind, params, gate, pseudo, t, b, j, x):  # pragma: no cover - numba
-    """``g(x)`` of SPEC §1 at ``x = c_pre − θ`` of (t, b, j), as autograd of the reference sees it:
-    a NaN or infinite ``x`` passes nothing, nor an ``x`` outside a truncation (``|x| < gate``).
-    ``kind`` -1 reads the precomputed ``pseudo``."""
+    """``g(x)`` of SPEC §1 at ``x = c_pre − θ`` of (t, b, j) (:func:`pseudo_derivative`); ``kind``
+    -1 reads the precomputed ``pseudo``."""
     if kind < 0:
         return pseudo[t, b, j]
-    if not abs(x) < gate:
-        return 0.0
-    if kind == 0:  # triangle(width, peak)
-        return params[1] * max(0.0, 1.0 - abs(x) / params[0])
-    if kind == 1:  # multi_gaussian(sigma, height, scale, gamma)
-        sg, h = params[0], params[1]
-        w = params[2] * sg
-        return params[3] * (
-            (1.0 + h) * math.exp(-0.5 * (x / sg) ** 2) / (sg * _SQRT2PI)
-            - h * math.exp(-0.5 * ((x - sg) / w) ** 2) / (w * _SQRT2PI)
-            - h * math.exp(-0.5 * ((x + sg) / w) ** 2) / (w * _SQRT2PI)
-        )
-    if kind == 2:  # gaussian(sigma, scale)
-        return params[1] * math.exp(-0.5 * (x / params[0]) ** 2) / (params[0] * _SQRT2PI)
-    if kind == 3:  # atan(alpha)
-        u = math.pi * params[0] * x / 2.0
-        return (params[0] / 2.0) / (1.0 + u * u)
-    d = params[0] * abs(x) + 1.0  # fast_sigmoid(slope)
-    return 1.0 / (d * d)
+    return pseudo_derivative(kind, params, gate, x)
 
 
 def _egru_forward(
@@ -364,15 +342,9 @@ def _np(t: Tensor) -> np.ndarray:
 
 def _surrogate_code(surrogate: Surrogate) -> tuple[int, np.ndarray, float]:
     """``(kind, params, gate)`` for :func:`_pseudo_at`: a surrogate whose ``kernel_spec`` the
-    kernel knows is evaluated in the kernel, any other by autograd (kind -1)."""
-    params = np.zeros(4, dtype=np.float64)
-    spec = surrogate.kernel_spec()
-    if spec is None or spec[0] not in _SURROGATES or len(spec[1]) < _SURROGATES[spec[0]][1]:
-        return -1, params, math.inf
-    code, n_base = _SURROGATES[spec[0]]
-    params[:n_base] = spec[1][:n_base]
-    # Truncations (nested ones too) each let only |x| < ε through: the smallest one decides.
-    return code, params, float(min(spec[1][n_base:], default=math.inf))
+    kernels know is evaluated in the kernel, any other by autograd (kind -1)."""
+    code = surrogate_code(surrogate)
+    return (-1, np.zeros(4, dtype=np.float64), math.inf) if code is None else code
 
 
 def _pseudo_derivative(surrogate: Surrogate, x: Tensor) -> Tensor:
