@@ -83,3 +83,32 @@ def test_built_wheel_ships_and_finds_every_source(tmp_path: Path) -> None:
     assert Path(module_file).is_relative_to(site)
     assert Path(cuda_dir) == site / "evsnn" / "_cuda_src"
     assert int(length) > (ROOT / "cuda" / "delta.cu").stat().st_size
+
+
+_NO_SOURCES_SCRIPT = """
+import torch
+import evsnn
+from evsnn.ops import cupy_runtime as rt
+torch.set_num_threads(1)
+out, _ = evsnn.EGRU(3, 8)(torch.randn(4, 2, 3))
+print("cpu", tuple(out.shape), evsnn.__file__.startswith({root!r}))
+try:
+    rt.kernel_source("egru.cu")
+except FileNotFoundError as err:
+    print("missing", err)
+"""
+
+
+def test_a_copy_without_kernel_sources_runs_on_the_cpu_and_names_them_when_asked(tmp_path) -> None:
+    """The CUDA sources are looked for only when a kernel is compiled: a package copied without
+    them (no _cuda_src, no cuda/ beside it) still imports and runs the CPU backends, and asking
+    for a source names both places it is looked for."""
+    shutil.copytree(ROOT / "evsnn", tmp_path / "evsnn", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    script = _NO_SOURCES_SCRIPT.format(root=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "cpu (4, 2, 8) True"
+    assert lines[1].startswith("missing ") and "_cuda_src" in lines[1] and str(tmp_path / "cuda") in lines[1]

@@ -59,17 +59,16 @@ __all__ = [
 def _find_cuda_dir() -> Path:
     # A wheel holds the sources as package data of evsnn._cuda_src; an editable install or a checkout
     # keeps them in the repository's top-level cuda/ (a nested folder without __init__.py is not
-    # importable through setuptools' editable finder, so it is found by path there).
-    package = Path(__file__).resolve().parent.parent
-    for candidate in (package / "_cuda_src", package.parent / "cuda"):
+    # importable through setuptools' editable finder, so it is found by path there). Not finding
+    # them is reported when a kernel is compiled, not at import: the CPU backends do not need them.
+    for candidate in _CUDA_DIR_CANDIDATES:
         if (candidate / "common.cuh").is_file():
             return candidate
-    raise FileNotFoundError(
-        f"evsnn's CUDA sources were not found: expected {package / '_cuda_src'} (installed wheel) "
-        f"or {package.parent / 'cuda'} (source checkout)"
-    )
+    return _CUDA_DIR_CANDIDATES[-1]
 
 
+_PACKAGE = Path(__file__).resolve().parent.parent
+_CUDA_DIR_CANDIDATES = (_PACKAGE / "_cuda_src", _PACKAGE.parent / "cuda")
 CUDA_DIR = _find_cuda_dir()
 _INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
 _SCALAR = {torch.float32: "float", torch.float64: "double"}
@@ -84,7 +83,10 @@ def kernel_source(filename: str, _seen: frozenset[str] = frozenset()) -> str:
     """The text of ``cuda/<filename>`` (:data:`CUDA_DIR`) with its local includes inlined (each once)."""
     path = CUDA_DIR / filename
     if not path.is_file():
-        raise FileNotFoundError(f"CUDA source {filename!r} not found in {CUDA_DIR}")
+        raise FileNotFoundError(
+            f"CUDA source {filename!r} not found: evsnn's kernel sources are expected in "
+            f"{_CUDA_DIR_CANDIDATES[0]} (installed wheel) or {_CUDA_DIR_CANDIDATES[1]} (source checkout)"
+        )
     text = path.read_text()
     seen = _seen | {filename}
 
@@ -113,6 +115,9 @@ def unavailable_reason() -> str | None:
 def _probe() -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible to PyTorch"
+    if not (CUDA_DIR / "common.cuh").is_file():
+        return (f"evsnn's CUDA kernel sources are missing (expected in {_CUDA_DIR_CANDIDATES[0]} or "
+                f"{_CUDA_DIR_CANDIDATES[1]}): reinstall evsnn")
     try:
         import cupy  # noqa: F401
     except ImportError:
