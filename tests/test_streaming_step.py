@@ -14,8 +14,6 @@ from evsnn.ops.delta import cpu as delta_cpu
 from evsnn.ops.egru import cpu as egru_cpu
 from evsnn.streaming import Stream
 
-needs_numba = pytest.mark.skipif(not cpu_common.numba_available(), reason="the fused step needs numba (evsnn[cpu])")
-
 N_IN, H, T = 5, 40, 12
 TOL = {torch.float64: {"rtol": 1e-10, "atol": 1e-12}, torch.float32: {"rtol": 1e-5, "atol": 1e-5}}
 CASES = ["egru_output", "egru_threshold", "delta_gru_strict", "delta_gru_inclusive", "delta_lstm_strict"]
@@ -53,7 +51,6 @@ def _activity(case: str, out: torch.Tensor, trace) -> float:
     return float((events != 0).double().mean())
 
 
-@needs_numba
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("batch", [1, 3])
@@ -89,7 +86,6 @@ def test_fused_step_equals_reference_scan_from_a_given_state(case, dtype, batch,
         torch.testing.assert_close(field, want, **TOL[dtype])
 
 
-@needs_numba
 @pytest.mark.parametrize("case", ["egru_output", "delta_gru_strict", "delta_lstm_strict"])
 def test_fused_step_equals_the_torch_op_step_and_the_chunk(case, single_thread, monkeypatch):
     """The numba step, the torch-op step (EVSNN_CPU_KERNEL=torch) and the chunk path agree."""
@@ -107,7 +103,6 @@ def test_fused_step_equals_the_torch_op_step_and_the_chunk(case, single_thread, 
     torch.testing.assert_close(a, chunk, **TOL[torch.float64])
 
 
-@needs_numba
 def test_egru_step_reads_every_input_column_like_the_reference(single_thread):
     """A zero input times a NaN input weight is NaN in W_ih x: the fused projection must not skip
     zero inputs (unlike the recurrent product, which only skips units without an event)."""
@@ -123,7 +118,6 @@ def test_egru_step_reads_every_input_column_like_the_reference(single_thread):
     torch.testing.assert_close(got, ref, equal_nan=True)
 
 
-@needs_numba
 @pytest.mark.parametrize("case", ["egru_output", "egru_threshold", "delta_gru_strict", "delta_lstm_strict"])
 def test_nan_input_goes_where_the_reference_puts_it(case, single_thread):
     layer = _layer(case, torch.float64)
@@ -147,7 +141,6 @@ def test_fused_step_refuses_an_input_of_another_dtype():
         delta.step(torch.zeros(1, 2, dtype=torch.float64))
 
 
-@needs_numba
 def test_refresh_follows_a_layer_converted_to_another_dtype(single_thread):
     layer = _layer("egru_output", torch.float32)
     stream = Stream(layer, batch_size=2, backend="cpu_event")
