@@ -102,7 +102,8 @@ def test_batch_parallel_threads_give_the_same_result(single_thread, cell):
     """With two threads the samples run in parallel and the weight gradients are summed from
     per-chunk parts (an uneven split of B = 5): still the reference's values."""
     torch.set_num_threads(2)  # the fixture restores the previous setting
-    assert cpu_train._threads(5) == min(2, cpu_train._kernels().numba.config.NUMBA_NUM_THREADS)
+    with cpu_train._threads(5) as threads:
+        assert threads == min(2, cpu_train._kernels().numba.config.NUMBA_NUM_THREADS)
     _compare((7, 5, 4, 6), torch.float64, OPTIONS[2], True, seed=6, atol=1e-10, rtol=1e-10, cell=cell)
 
 

@@ -32,8 +32,10 @@ picks this backend is the measured table of :mod:`evsnn.ops.auto`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -155,6 +157,23 @@ def numba_jit() -> Any:
     except ImportError:
         return None
     return numba.njit(cache=True, nogil=True)
+
+
+@contextlib.contextmanager
+def numba_batch_threads(numba: Any, batch: int) -> Iterator[int]:
+    """Threads for a fused kernel's batch-parallel loops: torch's intra-op setting (what the user
+    chose with ``torch.set_num_threads``), capped by numba's pool and the batch, set on numba's
+    pool for the calls inside the ``with``. Numba's OpenMP pool, started by the first parallel
+    call of a process, sets the process-wide OpenMP thread count that torch shares: torch's
+    setting is put back afterwards, or a ``torch.set_num_threads(1)`` would become 2."""
+    before = torch.get_num_threads()
+    n = max(1, min(before, numba.config.NUMBA_NUM_THREADS, batch))
+    numba.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 def numba_available() -> bool:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -49,6 +48,7 @@ from torch import Tensor
 from ...functional.alif import ALIFState, ALIFTrace, alif_initial_state, decay
 from ...functional.checks import check_steps
 from ...surrogate import MultiGaussian, SnnTorchSurrogate, Surrogate
+from ..cpu_common import numba_batch_threads
 from ..cpu_surrogate import KERNEL_SURROGATES, TRIANGLE, pseudo_derivative, surrogate_code
 
 try:  # numba is optional (the ``cpu`` extra)
@@ -245,24 +245,8 @@ def kernels_available() -> bool:
     return _kernels() is not None
 
 
-@contextlib.contextmanager
-def _threads(batch: int) -> Iterator[int]:
-    """Threads for the batch-parallel loops: torch's intra-op setting, capped by numba's pool and
-    the batch; set on numba's pool for the calls inside the ``with``.
-
-    Numba's OpenMP pool, started by the first parallel call, sets the process-wide OpenMP thread
-    count (which torch shares) to the pool's size: torch's own setting is put back afterwards,
-    or a ``torch.set_num_threads(1)`` would silently become 2 after the first call.
-    """
-    numba = _kernels().numba
-    before = torch.get_num_threads()
-    n = max(1, min(before, numba.config.NUMBA_NUM_THREADS, batch))
-    numba.set_num_threads(n)
-    try:
-        yield n
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
+def _threads(batch: int) -> contextlib.AbstractContextManager[int]:
+    return numba_batch_threads(_kernels().numba, batch)
 
 
 def _np(t: Tensor) -> np.ndarray:

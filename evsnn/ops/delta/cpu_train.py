@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -45,6 +44,7 @@ from ...functional.delta import (
     delta_gru_initial_state,
     delta_lstm_initial_state,
 )
+from ..cpu_common import numba_batch_threads
 
 __all__ = ["delta_gru_train_scan", "delta_lstm_train_scan", "train_kernels_available"]
 
@@ -246,25 +246,8 @@ def _kernels() -> SimpleNamespace | None:
     return SimpleNamespace(forward=jit(_delta_forward), backward=jit(_delta_backward), numba=numba)
 
 
-def _threads(batch: int) -> int:
-    """Threads for the batch-parallel loops: torch's intra-op setting (what the user chose with
-    ``torch.set_num_threads``), capped by numba's pool and the batch; set on numba's pool."""
-    numba = _kernels().numba
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, batch))
-    numba.set_num_threads(n)
-    return n
-
-
-@contextlib.contextmanager
-def _keep_torch_threads() -> Iterator[None]:
-    """Numba's OpenMP pool, started by the first parallel call, sets the process-wide OpenMP
-    thread count that torch shares: put torch's setting back after a kernel call."""
-    before = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
+def _threads(batch: int) -> contextlib.AbstractContextManager[int]:
+    return numba_batch_threads(_kernels().numba, batch)
 
 
 def _compact(idx: np.ndarray, val: np.ndarray, off: np.ndarray, steps: int, region: int):
@@ -317,8 +300,7 @@ class _DeltaTrain(torch.autograd.Function):
         val_h = np.empty(cells * hs, dtype=_np(x).dtype)
         off_x = np.empty((cells, 2), dtype=np.int64)
         off_h = np.empty((cells, 2), dtype=np.int64)
-        with _keep_torch_threads():
-            _threads(batch)
+        with _threads(batch):
             _kernels().forward(
                 _np(x.contiguous()), _np(wx), _np(wh), _np(theta_x), _np(theta_h),
                 _np(h), _np(c), _np(x_hat), _np(h_hat), _np(m), inclusive, gru,
@@ -354,11 +336,10 @@ class _DeltaTrain(torch.autograd.Function):
         a_hhat = grad_or_zeros(g_hhat, batch, hs).clone()
         a_m = grad_or_zeros(g_m, batch, 4 * hs).clone()
         g_x = out.new_zeros(steps, batch, n_in)
-        parts = _threads(batch)
-        g_wx = wx.new_zeros(parts, *wx.shape)
-        g_wh = wh.new_zeros(parts, *wh.shape)
         idx_x, val_x, off_x, idx_h, val_h, off_h = ctx.events
-        with _keep_torch_threads():
+        with _threads(batch) as parts:
+            g_wx = wx.new_zeros(parts, *wx.shape)
+            g_wh = wh.new_zeros(parts, *wh.shape)
             _kernels().backward(
                 _np(wx), _np(wh), _np(h0.contiguous()), _np(c0.contiguous()), gru, _np(out), _np(out_c),
                 *(_np(g) for g in gates),

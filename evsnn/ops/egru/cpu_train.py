@@ -34,7 +34,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import numpy as np
@@ -45,6 +44,7 @@ from ...functional.checks import check_steps
 from ...functional.egru import RESETS, EGRUState, EGRUTrace, egru_initial_state
 from ...functional.precision import Precision, project
 from ...surrogate import SnnTorchSurrogate, Surrogate, Triangle
+from ..cpu_common import numba_batch_threads
 from ..cpu_surrogate import pseudo_derivative, surrogate_code
 
 try:  # numba is optional (the ``cpu`` extra); this module is imported only on the training path
@@ -319,21 +319,8 @@ def egru_train_kernel_available() -> bool:
     return _kernels() is not None
 
 
-@contextlib.contextmanager
-def _threads(batch: int) -> Iterator[int]:
-    """Threads for the batch-parallel loops: torch's intra-op setting (what the user chose with
-    ``torch.set_num_threads``), capped by numba's pool and the batch; set on numba's pool for the
-    calls inside the ``with``. Numba's OpenMP pool, started by the first parallel call, sets the
-    process-wide OpenMP thread count that torch shares: torch's setting is put back afterwards."""
-    numba = _kernels().numba
-    before = torch.get_num_threads()
-    n = max(1, min(before, numba.config.NUMBA_NUM_THREADS, batch))
-    numba.set_num_threads(n)
-    try:
-        yield n
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
+def _threads(batch: int) -> contextlib.AbstractContextManager[int]:
+    return numba_batch_threads(_kernels().numba, batch)
 
 
 def _np(t: Tensor) -> np.ndarray:
