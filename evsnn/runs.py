@@ -88,7 +88,9 @@ RUN_FILES = ("run.json", "checkpoint.pt", "metrics.json", "events.pt", "raster.p
 
 # Options that define a run: resuming with any of them changed would not continue the same run.
 _RUN_DEFINING = ("model", "data", "data_dir", "encoding", "repeat", "hidden", "epochs", "batch_size", "lr", "seed",
-                 "backend", "max_steps", "extra")
+                 "backend", "max_steps", "extra", "adaptive")
+# What a checkpoint written before an option existed ran with: that option's default then.
+_DEFINING_BEFORE = {"adaptive": True}
 
 
 def _lock(fd: int, path: Path) -> None:
@@ -197,6 +199,7 @@ class RunFolder:
                 raise RunFolderError(f"cannot resume {os.fspath(path)}: its checkpoint has no scheduler state or "
                                      "history (written by an older evsnn)")
             saved = state.get("config", {})
+            saved = {**_DEFINING_BEFORE, **saved}
             differ = [k for k in _RUN_DEFINING if saved.get(k) != getattr(config, k)]
             if differ:
                 raise ValueError(f"cannot resume {os.fspath(path)}: its run used "

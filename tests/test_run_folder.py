@@ -273,6 +273,15 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, single_thread):
     running.close()
     with pytest.raises(ValueError, match="its run used hidden=16, this command asks hidden=32"):
         tr.train(TrainConfig(out=str(running.path), **{**TINY, "hidden": 32}), resume=True)
+    with pytest.raises(ValueError, match="its run used adaptive=True, this command asks adaptive=False"):
+        tr.train(TrainConfig(out=str(running.path), **{**TINY, "adaptive": False}), resume=True)
+    # a checkpoint written before the option existed ran with its default: adaptive
+    older = {k: v for k, v in asdict(TrainConfig(**TINY)).items() if k != "adaptive"}
+    running = RunFolder.resume(running.path, TrainConfig(**TINY))[0]
+    running.save("checkpoint.pt", {"config": older, "scheduler": {}, "history": []})
+    running.close()
+    with pytest.raises(ValueError, match="its run used adaptive=True, this command asks adaptive=False"):
+        tr.train(TrainConfig(out=str(running.path), **{**TINY, "adaptive": False}), resume=True)
 
 
 def test_a_diverging_run_stops_with_a_message(tmp_path, single_thread):
