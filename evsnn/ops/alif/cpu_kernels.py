@@ -412,11 +412,14 @@ def alif_train_scan(
     Args:
         current: the input current ``W_ih x_t + b_ih``, ``[T, B, N]``.
         state: ``ALIFState(v, b, s)`` ``[B, N]`` each, or ``None`` (``v = s = 0``, ``b = b0``).
-        tau_mem, tau_adapt: per-neuron time constants ``[N]`` (clamped to ≥ 1 step).
-        b0, beta: baseline threshold and adaptation strength (numbers or ``[N]`` tensors).
+        tau_mem: per-neuron membrane time constants ``[N]`` (clamped to ≥ 1 step).
+        tau_adapt: per-neuron adaptation time constants ``[N]`` (clamped to ≥ 1 step).
+        b0: baseline threshold (a number or an ``[N]`` tensor).
+        beta: adaptation strength (a number or an ``[N]`` tensor).
         surrogate: the spike's pseudo-derivative (default ``MultiGaussian()``); one with a
             kernel spec (:func:`surrogate_reason`).
-        weight_hh, bias_hh: the recurrent weights ``[N, N]`` and bias ``[N]``, or ``None``.
+        weight_hh: the recurrent weights ``[N, N]``, or ``None``.
+        bias_hh: the recurrent bias ``[N]``, or ``None``.
         detach_reset: ``s_{t−1}`` enters the adaptation trace and the reset without gradient
             (the snntorch convention of :class:`evsnn.interop.snntorch.ALIF`).
     """

@@ -441,7 +441,10 @@ def egru_train_scan(
     Args:
         x: input ``[T, B, I]``.
         state: ``EGRUState(c, y)`` ``[B, H]`` each, or ``None`` (zeros).
-        weight_ih, weight_hh, bias_ih, bias_hh: ``nn.GRU``-layout parameters (biases may be ``None``).
+        weight_ih: input weights ``[3H, I]`` (``nn.GRU`` layout).
+        weight_hh: recurrent weights ``[3H, H]`` (``nn.GRU`` layout).
+        bias_ih: input bias ``[3H]`` or ``None``.
+        bias_hh: recurrent bias ``[3H]`` or ``None``.
         threshold: θ, a tensor broadcastable to ``(H,)``.
         reset: ``"output"`` (the paper's) or ``"threshold"`` (EvNN code v0.2).
         surrogate: any :class:`evsnn.surrogate.Surrogate` (pseudo-derivative of the event test).
