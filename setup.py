@@ -1,6 +1,7 @@
 """Build glue pyproject.toml cannot express: the CUDA kernel sources live in the top-level ``cuda/``
-folder and ship inside the package as ``evsnn._cuda_src`` (found with importlib.resources from an
-editable install and from a built wheel alike). Everything else is configured in pyproject.toml."""
+folder and ship inside the wheel as the package ``evsnn._cuda_src``; ``evsnn.ops.cupy_runtime`` finds
+them there in an installed wheel and in ``cuda/`` in a checkout or editable install. Everything else
+is configured in pyproject.toml."""
 
 from setuptools import find_packages, setup
 
