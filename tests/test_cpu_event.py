@@ -335,7 +335,7 @@ def test_layers_through_dispatch(batch_first):
 # --------------------------------------------------------------------------------------------
 
 KERNEL_CHOICES = [
-    pytest.param("numba", marks=pytest.mark.skipif(not cpu_common.numba_available(), reason="numba not installed")),
+    "numba",  # numba is a [dev] dependency: without it this fails instead of skipping
     "torch",
 ]
 
@@ -449,7 +449,6 @@ def test_kernel_choice_and_errors(monkeypatch):
         delta_cpu.DeltaGRURunner(torch.zeros(12, 2), torch.zeros(12, 4), None, None, kernel="numba")
 
 
-@pytest.mark.skipif(not cpu_common.numba_available(), reason="numba not installed")
 def test_fused_runner_refuses_mixed_dtypes():
     x, state, *params = _egru_inputs((2, 1, 2, 4), torch.float32, seed=0)
     runner = egru_cpu.EGRURunner(*params, kernel="numba")
