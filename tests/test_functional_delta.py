@@ -11,6 +11,7 @@ import evsnn
 from evsnn.functional import (
     DeltaGRUState,
     DeltaLSTMState,
+    delta_accumulator_increment,
     delta_encode,
     delta_gru_initial_state,
     delta_gru_scan,
@@ -209,3 +210,17 @@ def test_gradcheck_delta_step(kind):
         lambda x, w_ih, w_hh, b_ih, b_hh: step(x, None, w_ih, w_hh, b_ih, b_hh, theta_x=theta_x, theta_h=theta_h)[0],
         (inputs[0], inputs[6], inputs[7], *biases),
     )
+
+
+def test_accumulator_increment_slot_layout_by_hand():
+    """GRU: input rows (r, z, n) feed slots (r, z, nx), hidden rows feed (r, z, nh) (SPEC §4); a NaN
+    on one side reaches only the slots that side feeds. LSTM: the two products add."""
+    gx = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])  # H = 2: r = (1, 2), z = (3, 4), n = (5, 6)
+    gh = torch.tensor([[10.0, 20.0, 30.0, 40.0, 50.0, 60.0]])
+    got = delta_accumulator_increment(gx, gh, gru=True)
+    assert got.tolist() == [[11.0, 22.0, 33.0, 44.0, 5.0, 6.0, 50.0, 60.0]]
+    gx[0, 4] = float("nan")
+    got = delta_accumulator_increment(gx, gh, gru=True)
+    assert got.isnan().tolist() == [[False] * 4 + [True] + [False] * 3]
+    lstm = delta_accumulator_increment(torch.arange(8.0), 10 * torch.arange(8.0), gru=False)
+    assert lstm.tolist() == (11 * torch.arange(8.0)).tolist()

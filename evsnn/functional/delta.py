@@ -44,6 +44,7 @@ __all__ = [
     "DeltaLSTMState",
     "DeltaTrace",
     "delta_encode",
+    "delta_accumulator_increment",
     "delta_gru_gates",
     "delta_lstm_gates",
     "delta_gru_initial_state",
@@ -105,6 +106,27 @@ def delta_encode(
     return delta, memory + delta
 
 
+def delta_accumulator_increment(gx: Tensor, gh: Tensor, gru: bool) -> Tensor:
+    """Increment of the accumulators ``M [..., 4H]`` from ``gx = W_ih Δx`` and ``gh = W_hh Δh``
+    (SPEC §4). The one home of the accumulator slot layout.
+
+    DeltaLSTM: ``gx + gh`` (gates i, f, g, o from both sides). DeltaGRU (``gx``, ``gh`` of
+    ``[..., 3H]`` with row blocks r, z, n): the input feeds ``(r, z, nx)`` and the hidden state
+    feeds ``(r, z, nh)``, so the result is ``[gx_r + gh_r, gx_z + gh_z, gx_n, gh_n]``. The two
+    products stay apart (no zero block multiplies a delta): a NaN or inf in one side reaches
+    only the slots that side feeds, as in the recurrence above.
+
+    Args:
+        gx: input-side product ``Δx W_ihᵀ``, ``[..., 3H]`` (GRU) or ``[..., 4H]`` (LSTM).
+        gh: hidden-side product ``Δh W_hhᵀ``, same shape as ``gx``.
+        gru: ``True`` for the DeltaGRU layout, ``False`` for the DeltaLSTM one.
+    """
+    if not gru:
+        return gx + gh
+    hs = gh.shape[-1] // 3
+    return torch.cat([gx[..., : 2 * hs] + gh[..., : 2 * hs], gx[..., 2 * hs :], gh[..., 2 * hs :]], dim=-1)
+
+
 def delta_gru_initial_state(
     batch: int,
     input_size: int,
@@ -120,9 +142,9 @@ def delta_gru_initial_state(
     like = like.new_zeros((), dtype=state_dtype(like.dtype))
     b = like.new_zeros(4 * hs)
     if bias_ih is not None:
-        b = b + torch.cat([bias_ih, bias_ih.new_zeros(hs)])
+        b = b + delta_accumulator_increment(bias_ih, bias_ih.new_zeros(3 * hs), gru=True)
     if bias_hh is not None:
-        b = b + torch.cat([bias_hh[: 2 * hs], bias_hh.new_zeros(hs), bias_hh[2 * hs :]])
+        b = b + delta_accumulator_increment(bias_hh.new_zeros(3 * hs), bias_hh, gru=True)
     h = like.new_zeros(batch, hs) if h0 is None else h0
     return DeltaGRUState(h, like.new_zeros(batch, input_size), like.new_zeros(batch, hs), b.expand(batch, 4 * hs))
 
@@ -163,14 +185,13 @@ def _delta_gru_cell(
     fixed_point: tuple[int, int] | None = None,
 ) -> tuple[Tensor, DeltaGRUState, Tensor, Tensor]:
     h_prev, x_hat, h_hat, m = state
-    hs = h_prev.shape[-1]
     if fixed_point is not None:
         x = quantize_fixed_point(x, *fixed_point)
     dx, x_hat = delta_encode(x, x_hat, theta_x, delta_rule)
     dh, h_hat = delta_encode(h_prev, h_hat, theta_h, delta_rule)
     gx = project(dx, weight_ih, None, p)
     gh = project(dh, weight_hh, None, p)
-    m = m + torch.cat([gx[:, : 2 * hs] + gh[:, : 2 * hs], gx[:, 2 * hs :], gh[:, 2 * hs :]], dim=-1)
+    m = m + delta_accumulator_increment(gx, gh, gru=True)
     h = delta_gru_gates(m, h_prev)
     if fixed_point is not None:
         h = quantize_fixed_point(h, *fixed_point)

@@ -17,6 +17,7 @@ from ...functional.delta import (
     DeltaLSTMState,
     DeltaTrace,
     check_delta_rule,
+    delta_accumulator_increment,
     delta_gru_gates,
     delta_gru_initial_state,
     delta_lstm_gates,
@@ -147,17 +148,9 @@ def _kernels() -> SimpleNamespace | None:
 
 
 def _delta_increment(gx: Tensor, gh: Tensor, gru: bool) -> Tensor:
-    """Increments of the accumulators ``M [B, 4H]`` from ``gx = W_ih Δx`` and ``gh = W_hh Δh``.
-
-    DeltaGRU: the input feeds ``(r, z, nx)`` and not ``nh``; the hidden state feeds
-    ``(r, z, nh)`` and not ``nx`` (SPEC §4), exactly the reference's concatenation. The two
-    products stay separate (no zero blocks in one table): a NaN or inf delta times a zero
-    block would give NaN where the reference adds nothing.
-    """
-    if not gru:
-        return gx + gh
-    h = gh.shape[-1] // 3
-    return torch.cat([gx[:, : 2 * h] + gh[:, : 2 * h], gx[:, 2 * h :], gh[:, 2 * h :]], dim=-1)
+    """Increments of the accumulators ``M [B, 4H]`` from ``gx = W_ih Δx`` and ``gh = W_hh Δh``,
+    in the slot layout of :func:`~evsnn.functional.delta.delta_accumulator_increment`."""
+    return delta_accumulator_increment(gx, gh, gru)
 
 
 def _joint_delta_table(table_x: Tensor, table_h: Tensor, gru: bool) -> Tensor:

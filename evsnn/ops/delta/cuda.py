@@ -41,6 +41,7 @@ from ...functional.delta import (
     DeltaLSTMState,
     DeltaTrace,
     check_delta_rule,
+    delta_accumulator_increment,
     delta_encode,
     delta_gru_gates,
     delta_gru_initial_state,
@@ -73,8 +74,9 @@ _INCLUSIVE_AT_ZERO = (
     "(dDelta/ds = 1) the sparse backward skips; use a threshold > 0 or the torch reference"
 )
 
-# Accumulator slot of each weight row block. GRU: W_ih rows (r, z, n) feed slots (r, z, nx) and
-# W_hh rows (r, z, n) feed slots (r, z, nh); LSTM: rows (i, f, g, o) feed slots 0..3 from both sides.
+# The slots each weight row block feeds (delta_accumulator_increment, the layout's home): the
+# backward reads the accumulator gradient back from them. GRU: W_ih rows (r, z, n) feed
+# (r, z, nx), W_hh rows (r, z, n) feed (r, z, nh); LSTM: rows (i, f, g, o) feed 0..3 from both sides.
 _GRU_IH_SLOTS = (0, 1, 2)
 _GRU_HH_SLOTS = (0, 1, 3)
 _LSTM_SLOTS = (0, 1, 2, 3)
@@ -107,18 +109,12 @@ def _to_slot_major(m: Tensor) -> Tensor:
 
 
 def _pack_weights(w_ih: Tensor, w_hh: Tensor, lstm: bool) -> Tensor:
-    """``[I + H, H, 4]``: row k holds column k of ``W_ih`` (k < I) or of ``W_hh``, per unit and slot."""
-    hidden = w_hh.shape[1]
-    ih_slots, hh_slots = _slots(lstm)
-
-    def pack(w: Tensor, slots: tuple[int, ...]) -> Tensor:
-        cols = w.shape[1]
-        per_gate = w.reshape(len(slots), hidden, cols).permute(2, 1, 0)  # [cols, H, gates]
-        packed = w.new_zeros(cols, hidden, 4)
-        packed[:, :, list(slots)] = per_gate
-        return packed
-
-    return torch.cat([pack(w_ih, ih_slots), pack(w_hh, hh_slots)]).contiguous()
+    """``[I + H, H, 4]``: row k holds the accumulator increment of a unit delta in input k (k < I)
+    or hidden unit k − I, i.e. column k of ``W_ih`` or ``W_hh`` in the slot layout, unit-major."""
+    hidden, gates, inp = w_hh.shape[1], w_hh.shape[0], w_ih.shape[1]
+    rows_x = delta_accumulator_increment(w_ih.t(), w_ih.new_zeros(inp, gates), not lstm)
+    rows_h = delta_accumulator_increment(w_hh.new_zeros(hidden, gates), w_hh.t(), not lstm)
+    return _to_unit_major(torch.cat([rows_x, rows_h]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -131,19 +127,12 @@ def _forward_torch(lstm, x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh, theta_x, thet
     :mod:`evsnn.functional.delta` (SPEC §4) step by step, on the kernels' unit-major accumulators."""
     steps = x.shape[0]
     rule = "inclusive" if inclusive else "strict"
-    ih_slots, hh_slots = _slots(lstm)
-    hidden = h0.shape[1]
     xhat, h, hhat, m, c = xhat0, h0, hhat0, m0u, c0
     outs, dxs, dhs, ms, cs = [], [], [], [], []
     for t in range(steps):
         dx, xhat = delta_encode(x[t], xhat, theta_x, rule)
         dh, hhat = delta_encode(h, hhat, theta_h, rule)
-        gx = (dx @ w_ih.t()).reshape(-1, len(ih_slots), hidden).transpose(1, 2)
-        gh = (dh @ w_hh.t()).reshape(-1, len(hh_slots), hidden).transpose(1, 2)
-        inc = torch.zeros_like(m)
-        inc[:, :, list(ih_slots)] += gx
-        inc[:, :, list(hh_slots)] += gh
-        m = m + inc
+        m = m + _to_unit_major(delta_accumulator_increment(dx @ w_ih.t(), dh @ w_hh.t(), not lstm))
         if lstm:
             h, c = delta_lstm_gates(_to_slot_major(m), c)
             cs.append(c)
