@@ -62,6 +62,14 @@ def check_cuda(*, device: torch.device, dtype: torch.dtype | None = None, surrog
     reason = rt.unavailable_reason()
     if reason is not None:
         return reason
+    return _argument_reason(device, dtype, surrogate)
+
+
+def _argument_reason(device: torch.device, dtype: torch.dtype | None, surrogate: Any) -> str | None:
+    """What the call's own arguments rule out (no probe of the machine): part of :func:`check_cuda`,
+    which dispatch runs once per decision, and all that a direct :func:`alif_scan_cuda` re-asks."""
+    if device.type != "cuda":
+        return f"the CuPy ALIF kernels need CUDA tensors, got a {device.type} tensor"
     if dtype is not None and dtype not in (torch.float32, torch.float64):
         return f"the CuPy ALIF kernels support float32 and float64, got {dtype}{low_precision_hint(dtype)}"
     if surrogate is not None and surrogate_kernel_args(surrogate) is None:
@@ -282,7 +290,9 @@ def alif_scan_cuda(
     if not isinstance(current, Tensor) or current.dim() != 3:
         got = tuple(current.shape) if isinstance(current, Tensor) else type(current).__name__
         raise ValueError(f"current must be a [T, B, N] tensor, got {got}")
-    reason = check_cuda(device=current.device, dtype=current.dtype, surrogate=surrogate)
+    # Dispatch ran check_cuda when it chose this backend; a direct call is refused only for what
+    # its own arguments decide (a missing CuPy or GPU fails at the kernel's compile or launch).
+    reason = _argument_reason(current.device, current.dtype, surrogate)
     if reason is not None:
         raise ValueError(f"alif_scan_cuda cannot run: {reason}")
     T, B, N = current.shape

@@ -429,7 +429,10 @@ def _check_args(name, x, weight_ih, weight_hh, gates, engine):
             f"got {tuple(weight_ih.shape)} and {tuple(weight_hh.shape)}"
         )
     if engine == "cupy":
-        reason = check_cuda(device=x.device, dtype=x.dtype, shape=(x.shape[0], x.shape[1], hidden))
+        # Dispatch ran check_cuda when it chose this backend; a direct call is refused only for
+        # what its own arguments decide (a missing CuPy or GPU fails at the kernel's compile or
+        # launch, a hidden size over the grid at units_per_block).
+        reason = _argument_reason(x.device, x.dtype)
         if reason is not None:
             raise ValueError(f"{name}: the cupy engine cannot run this call: {reason}")
 
@@ -516,13 +519,9 @@ def delta_lstm_scan_cuda(
 
 def check_cuda(*, device: torch.device, dtype: torch.dtype | None = None, **config: Any) -> str | None:
     """``None`` if the CuPy delta kernels can run this call, else why not."""
-    if device.type != "cuda":
-        return f'the CuPy backend runs on CUDA tensors, got a {device.type} tensor (pip install "evsnn[cuda13]" and move it to a GPU)'
-    reason = rt.unavailable_reason()
+    reason = _argument_reason(device, dtype) or rt.unavailable_reason()
     if reason is not None:
         return reason
-    if dtype is not None and dtype not in (torch.float32, torch.float64):
-        return f"the CuPy delta kernels support float32 and float64, got {dtype}{low_precision_hint(dtype)}"
     for key in ("theta_x", "theta_h"):
         value = config.get(key, 0.0)
         if isinstance(value, Tensor):
@@ -541,3 +540,12 @@ def check_cuda(*, device: torch.device, dtype: torch.dtype | None = None, **conf
     return None
 
 
+def _argument_reason(device: torch.device, dtype: torch.dtype | None) -> str | None:
+    """What the tensors' device and dtype rule out (no probe of the machine): part of
+    :func:`check_cuda`, which dispatch runs once per decision, and what a direct cupy-engine scan
+    re-asks (its thresholds and delta rule are validated by the scan itself)."""
+    if device.type != "cuda":
+        return f'the CuPy backend runs on CUDA tensors, got a {device.type} tensor (pip install "evsnn[cuda13]" and move it to a GPU)'
+    if dtype is not None and dtype not in (torch.float32, torch.float64):
+        return f"the CuPy delta kernels support float32 and float64, got {dtype}{low_precision_hint(dtype)}"
+    return None

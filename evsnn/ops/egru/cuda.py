@@ -106,11 +106,25 @@ def check_cuda(
     **_: object,
 ) -> str | None:
     """``None`` if the CuPy EGRU can run this call, else why not."""
-    if device.type != "cuda":
-        return f'the CuPy EGRU needs CUDA tensors, got a {device.type} tensor; install with pip install "evsnn[cuda13]"'
-    reason = rt.unavailable_reason()
+    reason = _argument_reason(device, dtype, surrogate, reset, zoneout) or rt.unavailable_reason()
     if reason is not None:
         return reason
+    if shape is not None:
+        try:
+            _layout(int(shape[2]), int(shape[1]), dtype or torch.float32, device)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
+def _argument_reason(
+    device: torch.device, dtype: torch.dtype | None, surrogate: Surrogate | None, reset: str, zoneout: float
+) -> str | None:
+    """What the call's own arguments rule out (no probe of the machine, no layout): part of
+    :func:`check_cuda`, which dispatch runs once per decision, and all that a direct
+    :func:`egru_scan_cuda` re-asks (a layout that does not fit is refused by the launcher)."""
+    if device.type != "cuda":
+        return f'the CuPy EGRU needs CUDA tensors, got a {device.type} tensor; install with pip install "evsnn[cuda13]"'
     if dtype is not None and dtype not in (torch.float32, torch.float64):
         return f"the CuPy EGRU supports float32 and float64, got {dtype}{low_precision_hint(dtype)}"
     if reset not in RESETS:
@@ -120,11 +134,6 @@ def check_cuda(
     sg = _DEFAULT_SURROGATE if surrogate is None else surrogate
     if rt.surrogate_kernel_args(sg) is None:
         return f"surrogate {sg!r} has no kernel form (kernel_spec() is None)"
-    if shape is not None:
-        try:
-            _layout(int(shape[2]), int(shape[1]), dtype or torch.float32, device)
-        except ValueError as exc:
-            return str(exc)
     return None
 
 
@@ -255,9 +264,9 @@ def egru_scan_cuda(
     if steps < 1 or batch < 1:
         raise ValueError(f"x needs at least one step and one sample, got shape {tuple(x.shape)}")
     hidden = weight_hh.shape[1]
-    reason = check_cuda(
-        device=x.device, dtype=x.dtype, surrogate=surrogate, reset=reset, zoneout=zoneout, shape=(steps, batch, hidden)
-    )
+    # Dispatch ran check_cuda when it chose this backend; a direct call is refused only for what
+    # its own arguments decide (a missing CuPy or GPU fails at the kernel's compile or launch).
+    reason = _argument_reason(x.device, x.dtype, surrogate, reset, zoneout)
     if reason is not None:
         raise ValueError(f"the CuPy EGRU cannot run this call: {reason}")
     weight_hh = _same("weight_hh", weight_hh, x, (3 * hidden, hidden))
