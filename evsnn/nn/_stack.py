@@ -427,11 +427,10 @@ class StackedForward:
             state = check_stacked_state(self, state, seq.shape[1], seq)
         backend = self._resolve_backend(seq)
         # What torch.compile cannot trace runs eagerly behind one graph break here (instead of one
-        # break per nested frame): the CuPy launchers (raw-pointer kernels, not custom ops) and the
-        # cpu_event training paths (data-dependent row gathers, numba autograd.Functions). The
-        # reference and cpu_event inference (custom ops, evsnn/ops/<family>/op.py) are traced.
-        opaque = backend.name == "cupy" or (backend.name == "cpu_event" and grad_recorded(seq, *self.parameters()))
-        run = _run_opaque if opaque else _run
+        # break per nested frame): the CuPy launchers (raw-pointer kernels, not custom ops). The
+        # reference and cpu_event (custom ops, evsnn/ops/<family>/op.py) are traced; the cpu_event
+        # torch-op training loops (data-dependent row gathers) break at their own call.
+        run = _run_opaque if backend.name == "cupy" else _run
         return run(self, x, seq, lengths, state, backend)
 
 

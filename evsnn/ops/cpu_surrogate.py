@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover
         return lambda fn: fn
 
 
-__all__ = ["KERNEL_SURROGATES", "pseudo_derivative", "surrogate_code"]
+__all__ = ["KERNEL_SURROGATES", "pseudo_derivative", "surrogate_args", "surrogate_code"]
 
 # kernel_spec names -> (kind in the kernels, number of base parameters; more are truncations)
 KERNEL_SURROGATES = {"triangle": (0, 2), "multi_gaussian": (1, 4), "gaussian": (2, 2), "atan": (3, 1),
@@ -31,16 +31,26 @@ TRIANGLE = KERNEL_SURROGATES["triangle"][0]
 _SQRT2PI = math.sqrt(2.0 * math.pi)
 
 
-def surrogate_code(surrogate: Any) -> tuple[int, np.ndarray, float] | None:
-    """``(kind, params, gate)`` of a surrogate whose ``kernel_spec`` the kernels know, else ``None``."""
+def surrogate_args(surrogate: Any) -> tuple[int, list[float], float] | None:
+    """``(kind, params, gate)`` of a surrogate whose ``kernel_spec`` the kernels know, else ``None``,
+    in plain Python numbers: the form a custom op's schema takes (``int, list[float], float``) and
+    that torch.compile traces as constants."""
     spec = surrogate.kernel_spec() if hasattr(surrogate, "kernel_spec") else None
     if spec is None or spec[0] not in KERNEL_SURROGATES or len(spec[1]) < KERNEL_SURROGATES[spec[0]][1]:
         return None
     kind, n_base = KERNEL_SURROGATES[spec[0]]
-    params = np.zeros(4, dtype=np.float64)
-    params[:n_base] = spec[1][:n_base]
+    params = [float(p) for p in spec[1][:n_base]] + [0.0] * (4 - n_base)
     # Truncations (nested ones too) each let only |x| < ε through: the smallest one decides.
     return kind, params, float(min(spec[1][n_base:], default=math.inf))
+
+
+def surrogate_code(surrogate: Any) -> tuple[int, np.ndarray, float] | None:
+    """:func:`surrogate_args` with ``params`` as the kernels' float64 array."""
+    args = surrogate_args(surrogate)
+    if args is None:
+        return None
+    kind, params, gate = args
+    return kind, np.asarray(params, dtype=np.float64), gate
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -297,9 +297,8 @@ def _egru_autograd(x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold, 
     return torch.stack(ys), EGRUState(c_prev, y_prev), EGRUTrace(torch.stack(c_pres))
 
 
-# The fused training kernel is an autograd.Function around numba calls: a compiled model runs it
-# eagerly behind one graph break here. Imported on first use, so numba loads on this path only.
-@torch.compiler.disable
+# The fused training kernels are the custom ops evsnn::egru_train_cpu_fwd/_bwd (evsnn/ops/egru/op.py):
+# torch.compile keeps them in its graph. Imported on first use, so numba loads on this path only.
 def _egru_fused_train(x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset, surrogate, zoneout, training):
     from .cpu_train import egru_train_scan
 
@@ -352,8 +351,9 @@ def egru_scan_cpu(
     return y, EGRUState(c, y_final), EGRUTrace(c_pre)
 
 
-# The training path (torch ops whose row gathers have data-dependent shapes) is not a custom op:
-# a compiled model runs it eagerly behind one graph break here.
+# The torch-op training loop (without numba, or EVSNN_CPU_KERNEL=torch) gathers rows into
+# data-dependent shapes and is not a custom op: a compiled model runs it eagerly behind one graph
+# break here.
 @torch.compiler.disable
 def _egru_train(x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset, surrogate):
     return _egru_autograd(x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset, surrogate)

@@ -44,8 +44,8 @@ from ...functional.checks import check_steps
 from ...functional.egru import RESETS, EGRUState, EGRUTrace, egru_initial_state
 from ...functional.precision import Precision, project
 from ...surrogate import SnnTorchSurrogate, Surrogate, Triangle
-from ..cpu_common import numba_batch_threads
-from ..cpu_surrogate import pseudo_derivative, surrogate_code
+from ..cpu_common import numba_available, numba_batch_threads
+from ..cpu_surrogate import pseudo_derivative, surrogate_args
 
 try:  # numba is optional (the ``cpu`` extra); this module is imported only on the training path
     from numba import njit, prange
@@ -55,7 +55,7 @@ except ImportError:  # pragma: no cover - without numba the kernels are never co
     def njit(*args, **kwargs):
         return lambda fn: fn
 
-__all__ = ["egru_train_scan", "egru_train_kernel_available", "egru_train_reason"]
+__all__ = ["egru_train_scan", "egru_train_kernel_available", "egru_train_reason", "train_forward", "train_backward"]
 
 _DTYPES = (torch.float32, torch.float64)
 _DEFAULT_SURROGATE = Triangle(0.3)
@@ -327,13 +327,6 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-def _surrogate_code(surrogate: Surrogate) -> tuple[int, np.ndarray, float]:
-    """``(kind, params, gate)`` for :func:`_pseudo_at`: a surrogate whose ``kernel_spec`` the
-    kernels know is evaluated in the kernel, any other by autograd (kind -1)."""
-    code = surrogate_code(surrogate)
-    return (-1, np.zeros(4, dtype=np.float64), math.inf) if code is None else code
-
-
 def _pseudo_derivative(surrogate: Surrogate, x: Tensor) -> Tensor:
     """``g(x)`` exactly as autograd of the reference sees it: the derivative of the surrogate's
     own forward (its primitive, clamps and NaN guard included)."""
@@ -343,70 +336,111 @@ def _pseudo_derivative(surrogate: Surrogate, x: Tensor) -> Tensor:
     return g
 
 
+def _surrogate_args(surrogate: Surrogate) -> tuple[int, list[float], float]:
+    """The surrogate as the custom ops' schema takes it, ``(kind, params, gate)``; kind -1: no
+    kernel spec (its pseudo-derivative comes from autograd, :class:`_EGRUTrain`)."""
+    args = surrogate_args(surrogate)
+    return (-1, [0.0] * 4, math.inf) if args is None else args
+
+
+def train_forward(
+    gi: Tensor, c0: Tensor, y0: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, theta: Tensor,
+    reset_output: bool, zo_p: float, zo_mask: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The fused forward (:func:`_egru_forward`): ``(y [T, B, H], c_T, y_T, c_pre [T, B, H], gates
+    [4, T, B, H])``, the gates ``r, z, n, W_hn y + b_hn`` kept for :func:`train_backward`.
+    ``zo_mask``: the zoneout masks ``[T, B, H]`` (bool) in training, else empty."""
+    steps, batch, h3 = gi.shape
+    hs = h3 // 3
+    table = weight_hh.detach().t().contiguous()
+    bias = gi.new_zeros(h3) if bias_hh is None else bias_hh.detach().contiguous()
+    c = c0.detach().clone(memory_format=torch.contiguous_format)
+    y = y0.detach().clone(memory_format=torch.contiguous_format)
+    out_y = gi.new_empty(steps, batch, hs)
+    out_v = gi.new_empty(steps, batch, hs)
+    gates = gi.new_empty(4, steps, batch, hs)
+    zo_mode, mask = _zoneout(zo_p, zo_mask)
+    with _threads(batch) as chunks:
+        _kernels().forward(
+            _np(gi.detach().contiguous()), _np(table), _np(bias), _np(theta.detach().contiguous()), _np(c), _np(y),
+            reset_output, zo_mode, zo_p, mask, chunks, _np(out_y), _np(out_v), *(_np(g) for g in gates),
+        )
+    return out_y, c, y, out_v, gates
+
+
+def _zoneout(zo_p: float, zo_mask: Tensor) -> tuple[int, np.ndarray]:
+    if zo_p == 0.0:
+        return _ZO_NONE, np.zeros((0, 0, 0), dtype=np.uint8)
+    if zo_mask.numel() == 0:
+        return _ZO_MEAN, np.zeros((0, 0, 0), dtype=np.uint8)
+    return _ZO_MASK, _np(zo_mask.contiguous()).view(np.uint8)
+
+
+def train_backward(
+    g_out: Tensor | None, g_c: Tensor | None, g_y: Tensor | None, g_v: Tensor | None,
+    c0: Tensor, y0: Tensor, weight_hh: Tensor, theta: Tensor, out_y: Tensor, out_v: Tensor, gates: Tensor,
+    zo_mask: Tensor, reset_output: bool, zo_p: float, need_y0: bool,
+    kind: int, params: list[float], gate: float, pseudo: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The fused backward (:func:`_egru_backward`) from the output gradients (``None``: zero):
+    ``(∂gi, ∂c_0, ∂y_0, ∂W_hh, ∂b_hh, ∂θ)``. ``pseudo``: ``g(c_pre − θ)`` for ``kind`` -1."""
+    steps, batch, hs = out_y.shape
+    table = weight_hh.detach().t().contiguous()
+
+    def grad_or_zeros(g, *shape):
+        return out_y.new_zeros(shape) if g is None else g.detach().contiguous()
+
+    g_out = grad_or_zeros(g_out, steps, batch, hs)
+    g_v = grad_or_zeros(g_v, steps, batch, hs)
+    # In-place adjoints: they start as the final state's gradients and end as the initial state's.
+    a_c = grad_or_zeros(g_c, batch, hs).clone()
+    a_y = grad_or_zeros(g_y, batch, hs).clone()
+    pseudo = out_y.new_empty(0, 0, 0) if pseudo is None else pseudo.contiguous()
+    zo_mode, mask = _zoneout(zo_p, zo_mask)
+    with _threads(batch) as chunks:
+        g_gi = out_y.new_empty(steps, batch, 3 * hs)
+        g_table = table.new_zeros(chunks, *table.shape)
+        g_bias = table.new_zeros(chunks, 3 * hs)
+        g_theta = table.new_zeros(chunks, hs)
+        _kernels().backward(
+            _np(table), _np(theta.detach().contiguous()), _np(c0.detach().contiguous()),
+            _np(y0.detach().contiguous()), reset_output, zo_mode, zo_p, mask, need_y0, chunks, kind,
+            np.asarray(params, dtype=np.float64), gate, _np(pseudo), _np(out_y.detach()), _np(out_v.detach()),
+            *(_np(g) for g in gates.detach()),
+            _np(g_out), _np(g_v), _np(a_c), _np(a_y), _np(g_gi), _np(g_table), _np(g_bias), _np(g_theta),
+        )  # fmt: skip
+    return g_gi, a_c, a_y, g_table.sum(0).t().contiguous(), g_bias.sum(0), g_theta.sum(0)
+
+
 class _EGRUTrain(torch.autograd.Function):
-    """The fused kernels as one autograd node over ``gi = W_ih x + b_ih``."""
+    """The fused kernels as one autograd node over ``gi = W_ih x + b_ih``, for a surrogate without
+    a kernel spec: its pseudo-derivative is autograd of the surrogate object, which no custom-op
+    schema can carry (a surrogate with one runs the ops ``evsnn::egru_train_cpu_fwd``/``_bwd``)."""
 
     @staticmethod
     def forward(ctx, gi, c0, y0, weight_hh, bias_hh, theta, reset_output, surrogate, zo_p, zo_mask):
-        steps, batch, h3 = gi.shape
-        hs = h3 // 3
-        table = weight_hh.detach().t().contiguous()
-        bias = gi.new_zeros(h3) if bias_hh is None else bias_hh.detach().contiguous()
-        c = c0.detach().clone(memory_format=torch.contiguous_format)
-        y = y0.detach().clone(memory_format=torch.contiguous_format)
-        out_y = gi.new_empty(steps, batch, hs)
-        out_v = gi.new_empty(steps, batch, hs)
-        gates = [gi.new_empty(steps, batch, hs) for _ in range(4)]
-        zo_mode = _ZO_NONE if zo_p == 0.0 else (_ZO_MASK if zo_mask is not None else _ZO_MEAN)
-        mask = zo_mask if zo_mask is not None else np.zeros((0, 0, 0), dtype=np.uint8)
-        with _threads(batch) as chunks:
-            _kernels().forward(
-                _np(gi.contiguous()), _np(table), _np(bias), _np(theta), _np(c), _np(y), reset_output,
-                zo_mode, zo_p, mask, chunks, _np(out_y), _np(out_v), *(_np(g) for g in gates),
-            )
-        ctx.options = (reset_output, surrogate, zo_mode, zo_p, mask, bias_hh is not None)
-        ctx.save_for_backward(c0, y0, table, theta, out_y, out_v, *gates)
+        out_y, c, y, out_v, gates = train_forward(gi, c0, y0, weight_hh, bias_hh, theta, reset_output, zo_p, zo_mask)
+        ctx.options = (reset_output, surrogate, zo_p, bias_hh is not None)
+        ctx.save_for_backward(c0, y0, weight_hh, theta, out_y, out_v, gates, zo_mask)
         return out_y, c, y, out_v
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g_out, g_c, g_y, g_v):
-        c0, y0, table, theta, out_y, out_v, *gates = ctx.saved_tensors
-        reset_output, surrogate, zo_mode, zo_p, mask, has_bias = ctx.options
-        steps, batch, hs = out_y.shape
-
-        def grad_or_zeros(g, *shape):
-            return out_y.new_zeros(shape) if g is None else g.contiguous()
-
-        g_out = grad_or_zeros(g_out, steps, batch, hs)
-        g_v = grad_or_zeros(g_v, steps, batch, hs)
-        # In-place adjoints: they start as the final state's gradients and end as the initial state's.
-        a_c = grad_or_zeros(g_c, batch, hs).clone()
-        a_y = grad_or_zeros(g_y, batch, hs).clone()
-        kind, params, gate = _surrogate_code(surrogate)
-        if kind < 0:
-            pseudo = _pseudo_derivative(surrogate, out_v - theta).contiguous()
-        else:
-            pseudo = out_y.new_empty(0, 0, 0)
-        with _threads(batch) as chunks:
-            g_gi = out_y.new_empty(steps, batch, 3 * hs)
-            g_table = table.new_zeros(chunks, *table.shape)
-            g_bias = table.new_zeros(chunks, 3 * hs)
-            g_theta = table.new_zeros(chunks, hs)
-            _kernels().backward(
-                _np(table), _np(theta), _np(c0.contiguous()), _np(y0.contiguous()), reset_output, zo_mode, zo_p, mask,
-                bool(ctx.needs_input_grad[2]), chunks, kind, params, gate, _np(pseudo), _np(out_y), _np(out_v),
-                *(_np(g) for g in gates),
-                _np(g_out), _np(g_v), _np(a_c), _np(a_y), _np(g_gi), _np(g_table), _np(g_bias), _np(g_theta),
-            )
-        g_bias_hh = g_bias.sum(0) if has_bias else None
-        return g_gi, a_c, a_y, g_table.sum(0).t(), g_bias_hh, g_theta.sum(0), None, None, None, None
+        c0, y0, weight_hh, theta, out_y, out_v, gates, zo_mask = ctx.saved_tensors
+        reset_output, surrogate, zo_p, has_bias = ctx.options
+        pseudo = _pseudo_derivative(surrogate, out_v - theta)
+        g_gi, a_c, a_y, g_w, g_bias, g_theta = train_backward(
+            g_out, g_c, g_y, g_v, c0, y0, weight_hh, theta, out_y, out_v, gates, zo_mask, reset_output, zo_p,
+            bool(ctx.needs_input_grad[2]), -1, [0.0] * 4, math.inf, pseudo,
+        )
+        return g_gi, a_c, a_y, g_w, g_bias if has_bias else None, g_theta, None, None, None, None
 
 
 def egru_train_reason(surrogate: object, zoneout: float = 0.0) -> str | None:
     """``None`` when :func:`egru_train_scan` can run with this surrogate and zoneout, else why not
     (numba missing; a snntorch closure or a non-:class:`~evsnn.surrogate.Surrogate`)."""
-    if _kernels() is None:
+    if not numba_available():  # not _kernels(): torch.compile traces this check, numba's jit it cannot
         return "the fused EGRU training kernel needs numba: pip install numba (or evsnn[cpu])"
     if isinstance(surrogate, SnnTorchSurrogate):
         return "a snntorch surrogate is not supported by the fused EGRU training kernel; use an evsnn.surrogate"
@@ -486,13 +520,23 @@ def egru_train_scan(
                 f"got a {t.device.type} {t.dtype} tensor of shape {tuple(t.shape)}"
             )
     gi = project(x, weight_ih, bias_ih, Precision(x.dtype, x.dtype))
-    mask = None
     if zoneout > 0.0 and training:
         # The reference's draws, in its order: one rand_like(c) per step.
         c = state.c
-        mask = torch.stack([torch.rand_like(c) < zoneout for _ in range(x.shape[0])]).numpy().view(np.uint8)
-    theta = threshold.expand(hs)
-    out, c, y, c_pre = _EGRUTrain.apply(
-        gi, state.c, state.y, weight_hh, bias_hh, theta.contiguous(), reset == "output", surrogate, float(zoneout), mask
-    )
+        mask = torch.stack([torch.rand_like(c) < zoneout for _ in range(x.shape[0])])
+    else:
+        mask = x.new_zeros(0, 0, 0, dtype=torch.bool)
+    theta = threshold.expand(hs).contiguous()
+    kind, params, gate = _surrogate_args(surrogate)
+    if kind < 0:
+        out, c, y, c_pre = _EGRUTrain.apply(
+            gi, state.c, state.y, weight_hh, bias_hh, theta, reset == "output", surrogate, float(zoneout), mask
+        )
+    else:
+        # evsnn::egru_train_cpu_fwd and its registered backward (evsnn/ops/egru/op.py): one opaque
+        # op for torch.compile.
+        out, c, y, c_pre, _ = torch.ops.evsnn.egru_train_cpu_fwd(
+            gi, state.c, state.y, weight_hh, bias_hh, theta, reset == "output", float(zoneout), mask,
+            kind, params, gate,
+        )
     return out, EGRUState(c, y), EGRUTrace(c_pre)
