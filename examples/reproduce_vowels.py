@@ -2,13 +2,22 @@
 
     OMP_NUM_THREADS=1 python examples/reproduce_vowels.py --part baseline --seeds 0 1 2 --json runs/vowels_base.json
     OMP_NUM_THREADS=1 python examples/reproduce_vowels.py --part delta --seeds 0 1 2 --json runs/vowels_delta.json
+    OMP_NUM_THREADS=1 python examples/reproduce_vowels.py --part delta --seeds 0 1 2 --train-thetas 0.2 0.4 \
+        --fixed-point 8.8 --weight-fixed-point 8.8 --json runs/vowels_fixed.json
     python examples/reproduce_vowels.py --report runs/vowels_base.json runs/vowels_delta.json --figure docs/img/vowels_accuracy_vs_ops.png
 
 ``--part baseline`` trains nn.GRU, EGRU and ALIF per seed and evaluates each trained GRU converted
 to a DeltaGRU (same weights, ``DeltaGRU.from_torch``) at every Θ of ``--convert-thetas``
 ("conversion only": trained at Θ = 0, evaluated at Θ > 0). ``--part delta`` trains a DeltaGRU at
 each Θ of ``--train-thetas`` (Θ_x = Θ_h = Θ during training, plus the L1 cost on Δh) and evaluates
-it at the same Θ ("delta-aware"). Operations are the recurrent layer's own count on the test set
+it at the same Θ ("delta-aware"); ``--fixed-point M.N`` adds the official DeltaRNN code's
+fixed-point training to it: each input frame and each ``h_t`` rounded to signed QM.N
+(``DeltaGRU(fixed_point=(M, N))``; 8.8 is that code's default, ``--aqi 8 --aqf 8``) and, with
+``--weight-fixed-point M.N``, ``weight_ih``/``weight_hh`` too in the products (its ``--wqi/--wqf``),
+all with a straight-through gradient, in training and test. ``--delta-rule inclusive`` fires on
+``|Δ| ≥ Θ`` as that code does (default ``strict``: ``|Δ| > Θ``); the rules differ only where a
+delta equals Θ, which on a 2^−N grid needs Θ on the grid (Θ = 0.25 = 64/256, that code's default).
+Operations are the recurrent layer's own count on the test set
 (``last_stats``: dense MACs vs event operations, packed sequences, no padded step counted).
 Every row is printed as a Markdown table row and kept in ``--json``; ``--report`` prints mean ± std
 per configuration and draws accuracy against operations.
@@ -33,6 +42,7 @@ from reproduce_common import Net, Result, evaluate, hardware, train  # noqa: E40
 
 import evsnn  # noqa: E402
 from evsnn.data.vowels import load_japanese_vowels  # noqa: E402
+from evsnn.functional.fixed_point import check_fixed_point  # noqa: E402
 
 HEADER = ("| model | training | Θ eval | seed | test accuracy | activity | event ops | dense MACs | ops ÷ | train s |\n"
           "|---|---|---|---|---|---|---|---|---|---|")
@@ -55,6 +65,45 @@ def converted(gru_net: Net, theta: float) -> Net:
     return net
 
 
+def q_format(text: str) -> tuple[int, int]:
+    """``"M.N"`` → ``(M, N)``: signed fixed point, M integer bits (sign included), N fraction bits."""
+    parts = text.split(".")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected a fixed-point format M.N such as 8.8, got {text!r}")
+    try:
+        return check_fixed_point("fixed-point format", (int(parts[0]), int(parts[1])))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def delta_aware(n_in: int, hidden: int, n_classes: int, theta: float, fixed_point: tuple[int, int] | None,
+                weight_fixed_point: tuple[int, int] | None, delta_rule: str) -> Net:
+    """The delta-aware network at Θ; with the official options its DeltaGRU is rebuilt with them and
+    the same initial weights, so each seed starts where the floating-point run of that seed does."""
+    net = Net("deltagru", n_in, hidden, n_classes, theta=theta)
+    if fixed_point is None and weight_fixed_point is None and delta_rule == "strict":
+        return net
+    layer = evsnn.DeltaGRU(n_in, hidden, theta_x=theta, theta_h=theta, fixed_point=fixed_point,
+                           weight_fixed_point=weight_fixed_point, delta_rule=delta_rule)
+    layer.load_state_dict(net.layer.state_dict())
+    net.layer = layer
+    return net
+
+
+def delta_training(l1: float, fixed_point: tuple[int, int] | None, weight_fixed_point: tuple[int, int] | None,
+                   delta_rule: str) -> str:
+    """The "training" label of a delta-aware row, naming the formats and the tie rule when used
+    (no ``|`` in it: the rows are Markdown table rows)."""
+    label = f"delta-aware (L1 {l1:g})"
+    if fixed_point is not None:
+        label += f", activations Q{fixed_point[0]}.{fixed_point[1]}"
+    if weight_fixed_point is not None:
+        label += f", weights Q{weight_fixed_point[0]}.{weight_fixed_point[1]}"
+    if fixed_point is not None or weight_fixed_point is not None or delta_rule != "strict":
+        label += f", rule {delta_rule} ({'≥' if delta_rule == 'inclusive' else '>'})"
+    return label
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--part", choices=("baseline", "delta"), default=None)
@@ -70,6 +119,12 @@ def main() -> None:
     p.add_argument("--convert-thetas", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2, 0.3, 0.5])
     p.add_argument("--train-thetas", type=float, nargs="+", default=[0.1, 0.2, 0.4])
     p.add_argument("--models", nargs="+", default=["gru", "egru", "alif"])
+    p.add_argument("--fixed-point", type=q_format, default=None, metavar="M.N",
+                   help="--part delta: round inputs and h_t to signed QM.N in training and test (e.g. 8.8)")
+    p.add_argument("--weight-fixed-point", type=q_format, default=None, metavar="M.N",
+                   help="--part delta: round weight_ih/weight_hh to signed QM.N in the products (e.g. 8.8)")
+    p.add_argument("--delta-rule", choices=("strict", "inclusive"), default="strict",
+                   help="--part delta: fire on |Δ| > Θ (strict, SPEC) or |Δ| ≥ Θ (inclusive, official code)")
     p.add_argument("--json", default=None, help="append the rows to this JSON file")
     p.add_argument("--report", nargs="+", default=None, help="JSON files of earlier runs: print mean ± std")
     p.add_argument("--figure", default=None, help="with --report: draw accuracy vs operations here")
@@ -79,6 +134,9 @@ def main() -> None:
         return
     if args.part is None:
         p.error("give --part baseline or --part delta (or --report)")
+    official = (args.fixed_point, args.weight_fixed_point, args.delta_rule)
+    if args.part == "baseline" and official != (None, None, "strict"):
+        p.error("--fixed-point, --weight-fixed-point and --delta-rule apply to --part delta only")
     torch.set_num_threads(1)
     data = load_japanese_vowels(args.data_dir)
     print(f"# JapaneseVowels: {len(data.train)} train, {len(data.test)} test, {data.n_features} features, "
@@ -102,9 +160,11 @@ def main() -> None:
         else:
             for theta in args.train_thetas:
                 torch.manual_seed(seed)
-                net = Net("deltagru", data.n_features, args.hidden, data.n_classes, theta=theta)
+                net = delta_aware(data.n_features, args.hidden, data.n_classes, theta, *official)
                 secs = train(net, data.train, seed=seed, l1_delta=args.l1, **common)
-                rows.append(row("deltagru", f"delta-aware (L1 {args.l1:g})", theta, seed, evaluate(net, data.test), secs))
+                r = row("deltagru", delta_training(args.l1, *official), theta, seed, evaluate(net, data.test), secs)
+                rows.append(r | {"fixed_point": args.fixed_point, "weight_fixed_point": args.weight_fixed_point,
+                                 "delta_rule": args.delta_rule})
     print(f"\n# end: {hardware()}")
     if args.json:
         path = Path(args.json)
@@ -145,12 +205,16 @@ def report(paths: list[str], figure: str | None) -> None:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 4))
-        styles = {"conversion": ("o-", "DeltaGRU, conversion only (trained Θ=0)"),
-                  "delta-aware": ("s-", "DeltaGRU, delta-aware training")}
-        for key, (style, label) in styles.items():
-            pts = sorted((k[2], rs) for k, rs in groups.items() if k[0] == "deltagru" and k[1].startswith(key))
-            if not pts:
-                continue
+        # one line per DeltaGRU training recipe (conversion, delta-aware, each fixed-point variant)
+        recipes = list(dict.fromkeys(k[1] for k in groups if k[0] == "deltagru"))
+        for i, training in enumerate(recipes):
+            if training.startswith("conversion"):
+                style, label = "o-", "DeltaGRU, conversion only (trained Θ=0)"
+            else:
+                extra = training.split(")", 1)[1].lstrip(", ")
+                style = "s-" if not extra else ("^--", "v--", "D--", "<--")[i % 4]
+                label = "DeltaGRU, delta-aware training" + (f", {extra}" if extra else "")
+            pts = sorted((k[2], rs) for k, rs in groups.items() if k[0] == "deltagru" and k[1] == training)
             xs = [statistics.mean(ops_per_gru_mac(r) for r in rs) for _, rs in pts]
             ys = [100 * statistics.mean(r["accuracy"] for r in rs) for _, rs in pts]
             es = [100 * statistics.stdev(r["accuracy"] for r in rs) if len(rs) > 1 else 0 for _, rs in pts]
