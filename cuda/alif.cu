@@ -45,6 +45,27 @@ typedef long long idx_t;
 #define SG_ARGS const int sg_kind, const scalar_t sg0, const scalar_t sg1, const scalar_t sg2, const scalar_t sg3, const scalar_t sg_trunc
 #define SG_G(x) evsnn_surrogate_grad(sg_kind, sg0, sg1, sg2, sg3, sg_trunc, (x))
 
+// The state (v, b, s) of step t-1 that the adjoint of step t reads, for the (sample, neuron) at
+// `sidx` of a state [B, N] whose step-t element of a sequence [T, B, N] is at `off` (BN = B*N):
+// the traces of step t-1, or the initial state at t = 0. Used by every backward kernel.
+__device__ __forceinline__ void alif_previous_state(const scalar_t* __restrict__ v_trace,
+                                                    const scalar_t* __restrict__ b_trace,
+                                                    const scalar_t* __restrict__ spikes, const scalar_t* __restrict__ v0,
+                                                    const scalar_t* __restrict__ bstate0,
+                                                    const scalar_t* __restrict__ s0, const int t, const idx_t off,
+                                                    const idx_t BN, const idx_t sidx, scalar_t& v_p, scalar_t& b_p,
+                                                    scalar_t& s_p) {
+    if (t > 0) {
+        v_p = v_trace[off - BN];
+        b_p = b_trace[off - BN];
+        s_p = spikes[off - BN];
+    } else {
+        v_p = v0[sidx];
+        b_p = bstate0[sidx];
+        s_p = s0[sidx];
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Feed-forward: one thread per (b, n), the state in registers, a loop over all T steps.
 // b_trace may be null (no backward will follow): it is then not written.
@@ -105,15 +126,7 @@ extern "C" __global__ void alif_ff_backward(
     scalar_t v_t = v_trace[off], b_t = b_trace[off];
     for (int t = T - 1; t >= 0; --t, off -= BN) {
         scalar_t v_p, b_p, s_p;
-        if (t > 0) {
-            v_p = v_trace[off - BN];
-            b_p = b_trace[off - BN];
-            s_p = spikes[off - BN];
-        } else {
-            v_p = v0[idx];
-            b_p = bstate0[idx];
-            s_p = s0[idx];
-        }
+        alif_previous_state(v_trace, b_trace, spikes, v0, bstate0, s0, t, off, BN, idx, v_p, b_p, s_p);
         const scalar_t thr = alif_threshold(th0, bt, b_t);
         g_current[off] = alif_adjoint_step(SG_G(v_t - thr), g_spikes ? g_spikes[off] : scalar_t(0),
                                            g_vtrace ? g_vtrace[off] : scalar_t(0), g_thr ? g_thr[off] : scalar_t(0), a,
@@ -373,15 +386,7 @@ extern "C" __global__ void __launch_bounds__(ALIF_REC_THREADS) alif_rec_backward
             __syncthreads();
             if (valid) {
                 scalar_t v_p, b_p, s_p;
-                if (t > 0) {
-                    v_p = v_trace[off - BN];
-                    b_p = b_trace[off - BN];
-                    s_p = spikes[off - BN];
-                } else {
-                    v_p = v0[sidx];
-                    b_p = bstate0[sidx];
-                    s_p = s0[sidx];
-                }
+                alif_previous_state(v_trace, b_trace, spikes, v0, bstate0, s0, t, off, BN, sidx, v_p, b_p, s_p);
                 scalar_t Gs = g_s0[sidx];
                 if (need) Gs = Gs + rec[threadIdx.x];
                 g_current[off] = alif_adjoint_step(
@@ -550,15 +555,7 @@ extern "C" __global__ void __launch_bounds__(ALIF_REC_THREADS) alif_rec_backward
             if (valid) {
                 v_t = v_trace[off];
                 b_t = b_trace[off];
-                if (t > 0) {
-                    v_p = v_trace[off - BN];
-                    b_p = b_trace[off - BN];
-                    s_p = spikes[off - BN];
-                } else {
-                    v_p = v0[sidx];
-                    b_p = bstate0[sidx];
-                    s_p = s0[sidx];
-                }
+                alif_previous_state(v_trace, b_trace, spikes, v0, bstate0, s0, t, off, BN, sidx, v_p, b_p, s_p);
                 i_t = inputs[off];
                 if (g_spikes) gsp = g_spikes[off];
                 if (g_vtrace) gvt = g_vtrace[off];

@@ -32,13 +32,16 @@ from evsnn.surrogate import MultiGaussian, Triangle
 
 CUDA_DIR = rt.CUDA_DIR
 
-# Shared function -> (header that defines it, kernels that must call it).
+# Shared function -> (file that defines it: its family's header, or the .cu for a kernel helper
+# that is no equation; kernels that must call it).
 SHARED = {
     "evsnn_sigmoid": ("common.cuh", ()),
     "evsnn_surrogate_grad": ("common.cuh", ("egru_backward",)),
     "alif_threshold": ("alif.cuh", ("alif_ff_backward", "alif_rec_backward", "alif_rec_backward_smem")),
     "alif_step": ("alif.cuh", ("alif_ff_forward", "alif_rec_forward")),
     "alif_adjoint_step": ("alif.cuh", ("alif_ff_backward", "alif_rec_backward", "alif_rec_backward_smem")),
+    # Not an equation but the same nine lines in each backward: the state of step t-1 the adjoint reads.
+    "alif_previous_state": ("alif.cu", ("alif_ff_backward", "alif_rec_backward", "alif_rec_backward_smem")),
     "egru_step": ("egru.cuh", ("egru_forward",)),
     "egru_adjoint_step": ("egru.cuh", ("egru_backward",)),
     "egru_reset": ("egru.cuh", ("egru_backward",)),
@@ -75,6 +78,8 @@ EQUATIONS = {
     "ALIF adjoint, threshold": "g_thr-dx-gv*s_p",
     "ALIF adjoint, dalpha": "gv*(v_p-i_t)",
     "ALIF adjoint, spike carry": "(scalar_t(1)-rho)*gb-gv*thr",
+    "ALIF previous state, traces": "s_p=spikes[off-BN]",
+    "ALIF previous state, initial": "s_p=s0[sidx]",
     "EGRU candidate": "z*cprev+(scalar_t(1)-z)*n",
     "EGRU threshold reset": "p-th:p",
     "EGRU adjoint, candidate": "Y*(o+p*g)",
@@ -127,7 +132,7 @@ def _equation_counts(sources: dict[str, str]) -> dict[str, int]:
     return {name: flat.count(expr) for name, expr in EQUATIONS.items()}
 
 
-def test_each_shared_function_is_defined_once_in_its_header() -> None:
+def test_each_shared_function_is_defined_once_in_its_file() -> None:
     defined: dict[str, list[str]] = {}
     for name, text in _sources().items():
         for match in _DEVICE_FN.finditer(text):
@@ -168,6 +173,9 @@ def test_a_restated_equation_is_caught() -> None:
     sources = _sources()
     sources["alif.cu"] += "\nconst scalar_t gB = g_thr - dx - gv * s_p;\n"
     assert _equation_counts(sources)["ALIF adjoint, threshold"] == 2
+    sources["alif.cu"] += "\nif (t > 0) s_p = spikes[off - BN]; else s_p = s0[sidx];\n"
+    counts = _equation_counts(sources)
+    assert counts["ALIF previous state, traces"] == counts["ALIF previous state, initial"] == 2
     sources["delta.cu"] += "\nconst scalar_t r = evsnn_sigmoid(m[0]);\n"
     assert re.search(r"\bm\[[0-3]\]", "".join(sources.values()))
 
