@@ -177,6 +177,10 @@ def _alif_training(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weig
     return _alif_autograd(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh)
 
 
+# The fused kernels are the custom ops evsnn::alif_train_cpu_fwd/_bwd (evsnn/ops/alif/op.py), which
+# torch.compile keeps in its graph. This torch-op loop gathers rows into data-dependent shapes: a
+# compiled model runs it eagerly behind one graph break here.
+@torch.compiler.disable
 def _alif_autograd(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh):
     alpha = decay(tau_mem)
     rho = decay(tau_adapt)
@@ -225,7 +229,7 @@ def alif_scan_cpu(
         state = alif_initial_state(current[0], b0)
     params = (current, state, tau_mem, tau_adapt, b0, beta)
     if _grad_needed(*params, weight_hh, bias_hh):
-        return _alif_train(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh)
+        return _alif_training(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh)
     # evsnn::alif_scan_cpu (evsnn/ops/alif/op.py, registered on import of this package): one opaque
     # op for torch.compile; the scalars b0, beta go in as tensors.
     dtype = state_dtype(current.dtype)
@@ -234,10 +238,3 @@ def alif_scan_cpu(
         current, *state, tau_mem, tau_adapt, b0, beta, weight_hh, bias_hh
     )
     return spikes, ALIFState(v, b, s), ALIFTrace(vs, thrs)
-
-
-# The training path (torch ops whose row gathers have data-dependent shapes) is not a custom op:
-# a compiled model runs it eagerly behind one graph break here.
-@torch.compiler.disable
-def _alif_train(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh):
-    return _alif_training(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh)

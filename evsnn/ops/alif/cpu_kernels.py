@@ -4,8 +4,9 @@ Forward (:func:`_alif_forward`, the equations of :func:`evsnn.functional.alif_dy
 sample and step, ``I_t = current_t + b_hh + Σ_{k: s_{t−1,k} ≠ 0} s_{t−1,k}·W_hhᵀ[k]`` (only the
 rows of units that spiked), then ``b_t``, ``B_t``, ``v_t`` and ``s_t = H(v_t − B_t)``. Inference
 runs it alone (:func:`alif_loop`, what :class:`ALIFRunner`'s numba kernel calls); training also
-keeps per (sample, step) the list of units that spiked (compact ``int32`` indices) and the dense
-``b_t`` and ``I_t`` (elementwise, as in any recurrent cell).
+keeps per (sample, step) the list of units that spiked (``int32`` indices in a fixed-capacity buffer,
+one region per sample, so the custom op's shapes follow from the sizes) and the dense ``b_t`` and
+``I_t`` (elementwise, as in any recurrent cell).
 
 Backward (:func:`_alif_backward`), in reverse time per chunk of samples (chunks in parallel):
 with ``x_t = v_t − B_t`` and the pseudo-derivative ``g``,
@@ -48,15 +49,15 @@ from torch import Tensor
 from ...functional.alif import ALIFState, ALIFTrace, alif_initial_state, decay
 from ...functional.checks import check_steps
 from ...surrogate import MultiGaussian, SnnTorchSurrogate, Surrogate
-from ..cpu_common import numba_batch_threads
-from ..cpu_surrogate import KERNEL_SURROGATES, TRIANGLE, pseudo_derivative, surrogate_code
+from ..cpu_common import numba_available, numba_batch_threads
+from ..cpu_surrogate import KERNEL_SURROGATES, TRIANGLE, pseudo_derivative, surrogate_args
 
 try:  # numba is optional (the ``cpu`` extra)
     from numba import prange
 except ImportError:  # pragma: no cover - without numba the kernels are never compiled
     prange = range
 
-__all__ = ["alif_loop", "alif_train_scan", "kernels_available", "surrogate_reason"]
+__all__ = ["alif_loop", "alif_train_scan", "kernels_available", "surrogate_reason", "train_forward", "train_backward"]
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -259,16 +260,10 @@ def surrogate_reason(surrogate: Any) -> str | None:
         return "a snntorch surrogate has no closed form the fused ALIF kernel can evaluate; use an evsnn.surrogate"
     if not isinstance(surrogate, Surrogate):
         return f"surrogate must be an evsnn.surrogate.Surrogate, got {type(surrogate).__name__}"
-    if surrogate_code(surrogate) is None:
+    if surrogate_args(surrogate) is None:
         return (f"{type(surrogate).__name__} has no kernel_spec the fused ALIF kernel knows "
                 f"({sorted(KERNEL_SURROGATES)})")
     return None
-
-
-def _surrogate_code(surrogate: Surrogate) -> tuple[int, np.ndarray, float]:
-    code = surrogate_code(surrogate)
-    assert code is not None, "surrogate_reason admits only surrogates with a kernel spec"
-    return code
 
 
 def alif_loop(
@@ -301,79 +296,69 @@ def alif_loop(
         )
 
 
-def _compact(idx: np.ndarray, off: np.ndarray, steps: int, region: int) -> tuple[np.ndarray, np.ndarray]:
-    """The used prefix of each sample's region of ``idx``, concatenated, ``off`` shifted to match."""
-    batch = off.shape[0] // steps
-    starts = np.arange(batch) * region
-    used = off[steps - 1 :: steps, 1] - starts
-    keep = np.concatenate([np.arange(s, s + u) for s, u in zip(starts, used)]) if batch else np.empty(0, np.int64)
-    shift = np.concatenate([[0], np.cumsum(used)[:-1]]) - starts
-    return idx[keep], off + np.repeat(shift, steps)[:, None]
+def train_forward(
+    current: Tensor, v0: Tensor, b0_state: Tensor, s0: Tensor, alpha: Tensor, rho: Tensor, b0: Tensor, beta: Tensor,
+    weight_hh: Tensor | None, bias_hh: Tensor | None,
+) -> tuple[Tensor, ...]:
+    """The fused forward with training storage: ``(spikes, v_T, b_T, s_T, v_seq, threshold_seq, b_seq,
+    I_seq, idx, off)``. ``idx [B·T·N]`` (int32; empty without ``weight_hh``) holds the units that
+    spiked at step t of sample b at ``idx[off[b·T + t, 0] : off[b·T + t, 1]]`` (``off [B·T, 2]``,
+    int64): one region of fixed capacity per sample, so the shapes depend on the sizes only."""
+    steps, batch, n = current.shape
+    recurrent = weight_hh is not None
+    wt = weight_hh.detach().t().contiguous() if recurrent else current.new_zeros(0, 0)
+    bias = current.new_zeros(0) if bias_hh is None else bias_hh
+    work = [t.detach().clone(memory_format=torch.contiguous_format) for t in (v0, b0_state, s0)]
+    outs = [current.new_empty(steps, batch, n) for _ in range(5)]  # s, v, B, b, I
+    idx = torch.empty(batch * steps * n if recurrent else 0, dtype=torch.int32)
+    off = torch.empty(batch * steps, 2, dtype=torch.int64)
+    vec = [t.detach().contiguous() for t in (alpha, rho, b0, beta, bias)]
+    with _threads(batch):
+        _kernels().forward(
+            _np(current.detach().contiguous()), _np(wt), _np(vec[4]), *(_np(t) for t in vec[:4]),
+            *(_np(t) for t in work), *(_np(t) for t in outs), _np(idx), _np(off), _np(current).dtype.type(1),
+        )
+    spikes, vs, thrs, b_seq, i_seq = outs
+    return spikes, *work, vs, thrs, b_seq, i_seq, idx, off
 
 
-class _ALIFTrain(torch.autograd.Function):
-    """The fused forward and backward as one autograd node (``weight_hh``/``bias_hh`` may be empty)."""
+def train_backward(
+    g_s: Tensor | None, g_vT: Tensor | None, g_bT: Tensor | None, g_sT: Tensor | None, g_v: Tensor | None,
+    g_thr: Tensor | None, v0: Tensor, b0_state: Tensor, s0: Tensor, alpha: Tensor, rho: Tensor, beta: Tensor,
+    weight_hh: Tensor | None, spikes: Tensor, vs: Tensor, thrs: Tensor, b_seq: Tensor, i_seq: Tensor, idx: Tensor,
+    off: Tensor, detach_reset: bool, need_s0: bool, kind: int, params: list[float], gate: float,
+) -> tuple[Tensor, ...]:
+    """The fused backward from the output gradients (``None``: zero) and :func:`train_forward`'s
+    results: ``(∂current, ∂v_0, ∂b_0, ∂s_0, ∂α, ∂ρ, ∂b0, ∂β, ∂W_hh, ∂b_hh)`` (``∂W_hh`` ``[0, 0]``
+    without ``weight_hh``). ``need_s0``: form ``∂L/∂s_0`` for every unit."""
+    steps, batch, n = spikes.shape
+    like = spikes
+    recurrent = weight_hh is not None
+    wt = weight_hh.detach().t().contiguous() if recurrent else like.new_zeros(0, 0)
+    none = like.new_zeros(0, 0, 0)
 
-    @staticmethod
-    def forward(ctx, current, v0, b0_state, s0, alpha, rho, b0, beta, weight_hh, bias_hh, surrogate, detach_reset):
-        steps, batch, n = current.shape
-        recurrent = weight_hh.numel() > 0
-        wt = weight_hh.detach().t().contiguous() if recurrent else current.new_zeros(0, 0)
-        work = [t.detach().clone(memory_format=torch.contiguous_format) for t in (v0, b0_state, s0)]
-        outs = [current.new_empty(steps, batch, n) for _ in range(5)]  # s, v, B, b, I
-        region = steps * n
-        idx = np.empty(batch * region if recurrent else 0, dtype=np.int32)
-        off = np.empty((batch * steps, 2), dtype=np.int64)
-        vec = [t.detach().contiguous() for t in (alpha, rho, b0, beta, bias_hh)]
-        with _threads(batch):
-            _kernels().forward(
-                _np(current.detach().contiguous()), _np(wt), _np(vec[4]), *(_np(t) for t in vec[:4]),
-                *(_np(t) for t in work), *(_np(t) for t in outs), idx, off, _np(current).dtype.type(1),
-            )
-        if recurrent:
-            ctx.events = _compact(idx, off, steps, region)
-        else:
-            ctx.events = (idx, off)
-        ctx.surrogate = _surrogate_code(surrogate)
-        ctx.detach_reset = bool(detach_reset)
-        ctx.recurrent = recurrent
-        ctx.save_for_backward(v0, b0_state, s0, alpha, rho, beta, wt, *outs)
-        spikes, vs, thrs = outs[:3]
-        v_t, b_t, s_t = work
-        return spikes, v_t, b_t, s_t, vs, thrs
+    def grad(g, shape):
+        if g is None:
+            return like.new_zeros(shape)
+        return g.detach().to(like.dtype).contiguous().clone()
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g_s, g_vT, g_bT, g_sT, g_v, g_thr):
-        v0, b0_state, s0, alpha, rho, beta, wt, *outs = ctx.saved_tensors
-        steps, batch, n = outs[0].shape
-        like = outs[0]
-        none = like.new_zeros(0, 0, 0)
-
-        def grad(g, shape):
-            if g is None:
-                return like.new_zeros(shape)
-            return g.detach().to(like.dtype).contiguous().clone()
-
-        a_v, a_b, a_s = grad(g_vT, (batch, n)), grad(g_bT, (batch, n)), grad(g_sT, (batch, n))
-        g_cur = like.new_empty(steps, batch, n)
-        code, params, gate = ctx.surrogate
-        idx, off = ctx.events
-        zero = np.float32(0) if like.dtype == torch.float32 else np.float64(0)
-        with _threads(batch) as parts:
-            sums = [like.new_zeros(parts, n) for _ in range(5)]  # alpha, rho, b0, beta, bias_hh
-            g_wt = like.new_zeros(parts, n, n) if ctx.recurrent else like.new_zeros(parts, 0, 0)
-            _kernels().backward(
-                _np(wt), _np(alpha.contiguous()), _np(rho.contiguous()), _np(beta.contiguous()),
-                *(_np(t.contiguous()) for t in (v0, b0_state, s0)), *(_np(t) for t in outs), idx, off,
-                code, params, gate, ctx.detach_reset, bool(ctx.needs_input_grad[3]), zero,
-                *(none if g is None else _np(g.contiguous()) for g in (g_s, g_v, g_thr)),
-                _np(a_v), _np(a_b), _np(a_s), _np(g_cur), *(_np(t) for t in sums), _np(g_wt),
-            )
-        g_alpha, g_rho, g_b0, g_beta, g_bias = (t.sum(0) for t in sums)
-        g_w = g_wt.sum(0).t() if ctx.recurrent else None
-        g_bias = g_bias if ctx.recurrent else None
-        return g_cur, a_v, a_b, a_s, g_alpha, g_rho, g_b0, g_beta, g_w, g_bias, None, None
+    a_v, a_b, a_s = grad(g_vT, (batch, n)), grad(g_bT, (batch, n)), grad(g_sT, (batch, n))
+    g_cur = like.new_empty(steps, batch, n)
+    zero = np.float32(0) if like.dtype == torch.float32 else np.float64(0)
+    outs = (spikes, vs, thrs, b_seq, i_seq)
+    with _threads(batch) as parts:
+        sums = [like.new_zeros(parts, n) for _ in range(5)]  # alpha, rho, b0, beta, bias_hh
+        g_wt = like.new_zeros(parts, n, n) if recurrent else like.new_zeros(parts, 0, 0)
+        _kernels().backward(
+            _np(wt), _np(alpha.detach().contiguous()), _np(rho.detach().contiguous()),
+            _np(beta.detach().contiguous()), *(_np(t.detach().contiguous()) for t in (v0, b0_state, s0)),
+            *(_np(t.detach()) for t in outs), _np(idx), _np(off),
+            kind, np.asarray(params, dtype=np.float64), gate, detach_reset, need_s0, zero,
+            *(none if g is None else _np(g.detach().contiguous()) for g in (g_s, g_v, g_thr)),
+            _np(a_v), _np(a_b), _np(a_s), _np(g_cur), *(_np(t) for t in sums), _np(g_wt),
+        )  # fmt: skip
+    g_alpha, g_rho, g_b0, g_beta, g_bias = (t.sum(0) for t in sums)
+    return g_cur, a_v, a_b, a_s, g_alpha, g_rho, g_b0, g_beta, g_wt.sum(0).t().contiguous(), g_bias
 
 
 def _vector(value: float | Tensor, n: int, name: str, like: Tensor) -> Tensor:
@@ -428,7 +413,7 @@ def alif_train_scan(
     if reason is not None:
         raise TypeError(f"the fused ALIF scan cannot run: {reason}")
     check_steps("the fused ALIF scan", current)
-    if _kernels() is None:
+    if not numba_available():  # not _kernels(): torch.compile traces this check, numba's jit it cannot
         raise RuntimeError("the fused ALIF kernels need numba: pip install numba (or evsnn[cpu])")
     if current.dim() != 3:
         raise ValueError(f"the fused ALIF scan expects current of shape [T, B, N], got {tuple(current.shape)}")
@@ -461,11 +446,10 @@ def alif_train_scan(
                 f"the fused ALIF scan expects state field {name!r} as a CPU {current.dtype} tensor of shape "
                 f"{(batch, n)}, got {got}"
             )
-    empty = current.new_zeros(0)
-    spikes, v_t, b_t, s_t, vs, thrs = _ALIFTrain.apply(
-        current, *state, decay(tau_mem), decay(tau_adapt), b0_vec, _vector(beta, n, "beta", current),
-        current.new_zeros(0, 0) if weight_hh is None else weight_hh,
-        empty if bias_hh is None else bias_hh,
-        surrogate, detach_reset,
+    # evsnn::alif_train_cpu_fwd and its registered backward (evsnn/ops/alif/op.py): one opaque op
+    # for torch.compile.
+    spikes, v_t, b_t, s_t, vs, thrs, *_ = torch.ops.evsnn.alif_train_cpu_fwd(
+        current, *state, decay(tau_mem), decay(tau_adapt), b0_vec, _vector(beta, n, "beta", current), weight_hh,
+        bias_hh, bool(detach_reset), *surrogate_args(surrogate),
     )
     return spikes, ALIFState(v_t, b_t, s_t), ALIFTrace(vs, thrs)

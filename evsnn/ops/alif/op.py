@@ -5,6 +5,11 @@ one opaque op per call (no graph break) and can trace shapes through its fake ke
 :func:`~evsnn.ops.alif.cpu.alif_scan_cpu` calls it when no gradient is recorded (``b0``/``beta``
 come as tensors). Not differentiable: a call that records gradients runs the training path instead.
 
+``evsnn::alif_train_cpu_fwd`` / ``evsnn::alif_train_cpu_bwd``: the fused numba training kernels of
+:mod:`evsnn.ops.alif.cpu_kernels` (``"cpu_event"`` in training), the backward registered as the
+forward's gradient; :func:`~evsnn.ops.alif.cpu_kernels.alif_train_scan` calls the forward. The spike
+lists travel as a fixed-capacity index buffer and offsets, so every shape follows from the sizes.
+
 ``evsnn::alif_scan_cuda_fwd`` / ``evsnn::alif_scan_cuda_bwd``: the CuPy forward and backward kernels
 (:func:`~evsnn.ops.alif.cuda.alif_forward_launch`, :func:`~evsnn.ops.alif.cuda.alif_backward_launch`),
 the backward registered as the forward's gradient; :func:`~evsnn.ops.alif.cuda.alif_scan_cuda` calls
@@ -24,7 +29,7 @@ from ...functional.precision import state_dtype
 from .cpu import ALIFRunner
 from .cuda import alif_backward_launch, alif_forward_launch
 
-__all__ = ["alif_scan_cpu_op", "alif_scan_cuda_fwd", "alif_scan_cuda_bwd"]
+__all__ = ["alif_scan_cpu_op", "alif_train_cpu_fwd", "alif_train_cpu_bwd", "alif_scan_cuda_fwd", "alif_scan_cuda_bwd"]
 
 
 @torch.library.custom_op("evsnn::alif_scan_cpu", mutates_args=(), device_types="cpu")
@@ -56,6 +61,115 @@ def _(current, v, b, s, tau_mem, tau_adapt, b0, beta, weight_hh, bias_hh):
     seq = current.new_empty(current.shape, dtype=dtype)
     state = [t.new_empty(current.shape[1:], dtype=dtype) for t in (v, b, s)]
     return seq, *state, torch.empty_like(seq), torch.empty_like(seq)
+
+
+@torch.library.custom_op("evsnn::alif_train_cpu_fwd", mutates_args=(), device_types="cpu")
+def alif_train_cpu_fwd(
+    current: Tensor,
+    v0: Tensor,
+    bstate0: Tensor,
+    s0: Tensor,
+    alpha: Tensor,
+    rho: Tensor,
+    b0: Tensor,
+    beta: Tensor,
+    weight_hh: Tensor | None,
+    bias_hh: Tensor | None,
+    detach_reset: bool,
+    sg_kind: int,
+    sg_params: list[float],
+    sg_gate: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Fused ALIF training forward over ``current [T, B, N]`` (``alpha, rho, b0, beta [N]``):
+    ``(spikes, v_T, b_T, s_T, v_seq, threshold_seq, b_seq, I_seq, idx [B·T·N] int32, off [B·T, 2]
+    int64)``, the last four residuals for the backward. The surrogate's kernel form serves the backward."""
+    from .cpu_kernels import train_forward
+
+    return train_forward(current, v0, bstate0, s0, alpha, rho, b0, beta, weight_hh, bias_hh)
+
+
+@alif_train_cpu_fwd.register_fake
+def _(current, v0, bstate0, s0, alpha, rho, b0, beta, weight_hh, bias_hh, detach_reset, sg_kind, sg_params, sg_gate):
+    steps, batch, n = current.shape
+    seqs = [current.new_empty(steps, batch, n) for _ in range(5)]
+    state = [current.new_empty(batch, n) for _ in range(3)]
+    idx = current.new_empty(batch * steps * n if weight_hh is not None else 0, dtype=torch.int32)
+    off = current.new_empty(batch * steps, 2, dtype=torch.int64)
+    return seqs[0], *state, *seqs[1:], idx, off
+
+
+@torch.library.custom_op("evsnn::alif_train_cpu_bwd", mutates_args=(), device_types="cpu")
+def alif_train_cpu_bwd(
+    grad_spikes: Tensor | None,
+    grad_v: Tensor | None,
+    grad_b: Tensor | None,
+    grad_s: Tensor | None,
+    grad_v_seq: Tensor | None,
+    grad_threshold_seq: Tensor | None,
+    v0: Tensor,
+    bstate0: Tensor,
+    s0: Tensor,
+    alpha: Tensor,
+    rho: Tensor,
+    beta: Tensor,
+    weight_hh: Tensor | None,
+    spikes: Tensor,
+    v_seq: Tensor,
+    threshold_seq: Tensor,
+    b_seq: Tensor,
+    i_seq: Tensor,
+    idx: Tensor,
+    off: Tensor,
+    detach_reset: bool,
+    need_s0: bool,
+    sg_kind: int,
+    sg_params: list[float],
+    sg_gate: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Fused ALIF training backward: ``(∂current, ∂v_0, ∂b_0, ∂s_0, ∂α, ∂ρ, ∂b0, ∂β, ∂W_hh, ∂b_hh)``
+    from the outputs' gradients (``None``: zero) and the forward's results (``∂W_hh`` is ``[0, 0]``
+    without ``weight_hh``). ``need_s0``: form ``∂L/∂s_0`` for every unit."""
+    from .cpu_kernels import train_backward
+
+    return train_backward(
+        grad_spikes, grad_v, grad_b, grad_s, grad_v_seq, grad_threshold_seq, v0, bstate0, s0, alpha, rho, beta,
+        weight_hh, spikes, v_seq, threshold_seq, b_seq, i_seq, idx, off, detach_reset, need_s0, sg_kind, sg_params,
+        sg_gate,
+    )  # fmt: skip
+
+
+@alif_train_cpu_bwd.register_fake
+def _(g_s, g_v, g_b, g_sT, g_vs, g_thr, v0, bstate0, s0, alpha, rho, beta, weight_hh, spikes, *rest):
+    steps, batch, n = spikes.shape
+    w = (n, n) if weight_hh is not None else (0, 0)
+    return (
+        spikes.new_empty(steps, batch, n), *(spikes.new_empty(batch, n) for _ in range(3)),
+        *(spikes.new_empty(n) for _ in range(4)), spikes.new_empty(w), spikes.new_empty(n),
+    )  # fmt: skip
+
+
+def _setup_train(ctx, inputs, output) -> None:
+    current, v0, bstate0, s0, alpha, rho, b0, beta, weight_hh, bias_hh, detach_reset, *surrogate = inputs
+    spikes, _, _, _, v_seq, thr_seq, b_seq, i_seq, idx, off = output
+    ctx.save_for_backward(v0, bstate0, s0, alpha, rho, beta, weight_hh, spikes, v_seq, thr_seq, b_seq, i_seq, idx, off)
+    ctx.detach_reset = detach_reset
+    ctx.surrogate = surrogate
+    ctx.has_bias = bias_hh is not None
+    ctx.mark_non_differentiable(b_seq, i_seq, idx, off)
+
+
+def _backward_train(ctx, g_s, g_vT, g_bT, g_sT, g_v, g_thr, *_residuals):
+    v0, bstate0, s0, alpha, rho, beta, weight_hh, *saved = ctx.saved_tensors
+    grads = torch.ops.evsnn.alif_train_cpu_bwd(
+        g_s, g_vT, g_bT, g_sT, g_v, g_thr, v0, bstate0, s0, alpha, rho, beta, weight_hh, *saved,
+        ctx.detach_reset, bool(ctx.needs_input_grad[3]), *ctx.surrogate,
+    )  # fmt: skip
+    *state_grads, g_w, g_bias = grads
+    return (*state_grads, g_w if weight_hh is not None else None, g_bias if ctx.has_bias else None,
+            None, None, None, None)  # fmt: skip
+
+
+alif_train_cpu_fwd.register_autograd(_backward_train, setup_context=_setup_train)
 
 
 @torch.library.custom_op("evsnn::alif_scan_cuda_fwd", mutates_args=(), device_types="cuda")
