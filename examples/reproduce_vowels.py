@@ -11,13 +11,15 @@ to a DeltaGRU (same weights, ``DeltaGRU.from_torch``) at every Θ of ``--convert
 ("conversion only": trained at Θ = 0, evaluated at Θ > 0). ``--part delta`` trains a DeltaGRU at
 each Θ of ``--train-thetas`` (Θ_x = Θ_h = Θ during training, plus the L1 cost on Δh) and evaluates
 it at the same Θ ("delta-aware"); ``--fixed-point M.N`` adds the official DeltaRNN code's
-fixed-point training to it: each input frame and each ``h_t`` rounded to signed QM.N
-(``DeltaGRU(fixed_point=(M, N))``; 8.8 is that code's default, ``--aqi 8 --aqf 8``) and, with
-``--weight-fixed-point M.N``, ``weight_ih``/``weight_hh`` too in the products (its ``--wqi/--wqf``),
-all with a straight-through gradient, in training and test. ``--delta-rule inclusive`` fires on
-``|Δ| ≥ Θ`` as that code does (default ``strict``: ``|Δ| > Θ``); the rules differ only where a
-delta equals Θ, which on a 2^−N grid needs Θ on the grid (Θ = 0.25 = 64/256, that code's default).
-Operations are the recurrent layer's own count on the test set
+fixed-point rounding to it: each input frame and each ``h_t`` rounded to signed QM.N
+(``DeltaGRU(fixed_point=(M, N))``; that code's DeltaGRU defaults to activations Q8.8, ``aqi/aqf``)
+and, with ``--weight-fixed-point M.N``, ``weight_ih``/``weight_hh`` too in the products (its
+``wqi/wqf``, default Q1.7), with a straight-through gradient, in training and test (that code
+rounds the activations in evaluation only, and also rounds its gate pre-activations and outputs,
+which evsnn does not model). ``--delta-rule inclusive`` fires on ``|Δ| ≥ Θ`` as that code does
+(default ``strict``: ``|Δ| > Θ``); the rules differ only where a delta equals Θ, which on a 2^−N
+grid needs Θ on the grid (Θ = 0.25 = 64/256 is, Θ = 0.2 and 0.4 are not). Operations are the
+recurrent layer's own count on the test set
 (``last_stats``: dense MACs vs event operations, packed sequences, no padded step counted).
 Every row is printed as a Markdown table row and kept in ``--json``; ``--report`` prints mean ± std
 per configuration and draws accuracy against operations.
@@ -204,7 +206,7 @@ def report(paths: list[str], figure: str | None) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(10, 4.5))
         # one line per DeltaGRU training recipe (conversion, delta-aware, each fixed-point variant)
         recipes = list(dict.fromkeys(k[1] for k in groups if k[0] == "deltagru"))
         for i, training in enumerate(recipes):
@@ -219,8 +221,9 @@ def report(paths: list[str], figure: str | None) -> None:
             ys = [100 * statistics.mean(r["accuracy"] for r in rs) for _, rs in pts]
             es = [100 * statistics.stdev(r["accuracy"] for r in rs) if len(rs) > 1 else 0 for _, rs in pts]
             ax.errorbar(xs, ys, yerr=es, fmt=style, capsize=3, label=label)
-            for (theta, _), x, y in zip(pts, xs, ys):
-                ax.annotate(f"Θ={theta:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+            if style in ("o-", "s-"):  # the variants sit at the same Θ as these: labels would overlap
+                for (theta, _), x, y in zip(pts, xs, ys):
+                    ax.annotate(f"Θ={theta:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
         for (model, training, _), rs in groups.items():
             if model in ("gru", "egru", "alif"):
                 x = statistics.mean(ops_per_gru_mac(r) for r in rs)
@@ -234,7 +237,7 @@ def report(paths: list[str], figure: str | None) -> None:
         ax.set_ylabel("test accuracy (%)")
         ax.set_title("JapaneseVowels, hidden 64, mean ± std over seeds")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
         fig.tight_layout()
         fig.savefig(figure, dpi=120)
         print(f"\nfigure: {figure}")
