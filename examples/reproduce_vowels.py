@@ -18,7 +18,8 @@ and, with ``--weight-fixed-point M.N``, ``weight_ih``/``weight_hh`` too in the p
 rounds the activations in evaluation only, and also rounds its gate pre-activations and outputs,
 which evsnn does not model). ``--delta-rule inclusive`` fires on ``|Δ| ≥ Θ`` as that code does
 (default ``strict``: ``|Δ| > Θ``); the rules differ only where a delta equals Θ, which on a 2^−N
-grid needs Θ on the grid (Θ = 0.25 = 64/256 is, Θ = 0.2 and 0.4 are not). Operations are the
+grid needs Θ on the grid (Θ = 0.25 = 64/256 is, Θ = 0.2 and 0.4 are not); ``--eval-other-rule``
+also evaluates each trained network under the other rule. Operations are the
 recurrent layer's own count on the test set
 (``last_stats``: dense MACs vs event operations, packed sequences, no padded step counted).
 Every row is printed as a Markdown table row and kept in ``--json``; ``--report`` prints mean ± std
@@ -127,6 +128,8 @@ def main() -> None:
                    help="--part delta: round weight_ih/weight_hh to signed QM.N in the products (e.g. 8.8)")
     p.add_argument("--delta-rule", choices=("strict", "inclusive"), default="strict",
                    help="--part delta: fire on |Δ| > Θ (strict, SPEC) or |Δ| ≥ Θ (inclusive, official code)")
+    p.add_argument("--eval-other-rule", action="store_true",
+                   help="--part delta: also evaluate each trained network under the other tie rule (same weights)")
     p.add_argument("--json", default=None, help="append the rows to this JSON file")
     p.add_argument("--report", nargs="+", default=None, help="JSON files of earlier runs: print mean ± std")
     p.add_argument("--figure", default=None, help="with --report: draw accuracy vs operations here")
@@ -137,8 +140,8 @@ def main() -> None:
     if args.part is None:
         p.error("give --part baseline or --part delta (or --report)")
     official = (args.fixed_point, args.weight_fixed_point, args.delta_rule)
-    if args.part == "baseline" and official != (None, None, "strict"):
-        p.error("--fixed-point, --weight-fixed-point and --delta-rule apply to --part delta only")
+    if args.part == "baseline" and (official != (None, None, "strict") or args.eval_other_rule):
+        p.error("--fixed-point, --weight-fixed-point, --delta-rule and --eval-other-rule apply to --part delta only")
     torch.set_num_threads(1)
     data = load_japanese_vowels(args.data_dir)
     print(f"# JapaneseVowels: {len(data.train)} train, {len(data.test)} test, {data.n_features} features, "
@@ -164,9 +167,17 @@ def main() -> None:
                 torch.manual_seed(seed)
                 net = delta_aware(data.n_features, args.hidden, data.n_classes, theta, *official)
                 secs = train(net, data.train, seed=seed, l1_delta=args.l1, **common)
-                r = row("deltagru", delta_training(args.l1, *official), theta, seed, evaluate(net, data.test), secs)
-                rows.append(r | {"fixed_point": args.fixed_point, "weight_fixed_point": args.weight_fixed_point,
-                                 "delta_rule": args.delta_rule})
+                label = delta_training(args.l1, *official)
+                fields = {"fixed_point": args.fixed_point, "weight_fixed_point": args.weight_fixed_point,
+                          "delta_rule": args.delta_rule, "eval_rule": args.delta_rule}
+                rows.append(row("deltagru", label, theta, seed, evaluate(net, data.test), secs) | fields)
+                if args.eval_other_rule:
+                    # the same trained weights under the other rule: what the ties alone change
+                    other = "inclusive" if args.delta_rule == "strict" else "strict"
+                    net.layer.delta_rule = other
+                    label += f", evaluated with rule {other} ({'≥' if other == 'inclusive' else '>'})"
+                    rows.append(row("deltagru", label, theta, seed, evaluate(net, data.test), secs)
+                                | fields | {"eval_rule": other})
     print(f"\n# end: {hardware()}")
     if args.json:
         path = Path(args.json)
@@ -208,7 +219,8 @@ def report(paths: list[str], figure: str | None) -> None:
 
         fig, ax = plt.subplots(figsize=(10, 4.5))
         # one line per DeltaGRU training recipe (conversion, delta-aware, each fixed-point variant)
-        recipes = list(dict.fromkeys(k[1] for k in groups if k[0] == "deltagru"))
+        # (the evaluations under the other tie rule are diagnostics: in the table only)
+        recipes = list(dict.fromkeys(k[1] for k in groups if k[0] == "deltagru" and "evaluated with" not in k[1]))
         for i, training in enumerate(recipes):
             if training.startswith("conversion"):
                 style, label = "o-", "DeltaGRU, conversion only (trained Θ=0)"

@@ -110,21 +110,26 @@ def test_part_delta_with_fixed_point_writes_labelled_rows_and_the_report_keeps_t
     out = tmp_path / "rows.json"
     argv = ["reproduce_vowels.py", "--part", "delta", "--data-dir", str(tiny_vowels), "--seeds", "0", "1",
             "--train-thetas", "0.25", "--hidden", "4", "--epochs", "1", "--batch-size", "3",
-            "--fixed-point", "8.8", "--weight-fixed-point", "1.7", "--delta-rule", "inclusive", "--json", str(out)]
+            "--fixed-point", "8.8", "--weight-fixed-point", "1.7", "--delta-rule", "inclusive", "--eval-other-rule",
+            "--json", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
     script.main()
-    monkeypatch.setattr(sys, "argv", [a for a in argv if a not in ("--fixed-point", "8.8", "--weight-fixed-point",
-                                                                    "1.7", "--delta-rule", "inclusive")])
+    official = ("--fixed-point", "8.8", "--weight-fixed-point", "1.7", "--delta-rule", "inclusive", "--eval-other-rule")
+    monkeypatch.setattr(sys, "argv", [a for a in argv if a not in official])
     script.main()
     rows = json.loads(out.read_text())
-    assert len(rows) == 4
-    fixed = [r for r in rows if r.get("fixed_point") is not None]
-    assert len(fixed) == 2
-    for r in fixed:
-        assert r["training"] == "delta-aware (L1 0.001), activations Q8.8, weights Q1.7, rule inclusive (≥)"
+    assert len(rows) == 6
+    label = "delta-aware (L1 0.001), activations Q8.8, weights Q1.7, rule inclusive (≥)"
+    fixed = [r for r in rows if r.get("fixed_point") is not None and r["eval_rule"] == "inclusive"]
+    cross = [r for r in rows if r.get("fixed_point") is not None and r["eval_rule"] == "strict"]
+    assert len(fixed) == len(cross) == 2
+    for r, c in zip(fixed, cross):
+        assert r["training"] == label
         assert (r["fixed_point"], r["weight_fixed_point"], r["delta_rule"]) == ([8, 8], [1, 7], "inclusive")
-        assert "|" not in r["training"]  # it goes into a Markdown table cell
-    plain = [r for r in rows if r not in fixed]
+        assert c["training"] == label + ", evaluated with rule strict (>)"
+        assert (c["seed"], c["train_s"], c["delta_rule"]) == (r["seed"], r["train_s"], "inclusive")
+        assert "|" not in c["training"]  # it goes into a Markdown table cell
+    plain = [r for r in rows if r.get("fixed_point") is None]
     assert {r["training"] for r in plain} == {"delta-aware (L1 0.001)"}
     capsys.readouterr()
 
@@ -132,8 +137,8 @@ def test_part_delta_with_fixed_point_writes_labelled_rows_and_the_report_keeps_t
     script.report([str(out)], str(figure))
     printed = capsys.readouterr().out
     table = [line for line in printed.splitlines() if line.startswith("| deltagru")]
-    assert len(table) == 2  # one row per recipe, not one mixed row
-    fixed_line = next(line for line in table if "Q8.8" in line)
+    assert len(table) == 3  # one row per recipe and evaluation rule, not one mixed row
+    fixed_line = next(line for line in table if "Q8.8" in line and "evaluated" not in line)
     accs = [100 * r["accuracy"] for r in fixed]
     mean = sum(accs) / 2
     sd = abs(accs[0] - accs[1]) / 2 ** 0.5
