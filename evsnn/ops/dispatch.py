@@ -105,13 +105,6 @@ def register(backend: Backend) -> None:
         raise ValueError(f"unknown op family {backend.family!r}; expected one of {FAMILIES}")
     if backend.name not in BACKENDS or backend.name == "auto":
         raise ValueError(f"unknown backend name {backend.name!r}; expected one of {BACKENDS[1:]}")
-    if backend.name == "cupy":
-        # The CuPy launchers pass raw data pointers, which torch.compile cannot trace (fake tensors
-        # have none), and they are not custom ops yet: a compiled model calls them as opaque
-        # functions, one graph break at the op. The cpu_event scans need no wrapper: their kernels
-        # are the custom ops evsnn::<family>_scan_cpu (evsnn/ops/<family>/op.py), which
-        # torch.compile keeps in the graph as single opaque nodes.
-        backend = replace(backend, fn=torch.compiler.disable(backend.fn))
     _REGISTRY[(backend.family, backend.name)] = backend
 
 
@@ -157,11 +150,13 @@ _ACCELERATED = {
 }
 
 
+# Run, not traced, by torch.compile (importlib is opaque to it: a first request inside a compiled
+# model would otherwise break the graph); its result, None, is the constant it assumes.
+@torch.compiler.assume_constant_result
 def _ensure_loaded(name: str) -> None:
     # An accelerated backend's modules are imported and registered on first request; importing is
-    # cheap (CuPy and numba are imported lazily inside them). Done once per process (and
-    # torch.compile sees no import). The cpu_event check decides "auto" per family, so it is
-    # bound to its family; the CuPy checks need no family.
+    # cheap (CuPy and numba are imported lazily inside them). Done once per process. The cpu_event
+    # check decides "auto" per family, so it is bound to its family; the CuPy checks need no family.
     if name in _LOADED or name not in _ACCELERATED:
         return
     _LOADED.add(name)
