@@ -225,7 +225,7 @@ def report(paths: list[str], figure: str | None) -> None:
             if training.startswith("conversion"):
                 style, label = "o-", "DeltaGRU, conversion only (trained Θ=0)"
             else:
-                extra = training.split(")", 1)[1].lstrip(", ")
+                extra = training.partition(")")[2].lstrip(", ")  # what follows "delta-aware (L1 β)"
                 style = "s-" if not extra else ("^--", "v--", "D--", "<--")[i % 4]
                 label = "DeltaGRU, delta-aware training" + (f", {extra}" if extra else "")
             pts = sorted((k[2], rs) for k, rs in groups.items() if k[0] == "deltagru" and k[1] == training)

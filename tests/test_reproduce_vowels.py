@@ -114,11 +114,8 @@ def test_part_delta_with_fixed_point_writes_labelled_rows_and_the_report_keeps_t
             "--json", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
     script.main()
-    official = ("--fixed-point", "8.8", "--weight-fixed-point", "1.7", "--delta-rule", "inclusive", "--eval-other-rule")
-    monkeypatch.setattr(sys, "argv", [a for a in argv if a not in official])
-    script.main()
     rows = json.loads(out.read_text())
-    assert len(rows) == 6
+    assert len(rows) == 4
     label = "delta-aware (L1 0.001), activations Q8.8, weights Q1.7, rule inclusive (≥)"
     fixed = [r for r in rows if r.get("fixed_point") is not None and r["eval_rule"] == "inclusive"]
     cross = [r for r in rows if r.get("fixed_point") is not None and r["eval_rule"] == "strict"]
@@ -129,8 +126,13 @@ def test_part_delta_with_fixed_point_writes_labelled_rows_and_the_report_keeps_t
         assert c["training"] == label + ", evaluated with rule strict (>)"
         assert (c["seed"], c["train_s"], c["delta_rule"]) == (r["seed"], r["train_s"], "inclusive")
         assert "|" not in c["training"]  # it goes into a Markdown table cell
-    plain = [r for r in rows if r.get("fixed_point") is None]
-    assert {r["training"] for r in plain} == {"delta-aware (L1 0.001)"}
+    # floating-point rows as the script writes them (the label of the published rows): the report
+    # must keep them apart from the fixed-point ones at the same Θ
+    plain = [r | {"training": script.delta_training(0.001, None, None, "strict"), "fixed_point": None,
+                  "weight_fixed_point": None, "delta_rule": "strict", "eval_rule": "strict",
+                  "accuracy": 0.5 * r["accuracy"] + 0.01 * r["seed"]} for r in fixed]
+    assert plain[0]["training"] == "delta-aware (L1 0.001)"
+    out.write_text(json.dumps(rows + plain))
     capsys.readouterr()
 
     figure = tmp_path / "fig.png"
@@ -146,8 +148,10 @@ def test_part_delta_with_fixed_point_writes_labelled_rows_and_the_report_keeps_t
     assert figure.stat().st_size > 0
 
 
-def test_official_options_are_refused_for_the_baseline_part(script, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["reproduce_vowels.py", "--part", "baseline", "--fixed-point", "8.8"])
+@pytest.mark.parametrize("option", [["--fixed-point", "8.8"], ["--weight-fixed-point", "1.7"],
+                                    ["--delta-rule", "inclusive"], ["--eval-other-rule"]])
+def test_official_options_are_refused_for_the_baseline_part(script, monkeypatch, capsys, option):
+    monkeypatch.setattr(sys, "argv", ["reproduce_vowels.py", "--part", "baseline", *option])
     with pytest.raises(SystemExit):
         script.main()
     assert "apply to --part delta only" in capsys.readouterr().err
