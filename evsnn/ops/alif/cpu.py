@@ -238,3 +238,12 @@ def alif_scan_cpu(
         current, *state, tau_mem, tau_adapt, b0, beta, weight_hh, bias_hh
     )
     return spikes, ALIFState(v, b, s), ALIFTrace(vs, thrs)
+
+
+def _training_traced(*, surrogate: Surrogate = _ALIF_SURROGATE, dtype: torch.dtype | None = None, **_: object) -> bool:
+    """Whether :func:`alif_scan_cpu` trains through its custom ops (torch.compile traces them), not
+    through the torch-op loop (which breaks the graph)."""
+    return (dtype is None or dtype in DTYPES) and _fused_training_reason(surrogate) is None
+
+
+alif_scan_cpu.traced_training = _training_traced

@@ -310,7 +310,8 @@ def train_forward(
     bias = current.new_zeros(0) if bias_hh is None else bias_hh
     work = [t.detach().clone(memory_format=torch.contiguous_format) for t in (v0, b0_state, s0)]
     outs = [current.new_empty(steps, batch, n) for _ in range(5)]  # s, v, B, b, I
-    idx = torch.empty(batch * steps * n if recurrent else 0, dtype=torch.int32)
+    # Zero-filled: the op's outputs are deterministic, the unused tail of each region included.
+    idx = torch.zeros(batch * steps * n if recurrent else 0, dtype=torch.int32)
     off = torch.empty(batch * steps, 2, dtype=torch.int64)
     vec = [t.detach().contiguous() for t in (alpha, rho, b0, beta, bias)]
     with _threads(batch):

@@ -445,22 +445,25 @@ def _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta
     return out, (DeltaGRUState if gru else DeltaLSTMState)(*final), DeltaTrace(dx, dh)
 
 
-# The training paths (torch ops whose row gathers have data-dependent shapes; the fused numba
-# kernels of an autograd.Function) are not custom ops: a compiled model runs them eagerly behind
-# one graph break here.
-@torch.compiler.disable
 def _delta_train(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru: bool, delta_rule: str):
     inclusive = check_delta_rule(delta_rule) == "inclusive"
     if gru and _pick_kernel("auto") == "numba":
         # The fused event-sparse forward and backward, measured faster than the torch-op loop
         # below at H = 1024, B = 32 (docs/benchmarks.md, "CPU training of the delta cells").
         # The DeltaLSTM's fused kernel is exact too but was not measured faster: not used.
+        # The kernels are the custom ops evsnn::delta_train_cpu_fwd/_bwd (evsnn/ops/delta/op.py):
+        # torch.compile keeps them in its graph.
         from . import cpu_train
 
         return cpu_train.delta_gru_train_scan(
             x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x=theta_x, theta_h=theta_h, delta_rule=delta_rule
         )
-    return _delta_autograd(x, state, weight_ih, weight_hh, theta_x, theta_h, gru, inclusive)
+    return _delta_autograd_opaque(x, state, weight_ih, weight_hh, theta_x, theta_h, gru, inclusive)
+
+
+# The torch-op training loop gathers rows into data-dependent shapes (and tests its deltas for
+# finiteness on the host): a compiled model runs it eagerly behind one graph break here.
+_delta_autograd_opaque = torch.compiler.disable(_delta_autograd)
 
 
 def delta_gru_scan_cpu(
@@ -495,3 +498,19 @@ def delta_lstm_scan_cpu(
     """Event-sparse DeltaLSTM over ``x [T, B, I]``; same signature and result as
     :func:`evsnn.functional.delta_lstm_scan` (SPEC §4)."""
     return _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru=False, delta_rule=delta_rule)
+
+
+def _gru_training_traced(**_: object) -> bool:
+    """Whether :func:`delta_gru_scan_cpu` trains through its custom ops (torch.compile traces them),
+    not through the torch-op loop (which breaks the graph)."""
+    return _pick_kernel("auto") == "numba"
+
+
+def _lstm_training_traced(**_: object) -> bool:
+    """:func:`delta_lstm_scan_cpu` trains through the torch-op loop (the fused kernel was not measured
+    faster), which breaks the graph."""
+    return False
+
+
+delta_gru_scan_cpu.traced_training = _gru_training_traced
+delta_lstm_scan_cpu.traced_training = _lstm_training_traced

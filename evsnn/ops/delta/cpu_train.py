@@ -4,7 +4,8 @@ Forward (SPEC §4, the equations of :func:`evsnn.functional.delta_gru_scan` and
 :func:`~evsnn.functional.delta_lstm_scan`): per sample and step, encode ``Δx_t`` and ``Δh_{t−1}``,
 add the rows of ``W_ihᵀ``/``W_hhᵀ`` of the *active* columns to the accumulators ``M``, gates,
 ``h_t``. It keeps for the backward only what the backward reads: per (step, sample) the list of
-active input and hidden columns and their delta values (compact, ``int32`` index + value), and
+active input and hidden columns and their delta values (``int32`` index + value, in buffers of
+fixed capacity, one region per sample, so the custom op's shapes follow from the sizes), and
 the gate values (GRU ``r, z, n, M_nh``; LSTM ``i, f, g, o`` and ``c_t``: elementwise, dense as in
 any GRU/LSTM). Samples are independent and run in parallel (``torch.get_num_threads()``).
 
@@ -44,9 +45,9 @@ from ...functional.delta import (
     delta_gru_initial_state,
     delta_lstm_initial_state,
 )
-from ..cpu_common import numba_batch_threads
+from ..cpu_common import numba_available, numba_batch_threads
 
-__all__ = ["delta_gru_train_scan", "delta_lstm_train_scan", "train_kernels_available"]
+__all__ = ["delta_gru_train_scan", "delta_lstm_train_scan", "train_kernels_available", "train_forward", "train_backward"]
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -250,17 +251,6 @@ def _threads(batch: int) -> contextlib.AbstractContextManager[int]:
     return numba_batch_threads(_kernels().numba, batch)
 
 
-def _compact(idx: np.ndarray, val: np.ndarray, off: np.ndarray, steps: int, region: int):
-    """The used prefix of each sample's region of ``idx``/``val``, concatenated, with ``off``
-    shifted to match: what the backward needs and nothing more."""
-    batch = off.shape[0] // steps
-    starts = np.arange(batch) * region
-    used = off[steps - 1 :: steps, 1] - starts
-    keep = np.concatenate([np.arange(s, s + u) for s, u in zip(starts, used)]) if batch else np.empty(0, np.int64)
-    shift = np.concatenate([[0], np.cumsum(used)[:-1]]) - starts
-    return idx[keep], val[keep], off + np.repeat(shift, steps)[:, None]
-
-
 def train_kernels_available() -> bool:
     """Whether the fused numba training kernels can run (numba installed)."""
     return _kernels() is not None
@@ -270,85 +260,88 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-class _DeltaTrain(torch.autograd.Function):
-    """The fused kernels as one autograd node. ``c0`` is ``None`` for the GRU, whose ``c``
-    output is then an empty placeholder without gradient."""
+def train_forward(
+    x: Tensor, h0: Tensor, c0: Tensor | None, x_hat0: Tensor, h_hat0: Tensor, m0: Tensor, weight_ih: Tensor,
+    weight_hh: Tensor, theta_x: Tensor, theta_h: Tensor, inclusive: bool, gru: bool,
+) -> tuple[Tensor, ...]:
+    """The fused forward (:func:`_delta_forward`): ``(h_seq, h_T, c_T, x̂_T, ĥ_T, M_T, Δx, Δh, c_seq,
+    gates [4, T, B, H], idx_x, val_x, off_x, idx_h, val_h, off_h)``; for the GRU (``c0`` ``None``)
+    ``c_T`` and ``c_seq`` are empty. The active columns travel in buffers of fixed capacity (one
+    region per sample: ``[B·T·I]``/``[B·T·H]`` indices and deltas, ``[B·T, 2]`` offsets), so every
+    shape follows from the sizes."""
+    steps, batch, n_in = x.shape
+    hs = weight_hh.shape[1]
+    wx = weight_ih.detach().t().contiguous()
+    wh = weight_hh.detach().t().contiguous()
 
-    @staticmethod
-    def forward(ctx, x, h0, c0, x_hat0, h_hat0, m0, weight_ih, weight_hh, theta_x, theta_h, inclusive, gru):
-        steps, batch, n_in = x.shape
-        hs = weight_hh.shape[1]
-        wx = weight_ih.detach().t().contiguous()
-        wh = weight_hh.detach().t().contiguous()
+    def work(t):
+        return t.detach().clone(memory_format=torch.contiguous_format)
 
-        def work(t):
-            return t.detach().clone(memory_format=torch.contiguous_format)
+    h, x_hat, h_hat, m = work(h0), work(x_hat0), work(h_hat0), work(m0)
+    c = x.new_zeros(0, 0) if gru else work(c0)
+    out = x.new_empty(steps, batch, hs)
+    out_c = x.new_empty(0, 0, 0) if gru else x.new_empty(steps, batch, hs)
+    dx = x.new_empty(steps, batch, n_in)
+    dh = x.new_empty(steps, batch, hs)
+    gates = x.new_empty(4, steps, batch, hs)
+    cells = steps * batch
+    # Capacity for every column active, one region per sample; zero-filled, so that the op's outputs
+    # are deterministic, the unused tail of each region included.
+    idx_x = torch.zeros(cells * n_in, dtype=torch.int32)
+    idx_h = torch.zeros(cells * hs, dtype=torch.int32)
+    val_x = x.new_zeros(cells * n_in)
+    val_h = x.new_zeros(cells * hs)
+    off_x = torch.empty(cells, 2, dtype=torch.int64)
+    off_h = torch.empty(cells, 2, dtype=torch.int64)
+    with _threads(batch):
+        _kernels().forward(
+            _np(x.detach().contiguous()), _np(wx), _np(wh), _np(theta_x.detach().contiguous()),
+            _np(theta_h.detach().contiguous()), _np(h), _np(c), _np(x_hat), _np(h_hat), _np(m), inclusive, gru,
+            _np(out), _np(out_c), _np(dx), _np(dh), *(_np(g) for g in gates),
+            _np(idx_x), _np(val_x), _np(off_x), _np(idx_h), _np(val_h), _np(off_h),
+        )  # fmt: skip
+    return out, h, c, x_hat, h_hat, m, dx, dh, out_c, gates, idx_x, val_x, off_x, idx_h, val_h, off_h
 
-        h, x_hat, h_hat, m = work(h0), work(x_hat0), work(h_hat0), work(m0)
-        c = x.new_zeros(0, 0) if gru else work(c0)
-        out = x.new_empty(steps, batch, hs)
-        out_c = x.new_empty(0, 0, 0) if gru else x.new_empty(steps, batch, hs)
-        dx = x.new_empty(steps, batch, n_in)
-        dh = x.new_empty(steps, batch, hs)
-        gates = [x.new_empty(steps, batch, hs) for _ in range(4)]
-        cells = steps * batch
-        # Capacity for every column active, one region per sample; np.empty only reserves the
-        # pages, and only the used part of each region is kept for the backward.
-        idx_x = np.empty(cells * n_in, dtype=np.int32)
-        idx_h = np.empty(cells * hs, dtype=np.int32)
-        val_x = np.empty(cells * n_in, dtype=_np(x).dtype)
-        val_h = np.empty(cells * hs, dtype=_np(x).dtype)
-        off_x = np.empty((cells, 2), dtype=np.int64)
-        off_h = np.empty((cells, 2), dtype=np.int64)
-        with _threads(batch):
-            _kernels().forward(
-                _np(x.contiguous()), _np(wx), _np(wh), _np(theta_x), _np(theta_h),
-                _np(h), _np(c), _np(x_hat), _np(h_hat), _np(m), inclusive, gru,
-                _np(out), _np(out_c), _np(dx), _np(dh), *(_np(g) for g in gates),
-                idx_x, val_x, off_x, idx_h, val_h, off_h,
-            )
-        ctx.events = (*_compact(idx_x, val_x, off_x, steps, steps * n_in), *_compact(idx_h, val_h, off_h, steps, steps * hs))
-        ctx.gru = gru
-        c0_saved = x.new_zeros(0, 0) if gru else c0
-        ctx.save_for_backward(h0, c0_saved, out, out_c, wx, wh, *gates)
-        if gru:
-            ctx.mark_non_differentiable(c)
-        return out, h.clone(), c, x_hat, h_hat, m, dx, dh
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g_out, g_h, g_c, g_xhat, g_hhat, g_m, g_dx, g_dh):
-        h0, c0, out, out_c, wx, wh, *gates = ctx.saved_tensors
-        steps, batch, hs = out.shape
-        n_in = wx.shape[0]
-        gru = ctx.gru
+def train_backward(
+    g_out: Tensor | None, g_h: Tensor | None, g_c: Tensor | None, g_xhat: Tensor | None, g_hhat: Tensor | None,
+    g_m: Tensor | None, g_dx: Tensor | None, g_dh: Tensor | None, h0: Tensor, c0: Tensor | None, out: Tensor,
+    out_c: Tensor, weight_ih: Tensor, weight_hh: Tensor, gates: Tensor, idx_x: Tensor, val_x: Tensor, off_x: Tensor,
+    idx_h: Tensor, val_h: Tensor, off_h: Tensor, gru: bool,
+) -> tuple[Tensor, ...]:
+    """The fused backward (:func:`_delta_backward`) from the output gradients (``None``: zero) and
+    :func:`train_forward`'s results: ``(∂x, ∂h_0, ∂c_0, ∂x̂_0, ∂ĥ_0, ∂M_0, ∂W_ih, ∂W_hh)`` (``∂c_0``
+    empty for the GRU)."""
+    steps, batch, hs = out.shape
+    wx = weight_ih.detach().t().contiguous()
+    wh = weight_hh.detach().t().contiguous()
+    n_in = wx.shape[0]
 
-        def grad_or_zeros(g, *shape):
-            return out.new_zeros(shape) if g is None else g.contiguous()
+    def grad_or_zeros(g, *shape):
+        return out.new_zeros(shape) if g is None else g.detach().contiguous()
 
-        g_out = grad_or_zeros(g_out, steps, batch, hs)
-        g_dx = grad_or_zeros(g_dx, steps, batch, n_in)
-        g_dh = grad_or_zeros(g_dh, steps, batch, hs)
-        # In-place adjoints: start as the final state's gradients, end as the initial state's.
-        a_h = grad_or_zeros(g_h, batch, hs).clone()
-        a_c = out.new_zeros(0, 0) if gru else grad_or_zeros(g_c, batch, hs).clone()
-        a_xhat = grad_or_zeros(g_xhat, batch, n_in).clone()
-        a_hhat = grad_or_zeros(g_hhat, batch, hs).clone()
-        a_m = grad_or_zeros(g_m, batch, 4 * hs).clone()
-        g_x = out.new_zeros(steps, batch, n_in)
-        idx_x, val_x, off_x, idx_h, val_h, off_h = ctx.events
-        with _threads(batch) as parts:
-            g_wx = wx.new_zeros(parts, *wx.shape)
-            g_wh = wh.new_zeros(parts, *wh.shape)
-            _kernels().backward(
-                _np(wx), _np(wh), _np(h0.contiguous()), _np(c0.contiguous()), gru, _np(out), _np(out_c),
-                *(_np(g) for g in gates),
-                idx_x, val_x, off_x, idx_h, val_h, off_h,
-                _np(g_out), _np(g_dx), _np(g_dh), _np(a_h), _np(a_c), _np(a_xhat), _np(a_hhat), _np(a_m),
-                _np(g_x), _np(g_wx), _np(g_wh),
-            )
-        g_c0 = None if gru else a_c
-        return g_x, a_h, g_c0, a_xhat, a_hhat, a_m, g_wx.sum(0).t(), g_wh.sum(0).t(), None, None, None, None
+    g_out = grad_or_zeros(g_out, steps, batch, hs)
+    g_dx = grad_or_zeros(g_dx, steps, batch, n_in)
+    g_dh = grad_or_zeros(g_dh, steps, batch, hs)
+    # In-place adjoints: start as the final state's gradients, end as the initial state's.
+    a_h = grad_or_zeros(g_h, batch, hs).clone()
+    a_c = out.new_zeros(0, 0) if gru else grad_or_zeros(g_c, batch, hs).clone()
+    a_xhat = grad_or_zeros(g_xhat, batch, n_in).clone()
+    a_hhat = grad_or_zeros(g_hhat, batch, hs).clone()
+    a_m = grad_or_zeros(g_m, batch, 4 * hs).clone()
+    g_x = out.new_zeros(steps, batch, n_in)
+    c0 = out.new_zeros(0, 0) if c0 is None else c0.detach()
+    with _threads(batch) as parts:
+        g_wx = wx.new_zeros(parts, *wx.shape)
+        g_wh = wh.new_zeros(parts, *wh.shape)
+        _kernels().backward(
+            _np(wx), _np(wh), _np(h0.detach().contiguous()), _np(c0.contiguous()), gru, _np(out.detach()),
+            _np(out_c.detach()), *(_np(g) for g in gates.detach()),
+            _np(idx_x), _np(val_x.detach()), _np(off_x), _np(idx_h), _np(val_h.detach()), _np(off_h),
+            _np(g_out), _np(g_dx), _np(g_dh), _np(a_h), _np(a_c), _np(a_xhat), _np(a_hhat), _np(a_m),
+            _np(g_x), _np(g_wx), _np(g_wh),
+        )  # fmt: skip
+    return g_x, a_h, a_c, a_xhat, a_hhat, a_m, g_wx.sum(0).t().contiguous(), g_wh.sum(0).t().contiguous()
 
 
 def _theta_vector(theta: float | Tensor, n: int, name: str, like: Tensor) -> Tensor:
@@ -362,7 +355,7 @@ def _delta_train_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x,
     family = "delta_gru" if gru else "delta_lstm"
     inclusive = check_delta_rule(delta_rule) == "inclusive"
     check_steps(f"the cpu_train {family} scan", x)
-    if _kernels() is None:
+    if not numba_available():  # not _kernels(): torch.compile traces this check, numba's jit it cannot
         raise RuntimeError("the fused CPU training kernels need numba: pip install numba (or evsnn[cpu])")
     if x.dim() != 3:
         raise ValueError(f"the cpu_train {family} scan expects x of shape [T, B, I], got {tuple(x.shape)}")
@@ -387,7 +380,9 @@ def _delta_train_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x,
                 f"{shapes[name]}, got a {t.device.type} {t.dtype} tensor of shape {tuple(t.shape)}"
             )
     fields = state_type(*state)._asdict()
-    out, h, c, x_hat, h_hat, m, dx, dh = _DeltaTrain.apply(
+    # evsnn::delta_train_cpu_fwd and its registered backward (evsnn/ops/delta/op.py): one opaque op
+    # for torch.compile.
+    out, h, c, x_hat, h_hat, m, dx, dh, *_ = torch.ops.evsnn.delta_train_cpu_fwd(
         x, fields["h"], fields.get("c"), fields["x_hat"], fields["h_hat"], fields["m"], weight_ih, weight_hh,
         _theta_vector(theta_x, n_in, "theta_x", x), _theta_vector(theta_h, hs, "theta_h", x), inclusive, gru,
     )

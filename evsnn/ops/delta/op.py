@@ -7,6 +7,11 @@ fake kernel.
 by :mod:`evsnn.ops.delta.cpu`'s scans when no gradient is recorded (the thresholds come as tensors).
 Not differentiable: a call that records gradients runs the training path instead.
 
+``evsnn::delta_train_cpu_fwd`` / ``evsnn::delta_train_cpu_bwd``: the fused numba training kernels of
+:mod:`evsnn.ops.delta.cpu_train` (GRU or LSTM by a flag; ``"cpu_event"`` runs them in training for
+the DeltaGRU), the backward registered as the forward's gradient. The active columns travel in
+fixed-capacity buffers (indices, deltas, offsets), so every shape follows from the sizes.
+
 ``evsnn::delta_scan_bptt_fwd`` / ``evsnn::delta_scan_bptt_bwd``: the forward and the symmetric sparse
 backward of :mod:`evsnn.ops.delta.cuda` (``engine="cupy"``: the CUDA kernels; ``"torch"``: their
 twin in torch ops, on any device), the backward registered as the forward's gradient. Optional
@@ -26,7 +31,10 @@ from ...functional.precision import state_dtype
 from .cpu import DeltaGRURunner, DeltaLSTMRunner
 from .cuda import delta_backward_impl, delta_forward_impl
 
-__all__ = ["delta_gru_scan_cpu_op", "delta_lstm_scan_cpu_op", "delta_scan_bptt_fwd", "delta_scan_bptt_bwd"]
+__all__ = [
+    "delta_gru_scan_cpu_op", "delta_lstm_scan_cpu_op", "delta_train_cpu_fwd", "delta_train_cpu_bwd",
+    "delta_scan_bptt_fwd", "delta_scan_bptt_bwd",
+]
 
 
 def _trace(deltas: Tensor, n_in: int) -> tuple[Tensor, Tensor]:
@@ -102,6 +110,115 @@ def _(x, h, x_hat, h_hat, m, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, th
 @delta_lstm_scan_cpu_op.register_fake
 def _(x, h, c, x_hat, h_hat, m, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, delta_rule):
     return _fake(x, (h, c, x_hat, h_hat, m), weight_ih, weight_hh)
+
+
+@torch.library.custom_op("evsnn::delta_train_cpu_fwd", mutates_args=(), device_types="cpu")
+def delta_train_cpu_fwd(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor | None,
+    x_hat0: Tensor,
+    h_hat0: Tensor,
+    m0: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    theta_x: Tensor,
+    theta_h: Tensor,
+    inclusive: bool,
+    gru: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+           Tensor, Tensor, Tensor]:  # fmt: skip
+    """Fused delta-cell training forward over ``x [T, B, I]`` (``c0`` ``None`` for the GRU):
+    ``(h_seq, h_T, c_T, x̂_T, ĥ_T, M_T, Δx, Δh)`` then the backward's residuals ``(c_seq, gates,
+    idx_x, val_x, off_x, idx_h, val_h, off_h)``; the GRU's ``c_T``/``c_seq`` are empty."""
+    from .cpu_train import train_forward
+
+    return train_forward(x, h0, c0, x_hat0, h_hat0, m0, weight_ih, weight_hh, theta_x, theta_h, inclusive, gru)
+
+
+@delta_train_cpu_fwd.register_fake
+def _(x, h0, c0, x_hat0, h_hat0, m0, weight_ih, weight_hh, theta_x, theta_h, inclusive, gru):
+    steps, batch, n_in = x.shape
+    hs = weight_hh.shape[1]
+    cells = steps * batch
+    seq = x.new_empty(steps, batch, hs)
+    lstm = c0 is not None
+    return (
+        seq, x.new_empty(batch, hs), x.new_empty(batch, hs) if lstm else x.new_empty(0, 0), x.new_empty(batch, n_in),
+        x.new_empty(batch, hs), x.new_empty(batch, 4 * hs), x.new_empty(steps, batch, n_in), torch.empty_like(seq),
+        torch.empty_like(seq) if lstm else x.new_empty(0, 0, 0), x.new_empty(4, steps, batch, hs),
+        x.new_empty(cells * n_in, dtype=torch.int32), x.new_empty(cells * n_in), x.new_empty(cells, 2, dtype=torch.int64),
+        x.new_empty(cells * hs, dtype=torch.int32), x.new_empty(cells * hs), x.new_empty(cells, 2, dtype=torch.int64),
+    )  # fmt: skip
+
+
+@torch.library.custom_op("evsnn::delta_train_cpu_bwd", mutates_args=(), device_types="cpu")
+def delta_train_cpu_bwd(
+    grad_out: Tensor | None,
+    grad_h: Tensor | None,
+    grad_c: Tensor | None,
+    grad_x_hat: Tensor | None,
+    grad_h_hat: Tensor | None,
+    grad_m: Tensor | None,
+    grad_dx: Tensor | None,
+    grad_dh: Tensor | None,
+    h0: Tensor,
+    c0: Tensor | None,
+    out: Tensor,
+    c_seq: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    gates: Tensor,
+    idx_x: Tensor,
+    val_x: Tensor,
+    off_x: Tensor,
+    idx_h: Tensor,
+    val_h: Tensor,
+    off_h: Tensor,
+    gru: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Fused delta-cell training backward (Chen et al.'s symmetric sparse BPTT): ``(∂x, ∂h_0, ∂c_0,
+    ∂x̂_0, ∂ĥ_0, ∂M_0, ∂W_ih, ∂W_hh)`` from the outputs' gradients (``None``: zero) and the
+    forward's residuals; ``∂c_0`` is empty for the GRU."""
+    from .cpu_train import train_backward
+
+    return train_backward(
+        grad_out, grad_h, grad_c, grad_x_hat, grad_h_hat, grad_m, grad_dx, grad_dh, h0, c0, out, c_seq, weight_ih,
+        weight_hh, gates, idx_x, val_x, off_x, idx_h, val_h, off_h, gru,
+    )  # fmt: skip
+
+
+@delta_train_cpu_bwd.register_fake
+def _(g_out, g_h, g_c, g_xhat, g_hhat, g_m, g_dx, g_dh, h0, c0, out, c_seq, weight_ih, weight_hh, *rest):
+    steps, batch, hs = out.shape
+    n_in = weight_ih.shape[1]
+    return (
+        out.new_empty(steps, batch, n_in), out.new_empty(batch, hs),
+        out.new_empty(batch, hs) if c0 is not None else out.new_empty(0, 0), out.new_empty(batch, n_in),
+        out.new_empty(batch, hs), out.new_empty(batch, 4 * hs), weight_ih.new_empty(weight_ih.shape),
+        weight_hh.new_empty(weight_hh.shape),
+    )  # fmt: skip
+
+
+def _setup_train(ctx, inputs, output) -> None:
+    x, h0, c0, x_hat0, h_hat0, m0, weight_ih, weight_hh, theta_x, theta_h, inclusive, gru = inputs
+    out, _, c, *_, c_seq, gates, idx_x, val_x, off_x, idx_h, val_h, off_h = output
+    ctx.save_for_backward(h0, c0, out, c_seq, weight_ih, weight_hh, gates, idx_x, val_x, off_x, idx_h, val_h, off_h)
+    ctx.gru = gru
+    ctx.mark_non_differentiable(c_seq, gates, idx_x, val_x, off_x, idx_h, val_h, off_h)
+    if gru:
+        ctx.mark_non_differentiable(c)  # the GRU's empty placeholder
+
+
+def _backward_train(ctx, g_out, g_h, g_c, g_xhat, g_hhat, g_m, g_dx, g_dh, *_residuals):
+    saved = ctx.saved_tensors
+    g_x, g_h0, g_c0, g_xhat0, g_hhat0, g_m0, g_wih, g_whh = torch.ops.evsnn.delta_train_cpu_bwd(
+        g_out, g_h, None if ctx.gru else g_c, g_xhat, g_hhat, g_m, g_dx, g_dh, *saved, ctx.gru
+    )
+    return g_x, g_h0, None if ctx.gru else g_c0, g_xhat0, g_hhat0, g_m0, g_wih, g_whh, None, None, None, None
+
+
+delta_train_cpu_fwd.register_autograd(_backward_train, setup_context=_setup_train)
 
 
 @torch.library.custom_op("evsnn::delta_scan_bptt_fwd", mutates_args=())

@@ -357,3 +357,14 @@ def egru_scan_cpu(
 @torch.compiler.disable
 def _egru_train(x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset, surrogate):
     return _egru_autograd(x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset, surrogate)
+
+
+def _training_traced(*, surrogate: Surrogate = _EGRU_SURROGATE, zoneout: float = 0.0, **_: object) -> bool:
+    """Whether :func:`egru_scan_cpu` trains through its custom ops (torch.compile traces them), not
+    through a path that breaks the graph (the torch-op loop; a surrogate without kernel spec)."""
+    from ..cpu_surrogate import surrogate_args  # imports numba: on this path only
+
+    return _pick_kernel("auto") == "numba" and surrogate_args(surrogate) is not None and 0.0 <= zoneout < 1.0
+
+
+egru_scan_cpu.traced_training = _training_traced

@@ -437,6 +437,11 @@ class _EGRUTrain(torch.autograd.Function):
         return g_gi, a_c, a_y, g_w, g_bias if has_bias else None, g_theta, None, None, None, None
 
 
+# The surrogate object cannot enter a custom op: a compiled model runs this node eagerly behind one
+# graph break.
+_egru_train_opaque = torch.compiler.disable(_EGRUTrain.apply)
+
+
 def egru_train_reason(surrogate: object, zoneout: float = 0.0) -> str | None:
     """``None`` when :func:`egru_train_scan` can run with this surrogate and zoneout, else why not
     (numba missing; a snntorch closure or a non-:class:`~evsnn.surrogate.Surrogate`)."""
@@ -529,7 +534,7 @@ def egru_train_scan(
     theta = threshold.expand(hs).contiguous()
     kind, params, gate = _surrogate_args(surrogate)
     if kind < 0:
-        out, c, y, c_pre = _EGRUTrain.apply(
+        out, c, y, c_pre = _egru_train_opaque(
             gi, state.c, state.y, weight_hh, bias_hh, theta, reset == "output", surrogate, float(zoneout), mask
         )
     else:
