@@ -13,7 +13,8 @@ machine probe, the SM count and the shared-memory limit are stood in for), never
   here: torch's autograd engine refuses fake CUDA tensors without a GPU ("hasPrimaryContext
   expects a valid device index"), so the forward/backward op pairs are traced by AOTAutograd on
   meta tensors instead (the backward op lands in the backward graph);
-- a first request for "cupy" made inside a compiled function loads the backend without a break.
+- a first request for "cupy" made inside a compiled function loads the backend without a break;
+- the public layers themselves (stack, dispatch and scan) compile to that one graph.
 
 A GPU run of the compiled layers (outputs and gradients equal to eager) is
 ``tests/test_compile.py::test_cupy_backend_compiles_as_an_opaque_op`` (marked gpu).
@@ -179,3 +180,36 @@ def test_first_request_inside_a_compiled_function_loads_without_a_break(fake_gpu
         compiled(torch.randn(T, B, IN, device="cuda"), *_params("egru", grad=False))
     assert graphs == [[FWD_OP["egru"]]]
     assert ("egru", "cupy") in fresh and "cupy" in dispatch._LOADED
+
+
+LAYERS = {"alif": "ALIF", "egru": "EGRU", "delta_gru": "DeltaGRU", "delta_lstm": "DeltaLSTM"}
+
+
+def _fake_cuda_layer(family: str):
+    """A public layer with ``backend="cupy"`` whose parameters are fake CUDA tensors (built on the
+    CPU, then moved inside the fake mode: the initialisers draw real random numbers)."""
+    import evsnn
+
+    return getattr(evsnn, LAYERS[family])(IN, H, backend="cupy", record_stats=False)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("family", list(LAYERS))
+def test_public_layer_compiles_fullgraph_on_cupy(family, train, fake_gpu):
+    """The layer itself (stack, state handling, dispatch, the scan) is one graph on "cupy": the
+    stack no longer hides the CuPy scans behind a graph break."""
+    layer = _fake_cuda_layer(family).train(train)
+    graphs: list[list[str]] = []
+    # Inference goes through AOTAutograd (the op's fake kernel runs); training is Dynamo's capture
+    # (the joint trace needs a GPU, see the module docstring).
+    backend = aot_autograd(fw_compiler=_recorder(graphs)) if not train else _recorder(graphs)
+    compiled = torch.compile(layer, fullgraph=True, backend=backend)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        layer.to_empty(device="cuda")
+        x = torch.randn(T, B, IN, device="cuda")
+        with torch.set_grad_enabled(train):
+            out, _ = compiled(x)
+    op = FWD_OP[family] + ("" if train else ".default")
+    assert graphs == [[op]]
+    assert out.shape == (T, B, H) and out.device.type == "cuda"
+    assert out.requires_grad == train

@@ -427,11 +427,11 @@ class StackedForward:
             state = check_stacked_state(self, state, seq.shape[1], seq)
         backend = self._resolve_backend(seq)
         # What torch.compile cannot trace runs eagerly behind one graph break here (instead of one
-        # break per nested frame): the CuPy launchers (raw-pointer kernels, not custom ops) and the
-        # cpu_event torch-op training loops (data-dependent row gathers). The reference and cpu_event
-        # (custom ops, evsnn/ops/<family>/op.py; a scan's traced_training says whether it trains
-        # through them) are traced.
-        opaque = backend.name == "cupy"
+        # break per nested frame): the cpu_event torch-op training loops (data-dependent row
+        # gathers). The reference, cpu_event (custom ops, evsnn/ops/<family>/op.py; a scan's
+        # traced_training says whether it trains through them) and the CuPy scans (their raw-pointer
+        # reads live inside the custom ops' bodies) are traced.
+        opaque = False
         if backend.name == "cpu_event" and grad_recorded(seq, *self.parameters()):
             traced = getattr(backend.fn, "traced_training", None)
             opaque = traced is None or not traced(dtype=seq.dtype, **self._dispatch_options())
