@@ -2,14 +2,20 @@
 
 - Every test starts from the same random seed, so a failure reproduces.
 - ``@pytest.mark.gpu`` tests are skipped, with the reason, when no CUDA GPU or no CuPy is present.
+- ``recording_backend`` compiles through ``aot_eager`` and keeps the graph's call targets;
+  ``load_example`` imports a script from ``examples/``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def _gpu_skip_reason() -> str | None:
@@ -54,3 +60,31 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def recording_backend():
+    """A ``torch.compile`` backend that runs ``aot_eager`` and records, in ``backend.targets``, the
+    call targets of every graph it is given (to check which op a compiled model really calls)."""
+    targets: list[str] = []
+
+    def backend(gm, example_inputs):
+        targets.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+    backend.targets = targets
+    return backend
+
+
+@pytest.fixture(scope="session")
+def load_example():
+    """``load_example(name)`` imports ``examples/<name>.py`` as a module (the scripts put examples/
+    on ``sys.path`` themselves for their shared ``reproduce_common`` import)."""
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -129,22 +129,17 @@ LAYERS = {
 
 
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_cpu_event_inference_compiles_to_one_graph_with_the_op(name):
+def test_cpu_event_inference_compiles_to_one_graph_with_the_op(name, recording_backend):
     op_name, make = LAYERS[name]
     torch._dynamo.reset()
     layer = make()
     x = torch.randn(T, B, IN) * 2
-    targets = []
-
-    def recording_aot_eager(gm, example_inputs):
-        targets.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
-        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
-
-    compiled = torch.compile(layer, backend=recording_aot_eager, fullgraph=True)
+    compiled = torch.compile(layer, backend=recording_backend, fullgraph=True)
     with torch.no_grad():
         out, state = layer(x)
         out_c, state_c = compiled(x)
-        assert f"evsnn.{op_name}" in targets, targets  # the opaque op, not a traced loop
+        # the opaque op, not a traced loop
+        assert f"evsnn.{op_name}" in recording_backend.targets, recording_backend.targets
         assert (out != 0).any()
         torch.testing.assert_close(out_c, out, rtol=1e-6, atol=1e-6)
         for got, want in zip(state_c, state):

@@ -237,22 +237,17 @@ def _train_step(module, layer, x, seed):
 
 
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_cpu_event_training_compiles_to_one_graph_with_the_op(name):
+def test_cpu_event_training_compiles_to_one_graph_with_the_op(name, recording_backend):
     op_name, make = LAYERS[name]
     torch._dynamo.reset()
     torch.manual_seed(3)
     layer = make().train()
     x = torch.randn(T, B, IN) * 2
-    targets = []
-
-    def recording_aot_eager(gm, example_inputs):
-        targets.extend(str(node.target) for node in gm.graph.nodes if node.op == "call_function")
-        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
-
-    compiled = torch.compile(layer, backend=recording_aot_eager, fullgraph=True)
+    compiled = torch.compile(layer, backend=recording_backend, fullgraph=True)
     out, grads = _train_step(layer, layer, x, seed=11)
     out_c, grads_c = _train_step(compiled, layer, x, seed=11)
-    assert f"evsnn.{op_name}" in targets, targets  # the training op in the graph, not a traced loop
+    # the training op in the graph, not a traced loop
+    assert f"evsnn.{op_name}" in recording_backend.targets, recording_backend.targets
     assert (out != 0).any()  # not a vacuous comparison
     torch.testing.assert_close(out_c, out, rtol=0, atol=0)
     for k, g in grads.items():

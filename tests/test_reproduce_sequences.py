@@ -4,9 +4,6 @@ the layer's own defaults fail on one-value-per-step input while the recipe learn
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -14,16 +11,10 @@ from torch import nn
 import evsnn
 from evsnn.functional.egru import egru_initial_state, egru_step
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
 
 @pytest.fixture(scope="module")
-def script():
-    # the script puts examples/ on sys.path itself for its reproduce_common import
-    spec = importlib.util.spec_from_file_location("reproduce_sequences", EXAMPLES / "reproduce_sequences.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_example):
+    return load_example("reproduce_sequences")
 
 
 def test_defaults_are_the_recipe_of_the_table(script):

@@ -4,10 +4,8 @@ and tie rule) on tiny data: parsing, the network they build, the rows they write
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +13,6 @@ import torch
 import evsnn
 from evsnn.functional.delta import delta_gru_initial_state, delta_gru_scan
 from evsnn.functional.fixed_point import quantize_fixed_point
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 HEADER = """@problemName JapaneseVowels
 @timeStamps false
@@ -30,12 +26,8 @@ HEADER = """@problemName JapaneseVowels
 
 
 @pytest.fixture(scope="module")
-def script():
-    # the script puts examples/ on sys.path itself for its reproduce_common import
-    spec = importlib.util.spec_from_file_location("reproduce_vowels", EXAMPLES / "reproduce_vowels.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(load_example):
+    return load_example("reproduce_vowels")
 
 
 @pytest.fixture
