@@ -6,8 +6,7 @@
   gradients against the reference scans of :mod:`evsnn.functional` in float64 (the truth).
 - ``torch.compile(layer, backend="aot_eager", fullgraph=True)`` of each layer on ``"cpu_event"`` in
   training: the forward graph holds the family's training op, the output and every parameter's
-  gradient equal eager's. The DeltaLSTM trains through the torch-op loop (data-dependent row
-  gathers, no custom op): it compiles with a graph break, equal to eager.
+  gradient equal eager's.
 """
 
 from __future__ import annotations
@@ -224,6 +223,7 @@ LAYERS = {
     "ALIF": ("alif_train_cpu_fwd", lambda: evsnn.ALIF(IN, H, backend="cpu_event")),
     "ALIF-ff": ("alif_train_cpu_fwd", lambda: evsnn.ALIF(IN, H, recurrent=False, backend="cpu_event")),
     "DeltaGRU": ("delta_train_cpu_fwd", lambda: evsnn.DeltaGRU(IN, H, theta_x=0.2, theta_h=0.05, backend="cpu_event")),
+    "DeltaLSTM": ("delta_train_cpu_fwd", lambda: evsnn.DeltaLSTM(IN, H, theta_x=0.2, theta_h=0.05, backend="cpu_event")),
 }
 
 
@@ -253,21 +253,3 @@ def test_cpu_event_training_compiles_to_one_graph_with_the_op(name, recording_ba
     for k, g in grads.items():
         assert g.abs().sum() > 0 or k.startswith(("tau", "b0", "beta")), k
         torch.testing.assert_close(grads_c[k], g, rtol=1e-6, atol=1e-7, msg=k)
-
-
-def test_delta_lstm_training_compiles_with_a_graph_break():
-    """The DeltaLSTM trains on cpu_event through the torch-op loop (its fused kernel was not
-    measured faster): data-dependent gathers, so fullgraph fails and a plain compile breaks there
-    once, with eager's output and gradients."""
-    torch._dynamo.reset()
-    torch.manual_seed(4)
-    layer = evsnn.DeltaLSTM(IN, H, theta_x=0.2, theta_h=0.05, backend="cpu_event").train()
-    x = torch.randn(T, B, IN) * 2
-    out, grads = _train_step(layer, layer, x, seed=0)
-    out_c, grads_c = _train_step(torch.compile(layer, backend="aot_eager"), layer, x, seed=0)
-    torch.testing.assert_close(out_c, out, rtol=0, atol=0)
-    for k, g in grads.items():
-        torch.testing.assert_close(grads_c[k], g, rtol=1e-6, atol=1e-7, msg=k)
-    torch._dynamo.reset()
-    with pytest.raises(Exception, match="torch.compiler.disable"):
-        torch.compile(layer, backend="aot_eager", fullgraph=True)(x)

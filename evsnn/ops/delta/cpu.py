@@ -447,15 +447,15 @@ def _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta
 
 def _delta_train(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru: bool, delta_rule: str):
     inclusive = check_delta_rule(delta_rule) == "inclusive"
-    if gru and _pick_kernel("auto") == "numba":
+    if _pick_kernel("auto") == "numba":
         # The fused event-sparse forward and backward, measured faster than the torch-op loop
-        # below at H = 1024, B = 32 (docs/benchmarks.md, "CPU training of the delta cells").
-        # The DeltaLSTM's fused kernel is exact too but was not measured faster: not used.
-        # The kernels are the custom ops evsnn::delta_train_cpu_fwd/_bwd (evsnn/ops/delta/op.py):
+        # below for both cells (docs/benchmarks.md, "CPU training of the delta cells"). The
+        # kernels are the custom ops evsnn::delta_train_cpu_fwd/_bwd (evsnn/ops/delta/op.py):
         # torch.compile keeps them in its graph.
         from . import cpu_train
 
-        return cpu_train.delta_gru_train_scan(
+        train_scan = cpu_train.delta_gru_train_scan if gru else cpu_train.delta_lstm_train_scan
+        return train_scan(
             x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x=theta_x, theta_h=theta_h, delta_rule=delta_rule
         )
     return _delta_autograd_opaque(x, state, weight_ih, weight_hh, theta_x, theta_h, gru, inclusive)
@@ -500,17 +500,11 @@ def delta_lstm_scan_cpu(
     return _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru=False, delta_rule=delta_rule)
 
 
-def _gru_training_traced(**_: object) -> bool:
-    """Whether :func:`delta_gru_scan_cpu` trains through its custom ops (torch.compile traces them),
-    not through the torch-op loop (which breaks the graph)."""
+def _training_traced(**_: object) -> bool:
+    """Whether the delta scans train through their custom ops (torch.compile traces them), not
+    through the torch-op loop (which breaks the graph)."""
     return _pick_kernel("auto") == "numba"
 
 
-def _lstm_training_traced(**_: object) -> bool:
-    """:func:`delta_lstm_scan_cpu` trains through the torch-op loop (the fused kernel was not measured
-    faster), which breaks the graph."""
-    return False
-
-
-delta_gru_scan_cpu.traced_training = _gru_training_traced
-delta_lstm_scan_cpu.traced_training = _lstm_training_traced
+delta_gru_scan_cpu.traced_training = _training_traced
+delta_lstm_scan_cpu.traced_training = _training_traced
