@@ -23,7 +23,9 @@ class SequenceClassifier(nn.Module):
     """``x [T, B, I] → layer → LeakyReadout → logits = m_T [B, classes]``."""
 
     def __init__(self, model: str, input_size: int, hidden: int, n_classes: int, *, backend: str = "auto",
-                 adaptive: bool = True):
+                 adaptive: bool = True, layer_options: dict[str, Any] | None = None):
+        """``layer_options`` are keyword arguments of the layer's class that replace the defaults
+        chosen here (e.g. an EGRU's ``threshold`` and ``reset``)."""
         super().__init__()
         if model not in MODELS:
             raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
@@ -31,14 +33,13 @@ class SequenceClassifier(nn.Module):
         if model == "alif":
             # Short time constants: the digits are 24 steps, the default τ_m ~ N(20, 5) would barely
             # charge the membrane before the sequence ends.
-            self.layer = enn.ALIF(input_size, hidden, tau_mem=(5.0, 1.25), tau_adapt=(25.0, 5.0), adaptive=adaptive,
-                                  backend=backend)
+            layer_class, options = enn.ALIF, {"tau_mem": (5.0, 1.25), "tau_adapt": (25.0, 5.0), "adaptive": adaptive}
         elif model == "egru":
-            self.layer = enn.EGRU(input_size, hidden, backend=backend)
-        elif model == "deltagru":
-            self.layer = enn.DeltaGRU(input_size, hidden, theta_x=0.05, theta_h=0.05, backend=backend)
+            layer_class, options = enn.EGRU, {}
         else:
-            self.layer = enn.DeltaLSTM(input_size, hidden, theta_x=0.05, theta_h=0.05, backend=backend)
+            layer_class = enn.DeltaGRU if model == "deltagru" else enn.DeltaLSTM
+            options = {"theta_x": 0.05, "theta_h": 0.05}
+        self.layer = layer_class(input_size, hidden, backend=backend, **{**options, **(layer_options or {})})
         self.readout = enn.LeakyReadout(hidden, n_classes, tau=(5.0, 1.25))
         self.input_gain = 2.0 if model == "alif" else 1.0
 

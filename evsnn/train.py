@@ -32,7 +32,6 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 from .models import MODELS, PerStepALIF, SequenceClassifier
-from .nn import EGRU
 from .runs import RunFolder, RunFolderError, RunFolderInUse, atomic_write, draw_run_plots, load_run
 
 __all__ = ["MODELS", "DATASETS", "TrainConfig", "SequenceClassifier", "PerStepALIF", "build_model", "load_data", "train",
@@ -113,15 +112,14 @@ class TrainConfig:
 def build_model(config: TrainConfig, input_size: int, n_classes: int) -> SequenceClassifier | PerStepALIF:
     if config.data == "ecg":
         return PerStepALIF(input_size, config.hidden, n_classes, adaptive=config.adaptive, backend=config.backend)
-    model = SequenceClassifier(config.model, input_size, config.hidden, n_classes, backend=config.backend,
-                               adaptive=config.adaptive)
+    layer_options = None
     if config.model == "egru" and config.data == "mnist1d":
         # One value per step: at the default θ ≈ 0.3 almost no unit fires at the start, and the
         # default reset="output" empties a unit's state at each event, so a 40-step sequence is
         # forgotten; both keep the network at chance (docs/reproductions.md, mnist1d section).
-        model.layer = EGRU(input_size, config.hidden, threshold=0.01, threshold_init="constant", reset="threshold",
-                           backend=config.backend)
-    return model
+        layer_options = {"threshold": 0.01, "threshold_init": "constant", "reset": "threshold"}
+    return SequenceClassifier(config.model, input_size, config.hidden, n_classes, backend=config.backend,
+                              adaptive=config.adaptive, layer_options=layer_options)
 
 
 def load_data(config: TrainConfig) -> tuple[Any, Any, int, int]:

@@ -32,7 +32,9 @@ class Net(nn.Module):
     """``layer → LeakyReadout``; ``kind`` one of :data:`KINDS` (``lif`` is ALIF with ``adaptive=False``)."""
 
     def __init__(self, kind: str, n_in: int, hidden: int, n_classes: int, *, theta: float = 0.0,
-                 backend: str = "auto", tau_mem=(5.0, 1.25), tau_adapt=(25.0, 5.0), readout_tau=(5.0, 1.25)):
+                 backend: str = "auto", tau_mem=(5.0, 1.25), tau_adapt=(25.0, 5.0), readout_tau=(5.0, 1.25),
+                 egru_options: dict | None = None):
+        """``egru_options``: keyword arguments of :class:`evsnn.EGRU` (threshold, reset, ...)."""
         super().__init__()
         self.kind = kind
         if kind == "gru":
@@ -40,7 +42,7 @@ class Net(nn.Module):
         elif kind == "lstm":
             self.layer = nn.LSTM(n_in, hidden)
         elif kind == "egru":
-            self.layer = evsnn.EGRU(n_in, hidden, backend=backend)
+            self.layer = evsnn.EGRU(n_in, hidden, backend=backend, **(egru_options or {}))
         elif kind == "deltagru":
             self.layer = evsnn.DeltaGRU(n_in, hidden, theta_x=theta, theta_h=theta, backend=backend)
         elif kind == "deltalstm":

@@ -51,12 +51,9 @@ def load(task: str, seed: int):
 
 
 def make_net(kind: str, n_in: int, hidden: int, n_classes: int, args: argparse.Namespace) -> Net:
-    """``Net(kind, ...)``; an EGRU layer is rebuilt with the recipe's threshold and reset."""
-    net = Net(kind, n_in, hidden, n_classes)
-    if kind == "egru":
-        net.layer = evsnn.EGRU(n_in, hidden, threshold=args.egru_threshold, threshold_init=args.egru_threshold_init,
-                               reset=args.egru_reset)
-    return net
+    """``Net(kind, ...)``; an EGRU layer with the recipe's threshold and reset."""
+    egru = {"threshold": args.egru_threshold, "threshold_init": args.egru_threshold_init, "reset": args.egru_reset}
+    return Net(kind, n_in, hidden, n_classes, egru_options=egru)
 
 
 def build_parser() -> argparse.ArgumentParser:
