@@ -278,17 +278,23 @@ def test_closed_stdout_pipe_ends_quietly(tmp_path):
 def test_interrupt_keeps_last_checkpoint(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    # A test run started in the background of a non-interactive shell inherits SIGINT ignored, and
+    # so would the trainer: give it the default disposition, as a terminal's Ctrl-C finds it.
     proc = subprocess.Popen([sys.executable, "-m", "evsnn", "train", "--hidden", "16", "--epochs", "200", "--quiet",
                              "--out", str(out)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    ckpt = out / "checkpoint.pt"
-    # The first epoch includes numba compilation; on a loaded 2-core machine it took over 90 s.
-    deadline = time.time() + 300
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert ckpt.exists(), "no checkpoint after the first epoch"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=180)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        ckpt = out / "checkpoint.pt"
+        # The first epoch includes numba compilation; on a loaded 2-core machine it took over 90 s.
+        deadline = time.time() + 300
+        while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert ckpt.exists(), "no checkpoint after the first epoch"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=180)
+    finally:
+        proc.kill()  # no 200-epoch run left behind when an assertion or the timeout fails the test
+        proc.wait()
     assert proc.returncode == 130
     assert "interrupted; last checkpoint kept at" in err and "Traceback" not in err
     saved = torch.load(ckpt, weights_only=True)
