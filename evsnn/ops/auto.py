@@ -37,9 +37,9 @@ class AutoRule(NamedTuple):
 # reference. Training is decided apart from inference: EGRU trains with the fused kernel of
 # :mod:`evsnn.ops.egru.cpu_train` (5.9-65x the reference at every measured B in {1, 8, 32},
 # H in {64, 128, 256, 1024}, T = 50, 10 % events, one thread); ALIF runs the fused kernels of
-# :mod:`evsnn.ops.alif.cpu_kernels` in both modes (``_ALIF`` below); the DeltaGRU
-# trains with the fused kernel of :mod:`evsnn.ops.delta.cpu_train` (1.7-11x the reference from
-# H = 128), the DeltaLSTM's torch-op loop wins only from H = 1024 and B >= 2.
+# :mod:`evsnn.ops.alif.cpu_kernels` in both modes (``_ALIF`` below); both delta cells train
+# with the fused kernels of :mod:`evsnn.ops.delta.cpu_train` (DeltaGRU 1.7-11x, DeltaLSTM
+# 0.98-6.0x the reference at B in {1, 8, 32}, H in {128, 256, 1024}).
 _INFERENCE = (AutoRule(1, 16, AUTO_MIN_HIDDEN), AutoRule(17, AUTO_MAX_BATCH, 256))
 # ALIF on the fused numba kernels (inference loop; training forward and backward): faster than the
 # reference at every measured B in {1, 8, 32, 64} and H in {32, 128, 1024}, in inference and in
@@ -54,7 +54,7 @@ AUTO_RULES: dict[tuple[str, bool], tuple[AutoRule, ...]] = {
     ("alif", False): _ALIF,
     ("egru", True): (AutoRule(1, AUTO_MAX_BATCH, 64),),
     ("delta_gru", True): (AutoRule(1, AUTO_MAX_BATCH, AUTO_MIN_HIDDEN),),
-    ("delta_lstm", True): (AutoRule(2, AUTO_MAX_BATCH, 1024),),
+    ("delta_lstm", True): (AutoRule(1, AUTO_MAX_BATCH, AUTO_MIN_HIDDEN),),
     ("alif", True): _ALIF,
 }
 
