@@ -1,5 +1,5 @@
 """DeltaGRU and DeltaLSTM on the ``"cpu_event"`` backend (SPEC §4): the inference runners (numba loops or
-torch ops) and the event-sparse differentiable scans (the DeltaGRU trains with the fused kernel of
+torch ops) and the event-sparse differentiable scans (both cells train with the fused kernels of
 :mod:`evsnn.ops.delta.cpu_train` when numba is there); same results as :mod:`evsnn.functional.delta`."""
 
 from __future__ import annotations
