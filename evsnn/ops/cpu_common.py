@@ -176,6 +176,9 @@ def numba_batch_threads(numba: Any, batch: int) -> Iterator[int]:
             torch.set_num_threads(before)
 
 
+# A compiled graph takes the answer as a constant (it is fixed for the process) instead of tracing
+# through the import attempt and its cache.
+@torch.compiler.assume_constant_result
 def numba_available() -> bool:
     """Whether the fused numba loops can run (``pip install numba``, the ``cpu`` extra)."""
     return numba_jit() is not None
