@@ -253,3 +253,21 @@ def test_cpu_event_training_compiles_to_one_graph_with_the_op(name, recording_ba
     for k, g in grads.items():
         assert g.abs().sum() > 0 or k.startswith(("tau", "b0", "beta")), k
         torch.testing.assert_close(grads_c[k], g, rtol=1e-6, atol=1e-7, msg=k)
+
+
+@pytest.mark.parametrize("cls", [evsnn.DeltaGRU, evsnn.DeltaLSTM], ids=["DeltaGRU", "DeltaLSTM"])
+def test_stacked_bidirectional_training_compiles_to_one_graph(cls, recording_backend):
+    """Two layers, both directions: one graph holding one training op per layer and direction."""
+    torch._dynamo.reset()
+    torch.manual_seed(5)
+    layer = cls(IN, H, num_layers=2, bidirectional=True, theta_x=0.2, theta_h=0.05, backend="cpu_event").train()
+    x = torch.randn(T, B, IN) * 2
+    out, _ = layer(x)
+    grads = torch.autograd.grad((out * _weights(out)).sum(), list(layer.parameters()))
+    out_c, _ = torch.compile(layer, backend=recording_backend, fullgraph=True)(x)
+    grads_c = torch.autograd.grad((out_c * _weights(out_c)).sum(), list(layer.parameters()))
+    assert recording_backend.targets.count("evsnn.delta_train_cpu_fwd") == 4, recording_backend.targets
+    assert (out != 0).any()
+    torch.testing.assert_close(out_c, out, rtol=0, atol=0)
+    for (name, _), g, g_c in zip(layer.named_parameters(), grads, grads_c):
+        torch.testing.assert_close(g_c, g, rtol=1e-6, atol=1e-7, msg=name)
