@@ -179,3 +179,15 @@ def test_surrogate_argument_errors():
         evsnn.ALIF(IN, H, surrogate="relu")
     with pytest.raises(TypeError, match="surrogate must be a evsnn.surrogate.Surrogate"):
         evsnn.EGRU(IN, H, surrogate=1.5)
+
+
+def test_a_kernel_without_cupy_names_the_install(monkeypatch) -> None:
+    """A scan called directly (dispatch, which checks CuPy first, bypassed) on a machine without
+    CuPy fails at its first kernel compile with the install hint, not a bare ``No module named``."""
+    import sys
+
+    from evsnn.ops import cupy_runtime
+
+    monkeypatch.setitem(sys.modules, "cupy", None)  # what `import cupy` finds when it is absent
+    with pytest.raises(ImportError, match=r'egru\.cu kernels need CuPy\. CuPy is not installed: pip install "evsnn\[cuda13\]"'):
+        cupy_runtime._module.__wrapped__("egru.cu", ("-Dscalar_t=float",), 0)

@@ -100,6 +100,7 @@ def kernel_source(filename: str, _seen: frozenset[str] = frozenset()) -> str:
 
 
 _PROBE: dict[str, str | None] = {}
+CUPY_MISSING = 'CuPy is not installed: pip install "evsnn[cuda13]" (or "evsnn[cuda12]" for CUDA 12)'
 
 
 # A constant for the life of the process: torch.compile calls it once while tracing and bakes in
@@ -121,7 +122,7 @@ def _probe() -> str | None:
     try:
         import cupy  # noqa: F401
     except ImportError:
-        return 'CuPy is not installed: pip install "evsnn[cuda13]" (or "evsnn[cuda12]" for CUDA 12)'
+        return CUPY_MISSING
     try:
         if cupy.cuda.runtime.getDeviceCount() < 1:
             return "CuPy sees no CUDA device"
@@ -138,7 +139,12 @@ def scalar_define(dtype: torch.dtype) -> str:
 
 @functools.cache
 def _module(filename: str, options: tuple[str, ...], device_index: int):
-    import cupy
+    # Every kernel is compiled here first: a scan called directly (not through dispatch, which
+    # checks CuPy) on a machine without CuPy learns what to install, not just the module name.
+    try:
+        import cupy
+    except ImportError as exc:
+        raise ImportError(f"the {filename} kernels need CuPy. {CUPY_MISSING}") from exc
 
     with cupy.cuda.Device(device_index):
         return cupy.RawModule(code=kernel_source(filename), options=BASE_OPTIONS + options)
