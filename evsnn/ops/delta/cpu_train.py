@@ -45,7 +45,7 @@ from ...functional.delta import (
     delta_gru_initial_state,
     delta_lstm_initial_state,
 )
-from ..cpu_common import numba_available, numba_batch_threads
+from ..cpu_common import _expand_theta, numba_available, numba_batch_threads
 
 __all__ = ["delta_gru_train_scan", "delta_lstm_train_scan", "train_kernels_available", "train_forward", "train_backward"]
 
@@ -344,13 +344,6 @@ def train_backward(
     return g_x, a_h, a_c, a_xhat, a_hhat, a_m, g_wx.sum(0).t().contiguous(), g_wh.sum(0).t().contiguous()
 
 
-def _theta_vector(theta: float | Tensor, n: int, name: str, like: Tensor) -> Tensor:
-    t = torch.as_tensor(theta, dtype=like.dtype).detach()
-    if t.dim() > 1 or (t.dim() == 1 and t.shape[0] not in (1, n)):
-        raise ValueError(f"{name} must be a number or a tensor broadcastable to ({n},), got shape {tuple(t.shape)}")
-    return t.expand(n).contiguous()
-
-
 def _delta_train_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, delta_rule, gru):
     family = "delta_gru" if gru else "delta_lstm"
     inclusive = check_delta_rule(delta_rule) == "inclusive"
@@ -384,7 +377,8 @@ def _delta_train_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x,
     # for torch.compile.
     out, h, c, x_hat, h_hat, m, dx, dh, *_ = torch.ops.evsnn.delta_train_cpu_fwd(
         x, fields["h"], fields.get("c"), fields["x_hat"], fields["h_hat"], fields["m"], weight_ih, weight_hh,
-        _theta_vector(theta_x, n_in, "theta_x", x), _theta_vector(theta_h, hs, "theta_h", x), inclusive, gru,
+        _expand_theta(theta_x, n_in, "theta_x", x).detach().contiguous(),
+        _expand_theta(theta_h, hs, "theta_h", x).detach().contiguous(), inclusive, gru,
     )
     final = DeltaGRUState(h, x_hat, h_hat, m) if gru else DeltaLSTMState(h, c, x_hat, h_hat, m)
     return out, final, DeltaTrace(dx, dh)

@@ -9,7 +9,7 @@ Not differentiable: a call that records gradients runs the training path instead
 
 ``evsnn::delta_train_cpu_fwd`` / ``evsnn::delta_train_cpu_bwd``: the fused numba training kernels of
 :mod:`evsnn.ops.delta.cpu_train` (GRU or LSTM by a flag; ``"cpu_event"`` runs them in training for
-the DeltaGRU), the backward registered as the forward's gradient. The active columns travel in
+both cells), the backward registered as the forward's gradient. The active columns travel in
 fixed-capacity buffers (indices, deltas, offsets), so every shape follows from the sizes.
 
 ``evsnn::delta_scan_bptt_fwd`` / ``evsnn::delta_scan_bptt_bwd``: the forward and the symmetric sparse
