@@ -331,6 +331,17 @@ def surrogate_kernel_args(surrogate: Any) -> tuple[int, tuple[float, float, floa
         return None
     return kind, own + (0.0,) * (4 - n_params), (min(supports) if supports else 0.0)  # type: ignore[return-value]
 
+def tensor_reason(kernels: str, device: torch.device, dtype: torch.dtype | None) -> str | None:
+    """What a call's tensors rule out for CuPy kernels (no probe of the machine): a device other than
+    CUDA, a dtype other than float32/float64. ``kernels`` names them in the message."""
+    if device.type != "cuda":
+        return (f'the CuPy backend runs on CUDA tensors, got a {device.type} tensor (pip install "evsnn[cuda13]" '
+                "and move it to a GPU)")
+    if dtype is not None and dtype not in _SCALAR:
+        return f"{kernels} support float32 and float64, got {dtype}{low_precision_hint(dtype)}"
+    return None
+
+
 def low_precision_hint(dtype: torch.dtype | None) -> str:
     """The clause a float32/float64-only kernel's check appends when refused a bf16/fp16 call
     made to it directly (through the layers it is never asked: :func:`evsnn.ops.dispatch.resolve` lowers first)."""

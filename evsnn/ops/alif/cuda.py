@@ -32,7 +32,7 @@ from torch import Tensor
 from ...functional.alif import ALIFState, ALIFTrace, alif_initial_state, decay
 from ...surrogate import MultiGaussian, Surrogate
 from .. import cupy_runtime as rt
-from ..cupy_runtime import low_precision_hint, surrogate_kernel_args
+from ..cupy_runtime import surrogate_kernel_args
 from ..packed_weights import packed
 
 __all__ = ["alif_scan_cuda", "check_cuda", "surrogate_kernel_args", "smem_plan", "REC_THREADS", "FF_THREADS"]
@@ -68,10 +68,9 @@ def check_cuda(*, device: torch.device, dtype: torch.dtype | None = None, surrog
 def _argument_reason(device: torch.device, dtype: torch.dtype | None, surrogate: Any) -> str | None:
     """What the call's own arguments rule out (no probe of the machine): part of :func:`check_cuda`,
     which dispatch runs once per decision, and all that a direct :func:`alif_scan_cuda` re-asks."""
-    if device.type != "cuda":
-        return f"the CuPy ALIF kernels need CUDA tensors, got a {device.type} tensor"
-    if dtype is not None and dtype not in (torch.float32, torch.float64):
-        return f"the CuPy ALIF kernels support float32 and float64, got {dtype}{low_precision_hint(dtype)}"
+    reason = rt.tensor_reason("the CuPy ALIF kernels", device, dtype)
+    if reason is not None:
+        return reason
     if surrogate is not None and surrogate_kernel_args(surrogate) is None:
         return f"surrogate {surrogate!r} has no kernel form (kernel_spec() is None); use the torch backend"
     return None

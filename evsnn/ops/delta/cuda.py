@@ -49,7 +49,6 @@ from ...functional.delta import (
     delta_lstm_initial_state,
 )
 from .. import cupy_runtime as rt
-from ..cupy_runtime import low_precision_hint
 from ..packed_weights import packed
 
 __all__ = [
@@ -544,8 +543,4 @@ def _argument_reason(device: torch.device, dtype: torch.dtype | None) -> str | N
     """What the tensors' device and dtype rule out (no probe of the machine): part of
     :func:`check_cuda`, which dispatch runs once per decision, and what a direct cupy-engine scan
     re-asks (its thresholds and delta rule are validated by the scan itself)."""
-    if device.type != "cuda":
-        return f'the CuPy backend runs on CUDA tensors, got a {device.type} tensor (pip install "evsnn[cuda13]" and move it to a GPU)'
-    if dtype is not None and dtype not in (torch.float32, torch.float64):
-        return f"the CuPy delta kernels support float32 and float64, got {dtype}{low_precision_hint(dtype)}"
-    return None
+    return rt.tensor_reason("the CuPy delta kernels", device, dtype)

@@ -26,7 +26,6 @@ from torch import Tensor
 from ...functional.egru import RESETS, EGRUState, EGRUTrace
 from ...surrogate import Surrogate, Triangle
 from .. import cupy_runtime as rt
-from ..cupy_runtime import low_precision_hint
 from ..packed_weights import packed
 
 __all__ = ["egru_scan_cuda", "check_cuda", "surrogate_kernel_args", "units_per_block"]
@@ -123,10 +122,9 @@ def _argument_reason(
     """What the call's own arguments rule out (no probe of the machine, no layout): part of
     :func:`check_cuda`, which dispatch runs once per decision, and all that a direct
     :func:`egru_scan_cuda` re-asks (a layout that does not fit is refused by the launcher)."""
-    if device.type != "cuda":
-        return f'the CuPy EGRU needs CUDA tensors, got a {device.type} tensor; install with pip install "evsnn[cuda13]"'
-    if dtype is not None and dtype not in (torch.float32, torch.float64):
-        return f"the CuPy EGRU supports float32 and float64, got {dtype}{low_precision_hint(dtype)}"
+    reason = rt.tensor_reason("the CuPy EGRU kernels", device, dtype)
+    if reason is not None:
+        return reason
     if reset not in RESETS:
         return f"reset must be one of {RESETS}, got {reset!r}"
     if zoneout:
