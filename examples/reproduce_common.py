@@ -33,24 +33,28 @@ class Net(nn.Module):
 
     def __init__(self, kind: str, n_in: int, hidden: int, n_classes: int, *, theta: float = 0.0,
                  backend: str = "auto", tau_mem=(5.0, 1.25), tau_adapt=(25.0, 5.0), readout_tau=(5.0, 1.25),
-                 egru_options: dict | None = None):
-        """``egru_options``: keyword arguments of :class:`evsnn.EGRU` (threshold, reset, ...)."""
+                 layer_options: dict | None = None):
+        """``layer_options``: more keyword arguments of an evsnn layer (an EGRU's threshold and reset,
+        a DeltaGRU's fixed-point formats, ...); the torch layers take none."""
         super().__init__()
         self.kind = kind
+        options = dict(layer_options or {})
+        if options and kind in ("gru", "lstm"):
+            raise ValueError(f"layer_options apply to the evsnn layers, not to {kind!r}")
         if kind == "gru":
             self.layer = nn.GRU(n_in, hidden)
         elif kind == "lstm":
             self.layer = nn.LSTM(n_in, hidden)
         elif kind == "egru":
-            self.layer = evsnn.EGRU(n_in, hidden, backend=backend, **(egru_options or {}))
+            self.layer = evsnn.EGRU(n_in, hidden, backend=backend, **options)
         elif kind == "deltagru":
-            self.layer = evsnn.DeltaGRU(n_in, hidden, theta_x=theta, theta_h=theta, backend=backend)
+            self.layer = evsnn.DeltaGRU(n_in, hidden, theta_x=theta, theta_h=theta, backend=backend, **options)
         elif kind == "deltalstm":
-            self.layer = evsnn.DeltaLSTM(n_in, hidden, theta_x=theta, theta_h=theta, backend=backend)
+            self.layer = evsnn.DeltaLSTM(n_in, hidden, theta_x=theta, theta_h=theta, backend=backend, **options)
         elif kind in ("alif", "lif"):
             # the short time constants evsnn train uses for sequences of tens of steps
             self.layer = evsnn.ALIF(n_in, hidden, adaptive=kind == "alif", tau_mem=tau_mem, tau_adapt=tau_adapt,
-                                    backend=backend)
+                                    backend=backend, **options)
         else:
             raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
         self.readout = evsnn.LeakyReadout(hidden, n_classes, tau=readout_tau)

@@ -52,8 +52,10 @@ def load(task: str, seed: int):
 
 def make_net(kind: str, n_in: int, hidden: int, n_classes: int, args: argparse.Namespace) -> Net:
     """``Net(kind, ...)``; an EGRU layer with the recipe's threshold and reset."""
+    if kind != "egru":
+        return Net(kind, n_in, hidden, n_classes)
     egru = {"threshold": args.egru_threshold, "threshold_init": args.egru_threshold_init, "reset": args.egru_reset}
-    return Net(kind, n_in, hidden, n_classes, egru_options=egru)
+    return Net(kind, n_in, hidden, n_classes, layer_options=egru)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,16 +81,10 @@ def q_format(text: str) -> tuple[int, int]:
 
 def delta_aware(n_in: int, hidden: int, n_classes: int, theta: float, fixed_point: tuple[int, int] | None,
                 weight_fixed_point: tuple[int, int] | None, delta_rule: str) -> Net:
-    """The delta-aware network at Θ; with the official options its DeltaGRU is rebuilt with them and
-    the same initial weights, so each seed starts where the floating-point run of that seed does."""
-    net = Net("deltagru", n_in, hidden, n_classes, theta=theta)
-    if fixed_point is None and weight_fixed_point is None and delta_rule == "strict":
-        return net
-    layer = evsnn.DeltaGRU(n_in, hidden, theta_x=theta, theta_h=theta, fixed_point=fixed_point,
-                           weight_fixed_point=weight_fixed_point, delta_rule=delta_rule)
-    layer.load_state_dict(net.layer.state_dict())
-    net.layer = layer
-    return net
+    """The delta-aware network at Θ, its DeltaGRU with the official options. The options draw no random
+    numbers, so each seed starts from the initial weights of the floating-point run of that seed."""
+    options = {"fixed_point": fixed_point, "weight_fixed_point": weight_fixed_point, "delta_rule": delta_rule}
+    return Net("deltagru", n_in, hidden, n_classes, theta=theta, layer_options=options)
 
 
 def delta_training(l1: float, fixed_point: tuple[int, int] | None, weight_fixed_point: tuple[int, int] | None,
