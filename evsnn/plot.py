@@ -1,10 +1,10 @@
 """See the events: rasters, activity, neuron traces, operation savings and training curves.
 
 Every function takes ``ax=None`` (a new figure is made when it is ``None``), works headless and
-returns the :class:`matplotlib.axes.Axes` it drew on (:func:`training_curves` returns the
-:class:`~matplotlib.figure.Figure`, since it may draw several panels). :func:`save` writes any of
+returns the `matplotlib.axes.Axes` it drew on (`training_curves` returns the
+`Figure`, since it may draw several panels). `save` writes any of
 them to a file (PNG, or PDF/SVG/EPS for a paper, at a chosen ``dpi``) and closes the figure;
-:func:`animate` writes events over time as a GIF or MP4.
+`animate` writes events over time as a GIF or MP4.
 
 New figures are sized for print: ``size="column"`` (the default, 3.5 in wide: one column of a
 two-column paper), ``size="page"`` (7 in) or ``(width, height)`` in inches. Axis labels carry
@@ -85,7 +85,7 @@ def _pyplot():
 
 
 def _figsize(size: str | tuple[float, float]) -> tuple[float, float]:
-    """Inches for a named size (:data:`SIZES`) or a ``(width, height)`` pair."""
+    """Inches for a named size (`SIZES`) or a ``(width, height)`` pair."""
     if isinstance(size, str):
         if size not in SIZES:
             raise ValueError(f"size must be one of {sorted(SIZES)} or (width, height) in inches, got {size!r}")
@@ -165,7 +165,7 @@ def _event_marker(ax: Axes, steps: int, units: int, s: float | None, marker: Any
 
     By default each event is a rectangle the size of its cell, so the inked area is the event
     fraction whatever the shape of the raster (28 % activity looks 28 % black), with a floor of
-    :data:`_MIN_MARKER_PT` so that a lone event stays visible on a very long raster. An explicit
+    `_MIN_MARKER_PT` so that a lone event stays visible on a very long raster. An explicit
     ``s`` (points², as in ``matplotlib.pyplot.scatter``) or ``marker`` is used as given.
     """
     if s is not None:
@@ -263,11 +263,11 @@ def event_raster(
 
     - unsigned: events coloured by value through ``cmap`` (quantised to 16 levels, one
       collection each) with a colour bar;
-    - signed: increases in :data:`POSITIVE_COLOR`, decreases in :data:`NEGATIVE_COLOR`, two
+    - signed: increases in `POSITIVE_COLOR`, decreases in `NEGATIVE_COLOR`, two
       collections labelled ``"Δ > 0"`` and ``"Δ < 0"`` (empty ones are still added so that the
       legend and the collection order are always the same).
 
-    ``s``, ``marker``, ``size`` and ``rasterized`` act as in :func:`raster`; ``positive_color``
+    ``s``, ``marker``, ``size`` and ``rasterized`` act as in `raster`; ``positive_color``
     and ``negative_color`` colour signed deltas.
     """
     if signed is not None and not isinstance(signed, bool):
@@ -373,10 +373,10 @@ def activity(
 ) -> Axes:
     """Event fraction per step in percent, one line per layer, over time.
 
-    ``source`` may be a :class:`~evsnn.stats.LayerStats`, a ``[T]`` fraction, an event tensor
+    ``source`` may be a [`LayerStats`][evsnn.stats.LayerStats], a ``[T]`` fraction, an event tensor
     ``[T, N]``/``[T, B, N]`` (fraction of nonzero entries per step), a
-    :class:`~evsnn.metrics.Profile`, an ``nn.Module`` (every submodule's ``last_stats``), or a
-    dict (name → one of those) or list of them. ``size`` as in :func:`raster`.
+    [`Profile`][evsnn.metrics.Profile], an ``nn.Module`` (every submodule's ``last_stats``), or a
+    dict (name → one of those) or list of them. ``size`` as in `raster`.
     """
     items = _activity_sources(source)
     ax = _new_axes(ax, size)
@@ -410,17 +410,17 @@ def traces(
 ) -> Axes:
     """One neuron's internal state over time, with its threshold and its events.
 
-    - :class:`~evsnn.functional.ALIFTrace` (from :func:`~evsnn.functional.alif_scan`) with the
+    - [`ALIFTrace`][evsnn.functional.ALIFTrace] (from [`alif_scan`][evsnn.functional.alif_scan]) with the
       spikes: membrane ``v_t``, adaptive threshold ``B_t = b0 + β b_t`` and a vertical mark at
       every spike (SPEC §2);
-    - :class:`~evsnn.functional.EGRUTrace` (from :func:`~evsnn.functional.egru_scan`) with the
+    - [`EGRUTrace`][evsnn.functional.EGRUTrace] (from [`egru_scan`][evsnn.functional.egru_scan]) with the
       event output ``y`` and ``threshold`` θ (a float or the ``[H]`` per-unit tensor): the
       internal state ``c_t`` compared with θ, θ as a line and a mark at every event (SPEC §3);
     - an ``ALIF``/``EGRU`` layer with ``events`` being its input ``x``: the reference scan is
-      replayed on ``x`` (:func:`evsnn.metrics.reference_traces`) and drawn as above.
+      replayed on ``x`` ([`evsnn.metrics.reference_traces`][evsnn.metrics.reference_traces]) and drawn as above.
 
     Spike/event marks are one ``LineCollection`` with one segment per event. ``size`` as in
-    :func:`raster`.
+    `raster`.
     """
     if isinstance(trace, nn.Module):
         from .metrics import reference_traces
@@ -505,8 +505,8 @@ def op_savings(
     """Dense multiply-accumulates vs the event operations actually needed, per layer.
 
     Two bars per layer (dense, event), each annotated with the saving ``dense / event``.
-    ``profile``: an :class:`evsnn.metrics.Profile`, its :meth:`~evsnn.metrics.Profile.to_dict`,
-    or :class:`~evsnn.stats.LayerStats` / a list of them. ``size`` as in :func:`raster`.
+    ``profile``: an [`evsnn.metrics.Profile`][evsnn.metrics.Profile], its [`to_dict`][evsnn.metrics.Profile.to_dict],
+    or [`LayerStats`][evsnn.stats.LayerStats] / a list of them. ``size`` as in `raster`.
     """
     rows = _savings_rows(profile)
     if not rows:
