@@ -278,3 +278,18 @@ def test_built_api_pages_show_inherited_public_methods(api_site: Path) -> None:
 def test_built_api_pages_link_spec_sections(api_site: Path) -> None:
     nn_page = (api_site / "api" / "nn" / "index.html").read_text(encoding="utf-8")
     assert re.search(r'<a href="\.\./\.\./SPEC/#2-[^"]+">SPEC(\.md)? §2</a>', nn_page)
+
+
+@pytest.mark.parametrize("page", ["neurons/alif.md", "neurons/egru.md", "neurons/delta.md"])
+def test_neuron_page_examples_run(page: str, tmp_path, monkeypatch) -> None:
+    # The page's Python blocks, in order, as a reader would paste them; figures go to tmp_path.
+    import torch
+
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)
+    code = "\n".join(re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(encoding="utf-8"), re.S))
+    assert code
+    exec(compile(code, page, "exec"), {})
+    written = sorted(p.name for p in tmp_path.iterdir())
+    saved = re.findall(r'"([\w.]+\.(?:pdf|svg|png|gif))"', code)
+    assert written == sorted(saved)
