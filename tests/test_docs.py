@@ -293,3 +293,18 @@ def test_neuron_page_examples_run(page: str, tmp_path, monkeypatch) -> None:
     written = sorted(p.name for p in tmp_path.iterdir())
     saved = re.findall(r'"([\w.]+\.(?:pdf|svg|png|gif))"', code)
     assert written == sorted(saved)
+
+
+def test_convert_roles_rewrites_string_literals_only() -> None:
+    source = (
+        '"""Uses :func:`~evsnn.functional.alif_scan`."""\n'
+        "# see :func:`evsnn.functional.alif_scan`\n"
+        'DOC = (\'x :attr:`last_stats`\' + """\n    :class:`evsnn.ALIF`::\n""")\n'
+    )
+    converted = _convert_roles().convert_source(source)
+    assert converted == (
+        '"""Uses [`alif_scan`][evsnn.functional.alif_scan]."""\n'
+        "# see :func:`evsnn.functional.alif_scan`\n"
+        'DOC = (\'x `last_stats`\' + """\n    [`evsnn.ALIF`][evsnn.ALIF]:\n""")\n'
+    )
+    assert _convert_roles().convert_source(converted) == converted

@@ -1,8 +1,9 @@
 """Rewrite reStructuredText cross-reference roles in Python sources as Markdown for mkdocstrings.
 
 The docs site renders docstrings as Markdown (mkdocstrings + mkdocs-autorefs), where a reST role
-such as ``:class:`~evsnn.stats.LayerStats``` shows up verbatim. This script rewrites, in the given
-files or folders (``*.py``, recursively):
+such as ``:class:`~evsnn.stats.LayerStats``` shows up verbatim. This script rewrites, in the string
+literals (docstrings and the fragments that build a ``__doc__``) of the given files or folders
+(``*.py``, recursively; comments and code are left as they are):
 
 - a role naming an ``evsnn`` object by its full path into an autorefs link,
   ``:class:`~evsnn.stats.LayerStats``` → ``[`LayerStats`][evsnn.stats.LayerStats]`` (``~`` shows
@@ -25,8 +26,10 @@ of each file's text (and the inventory). Usage:
 from __future__ import annotations
 
 import argparse
+import io
 import re
 import sys
+import tokenize
 import zlib
 from collections.abc import Callable, Collection
 from pathlib import Path
@@ -67,6 +70,25 @@ def convert(text: str, documented: Collection[str] | None = None) -> str:
     return LITERAL_MARKER.sub(":", text)
 
 
+def convert_source(source: str, documented: Collection[str] | None = None) -> str:
+    """``source`` (a Python module) with :func:`convert` applied to each of its string literals."""
+    lines = source.splitlines(keepends=True)
+    offsets = [0]
+    for line in lines:
+        offsets.append(offsets[-1] + len(line))
+    edits = []
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type == tokenize.STRING:
+            new = convert(token.string, documented)
+            if new != token.string:
+                start = offsets[token.start[0] - 1] + token.start[1]
+                end = offsets[token.end[0] - 1] + token.end[1]
+                edits.append((start, end, new))
+    for start, end, new in reversed(edits):
+        source = source[:start] + new + source[end:]
+    return source
+
+
 def read_inventory(path: str | Path) -> set[str]:
     """The object names of a Sphinx ``objects.inv`` (version 2), as mkdocstrings writes it."""
     data = Path(path).read_bytes()
@@ -102,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     changed = []
     for path in _python_files(args.paths):
         before = path.read_text(encoding="utf-8")
-        after = convert(before, documented)
+        after = convert_source(before, documented)
         if after != before:
             changed.append(path)
             if not args.check:

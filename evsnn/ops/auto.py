@@ -35,17 +35,17 @@ class AutoRule(NamedTuple):
 # "CPU backend choice"; reference time / event time, one thread, 10 % activity, T = 50, and the
 # 2-thread inference table of the CPU streaming section). Unmeasured shapes stay on the
 # reference. Training is decided apart from inference: EGRU trains with the fused kernel of
-# [`evsnn.ops.egru.cpu_train`][evsnn.ops.egru.cpu_train] (5.9-65x the reference at every measured B in {1, 8, 32},
+# :mod:`evsnn.ops.egru.cpu_train` (5.9-65x the reference at every measured B in {1, 8, 32},
 # H in {64, 128, 256, 1024}, T = 50, 10 % events, one thread); ALIF runs the fused kernels of
-# [`evsnn.ops.alif.cpu_kernels`][evsnn.ops.alif.cpu_kernels] in both modes (``_ALIF`` below); both delta cells train
-# with the fused kernels of [`evsnn.ops.delta.cpu_train`][evsnn.ops.delta.cpu_train] (DeltaGRU 1.7-11x, DeltaLSTM
+# :mod:`evsnn.ops.alif.cpu_kernels` in both modes (``_ALIF`` below); both delta cells train
+# with the fused kernels of :mod:`evsnn.ops.delta.cpu_train` (DeltaGRU 1.7-11x, DeltaLSTM
 # 0.98-6.0x the reference at B in {1, 8, 32}, H in {128, 256, 1024}).
 _INFERENCE = (AutoRule(1, 16, AUTO_MIN_HIDDEN), AutoRule(17, AUTO_MAX_BATCH, 256))
 # ALIF on the fused numba kernels (inference loop; training forward and backward): faster than the
 # reference at every measured B in {1, 8, 32, 64} and H in {32, 128, 1024}, in inference and in
 # training, with one and two threads (``benchmarks/cpu_crossover.py --families alif``, T = 50,
 # 10 % spikes; docs/benchmarks.md). Unmeasured B > 64 or H < 32 stay on the reference, and so
-# does every ALIF call without numba ([`evsnn.ops.alif.cpu.check_cpu`][evsnn.ops.alif.cpu.check_cpu]).
+# does every ALIF call without numba (:func:`evsnn.ops.alif.cpu.check_cpu`).
 _ALIF = (AutoRule(1, 64, 32),)
 AUTO_RULES: dict[tuple[str, bool], tuple[AutoRule, ...]] = {
     ("egru", False): _INFERENCE,
