@@ -1,11 +1,11 @@
 """Training-time sparsity regularisers: add their value to the task loss.
 
-- :class:`EGRUActivityRegularizer` — EGRU (Subramoney et al., ICLR 2023): mean event rate
+- `EGRUActivityRegularizer` — EGRU (Subramoney et al., ICLR 2023): mean event rate
   ``ā`` towards a target, ``λ·(ā − a*)²`` (or only above it: ``λ·max(0, ā − a*)²``);
-- :class:`FiringRateRegularizer` — spiking (ALIF) layers: per-neuron firing rate towards a
+- `FiringRateRegularizer` — spiking (ALIF) layers: per-neuron firing rate towards a
   target, ``λ·mean_j (r_j − r*)²`` (the firing-rate regulariser of Bellec et al., 2018/2020,
   averaged over neurons instead of summed so λ does not depend on the layer width);
-- :class:`DeltaL1Regularizer` — delta cells (SPEC §4, Neil et al. 2017): ``β·Σ|Δh|`` on the
+- `DeltaL1Regularizer` — delta cells (SPEC §4, Neil et al. 2017): ``β·Σ|Δh|`` on the
   hidden deltas, recomputed differentiably from the layer's output so no second forward pass
   is needed.
 
@@ -93,8 +93,8 @@ class EGRUActivityRegularizer(nn.Module):
     - from the event output ``y`` alone (any layout): ``ā = mean(event_indicator(y))``; the
       gradient reaches the parameters through the units that emitted an event (it lowers
       activity; it can raise it only by strengthening existing events);
-    - with ``trace`` (an :class:`~evsnn.functional.EGRUTrace` of the same pass, e.g. from
-      :func:`evsnn.metrics.reference_traces`) and the ``layer``:
+    - with ``trace`` (an [`EGRUTrace`][evsnn.functional.EGRUTrace] of the same pass, e.g. from
+      [`evsnn.metrics.reference_traces`][evsnn.metrics.reference_traces]) and the ``layer``:
       ``ā = mean(surrogate(c − θ))``, whose gradient also reaches units near threshold.
 
     ``one_sided=True`` penalises only rates above the target. The value of ``ā`` equals the
@@ -172,7 +172,7 @@ def hidden_deltas(
     """The hidden deltas ``Δh`` of a delta cell, recomputed differentiably from its output.
 
     ``output`` is the time-first hidden sequence ``h [T, B, H]``. The cell's step t encodes
-    ``h_{t−1}`` against the memory ``ĥ_{t−1}`` (SPEC §4)::
+    ``h_{t−1}`` against the memory ``ĥ_{t−1}`` (SPEC §4):
 
         Δh = (h_{t−1} − ĥ) ⊙ 1[|h_{t−1} − ĥ| > Θ_h],   ĥ ← ĥ + Δh
 
@@ -205,7 +205,7 @@ def delta_l1(
     reduction: str = "sum",
     delta_rule: str = "strict",
 ) -> Tensor:
-    """``Σ|Δh|`` (``reduction="sum"``, SPEC §4) or ``mean|Δh|`` of :func:`hidden_deltas`."""
+    """``Σ|Δh|`` (``reduction="sum"``, SPEC §4) or ``mean|Δh|`` of `hidden_deltas`."""
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     dh = hidden_deltas(output, theta_h, h0, h_hat0, delta_rule).abs()
@@ -219,8 +219,8 @@ class DeltaL1Regularizer(nn.Module):
     ``DeltaGRU``/``DeltaLSTM`` ``layer`` returned (its ``batch_first`` layout), ``state`` the
     initial state passed to that forward (``None`` for the default). ``Θ_h`` is read from the
     layer. Fewer, smaller hidden changes mean fewer deltas above ``Θ_h``, i.e. fewer operations.
-    With ``trace`` (the :class:`~evsnn.functional.DeltaTrace` of the same pass, e.g. from
-    :func:`evsnn.metrics.reference_traces`, whose ``delta_h`` carries the reference's graph) its
+    With ``trace`` (the [`DeltaTrace`][evsnn.functional.DeltaTrace] of the same pass, e.g. from
+    [`evsnn.metrics.reference_traces`][evsnn.metrics.reference_traces], whose ``delta_h`` carries the reference's graph) its
     ``Δh`` are used as they are instead of being recomputed from ``output``.
     """
 

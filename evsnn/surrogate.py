@@ -10,7 +10,7 @@ differentiates ``G``, which is ``g``. This keeps surrogates transparent to ``tor
 and to double backward.
 
 A finite ``support`` ε means ``g(x) == 0`` exactly for ``|x| >= ε``; that is what makes the
-backward pass event-sparse. Any surrogate can be truncated with :meth:`Surrogate.truncate`.
+backward pass event-sparse. Any surrogate can be truncated with `Surrogate.truncate`.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _gauss_pdf(x: Tensor, mu: float, sigma: float) -> Tensor:
 class Surrogate:
     """Base class: forward ``H(x)``, backward ``g(x)``.
 
-    Subclasses implement :meth:`grad` (``g``) and :meth:`primitive` (``G`` with ``G' = g``)
+    Subclasses implement `grad` (``g``) and `primitive` (``G`` with ``G' = g``)
     and set ``support`` (``None`` for an infinite support). ``kernel_spec`` names the function
     and its parameters for the GPU and CPU kernels; ``None`` means no kernel can compute it.
     """
@@ -250,7 +250,7 @@ class SnnTorchSurrogate(Surrogate):
     """Adapter for a snntorch surrogate (the closures of ``snntorch.surrogate``).
 
     The forward is the closure's own spike (snntorch uses the strict ``x > 0`` too) and the
-    backward its own gradient. :meth:`grad` evaluates that gradient through autograd.
+    backward its own gradient. `grad` evaluates that gradient through autograd.
     The closure must be picklable for the surrogate to pickle (snntorch's are not).
     """
 
@@ -311,7 +311,7 @@ _BY_NAME: dict[str, Callable[[], Surrogate]] = {
 
 
 def as_surrogate(obj: Any) -> Surrogate:
-    """Accept a :class:`Surrogate`, a name from SPEC §1, or a snntorch surrogate closure."""
+    """Accept a `Surrogate`, a name from SPEC §1, or a snntorch surrogate closure."""
     if isinstance(obj, Surrogate):
         return obj
     if isinstance(obj, str):

@@ -3,9 +3,12 @@ in .ci/run after the tests; these checks are the fast part that needs no mkdocs)
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,3 +82,229 @@ def test_root_page_links_point_at_site_pages() -> None:
         "See [the spec](SPEC.md#2-alif), [bench](benchmarks.md), [log](changelog.md), "
         "[how](contributing.md), [web](https://example.org/docs/x.md) and [here](#quick-start)."
     )
+
+
+# --- cross-references: Markdown (mkdocs-autorefs), never reST roles -------------------------------
+
+# A reST role as Sphinx writes it; mkdocstrings renders Markdown, where it shows up verbatim.
+REST_ROLE = re.compile(r":(?:py:)?(?:class|func|meth|attr|data|mod|exc|obj|const|type):`")
+# "Example::" closing a line: a reST literal-block marker (Markdown needs none).
+REST_LITERAL_MARKER = re.compile(r"(?<=[\w).\]'\"`])::[ \t]*$", re.M)
+# The same role once Markdown has turned its backticks into a code element.
+RENDERED_ROLE = re.compile(r":(?:py:)?(?:class|func|meth|attr|data|mod|exc|obj|const|type):(?:`|<code>)")
+
+
+def _string_constants(path: Path) -> list[tuple[int, str]]:
+    """Every string literal of a module (docstrings and the fragments that build a ``__doc__``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return [
+        (node.lineno, node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    ]
+
+
+def test_no_rest_roles_in_docstrings() -> None:
+    # Checks every module of the package: docs/tools/convert_roles.py rewrites the roles it finds.
+    found = []
+    for path in sorted((ROOT / "evsnn").rglob("*.py")):
+        for line, text in _string_constants(path):
+            for pattern in (REST_ROLE, REST_LITERAL_MARKER):
+                for match in pattern.finditer(text):
+                    found.append(
+                        f"{path.relative_to(ROOT)}:{line}: {text[max(0, match.start() - 20) : match.end() + 30]!r}"
+                    )
+    assert not found, (
+        f"{len(found)} reST roles or '::' markers in docstrings (run python docs/tools/convert_roles.py "
+        "--inventory site/objects.inv evsnn):\n" + "\n".join(found[:40])
+    )
+
+
+def _convert_roles():
+    spec = importlib.util.spec_from_file_location("convert_roles", DOCS / "tools" / "convert_roles.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("rest", "markdown"),
+    [
+        (":class:`~evsnn.stats.LayerStats`", "[`LayerStats`][evsnn.stats.LayerStats]"),
+        (":class:`evsnn.DeltaGRU`", "[`evsnn.DeltaGRU`][evsnn.DeltaGRU]"),
+        (":meth:`~evsnn.metrics.Profile.to_dict`", "[`to_dict`][evsnn.metrics.Profile.to_dict]"),
+        (":func:`the scan <evsnn.functional.alif_scan>`", "[the scan][evsnn.functional.alif_scan]"),
+        (":py:mod:`evsnn.functional`", "[`evsnn.functional`][evsnn.functional]"),
+        (":attr:`last_stats`", "`last_stats`"),
+        (":class:`~torch.nn.utils.rnn.PackedSequence`", "`PackedSequence`"),
+        (":data:`POSITIVE_COLOR`", "`POSITIVE_COLOR`"),
+        ("computes, with the default::\n\n    b_t = ...\n", "computes, with the default:\n\n    b_t = ...\n"),
+        ("x[::2] and a :: b", "x[::2] and a :: b"),
+    ],
+)
+def test_convert_roles_rewrites_each_form_once(rest: str, markdown: str) -> None:
+    convert = _convert_roles().convert
+    assert convert(rest) == markdown
+    assert convert(markdown) == markdown  # idempotent
+    assert not REST_ROLE.search(convert(rest))
+
+
+def test_convert_roles_links_only_documented_objects() -> None:
+    convert = _convert_roles().convert
+    text = ":mod:`evsnn.functional.precision` and :func:`~evsnn.functional.alif_scan`"
+    assert convert(text, {"evsnn.functional.alif_scan"}) == (
+        "`evsnn.functional.precision` and [`alif_scan`][evsnn.functional.alif_scan]"
+    )
+
+
+def _spec_links():
+    spec = importlib.util.spec_from_file_location("spec_links", DOCS / "hooks" / "spec_links.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_spec_references_link_to_the_sections_markdown_gives_their_ids() -> None:
+    import markdown
+    from markdown.extensions.toc import slugify
+
+    hook = _spec_links()
+    spec_text = (DOCS / "SPEC.md").read_text(encoding="utf-8")
+    anchors = hook.section_anchors(spec_text, slugify)
+    # The ids Python-Markdown's toc extension gives the headings: the independent truth.
+    rendered = markdown.markdown(spec_text, extensions=["toc"])
+    for section in ("2", "3", "4", "6"):
+        assert f'id="{anchors[section]}"' in rendered, (section, anchors[section])
+    html = (
+        "<p>ALIF (SPEC.md §2) and SPEC §3, not <code>SPEC §4</code>, "
+        '<a href="x">SPEC §6</a>, nor the unknown SPEC §9.</p>'
+    )
+    linked = hook.link_spec_references(html, "../../SPEC/", anchors)
+    assert f'<a href="../../SPEC/#{anchors["2"]}">SPEC.md §2</a>' in linked
+    assert f'<a href="../../SPEC/#{anchors["3"]}">SPEC §3</a>' in linked
+    assert "<code>SPEC §4</code>" in linked and '<a href="x">SPEC §6</a>' in linked
+    assert "the unknown SPEC §9." in linked
+
+
+# --- equations ---------------------------------------------------------------------------------
+
+
+def _markdown_extensions() -> tuple[list[str], dict]:
+    names, configs = [], {}
+    for item in _config()["markdown_extensions"]:
+        if isinstance(item, dict):
+            ((name, options),) = item.items()
+            names.append(name)
+            configs[name] = options or {}
+        else:
+            names.append(item)
+    return names, configs
+
+
+@pytest.mark.parametrize("page", ["neurons/alif.md", "neurons/egru.md", "neurons/delta.md"])
+def test_neuron_page_equations_become_math_for_mathjax(page: str) -> None:
+    import markdown
+
+    text = (DOCS / page).read_text(encoding="utf-8")
+    names, configs = _markdown_extensions()
+    html = markdown.markdown(text, extensions=names, extension_configs=configs)
+    inline, display = text.count("\\("), text.count("\\[")
+    assert inline > 5 and display > 2
+    # every \( ... \) and \[ ... \] of the page is handed to MathJax as one arithmatex element
+    assert html.count('class="arithmatex"') == inline + display
+    scripts = _config()["extra_javascript"]
+    assert any("mathjax" in s and s.startswith("https://") for s in scripts)
+    assert all((DOCS / s).is_file() for s in scripts if not s.startswith("https://"))
+
+
+def test_neuron_pages_and_figures_are_on_the_site() -> None:
+    nav = set(_nav_files(_config()["nav"]))
+    for page in ("neurons/alif.md", "neurons/egru.md", "neurons/delta.md", "performance.md"):
+        assert page in nav, page
+        for image in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", (DOCS / page).read_text(encoding="utf-8")):
+            assert (DOCS / page).parent.joinpath(image).resolve().is_file(), (page, image)
+
+
+# --- the API pages as built -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def api_site(tmp_path_factory) -> Path:
+    """The API reference pages built by mkdocs with the site's configuration (no notebooks)."""
+    from mkdocs.commands.build import build
+    from mkdocs.config import load_config
+
+    site = tmp_path_factory.mktemp("site")
+    docs = tmp_path_factory.mktemp("docs")
+    for page in ["SPEC.md", *(f"api/{p.name}" for p in (DOCS / "api").glob("*.md"))]:
+        (docs / page).parent.mkdir(parents=True, exist_ok=True)
+        (docs / page).write_text((DOCS / page).read_text(encoding="utf-8"), encoding="utf-8")
+    config = _config()
+    nav = [{"Specification": "SPEC.md"}] + [
+        item for item in config["nav"] if isinstance(item, dict) and "API reference" in item
+    ]
+    plugins = [p for p in config["plugins"] if not (isinstance(p, dict) and "mkdocs-jupyter" in p)]
+    options = {
+        "config_file": str(ROOT / "mkdocs.yml"),
+        "docs_dir": str(docs),
+        "site_dir": str(site),
+        "nav": nav,
+        "plugins": plugins,
+        "hooks": [str(ROOT / "docs" / "hooks" / "spec_links.py")],
+        "strict": False,
+        "extra_javascript": [],
+        "exclude_docs": "",
+    }
+    build(load_config(**options))
+    return site
+
+
+def test_built_api_pages_show_no_rest_roles(api_site: Path) -> None:
+    found = []
+    for page in sorted(api_site.glob("api/*/index.html")):
+        text = page.read_text(encoding="utf-8")
+        found += [f"{page.parent.name}: {text[m.start() - 30 : m.end() + 40]!r}" for m in RENDERED_ROLE.finditer(text)]
+    assert not found, f"{len(found)} raw reST roles on the API pages:\n" + "\n".join(found[:30])
+
+
+def test_built_api_pages_show_inherited_public_methods(api_site: Path) -> None:
+    nn_page = (api_site / "api" / "nn" / "index.html").read_text(encoding="utf-8")
+    # from_torch / to_torch are defined on a private base class of the delta layers
+    for cls in ("DeltaGRU", "DeltaLSTM"):
+        for method in ("from_torch", "to_torch"):
+            assert f'id="evsnn.nn.{cls}.{method}"' in nn_page, (cls, method)
+
+
+def test_built_api_pages_link_spec_sections(api_site: Path) -> None:
+    nn_page = (api_site / "api" / "nn" / "index.html").read_text(encoding="utf-8")
+    assert re.search(r'<a href="\.\./\.\./SPEC/#2-[^"]+">SPEC(\.md)? §2</a>', nn_page)
+
+
+@pytest.mark.parametrize("page", ["neurons/alif.md", "neurons/egru.md", "neurons/delta.md"])
+def test_neuron_page_examples_run(page: str, tmp_path, monkeypatch) -> None:
+    # The page's Python blocks, in order, as a reader would paste them; figures go to tmp_path.
+    import torch
+
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)
+    code = "\n".join(re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(encoding="utf-8"), re.S))
+    assert code
+    exec(compile(code, page, "exec"), {})
+    written = sorted(p.name for p in tmp_path.iterdir())
+    saved = re.findall(r'"([\w.]+\.(?:pdf|svg|png|gif))"', code)
+    assert written == sorted(saved)
+
+
+def test_convert_roles_rewrites_string_literals_only() -> None:
+    source = (
+        '"""Uses :func:`~evsnn.functional.alif_scan`."""\n'
+        "# see :func:`evsnn.functional.alif_scan`\n"
+        'DOC = (\'x :attr:`last_stats`\' + """\n    :class:`evsnn.ALIF`::\n""")\n'
+    )
+    converted = _convert_roles().convert_source(source)
+    assert converted == (
+        '"""Uses [`alif_scan`][evsnn.functional.alif_scan]."""\n'
+        "# see :func:`evsnn.functional.alif_scan`\n"
+        'DOC = (\'x `last_stats`\' + """\n    [`evsnn.ALIF`][evsnn.ALIF]:\n""")\n'
+    )
+    assert _convert_roles().convert_source(converted) == converted

@@ -186,12 +186,14 @@ def test_activity_from_stats_module_tensor_and_dict():
     ax = plot.activity(net)
     lines = {line.get_label(): line.get_ydata() for line in ax.get_lines()}
     assert set(lines) == {"alif", "egru"}
-    assert np.allclose(lines["alif"], net.alif.last_stats.event_fraction.numpy())
-    assert np.allclose(lines["egru"], net.egru.last_stats.event_fraction.numpy())
+    # drawn in percent, the unit of the axis label
+    assert ax.get_ylabel() == "event fraction (%)"
+    assert np.allclose(lines["alif"], 100 * net.alif.last_stats.event_fraction.numpy())
+    assert np.allclose(lines["egru"], 100 * net.egru.last_stats.event_fraction.numpy())
     events = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
     ax = plot.activity({"hand": events, "stats": net.alif.last_stats})
     ydata = {line.get_label(): line.get_ydata() for line in ax.get_lines()}
-    assert np.allclose(ydata["hand"], [0.25, 0.75, 0.0])
+    assert np.allclose(ydata["hand"], [25.0, 75.0, 0.0])
     single = plot.activity(net.alif.last_stats)
     assert single.get_lines()[0].get_label() == "ALIF"
     assert _differs(_png(single), _png(plot.activity(torch.zeros(16))))
@@ -213,7 +215,10 @@ def test_traces_alif_membrane_threshold_and_spikes():
     assert np.allclose(b_line.get_ydata(), trace.threshold[:, sample, unit].numpy())
     marks = ax.collections[0]
     assert len(marks.get_segments()) == int(spikes[:, sample, unit].sum()) > 0
-    assert sorted(int(seg[0][0]) for seg in marks.get_segments()) == torch.nonzero(spikes[:, sample, unit]).flatten().tolist()
+    assert (
+        sorted(int(seg[0][0]) for seg in marks.get_segments())
+        == torch.nonzero(spikes[:, sample, unit]).flatten().tolist()
+    )
     assert _differs(_png(ax), _png(plot.traces(trace, torch.zeros_like(spikes), unit=unit, sample=sample)))
     with pytest.raises(ValueError, match="carries its own adaptive threshold"):
         plot.traces(trace, spikes, threshold=0.3)
@@ -273,7 +278,7 @@ def test_op_savings_bars_match_the_profile():
     assert heights == [prof.layers[0].dense_macs, prof.layers[0].event_ops]
     assert ax.get_yscale() == "log"
     act = plot.activity(prof)
-    assert np.allclose(act.get_lines()[0].get_ydata(), prof.layers[0].event_fraction_per_step)
+    assert np.allclose(act.get_lines()[0].get_ydata(), 100 * np.asarray(prof.layers[0].event_fraction_per_step))
     ax_dict = plot.op_savings(prof.to_dict())
     assert [p.get_height() for p in ax_dict.patches] == heights
     assert _png(ax).std() > 0
@@ -290,12 +295,16 @@ def test_training_curves_panels_and_values():
     fig = plot.training_curves(log)
     assert isinstance(fig, plt.Figure)
     axes = fig.axes
-    assert [a.get_ylabel() for a in axes] == ["loss", "accuracy", "activity"]
+    # units on the axes; accuracy and activity given as fractions are drawn in percent
+    assert [a.get_ylabel() for a in axes] == ["loss", "accuracy (%)", "event fraction (%)"]
     loss_lines = {line.get_label(): line for line in axes[0].get_lines()}
     assert np.allclose(loss_lines["loss"].get_ydata(), [1.0, 0.6, 0.4])
-    assert np.allclose(loss_lines["val_loss"].get_ydata()[:2], [1.2, 0.9]) and np.isnan(
-        loss_lines["val_loss"].get_ydata()[2]
+    # legend entries are words, not variable names
+    assert np.allclose(loss_lines["val loss"].get_ydata()[:2], [1.2, 0.9]) and np.isnan(
+        loss_lines["val loss"].get_ydata()[2]
     )
+    assert np.allclose(axes[1].get_lines()[0].get_ydata(), [30.0, 50.0, 70.0])
+    assert np.allclose(axes[2].get_lines()[0].get_ydata(), [20.0, 12.0, 8.0])
     assert np.allclose(axes[2].get_lines()[0].get_xdata(), [1, 2, 3])
     as_columns = plot.training_curves({"loss": [3.0, 2.0], "accuracy": [0.1, 0.2]})
     assert len(as_columns.axes) == 2
@@ -335,3 +344,167 @@ def test_import_is_lazy_and_headless_uses_agg():
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().lower() == "agg"
+
+
+# Leading bytes of each file format (PNG signature, PDF header, EPS DSC header, GIF header, MP4 box).
+_MAGIC = {"png": b"\x89PNG\r\n\x1a\n", "pdf": b"%PDF-", "eps": b"%!PS-Adobe"}
+
+
+@pytest.mark.parametrize("fmt", ["png", "pdf", "svg", "eps"])
+def test_save_writes_each_format_by_suffix_and_by_argument(tmp_path, fmt):
+    by_suffix = plot.save(plot.raster(_known_spikes()), tmp_path / f"raster.{fmt}")
+    by_argument = plot.save(plot.raster(_known_spikes()), tmp_path / "raster_no_suffix", format=fmt)
+    for path in (by_suffix, by_argument):
+        head = open(path, "rb").read(512)
+        if fmt == "svg":
+            assert b"<svg" in head, head[:80]
+        else:
+            assert head.startswith(_MAGIC[fmt]), head[:16]
+
+
+def test_save_dpi_sets_the_pixel_size(tmp_path):
+    from PIL import Image
+
+    low = plot.save(plot.raster(_known_spikes(), size=(2.0, 1.0)), tmp_path / "low.png", dpi=50)
+    high = plot.save(plot.raster(_known_spikes(), size=(2.0, 1.0)), tmp_path / "high.png", dpi=300)
+    assert Image.open(low).size == (100, 50)
+    assert Image.open(high).size == (600, 300)
+
+
+def test_save_refuses_unknown_or_contradicting_formats(tmp_path):
+    with pytest.raises(ValueError, match="unsupported image format 'bmpx'"):
+        plot.save(plot.raster(_known_spikes()), tmp_path / "x.bmpx")
+    with pytest.raises(ValueError, match="format='pdf' does not match the suffix"):
+        plot.save(plot.raster(_known_spikes()), tmp_path / "x.png", format="pdf")
+    with pytest.raises(ValueError, match="dpi must be a number > 0"):
+        plot.save(plot.raster(_known_spikes()), tmp_path / "x.png", dpi=0)
+
+
+def _text_sizes(fig) -> list[float]:
+    fig.canvas.draw()
+    return [t.get_fontsize() for t in fig.findobj(matplotlib.text.Text) if t.get_text() and t.get_visible()]
+
+
+def test_new_figures_are_one_column_wide_with_readable_text():
+    s = _known_spikes()
+    torch.manual_seed(0)
+    layer = evsnn.ALIF(3, 4)
+    x = torch.rand(12, 2, 3) * 4
+    figures = [
+        plot.raster(s).figure,
+        plot.event_raster(torch.randn(12, 7) * (s[:, 0] > 0)).figure,
+        plot.activity(s).figure,
+        plot.traces(layer, x).figure,
+        plot.training_curves(
+            [{"epoch": 1, "loss": 1.0, "test_loss": 1.1}, {"epoch": 2, "loss": 0.5, "test_loss": 0.7}]
+        ),
+    ]
+    for fig in figures:
+        assert fig.get_size_inches()[0] == pytest.approx(3.5)
+        sizes = _text_sizes(fig)
+        assert sizes and min(sizes) >= 8.0, sizes
+    assert plot.raster(s, size="page").figure.get_size_inches()[0] == pytest.approx(7.0)
+    assert tuple(plot.raster(s, size=(5, 2)).figure.get_size_inches()) == pytest.approx((5.0, 2.0))
+    with pytest.raises(ValueError, match="size must be one of"):
+        plot.raster(s, size="poster")
+
+
+def test_axis_labels_carry_units():
+    s = _known_spikes()
+    ax = plot.raster(s)
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("time step", "unit")
+    assert plot.activity(s).get_ylabel() == "event fraction (%)"
+    torch.manual_seed(0)
+    traced = plot.traces(evsnn.ALIF(3, 4), torch.rand(12, 2, 3) * 4)
+    assert traced.get_xlabel() == "time step" and "(input units)" in traced.get_ylabel()
+    fig = plot.training_curves([{"epoch": 1, "test_loss": 0.9, "test_accuracy": 0.5}])
+    assert [a.get_ylabel() for a in fig.axes] == ["loss", "accuracy (%)"]
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["test loss"]
+
+
+def test_raster_marker_size_marker_and_colour_are_honoured():
+    s = _known_spikes()
+    ax = plot.raster(s, s=10)
+    (collection,) = ax.collections
+    assert np.allclose(collection.get_sizes(), [10.0])
+    ax = plot.raster(s, s=4.5, marker="|", color="tab:red")
+    assert np.allclose(ax.collections[0].get_sizes(), [4.5])
+    assert np.allclose(ax.collections[0].get_facecolor()[0], to_rgba("tab:red"))
+    signed = plot.event_raster(torch.tensor([[0.5, -0.5]]), s=7, positive_color="green", negative_color="purple")
+    pos, neg = signed.collections
+    assert np.allclose(pos.get_sizes(), [7.0]) and np.allclose(neg.get_sizes(), [7.0])
+    assert np.allclose(pos.get_facecolor()[0], to_rgba("green")) and np.allclose(
+        neg.get_facecolor()[0], to_rgba("purple")
+    )
+    with pytest.raises(ValueError, match="marker area in points"):
+        plot.raster(s, s=-1)
+
+
+def _ink_fraction(ax) -> float:
+    """Mean darkness (1 − grey level) strictly inside the axes, spines excluded: a cell half
+    covered by an antialiased mark counts half."""
+    fig = ax.figure
+    fig.canvas.draw()
+    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(float) / 255.0
+    box = ax.get_window_extent()
+    height = image.shape[0]
+    top, bottom = int(height - box.y1) + 3, int(height - box.y0) - 3
+    left, right = int(box.x0) + 3, int(box.x1) - 3
+    inside = image[top:bottom, left:right].mean(axis=-1)
+    return float((1.0 - inside).mean())
+
+
+@pytest.mark.parametrize("shape", [(200, 50), (60, 300), (40, 12)])
+def test_raster_ink_matches_the_event_fraction(shape):
+    # The inked share of the axes is the share of (step, unit) cells with an event, for long,
+    # tall and small rasters alike. 15 % relative tolerance: cells are a few pixels wide at the
+    # default 100 dpi, so antialiased cell edges and rounding of cell boundaries to pixels move
+    # the measured darkness by up to ~1 pixel per cell edge.
+    g = torch.Generator().manual_seed(4)
+    spikes = (torch.rand(*shape, generator=g) < 0.28).float()
+    fraction = float(spikes.mean())
+    ink = _ink_fraction(plot.raster(spikes, size=(3.5, 2.6)))
+    assert ink == pytest.approx(fraction, rel=0.15), (ink, fraction)
+
+
+def _gif_frames(path) -> list[np.ndarray]:
+    from PIL import Image, ImageSequence
+
+    with Image.open(path) as image:
+        return [np.asarray(frame.convert("RGB"), dtype=float) / 255.0 for frame in ImageSequence.Iterator(image)]
+
+
+def test_animate_writes_one_gif_frame_per_step(tmp_path):
+    spikes = torch.zeros(6, 2, 16)
+    spikes[1, 0, 5] = 1.0
+    spikes[3, 0, :] = 1.0
+    path = plot.animate(spikes, tmp_path / "spikes.gif", sample=0, fps=5)
+    assert open(path, "rb").read(6) == b"GIF89a"
+    frames = _gif_frames(path)
+    assert len(frames) == 6
+    darkness = [float((f.mean(axis=-1) < 0.5).mean()) for f in frames]
+    # an empty step, one spike, an empty step, all units spiking: ink follows the events
+    assert darkness[1] > darkness[0] and darkness[3] > 4 * darkness[1]
+    assert not os.listdir(tmp_path) == [] and all(not p.startswith(".evsnn-") for p in os.listdir(tmp_path))
+
+
+def test_animate_draws_signed_deltas_red_and_blue(tmp_path):
+    deltas = torch.zeros(2, 4)
+    deltas[0] = torch.tensor([0.5, 0.5, 0.5, 0.5])
+    deltas[1] = torch.tensor([-0.5, -0.5, -0.5, -0.5])
+    frames = _gif_frames(plot.animate(deltas, tmp_path / "deltas.gif", shape=(2, 2)))
+    red_minus_blue = [float((f[..., 0] - f[..., 2]).mean()) for f in frames]
+    assert red_minus_blue[0] > 0.1 and red_minus_blue[1] < -0.1
+
+
+def test_animate_refuses_what_it_cannot_write(tmp_path, monkeypatch):
+    from matplotlib import animation
+
+    with pytest.raises(ValueError, match=r"\.gif or \.mp4"):
+        plot.animate(_known_spikes(), tmp_path / "x.avi")
+    with pytest.raises(ValueError, match="shape \\(2, 2\\) has 4 cells for 7 units"):
+        plot.animate(_known_spikes(), tmp_path / "x.gif", shape=(2, 2))
+    monkeypatch.setattr(animation.writers, "is_available", lambda name: False)
+    with pytest.raises(RuntimeError, match="needs ffmpeg"):
+        plot.animate(_known_spikes(), tmp_path / "x.mp4")
+    assert not os.listdir(tmp_path)

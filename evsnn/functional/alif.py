@@ -1,6 +1,6 @@
 """Adaptive multi-timescale LIF (ALIF), SPEC.md §2 — the reference math.
 
-Per neuron, with ``α = exp(−1/τ_m)`` and ``ρ = exp(−1/τ_adp)``::
+Per neuron, with ``α = exp(−1/τ_m)`` and ``ρ = exp(−1/τ_adp)``:
 
     b_t = ρ·b_{t−1} + (1 − ρ)·s_{t−1}
     B_t = b0 + β·b_t
@@ -61,7 +61,7 @@ def decay(tau: Tensor) -> Tensor:
 
 
 def decay_time_constant(alpha: Tensor) -> Tensor:
-    """The inverse of :func:`decay`: ``τ = −1/ln α`` for a per-step decay ``α ∈ [e⁻¹, 1)`` (SPEC §2)."""
+    """The inverse of `decay`: ``τ = −1/ln α`` for a per-step decay ``α ∈ [e⁻¹, 1)`` (SPEC §2)."""
     return -1.0 / torch.log(alpha)
 
 
@@ -72,7 +72,7 @@ def euler_time_constant(tau: Tensor, dt: float) -> Tensor:
 
 
 def euler_to_steps(tau_euler: Tensor, dt: float) -> Tensor:
-    """The inverse of :func:`euler_time_constant`: ``τ = −1/ln(1 − dt/τ_E)`` (``log1p``, exact for small ``dt/τ_E``)."""
+    """The inverse of `euler_time_constant`: ``τ = −1/ln(1 − dt/τ_E)`` (``log1p``, exact for small ``dt/τ_E``)."""
     return -1.0 / torch.log1p(-dt / tau_euler)
 
 

@@ -1,11 +1,11 @@
 """Delta-encoded GRU and LSTM (Neil et al. 2017; Gao et al.), SPEC.md §4 — the reference math.
 
-Only changes larger than a threshold propagate; the matrix products accumulate them::
+Only changes larger than a threshold propagate; the matrix products accumulate them:
 
     Δx_t = (x_t − x̂_{t−1}) ⊙ 1[|x_t − x̂_{t−1}| > Θ_x],   x̂_t = x̂_{t−1} + Δx_t
     Δh_t = (h_t − ĥ_{t−1}) ⊙ 1[|h_t − ĥ_{t−1}| > Θ_h],   ĥ_t = ĥ_{t−1} + Δh_t
 
-DeltaGRU keeps four accumulators ``M = [M_r, M_z, M_nx, M_nh]`` (``[B, 4H]``)::
+DeltaGRU keeps four accumulators ``M = [M_r, M_z, M_nx, M_nh]`` (``[B, 4H]``):
 
     M_r  += W_ir Δx_t + W_hr Δh_{t−1}     (from b_ir + b_hr)
     M_z  += W_iz Δx_t + W_hz Δh_{t−1}     (from b_iz + b_hz)
@@ -20,7 +20,7 @@ The masks are piecewise constant, so autograd of this code is the exact gradient
 Tie rule ``delta_rule``: ``"strict"`` (SPEC default) fires on ``|Δ| > Θ``; ``"inclusive"`` (the
 official DeltaRNN code) fires on ``|Δ| ≥ Θ``. A NaN difference propagates under both (``Δ = NaN``).
 ``fixed_point=(m, n)`` rounds the activations (each ``x_t`` and each new ``h_t``, c stays full
-precision) to Qm.n with a straight-through gradient (:func:`quantize_fixed_point`).
+precision) to Qm.n with a straight-through gradient (`quantize_fixed_point`).
 Precision (SPEC §6): the products take Δx/Δh in the weights' (or autocast) dtype; x̂, ĥ, M, c, h
 and every comparison with Θ stay float32 for a low-precision layer; the ``h`` sequence is
 returned in the product dtype.
@@ -338,7 +338,7 @@ def delta_lstm_scan(
     fixed_point: tuple[int, int] | None = None,
 ) -> tuple[Tensor, DeltaLSTMState, DeltaTrace]:
     """Reference DeltaLSTM over ``x [T, B, I]``: ``(h [T, B, H], final state, DeltaTrace)``;
-    ``delta_rule`` and ``fixed_point`` as :func:`delta_gru_scan` (``c`` stays full precision)."""
+    ``delta_rule`` and ``fixed_point`` as `delta_gru_scan` (``c`` stays full precision)."""
     check_steps("delta_lstm_scan", x)
     p = precision_of(weight_ih.dtype, weight_ih.device.type)
     state = _lstm_state_or_initial(x, state, weight_ih, weight_hh, bias_ih, bias_hh)

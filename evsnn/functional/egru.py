@@ -1,16 +1,16 @@
 """EGRU, the event-based GRU (Subramoney et al., ICLR 2023), SPEC.md §3 — the reference math.
 
-Weights and gate order as ``torch.nn.GRU`` (r, z, n)::
+Weights and gate order as ``torch.nn.GRU`` (r, z, n):
 
     r_t = σ(W_ir x_t + b_ir + W_hr y_{t−1} + b_hr)
     z_t = σ(W_iz x_t + b_iz + W_hz y_{t−1} + b_hz)
     n_t = tanh(W_in x_t + b_in + r_t ⊙ (W_hn y_{t−1} + b_hn))
 
-``reset="output"`` (paper, default)::
+``reset="output"`` (paper, default):
 
     c_t = z_t ⊙ c_{t−1} + (1 − z_t) ⊙ n_t − y_{t−1};   o_t = H(c_t − θ);   y_t = o_t ⊙ c_t
 
-``reset="threshold"`` (EvNN code v0.2)::
+``reset="threshold"`` (EvNN code v0.2):
 
     c̃_t = z_t ⊙ c_{t−1} + (1 − z_t) ⊙ n_t;   o_t = H(c̃_t − θ);   y_t = o_t ⊙ c̃_t;   c_t = c̃_t − o_t ⊙ θ
 
@@ -154,7 +154,7 @@ def egru_scan(
     probability in training (a fresh Bernoulli mask per step) and by the expectation
     ``p·c_{t−1} + (1 − p)·c̃_t`` at evaluation, before the event test (SPEC §3). Returns
     ``(y [T, B, H], final EGRUState, EGRUTrace(c_pre))``. Precision (SPEC §6, see
-    :mod:`evsnn.functional.precision`): products in the weights' (or autocast) dtype, ``c``,
+    `evsnn.functional.precision`): products in the weights' (or autocast) dtype, ``c``,
     θ and the event test in float32 for a low-precision layer, ``y`` returned in the product dtype.
     """
     _check_reset(reset)

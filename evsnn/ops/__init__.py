@@ -1,4 +1,4 @@
-"""Accelerated multi-step ops behind one dispatch point (:mod:`evsnn.ops.dispatch`)."""
+"""Accelerated multi-step ops behind one dispatch point ([`evsnn.ops.dispatch`][evsnn.ops.dispatch])."""
 
 from .dispatch import BACKENDS, ENV_VAR, Backend, BackendUnavailable, register, resolve, validate_backend
 

@@ -1,8 +1,8 @@
 """When ``backend="auto"`` picks the ``"cpu_event"`` backend on the CPU: a table of measured regions.
 
 ``"auto"`` picks the event path only for CPU tensors with the batch/hidden sizes where it was
-measured to beat the dense reference, in training and in inference separately (:data:`AUTO_RULES`,
-:func:`auto_reason`; "CPU backend choice" in docs/benchmarks.md); ``backend="cpu_event"`` runs it
+measured to beat the dense reference, in training and in inference separately (`AUTO_RULES`,
+`auto_reason`; "CPU backend choice" in docs/benchmarks.md); ``backend="cpu_event"`` runs it
 on any CPU shape.
 """
 
@@ -61,7 +61,7 @@ AUTO_RULES: dict[tuple[str, bool], tuple[AutoRule, ...]] = {
 
 def auto_reason(family: str | None, training: bool, batch: int, hidden: int) -> str | None:
     """``None`` when ``"auto"`` should run ``family`` on cpu_event for a ``[T, batch, hidden]``
-    call, else why not, read from the measured table :data:`AUTO_RULES` (pure: no timing)."""
+    call, else why not, read from the measured table `AUTO_RULES` (pure: no timing)."""
     mode = "training" if training else "inference"
     rules = AUTO_RULES.get((family, bool(training)))
     if rules is None:

@@ -10,10 +10,10 @@ never materialises them and keeps each sample's own active set (no union over th
 Active means: a nonzero spike (ALIF), a nonzero event ``y`` (EGRU), a nonzero delta (delta
 cells). The elementwise parts stay dense, exactly as in the reference.
 
-Two paths, the same math as the reference scans of :mod:`evsnn.functional`:
+Two paths, the same math as the reference scans of [`evsnn.functional`][evsnn.functional]:
 
-- inference (no tensor needs a gradient): :class:`~evsnn.ops.egru.cpu.EGRURunner` & co. (also used by
-  :mod:`evsnn.streaming`). With numba installed (the ``cpu`` extra) they run a whole chunk in
+- inference (no tensor needs a gradient): [`EGRURunner`][evsnn.ops.egru.cpu.EGRURunner] & co. (also used by
+  [`evsnn.streaming`][evsnn.streaming]). With numba installed (the ``cpu`` extra) they run a whole chunk in
   one compiled loop that gathers the active rows and does the gate math per step with no torch
   dispatch (``_egru_loop``, ``_delta_loop``); without it, or with
   ``EVSNN_CPU_KERNEL=torch``, a loop of in-place torch ops with one ``embedding_bag`` per step;
@@ -24,10 +24,10 @@ Two paths, the same math as the reference scans of :mod:`evsnn.functional`:
   finite support (SPEC §3 "sparse BPTT"); a surrogate with infinite support makes the product
   dense in training (still exact).
 
-This module holds what the four families' CPU paths share (:mod:`evsnn.ops.alif.cpu`,
-:mod:`evsnn.ops.egru.cpu`, :mod:`evsnn.ops.delta.cpu`): the sparse product, the numba/torch
-kernel choice, input checks, and :func:`check_cpu`, the check the dispatcher runs; when ``"auto"``
-picks this backend is the measured table of :mod:`evsnn.ops.auto`.
+This module holds what the four families' CPU paths share ([`evsnn.ops.alif.cpu`][evsnn.ops.alif.cpu],
+[`evsnn.ops.egru.cpu`][evsnn.ops.egru.cpu], [`evsnn.ops.delta.cpu`][evsnn.ops.delta.cpu]): the sparse product, the numba/torch
+kernel choice, input checks, and `check_cpu`, the check the dispatcher runs; when ``"auto"``
+picks this backend is the measured table of [`evsnn.ops.auto`][evsnn.ops.auto].
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def _check_cpu_tensors(name: str, *tensors: Any) -> None:
 def _full(t: Any) -> Any:
     """A runner's copy of a parameter in its compute dtype: float32 for a bfloat16/float16 one.
     The loops exist in float32/float64 only; a low-precision layer runs them on its rounded
-    values upcast (SPEC §6), as :func:`evsnn.ops.dispatch.run_lowered` does for the scans."""
+    values upcast (SPEC §6), as [`evsnn.ops.dispatch.run_lowered`][evsnn.ops.dispatch.run_lowered] does for the scans."""
     if isinstance(t, Tensor):
         t = t.detach()
         return t.to(state_dtype(t.dtype)) if t.is_floating_point() else t
@@ -247,10 +247,10 @@ def check_cpu(
     ``auto=False`` (an explicit ``backend="cpu_event"``) only checks that it *can* run: CPU,
     float32/float64, an evsnn surrogate, no zoneout (but in EGRU training on the fused kernel).
     Otherwise (``auto=True``, or ``None`` when the dispatcher does not say which) it also
-    declines where the measured crossover (:func:`auto_reason`, :data:`AUTO_RULES`) says the
+    declines where the measured crossover (`auto_reason`, `AUTO_RULES`) says the
     dense reference is faster for ``family`` (bound at registration) in training or inference.
     ``training``: whether the call records gradients (the layers pass it); a caller that does not
-    say (``None``, e.g. :class:`evsnn.streaming.Stream`, which runs in inference mode) gets the
+    say (``None``, e.g. [`evsnn.streaming.Stream`][evsnn.streaming.Stream], which runs in inference mode) gets the
     inference rule.
     """
     if torch.device(device).type != "cpu":

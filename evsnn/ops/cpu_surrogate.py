@@ -1,8 +1,8 @@
-"""The surrogates' pseudo-derivatives ``g(x)`` (SPEC §1, :mod:`evsnn.surrogate`) for the fused
+"""The surrogates' pseudo-derivatives ``g(x)`` (SPEC §1, [`evsnn.surrogate`][evsnn.surrogate]) for the fused
 numba kernels: one numba home shared by the EGRU and ALIF training kernels (the CUDA kernels
 have theirs in ``cuda/common.cuh``).
 
-A surrogate is passed to a kernel as ``(kind, params, gate)`` built by :func:`surrogate_code`
+A surrogate is passed to a kernel as ``(kind, params, gate)`` built by `surrogate_code`
 from its ``kernel_spec()``: ``kind`` selects the formula, ``params`` holds its base parameters,
 ``gate`` is the smallest truncation (``inf`` if none).
 """
@@ -45,7 +45,7 @@ def surrogate_args(surrogate: Any) -> tuple[int, list[float], float] | None:
 
 
 def surrogate_code(surrogate: Any) -> tuple[int, np.ndarray, float] | None:
-    """:func:`surrogate_args` with ``params`` as the kernels' float64 array."""
+    """`surrogate_args` with ``params`` as the kernels' float64 array."""
     args = surrogate_args(surrogate)
     if args is None:
         return None

@@ -2,7 +2,7 @@
 
 - The sources (``cuda/*.cu``, ``*.cuh``) ship inside the wheel as ``evsnn/_cuda_src/`` (setup.py
   maps that package onto ``cuda/``); a source checkout or editable install reads ``cuda/`` itself
-  (:data:`CUDA_DIR`). Local ``#include "x.cuh"`` lines are inlined before compiling.
+  (`CUDA_DIR`). Local ``#include "x.cuh"`` lines are inlined before compiling.
 - Each (source, defines, device) is compiled once through NVRTC (``cupy.RawModule``) and cached
   in memory (CuPy also caches the binaries on disk).
 - A launch passes raw device pointers (``numpy.uint64``) of torch tensors: no copies, no CuPy
@@ -10,10 +10,10 @@
   synchronises with the host.
 - A persistent kernel (one launch over all steps, blocks waiting on each other through a grid
   barrier or flags) deadlocks if some of its blocks are not resident while others wait:
-  :func:`launch_persistent` checks with the CUDA occupancy API that the whole grid fits on the
-  device at once and otherwise raises :class:`CoResidencyError` before launching. The check
+  `launch_persistent` checks with the CUDA occupancy API that the whole grid fits on the
+  device at once and otherwise raises `CoResidencyError` before launching. The check
   counts free SMs: kernels of other streams running at the same time are not accounted for.
-- :func:`compile_check` compiles a source through NVRTC for a given architecture WITHOUT a GPU
+- `compile_check` compiles a source through NVRTC for a given architecture WITHOUT a GPU
   (CI uses it on CPU machines): errors and warnings both fail.
 """
 
@@ -80,7 +80,7 @@ class CompileError(RuntimeError):
 
 
 def kernel_source(filename: str, _seen: frozenset[str] = frozenset()) -> str:
-    """The text of ``cuda/<filename>`` (:data:`CUDA_DIR`) with its local includes inlined (each once)."""
+    """The text of ``cuda/<filename>`` (`CUDA_DIR`) with its local includes inlined (each once)."""
     path = CUDA_DIR / filename
     if not path.is_file():
         raise FileNotFoundError(
@@ -255,8 +255,8 @@ def max_active_blocks_per_sm(kernel, threads: int, shared_mem: int, device_index
 def launch_persistent(
     kernel, grid: tuple[int, ...], block: tuple[int, ...], args: tuple, *, device: torch.device, shared_mem: int = 0
 ) -> None:
-    """:func:`launch` for a kernel whose blocks wait on each other: refused with
-    :class:`CoResidencyError` unless the whole grid can be resident at once (no host sync: the
+    """`launch` for a kernel whose blocks wait on each other: refused with
+    `CoResidencyError` unless the whole grid can be resident at once (no host sync: the
     occupancy query is a host-side driver call, cached)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
     if shared_mem > 48 * 1024:
@@ -288,7 +288,7 @@ def sm_count(device_index: int) -> int:
 def compile_check(filename: str, arch: str, defines: Iterable[str] = ()) -> str:
     """Compile ``filename`` with NVRTC for ``sm_<arch>`` without any GPU; return the log.
 
-    Raises :class:`CompileError` on an error or on any warning.
+    Raises `CompileError` on an error or on any warning.
     """
     from cupy_backends.cuda.libs import nvrtc
 
@@ -317,7 +317,7 @@ def surrogate_kernel_args(surrogate: Any) -> tuple[int, tuple[float, float, floa
     when the surrogate has no kernel form. Shared by every CuPy family.
 
     Parameters beyond the kind's own are truncation supports (one per nesting of
-    :meth:`Surrogate.truncate`); the effective support is the smallest. ``trunc = 0`` means none.
+    `Surrogate.truncate`); the effective support is the smallest. ``trunc = 0`` means none.
     """
     from ..surrogate import Surrogate
 
@@ -344,7 +344,7 @@ def tensor_reason(kernels: str, device: torch.device, dtype: torch.dtype | None)
 
 def low_precision_hint(dtype: torch.dtype | None) -> str:
     """The clause a float32/float64-only kernel's check appends when refused a bf16/fp16 call
-    made to it directly (through the layers it is never asked: :func:`evsnn.ops.dispatch.resolve` lowers first)."""
+    made to it directly (through the layers it is never asked: [`evsnn.ops.dispatch.resolve`][evsnn.ops.dispatch.resolve] lowers first)."""
     if dtype in LOW_PRECISION:
         return (
             "; bfloat16/float16 layers reach these kernels through evsnn.ops.dispatch, which runs them in "

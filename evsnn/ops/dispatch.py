@@ -1,11 +1,11 @@
 """One dispatch point for every multi-step op: ``"auto" | "torch" | "cupy" | "cpu_event"``.
 
 Each family (``"alif"``, ``"egru"``, ``"delta_gru"``, ``"delta_lstm"``) has one signature —
-that of its reference scan in :mod:`evsnn.functional` — and every backend registered for it
+that of its reference scan in [`evsnn.functional`][evsnn.functional] — and every backend registered for it
 computes the same function. ``"torch"`` is the reference and always works. ``"auto"`` (the
 default of every layer) is overridden by the environment variable ``EVSNN_BACKEND``.
 
-A backend registers a :class:`Backend` with a ``check`` function that returns ``None`` when it
+A backend registers a `Backend` with a ``check`` function that returns ``None`` when it
 can run a call (device, dtype, surrogate, options) and otherwise a sentence saying why not.
 ``check`` also receives ``auto=True`` when ``"auto"`` is choosing (a backend may decline where it
 would be slower) and ``auto=False`` for an explicit request (it must then decline only where it
@@ -16,14 +16,14 @@ An explicit request that cannot run raises that sentence; ``"auto"`` moves on to
 candidate and warns once per process and reason when a GPU tensor ends on the reference.
 
 Low precision (SPEC §6; ``torch.autocast`` or a bfloat16/float16 layer): the reference handles
-it itself (:mod:`evsnn.functional.precision`). The accelerated kernels exist in float32 and
+it itself (`evsnn.functional.precision`). The accelerated kernels exist in float32 and
 float64 only, so they are asked whether they can run the call in float32 and, when chosen, run
-their float32 kernel on operands rounded to the low dtype (:func:`run_lowered`), with the state
+their float32 kernel on operands rounded to the low dtype (`run_lowered`), with the state
 and thresholds in float32 as SPEC §6 asks and the output events returned in the low dtype. That
 is announced by one warning per backend, family and dtype, never by a silent switch to the much
 slower reference.
 
-The decision is a cached lookup (:func:`resolve`): keyed by the family, the requested backend,
+The decision is a cached lookup (`resolve`): keyed by the family, the requested backend,
 the value of ``EVSNN_BACKEND``, the device, the low-precision dtype in effect and every ``config``
 item the checks read (``dtype``, ``training``, ``surrogate``, ... and the ``(B, H)`` of ``shape``:
 no check may read the number of steps). A call with the same key runs no check; registering a
@@ -193,8 +193,8 @@ def lowered_dtype(device_type: str, dtype: torch.dtype | None) -> torch.dtype | 
 def resolve(family: str, requested: str, device: torch.device, **config: Any) -> Backend:
     """Pick the backend for one call. ``config`` is passed to every candidate's ``check``.
 
-    Under low precision (:func:`lowered_dtype`) accelerated backends are checked for float32
-    and the one chosen is returned wrapped by :func:`run_lowered`. The decision is cached by
+    Under low precision (`lowered_dtype`) accelerated backends are checked for float32
+    and the one chosen is returned wrapped by `run_lowered`. The decision is cached by
     what it depends on (module docstring); an unchanged call runs no check."""
     device = torch.device(device)
     low = lowered_dtype(device.type, config.get("dtype"))
@@ -316,7 +316,7 @@ def _signature(family: str) -> inspect.Signature:
 def run_lowered(fn: Callable[..., Any], family: str, low: torch.dtype, device_type: str, *args: Any, **kwargs: Any):
     """Run a float32 backend ``fn`` of ``family`` for a call in the low dtype ``low`` (SPEC §6).
 
-    The products' operands (:data:`_PRODUCT_OPERANDS`) are rounded to ``low`` and then upcast,
+    The products' operands (`_PRODUCT_OPERANDS`) are rounded to ``low`` and then upcast,
     so the kernel multiplies exactly the low-precision values and accumulates in float32 (as a
     tensor-core product does); everything else is upcast to float32; autocast is switched off
     inside so that the kernel's own products stay float32. Returns the backend's

@@ -11,7 +11,7 @@ parameter. The packed tensor is read-only for the kernels (they never write thei
 not part of any autograd graph (packing runs without gradient tracking).
 
 Writes through ``param.data`` bypass the version counter (that is what ``.data`` is for): after
-such a write, call :func:`clear`.
+such a write, call `clear`.
 """
 
 from __future__ import annotations

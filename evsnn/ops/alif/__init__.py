@@ -1,7 +1,7 @@
-"""ALIF's accelerated paths side by side (reference: :mod:`evsnn.functional.alif`): ``cpu`` (the
-``"cpu_event"`` backend: :func:`~evsnn.ops.alif.cpu.alif_scan_cpu`, the streaming runner) and
-``cuda`` (the ``"cupy"`` backend: :func:`~evsnn.ops.alif.cuda.alif_scan_cuda`); each exports its
-``check_cpu``/``check_cuda``, registered by :mod:`evsnn.ops.dispatch`.
+"""ALIF's accelerated paths side by side (reference: `evsnn.functional.alif`): ``cpu`` (the
+``"cpu_event"`` backend: [`alif_scan_cpu`][evsnn.ops.alif.cpu.alif_scan_cpu], the streaming runner) and
+``cuda`` (the ``"cupy"`` backend: [`alif_scan_cuda`][evsnn.ops.alif.cuda.alif_scan_cuda]); each exports its
+``check_cpu``/``check_cuda``, registered by [`evsnn.ops.dispatch`][evsnn.ops.dispatch].
 ``op`` registers the custom ops (``evsnn::…``) the scans call; it is imported here so that they
 exist whichever module of the family is imported first."""
 

@@ -1,5 +1,5 @@
 """ALIF on the ``"cpu_event"`` backend (SPEC §2): the inference runner and the event-sparse
-differentiable scan; same results as :func:`evsnn.functional.alif_scan`."""
+differentiable scan; same results as [`evsnn.functional.alif_scan`][evsnn.functional.alif_scan]."""
 
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ class ALIFRunner:
     """Inference-only ALIF stepper. ``step(current)`` takes ``I_t = W_in x_t + b_in``
     (``[B, N]``) and returns ``(s_t, v_t, B_t)``; the recurrent input ``W_rec s_{t−1}`` reads
     only the rows of spiking units. ``kernel``: ``"numba"`` runs the fused loop
-    (:func:`evsnn.ops.alif.cpu_kernels.alif_loop`, one call per step or chunk), ``"torch"`` a
-    loop of torch ops, ``"auto"`` numba when installed; :attr:`kernel` says which runs."""
+    ([`evsnn.ops.alif.cpu_kernels.alif_loop`][evsnn.ops.alif.cpu_kernels.alif_loop], one call per step or chunk), ``"torch"`` a
+    loop of torch ops, ``"auto"`` numba when installed; `kernel` says which runs."""
 
     def __init__(
         self,
@@ -143,7 +143,7 @@ class ALIFRunner:
 
 
 def _fused_training_reason(surrogate: Surrogate | None) -> str | None:
-    """``None`` when the fused training kernels (:mod:`evsnn.ops.alif.cpu_kernels`) can run,
+    """``None`` when the fused training kernels ([`evsnn.ops.alif.cpu_kernels`][evsnn.ops.alif.cpu_kernels]) can run,
     else why not (the torch-op loop then runs, which the reference beat at every measured shape)."""
     if _pick_kernel("auto") != "numba":
         return (
@@ -154,7 +154,7 @@ def _fused_training_reason(surrogate: Surrogate | None) -> str | None:
 
 
 def check_cpu(*, training: bool | None = None, auto: bool | None = None, surrogate=None, **config) -> str | None:
-    """:func:`evsnn.ops.cpu_common.check_cpu`; under ``"auto"`` it also declines a call the fused
+    """[`evsnn.ops.cpu_common.check_cpu`][evsnn.ops.cpu_common.check_cpu]; under ``"auto"`` it also declines a call the fused
     kernels cannot run, where the measured crossover does not hold (in training the torch-op loop is
     slower than the reference)."""
     reason = _check_cpu_common(training=training, auto=auto, surrogate=surrogate, **config)
@@ -221,7 +221,7 @@ def alif_scan_cpu(
     bias_hh: Tensor | None = None,
 ) -> tuple[Tensor, ALIFState, ALIFTrace]:
     """Event-sparse ALIF over ``current [T, B, N]``; same signature and result as
-    :func:`evsnn.functional.alif_scan` (SPEC §2)."""
+    [`evsnn.functional.alif_scan`][evsnn.functional.alif_scan] (SPEC §2)."""
     _check_surrogate(surrogate)
     _check_cpu_tensors("alif", current, tau_mem, tau_adapt, weight_hh)
     check_steps("the cpu_event alif scan", current)
@@ -241,7 +241,7 @@ def alif_scan_cpu(
 
 
 def _training_traced(*, surrogate: Surrogate = _ALIF_SURROGATE, dtype: torch.dtype | None = None, **_: object) -> bool:
-    """Whether :func:`alif_scan_cpu` trains through its custom ops (torch.compile traces them), not
+    """Whether `alif_scan_cpu` trains through its custom ops (torch.compile traces them), not
     through the torch-op loop (which breaks the graph)."""
     return (dtype is None or dtype in DTYPES) and _fused_training_reason(surrogate) is None
 

@@ -1,14 +1,14 @@
 """Fused numba kernels for ALIF on the CPU (SPEC §2): the inference loop and event-sparse training.
 
-Forward (:func:`_alif_forward`, the equations of :func:`evsnn.functional.alif_dynamics`): per
+Forward (`_alif_forward`, the equations of [`evsnn.functional.alif_dynamics`][evsnn.functional.alif_dynamics]): per
 sample and step, ``I_t = current_t + b_hh + Σ_{k: s_{t−1,k} ≠ 0} s_{t−1,k}·W_hhᵀ[k]`` (only the
 rows of units that spiked), then ``b_t``, ``B_t``, ``v_t`` and ``s_t = H(v_t − B_t)``. Inference
-runs it alone (:func:`alif_loop`, what :class:`ALIFRunner`'s numba kernel calls); training also
+runs it alone (`alif_loop`, what `ALIFRunner`'s numba kernel calls); training also
 keeps per (sample, step) the list of units that spiked (``int32`` indices in a fixed-capacity buffer,
 one region per sample, so the custom op's shapes follow from the sizes) and the dense ``b_t`` and
 ``I_t`` (elementwise, as in any recurrent cell).
 
-Backward (:func:`_alif_backward`), in reverse time per chunk of samples (chunks in parallel):
+Backward (`_alif_backward`), in reverse time per chunk of samples (chunks in parallel):
 with ``x_t = v_t − B_t`` and the pseudo-derivative ``g``,
 
     gs = ∂L/∂s_t,  gx = gs·g(x_t),  gv = α·gv_{t+1} + ∂L/∂v_t + gx,
@@ -20,17 +20,17 @@ pass a gradient: ``x_{t−1,k}`` inside the surrogate's support (every finite ``
 without one; with ``state.s`` requiring a gradient, every unit at t = 0). ``∂L/∂W_hh`` is summed
 from the spike lists. A unit that never spikes and never enters the support has its weight
 column read by neither pass. The parameters' gradients ``∂α, ∂ρ, ∂b0, ∂β, ∂b_hh`` are summed
-per unit; ``α = exp(−1/τ)`` and ``ρ`` stay torch ops (:func:`evsnn.functional.alif.decay`), so
+per unit; ``α = exp(−1/τ)`` and ``ρ`` stay torch ops ([`evsnn.functional.alif.decay`][evsnn.functional.alif.decay]), so
 autograd carries them to τ.
 
 ``g`` is evaluated here with the reference's gating (the autograd of
-:meth:`evsnn.surrogate.Surrogate.__call__`): a NaN or infinite ``x`` passes no gradient, nor does
-a finite ``x`` outside a finite support (Triangle: ``|x| ≤ ε`` passes; :class:`Truncated`:
+`evsnn.surrogate.Surrogate.__call__`): a NaN or infinite ``x`` passes no gradient, nor does
+a finite ``x`` outside a finite support (Triangle: ``|x| ≤ ε`` passes; `Truncated`:
 ``|x| < ε``), whatever comes from above, NaN included. The formulas are those of
-:mod:`evsnn.surrogate` (one numba copy, selected by :meth:`Surrogate.kernel_spec`); a surrogate
-without a kernel spec is refused (:func:`surrogate_reason`).
+[`evsnn.surrogate`][evsnn.surrogate] (one numba copy, selected by `Surrogate.kernel_spec`); a surrogate
+without a kernel spec is refused (`surrogate_reason`).
 
-``detach_reset=True`` is the snntorch convention of :class:`evsnn.interop.snntorch.ALIF`:
+``detach_reset=True`` is the snntorch convention of [`evsnn.interop.snntorch.ALIF`][evsnn.interop.snntorch.ALIF]:
 ``s_{t−1}`` enters the adaptation trace and the reset without gradient (it still does through
 ``W_hh s_{t−1}``).
 """
@@ -136,7 +136,7 @@ def _alif_backward(
     g_s, g_v, g_thr, a_v, a_b, a_s, g_cur,
     g_alpha, g_rho, g_b0, g_beta, g_bias, g_wt,
 ):  # pragma: no cover - numba
-    """Reverse-time adjoint of :func:`_alif_forward` (training storage).
+    """Reverse-time adjoint of `_alif_forward` (training storage).
 
     ``a_v, a_b, a_s [B, N]`` enter as the gradients of the final ``v, b, s`` and leave as those
     of the initial state (in place). ``g_s, g_v, g_thr`` are the gradients of the spikes and of
@@ -329,7 +329,7 @@ def train_backward(
     weight_hh: Tensor | None, spikes: Tensor, vs: Tensor, thrs: Tensor, b_seq: Tensor, i_seq: Tensor, idx: Tensor,
     off: Tensor, detach_reset: bool, need_s0: bool, kind: int, params: list[float], gate: float,
 ) -> tuple[Tensor, ...]:
-    """The fused backward from the output gradients (``None``: zero) and :func:`train_forward`'s
+    """The fused backward from the output gradients (``None``: zero) and `train_forward`'s
     results: ``(∂current, ∂v_0, ∂b_0, ∂s_0, ∂α, ∂ρ, ∂b0, ∂β, ∂W_hh, ∂b_hh)`` (``∂W_hh`` ``[0, 0]``
     without ``weight_hh``). ``need_s0``: form ``∂L/∂s_0`` for every unit."""
     steps, batch, n = spikes.shape
@@ -391,7 +391,7 @@ def alif_train_scan(
 ) -> tuple[Tensor, ALIFState, ALIFTrace]:
     """ALIF over ``current [T, B, N]`` with the fused event-sparse forward and backward (SPEC §2).
 
-    Same signature and result as :func:`evsnn.functional.alif_scan`, differentiable in the
+    Same signature and result as [`evsnn.functional.alif_scan`][evsnn.functional.alif_scan], differentiable in the
     current, the state, ``tau_mem``, ``tau_adapt``, ``b0``, ``beta``, ``weight_hh`` and
     ``bias_hh``; CPU float32/float64 tensors of one dtype, numba required.
 
@@ -403,11 +403,11 @@ def alif_train_scan(
         b0: baseline threshold (a number or an ``[N]`` tensor).
         beta: adaptation strength (a number or an ``[N]`` tensor).
         surrogate: the spike's pseudo-derivative (default ``MultiGaussian()``); one with a
-            kernel spec (:func:`surrogate_reason`).
+            kernel spec (`surrogate_reason`).
         weight_hh: the recurrent weights ``[N, N]``, or ``None``.
         bias_hh: the recurrent bias ``[N]``, or ``None``.
         detach_reset: ``s_{t−1}`` enters the adaptation trace and the reset without gradient
-            (the snntorch convention of :class:`evsnn.interop.snntorch.ALIF`).
+            (the snntorch convention of [`evsnn.interop.snntorch.ALIF`][evsnn.interop.snntorch.ALIF]).
     """
     surrogate = MultiGaussian() if surrogate is None else surrogate
     reason = surrogate_reason(surrogate)

@@ -1,7 +1,7 @@
 """CuPy backend of the ALIF scan (SPEC.md §2), registered as ``("cupy", "alif")``.
 
-:func:`alif_scan_cuda` has exactly the signature and the return value of
-:func:`evsnn.functional.alif_scan`, ``(spikes [T, B, N], ALIFState(v, b, s), ALIFTrace(v, threshold))``,
+`alif_scan_cuda` has exactly the signature and the return value of
+[`evsnn.functional.alif_scan`][evsnn.functional.alif_scan], ``(spikes [T, B, N], ALIFState(v, b, s), ALIFTrace(v, threshold))``,
 and computes the same function with two kernels per call (``cuda/alif.cu``):
 
 - feed-forward (``weight_hh=None``): one thread per (sample, neuron) loops over all T steps with
@@ -10,11 +10,11 @@ and computes the same function with two kernels per call (``cuda/alif.cu``):
   step) whose input ``W_hh s_{t−1}`` sums only the columns of spiking units, and whose backward
   computes ``(W_hhᵀ δ)[j]`` only where a unit's pseudo-derivative is nonzero (all units with an
   infinite-support surrogate, few with a truncated one); ``∂L/∂W_hh`` is one GEMM over all steps.
-  Where it fits (:func:`smem_plan`), the backward keeps each block's 32 columns of ``W_hh`` in
+  Where it fits (`smem_plan`), the backward keeps each block's 32 columns of ``W_hh`` in
   shared memory for the whole sequence and serves 4 samples per pass from them
   (``alif_rec_backward_smem``); otherwise every step reads ``W_hh`` from L2 (``alif_rec_backward``).
 
-``α = exp(−1/max(τ_m, 1))`` and ``ρ`` are computed by torch (:func:`evsnn.functional.alif.decay`),
+``α = exp(−1/max(τ_m, 1))`` and ``ρ`` are computed by torch ([`evsnn.functional.alif.decay`][evsnn.functional.alif.decay]),
 so gradients reach ``tau_mem``/``tau_adapt`` through autograd exactly as in the reference.
 Gradients: current, initial state, τ_m, τ_adp, b0 and β (when tensors that require grad),
 ``weight_hh``, ``bias_hh``; also through the trace outputs. No host synchronisation; parameter
@@ -66,8 +66,8 @@ def check_cuda(*, device: torch.device, dtype: torch.dtype | None = None, surrog
 
 
 def _argument_reason(device: torch.device, dtype: torch.dtype | None, surrogate: Any) -> str | None:
-    """What the call's own arguments rule out (no probe of the machine): part of :func:`check_cuda`,
-    which dispatch runs once per decision, and all that a direct :func:`alif_scan_cuda` re-asks."""
+    """What the call's own arguments rule out (no probe of the machine): part of `check_cuda`,
+    which dispatch runs once per decision, and all that a direct `alif_scan_cuda` re-asks."""
     reason = rt.tensor_reason("the CuPy ALIF kernels", device, dtype)
     if reason is not None:
         return reason
@@ -150,7 +150,7 @@ def alif_forward_launch(
     """The feed-forward or recurrent forward kernel over ``current [T, B, N]``: ``(spikes, v,
     threshold, v_T, b_T, s_T, b_trace, inputs)``; ``b_trace`` (and, recurrent, ``inputs``: the
     total input current of each step) are residuals for the backward, empty unless ``needs_grad``.
-    The body of the custom op ``evsnn::alif_scan_cuda_fwd`` (:mod:`.op`)."""
+    The body of the custom op ``evsnn::alif_scan_cuda_fwd`` (`op`)."""
     T, B, N = current.shape
     dev, dtype = current.device, current.dtype
     spikes = torch.empty_like(current)
@@ -210,7 +210,7 @@ def alif_backward_launch(
     """The backward kernel from the gradients of ``(spikes, v, threshold, v_T, b_T, s_T)`` (empty
     where absent) and the forward's residuals (``inputs``: the input currents, of every step when
     recurrent): ``(∂current, ∂v_0, ∂b_0, ∂s_0, ∂α, ∂ρ, ∂b0, ∂β, ∂W_hh, ∂b_hh)``, the last two
-    empty unless asked for. The body of the custom op ``evsnn::alif_scan_cuda_bwd`` (:mod:`.op`)."""
+    empty unless asked for. The body of the custom op ``evsnn::alif_scan_cuda_bwd`` (`op`)."""
     T, B, N = spikes.shape
     dev, dtype = spikes.device, spikes.dtype
     wt = None if weight_hh is None else packed("alif_transposed", _transposed, (weight_hh,))
@@ -281,7 +281,7 @@ def alif_scan_cuda(
     weight_hh: Tensor | None = None,
     bias_hh: Tensor | None = None,
 ) -> tuple[Tensor, ALIFState, ALIFTrace]:
-    """:func:`evsnn.functional.alif_scan` on the GPU (same arguments, same results; SPEC §2).
+    """[`evsnn.functional.alif_scan`][evsnn.functional.alif_scan] on the GPU (same arguments, same results; SPEC §2).
 
     ``current`` ``[T, B, N]`` (CUDA, float32/float64); with ``weight_hh`` ``[N, N]`` the layer is
     recurrent: ``I_t = current_t + W_hh s_{t−1} + b_hh``.

@@ -1,18 +1,18 @@
 """ALIF's accelerated scans as ``torch.library`` custom ops (SPEC §2), so that ``torch.compile`` sees
 one opaque op per call (no graph break) and can trace shapes through its fake kernel.
 
-``evsnn::alif_scan_cpu``: the ``"cpu_event"`` inference scan (:class:`~evsnn.ops.alif.cpu.ALIFRunner`);
-:func:`~evsnn.ops.alif.cpu.alif_scan_cpu` calls it when no gradient is recorded (``b0``/``beta``
+``evsnn::alif_scan_cpu``: the ``"cpu_event"`` inference scan ([`ALIFRunner`][evsnn.ops.alif.cpu.ALIFRunner]);
+[`alif_scan_cpu`][evsnn.ops.alif.cpu.alif_scan_cpu] calls it when no gradient is recorded (``b0``/``beta``
 come as tensors). Not differentiable: a call that records gradients runs the training path instead.
 
 ``evsnn::alif_train_cpu_fwd`` / ``evsnn::alif_train_cpu_bwd``: the fused numba training kernels of
-:mod:`evsnn.ops.alif.cpu_kernels` (``"cpu_event"`` in training), the backward registered as the
-forward's gradient; :func:`~evsnn.ops.alif.cpu_kernels.alif_train_scan` calls the forward. The spike
+[`evsnn.ops.alif.cpu_kernels`][evsnn.ops.alif.cpu_kernels] (``"cpu_event"`` in training), the backward registered as the
+forward's gradient; [`alif_train_scan`][evsnn.ops.alif.cpu_kernels.alif_train_scan] calls the forward. The spike
 lists travel as a fixed-capacity index buffer and offsets, so every shape follows from the sizes.
 
 ``evsnn::alif_scan_cuda_fwd`` / ``evsnn::alif_scan_cuda_bwd``: the CuPy forward and backward kernels
-(:func:`~evsnn.ops.alif.cuda.alif_forward_launch`, :func:`~evsnn.ops.alif.cuda.alif_backward_launch`),
-the backward registered as the forward's gradient; :func:`~evsnn.ops.alif.cuda.alif_scan_cuda` calls
+([`alif_forward_launch`][evsnn.ops.alif.cuda.alif_forward_launch], [`alif_backward_launch`][evsnn.ops.alif.cuda.alif_backward_launch]),
+the backward registered as the forward's gradient; [`alif_scan_cuda`][evsnn.ops.alif.cuda.alif_scan_cuda] calls
 the forward. The surrogate travels as its kernel form; absent tensors are empty ones.
 
 States are flattened to tensors (custom ops take no NamedTuples) and every output is a fresh tensor

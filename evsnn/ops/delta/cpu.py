@@ -1,6 +1,6 @@
 """DeltaGRU and DeltaLSTM on the ``"cpu_event"`` backend (SPEC §4): the inference runners (numba loops or
 torch ops) and the event-sparse differentiable scans (both cells train with the fused kernels of
-:mod:`evsnn.ops.delta.cpu_train` when numba is there); same results as :mod:`evsnn.functional.delta`."""
+[`evsnn.ops.delta.cpu_train`][evsnn.ops.delta.cpu_train] when numba is there); same results as `evsnn.functional.delta`."""
 
 from __future__ import annotations
 
@@ -149,13 +149,13 @@ def _kernels() -> SimpleNamespace | None:
 
 def _delta_increment(gx: Tensor, gh: Tensor, gru: bool) -> Tensor:
     """Increments of the accumulators ``M [B, 4H]`` from ``gx = W_ih Δx`` and ``gh = W_hh Δh``,
-    in the slot layout of :func:`~evsnn.functional.delta.delta_accumulator_increment`."""
+    in the slot layout of [`delta_accumulator_increment`][evsnn.functional.delta.delta_accumulator_increment]."""
     return delta_accumulator_increment(gx, gh, gru)
 
 
 def _joint_delta_table(table_x: Tensor, table_h: Tensor, gru: bool) -> Tensor:
     """``[W_ih; W_hh]ᵀ`` as one table ``[I + H, 4H]`` whose rows give the accumulator increments
-    of ``[Δx; Δh]`` in one product (SPEC §4), laid out by :func:`_delta_increment`. For the GRU
+    of ``[Δx; Δh]`` in one product (SPEC §4), laid out by `_delta_increment`. For the GRU
     each block has a zero part, so one product is exact for finite deltas only."""
     rows_x = _delta_increment(table_x, table_h.new_zeros(table_x.shape[0], table_h.shape[1]), gru)
     rows_h = _delta_increment(table_x.new_zeros(table_h.shape[0], table_x.shape[1]), table_h, gru)
@@ -169,12 +169,12 @@ class _DeltaRunner:
     ``ŝ = [x̂; ĥ]`` and thresholds ``[Θ_x; Θ_h]``; row gathers of ``W_ihᵀ`` and ``W_hhᵀ`` over
     the nonzero deltas update the accumulators ``M`` (``kernel="torch"``).
 
-    With ``kernel="numba"`` (the default where numba is installed) :meth:`run` encodes a block
-    of up to :attr:`block` steps' input deltas first (they depend on ``x`` only), turns them into
+    With ``kernel="numba"`` (the default where numba is installed) `run` encodes a block
+    of up to `block` steps' input deltas first (they depend on ``x`` only), turns them into
     ``W_ih Δx_t`` with one dense GEMM for the block (``Δx`` is often denser than ``Δh``, and one
     batched GEMM beats per-step row gathers of it), then runs the fused loop
-    :func:`_delta_loop`, which reads only the rows of ``W_hhᵀ`` of nonzero ``Δh``.
-    :meth:`step` is one call of that loop, which encodes ``x_t`` itself and gathers the rows of
+    `_delta_loop`, which reads only the rows of ``W_hhᵀ`` of nonzero ``Δh``.
+    `step` is one call of that loop, which encodes ``x_t`` itself and gathers the rows of
     nonzero ``Δx`` instead (no torch op, no allocation besides ``h_t``). The sums are grouped
     differently from the reference's, so results agree to rounding.
     """
@@ -479,7 +479,7 @@ def delta_gru_scan_cpu(
     delta_rule: str = "strict",
 ) -> tuple[Tensor, DeltaGRUState, DeltaTrace]:
     """Event-sparse DeltaGRU over ``x [T, B, I]``; same signature and result as
-    :func:`evsnn.functional.delta_gru_scan` (SPEC §4)."""
+    [`evsnn.functional.delta_gru_scan`][evsnn.functional.delta_gru_scan] (SPEC §4)."""
     return _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru=True, delta_rule=delta_rule)
 
 
@@ -496,7 +496,7 @@ def delta_lstm_scan_cpu(
     delta_rule: str = "strict",
 ) -> tuple[Tensor, DeltaLSTMState, DeltaTrace]:
     """Event-sparse DeltaLSTM over ``x [T, B, I]``; same signature and result as
-    :func:`evsnn.functional.delta_lstm_scan` (SPEC §4)."""
+    [`evsnn.functional.delta_lstm_scan`][evsnn.functional.delta_lstm_scan] (SPEC §4)."""
     return _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru=False, delta_rule=delta_rule)
 
 

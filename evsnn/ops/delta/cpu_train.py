@@ -1,7 +1,7 @@
 """Fused numba training kernels for DeltaGRU and DeltaLSTM on the CPU: event-sparse forward *and* backward.
 
-Forward (SPEC §4, the equations of :func:`evsnn.functional.delta_gru_scan` and
-:func:`~evsnn.functional.delta_lstm_scan`): per sample and step, encode ``Δx_t`` and ``Δh_{t−1}``,
+Forward (SPEC §4, the equations of [`evsnn.functional.delta_gru_scan`][evsnn.functional.delta_gru_scan] and
+[`delta_lstm_scan`][evsnn.functional.delta_lstm_scan]): per sample and step, encode ``Δx_t`` and ``Δh_{t−1}``,
 add the rows of ``W_ihᵀ``/``W_hhᵀ`` of the *active* columns to the accumulators ``M``, gates,
 ``h_t``. It keeps for the backward only what the backward reads: per (step, sample) the list of
 active input and hidden columns and their delta values (``int32`` index + value, in buffers of
@@ -144,7 +144,7 @@ def _delta_backward(
     g_out, g_dx, g_dh, a_h, a_c, a_xhat, a_hhat, a_m,
     g_x, g_wx_parts, g_wh_parts,
 ):  # pragma: no cover - numba
-    """Reverse-time adjoint of :func:`_delta_forward`.
+    """Reverse-time adjoint of `_delta_forward`.
 
     ``a_h, a_c, a_xhat, a_hhat, a_m`` enter as the gradients of the final state and leave as
     those of the initial state (in place; ``a_c`` unused for the GRU). ``g_out``, ``g_dx``,
@@ -264,7 +264,7 @@ def train_forward(
     x: Tensor, h0: Tensor, c0: Tensor | None, x_hat0: Tensor, h_hat0: Tensor, m0: Tensor, weight_ih: Tensor,
     weight_hh: Tensor, theta_x: Tensor, theta_h: Tensor, inclusive: bool, gru: bool,
 ) -> tuple[Tensor, ...]:
-    """The fused forward (:func:`_delta_forward`): ``(h_seq, h_T, c_T, x̂_T, ĥ_T, M_T, Δx, Δh, c_seq,
+    """The fused forward (`_delta_forward`): ``(h_seq, h_T, c_T, x̂_T, ĥ_T, M_T, Δx, Δh, c_seq,
     gates [4, T, B, H], idx_x, val_x, off_x, idx_h, val_h, off_h)``; for the GRU (``c0`` ``None``)
     ``c_T`` and ``c_seq`` are empty. The active columns travel in buffers of fixed capacity (one
     region per sample: ``[B·T·I]``/``[B·T·H]`` indices and deltas, ``[B·T, 2]`` offsets), so every
@@ -309,8 +309,8 @@ def train_backward(
     out_c: Tensor, weight_ih: Tensor, weight_hh: Tensor, gates: Tensor, idx_x: Tensor, val_x: Tensor, off_x: Tensor,
     idx_h: Tensor, val_h: Tensor, off_h: Tensor, gru: bool,
 ) -> tuple[Tensor, ...]:
-    """The fused backward (:func:`_delta_backward`) from the output gradients (``None``: zero) and
-    :func:`train_forward`'s results: ``(∂x, ∂h_0, ∂c_0, ∂x̂_0, ∂ĥ_0, ∂M_0, ∂W_ih, ∂W_hh)`` (``∂c_0``
+    """The fused backward (`_delta_backward`) from the output gradients (``None``: zero) and
+    `train_forward`'s results: ``(∂x, ∂h_0, ∂c_0, ∂x̂_0, ∂ĥ_0, ∂M_0, ∂W_ih, ∂W_hh)`` (``∂c_0``
     empty for the GRU)."""
     steps, batch, hs = out.shape
     wx = weight_ih.detach().t().contiguous()
@@ -408,7 +408,7 @@ def delta_gru_train_scan(
 ) -> tuple[Tensor, DeltaGRUState, DeltaTrace]:
     """DeltaGRU over ``x [T, B, I]`` with the fused event-sparse forward and backward (SPEC §4).
 
-    Same signature and result as :func:`evsnn.functional.delta_gru_scan` (without
+    Same signature and result as [`evsnn.functional.delta_gru_scan`][evsnn.functional.delta_gru_scan] (without
     ``fixed_point``), differentiable in ``x``, the state, the weights and the biases (through
     the initial accumulators); CPU float32/float64 tensors of one dtype, numba required.
     """
@@ -429,7 +429,7 @@ def delta_lstm_train_scan(
 ) -> tuple[Tensor, DeltaLSTMState, DeltaTrace]:
     """DeltaLSTM over ``x [T, B, I]`` with the fused event-sparse forward and backward (SPEC §4).
 
-    Same signature and result as :func:`evsnn.functional.delta_lstm_scan` (without
+    Same signature and result as [`evsnn.functional.delta_lstm_scan`][evsnn.functional.delta_lstm_scan] (without
     ``fixed_point``), differentiable in ``x``, the state, the weights and the biases (through
     the initial accumulator); CPU float32/float64 tensors of one dtype, numba required.
     """

@@ -1,6 +1,6 @@
 """DeltaGRU / DeltaLSTM with an event-sparse forward and the symmetric sparse BPTT of Chen et al.
 
-SPEC.md §4. One pair of custom ops (forward, backward; :mod:`evsnn.ops.delta.op`) holds the math;
+SPEC.md §4. One pair of custom ops (forward, backward; [`evsnn.ops.delta.op`][evsnn.ops.delta.op]) holds the math;
 two engines run its recurrent core:
 
 - ``"cupy"``: the kernels of ``cuda/delta.cu`` (CUDA tensors). The forward is one
@@ -8,13 +8,13 @@ two engines run its recurrent core:
   ``W_ih``/``W_hh`` whose delta is nonzero; the input deltas are encoded for all steps first by
   one small kernel (they do not depend on h). Blocks hand Δh_t to each other through a grid
   barrier per step (float64) or, in float32, through tagged 64-bit words (value | step), which a
-  reader polls: no barrier, no fence (:func:`tagged_exchange`). The backward is one persistent reverse-time launch:
+  reader polls: no barrier, no fence (`tagged_exchange`). The backward is one persistent reverse-time launch:
   ``δM_t = gate gradients + δM_{t+1}`` elementwise, then ``W_hhᵀ δM_t`` only for the ACTIVE hidden
   columns (those with ``Δh_t ≠ 0``, the ones the forward read).
 - ``"torch"``: the CPU twin (any device), the same recurrences in torch ops. It is what the float64
   tests compare with autograd of the reference, so the backward math below runs in CI without a GPU.
 
-Backward math, per step t in reverse (``λ`` = adjoint carried from step t+1)::
+Backward math, per step t in reverse (``λ`` = adjoint carried from step t+1):
 
     δM_t   = ∂L/∂M_t|gates + λ_M                      (the accumulator's gradient accumulates)
     e_h    = W_hhᵀ δM_t  on columns with Δh_t ≠ 0     (sparse: the forward's active columns)
@@ -123,7 +123,7 @@ def _pack_weights(w_ih: Tensor, w_hh: Tensor, lstm: bool) -> Tensor:
 
 def _forward_torch(lstm, x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh, theta_x, theta_h, inclusive, keep):
     """CPU twin of ``delta_encode_input`` + ``delta_forward``: the encoder and the gates of
-    :mod:`evsnn.functional.delta` (SPEC §4) step by step, on the kernels' unit-major accumulators."""
+    `evsnn.functional.delta` (SPEC §4) step by step, on the kernels' unit-major accumulators."""
     steps = x.shape[0]
     rule = "inclusive" if inclusive else "strict"
     xhat, h, hhat, m, c = xhat0, h0, hhat0, m0u, c0
@@ -329,7 +329,7 @@ def delta_forward_impl(
     """The forward of either engine: ``(h [T, B, H], x̂_T, ĥ_T, M_T (unit-major), c_T, Δx, Δh,
     M_all, c_all)``; ``c0``/``c_T``/``c_all`` are empty for the GRU, ``M_all`` (the per-step
     accumulators the backward reads) is empty unless ``keep`` (a backward may follow). The body of
-    the custom op ``evsnn::delta_scan_bptt_fwd`` (:mod:`.op`)."""
+    the custom op ``evsnn::delta_scan_bptt_fwd`` (`op`)."""
     c0 = c0 if lstm else None
     if engine == "cupy":
         wp = packed("delta", _pack_weights, (w_ih, w_hh), lstm)
@@ -369,7 +369,7 @@ def delta_backward_impl(
     """The backward of either engine from the gradients of the forward's outputs (zeros where
     none): ``(∂x, ∂x̂_0, ∂h_0, ∂ĥ_0, ∂M_0 (unit-major), ∂c_0, ∂W_ih, ∂W_hh)``; ``∂c_0`` is empty
     for the GRU and a weight's gradient is empty unless ``need_w_*``. The body of the custom op
-    ``evsnn::delta_scan_bptt_bwd`` (:mod:`.op`)."""
+    ``evsnn::delta_scan_bptt_bwd`` (`op`)."""
     steps, batch, hidden = out.shape
     inp = dx.shape[2]
     c0 = c0 if lstm else None
@@ -479,7 +479,7 @@ def delta_gru_scan_bptt(
     delta_rule: str = "strict",
     engine: str = "cupy",
 ) -> tuple[Tensor, DeltaGRUState, DeltaTrace]:
-    """:func:`evsnn.functional.delta_gru_scan` with the symmetric sparse backward (module docstring).
+    """[`evsnn.functional.delta_gru_scan`][evsnn.functional.delta_gru_scan] with the symmetric sparse backward (module docstring).
 
     ``engine="cupy"`` runs the CUDA kernels (CUDA tensors); ``"torch"`` the twin in torch ops."""
     return _scan(False, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, engine, delta_rule)
@@ -498,7 +498,7 @@ def delta_lstm_scan_bptt(
     delta_rule: str = "strict",
     engine: str = "cupy",
 ) -> tuple[Tensor, DeltaLSTMState, DeltaTrace]:
-    """:func:`evsnn.functional.delta_lstm_scan` with the symmetric sparse backward (module docstring)."""
+    """[`evsnn.functional.delta_lstm_scan`][evsnn.functional.delta_lstm_scan] with the symmetric sparse backward (module docstring)."""
     return _scan(True, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, engine, delta_rule)
 
 
@@ -541,6 +541,6 @@ def check_cuda(*, device: torch.device, dtype: torch.dtype | None = None, **conf
 
 def _argument_reason(device: torch.device, dtype: torch.dtype | None) -> str | None:
     """What the tensors' device and dtype rule out (no probe of the machine): part of
-    :func:`check_cuda`, which dispatch runs once per decision, and what a direct cupy-engine scan
+    `check_cuda`, which dispatch runs once per decision, and what a direct cupy-engine scan
     re-asks (its thresholds and delta rule are validated by the scan itself)."""
     return rt.tensor_reason("the CuPy delta kernels", device, dtype)

@@ -3,17 +3,17 @@
 fake kernel.
 
 ``evsnn::delta_gru_scan_cpu`` / ``evsnn::delta_lstm_scan_cpu``: the ``"cpu_event"`` inference scans
-(:class:`~evsnn.ops.delta.cpu.DeltaGRURunner`, :class:`~evsnn.ops.delta.cpu.DeltaLSTMRunner`), called
-by :mod:`evsnn.ops.delta.cpu`'s scans when no gradient is recorded (the thresholds come as tensors).
+([`DeltaGRURunner`][evsnn.ops.delta.cpu.DeltaGRURunner], [`DeltaLSTMRunner`][evsnn.ops.delta.cpu.DeltaLSTMRunner]), called
+by [`evsnn.ops.delta.cpu`][evsnn.ops.delta.cpu]'s scans when no gradient is recorded (the thresholds come as tensors).
 Not differentiable: a call that records gradients runs the training path instead.
 
 ``evsnn::delta_train_cpu_fwd`` / ``evsnn::delta_train_cpu_bwd``: the fused numba training kernels of
-:mod:`evsnn.ops.delta.cpu_train` (GRU or LSTM by a flag; ``"cpu_event"`` runs them in training for
+[`evsnn.ops.delta.cpu_train`][evsnn.ops.delta.cpu_train] (GRU or LSTM by a flag; ``"cpu_event"`` runs them in training for
 both cells), the backward registered as the forward's gradient. The active columns travel in
 fixed-capacity buffers (indices, deltas, offsets), so every shape follows from the sizes.
 
 ``evsnn::delta_scan_bptt_fwd`` / ``evsnn::delta_scan_bptt_bwd``: the forward and the symmetric sparse
-backward of :mod:`evsnn.ops.delta.cuda` (``engine="cupy"``: the CUDA kernels; ``"torch"``: their
+backward of [`evsnn.ops.delta.cuda`][evsnn.ops.delta.cuda] (``engine="cupy"``: the CUDA kernels; ``"torch"``: their
 twin in torch ops, on any device), the backward registered as the forward's gradient. Optional
 tensors (the GRU's ``c``, the accumulators kept for a backward) are empty tensors when absent.
 
@@ -239,7 +239,7 @@ def delta_scan_bptt_fwd(
     keep: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Delta cell forward over ``x [T, B, I]`` from ``(x̂, h, ĥ, M [B, H, 4], c)``: ``(h_seq, x̂_T,
-    ĥ_T, M_T, c_T, Δx, Δh, M_all, c_all)`` (:func:`evsnn.ops.delta.cuda.delta_forward_impl`)."""
+    ĥ_T, M_T, c_T, Δx, Δh, M_all, c_all)`` ([`evsnn.ops.delta.cuda.delta_forward_impl`][evsnn.ops.delta.cuda.delta_forward_impl])."""
     return delta_forward_impl(x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh, theta_x, theta_h, inclusive, lstm, engine, keep)
 
 
@@ -280,7 +280,7 @@ def delta_scan_bptt_bwd(
     need_w_hh: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Delta cell backward: ``(∂x, ∂x̂_0, ∂h_0, ∂ĥ_0, ∂M_0, ∂c_0, ∂W_ih, ∂W_hh)``
-    (:func:`evsnn.ops.delta.cuda.delta_backward_impl`)."""
+    ([`evsnn.ops.delta.cuda.delta_backward_impl`][evsnn.ops.delta.cuda.delta_backward_impl])."""
     return delta_backward_impl(
         g_out, g_xhat_t, g_hhat_t, g_m_t, g_c_t, g_dx, g_dh, out, dx, dh, m_all, c_all, h0, c0, w_ih, w_hh,
         lstm, engine, need_w_ih, need_w_hh,

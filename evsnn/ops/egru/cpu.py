@@ -1,5 +1,5 @@
 """EGRU on the ``"cpu_event"`` backend (SPEC §3): the inference runner (numba loop or torch ops) and
-the event-sparse differentiable scan; same results as :func:`evsnn.functional.egru_scan`."""
+the event-sparse differentiable scan; same results as [`evsnn.functional.egru_scan`][evsnn.functional.egru_scan]."""
 
 from __future__ import annotations
 
@@ -128,9 +128,9 @@ class EGRURunner:
 
     ``step(gi)`` takes the input projection ``gi = W_ih x_t + b_ih`` (``[B, 3H]``) and returns
     ``(y_t, c_pre_t)``; the recurrent product reads only the rows of ``W_hhᵀ`` of units with an
-    event ``y_{t−1} ≠ 0``. :meth:`step_input` takes ``x_t`` itself (the streaming step).
-    ``kernel``: ``"numba"`` runs the fused loop :func:`_egru_loop` (one call per step or chunk),
-    ``"torch"`` a loop of torch ops, ``"auto"`` numba when installed; :attr:`kernel` says which runs.
+    event ``y_{t−1} ≠ 0``. `step_input` takes ``x_t`` itself (the streaming step).
+    ``kernel``: ``"numba"`` runs the fused loop `_egru_loop` (one call per step or chunk),
+    ``"torch"`` a loop of torch ops, ``"auto"`` numba when installed; `kernel` says which runs.
     """
 
     def __init__(
@@ -198,7 +198,7 @@ class EGRURunner:
     def step_input(self, x: Tensor) -> Tensor:
         """One step from the layer's input ``x [B, I]``; returns ``y_t`` (a new tensor).
 
-        With numba this is one call of :func:`_egru_loop`, projection included (``W_ih x_t``
+        With numba this is one call of `_egru_loop`, projection included (``W_ih x_t``
         from ``W_ihᵀ`` held here): no torch op and no allocation besides ``y_t``. Otherwise
         ``step(project(x))``."""
         x = _upcast_low(x, self.weight_ih.dtype)
@@ -323,8 +323,8 @@ def egru_scan_cpu(
     training: bool = False,
 ) -> tuple[Tensor, EGRUState, EGRUTrace]:
     """Event-sparse EGRU over ``x [T, B, I]``; same signature and result as
-    :func:`evsnn.functional.egru_scan` (SPEC §3). Training runs the fused numba kernel of
-    :mod:`evsnn.ops.egru.cpu_train` (zoneout included); without numba or with
+    [`evsnn.functional.egru_scan`][evsnn.functional.egru_scan] (SPEC §3). Training runs the fused numba kernel of
+    [`evsnn.ops.egru.cpu_train`][evsnn.ops.egru.cpu_train] (zoneout included); without numba or with
     ``EVSNN_CPU_KERNEL=torch`` it runs the torch-op loop, which, like inference, refuses zoneout
     (``ValueError``)."""
     if reset not in RESETS:
@@ -360,7 +360,7 @@ def _egru_train(x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold, res
 
 
 def _training_traced(*, surrogate: Surrogate = _EGRU_SURROGATE, zoneout: float = 0.0, **_: object) -> bool:
-    """Whether :func:`egru_scan_cpu` trains through its custom ops (torch.compile traces them), not
+    """Whether `egru_scan_cpu` trains through its custom ops (torch.compile traces them), not
     through a path that breaks the graph (the torch-op loop; a surrogate without kernel spec)."""
     from ..cpu_surrogate import surrogate_args  # imports numba: on this path only
 

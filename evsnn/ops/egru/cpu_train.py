@@ -4,7 +4,7 @@ The input projection ``gi = W_ih x + b_ih`` of all steps is one dense torch prod
 kernel (autograd differentiates it); the kernel does the recurrence.
 
 Forward, per step: ``gh = b_hh + Σ_{k: y_{t−1,k} ≠ 0} y_{t−1,k} · W_hhᵀ[k]`` (only the rows of
-units with an event), then the gates and state update of :func:`evsnn.functional.egru_pointwise`
+units with an event), then the gates and state update of [`evsnn.functional.egru_pointwise`][evsnn.functional.egru_pointwise]
 (both resets, zoneout before the event test). Each sample keeps the list of its units with an
 event and adds their rows four at a time, so its accumulator is read and written once per four
 rows. It keeps for the backward the gates ``r, z, n`` and ``W_hn y + b_hn`` (elementwise, dense
@@ -18,13 +18,13 @@ only where they matter: ``∂L/∂y_{t−1,k} = W_hh[:, k]ᵀ δgh_t`` only for 
 surrogate's support; otherwise ``y_{t−1,k}`` passes no gradient), and
 ``∂L/∂W_hhᵀ[k] += y_{t−1,k} · δgh_t`` only for units with an event. The pseudo-derivative of
 a surrogate with a known ``kernel_spec`` (the five of SPEC §1 and their truncations) is
-evaluated in the kernel; any other :class:`~evsnn.surrogate.Surrogate` gets it from autograd of
+evaluated in the kernel; any other [`Surrogate`][evsnn.surrogate.Surrogate] gets it from autograd of
 the surrogate itself (one dense torch pass), so every one gives the reference's gradient (one
 with infinite support makes the recurrent product dense: still exact). These products run
 unit-major over a thread's samples, four samples per pass over a row. A row of ``W_hh`` whose
 unit never fires and never enters the support is never read, forward or backward.
 
-The result is the reference's (:func:`evsnn.functional.egru_scan`) and so are its gradients, to
+The result is the reference's ([`evsnn.functional.egru_scan`][evsnn.functional.egru_scan]) and so are its gradients, to
 rounding: the sums are grouped differently. Non-finite values propagate as in the reference's
 forward (a NaN or −∞ ``c_pre`` gives ``y = 0·c_pre = NaN``, an event that reaches every unit).
 """
@@ -66,7 +66,7 @@ _ZO_NONE, _ZO_MEAN, _ZO_MASK = 0, 1, 2
 
 @njit(cache=True, nogil=True, inline="always")
 def _pseudo_at(kind, params, gate, pseudo, t, b, j, x):  # pragma: no cover - numba
-    """``g(x)`` of SPEC §1 at ``x = c_pre − θ`` of (t, b, j) (:func:`pseudo_derivative`); ``kind``
+    """``g(x)`` of SPEC §1 at ``x = c_pre − θ`` of (t, b, j) (`pseudo_derivative`); ``kind``
     -1 reads the precomputed ``pseudo``."""
     if kind < 0:
         return pseudo[t, b, j]
@@ -160,12 +160,12 @@ def _egru_backward(
     kind, params, gate, pseudo, out_y, out_v, gate_r, gate_z, gate_n, gate_hn,
     g_out, g_v, a_c, a_y, g_gi, g_table_parts, g_bias_parts, g_theta_parts,
 ):  # pragma: no cover - numba
-    """Reverse-time adjoint of :func:`_egru_forward`.
+    """Reverse-time adjoint of `_egru_forward`.
 
     ``a_c, a_y`` ``[B, H]`` enter as the gradients of the final ``c`` and ``y`` and leave as
     those of the initial state (in place). ``g_out``/``g_v`` are the gradients of ``y`` and of
     ``c_pre``; the pseudo-derivative ``g(c_pre − θ)`` is that of surrogate ``kind`` with
-    ``params`` and truncation ``gate`` (:func:`_pseudo_at`), or ``pseudo [T, B, H]``. Writes ``g_gi [T, B, 3H]`` and
+    ``params`` and truncation ``gate`` (`_pseudo_at`), or ``pseudo [T, B, H]``. Writes ``g_gi [T, B, 3H]`` and
     accumulates ``∂L/∂W_hhᵀ``, ``∂L/∂b_hh``, ``∂L/∂θ`` into the zero-filled part of its chunk
     (the caller sums the parts). ``need_y0``: compute ``∂L/∂y_0`` for every unit (a given
     initial event state that needs its gradient), else only what reaches the parameters.
@@ -338,7 +338,7 @@ def _pseudo_derivative(surrogate: Surrogate, x: Tensor) -> Tensor:
 
 def _surrogate_args(surrogate: Surrogate) -> tuple[int, list[float], float]:
     """The surrogate as the custom ops' schema takes it, ``(kind, params, gate)``; kind -1: no
-    kernel spec (its pseudo-derivative comes from autograd, :class:`_EGRUTrain`)."""
+    kernel spec (its pseudo-derivative comes from autograd, `_EGRUTrain`)."""
     args = surrogate_args(surrogate)
     return (-1, [0.0] * 4, math.inf) if args is None else args
 
@@ -347,8 +347,8 @@ def train_forward(
     gi: Tensor, c0: Tensor, y0: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, theta: Tensor,
     reset_output: bool, zo_p: float, zo_mask: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The fused forward (:func:`_egru_forward`): ``(y [T, B, H], c_T, y_T, c_pre [T, B, H], gates
-    [4, T, B, H])``, the gates ``r, z, n, W_hn y + b_hn`` kept for :func:`train_backward`.
+    """The fused forward (`_egru_forward`): ``(y [T, B, H], c_T, y_T, c_pre [T, B, H], gates
+    [4, T, B, H])``, the gates ``r, z, n, W_hn y + b_hn`` kept for `train_backward`.
     ``zo_mask``: the zoneout masks ``[T, B, H]`` (bool) in training, else empty."""
     steps, batch, h3 = gi.shape
     hs = h3 // 3
@@ -382,7 +382,7 @@ def train_backward(
     zo_mask: Tensor, reset_output: bool, zo_p: float, need_y0: bool,
     kind: int, params: list[float], gate: float, pseudo: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The fused backward (:func:`_egru_backward`) from the output gradients (``None``: zero):
+    """The fused backward (`_egru_backward`) from the output gradients (``None``: zero):
     ``(∂gi, ∂c_0, ∂y_0, ∂W_hh, ∂b_hh, ∂θ)``. ``pseudo``: ``g(c_pre − θ)`` for ``kind`` -1."""
     steps, batch, hs = out_y.shape
     table = weight_hh.detach().t().contiguous()
@@ -443,8 +443,8 @@ _egru_train_opaque = torch.compiler.disable(_EGRUTrain.apply)
 
 
 def egru_train_reason(surrogate: object, zoneout: float = 0.0) -> str | None:
-    """``None`` when :func:`egru_train_scan` can run with this surrogate and zoneout, else why not
-    (numba missing; a snntorch closure or a non-:class:`~evsnn.surrogate.Surrogate`)."""
+    """``None`` when `egru_train_scan` can run with this surrogate and zoneout, else why not
+    (numba missing; a snntorch closure or a non-[`Surrogate`][evsnn.surrogate.Surrogate])."""
     if not numba_available():  # not _kernels(): torch.compile traces this check, numba's jit it cannot
         return "the fused EGRU training kernel needs numba: pip install numba (or evsnn[cpu])"
     if isinstance(surrogate, SnnTorchSurrogate):
@@ -472,7 +472,7 @@ def egru_train_scan(
 ) -> tuple[Tensor, EGRUState, EGRUTrace]:
     """EGRU over ``x [T, B, I]`` with the fused event-sparse forward and backward (SPEC §3).
 
-    Same signature and result as :func:`evsnn.functional.egru_scan`, differentiable in ``x``,
+    Same signature and result as [`evsnn.functional.egru_scan`][evsnn.functional.egru_scan], differentiable in ``x``,
     the state, the weights, the biases and the threshold; CPU float32/float64 tensors of one
     dtype, numba required. Zoneout in training draws its masks exactly as the reference does
     (one ``torch.rand_like(c)`` per step), so under the same seed both give the same result.
@@ -486,7 +486,7 @@ def egru_train_scan(
         bias_hh: recurrent bias ``[3H]`` or ``None``.
         threshold: θ, a tensor broadcastable to ``(H,)``.
         reset: ``"output"`` (the paper's) or ``"threshold"`` (EvNN code v0.2).
-        surrogate: any :class:`evsnn.surrogate.Surrogate` (pseudo-derivative of the event test).
+        surrogate: any [`evsnn.surrogate.Surrogate`][evsnn.surrogate.Surrogate] (pseudo-derivative of the event test).
         zoneout: probability in ``[0, 1)``; a Bernoulli mask per step in training, its expectation otherwise.
         training: whether zoneout draws masks (``True``) or uses its expectation.
     """

@@ -1,7 +1,7 @@
 """CuPy backend of the EGRU (SPEC.md §3): persistent event-sparse forward and sparse BPTT kernels.
 
 ``egru_scan_cuda`` has exactly the signature and return value of
-:func:`evsnn.functional.egru.egru_scan`. The work is split as follows (``cuda/egru.cu``):
+[`evsnn.functional.egru.egru_scan`][evsnn.functional.egru.egru_scan]. The work is split as follows (``cuda/egru.cu``):
 
 - ``gi = x W_ihᵀ + b_ih`` for all steps: one torch GEMM (autograd gives ``dx``, ``dW_ih``, ``db_ih``).
 - Forward: ONE persistent kernel over all T steps, a grid barrier per step. Each block owns a
@@ -38,7 +38,7 @@ _DEFAULT_SURROGATE = Triangle(0.3)
 
 def surrogate_kernel_args(surrogate: Surrogate, dtype: torch.dtype) -> tuple:
     """``(kind, p0, p1, p2, p3, trunc)`` as kernel arguments in ``dtype`` (packing shared with
-    every family: :func:`evsnn.ops.cupy_runtime.surrogate_kernel_args`).
+    every family: [`evsnn.ops.cupy_runtime.surrogate_kernel_args`][evsnn.ops.cupy_runtime.surrogate_kernel_args]).
 
     Raises ``ValueError`` when the surrogate has no kernel form (``kernel_spec()`` is ``None``).
     """
@@ -120,8 +120,8 @@ def _argument_reason(
     device: torch.device, dtype: torch.dtype | None, surrogate: Surrogate | None, reset: str, zoneout: float
 ) -> str | None:
     """What the call's own arguments rule out (no probe of the machine, no layout): part of
-    :func:`check_cuda`, which dispatch runs once per decision, and all that a direct
-    :func:`egru_scan_cuda` re-asks (a layout that does not fit is refused by the launcher)."""
+    `check_cuda`, which dispatch runs once per decision, and all that a direct
+    `egru_scan_cuda` re-asks (a layout that does not fit is refused by the launcher)."""
     reason = rt.tensor_reason("the CuPy EGRU kernels", device, dtype)
     if reason is not None:
         return reason
@@ -160,7 +160,7 @@ def egru_forward_launch(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The persistent forward kernel over ``gi [T, B, 3H]`` (contiguous, one dtype and device):
     ``(y [T, B, H], c_T [B, H], save [5, T, B, H])``; ``save[4]`` is ``c_pre``, the rest is what
-    the backward reads. The body of the custom op ``evsnn::egru_scan_cuda_fwd`` (:mod:`.op`)."""
+    the backward reads. The body of the custom op ``evsnn::egru_scan_cuda_fwd`` (`op`)."""
     steps, batch, h3 = gi.shape
     hidden = h3 // 3
     device = gi.device
@@ -198,8 +198,8 @@ def egru_backward_launch(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The persistent reverse-time kernel, then the dense weight-gradient GEMMs:
     ``(∂gi, ∂c_0, ∂y_0, ∂W_hh, ∂b_hh, ∂θ)``. The surrogate comes as its kernel form
-    (:func:`evsnn.ops.cupy_runtime.surrogate_kernel_args`) and its support (``inf`` for none).
-    The body of the custom op ``evsnn::egru_scan_cuda_bwd`` (:mod:`.op`)."""
+    ([`evsnn.ops.cupy_runtime.surrogate_kernel_args`][evsnn.ops.cupy_runtime.surrogate_kernel_args]) and its support (``inf`` for none).
+    The body of the custom op ``evsnn::egru_scan_cuda_bwd`` (`op`)."""
     steps, batch, hidden = out.shape
     device, dtype = out.device, out.dtype
     u, nb, _, _, bsm, bbytes = _layout(hidden, batch, dtype, device)

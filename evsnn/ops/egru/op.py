@@ -2,17 +2,17 @@
 one opaque op per call (no graph break) and can trace shapes through its fake kernel.
 
 ``evsnn::egru_scan_cpu``: the ``"cpu_event"`` inference scan (numba loop or torch-op runner of
-:class:`~evsnn.ops.egru.cpu.EGRURunner`); :func:`~evsnn.ops.egru.cpu.egru_scan_cpu` calls it when no
+[`EGRURunner`][evsnn.ops.egru.cpu.EGRURunner]); [`egru_scan_cpu`][evsnn.ops.egru.cpu.egru_scan_cpu] calls it when no
 gradient is recorded. Not differentiable: a call that records gradients runs the training path.
 
 ``evsnn::egru_train_cpu_fwd`` / ``evsnn::egru_train_cpu_bwd``: the fused numba training kernels of
-:mod:`evsnn.ops.egru.cpu_train` (``"cpu_event"`` in training), the backward registered as the
-forward's gradient; :func:`~evsnn.ops.egru.cpu_train.egru_train_scan` calls the forward. The
+[`evsnn.ops.egru.cpu_train`][evsnn.ops.egru.cpu_train] (``"cpu_event"`` in training), the backward registered as the
+forward's gradient; [`egru_train_scan`][evsnn.ops.egru.cpu_train.egru_train_scan] calls the forward. The
 backward finds the events again in the saved ``y``, so every saved tensor has a static shape.
 
 ``evsnn::egru_scan_cuda_fwd`` / ``evsnn::egru_scan_cuda_bwd``: the CuPy forward and backward kernels
-(:func:`~evsnn.ops.egru.cuda.egru_forward_launch`, :func:`~evsnn.ops.egru.cuda.egru_backward_launch`),
-the backward registered as the forward's gradient; :func:`~evsnn.ops.egru.cuda.egru_scan_cuda` calls
+([`egru_forward_launch`][evsnn.ops.egru.cuda.egru_forward_launch], [`egru_backward_launch`][evsnn.ops.egru.cuda.egru_backward_launch]),
+the backward registered as the forward's gradient; [`egru_scan_cuda`][evsnn.ops.egru.cuda.egru_scan_cuda] calls
 the forward. The surrogate travels as its kernel form (kind, parameters, truncation, support).
 
 States are flattened to tensors (custom ops take no NamedTuples) and every output is a fresh tensor
