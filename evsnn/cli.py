@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import math
 import os
 import platform
@@ -97,10 +98,18 @@ def _parser(command: str | None = None) -> _Parser:
     return p
 
 
+def _device(text: str) -> str:
+    from .train_config import check_device
+
+    try:
+        return check_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def _train_options(t: _Parser) -> None:
-    from .data.encode import ENCODINGS
-    from .ops.dispatch import BACKENDS
-    from .train import DATASETS, MODELS, TrainConfig
+    # Only the torch-free train_config: 'evsnn train --help' answers without loading torch.
+    from .train_config import BACKENDS, DATASETS, DEVICE_HELP, ENCODED_DATA, ENCODINGS, MODELS, TrainConfig
 
     d = TrainConfig()
     t.description = ("Train an evsnn network; writes run.json, checkpoint.pt, metrics.json, events.pt, raster.png "
@@ -114,19 +123,29 @@ def _train_options(t: _Parser) -> None:
                         "network, --model alif)")
     t.add_argument("--data-dir", default=None, help="folder holding SHD/, DVSGesture/, NMNIST/, JapaneseVowels_{TRAIN,TEST}.ts "
                         "or QTDB_{train,test}.mat (never downloads)")
-    t.add_argument("--encoding", choices=ENCODINGS, default=d.encoding, help="spike-encode the digits (default none)")
-    t.add_argument("--repeat", type=_positive_int, default=d.repeat, help="steps per digit row/pixel (default %(default)s)")
+    digits = ", ".join(ENCODED_DATA)
+    t.add_argument("--encoding", choices=ENCODINGS, default=None,
+                   help=f"spike-encode the digits ({digits} only; default {d.encoding})")
+    t.add_argument("--repeat", type=_positive_int, default=None,
+                   help=f"steps per digit row/pixel ({digits} only; default {d.repeat})")
     t.add_argument("--hidden", type=_positive_int, default=d.hidden, help="hidden units (default %(default)s)")
-    t.add_argument("--no-adaptation", dest="adaptive", action="store_false",
-                   help="ALIF without adaptation (beta = 0): a LIF neuron with a fixed threshold")
+    adaptation = t.add_mutually_exclusive_group()
+    adaptation.add_argument("--no-adaptation", dest="adaptive", action="store_false", default=None,
+                            help="ALIF without adaptation (beta = 0): a LIF neuron with a fixed threshold "
+                                 "(the default of --data ecg, as Yin et al.'s ECG network)")
+    adaptation.add_argument("--adaptation", dest="adaptive", action="store_true", default=None,
+                            help="adaptive ALIF hidden layer (beta = 1.8; the default except for --data ecg, where "
+                                 "it is an extension beyond the published network, whose readout alone adapts)")
     t.add_argument("--epochs", type=_positive_int, default=d.epochs, help="epochs (default %(default)s)")
     t.add_argument("--batch-size", type=_positive_int, default=d.batch_size,
                    help="global batch size, split over torchrun processes (default %(default)s)")
     t.add_argument("--lr", type=_positive_float, default=d.lr, help="peak learning rate, one-cycle (default %(default)s)")
     t.add_argument("--seed", type=_non_negative_int, default=d.seed, help="random seed >= 0 (default %(default)s)")
-    t.add_argument("--device", default=d.device,
-                   help="auto (a CUDA GPU when PyTorch sees one, else the CPU), cpu, cuda or cuda:N "
-                        "(default %(default)s)")
+    t.add_argument("--device", type=_device, default=d.device,
+                   help=f"{DEVICE_HELP}; auto: a CUDA GPU when PyTorch sees one, else the CPU (default %(default)s)")
+    t.add_argument("--tbptt", type=_positive_int, default=None, metavar="K",
+                   help="truncated backpropagation through time: gradients flow within windows of K steps, the "
+                        "state is carried exactly from one window to the next (default: the whole sequence)")
     t.add_argument("--backend", choices=BACKENDS, default=d.backend, help="evsnn op backend (default %(default)s)")
     t.add_argument("--out", default=None,
                    help="run folder, new or empty: a folder holding another run is refused "
@@ -155,13 +174,18 @@ def _bench_options(b: _Parser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import RunFolderError, TrainConfig, train
+    from .train_config import ENCODED_DATA, TrainConfig
 
+    given = {name: getattr(args, name) for name in ("encoding", "repeat") if getattr(args, name) is not None}
+    if given and args.data not in ENCODED_DATA:
+        options = " and ".join(f"--{name} {value}" for name, value in given.items())
+        raise CLIError(f"{options} apply to the digits data ({', '.join(ENCODED_DATA)}) only; --data {args.data} "
+                       f"has no encoding step and would train without them", 2)
     config = TrainConfig(
-        model=args.model, data=args.data, data_dir=args.data_dir, encoding=args.encoding, repeat=args.repeat,
-        hidden=args.hidden, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-        device=args.device, backend=args.backend, out=args.out, max_steps=args.max_steps, threads=args.threads,
-        adaptive=args.adaptive,
+        model=args.model, data=args.data, data_dir=args.data_dir, hidden=args.hidden, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, backend=args.backend,
+        out=args.out, max_steps=args.max_steps, threads=args.threads, adaptive=args.adaptive, tbptt=args.tbptt,
+        **given,
     )
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         where = ""
@@ -172,6 +196,8 @@ def _train(args: argparse.Namespace) -> int:
         raise CLIError(f"data folder {args.data_dir!r} does not exist{where}")
     if args.resume and args.out is None:
         raise CLIError("--resume needs --out, the folder of the run to continue", 2)
+    from .train import RunFolderError, train
+
     try:
         metrics = train(config, progress=not args.quiet, log=lambda s: print(s, flush=True), resume=args.resume)
     except RunFolderError as err:
@@ -290,17 +316,21 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# The distributions that install a module under another name; the rest share the module's name.
+_DISTRIBUTIONS = {"sklearn": ("scikit-learn",), "cupy": ("cupy", "cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x")}
+
+
 def _version(module: str) -> str:
-    try:
-        # Import-time warnings of other packages (norse's FutureWarning from torch.jit) are not
-        # evsnn's to show, and would land in the middle of the table.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return getattr(importlib.import_module(module), "__version__", "installed")
-    except ImportError:
-        return "not installed"
-    except Exception as err:  # installed but broken: say so instead of hiding it
-        return f"installed but fails to import ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    """The installed version of ``module`` from the package metadata, without importing it (the
+    imports of torch's neighbours take seconds, and ``evsnn info`` answers quickly)."""
+    from importlib import metadata
+
+    for dist in _DISTRIBUTIONS.get(module, (module,)):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "installed" if importlib.util.find_spec(module) is not None else "not installed"
 
 
 # Backends that run on CUDA tensors only: probed on the GPU, never on the CPU.

@@ -15,7 +15,6 @@ import io
 import json
 import os
 import socket
-import tempfile
 import time
 import uuid
 from dataclasses import asdict
@@ -25,57 +24,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .atomic import RunFolderError, RunFolderInUse, atomic_write, describe_os_error
+
 if TYPE_CHECKING:
-    from .train import TrainConfig
+    from .train_config import TrainConfig
 
 __all__ = ["RUN_FILES", "RunFolder", "RunFolderError", "RunFolderInUse", "atomic_write", "draw_run_plots", "load_run"]
-
-class RunFolderError(OSError):
-    """A run folder cannot be used or written; the message names the folder or file."""
-
-
-class RunFolderInUse(RunFolderError):
-    """The run folder already holds, or is being written by, another run."""
-
-
-def _os_reason(err: OSError) -> str:
-    if err.errno == errno.ENOSPC:
-        return "no space left on the device (disk full)"
-    return err.strerror or str(err) or type(err).__name__
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a unique temporary file next to ``path``, then ``os.replace`` it there:
-    readers see the old file or the new one. On failure the temporary file is removed and a
-    :class:`RunFolderError` names ``path``."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise RunFolderError(f"cannot write {os.fspath(path)}: {_os_reason(err)}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; the result is an ordinary file
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise RunFolderError(f"cannot write {os.fspath(path)}: {_os_reason(err)}") from None
-        raise
-
 
 def _torch_bytes(obj: Any) -> bytes:
     buf = io.BytesIO()
@@ -88,9 +42,9 @@ RUN_FILES = ("run.json", "checkpoint.pt", "metrics.json", "events.pt", "raster.p
 
 # Options that define a run: resuming with any of them changed would not continue the same run.
 _RUN_DEFINING = ("model", "data", "data_dir", "encoding", "repeat", "hidden", "epochs", "batch_size", "lr", "seed",
-                 "backend", "max_steps", "extra", "adaptive")
+                 "backend", "max_steps", "extra", "adaptive", "tbptt")
 # What a checkpoint written before an option existed ran with: that option's default then.
-_DEFINING_BEFORE = {"adaptive": True}
+_DEFINING_BEFORE = {"adaptive": True, "tbptt": None}
 
 
 def _lock(fd: int, path: Path) -> None:
@@ -140,7 +94,7 @@ class RunFolder:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise RunFolderError(f"cannot create run folder {os.fspath(path)}: {_os_reason(err)}") from None
+            raise RunFolderError(f"cannot create run folder {os.fspath(path)}: {describe_os_error(err)}") from None
         taken = [name for name in RUN_FILES if (path / name).exists()]
         if taken:
             raise RunFolderInUse(cls._taken_message(path, taken))
@@ -151,7 +105,7 @@ class RunFolder:
         except FileExistsError:
             raise RunFolderInUse(cls._taken_message(path, ["run.json"])) from None
         except OSError as err:
-            raise RunFolderError(f"cannot write to run folder {os.fspath(path)}: {_os_reason(err)}") from None
+            raise RunFolderError(f"cannot write to run folder {os.fspath(path)}: {describe_os_error(err)}") from None
         info = {"run_id": run_id, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
                 "pid": os.getpid(), "config": asdict(config)}
         try:
@@ -164,7 +118,7 @@ class RunFolder:
                 os.close(fd)
             with contextlib.suppress(OSError):
                 marker.unlink()
-            raise RunFolderError(f"cannot write {os.fspath(marker)}: {_os_reason(err)}") from None
+            raise RunFolderError(f"cannot write {os.fspath(marker)}: {describe_os_error(err)}") from None
         return cls(path, run_id, created, fd)
 
     @classmethod
@@ -184,7 +138,7 @@ class RunFolder:
         try:
             fd = os.open(marker, os.O_RDONLY)
         except OSError as err:
-            raise RunFolderError(f"cannot open {os.fspath(marker)}: {_os_reason(err)}") from None
+            raise RunFolderError(f"cannot open {os.fspath(marker)}: {describe_os_error(err)}") from None
         _lock(fd, path)
         folder = cls(path, run_id, False, fd)
         try:
@@ -200,6 +154,8 @@ class RunFolder:
                                      "history (written by an older evsnn)")
             saved = state.get("config", {})
             saved = {**_DEFINING_BEFORE, **saved}
+            if saved["adaptive"] is None:  # the task's configuration, as TrainConfig.validate fixes it
+                saved["adaptive"] = saved.get("data") != "ecg"
             differ = [k for k in _RUN_DEFINING if saved.get(k) != getattr(config, k)]
             if differ:
                 raise ValueError(f"cannot resume {os.fspath(path)}: its run used "
@@ -293,7 +249,7 @@ def _read_json(path: Path) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{os.fspath(path)!r} is not valid JSON ({err})") from None
     except OSError as err:
-        raise RunFolderError(f"cannot read {os.fspath(path)}: {_os_reason(err)}") from None
+        raise RunFolderError(f"cannot read {os.fspath(path)}: {describe_os_error(err)}") from None
 
 
 def draw_run_plots(run_dir: str | os.PathLike) -> list[Path]:

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,85 +31,21 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
+from .atomic import RunFolderError, RunFolderInUse, atomic_write
 from .models import MODELS, PerStepALIF, SequenceClassifier
-from .runs import RunFolder, RunFolderError, RunFolderInUse, atomic_write, draw_run_plots, load_run
+from .runs import RunFolder, draw_run_plots, load_run
+from .train_config import DATASETS, TrainConfig
 
 __all__ = ["MODELS", "DATASETS", "TrainConfig", "SequenceClassifier", "PerStepALIF", "build_model", "load_data", "train",
            "draw_run_plots", "load_run", "RunFolder", "RunFolderError", "RunFolderInUse", "atomic_write", "resolve_device",
            "choose_threads"]
 
-_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
-DATASETS = ("digits", "digits-pixels", "digits-permuted", "temporal", "shd", "dvsgesture", "nmnist", "vowels",
-            "mnist1d", "ecg")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; stored in the checkpoint and in ``metrics.json``."""
-
-    model: str = "alif"
-    data: str = "digits"
-    data_dir: str | None = None
-    encoding: str = "none"
-    repeat: int = 3
-    hidden: int = 128
-    epochs: int = 25
-    batch_size: int = 64
-    lr: float = 1e-2
-    seed: int = 0
-    device: str = "auto"
-    backend: str = "auto"
-    out: str | None = None
-    max_steps: int | None = None
-    threads: int | None = None
-    adaptive: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self) -> TrainConfig:
-        if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; expected one of {', '.join(MODELS)}")
-        if self.data not in DATASETS:
-            raise ValueError(f"unknown data {self.data!r}; expected one of {', '.join(DATASETS)}")
-        for name in ("repeat", "hidden", "epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be an int in [0, 2**32), got {self.seed!r}")
-        # The optimiser keeps lr in float32: a larger value overflows inside torch.optim.
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= _FLOAT32_MAX):
-            raise ValueError(f"lr must be a finite number in (0, {_FLOAT32_MAX:.3g}], got {self.lr!r}")
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
-                                         or self.threads < 1):
-            raise ValueError(f"threads must be an int >= 1 or None, got {self.threads!r}")
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except (RuntimeError, ValueError):
-                raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}") from None
-        if self.data in ("shd", "dvsgesture", "nmnist") and not self.data_dir:
-            raise ValueError(f"--data {self.data} needs --data-dir, the folder holding the data set")
-        if self.data == "ecg":
-            if not self.data_dir:
-                from .data.qtdb import QTDB_SOURCE
-
-                raise ValueError(f"--data ecg needs --data-dir, the folder holding QTDB_train.mat and QTDB_test.mat "
-                                 f"(from {QTDB_SOURCE})")
-            if self.model != "alif":
-                raise ValueError(f"--data ecg trains Yin et al.'s ALIF network (--model alif), got --model {self.model}")
-        if not self.adaptive and self.model != "alif":
-            raise ValueError(f"adaptive=False (--no-adaptation) sets ALIF's beta to 0; got --model {self.model}")
-        return self
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 def build_model(config: TrainConfig, input_size: int, n_classes: int) -> SequenceClassifier | PerStepALIF:
+    """The network ``evsnn train`` trains for ``config`` (checked first, see :meth:`TrainConfig.validate`):
+    :class:`PerStepALIF` for ``data="ecg"``, else a :class:`SequenceClassifier`."""
+    config.validate()
     if config.data == "ecg":
         return PerStepALIF(input_size, config.hidden, n_classes, adaptive=config.adaptive, backend=config.backend)
     layer_options = None
