@@ -47,6 +47,14 @@ _RUN_DEFINING = ("model", "data", "data_dir", "encoding", "repeat", "hidden", "e
 _DEFINING_BEFORE = {"adaptive": True, "tbptt": None}
 
 
+def _task_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with ``adaptive=None`` fixed to the task's configuration, as
+    :meth:`TrainConfig.validate` fixes it, so that a run compares equal to its resolved self."""
+    if config.get("adaptive") is None:
+        config = {**config, "adaptive": config.get("data") != "ecg"}
+    return config
+
+
 def _lock(fd: int, path: Path) -> None:
     """Hold an exclusive lock on ``run.json`` while the run writes the folder (released by the
     kernel when the process ends, so a killed run leaves no stale lock)."""
@@ -153,14 +161,13 @@ class RunFolder:
                 raise RunFolderError(f"cannot resume {os.fspath(path)}: its checkpoint has no scheduler state or "
                                      "history (written by an older evsnn)")
             saved = state.get("config", {})
-            saved = {**_DEFINING_BEFORE, **saved}
-            if saved["adaptive"] is None:  # the task's configuration, as TrainConfig.validate fixes it
-                saved["adaptive"] = saved.get("data") != "ecg"
-            differ = [k for k in _RUN_DEFINING if saved.get(k) != getattr(config, k)]
+            saved = _task_defaults({**_DEFINING_BEFORE, **saved})
+            asked = _task_defaults(asdict(config))
+            differ = [k for k in _RUN_DEFINING if saved.get(k) != asked[k]]
             if differ:
                 raise ValueError(f"cannot resume {os.fspath(path)}: its run used "
                                  f"{', '.join(f'{k}={saved.get(k)!r}' for k in differ)}, this command asks "
-                                 f"{', '.join(f'{k}={getattr(config, k)!r}' for k in differ)} (give the options "
+                                 f"{', '.join(f'{k}={asked[k]!r}' for k in differ)} (give the options "
                                  "of the run you resume)")
         except BaseException:
             folder.close()
