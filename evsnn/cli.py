@@ -269,7 +269,9 @@ def _benchmarks_dir(explicit: str | None) -> Path:
         path = Path(explicit)
         if not path.is_dir():
             raise CLIError(f"benchmarks folder {explicit!r} does not exist")
-        return path
+        # Absolute: the scripts run with the folder's parent as working directory, where a
+        # relative path would point somewhere else.
+        return path.resolve()
     folder = _project_benchmarks()
     if folder is None:
         raise CLIError("this evsnn is not installed from a checkout, so it has no benchmarks/: clone the "
