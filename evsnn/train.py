@@ -42,12 +42,20 @@ __all__ = ["MODELS", "DATASETS", "TrainConfig", "SequenceClassifier", "PerStepAL
 
 
 
+# Leading steps of an ECG trace left out of the loss and the accuracy (Yin et al.'s recipe).
+ECG_WARMUP = 10
+# Non-finite steps in a row after which a run stops: the weights do not change on a skipped step,
+# so a run whose every batch gives inf/NaN cannot recover.
+MAX_NONFINITE_IN_A_ROW = 3
+
+
 def build_model(config: TrainConfig, input_size: int, n_classes: int) -> SequenceClassifier | PerStepALIF:
     """The network ``evsnn train`` trains for ``config`` (checked first, see :meth:`TrainConfig.validate`):
     :class:`PerStepALIF` for ``data="ecg"``, else a :class:`SequenceClassifier`."""
     config.validate()
     if config.data == "ecg":
-        return PerStepALIF(input_size, config.hidden, n_classes, adaptive=config.adaptive, backend=config.backend)
+        return PerStepALIF(input_size, config.hidden, n_classes, adaptive=config.adaptive, warmup=ECG_WARMUP,
+                           backend=config.backend)
     layer_options = None
     if config.model == "egru" and config.data == "mnist1d":
         # One value per step: at the default θ ≈ 0.3 almost no unit fires at the start, and the
@@ -72,7 +80,7 @@ def load_data(config: TrainConfig) -> tuple[Any, Any, int, int]:
         vowels = load_japanese_vowels(config.data_dir)
         return vowels.train, vowels.test, vowels.n_features, vowels.n_classes
     if config.data == "ecg":
-        split = data.load_qtdb(config.data_dir)
+        split = data.load_qtdb(config.data_dir, min_steps=ECG_WARMUP + 1)
         return split.train, split.test, split.n_features, split.n_classes
     if config.data == "mnist1d":
         from .data.mnist_1d import load_mnist1d
@@ -160,6 +168,9 @@ def _init_distributed(config: TrainConfig) -> _Dist:
         return _Dist()
     import torch.distributed as dist
 
+    if config.tbptt is not None:
+        # The windows run the layers directly, past DDP's forward, whose hooks average the gradients.
+        raise ValueError(f"--tbptt runs in one process; got {world} torchrun processes")
     if config.batch_size % world:
         raise ValueError(f"batch size {config.batch_size} must be divisible by the {world} processes")
     if not dist.is_initialized():
@@ -186,6 +197,97 @@ def _evaluate(model: nn.Module, dataset, device: torch.device, batch_size: int =
             samples += len(idx)
     model.train()
     return correct / total, loss_sum / samples
+
+
+def _check_finite_inputs(dataset: Any, name: str) -> None:
+    """Refuse a data set with an inf or NaN input value, naming the sample: the layers would turn
+    it into silent zeros or NaN everywhere and the run would end at chance."""
+    from .data.vowels import VariableLengthDataset
+
+    if isinstance(dataset, torch.utils.data.TensorDataset):
+        samples = dataset.tensors[0]
+    elif isinstance(dataset, VariableLengthDataset):
+        samples = dataset.sequences
+    else:
+        return
+    for i, x in enumerate(samples):
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"the {name} set's sample {i} holds a non-finite input value (inf or NaN); "
+                             "fix or drop that sample")
+
+
+def _model_step(model: SequenceClassifier | PerStepALIF) -> Callable[[Tensor, Any], tuple[tuple[Tensor, Tensor], Any]]:
+    """``step(x_window, state) -> ((out, events), state)`` of ``model`` over consecutive windows of
+    a sequence, with ``state = (layer state, readout state)``: ``out`` is the per-step log-probabilities
+    (ECG) or the readout membrane, whose last step is the logits."""
+    gain = getattr(model, "input_gain", 1.0)
+
+    def step(x: Tensor, state: Any) -> tuple[tuple[Tensor, Tensor], Any]:
+        layer_state, readout_state = state if state is not None else (None, None)
+        events, layer_state = model.layer(x * gain if gain != 1.0 else x, layer_state)
+        out, readout_state = model.readout(events, readout_state)
+        if isinstance(model, PerStepALIF):
+            out = torch.nn.functional.log_softmax(out, dim=-1)
+        return (out, events), (layer_state, readout_state)
+
+    return step
+
+
+def _window_loss(model: SequenceClassifier | PerStepALIF, out: Tensor, labels: Tensor, start: int,
+                 last: bool) -> Tensor | None:
+    """The part of ``model.loss`` over the whole sequence that falls on the window starting at step
+    ``start`` (the window losses sum to it), or ``None`` when the window holds no loss term."""
+    if isinstance(model, PerStepALIF):
+        skip = max(model.warmup - start, 0)
+        kept = out[skip:]
+        if kept.shape[0] == 0:
+            return None
+        target = labels.t()[start + skip : start + out.shape[0]]
+        nll = torch.nn.functional.nll_loss(kept.reshape(-1, kept.shape[-1]), target.reshape(-1), reduction="sum")
+        return nll / labels.shape[0]
+    return model.loss(out[-1], labels) if last else None
+
+
+def _backward(model: SequenceClassifier | PerStepALIF, net: nn.Module, x: Tensor | PackedSequence, y: Tensor,
+              tbptt: int | None) -> tuple[float, float]:
+    """Gradients of one batch in ``.grad`` (the optimiser step is the caller's): ``(loss, activity)``.
+
+    With ``tbptt`` the sequence runs in windows of that many steps (:func:`evsnn.tbptt.tbptt_windows`),
+    one backward per window: the gradient is truncated at the window edges, the forward is exact."""
+    if tbptt is None:
+        logits, _ = net(x)
+        loss = model.loss(logits, y)
+        loss.backward()
+        stats = model.layer.last_stats
+        return float(loss.detach()), stats.mean_event_fraction if stats else 0.0
+    from .tbptt import tbptt_windows
+
+    total, activity, steps = 0.0, 0.0, x.shape[0]
+    for window in tbptt_windows(_model_step(model), x, tbptt):
+        loss = _window_loss(model, window.output[0], y, window.start, window.stop == steps)
+        if loss is not None:
+            loss.backward()
+            total += float(loss.detach())
+        stats = model.layer.last_stats
+        activity += (stats.mean_event_fraction if stats else 0.0) * (window.stop - window.start) / steps
+    return total, activity
+
+
+def _all_finite(loss: float, norm: float, dist_info: _Dist, device: torch.device) -> bool:
+    """Whether the loss and gradient norm are finite, in every process (all skip a step together)."""
+    finite = math.isfinite(loss) and math.isfinite(norm)
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        flag = torch.tensor([0.0 if finite else 1.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        finite = float(flag) == 0.0
+    return finite
+
+
+def _gradient_norm(model: nn.Module) -> float:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -344,6 +446,8 @@ def _claim_run_folder(config: TrainConfig) -> RunFolder:
 def _train(config: TrainConfig, device: torch.device, dist_info: _Dist, run: RunFolder | None, threads: int,
            progress: bool, log: Callable[[str], None], state: dict[str, Any] | None = None) -> dict[str, Any]:
     train_set, test_set, n_features, n_classes = load_data(config)
+    _check_finite_inputs(train_set, "training")
+    _check_finite_inputs(test_set, "test")
     torch.manual_seed(config.seed)
     model = build_model(config, n_features, n_classes).to(device)
     net: nn.Module = model
@@ -370,6 +474,8 @@ def _train(config: TrainConfig, device: torch.device, dist_info: _Dist, run: Run
         if progress and dist_info.main:
             log(f"resuming {config.out} after epoch {state['epoch']} (step {step})")
     shard = config.batch_size // dist_info.world
+    skipped = int(state.get("skipped_steps", 0)) if state is not None else 0
+    streak: list[int] = []
     for epoch in range(first_epoch, config.epochs + 1):
         if step >= total_steps:
             break
@@ -378,34 +484,43 @@ def _train(config: TrainConfig, device: torch.device, dist_info: _Dist, run: Run
         for batch in _global_batches(len(train_set), config.batch_size, epoch, config.seed):
             mine = batch[dist_info.rank * shard : (dist_info.rank + 1) * shard]
             x, y = _batches(train_set, mine)
-            logits, _ = net(x.to(device))
-            loss = model.loss(logits, y.to(device))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            value, activity = _backward(model, net, x.to(device), y.to(device), config.tbptt)
+            norm = _gradient_norm(model)
             step += 1
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise RuntimeError(f"training diverged: the loss is {value} at epoch {epoch}, step {step} "
-                                   f"(lr {config.lr:g}; try a smaller --lr)")
-            loss_sum += value * len(mine)
-            seen += len(mine)
-            act_sum += model.layer.last_stats.mean_event_fraction if model.layer.last_stats else 0.0
+            if not _all_finite(value, norm, dist_info, device):
+                # Never applied: an inf/NaN update would turn every weight into NaN for good.
+                skipped += 1
+                streak.append(step)
+                if dist_info.main:
+                    log(f"step {step} (epoch {epoch}) skipped: the loss is {value}, the gradient norm {norm}")
+                if len(streak) >= MAX_NONFINITE_IN_A_ROW:
+                    raise RuntimeError(f"training diverged: the loss is {value} at epoch {epoch}, steps "
+                                       f"{streak[0]}-{streak[-1]} ({len(streak)} in a row skipped, none applied; "
+                                       f"lr {config.lr:g}; try a smaller --lr)")
+            else:
+                streak.clear()
+                opt.step()
+                sched.step()
+                loss_sum += value * len(mine)
+                seen += len(mine)
+                act_sum += activity
             bar.update(1)
-            bar.set_postfix_str(f"loss {loss_sum / seen:.3f}")
+            if seen:
+                bar.set_postfix_str(f"loss {loss_sum / seen:.3f}")
             if step >= total_steps:
                 break
         bar.close()
         acc, test_loss = _evaluate(model, test_set, device)
         n_batches = max(1, math.ceil(seen / shard))
-        row = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "test_loss": test_loss, "accuracy": acc,
+        # An epoch whose every step was skipped has no training loss to report.
+        row = {"epoch": epoch, "loss": loss_sum / seen if seen else float("nan"), "test_loss": test_loss, "accuracy": acc,
                "activity": act_sum / n_batches, "time_s": time.time() - started}
         history.append(row)
         if run is not None:
             run.save("checkpoint.pt", {"config": asdict(config), "model": model.state_dict(),
                                        "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                       "history": history, "epoch": epoch, "step": step,
+                                       "history": history, "epoch": epoch, "step": step, "skipped_steps": skipped,
                                        "n_features": n_features, "n_classes": n_classes})
             if progress:
                 log(f"epoch {epoch:>3}/{config.epochs}  loss {row['loss']:.3f}  test accuracy {acc:.3f}  "
@@ -414,6 +529,7 @@ def _train(config: TrainConfig, device: torch.device, dist_info: _Dist, run: Run
             break
     metrics, events = _summarise(model, test_set, device, config, history, time.time() - started, dist_info.world)
     metrics["threads"] = threads
+    metrics["skipped_steps"] = skipped
     if run is not None:
         metrics["run_id"] = run.run_id
         run.save("events.pt", events)

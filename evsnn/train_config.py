@@ -131,6 +131,8 @@ class TrainConfig:
                 raise ValueError(
                     f"--data ecg trains Yin et al.'s ALIF network (--model alif), got --model {self.model}"
                 )
+        if self.tbptt is not None and self.data == "vowels":
+            raise ValueError("tbptt needs sequences of one length; --data vowels has utterances of 7 to 29 steps")
         if self.adaptive is not None and not isinstance(self.adaptive, bool):
             raise ValueError(f"adaptive must be True, False or None, got {self.adaptive!r}")
         if self.adaptive is False and self.model != "alif":

@@ -170,3 +170,60 @@ def test_cli_ecg_errors_name_the_source(tmp_path, capsys):
     assert "--model alif" in error("train", "--data", "ecg", "--data-dir", str(tmp_path), "--model", "egru")
     assert "QTDB_train.mat is missing" in error("train", "--data", "ecg", "--data-dir", str(tmp_path),
                                                 "--out", str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"MATLAB 5.0 MAT-file" + b"\0" * 40, b"x,y\n1,2\n"], ids=["empty", "truncated", "not-mat"]
+)
+def test_damaged_files_are_refused_naming_the_file(qtdb_dir, content):
+    (qtdb_dir / "QTDB_test.mat").write_bytes(content)
+    with pytest.raises(ValueError, match="is not a readable MATLAB .mat file") as err:
+        load_qtdb(qtdb_dir)
+    assert str(qtdb_dir / "QTDB_test.mat") in str(err.value)
+
+
+def test_a_real_file_cut_short_is_refused_naming_the_file(qtdb_dir):
+    whole = (qtdb_dir / "QTDB_train.mat").read_bytes()
+    (qtdb_dir / "QTDB_train.mat").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match="is not a readable MATLAB .mat file") as err:
+        load_qtdb(qtdb_dir)
+    assert str(qtdb_dir / "QTDB_train.mat") in str(err.value)
+
+
+def test_a_file_without_traces_is_refused_at_load_time(qtdb_dir):
+    scipy.io.savemat(qtdb_dir / "QTDB_test.mat", {"x": np.zeros((0, STEPS, 4), np.int16),
+                                                  "y": np.zeros((0, STEPS, 6), np.uint8)})
+    with pytest.raises(ValueError, match="holds no traces") as err:
+        load_qtdb(qtdb_dir)
+    assert "QTDB_test.mat" in str(err.value)
+
+
+def test_traces_shorter_than_the_warm_up_are_refused_before_training(qtdb_dir, tmp_path, single_thread):
+    short = 8
+    _write(qtdb_dir, "QTDB_train.mat", TRAIN_X[:, :short], [row[:short] for row in TRAIN_LABELS])
+    _write(qtdb_dir, "QTDB_test.mat", TEST_X[:, :short], [row[:short] for row in TEST_LABELS])
+    assert load_qtdb(qtdb_dir).steps == short  # no use named: any length is data
+    with pytest.raises(ValueError, match="traces of 8 steps; expected at least 11") as err:
+        load_qtdb(qtdb_dir, min_steps=11)
+    assert "QTDB_train.mat" in str(err.value)
+    config = TrainConfig(data="ecg", data_dir=str(qtdb_dir), hidden=6, epochs=1, batch_size=2, backend="torch",
+                         out=str(tmp_path / "run"), threads=1)
+    with pytest.raises(ValueError, match="traces of 8 steps; expected at least 11"):
+        train(config, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_ecg_defaults_to_the_published_network_lif_hidden_adaptive_readout(qtdb_dir, tmp_path, single_thread):
+    """Yin et al.'s ECG network: non-adaptive hidden layer (β = 0), adaptive readout; β = 1.8 in
+    the hidden layer is the extension, asked for with adaptive=True (--adaptation)."""
+    betas = {}
+    for adaptive in (None, True):
+        out = tmp_path / f"run-{adaptive}"
+        config = TrainConfig(data="ecg", data_dir=str(qtdb_dir), hidden=6, epochs=1, batch_size=2, backend="torch",
+                             out=str(out), threads=1, adaptive=adaptive)
+        metrics = train(config, progress=False)
+        state = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+        betas[adaptive] = (float(state["layer.beta"].max()), float(state["readout.beta"].min()),
+                           metrics["config"]["adaptive"])
+    assert betas[None] == (0.0, pytest.approx(1.8), False)
+    assert betas[True] == (pytest.approx(1.8), pytest.approx(1.8), True)
