@@ -227,3 +227,19 @@ def test_ecg_defaults_to_the_published_network_lif_hidden_adaptive_readout(qtdb_
                            metrics["config"]["adaptive"])
     assert betas[None] == (0.0, pytest.approx(1.8), False)
     assert betas[True] == (pytest.approx(1.8), pytest.approx(1.8), True)
+
+
+def test_reproduce_ecg_runs_the_published_network_by_default(qtdb_dir, tmp_path, load_example, capsys,
+                                                             single_thread):
+    example = load_example("reproduce_ecg")
+    out = tmp_path / "runs"
+    example.main(["--data-dir", str(qtdb_dir), "--out", str(out), "--epochs", "1", "--hidden", "6", "--batch-size", "2",
+                  "--seeds", "0", "--backend", "torch"])
+    printed = capsys.readouterr().out.splitlines()
+    summary = json.loads("\n".join(printed[printed.index("{") :]))  # after the runs' progress lines
+    assert list(summary) == ["lif"] and summary["lif"]["configuration"] == "published network"
+    assert summary["lif"]["published"] == pytest.approx(0.859)
+    state = torch.load(out / "lif-seed0" / "checkpoint.pt", weights_only=True)
+    assert state["config"]["adaptive"] is False
+    assert float(state["model"]["layer.beta"].abs().max()) == 0.0
+    assert float(state["model"]["readout.beta"].min()) == pytest.approx(1.8)
