@@ -5,8 +5,10 @@ Errors are one line on stderr (``evsnn: error: ...``) and a non-zero exit, never
 keeps the checkpoint of the last completed epoch), 141 when the reader of stdout went away
 (``evsnn train | head -1``), quietly, like other Unix tools.
 
-``evsnn --help`` and ``evsnn --version`` import neither torch nor the rest of evsnn: a
-subcommand's options (and the imports their choices need) are built only for that subcommand.
+Argument parsing is torch-free: ``evsnn --help``, ``evsnn --version`` and ``evsnn <command> --help``
+answer without importing torch (the train options come from :mod:`evsnn.train_config`), and a
+command imports what it needs only when it runs. ``evsnn info`` reads the versions from the
+package metadata without importing the packages.
 """
 
 from __future__ import annotations
@@ -368,7 +370,8 @@ def _info(_: argparse.Namespace) -> int:
     versions = {}
     for mod in ("torch", "numpy", "cupy", "numba", "snntorch", "norse", "nir", "tonic", "sklearn", "matplotlib",
                 "tqdm"):
-        versions[mod] = _version(mod)
+        # torch is imported for the backend table anyway; its own version names the CUDA build
+        versions[mod] = torch.__version__ if mod == "torch" else _version(mod)
         print(f"  {mod:<11}{versions[mod]}")
     cuda = torch.cuda.is_available()
     gpu = torch.cuda.get_device_name(0) if cuda else "none"
