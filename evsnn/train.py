@@ -36,10 +36,24 @@ from .models import MODELS, PerStepALIF, SequenceClassifier
 from .runs import RunFolder, draw_run_plots, load_run
 from .train_config import DATASETS, TrainConfig
 
-__all__ = ["MODELS", "DATASETS", "TrainConfig", "SequenceClassifier", "PerStepALIF", "build_model", "load_data", "train",
-           "draw_run_plots", "load_run", "RunFolder", "RunFolderError", "RunFolderInUse", "atomic_write", "resolve_device",
-           "choose_threads"]
-
+__all__ = [
+    "MODELS",
+    "DATASETS",
+    "TrainConfig",
+    "SequenceClassifier",
+    "PerStepALIF",
+    "build_model",
+    "load_data",
+    "train",
+    "draw_run_plots",
+    "load_run",
+    "RunFolder",
+    "RunFolderError",
+    "RunFolderInUse",
+    "atomic_write",
+    "resolve_device",
+    "choose_threads",
+]
 
 
 # Leading steps of an ECG trace left out of the loss and the accuracy (Yin et al.'s recipe).
@@ -54,16 +68,24 @@ def build_model(config: TrainConfig, input_size: int, n_classes: int) -> Sequenc
     :class:`PerStepALIF` for ``data="ecg"``, else a :class:`SequenceClassifier`."""
     config.validate()
     if config.data == "ecg":
-        return PerStepALIF(input_size, config.hidden, n_classes, adaptive=config.adaptive, warmup=ECG_WARMUP,
-                           backend=config.backend)
+        return PerStepALIF(
+            input_size, config.hidden, n_classes, adaptive=config.adaptive, warmup=ECG_WARMUP, backend=config.backend
+        )
     layer_options = None
     if config.model == "egru" and config.data == "mnist1d":
         # One value per step: at the default θ ≈ 0.3 almost no unit fires at the start, and the
         # default reset="output" empties a unit's state at each event, so a 40-step sequence is
         # forgotten; both keep the network at chance (docs/reproductions.md, mnist1d section).
         layer_options = {"threshold": 0.01, "threshold_init": "constant", "reset": "threshold"}
-    return SequenceClassifier(config.model, input_size, config.hidden, n_classes, backend=config.backend,
-                              adaptive=config.adaptive, layer_options=layer_options)
+    return SequenceClassifier(
+        config.model,
+        input_size,
+        config.hidden,
+        n_classes,
+        backend=config.backend,
+        adaptive=config.adaptive,
+        layer_options=layer_options,
+    )
 
 
 def load_data(config: TrainConfig) -> tuple[Any, Any, int, int]:
@@ -91,8 +113,12 @@ def load_data(config: TrainConfig) -> tuple[Any, Any, int, int]:
         full, orders = data.temporal_pattern_task(1024, seed=config.seed)
         n_test = len(full) // 5
         x, y = full.tensors
-        return (torch.utils.data.TensorDataset(x[n_test:], y[n_test:]),
-                torch.utils.data.TensorDataset(x[:n_test], y[:n_test]), x.shape[-1], len(orders))
+        return (
+            torch.utils.data.TensorDataset(x[n_test:], y[n_test:]),
+            torch.utils.data.TensorDataset(x[:n_test], y[:n_test]),
+            x.shape[-1],
+            len(orders),
+        )
     root = config.data_dir
     if not os.path.isdir(root):
         raise FileNotFoundError(f"data folder {root!r} does not exist")
@@ -212,8 +238,9 @@ def _check_finite_inputs(dataset: Any, name: str) -> None:
         return
     for i, x in enumerate(samples):
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
-            raise ValueError(f"the {name} set's sample {i} holds a non-finite input value (inf or NaN); "
-                             "fix or drop that sample")
+            raise ValueError(
+                f"the {name} set's sample {i} holds a non-finite input value (inf or NaN); fix or drop that sample"
+            )
 
 
 def _model_step(model: SequenceClassifier | PerStepALIF) -> Callable[[Tensor, Any], tuple[tuple[Tensor, Tensor], Any]]:
@@ -233,8 +260,9 @@ def _model_step(model: SequenceClassifier | PerStepALIF) -> Callable[[Tensor, An
     return step
 
 
-def _window_loss(model: SequenceClassifier | PerStepALIF, out: Tensor, labels: Tensor, start: int,
-                 last: bool) -> Tensor | None:
+def _window_loss(
+    model: SequenceClassifier | PerStepALIF, out: Tensor, labels: Tensor, start: int, last: bool
+) -> Tensor | None:
     """The part of ``model.loss`` over the whole sequence that falls on the window starting at step
     ``start`` (the window losses sum to it), or ``None`` when the window holds no loss term."""
     if isinstance(model, PerStepALIF):
@@ -248,8 +276,9 @@ def _window_loss(model: SequenceClassifier | PerStepALIF, out: Tensor, labels: T
     return model.loss(out[-1], labels) if last else None
 
 
-def _backward(model: SequenceClassifier | PerStepALIF, net: nn.Module, x: Tensor | PackedSequence, y: Tensor,
-              tbptt: int | None) -> tuple[float, float]:
+def _backward(
+    model: SequenceClassifier | PerStepALIF, net: nn.Module, x: Tensor | PackedSequence, y: Tensor, tbptt: int | None
+) -> tuple[float, float]:
     """Gradients of one batch in ``.grad`` (the optimiser step is the caller's): ``(loss, activity)``.
 
     With ``tbptt`` the sequence runs in windows of that many steps (:func:`evsnn.tbptt.tbptt_windows`),
@@ -354,8 +383,9 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.model}-{config.data}-{stamp}"
 
 
-def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print,
-          resume: bool = False) -> dict[str, Any]:
+def train(
+    config: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print, resume: bool = False
+) -> dict[str, Any]:
     """Train, evaluate after every epoch, write the run folder, return the metrics dict.
 
     With ``resume=True``, ``config.out`` must hold an interrupted run of the same configuration
@@ -403,8 +433,9 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
         torch.set_num_threads(threads_before)
 
 
-def _set_threads(config: TrainConfig, device: torch.device, dist_info: _Dist, current: int,
-                 log: Callable[[str], None] | None) -> int:
+def _set_threads(
+    config: TrainConfig, device: torch.device, dist_info: _Dist, current: int, log: Callable[[str], None] | None
+) -> int:
     if config.threads is not None:
         n, source = config.threads, "--threads"
     elif device.type == "cpu":
@@ -443,8 +474,16 @@ def _claim_run_folder(config: TrainConfig) -> RunFolder:
     return run
 
 
-def _train(config: TrainConfig, device: torch.device, dist_info: _Dist, run: RunFolder | None, threads: int,
-           progress: bool, log: Callable[[str], None], state: dict[str, Any] | None = None) -> dict[str, Any]:
+def _train(
+    config: TrainConfig,
+    device: torch.device,
+    dist_info: _Dist,
+    run: RunFolder | None,
+    threads: int,
+    progress: bool,
+    log: Callable[[str], None],
+    state: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     train_set, test_set, n_features, n_classes = load_data(config)
     _check_finite_inputs(train_set, "training")
     _check_finite_inputs(test_set, "test")
@@ -495,9 +534,11 @@ def _train(config: TrainConfig, device: torch.device, dist_info: _Dist, run: Run
                 if dist_info.main:
                     log(f"step {step} (epoch {epoch}) skipped: the loss is {value}, the gradient norm {norm}")
                 if len(streak) >= MAX_NONFINITE_IN_A_ROW:
-                    raise RuntimeError(f"training diverged: the loss is {value} at epoch {epoch}, steps "
-                                       f"{streak[0]}-{streak[-1]} ({len(streak)} in a row skipped, none applied; "
-                                       f"lr {config.lr:g}; try a smaller --lr)")
+                    raise RuntimeError(
+                        f"training diverged: the loss is {value} at epoch {epoch}, steps "
+                        f"{streak[0]}-{streak[-1]} ({len(streak)} in a row skipped, none applied; "
+                        f"lr {config.lr:g}; try a smaller --lr)"
+                    )
             else:
                 streak.clear()
                 opt.step()
@@ -514,17 +555,36 @@ def _train(config: TrainConfig, device: torch.device, dist_info: _Dist, run: Run
         acc, test_loss = _evaluate(model, test_set, device)
         n_batches = max(1, math.ceil(seen / shard))
         # An epoch whose every step was skipped has no training loss to report.
-        row = {"epoch": epoch, "loss": loss_sum / seen if seen else float("nan"), "test_loss": test_loss, "accuracy": acc,
-               "activity": act_sum / n_batches, "time_s": time.time() - started}
+        row = {
+            "epoch": epoch,
+            "loss": loss_sum / seen if seen else float("nan"),
+            "test_loss": test_loss,
+            "accuracy": acc,
+            "activity": act_sum / n_batches,
+            "time_s": time.time() - started,
+        }
         history.append(row)
         if run is not None:
-            run.save("checkpoint.pt", {"config": asdict(config), "model": model.state_dict(),
-                                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                       "history": history, "epoch": epoch, "step": step, "skipped_steps": skipped,
-                                       "n_features": n_features, "n_classes": n_classes})
+            run.save(
+                "checkpoint.pt",
+                {
+                    "config": asdict(config),
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "history": history,
+                    "epoch": epoch,
+                    "step": step,
+                    "skipped_steps": skipped,
+                    "n_features": n_features,
+                    "n_classes": n_classes,
+                },
+            )
             if progress:
-                log(f"epoch {epoch:>3}/{config.epochs}  loss {row['loss']:.3f}  test accuracy {acc:.3f}  "
-                    f"activity {row['activity']:.3f}  {row['time_s']:.0f}s")
+                log(
+                    f"epoch {epoch:>3}/{config.epochs}  loss {row['loss']:.3f}  test accuracy {acc:.3f}  "
+                    f"activity {row['activity']:.3f}  {row['time_s']:.0f}s"
+                )
         if step >= total_steps:
             break
     metrics, events = _summarise(model, test_set, device, config, history, time.time() - started, dist_info.world)
@@ -537,13 +597,22 @@ def _train(config: TrainConfig, device: torch.device, dist_info: _Dist, run: Run
         try:
             draw_run_plots(run.path)
         except ImportError as err:
-            log(f"note: {err}; raster.png and curves.png were not drawn. metrics.json, checkpoint.pt and events.pt "
-                f"are in {run.path} (draw the plots later with 'evsnn plot {run.path}')")
+            log(
+                f"note: {err}; raster.png and curves.png were not drawn. metrics.json, checkpoint.pt and events.pt "
+                f"are in {run.path} (draw the plots later with 'evsnn plot {run.path}')"
+            )
     return metrics
 
 
-def _summarise(model: SequenceClassifier, test_set, device: torch.device, config: TrainConfig,
-               history: list[dict[str, Any]], seconds: float, world: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def _summarise(
+    model: SequenceClassifier,
+    test_set,
+    device: torch.device,
+    config: TrainConfig,
+    history: list[dict[str, Any]],
+    seconds: float,
+    world: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Final accuracy plus each layer's :class:`~evsnn.stats.LayerStats` on the whole test set,
     and the ``events.pt`` payload: the events and labels of the first 8 test samples, copied
     (a slice would carry the whole test set's storage into the file)."""
@@ -559,6 +628,12 @@ def _summarise(model: SequenceClassifier, test_set, device: torch.device, config
     saved = {"events": events[:, :8].detach().cpu().clone(memory_format=keep), "model": config.model}
     # a per-step task (ECG) has a label per step: kept apart from the one label per sample of "labels"
     saved["labels" if y.dim() == 1 else "step_labels"] = y[:8].clone(memory_format=keep)
-    metrics = {"config": asdict(config), "accuracy": accuracy, "train_seconds": seconds, "world_size": world,
-               "layers": layers, "history": history}
+    metrics = {
+        "config": asdict(config),
+        "accuracy": accuracy,
+        "train_seconds": seconds,
+        "world_size": world,
+        "layers": layers,
+        "history": history,
+    }
     return metrics, saved

@@ -91,8 +91,26 @@ def test_a_missing_value_is_refused_naming_file_line_sample_and_dimension(tiny_v
 def test_cli_refuses_vowels_with_a_missing_value_instead_of_training_at_chance(tiny_vowels, tmp_path, capsys):
     train = tiny_vowels / "JapaneseVowels_TRAIN.ts"
     train.write_text(train.read_text().replace("1.5", "nan"))
-    code = main(["train", "--data", "vowels", "--data-dir", str(tiny_vowels), "--hidden", "4", "--epochs", "1",
-                 "--batch-size", "3", "--out", str(tmp_path / "run"), "--quiet", "--threads", "1"])
+    code = main(
+        [
+            "train",
+            "--data",
+            "vowels",
+            "--data-dir",
+            str(tiny_vowels),
+            "--hidden",
+            "4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "3",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+            "--threads",
+            "1",
+        ]
+    )
     assert code == 1
     assert "line 11 (sample 1), dimension 0: a missing value" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
@@ -192,7 +210,9 @@ def test_vowels_loader_accepts_the_aeon_layout_and_finds_aeon_without_importing_
 def test_vowels_errors_name_the_files_and_the_install_command(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_japanese_vowels(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match=r"JapaneseVowels_TRAIN\.ts and JapaneseVowels_TEST\.ts not found.*pip install aeon"):
+    with pytest.raises(
+        FileNotFoundError, match=r"JapaneseVowels_TRAIN\.ts and JapaneseVowels_TEST\.ts not found.*pip install aeon"
+    ):
         load_japanese_vowels(tmp_path)
     monkeypatch.setattr(vowels_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match="pip install aeon"):
@@ -222,7 +242,7 @@ def test_variable_lengths_through_a_layer_equal_each_sequence_alone(tiny_vowels)
     for i, (seq, _) in enumerate(split.train):
         expected, _ = gru(seq[:, None])
         torch.testing.assert_close(out[: len(seq), i], expected[:, 0], rtol=1e-5, atol=1e-6)
-        assert (out[len(seq):, i] == 0).all()
+        assert (out[len(seq) :, i] == 0).all()
 
 
 def test_mnist1d_equals_the_package_generator_and_keeps_numpy_state():
@@ -276,8 +296,28 @@ def test_cli_trains_on_variable_length_vowels(tiny_vowels, tmp_path, capsys, sin
     """``evsnn train --data vowels``: the logits are read at each sample's own last step, so a
     sample's prediction does not depend on the other samples' lengths in its batch."""
     out = tmp_path / "run"
-    code = main(["train", "--data", "vowels", "--data-dir", str(tiny_vowels), "--model", "deltagru", "--hidden", "4",
-                 "--epochs", "1", "--batch-size", "3", "--out", str(out), "--quiet", "--threads", "1"])
+    code = main(
+        [
+            "train",
+            "--data",
+            "vowels",
+            "--data-dir",
+            str(tiny_vowels),
+            "--model",
+            "deltagru",
+            "--hidden",
+            "4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "3",
+            "--out",
+            str(out),
+            "--quiet",
+            "--threads",
+            "1",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["data"] == "vowels"

@@ -57,21 +57,25 @@ def _read(root: str, split: str, min_steps: int) -> tuple[np.ndarray, np.ndarray
         mat = loadmat(path)
     except Exception as err:  # scipy raises ValueError, TypeError, OSError... for a damaged file
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(f"{path} is not a readable MATLAB .mat file ({reason}); expected {QTDB_FILES[split]} from "
-                         f"{QTDB_SOURCE}") from None
+        raise ValueError(
+            f"{path} is not a readable MATLAB .mat file ({reason}); expected {QTDB_FILES[split]} from {QTDB_SOURCE}"
+        ) from None
     for field in ("x", "y"):
         if field not in mat:
             fields = sorted(k for k in mat if not k.startswith("__"))
             raise ValueError(f"{path} has no field {field!r} (fields: {fields}); expected x [N, T, F] and y [N, T, C]")
     x, y = np.asarray(mat["x"]), np.asarray(mat["y"])
     if x.ndim != 3 or y.ndim != 3 or x.shape[:2] != y.shape[:2]:
-        raise ValueError(f"{path}: expected x [N, T, F] and one-hot y [N, T, C] with the same N and T, "
-                         f"got x {x.shape} and y {y.shape}")
+        raise ValueError(
+            f"{path}: expected x [N, T, F] and one-hot y [N, T, C] with the same N and T, "
+            f"got x {x.shape} and y {y.shape}"
+        )
     if x.shape[0] == 0:
         raise ValueError(f"{path} holds no traces (x has shape {x.shape}); expected at least one")
     if x.shape[1] < min_steps:
-        raise ValueError(f"{path}: traces of {x.shape[1]} steps; expected at least {min_steps} "
-                         f"(the published traces have 1301)")
+        raise ValueError(
+            f"{path}: traces of {x.shape[1]} steps; expected at least {min_steps} (the published traces have 1301)"
+        )
     if not np.isin(y, (0, 1)).all() or (y.sum(-1) > 1).any():
         raise ValueError(f"{path}: y must be one-hot per step (0/1 with at most one 1 per step)")
     return x.astype(np.float32), np.argmax(y, axis=-1).astype(np.int64), int(y.shape[2])

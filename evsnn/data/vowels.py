@@ -45,8 +45,10 @@ class VariableLengthDataset(Dataset):
             raise ValueError(f"got {len(sequences)} sequences but {len(labels)} labels")
         features = {int(x.shape[-1]) for x in sequences}
         if any(x.dim() != 2 or x.shape[0] == 0 for x in sequences) or len(features) > 1:
-            raise ValueError(f"sequences must be non-empty [T_i, F] tensors with one F, got shapes "
-                             f"{sorted({tuple(x.shape) for x in sequences})[:5]}")
+            raise ValueError(
+                f"sequences must be non-empty [T_i, F] tensors with one F, got shapes "
+                f"{sorted({tuple(x.shape) for x in sequences})[:5]}"
+            )
         self.sequences = [x.to(torch.float32) for x in sequences]
         self.labels = labels
         self.lengths = torch.tensor([x.shape[0] for x in self.sequences], dtype=torch.int64)
@@ -145,8 +147,10 @@ def read_ts(path: str | os.PathLike, *, missing: str = "error") -> tuple[list[Te
                 if math.isinf(number_value):
                     raise ValueError(f"{where}, dimension {dim}: the value {value!r} is infinite")
                 if math.isnan(number_value) and missing == "error":
-                    raise ValueError(f"{where}, dimension {dim}: a missing value ({value!r}); this data set "
-                                     "has none, so the file is damaged (read_ts(..., missing='keep') reads it as NaN)")
+                    raise ValueError(
+                        f"{where}, dimension {dim}: a missing value ({value!r}); this data set "
+                        "has none, so the file is damaged (read_ts(..., missing='keep') reads it as NaN)"
+                    )
                 row.append(number_value)
             rows.append(row)
         expected = dims if dims is not None else (sequences[0].shape[1] if sequences else len(rows))
@@ -179,8 +183,10 @@ def _find_files(root: str | os.PathLike | None) -> tuple[Path, Path]:
     if root is None:
         folder = _aeon_folder()
         if folder is None:
-            raise ImportError(f"JapaneseVowels is read from the files the aeon package ships: {_INSTALL} "
-                              f"(or pass root=, a folder holding {_NAME}_TRAIN.ts and {_NAME}_TEST.ts)")
+            raise ImportError(
+                f"JapaneseVowels is read from the files the aeon package ships: {_INSTALL} "
+                f"(or pass root=, a folder holding {_NAME}_TRAIN.ts and {_NAME}_TEST.ts)"
+            )
         candidates = [folder]
     else:
         if not isinstance(root, (str, os.PathLike)):
@@ -213,8 +219,10 @@ def load_japanese_vowels(root: str | os.PathLike | None = None, *, standardize: 
     (x_train, y_train, names), (x_test, y_test, _) = read_ts(train_path), read_ts(test_path)
     dims_train, dims_test = x_train[0].shape[1], x_test[0].shape[1]
     if dims_train != dims_test:
-        raise ValueError(f"{_NAME}: {train_path} has {dims_train} dimensions per step, {test_path} has {dims_test}; "
-                         "train and test must have the same")
+        raise ValueError(
+            f"{_NAME}: {train_path} has {dims_train} dimensions per step, {test_path} has {dims_test}; "
+            "train and test must have the same"
+        )
     classes = names or sorted(set(y_train), key=lambda s: (len(s), s))
     index = {name: i for i, name in enumerate(classes)}
     for path, found in ((train_path, y_train), (test_path, y_test)):
