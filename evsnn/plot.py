@@ -667,7 +667,7 @@ def save(
     from matplotlib.axes import Axes as _Axes
     from matplotlib.figure import Figure as _Figure
 
-    from .runs import atomic_write
+    from .atomic import atomic_write
 
     if isinstance(obj, _Axes):
         fig = obj.figure

@@ -15,7 +15,6 @@ import io
 import json
 import os
 import socket
-import tempfile
 import time
 import uuid
 from dataclasses import asdict
@@ -25,56 +24,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from .atomic import RunFolderError, RunFolderInUse, atomic_write, describe_os_error
+
 if TYPE_CHECKING:
-    from .train import TrainConfig
+    from .train_config import TrainConfig
 
 __all__ = ["RUN_FILES", "RunFolder", "RunFolderError", "RunFolderInUse", "atomic_write", "draw_run_plots", "load_run"]
-
-class RunFolderError(OSError):
-    """A run folder cannot be used or written; the message names the folder or file."""
-
-
-class RunFolderInUse(RunFolderError):
-    """The run folder already holds, or is being written by, another run."""
-
-
-def _os_reason(err: OSError) -> str:
-    if err.errno == errno.ENOSPC:
-        return "no space left on the device (disk full)"
-    return err.strerror or str(err) or type(err).__name__
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a unique temporary file next to ``path``, then ``os.replace`` it there:
-    readers see the old file or the new one. On failure the temporary file is removed and a
-    :class:`RunFolderError` names ``path``."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as err:
-        raise RunFolderError(f"cannot write {os.fspath(path)}: {_os_reason(err)}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp makes 0600; the result is an ordinary file
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(err, OSError):
-            raise RunFolderError(f"cannot write {os.fspath(path)}: {_os_reason(err)}") from None
-        raise
 
 
 def _torch_bytes(obj: Any) -> bytes:
@@ -87,10 +42,33 @@ RUN_FILES = ("run.json", "checkpoint.pt", "metrics.json", "events.pt", "raster.p
 
 
 # Options that define a run: resuming with any of them changed would not continue the same run.
-_RUN_DEFINING = ("model", "data", "data_dir", "encoding", "repeat", "hidden", "epochs", "batch_size", "lr", "seed",
-                 "backend", "max_steps", "extra", "adaptive")
+_RUN_DEFINING = (
+    "model",
+    "data",
+    "data_dir",
+    "encoding",
+    "repeat",
+    "hidden",
+    "epochs",
+    "batch_size",
+    "lr",
+    "seed",
+    "backend",
+    "max_steps",
+    "extra",
+    "adaptive",
+    "tbptt",
+)
 # What a checkpoint written before an option existed ran with: that option's default then.
-_DEFINING_BEFORE = {"adaptive": True}
+_DEFINING_BEFORE = {"adaptive": True, "tbptt": None}
+
+
+def _task_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with ``adaptive=None`` fixed to the task's configuration, as
+    :meth:`TrainConfig.validate` fixes it, so that a run compares equal to its resolved self."""
+    if config.get("adaptive") is None:
+        config = {**config, "adaptive": config.get("data") != "ecg"}
+    return config
 
 
 def _lock(fd: int, path: Path) -> None:
@@ -140,7 +118,7 @@ class RunFolder:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise RunFolderError(f"cannot create run folder {os.fspath(path)}: {_os_reason(err)}") from None
+            raise RunFolderError(f"cannot create run folder {os.fspath(path)}: {describe_os_error(err)}") from None
         taken = [name for name in RUN_FILES if (path / name).exists()]
         if taken:
             raise RunFolderInUse(cls._taken_message(path, taken))
@@ -151,9 +129,14 @@ class RunFolder:
         except FileExistsError:
             raise RunFolderInUse(cls._taken_message(path, ["run.json"])) from None
         except OSError as err:
-            raise RunFolderError(f"cannot write to run folder {os.fspath(path)}: {_os_reason(err)}") from None
-        info = {"run_id": run_id, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": socket.gethostname(),
-                "pid": os.getpid(), "config": asdict(config)}
+            raise RunFolderError(f"cannot write to run folder {os.fspath(path)}: {describe_os_error(err)}") from None
+        info = {
+            "run_id": run_id,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "config": asdict(config),
+        }
         try:
             _lock(fd, path)
             data = json.dumps(info, indent=2).encode()
@@ -164,7 +147,7 @@ class RunFolder:
                 os.close(fd)
             with contextlib.suppress(OSError):
                 marker.unlink()
-            raise RunFolderError(f"cannot write {os.fspath(marker)}: {_os_reason(err)}") from None
+            raise RunFolderError(f"cannot write {os.fspath(marker)}: {describe_os_error(err)}") from None
         return cls(path, run_id, created, fd)
 
     @classmethod
@@ -174,38 +157,47 @@ class RunFolder:
         path = Path(path)
         marker, ckpt = path / "run.json", path / "checkpoint.pt"
         if not marker.is_file() or not ckpt.is_file():
-            raise RunFolderError(f"cannot resume {os.fspath(path)}: no interrupted run there (run.json and "
-                                 "checkpoint.pt expected)")
+            raise RunFolderError(
+                f"cannot resume {os.fspath(path)}: no interrupted run there (run.json and checkpoint.pt expected)"
+            )
         if (path / "metrics.json").exists():
-            raise RunFolderError(f"cannot resume {os.fspath(path)}: its run has finished (metrics.json is there); "
-                                 "choose a new --out for a new run")
+            raise RunFolderError(
+                f"cannot resume {os.fspath(path)}: its run has finished (metrics.json is there); "
+                "choose a new --out for a new run"
+            )
         info = _read_json(marker)
         run_id = info.get("run_id") if isinstance(info, dict) else None
         try:
             fd = os.open(marker, os.O_RDONLY)
         except OSError as err:
-            raise RunFolderError(f"cannot open {os.fspath(marker)}: {_os_reason(err)}") from None
+            raise RunFolderError(f"cannot open {os.fspath(marker)}: {describe_os_error(err)}") from None
         _lock(fd, path)
         folder = cls(path, run_id, False, fd)
         try:
             try:
                 state = torch.load(ckpt, map_location="cpu", weights_only=True)
             except Exception as err:  # torch raises several types for a corrupt file
-                raise RunFolderError(f"cannot resume {os.fspath(path)}: {os.fspath(ckpt)} is unreadable "
-                                     f"({type(err).__name__})") from None
+                raise RunFolderError(
+                    f"cannot resume {os.fspath(path)}: {os.fspath(ckpt)} is unreadable ({type(err).__name__})"
+                ) from None
             if not isinstance(state, dict) or run_id is None or state.get("run_id") != run_id:
                 raise RunFolderError(f"cannot resume {os.fspath(path)}: checkpoint.pt is not from the run of run.json")
             if "scheduler" not in state or "history" not in state:
-                raise RunFolderError(f"cannot resume {os.fspath(path)}: its checkpoint has no scheduler state or "
-                                     "history (written by an older evsnn)")
+                raise RunFolderError(
+                    f"cannot resume {os.fspath(path)}: its checkpoint has no scheduler state or "
+                    "history (written by an older evsnn)"
+                )
             saved = state.get("config", {})
-            saved = {**_DEFINING_BEFORE, **saved}
-            differ = [k for k in _RUN_DEFINING if saved.get(k) != getattr(config, k)]
+            saved = _task_defaults({**_DEFINING_BEFORE, **saved})
+            asked = _task_defaults(asdict(config))
+            differ = [k for k in _RUN_DEFINING if saved.get(k) != asked[k]]
             if differ:
-                raise ValueError(f"cannot resume {os.fspath(path)}: its run used "
-                                 f"{', '.join(f'{k}={saved.get(k)!r}' for k in differ)}, this command asks "
-                                 f"{', '.join(f'{k}={getattr(config, k)!r}' for k in differ)} (give the options "
-                                 "of the run you resume)")
+                raise ValueError(
+                    f"cannot resume {os.fspath(path)}: its run used "
+                    f"{', '.join(f'{k}={saved.get(k)!r}' for k in differ)}, this command asks "
+                    f"{', '.join(f'{k}={asked[k]!r}' for k in differ)} (give the options "
+                    "of the run you resume)"
+                )
         except BaseException:
             folder.close()
             raise
@@ -215,8 +207,11 @@ class RunFolder:
     def _taken_message(path: Path, taken: list[str]) -> str:
         unfinished = "checkpoint.pt" in taken and "metrics.json" not in taken
         what = "an unfinished run" if unfinished else "a run"
-        choice = ("continue it with --resume or choose a new --out" if unfinished
-                  else "choose a new --out (or remove the folder)")
+        choice = (
+            "continue it with --resume or choose a new --out"
+            if unfinished
+            else "choose a new --out (or remove the folder)"
+        )
         return f"run folder {os.fspath(path)} already holds {what} ({', '.join(taken)}); runs are never overwritten: {choice}"
 
     def write(self, name: str, data: bytes) -> Path:
@@ -256,11 +251,18 @@ def load_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]
     if not isinstance(metrics, dict) or not isinstance(metrics.get("history"), list):
         raise ValueError(f"{os.fspath(metrics_path)!r} has no 'history' list: not an evsnn metrics file")
     for row in metrics["history"]:
-        if not isinstance(row, dict) or not all(
-            isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool) for k in _HISTORY_KEYS if k in row
-        ) or "epoch" not in row:
-            raise ValueError(f"{os.fspath(metrics_path)!r}: a history row is not a dict of numbers with an 'epoch': "
-                             f"{str(row)[:80]}")
+        if (
+            not isinstance(row, dict)
+            or not all(
+                isinstance(row.get(k), (int, float)) and not isinstance(row.get(k), bool)
+                for k in _HISTORY_KEYS
+                if k in row
+            )
+            or "epoch" not in row
+        ):
+            raise ValueError(
+                f"{os.fspath(metrics_path)!r}: a history row is not a dict of numbers with an 'epoch': {str(row)[:80]}"
+            )
     try:
         events = torch.load(events_path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a corrupt file
@@ -269,12 +271,16 @@ def load_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]
         raise ValueError(f"{os.fspath(events_path)!r} has no 'events' tensor")
     ev = events["events"]
     if ev.dim() != 3 or 0 in ev.shape:
-        raise ValueError(f"{os.fspath(events_path)!r}: 'events' must be a non-empty [T, samples, units] tensor, "
-                         f"got shape {tuple(ev.shape)}")
+        raise ValueError(
+            f"{os.fspath(events_path)!r}: 'events' must be a non-empty [T, samples, units] tensor, "
+            f"got shape {tuple(ev.shape)}"
+        )
     labels = events.get("labels")
     if labels is not None and not (isinstance(labels, Tensor) and labels.dim() == 1 and labels.numel() >= 1):
-        raise ValueError(f"{os.fspath(events_path)!r}: 'labels' must be a non-empty 1-d tensor, got "
-                         f"{tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__}")
+        raise ValueError(
+            f"{os.fspath(events_path)!r}: 'labels' must be a non-empty 1-d tensor, got "
+            f"{tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__}"
+        )
     ids = {"metrics.json": metrics.get("run_id"), "events.pt": events.get("run_id")}
     marker = run / "run.json"
     if marker.is_file():
@@ -282,8 +288,10 @@ def load_run(run_dir: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]
         ids["run.json"] = info.get("run_id") if isinstance(info, dict) else None
     known = {name: rid for name, rid in ids.items() if rid is not None}
     if len(set(known.values())) > 1:
-        raise ValueError(f"run folder {os.fspath(run)!r} mixes files of different runs "
-                         f"({', '.join(f'{n}: {r}' for n, r in known.items())})")
+        raise ValueError(
+            f"run folder {os.fspath(run)!r} mixes files of different runs "
+            f"({', '.join(f'{n}: {r}' for n, r in known.items())})"
+        )
     return metrics, events
 
 
@@ -293,7 +301,7 @@ def _read_json(path: Path) -> Any:
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{os.fspath(path)!r} is not valid JSON ({err})") from None
     except OSError as err:
-        raise RunFolderError(f"cannot read {os.fspath(path)}: {_os_reason(err)}") from None
+        raise RunFolderError(f"cannot read {os.fspath(path)}: {describe_os_error(err)}") from None
 
 
 def draw_run_plots(run_dir: str | os.PathLike) -> list[Path]:

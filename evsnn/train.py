@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,95 +31,61 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
+from .atomic import RunFolderError, RunFolderInUse, atomic_write
 from .models import MODELS, PerStepALIF, SequenceClassifier
-from .runs import RunFolder, RunFolderError, RunFolderInUse, atomic_write, draw_run_plots, load_run
+from .runs import RunFolder, draw_run_plots, load_run
+from .train_config import DATASETS, TrainConfig
 
-__all__ = ["MODELS", "DATASETS", "TrainConfig", "SequenceClassifier", "PerStepALIF", "build_model", "load_data", "train",
-           "draw_run_plots", "load_run", "RunFolder", "RunFolderError", "RunFolderInUse", "atomic_write", "resolve_device",
-           "choose_threads"]
+__all__ = [
+    "MODELS",
+    "DATASETS",
+    "TrainConfig",
+    "SequenceClassifier",
+    "PerStepALIF",
+    "build_model",
+    "load_data",
+    "train",
+    "draw_run_plots",
+    "load_run",
+    "RunFolder",
+    "RunFolderError",
+    "RunFolderInUse",
+    "atomic_write",
+    "resolve_device",
+    "choose_threads",
+]
 
-_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
-DATASETS = ("digits", "digits-pixels", "digits-permuted", "temporal", "shd", "dvsgesture", "nmnist", "vowels",
-            "mnist1d", "ecg")
 
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; stored in the checkpoint and in ``metrics.json``."""
-
-    model: str = "alif"
-    data: str = "digits"
-    data_dir: str | None = None
-    encoding: str = "none"
-    repeat: int = 3
-    hidden: int = 128
-    epochs: int = 25
-    batch_size: int = 64
-    lr: float = 1e-2
-    seed: int = 0
-    device: str = "auto"
-    backend: str = "auto"
-    out: str | None = None
-    max_steps: int | None = None
-    threads: int | None = None
-    adaptive: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self) -> TrainConfig:
-        if self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; expected one of {', '.join(MODELS)}")
-        if self.data not in DATASETS:
-            raise ValueError(f"unknown data {self.data!r}; expected one of {', '.join(DATASETS)}")
-        for name in ("repeat", "hidden", "epochs", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise ValueError(f"seed must be an int in [0, 2**32), got {self.seed!r}")
-        # The optimiser keeps lr in float32: a larger value overflows inside torch.optim.
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= _FLOAT32_MAX):
-            raise ValueError(f"lr must be a finite number in (0, {_FLOAT32_MAX:.3g}], got {self.lr!r}")
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
-                                         or self.threads < 1):
-            raise ValueError(f"threads must be an int >= 1 or None, got {self.threads!r}")
-        if self.device != "auto":
-            try:
-                torch.device(self.device)
-            except (RuntimeError, ValueError):
-                raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}") from None
-        if self.data in ("shd", "dvsgesture", "nmnist") and not self.data_dir:
-            raise ValueError(f"--data {self.data} needs --data-dir, the folder holding the data set")
-        if self.data == "ecg":
-            if not self.data_dir:
-                from .data.qtdb import QTDB_SOURCE
-
-                raise ValueError(f"--data ecg needs --data-dir, the folder holding QTDB_train.mat and QTDB_test.mat "
-                                 f"(from {QTDB_SOURCE})")
-            if self.model != "alif":
-                raise ValueError(f"--data ecg trains Yin et al.'s ALIF network (--model alif), got --model {self.model}")
-        if not self.adaptive and self.model != "alif":
-            raise ValueError(f"adaptive=False (--no-adaptation) sets ALIF's beta to 0; got --model {self.model}")
-        return self
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+# Leading steps of an ECG trace left out of the loss and the accuracy (Yin et al.'s recipe).
+ECG_WARMUP = 10
+# Non-finite steps in a row after which a run stops: the weights do not change on a skipped step,
+# so a run whose every batch gives inf/NaN cannot recover.
+MAX_NONFINITE_IN_A_ROW = 3
 
 
 def build_model(config: TrainConfig, input_size: int, n_classes: int) -> SequenceClassifier | PerStepALIF:
+    """The network ``evsnn train`` trains for ``config`` (checked first, see :meth:`TrainConfig.validate`):
+    :class:`PerStepALIF` for ``data="ecg"``, else a :class:`SequenceClassifier`."""
+    config.validate()
     if config.data == "ecg":
-        return PerStepALIF(input_size, config.hidden, n_classes, adaptive=config.adaptive, backend=config.backend)
+        return PerStepALIF(
+            input_size, config.hidden, n_classes, adaptive=config.adaptive, warmup=ECG_WARMUP, backend=config.backend
+        )
     layer_options = None
     if config.model == "egru" and config.data == "mnist1d":
         # One value per step: at the default θ ≈ 0.3 almost no unit fires at the start, and the
         # default reset="output" empties a unit's state at each event, so a 40-step sequence is
         # forgotten; both keep the network at chance (docs/reproductions.md, mnist1d section).
         layer_options = {"threshold": 0.01, "threshold_init": "constant", "reset": "threshold"}
-    return SequenceClassifier(config.model, input_size, config.hidden, n_classes, backend=config.backend,
-                              adaptive=config.adaptive, layer_options=layer_options)
+    return SequenceClassifier(
+        config.model,
+        input_size,
+        config.hidden,
+        n_classes,
+        backend=config.backend,
+        adaptive=config.adaptive,
+        layer_options=layer_options,
+    )
 
 
 def load_data(config: TrainConfig) -> tuple[Any, Any, int, int]:
@@ -136,7 +102,7 @@ def load_data(config: TrainConfig) -> tuple[Any, Any, int, int]:
         vowels = load_japanese_vowels(config.data_dir)
         return vowels.train, vowels.test, vowels.n_features, vowels.n_classes
     if config.data == "ecg":
-        split = data.load_qtdb(config.data_dir)
+        split = data.load_qtdb(config.data_dir, min_steps=ECG_WARMUP + 1)
         return split.train, split.test, split.n_features, split.n_classes
     if config.data == "mnist1d":
         from .data.mnist_1d import load_mnist1d
@@ -147,8 +113,12 @@ def load_data(config: TrainConfig) -> tuple[Any, Any, int, int]:
         full, orders = data.temporal_pattern_task(1024, seed=config.seed)
         n_test = len(full) // 5
         x, y = full.tensors
-        return (torch.utils.data.TensorDataset(x[n_test:], y[n_test:]),
-                torch.utils.data.TensorDataset(x[:n_test], y[:n_test]), x.shape[-1], len(orders))
+        return (
+            torch.utils.data.TensorDataset(x[n_test:], y[n_test:]),
+            torch.utils.data.TensorDataset(x[:n_test], y[:n_test]),
+            x.shape[-1],
+            len(orders),
+        )
     root = config.data_dir
     if not os.path.isdir(root):
         raise FileNotFoundError(f"data folder {root!r} does not exist")
@@ -224,6 +194,9 @@ def _init_distributed(config: TrainConfig) -> _Dist:
         return _Dist()
     import torch.distributed as dist
 
+    if config.tbptt is not None:
+        # The windows run the layers directly, past DDP's forward, whose hooks average the gradients.
+        raise ValueError(f"--tbptt runs in one process; got {world} torchrun processes")
     if config.batch_size % world:
         raise ValueError(f"batch size {config.batch_size} must be divisible by the {world} processes")
     if not dist.is_initialized():
@@ -250,6 +223,100 @@ def _evaluate(model: nn.Module, dataset, device: torch.device, batch_size: int =
             samples += len(idx)
     model.train()
     return correct / total, loss_sum / samples
+
+
+def _check_finite_inputs(dataset: Any, name: str) -> None:
+    """Refuse a data set with an inf or NaN input value, naming the sample: the layers would turn
+    it into silent zeros or NaN everywhere and the run would end at chance."""
+    from .data.vowels import VariableLengthDataset
+
+    if isinstance(dataset, torch.utils.data.TensorDataset):
+        samples = dataset.tensors[0]
+    elif isinstance(dataset, VariableLengthDataset):
+        samples = dataset.sequences
+    else:
+        return
+    for i, x in enumerate(samples):
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise ValueError(
+                f"the {name} set's sample {i} holds a non-finite input value (inf or NaN); fix or drop that sample"
+            )
+
+
+def _model_step(model: SequenceClassifier | PerStepALIF) -> Callable[[Tensor, Any], tuple[tuple[Tensor, Tensor], Any]]:
+    """``step(x_window, state) -> ((out, events), state)`` of ``model`` over consecutive windows of
+    a sequence, with ``state = (layer state, readout state)``: ``out`` is the per-step log-probabilities
+    (ECG) or the readout membrane, whose last step is the logits."""
+    gain = getattr(model, "input_gain", 1.0)
+
+    def step(x: Tensor, state: Any) -> tuple[tuple[Tensor, Tensor], Any]:
+        layer_state, readout_state = state if state is not None else (None, None)
+        events, layer_state = model.layer(x * gain if gain != 1.0 else x, layer_state)
+        out, readout_state = model.readout(events, readout_state)
+        if isinstance(model, PerStepALIF):
+            out = torch.nn.functional.log_softmax(out, dim=-1)
+        return (out, events), (layer_state, readout_state)
+
+    return step
+
+
+def _window_loss(
+    model: SequenceClassifier | PerStepALIF, out: Tensor, labels: Tensor, start: int, last: bool
+) -> Tensor | None:
+    """The part of ``model.loss`` over the whole sequence that falls on the window starting at step
+    ``start`` (the window losses sum to it), or ``None`` when the window holds no loss term."""
+    if isinstance(model, PerStepALIF):
+        skip = max(model.warmup - start, 0)
+        kept = out[skip:]
+        if kept.shape[0] == 0:
+            return None
+        target = labels.t()[start + skip : start + out.shape[0]]
+        nll = torch.nn.functional.nll_loss(kept.reshape(-1, kept.shape[-1]), target.reshape(-1), reduction="sum")
+        return nll / labels.shape[0]
+    return model.loss(out[-1], labels) if last else None
+
+
+def _backward(
+    model: SequenceClassifier | PerStepALIF, net: nn.Module, x: Tensor | PackedSequence, y: Tensor, tbptt: int | None
+) -> tuple[float, float]:
+    """Gradients of one batch in ``.grad`` (the optimiser step is the caller's): ``(loss, activity)``.
+
+    With ``tbptt`` the sequence runs in windows of that many steps (:func:`evsnn.tbptt.tbptt_windows`),
+    one backward per window: the gradient is truncated at the window edges, the forward is exact."""
+    if tbptt is None:
+        logits, _ = net(x)
+        loss = model.loss(logits, y)
+        loss.backward()
+        stats = model.layer.last_stats
+        return float(loss.detach()), stats.mean_event_fraction if stats else 0.0
+    from .tbptt import tbptt_windows
+
+    total, activity, steps = 0.0, 0.0, x.shape[0]
+    for window in tbptt_windows(_model_step(model), x, tbptt):
+        loss = _window_loss(model, window.output[0], y, window.start, window.stop == steps)
+        if loss is not None:
+            loss.backward()
+            total += float(loss.detach())
+        stats = model.layer.last_stats
+        activity += (stats.mean_event_fraction if stats else 0.0) * (window.stop - window.start) / steps
+    return total, activity
+
+
+def _all_finite(loss: float, norm: float, dist_info: _Dist, device: torch.device) -> bool:
+    """Whether the loss and gradient norm are finite, in every process (all skip a step together)."""
+    finite = math.isfinite(loss) and math.isfinite(norm)
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        flag = torch.tensor([0.0 if finite else 1.0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        finite = float(flag) == 0.0
+    return finite
+
+
+def _gradient_norm(model: nn.Module) -> float:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
 
 def resolve_device(name: str) -> torch.device:
@@ -316,8 +383,9 @@ def default_run_dir(config: TrainConfig) -> Path:
     return Path("runs") / f"{config.model}-{config.data}-{stamp}"
 
 
-def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print,
-          resume: bool = False) -> dict[str, Any]:
+def train(
+    config: TrainConfig, *, progress: bool = True, log: Callable[[str], None] = print, resume: bool = False
+) -> dict[str, Any]:
     """Train, evaluate after every epoch, write the run folder, return the metrics dict.
 
     With ``resume=True``, ``config.out`` must hold an interrupted run of the same configuration
@@ -365,8 +433,9 @@ def train(config: TrainConfig, *, progress: bool = True, log: Callable[[str], No
         torch.set_num_threads(threads_before)
 
 
-def _set_threads(config: TrainConfig, device: torch.device, dist_info: _Dist, current: int,
-                 log: Callable[[str], None] | None) -> int:
+def _set_threads(
+    config: TrainConfig, device: torch.device, dist_info: _Dist, current: int, log: Callable[[str], None] | None
+) -> int:
     if config.threads is not None:
         n, source = config.threads, "--threads"
     elif device.type == "cpu":
@@ -405,9 +474,19 @@ def _claim_run_folder(config: TrainConfig) -> RunFolder:
     return run
 
 
-def _train(config: TrainConfig, device: torch.device, dist_info: _Dist, run: RunFolder | None, threads: int,
-           progress: bool, log: Callable[[str], None], state: dict[str, Any] | None = None) -> dict[str, Any]:
+def _train(
+    config: TrainConfig,
+    device: torch.device,
+    dist_info: _Dist,
+    run: RunFolder | None,
+    threads: int,
+    progress: bool,
+    log: Callable[[str], None],
+    state: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     train_set, test_set, n_features, n_classes = load_data(config)
+    _check_finite_inputs(train_set, "training")
+    _check_finite_inputs(test_set, "test")
     torch.manual_seed(config.seed)
     model = build_model(config, n_features, n_classes).to(device)
     net: nn.Module = model
@@ -434,6 +513,8 @@ def _train(config: TrainConfig, device: torch.device, dist_info: _Dist, run: Run
         if progress and dist_info.main:
             log(f"resuming {config.out} after epoch {state['epoch']} (step {step})")
     shard = config.batch_size // dist_info.world
+    skipped = int(state.get("skipped_steps", 0)) if state is not None else 0
+    streak: list[int] = []
     for epoch in range(first_epoch, config.epochs + 1):
         if step >= total_steps:
             break
@@ -442,42 +523,73 @@ def _train(config: TrainConfig, device: torch.device, dist_info: _Dist, run: Run
         for batch in _global_batches(len(train_set), config.batch_size, epoch, config.seed):
             mine = batch[dist_info.rank * shard : (dist_info.rank + 1) * shard]
             x, y = _batches(train_set, mine)
-            logits, _ = net(x.to(device))
-            loss = model.loss(logits, y.to(device))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+            value, activity = _backward(model, net, x.to(device), y.to(device), config.tbptt)
+            norm = _gradient_norm(model)
             step += 1
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise RuntimeError(f"training diverged: the loss is {value} at epoch {epoch}, step {step} "
-                                   f"(lr {config.lr:g}; try a smaller --lr)")
-            loss_sum += value * len(mine)
-            seen += len(mine)
-            act_sum += model.layer.last_stats.mean_event_fraction if model.layer.last_stats else 0.0
+            if not _all_finite(value, norm, dist_info, device):
+                # Never applied: an inf/NaN update would turn every weight into NaN for good.
+                skipped += 1
+                streak.append(step)
+                if dist_info.main:
+                    log(f"step {step} (epoch {epoch}) skipped: the loss is {value}, the gradient norm {norm}")
+                if len(streak) >= MAX_NONFINITE_IN_A_ROW:
+                    raise RuntimeError(
+                        f"training diverged: the loss is {value} at epoch {epoch}, steps "
+                        f"{streak[0]}-{streak[-1]} ({len(streak)} in a row skipped, none applied; "
+                        f"lr {config.lr:g}; try a smaller --lr)"
+                    )
+            else:
+                streak.clear()
+                opt.step()
+                sched.step()
+                loss_sum += value * len(mine)
+                seen += len(mine)
+                act_sum += activity
             bar.update(1)
-            bar.set_postfix_str(f"loss {loss_sum / seen:.3f}")
+            if seen:
+                bar.set_postfix_str(f"loss {loss_sum / seen:.3f}")
             if step >= total_steps:
                 break
         bar.close()
         acc, test_loss = _evaluate(model, test_set, device)
         n_batches = max(1, math.ceil(seen / shard))
-        row = {"epoch": epoch, "loss": loss_sum / max(seen, 1), "test_loss": test_loss, "accuracy": acc,
-               "activity": act_sum / n_batches, "time_s": time.time() - started}
+        # An epoch whose every step was skipped has no training loss to report.
+        row = {
+            "epoch": epoch,
+            "loss": loss_sum / seen if seen else float("nan"),
+            "test_loss": test_loss,
+            "accuracy": acc,
+            "activity": act_sum / n_batches,
+            "time_s": time.time() - started,
+        }
         history.append(row)
         if run is not None:
-            run.save("checkpoint.pt", {"config": asdict(config), "model": model.state_dict(),
-                                       "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                       "history": history, "epoch": epoch, "step": step,
-                                       "n_features": n_features, "n_classes": n_classes})
+            run.save(
+                "checkpoint.pt",
+                {
+                    "config": asdict(config),
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "history": history,
+                    "epoch": epoch,
+                    "step": step,
+                    "skipped_steps": skipped,
+                    "n_features": n_features,
+                    "n_classes": n_classes,
+                },
+            )
             if progress:
-                log(f"epoch {epoch:>3}/{config.epochs}  loss {row['loss']:.3f}  test accuracy {acc:.3f}  "
-                    f"activity {row['activity']:.3f}  {row['time_s']:.0f}s")
+                log(
+                    f"epoch {epoch:>3}/{config.epochs}  loss {row['loss']:.3f}  test accuracy {acc:.3f}  "
+                    f"activity {row['activity']:.3f}  {row['time_s']:.0f}s"
+                )
         if step >= total_steps:
             break
     metrics, events = _summarise(model, test_set, device, config, history, time.time() - started, dist_info.world)
     metrics["threads"] = threads
+    metrics["skipped_steps"] = skipped
     if run is not None:
         metrics["run_id"] = run.run_id
         run.save("events.pt", events)
@@ -485,13 +597,22 @@ def _train(config: TrainConfig, device: torch.device, dist_info: _Dist, run: Run
         try:
             draw_run_plots(run.path)
         except ImportError as err:
-            log(f"note: {err}; raster.png and curves.png were not drawn. metrics.json, checkpoint.pt and events.pt "
-                f"are in {run.path} (draw the plots later with 'evsnn plot {run.path}')")
+            log(
+                f"note: {err}; raster.png and curves.png were not drawn. metrics.json, checkpoint.pt and events.pt "
+                f"are in {run.path} (draw the plots later with 'evsnn plot {run.path}')"
+            )
     return metrics
 
 
-def _summarise(model: SequenceClassifier, test_set, device: torch.device, config: TrainConfig,
-               history: list[dict[str, Any]], seconds: float, world: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def _summarise(
+    model: SequenceClassifier,
+    test_set,
+    device: torch.device,
+    config: TrainConfig,
+    history: list[dict[str, Any]],
+    seconds: float,
+    world: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Final accuracy plus each layer's :class:`~evsnn.stats.LayerStats` on the whole test set,
     and the ``events.pt`` payload: the events and labels of the first 8 test samples, copied
     (a slice would carry the whole test set's storage into the file)."""
@@ -507,6 +628,12 @@ def _summarise(model: SequenceClassifier, test_set, device: torch.device, config
     saved = {"events": events[:, :8].detach().cpu().clone(memory_format=keep), "model": config.model}
     # a per-step task (ECG) has a label per step: kept apart from the one label per sample of "labels"
     saved["labels" if y.dim() == 1 else "step_labels"] = y[:8].clone(memory_format=keep)
-    metrics = {"config": asdict(config), "accuracy": accuracy, "train_seconds": seconds, "world_size": world,
-               "layers": layers, "history": history}
+    metrics = {
+        "config": asdict(config),
+        "accuracy": accuracy,
+        "train_seconds": seconds,
+        "world_size": world,
+        "layers": layers,
+        "history": history,
+    }
     return metrics, saved

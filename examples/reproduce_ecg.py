@@ -1,15 +1,17 @@
-"""Reproduce Yin, Corradi & Bohté (2021) on QTDB ECG: adaptive vs non-adaptive recurrent ALIF.
+"""Reproduce Yin, Corradi & Bohté (2021) on QTDB ECG: their network, and an adaptive hidden layer.
 
 Each run is ``evsnn train --data ecg`` (:func:`evsnn.train.train`): 36 recurrent ALIF neurons and
 an adaptive spiking readout whose membrane goes through log-softmax at every step
-(:class:`evsnn.train.PerStepALIF`). This script runs several seeds of both settings one after
+(:class:`evsnn.train.PerStepALIF`). Settings: ``lif`` is the published network (non-adaptive
+hidden layer, β = 0; the default); ``adaptive`` gives the hidden layer β = 1.8 as well, an
+extension beyond the paper. This script runs several seeds of each setting asked for one after
 the other into ``OUT/<setting>-seed<k>/`` (an existing finished run folder is read back, not
 re-run) and writes ``OUT/summary.json`` with per-step test accuracy and hidden spikes per
 neuron per step, mean ± std over seeds, plus two figures: test accuracy per epoch and a raster
 of a trained network on one test trace with its labels and predictions.
 
     OMP_NUM_THREADS=1 python examples/reproduce_ecg.py --data-dir ../shared/data/qtdb \
-        --epochs 40 --seeds 0 1 2 --settings adaptive lif --out runs/ecg --figures docs/img
+        --epochs 40 --seeds 0 1 2 --settings lif adaptive --out runs/ecg --figures docs/img
 
 ``--summarise`` only reads the run folders already in ``OUT`` and draws the figures.
 """
@@ -26,8 +28,11 @@ import torch
 from evsnn.runs import load_run
 from evsnn.train import PerStepALIF, TrainConfig, train
 
-SETTINGS = {"adaptive": True, "lif": False}
-PUBLISHED = {"adaptive": 0.859, "lif": 0.844}  # 36 neurons: the paper's checkpoint / the script variant
+# hidden-layer adaptation per setting: "lif" is the published network, "adaptive" the extension
+SETTINGS = {"lif": False, "adaptive": True}
+# 36 neurons: the paper's checkpoint (its hidden τ_adp never left their initial 7.0: no adaptation);
+# the adaptive hidden layer has no published result.
+PUBLISHED = {"lif": 0.859, "adaptive": None}
 
 
 def run_one(args: argparse.Namespace, setting: str, seed: int) -> dict:
@@ -56,6 +61,7 @@ def summarise(rows: dict[str, list[dict]]) -> dict:
             "spikes_per_neuron_step_std": statistics.stdev(rate) if len(rate) > 1 else 0.0,
             "minutes_per_run": statistics.fmean(minutes),
             "published": PUBLISHED[setting],
+            "configuration": "published network" if setting == "lif" else "extension beyond the paper",
         }
     return summary
 
@@ -76,7 +82,8 @@ def draw(rows: dict[str, list[dict]], args: argparse.Namespace) -> None:
             epochs = [h["epoch"] for h in r["history"]]
             ax.plot(epochs, [h["accuracy"] for h in r["history"]], color=color, alpha=0.7,
                     label=f"{setting} ({len(runs)} seeds)" if i == 0 else None)
-        ax.axhline(PUBLISHED[setting], color=color, ls=":", lw=1)
+        if PUBLISHED[setting] is not None:
+            ax.axhline(PUBLISHED[setting], color=color, ls=":", lw=1)
     ax.set_xlabel("epoch")
     ax.set_ylabel("per-step test accuracy")
     ax.set_title("QTDB ECG, 36 recurrent ALIF neurons (dotted: published)")
@@ -117,7 +124,7 @@ def draw(rows: dict[str, list[dict]], args: argparse.Namespace) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", required=True, help="folder holding QTDB_train.mat and QTDB_test.mat")
     p.add_argument("--out", default="runs/ecg", help="parent folder of the run folders")
@@ -126,11 +133,13 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=list(SETTINGS))
+    p.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=["lif"],
+                   help="lif: the published network (default); adaptive: β = 1.8 in the hidden layer too, an "
+                        "extension beyond the paper")
     p.add_argument("--backend", default="auto")
     p.add_argument("--figures", default=None, help="folder for ecg_accuracy.png and ecg_raster.png")
     p.add_argument("--summarise", action="store_true", help="only read finished runs in --out")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(1)
     rows: dict[str, list[dict]] = {}
     for setting in args.settings:

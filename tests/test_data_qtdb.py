@@ -35,19 +35,24 @@ def _one_hot(labels: list[list[int]]) -> np.ndarray:
 
 def _write(folder: Path, name: str, x: np.ndarray, labels: list[list[int]]) -> None:
     n, t, _ = x.shape
-    scipy.io.savemat(folder / name, {
-        "x": x.astype(np.int16),
-        "y": _one_hot(labels),
-        "t": np.tile(np.arange(t, dtype=np.uint16), (n, 1)),
-        "max_i": np.full((n, 1), t, dtype=np.uint16),
-    })
+    scipy.io.savemat(
+        folder / name,
+        {
+            "x": x.astype(np.int16),
+            "y": _one_hot(labels),
+            "t": np.tile(np.arange(t, dtype=np.uint16), (n, 1)),
+            "max_i": np.full((n, 1), t, dtype=np.uint16),
+        },
+    )
 
 
 # Two training traces and one test trace with hand-chosen content.
-TRAIN_X = np.array([
-    [[1, 0, -1, 0]] * 7 + [[0, 1, 0, -1]] * 7,
-    [[-1, -1, 1, 1]] * 14,
-])
+TRAIN_X = np.array(
+    [
+        [[1, 0, -1, 0]] * 7 + [[0, 1, 0, -1]] * 7,
+        [[-1, -1, 1, 1]] * 14,
+    ]
+)
 TRAIN_LABELS = [
     [-1, -1, 5, 5, 4, 4, 4, 1, 1, 2, 2, 3, 3, 0],  # first two steps unlabelled -> class 0 (np.argmax)
     [4] * 7 + [5] * 7,
@@ -145,8 +150,17 @@ def test_per_step_model_initialisation_and_learning_rates():
 
 def test_train_ecg_end_to_end_on_tiny_files(qtdb_dir, tmp_path, single_thread):
     out = tmp_path / "run"
-    config = TrainConfig(model="alif", data="ecg", data_dir=str(qtdb_dir), hidden=6, epochs=2, batch_size=2,
-                         backend="torch", out=str(out), threads=1)
+    config = TrainConfig(
+        model="alif",
+        data="ecg",
+        data_dir=str(qtdb_dir),
+        hidden=6,
+        epochs=2,
+        batch_size=2,
+        backend="torch",
+        out=str(out),
+        threads=1,
+    )
     metrics = train(config, progress=False)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["accuracy"] == metrics["accuracy"]
@@ -168,5 +182,115 @@ def test_cli_ecg_errors_name_the_source(tmp_path, capsys):
     assert "does not exist" in msg and "github.com/byin-cwi/Efficient-spiking-networks" in msg
     assert "github.com/byin-cwi/Efficient-spiking-networks" in error("train", "--data", "ecg")
     assert "--model alif" in error("train", "--data", "ecg", "--data-dir", str(tmp_path), "--model", "egru")
-    assert "QTDB_train.mat is missing" in error("train", "--data", "ecg", "--data-dir", str(tmp_path),
-                                                "--out", str(tmp_path / "run"))
+    assert "QTDB_train.mat is missing" in error(
+        "train", "--data", "ecg", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run")
+    )
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"MATLAB 5.0 MAT-file" + b"\0" * 40, b"x,y\n1,2\n"], ids=["empty", "truncated", "not-mat"]
+)
+def test_damaged_files_are_refused_naming_the_file(qtdb_dir, content):
+    (qtdb_dir / "QTDB_test.mat").write_bytes(content)
+    with pytest.raises(ValueError, match="is not a readable MATLAB .mat file") as err:
+        load_qtdb(qtdb_dir)
+    assert str(qtdb_dir / "QTDB_test.mat") in str(err.value)
+
+
+def test_a_real_file_cut_short_is_refused_naming_the_file(qtdb_dir):
+    whole = (qtdb_dir / "QTDB_train.mat").read_bytes()
+    (qtdb_dir / "QTDB_train.mat").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ValueError, match="is not a readable MATLAB .mat file") as err:
+        load_qtdb(qtdb_dir)
+    assert str(qtdb_dir / "QTDB_train.mat") in str(err.value)
+
+
+def test_a_file_without_traces_is_refused_at_load_time(qtdb_dir):
+    scipy.io.savemat(
+        qtdb_dir / "QTDB_test.mat", {"x": np.zeros((0, STEPS, 4), np.int16), "y": np.zeros((0, STEPS, 6), np.uint8)}
+    )
+    with pytest.raises(ValueError, match="holds no traces") as err:
+        load_qtdb(qtdb_dir)
+    assert "QTDB_test.mat" in str(err.value)
+
+
+def test_traces_shorter_than_the_warm_up_are_refused_before_training(qtdb_dir, tmp_path, single_thread):
+    short = 8
+    _write(qtdb_dir, "QTDB_train.mat", TRAIN_X[:, :short], [row[:short] for row in TRAIN_LABELS])
+    _write(qtdb_dir, "QTDB_test.mat", TEST_X[:, :short], [row[:short] for row in TEST_LABELS])
+    assert load_qtdb(qtdb_dir).steps == short  # no use named: any length is data
+    with pytest.raises(ValueError, match="traces of 8 steps; expected at least 11") as err:
+        load_qtdb(qtdb_dir, min_steps=11)
+    assert "QTDB_train.mat" in str(err.value)
+    config = TrainConfig(
+        data="ecg",
+        data_dir=str(qtdb_dir),
+        hidden=6,
+        epochs=1,
+        batch_size=2,
+        backend="torch",
+        out=str(tmp_path / "run"),
+        threads=1,
+    )
+    with pytest.raises(ValueError, match="traces of 8 steps; expected at least 11"):
+        train(config, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_ecg_defaults_to_the_published_network_lif_hidden_adaptive_readout(qtdb_dir, tmp_path, single_thread):
+    """Yin et al.'s ECG network: non-adaptive hidden layer (β = 0), adaptive readout; β = 1.8 in
+    the hidden layer is the extension, asked for with adaptive=True (--adaptation)."""
+    betas = {}
+    for adaptive in (None, True):
+        out = tmp_path / f"run-{adaptive}"
+        config = TrainConfig(
+            data="ecg",
+            data_dir=str(qtdb_dir),
+            hidden=6,
+            epochs=1,
+            batch_size=2,
+            backend="torch",
+            out=str(out),
+            threads=1,
+            adaptive=adaptive,
+        )
+        metrics = train(config, progress=False)
+        state = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+        betas[adaptive] = (
+            float(state["layer.beta"].max()),
+            float(state["readout.beta"].min()),
+            metrics["config"]["adaptive"],
+        )
+    assert betas[None] == (0.0, pytest.approx(1.8), False)
+    assert betas[True] == (pytest.approx(1.8), pytest.approx(1.8), True)
+
+
+def test_reproduce_ecg_runs_the_published_network_by_default(qtdb_dir, tmp_path, load_example, capsys, single_thread):
+    example = load_example("reproduce_ecg")
+    out = tmp_path / "runs"
+    example.main(
+        [
+            "--data-dir",
+            str(qtdb_dir),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--hidden",
+            "6",
+            "--batch-size",
+            "2",
+            "--seeds",
+            "0",
+            "--backend",
+            "torch",
+        ]
+    )
+    printed = capsys.readouterr().out.splitlines()
+    summary = json.loads("\n".join(printed[printed.index("{") :]))  # after the runs' progress lines
+    assert list(summary) == ["lif"] and summary["lif"]["configuration"] == "published network"
+    assert summary["lif"]["published"] == pytest.approx(0.859)
+    state = torch.load(out / "lif-seed0" / "checkpoint.pt", weights_only=True)
+    assert state["config"]["adaptive"] is False
+    assert float(state["model"]["layer.beta"].abs().max()) == 0.0
+    assert float(state["model"]["readout.beta"].min()) == pytest.approx(1.8)

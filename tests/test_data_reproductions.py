@@ -65,14 +65,113 @@ def test_read_ts_parses_dimensions_lengths_and_labels(tiny_vowels):
 def test_read_ts_names_a_bad_line(tmp_path):
     path = tmp_path / "bad.ts"
     path.write_text(HEADER + "1,2:3,4:1\n1,2,3:4,5:2\n")
-    with pytest.raises(ValueError, match=r"line 11: the dimensions have different lengths"):
+    with pytest.raises(ValueError, match=r"line 11 \(sample 1\): the dimensions have different lengths"):
         read_ts(path)
     path.write_text(HEADER + "1,x:3,4:1\n")
-    with pytest.raises(ValueError, match="line 10: a value is not a number"):
+    with pytest.raises(ValueError, match=r"line 10 \(sample 0\), dimension 0: 'x' is not a number"):
         read_ts(path)
     path.write_text(HEADER.replace("@dimensions 2", "@dimensions 3") + "1,2:3,4:1\n")
-    with pytest.raises(ValueError, match="expected 3 dimensions, got 2"):
+    with pytest.raises(ValueError, match=r"line 10 \(sample 0\): expected 3 dimensions \(from @dimensions\), got 2"):
         read_ts(path)
+
+
+@pytest.mark.parametrize("missing", ["nan", "NaN", "?"])
+def test_a_missing_value_is_refused_naming_file_line_sample_and_dimension(tiny_vowels, missing):
+    train = tiny_vowels / "JapaneseVowels_TRAIN.ts"
+    lines = train.read_text().splitlines()
+    lines[10] = lines[10].replace("1.5", missing)  # sample 1, dimension 0, step 1
+    train.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError) as err:
+        load_japanese_vowels(tiny_vowels)
+    assert f"{train}, line 11 (sample 1), dimension 0: a missing value ({missing!r})" in str(err.value)
+    seqs, _, _ = read_ts(train, missing="keep")
+    assert torch.isnan(seqs[1][1, 0]) and int(torch.isnan(torch.cat(seqs)).sum()) == 1
+
+
+def test_cli_refuses_vowels_with_a_missing_value_instead_of_training_at_chance(tiny_vowels, tmp_path, capsys):
+    train = tiny_vowels / "JapaneseVowels_TRAIN.ts"
+    train.write_text(train.read_text().replace("1.5", "nan"))
+    code = main(
+        [
+            "train",
+            "--data",
+            "vowels",
+            "--data-dir",
+            str(tiny_vowels),
+            "--hidden",
+            "4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "3",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+            "--threads",
+            "1",
+        ]
+    )
+    assert code == 1
+    assert "line 11 (sample 1), dimension 0: a missing value" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_infinite_value_is_refused_even_when_missing_values_are_kept(tmp_path):
+    path = tmp_path / "inf.ts"
+    path.write_text(HEADER + "1,inf:3,4:1\n")
+    with pytest.raises(ValueError, match=r"line 10 \(sample 0\), dimension 0: the value 'inf' is infinite"):
+        read_ts(path, missing="keep")
+
+
+@pytest.mark.parametrize("header", ["@dimensions", "@timeStamps", "@classLabel"])
+def test_a_header_without_its_value_names_the_file_and_line(tmp_path, header):
+    path = tmp_path / "bad.ts"
+    text = "\n".join(header if line.lower().startswith(header.lower()) else line for line in HEADER.splitlines())
+    path.write_text(text + "\n1,2:3,4:1\n")
+    line = 1 + [line.lower().startswith(header.lower()) for line in HEADER.splitlines()].index(True)
+    with pytest.raises(ValueError, match=f"line {line}: the header {header} has no value") as err:
+        read_ts(path)
+    assert str(path) in str(err.value)
+
+
+def test_header_values_of_the_wrong_kind_are_refused(tmp_path):
+    path = tmp_path / "bad.ts"
+    path.write_text(HEADER.replace("@dimensions 2", "@dimensions two") + "1,2:3,4:1\n")
+    with pytest.raises(ValueError, match="line 6: @dimensions takes a positive integer, got 'two'"):
+        read_ts(path)
+    path.write_text(HEADER.replace("@classLabel true", "@classLabel yes") + "1,2:3,4:1\n")
+    with pytest.raises(ValueError, match="line 8: @classLabel takes true or false, got 'yes'"):
+        read_ts(path)
+
+
+def test_lines_without_dimensions_and_dimension_counts_that_change_are_refused(tmp_path):
+    path = tmp_path / "bad.ts"
+    path.write_text(HEADER.replace("@dimensions 2\n", "") + "1,2:3,4:1\n1,2:3,4:5,6:2\n")
+    with pytest.raises(ValueError, match=r"line 10 \(sample 1\): expected 2 dimensions \(from the first sample\)"):
+        read_ts(path)
+    path.write_text(HEADER + "1\n")
+    with pytest.raises(ValueError, match="line 10 \\(sample 0\\): expected dimensions separated by ':'"):
+        read_ts(path)
+    path.write_bytes(HEADER.encode() + b"\xff\xfe\n")
+    with pytest.raises(ValueError, match="bad.ts: not a text .ts file"):
+        read_ts(path)
+
+
+def test_train_and_test_with_different_dimension_counts_name_both_files(tiny_vowels):
+    three = [([row + [0.0] for row in values], label) for values, label in TEST]
+    test = tiny_vowels / "JapaneseVowels_TEST.ts"
+    test.write_text(_ts_lines(three).replace("@dimensions 2", "@dimensions 3"))
+    with pytest.raises(ValueError) as err:
+        load_japanese_vowels(tiny_vowels)
+    message = str(err.value)
+    assert "JapaneseVowels_TRAIN.ts has 2 dimensions per step" in message and f"{test} has 3" in message
+
+
+def test_an_undeclared_label_names_its_file(tiny_vowels):
+    test = tiny_vowels / "JapaneseVowels_TEST.ts"
+    test.write_text(_ts_lines([([[1.0, 1.0]], "7")]))
+    with pytest.raises(ValueError, match=r"JapaneseVowels_TEST.ts: labels \['7'\] are not among the declared"):
+        load_japanese_vowels(tiny_vowels)
 
 
 def test_vowels_loader_labels_lengths_and_standardisation(tiny_vowels):
@@ -111,7 +210,9 @@ def test_vowels_loader_accepts_the_aeon_layout_and_finds_aeon_without_importing_
 def test_vowels_errors_name_the_files_and_the_install_command(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_japanese_vowels(tmp_path / "missing")
-    with pytest.raises(FileNotFoundError, match=r"JapaneseVowels_TRAIN\.ts and JapaneseVowels_TEST\.ts not found.*pip install aeon"):
+    with pytest.raises(
+        FileNotFoundError, match=r"JapaneseVowels_TRAIN\.ts and JapaneseVowels_TEST\.ts not found.*pip install aeon"
+    ):
         load_japanese_vowels(tmp_path)
     monkeypatch.setattr(vowels_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match="pip install aeon"):
@@ -141,7 +242,7 @@ def test_variable_lengths_through_a_layer_equal_each_sequence_alone(tiny_vowels)
     for i, (seq, _) in enumerate(split.train):
         expected, _ = gru(seq[:, None])
         torch.testing.assert_close(out[: len(seq), i], expected[:, 0], rtol=1e-5, atol=1e-6)
-        assert (out[len(seq):, i] == 0).all()
+        assert (out[len(seq) :, i] == 0).all()
 
 
 def test_mnist1d_equals_the_package_generator_and_keeps_numpy_state():
@@ -195,8 +296,28 @@ def test_cli_trains_on_variable_length_vowels(tiny_vowels, tmp_path, capsys, sin
     """``evsnn train --data vowels``: the logits are read at each sample's own last step, so a
     sample's prediction does not depend on the other samples' lengths in its batch."""
     out = tmp_path / "run"
-    code = main(["train", "--data", "vowels", "--data-dir", str(tiny_vowels), "--model", "deltagru", "--hidden", "4",
-                 "--epochs", "1", "--batch-size", "3", "--out", str(out), "--quiet", "--threads", "1"])
+    code = main(
+        [
+            "train",
+            "--data",
+            "vowels",
+            "--data-dir",
+            str(tiny_vowels),
+            "--model",
+            "deltagru",
+            "--hidden",
+            "4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "3",
+            "--out",
+            str(out),
+            "--quiet",
+            "--threads",
+            "1",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["data"] == "vowels"

@@ -62,10 +62,25 @@ def test_a_finished_run_is_never_overwritten(tmp_path, single_thread):
 
 def test_two_concurrent_runs_into_one_folder(tmp_path):
     out = tmp_path / "shared"
-    cmd = [sys.executable, "-m", "evsnn", "train", "--hidden", "16", "--epochs", "2", "--max-steps", "4", "--quiet",
-           "--out", str(out)]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "evsnn",
+        "train",
+        "--hidden",
+        "16",
+        "--epochs",
+        "2",
+        "--max-steps",
+        "4",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     results = [(p.wait(timeout=240), *p.communicate()) for p in procs]
     codes = sorted(code for code, _, _ in results)
     assert codes == [0, 1], results
@@ -177,8 +192,15 @@ def test_claim_is_exclusive(tmp_path):
 
 @pytest.mark.parametrize(
     "cores, load, current, processes, expected",
-    [(2, 0.0, 2, 1, 1), (1, 0.0, 1, 1, 1), (16, 15.5, 16, 1, 1), (16, 4.0, 16, 1, 12), (16, 0.0, 8, 1, 8),
-     (16, 0.0, 16, 4, 4), (8, 30.0, 8, 1, 1)],
+    [
+        (2, 0.0, 2, 1, 1),
+        (1, 0.0, 1, 1, 1),
+        (16, 15.5, 16, 1, 1),
+        (16, 4.0, 16, 1, 12),
+        (16, 0.0, 8, 1, 8),
+        (16, 0.0, 16, 4, 4),
+        (8, 30.0, 8, 1, 1),
+    ],
 )
 def test_thread_choice(cores, load, current, processes, expected):
     n, why = tr.choose_threads(cores, load, current, processes)
@@ -287,6 +309,11 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, single_thread):
 def test_a_diverging_run_stops_with_a_message(tmp_path, single_thread):
     # lr = 1e38 is a valid float32; one Adam step of that size makes the loss infinite at step 2
     out = tmp_path / "run"
-    with pytest.raises(RuntimeError, match=r"training diverged: the loss is inf at epoch 1, step 2 \(lr 1e\+38; try"):
-        _tiny_run(out, lr=1e38, max_steps=4)
+    # Steps 2-4 are skipped (never applied); three in a row stop the run.
+    with pytest.raises(
+        RuntimeError,
+        match=r"training diverged: the loss is inf at epoch 1, steps 2-4 \(3 in a row "
+        r"skipped, none applied; lr 1e\+38; try",
+    ):
+        _tiny_run(out, lr=1e38, max_steps=6)
     assert not out.exists()  # nothing was saved, so the folder is given back

@@ -15,6 +15,7 @@ the ``PackedSequence`` every evsnn layer takes.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,8 +45,10 @@ class VariableLengthDataset(Dataset):
             raise ValueError(f"got {len(sequences)} sequences but {len(labels)} labels")
         features = {int(x.shape[-1]) for x in sequences}
         if any(x.dim() != 2 or x.shape[0] == 0 for x in sequences) or len(features) > 1:
-            raise ValueError(f"sequences must be non-empty [T_i, F] tensors with one F, got shapes "
-                             f"{sorted({tuple(x.shape) for x in sequences})[:5]}")
+            raise ValueError(
+                f"sequences must be non-empty [T_i, F] tensors with one F, got shapes "
+                f"{sorted({tuple(x.shape) for x in sequences})[:5]}"
+            )
         self.sequences = [x.to(torch.float32) for x in sequences]
         self.labels = labels
         self.lengths = torch.tensor([x.shape[0] for x in self.sequences], dtype=torch.int64)
@@ -67,49 +70,97 @@ class VowelsSplit(NamedTuple):
     max_steps: int
 
 
-def read_ts(path: str | os.PathLike) -> tuple[list[Tensor], list[str], list[str]]:
+def _header_value(path: Path, number: int, line: str) -> str:
+    parts = line.split()
+    if len(parts) < 2:
+        raise ValueError(f"{path}, line {number}: the header {parts[0]} has no value (expected e.g. '{parts[0]} true')")
+    return parts[1]
+
+
+def read_ts(path: str | os.PathLike, *, missing: str = "error") -> tuple[list[Tensor], list[str], list[str]]:
     """Read a multivariate ``.ts`` file (the sktime/aeon time-series format, no timestamps).
 
     Returns ``(sequences, labels, class_names)``: one ``[T_i, dims]`` float32 tensor per line of
     ``@data`` (the dimensions are separated by ``:``, the values of one dimension by ``,``, the
     last field is the class), the class of each sample as written, and the class names of the
     ``@classLabel`` header in their order.
+
+    Args:
+        path: the ``.ts`` file.
+        missing: what to do with a missing value (``?`` or ``NaN``, as the format allows):
+            ``"error"`` refuses it, naming the file, line, sample and dimension; ``"keep"`` reads
+            it as ``NaN``. Infinite values are refused either way.
+
+    Raises:
+        ValueError: the file breaks the format; the message names the file and line.
     """
+    if missing not in ("error", "keep"):
+        raise ValueError(f"missing must be 'error' or 'keep', got {missing!r}")
     path = Path(path)
     sequences: list[Tensor] = []
     labels: list[str] = []
     class_names: list[str] = []
     dims: int | None = None
     in_data = False
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            if not in_data:
-                low = line.lower()
-                if low.startswith("@classlabel"):
-                    parts = line.split()
-                    class_names = parts[2:] if len(parts) > 2 and parts[1].lower() == "true" else []
-                elif low.startswith("@dimensions"):
-                    dims = int(line.split()[1])
-                elif low.startswith("@timestamps") and line.split()[1].lower() == "true":
-                    raise ValueError(f"{path}: .ts files with timestamps are not supported")
-                elif low.startswith("@data"):
-                    in_data = True
-                continue
-            *fields, label = line.split(":")
-            try:
-                rows = [[float(v) for v in field.split(",")] for field in fields]
-            except ValueError:
-                raise ValueError(f"{path}, line {number}: a value is not a number") from None
-            if dims is not None and len(rows) != dims:
-                raise ValueError(f"{path}, line {number}: expected {dims} dimensions, got {len(rows)}")
-            if len({len(r) for r in rows}) != 1:
-                raise ValueError(f"{path}, line {number}: the dimensions have different lengths "
-                                 f"{sorted({len(r) for r in rows})}")
-            sequences.append(torch.tensor(rows, dtype=torch.float32).T.contiguous())
-            labels.append(label.strip())
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = list(enumerate(f, 1))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not a text .ts file (byte {err.start} is not UTF-8)") from None
+    for number, line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not in_data:
+            low = line.lower()
+            if low.startswith("@classlabel"):
+                parts = line.split()
+                flag = _header_value(path, number, line).lower()
+                if flag not in ("true", "false"):
+                    raise ValueError(f"{path}, line {number}: @classLabel takes true or false, got {parts[1]!r}")
+                class_names = parts[2:] if flag == "true" else []
+            elif low.startswith("@dimensions"):
+                value = _header_value(path, number, line)
+                if not value.isdigit() or int(value) < 1:
+                    raise ValueError(f"{path}, line {number}: @dimensions takes a positive integer, got {value!r}")
+                dims = int(value)
+            elif low.startswith("@timestamps"):
+                if _header_value(path, number, line).lower() == "true":
+                    raise ValueError(f"{path}, line {number}: .ts files with timestamps are not supported")
+            elif low.startswith("@data"):
+                in_data = True
+            continue
+        *fields, label = line.split(":")
+        sample = len(sequences)
+        where = f"{path}, line {number} (sample {sample})"
+        if not fields:
+            raise ValueError(f"{where}: expected dimensions separated by ':' and the class last, got no ':'")
+        rows = []
+        for dim, text in enumerate(fields):
+            row = []
+            for value in text.split(","):
+                value = value.strip()
+                try:
+                    number_value = float("nan") if value == "?" else float(value)
+                except ValueError:
+                    raise ValueError(f"{where}, dimension {dim}: {value!r} is not a number") from None
+                if math.isinf(number_value):
+                    raise ValueError(f"{where}, dimension {dim}: the value {value!r} is infinite")
+                if math.isnan(number_value) and missing == "error":
+                    raise ValueError(
+                        f"{where}, dimension {dim}: a missing value ({value!r}); this data set "
+                        "has none, so the file is damaged (read_ts(..., missing='keep') reads it as NaN)"
+                    )
+                row.append(number_value)
+            rows.append(row)
+        expected = dims if dims is not None else (sequences[0].shape[1] if sequences else len(rows))
+        if len(rows) != expected:
+            source = "@dimensions" if dims is not None else "the first sample"
+            raise ValueError(f"{where}: expected {expected} dimensions (from {source}), got {len(rows)}")
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError(f"{where}: the dimensions have different lengths {sorted({len(r) for r in rows})}")
+        sequences.append(torch.tensor(rows, dtype=torch.float32).T.contiguous())
+        labels.append(label.strip())
     if not in_data or not sequences:
         raise ValueError(f"{path}: no @data section with samples (not a .ts file?)")
     return sequences, labels, class_names
@@ -132,8 +183,10 @@ def _find_files(root: str | os.PathLike | None) -> tuple[Path, Path]:
     if root is None:
         folder = _aeon_folder()
         if folder is None:
-            raise ImportError(f"JapaneseVowels is read from the files the aeon package ships: {_INSTALL} "
-                              f"(or pass root=, a folder holding {_NAME}_TRAIN.ts and {_NAME}_TEST.ts)")
+            raise ImportError(
+                f"JapaneseVowels is read from the files the aeon package ships: {_INSTALL} "
+                f"(or pass root=, a folder holding {_NAME}_TRAIN.ts and {_NAME}_TEST.ts)"
+            )
         candidates = [folder]
     else:
         if not isinstance(root, (str, os.PathLike)):
@@ -164,11 +217,18 @@ def load_japanese_vowels(root: str | os.PathLike | None = None, *, standardize: 
     """
     train_path, test_path = _find_files(root)
     (x_train, y_train, names), (x_test, y_test, _) = read_ts(train_path), read_ts(test_path)
+    dims_train, dims_test = x_train[0].shape[1], x_test[0].shape[1]
+    if dims_train != dims_test:
+        raise ValueError(
+            f"{_NAME}: {train_path} has {dims_train} dimensions per step, {test_path} has {dims_test}; "
+            "train and test must have the same"
+        )
     classes = names or sorted(set(y_train), key=lambda s: (len(s), s))
     index = {name: i for i, name in enumerate(classes)}
-    unknown = sorted(set(y_train + y_test) - set(index))
-    if unknown:
-        raise ValueError(f"{_NAME}: labels {unknown} are not among the declared classes {classes}")
+    for path, found in ((train_path, y_train), (test_path, y_test)):
+        unknown = sorted(set(found) - set(index))
+        if unknown:
+            raise ValueError(f"{path}: labels {unknown} are not among the declared classes {classes}")
     if standardize:
         frames = torch.cat(x_train)
         mean, std = frames.mean(0), frames.std(0).clamp_min(1e-6)
@@ -176,7 +236,5 @@ def load_japanese_vowels(root: str | os.PathLike | None = None, *, standardize: 
         x_test = [(x - mean) / std for x in x_test]
     train = VariableLengthDataset(x_train, [index[y] for y in y_train])
     test = VariableLengthDataset(x_test, [index[y] for y in y_test])
-    if train.sequences[0].shape[-1] != test.sequences[0].shape[-1]:
-        raise ValueError(f"{_NAME}: train and test have different feature counts")
     max_steps = int(max(train.lengths.max(), test.lengths.max()))
     return VowelsSplit(train, test, train.sequences[0].shape[-1], len(classes), max_steps)
