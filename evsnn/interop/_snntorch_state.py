@@ -147,25 +147,33 @@ class _StatefulNeuron:
         for name, value in passed.items():
             if not isinstance(value, Tensor):
                 raise TypeError(f"{cls} state {name!r} must be a tensor, got {type(value).__name__}")
-        initial = self._initial_state(input_)
+        buffers = self._buffers  # type: ignore[attr-defined]
+        initial = None
         state = {}
-        for name, field in zip(self._state_names, self._state_fields):
-            init = getattr(initial, field)
+        for name, field, shape in zip(self._state_names, self._state_fields, self._state_shapes(input_)):
             if name in passed:
                 value = passed[name]
-                if value.numel() > 0 and value.shape != init.shape:
+                if value.numel() > 0 and value.shape != shape:
                     raise ValueError(
-                        f"{cls} state {name!r} must have shape {tuple(init.shape)} for this input, "
-                        f"got {tuple(value.shape)}"
+                        f"{cls} state {name!r} must have shape {tuple(shape)} for this input, got {tuple(value.shape)}"
                     )
-                setattr(self, name, value)
-            buf = getattr(self, name)
-            # An empty buffer (fresh or reset) or a stored one of another batch size starts afresh.
-            state[field] = buf if buf.shape == init.shape else init
+                buffers[name] = value
+            buf = buffers[name]
+            if buf.shape != shape:
+                # An empty buffer (fresh or reset) or a stored one of another batch size starts afresh.
+                if initial is None:
+                    initial = self._initial_state(input_)
+                buf = getattr(initial, field)
+            state[field] = buf
         out, new_state = self._step(input_, self._state_type(**state))
         for name, field in zip(self._state_names, self._state_fields):
-            setattr(self, name, getattr(new_state, field))
+            buffers[name] = getattr(new_state, field)
         return out
+
+    def _state_shapes(self, x: Tensor) -> tuple[torch.Size, ...]:
+        """The shape of each state buffer for the input ``x``, in the order of ``_state_names``."""
+        initial = self._initial_state(x)
+        return tuple(getattr(initial, f).shape for f in self._state_fields)
 
     def _returned_state(self) -> tuple[Tensor, ...]:
         return tuple(getattr(self, n) for n in self._state_names)

@@ -49,13 +49,13 @@ from snntorch._neurons.leaky import Leaky
 from snntorch._neurons.neurons import LIF, SpikingNeuron
 from torch import Tensor, nn
 
-from ..functional.alif import ALIFState, alif_initial_state, alif_step, decay, decay_time_constant
+from ..functional.alif import ALIFState, alif_dynamics, alif_initial_state, decay, decay_time_constant
 from ..functional.delta import DeltaGRUState, DeltaLSTMState
 from ..functional.egru import EGRUState
 from ..nn.delta import DeltaGRUCell as _DeltaGRUCell
 from ..nn.delta import DeltaLSTMCell as _DeltaLSTMCell
 from ..nn.egru import EGRUCell as _EGRUCell
-from ..surrogate import MultiGaussian, Triangle
+from ..surrogate import MultiGaussian, Surrogate, Triangle
 from ._snntorch_state import (
     _as_tensor,
     _CellNeuron,
@@ -68,9 +68,10 @@ from ._snntorch_state import (
 
 __all__ = ["ALIF", "EGRU", "DeltaGRU", "DeltaLSTM", "reset", "detach_hidden"]
 
-_MIN_BETA = math.exp(-1.0)  # decay of a one-step time constant: τ ≥ 1 step (SPEC §2)
+_MIN_SPEC_BETA = math.exp(-1.0)  # SPEC §2: the decay of a one-step time constant, τ_m ≥ 1 step
 # ALIF's two conventions and the default threshold of each: snntorch's 1.0, SPEC's b0 = 0.01.
 _CONVENTIONS = {"snntorch": 1.0, "spec": 0.01}
+_LEAKY_RESETS = ("subtract", "zero", "none")
 
 
 def _decay_to_tau(name: str, decay: Any) -> Tensor:
@@ -78,58 +79,99 @@ def _decay_to_tau(name: str, decay: Any) -> Tensor:
     d = _as_tensor(name, decay)
     if not d.is_floating_point():
         d = d.to(torch.get_default_dtype())
-    if not bool(((d >= _MIN_BETA) & (d < 1.0)).all()):
+    if not bool(((d >= _MIN_SPEC_BETA) & (d < 1.0)).all()):
         raise ValueError(
-            f"{name} is a per-step decay exp(-1/tau) and must lie in [exp(-1), 1) = [{_MIN_BETA:.4f}, 1) "
+            f"{name} is a per-step decay exp(-1/tau) and must lie in [exp(-1), 1) = [{_MIN_SPEC_BETA:.4f}, 1) "
             f"(time constants of at least one step, SPEC §2), got {d.tolist()}"
         )
     return decay_time_constant(d)
+
+
+def _leaky_alif_dynamics(
+    current: Tensor,
+    state: ALIFState,
+    beta: Tensor,
+    rho: Tensor,
+    threshold: Tensor,
+    adapt_strength: Tensor,
+    reset: str,
+    surrogate: Surrogate,
+    zero_reset_clears_input: bool,
+) -> tuple[Tensor, ALIFState]:
+    """One ALIF step in snntorch's units: SPEC §2's adaptation around ``snn.Leaky``'s membrane.
+
+    ``mem = β·mem + I`` (SPEC §2 integrates ``(1 − β)·I`` instead), reset as ``snn.Leaky`` and
+    ``snn.RLeaky`` define ``reset_mechanism``, with the adaptive threshold ``B_t`` in place of
+    their fixed one. ``"zero"`` clears the decayed membrane before the input (``snn.Leaky``) or,
+    with ``zero_reset_clears_input``, the whole new value (``snn.RLeaky``).
+    """
+    s_prev = state.s
+    b = rho * state.b + (1.0 - rho) * s_prev
+    threshold = threshold + adapt_strength * b
+    if reset == "subtract":
+        v = beta * state.v + current - threshold * s_prev
+    elif reset == "zero":
+        if zero_reset_clears_input:
+            v = (1.0 - s_prev) * (beta * state.v + current)
+        else:
+            v = beta * ((1.0 - s_prev) * state.v) + current
+    else:
+        v = beta * state.v + current
+    s = surrogate(v - threshold)
+    return s, ALIFState(v, b, s)
 
 
 class ALIF(_LeakyForm, Leaky):
     """Adaptive multi-timescale LIF (SPEC.md §2) as a ``snntorch.Leaky`` neuron.
 
     Takes the input *current* ``I_t`` (put an ``nn.Linear`` in front, as with ``snn.Leaky``) and
-    computes, through :func:`evsnn.functional.alif_step`, with the default
-    ``convention="snntorch"``::
+    computes, with the default ``convention="snntorch"``::
 
         b_t = ρ·b_{t−1} + (1 − ρ)·s_{t−1};    B_t = threshold + adapt_strength·b_t
         mem_t = β·mem_{t−1} + I_t − B_t·s_{t−1};    s_t = H(mem_t − B_t)
 
     with the spike history ``s_{t−1}`` entering the reset and ``b`` without gradient, as
-    ``snn.Leaky``'s reset does: with ``adapt_strength=0`` this is ``snn.Leaky`` (subtract reset,
-    one step late), values and gradients. ``convention="spec"`` is SPEC §2 and Yin et al.
-    exactly: the membrane integrates ``(1 − β)·I_t`` and nothing is detached. Both are the same
-    forward dynamics in different voltage units: a "snntorch" neuron with ``(threshold,
-    adapt_strength)`` spikes as a "spec" one with ``(threshold·(1−β), adapt_strength·(1−β))``,
-    whose ``mem`` is ``(1−β)`` times smaller (``b``, a spike-rate trace, has no units). The
-    initial state is SPEC's with "spec" (``b = b0 = threshold``) and snntorch's with "snntorch":
-    all zeros, no adaptation before the first spike.
+    ``snn.Leaky``'s reset does: with ``adapt_strength=0`` this is ``snn.Leaky``, values and
+    gradients, for every ``reset_mechanism`` (``"zero"``: ``mem_t = β·(1 − s_{t−1})·mem_{t−1} + I_t``;
+    ``"none"``: no reset term). ``convention="spec"`` is SPEC §2 and Yin et al. exactly,
+    computed by :func:`evsnn.functional.alif_dynamics`: the membrane integrates ``(1 − β)·I_t``
+    and nothing is detached. Both are the same forward dynamics in different voltage units: a
+    "snntorch" neuron with ``(threshold, adapt_strength)`` spikes as a "spec" one with
+    ``(threshold·(1−β), adapt_strength·(1−β))``, whose ``mem`` is ``(1−β)`` times smaller
+    (``b``, a spike-rate trace, has no units). The initial state is SPEC's with "spec" (``b = b0 =
+    threshold``) and snntorch's with "snntorch": all zeros, no adaptation before the first spike.
 
     ``spk, mem = alif(cur, mem)`` (``mem`` is the membrane ``v``; ``b`` and the 0/1 spike state
     stay inside, as ``alif.b`` and ``alif.spk``), or ``spk, mem, b = alif(cur, spk, mem, b)``
     with the full state; with ``init_hidden=True``: ``spk = alif(cur)`` (``output=True``:
-    ``spk, mem = alif(cur)``).
+    ``spk, mem = alif(cur)``). As an output layer, ``mem`` is the membrane: with
+    ``reset_mechanism="none"`` and ``adapt_strength=0`` it is the leaky integral of the input
+    current (a non-spiking readout), with the defaults it is reset by each spike, as
+    ``snn.Leaky``'s.
 
     Args:
-        beta: membrane decay β = exp(−1/τ_m) ∈ [e⁻¹, 1), a number or a per-neuron tensor; default
-            exp(−1/20) ≈ 0.951. Stored as the time constant ``tau_mem`` (learnable with
-            ``learn_beta``), which keeps τ_m ≥ 1 whatever the optimiser does; ``alif.beta`` reads
-            the decay back.
+        beta: membrane decay β, a number or a per-neuron tensor, stored as given (``alif.beta``,
+            an ``nn.Parameter`` with ``learn_beta``). As ``snn.Leaky`` does, the forward pass uses
+            β clamped to [0, 1], so any β in (0, 1] is the decay it says (a learned β that leaves
+            the range acts as its bound). With ``convention="spec"`` β is ``exp(−1/τ_m)`` and must
+            lie in [e⁻¹, 1) (τ_m ≥ 1 step, SPEC §2); the forward clamps it there. Default 0.95
+            (τ_m ≈ 20 steps).
         rho: adaptation decay ρ = exp(−1/τ_adp) ∈ [e⁻¹, 1); default τ_adp = 150 steps.
         threshold: the base threshold (SPEC's ``b0`` in "spec" units); default snntorch's 1.0
             with ``convention="snntorch"``, SPEC's 0.01 with ``"spec"``. Must be > 0.
         adapt_strength: the threshold increase per unit of the adaptation trace (SPEC's β,
             default 1.8); ``0`` gives a LIF neuron with the fixed threshold ``threshold``.
         linear_features: if given, the neuron is recurrent with all-to-all weights
-            (like ``snn.RLeaky(linear_features=...)``): ``I_t += W_rec s_{t−1} + b_rec``.
+            (like ``snn.RLeaky(linear_features=...)``): ``I_t += W_rec s_{t−1} + b_rec``;
+            :class:`RALIF` takes ``snn.RLeaky``'s arguments and call form.
         spike_grad: a ``snntorch.surrogate`` function, an evsnn surrogate or its name; default
             :class:`evsnn.surrogate.MultiGaussian` (SPEC's, not snntorch's ``atan``).
         surrogate_disable: the Heaviside without gradient (snntorch's option).
         init_hidden: keep the state inside and return only the spikes (``nn.Sequential``).
-        learn_beta: learn τ_m. learn_rho: learn τ_adp. learn_threshold: learn the base
+        learn_beta: learn β. learn_rho: learn τ_adp. learn_threshold: learn the base
             threshold. learn_adapt_strength: learn ``adapt_strength``.
-        reset_mechanism: only ``"subtract"`` — ALIF's reset subtracts the adaptive threshold.
+        reset_mechanism: ``"subtract"`` (subtract the adaptive threshold ``B_t``; default),
+            ``"zero"`` or ``"none"``, as ``snn.Leaky`` defines them; ``"spec"`` only subtracts.
         output: with ``init_hidden=True``, return ``(spk, mem)`` instead of ``spk``.
         graded_spikes_factor: the output (and the ``spk`` argument) is ``s_t · factor``.
         learn_graded_spikes_factor: learn that factor.
@@ -150,10 +192,12 @@ class ALIF(_LeakyForm, Leaky):
         "ALIF takes `spk, mem = alif(cur, mem)` (the snn.Leaky form; b stays inside as alif.b) "
         "or `spk, mem, b = alif(cur, spk, mem, b)` (the full state)"
     )
+    # snn.Leaky's "zero" reset clears the decayed membrane only; snn.RLeaky's clears the new value.
+    _zero_reset_clears_input = False
 
     def __init__(
         self,
-        beta: float | Tensor = math.exp(-1.0 / 20.0),
+        beta: float | Tensor = 0.95,
         rho: float | Tensor = math.exp(-1.0 / 150.0),
         threshold: float | Tensor | None = None,
         adapt_strength: float | Tensor = 1.8,
@@ -174,10 +218,20 @@ class ALIF(_LeakyForm, Leaky):
     ):
         if convention not in _CONVENTIONS:
             raise ValueError(f"ALIF convention must be one of {list(_CONVENTIONS)}, got {convention!r}")
-        if reset_mechanism != "subtract":
+        if reset_mechanism not in _LEAKY_RESETS:
+            raise ValueError(f"ALIF reset_mechanism must be one of {list(_LEAKY_RESETS)}, got {reset_mechanism!r}")
+        if convention == "spec" and reset_mechanism != "subtract":
             raise ValueError(
-                "ALIF resets by subtracting its adaptive threshold (SPEC §2); reset_mechanism must be "
-                f"'subtract', got {reset_mechanism!r}"
+                "ALIF with convention='spec' resets by subtracting its adaptive threshold (SPEC §2); "
+                f"reset_mechanism must be 'subtract', got {reset_mechanism!r}"
+            )
+        b = _as_tensor("beta", beta)
+        if not bool(torch.isfinite(b).all()):
+            raise ValueError(f"ALIF beta must be finite, got {b.tolist()}")
+        if convention == "spec" and not bool(((b >= _MIN_SPEC_BETA) & (b < 1.0)).all()):
+            raise ValueError(
+                f"with convention='spec', beta is exp(-1/tau_mem) and must lie in [exp(-1), 1) = "
+                f"[{_MIN_SPEC_BETA:.4f}, 1) (time constants of at least one step, SPEC §2), got {b.tolist()}"
             )
         if threshold is None:
             threshold = _CONVENTIONS[convention]
@@ -191,7 +245,7 @@ class ALIF(_LeakyForm, Leaky):
             # LIF's constructor, not Leaky's: Leaky's only adds its own `mem` buffer and step function.
             LIF.__init__(
                 self,
-                beta,
+                b,
                 thr,
                 spike_grad,
                 surrogate_disable,
@@ -207,7 +261,9 @@ class ALIF(_LeakyForm, Leaky):
             )
             self.convention = convention
             self.detach_reset = convention == "snntorch" if detach_reset is None else bool(detach_reset)
-            self.spike_grad = _resolve_spike_grad(spike_grad, surrogate_disable, MultiGaussian(), self._surrogate_bypass)
+            self.spike_grad = _resolve_spike_grad(
+                spike_grad, surrogate_disable, MultiGaussian(), self._surrogate_bypass
+            )
             tau_adapt = _decay_to_tau("rho", rho)
             if learn_rho:
                 self.tau_adapt = nn.Parameter(tau_adapt)
@@ -220,27 +276,21 @@ class ALIF(_LeakyForm, Leaky):
                 self.adapt_strength = nn.Parameter(strength)
             else:
                 self.register_buffer("adapt_strength", strength)
-            if linear_features is not None:
-                if isinstance(linear_features, bool) or not isinstance(linear_features, int) or linear_features <= 0:
-                    raise ValueError(f"linear_features must be a positive int or None, got {linear_features!r}")
-                self.recurrent = nn.Linear(linear_features, linear_features)
-            else:
-                self.recurrent = None
+            self.recurrent = self._recurrent_module(linear_features)
             self.linear_features = linear_features
             self._init_state_buffers()
 
-    def _beta_buffer(self, beta: Any, learn_beta: bool) -> None:
-        # snntorch stores β itself; we store τ_m = −1/ln β so that τ ≥ 1 can be enforced (SPEC §2).
-        tau = _decay_to_tau("beta", beta)
-        if learn_beta:
-            self.tau_mem = nn.Parameter(tau)
-        else:
-            self.register_buffer("tau_mem", tau)
+    def _recurrent_module(self, linear_features: int | None) -> nn.Module | None:
+        if linear_features is None:
+            return None
+        if isinstance(linear_features, bool) or not isinstance(linear_features, int) or linear_features <= 0:
+            raise ValueError(f"linear_features must be a positive int or None, got {linear_features!r}")
+        return nn.Linear(linear_features, linear_features)
 
     @property
-    def beta(self) -> Tensor:  # type: ignore[override]
-        """Membrane decay ``exp(−1/τ_m)``."""
-        return decay(self.tau_mem)
+    def tau_mem(self) -> Tensor:
+        """Membrane time constant ``−1/ln β`` in steps (SPEC §2's τ_m), read from β."""
+        return decay_time_constant(self.beta.detach())
 
     @property
     def rho(self) -> Tensor:
@@ -253,24 +303,36 @@ class ALIF(_LeakyForm, Leaky):
         b_initial = self.threshold.to(x.dtype) if self.convention == "spec" else 0.0
         return alif_initial_state(x, b_initial)
 
+    def _state_shapes(self, x: Tensor) -> tuple[torch.Size, ...]:
+        return (x.shape,) * len(self._state_names)
+
     def _step(self, current: Tensor, state: ALIFState) -> tuple[Tensor, ALIFState]:
+        out_dtype = current.dtype
+        compute = state.v.dtype
         if self.recurrent is not None:
-            current = current + self.recurrent(state.s)
-        if self.convention == "snntorch":
-            # alif_step integrates (1 − β)·I (SPEC §2); snn.Leaky integrates I itself.
-            current = current / (1.0 - self.beta)
+            current = current + self.recurrent(state.s.to(out_dtype) * self.graded_spikes_factor)
+        if current.dtype != compute:
+            current = current.to(compute)
         if self.detach_reset:
             state = state._replace(s=state.s.detach())
-        s, new_state = alif_step(
-            current,
-            state,
-            tau_mem=self.tau_mem,
-            tau_adapt=self.tau_adapt,
-            b0=self.threshold,
-            beta=self.adapt_strength,
-            surrogate=self.spike_grad,
-        )
-        return s * self.graded_spikes_factor, new_state
+        rho = decay(self.tau_adapt.to(compute))
+        if self.convention == "snntorch":
+            s, new_state = _leaky_alif_dynamics(
+                current,
+                state,
+                self.beta.clamp(0.0, 1.0).to(compute),
+                rho,
+                self.threshold.to(compute),
+                self.adapt_strength.to(compute),
+                self.reset_mechanism,
+                self.spike_grad,
+                self._zero_reset_clears_input,
+            )
+        else:
+            alpha = self.beta.clamp(_MIN_SPEC_BETA, 1.0).to(compute)
+            threshold, strength = self.threshold.to(compute), self.adapt_strength.to(compute)
+            s, new_state, _ = alif_dynamics(current, state, alpha, rho, threshold, strength, self.spike_grad)
+        return s.to(out_dtype) * self.graded_spikes_factor, new_state
 
     def forward(
         self,
@@ -295,12 +357,6 @@ class ALIF(_LeakyForm, Leaky):
 
 
 _EGRU_RESETS = {"output": "output", "subtract": "threshold", "threshold": "threshold"}
-
-
-class _EGRUCellWithInitial(_EGRUCell):
-    def initial_state(self, batch: int) -> EGRUState:
-        z = self.weight_ih.new_zeros(batch, self.hidden_size)
-        return EGRUState(z, z)
 
 
 class EGRU(_LeakyForm, _CellNeuron, Leaky):
@@ -372,7 +428,7 @@ class EGRU(_LeakyForm, _CellNeuron, Leaky):
                 output,
             )
             surrogate = _resolve_spike_grad(spike_grad, surrogate_disable, Triangle(0.3), self._surrogate_bypass)
-            self.cell = _EGRUCellWithInitial(
+            self.cell = _EGRUCell(
                 input_size,
                 hidden_size,
                 bias,
@@ -468,7 +524,9 @@ class _DeltaNeuron(_CellNeuron, SpikingNeuron):
         out = self._advance(input_, passed)
         if self.init_hidden and not self.output:
             return out
-        return (out,) + self._returned_state()
+        # The output h is the state's first field: returned once, so that the call unpacks into
+        # the same names it takes, as snntorch's neurons do.
+        return self._returned_state()
 
 
 class DeltaGRU(_DeltaNeuron):
@@ -488,7 +546,7 @@ class DeltaGRU(_DeltaNeuron):
         threshold: Θ_h, the delta threshold of the hidden state (0: every change propagates).
         threshold_x: Θ_x, the delta threshold of the input; default ``threshold``.
         init_hidden: keep the state inside and return only ``h`` (``nn.Sequential``).
-        output: with ``init_hidden=True``, return ``h`` and the full state.
+        output: with ``init_hidden=True``, return the full state (``h`` first) instead of ``h``.
     """
 
     _cell_type = _DeltaGRUCell
@@ -522,7 +580,7 @@ class DeltaLSTM(_DeltaNeuron):
         threshold: Θ_h, the delta threshold of the hidden state (0: every change propagates).
         threshold_x: Θ_x, the delta threshold of the input; default ``threshold``.
         init_hidden: keep the state inside and return only ``h`` (``nn.Sequential``).
-        output: with ``init_hidden=True``, return ``h`` and the full state.
+        output: with ``init_hidden=True``, return the full state (``h`` first) instead of ``h``.
     """
 
     _cell_type = _DeltaLSTMCell
