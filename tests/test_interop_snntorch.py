@@ -742,3 +742,67 @@ def test_delta_neurons_return_the_state_they_take(kind, torch_cell):
             torch.testing.assert_close(state[1], ref_state[1])
     out = cls(NI, H, init_hidden=True, output=True)(x[0])
     assert len(out) == len(neuron._state_names)
+
+
+def _run_rleaky_form(neuron, cur, readout):
+    """snntorch's RLeaky loop (``init_rleaky``, ``spk, mem = lif(cur, spk, mem)``); returns the
+    spikes, last mem and the gradients of a loss on both w.r.t. the current and the parameters."""
+    spk, mem = neuron.init_rleaky()
+    loss = 0.0
+    spikes = []
+    for t in range(cur.shape[0]):
+        spk, mem = neuron(cur[t], spk, mem)
+        spikes.append(spk)
+        loss = loss + (spk * readout).sum() + 0.1 * mem.pow(2).sum()
+    names, params = zip(*neuron.named_parameters()) if list(neuron.parameters()) else ((), ())
+    grads = torch.autograd.grad(loss, [cur, *params])
+    return torch.stack(spikes), mem, dict(zip(("input", *names), grads))
+
+
+@pytest.mark.parametrize("reset_mechanism", ["subtract", "zero", "none"])
+@pytest.mark.parametrize("recurrence", ["linear", "one_to_one"])
+def test_ralif_is_snn_rleaky_values_and_gradients(recurrence, reset_mechanism):
+    """snn.RLeaky's code with the class swapped: RALIF without adaptation computes snn.RLeaky,
+    spikes, membranes and gradients (current, β, threshold and recurrent weights), float32."""
+    torch.manual_seed(0)
+    beta = torch.rand(H)  # per neuron, some below e^-1
+    if recurrence == "linear":
+        kw = {"linear_features": H}
+    else:
+        kw = {"all_to_all": False, "V": 0.5 * torch.randn(H)}
+    kw.update(reset_mechanism=reset_mechanism, learn_beta=True, learn_threshold=True)
+    rleaky = snn.RLeaky(beta=beta, **kw)
+    ralif = esnn.RALIF(beta=beta, adapt_strength=0.0, spike_grad=snn_surrogate.atan(), **kw)
+    missing, unexpected = ralif.load_state_dict(rleaky.state_dict(), strict=False)
+    assert not unexpected and set(missing) == {"tau_adapt", "adapt_strength"}  # snn.RLeaky's weights load
+    cur = (1.5 * torch.rand(12, B, H)).requires_grad_(True)
+    readout = torch.randn(H)
+    spikes, mem, grads = _run_rleaky_form(ralif, cur, readout)
+    ref_spikes, ref_mem, ref_grads = _run_rleaky_form(rleaky, cur, readout)
+    assert 0 < spikes.mean() < 1
+    torch.testing.assert_close(spikes, ref_spikes)
+    torch.testing.assert_close(mem, ref_mem, **_LEAKY_TOL)
+    assert grads.keys() == ref_grads.keys() and len(grads) == (4 if recurrence == "one_to_one" else 5)
+    for name, got in grads.items():
+        torch.testing.assert_close(got, ref_grads[name], **_LEAKY_TOL, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_ralif_conv2d_recurrence_and_bad_arguments():
+    torch.manual_seed(0)
+    rleaky = snn.RLeaky(beta=0.8, conv2d_channels=3, kernel_size=3)
+    ralif = esnn.RALIF(beta=0.8, conv2d_channels=3, kernel_size=3, adapt_strength=0.0, spike_grad=snn_surrogate.atan())
+    ralif.recurrent.load_state_dict(rleaky.recurrent.state_dict())
+    cur = 1.5 * torch.rand(6, 2, 3, 5, 5)
+    spikes, mem, _ = _run_rleaky_form(ralif, cur.requires_grad_(True), torch.ones(5))
+    ref_spikes, ref_mem, _ = _run_rleaky_form(rleaky, cur, torch.ones(5))
+    assert 0 < spikes.mean() < 1
+    torch.testing.assert_close(spikes, ref_spikes)
+    torch.testing.assert_close(mem, ref_mem, **_LEAKY_TOL)
+    with pytest.raises(TypeError, match="needs linear_features"):
+        esnn.RALIF(beta=0.9)
+    with pytest.raises(TypeError, match="all_to_all=False.*must be None"):
+        esnn.RALIF(beta=0.9, all_to_all=False, linear_features=H)
+    with pytest.raises(TypeError, match="both conv2d_channels and kernel_size"):
+        esnn.RALIF(beta=0.9, conv2d_channels=3)
+    with pytest.raises(TypeError, match=r"got 1 state arguments. RALIF takes `spk, mem = lif\(cur, spk, mem\)`"):
+        esnn.RALIF(beta=0.9, linear_features=H)(torch.randn(B, H), torch.zeros(B, H))

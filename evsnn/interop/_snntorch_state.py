@@ -187,6 +187,9 @@ class _LeakyForm(_StatefulNeuron):
     """
 
     _membrane: str = ""
+    # The state arguments of snntorch's own form (snn.Leaky: mem; snn.RLeaky: spk, mem); it
+    # returns (output, mem) and keeps the rest of the state inside.
+    _short_names: tuple[str, ...] = ("mem",)
     _full_names: tuple[str, ...] = ()
     _forms: str = ""
     _membrane_had_graph: bool = False
@@ -242,7 +245,7 @@ class _LeakyForm(_StatefulNeuron):
         self._membrane_had_graph = False
 
     def _bind(self, positional: tuple[Any, ...], keywords: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """``("stored" | "leaky" | "full", {public name: value})`` from a call's state arguments."""
+        """``("stored" | "short" | "full", {public name: value})`` from a call's state arguments."""
         cls = type(self).__name__
         given = {k: v for k, v in keywords.items() if v is not None}
         if positional and given:
@@ -250,13 +253,13 @@ class _LeakyForm(_StatefulNeuron):
         if not positional:
             if not given:
                 return "stored", {}
-            if set(given) == {"mem"}:
-                return "leaky", given
+            if set(given) == set(self._short_names):
+                return "short", given
             if set(given) == set(self._full_names):
                 return "full", given
             raise TypeError(f"{cls} got the state arguments {sorted(given)}. {self._forms}")
-        if len(positional) == 1:
-            return "leaky", {"mem": positional[0]}
+        if len(positional) == len(self._short_names):
+            return "short", dict(zip(self._short_names, positional))
         if len(positional) == len(self._full_names):
             return "full", dict(zip(self._full_names, positional))
         raise TypeError(f"{cls} got {len(positional)} state arguments. {self._forms}")
@@ -268,10 +271,12 @@ class _LeakyForm(_StatefulNeuron):
             # snntorch's Leaky.detach_hidden detached the membrane in place: the rest follows it.
             self.detach_hidden_state()
         passed: dict[str, Tensor] = {}
-        if form == "leaky" and given["mem"] is not None:
-            self._assign_membrane(given["mem"])
+        names = dict(zip(self._full_names, self._state_names))
+        if form == "short":
+            if given.get("mem") is not None:
+                self._assign_membrane(given["mem"])
+            passed = {names[k]: self._state_argument(k, v) for k, v in given.items() if k != "mem" and v is not None}
         elif form == "full":
-            names = dict(zip(self._full_names, self._state_names))
             passed = {names[k]: self._state_argument(k, v) for k, v in given.items() if v is not None}
         out = self._advance(input_, passed)
         self._membrane_had_graph = self.mem.requires_grad

@@ -66,7 +66,7 @@ from ._snntorch_state import (
     reset,
 )
 
-__all__ = ["ALIF", "EGRU", "DeltaGRU", "DeltaLSTM", "reset", "detach_hidden"]
+__all__ = ["ALIF", "RALIF", "EGRU", "DeltaGRU", "DeltaLSTM", "reset", "detach_hidden"]
 
 _MIN_SPEC_BETA = math.exp(-1.0)  # SPEC §2: the decay of a one-step time constant, τ_m ≥ 1 step
 # ALIF's two conventions and the default threshold of each: snntorch's 1.0, SPEC's b0 = 0.01.
@@ -354,6 +354,162 @@ class ALIF(_LeakyForm, Leaky):
 
     def _returned_state(self) -> tuple[Tensor, ...]:
         return (self.spk * self.graded_spikes_factor, self.v, self.b)
+
+
+class _OneToOne(nn.Module):
+    """``snn.RLeaky(all_to_all=False)``'s recurrence: each neuron's spike scaled by ``V``."""
+
+    def forward(self, spk: Tensor) -> Tensor:
+        return spk * self.V
+
+
+class RALIF(ALIF):
+    """ALIF with ``snn.RLeaky``'s recurrence, arguments and call form.
+
+    ``snn.RLeaky`` code runs after swapping the class::
+
+        lif = RALIF(beta=0.9, linear_features=n)       # or all_to_all=False, V=...
+        spk, mem = lif.init_rleaky()
+        spk, mem = lif(cur, spk, mem)                  # b stays inside (lif.b)
+        spk, mem, b = lif(cur, spk, mem, b)            # the full state
+
+    The recurrent input is ``snn.RLeaky``'s: the last output spikes through ``lif.recurrent``
+    (an ``nn.Linear`` with ``linear_features``, an ``nn.Conv2d`` with ``conv2d_channels`` and
+    ``kernel_size``, or ``spk · V`` with ``all_to_all=False``), with their gradient::
+
+        mem_t = β·mem_{t−1} + I_t + recurrent(s_{t−1}) − B_t·s_{t−1}
+
+    with ALIF's adaptive threshold ``B_t`` (see :class:`ALIF`); ``adapt_strength=0`` is
+    ``snn.RLeaky``, values and gradients. ``reset_mechanism="zero"`` clears the whole new value
+    after a spike, as ``snn.RLeaky`` does (``snn.Leaky`` keeps the input).
+
+    Args:
+        beta: membrane decay β, clamped to [0, 1] in the forward pass as ``snn.RLeaky`` does; a
+            number or a per-neuron tensor; default 0.95.
+        V: the one-to-one recurrent weight (``all_to_all=False``), a number or per-neuron tensor.
+        all_to_all: dense (``linear_features``) or convolutional (``conv2d_channels``,
+            ``kernel_size``) recurrent weights; ``False``: one-to-one through ``V``.
+        linear_features: the number of neurons, for an ``nn.Linear`` recurrence.
+        conv2d_channels: channels of a convolutional recurrence (input ``[B, C, H, W]``).
+        kernel_size: kernel of that ``nn.Conv2d`` (padded to keep the shape).
+        threshold: the base threshold; default 1.0 (snntorch's). Must be > 0.
+        spike_grad: a ``snntorch.surrogate`` function, an evsnn surrogate or its name; default
+            :class:`evsnn.surrogate.MultiGaussian`.
+        surrogate_disable: the Heaviside without gradient (snntorch's option).
+        init_hidden: keep the state inside and return only the spikes.
+        learn_beta: learn β. learn_threshold: learn the base threshold.
+        learn_recurrent: learn the recurrent weights (default ``True``, as ``snn.RLeaky``).
+        reset_mechanism: ``"subtract"``, ``"zero"`` or ``"none"``, as ``snn.RLeaky`` defines them.
+        output: with ``init_hidden=True``, return ``(spk, mem)`` instead of ``spk``.
+        rho: adaptation decay ρ = exp(−1/τ_adp) ∈ [e⁻¹, 1); default τ_adp = 150 steps.
+        adapt_strength: the threshold increase per unit of the adaptation trace (default 1.8).
+        learn_rho: learn τ_adp. learn_adapt_strength: learn ``adapt_strength``.
+        detach_reset: pass the spike history to the reset and to ``b`` without gradient
+            (default ``True``, as snntorch's reset); the recurrent input keeps its gradient.
+    """
+
+    _short_names = ("spk", "mem")
+    _forms = (
+        "RALIF takes `spk, mem = lif(cur, spk, mem)` (the snn.RLeaky form; b stays inside as lif.b) "
+        "or `spk, mem, b = lif(cur, spk, mem, b)` (the full state)"
+    )
+    _zero_reset_clears_input = True
+
+    def __init__(
+        self,
+        beta: float | Tensor = 0.95,
+        V: float | Tensor = 1.0,
+        all_to_all: bool = True,
+        linear_features: int | None = None,
+        conv2d_channels: int | None = None,
+        kernel_size: int | tuple[int, int] | None = None,
+        threshold: float | Tensor = 1.0,
+        spike_grad: Any = None,
+        surrogate_disable: bool = False,
+        init_hidden: bool = False,
+        learn_beta: bool = False,
+        learn_threshold: bool = False,
+        learn_recurrent: bool = True,
+        reset_mechanism: str = "subtract",
+        output: bool = False,
+        rho: float | Tensor = math.exp(-1.0 / 150.0),
+        adapt_strength: float | Tensor = 1.8,
+        learn_rho: bool = False,
+        learn_adapt_strength: bool = False,
+        detach_reset: bool | None = None,
+    ):
+        conv = conv2d_channels is not None or kernel_size is not None
+        if all_to_all:
+            if linear_features is None and not conv:
+                raise TypeError(
+                    "RALIF with all_to_all=True needs linear_features (an nn.Linear recurrence) or conv2d_channels "
+                    "and kernel_size (an nn.Conv2d one), as snn.RLeaky; got none of them"
+                )
+            if linear_features is not None and conv:
+                raise TypeError("RALIF takes linear_features or (conv2d_channels, kernel_size), not both")
+            if conv and (conv2d_channels is None or kernel_size is None):
+                raise TypeError(
+                    f"RALIF needs both conv2d_channels and kernel_size, got conv2d_channels={conv2d_channels!r}, "
+                    f"kernel_size={kernel_size!r}"
+                )
+        elif linear_features is not None or conv:
+            raise TypeError(
+                "RALIF with all_to_all=False scales each spike by V; linear_features, conv2d_channels and "
+                "kernel_size must be None"
+            )
+        with _unregister_on_error(self):
+            super().__init__(
+                beta=beta,
+                rho=rho,
+                threshold=threshold,
+                adapt_strength=adapt_strength,
+                linear_features=linear_features,
+                spike_grad=spike_grad,
+                surrogate_disable=surrogate_disable,
+                init_hidden=init_hidden,
+                learn_beta=learn_beta,
+                learn_rho=learn_rho,
+                learn_threshold=learn_threshold,
+                learn_adapt_strength=learn_adapt_strength,
+                reset_mechanism=reset_mechanism,
+                output=output,
+                detach_reset=detach_reset,
+            )
+            self.all_to_all = bool(all_to_all)
+            self.conv2d_channels = conv2d_channels
+            self.kernel_size = kernel_size
+            if not all_to_all:
+                # V belongs to the neuron and to its recurrence, as in snn.RLeaky (same names in state_dict).
+                self.recurrent = _OneToOne()
+                weight = _as_tensor("V", V)
+                if learn_recurrent:
+                    self.V = self.recurrent.V = nn.Parameter(weight)
+                else:
+                    self.register_buffer("V", weight)
+                    self.recurrent.register_buffer("V", weight)
+            elif conv:
+                k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+                self.recurrent = nn.Conv2d(conv2d_channels, conv2d_channels, k, padding=(k[0] // 2, k[1] // 2))
+            for p in self.recurrent.parameters():
+                p.requires_grad_(bool(learn_recurrent))
+
+    def init_rleaky(self) -> tuple[Tensor, Tensor]:
+        """Clear the whole state; returns the (empty) ``spk, mem`` to pass to the first call, as
+        ``snn.RLeaky.init_rleaky`` does."""
+        self.reset_mem()
+        return self.spk, self.mem
+
+    def forward(
+        self,
+        input_: Tensor,
+        *state: Tensor,
+        spk: Tensor | None = None,
+        mem: Tensor | None = None,
+        b: Tensor | None = None,
+    ):
+        """``spk, mem = lif(cur, spk, mem)``, ``spk, mem, b = lif(cur, spk, mem, b)``, or with
+        ``init_hidden=True`` ``spk = lif(cur)``; see the class docstring."""
+        return self._leaky_call(input_, state, {"spk": spk, "mem": mem, "b": b})
 
 
 _EGRU_RESETS = {"output": "output", "subtract": "threshold", "threshold": "threshold"}
