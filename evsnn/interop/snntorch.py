@@ -526,6 +526,14 @@ class EGRU(_LeakyForm, _CellNeuron, Leaky):
     :class:`evsnn.nn.EGRUCell`. EGRU has no membrane decay: its gates set the timescale, so there
     is no ``beta``; unlike ``snn.Leaky`` it owns its weights, hence ``input_size, hidden_size``.
 
+    As an output layer, ``mem`` is ``c``: a GRU state, a gated mix of ``c_{t−1}`` and a
+    ``tanh`` candidate, so it stays within (−1, 1) (less its reset), where ``snn.Leaky``'s
+    membrane integrates an unbounded current. A loss that reads ``mem`` as logits (snntorch
+    tutorial 5's cross-entropy) therefore sees logits of at most about ±1 and learns far more
+    slowly than with ``snn.Leaky``; with the default ``reset_mechanism="output"`` each event also
+    subtracts the unit's whole value at the next step. Keep EGRU for hidden layers and read out
+    with ``snn.Leaky``, :class:`ALIF` or an ``nn.Linear``.
+
     Args:
         input_size: features of ``x``.
         hidden_size: number of units.
