@@ -193,8 +193,10 @@ def test_alif_matches_native_layer_float64():
     with torch.no_grad():
         neuron.recurrent.weight.copy_(native.weight_hh)
         neuron.recurrent.bias.copy_(native.bias_hh)
-    x = torch.rand(T, B, NI, dtype=torch.float64) * 3
+    x = (torch.rand(T, B, NI, dtype=torch.float64) * 3).requires_grad_(True)
+    readout = torch.randn(H, dtype=torch.float64)
     ref, final = native(x)
+    (ref_grad,) = torch.autograd.grad((ref * readout).sum() + final.v.pow(2).sum(), x)
     init = alif_initial_state(torch.zeros(B, H, dtype=torch.float64), 0.01)  # SPEC §2, passed explicitly
     spk, mem, b = init.s, init.v, init.b
     outs = []
@@ -205,6 +207,32 @@ def test_alif_matches_native_layer_float64():
     torch.testing.assert_close(torch.stack(outs), ref)
     torch.testing.assert_close(mem, final.v.reshape(mem.shape))  # h_n-style [1, B, H] or [B, H]
     torch.testing.assert_close(b, final.b.reshape(b.shape))
+    # The neuron's one-node surrogate gives the gradient the layer's autograd of G gives.
+    (grad,) = torch.autograd.grad((torch.stack(outs) * readout).sum() + mem.pow(2).sum(), x)
+    assert grad.abs().sum() > 0
+    torch.testing.assert_close(grad, ref_grad)
+
+
+@pytest.mark.parametrize("surrogate", ["multi_gaussian", "triangle", "truncated"])
+def test_alif_surrogate_gradient_is_the_surrogates_own(surrogate):
+    """The spike of the neuron differentiates as ``Surrogate.__call__`` does (float64 autograd
+    through the primitive), NaN inputs included (a zero gradient)."""
+    from evsnn.surrogate import MultiGaussian, Triangle
+
+    fn = {"multi_gaussian": MultiGaussian(), "triangle": Triangle(0.3), "truncated": MultiGaussian().truncate(0.4)}
+    fn = fn[surrogate]
+    neuron = esnn.ALIF(threshold=0.5, adapt_strength=0.0, spike_grad=fn).double()
+    cur = torch.linspace(-1.0, 2.0, 40, dtype=torch.float64).reshape(4, 10)
+    cur[0, 0] = float("nan")
+    cur.requires_grad_(True)
+    spk, mem = neuron(cur)
+    (grad,) = torch.autograd.grad((spk * torch.arange(10.0, dtype=torch.float64)).sum(), cur)
+    x = (cur.detach() - 0.5).requires_grad_(True)  # mem − threshold from a zero state
+    ref = fn(x)
+    (ref_grad,) = torch.autograd.grad((ref * torch.arange(10.0, dtype=torch.float64)).sum(), x)
+    torch.testing.assert_close(spk, ref, equal_nan=True)
+    assert grad[0, 0] == 0 and bool(grad.abs().sum() > 0)
+    torch.testing.assert_close(grad, ref_grad)
 
 
 @pytest.mark.parametrize(

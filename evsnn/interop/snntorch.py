@@ -55,7 +55,7 @@ from ..functional.egru import EGRUState
 from ..nn.delta import DeltaGRUCell as _DeltaGRUCell
 from ..nn.delta import DeltaLSTMCell as _DeltaLSTMCell
 from ..nn.egru import EGRUCell as _EGRUCell
-from ..surrogate import MultiGaussian, Surrogate, Triangle
+from ..surrogate import MultiGaussian, Surrogate, Triangle, heaviside
 from ._snntorch_state import (
     _as_tensor,
     _CellNeuron,
@@ -85,6 +85,39 @@ def _decay_to_tau(name: str, decay: Any) -> Tensor:
             f"(time constants of at least one step, SPEC §2), got {d.tolist()}"
         )
     return decay_time_constant(d)
+
+
+class _SurrogateSpike(torch.autograd.Function):
+    """``H(x)`` forward, ``g(x)`` backward, for an evsnn surrogate, as one autograd node.
+
+    :class:`evsnn.surrogate.Surrogate` differentiates ``H(x) + G(x) − G(x).detach()`` through
+    autograd, which evaluates the primitive ``G`` in the forward pass and backpropagates through
+    every operation of it. A neuron called once per step pays that on every step; this node
+    computes only the spike forward and ``g`` in the backward pass (the same gradient: ``G' = g``),
+    as snntorch's own surrogates do. A NaN input has a zero gradient, as with ``Surrogate``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, surrogate: Surrogate) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.surrogate = surrogate
+        return heaviside(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (x,) = ctx.saved_tensors
+        return grad * torch.nan_to_num(ctx.surrogate.grad(x), nan=0.0), None
+
+
+def _spike_function(surrogate: Surrogate) -> Any:
+    """``surrogate`` itself, or the one-node form of it where its call is ``Surrogate``'s own."""
+    if type(surrogate).__call__ is not Surrogate.__call__:
+        return surrogate  # snntorch closures and other spike functions keep their own call
+
+    def spike(x: Tensor) -> Tensor:
+        return _SurrogateSpike.apply(x, surrogate)
+
+    return spike
 
 
 def _leaky_alif_dynamics(
@@ -325,13 +358,15 @@ class ALIF(_LeakyForm, Leaky):
                 self.threshold.to(compute),
                 self.adapt_strength.to(compute),
                 self.reset_mechanism,
-                self.spike_grad,
+                _spike_function(self.spike_grad),
                 self._zero_reset_clears_input,
             )
         else:
             alpha = self.beta.clamp(_MIN_SPEC_BETA, 1.0).to(compute)
             threshold, strength = self.threshold.to(compute), self.adapt_strength.to(compute)
-            s, new_state, _ = alif_dynamics(current, state, alpha, rho, threshold, strength, self.spike_grad)
+            s, new_state, _ = alif_dynamics(
+                current, state, alpha, rho, threshold, strength, _spike_function(self.spike_grad)
+            )
         return s.to(out_dtype) * self.graded_spikes_factor, new_state
 
     def forward(
