@@ -17,6 +17,7 @@ import torch
 from snntorch._neurons.neurons import SpikingNeuron
 from torch import Tensor, nn
 
+from ..stats import LayerStats
 from ..surrogate import SnnTorchSurrogate, Surrogate, as_surrogate
 
 __all__ = ["reset", "detach_hidden"]
@@ -82,6 +83,11 @@ class _StatefulNeuron:
     _state_names: tuple[str, ...] = ()
     _state_fields: tuple[str, ...] = ()
     _state_type: type = tuple
+    # Statistics cost a few reductions per step: recorded only while asked, as
+    # evsnn.metrics.profile (and the NeuroBench adapter through it) asks for its pass.
+    record_stats: bool = False
+    last_stats: LayerStats | None = None
+    _stats_on_request = True
 
     def _init_state_buffers(self) -> None:
         for name in self._state_names:
@@ -165,10 +171,17 @@ class _StatefulNeuron:
                     initial = self._initial_state(input_)
                 buf = getattr(initial, field)
             state[field] = buf
-        out, new_state = self._step(input_, self._state_type(**state))
+        before = self._state_type(**state)
+        out, new_state = self._step(input_, before)
         for name, field in zip(self._state_names, self._state_fields):
             buffers[name] = getattr(new_state, field)
+        if self.record_stats:
+            self.last_stats = self._step_stats(input_, before, new_state)
         return out
+
+    def _step_stats(self, input_: Tensor, before: NamedTuple, after: NamedTuple) -> LayerStats:
+        """The :class:`~evsnn.stats.LayerStats` of one step (see :func:`evsnn.metrics.profile`)."""
+        raise NotImplementedError
 
     def _state_shapes(self, x: Tensor) -> tuple[torch.Size, ...]:
         """The shape of each state buffer for the input ``x``, in the order of ``_state_names``."""
@@ -305,6 +318,28 @@ class _CellNeuron(_StatefulNeuron):
 
     def _step(self, x: Tensor, state: NamedTuple) -> tuple[Tensor, NamedTuple]:
         return self.cell(x, state)
+
+    _gates: int = 3
+    _delta_encoded: bool = False
+
+    def _step_stats(self, input_: Tensor, before: NamedTuple, after: NamedTuple) -> LayerStats:
+        # One weight row per gate and unit for each input or recurrent event (W_ih, W_hh dense).
+        with torch.no_grad():
+            batch, hidden, rows = input_.shape[0], self.hidden_size, self._gates * self.hidden_size
+            dense = batch * rows * (self.input_size + hidden)
+            if self._delta_encoded:
+                # The memories change exactly where a delta passed its threshold.
+                input_events = (after.x_hat != before.x_hat).sum()
+                events = (after.h_hat != before.h_hat).sum()
+                recurrent_events = events  # this step's Δh is what multiplies W_hh
+            else:
+                input_events = (input_ != 0).sum()
+                recurrent_events = (before.y != 0).sum()
+                events = (after.y != 0).sum()
+            fraction = (events / (batch * hidden)).reshape(1).float()
+            input_ops = input_events * rows
+        extra = {"neurons": hidden, "input_event_ops": input_ops, "delta_encoded": self._delta_encoded}
+        return LayerStats(type(self).__name__, fraction, dense, input_ops + recurrent_events * rows, extra=extra)
 
     @property
     def input_size(self) -> int:

@@ -52,9 +52,11 @@ from torch import Tensor, nn
 from ..functional.alif import ALIFState, alif_dynamics, alif_initial_state, decay, decay_time_constant
 from ..functional.delta import DeltaGRUState, DeltaLSTMState
 from ..functional.egru import EGRUState
+from ..metrics import synaptic_ops
 from ..nn.delta import DeltaGRUCell as _DeltaGRUCell
 from ..nn.delta import DeltaLSTMCell as _DeltaLSTMCell
 from ..nn.egru import EGRUCell as _EGRUCell
+from ..stats import LayerStats
 from ..surrogate import MultiGaussian, Surrogate, Triangle, heaviside
 from ._snntorch_state import (
     _as_tensor,
@@ -380,6 +382,23 @@ class ALIF(_LeakyForm, Leaky):
         """``spk, mem = alif(cur, mem)``, ``spk, mem, b = alif(cur, spk, mem, b)``, or with
         ``init_hidden=True`` ``spk = alif(cur)``; see the class docstring."""
         return self._leaky_call(input_, state, {"spk": spk, "mem": mem, "b": b})
+
+    def _step_stats(self, input_: Tensor, before: ALIFState, after: ALIFState) -> LayerStats:
+        # The neuron's own synapses are its recurrence only (the Linear before it is a layer of
+        # its own); the last spikes drive it, one weight row each (synaptic_ops).
+        with torch.no_grad():
+            batch = input_.shape[0]
+            neurons = input_[0].numel()
+            events = (after.s != 0).sum()
+            if self.recurrent is None:
+                dense, rec_ops = 0, torch.zeros((), dtype=torch.long)
+            elif isinstance(self.recurrent, _OneToOne):
+                dense, rec_ops = batch * neurons, (before.s != 0).sum()
+            else:
+                dense, rec_ops = synaptic_ops(self.recurrent, before.s)
+            fraction = (events / (batch * neurons)).reshape(1).float()
+        extra = {"neurons": neurons, "input_event_ops": 0, "binary_events": True}
+        return LayerStats(type(self).__name__, fraction, dense, rec_ops, extra=extra)
 
     def _state_argument(self, name: str, value: Any) -> Any:
         # The buffer keeps the core's 0/1 spike state; snntorch's spk argument is graded.
@@ -749,6 +768,8 @@ class DeltaGRU(_DeltaNeuron):
     """
 
     _cell_type = _DeltaGRUCell
+    _gates = 3
+    _delta_encoded = True
     _state_names = ("h", "x_hat", "h_hat", "m")
     _state_fields = ("h", "x_hat", "h_hat", "m")
     _state_type = DeltaGRUState
@@ -783,6 +804,8 @@ class DeltaLSTM(_DeltaNeuron):
     """
 
     _cell_type = _DeltaLSTMCell
+    _gates = 4
+    _delta_encoded = True
     _state_names = ("h", "c", "x_hat", "h_hat", "m")
     _state_fields = ("h", "c", "x_hat", "h_hat", "m")
     _state_type = DeltaLSTMState
