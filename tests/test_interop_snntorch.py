@@ -704,7 +704,7 @@ def test_assigning_mem_resets_or_detaches_as_for_snn_leaky():
     torch.testing.assert_close(alif.v, values[0])
     torch.testing.assert_close(alif.b, values[1])
     alif.mem = torch.full_like(alif.mem, 0.5)  # a membrane it did not produce: a new sequence
-    assert alif.b.numel() == 0 and alif.spk.numel() == 0
+    assert alif.b.numel() == 0 and not alif.spk.any()  # below the threshold: no reset pending
     spk = alif(torch.zeros(B, H))
     assert not spk.any() and not alif.b.any()
     torch.testing.assert_close(alif.mem, torch.full((B, H), 0.45))
@@ -834,3 +834,20 @@ def test_ralif_conv2d_recurrence_and_bad_arguments():
         esnn.RALIF(beta=0.9, conv2d_channels=3)
     with pytest.raises(TypeError, match=r"got 1 state arguments. RALIF takes `spk, mem = lif\(cur, spk, mem\)`"):
         esnn.RALIF(beta=0.9, linear_features=H)(torch.randn(B, H), torch.zeros(B, H))
+
+
+@pytest.mark.parametrize("reset_mechanism", ["subtract", "zero"])
+def test_a_membrane_passed_above_threshold_is_reset_as_snn_leaky_resets_it(reset_mechanism):
+    """snn.Leaky computes its reset from the membrane it is given (``H(mem − threshold)``): a
+    membrane from elsewhere, above the threshold, is reset at the next step."""
+    torch.manual_seed(0)
+    leaky, alif = _leaky_pair(0.8, reset_mechanism=reset_mechanism)
+    cur = torch.rand(B, H)
+    given = 2 * torch.rand(B, H)  # about half above the threshold 1.0
+    for neuron in (leaky, alif):
+        neuron.init_leaky()
+    spk, mem = alif(cur, given.clone())
+    ref_spk, ref_mem = leaky(cur, given.clone())
+    assert bool((given > 1).any()) and bool((given <= 1).any())
+    torch.testing.assert_close(spk, ref_spk)
+    torch.testing.assert_close(mem, ref_mem, **_LEAKY_TOL)

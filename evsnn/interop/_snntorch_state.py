@@ -240,8 +240,12 @@ class _LeakyForm(_StatefulNeuron):
             # A membrane the neuron did not produce starts a new sequence from it, as it does for
             # snn.Leaky, whose whole state it is (Leaky.reset_hidden writes zeros here).
             self._clear_state()
+            self._start_from_membrane(value)
         setattr(self, self._membrane, value)
         self._membrane_had_graph = value.requires_grad
+
+    def _start_from_membrane(self, mem: Tensor) -> None:
+        """Set the rest of the state for a sequence that starts from the membrane ``mem``."""
 
     def reset_mem(self) -> Tensor:  # type: ignore[override]
         """Clear the whole state (``init_leaky()`` calls this); the next call starts afresh.

@@ -383,6 +383,13 @@ class ALIF(_LeakyForm, Leaky):
         ``init_hidden=True`` ``spk = alif(cur)``; see the class docstring."""
         return self._leaky_call(input_, state, {"spk": spk, "mem": mem, "b": b})
 
+    def _start_from_membrane(self, mem: Tensor) -> None:
+        # snn.Leaky resets a membrane it is given by H(mem − threshold): a membrane above the
+        # threshold is reset at the next step as if it had just spiked.
+        if self.convention == "snntorch":
+            with torch.no_grad():
+                self._buffers["spk"] = heaviside(mem - self.threshold.to(mem.dtype))
+
     def _step_stats(self, input_: Tensor, before: ALIFState, after: ALIFState) -> LayerStats:
         # The neuron's own synapses are its recurrence only (the Linear before it is a layer of
         # its own); the last spikes drive it, one weight row each (synaptic_ops).
