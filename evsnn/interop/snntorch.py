@@ -1,13 +1,14 @@
 """snntorch drop-in neurons: ALIF, EGRU, DeltaGRU and DeltaLSTM as snntorch neurons.
 
-:class:`ALIF` and :class:`EGRU` are ``snntorch.Leaky`` subclasses: code written for
-``snn.Leaky`` runs after swapping the class, and snntorch's own helpers (``utils.reset``,
+:class:`ALIF` (and :class:`RALIF`, its ``snn.RLeaky`` form) and :class:`EGRU` are
+``snntorch.Leaky`` subclasses: code written for ``snn.Leaky`` runs after swapping the class, and snntorch's own helpers (``utils.reset``,
 ``Leaky.reset_hidden``/``detach_hidden``, ``backprop.TBPTT``, the ``_final_layer_check`` that
 counts a network's outputs) treat them as they treat ``snn.Leaky``::
 
     mem = alif.init_leaky()                   # or reset_mem(): clears the whole state
     spk, mem = alif(cur, mem)                 # the snn.Leaky form; b stays inside (alif.b)
     spk, mem, b = alif(cur, spk, mem, b)      # the full state, explicit
+    spk, mem = ralif(cur, spk, mem)           # RALIF: the snn.RLeaky form
     spk, mem = egru(x, mem)                   # snn.Leaky form: spk = events y, mem = c
     spk, mem = egru(x, spk, mem)              # full state (y, c)
     h, x_hat, h_hat, m = dgru(x, h, x_hat, h_hat, m)          # DeltaGRU:  DeltaGRUState
@@ -21,12 +22,15 @@ state by name); any other count raises a ``TypeError`` naming both forms. With
 ``mem`` of ALIF is the membrane ``v``, of EGRU the internal state ``c``. Like ``snn.Leaky``,
 whose whole state is ``mem``, writing a membrane the neuron did not produce (``neuron.mem =
 zeros``, as ``Leaky.reset_hidden`` does, or passing such a tensor in the Leaky form) starts a new
-sequence from it: the rest of the state returns to its initial value. A detached view of the
+sequence from it: the rest of the state returns to its initial value, except ALIF's last spike,
+which is ``H(mem − threshold)`` as ``snn.Leaky``'s reset reads it. A detached view of the
 neuron's own membrane (``mem.detach()``, or ``Leaky.detach_hidden``'s in-place ``detach_()``)
 detaches the whole state, values kept (truncated BPTT).
 
 Every step is computed by :mod:`evsnn.functional` (through :mod:`evsnn.nn` cells for the
-families that own weights); this module only threads the state the snntorch way. State lives in
+families that own weights), except ALIF's in snntorch's units, which is ``snn.Leaky``'s membrane
+equation around SPEC §2's adaptation (``_leaky_alif_dynamics``); otherwise this module only
+threads the state the snntorch way. State lives in
 non-persistent buffers that are tensors, never ``None``; an empty or wrongly shaped buffer (a new
 batch size, a reset) is re-allocated from the *state's own* initial value (ALIF's as its
 ``convention`` says, accumulators at the biases for delta cells). :func:`reset` and :func:`detach_hidden` also reach
