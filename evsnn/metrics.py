@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .functional.alif import ALIFState, ALIFTrace
@@ -44,6 +45,7 @@ __all__ = [
     "LayerProfile",
     "Profile",
     "profile",
+    "synaptic_ops",
     "LayerTraces",
     "reference_traces",
 ]
@@ -58,7 +60,13 @@ ENERGY_SOURCE = (
 
 @dataclass
 class LayerProfile:
-    """One layer's line of a :class:`Profile`; energies in picojoules."""
+    """One layer's line of a :class:`Profile`; energies in picojoules.
+
+    ``neurons`` is the number of units per sample whose state a step updates (0 for a synaptic
+    layer: ``nn.Linear``, ``nn.Conv*``). For a synaptic layer ``event_fraction`` is the fraction of
+    nonzero inputs (the events it consumes; it emits none) and ``event_ops`` the weight rows those
+    inputs touch.
+    """
 
     name: str
     kind: str
@@ -74,6 +82,7 @@ class LayerProfile:
     input_event_fraction: float | None
     dense_energy_pj: float
     event_energy_pj: float
+    neurons: int = 0
 
     @property
     def energy_ratio(self) -> float:
@@ -92,6 +101,7 @@ class Profile:
     backward_ms: float | None
     input_shape: tuple[int, ...]
     extra: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def dense_macs(self) -> int:
@@ -136,6 +146,7 @@ class Profile:
             "forward_ms": self.forward_ms,
             "backward_ms": self.backward_ms,
             "input_shape": list(self.input_shape),
+            "skipped": dict(self.skipped),
             **self.extra,
         }
 
@@ -145,7 +156,17 @@ class Profile:
 
     def table(self) -> str:
         """A fixed-width text table, one row per layer and a total row."""
-        head = ("layer", "kind", "events/step", "dense MACs", "event ops", "saved", "bwd sparse", "dense nJ", "event nJ")
+        head = (
+            "layer",
+            "kind",
+            "events/step",
+            "dense MACs",
+            "event ops",
+            "saved",
+            "bwd sparse",
+            "dense nJ",
+            "event nJ",
+        )
         rows = [head]
         for p in self.layers:
             rows.append(
@@ -176,7 +197,9 @@ class Profile:
             )
         )
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-        lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+        lines = [
+            "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows
+        ]
         lines.insert(1, "-" * len(lines[0]))
         lines.insert(-1, "-" * len(lines[0]))
         timing = f"forward {self.forward_ms:.2f} ms" + (
@@ -184,6 +207,8 @@ class Profile:
         )
         energies = ", ".join(f"{k.upper()} {v} pJ" for k, v in self.energy_pj_per_op.items())
         lines.append(f"input {list(self.input_shape)}; {timing}; energy per op: {energies}")
+        if self.skipped:
+            lines.append("not counted: " + ", ".join(f"{n} ({k})" for n, k in self.skipped.items()))
         return "\n".join(lines)
 
     def __str__(self) -> str:
@@ -226,6 +251,69 @@ def _check_energy(energy: Mapping[str, float] | None) -> dict[str, float]:
     return out
 
 
+_SYNAPTIC_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def synaptic_ops(layer: nn.Module, inp: Tensor) -> tuple[int, Tensor]:
+    """``(dense MACs, event operations)`` of one call of a dense synaptic layer on ``inp``.
+
+    Dense: every weight times every input position (``nn.Linear``: rows · in · out;
+    ``nn.Conv*``: output positions · out channels · in channels / groups · kernel size). Event
+    operations: the weights that the nonzero inputs touch (``nn.Linear``: nonzero inputs · out
+    features; ``nn.Conv*``: the convolution of the nonzero mask with a kernel of ones, so that
+    borders, stride and dilation count exactly). The event count stays a tensor (no host sync).
+    """
+    if not isinstance(inp, Tensor):
+        raise TypeError(f"synaptic_ops expects a tensor input, got {type(inp).__name__}")
+    with torch.no_grad():
+        mask = (inp != 0).to(inp.dtype if inp.is_floating_point() else torch.float32)
+        if isinstance(layer, nn.Linear):
+            rows = inp.numel() // layer.in_features
+            return rows * layer.in_features * layer.out_features, mask.sum() * layer.out_features
+        if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            if layer.padding_mode != "zeros":
+                raise ValueError(
+                    f"synaptic_ops counts zero-padded convolutions, got padding_mode={layer.padding_mode!r}"
+                )
+            conv = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}[type(layer)]
+            ones = torch.ones_like(layer.weight, dtype=mask.dtype)
+            touched = conv(mask, ones, None, layer.stride, layer.padding, layer.dilation, layer.groups)
+            fan_in = layer.weight[0].numel()  # in_channels / groups · kernel size
+            return touched.numel() * fan_in, touched.sum()
+    raise TypeError(f"synaptic_ops counts nn.Linear and nn.Conv1d/2d/3d layers, got {type(layer).__name__}")
+
+
+def _inside(name: str, ancestors: set[str]) -> bool:
+    """Whether the module called ``name`` lies strictly inside one of the modules ``ancestors``."""
+    if name and "" in ancestors:
+        return True
+    parts = name.split(".")
+    return any(".".join(parts[:i]) in ancestors for i in range(1, len(parts)))
+
+
+def _merge_steps(calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """One call's record from several one-step calls of a step-wise module (a neuron or its
+    Linear called once per time step): steps concatenated, operations summed."""
+    stats = [c["stats"] for c in calls]
+    nnz = [c["input_nnz"] for c in calls]
+    extra = dict(stats[0].extra)
+    if all("input_event_ops" in st.extra for st in stats):
+        extra["input_event_ops"] = sum(st.extra["input_event_ops"] for st in stats)
+    merged = LayerStats(
+        layer=stats[0].layer,
+        event_fraction=torch.cat([st.event_fraction.reshape(-1) for st in stats]),
+        dense_macs=sum(int(st.dense_macs) for st in stats),
+        event_ops=sum(st.event_ops for st in stats),
+        extra=extra,
+    )
+    return {
+        **calls[0],
+        "stats": merged,
+        "input_nnz": None if any(n is None for n in nnz) else sum(nnz),
+        "input_binary": all(c["input_binary"] for c in calls),
+    }
+
+
 def profile(
     model: nn.Module,
     x: Tensor,
@@ -236,7 +324,14 @@ def profile(
     energy_source: str | None = None,
     warmup: bool = True,
 ) -> Profile:
-    """Run ``model(x)`` once and profile every layer that records ``last_stats``.
+    """Run ``model(x)`` once and profile its neurons and its dense synaptic layers.
+
+    Counted: every module with a ``last_stats`` :class:`~evsnn.stats.LayerStats` attribute (the
+    :mod:`evsnn.nn` layers; the :mod:`evsnn.interop.snntorch` neurons, which record it while
+    ``profile`` runs), the outermost one where such modules nest, and every
+    ``nn.Linear``/``nn.Conv1d/2d/3d`` outside them (dense synaptic operations, counted by
+    :func:`synaptic_ops`). The leaf modules whose operations are in no row (a ``snn.Leaky``, a
+    pooling layer, ...) are named in :attr:`Profile.skipped`.
 
     With ``warmup=True`` (default) one untimed ``model(x)`` under ``torch.no_grad()`` runs
     first, so that ``forward_ms`` times a steady call rather than first-use costs (lazy imports,
@@ -254,8 +349,11 @@ def profile(
     ``dense = dense_macs · E_MAC``; ``event = input_event_ops · E_in + recurrent_event_ops · E_rec``
     where ``E_in = E_AC`` when the layer's input is binary (spikes) else ``E_MAC``, and
     ``E_rec = E_AC`` for binary spikes (ALIF) else ``E_MAC`` (graded EGRU events, deltas).
-    Delta layers count all their (delta-encoded, graded) operations as MACs. A layer called
-    several times in one forward gets one row per call (``name#1``, ``name#2``, ...).
+    Delta layers count all their (delta-encoded, graded) operations as MACs; a dense synaptic
+    layer's operations are all input operations. A layer called several times in one forward
+    gets one row per call (``name#1``, ``name#2``, ...), except a module called once per time
+    step (each call one step: a snntorch-style neuron, the Linear before it), whose calls make
+    one row with one entry per step.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"profile expects an nn.Module, got {type(model).__name__}")
@@ -263,9 +361,27 @@ def profile(
         raise TypeError(f"profile expects a torch.Tensor input, got {type(x).__name__}")
     energies = _check_energy(energy)
     source = ENERGY_SOURCE if energy_source is None else str(energy_source)
-    layers = {m: name or type(m).__name__ for name, m in model.named_modules() if hasattr(m, "last_stats")}
-    if not layers:
-        raise ValueError(f"{type(model).__name__} contains no layer that records last_stats (ALIF, EGRU, DeltaGRU, ...)")
+    named = list(model.named_modules())
+    with_stats = {name for name, m in named if hasattr(m, "last_stats")}
+    layers: dict[nn.Module, str] = {}
+    synaptic: dict[nn.Module, str] = {}
+    for name, m in named:
+        if _inside(name, with_stats):
+            continue
+        if name in with_stats:
+            layers[m] = name or type(m).__name__
+        elif isinstance(m, _SYNAPTIC_TYPES):
+            synaptic[m] = name or type(m).__name__
+    skipped = {
+        name or type(m).__name__: type(m).__name__
+        for name, m in named
+        if m not in layers and m not in synaptic and not _inside(name, with_stats) and not any(m.children())
+    }
+    if not layers and not synaptic:
+        raise ValueError(
+            f"{type(model).__name__} contains no layer that records last_stats (ALIF, EGRU, DeltaGRU, ...) "
+            "and no nn.Linear or nn.Conv layer"
+        )
     calls: list[tuple[nn.Module, dict[str, Any]]] = []
 
     def pre_hook(module: nn.Module, args: tuple) -> None:
@@ -275,9 +391,15 @@ def profile(
             with torch.no_grad():
                 info["input_nnz"] = int((inp != 0).sum())
                 info["input_binary"] = bool(((inp == 0) | (inp == 1)).all())
+            if module in synaptic:
+                dense, events = synaptic_ops(module, inp)
+                frac = torch.tensor([info["input_nnz"] / max(inp.numel(), 1)])
+                info["stats"] = LayerStats(synaptic[module], frac, dense, events, extra={"synaptic": True})
         calls.append((module, info))
 
     def post_hook(module: nn.Module, args: tuple, out: Any) -> None:
+        if module in synaptic:
+            return
         stats = module.last_stats
         if not isinstance(stats, LayerStats):
             raise ValueError(f"layer {layers[module]!r} recorded no LayerStats; build it with record_stats=True")
@@ -289,12 +411,17 @@ def profile(
     if warmup:  # before the hooks: the warm-up call is not profiled
         with torch.no_grad():
             model(x)
+    # Neurons that record statistics only when asked (the interop adapters) record them for this pass.
+    on_request = [m for m in layers if getattr(m, "_stats_on_request", False)]
+    previous = [m.record_stats for m in on_request]
     handles = []
-    for m in layers:
+    for m in list(layers) + list(synaptic):
         handles.append(m.register_forward_pre_hook(pre_hook))
         handles.append(m.register_forward_hook(post_hook))
     backward_ms = None
     try:
+        for m in on_request:
+            m.record_stats = True
         with torch.set_grad_enabled(backward):
             _sync(x)
             t0 = time.perf_counter()
@@ -312,17 +439,30 @@ def profile(
     finally:
         for h in handles:
             h.remove()
+        for m, flag in zip(on_request, previous):
+            m.record_stats = flag
 
-    counts: dict[nn.Module, int] = {}
-    for m, _ in calls:
-        counts[m] = counts.get(m, 0) + 1
-    seen: dict[nn.Module, int] = {}
-    rows = []
+    by_module: dict[nn.Module, list[dict[str, Any]]] = {}
     for m, info in calls:
-        seen[m] = seen.get(m, 0) + 1
-        name = layers[m] if counts[m] == 1 else f"{layers[m]}#{seen[m]}"
-        rows.append(_layer_profile(name, m, info, energies))
-    return Profile(rows, energies, source, forward_ms, backward_ms, tuple(x.shape))
+        by_module.setdefault(m, []).append(info)
+    rows = []
+    for m, infos in by_module.items():  # dicts keep the order of first calls
+        name = layers.get(m) or synaptic[m]
+        if len(infos) > 1 and all(i["stats"].event_fraction.numel() == 1 for i in infos):
+            infos = [_merge_steps(infos)]
+        for k, info in enumerate(infos, start=1):
+            rows.append(_layer_profile(name if len(infos) == 1 else f"{name}#{k}", m, info, energies))
+    return Profile(rows, energies, source, forward_ms, backward_ms, tuple(x.shape), skipped=skipped)
+
+
+def _neurons(layer: nn.Module, stats: LayerStats) -> int:
+    """Units per sample whose state one step updates (0 for a dense synaptic layer)."""
+    if "neurons" in stats.extra:
+        return int(stats.extra["neurons"])
+    if stats.extra.get("synaptic"):
+        return 0
+    directions = 2 if getattr(layer, "bidirectional", False) else 1
+    return int(getattr(layer, "hidden_size", 0)) * directions * int(getattr(layer, "num_layers", 1))
 
 
 def _layer_profile(name: str, layer: nn.Module, info: dict[str, Any], energies: dict[str, float]) -> LayerProfile:
@@ -331,10 +471,18 @@ def _layer_profile(name: str, layer: nn.Module, info: dict[str, Any], energies: 
     family = _family(layer)
     # weight rows touched by one input/recurrent event (how LayerStats counts event ops)
     rows = None if family is None else family.gates * layer.hidden_size
-    is_delta = family is not None and family.delta_encoded
-    events_binary = family is not None and family.binary_events
+    is_delta = (family is not None and family.delta_encoded) or bool(stats.extra.get("delta_encoded"))
+    events_binary = (family is not None and family.binary_events) or bool(stats.extra.get("binary_events"))
     input_binary = bool(info["input_binary"]) and not is_delta
-    if rows is not None and not is_delta and info["input_nnz"] is not None:
+    if stats.extra.get("synaptic"):
+        input_ops = event_ops  # a dense layer's every operation is driven by its input
+        event_energy = event_ops * (energies["ac"] if input_binary else energies["mac"])
+    elif "input_event_ops" in stats.extra and not is_delta:
+        input_ops = int(stats.extra["input_event_ops"])
+        e_in = energies["ac"] if input_binary else energies["mac"]
+        e_rec = energies["ac"] if events_binary else energies["mac"]
+        event_energy = input_ops * e_in + (event_ops - input_ops) * e_rec
+    elif rows is not None and not is_delta and info["input_nnz"] is not None:
         input_ops = info["input_nnz"] * rows
         recurrent_ops = event_ops - input_ops
         if recurrent_ops < 0:
@@ -367,6 +515,7 @@ def _layer_profile(name: str, layer: nn.Module, info: dict[str, Any], energies: 
         else float(stats.input_event_fraction.float().mean()),
         dense_energy_pj=int(stats.dense_macs) * energies["mac"],
         event_energy_pj=float(event_energy),
+        neurons=_neurons(layer, stats),
     )
 
 
@@ -399,7 +548,9 @@ def reference_traces(layer: nn.Module, x: Tensor, state: Any = None) -> LayerTra
     if not isinstance(x, Tensor):
         raise TypeError(f"reference_traces expects a torch.Tensor input, got {type(x).__name__}")
     if not isinstance(layer, (ALIF, EGRU, DeltaGRU, DeltaLSTM)):
-        raise TypeError(f"reference_traces expects an ALIF, EGRU, DeltaGRU or DeltaLSTM layer, got {type(layer).__name__}")
+        raise TypeError(
+            f"reference_traces expects an ALIF, EGRU, DeltaGRU or DeltaLSTM layer, got {type(layer).__name__}"
+        )
     if x.dim() != 3 or x.shape[-1] != layer.input_size:
         raise ValueError(
             f"{type(layer).__name__} expects input [T, B, {layer.input_size}] "

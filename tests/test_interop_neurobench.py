@@ -60,6 +60,7 @@ def test_benchmark_reports_evsnn_events(single_thread) -> None:
 
     ops = results["SynapticOperations"]
     dense = T * (H_ALIF * (F + H_ALIF) + 3 * H_EGRU * (H_ALIF + H_EGRU) + 3 * H_DELTA * (H_EGRU + H_DELTA))
+    dense += H_DELTA * 3  # the nn.Linear readout, once per sample
     assert ops["Dense"] == pytest.approx(dense)
     # Binary drivers (ACs): the spikes into the EGRU (3·H rows each) and ALIF's recurrent spikes
     # (H rows each, one step late: the last step's spikes drive nothing inside the layer).
@@ -68,9 +69,11 @@ def test_benchmark_reports_evsnn_events(single_thread) -> None:
     assert ops["Effective_ACs"] == pytest.approx((spikes_in * 3 * H_EGRU + alif_recurrent) / N)
     # Everything together is what evsnn.metrics.profile counts on the whole data in one call.
     whole = profile(net, x, warmup=False)
-    assert len(whole.layers) == 3
+    assert [row.name for row in whole.layers] == ["alif", "egru", "delta", "out"] and not whole.skipped
     total = sum(row.event_ops for row in whole.layers) / N
     assert ops["Effective_ACs"] + ops["Effective_MACs"] == pytest.approx(total)
+    # The readout's graded inputs: every nonzero h of the last step times its 3 weights (MACs).
+    assert whole["out"].event_ops == int(torch.count_nonzero(net.delta(y)[0][:, -1])) * 3
     assert ops["Effective_MACs"] > 0
 
 
@@ -148,5 +151,52 @@ def test_mackey_glass_example_protocol_on_a_tiny_series(single_thread, tmp_path)
     r = ex.benchmark(net, test)
     assert r["SMAPE"] == pytest.approx(smape(preds), rel=1e-9)
     assert r["MembraneUpdates"] == 150 * hidden  # one forecast run of 150 one-step calls
-    assert r["SynapticOperations"]["Dense"] == pytest.approx(150 * 3 * hidden * (window + hidden))
+    # The DeltaGRU's three gates and the Linear readout (hidden → 1) at each of the 150 steps.
+    assert r["SynapticOperations"]["Dense"] == pytest.approx(150 * (3 * hidden * (window + hidden) + hidden))
     assert 0 < r["SynapticOperations"]["Effective_MACs"] < r["SynapticOperations"]["Dense"]
+
+
+def test_benchmark_counts_snntorch_adapter_neurons_and_linear_layers(single_thread) -> None:
+    """NeuroBench's Benchmark over a snntorch-style step loop (Linear → evsnn ALIF adapter →
+    Linear → snn.Leaky): the adapter's neurons and both Linears are counted, by hand from the
+    spikes; the snn.Leaky is named as not counted."""
+    snn = pytest.importorskip("snntorch")
+    from evsnn.interop import snntorch as esnn
+
+    class StepNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1 = nn.Linear(F, H_ALIF)
+            self.lif1 = esnn.ALIF(beta=0.9)
+            self.fc2 = nn.Linear(H_ALIF, 3)
+            self.lif2 = snn.Leaky(beta=0.9)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            mem1, mem2 = self.lif1.init_leaky(), self.lif2.init_leaky()
+            spikes, out = [], []
+            for t in range(x.shape[1]):
+                spk1, mem1 = self.lif1(self.fc1(x[:, t]), mem1)
+                spk2, mem2 = self.lif2(self.fc2(spk1), mem2)
+                spikes.append(spk1)
+                out.append(mem2)
+            self.spikes = torch.stack(spikes)
+            return torch.stack(out).sum(0)
+
+    torch.manual_seed(0)
+    net = StepNet().eval()
+    x = 3.0 * torch.randn(N, T, F)
+    labels = torch.randint(0, 3, (N,))
+    model = EvsnnModel(net)
+    metrics = [ActivationSparsity, SynapticOperations, MembraneUpdates]
+    results = Benchmark(model, DataLoader(TensorDataset(x, labels), batch_size=N), [], [], [[], metrics]).run(
+        quiet=True
+    )
+    assert model.last_profile.skipped == {"net.lif2": "Leaky"}
+    spikes = int(torch.count_nonzero(net.spikes))
+    assert 0 < spikes < T * N * H_ALIF
+    assert results["ActivationSparsity"] == pytest.approx(1.0 - spikes / (T * N * H_ALIF), rel=1e-6)
+    assert results["MembraneUpdates"] == T * H_ALIF
+    ops = results["SynapticOperations"]
+    assert ops["Dense"] == pytest.approx(T * (F * H_ALIF + H_ALIF * 3))
+    assert ops["Effective_ACs"] == pytest.approx(spikes * 3 / N)  # the spikes into fc2
+    assert ops["Effective_MACs"] == pytest.approx(int(torch.count_nonzero(x)) * H_ALIF / N)  # graded input

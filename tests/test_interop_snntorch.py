@@ -193,8 +193,10 @@ def test_alif_matches_native_layer_float64():
     with torch.no_grad():
         neuron.recurrent.weight.copy_(native.weight_hh)
         neuron.recurrent.bias.copy_(native.bias_hh)
-    x = torch.rand(T, B, NI, dtype=torch.float64) * 3
+    x = (torch.rand(T, B, NI, dtype=torch.float64) * 3).requires_grad_(True)
+    readout = torch.randn(H, dtype=torch.float64)
     ref, final = native(x)
+    (ref_grad,) = torch.autograd.grad((ref * readout).sum() + final.v.pow(2).sum(), x)
     init = alif_initial_state(torch.zeros(B, H, dtype=torch.float64), 0.01)  # SPEC §2, passed explicitly
     spk, mem, b = init.s, init.v, init.b
     outs = []
@@ -205,6 +207,32 @@ def test_alif_matches_native_layer_float64():
     torch.testing.assert_close(torch.stack(outs), ref)
     torch.testing.assert_close(mem, final.v.reshape(mem.shape))  # h_n-style [1, B, H] or [B, H]
     torch.testing.assert_close(b, final.b.reshape(b.shape))
+    # The neuron's one-node surrogate gives the gradient the layer's autograd of G gives.
+    (grad,) = torch.autograd.grad((torch.stack(outs) * readout).sum() + mem.pow(2).sum(), x)
+    assert grad.abs().sum() > 0
+    torch.testing.assert_close(grad, ref_grad)
+
+
+@pytest.mark.parametrize("surrogate", ["multi_gaussian", "triangle", "truncated"])
+def test_alif_surrogate_gradient_is_the_surrogates_own(surrogate):
+    """The spike of the neuron differentiates as ``Surrogate.__call__`` does (float64 autograd
+    through the primitive), NaN inputs included (a zero gradient)."""
+    from evsnn.surrogate import MultiGaussian, Triangle
+
+    fn = {"multi_gaussian": MultiGaussian(), "triangle": Triangle(0.3), "truncated": MultiGaussian().truncate(0.4)}
+    fn = fn[surrogate]
+    neuron = esnn.ALIF(threshold=0.5, adapt_strength=0.0, spike_grad=fn).double()
+    cur = torch.linspace(-1.0, 2.0, 40, dtype=torch.float64).reshape(4, 10)
+    cur[0, 0] = float("nan")
+    cur.requires_grad_(True)
+    spk, mem = neuron(cur)
+    (grad,) = torch.autograd.grad((spk * torch.arange(10.0, dtype=torch.float64)).sum(), cur)
+    x = (cur.detach() - 0.5).requires_grad_(True)  # mem − threshold from a zero state
+    ref = fn(x)
+    (ref_grad,) = torch.autograd.grad((ref * torch.arange(10.0, dtype=torch.float64)).sum(), x)
+    torch.testing.assert_close(spk, ref, equal_nan=True)
+    assert grad[0, 0] == 0 and bool(grad.abs().sum() > 0)
+    torch.testing.assert_close(grad, ref_grad)
 
 
 @pytest.mark.parametrize(
@@ -319,14 +347,19 @@ def test_surrogate_disable_and_graded_spikes():
 def test_learn_threshold_and_bad_arguments():
     neuron = esnn.ALIF(learn_threshold=True, learn_beta=True)
     names = {n for n, _ in neuron.named_parameters()}
-    assert {"threshold", "tau_mem"} <= names
-    torch.testing.assert_close(neuron.beta, torch.tensor(math.exp(-1 / 20)))
+    assert {"threshold", "beta"} <= names
+    torch.testing.assert_close(neuron.beta, torch.tensor(0.95))  # snn tutorial 5's β
+    torch.testing.assert_close(neuron.tau_mem, -1 / torch.log(torch.tensor(0.95)))
     egru = esnn.EGRU(NI, H, learn_threshold=False)
     assert not egru.cell.log_threshold.requires_grad
-    with pytest.raises(ValueError, match="subtract"):
-        esnn.ALIF(reset_mechanism="zero")
-    with pytest.raises(ValueError, match=r"exp\(-1\)"):
-        esnn.ALIF(beta=0.2)
+    with pytest.raises(ValueError, match=r"reset_mechanism must be one of \['subtract', 'zero', 'none'\], got 'hard'"):
+        esnn.ALIF(reset_mechanism="hard")
+    with pytest.raises(ValueError, match="convention='spec'.*must be 'subtract', got 'zero'"):
+        esnn.ALIF(reset_mechanism="zero", convention="spec")
+    with pytest.raises(ValueError, match=r"convention='spec'.*exp\(-1\)"):
+        esnn.ALIF(beta=0.2, convention="spec")
+    with pytest.raises(ValueError, match="beta must be finite"):
+        esnn.ALIF(beta=float("nan"))
     with pytest.raises(ValueError, match="reset_mechanism"):
         esnn.EGRU(NI, H, reset_mechanism="none")
     with pytest.raises(TypeError):
@@ -364,7 +397,9 @@ def test_mixed_with_snntorch_neurons_utils_and_output_monitor():
 
 def test_torch_compile_matches_eager():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(NI, H), esnn.ALIF(init_hidden=True), nn.Linear(H, H), esnn.EGRU(H, C, init_hidden=True))
+    net = nn.Sequential(
+        nn.Linear(NI, H), esnn.ALIF(init_hidden=True), nn.Linear(H, H), esnn.EGRU(H, C, init_hidden=True)
+    )
     x, _ = _data(0)
     eager = _run(net, x, steps=3)
     compiled = torch.compile(net, backend="aot_eager")
@@ -395,11 +430,33 @@ def test_spikeplot_accepts_outputs(tmp_path):
 # --- the snn.Leaky drop-in: call forms, snntorch's own reset/detach helpers, conventions ---------
 
 
-def _leaky_pair(beta: float = 0.9):
-    """snn.Leaky and the ALIF that computes it (no adaptation, the same surrogate), float64."""
-    leaky = snn.Leaky(beta=beta)
-    alif = esnn.ALIF(beta=beta, adapt_strength=0.0, spike_grad=snn_surrogate.atan()).double()
+# snn.Leaky keeps β and its threshold as float32 tensors whatever the input's dtype, and its
+# spikes come back float32: comparisons with it are at float32 precision. Both libraries compute
+# the same products in the same order, so the values agree to a few roundings of float32 per step;
+# 64 float32 ulps bounds what 12 steps of such roundings, carried through the backward pass, add up to.
+_F32_EPS = torch.finfo(torch.float32).eps
+_LEAKY_TOL = {"rtol": 64 * _F32_EPS, "atol": 64 * _F32_EPS}
+
+
+def _leaky_pair(beta=0.9, **kw):
+    """snn.Leaky and the ALIF that computes it (no adaptation, the same surrogate)."""
+    leaky = snn.Leaky(beta=beta, **kw)
+    alif = esnn.ALIF(beta=beta, adapt_strength=0.0, spike_grad=snn_surrogate.atan(), **kw)
     return leaky, alif
+
+
+def _run_leaky_form(neuron, cur, readout):
+    """A tutorial-style loop in the snn.Leaky form; returns spikes, last mem, d loss / d cur."""
+    mem = neuron.init_leaky()
+    loss = 0.0
+    spikes = []
+    for t in range(cur.shape[0]):
+        spk, mem = neuron(cur[t], mem)
+        spikes.append(spk.to(cur.dtype))
+        loss = loss + (spk * readout).sum() + 0.1 * mem.pow(2).sum()
+    params = [p for p in (neuron.beta, neuron.threshold) if isinstance(p, nn.Parameter)]
+    grads = torch.autograd.grad(loss, [cur, *params])
+    return torch.stack(spikes), mem, grads
 
 
 def test_alif_in_the_leaky_form_is_snn_leaky_values_and_gradients():
@@ -407,22 +464,50 @@ def test_alif_in_the_leaky_form_is_snn_leaky_values_and_gradients():
     leaky, alif = _leaky_pair()
     cur = (1.5 * torch.rand(12, B, H, dtype=torch.float64)).requires_grad_(True)
     readout = torch.randn(H, dtype=torch.float64)
-    outs = {}
-    for name, neuron in (("leaky", leaky), ("alif", alif)):
-        mem = neuron.init_leaky()
-        loss = 0.0
-        spikes = []
-        for t in range(cur.shape[0]):
-            spk, mem = neuron(cur[t], mem)
-            spikes.append(spk.double())
-            loss = loss + (spk * readout).sum() + 0.1 * mem.pow(2).sum()
-        (grad,) = torch.autograd.grad(loss, cur)
-        outs[name] = (torch.stack(spikes), mem, grad)
-    spikes, mem, grad = outs["alif"]
+    spikes, mem, grads = _run_leaky_form(alif.double(), cur, readout)
+    ref_spikes, ref_mem, ref_grads = _run_leaky_form(leaky, cur, readout)
     assert 0 < spikes.mean() < 0.9
-    torch.testing.assert_close(spikes, outs["leaky"][0])
-    torch.testing.assert_close(mem, outs["leaky"][1])
-    torch.testing.assert_close(grad, outs["leaky"][2])
+    torch.testing.assert_close(spikes, ref_spikes)
+    torch.testing.assert_close(mem, ref_mem, **_LEAKY_TOL)
+    torch.testing.assert_close(grads[0], ref_grads[0], **_LEAKY_TOL)
+
+
+_BETAS = {
+    "scalar": lambda: 0.9,
+    "one": lambda: 1.0,
+    "small": lambda: 0.2,  # below e^-1: a time constant under one step
+    "per_neuron_rand": lambda: torch.rand(H),  # snntorch's quickstart: beta=torch.rand(n)
+    "above_one": lambda: 1.5,  # snn.Leaky clamps β to [0, 1] in its forward pass
+    "negative": lambda: torch.linspace(-0.5, 0.99, H),
+}
+
+
+@pytest.mark.parametrize("reset_mechanism", ["subtract", "zero", "none"])
+@pytest.mark.parametrize("beta_kind", sorted(_BETAS))
+@pytest.mark.parametrize("learn", [False, True])
+def test_alif_with_any_beta_and_reset_is_snn_leaky(beta_kind, reset_mechanism, learn):
+    """β anywhere snntorch accepts it, per neuron or not, learnable or not, every reset of
+    snn.Leaky: the same spikes, membranes and gradients (inputs, β and threshold), float32 as
+    snntorch's users run it."""
+    torch.manual_seed(0)
+    beta = _BETAS[beta_kind]()
+    kw = {"reset_mechanism": reset_mechanism, "learn_beta": learn, "learn_threshold": learn}
+    leaky, alif = _leaky_pair(beta, **kw)
+    cur = (1.5 * torch.rand(12, B, H)).requires_grad_(True)
+    readout = torch.randn(H)
+    spikes, mem, grads = _run_leaky_form(alif, cur, readout)
+    ref_spikes, ref_mem, ref_grads = _run_leaky_form(leaky, cur, readout)
+    assert 0 < spikes.mean() < 1
+    torch.testing.assert_close(spikes, ref_spikes)
+    torch.testing.assert_close(mem, ref_mem, **_LEAKY_TOL)
+    assert len(grads) == len(ref_grads) == (3 if learn else 1)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, **_LEAKY_TOL)
+    if learn:
+        assert {n for n, _ in alif.named_parameters()} == {n for n, _ in leaky.named_parameters()}
+        # The same names as snn.Leaky's: its trained β and threshold load; the adaptation is ALIF's own.
+        missing, unexpected = alif.load_state_dict(leaky.state_dict(), strict=False)
+        assert not unexpected and set(missing) == {"tau_adapt", "adapt_strength"}
 
 
 def test_the_two_alif_conventions_are_one_neuron_in_two_units():
@@ -486,12 +571,15 @@ def test_snntorch_tbptt_detaches_the_whole_state_as_for_snn_leaky():
     as on snn.Leaky; on an adaptive one with attached spike history it runs (b and spk are cut
     with mem)."""
     from snntorch import backprop
+
     x = 3 * torch.rand(32, NI)
     y = torch.arange(32) % C
 
     def run(make):
         torch.manual_seed(1)
-        net = nn.Sequential(nn.Linear(NI, H), make(init_hidden=True), nn.Linear(H, C), make(init_hidden=True, output=True))
+        net = nn.Sequential(
+            nn.Linear(NI, H), make(init_hidden=True), nn.Linear(H, C), make(init_hidden=True, output=True)
+        )
         opt = torch.optim.SGD(net.parameters(), lr=0.5)
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
         loss = backprop.TBPTT(net, loader, opt, SF.ce_rate_loss(), num_steps=6, time_var=False, K=2)
@@ -541,7 +629,7 @@ def test_snntorch_utils_reset_reaches_deep_copies_of_evsnn_neurons():
 def test_failed_construction_leaves_no_half_built_neuron_for_snntorch_helpers():
     before = len(snn.SpikingNeuron.instances)
     with pytest.raises(ValueError, match=r"exp\(-1\)"):
-        esnn.ALIF(beta=0.2)
+        esnn.ALIF(rho=0.2)
     with pytest.raises(ValueError, match="reset_mechanism"):
         esnn.EGRU(NI, H, reset_mechanism="none")
     assert len(snn.SpikingNeuron.instances) == before
@@ -616,7 +704,7 @@ def test_assigning_mem_resets_or_detaches_as_for_snn_leaky():
     torch.testing.assert_close(alif.v, values[0])
     torch.testing.assert_close(alif.b, values[1])
     alif.mem = torch.full_like(alif.mem, 0.5)  # a membrane it did not produce: a new sequence
-    assert alif.b.numel() == 0 and alif.spk.numel() == 0
+    assert alif.b.numel() == 0 and not alif.spk.any()  # below the threshold: no reset pending
     spk = alif(torch.zeros(B, H))
     assert not spk.any() and not alif.b.any()
     torch.testing.assert_close(alif.mem, torch.full((B, H), 0.45))
@@ -633,3 +721,133 @@ def test_signatures_and_args_sections_show_every_argument():
         missing = [name for name in params if f"{name}:" not in args]
         assert not missing, (cls.__name__, missing)
     assert issubclass(esnn.ALIF, snn.Leaky) and issubclass(esnn.EGRU, snn.Leaky)
+
+
+def test_egru_as_a_bfloat16_module_matches_float32_at_bfloat16_precision():
+    """``.to(torch.bfloat16)`` on a network with the EGRU neuron: it runs, trains, keeps its
+    internal state float32 (SPEC §6) and computes what a float32 EGRU with the same (rounded)
+    weights computes, to bfloat16 precision."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(NI, H), esnn.EGRU(H, H, init_hidden=True, threshold_init="constant"))
+    ref = copy.deepcopy(net).to(torch.bfloat16).float()  # float32, with the bfloat16-rounded weights
+    net = net.to(torch.bfloat16)
+    x = torch.randn(B, NI).to(torch.bfloat16)
+    outs = [net(x) for _ in range(3)]
+    assert all(o.dtype == torch.bfloat16 for o in outs) and net[1].c.dtype == torch.float32
+    torch.stack(outs).float().sum().backward()
+    assert net[0].weight.grad.dtype == torch.bfloat16 and bool(net[0].weight.grad.abs().sum() > 0)
+    with torch.no_grad():
+        want = [ref(x.float()) for _ in range(3)]
+    # One bfloat16 rounding of each product (eps 2^-8) per step, through three steps of gates.
+    bf16 = torch.finfo(torch.bfloat16).eps
+    torch.testing.assert_close(net[1].c, ref[1].c, rtol=8 * bf16, atol=8 * bf16)
+    for got, exp in zip(outs, want):
+        torch.testing.assert_close(got.float(), exp, rtol=8 * bf16, atol=8 * bf16)
+
+
+@pytest.mark.parametrize("kind,torch_cell", [("delta_gru", nn.GRUCell), ("delta_lstm", nn.LSTMCell)])
+def test_delta_neurons_return_the_state_they_take(kind, torch_cell):
+    """``h, x_hat, h_hat, m = dgru(x, h, x_hat, h_hat, m)`` (and DeltaLSTM's five) as the
+    docstrings write it: the call unpacks into the names it takes; at threshold 0 ``h`` (and
+    ``c``) are torch's GRUCell/LSTMCell."""
+    torch.manual_seed(0)
+    cls = esnn.DeltaGRU if kind == "delta_gru" else esnn.DeltaLSTM
+    neuron = cls(NI, H, threshold=0.0)
+    ref = torch_cell(NI, H)
+    ref.load_state_dict(neuron.cell.state_dict(), strict=False)
+    x = torch.randn(T, B, NI)
+    state = neuron.reset_mem()
+    assert len(state) == len(neuron._state_names)
+    ref_state = None
+    for t in range(T):
+        state = neuron(x[t], *state)
+        assert len(state) == len(neuron._state_names)
+        ref_state = ref(x[t], ref_state)
+        if kind == "delta_gru":
+            torch.testing.assert_close(state[0], ref_state)
+        else:
+            torch.testing.assert_close(state[0], ref_state[0])
+            torch.testing.assert_close(state[1], ref_state[1])
+    out = cls(NI, H, init_hidden=True, output=True)(x[0])
+    assert len(out) == len(neuron._state_names)
+
+
+def _run_rleaky_form(neuron, cur, readout):
+    """snntorch's RLeaky loop (``init_rleaky``, ``spk, mem = lif(cur, spk, mem)``); returns the
+    spikes, last mem and the gradients of a loss on both w.r.t. the current and the parameters."""
+    spk, mem = neuron.init_rleaky()
+    loss = 0.0
+    spikes = []
+    for t in range(cur.shape[0]):
+        spk, mem = neuron(cur[t], spk, mem)
+        spikes.append(spk)
+        loss = loss + (spk * readout).sum() + 0.1 * mem.pow(2).sum()
+    names, params = zip(*neuron.named_parameters()) if list(neuron.parameters()) else ((), ())
+    grads = torch.autograd.grad(loss, [cur, *params])
+    return torch.stack(spikes), mem, dict(zip(("input", *names), grads))
+
+
+@pytest.mark.parametrize("reset_mechanism", ["subtract", "zero", "none"])
+@pytest.mark.parametrize("recurrence", ["linear", "one_to_one"])
+def test_ralif_is_snn_rleaky_values_and_gradients(recurrence, reset_mechanism):
+    """snn.RLeaky's code with the class swapped: RALIF without adaptation computes snn.RLeaky,
+    spikes, membranes and gradients (current, β, threshold and recurrent weights), float32."""
+    torch.manual_seed(0)
+    beta = torch.rand(H)  # per neuron, some below e^-1
+    if recurrence == "linear":
+        kw = {"linear_features": H}
+    else:
+        kw = {"all_to_all": False, "V": 0.5 * torch.randn(H)}
+    kw.update(reset_mechanism=reset_mechanism, learn_beta=True, learn_threshold=True)
+    rleaky = snn.RLeaky(beta=beta, **kw)
+    ralif = esnn.RALIF(beta=beta, adapt_strength=0.0, spike_grad=snn_surrogate.atan(), **kw)
+    missing, unexpected = ralif.load_state_dict(rleaky.state_dict(), strict=False)
+    assert not unexpected and set(missing) == {"tau_adapt", "adapt_strength"}  # snn.RLeaky's weights load
+    cur = (1.5 * torch.rand(12, B, H)).requires_grad_(True)
+    readout = torch.randn(H)
+    spikes, mem, grads = _run_rleaky_form(ralif, cur, readout)
+    ref_spikes, ref_mem, ref_grads = _run_rleaky_form(rleaky, cur, readout)
+    assert 0 < spikes.mean() < 1
+    torch.testing.assert_close(spikes, ref_spikes)
+    torch.testing.assert_close(mem, ref_mem, **_LEAKY_TOL)
+    assert grads.keys() == ref_grads.keys() and len(grads) == (4 if recurrence == "one_to_one" else 5)
+    for name, got in grads.items():
+        torch.testing.assert_close(got, ref_grads[name], **_LEAKY_TOL, msg=lambda m, n=name: f"{n}: {m}")
+
+
+def test_ralif_conv2d_recurrence_and_bad_arguments():
+    torch.manual_seed(0)
+    rleaky = snn.RLeaky(beta=0.8, conv2d_channels=3, kernel_size=3)
+    ralif = esnn.RALIF(beta=0.8, conv2d_channels=3, kernel_size=3, adapt_strength=0.0, spike_grad=snn_surrogate.atan())
+    ralif.recurrent.load_state_dict(rleaky.recurrent.state_dict())
+    cur = 1.5 * torch.rand(6, 2, 3, 5, 5)
+    spikes, mem, _ = _run_rleaky_form(ralif, cur.requires_grad_(True), torch.ones(5))
+    ref_spikes, ref_mem, _ = _run_rleaky_form(rleaky, cur, torch.ones(5))
+    assert 0 < spikes.mean() < 1
+    torch.testing.assert_close(spikes, ref_spikes)
+    torch.testing.assert_close(mem, ref_mem, **_LEAKY_TOL)
+    with pytest.raises(TypeError, match="needs linear_features"):
+        esnn.RALIF(beta=0.9)
+    with pytest.raises(TypeError, match="all_to_all=False.*must be None"):
+        esnn.RALIF(beta=0.9, all_to_all=False, linear_features=H)
+    with pytest.raises(TypeError, match="both conv2d_channels and kernel_size"):
+        esnn.RALIF(beta=0.9, conv2d_channels=3)
+    with pytest.raises(TypeError, match=r"got 1 state arguments. RALIF takes `spk, mem = lif\(cur, spk, mem\)`"):
+        esnn.RALIF(beta=0.9, linear_features=H)(torch.randn(B, H), torch.zeros(B, H))
+
+
+@pytest.mark.parametrize("reset_mechanism", ["subtract", "zero"])
+def test_a_membrane_passed_above_threshold_is_reset_as_snn_leaky_resets_it(reset_mechanism):
+    """snn.Leaky computes its reset from the membrane it is given (``H(mem − threshold)``): a
+    membrane from elsewhere, above the threshold, is reset at the next step."""
+    torch.manual_seed(0)
+    leaky, alif = _leaky_pair(0.8, reset_mechanism=reset_mechanism)
+    cur = torch.rand(B, H)
+    given = 2 * torch.rand(B, H)  # about half above the threshold 1.0
+    for neuron in (leaky, alif):
+        neuron.init_leaky()
+    spk, mem = alif(cur, given.clone())
+    ref_spk, ref_mem = leaky(cur, given.clone())
+    assert bool((given > 1).any()) and bool((given <= 1).any())
+    torch.testing.assert_close(spk, ref_spk)
+    torch.testing.assert_close(mem, ref_mem, **_LEAKY_TOL)

@@ -185,8 +185,8 @@ def test_profile_table_and_json():
 
 
 def test_profile_rejects_bad_input():
-    with pytest.raises(ValueError, match="no layer that records last_stats"):
-        metrics.profile(torch.nn.Linear(3, 3), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="no layer that records last_stats.*and no nn.Linear or nn.Conv"):
+        metrics.profile(torch.nn.ReLU(), torch.zeros(2, 3))
     with pytest.raises(ValueError, match="record_stats=True"):
         metrics.profile(evsnn.ALIF(3, 3, record_stats=False), KNOWN)
     with pytest.raises(ValueError, match="exactly the keys 'mac' and 'ac'"):
@@ -253,3 +253,73 @@ def test_reference_traces_validation():
         metrics.reference_traces(layer, torch.zeros(2, 1, 3))
     layer.eval()
     assert metrics.reference_traces(layer, torch.zeros(2, 1, 3)).output.shape == (2, 1, 3)
+
+
+def test_profile_counts_snntorch_adapters_and_dense_layers_by_hand():
+    """A tutorial-style step loop: Linear(3→4) → ALIF adapter → Linear(4→2) → EGRU adapter, two
+    steps, batch 2, beside a snn.Leaky and a ReLU that profile does not count (named in skipped).
+    Every count below is computed by hand from the known spikes and events."""
+    snn = pytest.importorskip("snntorch")
+    from evsnn.interop import snntorch as esnn
+
+    torch.manual_seed(0)
+
+    class StepNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1 = torch.nn.Linear(3, 4)
+            self.lif = esnn.ALIF(beta=0.5, threshold=1.0, adapt_strength=0.0, linear_features=4)
+            self.fc2 = torch.nn.Linear(4, 2)
+            self.egru = esnn.EGRU(2, 5, threshold=0.05, threshold_init="constant")
+            self.leaky = snn.Leaky(beta=0.9)
+            self.act = torch.nn.ReLU()
+
+        def forward(self, x):
+            mem = self.lif.init_leaky()
+            state = self.egru.init_leaky()
+            outs = []
+            for t in range(x.shape[0]):
+                spk, mem = self.lif(self.fc1(x[t]), mem)
+                y, state = self.egru(self.act(self.fc2(spk)), state)
+                outs.append(y)
+            return torch.stack(outs)
+
+    net = StepNet()
+    with torch.no_grad():
+        net.fc1.weight.copy_(torch.tensor([[2.0, 0, 0], [0, 2.0, 0], [0, 0, 2.0], [0, 0, 0]]))
+        net.fc1.bias.zero_()
+        net.lif.recurrent.weight.zero_()
+        net.lif.recurrent.bias.zero_()
+        net.fc2.weight.fill_(1.0)
+        net.fc2.bias.zero_()
+    x = torch.tensor([[[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]], [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]])  # [T=2, B=2, 3]
+    prof = metrics.profile(net, x, warmup=False)
+    assert [p.name for p in prof.layers] == ["fc1", "lif", "fc2", "egru"]
+    assert prof.skipped == {"leaky": "Leaky", "act": "ReLU"}
+    # fc1: 2 steps · 2 rows · 3 · 4 dense; nonzero inputs 2+1, then 0+3 → 6 · 4 fan-out.
+    assert prof["fc1"].dense_macs == 2 * 2 * 3 * 4 and prof["fc1"].event_ops == 6 * 4
+    assert prof["fc1"].input_binary and prof["fc1"].neurons == 0
+    # lif: currents 2·x: spikes where x = 1 (mem = 2 > 1): step 1 → 3 spikes, step 2 → 3 spikes of 8.
+    assert prof["lif"].event_fraction_per_step == [3 / 8, 3 / 8] and prof["lif"].neurons == 4
+    # Its 4×4 recurrence: dense 2 steps · 2 · 16; driven by the previous spikes: none, then 3 · 4 rows.
+    assert prof["lif"].dense_macs == 2 * 2 * 16 and prof["lif"].event_ops == 3 * 4
+    assert prof["lif"].events_binary and prof["lif"].event_energy_pj == pytest.approx(12 * 0.9)
+    # fc2 sees the spikes: 6 nonzero, 2 outputs each; binary input → accumulates.
+    assert prof["fc2"].dense_macs == 2 * 2 * 4 * 2 and prof["fc2"].event_ops == 6 * 2
+    assert prof["fc2"].event_energy_pj == pytest.approx(12 * 0.9)
+    # egru (I=2, H=5, 3 gates): dense 2 · 2 · 15 · (2 + 5); input events: nonzero ReLU outputs.
+    with torch.no_grad():
+        spikes = []
+        mem = net.lif.init_leaky()
+        for t in range(2):
+            spk, mem = net.lif(net.fc1(x[t]), mem)
+            spikes.append(spk)
+        relu = [torch.relu(net.fc2(s)) for s in spikes]
+        ys = net(x)
+    input_events = sum(int((r != 0).sum()) for r in relu)
+    recurrent_events = int((ys[0] != 0).sum())  # step 1's events drive step 2's W_hh
+    assert prof["egru"].dense_macs == 2 * 2 * 15 * 7
+    assert prof["egru"].event_ops == (input_events + recurrent_events) * 15
+    assert prof["egru"].input_event_ops == input_events * 15 and prof["egru"].neurons == 5
+    assert prof["egru"].event_fraction_per_step == pytest.approx([int((y != 0).sum()) / 10 for y in ys])
+    assert net.lif.record_stats is False  # profile asked only for its own pass

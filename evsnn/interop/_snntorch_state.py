@@ -17,6 +17,7 @@ import torch
 from snntorch._neurons.neurons import SpikingNeuron
 from torch import Tensor, nn
 
+from ..stats import LayerStats
 from ..surrogate import SnnTorchSurrogate, Surrogate, as_surrogate
 
 __all__ = ["reset", "detach_hidden"]
@@ -82,6 +83,11 @@ class _StatefulNeuron:
     _state_names: tuple[str, ...] = ()
     _state_fields: tuple[str, ...] = ()
     _state_type: type = tuple
+    # Statistics cost a few reductions per step: recorded only while asked, as
+    # evsnn.metrics.profile (and the NeuroBench adapter through it) asks for its pass.
+    record_stats: bool = False
+    last_stats: LayerStats | None = None
+    _stats_on_request = True
 
     def _init_state_buffers(self) -> None:
         for name in self._state_names:
@@ -147,25 +153,40 @@ class _StatefulNeuron:
         for name, value in passed.items():
             if not isinstance(value, Tensor):
                 raise TypeError(f"{cls} state {name!r} must be a tensor, got {type(value).__name__}")
-        initial = self._initial_state(input_)
+        buffers = self._buffers  # type: ignore[attr-defined]
+        initial = None
         state = {}
-        for name, field in zip(self._state_names, self._state_fields):
-            init = getattr(initial, field)
+        for name, field, shape in zip(self._state_names, self._state_fields, self._state_shapes(input_)):
             if name in passed:
                 value = passed[name]
-                if value.numel() > 0 and value.shape != init.shape:
+                if value.numel() > 0 and value.shape != shape:
                     raise ValueError(
-                        f"{cls} state {name!r} must have shape {tuple(init.shape)} for this input, "
-                        f"got {tuple(value.shape)}"
+                        f"{cls} state {name!r} must have shape {tuple(shape)} for this input, got {tuple(value.shape)}"
                     )
-                setattr(self, name, value)
-            buf = getattr(self, name)
-            # An empty buffer (fresh or reset) or a stored one of another batch size starts afresh.
-            state[field] = buf if buf.shape == init.shape else init
-        out, new_state = self._step(input_, self._state_type(**state))
+                buffers[name] = value
+            buf = buffers[name]
+            if buf.shape != shape:
+                # An empty buffer (fresh or reset) or a stored one of another batch size starts afresh.
+                if initial is None:
+                    initial = self._initial_state(input_)
+                buf = getattr(initial, field)
+            state[field] = buf
+        before = self._state_type(**state)
+        out, new_state = self._step(input_, before)
         for name, field in zip(self._state_names, self._state_fields):
-            setattr(self, name, getattr(new_state, field))
+            buffers[name] = getattr(new_state, field)
+        if self.record_stats:
+            self.last_stats = self._step_stats(input_, before, new_state)
         return out
+
+    def _step_stats(self, input_: Tensor, before: NamedTuple, after: NamedTuple) -> LayerStats:
+        """The :class:`~evsnn.stats.LayerStats` of one step (see :func:`evsnn.metrics.profile`)."""
+        raise NotImplementedError
+
+    def _state_shapes(self, x: Tensor) -> tuple[torch.Size, ...]:
+        """The shape of each state buffer for the input ``x``, in the order of ``_state_names``."""
+        initial = self._initial_state(x)
+        return tuple(getattr(initial, f).shape for f in self._state_fields)
 
     def _returned_state(self) -> tuple[Tensor, ...]:
         return tuple(getattr(self, n) for n in self._state_names)
@@ -179,6 +200,9 @@ class _LeakyForm(_StatefulNeuron):
     """
 
     _membrane: str = ""
+    # The state arguments of snntorch's own form (snn.Leaky: mem; snn.RLeaky: spk, mem); it
+    # returns (output, mem) and keeps the rest of the state inside.
+    _short_names: tuple[str, ...] = ("mem",)
     _full_names: tuple[str, ...] = ()
     _forms: str = ""
     _membrane_had_graph: bool = False
@@ -216,8 +240,12 @@ class _LeakyForm(_StatefulNeuron):
             # A membrane the neuron did not produce starts a new sequence from it, as it does for
             # snn.Leaky, whose whole state it is (Leaky.reset_hidden writes zeros here).
             self._clear_state()
+            self._start_from_membrane(value)
         setattr(self, self._membrane, value)
         self._membrane_had_graph = value.requires_grad
+
+    def _start_from_membrane(self, mem: Tensor) -> None:
+        """Set the rest of the state for a sequence that starts from the membrane ``mem``."""
 
     def reset_mem(self) -> Tensor:  # type: ignore[override]
         """Clear the whole state (``init_leaky()`` calls this); the next call starts afresh.
@@ -234,7 +262,7 @@ class _LeakyForm(_StatefulNeuron):
         self._membrane_had_graph = False
 
     def _bind(self, positional: tuple[Any, ...], keywords: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """``("stored" | "leaky" | "full", {public name: value})`` from a call's state arguments."""
+        """``("stored" | "short" | "full", {public name: value})`` from a call's state arguments."""
         cls = type(self).__name__
         given = {k: v for k, v in keywords.items() if v is not None}
         if positional and given:
@@ -242,13 +270,13 @@ class _LeakyForm(_StatefulNeuron):
         if not positional:
             if not given:
                 return "stored", {}
-            if set(given) == {"mem"}:
-                return "leaky", given
+            if set(given) == set(self._short_names):
+                return "short", given
             if set(given) == set(self._full_names):
                 return "full", given
             raise TypeError(f"{cls} got the state arguments {sorted(given)}. {self._forms}")
-        if len(positional) == 1:
-            return "leaky", {"mem": positional[0]}
+        if len(positional) == len(self._short_names):
+            return "short", dict(zip(self._short_names, positional))
         if len(positional) == len(self._full_names):
             return "full", dict(zip(self._full_names, positional))
         raise TypeError(f"{cls} got {len(positional)} state arguments. {self._forms}")
@@ -260,10 +288,12 @@ class _LeakyForm(_StatefulNeuron):
             # snntorch's Leaky.detach_hidden detached the membrane in place: the rest follows it.
             self.detach_hidden_state()
         passed: dict[str, Tensor] = {}
-        if form == "leaky" and given["mem"] is not None:
-            self._assign_membrane(given["mem"])
+        names = dict(zip(self._full_names, self._state_names))
+        if form == "short":
+            if given.get("mem") is not None:
+                self._assign_membrane(given["mem"])
+            passed = {names[k]: self._state_argument(k, v) for k, v in given.items() if k != "mem" and v is not None}
         elif form == "full":
-            names = dict(zip(self._full_names, self._state_names))
             passed = {names[k]: self._state_argument(k, v) for k, v in given.items() if v is not None}
         out = self._advance(input_, passed)
         self._membrane_had_graph = self.mem.requires_grad
@@ -292,6 +322,28 @@ class _CellNeuron(_StatefulNeuron):
 
     def _step(self, x: Tensor, state: NamedTuple) -> tuple[Tensor, NamedTuple]:
         return self.cell(x, state)
+
+    _gates: int = 3
+    _delta_encoded: bool = False
+
+    def _step_stats(self, input_: Tensor, before: NamedTuple, after: NamedTuple) -> LayerStats:
+        # One weight row per gate and unit for each input or recurrent event (W_ih, W_hh dense).
+        with torch.no_grad():
+            batch, hidden, rows = input_.shape[0], self.hidden_size, self._gates * self.hidden_size
+            dense = batch * rows * (self.input_size + hidden)
+            if self._delta_encoded:
+                # The memories change exactly where a delta passed its threshold.
+                input_events = (after.x_hat != before.x_hat).sum()
+                events = (after.h_hat != before.h_hat).sum()
+                recurrent_events = events  # this step's Δh is what multiplies W_hh
+            else:
+                input_events = (input_ != 0).sum()
+                recurrent_events = (before.y != 0).sum()
+                events = (after.y != 0).sum()
+            fraction = (events / (batch * hidden)).reshape(1).float()
+            input_ops = input_events * rows
+        extra = {"neurons": hidden, "input_event_ops": input_ops, "delta_encoded": self._delta_encoded}
+        return LayerStats(type(self).__name__, fraction, dense, input_ops + recurrent_events * rows, extra=extra)
 
     @property
     def input_size(self) -> int:

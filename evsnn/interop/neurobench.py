@@ -17,8 +17,11 @@ bench = Benchmark(EvsnnModel(net), loader, [], [], [[], [ClassificationAccuracy,
 results = bench.run()
 ```
 
-Only evsnn layers (those recording ``last_stats``) are counted; the operations of other modules
-in the network (e.g. an ``nn.Linear`` readout) are NeuroBench's to count with its own metrics.
+Counted are what ``profile`` counts: the evsnn layers, the :mod:`evsnn.interop.snntorch` neurons
+(both record ``last_stats``) and the dense ``nn.Linear``/``nn.Conv`` layers outside them (their
+synaptic operations: ``Dense`` and, driven by nonzero inputs, ``Effective_ACs`` for spikes or
+``Effective_MACs``). Modules that none of these describe (a ``snn.Leaky``, pooling, ...) are named
+in ``model.last_profile.skipped``; their operations are NeuroBench's to count with its own metrics.
 """
 
 from __future__ import annotations
@@ -50,8 +53,8 @@ class EvsnnModel(TorchModel):
     """A NeuroBench model over an ``nn.Module`` that contains evsnn layers.
 
     Each call runs the network once under :func:`evsnn.metrics.profile` (no warm-up call, no
-    gradient) and keeps the profile and the number of event slots of every evsnn layer for the
-    metrics of this module.
+    gradient) and keeps the profile (one row per counted layer, with its ``neurons`` per sample)
+    for the metrics of this module.
 
     Args:
         net: the network; it receives NeuroBench's batch as is (``[B, T, ...]``: build the
@@ -68,24 +71,11 @@ class EvsnnModel(TorchModel):
 
     def __call__(self, batch: Tensor) -> Any:
         keep = _KeepOutput(self.net)
-        units: list[int] = []
-        layers = [m for m in self.net.modules() if hasattr(m, "last_stats")]
-        handles = [m.register_forward_hook(lambda m, a, o: units.append(_units(m))) for m in layers]
-        try:
-            with torch.no_grad():
-                self.last_profile = profile(keep, batch, warmup=False)
-        finally:
-            for h in handles:
-                h.remove()
-        self.last_units = units
+        with torch.no_grad():
+            self.last_profile = profile(keep, batch, warmup=False)
+        self.last_units = [row.neurons for row in self.last_profile.layers]
         self.last_batch_size = int(batch.shape[0])
         return keep.output
-
-
-def _units(layer: nn.Module) -> int:
-    """Neurons (units whose events ``event_fraction`` averages over) of one evsnn layer."""
-    directions = 2 if getattr(layer, "bidirectional", False) else 1
-    return int(layer.hidden_size) * directions * int(getattr(layer, "num_layers", 1))
 
 
 def _profiled(model: Any, metric: str) -> tuple[Profile, list[int], int]:
@@ -110,7 +100,7 @@ class ActivationSparsity(AccumulatedMetric):
 
     def __call__(self, model: Any, preds: Tensor, data: tuple[Tensor, Tensor]) -> float:
         prof, units, batch = _profiled(model, "ActivationSparsity")
-        for row, n in zip(prof.layers, units):
+        for row, n in zip(prof.layers, units):  # a dense layer has no neurons, hence no slots
             slots = len(row.event_fraction_per_step) * batch * n
             self.events += row.event_fraction * slots
             self.slots += slots
@@ -121,11 +111,11 @@ class ActivationSparsity(AccumulatedMetric):
 
 
 class SynapticOperations(AccumulatedMetric):
-    """Synaptic operations of the evsnn layers per sample, as NeuroBench names them:
+    """Synaptic operations of the counted layers per sample, as NeuroBench names them:
     ``Effective_ACs`` (operations driven by binary spikes: a spiking input, ALIF's recurrent
-    spikes), ``Effective_MACs`` (graded events: EGRU events, deltas, non-binary inputs) and
-    ``Dense`` (the multiply-accumulates of the same layers run densely). Their sum
-    ``Effective_ACs + Effective_MACs`` is ``profile``'s ``event_ops``."""
+    spikes, spikes into an ``nn.Linear``), ``Effective_MACs`` (graded events: EGRU events, deltas,
+    non-binary inputs) and ``Dense`` (the multiply-accumulates of the same layers run densely).
+    Their sum ``Effective_ACs + Effective_MACs`` is ``profile``'s ``event_ops``."""
 
     def __init__(self) -> None:
         super().__init__(requires_hooks=False)

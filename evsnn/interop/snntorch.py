@@ -1,13 +1,14 @@
 """snntorch drop-in neurons: ALIF, EGRU, DeltaGRU and DeltaLSTM as snntorch neurons.
 
-:class:`ALIF` and :class:`EGRU` are ``snntorch.Leaky`` subclasses: code written for
-``snn.Leaky`` runs after swapping the class, and snntorch's own helpers (``utils.reset``,
+:class:`ALIF` (and :class:`RALIF`, its ``snn.RLeaky`` form) and :class:`EGRU` are
+``snntorch.Leaky`` subclasses: code written for ``snn.Leaky`` runs after swapping the class, and snntorch's own helpers (``utils.reset``,
 ``Leaky.reset_hidden``/``detach_hidden``, ``backprop.TBPTT``, the ``_final_layer_check`` that
 counts a network's outputs) treat them as they treat ``snn.Leaky``::
 
     mem = alif.init_leaky()                   # or reset_mem(): clears the whole state
     spk, mem = alif(cur, mem)                 # the snn.Leaky form; b stays inside (alif.b)
     spk, mem, b = alif(cur, spk, mem, b)      # the full state, explicit
+    spk, mem = ralif(cur, spk, mem)           # RALIF: the snn.RLeaky form
     spk, mem = egru(x, mem)                   # snn.Leaky form: spk = events y, mem = c
     spk, mem = egru(x, spk, mem)              # full state (y, c)
     h, x_hat, h_hat, m = dgru(x, h, x_hat, h_hat, m)          # DeltaGRU:  DeltaGRUState
@@ -21,12 +22,15 @@ state by name); any other count raises a ``TypeError`` naming both forms. With
 ``mem`` of ALIF is the membrane ``v``, of EGRU the internal state ``c``. Like ``snn.Leaky``,
 whose whole state is ``mem``, writing a membrane the neuron did not produce (``neuron.mem =
 zeros``, as ``Leaky.reset_hidden`` does, or passing such a tensor in the Leaky form) starts a new
-sequence from it: the rest of the state returns to its initial value. A detached view of the
+sequence from it: the rest of the state returns to its initial value, except ALIF's last spike,
+which is ``H(mem − threshold)`` as ``snn.Leaky``'s reset reads it. A detached view of the
 neuron's own membrane (``mem.detach()``, or ``Leaky.detach_hidden``'s in-place ``detach_()``)
 detaches the whole state, values kept (truncated BPTT).
 
 Every step is computed by :mod:`evsnn.functional` (through :mod:`evsnn.nn` cells for the
-families that own weights); this module only threads the state the snntorch way. State lives in
+families that own weights), except ALIF's in snntorch's units, which is ``snn.Leaky``'s membrane
+equation around SPEC §2's adaptation (``_leaky_alif_dynamics``); otherwise this module only
+threads the state the snntorch way. State lives in
 non-persistent buffers that are tensors, never ``None``; an empty or wrongly shaped buffer (a new
 batch size, a reset) is re-allocated from the *state's own* initial value (ALIF's as its
 ``convention`` says, accumulators at the biases for delta cells). :func:`reset` and :func:`detach_hidden` also reach
@@ -49,13 +53,15 @@ from snntorch._neurons.leaky import Leaky
 from snntorch._neurons.neurons import LIF, SpikingNeuron
 from torch import Tensor, nn
 
-from ..functional.alif import ALIFState, alif_initial_state, alif_step, decay, decay_time_constant
+from ..functional.alif import ALIFState, alif_dynamics, alif_initial_state, decay, decay_time_constant
 from ..functional.delta import DeltaGRUState, DeltaLSTMState
 from ..functional.egru import EGRUState
+from ..metrics import synaptic_ops
 from ..nn.delta import DeltaGRUCell as _DeltaGRUCell
 from ..nn.delta import DeltaLSTMCell as _DeltaLSTMCell
 from ..nn.egru import EGRUCell as _EGRUCell
-from ..surrogate import MultiGaussian, Triangle
+from ..stats import LayerStats
+from ..surrogate import MultiGaussian, Surrogate, Triangle, heaviside
 from ._snntorch_state import (
     _as_tensor,
     _CellNeuron,
@@ -66,11 +72,12 @@ from ._snntorch_state import (
     reset,
 )
 
-__all__ = ["ALIF", "EGRU", "DeltaGRU", "DeltaLSTM", "reset", "detach_hidden"]
+__all__ = ["ALIF", "RALIF", "EGRU", "DeltaGRU", "DeltaLSTM", "reset", "detach_hidden"]
 
-_MIN_BETA = math.exp(-1.0)  # decay of a one-step time constant: τ ≥ 1 step (SPEC §2)
+_MIN_SPEC_BETA = math.exp(-1.0)  # SPEC §2: the decay of a one-step time constant, τ_m ≥ 1 step
 # ALIF's two conventions and the default threshold of each: snntorch's 1.0, SPEC's b0 = 0.01.
 _CONVENTIONS = {"snntorch": 1.0, "spec": 0.01}
+_LEAKY_RESETS = ("subtract", "zero", "none")
 
 
 def _decay_to_tau(name: str, decay: Any) -> Tensor:
@@ -78,58 +85,132 @@ def _decay_to_tau(name: str, decay: Any) -> Tensor:
     d = _as_tensor(name, decay)
     if not d.is_floating_point():
         d = d.to(torch.get_default_dtype())
-    if not bool(((d >= _MIN_BETA) & (d < 1.0)).all()):
+    if not bool(((d >= _MIN_SPEC_BETA) & (d < 1.0)).all()):
         raise ValueError(
-            f"{name} is a per-step decay exp(-1/tau) and must lie in [exp(-1), 1) = [{_MIN_BETA:.4f}, 1) "
+            f"{name} is a per-step decay exp(-1/tau) and must lie in [exp(-1), 1) = [{_MIN_SPEC_BETA:.4f}, 1) "
             f"(time constants of at least one step, SPEC §2), got {d.tolist()}"
         )
     return decay_time_constant(d)
+
+
+class _SurrogateSpike(torch.autograd.Function):
+    """``H(x)`` forward, ``g(x)`` backward, for an evsnn surrogate, as one autograd node.
+
+    :class:`evsnn.surrogate.Surrogate` differentiates ``H(x) + G(x) − G(x).detach()`` through
+    autograd, which evaluates the primitive ``G`` in the forward pass and backpropagates through
+    every operation of it. A neuron called once per step pays that on every step; this node
+    computes only the spike forward and ``g`` in the backward pass (the same gradient: ``G' = g``),
+    as snntorch's own surrogates do. A NaN input has a zero gradient, as with ``Surrogate``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, surrogate: Surrogate) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.surrogate = surrogate
+        return heaviside(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (x,) = ctx.saved_tensors
+        return grad * torch.nan_to_num(ctx.surrogate.grad(x), nan=0.0), None
+
+
+def _spike_function(surrogate: Surrogate) -> Any:
+    """``surrogate`` itself, or the one-node form of it where its call is ``Surrogate``'s own."""
+    if type(surrogate).__call__ is not Surrogate.__call__:
+        return surrogate  # snntorch closures and other spike functions keep their own call
+
+    def spike(x: Tensor) -> Tensor:
+        return _SurrogateSpike.apply(x, surrogate)
+
+    return spike
+
+
+def _leaky_alif_dynamics(
+    current: Tensor,
+    state: ALIFState,
+    beta: Tensor,
+    rho: Tensor,
+    threshold: Tensor,
+    adapt_strength: Tensor,
+    reset: str,
+    surrogate: Surrogate,
+    zero_reset_clears_input: bool,
+) -> tuple[Tensor, ALIFState]:
+    """One ALIF step in snntorch's units: SPEC §2's adaptation around ``snn.Leaky``'s membrane.
+
+    ``mem = β·mem + I`` (SPEC §2 integrates ``(1 − β)·I`` instead), reset as ``snn.Leaky`` and
+    ``snn.RLeaky`` define ``reset_mechanism``, with the adaptive threshold ``B_t`` in place of
+    their fixed one. ``"zero"`` clears the decayed membrane before the input (``snn.Leaky``) or,
+    with ``zero_reset_clears_input``, the whole new value (``snn.RLeaky``).
+    """
+    s_prev = state.s
+    b = rho * state.b + (1.0 - rho) * s_prev
+    threshold = threshold + adapt_strength * b
+    if reset == "subtract":
+        v = beta * state.v + current - threshold * s_prev
+    elif reset == "zero":
+        if zero_reset_clears_input:
+            v = (1.0 - s_prev) * (beta * state.v + current)
+        else:
+            v = beta * ((1.0 - s_prev) * state.v) + current
+    else:
+        v = beta * state.v + current
+    s = surrogate(v - threshold)
+    return s, ALIFState(v, b, s)
 
 
 class ALIF(_LeakyForm, Leaky):
     """Adaptive multi-timescale LIF (SPEC.md §2) as a ``snntorch.Leaky`` neuron.
 
     Takes the input *current* ``I_t`` (put an ``nn.Linear`` in front, as with ``snn.Leaky``) and
-    computes, through :func:`evsnn.functional.alif_step`, with the default
-    ``convention="snntorch"``::
+    computes, with the default ``convention="snntorch"``::
 
         b_t = ρ·b_{t−1} + (1 − ρ)·s_{t−1};    B_t = threshold + adapt_strength·b_t
         mem_t = β·mem_{t−1} + I_t − B_t·s_{t−1};    s_t = H(mem_t − B_t)
 
     with the spike history ``s_{t−1}`` entering the reset and ``b`` without gradient, as
-    ``snn.Leaky``'s reset does: with ``adapt_strength=0`` this is ``snn.Leaky`` (subtract reset,
-    one step late), values and gradients. ``convention="spec"`` is SPEC §2 and Yin et al.
-    exactly: the membrane integrates ``(1 − β)·I_t`` and nothing is detached. Both are the same
-    forward dynamics in different voltage units: a "snntorch" neuron with ``(threshold,
-    adapt_strength)`` spikes as a "spec" one with ``(threshold·(1−β), adapt_strength·(1−β))``,
-    whose ``mem`` is ``(1−β)`` times smaller (``b``, a spike-rate trace, has no units). The
-    initial state is SPEC's with "spec" (``b = b0 = threshold``) and snntorch's with "snntorch":
-    all zeros, no adaptation before the first spike.
+    ``snn.Leaky``'s reset does: with ``adapt_strength=0`` this is ``snn.Leaky``, values and
+    gradients, for every ``reset_mechanism`` (``"zero"``: ``mem_t = β·(1 − s_{t−1})·mem_{t−1} + I_t``;
+    ``"none"``: no reset term). ``convention="spec"`` is SPEC §2 and Yin et al. exactly,
+    computed by :func:`evsnn.functional.alif_dynamics`: the membrane integrates ``(1 − β)·I_t``
+    and nothing is detached. Both are the same forward dynamics in different voltage units: a
+    "snntorch" neuron with ``(threshold, adapt_strength)`` spikes as a "spec" one with
+    ``(threshold·(1−β), adapt_strength·(1−β))``, whose ``mem`` is ``(1−β)`` times smaller
+    (``b``, a spike-rate trace, has no units). The initial state is SPEC's with "spec" (``b = b0 =
+    threshold``) and snntorch's with "snntorch": all zeros, no adaptation before the first spike.
 
     ``spk, mem = alif(cur, mem)`` (``mem`` is the membrane ``v``; ``b`` and the 0/1 spike state
     stay inside, as ``alif.b`` and ``alif.spk``), or ``spk, mem, b = alif(cur, spk, mem, b)``
     with the full state; with ``init_hidden=True``: ``spk = alif(cur)`` (``output=True``:
-    ``spk, mem = alif(cur)``).
+    ``spk, mem = alif(cur)``). As an output layer, ``mem`` is the membrane: with
+    ``reset_mechanism="none"`` and ``adapt_strength=0`` it is the leaky integral of the input
+    current (a non-spiking readout), with the defaults it is reset by each spike, as
+    ``snn.Leaky``'s.
 
     Args:
-        beta: membrane decay β = exp(−1/τ_m) ∈ [e⁻¹, 1), a number or a per-neuron tensor; default
-            exp(−1/20) ≈ 0.951. Stored as the time constant ``tau_mem`` (learnable with
-            ``learn_beta``), which keeps τ_m ≥ 1 whatever the optimiser does; ``alif.beta`` reads
-            the decay back.
+        beta: membrane decay β, a number or a per-neuron tensor, stored as given (``alif.beta``,
+            an ``nn.Parameter`` with ``learn_beta``). As ``snn.Leaky`` does, the forward pass uses
+            β clamped to [0, 1], so any β in (0, 1] is the decay it says (a learned β that leaves
+            the range acts as its bound). With ``convention="spec"`` β is ``exp(−1/τ_m)`` and must
+            lie in [e⁻¹, 1) (τ_m ≥ 1 step, SPEC §2); the forward clamps it there. Default 0.95
+            (τ_m ≈ 20 steps).
         rho: adaptation decay ρ = exp(−1/τ_adp) ∈ [e⁻¹, 1); default τ_adp = 150 steps.
         threshold: the base threshold (SPEC's ``b0`` in "spec" units); default snntorch's 1.0
             with ``convention="snntorch"``, SPEC's 0.01 with ``"spec"``. Must be > 0.
         adapt_strength: the threshold increase per unit of the adaptation trace (SPEC's β,
             default 1.8); ``0`` gives a LIF neuron with the fixed threshold ``threshold``.
         linear_features: if given, the neuron is recurrent with all-to-all weights
-            (like ``snn.RLeaky(linear_features=...)``): ``I_t += W_rec s_{t−1} + b_rec``.
+            (like ``snn.RLeaky(linear_features=...)``): ``I_t += W_rec s_{t−1} + b_rec``;
+            :class:`RALIF` takes ``snn.RLeaky``'s arguments and call form.
         spike_grad: a ``snntorch.surrogate`` function, an evsnn surrogate or its name; default
             :class:`evsnn.surrogate.MultiGaussian` (SPEC's, not snntorch's ``atan``).
         surrogate_disable: the Heaviside without gradient (snntorch's option).
         init_hidden: keep the state inside and return only the spikes (``nn.Sequential``).
-        learn_beta: learn τ_m. learn_rho: learn τ_adp. learn_threshold: learn the base
+        learn_beta: learn β. learn_rho: learn τ_adp. learn_threshold: learn the base
             threshold. learn_adapt_strength: learn ``adapt_strength``.
-        reset_mechanism: only ``"subtract"`` — ALIF's reset subtracts the adaptive threshold.
+        reset_mechanism: ``"subtract"`` (subtract the adaptive threshold ``B_t``; default),
+            ``"zero"`` or ``"none"``, as ``snn.Leaky`` defines them; ``"spec"`` only subtracts.
         output: with ``init_hidden=True``, return ``(spk, mem)`` instead of ``spk``.
         graded_spikes_factor: the output (and the ``spk`` argument) is ``s_t · factor``.
         learn_graded_spikes_factor: learn that factor.
@@ -150,10 +231,12 @@ class ALIF(_LeakyForm, Leaky):
         "ALIF takes `spk, mem = alif(cur, mem)` (the snn.Leaky form; b stays inside as alif.b) "
         "or `spk, mem, b = alif(cur, spk, mem, b)` (the full state)"
     )
+    # snn.Leaky's "zero" reset clears the decayed membrane only; snn.RLeaky's clears the new value.
+    _zero_reset_clears_input = False
 
     def __init__(
         self,
-        beta: float | Tensor = math.exp(-1.0 / 20.0),
+        beta: float | Tensor = 0.95,
         rho: float | Tensor = math.exp(-1.0 / 150.0),
         threshold: float | Tensor | None = None,
         adapt_strength: float | Tensor = 1.8,
@@ -174,10 +257,20 @@ class ALIF(_LeakyForm, Leaky):
     ):
         if convention not in _CONVENTIONS:
             raise ValueError(f"ALIF convention must be one of {list(_CONVENTIONS)}, got {convention!r}")
-        if reset_mechanism != "subtract":
+        if reset_mechanism not in _LEAKY_RESETS:
+            raise ValueError(f"ALIF reset_mechanism must be one of {list(_LEAKY_RESETS)}, got {reset_mechanism!r}")
+        if convention == "spec" and reset_mechanism != "subtract":
             raise ValueError(
-                "ALIF resets by subtracting its adaptive threshold (SPEC §2); reset_mechanism must be "
-                f"'subtract', got {reset_mechanism!r}"
+                "ALIF with convention='spec' resets by subtracting its adaptive threshold (SPEC §2); "
+                f"reset_mechanism must be 'subtract', got {reset_mechanism!r}"
+            )
+        b = _as_tensor("beta", beta)
+        if not bool(torch.isfinite(b).all()):
+            raise ValueError(f"ALIF beta must be finite, got {b.tolist()}")
+        if convention == "spec" and not bool(((b >= _MIN_SPEC_BETA) & (b < 1.0)).all()):
+            raise ValueError(
+                f"with convention='spec', beta is exp(-1/tau_mem) and must lie in [exp(-1), 1) = "
+                f"[{_MIN_SPEC_BETA:.4f}, 1) (time constants of at least one step, SPEC §2), got {b.tolist()}"
             )
         if threshold is None:
             threshold = _CONVENTIONS[convention]
@@ -191,7 +284,7 @@ class ALIF(_LeakyForm, Leaky):
             # LIF's constructor, not Leaky's: Leaky's only adds its own `mem` buffer and step function.
             LIF.__init__(
                 self,
-                beta,
+                b,
                 thr,
                 spike_grad,
                 surrogate_disable,
@@ -207,7 +300,9 @@ class ALIF(_LeakyForm, Leaky):
             )
             self.convention = convention
             self.detach_reset = convention == "snntorch" if detach_reset is None else bool(detach_reset)
-            self.spike_grad = _resolve_spike_grad(spike_grad, surrogate_disable, MultiGaussian(), self._surrogate_bypass)
+            self.spike_grad = _resolve_spike_grad(
+                spike_grad, surrogate_disable, MultiGaussian(), self._surrogate_bypass
+            )
             tau_adapt = _decay_to_tau("rho", rho)
             if learn_rho:
                 self.tau_adapt = nn.Parameter(tau_adapt)
@@ -220,27 +315,21 @@ class ALIF(_LeakyForm, Leaky):
                 self.adapt_strength = nn.Parameter(strength)
             else:
                 self.register_buffer("adapt_strength", strength)
-            if linear_features is not None:
-                if isinstance(linear_features, bool) or not isinstance(linear_features, int) or linear_features <= 0:
-                    raise ValueError(f"linear_features must be a positive int or None, got {linear_features!r}")
-                self.recurrent = nn.Linear(linear_features, linear_features)
-            else:
-                self.recurrent = None
+            self.recurrent = self._recurrent_module(linear_features)
             self.linear_features = linear_features
             self._init_state_buffers()
 
-    def _beta_buffer(self, beta: Any, learn_beta: bool) -> None:
-        # snntorch stores β itself; we store τ_m = −1/ln β so that τ ≥ 1 can be enforced (SPEC §2).
-        tau = _decay_to_tau("beta", beta)
-        if learn_beta:
-            self.tau_mem = nn.Parameter(tau)
-        else:
-            self.register_buffer("tau_mem", tau)
+    def _recurrent_module(self, linear_features: int | None) -> nn.Module | None:
+        if linear_features is None:
+            return None
+        if isinstance(linear_features, bool) or not isinstance(linear_features, int) or linear_features <= 0:
+            raise ValueError(f"linear_features must be a positive int or None, got {linear_features!r}")
+        return nn.Linear(linear_features, linear_features)
 
     @property
-    def beta(self) -> Tensor:  # type: ignore[override]
-        """Membrane decay ``exp(−1/τ_m)``."""
-        return decay(self.tau_mem)
+    def tau_mem(self) -> Tensor:
+        """Membrane time constant ``−1/ln β`` in steps (SPEC §2's τ_m), read from β."""
+        return decay_time_constant(self.beta.detach())
 
     @property
     def rho(self) -> Tensor:
@@ -253,24 +342,38 @@ class ALIF(_LeakyForm, Leaky):
         b_initial = self.threshold.to(x.dtype) if self.convention == "spec" else 0.0
         return alif_initial_state(x, b_initial)
 
+    def _state_shapes(self, x: Tensor) -> tuple[torch.Size, ...]:
+        return (x.shape,) * len(self._state_names)
+
     def _step(self, current: Tensor, state: ALIFState) -> tuple[Tensor, ALIFState]:
+        out_dtype = current.dtype
+        compute = state.v.dtype
         if self.recurrent is not None:
-            current = current + self.recurrent(state.s)
-        if self.convention == "snntorch":
-            # alif_step integrates (1 − β)·I (SPEC §2); snn.Leaky integrates I itself.
-            current = current / (1.0 - self.beta)
+            current = current + self.recurrent(state.s.to(out_dtype) * self.graded_spikes_factor)
+        if current.dtype != compute:
+            current = current.to(compute)
         if self.detach_reset:
             state = state._replace(s=state.s.detach())
-        s, new_state = alif_step(
-            current,
-            state,
-            tau_mem=self.tau_mem,
-            tau_adapt=self.tau_adapt,
-            b0=self.threshold,
-            beta=self.adapt_strength,
-            surrogate=self.spike_grad,
-        )
-        return s * self.graded_spikes_factor, new_state
+        rho = decay(self.tau_adapt.to(compute))
+        if self.convention == "snntorch":
+            s, new_state = _leaky_alif_dynamics(
+                current,
+                state,
+                self.beta.clamp(0.0, 1.0).to(compute),
+                rho,
+                self.threshold.to(compute),
+                self.adapt_strength.to(compute),
+                self.reset_mechanism,
+                _spike_function(self.spike_grad),
+                self._zero_reset_clears_input,
+            )
+        else:
+            alpha = self.beta.clamp(_MIN_SPEC_BETA, 1.0).to(compute)
+            threshold, strength = self.threshold.to(compute), self.adapt_strength.to(compute)
+            s, new_state, _ = alif_dynamics(
+                current, state, alpha, rho, threshold, strength, _spike_function(self.spike_grad)
+            )
+        return s.to(out_dtype) * self.graded_spikes_factor, new_state
 
     def forward(
         self,
@@ -284,6 +387,30 @@ class ALIF(_LeakyForm, Leaky):
         ``init_hidden=True`` ``spk = alif(cur)``; see the class docstring."""
         return self._leaky_call(input_, state, {"spk": spk, "mem": mem, "b": b})
 
+    def _start_from_membrane(self, mem: Tensor) -> None:
+        # snn.Leaky resets a membrane it is given by H(mem − threshold): a membrane above the
+        # threshold is reset at the next step as if it had just spiked.
+        if self.convention == "snntorch":
+            with torch.no_grad():
+                self._buffers["spk"] = heaviside(mem - self.threshold.to(mem.dtype))
+
+    def _step_stats(self, input_: Tensor, before: ALIFState, after: ALIFState) -> LayerStats:
+        # The neuron's own synapses are its recurrence only (the Linear before it is a layer of
+        # its own); the last spikes drive it, one weight row each (synaptic_ops).
+        with torch.no_grad():
+            batch = input_.shape[0]
+            neurons = input_[0].numel()
+            events = (after.s != 0).sum()
+            if self.recurrent is None:
+                dense, rec_ops = 0, torch.zeros((), dtype=torch.long)
+            elif isinstance(self.recurrent, _OneToOne):
+                dense, rec_ops = batch * neurons, (before.s != 0).sum()
+            else:
+                dense, rec_ops = synaptic_ops(self.recurrent, before.s)
+            fraction = (events / (batch * neurons)).reshape(1).float()
+        extra = {"neurons": neurons, "input_event_ops": 0, "binary_events": True}
+        return LayerStats(type(self).__name__, fraction, dense, rec_ops, extra=extra)
+
     def _state_argument(self, name: str, value: Any) -> Any:
         # The buffer keeps the core's 0/1 spike state; snntorch's spk argument is graded.
         if name == "spk" and isinstance(value, Tensor) and value.numel() > 0:
@@ -294,13 +421,163 @@ class ALIF(_LeakyForm, Leaky):
         return (self.spk * self.graded_spikes_factor, self.v, self.b)
 
 
+class _OneToOne(nn.Module):
+    """``snn.RLeaky(all_to_all=False)``'s recurrence: each neuron's spike scaled by ``V``."""
+
+    def forward(self, spk: Tensor) -> Tensor:
+        return spk * self.V
+
+
+class RALIF(ALIF):
+    """ALIF with ``snn.RLeaky``'s recurrence, arguments and call form.
+
+    ``snn.RLeaky`` code runs after swapping the class::
+
+        lif = RALIF(beta=0.9, linear_features=n)       # or all_to_all=False, V=...
+        spk, mem = lif.init_rleaky()
+        spk, mem = lif(cur, spk, mem)                  # b stays inside (lif.b)
+        spk, mem, b = lif(cur, spk, mem, b)            # the full state
+
+    The recurrent input is ``snn.RLeaky``'s: the last output spikes through ``lif.recurrent``
+    (an ``nn.Linear`` with ``linear_features``, an ``nn.Conv2d`` with ``conv2d_channels`` and
+    ``kernel_size``, or ``spk · V`` with ``all_to_all=False``), with their gradient::
+
+        mem_t = β·mem_{t−1} + I_t + recurrent(s_{t−1}) − B_t·s_{t−1}
+
+    with ALIF's adaptive threshold ``B_t`` (see :class:`ALIF`); ``adapt_strength=0`` is
+    ``snn.RLeaky``, values and gradients. ``reset_mechanism="zero"`` clears the whole new value
+    after a spike, as ``snn.RLeaky`` does (``snn.Leaky`` keeps the input).
+
+    Args:
+        beta: membrane decay β, clamped to [0, 1] in the forward pass as ``snn.RLeaky`` does; a
+            number or a per-neuron tensor; default 0.95.
+        V: the one-to-one recurrent weight (``all_to_all=False``), a number or per-neuron tensor.
+        all_to_all: dense (``linear_features``) or convolutional (``conv2d_channels``,
+            ``kernel_size``) recurrent weights; ``False``: one-to-one through ``V``.
+        linear_features: the number of neurons, for an ``nn.Linear`` recurrence.
+        conv2d_channels: channels of a convolutional recurrence (input ``[B, C, H, W]``).
+        kernel_size: kernel of that ``nn.Conv2d`` (padded to keep the shape).
+        threshold: the base threshold; default 1.0 (snntorch's). Must be > 0.
+        spike_grad: a ``snntorch.surrogate`` function, an evsnn surrogate or its name; default
+            :class:`evsnn.surrogate.MultiGaussian`.
+        surrogate_disable: the Heaviside without gradient (snntorch's option).
+        init_hidden: keep the state inside and return only the spikes.
+        learn_beta: learn β. learn_threshold: learn the base threshold.
+        learn_recurrent: learn the recurrent weights (default ``True``, as ``snn.RLeaky``).
+        reset_mechanism: ``"subtract"``, ``"zero"`` or ``"none"``, as ``snn.RLeaky`` defines them.
+        output: with ``init_hidden=True``, return ``(spk, mem)`` instead of ``spk``.
+        rho: adaptation decay ρ = exp(−1/τ_adp) ∈ [e⁻¹, 1); default τ_adp = 150 steps.
+        adapt_strength: the threshold increase per unit of the adaptation trace (default 1.8).
+        learn_rho: learn τ_adp. learn_adapt_strength: learn ``adapt_strength``.
+        detach_reset: pass the spike history to the reset and to ``b`` without gradient
+            (default ``True``, as snntorch's reset); the recurrent input keeps its gradient.
+    """
+
+    _short_names = ("spk", "mem")
+    _forms = (
+        "RALIF takes `spk, mem = lif(cur, spk, mem)` (the snn.RLeaky form; b stays inside as lif.b) "
+        "or `spk, mem, b = lif(cur, spk, mem, b)` (the full state)"
+    )
+    _zero_reset_clears_input = True
+
+    def __init__(
+        self,
+        beta: float | Tensor = 0.95,
+        V: float | Tensor = 1.0,
+        all_to_all: bool = True,
+        linear_features: int | None = None,
+        conv2d_channels: int | None = None,
+        kernel_size: int | tuple[int, int] | None = None,
+        threshold: float | Tensor = 1.0,
+        spike_grad: Any = None,
+        surrogate_disable: bool = False,
+        init_hidden: bool = False,
+        learn_beta: bool = False,
+        learn_threshold: bool = False,
+        learn_recurrent: bool = True,
+        reset_mechanism: str = "subtract",
+        output: bool = False,
+        rho: float | Tensor = math.exp(-1.0 / 150.0),
+        adapt_strength: float | Tensor = 1.8,
+        learn_rho: bool = False,
+        learn_adapt_strength: bool = False,
+        detach_reset: bool | None = None,
+    ):
+        conv = conv2d_channels is not None or kernel_size is not None
+        if all_to_all:
+            if linear_features is None and not conv:
+                raise TypeError(
+                    "RALIF with all_to_all=True needs linear_features (an nn.Linear recurrence) or conv2d_channels "
+                    "and kernel_size (an nn.Conv2d one), as snn.RLeaky; got none of them"
+                )
+            if linear_features is not None and conv:
+                raise TypeError("RALIF takes linear_features or (conv2d_channels, kernel_size), not both")
+            if conv and (conv2d_channels is None or kernel_size is None):
+                raise TypeError(
+                    f"RALIF needs both conv2d_channels and kernel_size, got conv2d_channels={conv2d_channels!r}, "
+                    f"kernel_size={kernel_size!r}"
+                )
+        elif linear_features is not None or conv:
+            raise TypeError(
+                "RALIF with all_to_all=False scales each spike by V; linear_features, conv2d_channels and "
+                "kernel_size must be None"
+            )
+        with _unregister_on_error(self):
+            super().__init__(
+                beta=beta,
+                rho=rho,
+                threshold=threshold,
+                adapt_strength=adapt_strength,
+                linear_features=linear_features,
+                spike_grad=spike_grad,
+                surrogate_disable=surrogate_disable,
+                init_hidden=init_hidden,
+                learn_beta=learn_beta,
+                learn_rho=learn_rho,
+                learn_threshold=learn_threshold,
+                learn_adapt_strength=learn_adapt_strength,
+                reset_mechanism=reset_mechanism,
+                output=output,
+                detach_reset=detach_reset,
+            )
+            self.all_to_all = bool(all_to_all)
+            self.conv2d_channels = conv2d_channels
+            self.kernel_size = kernel_size
+            if not all_to_all:
+                # V belongs to the neuron and to its recurrence, as in snn.RLeaky (same names in state_dict).
+                self.recurrent = _OneToOne()
+                weight = _as_tensor("V", V)
+                if learn_recurrent:
+                    self.V = self.recurrent.V = nn.Parameter(weight)
+                else:
+                    self.register_buffer("V", weight)
+                    self.recurrent.register_buffer("V", weight)
+            elif conv:
+                k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
+                self.recurrent = nn.Conv2d(conv2d_channels, conv2d_channels, k, padding=(k[0] // 2, k[1] // 2))
+            for p in self.recurrent.parameters():
+                p.requires_grad_(bool(learn_recurrent))
+
+    def init_rleaky(self) -> tuple[Tensor, Tensor]:
+        """Clear the whole state; returns the (empty) ``spk, mem`` to pass to the first call, as
+        ``snn.RLeaky.init_rleaky`` does."""
+        self.reset_mem()
+        return self.spk, self.mem
+
+    def forward(
+        self,
+        input_: Tensor,
+        *state: Tensor,
+        spk: Tensor | None = None,
+        mem: Tensor | None = None,
+        b: Tensor | None = None,
+    ):
+        """``spk, mem = lif(cur, spk, mem)``, ``spk, mem, b = lif(cur, spk, mem, b)``, or with
+        ``init_hidden=True`` ``spk = lif(cur)``; see the class docstring."""
+        return self._leaky_call(input_, state, {"spk": spk, "mem": mem, "b": b})
+
+
 _EGRU_RESETS = {"output": "output", "subtract": "threshold", "threshold": "threshold"}
-
-
-class _EGRUCellWithInitial(_EGRUCell):
-    def initial_state(self, batch: int) -> EGRUState:
-        z = self.weight_ih.new_zeros(batch, self.hidden_size)
-        return EGRUState(z, z)
 
 
 class EGRU(_LeakyForm, _CellNeuron, Leaky):
@@ -313,6 +590,14 @@ class EGRU(_LeakyForm, _CellNeuron, Leaky):
     ``spk = egru(x)``. The step is :func:`evsnn.functional.egru_step` via
     :class:`evsnn.nn.EGRUCell`. EGRU has no membrane decay: its gates set the timescale, so there
     is no ``beta``; unlike ``snn.Leaky`` it owns its weights, hence ``input_size, hidden_size``.
+
+    As an output layer, ``mem`` is ``c``: a GRU state, a gated mix of ``c_{t−1}`` and a
+    ``tanh`` candidate, so it stays within (−1, 1) (less its reset), where ``snn.Leaky``'s
+    membrane integrates an unbounded current. A loss that reads ``mem`` as logits (snntorch
+    tutorial 5's cross-entropy) therefore sees logits of at most about ±1 and learns far more
+    slowly than with ``snn.Leaky``; with the default ``reset_mechanism="output"`` each event also
+    subtracts the unit's whole value at the next step. Keep EGRU for hidden layers and read out
+    with ``snn.Leaky``, :class:`ALIF` or an ``nn.Linear``.
 
     Args:
         input_size: features of ``x``.
@@ -372,7 +657,7 @@ class EGRU(_LeakyForm, _CellNeuron, Leaky):
                 output,
             )
             surrogate = _resolve_spike_grad(spike_grad, surrogate_disable, Triangle(0.3), self._surrogate_bypass)
-            self.cell = _EGRUCellWithInitial(
+            self.cell = _EGRUCell(
                 input_size,
                 hidden_size,
                 bias,
@@ -468,7 +753,9 @@ class _DeltaNeuron(_CellNeuron, SpikingNeuron):
         out = self._advance(input_, passed)
         if self.init_hidden and not self.output:
             return out
-        return (out,) + self._returned_state()
+        # The output h is the state's first field: returned once, so that the call unpacks into
+        # the same names it takes, as snntorch's neurons do.
+        return self._returned_state()
 
 
 class DeltaGRU(_DeltaNeuron):
@@ -488,10 +775,12 @@ class DeltaGRU(_DeltaNeuron):
         threshold: Θ_h, the delta threshold of the hidden state (0: every change propagates).
         threshold_x: Θ_x, the delta threshold of the input; default ``threshold``.
         init_hidden: keep the state inside and return only ``h`` (``nn.Sequential``).
-        output: with ``init_hidden=True``, return ``h`` and the full state.
+        output: with ``init_hidden=True``, return the full state (``h`` first) instead of ``h``.
     """
 
     _cell_type = _DeltaGRUCell
+    _gates = 3
+    _delta_encoded = True
     _state_names = ("h", "x_hat", "h_hat", "m")
     _state_fields = ("h", "x_hat", "h_hat", "m")
     _state_type = DeltaGRUState
@@ -522,10 +811,12 @@ class DeltaLSTM(_DeltaNeuron):
         threshold: Θ_h, the delta threshold of the hidden state (0: every change propagates).
         threshold_x: Θ_x, the delta threshold of the input; default ``threshold``.
         init_hidden: keep the state inside and return only ``h`` (``nn.Sequential``).
-        output: with ``init_hidden=True``, return ``h`` and the full state.
+        output: with ``init_hidden=True``, return the full state (``h`` first) instead of ``h``.
     """
 
     _cell_type = _DeltaLSTMCell
+    _gates = 4
+    _delta_encoded = True
     _state_names = ("h", "c", "x_hat", "h_hat", "m")
     _state_fields = ("h", "c", "x_hat", "h_hat", "m")
     _state_type = DeltaLSTMState
