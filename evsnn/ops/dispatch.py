@@ -23,6 +23,11 @@ and thresholds in float32 as SPEC §6 asks and the output events returned in the
 is announced by one warning per backend, family and dtype, never by a silent switch to the much
 slower reference.
 
+Autograd transforms (:mod:`evsnn.ops.transforms`, docs/transforms.md): under ``torch.func.grad``,
+``jvp`` & co. or forward-mode AD only the reference computes the call, so ``"auto"`` picks it (one
+warning per family and transform) and a backend named explicitly raises; the active transform is
+part of the decision's key.
+
 The decision is a cached lookup (:func:`resolve`): keyed by the family, the requested backend,
 the value of ``EVSNN_BACKEND``, the device, the low-precision dtype in effect and every ``config``
 item the checks read (``dtype``, ``training``, ``surrogate``, ... and the ``(B, H)`` of ``shape``:
