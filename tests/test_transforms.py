@@ -293,3 +293,24 @@ def test_non_contiguous_inputs(cls, view, chosen):
     default, reference, _ = _both(cls, run)
     _close(default, reference)
     assert chosen[0] == "cpu_event"
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad", "frozen layer"])
+def test_inference_tensor_inputs(cls, mode, chosen):
+    def run(layer, x):
+        layer.eval()
+        with torch.inference_mode():
+            x = x.clone()
+        if mode == "inference_mode":
+            with torch.inference_mode():
+                return _out(layer, x)
+        if mode == "no_grad":
+            with torch.no_grad():
+                return _out(layer, x)
+        layer.requires_grad_(False)
+        return _out(layer, x)
+
+    default, reference, _ = _both(cls, run)
+    _close(default, reference)
+    assert chosen[0] == "cpu_event"
