@@ -314,3 +314,21 @@ def test_inference_tensor_inputs(cls, mode, chosen):
     default, reference, _ = _both(cls, run)
     _close(default, reference)
     assert chosen[0] == "cpu_event"
+
+
+@pytest.mark.parametrize("cls", LAYERS)
+def test_vmap_over_the_batch_then_backward_equals_the_batched_call(cls, chosen):
+    """Samples are independent, so mapping the layer over the batch dimension is the batched call,
+    output and parameter gradients alike (the truth here is the default backend's own batched call)."""
+
+    def run(mapped):
+        layer, x = _layer(cls), _input()
+        if mapped:
+            out = torch.func.vmap(lambda xi: _out(layer, xi.unsqueeze(1)).squeeze(1), in_dims=1, out_dims=1)(x)
+        else:
+            out = _out(layer, x)
+        (out * torch.arange(H, dtype=F64)).sum().backward()
+        return out, {name: p.grad for name, p in layer.named_parameters()}
+
+    _close(run(True), run(False))
+    assert chosen == ["cpu_event", "cpu_event"]
