@@ -23,6 +23,11 @@ and thresholds in float32 as SPEC §6 asks and the output events returned in the
 is announced by one warning per backend, family and dtype, never by a silent switch to the much
 slower reference.
 
+Autograd transforms ([`evsnn.ops.transforms`][evsnn.ops.transforms], docs/transforms.md): under `torch.func.grad`,
+`jvp` & co. or forward-mode AD only the reference computes the call, so `"auto"` picks it (one
+warning per family and transform) and a backend named explicitly raises; the active transform is
+part of the decision's key.
+
 The decision is a cached lookup (`resolve`): keyed by the family, the requested backend,
 the value of ``EVSNN_BACKEND``, the device, the low-precision dtype in effect and every ``config``
 item the checks read (``dtype``, ``training``, ``surrogate``, ... and the ``(B, H)`` of ``shape``:
@@ -44,6 +49,7 @@ from typing import Any
 import torch
 
 from ..functional.precision import LOW_PRECISION
+from .transforms import active_transform
 
 __all__ = [
     "BACKENDS",
@@ -199,13 +205,16 @@ def resolve(family: str, requested: str, device: torch.device, **config: Any) ->
     device = torch.device(device)
     low = lowered_dtype(device.type, config.get("dtype"))
     env = os.environ.get(ENV_VAR) if requested == "auto" else None
+    transform = active_transform()
     key = _cache_key(family, requested, env, device, low, config)
+    if key is not None:
+        key = (*key, transform)
     try:
         entry = _CACHE.get(key) if key is not None else None
     except TypeError:  # an unhashable config value: decided afresh
         key = entry = None
     if entry is None:
-        entry = _decide(family, requested, device, low, config)
+        entry = _decide(family, requested, device, low, config, transform)
         if key is not None:
             if len(_CACHE) >= _CACHE_LIMIT:
                 _CACHE.clear()
@@ -235,11 +244,16 @@ def _cache_key(
 
 
 def _decide(
-    family: str, requested: str, device: torch.device, low: torch.dtype | None, config: dict[str, Any]
+    family: str,
+    requested: str,
+    device: torch.device,
+    low: torch.dtype | None,
+    config: dict[str, Any],
+    transform: str | None = None,
 ) -> tuple[Backend, tuple[tuple[str, str], ...]]:
     if low is None:
-        return _resolve(family, requested, device, config)
-    backend, notes = _resolve(family, requested, device, {**config, "dtype": torch.float32})
+        return _resolve(family, requested, device, config, transform)
+    backend, notes = _resolve(family, requested, device, {**config, "dtype": torch.float32}, transform)
     if backend.name == "torch":
         return backend, notes
     message = (
@@ -251,7 +265,7 @@ def _decide(
 
 
 def _resolve(
-    family: str, requested: str, device: torch.device, config: dict[str, Any]
+    family: str, requested: str, device: torch.device, config: dict[str, Any], transform: str | None = None
 ) -> tuple[Backend, tuple[tuple[str, str], ...]]:
     name = _requested(requested)
     if name != "auto":
@@ -268,6 +282,12 @@ def _resolve(
             if hint and "pip install" not in reason:
                 reason = f"{reason} ({hint})"
             raise BackendUnavailable(f"backend {name!r} cannot run this {family} call: {reason}")
+        if transform is not None and name != "torch":
+            raise BackendUnavailable(
+                f"backend {name!r} cannot run this {family} call under {transform}: its kernels have a "
+                "first-order backward only, no rule for this transform; backend='torch' (the reference) runs it, "
+                "and so does backend='auto', which picks the reference under this transform"
+            )
         return backend, ()
     for candidate in ("cupy", "cpu_event"):
         _ensure_loaded(candidate)
@@ -278,6 +298,13 @@ def _resolve(
     reasons = []
     for backend in candidates:
         reason = backend.check(device=device, auto=True, **config)
+        if reason is None and transform is not None:
+            message = (
+                f"evsnn: running {family} on the PyTorch reference under {transform}: the {backend.name} "
+                "kernels that backend='auto' picks for this call have a first-order backward only "
+                "(docs/transforms.md); backend='torch' chooses the reference explicitly"
+            )
+            return _REGISTRY[(family, "torch")], ((f"transform:{family}:{transform}", message),)
         if reason is None:
             return backend, ()
         reasons.append(f"{backend.name}: {reason}")

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ...functional.alif import ALIFState
 from ...functional.precision import state_dtype
+from ..transforms import refuse_double_backward
 from .cpu import ALIFRunner
 from .cuda import alif_backward_launch, alif_forward_launch
 
@@ -160,6 +161,7 @@ def _setup_train(ctx, inputs, output) -> None:
 
 def _backward_train(ctx, g_s, g_vT, g_bT, g_sT, g_v, g_thr, *_residuals):
     v0, bstate0, s0, alpha, rho, beta, weight_hh, *saved = ctx.saved_tensors
+    refuse_double_backward("cpu_event", "alif", g_s, g_vT, g_bT, g_sT, g_v, g_thr, alpha, rho, beta, weight_hh, *saved)
     grads = torch.ops.evsnn.alif_train_cpu_bwd(
         g_s, g_vT, g_bT, g_sT, g_v, g_thr, v0, bstate0, s0, alpha, rho, beta, weight_hh, *saved,
         ctx.detach_reset, bool(ctx.needs_input_grad[3]), *ctx.surrogate,
@@ -255,6 +257,7 @@ def _setup_alif(ctx, inputs, output) -> None:
 
 def _backward_alif(ctx, g_spikes, g_vtrace, g_thr, g_vT, g_bT, g_sT, _g_btrace, _g_inputs):
     saved = ctx.saved_tensors
+    refuse_double_backward("cupy", "alif", g_spikes, g_vtrace, g_thr, g_vT, g_bT, g_sT, *saved)
     spikes = saved[1]
     empty = spikes.new_empty(0)
     grads = [empty if g is None else g for g in (g_spikes, g_vtrace, g_thr, g_vT, g_bT, g_sT)]

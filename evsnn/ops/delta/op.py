@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ...functional.delta import DeltaGRUState, DeltaLSTMState
 from ...functional.precision import state_dtype
+from ..transforms import refuse_double_backward
 from .cpu import DeltaGRURunner, DeltaLSTMRunner
 from .cuda import delta_backward_impl, delta_forward_impl
 
@@ -212,6 +213,7 @@ def _setup_train(ctx, inputs, output) -> None:
 
 def _backward_train(ctx, g_out, g_h, g_c, g_xhat, g_hhat, g_m, g_dx, g_dh, *_residuals):
     saved = ctx.saved_tensors
+    refuse_double_backward("cpu_event", "delta_gru" if ctx.gru else "delta_lstm", g_out, g_h, g_c, g_dx, g_dh, *saved)
     g_x, g_h0, g_c0, g_xhat0, g_hhat0, g_m0, g_wih, g_whh = torch.ops.evsnn.delta_train_cpu_bwd(
         g_out, g_h, None if ctx.gru else g_c, g_xhat, g_hhat, g_m, g_dx, g_dh, *saved, ctx.gru
     )
@@ -311,6 +313,8 @@ def _setup_bptt(ctx, inputs, output) -> None:
 def _backward_bptt(ctx, g_out, g_xhat_t, g_hhat_t, g_m_t, g_c_t, g_dx, g_dh, _g_m_all, _g_c_all):
     out, dx, dh, m_all, c_all, h0, c0, w_ih, w_hh = ctx.saved_tensors
     lstm, engine = ctx.flags
+    family = "delta_lstm" if lstm else "delta_gru"
+    refuse_double_backward("cupy", family, g_out, g_dx, g_dh, out, dx, dh, h0, c0, w_ih, w_hh)
     steps, batch, hidden = out.shape
 
     def zeros_if_none(g: Tensor | None, *shape: int) -> Tensor:

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ...functional.egru import EGRUState
 from ...functional.precision import state_dtype
+from ..transforms import refuse_double_backward
 from .cpu import EGRURunner
 from .cuda import egru_backward_launch, egru_forward_launch
 
@@ -152,6 +153,8 @@ def _setup_train(ctx, inputs, output) -> None:
 
 def _backward_train(ctx, grad_out, grad_c, grad_y, grad_c_pre, _grad_gates):
     c0, y0, weight_hh, theta, out, c_pre, gates, zo_mask = ctx.saved_tensors
+    grads = (grad_out, grad_c, grad_y, grad_c_pre)
+    refuse_double_backward("cpu_event", "egru", *grads, c0, y0, weight_hh, theta, out, c_pre)
     grad_out, grad_c_pre = (torch.zeros_like(out) if g is None else g for g in (grad_out, grad_c_pre))
     grad_c, grad_y = (torch.zeros_like(c0) if g is None else g for g in (grad_c, grad_y))
     g_gi, g_c0, g_y0, g_w, g_bias, g_theta = torch.ops.evsnn.egru_train_cpu_bwd(
@@ -236,6 +239,7 @@ def _setup_fwd(ctx, inputs, output) -> None:
 
 def _backward_fwd(ctx, grad_out, grad_c, _grad_save):
     save, c0, y0, out, weight_hh, theta = ctx.saved_tensors
+    refuse_double_backward("cupy", "egru", grad_out, grad_c, c0, y0, out, weight_hh, theta)
     grad_out = torch.zeros_like(out) if grad_out is None else grad_out
     grad_c = torch.zeros_like(c0) if grad_c is None else grad_c
     grads = torch.ops.evsnn.egru_scan_cuda_bwd(grad_out, grad_c, save, c0, y0, out, weight_hh, theta, *ctx.flags)
