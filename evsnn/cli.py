@@ -75,7 +75,7 @@ def _positive_float(text: str) -> float:
 
 _COMMANDS = {
     "train": "train a network (default: ALIF on the scikit-learn digits)",
-    "plot": "redraw raster.png and curves.png from a run folder",
+    "plot": "redraw the raster and training-curve figures of a run folder (PNG, PDF, SVG, EPS)",
     "bench": "run the project's benchmarks (benchmarks/ of the evsnn checkout)",
     "info": "versions and which backends work here",
 }
@@ -215,6 +215,19 @@ def _train_options(t: _Parser) -> None:
 
 def _plot_options(pl: _Parser) -> None:
     pl.add_argument("run", help="run folder written by 'evsnn train'")
+    pl.add_argument(
+        "--format",
+        choices=("png", "pdf", "svg", "eps"),
+        default="png",
+        help="file format of raster.* and curves.* (pdf/svg/eps: vector, for papers)",
+    )
+    pl.add_argument("--dpi", type=_positive_int, default=120, help="resolution of PNG output (300 for print)")
+    pl.add_argument(
+        "--size",
+        choices=("column", "page"),
+        default="column",
+        help="figure width: one paper column (3.5 in) or a page (7 in)",
+    )
 
 
 def _bench_options(b: _Parser) -> None:
@@ -312,7 +325,7 @@ def _plot(args: argparse.Namespace) -> int:
     from .runs import draw_run_plots
 
     try:
-        paths = draw_run_plots(args.run)
+        paths = draw_run_plots(args.run, format=args.format, dpi=args.dpi, size=args.size)
     except (OSError, ValueError, ImportError):
         raise  # already a message naming the file
     except Exception as err:  # a folder the checks let through must still not end in a traceback

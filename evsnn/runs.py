@@ -304,22 +304,42 @@ def _read_json(path: Path) -> Any:
         raise RunFolderError(f"cannot read {os.fspath(path)}: {describe_os_error(err)}") from None
 
 
-def draw_run_plots(run_dir: str | os.PathLike) -> list[Path]:
-    """(Re)draw ``raster.png`` (the first layer's events on one test sample) and ``curves.png``
-    (loss, accuracy and activity per epoch) in a run folder, with :mod:`evsnn.plot`; each file
-    is replaced atomically."""
+PLOT_FORMATS = ("png", "pdf", "svg", "eps")
+PLOT_SIZES = ("column", "page")
+
+
+def draw_run_plots(
+    run_dir: str | os.PathLike, *, format: str = "png", dpi: int = 120, size: str = "column"
+) -> list[Path]:
+    """(Re)draw `raster.<format>` (the first layer's events on one test sample) and
+    `curves.<format>` (loss, accuracy and activity per epoch) in a run folder, with `evsnn.plot`;
+    each file is replaced atomically.
+
+    Args:
+        run_dir: the run folder written by `evsnn train`.
+        format: `"png"`, `"pdf"`, `"svg"` or `"eps"`: the vector formats suit a paper.
+        dpi: resolution of PNG output and of the raster's marks inside vector output.
+        size: `"column"` (3.5 in wide, one paper column) or `"page"` (7 in).
+    """
     from . import plot
 
+    if format not in PLOT_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(PLOT_FORMATS)}, got {format!r}")
+    if isinstance(dpi, bool) or not isinstance(dpi, int) or dpi <= 0:
+        raise ValueError(f"dpi must be a positive integer, got {dpi!r}")
+    if size not in PLOT_SIZES:
+        raise ValueError(f"size must be one of {', '.join(PLOT_SIZES)}, got {size!r}")
     metrics, events = load_run(run_dir)
     run = Path(run_dir)
     ev = events["events"]
     label = int(events["labels"][0]) if events.get("labels") is not None else None
     title = f"{events.get('model', '')} events, test sample 0" + (f" (label {label})" if label is not None else "")
     if events.get("model") == "alif":
-        ax = plot.raster(ev, sample=0, title=title)
+        ax = plot.raster(ev, sample=0, title=title, size=size)
     else:
-        ax = plot.event_raster(ev, sample=0, title=title)
-    out = [Path(plot.save(ax, run / "raster.png"))]
+        ax = plot.event_raster(ev, sample=0, title=title, size=size)
+    out = [Path(plot.save(ax, run / f"raster.{format}", dpi=dpi))]
     log = [{k: v for k, v in row.items() if k in _HISTORY_KEYS} for row in metrics["history"]]
-    out.append(Path(plot.save(plot.training_curves(log, title="training"), run / "curves.png")))
+    curves = plot.training_curves(log, title="training", size=size)
+    out.append(Path(plot.save(curves, run / f"curves.{format}", dpi=dpi)))
     return out

@@ -256,6 +256,27 @@ def test_plot_draws_a_valid_hand_made_folder(tmp_path, evsnn_cmd):
     assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.parametrize(("fmt", "magic"), [("pdf", b"%PDF"), ("svg", b"<?xml"), ("eps", b"%!PS"), ("png", b"\x89PNG")])
+def test_plot_writes_the_asked_format_size_and_dpi(tmp_path, evsnn_cmd, fmt, magic):
+    folder = _plot_folder(tmp_path / "good")
+    proc = evsnn_cmd("plot", str(folder), "--format", fmt, "--dpi", "200", "--size", "page")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(folder / f"raster.{fmt}"), str(folder / f"curves.{fmt}")]
+    for name in ("raster", "curves"):
+        assert (folder / f"{name}.{fmt}").read_bytes().startswith(magic)
+    if fmt == "png":
+        from PIL import Image
+
+        with Image.open(folder / "curves.png") as image:
+            assert image.size[0] == 7 * 200  # "page" is 7 in wide, at the asked dpi
+
+
+def test_plot_refuses_an_unknown_format_in_one_line(tmp_path, evsnn_cmd):
+    folder = _plot_folder(tmp_path / "good")
+    _one_line_error(evsnn_cmd("plot", str(folder), "--format", "jpg"), "invalid choice")
+    _one_line_error(evsnn_cmd("plot", str(folder), "--dpi", "0"), "positive integer")
+
+
 def test_corrupt_shd_file_is_named(tmp_path, evsnn_cmd):
     import tonic  # noqa: F401  (the [dev] extra has it: a missing tonic fails this test)
 
