@@ -13,6 +13,7 @@ import torch
 
 import evsnn
 from evsnn.functional import alif_initial_state, delta_gru_initial_state, delta_lstm_initial_state, egru_initial_state
+from evsnn.streaming import Stream
 
 CELLS = {
     "ALIFCell": lambda: evsnn.ALIFCell(3, 4),
@@ -123,3 +124,21 @@ def test_onnx_recipe_from_the_initial_state_matches_torch_over_100_steps(name, t
     assert 0.0 < (outs != 0).float().mean() < 1.0
     # float32 on both sides, same operations in another order: a few ulps of the state's scale
     torch.testing.assert_close(ort_outs, outs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(LAYERS))
+@pytest.mark.parametrize("backend", ["torch", "cpu_event"])
+def test_stream_continues_from_the_state_the_layer_returned(name, backend, reference_backend, single_thread):
+    """``y, state = layer(x)``; ``Stream(layer).reset(state)`` then continues exactly as
+    ``layer(x_next, state)`` does."""
+    layer = LAYERS[name](backend=backend).eval()
+    x, x_next = 2.0 * torch.randn(6, 2, 3), 2.0 * torch.randn(5, 2, 3)
+    with torch.no_grad():
+        _, state = layer(x)
+        expected, expected_state = layer(x_next, state)
+    stream = Stream(layer, batch_size=2)
+    stream.reset(state)
+    # the same float32 math on both paths (the stream's runner may fuse steps): float32 rounding
+    torch.testing.assert_close(stream.chunk(x_next), expected, rtol=1e-5, atol=1e-6)
+    for (field, got), want in zip(_field_tensors(stream.state), _field_tensors(expected_state)):
+        torch.testing.assert_close(got, want[1][0], rtol=1e-5, atol=1e-6, msg=field)
