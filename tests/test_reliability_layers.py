@@ -10,6 +10,7 @@ from pathlib import Path
 import onnxruntime as ort
 import pytest
 import torch
+from torch import nn
 
 import evsnn
 from evsnn.functional import alif_initial_state, delta_gru_initial_state, delta_lstm_initial_state, egru_initial_state
@@ -142,3 +143,77 @@ def test_stream_continues_from_the_state_the_layer_returned(name, backend, refer
     torch.testing.assert_close(stream.chunk(x_next), expected, rtol=1e-5, atol=1e-6)
     for (field, got), want in zip(_field_tensors(stream.state), _field_tensors(expected_state)):
         torch.testing.assert_close(got, want[1][0], rtol=1e-5, atol=1e-6, msg=field)
+
+
+CONVERTIBLE = {
+    "EGRU": (evsnn.EGRU, nn.GRU),
+    "DeltaGRU": (evsnn.DeltaGRU, nn.GRU),
+    "DeltaLSTM": (evsnn.DeltaLSTM, nn.LSTM),
+}
+
+
+@pytest.mark.parametrize("name", list(CONVERTIBLE))
+@pytest.mark.parametrize("training", [False, True])
+def test_from_torch_and_to_torch_keep_train_eval_mode(name, training, reference_backend):
+    cls, torch_cls = CONVERTIBLE[name]
+    rnn = torch_cls(3, 4, num_layers=2, dropout=0.5).train(training)
+    layer = cls.from_torch(rnn)
+    assert layer.training is training
+    assert layer.to_torch().training is training
+    assert cls.from_torch(rnn).train(not training).to_torch().training is (not training)
+
+
+@pytest.mark.parametrize("name", ["DeltaGRU", "DeltaLSTM"])
+def test_from_torch_of_an_eval_rnn_with_dropout_equals_it(name, reference_backend):
+    """At Θ = 0 the delta layer is the nn.GRU/nn.LSTM; in eval both skip the dropout."""
+    cls, torch_cls = CONVERTIBLE[name]
+    rnn = torch_cls(3, 4, num_layers=3, dropout=0.5).double().eval()
+    layer = cls.from_torch(rnn, backend="torch")
+    x = torch.randn(7, 2, 3, dtype=torch.float64)
+    with torch.no_grad():
+        # float64 on both sides, the same gate equations: agreement to float64 rounding
+        torch.testing.assert_close(layer(x)[0], rnn(x)[0], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(CONVERTIBLE))
+def test_conversions_keep_frozen_weights_frozen(name):
+    cls, torch_cls = CONVERTIBLE[name]
+    rnn = torch_cls(3, 4, num_layers=2, bidirectional=True, bias=False)
+    rnn.weight_hh_l1_reverse.requires_grad_(False)
+    rnn.weight_ih_l0.requires_grad_(False)
+    layer = cls.from_torch(rnn)
+    assert not layer.weight_hh_l1_reverse.requires_grad and not layer.weight_ih.requires_grad
+    assert layer.weight_hh.requires_grad and layer.bias_ih is None
+    back = layer.to_torch()
+    assert {n: p.requires_grad for n, p in back.named_parameters()} == {
+        n: p.requires_grad for n, p in rnn.named_parameters()
+    }
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_egru_loads_an_nn_gru_state_dict_and_keeps_its_thresholds(bidirectional, reference_backend):
+    gru = nn.GRU(3, 4, num_layers=2, bidirectional=bidirectional)
+    layer = evsnn.EGRU(3, 4, num_layers=2, bidirectional=bidirectional)
+    thresholds = {n: p.detach().clone() for n, p in layer.named_parameters() if n.startswith("log_threshold")}
+    assert len(thresholds) == 2 * layer.num_directions
+    layer.load_state_dict(gru.state_dict())  # strict
+    for n, p in layer.named_parameters():
+        if n.startswith("log_threshold"):
+            assert torch.equal(p, thresholds[n])
+    # the weights loaded are the GRU's: the same as from_torch gives
+    expected = evsnn.EGRU.from_torch(gru)
+    for n, p in expected.named_parameters():
+        if not n.startswith("log_threshold"):
+            assert torch.equal(getattr(layer, n), p), n
+
+
+def test_egru_strict_load_still_refuses_a_gru_checkpoint_with_a_missing_weight():
+    state = nn.GRU(3, 4, num_layers=2).state_dict()
+    del state["weight_hh_l1"]
+    with pytest.raises(RuntimeError, match="weight_hh_l1"):
+        evsnn.EGRU(3, 4, num_layers=2).load_state_dict(state)
+    # an evsnn checkpoint without its thresholds is incomplete: strict refuses it
+    own = evsnn.EGRU(3, 4).state_dict()
+    del own["log_threshold"]
+    with pytest.raises(RuntimeError, match="log_threshold"):
+        evsnn.EGRU(3, 4).load_state_dict(own)
