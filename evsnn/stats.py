@@ -19,7 +19,9 @@ class LayerStats:
     """What one layer did in its last forward pass.
 
     - ``event_fraction``: ``[T]``, fraction of nonzero events per step (spikes, EGRU events,
-      nonzero hidden deltas), averaged over batch and units;
+      nonzero hidden deltas), averaged over batch and units; step ``t`` is input step ``t`` for
+      every direction (a reverse direction's scan order is undone), and with packed input it
+      averages over the sequences that reach step ``t`` (padding is not counted);
     - ``dense_macs``: multiply-accumulates the same layer would do densely;
     - ``event_ops``: synaptic operations it actually needed (one per active input or recurrent
       event and target row);

@@ -217,3 +217,88 @@ def test_egru_strict_load_still_refuses_a_gru_checkpoint_with_a_missing_weight()
     del own["log_threshold"]
     with pytest.raises(RuntimeError, match="log_threshold"):
         evsnn.EGRU(3, 4).load_state_dict(own)
+
+
+def _direction_copy(layer: nn.Module, suffix: str) -> nn.Module:
+    """A one-layer unidirectional copy of ``layer`` carrying the parameters (and buffers) of
+    direction ``suffix`` of layer 0 under the forward names."""
+    kwargs = {"backend": "torch"}
+    if isinstance(layer, (evsnn.DeltaGRU, evsnn.DeltaLSTM)):
+        kwargs.update(theta_x=layer.theta_x, theta_h=layer.theta_h)
+    single = type(layer)(layer.input_size, layer.hidden_size, **kwargs)
+    own = {**dict(layer.named_parameters()), **dict(layer.named_buffers())}
+    state = {}
+    for name in single.state_dict():
+        state[name] = own[name + suffix].detach().clone()
+    single.load_state_dict(state)
+    return single.eval()
+
+
+def _per_step(stats) -> tuple[torch.Tensor, torch.Tensor]:
+    return stats.event_fraction.float(), stats.input_event_fraction.float()
+
+
+BIDIRECTIONAL = {
+    "ALIF": lambda: evsnn.ALIF(3, 6, bidirectional=True, backend="torch"),
+    "EGRU": lambda: evsnn.EGRU(3, 6, bidirectional=True, backend="torch"),
+    "DeltaGRU": lambda: evsnn.DeltaGRU(3, 6, bidirectional=True, theta_x=0.3, theta_h=0.1, backend="torch"),
+    "DeltaLSTM": lambda: evsnn.DeltaLSTM(3, 6, bidirectional=True, theta_x=0.3, theta_h=0.1, backend="torch"),
+}
+
+
+def _drifting(steps: int, batch: int) -> torch.Tensor:
+    """An input whose activity changes over time (silent first half, active second half), so a
+    curve read backwards differs from the curve."""
+    x = torch.randn(steps, batch, 3).cumsum(0)
+    x[: steps // 2] *= 0.0
+    return 2.0 * x
+
+
+@pytest.mark.parametrize("name", list(BIDIRECTIONAL))
+def test_bidirectional_per_step_stats_are_in_input_time(name, reference_backend):
+    """Step t of ``last_stats`` averages both directions at input step t. Truth: each direction
+    run alone as a unidirectional layer (the reverse one on the flipped input, its curve
+    flipped back)."""
+    layer = BIDIRECTIONAL[name]().eval()
+    x = _drifting(10, 2)
+    with torch.no_grad():
+        layer(x)
+        forward, backward = _direction_copy(layer, ""), _direction_copy(layer, "_l0_reverse")
+        forward(x)
+        backward(x.flip(0))
+    events_f, inputs_f = _per_step(forward.last_stats)
+    events_b, inputs_b = _per_step(backward.last_stats)
+    events, inputs = _per_step(layer.last_stats)
+    # the same batch in both directions: the merged curve is the mean of the two (exact in float32
+    # up to one rounding of the average)
+    torch.testing.assert_close(events, (events_f + events_b.flip(0)) / 2)
+    torch.testing.assert_close(inputs, (inputs_f + inputs_b.flip(0)) / 2)
+    assert not torch.equal(events_b, events_b.flip(0)), "the test input leaves the time order untested"
+    runs = layer.last_stats.extra["runs"]
+    torch.testing.assert_close(runs[1].event_fraction.float(), events_b.flip(0))
+
+
+@pytest.mark.parametrize("name", ["EGRU", "ALIF"])
+def test_bidirectional_event_fraction_is_the_fraction_of_nonzero_outputs_per_step(name, reference_backend):
+    """For EGRU and ALIF the output is the events of both directions, concatenated per step."""
+    layer = BIDIRECTIONAL[name]().eval()
+    with torch.no_grad():
+        out, _ = layer(_drifting(10, 3))
+    torch.testing.assert_close(layer.last_stats.event_fraction.float(), (out != 0).float().mean(dim=(1, 2)))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_packed_per_step_stats_count_only_running_sequences(bidirectional, reference_backend):
+    """Packed lengths 8, 5, 3: ``event_fraction[t]`` is the fraction of nonzero outputs over the
+    sequences that reach step t; padded steps are neither computed nor counted."""
+    layer = evsnn.EGRU(3, 6, bidirectional=bidirectional, backend="torch").eval()
+    lengths = torch.tensor([8, 5, 3])
+    x = _drifting(8, 3)
+    for b, n in enumerate(lengths.tolist()):
+        x[n:, b] = 0.0
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    with torch.no_grad():
+        out, _ = layer(packed)
+    out, _ = nn.utils.rnn.pad_packed_sequence(out)
+    expected = torch.stack([(out[t, lengths > t] != 0).float().mean() for t in range(8)])
+    torch.testing.assert_close(layer.last_stats.event_fraction.float(), expected)

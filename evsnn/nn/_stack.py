@@ -10,6 +10,7 @@ module composes those calls, so every backend serves every shape.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import warnings
@@ -268,6 +269,9 @@ class PendingStats:
 
     def __init__(self, module: nn.Module, *args: Any):
         self.module = module
+        # set for a reverse direction, which scans its input flipped in time: the per-step
+        # statistics are flipped back so that step t describes input step t, as its output does
+        self.time_reversed = False
         # detached (views: no copy, same version counters), so that the layer does not keep the
         # forward's autograd graph alive
         self.args = tuple(_detached(a) for a in args)
@@ -281,7 +285,19 @@ class PendingStats:
                 "modified in place after the forward, so its statistics would describe a different pass; read "
                 "last_stats before changing them in place, or run the forward again"
             )
-        return self.module._stats(*self.args)
+        stats = self.module._stats(*self.args)
+        if self.time_reversed:
+            stats = _flip_per_step(stats)
+        return stats
+
+
+def _flip_per_step(stats: LayerStats) -> LayerStats:
+    """``stats`` of a scan over a time-flipped input, with its per-step fields in input time."""
+    return dataclasses.replace(
+        stats,
+        event_fraction=stats.event_fraction.flip(0),
+        input_event_fraction=None if stats.input_event_fraction is None else stats.input_event_fraction.flip(0),
+    )
 
 
 def _detached(value: Any) -> Any:
@@ -308,8 +324,10 @@ def merge_stats(name: str, parts: Sequence[tuple[LayerStats, int]]) -> LayerStat
     """One :class:`LayerStats` for several layer·direction (and length-group) runs.
 
     ``parts`` are ``(stats, batch)`` (a :class:`PendingStats` is computed first);
-    ``event_fraction[t]`` is the mean over every run active at step ``t`` weighted by its batch; ``dense_macs`` and ``event_ops`` are sums. The runs'
+    ``event_fraction[t]`` is the mean over every run active at input step ``t`` weighted by its batch; ``dense_macs`` and ``event_ops`` are sums. The runs'
     own stats (``h_n`` order, per length group for packed input) stay in ``extra["runs"]``.
+    A reverse direction's per-step fields are in input time (flipped back from its scan); with
+    packed input a step counts only the sequences still running there, not the padding.
     """
     parts = [(s.compute() if isinstance(s, PendingStats) else s, b) for s, b in parts]
     if len(parts) == 1:
@@ -365,6 +383,7 @@ def _run_dense(module: nn.Module, x: Tensor, state: NamedTuple | None, backend: 
             outs.append(out.flip(0) if d else out)
             finals.append(final)
             if st is not None:
+                st.time_reversed = bool(d)
                 stats.append((st, x.shape[1]))
         layer_in = torch.cat(outs, -1) if directions > 1 else outs[0]
         if module.dropout > 0.0 and module.training and k < module.num_layers - 1:
