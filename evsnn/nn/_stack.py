@@ -391,6 +391,37 @@ def _run_dense(module: nn.Module, x: Tensor, state: NamedTuple | None, backend: 
     return layer_in, finals, stats
 
 
+def _marked_dynamic(given: Any, dim: int) -> bool:
+    """Whether dimension ``dim`` of the caller's input was marked dynamic for ``torch.compile``
+    (``torch._dynamo.mark_dynamic`` records the dimensions on the tensor) and is being compiled."""
+    return torch.compiler.is_compiling() and dim in getattr(given, "_dynamo_dynamic_indices", ())
+
+
+def dispatch_shape(x: Tensor, hidden: int, given: Any = None, batch_first: bool = False) -> tuple[int, int, int] | None:
+    """``(T, B, hidden)`` of a time-first ``x`` for the backend choice, or ``None`` when the
+    caller's input ``given`` has its batch dimension marked dynamic for ``torch.compile``.
+
+    ``"auto"`` picks ``cpu_event`` by the batch sizes where it was measured faster; reading the
+    batch size inside a compiled graph fixes the graph to that size, which a batch marked
+    dynamic refuses. Without a shape ``"auto"`` takes the reference, which serves every batch
+    size; an explicitly named backend does not depend on the shape."""
+    if _marked_dynamic(given, 0 if batch_first else 1):
+        return None
+    return (x.shape[0], x.shape[1], hidden)
+
+
+def check_dynamic_time(name: str, backend: Any, given: Any, batch_first: bool) -> None:
+    """Refuse a sequence length marked dynamic for ``torch.compile`` on the reference backend:
+    its loop over time is unrolled into the graph, so a compiled graph has one length."""
+    if backend.name == "torch" and _marked_dynamic(given, 1 if batch_first else 0):
+        raise ValueError(
+            f"{name} on the torch reference backend unrolls its loop over time into a compiled graph, "
+            "so the sequence length cannot be dynamic, got an input whose time dimension is marked dynamic "
+            "(torch._dynamo.mark_dynamic); mark only the batch dimension dynamic, or use backend='cpu_event', "
+            "whose scan is one op for any length"
+        )
+
+
 class StackedForward:
     """``forward`` of the sequence layers (EGRU, DeltaGRU, DeltaLSTM, ALIF), like ``nn.GRU``'s.
 
@@ -399,16 +430,18 @@ class StackedForward:
     state, scan) -> (out, final, trace, stats)``: one layer·direction through ``scan`` (a
     backend, or the family's reference for a replay)."""
 
-    def _resolve_backend(self, x: Tensor):
-        return dispatch.resolve(
+    def _resolve_backend(self, x: Tensor, given: Any = None):
+        backend = dispatch.resolve(
             self.neuron_family.name,
             self.backend,
             device=x.device,
             dtype=x.dtype,
-            shape=tuple(x.shape[:2]) + (self.hidden_size,),
+            shape=dispatch_shape(x, self.hidden_size, given, self.batch_first),
             training=grad_recorded(x, *self.parameters()),
             **self._dispatch_options(),
         )
+        check_dynamic_time(type(self).__name__, backend, given, self.batch_first)
+        return backend
 
     def _run_direction(self, layer: int, reverse: int, x: Tensor, state: Any, backend: Any):
         out, final, _, stats = self._scan_direction(direction_suffix(layer, bool(reverse)), x, state, backend.fn)
@@ -444,7 +477,7 @@ class StackedForward:
         seq, lengths = _sequence(self, x)
         if state is not None:
             state = check_stacked_state(self, state, seq.shape[1], seq)
-        backend = self._resolve_backend(seq)
+        backend = self._resolve_backend(seq, x)
         # What torch.compile cannot trace runs eagerly behind one graph break here (instead of one
         # break per nested frame): the cpu_event torch-op training loops (data-dependent row
         # gathers). The reference, cpu_event (custom ops, evsnn/ops/<family>/op.py; a scan's

@@ -199,7 +199,10 @@ def resolve(family: str, requested: str, device: torch.device, **config: Any) ->
     device = torch.device(device)
     low = lowered_dtype(device.type, config.get("dtype"))
     env = os.environ.get(ENV_VAR) if requested == "auto" else None
-    key = _cache_key(family, requested, env, device, low, config)
+    # Traced by torch.compile, the decision is made once per compilation and the cache is left
+    # alone: Dynamo would guard on the cache's keys, and a later compilation, made while the cache
+    # holds other decisions, builds guards that index keys no longer where they were.
+    key = None if torch.compiler.is_compiling() else _cache_key(family, requested, env, device, low, config)
     try:
         entry = _CACHE.get(key) if key is not None else None
     except TypeError:  # an unhashable config value: decided afresh
