@@ -365,3 +365,49 @@ def test_a_compilation_after_other_backend_decisions_builds_its_guards(reference
             got = torch.compile(layer, backend="aot_eager", fullgraph=True)(x)[0]
             # float32, the same ops traced unfused: equal up to reordering
             torch.testing.assert_close(got, layer(x)[0], rtol=1e-5, atol=1e-6)
+
+
+META = {
+    **{name: (lambda make=make: make()) for name, make in CELLS.items()},
+    "ALIF": lambda: evsnn.ALIF(3, 4, num_layers=2),
+    "EGRU": lambda: evsnn.EGRU(3, 4, bidirectional=True),
+    "DeltaGRU": lambda: evsnn.DeltaGRU(3, 4, num_layers=2, bidirectional=True),
+    "DeltaLSTM": lambda: evsnn.DeltaLSTM(3, 4, batch_first=True),
+    "LeakyReadout": lambda: evsnn.LeakyReadout(3, 4),
+}
+
+
+def _shapes(value) -> list:
+    if isinstance(value, torch.Tensor):
+        return [(tuple(value.shape), value.dtype)]
+    return [s for v in value for s in _shapes(v)]
+
+
+@pytest.mark.parametrize("name", list(META))
+def test_a_layer_built_on_the_meta_device_runs_forward_on_meta(name, reference_backend):
+    """``with torch.device("meta")`` (deferred initialisation, FSDP): the forward gives meta
+    outputs and states of the shapes and dtypes the same layer gives on the CPU."""
+    cpu = META[name]()
+    with torch.device("meta"):
+        meta = META[name]()
+    assert all(p.is_meta for p in meta.parameters())
+    x = torch.randn(2, 3) if name.endswith("Cell") else torch.randn(5, 2, 3)
+    with torch.no_grad():
+        expected = cpu(x)
+        got = meta(x.to("meta"))
+    assert all(t.is_meta for t in _flat_tensors(got))
+    assert _shapes(got) == _shapes(expected)
+
+
+def _flat_tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    return [t for v in value for t in _flat_tensors(v)]
+
+
+@pytest.mark.parametrize("name", ["EGRU", "ALIFCell"])
+def test_a_layer_moved_to_meta_runs_forward_on_meta(name, reference_backend):
+    layer = META[name]().to("meta")
+    x = torch.randn(2, 3) if name.endswith("Cell") else torch.randn(5, 2, 3)
+    out, _ = layer(x.to("meta"))
+    assert out.is_meta and out.shape == META[name]()(x)[0].shape

@@ -44,7 +44,10 @@ def _init_threshold(hidden: int, threshold: float, kind: str) -> Tensor:
         # float64 so that log/exp round-trips a float64 layer's θ = 0.3 exactly enough
         return torch.full((hidden,), threshold, dtype=torch.float64)
     # θ_j = threshold · 2u_j, u_j ~ Beta(5, 5): mean `threshold`, strictly inside (0, 2·threshold).
-    u = torch.distributions.Beta(5.0, 5.0).sample((hidden,)).clamp(1e-3, 1 - 1e-3)
+    # drawn on the CPU whatever the default device (under torch.device("meta") the distribution
+    # could not check its parameters); the caller moves θ to the layer's device
+    five = torch.tensor(5.0, device="cpu")
+    u = torch.distributions.Beta(five, five).sample((hidden,)).clamp(1e-3, 1 - 1e-3)
     return threshold * 2.0 * u.double()
 
 

@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from ..functional.precision import LOW_PRECISION
+from ..functional.precision import LOW_PRECISION, autocast_enabled
 
 __all__ = [
     "BACKENDS",
@@ -185,7 +185,7 @@ def lowered_dtype(device_type: str, dtype: torch.dtype | None) -> torch.dtype | 
     ``dtype`` itself if it is bfloat16/float16, else ``None`` (full precision)."""
     if dtype is None or dtype == torch.float64 or not dtype.is_floating_point:
         return None
-    if torch.is_autocast_enabled(device_type):
+    if autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return dtype if dtype in LOW_PRECISION else None
 
@@ -331,7 +331,7 @@ def run_lowered(fn: Callable[..., Any], family: str, low: torch.dtype, device_ty
         if name in rounded and isinstance(value, torch.Tensor) and value.dtype != low:
             value = value.to(low)
         bound.arguments[name] = _upcast(value, torch.float32)
-    if torch.is_autocast_enabled(device_type):
+    if autocast_enabled(device_type):
         with torch.autocast(device_type, enabled=False):
             out, state, trace = fn(*bound.args, **bound.kwargs)
     else:
