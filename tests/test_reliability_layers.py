@@ -411,3 +411,10 @@ def test_a_layer_moved_to_meta_runs_forward_on_meta(name, reference_backend):
     x = torch.randn(2, 3) if name.endswith("Cell") else torch.randn(5, 2, 3)
     out, _ = layer(x.to("meta"))
     assert out.is_meta and out.shape == META[name]()(x)[0].shape
+
+
+def test_training_on_the_meta_device_is_refused_naming_it():
+    from evsnn.train import resolve_device
+
+    with pytest.raises(ValueError, match="--device meta: meta tensors carry shapes but no values"):
+        resolve_device("meta")
