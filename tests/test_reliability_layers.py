@@ -418,3 +418,22 @@ def test_training_on_the_meta_device_is_refused_naming_it():
 
     with pytest.raises(ValueError, match="--device meta: meta tensors carry shapes but no values"):
         resolve_device("meta")
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_packed_mean_event_fraction_is_over_the_computed_steps(bidirectional, reference_backend):
+    """Lengths 8, 5, 3: the mean is the fraction of nonzero outputs over every (step, sample,
+    unit) that was computed, not the plain mean of the per-step curve (which would weigh step 7,
+    one sequence, like step 0, three)."""
+    layer = evsnn.EGRU(3, 6, bidirectional=bidirectional, backend="torch").eval()
+    lengths = torch.tensor([8, 5, 3])
+    x = _drifting(8, 3)
+    packed = nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    with torch.no_grad():
+        out, _ = layer(packed)
+    valid = out.data  # the packed data holds exactly the computed (step, sample) rows
+    expected = (valid != 0).float().mean().item()
+    stats = layer.last_stats
+    assert stats.mean_event_fraction == pytest.approx(expected, rel=1e-6)  # float32 sums of counts
+    assert stats.as_dict()["mean_event_fraction"] == pytest.approx(expected, rel=1e-6)
+    assert stats.event_fraction.float().mean().item() != pytest.approx(expected, rel=1e-3)

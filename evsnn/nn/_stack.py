@@ -335,15 +335,17 @@ def merge_stats(name: str, parts: Sequence[tuple[LayerStats, int]]) -> LayerStat
     with torch.no_grad():
         steps = max(s.event_fraction.shape[0] for s, _ in parts)
 
+        count = parts[0][0].event_fraction.new_zeros(steps, dtype=torch.float32)
+        for s, b in parts:
+            count[: s.event_fraction.shape[0]] += b
+
         def per_step(attr: str) -> Tensor | None:
             if any(getattr(s, attr) is None for s, _ in parts):
                 return None
-            total = parts[0][0].event_fraction.new_zeros(steps, dtype=torch.float32)
-            count = torch.zeros_like(total)
+            total = torch.zeros_like(count)
             for s, b in parts:
                 v = getattr(s, attr).float()
                 total[: v.shape[0]] += v * b
-                count[: v.shape[0]] += b
             return total / count
 
         backward = None
@@ -358,6 +360,8 @@ def merge_stats(name: str, parts: Sequence[tuple[LayerStats, int]]) -> LayerStat
             backward_sparsity=backward,
             input_event_fraction=per_step("input_event_fraction"),
             extra={"runs": [s for s, _ in parts]},
+            # packed runs of several lengths cover different numbers of samples per step
+            samples_per_step=count if bool((count != count[0]).any()) else None,
         )
 
 
