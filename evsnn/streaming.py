@@ -44,6 +44,7 @@ from .functional.delta import delta_gru_initial_state, delta_lstm_initial_state
 from .functional.egru import egru_initial_state
 from .functional.precision import LOW_PRECISION
 from .nn._checks import check_input, check_size, check_state
+from .nn._stack import StackedForward, single_direction_state
 from .nn._validate import check_steps, check_tensor_state
 from .nn.alif import ALIF, ALIFCell, LeakyReadout
 from .nn.delta import DeltaGRU, DeltaGRUCell, DeltaLSTM, DeltaLSTMCell
@@ -385,9 +386,15 @@ class Stream:
             )
 
     def reset(self, state: NamedTuple | Tensor | None = None) -> None:
-        """Back to the layer's initial state, or to ``state`` (checked like the layer's)."""
+        """Back to the layer's initial state, or to ``state`` (checked like the layer's).
+
+        ``state`` has the cell's ``[B, ...]`` fields, or for a sequence layer also the layout
+        the layer returns (``[1, B, ...]``, nn.GRU's ``h_n`` of one layer), so a stream can
+        continue where ``layer(x)`` stopped."""
         with torch.inference_mode():
             initial = self._family.initial_state(self.layer, self.batch_size, self._like)
+            if state is not None and isinstance(self.layer, StackedForward):
+                state = single_direction_state(self.layer, state, self.batch_size, self._like, self._name)
             if state is None:
                 state = initial
             elif isinstance(initial, Tensor):

@@ -324,6 +324,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
+    if device.type == "meta":
+        raise ValueError(
+            f"--device {name}: meta tensors carry shapes but no values, so there is nothing to train or "
+            "evaluate; use cpu, cuda or auto (a layer itself runs forward on meta, e.g. for deferred initialisation)"
+        )
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"--device {name} asked for, but no CUDA GPU is visible to PyTorch")
     return device

@@ -146,7 +146,10 @@ def delta_gru_initial_state(
     if bias_hh is not None:
         b = b + delta_accumulator_increment(bias_hh.new_zeros(3 * hs), bias_hh, gru=True)
     h = like.new_zeros(batch, hs) if h0 is None else h0
-    return DeltaGRUState(h, like.new_zeros(batch, input_size), like.new_zeros(batch, hs), b.expand(batch, 4 * hs))
+    # clone: one accumulator row per sample (an expanded view would share one row among all)
+    return DeltaGRUState(
+        h, like.new_zeros(batch, input_size), like.new_zeros(batch, hs), b.expand(batch, 4 * hs).clone()
+    )
 
 
 def delta_lstm_initial_state(
@@ -170,7 +173,10 @@ def delta_lstm_initial_state(
         b = b + bias_hh
     h = like.new_zeros(batch, hs) if h0 is None else h0
     c = like.new_zeros(batch, hs) if c0 is None else c0
-    return DeltaLSTMState(h, c, like.new_zeros(batch, input_size), like.new_zeros(batch, hs), b.expand(batch, 4 * hs))
+    # clone: one accumulator row per sample (an expanded view would share one row among all)
+    return DeltaLSTMState(
+        h, c, like.new_zeros(batch, input_size), like.new_zeros(batch, hs), b.expand(batch, 4 * hs).clone()
+    )
 
 
 def _delta_gru_cell(

@@ -51,9 +51,12 @@ class EGRUTrace(NamedTuple):
 
 
 def egru_initial_state(batch: int, hidden: int, like: Tensor) -> EGRUState:
-    """Zero ``c`` and ``y`` on ``like``'s device, float32 for a low-precision ``like`` (SPEC §6)."""
-    z = like.new_zeros(batch, hidden, dtype=state_dtype(like.dtype))
-    return EGRUState(z, z)
+    """Zero ``c`` and ``y`` on ``like``'s device, float32 for a low-precision ``like`` (SPEC §6).
+
+    The two fields are separate tensors: an in-place write to one must not change the other,
+    and an exporter (``torch.onnx.export``) merges inputs that share storage into one."""
+    dtype = state_dtype(like.dtype)
+    return EGRUState(like.new_zeros(batch, hidden, dtype=dtype), like.new_zeros(batch, hidden, dtype=dtype))
 
 
 def _check_reset(reset: str) -> None:

@@ -18,7 +18,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["LOW_PRECISION", "Precision", "precision_of", "state_dtype", "project"]
+__all__ = ["LOW_PRECISION", "Precision", "autocast_enabled", "precision_of", "state_dtype", "project"]
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -37,6 +37,12 @@ def state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in LOW_PRECISION else dtype
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)``, ``False`` on the meta device: autocast has no
+    meta form (it raises for the device type), and a meta tensor has no values to round."""
+    return device_type != "meta" and torch.is_autocast_enabled(device_type)
+
+
 def precision_of(dtype: torch.dtype, device_type: str) -> Precision:
     """The precision of a layer whose parameters have ``dtype``, on ``device_type``.
 
@@ -44,7 +50,7 @@ def precision_of(dtype: torch.dtype, device_type: str) -> Precision:
     autocasts ``matmul``); float64 and non-floating dtypes are left alone, as autocast does.
     """
     matmul = dtype
-    if dtype.is_floating_point and dtype != torch.float64 and torch.is_autocast_enabled(device_type):
+    if dtype.is_floating_point and dtype != torch.float64 and autocast_enabled(device_type):
         matmul = torch.get_autocast_dtype(device_type)
     return Precision(matmul, state_dtype(matmul))
 

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ..functional.precision import LOW_PRECISION, state_dtype
+from ..functional.precision import LOW_PRECISION, autocast_enabled, state_dtype
 
 _REAL_DTYPES = "float32, float64, bfloat16 or float16"
 
@@ -59,7 +59,7 @@ def check_dtypes(layer: str, x: Tensor, weight: Tensor) -> None:
     if x.dtype == weight.dtype:
         return
     device_type = x.device.type
-    if weight.dtype != torch.float64 and torch.is_autocast_enabled(device_type):
+    if weight.dtype != torch.float64 and autocast_enabled(device_type):
         allowed = (torch.float32, torch.get_autocast_dtype(device_type))
         if x.dtype in allowed:
             return

@@ -10,6 +10,7 @@ module composes those calls, so every backend serves every shape.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import warnings
@@ -268,6 +269,9 @@ class PendingStats:
 
     def __init__(self, module: nn.Module, *args: Any):
         self.module = module
+        # set for a reverse direction, which scans its input flipped in time: the per-step
+        # statistics are flipped back so that step t describes input step t, as its output does
+        self.time_reversed = False
         # detached (views: no copy, same version counters), so that the layer does not keep the
         # forward's autograd graph alive
         self.args = tuple(_detached(a) for a in args)
@@ -281,7 +285,19 @@ class PendingStats:
                 "modified in place after the forward, so its statistics would describe a different pass; read "
                 "last_stats before changing them in place, or run the forward again"
             )
-        return self.module._stats(*self.args)
+        stats = self.module._stats(*self.args)
+        if self.time_reversed:
+            stats = _flip_per_step(stats)
+        return stats
+
+
+def _flip_per_step(stats: LayerStats) -> LayerStats:
+    """``stats`` of a scan over a time-flipped input, with its per-step fields in input time."""
+    return dataclasses.replace(
+        stats,
+        event_fraction=stats.event_fraction.flip(0),
+        input_event_fraction=None if stats.input_event_fraction is None else stats.input_event_fraction.flip(0),
+    )
 
 
 def _detached(value: Any) -> Any:
@@ -308,8 +324,10 @@ def merge_stats(name: str, parts: Sequence[tuple[LayerStats, int]]) -> LayerStat
     """One :class:`LayerStats` for several layer·direction (and length-group) runs.
 
     ``parts`` are ``(stats, batch)`` (a :class:`PendingStats` is computed first);
-    ``event_fraction[t]`` is the mean over every run active at step ``t`` weighted by its batch; ``dense_macs`` and ``event_ops`` are sums. The runs'
+    ``event_fraction[t]`` is the mean over every run active at input step ``t`` weighted by its batch; ``dense_macs`` and ``event_ops`` are sums. The runs'
     own stats (``h_n`` order, per length group for packed input) stay in ``extra["runs"]``.
+    A reverse direction's per-step fields are in input time (flipped back from its scan); with
+    packed input a step counts only the sequences still running there, not the padding.
     """
     parts = [(s.compute() if isinstance(s, PendingStats) else s, b) for s, b in parts]
     if len(parts) == 1:
@@ -317,15 +335,17 @@ def merge_stats(name: str, parts: Sequence[tuple[LayerStats, int]]) -> LayerStat
     with torch.no_grad():
         steps = max(s.event_fraction.shape[0] for s, _ in parts)
 
+        count = parts[0][0].event_fraction.new_zeros(steps, dtype=torch.float32)
+        for s, b in parts:
+            count[: s.event_fraction.shape[0]] += b
+
         def per_step(attr: str) -> Tensor | None:
             if any(getattr(s, attr) is None for s, _ in parts):
                 return None
-            total = parts[0][0].event_fraction.new_zeros(steps, dtype=torch.float32)
-            count = torch.zeros_like(total)
+            total = torch.zeros_like(count)
             for s, b in parts:
                 v = getattr(s, attr).float()
                 total[: v.shape[0]] += v * b
-                count[: v.shape[0]] += b
             return total / count
 
         backward = None
@@ -340,6 +360,8 @@ def merge_stats(name: str, parts: Sequence[tuple[LayerStats, int]]) -> LayerStat
             backward_sparsity=backward,
             input_event_fraction=per_step("input_event_fraction"),
             extra={"runs": [s for s, _ in parts]},
+            # packed runs of several lengths cover different numbers of samples per step
+            samples_per_step=count if bool((count != count[0]).any()) else None,
         )
 
 
@@ -365,11 +387,43 @@ def _run_dense(module: nn.Module, x: Tensor, state: NamedTuple | None, backend: 
             outs.append(out.flip(0) if d else out)
             finals.append(final)
             if st is not None:
+                st.time_reversed = bool(d)
                 stats.append((st, x.shape[1]))
         layer_in = torch.cat(outs, -1) if directions > 1 else outs[0]
         if module.dropout > 0.0 and module.training and k < module.num_layers - 1:
             layer_in = nn.functional.dropout(layer_in, module.dropout, training=True)
     return layer_in, finals, stats
+
+
+def _marked_dynamic(given: Any, dim: int) -> bool:
+    """Whether dimension ``dim`` of the caller's input was marked dynamic for ``torch.compile``
+    (``torch._dynamo.mark_dynamic`` records the dimensions on the tensor) and is being compiled."""
+    return torch.compiler.is_compiling() and dim in getattr(given, "_dynamo_dynamic_indices", ())
+
+
+def dispatch_shape(x: Tensor, hidden: int, given: Any = None, batch_first: bool = False) -> tuple[int, int, int] | None:
+    """``(T, B, hidden)`` of a time-first ``x`` for the backend choice, or ``None`` when the
+    caller's input ``given`` has its batch dimension marked dynamic for ``torch.compile``.
+
+    ``"auto"`` picks ``cpu_event`` by the batch sizes where it was measured faster; reading the
+    batch size inside a compiled graph fixes the graph to that size, which a batch marked
+    dynamic refuses. Without a shape ``"auto"`` takes the reference, which serves every batch
+    size; an explicitly named backend does not depend on the shape."""
+    if _marked_dynamic(given, 0 if batch_first else 1):
+        return None
+    return (x.shape[0], x.shape[1], hidden)
+
+
+def check_dynamic_time(name: str, backend: Any, given: Any, batch_first: bool) -> None:
+    """Refuse a sequence length marked dynamic for ``torch.compile`` on the reference backend:
+    its loop over time is unrolled into the graph, so a compiled graph has one length."""
+    if backend.name == "torch" and _marked_dynamic(given, 1 if batch_first else 0):
+        raise ValueError(
+            f"{name} on the torch reference backend unrolls its loop over time into a compiled graph, "
+            "so the sequence length cannot be dynamic, got an input whose time dimension is marked dynamic "
+            "(torch._dynamo.mark_dynamic); mark only the batch dimension dynamic, or use backend='cpu_event', "
+            "whose scan is one op for any length"
+        )
 
 
 class StackedForward:
@@ -380,16 +434,18 @@ class StackedForward:
     state, scan) -> (out, final, trace, stats)``: one layer·direction through ``scan`` (a
     backend, or the family's reference for a replay)."""
 
-    def _resolve_backend(self, x: Tensor):
-        return dispatch.resolve(
+    def _resolve_backend(self, x: Tensor, given: Any = None):
+        backend = dispatch.resolve(
             self.neuron_family.name,
             self.backend,
             device=x.device,
             dtype=x.dtype,
-            shape=tuple(x.shape[:2]) + (self.hidden_size,),
+            shape=dispatch_shape(x, self.hidden_size, given, self.batch_first),
             training=grad_recorded(x, *self.parameters()),
             **self._dispatch_options(),
         )
+        check_dynamic_time(type(self).__name__, backend, given, self.batch_first)
+        return backend
 
     def _run_direction(self, layer: int, reverse: int, x: Tensor, state: Any, backend: Any):
         out, final, _, stats = self._scan_direction(direction_suffix(layer, bool(reverse)), x, state, backend.fn)
@@ -425,7 +481,7 @@ class StackedForward:
         seq, lengths = _sequence(self, x)
         if state is not None:
             state = check_stacked_state(self, state, seq.shape[1], seq)
-        backend = self._resolve_backend(seq)
+        backend = self._resolve_backend(seq, x)
         # What torch.compile cannot trace runs eagerly behind one graph break here (instead of one
         # break per nested frame): the cpu_event torch-op training loops (data-dependent row
         # gathers). The reference, cpu_event (custom ops, evsnn/ops/<family>/op.py; a scan's

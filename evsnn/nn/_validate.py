@@ -66,7 +66,9 @@ def _violations(name: str, value: Tensor) -> Tensor | None:
     base = _base_name(name)
     if base not in _TENSOR_RULES and base not in ("weight", "bias") and not base.startswith(("weight_", "bias_")):
         return None
-    if not value.is_floating_point():
+    if not value.is_floating_point() or value.is_meta:
+        # a meta tensor (torch.device("meta") initialisation) has no values to check; they are
+        # checked when they arrive (load_state_dict, assignment)
         return None
     bad = ~torch.isfinite(value.detach())
     rule = _TENSOR_RULES.get(base, (None, None))[1]

@@ -22,7 +22,16 @@ from ._checks import (
     to_time_first,
 )
 from ._family import ALIF_FAMILY
-from ._stack import ALIFLayerState, PendingStats, StackedForward, check_stack_args, direction_suffix, stack_states
+from ._stack import (
+    ALIFLayerState,
+    PendingStats,
+    StackedForward,
+    check_dynamic_time,
+    check_stack_args,
+    direction_suffix,
+    dispatch_shape,
+    stack_states,
+)
 from ._validate import ParameterChecks, check_steps, check_tensor_state
 
 __all__ = ["ALIF", "ALIFCell", "ALIFReadout", "LeakyReadout", "init_tau", "TAU_INITS"]
@@ -571,7 +580,7 @@ class ALIFReadout(_ALIFBase):
     def forward(self, x: Tensor, state: ALIFState | None = None) -> tuple[Tensor, ALIFState]:
         name = type(self).__name__
         check_input(name, x, 3, self.input_size, self.weight_ih)
-        x = to_time_first(x, self.batch_first)
+        given, x = x, to_time_first(x, self.batch_first)
         check_steps(name, x)
         if state is not None:
             state = self._check_state(state, x.shape[1], x)
@@ -583,9 +592,10 @@ class ALIFReadout(_ALIFBase):
             dtype=x.dtype,
             surrogate=self.surrogate,
             recurrent=False,
-            shape=(x.shape[0], x.shape[1], self.output_size),
+            shape=dispatch_shape(x, self.output_size, given, self.batch_first),
             training=grad_recorded(x, *self.parameters()),
         )
+        check_dynamic_time(name, backend, given, self.batch_first)
         _, final, trace = backend.fn(
             current,
             state,

@@ -278,14 +278,16 @@ class _DeltaLayer(StackedForward, _DeltaBase):
     @classmethod
     def from_torch(cls, rnn: nn.Module, **kwargs):
         """A delta layer with the weights of an ``nn.GRU``/``nn.LSTM``: every layer and direction,
-        ``batch_first``, ``dropout`` (``kwargs``, e.g. ``theta_x``, go to the constructor)."""
+        ``batch_first``, ``dropout``, the weights' ``requires_grad`` and the train/eval mode
+        (``kwargs``, e.g. ``theta_x``, go to the constructor)."""
         _check_torch_rnn(rnn, cls.torch_type)
         layer = cls(**_torch_rnn_args(rnn, kwargs))
         _copy_from_torch(layer, rnn)
         return layer
 
     def to_torch(self) -> nn.Module:
-        """The ``nn.GRU``/``nn.LSTM`` with these weights (equal to this layer at Θ = 0)."""
+        """The ``nn.GRU``/``nn.LSTM`` with these weights, their ``requires_grad`` and this
+        layer's train/eval mode (equal to this layer at Θ = 0)."""
         rnn = self.torch_type(**_torch_args_of(self))
         _copy_to_torch(self, rnn)
         return rnn

@@ -44,7 +44,10 @@ def _init_threshold(hidden: int, threshold: float, kind: str) -> Tensor:
         # float64 so that log/exp round-trips a float64 layer's θ = 0.3 exactly enough
         return torch.full((hidden,), threshold, dtype=torch.float64)
     # θ_j = threshold · 2u_j, u_j ~ Beta(5, 5): mean `threshold`, strictly inside (0, 2·threshold).
-    u = torch.distributions.Beta(5.0, 5.0).sample((hidden,)).clamp(1e-3, 1 - 1e-3)
+    # drawn on the CPU whatever the default device (under torch.device("meta") the distribution
+    # could not check its parameters); the caller moves θ to the layer's device
+    five = torch.tensor(5.0, device="cpu")
+    u = torch.distributions.Beta(five, five).sample((hidden,)).clamp(1e-3, 1 - 1e-3)
     return threshold * 2.0 * u.double()
 
 
@@ -206,6 +209,7 @@ class EGRU(StackedForward, _EGRUBase):
         self.num_directions = 2 if bidirectional else 1
         for suffix, size in self._extra_directions():
             self._add_direction(suffix, size, {"device": device, "dtype": dtype})
+        self.register_load_state_dict_pre_hook(_fill_thresholds_of_torch_checkpoint)  # before the renaming
         accept_torch_names(self)
         self.batch_first = bool(batch_first)
         self.zoneout = check_probability("zoneout", zoneout)
@@ -287,14 +291,17 @@ class EGRU(StackedForward, _EGRUBase):
 
     @classmethod
     def from_torch(cls, gru: nn.GRU, **kwargs) -> "EGRU":
-        """An EGRU with the weights of an ``nn.GRU`` (every layer and direction; ``kwargs`` go to EGRU)."""
+        """An EGRU with the weights of an ``nn.GRU`` (every layer and direction; ``kwargs`` go to EGRU).
+
+        The weights keep their ``requires_grad`` and the layer the GRU's train/eval mode."""
         _check_torch_rnn(gru, nn.GRU)
         layer = cls(**_torch_rnn_args(gru, kwargs))
         _copy_from_torch(layer, gru)
         return layer
 
     def to_torch(self) -> nn.GRU:
-        """An ``nn.GRU`` with these weights (a dense GRU: thresholds are dropped)."""
+        """An ``nn.GRU`` with these weights (a dense GRU: thresholds are dropped), their
+        ``requires_grad`` and this layer's train/eval mode."""
         gru = nn.GRU(**_torch_args_of(self))
         _copy_to_torch(self, gru)
         return gru
@@ -404,12 +411,31 @@ def _weight_pairs(layer: nn.Module, rnn: nn.Module):
 
 
 def _copy_from_torch(layer: nn.Module, rnn: nn.Module) -> None:
-    with torch.no_grad():
-        for ours, theirs in _weight_pairs(layer, rnn):
-            getattr(layer, ours).copy_(getattr(rnn, theirs))
+    """Weights, their ``requires_grad`` and the train/eval mode of ``rnn`` into ``layer``."""
+    _copy_weights(rnn, layer, [(theirs, ours) for ours, theirs in _weight_pairs(layer, rnn)])
 
 
 def _copy_to_torch(layer: nn.Module, rnn: nn.Module) -> None:
+    """Weights, their ``requires_grad`` and the train/eval mode of ``layer`` into ``rnn``."""
+    _copy_weights(layer, rnn, list(_weight_pairs(layer, rnn)))
+
+
+def _copy_weights(source: nn.Module, target: nn.Module, pairs: list[tuple[str, str]]) -> None:
+    # A converted eval model must stay in eval (dropout, zoneout's expectation) and a frozen
+    # weight frozen: the conversion is the same model in another class.
     with torch.no_grad():
-        for ours, theirs in _weight_pairs(layer, rnn):
-            getattr(rnn, theirs).copy_(getattr(layer, ours))
+        for from_name, to_name in pairs:
+            value = getattr(source, from_name)
+            getattr(target, to_name).copy_(value).requires_grad_(value.requires_grad)
+    target.train(source.training)
+
+
+def _fill_thresholds_of_torch_checkpoint(module: nn.Module, state_dict: dict, prefix: str, *_) -> None:
+    """Load-state-dict pre-hook: an ``nn.GRU`` state dict (recognised by ``weight_ih_l0`` in
+    place of ``weight_ih``) has no thresholds; the module's own ``log_threshold*`` are put in
+    for the missing ones, so ``strict=True`` still refuses any other missing or unexpected key."""
+    if prefix + "weight_ih_l0" not in state_dict or prefix + "weight_ih" in state_dict:
+        return
+    for name, param in module._parameters.items():
+        if name.startswith("log_threshold") and prefix + name not in state_dict:
+            state_dict[prefix + name] = param.detach()

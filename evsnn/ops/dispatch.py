@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 
-from ..functional.precision import LOW_PRECISION
+from ..functional.precision import LOW_PRECISION, autocast_enabled
 from .transforms import active_transform
 
 __all__ = [
@@ -191,7 +191,7 @@ def lowered_dtype(device_type: str, dtype: torch.dtype | None) -> torch.dtype | 
     ``dtype`` itself if it is bfloat16/float16, else ``None`` (full precision)."""
     if dtype is None or dtype == torch.float64 or not dtype.is_floating_point:
         return None
-    if torch.is_autocast_enabled(device_type):
+    if autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return dtype if dtype in LOW_PRECISION else None
 
@@ -206,7 +206,10 @@ def resolve(family: str, requested: str, device: torch.device, **config: Any) ->
     low = lowered_dtype(device.type, config.get("dtype"))
     env = os.environ.get(ENV_VAR) if requested == "auto" else None
     transform = active_transform()
-    key = _cache_key(family, requested, env, device, low, config)
+    # Traced by torch.compile, the decision is made once per compilation and the cache is left
+    # alone: Dynamo would guard on the cache's keys, and a later compilation, made while the cache
+    # holds other decisions, builds guards that index keys no longer where they were.
+    key = None if torch.compiler.is_compiling() else _cache_key(family, requested, env, device, low, config)
     if key is not None:
         key = (*key, transform)
     try:
@@ -355,7 +358,7 @@ def run_lowered(fn: Callable[..., Any], family: str, low: torch.dtype, device_ty
         if name in rounded and isinstance(value, torch.Tensor) and value.dtype != low:
             value = value.to(low)
         bound.arguments[name] = _upcast(value, torch.float32)
-    if torch.is_autocast_enabled(device_type):
+    if autocast_enabled(device_type):
         with torch.autocast(device_type, enabled=False):
             out, state, trace = fn(*bound.args, **bound.kwargs)
     else:
