@@ -89,3 +89,28 @@ def test_default_egru_learns_a_task_that_needs_memory(backend):
     # comes well down from chance (log 2) too; one whose units hardly emit stays near it.
     assert gru_last < 0.2 * gru_first
     assert last < 0.5 * first, f"loss {first:.3f} -> {last:.3f} (nn.GRU {gru_first:.3f} -> {gru_last:.3f})"
+
+
+def test_word_language_model_carries_the_egru_state_across_bptt_windows(load_example):
+    lm = load_example("word_language_model")
+    torch.manual_seed(0)
+    model = lm.RNNModel("EGRU", ntoken=30, ninp=8, nhid=8, nlayers=2, dropout=0.0, tied=False)
+    tokens = torch.randint(0, 30, (12, 3))
+    hidden = model.init_hidden(3)
+    _, hidden, _ = model(tokens[:6], hidden)
+    carried = lm.repackage_hidden(hidden)
+    assert type(carried) is type(hidden)
+    assert all(c.grad_fn is None and torch.equal(c, h) for c, h in zip(carried, hidden))
+    # The second window from the carried state is the second half of one pass over all 12 steps.
+    logp, _, output = model(tokens[6:], carried)
+    logp.sum().backward()
+    whole, _ = model.rnn(model.encoder(tokens), model.init_hidden(3))
+    torch.testing.assert_close(output, whole[6:], rtol=0, atol=0)
+
+
+def test_word_language_model_corpus_ships_with_python(load_example):
+    corpus = load_example("word_language_model").Corpus(min_count=2)
+    assert corpus.words[0] == "<unk>" and len(set(corpus.words)) == len(corpus.words)
+    for part in (corpus.train, corpus.valid, corpus.test):
+        assert part.dtype == torch.int64 and 0 <= int(part.min()) and int(part.max()) < len(corpus.words)
+    assert len(corpus.train) >= 8 * len(corpus.test) > 0  # the 80 / 10 / 10 split
