@@ -8,7 +8,8 @@ with truncated backpropagation through time: the hidden state is carried from on
 window to the next and cut from the graph by :func:`repackage_hidden`. Plain SGD with gradient
 clipping and a learning rate divided by 4 whenever the validation loss does not improve, as in
 PyTorch's example. ``--model EGRU`` builds ``evsnn.EGRU`` with its default options where
-PyTorch's example builds ``nn.GRU``; nothing else changes.
+PyTorch's example builds ``nn.GRU``; nothing else changes (``--threshold``, ``--threshold-init``
+and ``--reset`` set those EGRU options instead).
 
 Corpus: the Python language reference topics that ship with CPython (``pydoc_data.topics``), so
 the script runs offline. Lower-cased words, numbers and punctuation marks are tokens, each line
@@ -53,12 +54,26 @@ class Corpus:
 class RNNModel(nn.Module):
     """Embedding → ``nn.GRU`` or ``evsnn.EGRU`` → Linear decoder over the vocabulary."""
 
-    def __init__(self, rnn_type: str, ntoken: int, ninp: int, nhid: int, nlayers: int, dropout: float, tied: bool):
+    def __init__(
+        self,
+        rnn_type: str,
+        ntoken: int,
+        ninp: int,
+        nhid: int,
+        nlayers: int,
+        dropout: float,
+        tied: bool,
+        egru_options: dict | None = None,
+    ):
+        """``egru_options``: keyword arguments of ``evsnn.EGRU`` (its threshold, reset, ...)."""
         super().__init__()
         self.drop = nn.Dropout(dropout)
         self.encoder = nn.Embedding(ntoken, ninp)
+        options = dict(egru_options or {})
+        if options and rnn_type != "EGRU":
+            raise ValueError(f"EGRU options {sorted(options)} given for --model {rnn_type}")
         rnn_class = {"GRU": nn.GRU, "EGRU": evsnn.EGRU}[rnn_type]
-        self.rnn = rnn_class(ninp, nhid, nlayers, dropout=dropout if nlayers > 1 else 0.0)
+        self.rnn = rnn_class(ninp, nhid, nlayers, dropout=dropout if nlayers > 1 else 0.0, **options)
         self.decoder = nn.Linear(nhid, ntoken)
         if tied:
             if nhid != ninp:
@@ -158,14 +173,28 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--min-count", type=int, default=2)
     p.add_argument("--seed", type=int, default=1111)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threshold", type=float, help="EGRU threshold (default: the layer's)")
+    p.add_argument("--threshold-init", choices=evsnn.nn.egru.THRESHOLD_INITS, help="EGRU threshold_init")
+    p.add_argument("--reset", choices=evsnn.functional.egru.RESETS, help="EGRU reset")
     args = p.parse_args(argv)
+    egru_options = {
+        name: value
+        for name, value in (
+            ("threshold", args.threshold),
+            ("threshold_init", args.threshold_init),
+            ("reset", args.reset),
+        )
+        if value is not None
+    }
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
     corpus = Corpus(args.min_count)
     train_data = batchify(corpus.train, args.batch_size)
     val_data, test_data = batchify(corpus.valid, 10), batchify(corpus.test, 10)
-    model = RNNModel(args.model, len(corpus.words), args.emsize, args.nhid, args.nlayers, args.dropout, args.tied)
+    model = RNNModel(
+        args.model, len(corpus.words), args.emsize, args.nhid, args.nlayers, args.dropout, args.tied, egru_options
+    )
     print(
         f"# {args.model}: vocabulary {len(corpus.words)}, tokens {len(corpus.train)} / {len(corpus.valid)} / "
         f"{len(corpus.test)}, {vars(args)}",
