@@ -1,4 +1,4 @@
-"""An EGRU built with its default options, dropped in where an ``nn.GRU`` was: at initialisation a
+"""An EGRU built with its default options in place of an ``nn.GRU``: at initialisation a
 healthy share of its units emits events on the inputs such a GRU usually gets (embeddings drawn
 from N(0, 1) or from U(−0.1, 0.1) as in PyTorch's word-language model, standardised features,
 mnist1d's one value per step), on every backend that runs on a CPU; and it learns a small task
@@ -15,9 +15,10 @@ from evsnn.data import load_mnist1d
 
 BACKENDS = ("torch", "cpu_event")
 HIDDEN = 200
-# Events on too few units starve both the readout and the surrogate gradient (fewer than 5 % left
-# the EGRU at chance on mnist1d); with c_t symmetric around 0 at initialisation, more than ~40 %
-# means θ is negligible for most units and the layer is a dense GRU with its negative half cut.
+# Events on too few units starve both the readout and the surrogate gradient (0.2 % at the start
+# kept an EGRU at chance on mnist1d, docs/reproductions.md); c_t is symmetric around 0 at
+# initialisation, so 50 % is θ → 0, and above ~40 % θ is negligible for most units: a dense GRU
+# with its negative half cut.
 LOW, HIGH = 0.05, 0.40
 
 
