@@ -28,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("single_thread", "reference_backend")
 LAYERS = {
     "ALIF": lambda: evsnn.ALIF(IN, H, dtype=F64, backend="torch"),
     "ALIF-ff": lambda: evsnn.ALIF(IN, H, recurrent=False, dtype=F64, backend="torch"),
-    "EGRU-output": lambda: evsnn.EGRU(IN, H, threshold=0.1, dtype=F64, backend="torch"),
+    "EGRU-output": lambda: evsnn.EGRU(IN, H, threshold=0.1, reset="output", dtype=F64, backend="torch"),
     "EGRU-threshold": lambda: evsnn.EGRU(IN, H, threshold=0.1, reset="threshold", dtype=F64, backend="torch"),
     "DeltaGRU": lambda: evsnn.DeltaGRU(IN, H, theta_x=0.2, theta_h=0.05, dtype=F64, backend="torch"),
     "DeltaLSTM": lambda: evsnn.DeltaLSTM(IN, H, theta_x=0.2, theta_h=0.05, dtype=F64, backend="torch"),
@@ -37,7 +37,7 @@ LAYERS = {
 CELLS = {
     "ALIF": evsnn.ALIFCell,
     "ALIF-ff": lambda *a, **k: evsnn.ALIFCell(*a, recurrent=False, **k),
-    "EGRU-output": lambda *a, **k: evsnn.EGRUCell(*a, threshold=0.1, **k),
+    "EGRU-output": lambda *a, **k: evsnn.EGRUCell(*a, threshold=0.1, reset="output", **k),
     "EGRU-threshold": lambda *a, **k: evsnn.EGRUCell(*a, threshold=0.1, reset="threshold", **k),
     "DeltaGRU": lambda *a, **k: evsnn.DeltaGRUCell(*a, theta_x=0.2, theta_h=0.05, **k),
     "DeltaLSTM": lambda *a, **k: evsnn.DeltaLSTMCell(*a, theta_x=0.2, theta_h=0.05, **k),
@@ -384,7 +384,7 @@ def test_egru_dropconnect_and_zoneout_only_in_training():
     b, _ = layer(x)
     assert torch.equal(a, b)  # deterministic at evaluation
     ref, _, _ = egru_scan(x, None, layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh, layer.threshold,
-                          zoneout=0.3, training=False)
+                          reset=layer.reset, zoneout=0.3, training=False)
     torch.testing.assert_close(a, ref, rtol=0, atol=0)
     layer.train()
     c, _ = layer(x)

@@ -230,7 +230,7 @@ def test_traces_egru_state_theta_and_events():
     x = torch.randn(30, 1, 3)
     with torch.no_grad():
         y, _, trace = egru_scan(
-            x, None, layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh, layer.threshold
+            x, None, layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh, layer.threshold, reset=layer.reset
         )
     unit = int((y[:, 0] != 0).sum(0).argmax())
     ax = plot.traces(trace, y, threshold=layer.threshold, unit=unit)

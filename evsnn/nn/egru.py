@@ -34,15 +34,24 @@ from ._validate import ParameterChecks
 
 __all__ = ["EGRU", "EGRUCell", "THRESHOLD_INITS"]
 
-THRESHOLD_INITS = ("beta", "constant")
+THRESHOLD_INITS = ("log_uniform", "beta", "constant")
 _LOG_THRESHOLD_MIN = math.log(1e-6)
 _LOG_THRESHOLD_MAX = math.log(1e4)
+# The scale of c_t at initialisation follows the input's: ~0.5 for N(0, 1) embeddings of a few
+# hundred features, ~0.03 for one value per step or U(−0.1, 0.1) embeddings. Thresholds spread
+# over three decades leave some units near threshold at any of these scales.
+_LOG_UNIFORM_DECADES = 3.0
 
 
 def _init_threshold(hidden: int, threshold: float, kind: str) -> Tensor:
     if kind == "constant":
         # float64 so that log/exp round-trips a float64 layer's θ = 0.3 exactly enough
         return torch.full((hidden,), threshold, dtype=torch.float64)
+    if kind == "log_uniform":
+        # log θ_j uniform over [log threshold − d/2·ln 10, log threshold + d/2·ln 10]: geometric mean `threshold`.
+        half_span = 0.5 * _LOG_UNIFORM_DECADES * math.log(10.0)
+        u = torch.rand(hidden, dtype=torch.float64)
+        return torch.exp(math.log(threshold) + (2.0 * u - 1.0) * half_span)
     # θ_j = threshold · 2u_j, u_j ~ Beta(5, 5): mean `threshold`, strictly inside (0, 2·threshold).
     # drawn on the CPU whatever the default device (under torch.device("meta") the distribution
     # could not check its parameters); the caller moves θ to the layer's device
@@ -162,9 +171,14 @@ class EGRU(StackedForward, _EGRUBase):
         batch_first: input and output are ``[B, T, ·]`` instead of ``[T, B, ·]``.
         dropout: dropout on each layer's output except the last, in training (nn.GRU's ``dropout``).
         bidirectional: add a reverse direction per layer; outputs are concatenated.
-        threshold: mean initial event threshold θ (> 0).
-        threshold_init: ``"beta"`` (θ·2u, u ~ Beta(5, 5) per unit) or ``"constant"``.
-        reset: what an event subtracts, one of ``RESETS`` (SPEC.md §3).
+        threshold: typical initial event threshold θ (> 0): the geometric mean of the
+            ``"log_uniform"`` draw, the mean of the ``"beta"`` draw, the value of ``"constant"``.
+        threshold_init: ``"log_uniform"`` (log θ uniform over three decades around ``threshold``:
+            0.00095 to 0.95 by default, so that some units are near threshold whatever the scale
+            of the input), ``"beta"`` (θ·2u, u ~ Beta(5, 5) per unit) or ``"constant"``.
+        reset: what an event subtracts, one of ``RESETS`` (SPEC.md §3). The default
+            ``"threshold"`` subtracts θ and keeps the rest of the state; ``"output"`` (the
+            paper's equations) subtracts the whole state, so a unit forgets at each event.
         surrogate: pseudo-derivative of the event function (default ``Triangle(0.3)``).
         zoneout: probability p of keeping ``c_{t−1}`` instead of the candidate, before the event
             test (SPEC.md §3): a Bernoulli(p) mask in training, its expectation in eval.
@@ -190,9 +204,9 @@ class EGRU(StackedForward, _EGRUBase):
         dropout: float = 0.0,
         bidirectional: bool = False,
         *,
-        threshold: float = 0.3,
-        threshold_init: str = "beta",
-        reset: str = "output",
+        threshold: float = 0.03,
+        threshold_init: str = "log_uniform",
+        reset: str = "threshold",
         surrogate: Surrogate | str | None = None,
         zoneout: float = 0.0,
         dropconnect: float = 0.0,
@@ -314,9 +328,14 @@ class EGRUCell(_EGRUBase):
         input_size: features of the input.
         hidden_size: units.
         bias: add ``bias_ih`` and ``bias_hh``.
-        threshold: mean initial event threshold θ (> 0).
-        threshold_init: ``"beta"`` (θ·2u, u ~ Beta(5, 5) per unit) or ``"constant"``.
-        reset: what an event subtracts, one of ``RESETS`` (SPEC.md §3).
+        threshold: typical initial event threshold θ (> 0): the geometric mean of the
+            ``"log_uniform"`` draw, the mean of the ``"beta"`` draw, the value of ``"constant"``.
+        threshold_init: ``"log_uniform"`` (log θ uniform over three decades around ``threshold``:
+            0.00095 to 0.95 by default, so that some units are near threshold whatever the scale
+            of the input), ``"beta"`` (θ·2u, u ~ Beta(5, 5) per unit) or ``"constant"``.
+        reset: what an event subtracts, one of ``RESETS`` (SPEC.md §3). The default
+            ``"threshold"`` subtracts θ and keeps the rest of the state; ``"output"`` (the
+            paper's equations) subtracts the whole state, so a unit forgets at each event.
         surrogate: pseudo-derivative of the event function (default ``Triangle(0.3)``).
         backend: accepted for symmetry with :class:`EGRU`; a single step runs the reference.
         device: device of the parameters.
@@ -329,9 +348,9 @@ class EGRUCell(_EGRUBase):
         hidden_size: int,
         bias: bool = True,
         *,
-        threshold: float = 0.3,
-        threshold_init: str = "beta",
-        reset: str = "output",
+        threshold: float = 0.03,
+        threshold_init: str = "log_uniform",
+        reset: str = "threshold",
         surrogate: Surrogate | str | None = None,
         backend: str = "auto",
         device=None,
