@@ -73,9 +73,10 @@ def build_model(config: TrainConfig, input_size: int, n_classes: int) -> Sequenc
         )
     layer_options = None
     if config.model == "egru" and config.data == "mnist1d":
-        # One value per step: at the default θ ≈ 0.3 almost no unit fires at the start, and the
-        # default reset="output" empties a unit's state at each event, so a 40-step sequence is
-        # forgotten; both keep the network at chance (docs/reproductions.md, mnist1d section).
+        # One value per step: the default log-uniform thresholds leave many units all but silent on
+        # so small an input, where a constant low θ lets every unit fire at the start and the
+        # activity regulariser brings it down while the network learns (docs/reproductions.md,
+        # mnist1d section; docs/egru-tuning.md).
         layer_options = {"threshold": 0.01, "threshold_init": "constant", "reset": "threshold"}
     return SequenceClassifier(
         config.model,

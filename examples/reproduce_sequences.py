@@ -14,11 +14,13 @@ Prints one Markdown row per seed, then mean ± std per model.
 The EGRU recipe (defaults of the ``--egru-*`` options): ``reset="threshold"`` (an event subtracts
 θ, the official EvNN code's variant) with a constant initial θ = 0.01, and the one-sided activity
 target 0.15, at a peak lr of 0.05 (5× the other models': at 0.01 it learned far more slowly).
-With one input value per step the layer's defaults (``reset="output"``, θ ≈ 0.3)
-leave it at chance: at θ ≈ 0.3 almost no unit reaches the threshold at the start, and an event
-under ``reset="output"`` subtracts the whole state, so a unit forgets what it held each time it
-fires; a 40-step sequence has to be remembered to its end. The low θ lets ~half the units fire
-at the start and the regulariser brings the activity under the target while the network learns.
+With one input value per step, ``reset="output"`` with Beta-drawn thresholds θ ≈ 0.3 leaves it
+at chance: at θ ≈ 0.3 almost no unit reaches the threshold at
+the start, and an event under ``reset="output"`` subtracts the whole state, so a unit forgets what
+it held each time it fires; a 40-step sequence has to be remembered to its end. The layer's
+log-uniform defaults learn, but leave many units all but silent on so small an input
+(docs/egru-tuning.md). The constant low θ lets ~half the units fire at the start and the
+regulariser brings the activity under the target while the network learns.
 """
 
 from __future__ import annotations
