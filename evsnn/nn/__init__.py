@@ -1,10 +1,22 @@
 """``torch.nn`` layers and cells: what users import."""
 
+from . import _stack
+from ._stack import DeltaHidden, DeltaLSTMHidden, EGRUHidden, StateTensor
 from .alif import ALIF, TAU_INITS, ALIFCell, ALIFReadout, LeakyReadout, init_tau
 from .delta import DeltaGRU, DeltaGRUCell, DeltaLSTM, DeltaLSTMCell
 from .egru import EGRU, EGRUCell
 
+# ``torch.load(path)`` (``weights_only=True``) of a saved model holding evsnn layers works once
+# evsnn's layers are imported, with no allowlisting by the user beyond their own classes.
+_stack.register_safe_globals(
+    [ALIF, ALIFCell, ALIFReadout, LeakyReadout, EGRU, EGRUCell, DeltaGRU, DeltaGRUCell, DeltaLSTM, DeltaLSTMCell]
+)
+
 __all__ = [
+    "DeltaHidden",
+    "DeltaLSTMHidden",
+    "EGRUHidden",
+    "StateTensor",
     "ALIF",
     "ALIFCell",
     "ALIFReadout",

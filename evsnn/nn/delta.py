@@ -11,23 +11,26 @@ from ..functional.delta import (
     DeltaGRUState,
     DeltaLSTMState,
     check_delta_rule,
+    delta_accumulators,
     delta_gru_initial_state,
     delta_gru_step,
     delta_lstm_initial_state,
     delta_lstm_step,
 )
 from ..functional.fixed_point import check_fixed_point, quantize_fixed_point
+from ..functional.precision import state_dtype
 from ..ops import dispatch
 from ..stats import LayerStats
 from ._checks import check_input, check_nonnegative, check_size, check_state, grad_recorded
 from ._family import DELTA_GRU_FAMILY, DELTA_LSTM_FAMILY
 from ._stack import (
-    DeltaGRULayerState,
-    DeltaLSTMLayerState,
+    DeltaHidden,
+    DeltaLSTMHidden,
     PendingStats,
     StackedForward,
     accept_torch_names,
     check_stack_args,
+    check_stacked_state,
     direction_suffix,
     stack_states,
 )
@@ -232,7 +235,67 @@ class _DeltaLayer(StackedForward, _DeltaBase):
             finals.append(
                 self._direction_initial_state(batch, direction_suffix(k, bool(d)), self._layer_input_size(k), h0_i, c0_i)
             )
-        return stack_states(self, finals)
+        return self._public_state(stack_states(self, finals))
+
+    def _accept_state(self, state, batch: int, like: Tensor):
+        """nn.GRU's ``h_0`` / nn.LSTM's ``(h_0, c_0)`` (plain tensors: memories at zero) or the
+        returned state (its memories continue) → the stacked functional state, whose accumulators
+        are recomputed from the memories and the current weights."""
+        name, gru = type(self).__name__, self.state_type is DeltaGRUState
+        if gru:
+            if not isinstance(state, Tensor):
+                raise TypeError(
+                    f"{name} expects h_0 as a tensor [num_layers*num_directions, batch, hidden_size] (nn.GRU's "
+                    f"h_0, or the DeltaHidden state it returned), got {type(state).__name__}"
+                )
+            h, c = state, None
+        else:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError(
+                    f"{name} expects (h_0, c_0), two tensors [num_layers*num_directions, batch, hidden_size] as "
+                    f"nn.LSTM's (or the DeltaLSTMHidden state it returned), got {type(state).__name__}"
+                    + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else "")
+                )
+            h, c = state
+            if not isinstance(h, Tensor) or not isinstance(c, Tensor):
+                raise TypeError(f"{name} expects (h_0, c_0) as tensors, got ({type(h).__name__}, {type(c).__name__})")
+        n = self.num_layers * self.num_directions
+        zeros = like.new_zeros((), dtype=state_dtype(like.dtype))
+        if isinstance(h, DeltaHidden):
+            x_hat, h_hat = h.x_hat, h.h_hat
+        else:
+            sizes = [self._layer_input_size(i // self.num_directions) for i in range(n)]
+            x_hat = zeros.new_zeros(n, batch, sizes[0])
+            if self.num_layers > 1:
+                x_hat = tuple(zeros.new_zeros(batch, size) for size in sizes)
+            h_hat = zeros.new_zeros(n, batch, self.hidden_size)
+        h = h.as_tensor() if isinstance(h, DeltaHidden) else h
+        placeholder = zeros.new_zeros(n, batch, 4 * self.hidden_size)  # checked fields first, then M from them
+        fields = (h, x_hat, h_hat, placeholder) if gru else (h, c, x_hat, h_hat, placeholder)
+        stacked = check_stacked_state(self, self.state_type(*fields), batch, like)
+        m = []
+        for i in range(n):
+            suffix = direction_suffix(i // self.num_directions, bool(i % self.num_directions))
+            m.append(
+                delta_accumulators(
+                    stacked.x_hat[i],
+                    stacked.h_hat[i],
+                    self._weight("weight_ih" + suffix),
+                    self._weight("weight_hh" + suffix),
+                    getattr(self, "bias_ih" + suffix),
+                    getattr(self, "bias_hh" + suffix),
+                    gru,
+                )
+            )
+        return stacked._replace(m=torch.stack(m))
+
+    def _public_state(self, stacked):
+        """The stacked functional state as ``h_n`` (``DeltaHidden``) or ``(h_n, c_n)``; the
+        accumulators stay behind (they are recomputed from the memories when it comes back)."""
+        h = DeltaHidden(stacked.h, x_hat=stacked.x_hat, h_hat=stacked.h_hat)
+        if self.state_type is DeltaGRUState:
+            return h
+        return DeltaLSTMHidden(h, stacked.c)
 
     def _dispatch_options(self) -> dict:
         return {
@@ -340,7 +403,7 @@ class DeltaGRU(_DeltaLayer):
     neuron_family = DELTA_GRU_FAMILY
     state_type = DeltaGRUState
     _state_base = DeltaGRUState
-    _layer_state_type = DeltaGRULayerState
+    _layer_state_type = DeltaGRUState
     torch_type = nn.GRU
 
     def __init__(
@@ -383,7 +446,7 @@ class DeltaLSTM(_DeltaLayer):
     neuron_family = DELTA_LSTM_FAMILY
     state_type = DeltaLSTMState
     _state_base = DeltaLSTMState
-    _layer_state_type = DeltaLSTMLayerState
+    _layer_state_type = DeltaLSTMState
     torch_type = nn.LSTM
 
     def __init__(

@@ -22,11 +22,12 @@ from ._checks import (
 )
 from ._family import EGRU_FAMILY
 from ._stack import (
-    EGRULayerState,
+    EGRUHidden,
     PendingStats,
     StackedForward,
     accept_torch_names,
     check_stack_args,
+    check_stacked_state,
     direction_suffix,
     torch_suffix,
 )
@@ -174,7 +175,7 @@ class EGRU(StackedForward, _EGRUBase):
 
     neuron_family = EGRU_FAMILY
     _state_base = EGRUState
-    _layer_state_type = EGRULayerState
+    _layer_state_type = EGRUState
     _per_layer_fields: frozenset[str] = frozenset()
 
     def __init__(
@@ -231,11 +232,29 @@ class EGRU(StackedForward, _EGRUBase):
             + f", num_layers={self.num_layers}, dropout={self.dropout}, bidirectional={self.bidirectional}"
         )
 
-    def initial_state(self, batch: int) -> EGRULayerState:
-        """Zero internal state and zero events, ``[num_layers·D, batch, H]`` each."""
+    def initial_state(self, batch: int) -> EGRUHidden:
+        """Zero events carrying a zero internal state, ``[num_layers·D, batch, H]`` each."""
         shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
         z = self.weight_ih.new_zeros(shape, dtype=state_dtype(self.weight_ih.dtype))  # float32 in low precision
-        return EGRULayerState(z, z.clone())
+        return EGRUHidden(z, c=z.clone())
+
+    def _accept_state(self, state, batch: int, like: Tensor) -> EGRUState:
+        """The returned :class:`EGRUHidden` (its ``c`` continues), nn.GRU's plain ``h_0`` (taken as
+        both ``c`` and ``y``) or an :class:`EGRUState` ``(c, y)`` → the stacked functional state."""
+        if isinstance(state, EGRUHidden):
+            state = EGRUState(state.c, state.as_tensor())
+        elif isinstance(state, Tensor):
+            state = EGRUState(state, state)
+        elif not isinstance(state, EGRUState):
+            raise TypeError(
+                "EGRU expects h_0 as a tensor [num_layers*num_directions, batch, hidden_size] (nn.GRU's h_0), "
+                f"the EGRUHidden it returned or an EGRUState(c, y), got {type(state).__name__}"
+            )
+        return check_stacked_state(self, state, batch, like)
+
+    def _public_state(self, stacked: EGRUState) -> EGRUHidden:
+        """The stacked final state as ``h_n``: the events ``y`` carrying ``c``."""
+        return EGRUHidden(stacked.y, c=stacked.c)
 
     def _direction_state_shapes(self, layer: int, batch: int) -> list[tuple[int, ...]]:
         return [(batch, self.hidden_size)] * 2
