@@ -203,14 +203,14 @@ def test_cell_low_precision(name, low, mode):
     for x in xs:
         if mode == "autocast":
             with torch.autocast("cpu", low):
-                out, state = cell(x, state)
+                out, state = cell.step(x, state)
         else:
-            out, state = cell(x.to(low), state)
+            out, state = cell.step(x.to(low), state)
         assert out.dtype == low
         assert all(t.dtype == torch.float32 for t in _fields(state))
         outs.append(out)
         with torch.no_grad():
-            ref_out, ref_state = ref(x.to(low).float(), ref_state)
+            ref_out, ref_state = ref.step(x.to(low).float(), ref_state)
         ref_outs.append(ref_out)
     _compare(name.removesuffix("Cell"), torch.stack(outs), torch.stack(ref_outs), low)
     _check_backward(name, cell, torch.stack(outs), state, torch.float32 if mode == "autocast" else low)

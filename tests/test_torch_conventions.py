@@ -260,9 +260,146 @@ def test_whole_model_save_and_default_load(tmp_path):
     torch.testing.assert_close(loaded(x), expected, rtol=0, atol=0)
 
 
+def test_init_code_recognises_the_layers_through_rnn_layers():
+    """The common init idiom: orthogonal recurrent weights, zero biases, for every recurrent layer."""
+    model = nn.Sequential(nn.LSTM(IN, H), evsnn.DeltaLSTM(IN, H, num_layers=2), evsnn.EGRU(IN, H))
+    seen = []
+    for m in model.modules():
+        if isinstance(m, (nn.GRU, nn.LSTM, *evsnn.nn.RNN_LAYERS)):
+            seen.append(type(m))
+            for name, p in m.named_parameters():
+                if "weight_hh" in name:
+                    nn.init.orthogonal_(p)
+                elif "bias" in name:
+                    nn.init.zeros_(p)
+    assert seen == [nn.LSTM, evsnn.DeltaLSTM, evsnn.EGRU]
+    assert not isinstance(model[1], nn.RNNBase)
+    w = model[1].weight_hh_l1
+    _close(w.T @ w, torch.eye(H), 1e-5)  # float32 orthogonality
+    assert (model[1].bias_ih == 0).all() and (model[2].bias_hh == 0).all()
+
+
 @pytest.mark.parametrize("cls", [evsnn.EGRU, evsnn.DeltaGRU, evsnn.DeltaLSTM])
 def test_flatten_parameters_is_a_no_op(cls):
     layer = cls(IN, H)
     before = {k: v.clone() for k, v in layer.state_dict().items()}
     assert layer.flatten_parameters() is None
     assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items())
+
+
+# --------------------------------------------------------------------------------------------
+# cells in nn.GRUCell / nn.LSTMCell form
+# --------------------------------------------------------------------------------------------
+
+
+def _cell_and_torch(kind: str, **k):
+    cell = (evsnn.DeltaGRUCell if kind == "GRU" else evsnn.DeltaLSTMCell)(IN, H, dtype=F64, **k)
+    ref = (nn.GRUCell if kind == "GRU" else nn.LSTMCell)(IN, H, dtype=F64)
+    ref.load_state_dict(cell.state_dict())
+    return cell, ref
+
+
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+def test_delta_cells_are_torch_cells_at_theta_zero(kind):
+    cell, ref = _cell_and_torch(kind)
+    x = torch.randn(6, 2, IN, dtype=F64)
+    h0 = torch.randn(2, H, dtype=F64)
+    hx = h0 if kind == "GRU" else (h0, torch.randn(2, H, dtype=F64))
+    ours, theirs = hx, hx
+    for t in range(6):
+        ours, theirs = cell(x[t], ours), ref(x[t], theirs)
+        if kind == "GRU":
+            _close(ours, theirs)
+        else:
+            h, c = ours  # nn.LSTMCell's h, c = cell(x, (h, c))
+            _close(h, theirs[0])
+            _close(c, theirs[1])
+    assert type((ours if kind == "GRU" else ours[0]) * 1) is torch.Tensor
+
+
+@pytest.mark.parametrize("kind", ["GRU", "LSTM"])
+@pytest.mark.parametrize("detach", [False, True])
+def test_delta_cells_continue_with_the_weights_after_an_optimiser_step(kind, detach):
+    cell, ref = _cell_and_torch(kind)
+    opt = torch.optim.SGD(cell.parameters(), lr=0.5)
+    x = torch.randn(6, 2, IN, dtype=F64)
+    hx = None
+    for t in range(3):
+        hx = cell(x[t], hx)
+    (hx if kind == "GRU" else hx[0]).square().sum().backward()
+    opt.step()
+    opt.zero_grad()
+    hx = _detach(hx) if detach else (hx.detach() if kind == "GRU" else type(hx)(*_detach(hx)))
+    ref.load_state_dict(cell.state_dict())
+    theirs = hx.as_tensor() if kind == "GRU" else (hx[0].as_tensor(), hx[1])
+    for t in range(3, 6):
+        hx, theirs = cell(x[t], hx), ref(x[t], theirs)
+        _close(hx if kind == "GRU" else hx[0], theirs if kind == "GRU" else theirs[0])
+    (hx if kind == "GRU" else hx[0]).square().sum().backward()
+    (theirs if kind == "GRU" else theirs[0]).square().sum().backward()
+    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+        assert getattr(cell, name).grad is not None, name
+        _close(getattr(cell, name).grad, getattr(ref, name).grad)
+
+
+CELL_AND_LAYER = {
+    "DeltaGRU": (
+        lambda: evsnn.DeltaGRUCell(IN, H, theta_x=0.2, theta_h=0.05, dtype=F64),
+        lambda: evsnn.DeltaGRU(IN, H, theta_x=0.2, theta_h=0.05, dtype=F64),
+    ),
+    "DeltaLSTM": (
+        lambda: evsnn.DeltaLSTMCell(IN, H, theta_x=0.2, theta_h=0.05, dtype=F64),
+        lambda: evsnn.DeltaLSTM(IN, H, theta_x=0.2, theta_h=0.05, dtype=F64),
+    ),
+    "EGRU": (
+        lambda: evsnn.EGRUCell(IN, H, threshold=0.1, reset="threshold", dtype=F64),
+        lambda: evsnn.EGRU(IN, H, threshold=0.1, reset="threshold", dtype=F64),
+    ),
+}
+
+
+@pytest.mark.parametrize("family", sorted(CELL_AND_LAYER))
+def test_cell_loop_from_the_returned_h_equals_the_layer(family):
+    make_cell, make_layer = CELL_AND_LAYER[family]
+    cell, layer = make_cell(), make_layer()
+    layer.load_state_dict(cell.state_dict())
+    x = torch.randn(10, 2, IN, dtype=F64)
+    ref, _ = layer(x)
+    hx, outs = None, []
+    for t in range(10):
+        hx = cell(x[t], hx)
+        hx = _detach(hx) if t == 4 else hx  # a truncation point changes nothing forward
+        outs.append(hx if isinstance(hx, torch.Tensor) else hx[0])
+    _close(torch.stack(outs), ref, 1e-12)
+    assert (ref != 0).any()
+
+
+@pytest.mark.parametrize("family", sorted(CELL_AND_LAYER))
+def test_cells_record_last_stats_like_the_layers(family):
+    make_cell, make_layer = CELL_AND_LAYER[family]
+    cell, layer = make_cell(), make_layer()
+    layer.load_state_dict(cell.state_dict())
+    x = torch.randn(1, 2, IN, dtype=F64)
+    cell(x[0])
+    layer(x)
+    ours, theirs = cell.last_stats, layer.last_stats
+    assert ours.layer == family + "Cell"
+    assert ours.dense_macs == theirs.dense_macs and int(ours.event_ops) == int(theirs.event_ops)
+    _close(ours.event_fraction.double(), theirs.event_fraction.double(), 0)
+    quiet = make_cell()
+    quiet.record_stats = False
+    quiet(x[0])
+    assert quiet.last_stats is None
+
+
+@pytest.mark.parametrize(
+    "make,hx,match",
+    [
+        (lambda: evsnn.DeltaGRUCell(IN, H), (torch.zeros(2, H),), "h as a tensor"),
+        (lambda: evsnn.DeltaLSTMCell(IN, H), torch.zeros(2, H), r"\(h, c\)"),
+        (lambda: evsnn.EGRUCell(IN, H), evsnn.EGRUState(torch.zeros(2, H), torch.zeros(2, H)), r"cell\.step"),
+    ],
+)
+def test_cells_refuse_a_state_of_the_wrong_kind(make, hx, match):
+    with pytest.raises(TypeError, match=match):
+        make()(torch.randn(2, IN), hx)

@@ -28,6 +28,7 @@ from ._validate import check_steps
 
 __all__ = [
     "ALIFLayerState",
+    "DeltaCellHidden",
     "DeltaHidden",
     "DeltaLSTMHidden",
     "EGRUHidden",
@@ -35,6 +36,7 @@ __all__ = [
     "check_stack_args",
     "direction_suffix",
     "PendingStats",
+    "RecordsStats",
     "StackedForward",
     "torch_suffix",
 ]
@@ -125,10 +127,8 @@ class StateTensor(Tensor):
     def __deepcopy__(self, memo: dict) -> "StateTensor":
         import copy
 
-        with torch._C.DisableTorchFunctionSubclass():
-            plain = self.as_subclass(Tensor)
         fields = {n: copy.deepcopy(getattr(self, n), memo) for n in self.carried}
-        return type(self)(copy.deepcopy(plain, memo), **fields)
+        return type(self)(copy.deepcopy(self.as_tensor(), memo), **fields)
 
     @property
     def _fields(self) -> tuple[str, ...]:
@@ -144,9 +144,8 @@ class StateTensor(Tensor):
         return type(self)(value, **{n: fields.get(n, getattr(self, n)) for n in self.carried})
 
     def as_tensor(self) -> Tensor:
-        """The ``h_n`` values as a plain :class:`torch.Tensor` (same storage and autograd history)."""
-        with torch._C.DisableTorchFunctionSubclass():
-            return self.as_subclass(Tensor)
+        """The ``h_n`` values as a plain :class:`torch.Tensor` (a view: same storage and autograd history)."""
+        return self.view_as(self)  # every operation but the carrying ones gives a plain tensor; torch.compile traces it
 
 
 _CARRYING = frozenset({Tensor.detach, Tensor.detach_, Tensor.clone, Tensor.to, Tensor.cpu, Tensor.cuda})
@@ -172,6 +171,26 @@ class DeltaHidden(StateTensor):
     def h(self) -> Tensor:
         """``h_n`` as a plain tensor."""
         return self.as_tensor()
+
+
+class DeltaCellHidden(DeltaHidden):
+    """``h`` of :class:`DeltaGRUCell` / :class:`DeltaLSTMCell` (``[B, H]``, a tensor like
+    nn.GRUCell's) carrying the memories x̂, ĥ and, for the next step, the accumulators.
+
+    Attributes:
+        x_hat: input memory x̂ ``[B, I]``.
+        h_hat: hidden memory ĥ_{t−1} ``[B, H]``.
+        m: accumulators ``[B, 4H]`` summed so far.
+        weights_version: the weights' version counters when ``m`` was summed (``None`` under
+            ``torch.compile``).
+
+    The next step adds its products to ``m`` (no dense product per step). It recomputes ``m``
+    from the memories and the current weights (``M = W_ih x̂ + W_hh ĥ + b``, SPEC §4) instead
+    when the weights changed in place since (an optimiser step), or when gradients are recorded
+    and ``m`` carries none (after ``h.detach()``), so that every parameter gets its gradient.
+    """
+
+    carried = ("x_hat", "h_hat", "m", "weights_version")
 
 
 class DeltaLSTMHidden(NamedTuple):
@@ -206,6 +225,25 @@ class EGRUHidden(StateTensor):
         return self.as_tensor()
 
 
+class CellStep(nn.Module):
+    """A cell's functional-state form as a module: ``forward(x, state) -> (out, state)`` is
+    ``cell.step(x, state)``, with the state a NamedTuple (or plain tuple) of tensors. For tools
+    that take a module and flat tensors, such as ``torch.onnx.export``.
+
+    Args:
+        cell: an evsnn cell (``ALIFCell``, ``EGRUCell``, ``DeltaGRUCell``, ``DeltaLSTMCell``).
+    """
+
+    def __init__(self, cell: nn.Module):
+        super().__init__()
+        if not callable(getattr(cell, "step", None)):
+            raise TypeError(f"CellStep expects an evsnn cell with a step(x, state) method, got {type(cell).__name__}")
+        self.cell = cell
+
+    def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        return self.cell.step(x, state)
+
+
 def register_safe_globals(types: Sequence[type]) -> None:
     """Allow ``torch.load``'s default ``weights_only=True`` to rebuild pickled evsnn layers and
     states: the layer and state ``types`` given, with what every layer pickles alongside (its
@@ -234,6 +272,7 @@ def register_safe_globals(types: Sequence[type]) -> None:
             DeltaGRUState,
             DeltaLSTMState,
             DeltaHidden,
+            DeltaCellHidden,
             DeltaLSTMHidden,
             EGRUHidden,
             _rename_torch_keys,
@@ -520,7 +559,35 @@ def _run_dense(module: nn.Module, x: Tensor, state: NamedTuple | None, backend: 
     return layer_in, finals, stats
 
 
-class StackedForward:
+class RecordsStats:
+    """:attr:`last_stats` of a layer or cell: the :class:`PendingStats` of its last forward
+    (``_pending_stats``, ``(name, [(stats, batch), ...])``), merged and computed on first read."""
+
+    @property
+    def last_stats(self) -> LayerStats | None:
+        """:class:`LayerStats` of the last forward (``record_stats=True``), computed on first read."""
+        pending = self.__dict__.get("_pending_stats")
+        if pending is not None:
+            name, parts = pending
+            self.__dict__["_last_stats"] = merge_stats(name, parts)
+            self.__dict__["_pending_stats"] = None  # computed once; the forward's tensors are released
+        return self.__dict__.get("_last_stats")
+
+    @last_stats.setter
+    def last_stats(self, value: LayerStats | None) -> None:
+        self.__dict__["_pending_stats"] = None
+        self.__dict__["_last_stats"] = value
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A pickle or deepcopy holds the computed LayerStats, not the forward's tensors.
+        try:
+            _ = self.last_stats
+        except RuntimeError:  # its tensors were changed in place: there are no statistics to keep
+            self.last_stats = None
+        return super().__getstate__()
+
+
+class StackedForward(RecordsStats):
     """``forward`` of the sequence layers (EGRU, DeltaGRU, DeltaLSTM, ALIF), like ``nn.GRU``'s.
 
     A layer supplies its :class:`~evsnn.nn._family.NeuronFamily` (``neuron_family``), the
@@ -554,29 +621,6 @@ class StackedForward:
     def _run_direction(self, layer: int, reverse: int, x: Tensor, state: Any, backend: Any):
         out, final, _, stats = self._scan_direction(direction_suffix(layer, bool(reverse)), x, state, backend.fn)
         return out, final, stats
-
-    @property
-    def last_stats(self) -> LayerStats | None:
-        """:class:`LayerStats` of the last forward (``record_stats=True``), computed on first read."""
-        pending = self.__dict__.get("_pending_stats")
-        if pending is not None:
-            name, parts = pending
-            self.__dict__["_last_stats"] = merge_stats(name, parts)
-            self.__dict__["_pending_stats"] = None  # computed once; the forward's tensors are released
-        return self.__dict__.get("_last_stats")
-
-    @last_stats.setter
-    def last_stats(self, value: LayerStats | None) -> None:
-        self.__dict__["_pending_stats"] = None
-        self.__dict__["_last_stats"] = value
-
-    def __getstate__(self) -> dict[str, Any]:
-        # A pickle or deepcopy holds the computed LayerStats, not the forward's tensors.
-        try:
-            _ = self.last_stats
-        except RuntimeError:  # its tensors were changed in place: there are no statistics to keep
-            self.last_stats = None
-        return super().__getstate__()
 
     def forward(self, x: Tensor | PackedSequence, state: Any = None) -> tuple[Any, NamedTuple]:
         """``(output, final state)`` of a dense ``[T, B, I]`` (``[B, T, I]`` with ``batch_first``)

@@ -24,9 +24,11 @@ from ..stats import LayerStats
 from ._checks import check_input, check_nonnegative, check_size, check_state, grad_recorded
 from ._family import DELTA_GRU_FAMILY, DELTA_LSTM_FAMILY
 from ._stack import (
+    DeltaCellHidden,
     DeltaHidden,
     DeltaLSTMHidden,
     PendingStats,
+    RecordsStats,
     StackedForward,
     accept_torch_names,
     check_stack_args,
@@ -148,10 +150,98 @@ class _DeltaBase(ParameterChecks):
         return delta_lstm_initial_state(batch, input_size, self.hidden_size, bias_ih, bias_hh, like, h0, c0)
 
 
-class _DeltaCell(_DeltaBase):
+class _DeltaCell(RecordsStats, _DeltaBase):
     def initial_state(self, batch: int, h0: Tensor | None = None, c0: Tensor | None = None):
         """Memories at zero and accumulators at the biases; ``h0`` (and ``c0``) ``[B, H]`` optional."""
         return self._direction_initial_state(batch, "", self.input_size, h0, c0)
+
+    def _weights_version(self) -> tuple[int, ...] | None:
+        if torch.compiler.is_compiling():
+            return None
+        return tuple(p._version for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh) if p is not None)
+
+    def _state_from_hidden(self, hx, x: Tensor):
+        """nn.GRUCell's ``h`` / nn.LSTMCell's ``(h, c)`` (plain tensors: memories at zero) or the
+        returned ones (memories and accumulators continue) → the functional state of :meth:`step`."""
+        name, gru = type(self).__name__, self.state_type is DeltaGRUState
+        if gru:
+            if not isinstance(hx, Tensor):
+                raise TypeError(
+                    f"{name} expects h as a tensor [batch, hidden_size] (nn.GRUCell's hx, or the DeltaCellHidden "
+                    f"it returned) or None, got {type(hx).__name__}"
+                )
+            h, c = hx, None
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(v, Tensor) for v in hx):
+                raise TypeError(
+                    f"{name} expects (h, c), two tensors [batch, hidden_size] as nn.LSTMCell's hx (or the "
+                    f"DeltaLSTMHidden it returned), or None, got {type(hx).__name__}"
+                )
+            h, c = hx
+        batch = x.shape[0]
+        zeros = x.new_zeros((), dtype=state_dtype(self.weight_ih.dtype))
+        m = None
+        if isinstance(h, DeltaCellHidden):
+            x_hat, h_hat, m = h.x_hat, h.h_hat, h.m
+            stale = h.weights_version is not None and h.weights_version != self._weights_version()
+            detached = grad_recorded(*self.parameters()) and not m.requires_grad
+            if stale or detached:
+                m = None
+            h = h.as_tensor()
+        else:
+            x_hat, h_hat = zeros.new_zeros(batch, self.input_size), zeros.new_zeros(batch, self.hidden_size)
+        if m is None:
+            if isinstance(x_hat, Tensor) and isinstance(h_hat, Tensor) and x_hat.dim() == h_hat.dim() == 2:
+                m = delta_accumulators(
+                    x_hat,
+                    h_hat,
+                    self._weight("weight_ih"),
+                    self._weight("weight_hh"),
+                    self.bias_ih,
+                    self.bias_hh,
+                    gru,
+                )
+            else:  # refused with the field's expected shape by the state check
+                m = zeros.new_zeros(batch, 4 * self.hidden_size)
+        return self.state_type(h, x_hat, h_hat, m) if gru else self.state_type(h, c, x_hat, h_hat, m)
+
+    def forward(self, x: Tensor, hx=None):
+        """One step as ``nn.GRUCell`` (``h = cell(x, h)``) / ``nn.LSTMCell`` (``h, c = cell(x, (h, c))``).
+
+        Args:
+            x: input ``[B, input_size]``.
+            hx: ``None`` (zeros), a plain ``h`` (``(h, c)`` for the LSTM) ``[B, hidden_size]`` with
+                the delta memories at zero, or what the cell returned (exact continuation).
+
+        Returns:
+            ``h`` as a :class:`DeltaCellHidden` (``(h, c)`` as a :class:`DeltaLSTMHidden` for the LSTM).
+        """
+        state = None if hx is None else self._state_from_hidden(hx, x)
+        _, new = self.step(x, state)
+        h = DeltaCellHidden(new.h, x_hat=new.x_hat, h_hat=new.h_hat, m=new.m, weights_version=self._weights_version())
+        return h if self.state_type is DeltaGRUState else DeltaLSTMHidden(h, new.c)
+
+    def _record(self, x: Tensor, before, after) -> None:
+        if self.record_stats:
+            pending = PendingStats(
+                self, x, before.x_hat, after.x_hat, before.h_hat, after.h_hat, grad_recorded(x, self.weight_ih)
+            )
+            self._pending_stats = (type(self).__name__, [(pending, x.shape[0])])
+
+    def _stats(self, x, x_hat0, x_hat1, h_hat0, h_hat1, training: bool) -> LayerStats:
+        """One step's statistics: its deltas are the changes of the memories."""
+        with torch.no_grad():
+            batch, h = h_hat1.shape
+            rows = self.gates * h
+            active_x, active_h = x_hat1 != x_hat0, h_hat1 != h_hat0
+            return LayerStats(
+                layer=type(self).__name__,
+                event_fraction=active_h.float().mean().reshape(1),
+                dense_macs=batch * rows * (x.shape[-1] + h),
+                event_ops=(active_x.sum() + active_h.sum()) * rows,
+                backward_sparsity=(~active_h).float().mean() if training else None,
+                input_event_fraction=active_x.float().mean().reshape(1),
+            )
 
 
 class _DeltaLayer(StackedForward, _DeltaBase):
@@ -240,20 +330,23 @@ class _DeltaLayer(StackedForward, _DeltaBase):
     def _accept_state(self, state, batch: int, like: Tensor):
         """nn.GRU's ``h_0`` / nn.LSTM's ``(h_0, c_0)`` (plain tensors: memories at zero) or the
         returned state (its memories continue) → the stacked functional state, whose accumulators
-        are recomputed from the memories and the current weights."""
+        are recomputed from the memories and the current weights. A functional
+        ``DeltaGRUState``/``DeltaLSTMState`` (stacked or ``[B, ...]``) is taken as it is."""
         name, gru = type(self).__name__, self.state_type is DeltaGRUState
+        if isinstance(state, self.state_type):  # the full functional state, accumulators included, as given
+            return check_stacked_state(self, state, batch, like)
         if gru:
             if not isinstance(state, Tensor):
                 raise TypeError(
                     f"{name} expects h_0 as a tensor [num_layers*num_directions, batch, hidden_size] (nn.GRU's "
-                    f"h_0, or the DeltaHidden state it returned), got {type(state).__name__}"
+                    f"h_0, or the DeltaHidden state it returned) or a DeltaGRUState, got {type(state).__name__}"
                 )
             h, c = state, None
         else:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
                 raise TypeError(
                     f"{name} expects (h_0, c_0), two tensors [num_layers*num_directions, batch, hidden_size] as "
-                    f"nn.LSTM's (or the DeltaLSTMHidden state it returned), got {type(state).__name__}"
+                    f"nn.LSTM's (or the DeltaLSTMHidden state it returned) or a DeltaLSTMState, got {type(state).__name__}"
                     + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else "")
                 )
             h, c = state
@@ -489,6 +582,7 @@ _CELL_ARGS = """
             (saturating, straight-through gradient; torch reference backend only), or ``None``.
         weight_fixed_point: ``(m, n)`` rounds ``weight_ih``/``weight_hh`` to Qm.n in the products
             (straight-through; the stored parameters stay full precision), or ``None``.
+        record_stats: keep :attr:`last_stats` (one :class:`LayerStats` of the last step) after each step.
         backend: accepted for symmetry with the layers; a single step runs the reference.
         device: device of the parameters.
         dtype: dtype of the parameters.
@@ -497,7 +591,12 @@ _CELL_ARGS = """
 
 class DeltaGRUCell(_DeltaCell):
     __doc__ = (
-        """One DeltaGRU step: ``forward(x [B, input_size], state=None) -> (h, DeltaGRUState)``.
+        """One DeltaGRU step, called like ``nn.GRUCell``: ``h = cell(x [B, input_size], h=None)``.
+
+    The returned ``h`` (``[B, H]``) is a :class:`DeltaCellHidden`: a tensor carrying the delta
+    memories, so that passing it back continues exactly; a plain tensor ``h`` starts the
+    memories at zero (with Θ = 0 the cell is ``nn.GRUCell``). :meth:`step` takes and returns the
+    full functional :class:`DeltaGRUState` instead: ``out, state = cell.step(x, state)``.
 """
         + _CELL_ARGS
     )
@@ -513,6 +612,7 @@ class DeltaGRUCell(_DeltaCell):
         *,
         theta_x: float = 0.0,
         theta_h: float = 0.0,
+        record_stats: bool = True,
         backend: str = "auto",
         device=None,
         dtype=None,
@@ -522,19 +622,30 @@ class DeltaGRUCell(_DeltaCell):
     ):
         self._set_official_options(delta_rule, fixed_point, weight_fixed_point)
         super().__init__(input_size, hidden_size, bias, theta_x, theta_h, backend, device, dtype)
+        self.record_stats = bool(record_stats)
+        self.last_stats: LayerStats | None = None
 
-    def forward(self, x: Tensor, state: DeltaGRUState | None = None):
+    def step(self, x: Tensor, state: DeltaGRUState | None = None) -> tuple[Tensor, DeltaGRUState]:
+        """One step on the functional state: ``(out, DeltaGRUState)``, the form of
+        :func:`evsnn.functional.delta_gru_step` (streaming, ONNX export, the snntorch/norse adapters)."""
         check_input(type(self).__name__, x, 2, self.input_size, self.weight_ih)
         state = self.initial_state(x.shape[0]) if state is None else self._check_state(state, x.shape[0], x)
-        return delta_gru_step(
+        out, new = delta_gru_step(
             x, state, self._weight("weight_ih"), self._weight("weight_hh"), self.bias_ih, self.bias_hh,
             **self._scan_options(),
         )
+        self._record(x, state, new)
+        return out, new
 
 
 class DeltaLSTMCell(_DeltaCell):
     __doc__ = (
-        """One DeltaLSTM step: ``forward(x [B, input_size], state=None) -> (h, DeltaLSTMState)``.
+        """One DeltaLSTM step, called like ``nn.LSTMCell``: ``h, c = cell(x [B, input_size], (h, c))``.
+
+    The returned ``(h, c)`` is a :class:`DeltaLSTMHidden` whose ``h`` carries the delta memories
+    (passing it back continues exactly); plain ``(h, c)`` start the memories at zero (with Θ = 0
+    the cell is ``nn.LSTMCell``). :meth:`step` takes and returns the full functional
+    :class:`DeltaLSTMState` instead: ``out, state = cell.step(x, state)``.
 """
         + _CELL_ARGS
     )
@@ -550,6 +661,7 @@ class DeltaLSTMCell(_DeltaCell):
         *,
         theta_x: float = 0.0,
         theta_h: float = 0.0,
+        record_stats: bool = True,
         backend: str = "auto",
         device=None,
         dtype=None,
@@ -559,11 +671,17 @@ class DeltaLSTMCell(_DeltaCell):
     ):
         self._set_official_options(delta_rule, fixed_point, weight_fixed_point)
         super().__init__(input_size, hidden_size, bias, theta_x, theta_h, backend, device, dtype)
+        self.record_stats = bool(record_stats)
+        self.last_stats: LayerStats | None = None
 
-    def forward(self, x: Tensor, state: DeltaLSTMState | None = None):
+    def step(self, x: Tensor, state: DeltaLSTMState | None = None) -> tuple[Tensor, DeltaLSTMState]:
+        """One step on the functional state: ``(out, DeltaLSTMState)``, the form of
+        :func:`evsnn.functional.delta_lstm_step` (streaming, ONNX export, the snntorch/norse adapters)."""
         check_input(type(self).__name__, x, 2, self.input_size, self.weight_ih)
         state = self.initial_state(x.shape[0]) if state is None else self._check_state(state, x.shape[0], x)
-        return delta_lstm_step(
+        out, new = delta_lstm_step(
             x, state, self._weight("weight_ih"), self._weight("weight_hh"), self.bias_ih, self.bias_hh,
             **self._scan_options(),
         )
+        self._record(x, state, new)
+        return out, new

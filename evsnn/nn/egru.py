@@ -24,6 +24,7 @@ from ._family import EGRU_FAMILY
 from ._stack import (
     EGRUHidden,
     PendingStats,
+    RecordsStats,
     StackedForward,
     accept_torch_names,
     check_stack_args,
@@ -319,8 +320,12 @@ class EGRU(StackedForward, _EGRUBase):
         return gru
 
 
-class EGRUCell(_EGRUBase):
-    """One EGRU step (SPEC.md §3): ``forward(x [B, input_size], state=None) -> (y, EGRUState(c, y))``.
+class EGRUCell(RecordsStats, _EGRUBase):
+    """One EGRU step (SPEC.md §3), called like ``nn.GRUCell``: ``h = cell(x [B, input_size], h=None)``.
+
+    The returned ``h`` is the events ``y`` ``[B, H]`` as an :class:`EGRUHidden` carrying the
+    internal state ``c`` (passing it back continues exactly). :meth:`step` takes and returns the
+    functional :class:`EGRUState` instead: ``y, state = cell.step(x, state)``.
 
     Args:
         input_size: features of the input.
@@ -330,6 +335,7 @@ class EGRUCell(_EGRUBase):
         threshold_init: ``"beta"`` (θ·2u, u ~ Beta(5, 5) per unit) or ``"constant"``.
         reset: what an event subtracts, one of ``RESETS`` (SPEC.md §3).
         surrogate: pseudo-derivative of the event function (default ``Triangle(0.3)``).
+        record_stats: keep :attr:`last_stats` (one :class:`LayerStats` of the last step) after each step.
         backend: accepted for symmetry with :class:`EGRU`; a single step runs the reference.
         device: device of the parameters.
         dtype: dtype of the parameters.
@@ -345,23 +351,28 @@ class EGRUCell(_EGRUBase):
         threshold_init: str = "beta",
         reset: str = "output",
         surrogate: Surrogate | str | None = None,
+        record_stats: bool = True,
         backend: str = "auto",
         device=None,
         dtype=None,
     ):
         super().__init__(input_size, hidden_size, bias, threshold, threshold_init, reset, surrogate, backend, device, dtype)
+        self.record_stats = bool(record_stats)
+        self.last_stats: LayerStats | None = None
 
     def initial_state(self, batch: int) -> EGRUState:
         """Zero internal state and zero events for ``batch`` samples."""
         return egru_initial_state(batch, self.hidden_size, self.weight_ih)
 
-    def forward(self, x: Tensor, state: EGRUState | None = None) -> tuple[Tensor, EGRUState]:
+    def step(self, x: Tensor, state: EGRUState | None = None) -> tuple[Tensor, EGRUState]:
+        """One step on the functional state: ``(y, EGRUState(c, y))``, the form of
+        :func:`evsnn.functional.egru_step` (streaming, ONNX export, the snntorch/norse adapters)."""
         check_input(type(self).__name__, x, 2, self.input_size, self.weight_ih)
         if state is None:
             state = egru_initial_state(x.shape[0], self.hidden_size, x)
         else:
             state = self._check_state(state, x.shape[0], x)
-        return egru_step(
+        y, new = egru_step(
             x,
             state,
             self.weight_ih,
@@ -372,6 +383,46 @@ class EGRUCell(_EGRUBase):
             reset=self.reset,
             surrogate=self.surrogate,
         )
+        if self.record_stats:
+            self._pending_stats = (type(self).__name__, [(PendingStats(self, x, state.y, y), x.shape[0])])
+        return y, new
+
+    def forward(self, x: Tensor, hx: Tensor | None = None) -> EGRUHidden:
+        """One step as ``nn.GRUCell``: ``h = cell(x, h)``.
+
+        Args:
+            x: input ``[B, input_size]``.
+            hx: ``None`` (zeros), a plain ``h`` ``[B, hidden_size]`` (taken as both ``c`` and ``y``),
+                or the :class:`EGRUHidden` the cell returned (its ``c`` continues).
+
+        Returns:
+            The events ``y`` ``[B, H]`` as an :class:`EGRUHidden` carrying ``c``.
+        """
+        state = None
+        if isinstance(hx, EGRUHidden):
+            state = EGRUState(hx.c, hx.as_tensor())
+        elif isinstance(hx, Tensor):
+            state = EGRUState(hx, hx)
+        elif hx is not None:
+            raise TypeError(
+                "EGRUCell expects h as a tensor [batch, hidden_size] (nn.GRUCell's hx, or the EGRUHidden it "
+                f"returned) or None, got {type(hx).__name__}; the functional EGRUState form is cell.step(x, state)"
+            )
+        _, new = self.step(x, state)
+        return EGRUHidden(new.y, c=new.c)
+
+    def _stats(self, x: Tensor, y_prev: Tensor, y: Tensor) -> LayerStats:
+        """One step's statistics (the events read are the input's and the previous step's)."""
+        with torch.no_grad():
+            batch, h = y.shape
+            rows = 3 * h
+            return LayerStats(
+                layer=type(self).__name__,
+                event_fraction=(y != 0).float().mean().reshape(1),
+                dense_macs=batch * rows * (x.shape[-1] + h),
+                event_ops=((x != 0).sum() + (y_prev != 0).sum()) * rows,
+                input_event_fraction=(x != 0).float().mean().reshape(1),
+            )
 
 
 def _check_torch_rnn(module: nn.Module, kind: type) -> None:
