@@ -91,7 +91,7 @@ def test_layer_in_sequential_state_over_time_and_to_moves_parameters():
     x = torch.randn(T, B, NI)
     out, states = model(x)
     assert out.shape == (T, B, H)
-    assert isinstance(states[1], evsnn.DeltaGRUState)
+    assert isinstance(states[1], evsnn.nn.DeltaHidden)  # the layer's h_n, carrying its delta memories
     # Continue the sequence from the returned states.
     out2, _ = model(x, states)
     assert out2.shape == (T, B, H)

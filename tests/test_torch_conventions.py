@@ -403,3 +403,26 @@ def test_cells_record_last_stats_like_the_layers(family):
 def test_cells_refuse_a_state_of_the_wrong_kind(make, hx, match):
     with pytest.raises(TypeError, match=match):
         make()(torch.randn(2, IN), hx)
+
+
+@pytest.mark.parametrize("find_unused_parameters", [False, True])
+def test_ddp_returns_and_takes_the_state(tmp_path, find_unused_parameters):
+    """One gloo process: DDP's output handling (with find_unused_parameters, its autograd sink on
+    every output tensor) keeps h_n's carried fields, so chunks continue as without DDP."""
+    if not torch.distributed.is_gloo_available():
+        pytest.skip("this torch build has no gloo backend")
+    from torch.nn.parallel import DistributedDataParallel
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        for layer in (THRESHOLDED["DeltaGRU"](), THRESHOLDED["DeltaLSTM"](), THRESHOLDED["EGRU"]()):
+            ddp = DistributedDataParallel(layer, find_unused_parameters=find_unused_parameters)
+            x = torch.randn(8, 2, IN, dtype=F64)
+            whole, _ = layer(x)
+            first, state = ddp(x[:4])
+            assert type(state) is type(layer(x[:4])[1])
+            second, _ = ddp(x[4:], _detach(state))
+            (first.sum() + second.sum()).backward()
+            _close(torch.cat([first, second]), whole)
+    finally:
+        torch.distributed.destroy_process_group()
