@@ -320,21 +320,29 @@ def test_delta_cells_are_torch_cells_at_theta_zero(kind):
 @pytest.mark.parametrize("kind", ["GRU", "LSTM"])
 @pytest.mark.parametrize("detach", [False, True])
 def test_delta_cells_continue_with_the_weights_after_an_optimiser_step(kind, detach):
+    """Θ = 0, after an optimiser step: from the detached h (truncated BPTT, gradients compared) or
+    from the h still attached to the old graph (a forward under no_grad, where only the weights'
+    version counters tell that the carried accumulators are stale) the cell is nn's cell with the
+    new weights."""
     cell, ref = _cell_and_torch(kind)
     opt = torch.optim.SGD(cell.parameters(), lr=0.5)
     x = torch.randn(6, 2, IN, dtype=F64)
     hx = None
     for t in range(3):
         hx = cell(x[t], hx)
-    (hx if kind == "GRU" else hx[0]).square().sum().backward()
+    (hx if kind == "GRU" else hx[0]).square().sum().backward(retain_graph=not detach)
     opt.step()
     opt.zero_grad()
-    hx = _detach(hx) if detach else (hx.detach() if kind == "GRU" else type(hx)(*_detach(hx)))
+    if detach:
+        hx = _detach(hx)
     ref.load_state_dict(cell.state_dict())
-    theirs = hx.as_tensor() if kind == "GRU" else (hx[0].as_tensor(), hx[1])
-    for t in range(3, 6):
-        hx, theirs = cell(x[t], hx), ref(x[t], theirs)
-        _close(hx if kind == "GRU" else hx[0], theirs if kind == "GRU" else theirs[0])
+    theirs = (hx.as_tensor() if kind == "GRU" else (hx[0].as_tensor(), hx[1])) if detach else _detach(hx)
+    with torch.set_grad_enabled(detach):
+        for t in range(3, 6):
+            hx, theirs = cell(x[t], hx), ref(x[t], theirs)
+            _close(hx if kind == "GRU" else hx[0], theirs if kind == "GRU" else theirs[0])
+    if not detach:
+        return
     (hx if kind == "GRU" else hx[0]).square().sum().backward()
     (theirs if kind == "GRU" else theirs[0]).square().sum().backward()
     for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):

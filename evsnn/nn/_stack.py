@@ -99,8 +99,7 @@ class StateTensor(Tensor):
 
     @staticmethod
     def __new__(cls, value: Tensor, **fields: Any) -> "StateTensor":
-        missing = set(cls.carried) ^ set(fields)
-        if missing:
+        if set(cls.carried) != set(fields):
             raise TypeError(f"{cls.__name__} carries {cls.carried}, got fields {tuple(fields)}")
         with torch._C.DisableTorchFunctionSubclass():
             out = value.as_subclass(cls)
