@@ -383,6 +383,22 @@ def test_cell_loop_from_the_returned_h_equals_the_layer(family):
 
 
 @pytest.mark.parametrize("family", sorted(CELL_AND_LAYER))
+def test_compiled_cell_loop_from_the_returned_h_equals_eager(family):
+    cell = CELL_AND_LAYER[family][0]()
+    compiled = torch.compile(cell, backend="aot_eager")
+    x = torch.randn(5, 2, IN, dtype=F64)
+    ours = theirs = None
+    for t in range(5):
+        ours, theirs = compiled(x[t], ours), cell(x[t], theirs)
+        assert type(ours) is type(theirs)
+        _close(
+            ours if isinstance(ours, torch.Tensor) else ours[0],
+            theirs if isinstance(theirs, torch.Tensor) else theirs[0],
+            0,
+        )
+
+
+@pytest.mark.parametrize("family", sorted(CELL_AND_LAYER))
 def test_cells_record_last_stats_like_the_layers(family):
     make_cell, make_layer = CELL_AND_LAYER[family]
     cell, layer = make_cell(), make_layer()

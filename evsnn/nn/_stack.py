@@ -143,8 +143,12 @@ class StateTensor(Tensor):
         return type(self)(value, **{n: fields.get(n, getattr(self, n)) for n in self.carried})
 
     def as_tensor(self) -> Tensor:
-        """The ``h_n`` values as a plain :class:`torch.Tensor` (a view: same storage and autograd history)."""
-        return self.view_as(self)  # every operation but the carrying ones gives a plain tensor; torch.compile traces it
+        """The ``h_n`` values as a plain :class:`torch.Tensor` (same storage and autograd history).
+
+        Under ``torch.compile`` this is one graph break: a graph whose input is this subclass
+        does not compile through AOTAutograd, one that starts after it does."""
+        with torch._C.DisableTorchFunctionSubclass():
+            return self.as_subclass(Tensor)
 
 
 _CARRYING = frozenset({Tensor.detach, Tensor.detach_, Tensor.clone, Tensor.to, Tensor.cpu, Tensor.cuda})
