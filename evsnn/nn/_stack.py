@@ -627,8 +627,9 @@ class StackedForward(RecordsStats):
 
     def forward(self, x: Tensor | PackedSequence, state: Any = None) -> tuple[Any, NamedTuple]:
         """``(output, final state)`` of a dense ``[T, B, I]`` (``[B, T, I]`` with ``batch_first``)
-        or packed input; the output is packed when the input is. ``state``: the layer's state
-        type in the stacked layout (see the class docstring), or ``None``."""
+        or packed input; the output is packed when the input is. ``state``: nn.GRU's ``h_0``
+        (``(h_0, c_0)`` for DeltaLSTM; ALIF's ``ALIFState``), the state a previous call returned
+        (it continues exactly), or ``None``."""
         seq, lengths = _sequence(self, x)
         if state is not None:
             state = self._accept_state(state, seq.shape[1], seq)

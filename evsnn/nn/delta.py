@@ -472,22 +472,24 @@ _LAYER_ARGS = """
 
 _LAYOUT = """
     Stacking follows ``nn.GRU`` (SPEC.md §6); the input may be a
-    :class:`~torch.nn.utils.rnn.PackedSequence` (the output is one too). Every field of the
-    returned state is ``[num_layers·D, B, ·]`` (D = 2 if bidirectional, index ``k·D + d``),
-    except ``x_hat`` whose size differs per layer: ``x_hat[k·D + d]`` is that layer·direction's
-    ``[B, I_k]`` input memory (a ``[D, B, I]`` tensor when ``num_layers == 1``, a tuple
-    otherwise). ``state[i]`` raises (it would pick a field, not a layer). Parameters of layer 0
-    forward keep the names ``weight_ih`` ...; the others carry nn.GRU's suffixes
-    (``weight_ih_l1``, ``bias_hh_l0_reverse``). :attr:`last_stats` sums all layers and directions.
+    :class:`~torch.nn.utils.rnn.PackedSequence` (the output is one too). The returned ``h_n``
+    (``[num_layers·D, B, H]``, D = 2 if bidirectional, index ``k·D + d``) is a
+    :class:`~evsnn.nn.DeltaHidden` carrying the memories ``h_hat`` (same layout) and ``x_hat``,
+    whose size differs per layer: ``x_hat[k·D + d]`` is that layer·direction's ``[B, I_k]`` input
+    memory (a ``[D, B, I]`` tensor when ``num_layers == 1``, a tuple otherwise). Passed back, it
+    continues exactly; the accumulators are recomputed from the memories and the current weights.
+    A plain ``h_0`` tensor starts the memories at zero; a functional state NamedTuple is taken as
+    it is. Parameters of layer 0 forward keep the names ``weight_ih`` ...; the others carry
+    nn.GRU's suffixes (``weight_ih_l1``, ``bias_hh_l0_reverse``). :attr:`last_stats` sums all
+    layers and directions; :meth:`flatten_parameters` does nothing (nn.GRU code calls it).
 """
 
 
 class DeltaGRU(_DeltaLayer):
     __doc__ = (
         """DeltaGRU over a sequence (SPEC.md §4), constructed and called like ``nn.GRU``: only input
-    and hidden changes larger than ``theta_x``/``theta_h`` propagate. ``forward(x, state=None) ->
-    (h [T, B, D·H], DeltaGRUState)``, ``state.h`` is nn.GRU's ``h_n``. With
-    ``theta_x = theta_h = 0`` it computes ``nn.GRU``.
+    and hidden changes larger than ``theta_x``/``theta_h`` propagate. ``forward(x, h_0=None) ->
+    (h [T, B, D·H], h_n)``. With ``theta_x = theta_h = 0`` it computes ``nn.GRU``.
 """
         + _LAYOUT
         + _LAYER_ARGS
@@ -529,8 +531,9 @@ class DeltaGRU(_DeltaLayer):
 class DeltaLSTM(_DeltaLayer):
     __doc__ = (
         """DeltaLSTM over a sequence (SPEC.md §4), constructed and called like ``nn.LSTM``:
-    ``forward(x, state=None) -> (h [T, B, D·H], DeltaLSTMState)``; ``(state.h, state.c)`` are
-    nn.LSTM's ``(h_n, c_n)``. With ``theta_x = theta_h = 0`` it computes ``nn.LSTM``.
+    ``forward(x, (h_0, c_0)=None) -> (h [T, B, D·H], (h_n, c_n))``, the state a
+    :class:`~evsnn.nn.DeltaLSTMHidden` whose ``h_n`` carries the memories. With
+    ``theta_x = theta_h = 0`` it computes ``nn.LSTM``.
 """
         + _LAYOUT
         + _LAYER_ARGS

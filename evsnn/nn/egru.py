@@ -140,12 +140,13 @@ class _EGRUBase(ParameterChecks):
 class EGRU(StackedForward, _EGRUBase):
     """Event-based GRU over a sequence (SPEC.md §3), constructed and called like ``torch.nn.GRU``.
 
-    ``forward(x, state=None) -> (y, EGRUState(c, y))`` with ``x [T, B, input_size]``
+    ``forward(x, h_0=None) -> (y, h_n)`` with ``x [T, B, input_size]``
     (``[B, T, input_size]`` with ``batch_first=True``) or a
     :class:`~torch.nn.utils.rnn.PackedSequence`; ``y`` (``[T, B, D·H]``) is zero except where a
-    unit emitted an event. The returned state's fields ``c`` and ``y`` are in ``nn.GRU``'s
-    ``h_n`` layout ``[num_layers·D, B, H]`` (D = 2 if bidirectional), ``state.y[-1]`` is the last
-    layer's final events; ``state[i]`` raises (it would pick a field). An initial state is
+    unit emitted an event. ``h_n`` (``[num_layers·D, B, H]``, D = 2 if bidirectional) is an
+    :class:`~evsnn.nn.EGRUHidden`: the final events (``h_n[-1]`` is the last layer's, equal to
+    ``y[-1]`` as for nn.GRU) carrying the internal state ``h_n.c``; passed back it continues
+    exactly. A plain ``h_0`` sets both ``c`` and ``y``; an :class:`EGRUState` ``(c, y)`` is
     accepted in that layout, or as ``[B, H]`` fields for one layer and direction. Stacking
     follows SPEC.md §6. Parameters of layer 0 forward are ``weight_ih``, ``weight_hh``,
     ``bias_ih``, ``bias_hh``, ``log_threshold``; other layers/directions carry ``nn.GRU``'s
