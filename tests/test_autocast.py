@@ -261,7 +261,7 @@ def test_float32_state_feeds_a_low_precision_layer_and_bf16_state_is_refused(nam
     initial = layer.initial_state(B) if hasattr(layer, "initial_state") else None
     if initial is not None:
         assert all(t.dtype == torch.float32 for t in _fields(initial))
-    low_state = type(state)(*(t.to(torch.bfloat16) for t in _fields(state)))
+    low_state = state._replace(**{f: getattr(state, f).to(torch.bfloat16) for f in state._fields})
     with pytest.raises(TypeError, match=r"has dtype torch.bfloat16, expected torch.float32 \(the state stays float32"):
         layer(x, low_state)
 
