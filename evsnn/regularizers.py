@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .functional.delta import DeltaGRUState, DeltaLSTMState, DeltaTrace, check_delta_rule, delta_encode
+from .functional.delta import DeltaTrace, check_delta_rule, delta_encode
 from .functional.egru import EGRUTrace
 from .nn import EGRU, DeltaGRU, DeltaLSTM
 from .nn._stack import single_direction_state
@@ -238,7 +238,7 @@ class DeltaL1Regularizer(nn.Module):
         self,
         output: Tensor,
         layer: nn.Module,
-        state: DeltaGRUState | DeltaLSTMState | None = None,
+        state: Tensor | tuple[Tensor, Tensor] | None = None,
         trace: DeltaTrace | None = None,
     ) -> Tensor:
         if not isinstance(layer, (DeltaGRU, DeltaLSTM)):
@@ -262,8 +262,6 @@ class DeltaL1Regularizer(nn.Module):
             dh = trace.delta_h.abs()
             return self.strength * (dh.sum() if self.reduction == "sum" else dh.mean())
         h0 = h_hat0 = None
-        if state is not None and not isinstance(state, (DeltaGRUState, DeltaLSTMState)):
-            raise TypeError(f"state must be a DeltaGRUState or DeltaLSTMState, got {type(state).__name__}")
         # the layer's [1, B, H] state (or the [B, H] form) as one direction's [B, H] fields
         state = single_direction_state(layer, state, output.shape[1], output, "DeltaL1Regularizer")
         if state is not None:

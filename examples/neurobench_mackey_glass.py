@@ -110,7 +110,7 @@ class Forecaster(nn.Module):
             lines = padded.unfold(1, self.window, 1)  # [1, T, window]: the last `window` values
             h, self.state = self.rnn(lines)
             self.line = lines[:, -1].detach()
-            self.state = type(self.state)(*(s.detach() for s in self.state))
+            self.state = self.state.detach()  # h_n, carrying the delta memories
             return self.readout(h) * self.std + self.mean
         if self.line is None:
             raise RuntimeError("Forecaster: run mode='teacher' over the history before mode='autonomous'")

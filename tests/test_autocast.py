@@ -203,14 +203,14 @@ def test_cell_low_precision(name, low, mode):
     for x in xs:
         if mode == "autocast":
             with torch.autocast("cpu", low):
-                out, state = cell(x, state)
+                out, state = cell.step(x, state)
         else:
-            out, state = cell(x.to(low), state)
+            out, state = cell.step(x.to(low), state)
         assert out.dtype == low
         assert all(t.dtype == torch.float32 for t in _fields(state))
         outs.append(out)
         with torch.no_grad():
-            ref_out, ref_state = ref(x.to(low).float(), ref_state)
+            ref_out, ref_state = ref.step(x.to(low).float(), ref_state)
         ref_outs.append(ref_out)
     _compare(name.removesuffix("Cell"), torch.stack(outs), torch.stack(ref_outs), low)
     _check_backward(name, cell, torch.stack(outs), state, torch.float32 if mode == "autocast" else low)
@@ -261,7 +261,7 @@ def test_float32_state_feeds_a_low_precision_layer_and_bf16_state_is_refused(nam
     initial = layer.initial_state(B) if hasattr(layer, "initial_state") else None
     if initial is not None:
         assert all(t.dtype == torch.float32 for t in _fields(initial))
-    low_state = type(state)(*(t.to(torch.bfloat16) for t in _fields(state)))
+    low_state = state._replace(**{f: getattr(state, f).to(torch.bfloat16) for f in state._fields})
     with pytest.raises(TypeError, match=r"has dtype torch.bfloat16, expected torch.float32 \(the state stays float32"):
         layer(x, low_state)
 

@@ -73,9 +73,14 @@ def _good_state(name: str, batch: int):
     return layer, x, layer(x)[1]
 
 
-@pytest.mark.parametrize("name", [*LAYERS, *CELLS])
+# the NamedTuple states: ALIF's, and the cells' functional ones (cell.step); the nn.GRU-shaped
+# h_0 / (h_0, c_0) states are checked in test_torch_conventions.py
+@pytest.mark.parametrize("name", ["ALIF", *CELLS])
 def test_state_of_the_wrong_shape_type_or_dtype(name):
-    layer, x, state = _good_state(name, 2)
+    cell_or_layer = ALL[name]()
+    layer = getattr(cell_or_layer, "step", cell_or_layer)
+    x = torch.randn(*_shape(name, 2))
+    state = layer(x)[1]
     first = state._fields[0]
     # Sequence layers' states are [num_layers*num_directions, B, H] like nn.GRU's h_n; cells' [B, H].
     wrong_batch = type(state)(*(t[..., :1, :] for t in state))

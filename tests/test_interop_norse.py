@@ -46,8 +46,12 @@ def test_lifted_cell_matches_native_layer(cell_cls, layer_cls, state_type, kw):
     out, state = norse_torch.Lift(cell)(x)
     assert isinstance(state, state_type)
     torch.testing.assert_close(out, ref)
-    for a, b in zip(state, ref_state):  # the layer's state is nn.GRU's [1, B, ...] layout
-        torch.testing.assert_close(a, b[0])
+    # the layer's state is nn.GRU's [1, B, ...] layout; the delta layers' leaves the accumulators
+    # m out (they are recomputed from the memories), so the fields it has are compared
+    compared = [name for name in state._fields if getattr(ref_state, name, None) is not None]
+    assert set(state._fields) - set(compared) <= {"m"}
+    for name in compared:
+        torch.testing.assert_close(getattr(state, name), getattr(ref_state, name)[0])
 
 
 def test_sequential_state_with_norse_lif_runs_and_trains():
@@ -87,7 +91,7 @@ def test_layer_in_sequential_state_over_time_and_to_moves_parameters():
     x = torch.randn(T, B, NI)
     out, states = model(x)
     assert out.shape == (T, B, H)
-    assert isinstance(states[1], evsnn.DeltaGRUState)
+    assert isinstance(states[1], evsnn.nn.DeltaHidden)  # the layer's h_n, carrying its delta memories
     # Continue the sequence from the returned states.
     out2, _ = model(x, states)
     assert out2.shape == (T, B, H)

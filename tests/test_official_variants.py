@@ -309,7 +309,7 @@ def test_layers_and_cells_pass_the_rule_on(cls, rule, single_thread):
                            theta_x=0.25, theta_h=0.25, delta_rule=rule)
         state, steps = None, []
         for t in range(x.shape[0]):
-            out, state = cell(x[t], state)
+            out, state = cell.step(x[t], state)
             steps.append(out)
     torch.testing.assert_close(h, ref, rtol=0, atol=0)
     torch.testing.assert_close(torch.stack(steps), ref, rtol=0, atol=0)

@@ -59,13 +59,13 @@ def test_cell_step_exports_and_runs_in_onnxruntime(name: str, tmp_path: Path, si
     make, state_type, scale, drift = CELLS[name]
     cell = make().eval()
     with torch.no_grad():
-        _, trace_state = cell(scale * torch.randn(2, 5))
+        _, trace_state = cell.step(scale * torch.randn(2, 5))
     batch = torch.export.Dim("batch")
     # The state goes in as a plain tuple: with a NamedTuple, torch 2.14's export writes a broken
     # shape guard when one field name prefixes another (DeltaGRUState's h and h_hat).
     dynamic = ({0: batch}, tuple({0: batch} for _ in state_type._fields))
     names = ["x"] + [f"state_{f}" for f in state_type._fields]
-    _export(cell, (scale * torch.randn(2, 5), tuple(trace_state)), dynamic, names, tmp_path / "cell.onnx")
+    _export(evsnn.nn.CellStep(cell), (scale * torch.randn(2, 5), tuple(trace_state)), dynamic, names, tmp_path / "cell.onnx")
     session = _session(tmp_path / "cell.onnx")
     assert [i.name for i in session.get_inputs()] == names
 
@@ -76,7 +76,7 @@ def test_cell_step_exports_and_runs_in_onnxruntime(name: str, tmp_path: Path, si
     for t in range(STEPS):
         prev, ort_prev = (state or cell.initial_state(BATCH)), state_type(*(torch.from_numpy(a) for a in ort_state))
         with torch.no_grad():
-            out, state = cell(xs[t], state)
+            out, state = cell.step(xs[t], state)
         got = session.run(None, {"x": xs[t].numpy(), **dict(zip(names[1:], ort_state))})
         ort_out, ort_state = torch.from_numpy(got[0]), got[1:]
         assert ort_out.shape == (BATCH, 7)

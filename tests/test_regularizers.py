@@ -217,8 +217,8 @@ def test_bad_arguments_are_named():
         R.DeltaL1Regularizer()(torch.zeros(2, 1, 4), evsnn.EGRU(3, 4))
     with pytest.raises(ValueError, match=r"\[T, B, 4\] sequence"):
         R.DeltaL1Regularizer()(torch.zeros(2, 4), layer)
-    with pytest.raises(TypeError, match="DeltaGRUState or DeltaLSTMState"):
-        R.DeltaL1Regularizer()(torch.zeros(2, 1, 4), layer, state=torch.zeros(1, 4))
+    with pytest.raises(TypeError, match="DeltaGRU expects h_0 as a tensor .* got list"):
+        R.DeltaL1Regularizer()(torch.zeros(2, 1, 4), layer, state=[torch.zeros(1, 4)])
     with pytest.raises(ValueError, match=r"h0 must have shape \(1, 4\)"):
         R.hidden_deltas(torch.zeros(2, 1, 4), 0.1, h0=torch.zeros(2, 4))
     with pytest.raises(TypeError, match="spikes must be a torch.Tensor"):

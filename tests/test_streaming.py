@@ -49,7 +49,7 @@ def _reference(layer, x):
             if isinstance(layer, (evsnn.EGRUCell, evsnn.ALIFCell, evsnn.DeltaGRUCell, evsnn.DeltaLSTMCell)):
                 state, outs = None, []
                 for t in range(x.shape[0]):
-                    out, state = layer(x[t], state)
+                    out, state = layer.step(x[t], state)
                     outs.append(out)
                 return torch.stack(outs)
             if getattr(layer, "batch_first", False):

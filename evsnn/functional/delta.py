@@ -45,6 +45,7 @@ __all__ = [
     "DeltaTrace",
     "delta_encode",
     "delta_accumulator_increment",
+    "delta_accumulators",
     "delta_gru_gates",
     "delta_lstm_gates",
     "delta_gru_initial_state",
@@ -125,6 +126,40 @@ def delta_accumulator_increment(gx: Tensor, gh: Tensor, gru: bool) -> Tensor:
         return gx + gh
     hs = gh.shape[-1] // 3
     return torch.cat([gx[..., : 2 * hs] + gh[..., : 2 * hs], gx[..., 2 * hs :], gh[..., 2 * hs :]], dim=-1)
+
+
+def delta_accumulators(
+    x_hat: Tensor,
+    h_hat: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    gru: bool,
+) -> Tensor:
+    """The accumulators that the memories imply, ``M = W_ih x̂ + W_hh ĥ + b`` (the SPEC §4
+    invariant), in the memories' dtype; differentiable in the weights and biases.
+
+    A state carried to a later forward is continued from these instead of from accumulators
+    summed with earlier weights, so the continuation computes with the current weights.
+
+    Args:
+        x_hat: input memory x̂ ``[..., I]``.
+        h_hat: hidden memory ĥ ``[..., H]`` (the one the next step's Δh is taken against).
+        weight_ih: ``[G·H, I]`` (G = 3 for the GRU, 4 for the LSTM).
+        weight_hh: ``[G·H, H]``.
+        bias_ih: ``[G·H]`` or ``None``.
+        bias_hh: ``[G·H]`` or ``None``.
+        gru: ``True`` for the DeltaGRU slot layout ``(r, z, nx, nh)``, ``False`` for the DeltaLSTM one.
+    """
+    dtype = x_hat.dtype
+    gx = torch.matmul(x_hat, weight_ih.to(dtype).t()).to(dtype)
+    gh = torch.matmul(h_hat, weight_hh.to(dtype).t()).to(dtype)
+    if bias_ih is not None:
+        gx = gx + bias_ih.to(dtype)
+    if bias_hh is not None:
+        gh = gh + bias_hh.to(dtype)
+    return delta_accumulator_increment(gx, gh, gru)
 
 
 def delta_gru_initial_state(

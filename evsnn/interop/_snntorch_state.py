@@ -321,7 +321,7 @@ class _CellNeuron(_StatefulNeuron):
         return self.cell.initial_state(x.shape[0])
 
     def _step(self, x: Tensor, state: NamedTuple) -> tuple[Tensor, NamedTuple]:
-        return self.cell(x, state)
+        return self.cell.step(x, state)
 
     _gates: int = 3
     _delta_encoded: bool = False

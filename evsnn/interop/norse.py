@@ -11,9 +11,10 @@ contract, with states that are the NamedTuples of :mod:`evsnn.functional`
   ``[B, input_size]``; ``norse.torch.Lift(cell)`` runs them over time;
 - layers (``ALIF``, ``EGRU``, ``DeltaGRU``, ``DeltaLSTM``) take a whole time-first sequence
   ``[T, B, input_size]`` and return ``(out [T, B, H], final_state)`` like norse's ``LIF``; the
-  final state is the same NamedTuple type with every per-unit field in ``nn.GRU``'s ``h_n``
-  layout ``[num_layers·num_directions, B, H]`` (``[1, B, H]`` for one layer), as the
-  :mod:`evsnn.nn` layers return it, and is accepted back as the next call's state.
+  final state is what the :mod:`evsnn.nn` layer returns (``ALIFState`` with fields in
+  ``nn.GRU``'s ``h_n`` layout ``[num_layers·num_directions, B, H]``; the ``h_n`` tensor carrying
+  the rest of the state for EGRU and DeltaGRU; ``(h_n, c_n)`` for DeltaLSTM), and is accepted
+  back as the next call's state.
 
 Unlike norse's ``LIFParameters`` (a NamedTuple of tensors that ``module.to()`` does not move),
 every parameter here is an ``nn.Parameter`` of the module and moves with ``.to()``.
@@ -22,6 +23,8 @@ constructor arguments are those of :mod:`evsnn.nn`. No equation lives here.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import norse.torch  # noqa: F401  (the adapters are meant to be used beside norse; fail early without it)
 from torch import Tensor
@@ -46,21 +49,21 @@ class EGRUCell(_enn.EGRUCell):
     """One EGRU step (SPEC.md §3): ``forward(input_tensor [B, I], state=None) -> (y, EGRUState(c, y))``."""
 
     def forward(self, input_tensor: Tensor, state: EGRUState | None = None) -> tuple[Tensor, EGRUState]:
-        return super().forward(input_tensor, state)
+        return self.step(input_tensor, state)
 
 
 class DeltaGRUCell(_enn.DeltaGRUCell):
     """One DeltaGRU step (SPEC.md §4): ``forward(input_tensor [B, I], state=None) -> (h, DeltaGRUState)``."""
 
     def forward(self, input_tensor: Tensor, state: DeltaGRUState | None = None) -> tuple[Tensor, DeltaGRUState]:
-        return super().forward(input_tensor, state)
+        return self.step(input_tensor, state)
 
 
 class DeltaLSTMCell(_enn.DeltaLSTMCell):
     """One DeltaLSTM step (SPEC.md §4): ``forward(input_tensor [B, I], state=None) -> (h, DeltaLSTMState)``."""
 
     def forward(self, input_tensor: Tensor, state: DeltaLSTMState | None = None) -> tuple[Tensor, DeltaLSTMState]:
-        return super().forward(input_tensor, state)
+        return self.step(input_tensor, state)
 
 
 class ALIF(_enn.ALIF):
@@ -73,19 +76,19 @@ class ALIF(_enn.ALIF):
 class EGRU(_enn.EGRU):
     """EGRU over a time-first sequence: ``forward(input_tensor [T, B, I], state=None) -> (y, EGRUState)``."""
 
-    def forward(self, input_tensor: Tensor, state: EGRUState | None = None) -> tuple[Tensor, EGRUState]:
+    def forward(self, input_tensor: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         return super().forward(input_tensor, state)
 
 
 class DeltaGRU(_enn.DeltaGRU):
-    """DeltaGRU over a time-first sequence: ``forward(input_tensor [T, B, I], state=None) -> (h, DeltaGRUState)``."""
+    """DeltaGRU over a time-first sequence: ``forward(input_tensor [T, B, I], state=None) -> (h, h_n)``."""
 
-    def forward(self, input_tensor: Tensor, state: DeltaGRUState | None = None) -> tuple[Tensor, DeltaGRUState]:
+    def forward(self, input_tensor: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         return super().forward(input_tensor, state)
 
 
 class DeltaLSTM(_enn.DeltaLSTM):
-    """DeltaLSTM over a time-first sequence: ``forward(input_tensor [T, B, I], state=None) -> (h, DeltaLSTMState)``."""
+    """DeltaLSTM over a time-first sequence: ``forward(input_tensor [T, B, I], state=None) -> (h, (h_n, c_n))``."""
 
-    def forward(self, input_tensor: Tensor, state: DeltaLSTMState | None = None) -> tuple[Tensor, DeltaLSTMState]:
+    def forward(self, input_tensor: Tensor, state: Any = None) -> tuple[Tensor, Any]:
         return super().forward(input_tensor, state)

@@ -22,8 +22,6 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..functional.alif import ALIFState
-from ..functional.delta import DeltaGRUState, DeltaLSTMState
-from ..functional.egru import EGRUState
 from ..ops import dispatch
 from ..stats import LayerStats
 from ._checks import check_input, grad_recorded, to_time_first
@@ -31,12 +29,15 @@ from ._validate import check_steps
 
 __all__ = [
     "ALIFLayerState",
-    "DeltaGRULayerState",
-    "DeltaLSTMLayerState",
-    "EGRULayerState",
+    "DeltaCellHidden",
+    "DeltaHidden",
+    "DeltaLSTMHidden",
+    "EGRUHidden",
+    "StateTensor",
     "check_stack_args",
     "direction_suffix",
     "PendingStats",
+    "RecordsStats",
     "StackedForward",
     "torch_suffix",
 ]
@@ -69,32 +70,221 @@ class _NoPositionalIndex:
         return f"{self._base_name()}({inner})"
 
 
-class EGRULayerState(_NoPositionalIndex, EGRUState):
-    """:class:`EGRUState` returned by :class:`EGRU`: ``c``, ``y`` are ``[num_layers·D, B, H]``."""
-
-    __slots__ = ()
-    _hint = "Use state.y[-1] for the last layer's final events (nn.GRU's h_n[-1]), state.c[-1] for its internal state."
-
-
-class DeltaGRULayerState(_NoPositionalIndex, DeltaGRUState):
-    """:class:`DeltaGRUState` returned by :class:`DeltaGRU` (``h`` is nn.GRU's ``h_n``)."""
-
-    __slots__ = ()
-    _hint = "Use state.h[-1] for the last layer's final hidden state (nn.GRU's h_n[-1]); state.h is h_n."
-
-
-class DeltaLSTMLayerState(_NoPositionalIndex, DeltaLSTMState):
-    """:class:`DeltaLSTMState` returned by :class:`DeltaLSTM` (``h``, ``c`` are nn.LSTM's ``h_n``, ``c_n``)."""
-
-    __slots__ = ()
-    _hint = "Use state.h / state.c for nn.LSTM's (h_n, c_n), e.g. state.h[-1] for the last layer's final hidden state."
-
-
 class ALIFLayerState(_NoPositionalIndex, ALIFState):
     """:class:`ALIFState` returned by :class:`ALIF`: ``v``, ``b``, ``s`` are ``[num_layers·D, B, H]``."""
 
     __slots__ = ()
     _hint = "Use state.s[-1] for the last layer's final spikes, state.v[-1] for its membrane potential."
+
+
+def _map_field(fn: Callable[[Tensor], Tensor], value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return fn(value)
+    if isinstance(value, tuple):
+        return tuple(_map_field(fn, v) for v in value)
+    return value
+
+
+class StateTensor(Tensor):
+    """A tensor that carries further state fields as attributes (:attr:`carried` names them).
+
+    It is the ``h_n`` of ``nn.GRU`` for code that indexes, concatenates or feeds it to other
+    layers (every such operation gives a plain tensor), while passing it back to the layer that
+    returned it continues that layer exactly. ``detach``, ``clone``, ``to``, ``cpu`` and ``cuda``
+    apply to the carried fields too, so the truncated-BPTT idiom ``h = h.detach()`` keeps them;
+    ``copy.deepcopy``, ``pickle`` and ``torch.save`` keep them.
+    """
+
+    carried: tuple[str, ...] = ()
+    _value_name = "h"
+
+    @staticmethod
+    def __new__(cls, value: Tensor, **fields: Any) -> "StateTensor":
+        if set(cls.carried) != set(fields):
+            raise TypeError(f"{cls.__name__} carries {cls.carried}, got fields {tuple(fields)}")
+        with torch._C.DisableTorchFunctionSubclass():
+            out = value.as_subclass(cls)
+        for name, field in fields.items():
+            setattr(out, name, field)
+        return out
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = {} if kwargs is None else kwargs
+        with torch._C.DisableTorchFunctionSubclass():
+            out = func(*args, **kwargs)
+        carrier = args[0] if args else None
+        if func in _CARRYING and isinstance(carrier, cls):
+            method = getattr(Tensor, func.__name__)
+            fields = {n: _map_field(lambda t: method(t, *args[1:], **kwargs), getattr(carrier, n)) for n in cls.carried}
+            if func is Tensor.detach_:
+                for name, value in fields.items():
+                    setattr(carrier, name, value)
+                return carrier
+            return type(carrier)(out, **fields)
+        return out
+
+    def __deepcopy__(self, memo: dict) -> "StateTensor":
+        import copy
+
+        fields = {n: copy.deepcopy(getattr(self, n), memo) for n in self.carried}
+        return type(self)(copy.deepcopy(self.as_tensor(), memo), **fields)
+
+    @property
+    def _fields(self) -> tuple[str, ...]:
+        """The names :meth:`_replace` takes: the ``h_n`` values', then the carried fields."""
+        return (self._value_name, *self.carried)
+
+    def _replace(self, **fields: Any) -> "StateTensor":
+        """A copy with some fields replaced, as a NamedTuple's ``_replace``."""
+        unknown = set(fields) - set(self._fields)
+        if unknown:
+            raise ValueError(f"{type(self).__name__} has fields {self._fields}, got {sorted(unknown)}")
+        value = fields.get(self._value_name, self.as_tensor())
+        return type(self)(value, **{n: fields.get(n, getattr(self, n)) for n in self.carried})
+
+    def as_tensor(self) -> Tensor:
+        """The ``h_n`` values as a plain :class:`torch.Tensor` (same storage and autograd history).
+
+        Under ``torch.compile`` this is one graph break: a graph whose input is this subclass
+        does not compile through AOTAutograd, one that starts after it does."""
+        with torch._C.DisableTorchFunctionSubclass():
+            return self.as_subclass(Tensor)
+
+
+_CARRYING = frozenset({Tensor.detach, Tensor.detach_, Tensor.clone, Tensor.to, Tensor.cpu, Tensor.cuda})
+
+
+class DeltaHidden(StateTensor):
+    """``h_n`` of :class:`DeltaGRU` and :class:`DeltaLSTM` (``[num_layers·D, B, H]``, a tensor like
+    nn.GRU's) carrying the delta memories that an exact continuation needs.
+
+    Attributes:
+        x_hat: input memories x̂ ``[num_layers·D, B, I]`` (one layer), or a tuple of
+            ``num_layers·D`` tensors ``[B, I_k]`` (input sizes differ per layer).
+        h_hat: hidden memories ĥ_{t−1} ``[num_layers·D, B, H]``.
+
+    The accumulators are not carried: the layer recomputes them from these memories and its
+    current weights (``M = W_ih x̂ + W_hh ĥ + b``, SPEC §4), so a state carried across an
+    optimiser step continues with the updated weights and every parameter gets its gradient.
+    """
+
+    carried = ("x_hat", "h_hat")
+
+    @property
+    def h(self) -> Tensor:
+        """``h_n`` as a plain tensor."""
+        return self.as_tensor()
+
+
+class DeltaCellHidden(DeltaHidden):
+    """``h`` of :class:`DeltaGRUCell` / :class:`DeltaLSTMCell` (``[B, H]``, a tensor like
+    nn.GRUCell's) carrying the memories x̂, ĥ and, for the next step, the accumulators.
+
+    Attributes:
+        x_hat: input memory x̂ ``[B, I]``.
+        h_hat: hidden memory ĥ_{t−1} ``[B, H]``.
+        m: accumulators ``[B, 4H]`` summed so far.
+        weights_version: the weights' version counters when ``m`` was summed (``None`` under
+            ``torch.compile``).
+
+    The next step adds its products to ``m`` (no dense product per step). It recomputes ``m``
+    from the memories and the current weights (``M = W_ih x̂ + W_hh ĥ + b``, SPEC §4) instead
+    when the weights changed in place since (an optimiser step), or when gradients are recorded
+    and ``m`` carries none (after ``h.detach()``), so that every parameter gets its gradient.
+    """
+
+    carried = ("x_hat", "h_hat", "m", "weights_version")
+
+
+class DeltaLSTMHidden(NamedTuple):
+    """``(h_n, c_n)`` of :class:`DeltaLSTM`, as nn.LSTM's: ``out, (h, c) = lstm(x)`` unpacks it.
+    ``h`` is a :class:`DeltaHidden` carrying the memories x̂, ĥ (also readable here)."""
+
+    h: Tensor
+    c: Tensor
+
+    @property
+    def x_hat(self) -> Any:
+        """The input memories x̂ carried by ``h`` (``None`` for a plain ``h``)."""
+        return getattr(self.h, "x_hat", None)
+
+    @property
+    def h_hat(self) -> Tensor | None:
+        """The hidden memories ĥ carried by ``h`` (``None`` for a plain ``h``)."""
+        return getattr(self.h, "h_hat", None)
+
+
+class EGRUHidden(StateTensor):
+    """``h_n`` of :class:`EGRU`: the final events ``y`` ``[num_layers·D, B, H]`` (``h_n[-1]`` equals
+    the output's last step, as for nn.GRU), carrying the internal state ``c`` of the same shape.
+    A plain tensor ``h0`` given to EGRU sets both ``c`` and ``y``."""
+
+    carried = ("c",)
+    _value_name = "y"
+
+    @property
+    def y(self) -> Tensor:
+        """The final events (``h_n``) as a plain tensor."""
+        return self.as_tensor()
+
+
+class CellStep(nn.Module):
+    """A cell's functional-state form as a module: ``forward(x, state) -> (out, state)`` is
+    ``cell.step(x, state)``, with the state a NamedTuple (or plain tuple) of tensors. For tools
+    that take a module and flat tensors, such as ``torch.onnx.export``.
+
+    Args:
+        cell: an evsnn cell (``ALIFCell``, ``EGRUCell``, ``DeltaGRUCell``, ``DeltaLSTMCell``).
+    """
+
+    def __init__(self, cell: nn.Module):
+        super().__init__()
+        if not callable(getattr(cell, "step", None)):
+            raise TypeError(f"CellStep expects an evsnn cell with a step(x, state) method, got {type(cell).__name__}")
+        self.cell = cell
+
+    def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        return self.cell.step(x, state)
+
+
+def register_safe_globals(types: Sequence[type]) -> None:
+    """Allow ``torch.load``'s default ``weights_only=True`` to rebuild pickled evsnn layers and
+    states: the layer and state ``types`` given, with what every layer pickles alongside (its
+    load hooks, its :class:`~evsnn.stats.LayerStats`, its surrogate)."""
+    from .. import surrogate
+    from ..functional.delta import DeltaGRUState, DeltaLSTMState
+    from ..functional.egru import EGRUState
+    from ._validate import _before_load
+
+    surrogates = [
+        surrogate.Triangle,
+        surrogate.Gaussian,
+        surrogate.MultiGaussian,
+        surrogate.ATan,
+        surrogate.FastSigmoid,
+        surrogate.Truncated,
+    ]
+    torch.serialization.add_safe_globals(
+        [
+            *types,
+            *surrogates,
+            LayerStats,
+            ALIFState,
+            ALIFLayerState,
+            EGRUState,
+            DeltaGRUState,
+            DeltaLSTMState,
+            DeltaHidden,
+            DeltaCellHidden,
+            DeltaLSTMHidden,
+            EGRUHidden,
+            _rename_torch_keys,
+            _before_load,
+            # the holder torch pickles the layers' load_state_dict pre-hooks in
+            torch.nn.modules.module._WrappedHook,
+        ]
+    )
 
 
 def direction_suffix(layer: int, reverse: bool) -> str:
@@ -228,7 +418,7 @@ def single_direction_state(module: nn.Module, state: Any, batch: int, like: Tens
         )
     if state is None:
         return None
-    return direction_state(check_stacked_state(module, state, batch, like), 0, module._state_base)
+    return direction_state(module._accept_state(state, batch, like), 0, module._state_base)
 
 
 def _select_batch(module: nn.Module, state: NamedTuple, idx: Tensor) -> NamedTuple:
@@ -426,30 +616,9 @@ def check_dynamic_time(name: str, backend: Any, given: Any, batch_first: bool) -
         )
 
 
-class StackedForward:
-    """``forward`` of the sequence layers (EGRU, DeltaGRU, DeltaLSTM, ALIF), like ``nn.GRU``'s.
-
-    A layer supplies its :class:`~evsnn.nn._family.NeuronFamily` (``neuron_family``), the
-    options its backends' checks read (``_dispatch_options``) and ``_scan_direction(suffix, x,
-    state, scan) -> (out, final, trace, stats)``: one layer·direction through ``scan`` (a
-    backend, or the family's reference for a replay)."""
-
-    def _resolve_backend(self, x: Tensor, given: Any = None):
-        backend = dispatch.resolve(
-            self.neuron_family.name,
-            self.backend,
-            device=x.device,
-            dtype=x.dtype,
-            shape=dispatch_shape(x, self.hidden_size, given, self.batch_first),
-            training=grad_recorded(x, *self.parameters()),
-            **self._dispatch_options(),
-        )
-        check_dynamic_time(type(self).__name__, backend, given, self.batch_first)
-        return backend
-
-    def _run_direction(self, layer: int, reverse: int, x: Tensor, state: Any, backend: Any):
-        out, final, _, stats = self._scan_direction(direction_suffix(layer, bool(reverse)), x, state, backend.fn)
-        return out, final, stats
+class RecordsStats:
+    """:attr:`last_stats` of a layer or cell: the :class:`PendingStats` of its last forward
+    (``_pending_stats``, ``(name, [(stats, batch), ...])``), merged and computed on first read."""
 
     @property
     def last_stats(self) -> LayerStats | None:
@@ -474,13 +643,52 @@ class StackedForward:
             self.last_stats = None
         return super().__getstate__()
 
+
+class StackedForward(RecordsStats):
+    """``forward`` of the sequence layers (EGRU, DeltaGRU, DeltaLSTM, ALIF), like ``nn.GRU``'s.
+
+    A layer supplies its :class:`~evsnn.nn._family.NeuronFamily` (``neuron_family``), the
+    options its backends' checks read (``_dispatch_options``) and ``_scan_direction(suffix, x,
+    state, scan) -> (out, final, trace, stats)``: one layer·direction through ``scan`` (a
+    backend, or the family's reference for a replay)."""
+
+    def _resolve_backend(self, x: Tensor, given: Any = None):
+        backend = dispatch.resolve(
+            self.neuron_family.name,
+            self.backend,
+            device=x.device,
+            dtype=x.dtype,
+            shape=dispatch_shape(x, self.hidden_size, given, self.batch_first),
+            training=grad_recorded(x, *self.parameters()),
+            **self._dispatch_options(),
+        )
+        check_dynamic_time(type(self).__name__, backend, given, self.batch_first)
+        return backend
+
+    def flatten_parameters(self) -> None:
+        """No-op, for code written for ``nn.GRU``/``nn.LSTM`` (their cuDNN weight layout has no
+        counterpart here: each parameter is used as it is stored)."""
+
+    def _accept_state(self, state: Any, batch: int, like: Tensor) -> NamedTuple:
+        """A given initial state as the stacked functional state the directions are cut from."""
+        return check_stacked_state(self, state, batch, like)
+
+    def _public_state(self, stacked: NamedTuple) -> Any:
+        """The stacked final state as :meth:`forward` returns it."""
+        return stacked
+
+    def _run_direction(self, layer: int, reverse: int, x: Tensor, state: Any, backend: Any):
+        out, final, _, stats = self._scan_direction(direction_suffix(layer, bool(reverse)), x, state, backend.fn)
+        return out, final, stats
+
     def forward(self, x: Tensor | PackedSequence, state: Any = None) -> tuple[Any, NamedTuple]:
         """``(output, final state)`` of a dense ``[T, B, I]`` (``[B, T, I]`` with ``batch_first``)
-        or packed input; the output is packed when the input is. ``state``: the layer's state
-        type in the stacked layout (see the class docstring), or ``None``."""
+        or packed input; the output is packed when the input is. ``state``: nn.GRU's ``h_0``
+        (``(h_0, c_0)`` for DeltaLSTM; ALIF's ``ALIFState``), the state a previous call returned
+        (it continues exactly), or ``None``."""
         seq, lengths = _sequence(self, x)
         if state is not None:
-            state = check_stacked_state(self, state, seq.shape[1], seq)
+            state = self._accept_state(state, seq.shape[1], seq)
         backend = self._resolve_backend(seq, x)
         # What torch.compile cannot trace runs eagerly behind one graph break here (instead of one
         # break per nested frame): the cpu_event torch-op training loops (data-dependent row
@@ -492,7 +700,8 @@ class StackedForward:
             traced = getattr(backend.fn, "traced_training", None)
             opaque = traced is None or not traced(dtype=seq.dtype, **self._dispatch_options())
         run = _run_opaque if opaque else _run
-        return run(self, x, seq, lengths, state, backend)
+        out, final = run(self, x, seq, lengths, state, backend)
+        return out, self._public_state(final)
 
 
 def _sequence(module: nn.Module, x: Any) -> tuple[Tensor, Tensor | None]:

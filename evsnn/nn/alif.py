@@ -452,6 +452,12 @@ class ALIFCell(_ALIFBase):
             surrogate=self.surrogate,
         )
 
+    def step(self, x: Tensor, state: ALIFState | None = None) -> tuple[Tensor, ALIFState]:
+        """The same step as :meth:`forward` (ALIF has no ``nn.RNNCell`` counterpart, so its
+        ``forward`` already takes and returns the functional state), named like the other cells'
+        functional-state form."""
+        return self.forward(x, state)
+
 
 class LeakyReadout(ParameterChecks):
     """Non-spiking leaky readout ``m_t = α_o m_{t−1} + (1 − α_o)(W s_t + b)`` (SPEC §2).

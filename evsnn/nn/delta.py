@@ -11,23 +11,28 @@ from ..functional.delta import (
     DeltaGRUState,
     DeltaLSTMState,
     check_delta_rule,
+    delta_accumulators,
     delta_gru_initial_state,
     delta_gru_step,
     delta_lstm_initial_state,
     delta_lstm_step,
 )
 from ..functional.fixed_point import check_fixed_point, quantize_fixed_point
+from ..functional.precision import state_dtype
 from ..ops import dispatch
 from ..stats import LayerStats
 from ._checks import check_input, check_nonnegative, check_size, check_state, grad_recorded
 from ._family import DELTA_GRU_FAMILY, DELTA_LSTM_FAMILY
 from ._stack import (
-    DeltaGRULayerState,
-    DeltaLSTMLayerState,
+    DeltaCellHidden,
+    DeltaHidden,
+    DeltaLSTMHidden,
     PendingStats,
+    RecordsStats,
     StackedForward,
     accept_torch_names,
     check_stack_args,
+    check_stacked_state,
     direction_suffix,
     stack_states,
 )
@@ -145,10 +150,98 @@ class _DeltaBase(ParameterChecks):
         return delta_lstm_initial_state(batch, input_size, self.hidden_size, bias_ih, bias_hh, like, h0, c0)
 
 
-class _DeltaCell(_DeltaBase):
+class _DeltaCell(RecordsStats, _DeltaBase):
     def initial_state(self, batch: int, h0: Tensor | None = None, c0: Tensor | None = None):
         """Memories at zero and accumulators at the biases; ``h0`` (and ``c0``) ``[B, H]`` optional."""
         return self._direction_initial_state(batch, "", self.input_size, h0, c0)
+
+    def _weights_version(self) -> tuple[int, ...] | None:
+        if torch.compiler.is_compiling():
+            return None
+        return tuple(p._version for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh) if p is not None)
+
+    def _state_from_hidden(self, hx, x: Tensor):
+        """nn.GRUCell's ``h`` / nn.LSTMCell's ``(h, c)`` (plain tensors: memories at zero) or the
+        returned ones (memories and accumulators continue) → the functional state of :meth:`step`."""
+        name, gru = type(self).__name__, self.state_type is DeltaGRUState
+        if gru:
+            if not isinstance(hx, Tensor):
+                raise TypeError(
+                    f"{name} expects h as a tensor [batch, hidden_size] (nn.GRUCell's hx, or the DeltaCellHidden "
+                    f"it returned) or None, got {type(hx).__name__}"
+                )
+            h, c = hx, None
+        else:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2 or not all(isinstance(v, Tensor) for v in hx):
+                raise TypeError(
+                    f"{name} expects (h, c), two tensors [batch, hidden_size] as nn.LSTMCell's hx (or the "
+                    f"DeltaLSTMHidden it returned), or None, got {type(hx).__name__}"
+                )
+            h, c = hx
+        batch = x.shape[0]
+        zeros = x.new_zeros((), dtype=state_dtype(self.weight_ih.dtype))
+        m = None
+        if isinstance(h, DeltaCellHidden):
+            x_hat, h_hat, m = h.x_hat, h.h_hat, h.m
+            stale = h.weights_version is not None and h.weights_version != self._weights_version()
+            detached = grad_recorded(*self.parameters()) and not m.requires_grad
+            if stale or detached:
+                m = None
+            h = h.as_tensor()
+        else:
+            x_hat, h_hat = zeros.new_zeros(batch, self.input_size), zeros.new_zeros(batch, self.hidden_size)
+        if m is None:
+            if isinstance(x_hat, Tensor) and isinstance(h_hat, Tensor) and x_hat.dim() == h_hat.dim() == 2:
+                m = delta_accumulators(
+                    x_hat,
+                    h_hat,
+                    self._weight("weight_ih"),
+                    self._weight("weight_hh"),
+                    self.bias_ih,
+                    self.bias_hh,
+                    gru,
+                )
+            else:  # refused with the field's expected shape by the state check
+                m = zeros.new_zeros(batch, 4 * self.hidden_size)
+        return self.state_type(h, x_hat, h_hat, m) if gru else self.state_type(h, c, x_hat, h_hat, m)
+
+    def forward(self, x: Tensor, hx=None):
+        """One step as ``nn.GRUCell`` (``h = cell(x, h)``) / ``nn.LSTMCell`` (``h, c = cell(x, (h, c))``).
+
+        Args:
+            x: input ``[B, input_size]``.
+            hx: ``None`` (zeros), a plain ``h`` (``(h, c)`` for the LSTM) ``[B, hidden_size]`` with
+                the delta memories at zero, or what the cell returned (exact continuation).
+
+        Returns:
+            ``h`` as a :class:`DeltaCellHidden` (``(h, c)`` as a :class:`DeltaLSTMHidden` for the LSTM).
+        """
+        state = None if hx is None else self._state_from_hidden(hx, x)
+        _, new = self.step(x, state)
+        h = DeltaCellHidden(new.h, x_hat=new.x_hat, h_hat=new.h_hat, m=new.m, weights_version=self._weights_version())
+        return h if self.state_type is DeltaGRUState else DeltaLSTMHidden(h, new.c)
+
+    def _record(self, x: Tensor, before, after) -> None:
+        if self.record_stats:
+            pending = PendingStats(
+                self, x, before.x_hat, after.x_hat, before.h_hat, after.h_hat, grad_recorded(x, self.weight_ih)
+            )
+            self._pending_stats = (type(self).__name__, [(pending, x.shape[0])])
+
+    def _stats(self, x, x_hat0, x_hat1, h_hat0, h_hat1, training: bool) -> LayerStats:
+        """One step's statistics: its deltas are the changes of the memories."""
+        with torch.no_grad():
+            batch, h = h_hat1.shape
+            rows = self.gates * h
+            active_x, active_h = x_hat1 != x_hat0, h_hat1 != h_hat0
+            return LayerStats(
+                layer=type(self).__name__,
+                event_fraction=active_h.float().mean().reshape(1),
+                dense_macs=batch * rows * (x.shape[-1] + h),
+                event_ops=(active_x.sum() + active_h.sum()) * rows,
+                backward_sparsity=(~active_h).float().mean() if training else None,
+                input_event_fraction=active_x.float().mean().reshape(1),
+            )
 
 
 class _DeltaLayer(StackedForward, _DeltaBase):
@@ -232,7 +325,70 @@ class _DeltaLayer(StackedForward, _DeltaBase):
             finals.append(
                 self._direction_initial_state(batch, direction_suffix(k, bool(d)), self._layer_input_size(k), h0_i, c0_i)
             )
-        return stack_states(self, finals)
+        return self._public_state(stack_states(self, finals))
+
+    def _accept_state(self, state, batch: int, like: Tensor):
+        """nn.GRU's ``h_0`` / nn.LSTM's ``(h_0, c_0)`` (plain tensors: memories at zero) or the
+        returned state (its memories continue) → the stacked functional state, whose accumulators
+        are recomputed from the memories and the current weights. A functional
+        ``DeltaGRUState``/``DeltaLSTMState`` (stacked or ``[B, ...]``) is taken as it is."""
+        name, gru = type(self).__name__, self.state_type is DeltaGRUState
+        if isinstance(state, self.state_type):  # the full functional state, accumulators included, as given
+            return check_stacked_state(self, state, batch, like)
+        if gru:
+            if not isinstance(state, Tensor):
+                raise TypeError(
+                    f"{name} expects h_0 as a tensor [num_layers*num_directions, batch, hidden_size] (nn.GRU's "
+                    f"h_0, or the DeltaHidden state it returned) or a DeltaGRUState, got {type(state).__name__}"
+                )
+            h, c = state, None
+        else:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError(
+                    f"{name} expects (h_0, c_0), two tensors [num_layers*num_directions, batch, hidden_size] as "
+                    f"nn.LSTM's (or the DeltaLSTMHidden state it returned) or a DeltaLSTMState, got {type(state).__name__}"
+                    + (f" of length {len(state)}" if isinstance(state, (tuple, list)) else "")
+                )
+            h, c = state
+            if not isinstance(h, Tensor) or not isinstance(c, Tensor):
+                raise TypeError(f"{name} expects (h_0, c_0) as tensors, got ({type(h).__name__}, {type(c).__name__})")
+        n = self.num_layers * self.num_directions
+        zeros = like.new_zeros((), dtype=state_dtype(like.dtype))
+        if isinstance(h, DeltaHidden):
+            x_hat, h_hat = h.x_hat, h.h_hat
+        else:
+            sizes = [self._layer_input_size(i // self.num_directions) for i in range(n)]
+            x_hat = zeros.new_zeros(n, batch, sizes[0])
+            if self.num_layers > 1:
+                x_hat = tuple(zeros.new_zeros(batch, size) for size in sizes)
+            h_hat = zeros.new_zeros(n, batch, self.hidden_size)
+        h = h.as_tensor() if isinstance(h, DeltaHidden) else h
+        placeholder = zeros.new_zeros(n, batch, 4 * self.hidden_size)  # checked fields first, then M from them
+        fields = (h, x_hat, h_hat, placeholder) if gru else (h, c, x_hat, h_hat, placeholder)
+        stacked = check_stacked_state(self, self.state_type(*fields), batch, like)
+        m = []
+        for i in range(n):
+            suffix = direction_suffix(i // self.num_directions, bool(i % self.num_directions))
+            m.append(
+                delta_accumulators(
+                    stacked.x_hat[i],
+                    stacked.h_hat[i],
+                    self._weight("weight_ih" + suffix),
+                    self._weight("weight_hh" + suffix),
+                    getattr(self, "bias_ih" + suffix),
+                    getattr(self, "bias_hh" + suffix),
+                    gru,
+                )
+            )
+        return stacked._replace(m=torch.stack(m))
+
+    def _public_state(self, stacked):
+        """The stacked functional state as ``h_n`` (``DeltaHidden``) or ``(h_n, c_n)``; the
+        accumulators stay behind (they are recomputed from the memories when it comes back)."""
+        h = DeltaHidden(stacked.h, x_hat=stacked.x_hat, h_hat=stacked.h_hat)
+        if self.state_type is DeltaGRUState:
+            return h
+        return DeltaLSTMHidden(h, stacked.c)
 
     def _dispatch_options(self) -> dict:
         return {
@@ -318,22 +474,24 @@ _LAYER_ARGS = """
 
 _LAYOUT = """
     Stacking follows ``nn.GRU`` (SPEC.md §6); the input may be a
-    :class:`~torch.nn.utils.rnn.PackedSequence` (the output is one too). Every field of the
-    returned state is ``[num_layers·D, B, ·]`` (D = 2 if bidirectional, index ``k·D + d``),
-    except ``x_hat`` whose size differs per layer: ``x_hat[k·D + d]`` is that layer·direction's
-    ``[B, I_k]`` input memory (a ``[D, B, I]`` tensor when ``num_layers == 1``, a tuple
-    otherwise). ``state[i]`` raises (it would pick a field, not a layer). Parameters of layer 0
-    forward keep the names ``weight_ih`` ...; the others carry nn.GRU's suffixes
-    (``weight_ih_l1``, ``bias_hh_l0_reverse``). :attr:`last_stats` sums all layers and directions.
+    :class:`~torch.nn.utils.rnn.PackedSequence` (the output is one too). The returned ``h_n``
+    (``[num_layers·D, B, H]``, D = 2 if bidirectional, index ``k·D + d``) is a
+    :class:`~evsnn.nn.DeltaHidden` carrying the memories ``h_hat`` (same layout) and ``x_hat``,
+    whose size differs per layer: ``x_hat[k·D + d]`` is that layer·direction's ``[B, I_k]`` input
+    memory (a ``[D, B, I]`` tensor when ``num_layers == 1``, a tuple otherwise). Passed back, it
+    continues exactly; the accumulators are recomputed from the memories and the current weights.
+    A plain ``h_0`` tensor starts the memories at zero; a functional state NamedTuple is taken as
+    it is. Parameters of layer 0 forward keep the names ``weight_ih`` ...; the others carry
+    nn.GRU's suffixes (``weight_ih_l1``, ``bias_hh_l0_reverse``). :attr:`last_stats` sums all
+    layers and directions; :meth:`flatten_parameters` does nothing (nn.GRU code calls it).
 """
 
 
 class DeltaGRU(_DeltaLayer):
     __doc__ = (
         """DeltaGRU over a sequence (SPEC.md §4), constructed and called like ``nn.GRU``: only input
-    and hidden changes larger than ``theta_x``/``theta_h`` propagate. ``forward(x, state=None) ->
-    (h [T, B, D·H], DeltaGRUState)``, ``state.h`` is nn.GRU's ``h_n``. With
-    ``theta_x = theta_h = 0`` it computes ``nn.GRU``.
+    and hidden changes larger than ``theta_x``/``theta_h`` propagate. ``forward(x, h_0=None) ->
+    (h [T, B, D·H], h_n)``. With ``theta_x = theta_h = 0`` it computes ``nn.GRU``.
 """
         + _LAYOUT
         + _LAYER_ARGS
@@ -342,7 +500,7 @@ class DeltaGRU(_DeltaLayer):
     neuron_family = DELTA_GRU_FAMILY
     state_type = DeltaGRUState
     _state_base = DeltaGRUState
-    _layer_state_type = DeltaGRULayerState
+    _layer_state_type = DeltaGRUState
     torch_type = nn.GRU
 
     def __init__(
@@ -375,8 +533,9 @@ class DeltaGRU(_DeltaLayer):
 class DeltaLSTM(_DeltaLayer):
     __doc__ = (
         """DeltaLSTM over a sequence (SPEC.md §4), constructed and called like ``nn.LSTM``:
-    ``forward(x, state=None) -> (h [T, B, D·H], DeltaLSTMState)``; ``(state.h, state.c)`` are
-    nn.LSTM's ``(h_n, c_n)``. With ``theta_x = theta_h = 0`` it computes ``nn.LSTM``.
+    ``forward(x, (h_0, c_0)=None) -> (h [T, B, D·H], (h_n, c_n))``, the state a
+    :class:`~evsnn.nn.DeltaLSTMHidden` whose ``h_n`` carries the memories. With
+    ``theta_x = theta_h = 0`` it computes ``nn.LSTM``.
 """
         + _LAYOUT
         + _LAYER_ARGS
@@ -385,7 +544,7 @@ class DeltaLSTM(_DeltaLayer):
     neuron_family = DELTA_LSTM_FAMILY
     state_type = DeltaLSTMState
     _state_base = DeltaLSTMState
-    _layer_state_type = DeltaLSTMLayerState
+    _layer_state_type = DeltaLSTMState
     torch_type = nn.LSTM
 
     def __init__(
@@ -428,6 +587,7 @@ _CELL_ARGS = """
             (saturating, straight-through gradient; torch reference backend only), or ``None``.
         weight_fixed_point: ``(m, n)`` rounds ``weight_ih``/``weight_hh`` to Qm.n in the products
             (straight-through; the stored parameters stay full precision), or ``None``.
+        record_stats: keep :attr:`last_stats` (one :class:`LayerStats` of the last step) after each step.
         backend: accepted for symmetry with the layers; a single step runs the reference.
         device: device of the parameters.
         dtype: dtype of the parameters.
@@ -436,7 +596,12 @@ _CELL_ARGS = """
 
 class DeltaGRUCell(_DeltaCell):
     __doc__ = (
-        """One DeltaGRU step: ``forward(x [B, input_size], state=None) -> (h, DeltaGRUState)``.
+        """One DeltaGRU step, called like ``nn.GRUCell``: ``h = cell(x [B, input_size], h=None)``.
+
+    The returned ``h`` (``[B, H]``) is a :class:`DeltaCellHidden`: a tensor carrying the delta
+    memories, so that passing it back continues exactly; a plain tensor ``h`` starts the
+    memories at zero (with Θ = 0 the cell is ``nn.GRUCell``). :meth:`step` takes and returns the
+    full functional :class:`DeltaGRUState` instead: ``out, state = cell.step(x, state)``.
 """
         + _CELL_ARGS
     )
@@ -452,6 +617,7 @@ class DeltaGRUCell(_DeltaCell):
         *,
         theta_x: float = 0.0,
         theta_h: float = 0.0,
+        record_stats: bool = True,
         backend: str = "auto",
         device=None,
         dtype=None,
@@ -461,19 +627,30 @@ class DeltaGRUCell(_DeltaCell):
     ):
         self._set_official_options(delta_rule, fixed_point, weight_fixed_point)
         super().__init__(input_size, hidden_size, bias, theta_x, theta_h, backend, device, dtype)
+        self.record_stats = bool(record_stats)
+        self.last_stats: LayerStats | None = None
 
-    def forward(self, x: Tensor, state: DeltaGRUState | None = None):
+    def step(self, x: Tensor, state: DeltaGRUState | None = None) -> tuple[Tensor, DeltaGRUState]:
+        """One step on the functional state: ``(out, DeltaGRUState)``, the form of
+        :func:`evsnn.functional.delta_gru_step` (streaming, ONNX export, the snntorch/norse adapters)."""
         check_input(type(self).__name__, x, 2, self.input_size, self.weight_ih)
         state = self.initial_state(x.shape[0]) if state is None else self._check_state(state, x.shape[0], x)
-        return delta_gru_step(
+        out, new = delta_gru_step(
             x, state, self._weight("weight_ih"), self._weight("weight_hh"), self.bias_ih, self.bias_hh,
             **self._scan_options(),
         )
+        self._record(x, state, new)
+        return out, new
 
 
 class DeltaLSTMCell(_DeltaCell):
     __doc__ = (
-        """One DeltaLSTM step: ``forward(x [B, input_size], state=None) -> (h, DeltaLSTMState)``.
+        """One DeltaLSTM step, called like ``nn.LSTMCell``: ``h, c = cell(x [B, input_size], (h, c))``.
+
+    The returned ``(h, c)`` is a :class:`DeltaLSTMHidden` whose ``h`` carries the delta memories
+    (passing it back continues exactly); plain ``(h, c)`` start the memories at zero (with Θ = 0
+    the cell is ``nn.LSTMCell``). :meth:`step` takes and returns the full functional
+    :class:`DeltaLSTMState` instead: ``out, state = cell.step(x, state)``.
 """
         + _CELL_ARGS
     )
@@ -489,6 +666,7 @@ class DeltaLSTMCell(_DeltaCell):
         *,
         theta_x: float = 0.0,
         theta_h: float = 0.0,
+        record_stats: bool = True,
         backend: str = "auto",
         device=None,
         dtype=None,
@@ -498,11 +676,17 @@ class DeltaLSTMCell(_DeltaCell):
     ):
         self._set_official_options(delta_rule, fixed_point, weight_fixed_point)
         super().__init__(input_size, hidden_size, bias, theta_x, theta_h, backend, device, dtype)
+        self.record_stats = bool(record_stats)
+        self.last_stats: LayerStats | None = None
 
-    def forward(self, x: Tensor, state: DeltaLSTMState | None = None):
+    def step(self, x: Tensor, state: DeltaLSTMState | None = None) -> tuple[Tensor, DeltaLSTMState]:
+        """One step on the functional state: ``(out, DeltaLSTMState)``, the form of
+        :func:`evsnn.functional.delta_lstm_step` (streaming, ONNX export, the snntorch/norse adapters)."""
         check_input(type(self).__name__, x, 2, self.input_size, self.weight_ih)
         state = self.initial_state(x.shape[0]) if state is None else self._check_state(state, x.shape[0], x)
-        return delta_lstm_step(
+        out, new = delta_lstm_step(
             x, state, self._weight("weight_ih"), self._weight("weight_hh"), self.bias_ih, self.bias_hh,
             **self._scan_options(),
         )
+        self._record(x, state, new)
+        return out, new

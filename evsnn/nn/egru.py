@@ -22,11 +22,13 @@ from ._checks import (
 )
 from ._family import EGRU_FAMILY
 from ._stack import (
-    EGRULayerState,
+    EGRUHidden,
     PendingStats,
+    RecordsStats,
     StackedForward,
     accept_torch_names,
     check_stack_args,
+    check_stacked_state,
     direction_suffix,
     torch_suffix,
 )
@@ -150,12 +152,13 @@ class _EGRUBase(ParameterChecks):
 class EGRU(StackedForward, _EGRUBase):
     """Event-based GRU over a sequence (SPEC.md §3), constructed and called like ``torch.nn.GRU``.
 
-    ``forward(x, state=None) -> (y, EGRUState(c, y))`` with ``x [T, B, input_size]``
+    ``forward(x, h_0=None) -> (y, h_n)`` with ``x [T, B, input_size]``
     (``[B, T, input_size]`` with ``batch_first=True``) or a
     :class:`~torch.nn.utils.rnn.PackedSequence`; ``y`` (``[T, B, D·H]``) is zero except where a
-    unit emitted an event. The returned state's fields ``c`` and ``y`` are in ``nn.GRU``'s
-    ``h_n`` layout ``[num_layers·D, B, H]`` (D = 2 if bidirectional), ``state.y[-1]`` is the last
-    layer's final events; ``state[i]`` raises (it would pick a field). An initial state is
+    unit emitted an event. ``h_n`` (``[num_layers·D, B, H]``, D = 2 if bidirectional) is an
+    :class:`~evsnn.nn.EGRUHidden`: the final events (``h_n[-1]`` is the last layer's, equal to
+    ``y[-1]`` as for nn.GRU) carrying the internal state ``h_n.c``; passed back it continues
+    exactly. A plain ``h_0`` sets both ``c`` and ``y``; an :class:`EGRUState` ``(c, y)`` is
     accepted in that layout, or as ``[B, H]`` fields for one layer and direction. Stacking
     follows SPEC.md §6. Parameters of layer 0 forward are ``weight_ih``, ``weight_hh``,
     ``bias_ih``, ``bias_hh``, ``log_threshold``; other layers/directions carry ``nn.GRU``'s
@@ -191,7 +194,7 @@ class EGRU(StackedForward, _EGRUBase):
 
     neuron_family = EGRU_FAMILY
     _state_base = EGRUState
-    _layer_state_type = EGRULayerState
+    _layer_state_type = EGRUState
     _per_layer_fields: frozenset[str] = frozenset()
 
     def __init__(
@@ -249,11 +252,29 @@ class EGRU(StackedForward, _EGRUBase):
             + f", num_layers={self.num_layers}, dropout={self.dropout}, bidirectional={self.bidirectional}"
         )
 
-    def initial_state(self, batch: int) -> EGRULayerState:
-        """Zero internal state and zero events, ``[num_layers·D, batch, H]`` each."""
+    def initial_state(self, batch: int) -> EGRUHidden:
+        """Zero events carrying a zero internal state, ``[num_layers·D, batch, H]`` each."""
         shape = (self.num_layers * self.num_directions, batch, self.hidden_size)
         z = self.weight_ih.new_zeros(shape, dtype=state_dtype(self.weight_ih.dtype))  # float32 in low precision
-        return EGRULayerState(z, z.clone())
+        return EGRUHidden(z, c=z.clone())
+
+    def _accept_state(self, state, batch: int, like: Tensor) -> EGRUState:
+        """The returned :class:`EGRUHidden` (its ``c`` continues), nn.GRU's plain ``h_0`` (taken as
+        both ``c`` and ``y``) or an :class:`EGRUState` ``(c, y)`` → the stacked functional state."""
+        if isinstance(state, EGRUHidden):
+            state = EGRUState(state.c, state.as_tensor())
+        elif isinstance(state, Tensor):
+            state = EGRUState(state, state)
+        elif not isinstance(state, EGRUState):
+            raise TypeError(
+                "EGRU expects h_0 as a tensor [num_layers*num_directions, batch, hidden_size] (nn.GRU's h_0), "
+                f"the EGRUHidden it returned or an EGRUState(c, y), got {type(state).__name__}"
+            )
+        return check_stacked_state(self, state, batch, like)
+
+    def _public_state(self, stacked: EGRUState) -> EGRUHidden:
+        """The stacked final state as ``h_n``: the events ``y`` carrying ``c``."""
+        return EGRUHidden(stacked.y, c=stacked.c)
 
     def _direction_state_shapes(self, layer: int, batch: int) -> list[tuple[int, ...]]:
         return [(batch, self.hidden_size)] * 2
@@ -321,8 +342,12 @@ class EGRU(StackedForward, _EGRUBase):
         return gru
 
 
-class EGRUCell(_EGRUBase):
-    """One EGRU step (SPEC.md §3): ``forward(x [B, input_size], state=None) -> (y, EGRUState(c, y))``.
+class EGRUCell(RecordsStats, _EGRUBase):
+    """One EGRU step (SPEC.md §3), called like ``nn.GRUCell``: ``h = cell(x [B, input_size], h=None)``.
+
+    The returned ``h`` is the events ``y`` ``[B, H]`` as an :class:`EGRUHidden` carrying the
+    internal state ``c`` (passing it back continues exactly). :meth:`step` takes and returns the
+    functional :class:`EGRUState` instead: ``y, state = cell.step(x, state)``.
 
     Args:
         input_size: features of the input.
@@ -337,6 +362,7 @@ class EGRUCell(_EGRUBase):
             ``"threshold"`` subtracts θ and keeps the rest of the state; ``"output"`` (the
             paper's equations) subtracts the whole state, so a unit forgets at each event.
         surrogate: pseudo-derivative of the event function (default ``Triangle(0.3)``).
+        record_stats: keep :attr:`last_stats` (one :class:`LayerStats` of the last step) after each step.
         backend: accepted for symmetry with :class:`EGRU`; a single step runs the reference.
         device: device of the parameters.
         dtype: dtype of the parameters.
@@ -352,23 +378,28 @@ class EGRUCell(_EGRUBase):
         threshold_init: str = "log_uniform",
         reset: str = "threshold",
         surrogate: Surrogate | str | None = None,
+        record_stats: bool = True,
         backend: str = "auto",
         device=None,
         dtype=None,
     ):
         super().__init__(input_size, hidden_size, bias, threshold, threshold_init, reset, surrogate, backend, device, dtype)
+        self.record_stats = bool(record_stats)
+        self.last_stats: LayerStats | None = None
 
     def initial_state(self, batch: int) -> EGRUState:
         """Zero internal state and zero events for ``batch`` samples."""
         return egru_initial_state(batch, self.hidden_size, self.weight_ih)
 
-    def forward(self, x: Tensor, state: EGRUState | None = None) -> tuple[Tensor, EGRUState]:
+    def step(self, x: Tensor, state: EGRUState | None = None) -> tuple[Tensor, EGRUState]:
+        """One step on the functional state: ``(y, EGRUState(c, y))``, the form of
+        :func:`evsnn.functional.egru_step` (streaming, ONNX export, the snntorch/norse adapters)."""
         check_input(type(self).__name__, x, 2, self.input_size, self.weight_ih)
         if state is None:
             state = egru_initial_state(x.shape[0], self.hidden_size, x)
         else:
             state = self._check_state(state, x.shape[0], x)
-        return egru_step(
+        y, new = egru_step(
             x,
             state,
             self.weight_ih,
@@ -379,6 +410,46 @@ class EGRUCell(_EGRUBase):
             reset=self.reset,
             surrogate=self.surrogate,
         )
+        if self.record_stats:
+            self._pending_stats = (type(self).__name__, [(PendingStats(self, x, state.y, y), x.shape[0])])
+        return y, new
+
+    def forward(self, x: Tensor, hx: Tensor | None = None) -> EGRUHidden:
+        """One step as ``nn.GRUCell``: ``h = cell(x, h)``.
+
+        Args:
+            x: input ``[B, input_size]``.
+            hx: ``None`` (zeros), a plain ``h`` ``[B, hidden_size]`` (taken as both ``c`` and ``y``),
+                or the :class:`EGRUHidden` the cell returned (its ``c`` continues).
+
+        Returns:
+            The events ``y`` ``[B, H]`` as an :class:`EGRUHidden` carrying ``c``.
+        """
+        state = None
+        if isinstance(hx, EGRUHidden):
+            state = EGRUState(hx.c, hx.as_tensor())
+        elif isinstance(hx, Tensor):
+            state = EGRUState(hx, hx)
+        elif hx is not None:
+            raise TypeError(
+                "EGRUCell expects h as a tensor [batch, hidden_size] (nn.GRUCell's hx, or the EGRUHidden it "
+                f"returned) or None, got {type(hx).__name__}; the functional EGRUState form is cell.step(x, state)"
+            )
+        _, new = self.step(x, state)
+        return EGRUHidden(new.y, c=new.c)
+
+    def _stats(self, x: Tensor, y_prev: Tensor, y: Tensor) -> LayerStats:
+        """One step's statistics (the events read are the input's and the previous step's)."""
+        with torch.no_grad():
+            batch, h = y.shape
+            rows = 3 * h
+            return LayerStats(
+                layer=type(self).__name__,
+                event_fraction=(y != 0).float().mean().reshape(1),
+                dense_macs=batch * rows * (x.shape[-1] + h),
+                event_ops=((x != 0).sum() + (y_prev != 0).sum()) * rows,
+                input_event_fraction=(x != 0).float().mean().reshape(1),
+            )
 
 
 def _check_torch_rnn(module: nn.Module, kind: type) -> None:
