@@ -144,8 +144,10 @@ def test_cpu_event_inference_compiles_to_one_graph_with_the_op(name, recording_b
         torch.testing.assert_close(out_c, out, rtol=1e-6, atol=1e-6)
         for got, want in zip(state_c, state):
             torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-        # a given state threads through the compiled graph too
-        torch.testing.assert_close(compiled(x, state)[0], layer(x, state)[0], rtol=1e-6, atol=1e-6)
+        # A returned h_n given back enters as a tensor subclass, which Dynamo unwraps behind one
+        # graph break (README, "What h_n carries"): the compiled layer still equals eager.
+        resumed = torch.compile(layer, backend=recording_backend)
+        torch.testing.assert_close(resumed(x, state)[0], layer(x, state)[0], rtol=1e-6, atol=1e-6)
 
 
 def _counting(pack, calls):

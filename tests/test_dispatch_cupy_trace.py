@@ -203,12 +203,15 @@ def test_public_layer_compiles_fullgraph_on_cupy(family, train, fake_gpu):
     # Inference goes through AOTAutograd (the op's fake kernel runs); training is Dynamo's capture
     # (the joint trace needs a GPU, see the module docstring).
     backend = aot_autograd(fw_compiler=_recorder(graphs)) if not train else _recorder(graphs)
-    compiled = torch.compile(layer, fullgraph=True, backend=backend)
+    # The compiled function returns the output only: under this test's outer FakeTensorMode the
+    # real outputs are fake tensors, and Dynamo cannot rebuild the returned h_n (a tensor subclass)
+    # around one; on a GPU the state is returned as in eager (tests/test_torch_conventions.py).
+    compiled = torch.compile(lambda x: layer(x)[0], fullgraph=True, backend=backend)
     with FakeTensorMode(allow_non_fake_inputs=True):
         layer.to_empty(device="cuda")
         x = torch.randn(T, B, IN, device="cuda")
         with torch.set_grad_enabled(train):
-            out, _ = compiled(x)
+            out = compiled(x)
     op = FWD_OP[family] + ("" if train else ".default")
     assert graphs == [[op]]
     assert out.shape == (T, B, H) and out.device.type == "cuda"

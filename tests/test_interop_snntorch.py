@@ -241,7 +241,8 @@ def test_alif_surrogate_gradient_is_the_surrogates_own(surrogate):
 )
 def test_weighted_families_match_native_layers(kind, native_cls):
     torch.manual_seed(0)
-    kw = {"theta_x": 0.02, "theta_h": 0.02} if kind != "egru" else {}
+    # the adapter EGRU's default reset is the paper's "output"; the layer's is "threshold"
+    kw = {"theta_x": 0.02, "theta_h": 0.02} if kind != "egru" else {"reset": "output"}
     native = native_cls(NI, H, backend="torch", **kw)
     neuron = _make_neuron(kind, NI, H, init_hidden=True)
     neuron.cell.load_state_dict(native.state_dict())

@@ -111,7 +111,10 @@ def test_one_sided_target_above_the_rate_costs_nothing():
     assert loss.item() == 0.0
     loss.backward()
     assert layer.weight_hh.grad.abs().sum() == 0
-    assert float(R.EGRUActivityRegularizer(target=0.99)(y.detach())) > 0.5
+    # two-sided, the same rate costs (ā − target)², ā the fraction of nonzero events
+    rate = float((y.detach() != 0).float().mean())
+    assert rate < 0.99
+    assert float(R.EGRUActivityRegularizer(target=0.99)(y.detach())) == pytest.approx((rate - 0.99) ** 2, rel=1e-6)
 
 
 # --- ALIF firing rate ----------------------------------------------------------------------

@@ -229,6 +229,12 @@ class EGRUHidden(StateTensor):
         return self.as_tensor()
 
 
+# Dynamo traces a __torch_function__ subclass only when told to; without it a compiled layer
+# could not return its h_n in one graph (fullgraph=True fails where the state is built).
+for _carrier in (DeltaHidden, DeltaCellHidden, EGRUHidden):
+    torch._dynamo.config.traceable_tensor_subclasses.add(_carrier)
+
+
 class CellStep(nn.Module):
     """A cell's functional-state form as a module: ``forward(x, state) -> (out, state)`` is
     ``cell.step(x, state)``, with the state a NamedTuple (or plain tuple) of tensors. For tools
@@ -248,10 +254,11 @@ class CellStep(nn.Module):
         return self.cell.step(x, state)
 
 
-def register_safe_globals(types: Sequence[type]) -> None:
+def register_safe_globals(types: Sequence[type], hooks: Sequence[Any] = ()) -> None:
     """Allow ``torch.load``'s default ``weights_only=True`` to rebuild pickled evsnn layers and
-    states: the layer and state ``types`` given, with what every layer pickles alongside (its
-    load hooks, its :class:`~evsnn.stats.LayerStats`, its surrogate)."""
+    states: the layer and state ``types`` given and the layers' own load ``hooks``, with what
+    every layer pickles alongside (the shared load hooks, its :class:`~evsnn.stats.LayerStats`,
+    its surrogate)."""
     from .. import surrogate
     from ..functional.delta import DeltaGRUState, DeltaLSTMState
     from ..functional.egru import EGRUState
@@ -268,6 +275,7 @@ def register_safe_globals(types: Sequence[type]) -> None:
     torch.serialization.add_safe_globals(
         [
             *types,
+            *hooks,
             *surrogates,
             LayerStats,
             ALIFState,
