@@ -3,7 +3,9 @@ committed with its pictures, and the checks it prints (a result against its refe
 
 from __future__ import annotations
 
+import math
 import re
+import statistics
 from pathlib import Path
 
 import nbclient
@@ -67,7 +69,20 @@ def _check_printed_results(stem: str, text: str) -> None:
         assert _numbers(text, "max |readout difference|:") == [0.0], text
         (rel,) = _numbers(text, "max |fc1 gradient difference| / max |gradient|:")
         assert rel < 1e-5
-        assert "esnn.ALIF (adaptive): test accuracy" in text
+        # sequential digits: the printed means are those of the per-seed accuracies, and the adaptive
+        # network leads on every seed by more than the seeds' combined spread (what the prose claims)
+        pattern = r"^\s*(LIF|ALIF): test accuracy per seed ([0-9. ]+?)\s+mean ([0-9.]+) ± ([0-9.]+)"
+        runs = {
+            name: ([float(v) for v in seeds.split()], float(m), float(s))
+            for name, seeds, m, s in re.findall(pattern, text, flags=re.M)
+        }
+        assert set(runs) == {"LIF", "ALIF"} and all(len(seeds) == 3 for seeds, _, _ in runs.values()), runs
+        for seeds, mean, std in runs.values():
+            assert mean == pytest.approx(statistics.mean(seeds), abs=1e-3)  # 3 decimals printed
+            assert std == pytest.approx(statistics.stdev(seeds), abs=2e-3)
+        (alif, alif_mean, alif_std), (lif, lif_mean, lif_std) = runs["ALIF"], runs["LIF"]
+        assert all(a > b for a, b in zip(alif, lif)), runs
+        assert alif_mean - lif_mean > math.hypot(alif_std, lif_std), runs
     elif stem == "03_norse":
         # SequentialState's returned state list continues a split sequence exactly
         assert _numbers(text, "max |difference| between whole and two pieces:") == [0.0], text
