@@ -1,14 +1,14 @@
 """Validation shared by the layers: clear errors naming what was expected and what came.
 
-- Construction arguments (:func:`check_size`, :func:`check_positive`, ...), inputs
-  (:func:`check_input`, :func:`check_dtypes`) and states (:func:`check_state`,
-  :func:`check_tensor_state`).
-- :class:`ParameterChecks`: a mixin that keeps invalid values out of a layer after it was built,
+- Construction arguments (``check_size``, ``check_positive``, ...), inputs
+  (``check_input``, ``check_dtypes``) and states (``check_state``,
+  ``check_tensor_state``).
+- ``ParameterChecks``: a mixin that keeps invalid values out of a layer after it was built,
   without host syncs on the hot path. Assigning a constrained attribute
   (``theta_x = -0.1``, ``tau_mem = tensor([nan])``, ...) is checked in ``__setattr__``;
   ``load_state_dict`` checks the values before copying them in (a pre-hook, so also when the
   layer is loaded as part of a larger model, and a refused state dict changes nothing in the
-  layer); :meth:`ParameterChecks.check` checks every parameter and buffer
+  layer); ``ParameterChecks.check`` checks every parameter and buffer
   on demand (one host sync). What stays unchecked: in-place writes into existing tensors
   (``layer.tau_mem.data.fill_(nan)``, an optimiser step that produces NaN) until ``check()`` is
   called; the forward pass never synchronises to look at parameter values.
