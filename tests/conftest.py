@@ -41,9 +41,20 @@ SLOW_MODULES: dict[str, str] = {
 
 # Single tests, as regular expressions matched against "<module file>::<test name with parameters>".
 SLOW_TESTS: dict[str, str] = {
-    r"test_autocast\.py::test_layer_low_precision\[.*-cpu_event-bf16-autocast\]": (
-        "bfloat16 under autocast on the numba kernels: the kernels compile once per dtype"
+    r"test_autocast\.py::test_layer_low_precision\[.*-cpu_event-bf16-.*\]": (
+        "bfloat16 on the numba kernels: compiles the cpu_event kernels for the low-precision path"
     ),
+    r"test_autocast\.py::test_float64_layer_stays_float64_under_autocast\[.*-cpu_event\]": (
+        "compiles the cpu_event kernels for float64 under autocast"
+    ),
+    r"test_(cpu_train|cpu_train_egru|cpu_kernels_alif)\.py::test_torch_thread_setting_survives_the_kernels": (
+        "a fresh process that imports torch and compiles the numba kernels"
+    ),
+    r"test_cli\.py::test_(interrupt_keeps_last_checkpoint|closed_stdout_pipe_ends_quietly)": (
+        "runs `evsnn train` in a subprocess until a signal or a closed pipe stops it"
+    ),
+    r"test_plot\.py::test_import_is_lazy_and_headless_uses_agg": "a fresh process that imports torch and matplotlib",
+    r"test_docs\.py::test_built_api_pages_.*": "builds the API pages of the site with mkdocs",
 }
 _SLOW_TEST_PATTERNS = [re.compile(pattern) for pattern in SLOW_TESTS]
 
