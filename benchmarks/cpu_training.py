@@ -1,9 +1,9 @@
 """Delta-cell training on the CPU: the fused numba training kernels (evsnn.ops.delta.cpu_train, what
-backend="cpu_event" runs in training) vs the previous cpu_event training path (the differentiable
-torch-op loop, ``EVSNN_CPU_KERNEL=torch``) vs torch.nn.GRU / nn.LSTM training, one process.
+backend="cpu_event" runs in training) vs the cpu_event torch-op loop (``EVSNN_CPU_KERNEL=torch``)
+vs torch.nn.GRU / nn.LSTM training, one process.
 
-Forward + backward of ``out.sum()`` with every parameter requiring a gradient, default shape of
-issue 14: H = 1024, B = 32, T = 100, input 64. Θ_x = Θ_h is calibrated so that the hidden-delta
+Forward + backward of ``out.sum()`` with every parameter requiring a gradient, default shape
+H = 1024, B = 32, T = 100, input 64. Θ_x = Θ_h is calibrated so that the hidden-delta
 occupancy is ``--occupancy`` (default 10 %). ``--cell lstm`` for the DeltaLSTM. Times are medians of ``--repeats`` runs after one
 warm-up; ratios are against ``nn.GRU`` timed in the same process. ``--reference`` also times
 the dense torch reference (slow). Prints a Markdown table per thread count.
@@ -125,8 +125,15 @@ def alif_rows(args) -> None:
             p = {n: getattr(layer, n).detach().clone().requires_grad_(True) for n in names}
             current = torch.nn.functional.linear(x, p["weight_ih"], p["bias_ih"])
             out = fn(
-                current, None, tau_mem=p["tau_mem"], tau_adapt=p["tau_adapt"], b0=layer.b0, beta=layer.beta,
-                surrogate=surrogate, weight_hh=p["weight_hh"], bias_hh=p["bias_hh"],
+                current,
+                None,
+                tau_mem=p["tau_mem"],
+                tau_adapt=p["tau_adapt"],
+                b0=layer.b0,
+                beta=layer.beta,
+                surrogate=surrogate,
+                weight_hh=p["weight_hh"],
+                bias_hh=p["bias_hh"],
             )
             out[0].sum().backward()
             return out
@@ -152,7 +159,9 @@ def alif_rows(args) -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         print(f"\n{threads} thread(s), load {os.getloadavg()[0]:.2f}\n")
-        print(f"| surrogate | outside support | nn.GRU ms | fused ms | torch-op loop ms |{ref_col} fused / nn.GRU | loop / fused | load |")
+        print(
+            f"| surrogate | outside support | nn.GRU ms | fused ms | torch-op loop ms |{ref_col} fused / nn.GRU | loop / fused | load |"
+        )
         print("|---|---|---|---|---|" + ("---|" if args.reference else "") + "---|---|---|")
         for surrogate in surrogates:
             outside = 0.0 if surrogate.support is None else (x_spike.abs() >= surrogate.support).float().mean().item()
@@ -226,7 +235,9 @@ def egru_rows(args) -> None:
         theta = thetas[0]
         for threads in args.threads:
             torch.set_num_threads(threads)
-            print(f"\n{threads} thread(s), θ = {theta:.4f}, events {events(theta):.3f}, load {os.getloadavg()[0]:.2f}\n")
+            print(
+                f"\n{threads} thread(s), θ = {theta:.4f}, events {events(theta):.3f}, load {os.getloadavg()[0]:.2f}\n"
+            )
             print("| surrogate width ε | live units | backward sparsity | forward ms | backward ms |")
             print("|---|---|---|---|---|")
             for width in args.widths:
@@ -251,7 +262,9 @@ def egru_rows(args) -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         print(f"\n{threads} thread(s), load {os.getloadavg()[0]:.2f}\n")
-        print(f"| θ | events | live units | nn.GRU ms | fused ms | torch-op loop ms |{ref_col} fused / nn.GRU | loop / fused |")
+        print(
+            f"| θ | events | live units | nn.GRU ms | fused ms | torch-op loop ms |{ref_col} fused / nn.GRU | loop / fused |"
+        )
         print("|---|---|---|---|---|---|" + ("---|" if args.reference else "") + "---|---|")
         for theta in thetas:
             t_gru = timed(gru_step, args.repeats)

@@ -95,8 +95,9 @@ def _parser(command: str | None = None) -> _Parser:
     builders = {"train": _train_options, "plot": _plot_options, "bench": _bench_options, "info": None}
     for name, help_text in _COMMANDS.items():
         child = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
-        if name == command and builders[name] is not None:
-            builders[name](child)
+        build = builders[name]
+        if name == command and build is not None:
+            build(child)
     return p
 
 

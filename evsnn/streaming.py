@@ -40,12 +40,12 @@ import torch
 from torch import Tensor, nn
 
 from .functional.alif import alif_initial_state, leaky_readout_step
+from .functional.checks import check_steps
 from .functional.delta import delta_gru_initial_state, delta_lstm_initial_state
 from .functional.egru import egru_initial_state
 from .functional.precision import LOW_PRECISION
-from .nn._checks import check_input, check_size, check_state
+from .nn._checks import check_input, check_size, check_state, check_tensor_state
 from .nn._stack import StackedForward, single_direction_state
-from .nn._validate import check_steps, check_tensor_state
 from .nn.alif import ALIF, ALIFCell, LeakyReadout
 from .nn.delta import DeltaGRU, DeltaGRUCell, DeltaLSTM, DeltaLSTMCell
 from .nn.egru import EGRU, EGRUCell

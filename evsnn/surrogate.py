@@ -101,7 +101,7 @@ class Surrogate:
         return f"{type(self).__name__}({args})"
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self._params() == other._params()  # type: ignore[union-attr]
+        return type(self) is type(other) and self._params() == other._params()
 
     def __hash__(self) -> int:
         return hash((type(self).__name__, tuple(sorted(self._params().items()))))
@@ -164,15 +164,11 @@ class MultiGaussian(Surrogate):
 
     def grad(self, x: Tensor) -> Tensor:
         s, h, w = self.sigma, self.height, self.scale * self.sigma
-        return self.gamma * (
-            (1.0 + h) * _gauss_pdf(x, 0.0, s) - h * _gauss_pdf(x, s, w) - h * _gauss_pdf(x, -s, w)
-        )
+        return self.gamma * ((1.0 + h) * _gauss_pdf(x, 0.0, s) - h * _gauss_pdf(x, s, w) - h * _gauss_pdf(x, -s, w))
 
     def primitive(self, x: Tensor) -> Tensor:
         s, h, w = self.sigma, self.height, self.scale * self.sigma
-        return self.gamma * (
-            (1.0 + h) * _gauss_cdf(x, 0.0, s) - h * _gauss_cdf(x, s, w) - h * _gauss_cdf(x, -s, w)
-        )
+        return self.gamma * ((1.0 + h) * _gauss_cdf(x, 0.0, s) - h * _gauss_cdf(x, s, w) - h * _gauss_cdf(x, -s, w))
 
     def kernel_spec(self) -> tuple[str, tuple[float, ...]]:
         return ("multi_gaussian", (self.sigma, self.height, self.scale, self.gamma))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 import torch
 from torch import Tensor
@@ -45,7 +45,7 @@ def detach_state(state: S) -> S:
     type, because a tensor hidden inside it would keep the graph of the previous window alive.
     """
     if isinstance(state, Tensor):
-        return state.detach()
+        return cast(S, state.detach())
     if state is None or isinstance(state, (bool, int, float, complex, str, bytes, torch.dtype, torch.device)):
         return state
     if isinstance(state, tuple):

@@ -2,6 +2,9 @@
 
 - Every test starts from the same random seed, so a failure reproduces.
 - ``@pytest.mark.gpu`` tests are skipped, with the reason, when no CUDA GPU or no CuPy is present.
+- The modules and tests listed in ``SLOW_MODULES`` and ``SLOW_TESTS`` get ``@pytest.mark.slow``: a plain
+  ``pytest`` deselects them (``addopts`` in pyproject.toml), ``pytest -m "slow or not slow"`` and
+  ``bash .ci/run`` run them.
 - ``recording_backend`` compiles through ``aot_eager`` and keeps the graph's call targets;
   ``load_example`` imports a script from ``examples/``.
 """
@@ -9,6 +12,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -26,7 +30,47 @@ def _gpu_skip_reason() -> str | None:
     return None
 
 
+# Whole modules whose every test starts a process, runs a notebook or builds a package: each test
+# costs seconds of start-up before it checks anything.
+SLOW_MODULES: dict[str, str] = {
+    "test_tutorials.py": "executes every notebook of tutorials/",
+    "test_ddp.py": "starts torchrun with two processes",
+    "test_packaging.py": "builds the wheel and installs it into a fresh environment",
+    "test_run_folder.py": "runs `evsnn train` in subprocesses, some of them concurrently",
+}
+
+# Single tests, as regular expressions matched against "<module file>::<test name with parameters>".
+SLOW_TESTS: dict[str, str] = {
+    r"test_autocast\.py::test_layer_low_precision\[.*-cpu_event-bf16-.*\]": (
+        "bfloat16 on the numba kernels: compiles the cpu_event kernels for the low-precision path"
+    ),
+    r"test_autocast\.py::test_float64_layer_stays_float64_under_autocast\[.*-cpu_event\]": (
+        "compiles the cpu_event kernels for float64 under autocast"
+    ),
+    r"test_(cpu_train|cpu_train_egru|cpu_kernels_alif)\.py::test_torch_thread_setting_survives_the_kernels": (
+        "a fresh process that imports torch and compiles the numba kernels"
+    ),
+    r"test_cli\.py::test_(interrupt_keeps_last_checkpoint|closed_stdout_pipe_ends_quietly)": (
+        "runs `evsnn train` in a subprocess until a signal or a closed pipe stops it"
+    ),
+    r"test_plot\.py::test_import_is_lazy_and_headless_uses_agg": "a fresh process that imports torch and matplotlib",
+    r"test_docs\.py::test_built_api_pages_.*": "builds the API pages of the site with mkdocs",
+}
+_SLOW_TEST_PATTERNS = [re.compile(pattern) for pattern in SLOW_TESTS]
+
+
+def _is_slow(item: pytest.Item) -> bool:
+    module = item.path.name
+    if module in SLOW_MODULES:
+        return True
+    key = f"{module}::{item.name}"
+    return any(pattern.fullmatch(key) for pattern in _SLOW_TEST_PATTERNS)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _is_slow(item):
+            item.add_marker(pytest.mark.slow)
     reason = _gpu_skip_reason()
     if reason is None:
         return

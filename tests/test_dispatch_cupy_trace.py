@@ -109,9 +109,7 @@ def test_registered_cupy_backend_is_the_scan_itself(family):
 @pytest.mark.parametrize("family", list(SCANS))
 def test_inference_compiles_to_one_graph_with_the_forward_op(family, fake_gpu):
     graphs: list[list[str]] = []
-    compiled = torch.compile(
-        _layer_call(family), fullgraph=True, backend=aot_autograd(fw_compiler=_recorder(graphs))
-    )
+    compiled = torch.compile(_layer_call(family), fullgraph=True, backend=aot_autograd(fw_compiler=_recorder(graphs)))
     with fake_gpu, torch.no_grad():
         x = torch.randn(T, B, H if family == "alif" else IN, device="cuda")
         out, state = compiled(x, *_params(family, grad=False))
@@ -197,7 +195,7 @@ def _fake_cuda_layer(family: str):
 @pytest.mark.parametrize("family", list(LAYERS))
 def test_public_layer_compiles_fullgraph_on_cupy(family, train, fake_gpu):
     """The layer itself (stack, state handling, dispatch, the scan) is one graph on "cupy": the
-    stack no longer hides the CuPy scans behind a graph break."""
+    stack does not hide the CuPy scans behind a graph break."""
     layer = _fake_cuda_layer(family).train(train)
     graphs: list[list[str]] = []
     # Inference goes through AOTAutograd (the op's fake kernel runs); training is Dynamo's capture

@@ -102,9 +102,7 @@ def test_registered_backends_are_the_family_modules_functions(family: str, backe
     assert backend in dispatch.registered(family)
     registered = dispatch._REGISTRY[(family, backend)]
     module = importlib.import_module(f"evsnn.ops.{FAMILY_MODULES[family]}.{kind}")
-    # dispatch wraps the CuPy scans with torch.compiler.disable (the cpu_event ones call custom ops
-    # and are registered as they are); the wrapped function is the module's
-    assert getattr(registered.fn, "__wrapped__", registered.fn) is getattr(module, f"{family}_scan_{kind}")
+    assert registered.fn is getattr(module, f"{family}_scan_{kind}")
     check = getattr(module, f"check_{kind}")
     if kind == "cuda":
         assert registered.check is check

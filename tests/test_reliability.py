@@ -1,4 +1,4 @@
-"""Reliability across backends (issue [3/7]): non-finite values propagate exactly as in the
+"""Reliability across backends: non-finite values propagate exactly as in the
 reference, T = 0 behaves the same everywhere, a Stream notices weights changed under it, and
 the GPU co-residency decision refuses launches that could deadlock."""
 
@@ -308,6 +308,7 @@ def test_layers_refuse_zero_steps_on_every_backend(make, batch_first, backend):
 @pytest.mark.parametrize("make", [lambda: torch.nn.GRU(3, 4), torch.nn.ReLU, lambda: torch.nn.LSTM(3, 4)])
 def test_nir_export_of_a_bare_unsupported_module_names_it(make):
     from evsnn.interop import nir as nir_interop
+
     module = make()
     with pytest.raises(ValueError, match=rf"cannot export the model \({type(module).__name__}\) to NIR"):
         nir_interop.export_to_nir(module)

@@ -10,6 +10,8 @@ saturation is a clamp).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -30,7 +32,7 @@ class _FixedPointStraightThrough(torch.autograd.Function):
         return grad * inside.to(grad.dtype), None, None
 
 
-def check_fixed_point(name: str, value: object) -> tuple[int, int] | None:
+def check_fixed_point(name: str, value: Any) -> tuple[int, int] | None:
     """Validate a Qm.n format ``(int_bits, frac_bits)`` (or ``None``); returns it as ints."""
     if value is None:
         return None

@@ -687,7 +687,7 @@ class EGRU(_LeakyForm, _CellNeuron, Leaky):
         pass
 
     @property
-    def reset_mechanism(self) -> str:  # type: ignore[override]
+    def reset_mechanism(self) -> str:
         return self._reset_mechanism
 
     @reset_mechanism.setter
@@ -698,7 +698,7 @@ class EGRU(_LeakyForm, _CellNeuron, Leaky):
             self.cell.reset = _EGRU_RESETS[value]
 
     @property
-    def threshold(self) -> Tensor:  # type: ignore[override]
+    def threshold(self) -> Tensor:
         """Per-unit thresholds θ > 0, ``[hidden_size]``."""
         return self.cell.threshold
 
@@ -738,7 +738,7 @@ class _DeltaNeuron(_CellNeuron, SpikingNeuron):
             raise TypeError(f"{type(self).__name__} threshold must be a number, got {type(threshold).__name__}")
 
     @property
-    def threshold(self) -> float:  # type: ignore[override]
+    def threshold(self) -> float:
         """Θ_h, the hidden-state delta threshold."""
         return self.cell.theta_h
 

@@ -18,15 +18,20 @@ try:  # numba is optional (the ``cpu`` extra); without it the kernels are never 
     from numba import njit
 except ImportError:  # pragma: no cover
 
-    def njit(*args: Any, **kwargs: Any) -> Any:
+    def njit(*args: Any, **kwargs: Any) -> Any:  # type: ignore[no-redef]
         return lambda fn: fn
 
 
 __all__ = ["KERNEL_SURROGATES", "pseudo_derivative", "surrogate_args", "surrogate_code"]
 
 # kernel_spec names -> (kind in the kernels, number of base parameters; more are truncations)
-KERNEL_SURROGATES = {"triangle": (0, 2), "multi_gaussian": (1, 4), "gaussian": (2, 2), "atan": (3, 1),
-                     "fast_sigmoid": (4, 1)}
+KERNEL_SURROGATES = {
+    "triangle": (0, 2),
+    "multi_gaussian": (1, 4),
+    "gaussian": (2, 2),
+    "atan": (3, 1),
+    "fast_sigmoid": (4, 1),
+}
 TRIANGLE = KERNEL_SURROGATES["triangle"][0]
 _SQRT2PI = math.sqrt(2.0 * math.pi)
 

@@ -1,0 +1,44 @@
+"""The slow-test list of tests/conftest.py names what exists: a renamed module or test must not
+drop out of the list unnoticed and run in (or vanish from) the fast default ``pytest``."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+from conftest import SLOW_MODULES, SLOW_TESTS, _is_slow
+
+TESTS = Path(__file__).resolve().parent
+
+
+def _test_functions(module: str) -> set[str]:
+    tree = ast.parse((TESTS / module).read_text())
+    return {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name.startswith("test")}
+
+
+@pytest.mark.parametrize("module", sorted(SLOW_MODULES))
+def test_every_slow_module_exists(module: str) -> None:
+    assert (TESTS / module).is_file(), f"tests/conftest.py SLOW_MODULES names {module}, which is not in tests/"
+
+
+@pytest.mark.parametrize("pattern", sorted(SLOW_TESTS))
+def test_every_slow_test_pattern_names_an_existing_test(pattern: str) -> None:
+    # "<module regex>::<function regex>[\\[<parameters regex>\\]]": some module of tests/ and some test
+    # function in it must match (parameters are only known once collected)
+    module_part, _, rest = pattern.partition("::")
+    function_part = rest.split("\\[", 1)[0]
+    modules = [path.name for path in sorted(TESTS.glob("test_*.py")) if re.fullmatch(module_part, path.name)]
+    assert modules, f"SLOW_TESTS pattern {pattern!r}: no module of tests/ matches {module_part!r}"
+    for module in modules:
+        functions = [name for name in _test_functions(module) if re.fullmatch(function_part, name)]
+        assert functions, (
+            f"SLOW_TESTS pattern {pattern!r}: no test function of tests/{module} matches {function_part!r}"
+        )
+
+
+def test_the_default_run_leaves_out_the_slow_tests(request: pytest.FixtureRequest) -> None:
+    # pyproject's addopts: `pytest` deselects what conftest marks slow
+    assert request.config.getini("addopts")[:2] == ["-m", "not slow"]
+    assert not _is_slow(request.node)
