@@ -14,8 +14,8 @@ from torch import nn
 
 import evsnn
 from evsnn.functional import alif_initial_state, delta_gru_initial_state, delta_lstm_initial_state, egru_initial_state
-from evsnn.streaming import Stream
 from evsnn.nn import StateTensor
+from evsnn.streaming import Stream
 
 CELLS = {
     "ALIFCell": lambda: evsnn.ALIFCell(3, 4),

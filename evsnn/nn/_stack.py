@@ -22,10 +22,10 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from ..functional.alif import ALIFState
+from ..functional.checks import check_steps
 from ..ops import dispatch
 from ..stats import LayerStats
 from ._checks import check_input, grad_recorded, to_time_first
-from ._validate import check_steps
 
 __all__ = [
     "ALIFLayerState",
@@ -262,7 +262,7 @@ def register_safe_globals(types: Sequence[type], hooks: Sequence[Any] = ()) -> N
     from .. import surrogate
     from ..functional.delta import DeltaGRUState, DeltaLSTMState
     from ..functional.egru import EGRUState
-    from ._validate import _before_load
+    from ._checks import _before_load
 
     surrogates = [
         surrogate.Triangle,

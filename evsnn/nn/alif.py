@@ -8,16 +8,19 @@ import torch
 from torch import Tensor, nn
 
 from ..functional.alif import ALIFState, alif_initial_state, alif_step, decay, leaky_readout_scan
+from ..functional.checks import check_steps
 from ..functional.precision import state_dtype
 from ..ops import dispatch
 from ..stats import LayerStats
 from ..surrogate import MultiGaussian, Surrogate, as_surrogate
 from ._checks import (
+    ParameterChecks,
     check_input,
     check_nonnegative,
     check_positive,
     check_size,
     check_state,
+    check_tensor_state,
     grad_recorded,
     to_time_first,
 )
@@ -32,7 +35,6 @@ from ._stack import (
     dispatch_shape,
     stack_states,
 )
-from ._validate import ParameterChecks, check_steps, check_tensor_state
 
 __all__ = ["ALIF", "ALIFCell", "ALIFReadout", "LeakyReadout", "init_tau", "TAU_INITS"]
 

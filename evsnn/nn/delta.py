@@ -21,7 +21,7 @@ from ..functional.fixed_point import check_fixed_point, quantize_fixed_point
 from ..functional.precision import state_dtype
 from ..ops import dispatch
 from ..stats import LayerStats
-from ._checks import check_input, check_nonnegative, check_size, check_state, grad_recorded
+from ._checks import ParameterChecks, check_input, check_nonnegative, check_size, check_state, grad_recorded
 from ._family import DELTA_GRU_FAMILY, DELTA_LSTM_FAMILY
 from ._stack import (
     DeltaCellHidden,
@@ -36,7 +36,6 @@ from ._stack import (
     direction_suffix,
     stack_states,
 )
-from ._validate import ParameterChecks
 from .egru import _check_torch_rnn, _copy_from_torch, _copy_to_torch, _torch_args_of, _torch_rnn_args
 
 __all__ = ["DeltaGRU", "DeltaGRUCell", "DeltaLSTM", "DeltaLSTMCell"]

@@ -13,6 +13,7 @@ from ..ops import dispatch
 from ..stats import LayerStats
 from ..surrogate import Surrogate, Triangle, as_surrogate
 from ._checks import (
+    ParameterChecks,
     check_input,
     check_positive,
     check_probability,
@@ -32,7 +33,6 @@ from ._stack import (
     direction_suffix,
     torch_suffix,
 )
-from ._validate import ParameterChecks
 
 __all__ = ["EGRU", "EGRUCell", "THRESHOLD_INITS"]
 
