@@ -1,7 +1,7 @@
 """Atomic file writes for run folders and plots: a reader sees the old file or the new one, never half.
 
-A module of its own, without torch, because both :mod:`evsnn.runs` and :mod:`evsnn.plot` write
-through it and :mod:`evsnn.runs` draws with :mod:`evsnn.plot`.
+A module of its own, without torch, because both `evsnn.runs` and [`evsnn.plot`][evsnn.plot] write
+through it and `evsnn.runs` draws with [`evsnn.plot`][evsnn.plot].
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ _UMASK = _current_umask()
 def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a unique temporary file next to ``path``, then ``os.replace`` it there:
     readers see the old file or the new one. On failure the temporary file is removed and a
-    :class:`RunFolderError` names ``path``."""
+    `RunFolderError` names ``path``."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

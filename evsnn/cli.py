@@ -6,7 +6,7 @@ keeps the checkpoint of the last completed epoch), 141 when the reader of stdout
 (``evsnn train | head -1``), quietly, like other Unix tools.
 
 Argument parsing is torch-free: ``evsnn --help``, ``evsnn --version`` and ``evsnn <command> --help``
-answer without importing torch (the train options come from :mod:`evsnn.train_config`), and a
+answer without importing torch (the train options come from `evsnn.train_config`), and a
 command imports what it needs only when it runs. ``evsnn info`` reads the versions from the
 package metadata without importing the packages.
 """

@@ -1,7 +1,7 @@
 """Operation and energy profiles of event-driven networks, and replayed neuron traces.
 
-:func:`profile` runs a model once (optionally with a backward pass) and reports, for every
-layer that records :class:`~evsnn.stats.LayerStats` (``ALIF``, ``EGRU``, ``DeltaGRU``,
+`profile` runs a model once (optionally with a backward pass) and reports, for every
+layer that records [`LayerStats`][evsnn.stats.LayerStats] (``ALIF``, ``EGRU``, ``DeltaGRU``,
 ``DeltaLSTM``, ...): the event fraction per step, the dense multiply-accumulates (MACs) the same
 layer would do, the synaptic event operations it needed, the backward sparsity, and an energy
 estimate. The energy counts synaptic operations only (the matrix products), not the elementwise
@@ -15,7 +15,7 @@ from M. Horowitz, "Computing's energy problem (and what we can do about it)", IS
 spike-driven accumulates. A binary spike selects a weight column to add (an AC); a graded event
 (an EGRU output, a delta) multiplies it (a MAC). Dense products are always MACs.
 
-:func:`reference_traces` replays a layer with the reference scans of :mod:`evsnn.functional`
+`reference_traces` replays a layer with the reference scans of [`evsnn.functional`][evsnn.functional]
 and returns its internal traces (ALIF membrane and threshold, EGRU internal state, deltas).
 """
 
@@ -60,7 +60,7 @@ ENERGY_SOURCE = (
 
 @dataclass
 class LayerProfile:
-    """One layer's line of a :class:`Profile`; energies in picojoules.
+    """One layer's line of a `Profile`; energies in picojoules.
 
     ``neurons`` is the number of units per sample whose state a step updates (0 for a synaptic
     layer: ``nn.Linear``, ``nn.Conv*``). For a synaptic layer ``event_fraction`` is the fraction of
@@ -92,7 +92,7 @@ class LayerProfile:
 
 @dataclass
 class Profile:
-    """Per-layer operation counts and energy estimate of one pass; see :func:`profile`."""
+    """Per-layer operation counts and energy estimate of one pass; see `profile`."""
 
     layers: list[LayerProfile]
     energy_pj_per_op: dict[str, float]
@@ -326,12 +326,12 @@ def profile(
 ) -> Profile:
     """Run ``model(x)`` once and profile its neurons and its dense synaptic layers.
 
-    Counted: every module with a ``last_stats`` :class:`~evsnn.stats.LayerStats` attribute (the
-    :mod:`evsnn.nn` layers; the :mod:`evsnn.interop.snntorch` neurons, which record it while
+    Counted: every module with a ``last_stats`` [`LayerStats`][evsnn.stats.LayerStats] attribute (the
+    [`evsnn.nn`][evsnn.nn] layers; the [`evsnn.interop.snntorch`][evsnn.interop.snntorch] neurons, which record it while
     ``profile`` runs), the outermost one where such modules nest, and every
     ``nn.Linear``/``nn.Conv1d/2d/3d`` outside them (dense synaptic operations, counted by
-    :func:`synaptic_ops`). The leaf modules whose operations are in no row (a ``snn.Leaky``, a
-    pooling layer, ...) are named in :attr:`Profile.skipped`.
+    `synaptic_ops`). The leaf modules whose operations are in no row (a ``snn.Leaky``, a
+    pooling layer, ...) are named in `Profile.skipped`.
 
     With ``warmup=True`` (default) one untimed ``model(x)`` under ``torch.no_grad()`` runs
     first, so that ``forward_ms`` times a steady call rather than first-use costs (lazy imports,
@@ -345,7 +345,7 @@ def profile(
     it the forward runs under ``torch.no_grad()`` and backward sparsity is ``None``.
 
     Per layer: ``event_ops = input_event_ops + recurrent_event_ops`` as counted by the layer's
-    :class:`~evsnn.stats.LayerStats`. Energy, in pJ (defaults :data:`ENERGY_PJ_45NM`):
+    [`LayerStats`][evsnn.stats.LayerStats]. Energy, in pJ (defaults `ENERGY_PJ_45NM`):
     ``dense = dense_macs · E_MAC``; ``event = input_event_ops · E_in + recurrent_event_ops · E_rec``
     where ``E_in = E_AC`` when the layer's input is binary (spikes) else ``E_MAC``, and
     ``E_rec = E_AC`` for binary spikes (ALIF) else ``E_MAC`` (graded EGRU events, deltas).
@@ -520,12 +520,12 @@ def _layer_profile(name: str, layer: nn.Module, info: dict[str, Any], energies: 
 
 
 class LayerTraces(NamedTuple):
-    """What :func:`reference_traces` returns, all time-first ``[T, B, ...]``.
+    """What `reference_traces` returns, all time-first ``[T, B, ...]``.
 
     - ``output``: what the layer returns (spikes, EGRU events ``y``, hidden states ``h``);
     - ``events``: what counts as an event (spikes, ``y``, the hidden deltas ``Δh``);
-    - ``trace``: :class:`~evsnn.functional.ALIFTrace`, :class:`~evsnn.functional.EGRUTrace`
-      or :class:`~evsnn.functional.DeltaTrace`;
+    - ``trace``: [`ALIFTrace`][evsnn.functional.ALIFTrace], [`EGRUTrace`][evsnn.functional.EGRUTrace]
+      or [`DeltaTrace`][evsnn.functional.DeltaTrace];
     - ``threshold``: EGRU θ ``[H]``; ALIF ``B_t`` (= ``trace.threshold``); delta ``theta_h``.
     """
 
@@ -537,7 +537,7 @@ class LayerTraces(NamedTuple):
 
 
 def reference_traces(layer: nn.Module, x: Tensor, state: Any = None) -> LayerTraces:
-    """Replay ``layer`` on ``x`` with the reference scan of :mod:`evsnn.functional` and keep
+    """Replay ``layer`` on ``x`` with the reference scan of [`evsnn.functional`][evsnn.functional] and keep
     its internal traces (ALIF ``v`` and ``B_t``, EGRU ``c``, delta ``Δx``/``Δh``).
 
     ``x`` is laid out as the layer expects (``batch_first`` honoured); the returned tensors are

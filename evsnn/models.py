@@ -1,5 +1,5 @@
-"""The networks ``evsnn train`` builds: :class:`SequenceClassifier` (one evsnn layer and a leaky
-readout, logits at each sample's last step) and :class:`PerStepALIF` (Yin et al.'s per-step ECG
+"""The networks ``evsnn train`` builds: `SequenceClassifier` (one evsnn layer and a leaky
+readout, logits at each sample's last step) and `PerStepALIF` (Yin et al.'s per-step ECG
 classifier). Each model also gives the training loop its loss, its hit count and its optimiser's
 parameter groups."""
 

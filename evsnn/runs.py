@@ -65,7 +65,7 @@ _DEFINING_BEFORE = {"adaptive": True, "tbptt": None}
 
 def _task_defaults(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with ``adaptive=None`` fixed to the task's configuration, as
-    :meth:`TrainConfig.validate` fixes it, so that a run compares equal to its resolved self."""
+    `TrainConfig.validate` fixes it, so that a run compares equal to its resolved self."""
     if config.get("adaptive") is None:
         config = {**config, "adaptive": config.get("data") != "ecg"}
     return config
@@ -92,8 +92,8 @@ class RunFolder:
     Args:
         path: the folder (created with its parents if missing).
         run_id: the id written into every file of the run.
-        created: whether :meth:`claim` created the folder (then :meth:`release` may remove it).
-        lock_fd: the open, locked ``run.json`` (closed by :meth:`close`).
+        created: whether `claim` created the folder (then `release` may remove it).
+        lock_fd: the open, locked ``run.json`` (closed by `close`).
     """
 
     def __init__(self, path: Path, run_id: str, created: bool, lock_fd: int | None = None):
@@ -223,7 +223,7 @@ class RunFolder:
         return self.write(name, _torch_bytes({**obj, "run_id": self.run_id}))
 
     def release(self) -> None:
-        """Undo :meth:`claim` for a run that wrote nothing else: remove ``run.json`` (and the
+        """Undo `claim` for a run that wrote nothing else: remove ``run.json`` (and the
         folder when the claim created it and it is now empty)."""
         if any((self.path / name).exists() for name in RUN_FILES[1:]):
             return

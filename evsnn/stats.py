@@ -46,7 +46,7 @@ class LayerStats:
 
     def mean_over_steps(self, per_step: Tensor) -> Tensor:
         """The mean of a ``[T]`` per-step fraction over every computed (step, sample, unit):
-        weighted by :attr:`samples_per_step` when the steps cover different numbers of samples."""
+        weighted by `samples_per_step` when the steps cover different numbers of samples."""
         per_step = per_step.float()
         if self.samples_per_step is None:
             return per_step.mean()

@@ -17,12 +17,12 @@ The backend is chosen like the layer's (``"auto"``, ``EVSNN_BACKEND``): where th
 once, only the rows of active units read each step; with numba installed one compiled call
 per step, the input projection or input encoding included, or per chunk, see
 ``evsnn.ops.egru.cpu`` & co.); otherwise it calls the chosen backend's scan on each step or
-chunk. :meth:`Stream.chunk` is the fast way when inputs arrive in blocks: the input
+chunk. `Stream.chunk` is the fast way when inputs arrive in blocks: the input
 projection is one GEMM for the block instead of one matrix-vector product per step.
 
 Weights are read when the stream is built. A stream notices when the layer's parameters,
 buffers or thresholds change afterwards (in place, e.g. an optimiser step, or replaced): its
-next ``step``/``chunk`` raises instead of mixing old and new weights. Call :meth:`refresh` to
+next ``step``/``chunk`` raises instead of mixing old and new weights. Call `refresh` to
 read them again (``refresh(keep_state=True)`` continues from the current state). Tensors
 returned by a stream are inference tensors (see ``torch.inference_mode``): clone them outside
 inference mode before using them in autograd.
@@ -62,10 +62,10 @@ SUPPORTED_LAYERS = (ALIF, ALIFCell, LeakyReadout, EGRU, EGRUCell, DeltaGRU, Delt
 
 
 class _Family(NamedTuple):
-    """How a :class:`Stream` runs one family.
+    """How a `Stream` runs one family.
 
     Args:
-        name: the op family of :mod:`evsnn.ops.dispatch` (``None``: the readout, elementwise
+        name: the op family of [`evsnn.ops.dispatch`][evsnn.ops.dispatch] (``None``: the readout, elementwise
             after one linear map, no backend to choose).
         options: ``layer -> dict``, the options the backends' checks read.
         initial_state: ``(layer, batch, like) -> state``, the layer's initial state.
@@ -262,13 +262,13 @@ class Stream:
     """Stateful online inference over one evsnn layer or cell (see the module docstring).
 
     Args:
-        layer: an evsnn layer or cell of :data:`SUPPORTED_LAYERS` (one layer, one direction).
+        layer: an evsnn layer or cell of `SUPPORTED_LAYERS` (one layer, one direction).
         batch_size: the batch every ``step``/``chunk`` input has.
         backend: as the layers' ``backend``; ``None`` uses the layer's own setting.
 
     ``step(x_t [B, I]) -> [B, H]``, ``chunk(x) -> outputs of all steps``, ``reset(state=None)``,
-    :attr:`state` (a copy of the current state NamedTuple, or the readout's ``m`` tensor),
-    :attr:`backend` (the backend actually used), :attr:`family` (the op family, ``None`` for
+    `state` (a copy of the current state NamedTuple, or the readout's ``m`` tensor),
+    `backend` (the backend actually used), `family` (the op family, ``None`` for
     the readout).
     """
 

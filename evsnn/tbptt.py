@@ -4,21 +4,21 @@ A sequence is run in windows of ``k`` steps; the state reached at the end of a w
 next window exactly (the forward pass is the untruncated one), but detached, so that gradients
 flow within a window only. Two ways to use it:
 
-- :func:`tbptt_windows` yields one :class:`Window` at a time: compute the window's loss and call
-  ``backward()`` before asking for the next window, and only one window's graph is in memory::
+- `tbptt_windows` yields one `Window` at a time: compute the window's loss and call
+  ``backward()`` before asking for the next window, and only one window's graph is in memory:
 
       opt.zero_grad()
       for window in tbptt_windows(layer, x, k=50):
           loss_fn(window.output, y[window.start : window.stop]).backward()
       opt.step()
 
-- :func:`tbptt_forward` runs every window and returns the whole output and the final state, with
+- `tbptt_forward` runs every window and returns the whole output and the final state, with
   the gradient cut at the window boundaries (one graph for the whole sequence).
 
 The step is anything called as ``step(x_window, state) -> (output, new_state)``, with
 ``state=None`` for the first window unless an initial state is given: every evsnn layer
 (``ALIF``, ``EGRU``, ``DeltaGRU``, ``DeltaLSTM``, the readouts) and ``nn.GRU`` / ``nn.LSTM``.
-:func:`detach_state` detaches every tensor of a (nested) state and keeps its type.
+`detach_state` detaches every tensor of a (nested) state and keeps its type.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def detach_state(state: S) -> S:
 
 
 class Window(NamedTuple):
-    """One window of :func:`tbptt_windows`: steps ``start:stop`` of the sequence, the step's
+    """One window of `tbptt_windows`: steps ``start:stop`` of the sequence, the step's
     ``output`` on them and the ``state`` after them (attached to this window's graph; the next
     window starts from a detached copy)."""
 
@@ -109,7 +109,7 @@ def tbptt_windows(step: Step, x: Tensor, k: int, state: Any = None, *, time_dim:
         time_dim: the time dimension of ``x``.
 
     Yields:
-        :class:`Window` ``(start, stop, output, state)`` per window, lazily: the next window is
+        `Window` ``(start, stop, output, state)`` per window, lazily: the next window is
         computed when it is asked for, so a ``backward()`` in between frees this window's graph.
     """
     steps = _check(x, k, time_dim)
@@ -127,7 +127,7 @@ def tbptt_forward(step: Step, x: Tensor, k: int, state: Any = None, *, time_dim:
     it flows within each window and not through the state across window boundaries. With
     ``k >= T`` it is the full gradient. The windows' outputs are concatenated along ``time_dim``
     (the output must be a tensor with time along that dimension). Arguments as
-    :func:`tbptt_windows`.
+    `tbptt_windows`.
     """
     outputs, final = [], None
     for window in tbptt_windows(step, x, k, state, time_dim=time_dim):

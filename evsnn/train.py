@@ -11,7 +11,7 @@ over equal shards, each step equals one process on the whole global batch (up to
 order). gloo on CPU, NCCL on CUDA.
 
 Run folders (``run.json``, ``checkpoint.pt``, ``metrics.json``, ``events.pt``, the plots) are
-claimed, written and read back by :mod:`evsnn.runs`; a folder holds one run and is never
+claimed, written and read back by `evsnn.runs`; a folder holds one run and is never
 overwritten.
 """
 
@@ -64,8 +64,8 @@ MAX_NONFINITE_IN_A_ROW = 3
 
 
 def build_model(config: TrainConfig, input_size: int, n_classes: int) -> SequenceClassifier | PerStepALIF:
-    """The network ``evsnn train`` trains for ``config`` (checked first, see :meth:`TrainConfig.validate`):
-    :class:`PerStepALIF` for ``data="ecg"``, else a :class:`SequenceClassifier`."""
+    """The network ``evsnn train`` trains for ``config`` (checked first, see `TrainConfig.validate`):
+    `PerStepALIF` for ``data="ecg"``, else a `SequenceClassifier`."""
     config.validate()
     if config.data == "ecg":
         return PerStepALIF(
@@ -159,7 +159,7 @@ def _open_split(name: str, root: str, train: bool) -> Any:
 
 def _batches(dataset, indices: Tensor) -> tuple[Tensor | PackedSequence, Tensor]:
     """Stack samples ``indices`` of ``dataset`` into ``(x [T, B, F], labels [B])``; the samples of
-    a :class:`~evsnn.data.VariableLengthDataset` come as a ``PackedSequence``."""
+    a `VariableLengthDataset` come as a ``PackedSequence``."""
     if isinstance(dataset, torch.utils.data.TensorDataset):
         x, y = dataset.tensors
         return x[indices].transpose(0, 1), y[indices]
@@ -282,7 +282,7 @@ def _backward(
 ) -> tuple[float, float]:
     """Gradients of one batch in ``.grad`` (the optimiser step is the caller's): ``(loss, activity)``.
 
-    With ``tbptt`` the sequence runs in windows of that many steps (:func:`evsnn.tbptt.tbptt_windows`),
+    With ``tbptt`` the sequence runs in windows of that many steps (`evsnn.tbptt.tbptt_windows`),
     one backward per window: the gradient is truncated at the window edges, the forward is exact."""
     if tbptt is None:
         logits, _ = net(x)
@@ -395,14 +395,14 @@ def train(
     """Train, evaluate after every epoch, write the run folder, return the metrics dict.
 
     With ``resume=True``, ``config.out`` must hold an interrupted run of the same configuration
-    (:meth:`RunFolder.resume`); training continues after its last checkpointed epoch with the
+    (`RunFolder.resume`); training continues after its last checkpointed epoch with the
     saved model, optimiser, learning-rate schedule and history, and ends as the uninterrupted
     run would have (the batches of every epoch depend only on the seed and the epoch).
 
     Everything that can be checked is checked before the first epoch: the configuration, the
     device, the run folder (claimed, so a folder holding another run is refused with
-    :class:`RunFolderInUse` and an unwritable one fails at once, naming it) and the data. On CPU
-    with ``config.threads=None`` the thread count comes from :func:`choose_threads`; the previous
+    `RunFolderInUse` and an unwritable one fails at once, naming it) and the data. On CPU
+    with ``config.threads=None`` the thread count comes from `choose_threads`; the previous
     count is restored on return. ``KeyboardInterrupt`` propagates after the last completed epoch's
     checkpoint is on disk; a run that ends before its first checkpoint removes its claim again.
     Without matplotlib the run still completes (metrics, checkpoint and events are written) and
@@ -619,7 +619,7 @@ def _summarise(
     seconds: float,
     world: int,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Final accuracy plus each layer's :class:`~evsnn.stats.LayerStats` on the whole test set,
+    """Final accuracy plus each layer's [`LayerStats`][evsnn.stats.LayerStats] on the whole test set,
     and the ``events.pt`` payload: the events and labels of the first 8 test samples, copied
     (a slice would carry the whole test set's storage into the file)."""
     model.eval()

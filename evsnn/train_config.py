@@ -1,7 +1,7 @@
-"""The options of ``evsnn train`` (:class:`TrainConfig`) and their choices, without importing torch.
+"""The options of ``evsnn train`` (`TrainConfig`) and their choices, without importing torch.
 
 ``evsnn train --help`` builds its options from this module alone, so that it answers at once;
-the training loop (:mod:`evsnn.train`) and the run folders (:mod:`evsnn.runs`) take their
+the training loop (`evsnn.train`) and the run folders (`evsnn.runs`) take their
 configuration from here too.
 """
 
@@ -53,7 +53,7 @@ def check_device(name: object) -> str:
 class TrainConfig:
     """Everything a run depends on; stored in the checkpoint and in ``metrics.json``.
 
-    ``adaptive=None`` takes the task's published configuration, fixed by :meth:`validate`: an
+    ``adaptive=None`` takes the task's published configuration, fixed by `validate`: an
     adaptive ALIF hidden layer (β = 1.8) for the sequence tasks, a non-adaptive one (β = 0) for
     ``data="ecg"`` (Yin et al.'s ECG network adapts in its readout only). ``tbptt`` is the window
     of truncated backpropagation through time in steps (``None``: through the whole sequence).

@@ -1,7 +1,7 @@
 """Data for evsnn: offline digits as sequences and spikes, a temporal-order task, tonic loaders.
 
 Every loader returns samples ``(x [T, F] float32, label)``; batches from
-:func:`pad_collate` (or a :class:`torch.utils.data.TensorDataset`) are batch-first
+`pad_collate` (or a `torch.utils.data.TensorDataset`) are batch-first
 ``[B, T, F]``, which the layers take with ``batch_first=True`` or after ``x.transpose(0, 1)``.
 """
 

@@ -8,7 +8,7 @@ Orders (``order=``):
 
 ``repeat`` shows every row (pixel) for that many consecutive steps, which gives leaky
 neurons time to integrate. Intensities are scaled to ``[0, 1]``. ``spikes=`` turns the
-sequence into events (:mod:`evsnn.data.encode`): ``"rate"`` draws ``Bernoulli(x)`` at every
+sequence into events (`evsnn.data.encode`): ``"rate"`` draws ``Bernoulli(x)`` at every
 step (once, seeded, at load time), ``"latency"`` puts one spike per row and feature inside the
 row's ``repeat`` steps (bright first), ``"delta"`` emits ±1 on changes larger than ``threshold``.
 """

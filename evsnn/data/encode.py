@@ -80,7 +80,7 @@ def delta_encode(x: Tensor, threshold: float = 0.1) -> Tensor:
 
 def encode(x: Tensor, encoding: str, *, steps: int | None = None, threshold: float = 0.1,
            generator: torch.Generator | None = None) -> Tensor:
-    """Apply one of :data:`ENCODINGS` by name. ``rate`` and ``latency`` need ``steps`` and a
+    """Apply one of `ENCODINGS` by name. ``rate`` and ``latency`` need ``steps`` and a
     static ``[..., F]`` input; ``delta`` and ``none`` keep the time axis of ``[..., T, F]``."""
     if encoding not in ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")

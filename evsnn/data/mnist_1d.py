@@ -21,7 +21,7 @@ __all__ = ["load_mnist1d"]
 
 
 def load_mnist1d(*, num_samples: int | None = None, seed: int | None = None, **overrides: Any) -> SequenceSplit:
-    """mnist1d as a :class:`~evsnn.data.SequenceSplit` of ``(x [40, 1] float32, label int64)``.
+    """mnist1d as a `SequenceSplit` of ``(x [40, 1] float32, label int64)``.
 
     Args:
         num_samples: total samples (default mnist1d's 5000); 80 % train, 20 % test.

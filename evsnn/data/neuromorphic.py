@@ -16,7 +16,7 @@ Expected layout under ``root`` (the folder you give, as for tonic's ``save_to``)
 
 Binning: with ``n_time_bins`` tonic's bins are half-open, so the events at exactly the last
 timestamp of a recording fall outside them; with ``time_window`` every event is kept (the last,
-partial window included). Variable lengths: :func:`pad_collate` pads a batch with zero frames to the longest sample.
+partial window included). Variable lengths: `pad_collate` pads a batch with zero frames to the longest sample.
 """
 
 from __future__ import annotations

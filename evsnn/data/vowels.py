@@ -7,7 +7,7 @@ has 270 training utterances (30 per speaker) and 370 test utterances.
 The data is read from the ``.ts`` files that the ``aeon`` package ships
 (``aeon/datasets/data/JapaneseVowels/JapaneseVowels_{TRAIN,TEST}.ts``), located without importing
 aeon, or from a folder you give holding those two files. Nothing is downloaded. Samples are
-``(x [T_i, 12] float32, label int64 in 0..8)`` with their own lengths; :func:`pad_collate` pads a
+``(x [T_i, 12] float32, label int64 in 0..8)`` with their own lengths; `pad_collate` pads a
 batch (and returns the lengths), and ``torch.nn.utils.rnn.pack_padded_sequence`` turns that into
 the ``PackedSequence`` every evsnn layer takes.
 """

@@ -79,7 +79,7 @@ def euler_to_steps(tau_euler: Tensor, dt: float) -> Tensor:
 def alif_initial_state(like: Tensor, b0: float | Tensor = 0.01) -> ALIFState:
     """Zero membrane and spikes, adaptation trace ``b0`` (SPEC §2), shaped like ``like``
     (float32 for a low-precision ``like``, SPEC §6). Each field is its own tensor (see
-    :func:`~evsnn.functional.egru_initial_state`)."""
+    [`egru_initial_state`][evsnn.functional.egru_initial_state])."""
     dtype = state_dtype(like.dtype)
     b = torch.zeros_like(like, dtype=dtype) + (b0.to(dtype) if isinstance(b0, Tensor) else b0)
     return ALIFState(torch.zeros_like(like, dtype=dtype), b, torch.zeros_like(like, dtype=dtype))

@@ -1,10 +1,10 @@
-"""The snntorch way of threading state, shared by the neurons of :mod:`evsnn.interop.snntorch`.
+"""The snntorch way of threading state, shared by the neurons of [`evsnn.interop.snntorch`][evsnn.interop.snntorch].
 
-State buffers around a step of :mod:`evsnn.functional` (:class:`_StatefulNeuron`), ``snn.Leaky``'s
-call forms (:class:`_LeakyForm`), the plumbing of the families whose step is an :mod:`evsnn.nn`
-cell (:class:`_CellNeuron`), snntorch's ``spike_grad`` argument, and :func:`reset` /
-:func:`detach_hidden` over a whole network. No equation lives here: every step is computed by
-:mod:`evsnn.functional` or an :mod:`evsnn.nn` cell.
+State buffers around a step of [`evsnn.functional`][evsnn.functional] (`_StatefulNeuron`), ``snn.Leaky``'s
+call forms (`_LeakyForm`), the plumbing of the families whose step is an [`evsnn.nn`][evsnn.nn]
+cell (`_CellNeuron`), snntorch's ``spike_grad`` argument, and `reset` /
+`detach_hidden` over a whole network. No equation lives here: every step is computed by
+[`evsnn.functional`][evsnn.functional] or an [`evsnn.nn`][evsnn.nn] cell.
 """
 
 from __future__ import annotations
@@ -72,10 +72,10 @@ def _unregister_on_error(neuron: nn.Module) -> Iterator[None]:
 
 
 class _StatefulNeuron:
-    """Mixin: snntorch-style state buffers around a step of :mod:`evsnn.functional`.
+    """Mixin: snntorch-style state buffers around a step of [`evsnn.functional`][evsnn.functional].
 
     A subclass sets ``_state_names`` (buffer names in the order of the explicit full form,
-    output first), ``_state_type`` (the NamedTuple of :mod:`evsnn.functional`) and
+    output first), ``_state_type`` (the NamedTuple of [`evsnn.functional`][evsnn.functional]) and
     ``_state_fields`` (the NamedTuple field held by each buffer), and implements
     ``_initial_state(x)`` and ``_step(x, state) -> (out, state)``.
     """
@@ -130,7 +130,7 @@ class _StatefulNeuron:
         SpikingNeuron.instances.append(self)
 
     def state(self) -> NamedTuple:
-        """The stored state as the :mod:`evsnn.functional` NamedTuple."""
+        """The stored state as the [`evsnn.functional`][evsnn.functional] NamedTuple."""
         values = {f: getattr(self, n) for n, f in zip(self._state_names, self._state_fields)}
         return self._state_type(**{f: values[f] for f in self._state_type._fields})
 
@@ -180,7 +180,7 @@ class _StatefulNeuron:
         return out
 
     def _step_stats(self, input_: Tensor, before: NamedTuple, after: NamedTuple) -> LayerStats:
-        """The :class:`~evsnn.stats.LayerStats` of one step (see :func:`evsnn.metrics.profile`)."""
+        """The [`LayerStats`][evsnn.stats.LayerStats] of one step (see [`evsnn.metrics.profile`][evsnn.metrics.profile])."""
         raise NotImplementedError
 
     def _state_shapes(self, x: Tensor) -> tuple[torch.Size, ...]:
@@ -308,7 +308,7 @@ class _LeakyForm(_StatefulNeuron):
 
 
 class _CellNeuron(_StatefulNeuron):
-    """Shared plumbing of the families that own weights: an :mod:`evsnn.nn` cell does the step."""
+    """Shared plumbing of the families that own weights: an [`evsnn.nn`][evsnn.nn] cell does the step."""
 
     cell: nn.Module
 

@@ -3,8 +3,8 @@
 NeuroBench's own hooks only see ``nn.Linear``/``nn.RNNBase``-like modules and snntorch neurons,
 so the recurrent events inside an ALIF, EGRU or delta layer are invisible to its
 ``SynapticOperations``, ``ActivationSparsity`` and ``MembraneUpdates``. Wrap the network in
-:class:`EvsnnModel` and use the metrics of this module instead: each batch is run once through
-:func:`evsnn.metrics.profile`, and the metrics are sums over its per-layer rows, so a NeuroBench
+`EvsnnModel` and use the metrics of this module instead: each batch is run once through
+[`evsnn.metrics.profile`][evsnn.metrics.profile], and the metrics are sums over its per-layer rows, so a NeuroBench
 ``Benchmark`` reports the same counts as ``profile`` (recurrent events included).
 
 ```python
@@ -17,7 +17,7 @@ bench = Benchmark(EvsnnModel(net), loader, [], [], [[], [ClassificationAccuracy,
 results = bench.run()
 ```
 
-Counted are what ``profile`` counts: the evsnn layers, the :mod:`evsnn.interop.snntorch` neurons
+Counted are what ``profile`` counts: the evsnn layers, the [`evsnn.interop.snntorch`][evsnn.interop.snntorch] neurons
 (both record ``last_stats``) and the dense ``nn.Linear``/``nn.Conv`` layers outside them (their
 synaptic operations: ``Dense`` and, driven by nonzero inputs, ``Effective_ACs`` for spikes or
 ``Effective_MACs``). Modules that none of these describe (a ``snn.Leaky``, pooling, ...) are named
@@ -52,7 +52,7 @@ class _KeepOutput(nn.Module):
 class EvsnnModel(TorchModel):
     """A NeuroBench model over an ``nn.Module`` that contains evsnn layers.
 
-    Each call runs the network once under :func:`evsnn.metrics.profile` (no warm-up call, no
+    Each call runs the network once under [`evsnn.metrics.profile`][evsnn.metrics.profile] (no warm-up call, no
     gradient) and keeps the profile (one row per counted layer, with its ``neurons`` per sample)
     for the metrics of this module.
 

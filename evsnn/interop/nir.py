@@ -5,11 +5,11 @@ one step = ``dt``, and NIR's integrators read as forward Euler with that ``dt`` 
 snntorch's and norse's own exporters): ``v_t = v_{t−1} + (dt/τ)(v_leak − v_{t−1} + r·I_t)``.
 
 - ``nn.Linear`` → ``nir.Affine`` (``nir.Linear`` without bias).
-- :class:`evsnn.LeakyReadout` (``m_t = α m_{t−1} + (1 − α)(W s_t + b)``) → a subgraph
+- [`evsnn.LeakyReadout`][evsnn.LeakyReadout] (``m_t = α m_{t−1} + (1 − α)(W s_t + b)``) → a subgraph
   ``Affine → LI`` with ``τ = dt/(1 − α)``, ``r = 1``, ``v_leak = 0``: Euler of that LI *is* the readout.
-- non-adaptive :class:`evsnn.ALIF` (``adaptive=False``, or ``beta == 0``) → a subgraph
+- non-adaptive [`evsnn.ALIF`][evsnn.ALIF] (``adaptive=False``, or ``beta == 0``) → a subgraph
   ``Affine(W_ih, b_ih + b_hh) → LI → Threshold(b0)`` with the reset as a recurrent ``Scale``
-  and, if the layer is recurrent, ``Linear(W_hh)`` back into the LI::
+  and, if the layer is recurrent, ``Linear(W_hh)`` back into the LI:
 
       v_t = α v_{t−1} + (1 − α)(I_t − b0/(1 − α) · s_{t−1}) = α v_{t−1} + (1 − α) I_t − b0 s_{t−1}
 
@@ -20,11 +20,11 @@ snntorch's and norse's own exporters): ``v_t = v_{t−1} + (dt/τ)(v_leak − v_
   (``snntorch.export_nir``, ``norse.torch.utils.export_nir``), which must return a node.
 
 Everything else — adaptive ALIF, EGRU, DeltaGRU/DeltaLSTM, the snntorch and norse adapters of
-:mod:`evsnn.interop`, and any module no exporter knows — raises a ``ValueError`` naming the
+`evsnn.interop`, and any module no exporter knows — raises a ``ValueError`` naming the
 module: NIR has no node for an adaptive threshold, a gated recurrent unit or a delta encoder.
 
-:func:`import_from_nir` builds a per-step ``torch`` module (``nirtorch.nir_to_torch``) whose
-LI nodes run :func:`evsnn.functional.leaky_readout_step` and whose ``Threshold`` nodes spike
+`import_from_nir` builds a per-step ``torch`` module (``nirtorch.nir_to_torch``) whose
+LI nodes run [`evsnn.functional.leaky_readout_step`][evsnn.functional.leaky_readout_step] and whose ``Threshold`` nodes spike
 with the ALIF default surrogate, so an imported model trains like the exported one.
 """
 
@@ -206,7 +206,7 @@ def export_to_nir(model: nn.Module, dt: float = 1e-3, *, type_check: bool = True
 
 
 class NIRLeakyIntegrator(nn.Module):
-    """A NIR ``LI`` node as one step of :func:`evsnn.functional.leaky_readout_step`.
+    """A NIR ``LI`` node as one step of [`evsnn.functional.leaky_readout_step`][evsnn.functional.leaky_readout_step].
 
     Euler with ``dt``: ``v_t = (1 − dt/τ) v_{t−1} + (dt/τ)·r·I_t`` (``v_leak`` must be 0), i.e.
     the readout with ``α = 1 − dt/τ``. ``forward(x, state=None) -> (v, v)``.
@@ -297,7 +297,7 @@ def _order_from_inputs(graph: nir.NIRGraph) -> None:
 
 def import_from_nir(graph: nir.NIRGraph | str, dt: float = 1e-3, dtype: torch.dtype = torch.float32) -> nn.Module:
     """A per-step torch module for a NIR graph of ``Affine``/``Linear``, ``LI``, ``Threshold``
-    and ``Scale`` nodes (what :func:`export_to_nir` writes for evsnn layers).
+    and ``Scale`` nodes (what `export_to_nir` writes for evsnn layers).
 
     Call it like nirtorch's modules: ``out, state = module(x_t)``, then
     ``out, state = module(x_{t+1}, state)``. Other node types raise ``ValueError``.

@@ -4,22 +4,22 @@ norse threads state explicitly: every stateful module is called as
 ``out, state = module(input_tensor, state)`` and ``norse.torch.SequentialState`` decides that a
 module is stateful by looking for a forward argument *named* ``state``
 (``norse.torch.utils.state._is_module_stateful``, norse 1.1.0). These classes keep that
-contract, with states that are the NamedTuples of :mod:`evsnn.functional`
+contract, with states that are the NamedTuples of [`evsnn.functional`][evsnn.functional]
 (``ALIFState(v, b, s)``, ``EGRUState(c, y)``, ``DeltaGRUState``, ``DeltaLSTMState``):
 
 - cells (``ALIFCell``, ``EGRUCell``, ``DeltaGRUCell``, ``DeltaLSTMCell``) take one step
   ``[B, input_size]``; ``norse.torch.Lift(cell)`` runs them over time;
 - layers (``ALIF``, ``EGRU``, ``DeltaGRU``, ``DeltaLSTM``) take a whole time-first sequence
   ``[T, B, input_size]`` and return ``(out [T, B, H], final_state)`` like norse's ``LIF``; the
-  final state is what the :mod:`evsnn.nn` layer returns (``ALIFState`` with fields in
+  final state is what the [`evsnn.nn`][evsnn.nn] layer returns (``ALIFState`` with fields in
   ``nn.GRU``'s ``h_n`` layout ``[num_layers·num_directions, B, H]``; the ``h_n`` tensor carrying
   the rest of the state for EGRU and DeltaGRU; ``(h_n, c_n)`` for DeltaLSTM), and is accepted
   back as the next call's state.
 
 Unlike norse's ``LIFParameters`` (a NamedTuple of tensors that ``module.to()`` does not move),
 every parameter here is an ``nn.Parameter`` of the module and moves with ``.to()``.
-Each class is the :mod:`evsnn.nn` class of the same name with norse's argument naming; the
-constructor arguments are those of :mod:`evsnn.nn`. No equation lives here.
+Each class is the [`evsnn.nn`][evsnn.nn] class of the same name with norse's argument naming; the
+constructor arguments are those of [`evsnn.nn`][evsnn.nn]. No equation lives here.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ __all__ = ["ALIFCell", "EGRUCell", "DeltaGRUCell", "DeltaLSTMCell", "ALIF", "EGR
 class ALIFCell(_enn.ALIFCell):
     """One ALIF step (SPEC.md §2): ``forward(input_tensor [B, I], state=None) -> (spikes, ALIFState)``.
 
-    ``I_t = W_ih x_t + b_ih (+ W_hh s_{t−1} + b_hh)``, then :func:`evsnn.functional.alif_step`.
+    ``I_t = W_ih x_t + b_ih (+ W_hh s_{t−1} + b_hh)``, then [`evsnn.functional.alif_step`][evsnn.functional.alif_step].
     """
 
     def forward(self, input_tensor: Tensor, state: ALIFState | None = None) -> tuple[Tensor, ALIFState]:

@@ -1,9 +1,9 @@
 """snntorch drop-in neurons: ALIF, EGRU, DeltaGRU and DeltaLSTM as snntorch neurons.
 
-:class:`ALIF` (and :class:`RALIF`, its ``snn.RLeaky`` form) and :class:`EGRU` are
+`ALIF` (and `RALIF`, its ``snn.RLeaky`` form) and `EGRU` are
 ``snntorch.Leaky`` subclasses: code written for ``snn.Leaky`` runs after swapping the class, and snntorch's own helpers (``utils.reset``,
 ``Leaky.reset_hidden``/``detach_hidden``, ``backprop.TBPTT``, the ``_final_layer_check`` that
-counts a network's outputs) treat them as they treat ``snn.Leaky``::
+counts a network's outputs) treat them as they treat ``snn.Leaky``:
 
     mem = alif.init_leaky()                   # or reset_mem(): clears the whole state
     spk, mem = alif(cur, mem)                 # the snn.Leaky form; b stays inside (alif.b)
@@ -27,18 +27,18 @@ which is ``H(mem − threshold)`` as ``snn.Leaky``'s reset reads it. A detached 
 neuron's own membrane (``mem.detach()``, or ``Leaky.detach_hidden``'s in-place ``detach_()``)
 detaches the whole state, values kept (truncated BPTT).
 
-Every step is computed by :mod:`evsnn.functional` (through :mod:`evsnn.nn` cells for the
+Every step is computed by [`evsnn.functional`][evsnn.functional] (through [`evsnn.nn`][evsnn.nn] cells for the
 families that own weights), except ALIF's in snntorch's units, which is ``snn.Leaky``'s membrane
 equation around SPEC §2's adaptation (``_leaky_alif_dynamics``); otherwise this module only
 threads the state the snntorch way. State lives in
 non-persistent buffers that are tensors, never ``None``; an empty or wrongly shaped buffer (a new
 batch size, a reset) is re-allocated from the *state's own* initial value (ALIF's as its
-``convention`` says, accumulators at the biases for delta cells). :func:`reset` and :func:`detach_hidden` also reach
+``convention`` says, accumulators at the biases for delta cells). `reset` and `detach_hidden` also reach
 neurons at any depth and the delta neurons, which snntorch's helpers do not know.
 
 Argument conventions checked against snntorch 1.0.0: ``spike_grad`` accepts every factory of
 ``snntorch.surrogate`` (their spikes are float32 whatever the input dtype, so they are cast
-back to the state's dtype here) and evsnn's :mod:`evsnn.surrogate` objects or names.
+back to the state's dtype here) and evsnn's [`evsnn.surrogate`][evsnn.surrogate] objects or names.
 Arguments of ``snn.Leaky`` that have no meaning for a family are not in its signature, so
 passing them raises Python's ``TypeError``.
 """
@@ -96,7 +96,7 @@ def _decay_to_tau(name: str, decay: Any) -> Tensor:
 class _SurrogateSpike(torch.autograd.Function):
     """``H(x)`` forward, ``g(x)`` backward, for an evsnn surrogate, as one autograd node.
 
-    :class:`evsnn.surrogate.Surrogate` differentiates ``H(x) + G(x) − G(x).detach()`` through
+    [`evsnn.surrogate.Surrogate`][evsnn.surrogate.Surrogate] differentiates ``H(x) + G(x) − G(x).detach()`` through
     autograd, which evaluates the primitive ``G`` in the forward pass and backpropagates through
     every operation of it. A neuron called once per step pays that on every step; this node
     computes only the spike forward and ``g`` in the backward pass (the same gradient: ``G' = g``),
@@ -164,7 +164,7 @@ class ALIF(_LeakyForm, Leaky):
     """Adaptive multi-timescale LIF (SPEC.md §2) as a ``snntorch.Leaky`` neuron.
 
     Takes the input *current* ``I_t`` (put an ``nn.Linear`` in front, as with ``snn.Leaky``) and
-    computes, with the default ``convention="snntorch"``::
+    computes, with the default ``convention="snntorch"``:
 
         b_t = ρ·b_{t−1} + (1 − ρ)·s_{t−1};    B_t = threshold + adapt_strength·b_t
         mem_t = β·mem_{t−1} + I_t − B_t·s_{t−1};    s_t = H(mem_t − B_t)
@@ -173,7 +173,7 @@ class ALIF(_LeakyForm, Leaky):
     ``snn.Leaky``'s reset does: with ``adapt_strength=0`` this is ``snn.Leaky``, values and
     gradients, for every ``reset_mechanism`` (``"zero"``: ``mem_t = β·(1 − s_{t−1})·mem_{t−1} + I_t``;
     ``"none"``: no reset term). ``convention="spec"`` is SPEC §2 and Yin et al. exactly,
-    computed by :func:`evsnn.functional.alif_dynamics`: the membrane integrates ``(1 − β)·I_t``
+    computed by [`evsnn.functional.alif_dynamics`][evsnn.functional.alif_dynamics]: the membrane integrates ``(1 − β)·I_t``
     and nothing is detached. Both are the same forward dynamics in different voltage units: a
     "snntorch" neuron with ``(threshold, adapt_strength)`` spikes as a "spec" one with
     ``(threshold·(1−β), adapt_strength·(1−β))``, whose ``mem`` is ``(1−β)`` times smaller
@@ -202,9 +202,9 @@ class ALIF(_LeakyForm, Leaky):
             default 1.8); ``0`` gives a LIF neuron with the fixed threshold ``threshold``.
         linear_features: if given, the neuron is recurrent with all-to-all weights
             (like ``snn.RLeaky(linear_features=...)``): ``I_t += W_rec s_{t−1} + b_rec``;
-            :class:`RALIF` takes ``snn.RLeaky``'s arguments and call form.
+            `RALIF` takes ``snn.RLeaky``'s arguments and call form.
         spike_grad: a ``snntorch.surrogate`` function, an evsnn surrogate or its name; default
-            :class:`evsnn.surrogate.MultiGaussian` (SPEC's, not snntorch's ``atan``).
+            [`evsnn.surrogate.MultiGaussian`][evsnn.surrogate.MultiGaussian] (SPEC's, not snntorch's ``atan``).
         surrogate_disable: the Heaviside without gradient (snntorch's option).
         init_hidden: keep the state inside and return only the spikes (``nn.Sequential``).
         learn_beta: learn β. learn_rho: learn τ_adp. learn_threshold: learn the base
@@ -431,7 +431,7 @@ class _OneToOne(nn.Module):
 class RALIF(ALIF):
     """ALIF with ``snn.RLeaky``'s recurrence, arguments and call form.
 
-    ``snn.RLeaky`` code runs after swapping the class::
+    ``snn.RLeaky`` code runs after swapping the class:
 
         lif = RALIF(beta=0.9, linear_features=n)       # or all_to_all=False, V=...
         spk, mem = lif.init_rleaky()
@@ -440,11 +440,11 @@ class RALIF(ALIF):
 
     The recurrent input is ``snn.RLeaky``'s: the last output spikes through ``lif.recurrent``
     (an ``nn.Linear`` with ``linear_features``, an ``nn.Conv2d`` with ``conv2d_channels`` and
-    ``kernel_size``, or ``spk · V`` with ``all_to_all=False``), with their gradient::
+    ``kernel_size``, or ``spk · V`` with ``all_to_all=False``), with their gradient:
 
         mem_t = β·mem_{t−1} + I_t + recurrent(s_{t−1}) − B_t·s_{t−1}
 
-    with ALIF's adaptive threshold ``B_t`` (see :class:`ALIF`); ``adapt_strength=0`` is
+    with ALIF's adaptive threshold ``B_t`` (see `ALIF`); ``adapt_strength=0`` is
     ``snn.RLeaky``, values and gradients. ``reset_mechanism="zero"`` clears the whole new value
     after a spike, as ``snn.RLeaky`` does (``snn.Leaky`` keeps the input).
 
@@ -459,7 +459,7 @@ class RALIF(ALIF):
         kernel_size: kernel of that ``nn.Conv2d`` (padded to keep the shape).
         threshold: the base threshold; default 1.0 (snntorch's). Must be > 0.
         spike_grad: a ``snntorch.surrogate`` function, an evsnn surrogate or its name; default
-            :class:`evsnn.surrogate.MultiGaussian`.
+            [`evsnn.surrogate.MultiGaussian`][evsnn.surrogate.MultiGaussian].
         surrogate_disable: the Heaviside without gradient (snntorch's option).
         init_hidden: keep the state inside and return only the spikes.
         learn_beta: learn β. learn_threshold: learn the base threshold.
@@ -587,8 +587,8 @@ class EGRU(_LeakyForm, _CellNeuron, Leaky):
     ``y_t = o_t ⊙ c_t`` (zero except where a unit fires, graded by ``c``), ``mem`` the internal
     state ``c_t``; the events stay inside as ``egru.spk`` (they feed the gates at the next
     step). The full state: ``spk, mem = egru(x, spk, mem)``. With ``init_hidden=True``:
-    ``spk = egru(x)``. The step is :func:`evsnn.functional.egru_step` via
-    :class:`evsnn.nn.EGRUCell`. EGRU has no membrane decay: its gates set the timescale, so there
+    ``spk = egru(x)``. The step is [`evsnn.functional.egru_step`][evsnn.functional.egru_step] via
+    [`evsnn.nn.EGRUCell`][evsnn.nn.EGRUCell]. EGRU has no membrane decay: its gates set the timescale, so there
     is no ``beta``; unlike ``snn.Leaky`` it owns its weights, hence ``input_size, hidden_size``.
 
     As an output layer, ``mem`` is ``c``: a GRU state, a gated mix of ``c_{t−1}`` and a
@@ -597,7 +597,7 @@ class EGRU(_LeakyForm, _CellNeuron, Leaky):
     tutorial 5's cross-entropy) therefore sees logits of at most about ±1 and learns far more
     slowly than with ``snn.Leaky``; with the default ``reset_mechanism="output"`` each event also
     subtracts the unit's whole value at the next step. Keep EGRU for hidden layers and read out
-    with ``snn.Leaky``, :class:`ALIF` or an ``nn.Linear``.
+    with ``snn.Leaky``, `ALIF` or an ``nn.Linear``.
 
     Args:
         input_size: features of ``x``.
@@ -607,7 +607,7 @@ class EGRU(_LeakyForm, _CellNeuron, Leaky):
             ``threshold_init`` says (``"beta"`` around the mean, or ``"constant"``).
         threshold_init: ``"beta"`` or ``"constant"``.
         spike_grad: a ``snntorch.surrogate`` function or an evsnn surrogate on ``c − θ``; default
-            :class:`evsnn.surrogate.Triangle` (ε = 0.3).
+            [`evsnn.surrogate.Triangle`][evsnn.surrogate.Triangle] (ε = 0.3).
         surrogate_disable: the Heaviside without gradient (snntorch's option).
         init_hidden: keep the state inside and return only the events (``nn.Sequential``).
         learn_threshold: θ is learnable (default ``True`` as in the paper); kept > 0 through
@@ -762,7 +762,7 @@ class DeltaGRU(_DeltaNeuron):
     """DeltaGRU (SPEC.md §4) as a snntorch neuron; weights as ``torch.nn.GRU``.
 
     ``h, x_hat, h_hat, m = dgru(x, h, x_hat, h_hat, m)`` (the fields of
-    :class:`evsnn.DeltaGRUState`), computed by :func:`evsnn.functional.delta_gru_step`;
+    [`evsnn.DeltaGRUState`][evsnn.DeltaGRUState]), computed by [`evsnn.functional.delta_gru_step`][evsnn.functional.delta_gru_step];
     with ``init_hidden=True``: ``h = dgru(x)``. ``threshold`` is Θ_h and ``threshold_x`` Θ_x
     (default: the same). The output is the dense hidden state ``h``: a delta cell does not
     spike, so ``spike_grad``, ``reset_mechanism`` and ``graded_spikes_factor`` do not apply.
@@ -800,7 +800,7 @@ class DeltaLSTM(_DeltaNeuron):
     """DeltaLSTM (SPEC.md §4) as a snntorch neuron; weights as ``torch.nn.LSTM``.
 
     ``h, c, x_hat, h_hat, m = dlstm(x, h, c, x_hat, h_hat, m)`` (the fields of
-    :class:`evsnn.DeltaLSTMState`), computed by :func:`evsnn.functional.delta_lstm_step`;
+    [`evsnn.DeltaLSTMState`][evsnn.DeltaLSTMState]), computed by [`evsnn.functional.delta_lstm_step`][evsnn.functional.delta_lstm_step];
     with ``init_hidden=True``: ``h = dlstm(x)``. With thresholds 0 the neuron computes
     ``torch.nn.LSTMCell``.
 

@@ -90,7 +90,7 @@ def check_dtypes(layer: str, x: Tensor, weight: Tensor) -> None:
 
 def check_input(layer: str, x: Any, rank: int, features: int, weight: Tensor) -> None:
     """``x`` must be a tensor of ``rank`` dims, last dim ``features``, on ``weight``'s device, in a
-    dtype :func:`check_dtypes` accepts."""
+    dtype `check_dtypes` accepts."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{layer} expects a torch.Tensor input, got {type(x).__name__}")
     if x.dim() != rank:
@@ -246,7 +246,7 @@ def _before_load(module: nn.Module, state_dict: dict, prefix: str, *_: Any) -> N
 
 class ParameterChecks(nn.Module):
     """Mixin for the layers: constrained attributes are checked when assigned and by
-    ``load_state_dict``; :meth:`check` checks everything on demand (see the module docstring)."""
+    ``load_state_dict``; `check` checks everything on demand (see the module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)

@@ -1,4 +1,4 @@
-"""One description per neuron family: what dispatch, the statistics, :mod:`evsnn.metrics` and
+"""One description per neuron family: what dispatch, the statistics, [`evsnn.metrics`][evsnn.metrics] and
 the replay of a layer need to know about it, in one place instead of a switch in each of them."""
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ class NeuronFamily:
     """A neuron family of SPEC.md.
 
     Args:
-        name: its op family in :mod:`evsnn.ops.dispatch`.
+        name: its op family in [`evsnn.ops.dispatch`][evsnn.ops.dispatch].
         gates: weight rows per unit that one input or recurrent event touches (``gates·H`` rows).
         binary_events: its events are 0/1 spikes (an event selects a weight column: an
             accumulate) rather than graded values (a multiply-accumulate).
         delta_encoded: its inputs and recurrence enter as deltas (graded; every operation a MAC).
-        reference: its reference scan in :mod:`evsnn.functional`.
+        reference: its reference scan in [`evsnn.functional`][evsnn.functional].
     """
 
     name: str

@@ -71,7 +71,7 @@ class _NoPositionalIndex:
 
 
 class ALIFLayerState(_NoPositionalIndex, ALIFState):
-    """:class:`ALIFState` returned by :class:`ALIF`: ``v``, ``b``, ``s`` are ``[num_layers·D, B, H]``."""
+    """`ALIFState` returned by `ALIF`: ``v``, ``b``, ``s`` are ``[num_layers·D, B, H]``."""
 
     __slots__ = ()
     _hint = "Use state.s[-1] for the last layer's final spikes, state.v[-1] for its membrane potential."
@@ -86,7 +86,7 @@ def _map_field(fn: Callable[[Tensor], Tensor], value: Any) -> Any:
 
 
 class StateTensor(Tensor):
-    """A tensor that carries further state fields as attributes (:attr:`carried` names them).
+    """A tensor that carries further state fields as attributes (`carried` names them).
 
     It is the ``h_n`` of ``nn.GRU`` for code that indexes, concatenates or feeds it to other
     layers (every such operation gives a plain tensor), while passing it back to the layer that
@@ -132,7 +132,7 @@ class StateTensor(Tensor):
 
     @property
     def _fields(self) -> tuple[str, ...]:
-        """The names :meth:`_replace` takes: the ``h_n`` values', then the carried fields."""
+        """The names `_replace` takes: the ``h_n`` values', then the carried fields."""
         return (self._value_name, *self.carried)
 
     def _replace(self, **fields: Any) -> "StateTensor":
@@ -144,7 +144,7 @@ class StateTensor(Tensor):
         return type(self)(value, **{n: fields.get(n, getattr(self, n)) for n in self.carried})
 
     def as_tensor(self) -> Tensor:
-        """The ``h_n`` values as a plain :class:`torch.Tensor` (same storage and autograd history).
+        """The ``h_n`` values as a plain `torch.Tensor` (same storage and autograd history).
 
         Under ``torch.compile`` this is one graph break: a graph whose input is this subclass
         does not compile through AOTAutograd, one that starts after it does."""
@@ -156,7 +156,7 @@ _CARRYING = frozenset({Tensor.detach, Tensor.detach_, Tensor.clone, Tensor.to, T
 
 
 class DeltaHidden(StateTensor):
-    """``h_n`` of :class:`DeltaGRU` and :class:`DeltaLSTM` (``[num_layers·D, B, H]``, a tensor like
+    """``h_n`` of `DeltaGRU` and `DeltaLSTM` (``[num_layers·D, B, H]``, a tensor like
     nn.GRU's) carrying the delta memories that an exact continuation needs.
 
     Attributes:
@@ -178,7 +178,7 @@ class DeltaHidden(StateTensor):
 
 
 class DeltaCellHidden(DeltaHidden):
-    """``h`` of :class:`DeltaGRUCell` / :class:`DeltaLSTMCell` (``[B, H]``, a tensor like
+    """``h`` of `DeltaGRUCell` / `DeltaLSTMCell` (``[B, H]``, a tensor like
     nn.GRUCell's) carrying the memories x̂, ĥ and, for the next step, the accumulators.
 
     Attributes:
@@ -198,8 +198,8 @@ class DeltaCellHidden(DeltaHidden):
 
 
 class DeltaLSTMHidden(NamedTuple):
-    """``(h_n, c_n)`` of :class:`DeltaLSTM`, as nn.LSTM's: ``out, (h, c) = lstm(x)`` unpacks it.
-    ``h`` is a :class:`DeltaHidden` carrying the memories x̂, ĥ (also readable here)."""
+    """``(h_n, c_n)`` of `DeltaLSTM`, as nn.LSTM's: ``out, (h, c) = lstm(x)`` unpacks it.
+    ``h`` is a `DeltaHidden` carrying the memories x̂, ĥ (also readable here)."""
 
     h: Tensor
     c: Tensor
@@ -216,7 +216,7 @@ class DeltaLSTMHidden(NamedTuple):
 
 
 class EGRUHidden(StateTensor):
-    """``h_n`` of :class:`EGRU`: the final events ``y`` ``[num_layers·D, B, H]`` (``h_n[-1]`` equals
+    """``h_n`` of `EGRU`: the final events ``y`` ``[num_layers·D, B, H]`` (``h_n[-1]`` equals
     the output's last step, as for nn.GRU), carrying the internal state ``c`` of the same shape.
     A plain tensor ``h0`` given to EGRU sets both ``c`` and ``y``."""
 
@@ -257,7 +257,7 @@ class CellStep(nn.Module):
 def register_safe_globals(types: Sequence[type], hooks: Sequence[Any] = ()) -> None:
     """Allow ``torch.load``'s default ``weights_only=True`` to rebuild pickled evsnn layers and
     states: the layer and state ``types`` given and the layers' own load ``hooks``, with what
-    every layer pickles alongside (the shared load hooks, its :class:`~evsnn.stats.LayerStats`,
+    every layer pickles alongside (the shared load hooks, its [`LayerStats`][evsnn.stats.LayerStats],
     its surrogate)."""
     from .. import surrogate
     from ..functional.delta import DeltaGRUState, DeltaLSTMState
@@ -458,7 +458,7 @@ def _cat_batch(module: nn.Module, states: Sequence[NamedTuple], order: Tensor) -
 
 class PendingStats:
     """One layer·direction run's statistics, kept as the arguments of the layer's ``_stats``
-    (tensors the forward made anyway) and computed when :attr:`StackedForward.last_stats` is
+    (tensors the forward made anyway) and computed when `StackedForward.last_stats` is
     read, so a forward whose statistics nobody reads pays no reduction for them.
 
     The version counters of those tensors are noted (outside ``torch.compile`` tracing, and not
@@ -519,9 +519,9 @@ def _versions(values: Any) -> tuple:
 
 
 def merge_stats(name: str, parts: Sequence[tuple[LayerStats, int]]) -> LayerStats:
-    """One :class:`LayerStats` for several layer·direction (and length-group) runs.
+    """One `LayerStats` for several layer·direction (and length-group) runs.
 
-    ``parts`` are ``(stats, batch)`` (a :class:`PendingStats` is computed first);
+    ``parts`` are ``(stats, batch)`` (a `PendingStats` is computed first);
     ``event_fraction[t]`` is the mean over every run active at input step ``t`` weighted by its batch; ``dense_macs`` and ``event_ops`` are sums. The runs'
     own stats (``h_n`` order, per length group for packed input) stay in ``extra["runs"]``.
     A reverse direction's per-step fields are in input time (flipped back from its scan); with
@@ -625,12 +625,12 @@ def check_dynamic_time(name: str, backend: Any, given: Any, batch_first: bool) -
 
 
 class RecordsStats:
-    """:attr:`last_stats` of a layer or cell: the :class:`PendingStats` of its last forward
+    """`last_stats` of a layer or cell: the `PendingStats` of its last forward
     (``_pending_stats``, ``(name, [(stats, batch), ...])``), merged and computed on first read."""
 
     @property
     def last_stats(self) -> LayerStats | None:
-        """:class:`LayerStats` of the last forward (``record_stats=True``), computed on first read."""
+        """`LayerStats` of the last forward (``record_stats=True``), computed on first read."""
         pending = self.__dict__.get("_pending_stats")
         if pending is not None:
             name, parts = pending
@@ -655,7 +655,7 @@ class RecordsStats:
 class StackedForward(RecordsStats):
     """``forward`` of the sequence layers (EGRU, DeltaGRU, DeltaLSTM, ALIF), like ``nn.GRU``'s.
 
-    A layer supplies its :class:`~evsnn.nn._family.NeuronFamily` (``neuron_family``), the
+    A layer supplies its `NeuronFamily` (``neuron_family``), the
     options its backends' checks read (``_dispatch_options``) and ``_scan_direction(suffix, x,
     state, scan) -> (out, final, trace, stats)``: one layer·direction through ``scan`` (a
     backend, or the family's reference for a replay)."""
@@ -682,7 +682,7 @@ class StackedForward(RecordsStats):
         return check_stacked_state(self, state, batch, like)
 
     def _public_state(self, stacked: NamedTuple) -> Any:
-        """The stacked final state as :meth:`forward` returns it."""
+        """The stacked final state as `forward` returns it."""
         return stacked
 
     def _run_direction(self, layer: int, reverse: int, x: Tensor, state: Any, backend: Any):

@@ -202,7 +202,7 @@ _NEURON_ARGS = """
         recurrent: add the recurrent product ``W_hh s_{t−1} + b_hh``.
         adaptive: adaptive threshold (ALIF); ``False`` gives LIF with the fixed threshold ``b0``.
         tau_mem: membrane time constants in steps: a number, ``(mean, std)``, a list of pairs
-            (with ``tau_init="multi_normal"``) or a tensor ``[hidden_size]`` (see :func:`init_tau`).
+            (with ``tau_init="multi_normal"``) or a tensor ``[hidden_size]`` (see `init_tau`).
         tau_adapt: adaptation time constants, same forms as ``tau_mem``.
         tau_init: ``"normal"``, ``"multi_normal"`` (``"bimodal"``) or ``"constant"``.
         b0: baseline threshold (> 0).
@@ -219,12 +219,12 @@ class ALIF(StackedForward, _ALIFBase):
     per-neuron learnable ``tau_mem`` and ``tau_adapt``. ``adaptive=False`` gives a LIF neuron
     with the fixed threshold ``b0``. ``forward(x, state=None) -> (spikes, ALIFState)`` with
     ``x`` of shape ``[T, B, input_size]`` (``[B, T, input_size]`` with ``batch_first=True``) or
-    a :class:`~torch.nn.utils.rnn.PackedSequence`; spikes are ``[T, B, D·H]``. Stacking follows
+    a `PackedSequence`; spikes are ``[T, B, D·H]``. Stacking follows
     SPEC.md §6; the returned state's fields ``v``, ``b``, ``s`` are ``[num_layers·D, B, H]``
     (nn.GRU's ``h_n`` layout, ``state.s[-1]`` the last layer's final spikes; ``state[i]``
     raises). Layer 0 forward keeps the parameter names ``weight_ih``, ``tau_mem`` ...; the
     others carry nn.GRU's suffixes (``tau_mem_l1``, ``weight_ih_l0_reverse``). After each
-    forward pass, :attr:`last_stats` holds one :class:`LayerStats` summed over layers and
+    forward pass, `last_stats` holds one `LayerStats` summed over layers and
     directions.
 
     Args:
@@ -237,7 +237,7 @@ class ALIF(StackedForward, _ALIFBase):
         bidirectional: add a reverse direction per layer; spikes are concatenated."""
         + _NEURON_ARGS
         + """
-        record_stats: keep :attr:`last_stats` after each forward.
+        record_stats: keep `last_stats` after each forward.
         backend: ``"auto"``, ``"torch"``, ``"cpu_event"`` or ``"cupy"``.
         device: device of the parameters.
         dtype: dtype of the parameters.
@@ -355,7 +355,7 @@ class ALIF(StackedForward, _ALIFBase):
         return spikes, final, trace, stats
 
     def _replay_view(self, spikes: Tensor, trace) -> tuple[Tensor, Tensor]:
-        """(events, threshold) of a replay (:func:`evsnn.metrics.reference_traces`): spikes, ``B_t``."""
+        """(events, threshold) of a replay ([`evsnn.metrics.reference_traces`][evsnn.metrics.reference_traces]): spikes, ``B_t``."""
         return spikes, trace.threshold
 
     def _stats(self, x: Tensor, spikes: Tensor, state, trace, training: bool) -> LayerStats:
@@ -391,7 +391,7 @@ class ALIFCell(_ALIFBase):
         bias: add ``bias_ih`` (and ``bias_hh``)."""
         + _NEURON_ARGS
         + """
-        backend: accepted for symmetry with :class:`ALIF`; a single step runs the reference.
+        backend: accepted for symmetry with `ALIF`; a single step runs the reference.
         device: device of the parameters.
         dtype: dtype of the parameters.
     """
@@ -455,7 +455,7 @@ class ALIFCell(_ALIFBase):
         )
 
     def step(self, x: Tensor, state: ALIFState | None = None) -> tuple[Tensor, ALIFState]:
-        """The same step as :meth:`forward` (ALIF has no ``nn.RNNCell`` counterpart, so its
+        """The same step as `forward` (ALIF has no ``nn.RNNCell`` counterpart, so its
         ``forward`` already takes and returns the functional state), named like the other cells'
         functional-state form."""
         return self.forward(x, state)
@@ -471,7 +471,7 @@ class LeakyReadout(ParameterChecks):
         input_size: features of the input (e.g. the spikes of the layer below).
         output_size: readout units.
         bias: add the bias ``b``.
-        tau: readout time constants τ_o in steps, the forms of :func:`init_tau`.
+        tau: readout time constants τ_o in steps, the forms of `init_tau`.
         tau_init: ``"normal"``, ``"multi_normal"`` (``"bimodal"``) or ``"constant"``.
         batch_first: input and output are ``[B, T, ·]`` instead of ``[T, B, ·]``.
         device: device of the parameters.
@@ -525,7 +525,7 @@ class ALIFReadout(_ALIFBase):
     ``v_t`` of every step, which Yin et al.'s networks pass through ``log_softmax`` each step
     (ECG, SHD). The neurons still spike: each spike resets the membrane by the threshold and
     drives the adaptation, so ``v`` is not a leaky integral of the input. ``state`` is the
-    :class:`ALIFState` ``(v, b, s)`` with fields ``[B, output_size]``.
+    `ALIFState` ``(v, b, s)`` with fields ``[B, output_size]``.
 
     Args:
         input_size: features of the input (e.g. the spikes of the layer below).

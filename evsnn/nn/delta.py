@@ -161,7 +161,7 @@ class _DeltaCell(RecordsStats, _DeltaBase):
 
     def _state_from_hidden(self, hx, x: Tensor):
         """nn.GRUCell's ``h`` / nn.LSTMCell's ``(h, c)`` (plain tensors: memories at zero) or the
-        returned ones (memories and accumulators continue) → the functional state of :meth:`step`."""
+        returned ones (memories and accumulators continue) → the functional state of `step`."""
         name, gru = type(self).__name__, self.state_type is DeltaGRUState
         if gru:
             if not isinstance(hx, Tensor):
@@ -213,7 +213,7 @@ class _DeltaCell(RecordsStats, _DeltaBase):
                 the delta memories at zero, or what the cell returned (exact continuation).
 
         Returns:
-            ``h`` as a :class:`DeltaCellHidden` (``(h, c)`` as a :class:`DeltaLSTMHidden` for the LSTM).
+            ``h`` as a `DeltaCellHidden` (``(h, c)`` as a `DeltaLSTMHidden` for the LSTM).
         """
         state = None if hx is None else self._state_from_hidden(hx, x)
         _, new = self.step(x, state)
@@ -412,7 +412,7 @@ class _DeltaLayer(StackedForward, _DeltaBase):
         return h, final, trace, stats
 
     def _replay_view(self, h: Tensor, trace) -> tuple[Tensor, float]:
-        """(events, threshold) of a replay (:func:`evsnn.metrics.reference_traces`): ``Δh``, Θ_h."""
+        """(events, threshold) of a replay ([`evsnn.metrics.reference_traces`][evsnn.metrics.reference_traces]): ``Δh``, Θ_h."""
         return trace.delta_h, self.theta_h
 
     def _stats(self, trace, training: bool) -> LayerStats:
@@ -465,7 +465,7 @@ _LAYER_ARGS = """
             (saturating, straight-through gradient; torch reference backend only), or ``None``.
         weight_fixed_point: ``(m, n)`` rounds ``weight_ih``/``weight_hh`` to Qm.n in the products
             (straight-through; the stored parameters stay full precision), or ``None``.
-        record_stats: keep :attr:`last_stats` after each forward.
+        record_stats: keep `last_stats` after each forward.
         backend: ``"auto"``, ``"torch"``, ``"cpu_event"`` or ``"cupy"``.
         device: device of the parameters.
         dtype: dtype of the parameters.
@@ -473,16 +473,16 @@ _LAYER_ARGS = """
 
 _LAYOUT = """
     Stacking follows ``nn.GRU`` (SPEC.md §6); the input may be a
-    :class:`~torch.nn.utils.rnn.PackedSequence` (the output is one too). The returned ``h_n``
+    `PackedSequence` (the output is one too). The returned ``h_n``
     (``[num_layers·D, B, H]``, D = 2 if bidirectional, index ``k·D + d``) is a
-    :class:`~evsnn.nn.DeltaHidden` carrying the memories ``h_hat`` (same layout) and ``x_hat``,
+    [`DeltaHidden`][evsnn.nn.DeltaHidden] carrying the memories ``h_hat`` (same layout) and ``x_hat``,
     whose size differs per layer: ``x_hat[k·D + d]`` is that layer·direction's ``[B, I_k]`` input
     memory (a ``[D, B, I]`` tensor when ``num_layers == 1``, a tuple otherwise). Passed back, it
     continues exactly; the accumulators are recomputed from the memories and the current weights.
     A plain ``h_0`` tensor starts the memories at zero; a functional state NamedTuple is taken as
     it is. Parameters of layer 0 forward keep the names ``weight_ih`` ...; the others carry
-    nn.GRU's suffixes (``weight_ih_l1``, ``bias_hh_l0_reverse``). :attr:`last_stats` sums all
-    layers and directions; :meth:`flatten_parameters` does nothing (nn.GRU code calls it).
+    nn.GRU's suffixes (``weight_ih_l1``, ``bias_hh_l0_reverse``). `last_stats` sums all
+    layers and directions; `flatten_parameters` does nothing (nn.GRU code calls it).
 """
 
 
@@ -533,7 +533,7 @@ class DeltaLSTM(_DeltaLayer):
     __doc__ = (
         """DeltaLSTM over a sequence (SPEC.md §4), constructed and called like ``nn.LSTM``:
     ``forward(x, (h_0, c_0)=None) -> (h [T, B, D·H], (h_n, c_n))``, the state a
-    :class:`~evsnn.nn.DeltaLSTMHidden` whose ``h_n`` carries the memories. With
+    [`DeltaLSTMHidden`][evsnn.nn.DeltaLSTMHidden] whose ``h_n`` carries the memories. With
     ``theta_x = theta_h = 0`` it computes ``nn.LSTM``.
 """
         + _LAYOUT
@@ -586,7 +586,7 @@ _CELL_ARGS = """
             (saturating, straight-through gradient; torch reference backend only), or ``None``.
         weight_fixed_point: ``(m, n)`` rounds ``weight_ih``/``weight_hh`` to Qm.n in the products
             (straight-through; the stored parameters stay full precision), or ``None``.
-        record_stats: keep :attr:`last_stats` (one :class:`LayerStats` of the last step) after each step.
+        record_stats: keep `last_stats` (one `LayerStats` of the last step) after each step.
         backend: accepted for symmetry with the layers; a single step runs the reference.
         device: device of the parameters.
         dtype: dtype of the parameters.
@@ -597,10 +597,10 @@ class DeltaGRUCell(_DeltaCell):
     __doc__ = (
         """One DeltaGRU step, called like ``nn.GRUCell``: ``h = cell(x [B, input_size], h=None)``.
 
-    The returned ``h`` (``[B, H]``) is a :class:`DeltaCellHidden`: a tensor carrying the delta
+    The returned ``h`` (``[B, H]``) is a `DeltaCellHidden`: a tensor carrying the delta
     memories, so that passing it back continues exactly; a plain tensor ``h`` starts the
-    memories at zero (with Θ = 0 the cell is ``nn.GRUCell``). :meth:`step` takes and returns the
-    full functional :class:`DeltaGRUState` instead: ``out, state = cell.step(x, state)``.
+    memories at zero (with Θ = 0 the cell is ``nn.GRUCell``). `step` takes and returns the
+    full functional `DeltaGRUState` instead: ``out, state = cell.step(x, state)``.
 """
         + _CELL_ARGS
     )
@@ -631,7 +631,7 @@ class DeltaGRUCell(_DeltaCell):
 
     def step(self, x: Tensor, state: DeltaGRUState | None = None) -> tuple[Tensor, DeltaGRUState]:
         """One step on the functional state: ``(out, DeltaGRUState)``, the form of
-        :func:`evsnn.functional.delta_gru_step` (streaming, ONNX export, the snntorch/norse adapters)."""
+        [`evsnn.functional.delta_gru_step`][evsnn.functional.delta_gru_step] (streaming, ONNX export, the snntorch/norse adapters)."""
         check_input(type(self).__name__, x, 2, self.input_size, self.weight_ih)
         state = self.initial_state(x.shape[0]) if state is None else self._check_state(state, x.shape[0], x)
         out, new = delta_gru_step(
@@ -646,10 +646,10 @@ class DeltaLSTMCell(_DeltaCell):
     __doc__ = (
         """One DeltaLSTM step, called like ``nn.LSTMCell``: ``h, c = cell(x [B, input_size], (h, c))``.
 
-    The returned ``(h, c)`` is a :class:`DeltaLSTMHidden` whose ``h`` carries the delta memories
+    The returned ``(h, c)`` is a `DeltaLSTMHidden` whose ``h`` carries the delta memories
     (passing it back continues exactly); plain ``(h, c)`` start the memories at zero (with Θ = 0
-    the cell is ``nn.LSTMCell``). :meth:`step` takes and returns the full functional
-    :class:`DeltaLSTMState` instead: ``out, state = cell.step(x, state)``.
+    the cell is ``nn.LSTMCell``). `step` takes and returns the full functional
+    `DeltaLSTMState` instead: ``out, state = cell.step(x, state)``.
 """
         + _CELL_ARGS
     )
@@ -680,7 +680,7 @@ class DeltaLSTMCell(_DeltaCell):
 
     def step(self, x: Tensor, state: DeltaLSTMState | None = None) -> tuple[Tensor, DeltaLSTMState]:
         """One step on the functional state: ``(out, DeltaLSTMState)``, the form of
-        :func:`evsnn.functional.delta_lstm_step` (streaming, ONNX export, the snntorch/norse adapters)."""
+        [`evsnn.functional.delta_lstm_step`][evsnn.functional.delta_lstm_step] (streaming, ONNX export, the snntorch/norse adapters)."""
         check_input(type(self).__name__, x, 2, self.input_size, self.weight_ih)
         state = self.initial_state(x.shape[0]) if state is None else self._check_state(state, x.shape[0], x)
         out, new = delta_lstm_step(

@@ -135,7 +135,7 @@ class _EGRUBase(ParameterChecks):
         """The per-unit threshold θ = exp(log_threshold) (``[H]``, layer 0, forward), kept in [1e-6, 1e4].
 
         A NaN ``log_threshold`` gives a NaN θ: assigning or loading one raises, an in-place write
-        is found by :meth:`check` (the forward pass does not synchronise to look)."""
+        is found by `check` (the forward pass does not synchronise to look)."""
         return self._threshold_of("")
 
     def extra_repr(self) -> str:
@@ -154,16 +154,16 @@ class EGRU(StackedForward, _EGRUBase):
 
     ``forward(x, h_0=None) -> (y, h_n)`` with ``x [T, B, input_size]``
     (``[B, T, input_size]`` with ``batch_first=True``) or a
-    :class:`~torch.nn.utils.rnn.PackedSequence`; ``y`` (``[T, B, D·H]``) is zero except where a
+    `PackedSequence`; ``y`` (``[T, B, D·H]``) is zero except where a
     unit emitted an event. ``h_n`` (``[num_layers·D, B, H]``, D = 2 if bidirectional) is an
-    :class:`~evsnn.nn.EGRUHidden`: the final events (``h_n[-1]`` is the last layer's, equal to
+    [`EGRUHidden`][evsnn.nn.EGRUHidden]: the final events (``h_n[-1]`` is the last layer's, equal to
     ``y[-1]`` as for nn.GRU) carrying the internal state ``h_n.c``; passed back it continues
-    exactly. A plain ``h_0`` sets both ``c`` and ``y``; an :class:`EGRUState` ``(c, y)`` is
+    exactly. A plain ``h_0`` sets both ``c`` and ``y``; an `EGRUState` ``(c, y)`` is
     accepted in that layout, or as ``[B, H]`` fields for one layer and direction. Stacking
     follows SPEC.md §6. Parameters of layer 0 forward are ``weight_ih``, ``weight_hh``,
     ``bias_ih``, ``bias_hh``, ``log_threshold``; other layers/directions carry ``nn.GRU``'s
     suffixes (``weight_ih_l1``, ``log_threshold_l0_reverse``). After each forward,
-    :attr:`last_stats` holds one :class:`LayerStats` summed over layers and directions (the
+    `last_stats` holds one `LayerStats` summed over layers and directions (the
     per-run ones in ``last_stats.extra["runs"]`` when there are several).
 
     Args:
@@ -186,7 +186,7 @@ class EGRU(StackedForward, _EGRUBase):
         zoneout: probability p of keeping ``c_{t−1}`` instead of the candidate, before the event
             test (SPEC.md §3): a Bernoulli(p) mask in training, its expectation in eval.
         dropconnect: DropConnect probability on ``weight_hh`` in training.
-        record_stats: keep :attr:`last_stats` after each forward.
+        record_stats: keep `last_stats` after each forward.
         backend: ``"auto"``, ``"torch"``, ``"cpu_event"`` or ``"cupy"``.
         device: device of the parameters.
         dtype: dtype of the parameters.
@@ -259,8 +259,8 @@ class EGRU(StackedForward, _EGRUBase):
         return EGRUHidden(z, c=z.clone())
 
     def _accept_state(self, state, batch: int, like: Tensor) -> EGRUState:
-        """The returned :class:`EGRUHidden` (its ``c`` continues), nn.GRU's plain ``h_0`` (taken as
-        both ``c`` and ``y``) or an :class:`EGRUState` ``(c, y)`` → the stacked functional state."""
+        """The returned `EGRUHidden` (its ``c`` continues), nn.GRU's plain ``h_0`` (taken as
+        both ``c`` and ``y``) or an `EGRUState` ``(c, y)`` → the stacked functional state."""
         if isinstance(state, EGRUHidden):
             state = EGRUState(state.c, state.as_tensor())
         elif isinstance(state, Tensor):
@@ -302,7 +302,7 @@ class EGRU(StackedForward, _EGRUBase):
         return y, final, trace, stats
 
     def _replay_view(self, y: Tensor, trace) -> tuple[Tensor, Tensor]:
-        """(events, threshold) of a replay (:func:`evsnn.metrics.reference_traces`): ``y``, θ."""
+        """(events, threshold) of a replay ([`evsnn.metrics.reference_traces`][evsnn.metrics.reference_traces]): ``y``, θ."""
         return y, self.threshold
 
     def _stats(self, x: Tensor, y: Tensor, state, trace, threshold: Tensor, training: bool) -> LayerStats:
@@ -345,9 +345,9 @@ class EGRU(StackedForward, _EGRUBase):
 class EGRUCell(RecordsStats, _EGRUBase):
     """One EGRU step (SPEC.md §3), called like ``nn.GRUCell``: ``h = cell(x [B, input_size], h=None)``.
 
-    The returned ``h`` is the events ``y`` ``[B, H]`` as an :class:`EGRUHidden` carrying the
-    internal state ``c`` (passing it back continues exactly). :meth:`step` takes and returns the
-    functional :class:`EGRUState` instead: ``y, state = cell.step(x, state)``.
+    The returned ``h`` is the events ``y`` ``[B, H]`` as an `EGRUHidden` carrying the
+    internal state ``c`` (passing it back continues exactly). `step` takes and returns the
+    functional `EGRUState` instead: ``y, state = cell.step(x, state)``.
 
     Args:
         input_size: features of the input.
@@ -362,8 +362,8 @@ class EGRUCell(RecordsStats, _EGRUBase):
             ``"threshold"`` subtracts θ and keeps the rest of the state; ``"output"`` (the
             paper's equations) subtracts the whole state, so a unit forgets at each event.
         surrogate: pseudo-derivative of the event function (default ``Triangle(0.3)``).
-        record_stats: keep :attr:`last_stats` (one :class:`LayerStats` of the last step) after each step.
-        backend: accepted for symmetry with :class:`EGRU`; a single step runs the reference.
+        record_stats: keep `last_stats` (one `LayerStats` of the last step) after each step.
+        backend: accepted for symmetry with `EGRU`; a single step runs the reference.
         device: device of the parameters.
         dtype: dtype of the parameters.
     """
@@ -393,7 +393,7 @@ class EGRUCell(RecordsStats, _EGRUBase):
 
     def step(self, x: Tensor, state: EGRUState | None = None) -> tuple[Tensor, EGRUState]:
         """One step on the functional state: ``(y, EGRUState(c, y))``, the form of
-        :func:`evsnn.functional.egru_step` (streaming, ONNX export, the snntorch/norse adapters)."""
+        [`evsnn.functional.egru_step`][evsnn.functional.egru_step] (streaming, ONNX export, the snntorch/norse adapters)."""
         check_input(type(self).__name__, x, 2, self.input_size, self.weight_ih)
         if state is None:
             state = egru_initial_state(x.shape[0], self.hidden_size, x)
@@ -420,10 +420,10 @@ class EGRUCell(RecordsStats, _EGRUBase):
         Args:
             x: input ``[B, input_size]``.
             hx: ``None`` (zeros), a plain ``h`` ``[B, hidden_size]`` (taken as both ``c`` and ``y``),
-                or the :class:`EGRUHidden` the cell returned (its ``c`` continues).
+                or the `EGRUHidden` the cell returned (its ``c`` continues).
 
         Returns:
-            The events ``y`` ``[B, H]`` as an :class:`EGRUHidden` carrying ``c``.
+            The events ``y`` ``[B, H]`` as an `EGRUHidden` carrying ``c``.
         """
         state = None
         if isinstance(hx, EGRUHidden):

@@ -7,14 +7,14 @@ functorch rule for ``torch.func.grad``/``vjp``, no derivative of the backward. T
 has the table; the rules:
 
 - a call under ``torch.func.grad``/``vjp``/``jacrev``/``jacfwd``/``hessian``/``jvp`` or under
-  ``torch.autograd.forward_ad.dual_level`` (:func:`active_transform`) runs on the reference when
+  ``torch.autograd.forward_ad.dual_level`` (`active_transform`) runs on the reference when
   the backend is ``"auto"`` (one warning per family and transform; the reference is the only path
-  that computes such a call) and is refused with :class:`~evsnn.ops.dispatch.BackendUnavailable`
+  that computes such a call) and is refused with [`BackendUnavailable`][evsnn.ops.dispatch.BackendUnavailable]
   when an accelerated backend was asked for by name;
 - ``torch.func.vmap`` alone runs the accelerated kernels (PyTorch loops them over the mapped
   dimension), as does ``torch.func.functionalize``;
 - a backward with ``create_graph=True`` through an accelerated kernel raises
-  :func:`refuse_double_backward`'s error: the forward had already run when the request for a
+  `refuse_double_backward`'s error: the forward had already run when the request for a
   second derivative comes, so only the layer's backend can change it.
 """
 
