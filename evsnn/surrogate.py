@@ -164,7 +164,14 @@ class MultiGaussian(Surrogate):
 
     def grad(self, x: Tensor) -> Tensor:
         s, h, w = self.sigma, self.height, self.scale * self.sigma
-        return self.gamma * ((1.0 + h) * _gauss_pdf(x, 0.0, s) - h * _gauss_pdf(x, s, w) - h * _gauss_pdf(x, -s, w))
+        # The side Gaussians at ±σ share one exponential, e^{-(x−σ)²/2w²} + e^{-(x+σ)²/2w²}
+        # = e^{-(|x|−σ)²/2w²}·(1 + e^{−2|x|σ/w²}) (never an overflow), and the constants are
+        # folded: a third fewer elementwise passes than three separate densities, in every
+        # backward step of an ALIF on the reference path.
+        ax = x.abs()
+        centre = torch.exp(x * x * (-0.5 / s**2)) * (self.gamma * (1.0 + h) / (s * _SQRT2PI))
+        sides = torch.exp((ax - s) ** 2 * (-0.5 / w**2)) * (1.0 + torch.exp(ax * (-2.0 * s / w**2)))
+        return centre - sides * (self.gamma * h / (w * _SQRT2PI))
 
     def primitive(self, x: Tensor) -> Tensor:
         s, h, w = self.sigma, self.height, self.scale * self.sigma
