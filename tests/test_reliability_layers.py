@@ -462,3 +462,36 @@ def test_packed_mean_event_fraction_is_over_the_computed_steps(bidirectional, re
     assert stats.mean_event_fraction == pytest.approx(expected, rel=1e-6)  # float32 sums of counts
     assert stats.as_dict()["mean_event_fraction"] == pytest.approx(expected, rel=1e-6)
     assert stats.event_fraction.float().mean().item() != pytest.approx(expected, rel=1e-3)
+
+
+DEFERRED = {
+    "ALIF": lambda: evsnn.ALIF(3, 6, num_layers=2, bidirectional=True),
+    "ALIF-fixed-threshold": lambda: evsnn.ALIF(3, 6, learn_threshold=False, tau_init="multi_normal"),
+    "ALIFCell": lambda: evsnn.ALIFCell(3, 6),
+    "ALIFReadout": lambda: evsnn.ALIFReadout(3, 6),
+    "LeakyReadout": lambda: evsnn.LeakyReadout(3, 6),
+    "EGRU": lambda: evsnn.EGRU(3, 6, num_layers=2, bidirectional=True),
+    "EGRU-beta": lambda: evsnn.EGRU(3, 6, threshold=0.3, threshold_init="beta"),
+    "EGRUCell": lambda: evsnn.EGRUCell(3, 6),
+    "DeltaGRU": lambda: evsnn.DeltaGRU(3, 6, num_layers=2),
+    "DeltaLSTM": lambda: evsnn.DeltaLSTM(3, 6, bidirectional=True),
+}
+
+
+@pytest.mark.parametrize("name", list(DEFERRED))
+def test_meta_to_empty_then_reset_parameters_equals_building_directly(name):
+    """The deferred-initialisation recipe (FSDP's): build on the meta device, ``to_empty``, then
+    ``reset_parameters()``. Every parameter and buffer must be drawn again as construction draws
+    it (thresholds, time constants and adaptation included), never left as uninitialised memory."""
+    make = DEFERRED[name]
+    torch.manual_seed(7)
+    direct = make()
+    with torch.device("meta"):
+        deferred = make()
+    deferred.to_empty(device="cpu")
+    torch.manual_seed(7)
+    deferred.reset_parameters()
+    want, got = direct.state_dict(), deferred.state_dict()
+    assert list(got) == list(want)
+    for key, value in want.items():
+        assert torch.equal(got[key], value), key

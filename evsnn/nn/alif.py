@@ -177,9 +177,24 @@ class _ALIFBase(ParameterChecks):
             if b is not None:
                 nn.init.uniform_(b, -bound, bound)
 
+    def _reset_neuron_values(self, suffix: str) -> None:
+        """τ_m and τ_adp drawn as at construction, ``b0`` and ``beta`` (parameters or buffers) set."""
+        tau_mem, tau_adapt, tau_init, b0, beta, _ = self._init_specs
+        with torch.no_grad():
+            for name, spec in (("tau_mem", tau_mem), ("tau_adapt", tau_adapt)):
+                tau = getattr(self, name + suffix)
+                tau.copy_(init_tau(self.hidden_size, spec, tau_init, name=name).to(tau))
+            getattr(self, "b0" + suffix).fill_(b0)
+            getattr(self, "beta" + suffix).fill_(beta if self.adaptive else 0.0)
+
     def reset_parameters(self) -> None:
-        """Kaiming-uniform weights and Uniform(−1/√fan_in, 1/√fan_in) biases like ``nn.Linear``."""
+        """Every parameter and threshold buffer as at construction: τ_m and τ_adp drawn again,
+        ``b0`` and ``beta`` set, Kaiming-uniform weights and Uniform(−1/√fan_in, 1/√fan_in) biases
+        like ``nn.Linear``. With the same random seed it gives the values construction gave, so a
+        layer built on the meta device, then ``to_empty(...)`` and ``reset_parameters()`` (the
+        deferred-initialisation recipe of FSDP) equals one built directly."""
         for suffix in self._suffixes():
+            self._reset_neuron_values(suffix)
             self._reset_direction(suffix)
 
     def extra_repr(self) -> str:
@@ -495,7 +510,16 @@ class LeakyReadout(ParameterChecks):
         self.output_size = check_size("output_size", output_size)
         self.batch_first = bool(batch_first)
         self.linear = nn.Linear(input_size, output_size, bias=bias, device=device, dtype=dtype)
+        self._tau_spec = (tau, tau_init)
         self.tau = nn.Parameter(init_tau(output_size, tau, tau_init, name="tau").to(self.linear.weight))
+
+    def reset_parameters(self) -> None:
+        """The linear map as ``nn.Linear`` initialises it and τ_o drawn again, in construction's
+        order: with the same random seed, the values construction gave (the meta-device recipe
+        ``to_empty(...)`` then ``reset_parameters()`` equals building the layer directly)."""
+        self.linear.reset_parameters()
+        with torch.no_grad():
+            self.tau.copy_(init_tau(self.output_size, *self._tau_spec, name="tau").to(self.tau))
 
     def forward(self, x: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_input(type(self).__name__, x, 3, self.input_size, self.linear.weight)

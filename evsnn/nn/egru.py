@@ -120,8 +120,16 @@ class _EGRUBase(ParameterChecks):
                 nn.init.uniform_(p, -bound, bound)
 
     def reset_parameters(self) -> None:
-        """Uniform(−1/√H, 1/√H) like ``nn.GRU``; the thresholds are left as they are."""
+        """Every parameter as at construction: the thresholds drawn again as ``threshold_init``
+        says, the weights and biases Uniform(−1/√H, 1/√H) like ``nn.GRU``. With the same random
+        seed it gives the values construction gave, so a layer built on the meta device, then
+        ``to_empty(...)`` and ``reset_parameters()`` (the deferred-initialisation recipe of FSDP)
+        equals one built directly."""
         for suffix in self._suffixes():
+            log_threshold = getattr(self, "log_threshold" + suffix)
+            theta = _init_threshold(self.hidden_size, self._threshold_value, self._threshold_init)
+            with torch.no_grad():
+                log_threshold.copy_(theta.log().to(log_threshold))
             self._reset_direction(suffix)
 
     def _threshold_of(self, suffix: str) -> Tensor:
