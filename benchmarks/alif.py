@@ -105,7 +105,9 @@ def recurrent(T: int, B: int, n_in: int, H: int, quick: bool, skip_peers: bool =
     )
     if skip_peers:
         return
-    guarded("evsnn_alif_rec_reference", lambda: evsnn_layer("torch", MultiGaussian(), "reference", 1, 2 if quick else 3))
+    guarded(
+        "evsnn_alif_rec_reference", lambda: evsnn_layer("torch", MultiGaussian(), "reference", 1, 2 if quick else 3)
+    )
 
     def snntorch_rleaky() -> None:
         import snntorch as snn

@@ -92,7 +92,10 @@ def problem(family: str, steps: int, batch: int, hidden: int, inp: int, target: 
         return egru_scan, egru_cpu.egru_scan_cpu, lambda grad: args(theta, grad), activity(theta)
     if family in ("delta_gru", "delta_lstm"):
         gates = 3 if family == "delta_gru" else 4
-        w = [uniform(s, bound, gen) for s in ((gates * hidden, inp), (gates * hidden, hidden), (gates * hidden,), (gates * hidden,))]
+        w = [
+            uniform(s, bound, gen)
+            for s in ((gates * hidden, inp), (gates * hidden, hidden), (gates * hidden,), (gates * hidden,))
+        ]
         ref = delta_gru_scan if family == "delta_gru" else delta_lstm_scan
         event = delta_cpu.delta_gru_scan_cpu if family == "delta_gru" else delta_cpu.delta_lstm_scan_cpu
 

@@ -103,14 +103,20 @@ def inference(levels, reps: int, steps: int, hidden: int, batches=(1, 32)) -> li
                     theta, occ_h, occ_x = 0.0, *occupancy(fn, x, params, 0.0)
                 else:
                     theta, occ_h, occ_x = calibrate(fn, x, params, target)
+
                 def run(fn=fn, x=x, theta=theta, params=params):
                     return fn(x, None, *params, theta_x=theta, theta_h=theta)
 
                 with torch.no_grad():
                     t = cuda_time(run, reps)
-                rows.append(dict(cell=cell, batch=batch, theta=theta, occ_h=occ_h, occ_x=occ_x, evsnn_ms=t, cudnn_ms=t_cudnn))
-                print(f"  inference {cell} B={batch} Θ={theta:.3g} occ_h={occ_h:.3f} occ_x={occ_x:.3f}: "
-                      f"{t:.2f} ms vs cuDNN {t_cudnn:.2f} ms", flush=True)
+                rows.append(
+                    dict(cell=cell, batch=batch, theta=theta, occ_h=occ_h, occ_x=occ_x, evsnn_ms=t, cudnn_ms=t_cudnn)
+                )
+                print(
+                    f"  inference {cell} B={batch} Θ={theta:.3g} occ_h={occ_h:.3f} occ_x={occ_x:.3f}: "
+                    f"{t:.2f} ms vs cuDNN {t_cudnn:.2f} ms",
+                    flush=True,
+                )
     return rows
 
 
@@ -142,10 +148,25 @@ def training(levels, reps: int, steps: int, hidden: int, batch: int) -> list[dic
 
             t_f = cuda_time(fwd, reps)
             t_fb = cuda_time(fwd_bwd, reps)
-            rows.append(dict(cell=cell, theta=theta, occ_h=occ_h, occ_x=occ_x, bwd_sparsity=1.0 - occ_h, fwd_ms=t_f,
-                             fwd_bwd_ms=t_fb, bwd_ms=t_fb - t_f, cudnn_fwd_ms=t_cudnn_f, cudnn_fwd_bwd_ms=t_cudnn_fb))
-            print(f"  training {cell} Θ={theta:.3g} occ_h={occ_h:.3f}: fwd {t_f:.2f} ms, fwd+bwd {t_fb:.2f} ms "
-                  f"(cuDNN {t_cudnn_f:.2f} / {t_cudnn_fb:.2f} ms)", flush=True)
+            rows.append(
+                dict(
+                    cell=cell,
+                    theta=theta,
+                    occ_h=occ_h,
+                    occ_x=occ_x,
+                    bwd_sparsity=1.0 - occ_h,
+                    fwd_ms=t_f,
+                    fwd_bwd_ms=t_fb,
+                    bwd_ms=t_fb - t_f,
+                    cudnn_fwd_ms=t_cudnn_f,
+                    cudnn_fwd_bwd_ms=t_cudnn_fb,
+                )
+            )
+            print(
+                f"  training {cell} Θ={theta:.3g} occ_h={occ_h:.3f}: fwd {t_f:.2f} ms, fwd+bwd {t_fb:.2f} ms "
+                f"(cuDNN {t_cudnn_f:.2f} / {t_cudnn_fb:.2f} ms)",
+                flush=True,
+            )
     return rows
 
 
@@ -174,18 +195,26 @@ def main() -> None:
     print("| cell | B | Θ | hidden occupancy | input occupancy | evsnn CuPy ms | cuDNN ms | speed-up vs cuDNN |")
     print("|---|---|---|---|---|---|---|---|")
     for r in inf:
-        print(f"| {r['cell']} | {r['batch']} | {r['theta']:.3g} | {r['occ_h']:.3f} | {r['occ_x']:.3f} | "
-              f"{r['evsnn_ms']:.2f} | {r['cudnn_ms']:.2f} | {r['cudnn_ms'] / r['evsnn_ms']:.2f}× |")
+        print(
+            f"| {r['cell']} | {r['batch']} | {r['theta']:.3g} | {r['occ_h']:.3f} | {r['occ_x']:.3f} | "
+            f"{r['evsnn_ms']:.2f} | {r['cudnn_ms']:.2f} | {r['cudnn_ms'] / r['evsnn_ms']:.2f}× |"
+        )
     print(f"\n### Training fwd+bwd of out.sum(), T=500, B=32, I={INPUT}, H=512 (median of {reps})\n")
-    print("| cell | Θ | hidden occupancy | backward sparsity | fwd ms | bwd ms | fwd+bwd ms | cuDNN fwd+bwd ms | ratio vs cuDNN |")
+    print(
+        "| cell | Θ | hidden occupancy | backward sparsity | fwd ms | bwd ms | fwd+bwd ms | cuDNN fwd+bwd ms | ratio vs cuDNN |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in trn:
-        print(f"| {r['cell']} | {r['theta']:.3g} | {r['occ_h']:.3f} | {r['bwd_sparsity']:.3f} | {r['fwd_ms']:.2f} | "
-              f"{r['bwd_ms']:.2f} | {r['fwd_bwd_ms']:.2f} | {r['cudnn_fwd_bwd_ms']:.2f} | "
-              f"{r['cudnn_fwd_bwd_ms'] / r['fwd_bwd_ms']:.2f}× |")
+        print(
+            f"| {r['cell']} | {r['theta']:.3g} | {r['occ_h']:.3f} | {r['bwd_sparsity']:.3f} | {r['fwd_ms']:.2f} | "
+            f"{r['bwd_ms']:.2f} | {r['fwd_bwd_ms']:.2f} | {r['cudnn_fwd_bwd_ms']:.2f} | "
+            f"{r['cudnn_fwd_bwd_ms'] / r['fwd_bwd_ms']:.2f}× |"
+        )
     out = os.environ.get("OUT")
     if out:
-        Path(out, "delta_bench.json").write_text(json.dumps({"device": device, "inference": inf, "training": trn}, indent=1))
+        Path(out, "delta_bench.json").write_text(
+            json.dumps({"device": device, "inference": inf, "training": trn}, indent=1)
+        )
 
 
 if __name__ == "__main__":

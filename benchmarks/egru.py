@@ -126,7 +126,9 @@ def main() -> None:
     sizes = [512] if args.quick else [128, 512, 1024]
     started = time.time()
     print(f"# device: {torch.cuda.get_device_name()}  torch {torch.__version__}  date {datetime.date.today()}")
-    print(f"# command: python benchmarks/egru.py{' --quick' if args.quick else ''}  T={T} B={B} I={INPUT} fp32 TF32 off")
+    print(
+        f"# command: python benchmarks/egru.py{' --quick' if args.quick else ''}  T={T} B={B} I={INPUT} fp32 TF32 off"
+    )
     rows = []
     for hidden in sizes:
         torch.manual_seed(0)
@@ -169,8 +171,10 @@ def main() -> None:
         print(f"# H={hidden} done at {time.time() - started:.0f}s", flush=True)
 
     print("\n## Times (ms, median) and ratios; activity = events per unit per step")
-    print("| H | activity | bwd sparsity | evsnn cupy fwd | cuDNN fwd | ref fwd | compile fwd | evsnn cupy fwd+bwd "
-          "| cuDNN fwd+bwd | ref fwd+bwd | compile fwd+bwd | cupy/cuDNN fwd+bwd | ref/cupy fwd+bwd |")
+    print(
+        "| H | activity | bwd sparsity | evsnn cupy fwd | cuDNN fwd | ref fwd | compile fwd | evsnn cupy fwd+bwd "
+        "| cuDNN fwd+bwd | ref fwd+bwd | compile fwd+bwd | cupy/cuDNN fwd+bwd | ref/cupy fwd+bwd |"
+    )
     print("|" + "---|" * 13)
     for r in rows:
         print(

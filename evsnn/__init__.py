@@ -48,12 +48,39 @@ __all__ = [
 
 # Everything loads on first use: `import evsnn` (and so `evsnn --help`) does not import torch,
 # and matplotlib loads only when plotting.
-_LAZY_SUBMODULES = ("functional", "surrogate", "nn", "ops", "stats", "plot", "metrics", "regularizers", "streaming", "tbptt",
-                    "interop", "data", "train", "cli")
+_LAZY_SUBMODULES = (
+    "functional",
+    "surrogate",
+    "nn",
+    "ops",
+    "stats",
+    "plot",
+    "metrics",
+    "regularizers",
+    "streaming",
+    "tbptt",
+    "interop",
+    "data",
+    "train",
+    "cli",
+)
 _LAZY_NAMES = {
     **dict.fromkeys(("ALIFState", "EGRUState", "DeltaGRUState", "DeltaLSTMState"), "functional"),
-    **dict.fromkeys(("ALIF", "ALIFCell", "EGRU", "EGRUCell", "DeltaGRU", "DeltaGRUCell", "DeltaLSTM", "DeltaLSTMCell",
-                     "ALIFReadout", "LeakyReadout"), "nn"),
+    **dict.fromkeys(
+        (
+            "ALIF",
+            "ALIFCell",
+            "EGRU",
+            "EGRUCell",
+            "DeltaGRU",
+            "DeltaGRUCell",
+            "DeltaLSTM",
+            "DeltaLSTMCell",
+            "ALIFReadout",
+            "LeakyReadout",
+        ),
+        "nn",
+    ),
     "LayerStats": "stats",
 }
 

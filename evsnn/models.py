@@ -22,8 +22,17 @@ MODELS = ("alif", "egru", "deltagru", "deltalstm")
 class SequenceClassifier(nn.Module):
     """``x [T, B, I] → layer → LeakyReadout → logits = m_T [B, classes]``."""
 
-    def __init__(self, model: str, input_size: int, hidden: int, n_classes: int, *, backend: str = "auto",
-                 adaptive: bool = True, layer_options: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        model: str,
+        input_size: int,
+        hidden: int,
+        n_classes: int,
+        *,
+        backend: str = "auto",
+        adaptive: bool = True,
+        layer_options: dict[str, Any] | None = None,
+    ):
         """``layer_options`` are keyword arguments of the layer's class that replace the defaults
         chosen here (e.g. an EGRU's ``threshold`` and ``reset``)."""
         super().__init__()
@@ -94,8 +103,16 @@ class PerStepALIF(nn.Module):
         backend: evsnn op backend of both layers.
     """
 
-    def __init__(self, input_size: int, hidden: int, n_classes: int, *, adaptive: bool = True, warmup: int = 10,
-                 backend: str = "auto"):
+    def __init__(
+        self,
+        input_size: int,
+        hidden: int,
+        n_classes: int,
+        *,
+        adaptive: bool = True,
+        warmup: int = 10,
+        backend: str = "auto",
+    ):
         super().__init__()
         self.warmup = int(warmup)
         self.layer = enn.ALIF(input_size, hidden, tau_mem=20.0, tau_adapt=7.0, adaptive=adaptive, backend=backend)

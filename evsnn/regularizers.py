@@ -145,8 +145,7 @@ class FiringRateRegularizer(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"target={self.target}, strength={self.strength}, per_neuron={self.per_neuron}, "
-            f"one_sided={self.one_sided}"
+            f"target={self.target}, strength={self.strength}, per_neuron={self.per_neuron}, one_sided={self.one_sided}"
         )
 
     def rates(self, spikes: Tensor) -> Tensor:

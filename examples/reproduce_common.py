@@ -31,9 +31,20 @@ KINDS = ("gru", "lstm", "egru", "deltagru", "deltalstm", "alif", "lif")
 class Net(nn.Module):
     """``layer → LeakyReadout``; ``kind`` one of :data:`KINDS` (``lif`` is ALIF with ``adaptive=False``)."""
 
-    def __init__(self, kind: str, n_in: int, hidden: int, n_classes: int, *, theta: float = 0.0,
-                 backend: str = "auto", tau_mem=(5.0, 1.25), tau_adapt=(25.0, 5.0), readout_tau=(5.0, 1.25),
-                 layer_options: dict | None = None):
+    def __init__(
+        self,
+        kind: str,
+        n_in: int,
+        hidden: int,
+        n_classes: int,
+        *,
+        theta: float = 0.0,
+        backend: str = "auto",
+        tau_mem=(5.0, 1.25),
+        tau_adapt=(25.0, 5.0),
+        readout_tau=(5.0, 1.25),
+        layer_options: dict | None = None,
+    ):
         """``layer_options``: more keyword arguments of an evsnn layer (an EGRU's threshold and reset,
         a DeltaGRU's fixed-point formats, ...); the torch layers take none."""
         super().__init__()
@@ -53,8 +64,9 @@ class Net(nn.Module):
             self.layer = evsnn.DeltaLSTM(n_in, hidden, theta_x=theta, theta_h=theta, backend=backend, **options)
         elif kind in ("alif", "lif"):
             # the short time constants evsnn train uses for sequences of tens of steps
-            self.layer = evsnn.ALIF(n_in, hidden, adaptive=kind == "alif", tau_mem=tau_mem, tau_adapt=tau_adapt,
-                                    backend=backend, **options)
+            self.layer = evsnn.ALIF(
+                n_in, hidden, adaptive=kind == "alif", tau_mem=tau_mem, tau_adapt=tau_adapt, backend=backend, **options
+            )
         else:
             raise ValueError(f"unknown kind {kind!r}; expected one of {KINDS}")
         self.readout = evsnn.LeakyReadout(hidden, n_classes, tau=readout_tau)
@@ -131,9 +143,20 @@ def evaluate(model: Net, dataset, batch_size: int = 512) -> Result:
     return Result(correct / len(dataset), frac_sum / steps_sum, ops, macs, time.perf_counter() - start)
 
 
-def train(model: Net, train_set, *, epochs: int, batch_size: int, lr: float, seed: int,
-          l1_delta: float = 0.0, egru_target: float | None = None, egru_strength: float = 1.0,
-          log_every: int = 0, test_set=None) -> float:
+def train(
+    model: Net,
+    train_set,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    l1_delta: float = 0.0,
+    egru_target: float | None = None,
+    egru_strength: float = 1.0,
+    log_every: int = 0,
+    test_set=None,
+) -> float:
     """Adam with a one-cycle schedule on cross-entropy (+ the optional regularisers); returns
     the training wall-clock seconds."""
     gen = torch.Generator().manual_seed(seed)
@@ -145,7 +168,7 @@ def train(model: Net, train_set, *, epochs: int, batch_size: int, lr: float, see
     for epoch in range(epochs):
         perm = torch.randperm(len(train_set), generator=gen)
         for b in range(per_epoch):
-            x, y, lengths = batch(train_set, perm[b * batch_size:(b + 1) * batch_size])
+            x, y, lengths = batch(train_set, perm[b * batch_size : (b + 1) * batch_size])
             logits, out = model(x, lengths)
             loss = F.cross_entropy(logits, y)
             valid = (torch.arange(x.shape[0])[:, None] < lengths[None, :]).to(out.dtype)[..., None]
@@ -161,12 +184,16 @@ def train(model: Net, train_set, *, epochs: int, batch_size: int, lr: float, see
             sched.step()
         if log_every and (epoch + 1) % log_every == 0 and test_set is not None:
             r = evaluate(model, test_set)
-            print(f"#   epoch {epoch + 1}: loss {float(loss):.3f} test {r.accuracy:.3f} "
-                  f"activity {r.event_fraction:.3f}", flush=True)
+            print(
+                f"#   epoch {epoch + 1}: loss {float(loss):.3f} test {r.accuracy:.3f} activity {r.event_fraction:.3f}",
+                flush=True,
+            )
     return time.perf_counter() - start
 
 
 def hardware() -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} thread(s), load {load:.2f}")
+    return (
+        f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} thread(s), load {load:.2f}"
+    )

@@ -39,9 +39,20 @@ def run_one(args: argparse.Namespace, setting: str, seed: int) -> dict:
     out = Path(args.out) / f"{setting}-seed{seed}"
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
-    config = TrainConfig(model="alif", data="ecg", data_dir=args.data_dir, hidden=args.hidden, epochs=args.epochs,
-                         batch_size=args.batch_size, lr=args.lr, seed=seed, backend=args.backend, out=str(out), threads=1,
-                         adaptive=SETTINGS[setting])
+    config = TrainConfig(
+        model="alif",
+        data="ecg",
+        data_dir=args.data_dir,
+        hidden=args.hidden,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=seed,
+        backend=args.backend,
+        out=str(out),
+        threads=1,
+        adaptive=SETTINGS[setting],
+    )
     return train(config, progress=True, log=lambda s: print(f"[{setting} seed {seed}] {s}", flush=True))
 
 
@@ -80,8 +91,13 @@ def draw(rows: dict[str, list[dict]], args: argparse.Namespace) -> None:
     for (setting, runs), color in zip(rows.items(), ("C0", "C1")):
         for i, r in enumerate(runs):
             epochs = [h["epoch"] for h in r["history"]]
-            ax.plot(epochs, [h["accuracy"] for h in r["history"]], color=color, alpha=0.7,
-                    label=f"{setting} ({len(runs)} seeds)" if i == 0 else None)
+            ax.plot(
+                epochs,
+                [h["accuracy"] for h in r["history"]],
+                color=color,
+                alpha=0.7,
+                label=f"{setting} ({len(runs)} seeds)" if i == 0 else None,
+            )
         if PUBLISHED[setting] is not None:
             ax.axhline(PUBLISHED[setting], color=color, ls=":", lw=1)
     ax.set_xlabel("epoch")
@@ -94,12 +110,14 @@ def draw(rows: dict[str, list[dict]], args: argparse.Namespace) -> None:
 
     # Rasters of each setting's first seed on one test trace, with the labels and the predictions.
     x, y = load_qtdb(args.data_dir).test[0]
-    fig, axes = plt.subplots(2 * len(rows), 1, figsize=(8, 3.2 * len(rows)), sharex=True,
-                             gridspec_kw={"height_ratios": [2.5, 1] * len(rows)})
+    fig, axes = plt.subplots(
+        2 * len(rows), 1, figsize=(8, 3.2 * len(rows)), sharex=True, gridspec_kw={"height_ratios": [2.5, 1] * len(rows)}
+    )
     for k, (setting, runs) in enumerate(rows.items()):
         seed = runs[0]["config"]["seed"]
-        state = torch.load(Path(args.out) / f"{setting}-seed{seed}" / "checkpoint.pt", map_location="cpu",
-                           weights_only=True)
+        state = torch.load(
+            Path(args.out) / f"{setting}-seed{seed}" / "checkpoint.pt", map_location="cpu", weights_only=True
+        )
         model = PerStepALIF(4, args.hidden, 6, adaptive=SETTINGS[setting], backend="torch")
         model.load_state_dict(state["model"])
         model.eval()
@@ -112,8 +130,11 @@ def draw(rows: dict[str, list[dict]], args: argparse.Namespace) -> None:
         ax.set_ylabel("hidden neuron")
         ax.set_ylim(-0.5, args.hidden - 0.5)
         acc = (pred[model.warmup :] == y[model.warmup :]).float().mean().item()
-        ax.set_title(f"{setting}, seed {seed}, test trace 0: {spikes[:, 0].mean().item():.3f} spikes/neuron/step, "
-                     f"per-step accuracy {acc:.1%}", fontsize=9)
+        ax.set_title(
+            f"{setting}, seed {seed}, test trace 0: {spikes[:, 0].mean().item():.3f} spikes/neuron/step, "
+            f"per-step accuracy {acc:.1%}",
+            fontsize=9,
+        )
         bx.plot(y, color="C2", lw=2, label="label")
         bx.plot(pred, color="C3", lw=0.8, label="prediction")
         bx.set_ylabel("class")
@@ -133,9 +154,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=["lif"],
-                   help="lif: the published network (default); adaptive: β = 1.8 in the hidden layer too, an "
-                        "extension beyond the paper")
+    p.add_argument(
+        "--settings",
+        nargs="+",
+        choices=tuple(SETTINGS),
+        default=["lif"],
+        help="lif: the published network (default); adaptive: β = 1.8 in the hidden layer too, an "
+        "extension beyond the paper",
+    )
     p.add_argument("--backend", default="auto")
     p.add_argument("--figures", default=None, help="folder for ecg_accuracy.png and ecg_raster.png")
     p.add_argument("--summarise", action="store_true", help="only read finished runs in --out")

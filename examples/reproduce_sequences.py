@@ -72,19 +72,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--egru-lr", type=float, default=5e-2, help="peak lr of the EGRU (the other models use --lr)")
     p.add_argument("--egru-target", type=float, default=0.15, help="one-sided activity target of the EGRU")
     p.add_argument("--egru-threshold", type=float, default=0.01, help="mean initial threshold θ of the EGRU")
-    p.add_argument("--egru-threshold-init", choices=evsnn.nn.egru.THRESHOLD_INITS, default="constant",
-                   help="how the EGRU's initial θ are drawn")
-    p.add_argument("--egru-reset", choices=evsnn.functional.egru.RESETS, default="threshold",
-                   help="what an EGRU event subtracts from the state")
+    p.add_argument(
+        "--egru-threshold-init",
+        choices=evsnn.nn.egru.THRESHOLD_INITS,
+        default="constant",
+        help="how the EGRU's initial θ are drawn",
+    )
+    p.add_argument(
+        "--egru-reset",
+        choices=evsnn.functional.egru.RESETS,
+        default="threshold",
+        help="what an EGRU event subtracts from the state",
+    )
     return p
 
 
 def main() -> None:
     args = build_parser().parse_args()
     torch.set_num_threads(1)
-    print(f"# {args.task}: hidden {args.hidden}, {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}; "
-          f"EGRU θ {args.egru_threshold} ({args.egru_threshold_init}), reset {args.egru_reset}, lr {args.egru_lr}, "
-          f"target {args.egru_target}; {hardware()}\n")
+    print(
+        f"# {args.task}: hidden {args.hidden}, {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}; "
+        f"EGRU θ {args.egru_threshold} ({args.egru_threshold_init}), reset {args.egru_reset}, lr {args.egru_lr}, "
+        f"target {args.egru_target}; {hardware()}\n"
+    )
     print("| task | model | seed | test accuracy | activity | train s |\n|---|---|---|---|---|---|")
     results: dict[str, list] = {m: [] for m in args.models}
     for seed in args.seeds:
@@ -97,14 +107,18 @@ def main() -> None:
             secs = train(net, data.train, epochs=args.epochs, batch_size=args.batch_size, lr=lr, seed=seed, **extra)
             r = evaluate(net, data.test)
             results[kind].append((r, secs))
-            print(f"| {args.task} | {kind} | {seed} | {r.accuracy:.4f} | {r.event_fraction:.3f} | {secs:.0f} |",
-                  flush=True)
+            print(
+                f"| {args.task} | {kind} | {seed} | {r.accuracy:.4f} | {r.event_fraction:.3f} | {secs:.0f} |",
+                flush=True,
+            )
     print("\n| task | model | seeds | test accuracy % | activity % | train s |\n|---|---|---|---|---|---|")
     for kind, rs in results.items():
         acc = [100 * r.accuracy for r, _ in rs]
         act = [100 * r.event_fraction for r, _ in rs]
-        print(f"| {args.task} | {kind} | {len(rs)} | {statistics.mean(acc):.1f} ± {sd(acc):.1f} | "
-              f"{statistics.mean(act):.1f} ± {sd(act):.1f} | {statistics.mean(s for _, s in rs):.0f} |")
+        print(
+            f"| {args.task} | {kind} | {len(rs)} | {statistics.mean(acc):.1f} ± {sd(acc):.1f} | "
+            f"{statistics.mean(act):.1f} ± {sd(act):.1f} | {statistics.mean(s for _, s in rs):.0f} |"
+        )
     print(f"\n# end: {hardware()}")
 
 

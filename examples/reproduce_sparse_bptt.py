@@ -45,7 +45,7 @@ def backward_ms(net: Net, batches, repeats: int) -> float:
             start = time.perf_counter()
             loss.backward()
             times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times[len(batches):])
+    return 1e3 * statistics.median(times[len(batches) :])
 
 
 def main() -> None:
@@ -61,14 +61,19 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     data = load_japanese_vowels(args.data_dir)
-    print(f"# DeltaLSTM on JapaneseVowels, hidden {args.hidden}, {args.epochs} epochs, batch {args.batch_size}, "
-          f"backend cpu_event; {hardware()}\n")
-    print("| Θ | seed | test accuracy | bwd skipped | bwd ms at Θ | bwd ms, same kernel Θ=0 | bwd ms nn.LSTM | "
-          "Θ=0 ÷ Θ | nn.LSTM ÷ Θ | train s |")
+    print(
+        f"# DeltaLSTM on JapaneseVowels, hidden {args.hidden}, {args.epochs} epochs, batch {args.batch_size}, "
+        f"backend cpu_event; {hardware()}\n"
+    )
+    print(
+        "| Θ | seed | test accuracy | bwd skipped | bwd ms at Θ | bwd ms, same kernel Θ=0 | bwd ms nn.LSTM | "
+        "Θ=0 ÷ Θ | nn.LSTM ÷ Θ | train s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     gen = torch.Generator().manual_seed(1234)
-    timing_batches = [batch(data.train, torch.randperm(len(data.train), generator=gen)[: args.batch_size])
-                      for _ in range(5)]
+    timing_batches = [
+        batch(data.train, torch.randperm(len(data.train), generator=gen)[: args.batch_size]) for _ in range(5)
+    ]
     for theta in args.thetas:
         for seed in args.seeds:
             torch.manual_seed(seed)
@@ -92,8 +97,11 @@ def main() -> None:
             lstm.layer = net.layer.to_torch()
             lstm.readout.load_state_dict(net.readout.state_dict())
             t_lstm = backward_ms(lstm, timing_batches, args.repeats)
-            print(f"| {theta:g} | {seed} | {acc:.4f} | {skipped:.3f} | {t_theta:.2f} | {t_dense:.2f} | {t_lstm:.2f} | "
-                  f"{t_dense / t_theta:.2f} | {t_lstm / t_theta:.2f} | {secs:.0f} |", flush=True)
+            print(
+                f"| {theta:g} | {seed} | {acc:.4f} | {skipped:.3f} | {t_theta:.2f} | {t_dense:.2f} | {t_lstm:.2f} | "
+                f"{t_dense / t_theta:.2f} | {t_lstm / t_theta:.2f} | {secs:.0f} |",
+                flush=True,
+            )
     print(f"\n# end: {hardware()}")
 
 

@@ -47,16 +47,30 @@ import evsnn  # noqa: E402
 from evsnn.data.vowels import load_japanese_vowels  # noqa: E402
 from evsnn.functional.fixed_point import check_fixed_point  # noqa: E402
 
-HEADER = ("| model | training | Θ eval | seed | test accuracy | activity | event ops | dense MACs | ops ÷ | train s |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+HEADER = (
+    "| model | training | Θ eval | seed | test accuracy | activity | event ops | dense MACs | ops ÷ | train s |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
+)
 
 
 def row(model: str, training: str, theta: float, seed: int, r: Result, seconds: float) -> dict:
-    d = {"model": model, "training": training, "theta": theta, "seed": seed, "accuracy": r.accuracy,
-         "activity": r.event_fraction, "event_ops": r.event_ops, "dense_macs": r.dense_macs,
-         "ops_reduction": r.ops_reduction, "train_s": seconds}
-    print(f"| {model} | {training} | {theta:g} | {seed} | {r.accuracy:.4f} | {r.event_fraction:.3f} | "
-          f"{r.event_ops:,} | {r.dense_macs:,} | {r.ops_reduction:.2f} | {seconds:.0f} |", flush=True)
+    d = {
+        "model": model,
+        "training": training,
+        "theta": theta,
+        "seed": seed,
+        "accuracy": r.accuracy,
+        "activity": r.event_fraction,
+        "event_ops": r.event_ops,
+        "dense_macs": r.dense_macs,
+        "ops_reduction": r.ops_reduction,
+        "train_s": seconds,
+    }
+    print(
+        f"| {model} | {training} | {theta:g} | {seed} | {r.accuracy:.4f} | {r.event_fraction:.3f} | "
+        f"{r.event_ops:,} | {r.dense_macs:,} | {r.ops_reduction:.2f} | {seconds:.0f} |",
+        flush=True,
+    )
     return d
 
 
@@ -79,16 +93,24 @@ def q_format(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def delta_aware(n_in: int, hidden: int, n_classes: int, theta: float, fixed_point: tuple[int, int] | None,
-                weight_fixed_point: tuple[int, int] | None, delta_rule: str) -> Net:
+def delta_aware(
+    n_in: int,
+    hidden: int,
+    n_classes: int,
+    theta: float,
+    fixed_point: tuple[int, int] | None,
+    weight_fixed_point: tuple[int, int] | None,
+    delta_rule: str,
+) -> Net:
     """The delta-aware network at Θ, its DeltaGRU with the official options. The options draw no random
     numbers, so each seed starts from the initial weights of the floating-point run of that seed."""
     options = {"fixed_point": fixed_point, "weight_fixed_point": weight_fixed_point, "delta_rule": delta_rule}
     return Net("deltagru", n_in, hidden, n_classes, theta=theta, layer_options=options)
 
 
-def delta_training(l1: float, fixed_point: tuple[int, int] | None, weight_fixed_point: tuple[int, int] | None,
-                   delta_rule: str) -> str:
+def delta_training(
+    l1: float, fixed_point: tuple[int, int] | None, weight_fixed_point: tuple[int, int] | None, delta_rule: str
+) -> str:
     """The "training" label of a delta-aware row, naming the formats and the tie rule when used
     (no ``|`` in it: the rows are Markdown table rows)."""
     label = f"delta-aware (L1 {l1:g})"
@@ -116,14 +138,31 @@ def main() -> None:
     p.add_argument("--convert-thetas", type=float, nargs="+", default=[0.0, 0.05, 0.1, 0.2, 0.3, 0.5])
     p.add_argument("--train-thetas", type=float, nargs="+", default=[0.1, 0.2, 0.4])
     p.add_argument("--models", nargs="+", default=["gru", "egru", "alif"])
-    p.add_argument("--fixed-point", type=q_format, default=None, metavar="M.N",
-                   help="--part delta: round inputs and h_t to signed QM.N in training and test (e.g. 8.8)")
-    p.add_argument("--weight-fixed-point", type=q_format, default=None, metavar="M.N",
-                   help="--part delta: round weight_ih/weight_hh to signed QM.N in the products (e.g. 8.8)")
-    p.add_argument("--delta-rule", choices=("strict", "inclusive"), default="strict",
-                   help="--part delta: fire on |Δ| > Θ (strict, SPEC) or |Δ| ≥ Θ (inclusive, official code)")
-    p.add_argument("--eval-other-rule", action="store_true",
-                   help="--part delta: also evaluate each trained network under the other tie rule (same weights)")
+    p.add_argument(
+        "--fixed-point",
+        type=q_format,
+        default=None,
+        metavar="M.N",
+        help="--part delta: round inputs and h_t to signed QM.N in training and test (e.g. 8.8)",
+    )
+    p.add_argument(
+        "--weight-fixed-point",
+        type=q_format,
+        default=None,
+        metavar="M.N",
+        help="--part delta: round weight_ih/weight_hh to signed QM.N in the products (e.g. 8.8)",
+    )
+    p.add_argument(
+        "--delta-rule",
+        choices=("strict", "inclusive"),
+        default="strict",
+        help="--part delta: fire on |Δ| > Θ (strict, SPEC) or |Δ| ≥ Θ (inclusive, official code)",
+    )
+    p.add_argument(
+        "--eval-other-rule",
+        action="store_true",
+        help="--part delta: also evaluate each trained network under the other tie rule (same weights)",
+    )
     p.add_argument("--json", default=None, help="append the rows to this JSON file")
     p.add_argument("--report", nargs="+", default=None, help="JSON files of earlier runs: print mean ± std")
     p.add_argument("--figure", default=None, help="with --report: draw accuracy vs operations here")
@@ -138,9 +177,12 @@ def main() -> None:
         p.error("--fixed-point, --weight-fixed-point, --delta-rule and --eval-other-rule apply to --part delta only")
     torch.set_num_threads(1)
     data = load_japanese_vowels(args.data_dir)
-    print(f"# JapaneseVowels: {len(data.train)} train, {len(data.test)} test, {data.n_features} features, "
-          f"{data.n_classes} speakers, lengths {int(data.train.lengths.min())}-{data.max_steps}; hidden {args.hidden}, "
-          f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr}; {hardware()}\n\n{HEADER}", flush=True)
+    print(
+        f"# JapaneseVowels: {len(data.train)} train, {len(data.test)} test, {data.n_features} features, "
+        f"{data.n_classes} speakers, lengths {int(data.train.lengths.min())}-{data.max_steps}; hidden {args.hidden}, "
+        f"{args.epochs} epochs, batch {args.batch_size}, lr {args.lr}; {hardware()}\n\n{HEADER}",
+        flush=True,
+    )
     rows = []
     common = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
     for seed in args.seeds:
@@ -150,28 +192,38 @@ def main() -> None:
                 net = Net(kind, data.n_features, args.hidden, data.n_classes)
                 extra = {"egru_target": args.egru_target, "egru_strength": args.egru_strength} if kind == "egru" else {}
                 secs = train(net, data.train, seed=seed, **common, **extra)
-                training = {"gru": "dense", "egru": f"activity ≤ {args.egru_target:g} (×{args.egru_strength:g})"}.get(kind, "native")
+                training = {"gru": "dense", "egru": f"activity ≤ {args.egru_target:g} (×{args.egru_strength:g})"}.get(
+                    kind, "native"
+                )
                 rows.append(row(kind, training, 0.0, seed, evaluate(net, data.test), secs))
                 if kind == "gru":
                     for theta in args.convert_thetas:
-                        rows.append(row("deltagru", "conversion", theta, seed, evaluate(converted(net, theta), data.test),
-                                        0.0))
+                        rows.append(
+                            row("deltagru", "conversion", theta, seed, evaluate(converted(net, theta), data.test), 0.0)
+                        )
         else:
             for theta in args.train_thetas:
                 torch.manual_seed(seed)
                 net = delta_aware(data.n_features, args.hidden, data.n_classes, theta, *official)
                 secs = train(net, data.train, seed=seed, l1_delta=args.l1, **common)
                 label = delta_training(args.l1, *official)
-                fields = {"fixed_point": args.fixed_point, "weight_fixed_point": args.weight_fixed_point,
-                          "delta_rule": args.delta_rule, "eval_rule": args.delta_rule}
+                fields = {
+                    "fixed_point": args.fixed_point,
+                    "weight_fixed_point": args.weight_fixed_point,
+                    "delta_rule": args.delta_rule,
+                    "eval_rule": args.delta_rule,
+                }
                 rows.append(row("deltagru", label, theta, seed, evaluate(net, data.test), secs) | fields)
                 if args.eval_other_rule:
                     # the same trained weights under the other rule: what the ties alone change
                     other = "inclusive" if args.delta_rule == "strict" else "strict"
                     net.layer.delta_rule = other
                     label += f", evaluated with rule {other} ({'≥' if other == 'inclusive' else '>'})"
-                    rows.append(row("deltagru", label, theta, seed, evaluate(net, data.test), secs)
-                                | fields | {"eval_rule": other})
+                    rows.append(
+                        row("deltagru", label, theta, seed, evaluate(net, data.test), secs)
+                        | fields
+                        | {"eval_rule": other}
+                    )
     print(f"\n# end: {hardware()}")
     if args.json:
         path = Path(args.json)
@@ -197,14 +249,18 @@ def report(paths: list[str], figure: str | None) -> None:
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
-    print("| model | training | Θ | seeds | test accuracy % | activity % | ops ÷ (dense / event) | "
-          "ops / nn.GRU MACs | train s |")
+    print(
+        "| model | training | Θ | seeds | test accuracy % | activity % | ops ÷ (dense / event) | "
+        "ops / nn.GRU MACs | train s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for (model, training, theta), rs in groups.items():
-        print(f"| {model} | {training} | {theta:g} | {len(rs)} | {ms([r['accuracy'] for r in rs], 100)} | "
-              f"{ms([r['activity'] for r in rs], 100)} | {ms([r['ops_reduction'] for r in rs], digits=2)} | "
-              f"{statistics.mean(ops_per_gru_mac(r) for r in rs):.3f} | "
-              f"{ms([r['train_s'] for r in rs], digits=0)} |")
+        print(
+            f"| {model} | {training} | {theta:g} | {len(rs)} | {ms([r['accuracy'] for r in rs], 100)} | "
+            f"{ms([r['activity'] for r in rs], 100)} | {ms([r['ops_reduction'] for r in rs], digits=2)} | "
+            f"{statistics.mean(ops_per_gru_mac(r) for r in rs):.3f} | "
+            f"{ms([r['train_s'] for r in rs], digits=0)} |"
+        )
     if figure:
         import matplotlib
 
@@ -235,8 +291,11 @@ def report(paths: list[str], figure: str | None) -> None:
                 x = statistics.mean(ops_per_gru_mac(r) for r in rs)
                 y = 100 * statistics.mean(r["accuracy"] for r in rs)
                 e = 100 * statistics.stdev(r["accuracy"] for r in rs) if len(rs) > 1 else 0
-                label = {"gru": "nn.GRU (dense)", "egru": f"EGRU, {training}",
-                         "alif": "ALIF (binary spikes: accumulates)"}[model]
+                label = {
+                    "gru": "nn.GRU (dense)",
+                    "egru": f"EGRU, {training}",
+                    "alif": "ALIF (binary spikes: accumulates)",
+                }[model]
                 ax.errorbar([x], [y], yerr=[e], fmt="*", markersize=10, capsize=3, label=label)
         ax.set_xscale("log")
         ax.set_xlabel("layer operations / dense MACs of an nn.GRU of that width")

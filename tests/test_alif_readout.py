@@ -36,16 +36,21 @@ def test_membrane_by_hand_one_neuron(reference_backend):
 @pytest.mark.parametrize("batch_first", [False, True])
 def test_membrane_and_gradients_equal_the_reference_scan(reference_backend, batch_first):
     torch.manual_seed(1)
-    layer = ALIFReadout(5, 3, tau_mem=(20.0, 5.0), tau_adapt=(100.0, 10.0), batch_first=batch_first,
-                        dtype=torch.float64)
+    layer = ALIFReadout(
+        5, 3, tau_mem=(20.0, 5.0), tau_adapt=(100.0, 10.0), batch_first=batch_first, dtype=torch.float64
+    )
     x = torch.rand(12, 2, 5, dtype=torch.float64) * 4
-    state = ALIFState(torch.rand(2, 3, dtype=torch.float64) * 0.01, torch.full((2, 3), 0.01, dtype=torch.float64),
-                      torch.zeros(2, 3, dtype=torch.float64))
+    state = ALIFState(
+        torch.rand(2, 3, dtype=torch.float64) * 0.01,
+        torch.full((2, 3), 0.01, dtype=torch.float64),
+        torch.zeros(2, 3, dtype=torch.float64),
+    )
     v, final = layer(x.transpose(0, 1) if batch_first else x, state)
     v = v.transpose(0, 1) if batch_first else v
     current = torch.nn.functional.linear(x, layer.weight_ih, layer.bias_ih)
-    spikes, ref_final, trace = alif_scan(current, state, tau_mem=layer.tau_mem, tau_adapt=layer.tau_adapt,
-                                         b0=layer.b0, beta=layer.beta)
+    spikes, ref_final, trace = alif_scan(
+        current, state, tau_mem=layer.tau_mem, tau_adapt=layer.tau_adapt, b0=layer.b0, beta=layer.beta
+    )
     assert spikes.sum() > 0  # the membrane is reset at least once in this check
     torch.testing.assert_close(v, trace.v, rtol=0, atol=0)
     for a, b in zip(final, ref_final):

@@ -311,7 +311,9 @@ def test_autocast_accepts_only_float32_or_the_autocast_dtype(name):
     module = ALL_MODULES[name]()
     with torch.autocast("cpu", torch.bfloat16):
         module(torch.randn(*shape, dtype=torch.bfloat16))
-        with pytest.raises(TypeError, match=r"under torch.autocast\('cpu'\) .* takes one of torch.float32, torch.bfloat16"):
+        with pytest.raises(
+            TypeError, match=r"under torch.autocast\('cpu'\) .* takes one of torch.float32, torch.bfloat16"
+        ):
             module(torch.randn(*shape, dtype=torch.float64))
     with pytest.raises(TypeError, match=r"parameters are torch.float32 \(run it under torch.autocast"):
         module(torch.randn(*shape, dtype=torch.bfloat16))

@@ -180,7 +180,12 @@ def _detached_reset_reference(current, state, *, tau_mem, tau_adapt, b0, beta, s
     for t in range(current.shape[0]):
         i_t = current[t] + torch.nn.functional.linear(state.s, weight_hh, bias_hh)
         s, state = alif_step(
-            i_t, state._replace(s=state.s.detach()), tau_mem=tau_mem, tau_adapt=tau_adapt, b0=b0, beta=beta,
+            i_t,
+            state._replace(s=state.s.detach()),
+            tau_mem=tau_mem,
+            tau_adapt=tau_adapt,
+            b0=b0,
+            beta=beta,
             surrogate=surrogate,
         )
         spikes.append(s)
@@ -417,7 +422,10 @@ def test_training_check_and_the_torch_op_loop(monkeypatch):
     assert alif_cpu.check_cpu(**ok, training=False, auto=True, surrogate=_NoKernel()) is None
     current, kw = _inputs((6, 2, 8), torch.float64, seed=25)
     leaf = current.clone().requires_grad_(True)
-    assert type(alif_cpu.alif_scan_cpu(leaf, None, **kw)[0].grad_fn).__name__ == "GeneratedBackwardFor_evsnn_alif_train_cpu_fwd_defaultBackward"
+    assert (
+        type(alif_cpu.alif_scan_cpu(leaf, None, **kw)[0].grad_fn).__name__
+        == "GeneratedBackwardFor_evsnn_alif_train_cpu_fwd_defaultBackward"
+    )
     monkeypatch.setenv("EVSNN_CPU_KERNEL", "torch")
     assert "numba" in alif_cpu.check_cpu(**ok, training=True, auto=True, surrogate=MultiGaussian())
     loop = _run(alif_cpu.alif_scan_cpu, current, None, kw)

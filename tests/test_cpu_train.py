@@ -111,7 +111,9 @@ def test_per_unit_thresholds(single_thread):
     gen = torch.Generator().manual_seed(3)
     theta_x = torch.rand(5, generator=gen, dtype=torch.float64) * 0.4
     theta_h = torch.rand(7, generator=gen, dtype=torch.float64) * 0.2
-    _compare((8, 2, 5, 7), torch.float64, {"theta_x": theta_x, "theta_h": theta_h}, True, seed=3, atol=1e-10, rtol=1e-10)
+    _compare(
+        (8, 2, 5, 7), torch.float64, {"theta_x": theta_x, "theta_h": theta_h}, True, seed=3, atol=1e-10, rtol=1e-10
+    )
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])

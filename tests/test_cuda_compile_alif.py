@@ -9,7 +9,9 @@ import pytest
 
 from evsnn.ops.alif import cuda as alif_cuda
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("cupy") is None, reason='needs CuPy: pip install "evsnn[cuda13]"')
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("cupy") is None, reason='needs CuPy: pip install "evsnn[cuda13]"'
+)
 
 
 @pytest.mark.parametrize("arch", ["80", "90"])

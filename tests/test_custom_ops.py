@@ -34,7 +34,9 @@ def _close(actual, expected, dtype):
 
 def _alif_case(dtype, recurrent):
     current = torch.randn(T, B, H, dtype=dtype) * 3
-    state = ALIFState(torch.randn(B, H, dtype=dtype) * 0.1, torch.rand(B, H, dtype=dtype) * 0.1, torch.zeros(B, H, dtype=dtype))
+    state = ALIFState(
+        torch.randn(B, H, dtype=dtype) * 0.1, torch.rand(B, H, dtype=dtype) * 0.1, torch.zeros(B, H, dtype=dtype)
+    )
     tau_mem = torch.full((H,), 20.0, dtype=dtype)
     tau_adapt = torch.linspace(50.0, 200.0, H, dtype=dtype)
     weight_hh = torch.randn(H, H, dtype=dtype) if recurrent else None
@@ -124,7 +126,10 @@ LAYERS = {
     "ALIF-ff": ("alif_scan_cpu", lambda: evsnn.ALIF(IN, H, recurrent=False, backend="cpu_event")),
     "EGRU": ("egru_scan_cpu", lambda: evsnn.EGRU(IN, H, threshold=0.1, backend="cpu_event")),
     "DeltaGRU": ("delta_gru_scan_cpu", lambda: evsnn.DeltaGRU(IN, H, theta_x=0.2, theta_h=0.05, backend="cpu_event")),
-    "DeltaLSTM": ("delta_lstm_scan_cpu", lambda: evsnn.DeltaLSTM(IN, H, theta_x=0.2, theta_h=0.05, backend="cpu_event")),
+    "DeltaLSTM": (
+        "delta_lstm_scan_cpu",
+        lambda: evsnn.DeltaLSTM(IN, H, theta_x=0.2, theta_h=0.05, backend="cpu_event"),
+    ),
 }
 
 

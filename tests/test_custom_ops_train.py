@@ -223,7 +223,10 @@ LAYERS = {
     "ALIF": ("alif_train_cpu_fwd", lambda: evsnn.ALIF(IN, H, backend="cpu_event")),
     "ALIF-ff": ("alif_train_cpu_fwd", lambda: evsnn.ALIF(IN, H, recurrent=False, backend="cpu_event")),
     "DeltaGRU": ("delta_train_cpu_fwd", lambda: evsnn.DeltaGRU(IN, H, theta_x=0.2, theta_h=0.05, backend="cpu_event")),
-    "DeltaLSTM": ("delta_train_cpu_fwd", lambda: evsnn.DeltaLSTM(IN, H, theta_x=0.2, theta_h=0.05, backend="cpu_event")),
+    "DeltaLSTM": (
+        "delta_train_cpu_fwd",
+        lambda: evsnn.DeltaLSTM(IN, H, theta_x=0.2, theta_h=0.05, backend="cpu_event"),
+    ),
 }
 
 

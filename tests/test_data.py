@@ -85,8 +85,9 @@ def test_digits_pixels_permuted_and_spikes():
 
 
 def test_temporal_twins_have_identical_counts_and_differ_in_order():
-    ds, orders = data.temporal_pattern_task(64, n_classes=4, channels_per_group=3, steps=30, burst_spikes=2,
-                                            gap=4, noise_rate=0.0, seed=3)
+    ds, orders = data.temporal_pattern_task(
+        64, n_classes=4, channels_per_group=3, steps=30, burst_spikes=2, gap=4, noise_rate=0.0, seed=3
+    )
     x, y = ds.tensors
     assert x.shape == (64, 30, 12) and orders[0] == (0, 1) and orders[1] == (1, 0)
     counts = x.sum(1)  # [N, channels]
@@ -184,7 +185,9 @@ def _nmnist_bytes(events: list[tuple[int, int, int, int]]) -> bytes:
 def test_nmnist_reads_bin_through_tonic(tmp_path):
     folder = tmp_path / "NMNIST" / "Train" / "7"
     folder.mkdir(parents=True)
-    (folder / "00001.bin").write_bytes(_nmnist_bytes([(1, 2, 1, 0), (33, 33, 0, 1000), (5, 6, 1, 1500), (9, 9, 1, 2000)]))
+    (folder / "00001.bin").write_bytes(
+        _nmnist_bytes([(1, 2, 1, 0), (33, 33, 0, 1000), (5, 6, 1, 1500), (9, 9, 1, 2000)])
+    )
     ds = data.nmnist(tmp_path, train=True, n_time_bins=2)
     x, y = ds[0]
     assert y == 7 and x.shape == (2, 2 * 34 * 34) and float(x.sum()) == 3.0

@@ -15,7 +15,20 @@ import torch
 import evsnn.train as train_mod
 
 ROOT = Path(__file__).resolve().parent.parent
-ARGS = ["train", "--hidden", "16", "--epochs", "1", "--max-steps", "3", "--batch-size", "32", "--quiet", "--threads", "1"]
+ARGS = [
+    "train",
+    "--hidden",
+    "16",
+    "--epochs",
+    "1",
+    "--max-steps",
+    "3",
+    "--batch-size",
+    "32",
+    "--quiet",
+    "--threads",
+    "1",
+]
 
 
 def _free_port() -> int:
@@ -29,15 +42,27 @@ def test_two_processes_equal_one_process(tmp_path):
     if not torch.distributed.is_gloo_available():
         pytest.skip("this torch build has no gloo backend")
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
-           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m", "evsnn", *ARGS,
-           "--out", str(tmp_path / "ddp")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--nnodes=1",
+        "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}",
+        "-m",
+        "evsnn",
+        *ARGS,
+        "--out",
+        str(tmp_path / "ddp"),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 processes" in proc.stdout
 
-    single = train_mod.TrainConfig(hidden=16, epochs=1, max_steps=3, batch_size=32, threads=1,
-                                   out=str(tmp_path / "one"))
+    single = train_mod.TrainConfig(
+        hidden=16, epochs=1, max_steps=3, batch_size=32, threads=1, out=str(tmp_path / "one")
+    )
     train_mod.train(single, progress=False)
 
     ddp = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)

@@ -46,9 +46,19 @@ def _setup(cell, steps, batch, inp, hidden, dtype, given_state, seed):
     state = None
     if given_state:
         if state_type is DeltaGRUState:
-            state = DeltaGRUState(n(batch, hidden, scale=0.5), n(batch, inp, scale=0.5), n(batch, hidden, scale=0.5), n(batch, 4 * hidden, scale=0.5))
+            state = DeltaGRUState(
+                n(batch, hidden, scale=0.5),
+                n(batch, inp, scale=0.5),
+                n(batch, hidden, scale=0.5),
+                n(batch, 4 * hidden, scale=0.5),
+            )
         else:
-            state = DeltaLSTMState(*(n(*sh, scale=0.5) for sh in [(batch, hidden), (batch, hidden), (batch, inp), (batch, hidden), (batch, 4 * hidden)]))
+            state = DeltaLSTMState(
+                *(
+                    n(*sh, scale=0.5)
+                    for sh in [(batch, hidden), (batch, hidden), (batch, inp), (batch, hidden), (batch, 4 * hidden)]
+                )
+            )
     return x, state, params
 
 
@@ -144,11 +154,15 @@ def test_inference_without_grad_and_layer_dispatch():
     x = torch.randn(15, 3, 16, device="cuda")
     with torch.no_grad():
         h, final = layer(x)
-        ref, ref_final, _ = delta_gru_scan(x, None, layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh, theta_x=0.1, theta_h=0.02)
+        ref, ref_final, _ = delta_gru_scan(
+            x, None, layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh, theta_x=0.1, theta_h=0.02
+        )
     assert _rel(h, ref) <= F32_FWD
     assert _rel(final.m, ref_final.m) <= F32_FWD
     assert layer.last_stats is not None
-    assert dispatch.resolve("delta_gru", "cupy", device=x.device, dtype=x.dtype, theta_x=0.1, theta_h=0.0).name == "cupy"
+    assert (
+        dispatch.resolve("delta_gru", "cupy", device=x.device, dtype=x.dtype, theta_x=0.1, theta_h=0.0).name == "cupy"
+    )
 
 
 def test_check_reasons():

@@ -51,7 +51,11 @@ def _loss(out, final, trace, gen):
     total = (out * torch.randn(out.shape, generator=gen, dtype=out.dtype)).sum()
     for part in final:
         total = total + (part * torch.randn(part.shape, generator=gen, dtype=part.dtype)).sum()
-    total = total + 0.3 * trace.delta_h.abs().sum() + 0.2 * (trace.delta_x * torch.randn(trace.delta_x.shape, generator=gen, dtype=out.dtype)).sum()
+    total = (
+        total
+        + 0.3 * trace.delta_h.abs().sum()
+        + 0.2 * (trace.delta_x * torch.randn(trace.delta_x.shape, generator=gen, dtype=out.dtype)).sum()
+    )
     return total
 
 

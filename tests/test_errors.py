@@ -38,7 +38,9 @@ def test_wrong_rank(name):
     layer = ALL[name]()
     bad = torch.randn(2, 3, 2, IN) if "Cell" not in name else torch.randn(5, 2, IN)
     rank = "2-D" if "Cell" in name else "3-D"
-    with pytest.raises(ValueError, match=rf"{name} expects a {rank} input .* got shape {re.escape(str(tuple(bad.shape)))}"):
+    with pytest.raises(
+        ValueError, match=rf"{name} expects a {rank} input .* got shape {re.escape(str(tuple(bad.shape)))}"
+    ):
         layer(bad)
 
 
@@ -84,7 +86,9 @@ def test_state_of_the_wrong_shape_type_or_dtype(name):
     first = state._fields[0]
     # Sequence layers' states are [num_layers*num_directions, B, H] like nn.GRU's h_n; cells' [B, H].
     wrong_batch = type(state)(*(t[..., :1, :] for t in state))
-    with pytest.raises(ValueError, match=rf"state field '{first}' must have shape \((1, )?2, {H}\).*got \((1, )?1, {H}\)"):
+    with pytest.raises(
+        ValueError, match=rf"state field '{first}' must have shape \((1, )?2, {H}\).*got \((1, )?1, {H}\)"
+    ):
         layer(x, wrong_batch)
     with pytest.raises(TypeError, match=rf"{name} expects state as \w*State\(.*\) or None, got Tensor"):
         layer(x, getattr(state, first))
@@ -115,7 +119,10 @@ def test_leaky_readout_state_of_the_wrong_shape():
         ({"tau_mem": (20.0, -1.0)}, "tau_mem std must be a finite number >= 0, got -1.0"),
         ({"tau_mem": torch.tensor([1.0, 2.0, 0.0, 4.0])}, "tau_mem must be finite and > 0 for every neuron"),
         ({"tau_mem": torch.ones(3)}, r"a tensor tau_mem must have shape \(4,\), got \(3,\)"),
-        ({"tau_mem": [(5.0, 1.0), (-2.0, 1.0)], "tau_init": "multi_normal"}, "tau_mem mean must be a finite number > 0"),
+        (
+            {"tau_mem": [(5.0, 1.0), (-2.0, 1.0)], "tau_init": "multi_normal"},
+            "tau_mem mean must be a finite number > 0",
+        ),
         ({"tau_init": "uniform"}, "tau_mem init must be one of"),
         ({"b0": 0.0}, "b0 must be a finite number > 0, got 0.0"),
         ({"b0": float("nan")}, "b0 must be a finite number > 0, got nan"),
@@ -155,8 +162,12 @@ def test_readout_and_egru_and_delta_construction_errors():
 @pytest.mark.parametrize("name", list(ALL))
 def test_sizes_must_be_positive_ints(name):
     cls = type(ALL[name]())
-    with pytest.raises(ValueError, match="hidden_size must be positive, got 0" if name != "LeakyReadout"
-                       else "output_size must be positive, got 0"):
+    with pytest.raises(
+        ValueError,
+        match="hidden_size must be positive, got 0"
+        if name != "LeakyReadout"
+        else "output_size must be positive, got 0",
+    ):
         cls(IN, 0)
     with pytest.raises(TypeError, match="input_size must be an int, got float"):
         cls(2.5, H)
@@ -164,7 +175,9 @@ def test_sizes_must_be_positive_ints(name):
 
 @pytest.mark.parametrize("name", [*LAYERS, *CELLS])
 def test_unknown_backend(name):
-    with pytest.raises(ValueError, match=r"unknown backend 'cuda'; expected one of \('auto', 'torch', 'cupy', 'cpu_event'\)"):
+    with pytest.raises(
+        ValueError, match=r"unknown backend 'cuda'; expected one of \('auto', 'torch', 'cupy', 'cpu_event'\)"
+    ):
         ALL[name](backend="cuda")
     with pytest.raises(TypeError, match="backend must be a string"):
         ALL[name](backend=None)
@@ -194,5 +207,7 @@ def test_a_kernel_without_cupy_names_the_install(monkeypatch) -> None:
     from evsnn.ops import cupy_runtime
 
     monkeypatch.setitem(sys.modules, "cupy", None)  # what `import cupy` finds when it is absent
-    with pytest.raises(ImportError, match=r'egru\.cu kernels need CuPy\. CuPy is not installed: pip install "evsnn\[cuda13\]"'):
+    with pytest.raises(
+        ImportError, match=r'egru\.cu kernels need CuPy\. CuPy is not installed: pip install "evsnn\[cuda13\]"'
+    ):
         cupy_runtime._module.__wrapped__("egru.cu", ("-Dscalar_t=float",), 0)

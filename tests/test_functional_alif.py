@@ -77,8 +77,15 @@ def test_non_adaptive_threshold_stays_at_b0():
     layer_out, _ = layer(x)
     cur = torch.nn.functional.linear(x, layer.weight_ih, layer.bias_ih)
     ref, _, tr = alif_scan(
-        cur, None, tau_mem=layer.tau_mem, tau_adapt=layer.tau_adapt, b0=layer.b0, beta=layer.beta,
-        surrogate=layer.surrogate, weight_hh=layer.weight_hh, bias_hh=layer.bias_hh,
+        cur,
+        None,
+        tau_mem=layer.tau_mem,
+        tau_adapt=layer.tau_adapt,
+        b0=layer.b0,
+        beta=layer.beta,
+        surrogate=layer.surrogate,
+        weight_hh=layer.weight_hh,
+        bias_hh=layer.bias_hh,
     )
     assert torch.equal(layer_out, ref)
     assert (tr.threshold == b0).all()
@@ -119,8 +126,10 @@ def test_initial_state_and_decay_clamp():
     assert isinstance(st, ALIFState)
     assert (st.v == 0).all() and (st.s == 0).all() and torch.allclose(st.b, torch.full((2, 3), 0.05))
     # τ < 1 step is clamped to 1: exp(−1/τ) never falls below e^−1
-    torch.testing.assert_close(decay(torch.tensor([0.1, -3.0, 1.0, 20.0], dtype=F64)),
-                               torch.tensor([math.exp(-1), math.exp(-1), math.exp(-1), math.exp(-1 / 20)], dtype=F64))
+    torch.testing.assert_close(
+        decay(torch.tensor([0.1, -3.0, 1.0, 20.0], dtype=F64)),
+        torch.tensor([math.exp(-1), math.exp(-1), math.exp(-1), math.exp(-1 / 20)], dtype=F64),
+    )
 
 
 def test_leaky_readout_by_hand():

@@ -86,8 +86,11 @@ def _gru_invariant(state: DeltaGRUState, w_ih, w_hh, b_ih, b_hh):
     gx = state.x_hat @ w_ih.T
     gh = state.h_hat @ w_hh.T
     return torch.cat(
-        [gx[:, : 2 * h] + gh[:, : 2 * h] + b_ih[: 2 * h] + b_hh[: 2 * h], gx[:, 2 * h :] + b_ih[2 * h :],
-         gh[:, 2 * h :] + b_hh[2 * h :]],
+        [
+            gx[:, : 2 * h] + gh[:, : 2 * h] + b_ih[: 2 * h] + b_hh[: 2 * h],
+            gx[:, 2 * h :] + b_ih[2 * h :],
+            gh[:, 2 * h :] + b_hh[2 * h :],
+        ],
         dim=-1,
     )
 
@@ -182,7 +185,9 @@ def test_gradcheck_delta_step(kind):
     h_prev = torch.randn(batch, h, dtype=F64) * 0.5
     h_hat = h_prev - away_from(theta_h, (batch, h))
     with torch.no_grad():
-        margin = min(((x - x_hat).abs() - theta_x).abs().min().item(), ((h_prev - h_hat).abs() - theta_h).abs().min().item())
+        margin = min(
+            ((x - x_hat).abs() - theta_x).abs().min().item(), ((h_prev - h_hat).abs() - theta_h).abs().min().item()
+        )
     assert margin > 1e-2, margin
     m = torch.randn(batch, 4 * h, dtype=F64)
     c = torch.randn(batch, h, dtype=F64)
@@ -194,11 +199,13 @@ def test_gradcheck_delta_step(kind):
 
     def f(x, h_prev, x_hat, h_hat, m, c, w_ih, w_hh):
         if kind == "gru":
-            out, st = delta_gru_step(x, DeltaGRUState(h_prev, x_hat, h_hat, m), w_ih, w_hh, None, None,
-                                     theta_x=theta_x, theta_h=theta_h)
+            out, st = delta_gru_step(
+                x, DeltaGRUState(h_prev, x_hat, h_hat, m), w_ih, w_hh, None, None, theta_x=theta_x, theta_h=theta_h
+            )
             return out, st.m, st.x_hat, st.h_hat
-        out, st = delta_lstm_step(x, DeltaLSTMState(h_prev, c, x_hat, h_hat, m), w_ih, w_hh, None, None,
-                                  theta_x=theta_x, theta_h=theta_h)
+        out, st = delta_lstm_step(
+            x, DeltaLSTMState(h_prev, c, x_hat, h_hat, m), w_ih, w_hh, None, None, theta_x=theta_x, theta_h=theta_h
+        )
         return out, st.c, st.m, st.x_hat, st.h_hat
 
     assert torch.autograd.gradcheck(f, tuple(inputs))

@@ -78,20 +78,45 @@ def _reference(name: str, layer: nn.Module, x: torch.Tensor):
     """The functional reference scan with the layer's parameters."""
     if name.startswith("ALIF"):
         cur = nn.functional.linear(x, layer.weight_ih, layer.bias_ih)
-        out, final, _ = alif_scan(cur, None, tau_mem=layer.tau_mem, tau_adapt=layer.tau_adapt, b0=layer.b0,
-                                  beta=layer.beta, surrogate=layer.surrogate, weight_hh=layer.weight_hh,
-                                  bias_hh=layer.bias_hh)
+        out, final, _ = alif_scan(
+            cur,
+            None,
+            tau_mem=layer.tau_mem,
+            tau_adapt=layer.tau_adapt,
+            b0=layer.b0,
+            beta=layer.beta,
+            surrogate=layer.surrogate,
+            weight_hh=layer.weight_hh,
+            bias_hh=layer.bias_hh,
+        )
         return out, final
     if name.startswith("EGRU"):
-        out, final, _ = egru_scan(x, None, layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh,
-                                  layer.threshold, reset=layer.reset, surrogate=layer.surrogate)
+        out, final, _ = egru_scan(
+            x,
+            None,
+            layer.weight_ih,
+            layer.weight_hh,
+            layer.bias_ih,
+            layer.bias_hh,
+            layer.threshold,
+            reset=layer.reset,
+            surrogate=layer.surrogate,
+        )
         return out, final
     if name == "LeakyReadout":
         m = leaky_readout_scan(layer.linear(x), None, tau=layer.tau)
         return m, m[-1]
     scan = delta_gru_scan if name == "DeltaGRU" else delta_lstm_scan
-    out, final, _ = scan(x, None, layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh,
-                         theta_x=layer.theta_x, theta_h=layer.theta_h)
+    out, final, _ = scan(
+        x,
+        None,
+        layer.weight_ih,
+        layer.weight_hh,
+        layer.bias_ih,
+        layer.bias_hh,
+        theta_x=layer.theta_x,
+        theta_h=layer.theta_h,
+    )
     return out, final
 
 
@@ -183,8 +208,16 @@ def test_state_dict_round_trip_into_a_fresh_model():
     other.load_state_dict(net.state_dict())
     torch.testing.assert_close(other(x), ref, rtol=0, atol=0)
     keys = net.state_dict().keys()
-    for k in ("alif.tau_mem", "alif.tau_adapt", "alif.b0", "alif.beta", "egru.log_threshold",
-              "delta.weight_ih", "readout.tau", "readout.linear.weight"):
+    for k in (
+        "alif.tau_mem",
+        "alif.tau_adapt",
+        "alif.b0",
+        "alif.beta",
+        "egru.log_threshold",
+        "delta.weight_ih",
+        "readout.tau",
+        "readout.linear.weight",
+    ):
         assert k in keys, k
 
 
@@ -390,8 +423,18 @@ def test_egru_dropconnect_and_zoneout_only_in_training():
     a, _ = layer(x)
     b, _ = layer(x)
     assert torch.equal(a, b)  # deterministic at evaluation
-    ref, _, _ = egru_scan(x, None, layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh, layer.threshold,
-                          reset=layer.reset, zoneout=0.3, training=False)
+    ref, _, _ = egru_scan(
+        x,
+        None,
+        layer.weight_ih,
+        layer.weight_hh,
+        layer.bias_ih,
+        layer.bias_hh,
+        layer.threshold,
+        reset=layer.reset,
+        zoneout=0.3,
+        training=False,
+    )
     torch.testing.assert_close(a, ref, rtol=0, atol=0)
     layer.train()
     c, _ = layer(x)
@@ -420,8 +463,16 @@ def test_backward_sparsity_counts_exact_zero_pseudo_derivatives():
     x = _x()
     layer(x)
     cur = nn.functional.linear(x, layer.weight_ih, layer.bias_ih)
-    _, _, trace = alif_scan(cur, None, tau_mem=layer.tau_mem, tau_adapt=layer.tau_adapt, b0=layer.b0, beta=layer.beta,
-                            weight_hh=layer.weight_hh, bias_hh=layer.bias_hh)
+    _, _, trace = alif_scan(
+        cur,
+        None,
+        tau_mem=layer.tau_mem,
+        tau_adapt=layer.tau_adapt,
+        b0=layer.b0,
+        beta=layer.beta,
+        weight_hh=layer.weight_hh,
+        bias_hh=layer.bias_hh,
+    )
     expected = ((trace.v - trace.threshold).abs() >= support).double().mean().item()
     assert 0 < expected < 1
     assert float(layer.last_stats.backward_sparsity) == pytest.approx(expected)

@@ -91,9 +91,14 @@ def test_zoneout_training_scan_keeps_or_updates_each_unit(reset, single_thread):
     tri = sg.triangle(0.3)
     state, kept, updated = None, 0, 0
     for t in range(steps):
-        prev = state if state is not None else EGRUState(torch.zeros(batch, hid, dtype=F64), torch.zeros(batch, hid, dtype=F64))
-        _, state, trace = egru_scan(x[t : t + 1], state, w_ih, w_hh, b_ih, b_hh, theta, reset=reset, surrogate=tri,
-                                    zoneout=0.5, training=True)
+        prev = (
+            state
+            if state is not None
+            else EGRUState(torch.zeros(batch, hid, dtype=F64), torch.zeros(batch, hid, dtype=F64))
+        )
+        _, state, trace = egru_scan(
+            x[t : t + 1], state, w_ih, w_hh, b_ih, b_hh, theta, reset=reset, surrogate=tri, zoneout=0.5, training=True
+        )
         gi = x[t] @ w_ih.T + b_ih
         gh = prev.y @ w_hh.T + b_hh
         _, _, candidate = egru_pointwise(gi, gh, prev, theta, reset, tri)
@@ -138,9 +143,19 @@ def test_zoneout_eval_gradcheck(single_thread):
 def test_zoneout_is_refused_by_the_backends_without_it_and_auto_runs_the_reference(single_thread):
     layer = evsnn.EGRU(3, 256, zoneout=0.3, threshold=0.1, dtype=F64).eval()
     shape = (4, 2, 256)
-    assert "zoneout" in cpu_common.check_cpu(device=torch.device("cpu"), dtype=F64, zoneout=0.3, shape=shape, auto=False)
-    chosen = dispatch.resolve("egru", "auto", device=torch.device("cpu"), dtype=F64, surrogate=layer.surrogate,
-                              reset=layer.reset, zoneout=0.3, shape=shape)
+    assert "zoneout" in cpu_common.check_cpu(
+        device=torch.device("cpu"), dtype=F64, zoneout=0.3, shape=shape, auto=False
+    )
+    chosen = dispatch.resolve(
+        "egru",
+        "auto",
+        device=torch.device("cpu"),
+        dtype=F64,
+        surrogate=layer.surrogate,
+        reset=layer.reset,
+        zoneout=0.3,
+        shape=shape,
+    )
     assert chosen.name == "torch"
     # The inference loop has no zoneout (the fused training kernel has: tests/test_cpu_train_egru.py).
     with pytest.raises(dispatch.BackendUnavailable, match="zoneout"), torch.no_grad():
@@ -148,8 +163,19 @@ def test_zoneout_is_refused_by_the_backends_without_it_and_auto_runs_the_referen
     x = torch.randn(4, 2, 3, dtype=F64)
     with torch.no_grad():
         y, _ = layer(x)
-        ref, _, _ = egru_scan(x, None, layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh, layer.threshold,
-                              reset=layer.reset, surrogate=layer.surrogate, zoneout=0.3, training=False)
+        ref, _, _ = egru_scan(
+            x,
+            None,
+            layer.weight_ih,
+            layer.weight_hh,
+            layer.bias_ih,
+            layer.bias_hh,
+            layer.threshold,
+            reset=layer.reset,
+            surrogate=layer.surrogate,
+            zoneout=0.3,
+            training=False,
+        )
     torch.testing.assert_close(y, ref, rtol=0, atol=0)
 
 
@@ -241,8 +267,9 @@ def _assert_same(got, ref, what: str, atol: float):
 @pytest.mark.parametrize("gates,ref_fn,event_fn,twin_fn", DELTA_FAMILIES, ids=["gru", "lstm"])
 @pytest.mark.parametrize("rule", ["strict", "inclusive"])
 @pytest.mark.parametrize("with_nan", [False, True], ids=["finite", "nan"])
-def test_every_cpu_backend_follows_the_tie_rule(gates, ref_fn, event_fn, twin_fn, rule, with_nan, monkeypatch,
-                                                single_thread):
+def test_every_cpu_backend_follows_the_tie_rule(
+    gates, ref_fn, event_fn, twin_fn, rule, with_nan, monkeypatch, single_thread
+):
     x, state, params = _tied_delta_problem(gates, torch.float32, with_nan)
     kw = {"theta_x": 0.25, "theta_h": 0.25, "delta_rule": rule}
     with torch.no_grad():
@@ -287,7 +314,9 @@ def test_cupy_delta_refuses_what_its_kernels_lack(monkeypatch):
     cuda = torch.device("cuda")
     assert check_cuda(device=cuda, dtype=torch.float32, theta_x=0.25, theta_h=0.25, delta_rule="inclusive") is None
     assert "fixed_point" in check_cuda(device=cuda, dtype=torch.float32, fixed_point=(3, 4))
-    assert "inclusive" in check_cuda(device=cuda, dtype=torch.float32, theta_x=0.0, theta_h=0.25, delta_rule="inclusive")
+    assert "inclusive" in check_cuda(
+        device=cuda, dtype=torch.float32, theta_x=0.0, theta_h=0.25, delta_rule="inclusive"
+    )
     x, state, params = _tied_delta_problem(3, torch.float32)
     with pytest.raises(ValueError, match="zero threshold"):
         delta_gru_scan_bptt(x, state, *params, theta_x=0.0, theta_h=0.25, delta_rule="inclusive", engine="torch")
@@ -305,8 +334,17 @@ def test_layers_and_cells_pass_the_rule_on(cls, rule, single_thread):
     ref_fn = delta_gru_scan if cls is evsnn.DeltaGRU else delta_lstm_scan
     with torch.no_grad():
         h, _ = layer(x)
-        ref, _, _ = ref_fn(x, None, layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh,
-                           theta_x=0.25, theta_h=0.25, delta_rule=rule)
+        ref, _, _ = ref_fn(
+            x,
+            None,
+            layer.weight_ih,
+            layer.weight_hh,
+            layer.bias_ih,
+            layer.bias_hh,
+            theta_x=0.25,
+            theta_h=0.25,
+            delta_rule=rule,
+        )
         state, steps = None, []
         for t in range(x.shape[0]):
             out, state = cell.step(x[t], state)
@@ -325,8 +363,9 @@ def test_layers_and_cells_pass_the_rule_on(cls, rule, single_thread):
 
 def test_quantize_fixed_point_values_and_gradient_by_hand():
     # Q2.2: step 0.25, range [−2, 1.75]. 0.125·4 = 0.5 and 0.625·4 = 2.5 round to even (0, 2).
-    x = torch.tensor([0.1, 0.125, 0.375, 0.625, -2.0, -2.2, 1.8, 1.9, -0.3, float("nan")], dtype=F64,
-                     requires_grad=True)
+    x = torch.tensor(
+        [0.1, 0.125, 0.375, 0.625, -2.0, -2.2, 1.8, 1.9, -0.3, float("nan")], dtype=F64, requires_grad=True
+    )
     q = quantize_fixed_point(x, 2, 2)
     nan = float("nan")
     expected = torch.tensor([0.0, 0.0, 0.5, 0.5, -2.0, -2.0, 1.75, 1.75, -0.25, nan], dtype=F64)
@@ -335,8 +374,12 @@ def test_quantize_fixed_point_values_and_gradient_by_hand():
     # identity where round(x·4) is inside [−8, 7]; zero where it saturated (−2.2 → −9, 1.9 → 8) and at NaN
     torch.testing.assert_close(grad, torch.tensor([1, 1, 1, 1, 1, 0, 1, 0, 1, 0], dtype=F64), rtol=0, atol=0)
     # Q1.0 is the integers {−1, 0}; Q4.3 keeps what is already on its grid
-    torch.testing.assert_close(quantize_fixed_point(torch.tensor([-3.0, -0.6, 0.4, 2.0]), 1, 0),
-                               torch.tensor([-1.0, -1.0, 0.0, 0.0]), rtol=0, atol=0)
+    torch.testing.assert_close(
+        quantize_fixed_point(torch.tensor([-3.0, -0.6, 0.4, 2.0]), 1, 0),
+        torch.tensor([-1.0, -1.0, 0.0, 0.0]),
+        rtol=0,
+        atol=0,
+    )
     grid = torch.arange(-64, 64, dtype=F64) / 8
     torch.testing.assert_close(quantize_fixed_point(grid, 4, 3), grid, rtol=0, atol=0)
 
@@ -367,8 +410,16 @@ def test_fixed_point_layer_equals_steps_on_explicitly_quantized_values(single_th
     w_ih, w_hh = quantize_fixed_point(layer.weight_ih, *wfmt), quantize_fixed_point(layer.weight_hh, *wfmt)
     state, outs = None, []
     for t in range(x.shape[0]):
-        out, state = delta_gru_step(quantize_fixed_point(x[t], *act), state, w_ih, w_hh, layer.bias_ih,
-                                    layer.bias_hh, theta_x=0.125, theta_h=0.0625)
+        out, state = delta_gru_step(
+            quantize_fixed_point(x[t], *act),
+            state,
+            w_ih,
+            w_hh,
+            layer.bias_ih,
+            layer.bias_hh,
+            theta_x=0.125,
+            theta_h=0.0625,
+        )
         out = quantize_fixed_point(out, *act)
         state = DeltaGRUState(out, state.x_hat, state.h_hat, state.m)
         outs.append(out)
@@ -386,9 +437,20 @@ def test_fixed_point_layer_equals_steps_on_explicitly_quantized_values(single_th
 def test_fixed_point_runs_on_the_reference_only(single_thread):
     shape = (4, 2, 256)
     cpu = torch.device("cpu")
-    assert "fixed_point" in cpu_common.check_cpu(device=cpu, dtype=torch.float32, fixed_point=(3, 4), shape=shape, auto=False)
-    chosen = dispatch.resolve("delta_gru", "auto", device=cpu, dtype=torch.float32, theta_x=0.1, theta_h=0.1,
-                              delta_rule="strict", fixed_point=(3, 4), shape=shape)
+    assert "fixed_point" in cpu_common.check_cpu(
+        device=cpu, dtype=torch.float32, fixed_point=(3, 4), shape=shape, auto=False
+    )
+    chosen = dispatch.resolve(
+        "delta_gru",
+        "auto",
+        device=cpu,
+        dtype=torch.float32,
+        theta_x=0.1,
+        theta_h=0.1,
+        delta_rule="strict",
+        fixed_point=(3, 4),
+        shape=shape,
+    )
     assert chosen.name == "torch"
     with pytest.raises(dispatch.BackendUnavailable, match=r"fixed_point=\(3, 4\)"):
         evsnn.DeltaLSTM(3, 256, fixed_point=(3, 4), backend="cpu_event")(torch.randn(4, 2, 3))
@@ -397,9 +459,16 @@ def test_fixed_point_runs_on_the_reference_only(single_thread):
     x = torch.randn(4, 2, 3)
     with torch.no_grad():
         h, _ = layer(x)
-        ref, _, _ = delta_gru_scan(x, None, quantize_fixed_point(layer.weight_ih, 2, 5),
-                                   quantize_fixed_point(layer.weight_hh, 2, 5), layer.bias_ih, layer.bias_hh,
-                                   theta_x=0.1, theta_h=0.1)
+        ref, _, _ = delta_gru_scan(
+            x,
+            None,
+            quantize_fixed_point(layer.weight_ih, 2, 5),
+            quantize_fixed_point(layer.weight_hh, 2, 5),
+            layer.bias_ih,
+            layer.bias_hh,
+            theta_x=0.1,
+            theta_h=0.1,
+        )
     torch.testing.assert_close(h, ref, rtol=1e-5, atol=1e-6)
 
 
@@ -428,11 +497,15 @@ def test_regularizer_replay_and_stream_follow_the_layer_options(options, stream_
     with torch.no_grad():
         h, _ = layer(x)
         wfmt = options.get("weight_fixed_point")
-        w_ih, w_hh = (layer.weight_ih, layer.weight_hh) if wfmt is None else (
-            quantize_fixed_point(layer.weight_ih, *wfmt), quantize_fixed_point(layer.weight_hh, *wfmt))
+        w_ih, w_hh = (
+            (layer.weight_ih, layer.weight_hh)
+            if wfmt is None
+            else (quantize_fixed_point(layer.weight_ih, *wfmt), quantize_fixed_point(layer.weight_hh, *wfmt))
+        )
         explicit = {k: v for k, v in options.items() if k != "weight_fixed_point"}
-        _, _, trace = delta_gru_scan(x, None, w_ih, w_hh, layer.bias_ih, layer.bias_hh, theta_x=0.25, theta_h=0.125,
-                                     **explicit)
+        _, _, trace = delta_gru_scan(
+            x, None, w_ih, w_hh, layer.bias_ih, layer.bias_hh, theta_x=0.25, theta_h=0.125, **explicit
+        )
         replay = reference_traces(layer, x)
         cost = DeltaL1Regularizer(1.0)(h, layer)
         stream = Stream(layer, batch_size=2, backend=stream_backend)

@@ -65,7 +65,9 @@ def test_cell_step_exports_and_runs_in_onnxruntime(name: str, tmp_path: Path, si
     # shape guard when one field name prefixes another (DeltaGRUState's h and h_hat).
     dynamic = ({0: batch}, tuple({0: batch} for _ in state_type._fields))
     names = ["x"] + [f"state_{f}" for f in state_type._fields]
-    _export(evsnn.nn.CellStep(cell), (scale * torch.randn(2, 5), tuple(trace_state)), dynamic, names, tmp_path / "cell.onnx")
+    _export(
+        evsnn.nn.CellStep(cell), (scale * torch.randn(2, 5), tuple(trace_state)), dynamic, names, tmp_path / "cell.onnx"
+    )
     session = _session(tmp_path / "cell.onnx")
     assert [i.name for i in session.get_inputs()] == names
 

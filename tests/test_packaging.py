@@ -106,8 +106,9 @@ def test_a_copy_without_kernel_sources_runs_on_the_cpu_and_names_them_when_asked
     shutil.copytree(ROOT / "evsnn", tmp_path / "evsnn", ignore=shutil.ignore_patterns("__pycache__"))
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
     script = _NO_SOURCES_SCRIPT.format(root=str(tmp_path))
-    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "cpu (4, 2, 8) True"

@@ -38,7 +38,9 @@ def test_trace_of_another_pass_is_refused():
     x = torch.randn(7, 2, 3)
     rec = reference_traces(layer, x)
     reg = R.DeltaL1Regularizer()
-    with pytest.raises(ValueError, match=r"trace.delta_h must be the same pass's time-first \(7, 2, 5\), got \(6, 2, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"trace.delta_h must be the same pass's time-first \(7, 2, 5\), got \(6, 2, 5\)"
+    ):
         reg(rec.output, layer, trace=DeltaTrace(rec.trace.delta_x[:-1], rec.trace.delta_h[:-1]))
     with pytest.raises(TypeError, match="trace must be a DeltaTrace, got tuple"):
         reg(rec.output, layer, trace=(rec.trace.delta_x, rec.trace.delta_h))

@@ -84,7 +84,7 @@ def test_egru_activity_from_trace_also_reaches_silent_units_near_threshold():
     rate_trace = reg.rate(rec.output, layer, rec.trace)
     assert rate_trace.item() == pytest.approx(float((rec.output != 0).float().mean()))
     c_pre = rec.trace.c_pre
-    g_trace, = torch.autograd.grad(reg(rec.output, layer, rec.trace), c_pre, retain_graph=True)
+    (g_trace,) = torch.autograd.grad(reg(rec.output, layer, rec.trace), c_pre, retain_graph=True)
     silent_near = (rec.output == 0) & ((c_pre - layer.threshold).abs() < 0.3)
     assert silent_near.any()
     assert (g_trace[silent_near] != 0).all()

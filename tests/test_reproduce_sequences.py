@@ -19,10 +19,17 @@ def script(load_example):
 
 def test_defaults_are_the_recipe_of_the_table(script):
     args = script.build_parser().parse_args(["--task", "mnist1d"])
-    assert (args.egru_reset, args.egru_threshold, args.egru_threshold_init, args.egru_target, args.egru_lr,
-            args.lr) == ("threshold", 0.01, "constant", 0.15, 0.05, 0.01)
-    old = script.build_parser().parse_args(["--task", "mnist1d", "--egru-reset", "output", "--egru-threshold", "0.3",
-                                            "--egru-threshold-init", "beta"])
+    assert (
+        args.egru_reset,
+        args.egru_threshold,
+        args.egru_threshold_init,
+        args.egru_target,
+        args.egru_lr,
+        args.lr,
+    ) == ("threshold", 0.01, "constant", 0.15, 0.05, 0.01)
+    old = script.build_parser().parse_args(
+        ["--task", "mnist1d", "--egru-reset", "output", "--egru-threshold", "0.3", "--egru-threshold-init", "beta"]
+    )
     assert (old.egru_reset, old.egru_threshold, old.egru_threshold_init) == ("output", 0.3, "beta")
     with pytest.raises(SystemExit):
         script.build_parser().parse_args(["--task", "mnist1d", "--egru-reset", "subtract"])
@@ -40,8 +47,17 @@ def test_recipe_layer_computes_the_reference_with_threshold_reset(script, single
     state = egru_initial_state(4, 6, x)
     expected = []
     for t in range(7):
-        out, state = egru_step(x[t], state, layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh,
-                               layer.threshold, reset="threshold", surrogate=layer.surrogate)
+        out, state = egru_step(
+            x[t],
+            state,
+            layer.weight_ih,
+            layer.weight_hh,
+            layer.bias_ih,
+            layer.bias_hh,
+            layer.threshold,
+            reset="threshold",
+            surrogate=layer.surrogate,
+        )
         expected.append(out)
     torch.testing.assert_close(y, torch.stack(expected))
     # the other models are left as reproduce_common builds them
@@ -55,8 +71,9 @@ def test_recipe_fires_at_start_where_the_layer_defaults_stay_silent(script, sing
     x = load_mnist1d(num_samples=100).train.tensors[0].transpose(0, 1)
     assert abs(float(x.std()) - 1.0) < 0.1
     recipe = script.build_parser().parse_args(["--task", "mnist1d"])
-    old = script.build_parser().parse_args(["--task", "mnist1d", "--egru-reset", "output", "--egru-threshold", "0.3",
-                                            "--egru-threshold-init", "beta"])
+    old = script.build_parser().parse_args(
+        ["--task", "mnist1d", "--egru-reset", "output", "--egru-threshold", "0.3", "--egru-threshold-init", "beta"]
+    )
     rates = {}
     for name, args in (("recipe", recipe), ("old", old)):
         torch.manual_seed(0)

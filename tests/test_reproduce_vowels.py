@@ -62,17 +62,29 @@ def test_delta_aware_net_keeps_the_float_initial_weights_and_computes_the_refere
     plain = script.delta_aware(2, 5, 2, 0.25, None, None, "strict")
     torch.manual_seed(3)
     fixed = script.delta_aware(2, 5, 2, 0.25, (8, 8), (1, 7), "inclusive")
-    assert (fixed.layer.fixed_point, fixed.layer.weight_fixed_point, fixed.layer.delta_rule) == ((8, 8), (1, 7),
-                                                                                                 "inclusive")
+    assert (fixed.layer.fixed_point, fixed.layer.weight_fixed_point, fixed.layer.delta_rule) == (
+        (8, 8),
+        (1, 7),
+        "inclusive",
+    )
     for name, p in plain.state_dict().items():
         assert torch.equal(p, fixed.state_dict()[name]), name
     # the layer's forward against the functional reference with the weights rounded by hand
     x = torch.randn(6, 3, 2)
     lay = fixed.layer
     state = delta_gru_initial_state(3, 2, 5, lay.bias_ih, lay.bias_hh, lay.weight_ih)
-    ref, _, _ = delta_gru_scan(x, state, quantize_fixed_point(lay.weight_ih, 1, 7),
-                               quantize_fixed_point(lay.weight_hh, 1, 7), lay.bias_ih, lay.bias_hh,
-                               theta_x=0.25, theta_h=0.25, delta_rule="inclusive", fixed_point=(8, 8))
+    ref, _, _ = delta_gru_scan(
+        x,
+        state,
+        quantize_fixed_point(lay.weight_ih, 1, 7),
+        quantize_fixed_point(lay.weight_hh, 1, 7),
+        lay.bias_ih,
+        lay.bias_hh,
+        theta_x=0.25,
+        theta_h=0.25,
+        delta_rule="inclusive",
+        fixed_point=(8, 8),
+    )
     out, _ = lay(x)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     assert torch.equal(out, quantize_fixed_point(out, 8, 8))  # every h_t on the Q8.8 grid
@@ -98,12 +110,36 @@ def test_tie_rule_matters_on_the_grid_only(script, single_thread):
 
 
 def test_part_delta_with_fixed_point_writes_labelled_rows_and_the_report_keeps_them_apart(
-        script, tiny_vowels, tmp_path, monkeypatch, capsys, single_thread):
+    script, tiny_vowels, tmp_path, monkeypatch, capsys, single_thread
+):
     out = tmp_path / "rows.json"
-    argv = ["reproduce_vowels.py", "--part", "delta", "--data-dir", str(tiny_vowels), "--seeds", "0", "1",
-            "--train-thetas", "0.25", "--hidden", "4", "--epochs", "1", "--batch-size", "3",
-            "--fixed-point", "8.8", "--weight-fixed-point", "1.7", "--delta-rule", "inclusive", "--eval-other-rule",
-            "--json", str(out)]
+    argv = [
+        "reproduce_vowels.py",
+        "--part",
+        "delta",
+        "--data-dir",
+        str(tiny_vowels),
+        "--seeds",
+        "0",
+        "1",
+        "--train-thetas",
+        "0.25",
+        "--hidden",
+        "4",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "3",
+        "--fixed-point",
+        "8.8",
+        "--weight-fixed-point",
+        "1.7",
+        "--delta-rule",
+        "inclusive",
+        "--eval-other-rule",
+        "--json",
+        str(out),
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     script.main()
     rows = json.loads(out.read_text())
@@ -120,9 +156,18 @@ def test_part_delta_with_fixed_point_writes_labelled_rows_and_the_report_keeps_t
         assert "|" not in c["training"]  # it goes into a Markdown table cell
     # floating-point rows as the script writes them (the label of the published rows): the report
     # must keep them apart from the fixed-point ones at the same Θ
-    plain = [r | {"training": script.delta_training(0.001, None, None, "strict"), "fixed_point": None,
-                  "weight_fixed_point": None, "delta_rule": "strict", "eval_rule": "strict",
-                  "accuracy": 0.5 * r["accuracy"] + 0.01 * r["seed"]} for r in fixed]
+    plain = [
+        r
+        | {
+            "training": script.delta_training(0.001, None, None, "strict"),
+            "fixed_point": None,
+            "weight_fixed_point": None,
+            "delta_rule": "strict",
+            "eval_rule": "strict",
+            "accuracy": 0.5 * r["accuracy"] + 0.01 * r["seed"],
+        }
+        for r in fixed
+    ]
     assert plain[0]["training"] == "delta-aware (L1 0.001)"
     out.write_text(json.dumps(rows + plain))
     capsys.readouterr()
@@ -135,13 +180,15 @@ def test_part_delta_with_fixed_point_writes_labelled_rows_and_the_report_keeps_t
     fixed_line = next(line for line in table if "Q8.8" in line and "evaluated" not in line)
     accs = [100 * r["accuracy"] for r in fixed]
     mean = sum(accs) / 2
-    sd = abs(accs[0] - accs[1]) / 2 ** 0.5
+    sd = abs(accs[0] - accs[1]) / 2**0.5
     assert f"| 2 | {mean:.1f} ± {sd:.1f} |" in fixed_line
     assert figure.stat().st_size > 0
 
 
-@pytest.mark.parametrize("option", [["--fixed-point", "8.8"], ["--weight-fixed-point", "1.7"],
-                                    ["--delta-rule", "inclusive"], ["--eval-other-rule"]])
+@pytest.mark.parametrize(
+    "option",
+    [["--fixed-point", "8.8"], ["--weight-fixed-point", "1.7"], ["--delta-rule", "inclusive"], ["--eval-other-rule"]],
+)
 def test_official_options_are_refused_for_the_baseline_part(script, monkeypatch, capsys, option):
     monkeypatch.setattr(sys, "argv", ["reproduce_vowels.py", "--part", "baseline", *option])
     with pytest.raises(SystemExit):

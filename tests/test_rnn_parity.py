@@ -252,21 +252,34 @@ def test_packed_equals_each_sequence_alone(family, enforce_sorted):
     lengths = [7, 4, 4, 2] if enforce_sorted else [4, 7, 2, 4]
     x = torch.randn(7, 4, IN, dtype=F64) * 2
     init = layer.initial_state(4)
-    init = init._replace(**{f: getattr(init, f) + 0.01 * torch.randn_like(getattr(init, f))
-                            for f in init._fields if not isinstance(getattr(init, f), tuple)})
+    init = init._replace(
+        **{
+            f: getattr(init, f) + 0.01 * torch.randn_like(getattr(init, f))
+            for f in init._fields
+            if not isinstance(getattr(init, f), tuple)
+        }
+    )
     packed = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=enforce_sorted)
     out, state = layer(packed, init)
     padded, out_lengths = pad_packed_sequence(out)
     assert out_lengths.tolist() == lengths and padded.shape == (7, 4, 2 * H)
     for b, n in enumerate(lengths):
-        one = init._replace(**{f: (tuple(t[b:b + 1] for t in v) if isinstance(v, tuple) else v[:, b:b + 1])
-                               for f, v in ((f, getattr(init, f)) for f in init._fields)})
-        alone, alone_state = layer(x[:n, b:b + 1], one)
+        one = init._replace(
+            **{
+                f: (tuple(t[b : b + 1] for t in v) if isinstance(v, tuple) else v[:, b : b + 1])
+                for f, v in ((f, getattr(init, f)) for f in init._fields)
+            }
+        )
+        alone, alone_state = layer(x[:n, b : b + 1], one)
         # rounding only: a batch of one and a batch of several take different BLAS paths
-        _close(padded[:n, b:b + 1], alone, atol=1e-12)
+        _close(padded[:n, b : b + 1], alone, atol=1e-12)
         assert (padded[n:, b] == 0).all()
-        mine = state._replace(**{f: (tuple(t[b:b + 1] for t in v) if isinstance(v, tuple) else v[:, b:b + 1])
-                                 for f, v in ((f, getattr(state, f)) for f in state._fields)})
+        mine = state._replace(
+            **{
+                f: (tuple(t[b : b + 1] for t in v) if isinstance(v, tuple) else v[:, b : b + 1])
+                for f, v in ((f, getattr(state, f)) for f in state._fields)
+            }
+        )
         _fields_close(mine, alone_state, atol=1e-12)
     assert (padded != 0).any()
 
@@ -331,8 +344,9 @@ def test_int_indexing_a_layer_state_raises_naming_the_field(family, field):
     assert type(replaced) is type(state) and (getattr(replaced, field) == 0).all()
     leaves, spec = tree_flatten(state)
     assert type(tree_unflatten(leaves, spec)) is type(state)
-    restored = pickle.loads(pickle.dumps(type(state)(*(t.detach() if isinstance(t, torch.Tensor) else t
-                                                      for t in state))))
+    restored = pickle.loads(
+        pickle.dumps(type(state)(*(t.detach() if isinstance(t, torch.Tensor) else t for t in state)))
+    )
     assert type(restored) is type(state)
     assert repr(state).startswith(layer._state_base.__name__ + "(")
     assert isinstance(state, layer._state_base)
@@ -384,8 +398,15 @@ def test_last_stats_sum_layers_and_directions():
 # --------------------------------------------------------------------------------------------
 
 PUBLIC = [
-    evsnn.EGRU, evsnn.EGRUCell, evsnn.DeltaGRU, evsnn.DeltaGRUCell, evsnn.DeltaLSTM, evsnn.DeltaLSTMCell,
-    evsnn.ALIF, evsnn.ALIFCell, evsnn.LeakyReadout,
+    evsnn.EGRU,
+    evsnn.EGRUCell,
+    evsnn.DeltaGRU,
+    evsnn.DeltaGRUCell,
+    evsnn.DeltaLSTM,
+    evsnn.DeltaLSTMCell,
+    evsnn.ALIF,
+    evsnn.ALIFCell,
+    evsnn.LeakyReadout,
 ]
 
 

@@ -65,8 +65,14 @@ def test_forward_is_strict_heaviside(name):
 
 @pytest.mark.parametrize(
     "surrogate",
-    [sg.triangle(0.2, 2.0), sg.multi_gaussian(), sg.gaussian(0.3), sg.atan(3.0), sg.fast_sigmoid(10.0),
-     sg.multi_gaussian().truncate(1.0)],
+    [
+        sg.triangle(0.2, 2.0),
+        sg.multi_gaussian(),
+        sg.gaussian(0.3),
+        sg.atan(3.0),
+        sg.fast_sigmoid(10.0),
+        sg.multi_gaussian().truncate(1.0),
+    ],
 )
 def test_surrogates_pickle_and_deepcopy(surrogate):
     x = torch.linspace(-2, 2, 41, dtype=torch.float64)
@@ -103,8 +109,10 @@ def test_triangle_has_its_width_as_support_and_truncation_narrows_it():
 def test_snntorch_surrogate_closure_is_accepted_and_matches_ours():
     snn_surrogate = pytest.importorskip("snntorch.surrogate")
     x = torch.linspace(-1.5, 1.5, 31, dtype=torch.float64)
-    for closure, ours in ((snn_surrogate.atan(alpha=2.0), sg.atan(2.0)),
-                          (snn_surrogate.fast_sigmoid(slope=25), sg.fast_sigmoid(25.0))):
+    for closure, ours in (
+        (snn_surrogate.atan(alpha=2.0), sg.atan(2.0)),
+        (snn_surrogate.fast_sigmoid(slope=25), sg.fast_sigmoid(25.0)),
+    ):
         adapted = sg.as_surrogate(closure)
         assert isinstance(adapted, sg.SnnTorchSurrogate)
         xr = x.clone().requires_grad_(True)
@@ -131,6 +139,7 @@ def test_as_surrogate_by_name_and_bad_input():
 
 def _snntorch_closures():
     import snntorch.surrogate as snntorch_surrogate
+
     return [
         sg.SnnTorchSurrogate(snntorch_surrogate.atan()),
         sg.SnnTorchSurrogate(snntorch_surrogate.fast_sigmoid()),

@@ -31,8 +31,21 @@ EXPECTED = [
 ]
 
 # Tutorials written to the "one idea, prose, a picture, an exercise" standard.
-TEACHING = ["01_quickstart", "02_snntorch", "03_norse", "04_egru_sparse_bptt", "05_delta_networks", "07_rasters_and_profiles", "06_adaptive_timescales", "08_gpu_kernels", "09_streaming_inference", "10_shd_with_tonic",
-            "11_checkpoints_and_resuming", "12_reading_a_profile", "13_ecg_reproduction"]
+TEACHING = [
+    "01_quickstart",
+    "02_snntorch",
+    "03_norse",
+    "04_egru_sparse_bptt",
+    "05_delta_networks",
+    "07_rasters_and_profiles",
+    "06_adaptive_timescales",
+    "08_gpu_kernels",
+    "09_streaming_inference",
+    "10_shd_with_tonic",
+    "11_checkpoints_and_resuming",
+    "12_reading_a_profile",
+    "13_ecg_reproduction",
+]
 
 
 def _stream_text(nb) -> str:
@@ -127,8 +140,12 @@ def _check_printed_results(stem: str, text: str) -> None:
         assert len(re.findall(r"^epoch \d: .* per-step test accuracy", text, flags=re.M)) == 4, text
     elif stem == "06_adaptive_timescales":
         acc = dict(re.findall(r"^\s*([a-z]+, [a-z]+): test accuracy ([0-9.]+)", text, flags=re.M))
-        assert set(acc) == {"homogeneous, frozen", "homogeneous, learned", "heterogeneous, frozen",
-                            "heterogeneous, learned"}, acc
+        assert set(acc) == {
+            "homogeneous, frozen",
+            "homogeneous, learned",
+            "heterogeneous, frozen",
+            "heterogeneous, learned",
+        }, acc
         # what the notebook's prose concludes: slow neurons carry the cue, fast ones stay near chance
         assert float(acc["heterogeneous, frozen"]) > 0.75 and float(acc["homogeneous, frozen"]) < 0.6, acc
 
@@ -150,7 +167,9 @@ def test_tutorial_teaches_with_prose_picture_and_exercise(stem: str):
     markdown = [c.source for c in nb.cells if c.cell_type == "markdown"]
     assert len(markdown) >= 5, f"{stem}: {len(markdown)} markdown cells"
     assert any("## Exercise" in m for m in markdown), stem
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    images = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})
+    ]
     assert images, f"{stem} is committed without its picture"
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors, stem
@@ -165,7 +184,7 @@ def test_gpu_tutorial_labels_recorded_numbers():
     assert "RECORDED (docs/benchmarks.md" in text
     # the plotted sweep is the one in docs/benchmarks.md
     bench = (Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md").read_text()
-    sweep = bench[bench.index("Activity sweep at H=512 in the same run"):]
+    sweep = bench[bench.index("Activity sweep at H=512 in the same run") :]
     first_row = next(line for line in sweep.splitlines() if re.match(r"\| [0-9]", line))
     cells = [c.strip() for c in first_row.strip("|").split("|")]
     assert re.search(rf"{re.escape(cells[0])}\s+{re.escape(cells[1])}\s+{cells[2]}\s+{cells[3]}", text), first_row
@@ -176,10 +195,16 @@ def test_gpu_tutorial_labels_recorded_numbers():
 def test_tutorial_runs(path: Path, tmp_path):
     nb = nbformat.read(path, as_version=4)
     # executing raises CellExecutionError on the first failing cell, with its traceback
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     _check_printed_results(path.stem, _stream_text(nb))
     # committed with outputs, so the plots show on the web
     committed = nbformat.read(path, as_version=4)
-    assert all(c.get("outputs") for c in committed.cells if c.cell_type == "code" and ("plot." in c.source or "plt." in c.source))
+    assert all(
+        c.get("outputs")
+        for c in committed.cells
+        if c.cell_type == "code" and ("plot." in c.source or "plt." in c.source)
+    )

@@ -63,7 +63,9 @@ def delta_encode(x: Tensor, threshold: float = 0.1) -> Tensor:
     ``threshold`` it covers.
     """
     if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise TypeError(f"delta_encode expects a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+        raise TypeError(
+            f"delta_encode expects a floating-point torch.Tensor, got {getattr(x, 'dtype', type(x).__name__)}"
+        )
     if x.dim() < 2:
         raise ValueError(f"delta_encode expects [..., T, F], got shape {tuple(x.shape)}")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or threshold < 0:
@@ -78,8 +80,14 @@ def delta_encode(x: Tensor, threshold: float = 0.1) -> Tensor:
     return torch.stack(events, dim=-2)
 
 
-def encode(x: Tensor, encoding: str, *, steps: int | None = None, threshold: float = 0.1,
-           generator: torch.Generator | None = None) -> Tensor:
+def encode(
+    x: Tensor,
+    encoding: str,
+    *,
+    steps: int | None = None,
+    threshold: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Apply one of `ENCODINGS` by name. ``rate`` and ``latency`` need ``steps`` and a
     static ``[..., F]`` input; ``delta`` and ``none`` keep the time axis of ``[..., T, F]``."""
     if encoding not in ENCODINGS:

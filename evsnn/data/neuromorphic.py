@@ -70,18 +70,35 @@ def _check_root(root: str | os.PathLike) -> str:
     return root
 
 
-def _frames(tonic, sensor_size, time_window: float | None, n_time_bins: int | None, extra: Sequence[Callable] = (),
-            max_count: float | None = None):
+def _frames(
+    tonic,
+    sensor_size,
+    time_window: float | None,
+    n_time_bins: int | None,
+    extra: Sequence[Callable] = (),
+    max_count: float | None = None,
+):
     if (time_window is None) == (n_time_bins is None):
         raise ValueError("give exactly one of time_window (µs per frame) or n_time_bins (frames per sample)")
     # include_incomplete keeps the events of the last, partial time window (tonic drops them by default).
-    to_frame = tonic.transforms.ToFrame(sensor_size=sensor_size, time_window=time_window, n_time_bins=n_time_bins,
-                                        include_incomplete=time_window is not None)
+    to_frame = tonic.transforms.ToFrame(
+        sensor_size=sensor_size,
+        time_window=time_window,
+        n_time_bins=n_time_bins,
+        include_incomplete=time_window is not None,
+    )
     return tonic.transforms.Compose([*extra, to_frame, FlattenFrames(max_count)])
 
 
-def shd(root: str | os.PathLike, train: bool = True, *, time_window: float | None = 10_000.0,
-        n_time_bins: int | None = None, n_channels: int = 700, max_count: float | None = None):
+def shd(
+    root: str | os.PathLike,
+    train: bool = True,
+    *,
+    time_window: float | None = 10_000.0,
+    n_time_bins: int | None = None,
+    n_channels: int = 700,
+    max_count: float | None = None,
+):
     """Spiking Heidelberg Digits from ``root/SHD/shd_{train,test}.h5`` through ``tonic.datasets.SHD``.
 
     Samples are ``[T, n_channels]`` spike counts per ``time_window`` µs (default 10 ms) or per
@@ -106,8 +123,15 @@ def shd(root: str | os.PathLike, train: bool = True, *, time_window: float | Non
     return SHD(root, train=train, transform=transform)
 
 
-def dvs_gesture(root: str | os.PathLike, train: bool = True, *, time_window: float | None = None,
-                n_time_bins: int | None = 20, size: int = 32, max_count: float | None = None):
+def dvs_gesture(
+    root: str | os.PathLike,
+    train: bool = True,
+    *,
+    time_window: float | None = None,
+    n_time_bins: int | None = 20,
+    size: int = 32,
+    max_count: float | None = None,
+):
     """DVS Gesture (tonic's preprocessed ``.npy`` version) through ``tonic.datasets.DVSGesture``.
 
     Events are downsampled from 128×128 to ``size``×``size`` and binned into ``n_time_bins``
@@ -130,8 +154,15 @@ def dvs_gesture(root: str | os.PathLike, train: bool = True, *, time_window: flo
     return DVSGesture(root, train=train, transform=transform)
 
 
-def nmnist(root: str | os.PathLike, train: bool = True, *, time_window: float | None = None,
-           n_time_bins: int | None = 30, first_saccade_only: bool = False, max_count: float | None = None):
+def nmnist(
+    root: str | os.PathLike,
+    train: bool = True,
+    *,
+    time_window: float | None = None,
+    n_time_bins: int | None = 30,
+    first_saccade_only: bool = False,
+    max_count: float | None = None,
+):
     """N-MNIST from ``root/NMNIST/{Train,Test}/<digit>/*.bin`` through ``tonic.datasets.NMNIST``;
     samples are ``[T, 2·34·34]``."""
     tonic = _tonic()
@@ -156,7 +187,9 @@ def pad_collate(batch: Sequence[tuple[Tensor, int]], *, time_first: bool = False
     xs = [torch.as_tensor(x, dtype=torch.float32) for x, _ in batch]
     for x in xs:
         if x.dim() != 2 or x.shape[1] != xs[0].shape[1]:
-            raise ValueError(f"pad_collate expects samples [T, F] with one F, got shapes {[tuple(v.shape) for v in xs]}")
+            raise ValueError(
+                f"pad_collate expects samples [T, F] with one F, got shapes {[tuple(v.shape) for v in xs]}"
+            )
     lengths = torch.tensor([x.shape[0] for x in xs])
     out = torch.nn.utils.rnn.pad_sequence(xs, batch_first=not time_first)
     labels = torch.tensor([int(y) for _, y in batch])

@@ -358,7 +358,9 @@ def delta_gru_scan(
     weight_ih, weight_hh = weight_ih.to(p.matmul), weight_hh.to(p.matmul)  # cast once, not per step
     hs, dxs, dhs = [], [], []
     for t in range(x.shape[0]):
-        h, state, dx, dh = _delta_gru_cell(x[t], state, weight_ih, weight_hh, theta_x, theta_h, p, delta_rule, fixed_point)
+        h, state, dx, dh = _delta_gru_cell(
+            x[t], state, weight_ih, weight_hh, theta_x, theta_h, p, delta_rule, fixed_point
+        )
         hs.append(h)
         dxs.append(dx)
         dhs.append(dh)
@@ -387,7 +389,9 @@ def delta_lstm_scan(
     weight_ih, weight_hh = weight_ih.to(p.matmul), weight_hh.to(p.matmul)  # cast once, not per step
     hs, dxs, dhs = [], [], []
     for t in range(x.shape[0]):
-        h, state, dx, dh = _delta_lstm_cell(x[t], state, weight_ih, weight_hh, theta_x, theta_h, p, delta_rule, fixed_point)
+        h, state, dx, dh = _delta_lstm_cell(
+            x[t], state, weight_ih, weight_hh, theta_x, theta_h, p, delta_rule, fixed_point
+        )
         hs.append(h)
         dxs.append(dx)
         dhs.append(dh)

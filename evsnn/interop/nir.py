@@ -158,7 +158,9 @@ def _checked(extract: Callable[[nn.Module], Any], name: str) -> Callable[[nn.Mod
     def run(module: nn.Module) -> nir.NIRNode:
         node = extract(module)
         if node is None:  # both libraries' extractors return None for modules they do not know
-            raise ValueError(f"cannot export {name} ({type(module).__name__}) to NIR: its library's exporter has no node for it")
+            raise ValueError(
+                f"cannot export {name} ({type(module).__name__}) to NIR: its library's exporter has no node for it"
+            )
         return node
 
     return run
@@ -216,7 +218,9 @@ class NIRLeakyIntegrator(nn.Module):
         super().__init__()
         k = dt / tau.double()
         if not bool(((k > 0) & (k <= 1 - math.exp(-1.0) + 1e-12)).all()):
-            raise ValueError(f"LI node needs dt/tau in (0, 1 - exp(-1)] (a time constant of at least one step), got {k.tolist()}")
+            raise ValueError(
+                f"LI node needs dt/tau in (0, 1 - exp(-1)] (a time constant of at least one step), got {k.tolist()}"
+            )
         # τ in steps such that exp(−1/τ) = 1 − dt/τ_NIR.
         self.tau = nn.Parameter(euler_to_steps(tau.double(), dt).float())
         self.register_buffer("r", r.float())
@@ -269,7 +273,9 @@ def _import_linear(node: nir.Linear) -> nn.Linear:
 
 def _import_li(node: nir.LI, dt: float) -> NIRLeakyIntegrator:
     if np.any(np.asarray(node.v_leak) != 0):
-        raise ValueError(f"only LI nodes with v_leak = 0 can be imported, got v_leak={np.asarray(node.v_leak).tolist()}")
+        raise ValueError(
+            f"only LI nodes with v_leak = 0 can be imported, got v_leak={np.asarray(node.v_leak).tolist()}"
+        )
     return NIRLeakyIntegrator(torch.as_tensor(np.asarray(node.tau)), torch.as_tensor(np.asarray(node.r)), dt)
 
 

@@ -754,7 +754,9 @@ def _run(module: nn.Module, x: Any, seq: Tensor, lengths: Tensor | None, state: 
     sorted_indices = x.sorted_indices
     if sorted_indices is not None:
         out = out.index_select(1, sorted_indices)
-    data = pack_padded_sequence(out, x.batch_sizes.new_tensor(sorted(lengths.tolist(), reverse=True)), enforce_sorted=True).data
+    data = pack_padded_sequence(
+        out, x.batch_sizes.new_tensor(sorted(lengths.tolist(), reverse=True)), enforce_sorted=True
+    ).data
     return PackedSequence(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices), final
 
 

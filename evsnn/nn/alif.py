@@ -74,14 +74,18 @@ def init_tau(
     if kind == "constant":
         raise TypeError(f"a constant {name} must be a number or a tensor of shape ({n},), got {type(spec).__name__}")
     if not isinstance(spec, (tuple, list)):
-        raise TypeError(f"{name} must be a number, a (mean, std) pair, a list of pairs or a tensor, got {type(spec).__name__}")
+        raise TypeError(
+            f"{name} must be a number, a (mean, std) pair, a list of pairs or a tensor, got {type(spec).__name__}"
+        )
     is_pair = len(spec) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec)
     if is_pair:
         # one (mean, std) pair is a normal draw for any kind (a one-component mixture), so that
         # tau_init="multi_normal" with a mixture for tau_mem keeps tau_adapt's default pair working
         components = [spec]
     elif kind == "normal":
-        raise ValueError(f"normal {name} init expects (mean, std); for a list of pairs use tau_init='multi_normal', got {spec!r}")
+        raise ValueError(
+            f"normal {name} init expects (mean, std); for a list of pairs use tau_init='multi_normal', got {spec!r}"
+        )
     else:
         components = list(spec)
         if not components or not all(isinstance(c, (tuple, list)) and len(c) == 2 for c in components):

@@ -322,7 +322,9 @@ class _DeltaLayer(StackedForward, _DeltaBase):
             h0_i = None if per_dir[0] is None else per_dir[0][i]
             c0_i = None if per_dir[1] is None else per_dir[1][i]
             finals.append(
-                self._direction_initial_state(batch, direction_suffix(k, bool(d)), self._layer_input_size(k), h0_i, c0_i)
+                self._direction_initial_state(
+                    batch, direction_suffix(k, bool(d)), self._layer_input_size(k), h0_i, c0_i
+                )
             )
         return self._public_state(stack_states(self, finals))
 
@@ -524,8 +526,19 @@ class DeltaGRU(_DeltaLayer):
     ):
         self._set_official_options(delta_rule, fixed_point, weight_fixed_point)
         super().__init__(
-            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-            theta_x, theta_h, record_stats, backend, device, dtype,
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            theta_x,
+            theta_h,
+            record_stats,
+            backend,
+            device,
+            dtype,
         )
 
 
@@ -568,8 +581,19 @@ class DeltaLSTM(_DeltaLayer):
     ):
         self._set_official_options(delta_rule, fixed_point, weight_fixed_point)
         super().__init__(
-            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-            theta_x, theta_h, record_stats, backend, device, dtype,
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            theta_x,
+            theta_h,
+            record_stats,
+            backend,
+            device,
+            dtype,
         )
 
 
@@ -635,7 +659,12 @@ class DeltaGRUCell(_DeltaCell):
         check_input(type(self).__name__, x, 2, self.input_size, self.weight_ih)
         state = self.initial_state(x.shape[0]) if state is None else self._check_state(state, x.shape[0], x)
         out, new = delta_gru_step(
-            x, state, self._weight("weight_ih"), self._weight("weight_hh"), self.bias_ih, self.bias_hh,
+            x,
+            state,
+            self._weight("weight_ih"),
+            self._weight("weight_hh"),
+            self.bias_ih,
+            self.bias_hh,
             **self._scan_options(),
         )
         self._record(x, state, new)
@@ -684,7 +713,12 @@ class DeltaLSTMCell(_DeltaCell):
         check_input(type(self).__name__, x, 2, self.input_size, self.weight_ih)
         state = self.initial_state(x.shape[0]) if state is None else self._check_state(state, x.shape[0], x)
         out, new = delta_lstm_step(
-            x, state, self._weight("weight_ih"), self._weight("weight_hh"), self.bias_ih, self.bias_hh,
+            x,
+            state,
+            self._weight("weight_ih"),
+            self._weight("weight_hh"),
+            self.bias_ih,
+            self.bias_hh,
             **self._scan_options(),
         )
         self._record(x, state, new)

@@ -227,7 +227,9 @@ class EGRU(StackedForward, _EGRUBase):
         dtype=None,
     ):
         num_layers, dropout, bidirectional = check_stack_args("EGRU", num_layers, dropout, bidirectional)
-        super().__init__(input_size, hidden_size, bias, threshold, threshold_init, reset, surrogate, backend, device, dtype)
+        super().__init__(
+            input_size, hidden_size, bias, threshold, threshold_init, reset, surrogate, backend, device, dtype
+        )
         self.num_layers = num_layers
         self.dropout = dropout
         self.bidirectional = bidirectional
@@ -301,8 +303,14 @@ class EGRU(StackedForward, _EGRUBase):
         if self.zoneout > 0.0:
             kwargs.update(zoneout=self.zoneout, training=self.training)
         y, final, trace = scan(
-            x, state, weight_ih, weight_hh, getattr(self, "bias_ih" + suffix), getattr(self, "bias_hh" + suffix),
-            threshold, **kwargs,
+            x,
+            state,
+            weight_ih,
+            weight_hh,
+            getattr(self, "bias_ih" + suffix),
+            getattr(self, "bias_hh" + suffix),
+            threshold,
+            **kwargs,
         )
         stats = None
         if self.record_stats:
@@ -391,7 +399,9 @@ class EGRUCell(RecordsStats, _EGRUBase):
         device=None,
         dtype=None,
     ):
-        super().__init__(input_size, hidden_size, bias, threshold, threshold_init, reset, surrogate, backend, device, dtype)
+        super().__init__(
+            input_size, hidden_size, bias, threshold, threshold_init, reset, surrogate, backend, device, dtype
+        )
         self.record_stats = bool(record_stats)
         self.last_stats: LayerStats | None = None
 
@@ -464,7 +474,9 @@ def _check_torch_rnn(module: nn.Module, kind: type) -> None:
     if not isinstance(module, kind):
         raise TypeError(f"expected a torch.nn.{kind.__name__}, got {type(module).__name__}")
     if getattr(module, "proj_size", 0):
-        raise ValueError(f"an {kind.__name__} with proj_size={module.proj_size} cannot be converted (no projection here)")
+        raise ValueError(
+            f"an {kind.__name__} with proj_size={module.proj_size} cannot be converted (no projection here)"
+        )
 
 
 def _torch_rnn_args(rnn: nn.Module, kwargs: dict) -> dict:

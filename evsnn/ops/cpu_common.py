@@ -147,7 +147,6 @@ def _expand_theta(theta: float | Tensor, n: int, name: str, like: Tensor) -> Ten
 KERNELS = ("auto", "numba", "torch")
 
 
-
 @functools.cache
 def numba_jit() -> Any:
     """``numba.njit(cache=True, nogil=True)``, or ``None`` when numba is not installed (imported on
@@ -272,4 +271,3 @@ def check_cpu(
         _, batch, hidden = shape
         return auto_reason(family, bool(training), batch, hidden)
     return None
-

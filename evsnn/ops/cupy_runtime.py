@@ -55,7 +55,6 @@ __all__ = [
 ]
 
 
-
 def _find_cuda_dir() -> Path:
     # A wheel holds the sources as package data of evsnn._cuda_src; an editable install or a checkout
     # keeps them in the repository's top-level cuda/ (a nested folder without __init__.py is not
@@ -117,8 +116,10 @@ def _probe() -> str | None:
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible to PyTorch"
     if not (CUDA_DIR / "common.cuh").is_file():
-        return (f"evsnn's CUDA kernel sources are missing (expected in {_CUDA_DIR_CANDIDATES[0]} or "
-                f"{_CUDA_DIR_CANDIDATES[1]}): reinstall evsnn")
+        return (
+            f"evsnn's CUDA kernel sources are missing (expected in {_CUDA_DIR_CANDIDATES[0]} or "
+            f"{_CUDA_DIR_CANDIDATES[1]}): reinstall evsnn"
+        )
     try:
         import cupy  # noqa: F401
     except ImportError:
@@ -201,7 +202,9 @@ def scalar(v: float, dtype: torch.dtype) -> Any:
     return np.float64(v) if dtype == torch.float64 else np.float32(v)
 
 
-def launch(kernel, grid: tuple[int, ...], block: tuple[int, ...], args: tuple, *, device: torch.device, shared_mem: int = 0) -> None:
+def launch(
+    kernel, grid: tuple[int, ...], block: tuple[int, ...], args: tuple, *, device: torch.device, shared_mem: int = 0
+) -> None:
     """Launch on torch's current stream of ``device``; asynchronous, no host sync."""
     import cupy
 
@@ -299,7 +302,9 @@ def compile_check(filename: str, arch: str, defines: Iterable[str] = ()) -> str:
         try:
             nvrtc.compileProgram(prog, options)
         except nvrtc.NVRTCError as exc:
-            raise CompileError(f"{filename} (sm_{arch}, {defines}) failed: {exc}\n{nvrtc.getProgramLog(prog)}") from None
+            raise CompileError(
+                f"{filename} (sm_{arch}, {defines}) failed: {exc}\n{nvrtc.getProgramLog(prog)}"
+            ) from None
         log = nvrtc.getProgramLog(prog)
         if "warning" in log.lower():
             raise CompileError(f"{filename} (sm_{arch}, {defines}) compiled with warnings:\n{log}")
@@ -309,7 +314,13 @@ def compile_check(filename: str, arch: str, defines: Iterable[str] = ()) -> str:
 
 
 # Kind ids and parameter counts of evsnn_surrogate_grad in cuda/common.cuh.
-SURROGATE_KINDS = {"triangle": (0, 2), "gaussian": (1, 2), "multi_gaussian": (2, 4), "atan": (3, 1), "fast_sigmoid": (4, 1)}
+SURROGATE_KINDS = {
+    "triangle": (0, 2),
+    "gaussian": (1, 2),
+    "multi_gaussian": (2, 4),
+    "atan": (3, 1),
+    "fast_sigmoid": (4, 1),
+}
 
 
 def surrogate_kernel_args(surrogate: Any) -> tuple[int, tuple[float, float, float, float], float] | None:
@@ -331,12 +342,15 @@ def surrogate_kernel_args(surrogate: Any) -> tuple[int, tuple[float, float, floa
         return None
     return kind, own + (0.0,) * (4 - n_params), (min(supports) if supports else 0.0)  # type: ignore[return-value]
 
+
 def tensor_reason(kernels: str, device: torch.device, dtype: torch.dtype | None) -> str | None:
     """What a call's tensors rule out for CuPy kernels (no probe of the machine): a device other than
     CUDA, a dtype other than float32/float64. ``kernels`` names them in the message."""
     if device.type != "cuda":
-        return (f'the CuPy backend runs on CUDA tensors, got a {device.type} tensor (pip install "evsnn[cuda13]" '
-                "and move it to a GPU)")
+        return (
+            f'the CuPy backend runs on CUDA tensors, got a {device.type} tensor (pip install "evsnn[cuda13]" '
+            "and move it to a GPU)"
+        )
     if dtype is not None and dtype not in _SCALAR:
         return f"{kernels} support float32 and float64, got {dtype}{low_precision_hint(dtype)}"
     return None

@@ -276,9 +276,7 @@ def _resolve(
         backend = _REGISTRY.get((family, name))
         if backend is None:
             hint = _INSTALL_HINT.get(name, "")
-            raise BackendUnavailable(
-                f"backend {name!r} is not available for {family}" + (f": {hint}" if hint else "")
-            )
+            raise BackendUnavailable(f"backend {name!r} is not available for {family}" + (f": {hint}" if hint else ""))
         reason = backend.check(device=device, auto=False, **config)
         if reason is not None:
             hint = _INSTALL_HINT.get(name, "")

@@ -171,8 +171,15 @@ def _alif_training(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weig
     one_dtype = all(not isinstance(t, Tensor) or t.dtype == current.dtype for t in tensors)
     if one_dtype and current.dtype in DTYPES and _fused_training_reason(surrogate) is None:
         return cpu_kernels.alif_train_scan(
-            current, state, tau_mem=tau_mem, tau_adapt=tau_adapt, b0=b0, beta=beta, surrogate=surrogate,
-            weight_hh=weight_hh, bias_hh=bias_hh,
+            current,
+            state,
+            tau_mem=tau_mem,
+            tau_adapt=tau_adapt,
+            b0=b0,
+            beta=beta,
+            surrogate=surrogate,
+            weight_hh=weight_hh,
+            bias_hh=bias_hh,
         )
     return _alif_autograd(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh)
 

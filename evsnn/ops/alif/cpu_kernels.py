@@ -63,8 +63,24 @@ _DTYPES = (torch.float32, torch.float64)
 
 
 def _alif_forward(
-    current, wt, bias_hh, alpha, rho, b0, beta, v, b, s,
-    out_s, out_v, out_thr, out_b, out_i, idx, off, one,
+    current,
+    wt,
+    bias_hh,
+    alpha,
+    rho,
+    b0,
+    beta,
+    v,
+    b,
+    s,
+    out_s,
+    out_v,
+    out_thr,
+    out_b,
+    out_i,
+    idx,
+    off,
+    one,
 ):  # pragma: no cover - numba
     """ALIF over ``current [T, B, N]`` from the state ``v, b, s [B, N]`` (updated in place).
 
@@ -131,10 +147,39 @@ def _alif_forward(
 
 
 def _alif_backward(
-    wt, alpha, rho, beta, v0, b0_state, s0, out_s, out_v, out_thr, out_b, out_i, idx, off,
-    kind, params, gate, detach_reset, need_s0, zero,
-    g_s, g_v, g_thr, a_v, a_b, a_s, g_cur,
-    g_alpha, g_rho, g_b0, g_beta, g_bias, g_wt,
+    wt,
+    alpha,
+    rho,
+    beta,
+    v0,
+    b0_state,
+    s0,
+    out_s,
+    out_v,
+    out_thr,
+    out_b,
+    out_i,
+    idx,
+    off,
+    kind,
+    params,
+    gate,
+    detach_reset,
+    need_s0,
+    zero,
+    g_s,
+    g_v,
+    g_thr,
+    a_v,
+    a_b,
+    a_s,
+    g_cur,
+    g_alpha,
+    g_rho,
+    g_b0,
+    g_beta,
+    g_bias,
+    g_wt,
 ):  # pragma: no cover - numba
     """Reverse-time adjoint of `_alif_forward` (training storage).
 
@@ -261,8 +306,9 @@ def surrogate_reason(surrogate: Any) -> str | None:
     if not isinstance(surrogate, Surrogate):
         return f"surrogate must be an evsnn.surrogate.Surrogate, got {type(surrogate).__name__}"
     if surrogate_args(surrogate) is None:
-        return (f"{type(surrogate).__name__} has no kernel_spec the fused ALIF kernel knows "
-                f"({sorted(KERNEL_SURROGATES)})")
+        return (
+            f"{type(surrogate).__name__} has no kernel_spec the fused ALIF kernel knows ({sorted(KERNEL_SURROGATES)})"
+        )
     return None
 
 
@@ -291,14 +337,38 @@ def alif_loop(
     empty = np.empty((0, 0, 0), dtype=current.dtype)
     with _threads(current.shape[1]):
         _kernels().forward(
-            current, table, bias_hh, alpha, rho, b0, beta, v, b, s, out_s, out_v, out_thr,
-            empty, empty, np.empty(0, dtype=np.int32), np.empty((0, 2), dtype=np.int64), current.dtype.type(1),
+            current,
+            table,
+            bias_hh,
+            alpha,
+            rho,
+            b0,
+            beta,
+            v,
+            b,
+            s,
+            out_s,
+            out_v,
+            out_thr,
+            empty,
+            empty,
+            np.empty(0, dtype=np.int32),
+            np.empty((0, 2), dtype=np.int64),
+            current.dtype.type(1),
         )
 
 
 def train_forward(
-    current: Tensor, v0: Tensor, b0_state: Tensor, s0: Tensor, alpha: Tensor, rho: Tensor, b0: Tensor, beta: Tensor,
-    weight_hh: Tensor | None, bias_hh: Tensor | None,
+    current: Tensor,
+    v0: Tensor,
+    b0_state: Tensor,
+    s0: Tensor,
+    alpha: Tensor,
+    rho: Tensor,
+    b0: Tensor,
+    beta: Tensor,
+    weight_hh: Tensor | None,
+    bias_hh: Tensor | None,
 ) -> tuple[Tensor, ...]:
     """The fused forward with training storage: ``(spikes, v_T, b_T, s_T, v_seq, threshold_seq, b_seq,
     I_seq, idx, off)``. ``idx [B·T·N]`` (int32; empty without ``weight_hh``) holds the units that
@@ -316,18 +386,46 @@ def train_forward(
     vec = [t.detach().contiguous() for t in (alpha, rho, b0, beta, bias)]
     with _threads(batch):
         _kernels().forward(
-            _np(current.detach().contiguous()), _np(wt), _np(vec[4]), *(_np(t) for t in vec[:4]),
-            *(_np(t) for t in work), *(_np(t) for t in outs), _np(idx), _np(off), _np(current).dtype.type(1),
+            _np(current.detach().contiguous()),
+            _np(wt),
+            _np(vec[4]),
+            *(_np(t) for t in vec[:4]),
+            *(_np(t) for t in work),
+            *(_np(t) for t in outs),
+            _np(idx),
+            _np(off),
+            _np(current).dtype.type(1),
         )
     spikes, vs, thrs, b_seq, i_seq = outs
     return spikes, *work, vs, thrs, b_seq, i_seq, idx, off
 
 
 def train_backward(
-    g_s: Tensor | None, g_vT: Tensor | None, g_bT: Tensor | None, g_sT: Tensor | None, g_v: Tensor | None,
-    g_thr: Tensor | None, v0: Tensor, b0_state: Tensor, s0: Tensor, alpha: Tensor, rho: Tensor, beta: Tensor,
-    weight_hh: Tensor | None, spikes: Tensor, vs: Tensor, thrs: Tensor, b_seq: Tensor, i_seq: Tensor, idx: Tensor,
-    off: Tensor, detach_reset: bool, need_s0: bool, kind: int, params: list[float], gate: float,
+    g_s: Tensor | None,
+    g_vT: Tensor | None,
+    g_bT: Tensor | None,
+    g_sT: Tensor | None,
+    g_v: Tensor | None,
+    g_thr: Tensor | None,
+    v0: Tensor,
+    b0_state: Tensor,
+    s0: Tensor,
+    alpha: Tensor,
+    rho: Tensor,
+    beta: Tensor,
+    weight_hh: Tensor | None,
+    spikes: Tensor,
+    vs: Tensor,
+    thrs: Tensor,
+    b_seq: Tensor,
+    i_seq: Tensor,
+    idx: Tensor,
+    off: Tensor,
+    detach_reset: bool,
+    need_s0: bool,
+    kind: int,
+    params: list[float],
+    gate: float,
 ) -> tuple[Tensor, ...]:
     """The fused backward from the output gradients (``None``: zero) and `train_forward`'s
     results: ``(∂current, ∂v_0, ∂b_0, ∂s_0, ∂α, ∂ρ, ∂b0, ∂β, ∂W_hh, ∂b_hh)`` (``∂W_hh`` ``[0, 0]``
@@ -371,7 +469,9 @@ def _vector(value: float | Tensor, n: int, name: str, like: Tensor) -> Tensor:
                 f"{value.device.type} {value.dtype} tensor"
             )
         if value.dim() > 1 or (value.dim() == 1 and value.shape[0] not in (1, n)):
-            raise ValueError(f"{name} must be a number or a tensor broadcastable to ({n},), got shape {tuple(value.shape)}")
+            raise ValueError(
+                f"{name} must be a number or a tensor broadcastable to ({n},), got shape {tuple(value.shape)}"
+            )
         return value.expand(n).contiguous()
     return torch.full((n,), float(value), dtype=like.dtype)
 
@@ -441,8 +541,17 @@ def alif_train_scan(
     if state is None:
         state = alif_initial_state(current[0], b0_vec)
     for name, t in zip(ALIFState._fields, state):
-        if not isinstance(t, Tensor) or t.dtype != current.dtype or t.device.type != "cpu" or tuple(t.shape) != (batch, n):
-            got = f"a {t.device.type} {t.dtype} tensor of shape {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+        if (
+            not isinstance(t, Tensor)
+            or t.dtype != current.dtype
+            or t.device.type != "cpu"
+            or tuple(t.shape) != (batch, n)
+        ):
+            got = (
+                f"a {t.device.type} {t.dtype} tensor of shape {tuple(t.shape)}"
+                if isinstance(t, Tensor)
+                else type(t).__name__
+            )
             raise TypeError(
                 f"the fused ALIF scan expects state field {name!r} as a CPU {current.dtype} tensor of shape "
                 f"{(batch, n)}, got {got}"
@@ -450,7 +559,15 @@ def alif_train_scan(
     # evsnn::alif_train_cpu_fwd and its registered backward (evsnn/ops/alif/op.py): one opaque op
     # for torch.compile.
     spikes, v_t, b_t, s_t, vs, thrs, *_ = torch.ops.evsnn.alif_train_cpu_fwd(
-        current, *state, decay(tau_mem), decay(tau_adapt), b0_vec, _vector(beta, n, "beta", current), weight_hh,
-        bias_hh, bool(detach_reset), *surrogate_args(surrogate),
+        current,
+        *state,
+        decay(tau_mem),
+        decay(tau_adapt),
+        b0_vec,
+        _vector(beta, n, "beta", current),
+        weight_hh,
+        bias_hh,
+        bool(detach_reset),
+        *surrogate_args(surrogate),
     )
     return spikes, ALIFState(v_t, b_t, s_t), ALIFTrace(vs, thrs)

@@ -49,7 +49,9 @@ SM_TILE = 4  # ALIF_SM_TILE of alif.cu: samples per pass
 _DEFAULT_SURROGATE = MultiGaussian()
 
 
-def check_cuda(*, device: torch.device, dtype: torch.dtype | None = None, surrogate: Any = None, **_: Any) -> str | None:
+def check_cuda(
+    *, device: torch.device, dtype: torch.dtype | None = None, surrogate: Any = None, **_: Any
+) -> str | None:
     """``None`` if the CuPy ALIF kernels can run this call, else the reason."""
     device = torch.device(device)
     if device.type != "cuda":
@@ -245,7 +247,9 @@ def alif_backward_launch(
             args = head + (rt.ptr(wt), rt.ptr(w)) + tuple(rt.ptr(g) for g in grads_in) + sg_args + tail + (
                 rt.ptr(counter), rt.i32(T), rt.i32(B), rt.i32(N),
             )  # fmt: skip
-            rt.launch_persistent(kernel, (_grid(B * math.ceil(N / REC_THREADS), dev),), (REC_THREADS,), args, device=dev)
+            rt.launch_persistent(
+                kernel, (_grid(B * math.ceil(N / REC_THREADS), dev),), (REC_THREADS,), args, device=dev
+            )
     p_alpha, p_rho, p_b0, p_beta = partials
     empty = spikes.new_empty(0)
     g_w, g_bias = empty, empty.clone()
@@ -254,9 +258,7 @@ def alif_backward_launch(
         g_w = g_current[1:].reshape(-1, N).t() @ spikes[:-1].reshape(-1, N) + g_current[0].t() @ s0
     if wt is not None and need_bias:
         g_bias = g_current.sum(dim=(0, 1))
-    return (
-        g_current, g_v0, g_bstate0, g_s0, p_alpha.sum(0), p_rho.sum(0), p_b0.sum(0), p_beta.sum(0), g_w, g_bias
-    )
+    return (g_current, g_v0, g_bstate0, g_s0, p_alpha.sum(0), p_rho.sum(0), p_b0.sum(0), p_beta.sum(0), g_w, g_bias)
 
 
 def _check_tensor(name: str, t: Any, shape: tuple[int, ...], like: Tensor) -> Tensor:
@@ -323,9 +325,19 @@ def alif_scan_cuda(
     kind, params, trunc = sg
     # evsnn::alif_scan_cuda_fwd/_bwd (evsnn/ops/alif/op.py, registered on import of this package)
     spikes, v_trace, thr_trace, v_out, b_out, s_out, _, _ = torch.ops.evsnn.alif_scan_cuda_fwd(
-        current.contiguous(), v0, bstate0, s0, alpha, rho, b0_n, beta_n, weight_hh, bias_hh, needs_grad,
-        kind, list(params), trunc,
+        current.contiguous(),
+        v0,
+        bstate0,
+        s0,
+        alpha,
+        rho,
+        b0_n,
+        beta_n,
+        weight_hh,
+        bias_hh,
+        needs_grad,
+        kind,
+        list(params),
+        trunc,
     )
     return spikes, ALIFState(v_out, b_out, s_out), ALIFTrace(v_trace, thr_trace)
-
-

@@ -480,7 +480,9 @@ def delta_gru_scan_cpu(
 ) -> tuple[Tensor, DeltaGRUState, DeltaTrace]:
     """Event-sparse DeltaGRU over ``x [T, B, I]``; same signature and result as
     [`evsnn.functional.delta_gru_scan`][evsnn.functional.delta_gru_scan] (SPEC §4)."""
-    return _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru=True, delta_rule=delta_rule)
+    return _delta_scan(
+        x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru=True, delta_rule=delta_rule
+    )
 
 
 def delta_lstm_scan_cpu(
@@ -497,7 +499,9 @@ def delta_lstm_scan_cpu(
 ) -> tuple[Tensor, DeltaLSTMState, DeltaTrace]:
     """Event-sparse DeltaLSTM over ``x [T, B, I]``; same signature and result as
     [`evsnn.functional.delta_lstm_scan`][evsnn.functional.delta_lstm_scan] (SPEC §4)."""
-    return _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru=False, delta_rule=delta_rule)
+    return _delta_scan(
+        x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru=False, delta_rule=delta_rule
+    )
 
 
 def _training_traced(**_: object) -> bool:

@@ -47,15 +47,44 @@ from ...functional.delta import (
 )
 from ..cpu_common import _expand_theta, numba_available, numba_batch_threads
 
-__all__ = ["delta_gru_train_scan", "delta_lstm_train_scan", "train_kernels_available", "train_forward", "train_backward"]
+__all__ = [
+    "delta_gru_train_scan",
+    "delta_lstm_train_scan",
+    "train_kernels_available",
+    "train_forward",
+    "train_backward",
+]
 
 _DTYPES = (torch.float32, torch.float64)
 
 
 def _delta_forward(
-    x, wx, wh, theta_x, theta_h, h, c, x_hat, h_hat, m, inclusive, gru,
-    out_h, out_c, out_dx, out_dh, gate0, gate1, gate2, gate3,
-    idx_x, val_x, off_x, idx_h, val_h, off_h,
+    x,
+    wx,
+    wh,
+    theta_x,
+    theta_h,
+    h,
+    c,
+    x_hat,
+    h_hat,
+    m,
+    inclusive,
+    gru,
+    out_h,
+    out_c,
+    out_dx,
+    out_dh,
+    gate0,
+    gate1,
+    gate2,
+    gate3,
+    idx_x,
+    val_x,
+    off_x,
+    idx_h,
+    val_h,
+    off_h,
 ):  # pragma: no cover - numba
     """DeltaGRU (``gru``) or DeltaLSTM over ``x [T, B, I]`` from the state ``h, (c,) x̂, ĥ, M``
     (updated in place; ``c``/``out_c`` are unused placeholders for the GRU).
@@ -139,10 +168,34 @@ def _delta_forward(
 
 
 def _delta_backward(
-    wx, wh, h0, c0, gru, out_h, out_c, gate0, gate1, gate2, gate3,
-    idx_x, val_x, off_x, idx_h, val_h, off_h,
-    g_out, g_dx, g_dh, a_h, a_c, a_xhat, a_hhat, a_m,
-    g_x, g_wx_parts, g_wh_parts,
+    wx,
+    wh,
+    h0,
+    c0,
+    gru,
+    out_h,
+    out_c,
+    gate0,
+    gate1,
+    gate2,
+    gate3,
+    idx_x,
+    val_x,
+    off_x,
+    idx_h,
+    val_h,
+    off_h,
+    g_out,
+    g_dx,
+    g_dh,
+    a_h,
+    a_c,
+    a_xhat,
+    a_hhat,
+    a_m,
+    g_x,
+    g_wx_parts,
+    g_wh_parts,
 ):  # pragma: no cover - numba
     """Reverse-time adjoint of `_delta_forward`.
 
@@ -261,8 +314,18 @@ def _np(t: Tensor) -> np.ndarray:
 
 
 def train_forward(
-    x: Tensor, h0: Tensor, c0: Tensor | None, x_hat0: Tensor, h_hat0: Tensor, m0: Tensor, weight_ih: Tensor,
-    weight_hh: Tensor, theta_x: Tensor, theta_h: Tensor, inclusive: bool, gru: bool,
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor | None,
+    x_hat0: Tensor,
+    h_hat0: Tensor,
+    m0: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    theta_x: Tensor,
+    theta_h: Tensor,
+    inclusive: bool,
+    gru: bool,
 ) -> tuple[Tensor, ...]:
     """The fused forward (`_delta_forward`): ``(h_seq, h_T, c_T, x̂_T, ĥ_T, M_T, Δx, Δh, c_seq,
     gates [4, T, B, H], idx_x, val_x, off_x, idx_h, val_h, off_h)``; for the GRU (``c0`` ``None``)
@@ -304,10 +367,28 @@ def train_forward(
 
 
 def train_backward(
-    g_out: Tensor | None, g_h: Tensor | None, g_c: Tensor | None, g_xhat: Tensor | None, g_hhat: Tensor | None,
-    g_m: Tensor | None, g_dx: Tensor | None, g_dh: Tensor | None, h0: Tensor, c0: Tensor | None, out: Tensor,
-    out_c: Tensor, weight_ih: Tensor, weight_hh: Tensor, gates: Tensor, idx_x: Tensor, val_x: Tensor, off_x: Tensor,
-    idx_h: Tensor, val_h: Tensor, off_h: Tensor, gru: bool,
+    g_out: Tensor | None,
+    g_h: Tensor | None,
+    g_c: Tensor | None,
+    g_xhat: Tensor | None,
+    g_hhat: Tensor | None,
+    g_m: Tensor | None,
+    g_dx: Tensor | None,
+    g_dh: Tensor | None,
+    h0: Tensor,
+    c0: Tensor | None,
+    out: Tensor,
+    out_c: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    gates: Tensor,
+    idx_x: Tensor,
+    val_x: Tensor,
+    off_x: Tensor,
+    idx_h: Tensor,
+    val_h: Tensor,
+    off_h: Tensor,
+    gru: bool,
 ) -> tuple[Tensor, ...]:
     """The fused backward (`_delta_backward`) from the output gradients (``None``: zero) and
     `train_forward`'s results: ``(∂x, ∂h_0, ∂c_0, ∂x̂_0, ∂ĥ_0, ∂M_0, ∂W_ih, ∂W_hh)`` (``∂c_0``
@@ -376,9 +457,18 @@ def _delta_train_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x,
     # evsnn::delta_train_cpu_fwd and its registered backward (evsnn/ops/delta/op.py): one opaque op
     # for torch.compile.
     out, h, c, x_hat, h_hat, m, dx, dh, *_ = torch.ops.evsnn.delta_train_cpu_fwd(
-        x, fields["h"], fields.get("c"), fields["x_hat"], fields["h_hat"], fields["m"], weight_ih, weight_hh,
+        x,
+        fields["h"],
+        fields.get("c"),
+        fields["x_hat"],
+        fields["h_hat"],
+        fields["m"],
+        weight_ih,
+        weight_hh,
         _expand_theta(theta_x, n_in, "theta_x", x).detach().contiguous(),
-        _expand_theta(theta_h, hs, "theta_h", x).detach().contiguous(), inclusive, gru,
+        _expand_theta(theta_h, hs, "theta_h", x).detach().contiguous(),
+        inclusive,
+        gru,
     )
     final = DeltaGRUState(h, x_hat, h_hat, m) if gru else DeltaLSTMState(h, c, x_hat, h_hat, m)
     return out, final, DeltaTrace(dx, dh)

@@ -157,10 +157,17 @@ def _backward_torch(lstm, g_out, g_dh, m_all, out, h0, c_all, c0, dh, w_hh, lam_
         if lstm:
             c = c_all[t]
             cprev = c_all[t - 1] if t > 0 else c0
-            i, f, g, o = torch.sigmoid(m[..., 0]), torch.sigmoid(m[..., 1]), torch.tanh(m[..., 2]), torch.sigmoid(m[..., 3])
+            i, f, g, o = (
+                torch.sigmoid(m[..., 0]),
+                torch.sigmoid(m[..., 1]),
+                torch.tanh(m[..., 2]),
+                torch.sigmoid(m[..., 3]),
+            )
             tc = torch.tanh(c)
             gc = lam_c + lh * o * (1 - tc * tc)
-            local = torch.stack([gc * g * i * (1 - i), gc * cprev * f * (1 - f), gc * i * (1 - g * g), lh * tc * o * (1 - o)], -1)
+            local = torch.stack(
+                [gc * g * i * (1 - i), gc * cprev * f * (1 - f), gc * i * (1 - g * g), lh * tc * o * (1 - o)], -1
+            )
             lam_c = gc * f
             direct = torch.zeros_like(lh)
         else:
@@ -236,8 +243,16 @@ def _forward_cupy(lstm, x, xhat0, h0, hhat0, m0u, c0, wp, theta_x, theta_h, incl
         _kernel("delta_encode_input", lstm, dt, dev),
         (math.ceil(n / _ENCODE_BLOCK),),
         (_ENCODE_BLOCK,),
-        (rt.ptr(x), rt.ptr(xhat0), rt.ptr(dx), rt.ptr(xhat_t), rt.i32(steps), rt.i32(n), rt.scalar(theta_x, dt),
-         rt.i32(int(inclusive))),
+        (
+            rt.ptr(x),
+            rt.ptr(xhat0),
+            rt.ptr(dx),
+            rt.ptr(xhat_t),
+            rt.i32(steps),
+            rt.i32(n),
+            rt.scalar(theta_x, dt),
+            rt.i32(int(inclusive)),
+        ),
         device=dev,
     )
     m_work = m0u.clone(memory_format=torch.contiguous_format)
@@ -380,7 +395,9 @@ def delta_backward_impl(
         core, w_rec = _backward_cupy, packed("delta", _pack_weights, (w_ih, w_hh), lstm)[inp:]
     else:
         core, w_rec = _backward_torch, w_hh
-    dm_all, g_h0, g_hhat0, g_m0, g_c0 = core(lstm, g_out, g_dh, m_all, out, h0, c_all, c0, dh, w_rec, lam_h, g_hhat_t, g_m_t, lam_c)
+    dm_all, g_h0, g_hhat0, g_m0, g_c0 = core(
+        lstm, g_out, g_dh, m_all, out, h0, c_all, c0, dh, w_rec, lam_h, g_hhat_t, g_m_t, lam_c
+    )
 
     ih_slots, hh_slots = _slots(lstm)
     dm_x = _slot_rows(dm_all, ih_slots).reshape(steps * batch, -1)  # [T·B, G·H]
@@ -400,7 +417,9 @@ def delta_backward_impl(
 
 def _check_theta(name: str, value: Any) -> float:
     if isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a Python float for the sparse-BPTT scan (a tensor would need a host sync), got a Tensor")
+        raise TypeError(
+            f"{name} must be a Python float for the sparse-BPTT scan (a tensor would need a host sync), got a Tensor"
+        )
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not math.isfinite(value) or value < 0:
@@ -456,8 +475,20 @@ def _scan(lstm, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     # evsnn::delta_scan_bptt_fwd/_bwd (evsnn/ops/delta/op.py, registered on import of this package)
     out, xhat_t, hhat_t, m_t, c_t, dx, dh, _, _ = torch.ops.evsnn.delta_scan_bptt_fwd(
-        x, xhat0, h0, hhat0, _to_unit_major(m0), x.new_zeros(0) if c0 is None else c0, weight_ih, weight_hh,
-        theta_x, theta_h, inclusive, lstm, engine, keep,
+        x,
+        xhat0,
+        h0,
+        hhat0,
+        _to_unit_major(m0),
+        x.new_zeros(0) if c0 is None else c0,
+        weight_ih,
+        weight_hh,
+        theta_x,
+        theta_h,
+        inclusive,
+        lstm,
+        engine,
+        keep,
     )
     m_t = _to_slot_major(m_t)
     trace = DeltaTrace(dx, dh)
@@ -527,7 +558,10 @@ def check_cuda(*, device: torch.device, dtype: torch.dtype | None = None, **conf
             return f"{key} must be a Python float for the CuPy delta kernels, got a Tensor"
     if config.get("fixed_point") is not None:
         return f"fixed_point={config['fixed_point']} (Qm.n rounding) is implemented by the torch reference only"
-    if config.get("delta_rule", "strict") == "inclusive" and min(config.get("theta_x", 0.0), config.get("theta_h", 0.0)) == 0.0:
+    if (
+        config.get("delta_rule", "strict") == "inclusive"
+        and min(config.get("theta_x", 0.0), config.get("theta_h", 0.0)) == 0.0
+    ):
         return _INCLUSIVE_AT_ZERO
     shape = config.get("shape")
     if shape is not None:

@@ -33,8 +33,12 @@ from .cpu import DeltaGRURunner, DeltaLSTMRunner
 from .cuda import delta_backward_impl, delta_forward_impl
 
 __all__ = [
-    "delta_gru_scan_cpu_op", "delta_lstm_scan_cpu_op", "delta_train_cpu_fwd", "delta_train_cpu_bwd",
-    "delta_scan_bptt_fwd", "delta_scan_bptt_bwd",
+    "delta_gru_scan_cpu_op",
+    "delta_lstm_scan_cpu_op",
+    "delta_train_cpu_fwd",
+    "delta_train_cpu_bwd",
+    "delta_scan_bptt_fwd",
+    "delta_scan_bptt_bwd",
 ]
 
 

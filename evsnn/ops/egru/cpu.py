@@ -43,7 +43,9 @@ __all__ = ["EGRURunner", "egru_scan_cpu", "check_cpu"]
 # dtype (intermediate scalars in float64, stored in the array dtype).
 
 
-def _egru_loop(gi, x, wx, bias_ih, table, bias_hh, theta, c, y, out_y, out_c, acc, idx, reset_output):  # pragma: no cover - numba
+def _egru_loop(
+    gi, x, wx, bias_ih, table, bias_hh, theta, c, y, out_y, out_c, acc, idx, reset_output
+):  # pragma: no cover - numba
     """EGRU (SPEC §3) over ``T`` steps. ``table = W_hhᵀ [H, 3H]``.
 
     The input gates come precomputed, ``gi [T, B, 3H] = W_ih x + b_ih`` (one GEMM per chunk), or
@@ -303,8 +305,17 @@ def _egru_fused_train(x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshol
     from .cpu_train import egru_train_scan
 
     return egru_train_scan(
-        x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold,
-        reset=reset, surrogate=surrogate, zoneout=zoneout, training=training,
+        x,
+        state,
+        weight_ih,
+        weight_hh,
+        bias_ih,
+        bias_hh,
+        threshold,
+        reset=reset,
+        surrogate=surrogate,
+        zoneout=zoneout,
+        training=training,
     )
 
 

@@ -55,6 +55,7 @@ except ImportError:  # pragma: no cover - without numba the kernels are never co
     def njit(*args, **kwargs):
         return lambda fn: fn
 
+
 __all__ = ["egru_train_scan", "egru_train_kernel_available", "egru_train_reason", "train_forward", "train_backward"]
 
 _DTYPES = (torch.float32, torch.float64)
@@ -74,8 +75,23 @@ def _pseudo_at(kind, params, gate, pseudo, t, b, j, x):  # pragma: no cover - nu
 
 
 def _egru_forward(
-    gi, table, bias_hh, theta, c, y, reset_output, zo_mode, zo_p, zo_mask, chunks,
-    out_y, out_v, gate_r, gate_z, gate_n, gate_hn,
+    gi,
+    table,
+    bias_hh,
+    theta,
+    c,
+    y,
+    reset_output,
+    zo_mode,
+    zo_p,
+    zo_mask,
+    chunks,
+    out_y,
+    out_v,
+    gate_r,
+    gate_z,
+    gate_n,
+    gate_hn,
 ):  # pragma: no cover - numba
     """EGRU over ``gi [T, B, 3H]`` from the state ``c, y`` ``[B, H]`` (updated in place).
 
@@ -156,9 +172,34 @@ def _egru_forward(
 
 
 def _egru_backward(
-    table, theta, c0, y0, reset_output, zo_mode, zo_p, zo_mask, need_y0, chunks,
-    kind, params, gate, pseudo, out_y, out_v, gate_r, gate_z, gate_n, gate_hn,
-    g_out, g_v, a_c, a_y, g_gi, g_table_parts, g_bias_parts, g_theta_parts,
+    table,
+    theta,
+    c0,
+    y0,
+    reset_output,
+    zo_mode,
+    zo_p,
+    zo_mask,
+    need_y0,
+    chunks,
+    kind,
+    params,
+    gate,
+    pseudo,
+    out_y,
+    out_v,
+    gate_r,
+    gate_z,
+    gate_n,
+    gate_hn,
+    g_out,
+    g_v,
+    a_c,
+    a_y,
+    g_gi,
+    g_table_parts,
+    g_bias_parts,
+    g_theta_parts,
 ):  # pragma: no cover - numba
     """Reverse-time adjoint of `_egru_forward`.
 
@@ -344,8 +385,15 @@ def _surrogate_args(surrogate: Surrogate) -> tuple[int, list[float], float]:
 
 
 def train_forward(
-    gi: Tensor, c0: Tensor, y0: Tensor, weight_hh: Tensor, bias_hh: Tensor | None, theta: Tensor,
-    reset_output: bool, zo_p: float, zo_mask: Tensor,
+    gi: Tensor,
+    c0: Tensor,
+    y0: Tensor,
+    weight_hh: Tensor,
+    bias_hh: Tensor | None,
+    theta: Tensor,
+    reset_output: bool,
+    zo_p: float,
+    zo_mask: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The fused forward (`_egru_forward`): ``(y [T, B, H], c_T, y_T, c_pre [T, B, H], gates
     [4, T, B, H])``, the gates ``r, z, n, W_hn y + b_hn`` kept for `train_backward`.
@@ -362,8 +410,20 @@ def train_forward(
     zo_mode, mask = _zoneout(zo_p, zo_mask)
     with _threads(batch) as chunks:
         _kernels().forward(
-            _np(gi.detach().contiguous()), _np(table), _np(bias), _np(theta.detach().contiguous()), _np(c), _np(y),
-            reset_output, zo_mode, zo_p, mask, chunks, _np(out_y), _np(out_v), *(_np(g) for g in gates),
+            _np(gi.detach().contiguous()),
+            _np(table),
+            _np(bias),
+            _np(theta.detach().contiguous()),
+            _np(c),
+            _np(y),
+            reset_output,
+            zo_mode,
+            zo_p,
+            mask,
+            chunks,
+            _np(out_y),
+            _np(out_v),
+            *(_np(g) for g in gates),
         )
     return out_y, c, y, out_v, gates
 
@@ -377,10 +437,25 @@ def _zoneout(zo_p: float, zo_mask: Tensor) -> tuple[int, np.ndarray]:
 
 
 def train_backward(
-    g_out: Tensor | None, g_c: Tensor | None, g_y: Tensor | None, g_v: Tensor | None,
-    c0: Tensor, y0: Tensor, weight_hh: Tensor, theta: Tensor, out_y: Tensor, out_v: Tensor, gates: Tensor,
-    zo_mask: Tensor, reset_output: bool, zo_p: float, need_y0: bool,
-    kind: int, params: list[float], gate: float, pseudo: Tensor | None = None,
+    g_out: Tensor | None,
+    g_c: Tensor | None,
+    g_y: Tensor | None,
+    g_v: Tensor | None,
+    c0: Tensor,
+    y0: Tensor,
+    weight_hh: Tensor,
+    theta: Tensor,
+    out_y: Tensor,
+    out_v: Tensor,
+    gates: Tensor,
+    zo_mask: Tensor,
+    reset_output: bool,
+    zo_p: float,
+    need_y0: bool,
+    kind: int,
+    params: list[float],
+    gate: float,
+    pseudo: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The fused backward (`_egru_backward`) from the output gradients (``None``: zero):
     ``(∂gi, ∂c_0, ∂y_0, ∂W_hh, ∂b_hh, ∂θ)``. ``pseudo``: ``g(c_pre − θ)`` for ``kind`` -1."""
@@ -431,8 +506,25 @@ class _EGRUTrain(torch.autograd.Function):
         reset_output, surrogate, zo_p, has_bias = ctx.options
         pseudo = _pseudo_derivative(surrogate, out_v - theta)
         g_gi, a_c, a_y, g_w, g_bias, g_theta = train_backward(
-            g_out, g_c, g_y, g_v, c0, y0, weight_hh, theta, out_y, out_v, gates, zo_mask, reset_output, zo_p,
-            bool(ctx.needs_input_grad[2]), -1, [0.0] * 4, math.inf, pseudo,
+            g_out,
+            g_c,
+            g_y,
+            g_v,
+            c0,
+            y0,
+            weight_hh,
+            theta,
+            out_y,
+            out_v,
+            gates,
+            zo_mask,
+            reset_output,
+            zo_p,
+            bool(ctx.needs_input_grad[2]),
+            -1,
+            [0.0] * 4,
+            math.inf,
+            pseudo,
         )
         return g_gi, a_c, a_y, g_w, g_bias if has_bias else None, g_theta, None, None, None, None
 
@@ -541,7 +633,17 @@ def egru_train_scan(
         # evsnn::egru_train_cpu_fwd and its registered backward (evsnn/ops/egru/op.py): one opaque
         # op for torch.compile.
         out, c, y, c_pre, _ = torch.ops.evsnn.egru_train_cpu_fwd(
-            gi, state.c, state.y, weight_hh, bias_hh, theta, reset == "output", float(zoneout), mask,
-            kind, params, gate,
+            gi,
+            state.c,
+            state.y,
+            weight_hh,
+            bias_hh,
+            theta,
+            reset == "output",
+            float(zoneout),
+            mask,
+            kind,
+            params,
+            gate,
         )
     return out, EGRUState(c, y), EGRUTrace(c_pre)

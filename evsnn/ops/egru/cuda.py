@@ -173,8 +173,19 @@ def egru_forward_launch(
     barrier = torch.zeros(1, dtype=torch.int32, device=device)
     wpack = packed("egru_forward", _pack_forward, (weight_hh,), u, nb)
     args = (
-        rt.ptr(gi), rt.ptr(y0), rt.ptr(wpack), rt.ptr(bias_hh), rt.ptr(theta), rt.ptr(out), rt.ptr(c_state),
-        rt.ptr(save), rt.ptr(barrier), rt.i32(steps), rt.i32(batch), rt.i32(hidden), rt.i32(int(fsm)),
+        rt.ptr(gi),
+        rt.ptr(y0),
+        rt.ptr(wpack),
+        rt.ptr(bias_hh),
+        rt.ptr(theta),
+        rt.ptr(out),
+        rt.ptr(c_state),
+        rt.ptr(save),
+        rt.ptr(barrier),
+        rt.i32(steps),
+        rt.i32(batch),
+        rt.i32(hidden),
+        rt.i32(int(fsm)),
         rt.i32(int(reset_threshold)),
     )
     _launch(kernel, nb, u, args, device, fbytes)
@@ -215,10 +226,28 @@ def egru_backward_launch(
     kernel = rt.get_kernel(_SOURCE, "egru_backward", dtype=dtype, device=device, defines=_defines(u))
     surrogate = (rt.i32(sg_kind),) + tuple(rt.scalar(v, dtype) for v in sg_params) + (rt.scalar(sg_trunc, dtype),)
     args = (
-        rt.ptr(gy), rt.ptr(save), rt.ptr(c0), rt.ptr(wbpack), rt.ptr(theta), rt.ptr(dgi), rt.ptr(dgh),
-        rt.ptr(dc), rt.ptr(dp0), rt.ptr(dtheta_part), rt.ptr(dyrec), rt.ptr(barrier), rt.i32(steps),
-        rt.i32(batch), rt.i32(hidden), rt.i32(int(bsm)), rt.i32(int(reset_threshold)),
-    ) + surrogate + (rt.scalar(support, dtype),)
+        (
+            rt.ptr(gy),
+            rt.ptr(save),
+            rt.ptr(c0),
+            rt.ptr(wbpack),
+            rt.ptr(theta),
+            rt.ptr(dgi),
+            rt.ptr(dgh),
+            rt.ptr(dc),
+            rt.ptr(dp0),
+            rt.ptr(dtheta_part),
+            rt.ptr(dyrec),
+            rt.ptr(barrier),
+            rt.i32(steps),
+            rt.i32(batch),
+            rt.i32(hidden),
+            rt.i32(int(bsm)),
+            rt.i32(int(reset_threshold)),
+        )
+        + surrogate
+        + (rt.scalar(support, dtype),)
+    )
     _launch(kernel, nb, u, args, device, bbytes)
     # Dense GEMMs over all steps (cuBLAS): the weight gradient does not skip zero events.
     dgh_flat = dgh.view(steps * batch, 3 * hidden)
@@ -286,5 +315,3 @@ def egru_scan_cuda(
         gi.contiguous(), c0, y0, weight_hh, b_hh, threshold, reset == "threshold", kind, list(params), trunc, support
     )
     return out, EGRUState(c_final, out[-1]), EGRUTrace(save[4])
-
-
