@@ -27,6 +27,9 @@ unit never fires and never enters the support is never read, forward or backward
 The result is the reference's ([`evsnn.functional.egru_scan`][evsnn.functional.egru_scan]) and so are its gradients, to
 rounding: the sums are grouped differently. Non-finite values propagate as in the reference's
 forward (a NaN or −∞ ``c_pre`` gives ``y = 0·c_pre = NaN``, an event that reaches every unit).
+
+The module runs past 600 lines because the forward and backward kernels, each written out for
+both resets and zoneout, sit beside their launcher and custom-op registration.
 """
 
 from __future__ import annotations
