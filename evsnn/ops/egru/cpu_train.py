@@ -28,8 +28,9 @@ The result is the reference's ([`evsnn.functional.egru_scan`][evsnn.functional.e
 rounding: the sums are grouped differently. Non-finite values propagate as in the reference's
 forward (a NaN or −∞ ``c_pre`` gives ``y = 0·c_pre = NaN``, an event that reaches every unit).
 
-The module runs past 600 lines because the forward and backward kernels, each written out for
-both resets and zoneout, sit beside their launcher and custom-op registration.
+The module runs past 600 lines because the forward and backward kernels (each handling both
+resets, zoneout and every surrogate with a kernel form) sit beside their launchers
+(`train_forward`, `train_backward`), which check and convert every argument.
 """
 
 from __future__ import annotations
