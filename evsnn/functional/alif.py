@@ -26,6 +26,7 @@ __all__ = [
     "ALIFState",
     "ALIFTrace",
     "alif_initial_state",
+    "alif_leaky_dynamics",
     "alif_step",
     "alif_dynamics",
     "alif_scan",
@@ -133,11 +134,53 @@ def alif_dynamics(
     The one home of these equations: every torch implementation (the reference scan and step,
     the CPU event path) calls it. Returns ``(s_t, ALIFState(v_t, b_t, s_t), B_t)``.
     """
-    b = rho * state.b + (1.0 - rho) * state.s
-    threshold = b0 + beta * b
+    b, threshold = _adaptive_threshold(state, rho, b0, beta)
     v = alpha * state.v + (1.0 - alpha) * current - threshold * state.s
     s = surrogate(v - threshold)
     return s, ALIFState(v, b, s), threshold
+
+
+def _adaptive_threshold(
+    state: ALIFState, rho: Tensor, b0: float | Tensor, beta: float | Tensor
+) -> tuple[Tensor, Tensor]:
+    """SPEC §2's adaptation: ``b_t = ρ·b_{t−1} + (1 − ρ)·s_{t−1}`` and ``B_t = b0 + β·b_t``."""
+    b = rho * state.b + (1.0 - rho) * state.s
+    return b, b0 + beta * b
+
+
+def alif_leaky_dynamics(
+    current: Tensor,
+    state: ALIFState,
+    beta: Tensor,
+    rho: Tensor,
+    threshold: Tensor,
+    adapt_strength: Tensor,
+    reset: str,
+    surrogate: Surrogate,
+    zero_reset_clears_input: bool,
+) -> tuple[Tensor, ALIFState]:
+    """One ALIF step in snntorch's units: SPEC §2's adaptation around ``snn.Leaky``'s membrane.
+
+    ``mem = β·mem + I`` (SPEC §2 integrates ``(1 − β)·I`` instead), reset as ``snn.Leaky`` and
+    ``snn.RLeaky`` define ``reset_mechanism`` (``"subtract"``, ``"zero"``, ``"none"``), with the
+    adaptive threshold ``B_t`` in place of their fixed one. ``"zero"`` clears the decayed membrane
+    before the input (``snn.Leaky``) or, with ``zero_reset_clears_input``, the whole new value
+    (``snn.RLeaky``). What the snntorch adapters of `evsnn.interop.snntorch` compute; returns
+    ``(s_t, ALIFState(v_t, b_t, s_t))``.
+    """
+    s_prev = state.s
+    b, threshold = _adaptive_threshold(state, rho, threshold, adapt_strength)
+    if reset == "subtract":
+        v = beta * state.v + current - threshold * s_prev
+    elif reset == "zero":
+        if zero_reset_clears_input:
+            v = (1.0 - s_prev) * (beta * state.v + current)
+        else:
+            v = beta * ((1.0 - s_prev) * state.v) + current
+    else:
+        v = beta * state.v + current
+    s = surrogate(v - threshold)
+    return s, ALIFState(v, b, s)
 
 
 def alif_scan(

@@ -28,8 +28,8 @@ neuron's own membrane (``mem.detach()``, or ``Leaky.detach_hidden``'s in-place `
 detaches the whole state, values kept (truncated BPTT).
 
 Every step is computed by [`evsnn.functional`][evsnn.functional] (through [`evsnn.nn`][evsnn.nn] cells for the
-families that own weights), except ALIF's in snntorch's units, which is ``snn.Leaky``'s membrane
-equation around SPEC §2's adaptation (``_leaky_alif_dynamics``); otherwise this module only
+families that own weights; ALIF's in snntorch's units by
+[`evsnn.functional.alif_leaky_dynamics`][evsnn.functional.alif_leaky_dynamics]); this module only
 threads the state the snntorch way. State lives in
 non-persistent buffers that are tensors, never ``None``; an empty or wrongly shaped buffer (a new
 batch size, a reset) is re-allocated from the *state's own* initial value (ALIF's as its
@@ -53,7 +53,14 @@ from snntorch._neurons.leaky import Leaky
 from snntorch._neurons.neurons import LIF, SpikingNeuron
 from torch import Tensor, nn
 
-from ..functional.alif import ALIFState, alif_dynamics, alif_initial_state, decay, decay_time_constant
+from ..functional.alif import (
+    ALIFState,
+    alif_dynamics,
+    alif_initial_state,
+    alif_leaky_dynamics,
+    decay,
+    decay_time_constant,
+)
 from ..functional.delta import DeltaGRUState, DeltaLSTMState
 from ..functional.egru import EGRUState
 from ..metrics import synaptic_ops
@@ -124,40 +131,6 @@ def _spike_function(surrogate: Surrogate) -> Any:
         return _SurrogateSpike.apply(x, surrogate)
 
     return spike
-
-
-def _leaky_alif_dynamics(
-    current: Tensor,
-    state: ALIFState,
-    beta: Tensor,
-    rho: Tensor,
-    threshold: Tensor,
-    adapt_strength: Tensor,
-    reset: str,
-    surrogate: Surrogate,
-    zero_reset_clears_input: bool,
-) -> tuple[Tensor, ALIFState]:
-    """One ALIF step in snntorch's units: SPEC §2's adaptation around ``snn.Leaky``'s membrane.
-
-    ``mem = β·mem + I`` (SPEC §2 integrates ``(1 − β)·I`` instead), reset as ``snn.Leaky`` and
-    ``snn.RLeaky`` define ``reset_mechanism``, with the adaptive threshold ``B_t`` in place of
-    their fixed one. ``"zero"`` clears the decayed membrane before the input (``snn.Leaky``) or,
-    with ``zero_reset_clears_input``, the whole new value (``snn.RLeaky``).
-    """
-    s_prev = state.s
-    b = rho * state.b + (1.0 - rho) * s_prev
-    threshold = threshold + adapt_strength * b
-    if reset == "subtract":
-        v = beta * state.v + current - threshold * s_prev
-    elif reset == "zero":
-        if zero_reset_clears_input:
-            v = (1.0 - s_prev) * (beta * state.v + current)
-        else:
-            v = beta * ((1.0 - s_prev) * state.v) + current
-    else:
-        v = beta * state.v + current
-    s = surrogate(v - threshold)
-    return s, ALIFState(v, b, s)
 
 
 class ALIF(_LeakyForm, Leaky):
@@ -356,7 +329,7 @@ class ALIF(_LeakyForm, Leaky):
             state = state._replace(s=state.s.detach())
         rho = decay(self.tau_adapt.to(compute))
         if self.convention == "snntorch":
-            s, new_state = _leaky_alif_dynamics(
+            s, new_state = alif_leaky_dynamics(
                 current,
                 state,
                 self.beta.clamp(0.0, 1.0).to(compute),
