@@ -537,18 +537,6 @@ class RALIF(ALIF):
         self.reset_mem()
         return self.spk, self.mem
 
-    def forward(
-        self,
-        input_: Tensor,
-        *state: Tensor,
-        spk: Tensor | None = None,
-        mem: Tensor | None = None,
-        b: Tensor | None = None,
-    ):
-        """``spk, mem = lif(cur, spk, mem)``, ``spk, mem, b = lif(cur, spk, mem, b)``, or with
-        ``init_hidden=True`` ``spk = lif(cur)``; see the class docstring."""
-        return self._leaky_call(input_, state, {"spk": spk, "mem": mem, "b": b})
-
 
 _EGRU_RESETS = {"output": "output", "subtract": "threshold", "threshold": "threshold"}
 
