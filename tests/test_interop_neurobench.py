@@ -160,7 +160,8 @@ def test_benchmark_counts_snntorch_adapter_neurons_and_linear_layers(single_thre
     """NeuroBench's Benchmark over a snntorch-style step loop (Linear → evsnn ALIF adapter →
     Linear → snn.Leaky): the adapter's neurons and both Linears are counted, by hand from the
     spikes; the snn.Leaky is named as not counted."""
-    snn = pytest.importorskip("snntorch")
+    import snntorch as snn  # a [dev] dependency: its absence is a failure, not a skip
+
     from evsnn.interop import snntorch as esnn
 
     class StepNet(nn.Module):

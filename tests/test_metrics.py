@@ -262,7 +262,8 @@ def test_profile_counts_snntorch_adapters_and_dense_layers_by_hand():
     """A tutorial-style step loop: Linear(3→4) → ALIF adapter → Linear(4→2) → EGRU adapter, two
     steps, batch 2, beside a snn.Leaky and a ReLU that profile does not count (named in skipped).
     Every count below is computed by hand from the known spikes and events."""
-    snn = pytest.importorskip("snntorch")
+    import snntorch as snn  # a [dev] dependency: its absence is a failure, not a skip
+
     from evsnn.interop import snntorch as esnn
 
     torch.manual_seed(0)
