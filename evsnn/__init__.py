@@ -1,6 +1,7 @@
 """evsnn: event-driven neurons (ALIF, EGRU, delta cells) for PyTorch, snntorch and norse."""
 
 import importlib
+import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the names below load on first use (see __getattr__)
@@ -98,3 +99,11 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+# A program that has imported torch is using the layers: load them now, so that
+# `torch.load(path)` (weights_only, PyTorch's default) of a saved whole model finds evsnn's
+# classes among its safe globals after a plain `import evsnn`. Without torch imported (the CLI
+# parsing its arguments) everything stays lazy.
+if "torch" in sys.modules:
+    from . import nn  # noqa: E402,F401  (registers the safe globals)

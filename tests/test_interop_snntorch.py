@@ -241,8 +241,8 @@ def test_alif_surrogate_gradient_is_the_surrogates_own(surrogate):
 )
 def test_weighted_families_match_native_layers(kind, native_cls):
     torch.manual_seed(0)
-    # the adapter EGRU's default reset is the paper's "output"; the layer's is "threshold"
-    kw = {"theta_x": 0.02, "theta_h": 0.02} if kind != "egru" else {"reset": "output"}
+    # the adapter EGRU's default reset ("subtract") is the layer's "threshold"
+    kw = {"theta_x": 0.02, "theta_h": 0.02} if kind != "egru" else {}
     native = native_cls(NI, H, backend="torch", **kw)
     neuron = _make_neuron(kind, NI, H, init_hidden=True)
     neuron.cell.load_state_dict(native.state_dict())
@@ -542,7 +542,8 @@ def test_snntorch_utils_reset_resets_the_whole_state_and_batches_train():
         nn.Linear(NI, H),
         esnn.ALIF(init_hidden=True),
         nn.Linear(H, H),
-        esnn.EGRU(H, H, init_hidden=True),
+        # thresholds around 0.3: events large enough to drive the readout past its threshold
+        esnn.EGRU(H, H, init_hidden=True, threshold=0.3, threshold_init="beta"),
         nn.Linear(H, C),
         esnn.ALIF(init_hidden=True, output=True),
     )

@@ -30,6 +30,23 @@ def test_multi_gaussian_matches_spec_reference_values():
     torch.testing.assert_close(s.grad(-x), s.grad(x))
 
 
+def test_multi_gaussian_grad_is_the_same_in_and_out_of_a_graph():
+    # The backward pass (no graph) computes g in place; with a graph (double backward) it must not.
+    x = torch.linspace(-4.0, 4.0, 801, dtype=torch.float64)
+    s = sg.multi_gaussian()
+    kept = x.clone()
+    no_graph = s.grad(x)
+    assert torch.equal(x, kept)  # the input is never written
+    xg = x.clone().requires_grad_(True)
+    with_graph = s.grad(xg)
+    torch.testing.assert_close(no_graph, with_graph.detach(), atol=1e-15, rtol=0)
+    # the graph form differentiates: g'(x) against a central difference of g
+    (second,) = torch.autograd.grad(with_graph.sum(), xg)
+    h = 1e-6
+    fd = (s.grad(x + h) - s.grad(x - h)) / (2 * h)
+    torch.testing.assert_close(second, fd, atol=1e-7, rtol=0)
+
+
 # Hand-computed from the formulas of SPEC §1 with their defaults:
 #   triangle(0.3): γ = 1/0.3;  g(0) = 3.3333, g(0.15) = 3.3333·0.5, g(-0.1) = 3.3333·(2/3), g(±0.3) = 0
 #   gaussian(0.5, 0.5): g(0) = 0.5/(0.5·√(2π)) = 0.398942, g(0.5) = 0.398942·e^-0.5, g(-1) = 0.398942·e^-2

@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -450,3 +452,19 @@ def test_ddp_returns_and_takes_the_state(tmp_path, find_unused_parameters):
             _close(torch.cat([first, second]), whole)
     finally:
         torch.distributed.destroy_process_group()
+
+
+def test_whole_model_loads_after_a_plain_import_evsnn(tmp_path):
+    """A fresh program that imports torch and evsnn (no layer name touched) loads each saved
+    layer with PyTorch's default weights_only=True."""
+    layers = [evsnn.EGRU(IN, H), evsnn.DeltaGRU(IN, H), evsnn.DeltaLSTM(IN, H), evsnn.ALIF(IN, H)]
+    for i, layer in enumerate(layers):
+        torch.save(layer, tmp_path / f"{i}.pt")
+    program = (
+        "import torch, evsnn\n"
+        f"for i in range({len(layers)}):\n"
+        f"    print(type(torch.load({str(tmp_path)!r} + f'/{{i}}.pt')).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["EGRU", "DeltaGRU", "DeltaLSTM", "ALIF"]
