@@ -125,3 +125,14 @@ def test_cupy_backend_compiles_as_an_opaque_op(name):
     layer = ACCELERATED[name](backend="cupy", device="cuda")
     x = torch.randn(6, 2, IN, device="cuda") * 2
     assert _compiled_matches_eager(layer, x, training=True) <= 1
+
+
+@pytest.mark.parametrize("name", ["EGRU", "DeltaGRU", "ALIF"])
+def test_a_torch_op_training_loop_runs_behind_one_graph_break(name, monkeypatch):
+    """The cpu_event torch-op training loops (chosen with EVSNN_CPU_KERNEL=torch) gather rows into
+    data-dependent shapes: a compiled model runs them eagerly behind one break at the layer's call,
+    never tracing into them (which would break at every gather)."""
+    monkeypatch.setenv("EVSNN_CPU_KERNEL", "torch")
+    layer = ACCELERATED[name](backend="cpu_event")
+    x = torch.randn(6, 1, IN) * 2
+    assert _compiled_matches_eager(layer, x, training=True) <= 1

@@ -24,6 +24,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from ..functional.alif import ALIFState
 from ..functional.checks import check_steps
 from ..ops import dispatch
+from ..ops.compile_marks import compile_opaque
 from ..stats import LayerStats
 from ._checks import check_input, grad_recorded, to_time_first
 
@@ -229,10 +230,12 @@ class EGRUHidden(StateTensor):
         return self.as_tensor()
 
 
-# Dynamo traces a __torch_function__ subclass only when told to; without it a compiled layer
-# could not return its h_n in one graph (fullgraph=True fails where the state is built).
-for _carrier in (DeltaHidden, DeltaCellHidden, EGRUHidden):
-    torch._dynamo.config.traceable_tensor_subclasses.add(_carrier)
+# Dynamo before PyTorch 2.6 traced a __torch_function__ subclass only when told to: without it a
+# compiled layer could not return its h_n in one graph. Later releases trace them and ignore the
+# setting, so Dynamo (a second to import) is not loaded for it there.
+if tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 6):
+    for _carrier in (DeltaHidden, DeltaCellHidden, EGRUHidden):
+        torch._dynamo.config.traceable_tensor_subclasses.add(_carrier)
 
 
 class CellStep(nn.Module):
@@ -760,4 +763,4 @@ def _run(module: nn.Module, x: Any, seq: Tensor, lengths: Tensor | None, state: 
     return PackedSequence(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices), final
 
 
-_run_opaque = torch.compiler.disable(_run)
+_run_opaque = compile_opaque(_run)

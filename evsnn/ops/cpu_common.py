@@ -46,6 +46,7 @@ from torch import Tensor
 from ..functional.precision import LOW_PRECISION, state_dtype
 from ..surrogate import SnnTorchSurrogate, Surrogate
 from .auto import auto_reason
+from .compile_marks import assume_constant_result
 
 __all__ = ["KERNELS", "KERNEL_ENV_VAR", "numba_available", "event_matmul", "check_cpu"]
 
@@ -177,7 +178,7 @@ def numba_batch_threads(numba: Any, batch: int) -> Iterator[int]:
 
 # A compiled graph takes the answer as a constant (it is fixed for the process) instead of tracing
 # through the import attempt and its cache.
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def numba_available() -> bool:
     """Whether the fused numba loops can run (``pip install numba``, the ``cpu`` extra)."""
     return numba_jit() is not None

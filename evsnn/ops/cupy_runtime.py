@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..functional.precision import LOW_PRECISION
+from .compile_marks import assume_constant_result
 
 __all__ = [
     "CUDA_DIR",
@@ -104,7 +105,7 @@ CUPY_MISSING = 'CuPy is not installed: pip install "evsnn[cuda13]" (or "evsnn[cu
 
 # A constant for the life of the process: torch.compile calls it once while tracing and bakes in
 # the answer instead of tracing a cached Python function.
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def unavailable_reason() -> str | None:
     """``None`` if CuPy and a CUDA GPU are usable here, else why not (with the install hint)."""
     if "reason" not in _PROBE:
@@ -283,7 +284,7 @@ def launch_persistent(
 
 # Device properties are process constants: torch.compile evaluates them once while tracing the
 # backend checks instead of tracing into CUDA queries.
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 

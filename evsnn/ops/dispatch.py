@@ -49,6 +49,7 @@ from typing import Any
 import torch
 
 from ..functional.precision import LOW_PRECISION, autocast_enabled
+from .compile_marks import assume_constant_result
 from .transforms import active_transform
 
 __all__ = [
@@ -158,7 +159,7 @@ _ACCELERATED = {
 
 # Run, not traced, by torch.compile (importlib is opaque to it: a first request inside a compiled
 # model would otherwise break the graph); its result, None, is the constant it assumes.
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def _ensure_loaded(name: str) -> None:
     # An accelerated backend's modules are imported and registered on first request; importing is
     # cheap (CuPy and numba are imported lazily inside them). Done once per process. The cpu_event

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from .compile_marks import assume_constant_result
+
 __all__ = ["active_transform", "refuse_double_backward", "DOUBLE_BACKWARD_HINT"]
 
 # functorch transform types that need a derivative rule of the op (vmap and functionalize do not).
@@ -47,7 +49,7 @@ def _functorch_transforms() -> list[str]:
 
 # A compiled graph takes the answer as a constant of its trace (torch.compile guards on the
 # functorch state of the frame itself) instead of tracing into functorch's interpreter stack.
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def active_transform() -> str | None:
     """The name of the active autograd transform that the accelerated kernels cannot run
     (``"torch.func.grad/vjp/jacrev"``, ``"torch.func.jvp/jacfwd"`` or

@@ -10,6 +10,7 @@ from ...functional.alif import ALIFState, ALIFTrace, alif_dynamics, alif_initial
 from ...functional.checks import check_steps
 from ...functional.precision import state_dtype
 from ...surrogate import MultiGaussian, Surrogate
+from ..compile_marks import compile_opaque
 from ..cpu_common import (
     DTYPES,
     _check_cpu_tensors,
@@ -187,7 +188,7 @@ def _alif_training(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weig
 # The fused kernels are the custom ops evsnn::alif_train_cpu_fwd/_bwd (evsnn/ops/alif/op.py), which
 # torch.compile keeps in its graph. This torch-op loop gathers rows into data-dependent shapes: a
 # compiled model runs it eagerly behind one graph break here.
-@torch.compiler.disable
+@compile_opaque
 def _alif_autograd(current, state, tau_mem, tau_adapt, b0, beta, surrogate, weight_hh, bias_hh):
     alpha = decay(tau_mem)
     rho = decay(tau_adapt)

@@ -24,6 +24,7 @@ from ...functional.delta import (
     delta_lstm_initial_state,
 )
 from ...functional.precision import state_dtype
+from ..compile_marks import compile_opaque
 from ..cpu_common import (
     _check_cpu_tensors,
     _check_same_dtype,
@@ -463,7 +464,7 @@ def _delta_train(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, thet
 
 # The torch-op training loop gathers rows into data-dependent shapes (and tests its deltas for
 # finiteness on the host): a compiled model runs it eagerly behind one graph break here.
-_delta_autograd_opaque = torch.compiler.disable(_delta_autograd)
+_delta_autograd_opaque = compile_opaque(_delta_autograd)
 
 
 def delta_gru_scan_cpu(

@@ -14,6 +14,7 @@ from torch import Tensor
 from ...functional.checks import check_steps
 from ...functional.egru import RESETS, EGRUState, EGRUTrace, egru_initial_state, egru_pointwise
 from ...surrogate import Surrogate, Triangle
+from ..compile_marks import compile_opaque
 from ..cpu_common import (
     _check_cpu_tensors,
     _check_same_dtype,
@@ -365,7 +366,7 @@ def egru_scan_cpu(
 # The torch-op training loop (without numba, or EVSNN_CPU_KERNEL=torch) gathers rows into
 # data-dependent shapes and is not a custom op: a compiled model runs it eagerly behind one graph
 # break here.
-@torch.compiler.disable
+@compile_opaque
 def _egru_train(x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset, surrogate):
     return _egru_autograd(x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset, surrogate)
 

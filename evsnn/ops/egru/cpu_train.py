@@ -48,6 +48,7 @@ from ...functional.checks import check_steps
 from ...functional.egru import RESETS, EGRUState, EGRUTrace, egru_initial_state
 from ...functional.precision import Precision, project
 from ...surrogate import SnnTorchSurrogate, Surrogate, Triangle
+from ..compile_marks import compile_opaque
 from ..cpu_common import numba_available, numba_batch_threads
 from ..cpu_surrogate import pseudo_derivative, surrogate_args
 
@@ -535,7 +536,7 @@ class _EGRUTrain(torch.autograd.Function):
 
 # The surrogate object cannot enter a custom op: a compiled model runs this node eagerly behind one
 # graph break.
-_egru_train_opaque = torch.compiler.disable(_EGRUTrain.apply)
+_egru_train_opaque = compile_opaque(_EGRUTrain.apply)
 
 
 def egru_train_reason(surrogate: object, zoneout: float = 0.0) -> str | None:

@@ -26,6 +26,7 @@ from torch import Tensor
 from ...functional.egru import RESETS, EGRUState, EGRUTrace
 from ...surrogate import Surrogate, Triangle
 from .. import cupy_runtime as rt
+from ..compile_marks import assume_constant_result
 from ..packed_weights import packed
 
 __all__ = ["egru_scan_cuda", "check_cuda", "surrogate_kernel_args", "units_per_block"]
@@ -66,7 +67,7 @@ def units_per_block(hidden: int, sms: int) -> int | None:
     return None
 
 
-@torch.compiler.assume_constant_result
+@assume_constant_result
 def _smem_limit(device_index: int) -> int:
     import cupy
 
