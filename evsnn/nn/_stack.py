@@ -655,7 +655,7 @@ class RecordsStats:
 class StackedForward(RecordsStats):
     """``forward`` of the sequence layers (EGRU, DeltaGRU, DeltaLSTM, ALIF), like ``nn.GRU``'s.
 
-    A layer supplies its `NeuronFamily` (``neuron_family``), the
+    A layer supplies its `Family` record (``neuron_family``), the
     options its backends' checks read (``_dispatch_options``) and ``_scan_direction(suffix, x,
     state, scan) -> (out, final, trace, stats)``: one layer·direction through ``scan`` (a
     backend, or the family's reference for a replay)."""

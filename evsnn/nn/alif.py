@@ -11,6 +11,7 @@ from ..functional.alif import ALIFState, alif_initial_state, alif_step, decay, l
 from ..functional.checks import check_steps
 from ..functional.precision import state_dtype
 from ..ops import dispatch
+from ..ops.family import ALIF_FAMILY
 from ..stats import LayerStats
 from ..surrogate import MultiGaussian, Surrogate, as_surrogate
 from ._checks import (
@@ -24,7 +25,6 @@ from ._checks import (
     grad_recorded,
     to_time_first,
 )
-from ._family import ALIF_FAMILY
 from ._stack import (
     ALIFLayerState,
     PendingStats,

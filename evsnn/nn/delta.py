@@ -20,9 +20,9 @@ from ..functional.delta import (
 from ..functional.fixed_point import check_fixed_point, quantize_fixed_point
 from ..functional.precision import state_dtype
 from ..ops import dispatch
+from ..ops.family import DELTA_GRU_FAMILY, DELTA_LSTM_FAMILY
 from ..stats import LayerStats
 from ._checks import ParameterChecks, check_input, check_nonnegative, check_size, check_state, grad_recorded
-from ._family import DELTA_GRU_FAMILY, DELTA_LSTM_FAMILY
 from ._stack import (
     DeltaCellHidden,
     DeltaHidden,

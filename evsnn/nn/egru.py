@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..functional.egru import RESETS, EGRUState, egru_initial_state, egru_step
 from ..functional.precision import state_dtype
 from ..ops import dispatch
+from ..ops.family import EGRU_FAMILY
 from ..stats import LayerStats
 from ..surrogate import Surrogate, Triangle, as_surrogate
 from ._checks import (
@@ -21,7 +22,6 @@ from ._checks import (
     check_state,
     grad_recorded,
 )
-from ._family import EGRU_FAMILY
 from ._stack import (
     EGRUHidden,
     PendingStats,
