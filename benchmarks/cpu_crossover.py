@@ -1,5 +1,6 @@
 """Where the cpu_event backend beats the dense torch reference on the CPU, for inference and
-for training separately: the table behind ``backend="auto"`` (``auto.AUTO_RULES``).
+for training separately: the regions behind ``backend="auto"`` (each family's ``auto_inference``/``auto_training`` in
+:mod:`evsnn.ops.family`).
 
 One process, one thread by default (``--threads``). For each family, batch B and hidden size H
 it times the reference scan of :mod:`evsnn.functional` and the cpu_event scan on the same

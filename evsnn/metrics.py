@@ -35,8 +35,8 @@ from .functional.alif import ALIFState, ALIFTrace
 from .functional.delta import DeltaTrace
 from .functional.egru import EGRUTrace
 from .nn import ALIF, EGRU, DeltaGRU, DeltaLSTM
-from .nn._family import NeuronFamily
 from .nn._stack import single_direction_state
+from .ops.family import Family
 from .stats import LayerStats
 
 __all__ = [
@@ -215,9 +215,9 @@ class Profile:
         return self.table()
 
 
-def _family(layer: nn.Module) -> NeuronFamily | None:
+def _family(layer: nn.Module) -> Family | None:
     family = getattr(layer, "neuron_family", None)
-    return family if isinstance(family, NeuronFamily) else None
+    return family if isinstance(family, Family) else None
 
 
 def _first_tensor(out: Any) -> Tensor:

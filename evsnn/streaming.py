@@ -27,22 +27,21 @@ read them again (``refresh(keep_state=True)`` continues from the current state).
 returned by a stream are inference tensors (see ``torch.inference_mode``): clone them outside
 inference mode before using them in autograd.
 
-Each family's wiring (initial state, backend options, reference scan arguments, runner) is
-one entry of ``_FAMILIES`` below.
+A stream reads a layer only through the public members of
+[`StreamLayer`][evsnn.nn.contract.StreamLayer] (its family record, backend options, scan
+arguments, scan input and initial state) and runs the family record's ``"cpu_event"`` runner
+(`evsnn.ops.family.Family.runner`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from .functional.alif import alif_initial_state, leaky_readout_step
+from .functional.alif import leaky_readout_step
 from .functional.checks import check_steps
-from .functional.delta import delta_gru_initial_state, delta_lstm_initial_state
-from .functional.egru import egru_initial_state
 from .functional.precision import LOW_PRECISION
 from .nn._checks import check_input, check_size, check_state, check_tensor_state
 from .nn._stack import StackedForward, single_direction_state
@@ -56,206 +55,13 @@ __all__ = ["Stream", "SUPPORTED_LAYERS"]
 SUPPORTED_LAYERS = (ALIF, ALIFCell, LeakyReadout, EGRU, EGRUCell, DeltaGRU, DeltaGRUCell, DeltaLSTM, DeltaLSTMCell)
 
 
-# ---------------------------------------------------------------------------------------------
-# What each family needs: plain functions of the layer, gathered in one table below
-# ---------------------------------------------------------------------------------------------
-
-
-class _Family(NamedTuple):
-    """How a `Stream` runs one family.
-
-    Args:
-        name: the op family of [`evsnn.ops.dispatch`][evsnn.ops.dispatch] (``None``: the readout, elementwise
-            after one linear map, no backend to choose).
-        options: ``layer -> dict``, the options the backends' checks read.
-        initial_state: ``(layer, batch, like) -> state``, the layer's initial state.
-        reference: ``layer -> (args, kwargs)`` the chosen backend's scan is called with after
-            ``(input, state)``, read when the stream is built.
-        project: ``(layer, x) -> input of the scan``: ``x`` itself, or ALIF's current
-            ``W_ih x + b_ih``.
-        runner: ``layer -> stepper`` of the ``"cpu_event"`` backend (weights prepared once).
-        step: ``(runner, layer, x_t) -> output of the step``.
-        run: ``(runner, layer, x) -> outputs of all steps of x [T, B, I]``.
-    """
-
-    name: str | None
-    options: Callable[[nn.Module], dict[str, Any]]
-    initial_state: Callable[[nn.Module, int, Tensor], Any]
-    reference: Callable[[nn.Module], tuple[tuple, dict]]
-    project: Callable[[nn.Module, Tensor], Tensor]
-    runner: Callable[[nn.Module], Any] | None = None
-    step: Callable[[Any, nn.Module, Tensor], Tensor] | None = None
-    run: Callable[[Any, nn.Module, Tensor], Tensor] | None = None
-
-
-def _input(layer: nn.Module, x: Tensor) -> Tensor:
-    return x
-
-
-def _alif_current(layer: nn.Module, x: Tensor) -> Tensor:
-    return nn.functional.linear(x, layer.weight_ih, layer.bias_ih)
-
-
-# EGRU (SPEC §3): the runner's fused step projects x_t itself.
-
-
-def _egru_reference(layer: nn.Module) -> tuple[tuple, dict]:
-    kwargs = {"reset": layer.reset, "surrogate": layer.surrogate}
-    zoneout = getattr(layer, "zoneout", 0.0)
-    if zoneout > 0.0:
-        kwargs.update(zoneout=zoneout, training=False)
-    return (layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh, layer.threshold.detach()), kwargs
-
-
-def _egru_runner(layer: nn.Module):
-    from .ops.egru import cpu
-
-    return cpu.EGRURunner(
-        layer.weight_ih, layer.weight_hh, layer.bias_ih, layer.bias_hh, layer.threshold, reset=layer.reset
-    )
-
-
-_EGRU = _Family(
-    "egru",
-    options=lambda layer: {
-        "surrogate": layer.surrogate,
-        "reset": layer.reset,
-        "zoneout": getattr(layer, "zoneout", 0.0),
-    },
-    initial_state=lambda layer, batch, like: egru_initial_state(batch, layer.hidden_size, like),
-    reference=_egru_reference,
-    project=_input,
-    runner=_egru_runner,
-    step=lambda runner, layer, x: runner.step_input(x),
-    run=lambda runner, layer, x: runner.run(x)[0],
-)
-
-
-# ALIF (SPEC §2): the scans take the current W_ih x + b_ih.
-
-
-def _alif_reference(layer: nn.Module) -> tuple[tuple, dict]:
-    kwargs = {
-        "tau_mem": layer.tau_mem,
-        "tau_adapt": layer.tau_adapt,
-        "b0": layer.b0,
-        "beta": layer.beta,
-        "surrogate": layer.surrogate,
-        "weight_hh": layer.weight_hh,
-        "bias_hh": layer.bias_hh,
-    }
-    return (), kwargs
-
-
-def _alif_runner(layer: nn.Module):
-    from .ops.alif import cpu
-
-    return cpu.ALIFRunner(
-        tau_mem=layer.tau_mem,
-        tau_adapt=layer.tau_adapt,
-        b0=layer.b0,
-        beta=layer.beta,
-        weight_hh=layer.weight_hh,
-        bias_hh=layer.bias_hh,
-    )
-
-
-_ALIF = _Family(
-    "alif",
-    options=lambda layer: {"surrogate": layer.surrogate, "recurrent": layer.recurrent},
-    initial_state=lambda layer, batch, like: alif_initial_state(like.new_zeros(batch, layer.hidden_size), layer.b0),
-    reference=_alif_reference,
-    project=_alif_current,
-    runner=_alif_runner,
-    step=lambda runner, layer, x: runner.step(_alif_current(layer, x))[0],
-    run=lambda runner, layer, x: runner.run(_alif_current(layer, x))[0],
-)
-
-
-# DeltaGRU / DeltaLSTM (SPEC §4): the runner's fused step encodes and gathers x_t itself.
-
-
-def _delta_options(layer: nn.Module) -> dict[str, Any]:
-    return {
-        "theta_x": layer.theta_x,
-        "theta_h": layer.theta_h,
-        "delta_rule": layer.delta_rule,
-        "fixed_point": layer.fixed_point,
-    }
-
-
-def _delta_reference(layer: nn.Module) -> tuple[tuple, dict]:
-    args = (layer._weight("weight_ih"), layer._weight("weight_hh"), layer.bias_ih, layer.bias_hh)
-    return args, layer._scan_options()
-
-
-def _delta_runner(layer: nn.Module, name: str):
-    from .ops.delta import cpu
-
-    runner_type = cpu.DeltaGRURunner if name == "delta_gru" else cpu.DeltaLSTMRunner
-    return runner_type(
-        layer._weight("weight_ih"),  # rounded as the layer's products use it (weight_fixed_point)
-        layer._weight("weight_hh"),
-        layer.bias_ih,
-        layer.bias_hh,
-        theta_x=layer.theta_x,
-        theta_h=layer.theta_h,
-        delta_rule=layer.delta_rule,
-    )
-
-
-def _delta_family(name: str, init: Callable[..., Any]) -> _Family:
-    return _Family(
-        name,
-        options=_delta_options,
-        initial_state=lambda layer, batch, like: init(
-            batch, layer.input_size, layer.hidden_size, layer.bias_ih, layer.bias_hh, like
-        ),
-        reference=_delta_reference,
-        project=_input,
-        runner=lambda layer: _delta_runner(layer, name),
-        step=lambda runner, layer, x: runner.step(x),
-        run=lambda runner, layer, x: runner.run(x)[0],
-    )
-
-
-# LeakyReadout: leaky_readout_step after one linear map; its "scan" is the loop of steps.
-
-
 def _readout_scan(current: Tensor, m: Tensor, tau: Tensor) -> tuple[Tensor, Tensor, None]:
+    """The readout's "scan": `leaky_readout_step` over the steps of ``current``."""
     outs = []
     for t in range(current.shape[0]):
         m = leaky_readout_step(current[t], m, tau=tau)
         outs.append(m)
     return torch.stack(outs), m, None
-
-
-_READOUT = _Family(
-    None,
-    options=lambda layer: {},
-    initial_state=lambda layer, batch, like: like.new_zeros(batch, layer.output_size),
-    reference=lambda layer: ((layer.tau.detach().clone(),), {}),
-    project=lambda layer, x: layer.linear(x),
-)
-
-_FAMILIES = {
-    ALIF: _ALIF,
-    ALIFCell: _ALIF,
-    EGRU: _EGRU,
-    EGRUCell: _EGRU,
-    DeltaGRU: _delta_family("delta_gru", delta_gru_initial_state),
-    DeltaGRUCell: _delta_family("delta_gru", delta_gru_initial_state),
-    DeltaLSTM: _delta_family("delta_lstm", delta_lstm_initial_state),
-    DeltaLSTMCell: _delta_family("delta_lstm", delta_lstm_initial_state),
-    LeakyReadout: _READOUT,
-}
-
-
-def _family_of(layer: nn.Module) -> _Family:
-    for cls in type(layer).__mro__:
-        if cls in _FAMILIES:
-            return _FAMILIES[cls]
-    raise AssertionError(f"{type(layer).__name__} is in SUPPORTED_LAYERS but has no entry in _FAMILIES")
 
 
 class Stream:
@@ -283,8 +89,8 @@ class Stream:
             )
         self.layer = layer
         self.batch_size = check_size("batch_size", batch_size)
-        self._family = _family_of(layer)
-        self.family = self._family.name
+        self._family = layer.neuron_family
+        self.family = None if self._family is None else self._family.name
         requested = getattr(layer, "backend", "torch") if backend is None else backend
         self.requested = dispatch.validate_backend(requested)
         self._name = f"Stream({type(layer).__name__})"
@@ -317,8 +123,8 @@ class Stream:
         self._cast = self._like.dtype in LOW_PRECISION
         with torch.inference_mode():
             self._runner = None
-            self._args, self._kwargs = family.reference(layer)
-            if family.name is None:
+            self._args, self._kwargs = layer.scan_arguments()
+            if family is None:
                 self.backend = "torch"
                 self._scan = _readout_scan
             else:
@@ -330,12 +136,12 @@ class Stream:
                     device=self._like.device,
                     dtype=self._like.dtype,
                     shape=(1, self.batch_size, self.hidden_size),
-                    **family.options(layer),
+                    **layer.dispatch_options(),
                 )
                 self.backend = chosen.name
                 self._scan = chosen.fn
                 if chosen.name == "cpu_event":
-                    self._runner = family.runner(layer)
+                    self._runner = family.runner_type().from_scan_arguments(*self._args, **self._kwargs)
         self._watch()
         self.reset(state)
 
@@ -392,7 +198,7 @@ class Stream:
         the layer returns (``[1, B, ...]``, nn.GRU's ``h_n`` of one layer), so a stream can
         continue where ``layer(x)`` stopped."""
         with torch.inference_mode():
-            initial = self._family.initial_state(self.layer, self.batch_size, self._like)
+            initial = self.layer.scan_initial_state(self.batch_size, self._like)
             if state is not None and isinstance(self.layer, StackedForward):
                 state = single_direction_state(self.layer, state, self.batch_size, self._like, self._name)
             if state is None:
@@ -434,7 +240,7 @@ class Stream:
         self._check_unchanged()
         with self._inference:
             if self._runner is not None:
-                out = self._family.step(self._runner, self.layer, x)
+                out = self._runner.stream_step(self.layer.scan_input(x))
                 # the runners compute a bf16/fp16 layer in float32 (SPEC §6); outputs in the
                 # layer's dtype, as its forward and the reference path give them
                 return out.to(like.dtype) if self._cast else out
@@ -455,14 +261,14 @@ class Stream:
             )
         with torch.inference_mode():
             if self._runner is not None:
-                out = self._family.run(self._runner, self.layer, x)
+                out = self._runner.stream_chunk(self.layer.scan_input(x))
                 out = out.to(self._like.dtype) if self._cast else out
             else:
                 out = self._reference_chunk(x)
         return out.transpose(0, 1) if batch_first else out
 
     def _reference_chunk(self, x: Tensor) -> Tensor:
-        inp = self._family.project(self.layer, x)
+        inp = self.layer.scan_input(x)
         out, self._state, _ = self._scan(inp, self._state, *self._args, **self._kwargs)
         return out
 

@@ -19,6 +19,7 @@ from evsnn.ops import dispatch
 from evsnn.ops.alif import cuda as alif_cuda
 from evsnn.ops.delta import cuda as delta_cuda
 from evsnn.ops.egru import cuda as egru_cuda
+from evsnn.ops.family import FAMILIES
 from evsnn.surrogate import Triangle
 
 CUDA = torch.device("cuda")
@@ -90,7 +91,7 @@ def test_scan_does_not_recheck_after_dispatch(family, probe_usable):
 @pytest.mark.parametrize("family", list(MODULES))
 def test_direct_call_with_a_cpu_tensor_is_refused_clearly(family):
     args, kwargs = _arguments(family, "cpu")
-    fn = getattr(MODULES[family], dispatch._ACCELERATED["cupy"][family][1])
+    fn = FAMILIES[family].scan("cupy")
     with pytest.raises(ValueError, match=r"CUDA tensors, got a cpu tensor"):
         fn(*args, **kwargs)
 
@@ -99,7 +100,7 @@ def test_direct_call_with_a_cpu_tensor_is_refused_clearly(family):
 def test_direct_call_with_half_precision_is_refused_clearly(family):
     with FakeTensorMode():
         args, kwargs = _arguments(family, "cuda", torch.float16)
-        fn = getattr(MODULES[family], dispatch._ACCELERATED["cupy"][family][1])
+        fn = FAMILIES[family].scan("cupy")
         with pytest.raises(ValueError, match=r"supports? float32 and float64, got torch.float16"):
             fn(*args, **kwargs)
 
@@ -108,7 +109,7 @@ def test_direct_call_with_half_precision_is_refused_clearly(family):
 def test_direct_call_with_a_surrogate_without_kernel_form_is_refused(family):
     with FakeTensorMode():
         args, kwargs = _arguments(family, "cuda")
-        fn = getattr(MODULES[family], dispatch._ACCELERATED["cupy"][family][1])
+        fn = FAMILIES[family].scan("cupy")
         with pytest.raises(ValueError, match="has no kernel form"):
             fn(*args, **kwargs, surrogate=_NoKernelForm(0.3))
 

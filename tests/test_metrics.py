@@ -151,6 +151,31 @@ def test_profile_backward_reports_sparsity_and_fills_grads():
     assert p.backward_sparsity == pytest.approx(float(expected))
 
 
+def test_profile_egru_cell_splits_input_and_recurrent_events_as_the_layer_does():
+    # EGRUCell carries its family record like EGRU: binary input events select weight columns
+    # (accumulates), the graded recurrent events are multiply-accumulates.
+    cell = evsnn.EGRUCell(8, 16)
+
+    class Steps(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = cell
+
+        def forward(self, x):
+            h = None
+            for t in range(x.shape[0]):
+                h = self.cell(x[t], h)
+            return h
+
+    x = (torch.rand(5, 2, 8) > 0.7).float()
+    prof = metrics.profile(Steps(), x)
+    (row,) = prof.layers
+    assert row.input_event_ops == int((x != 0).sum()) * 3 * 16
+    energy = prof.energy_pj_per_op
+    expected = row.input_event_ops * energy["ac"] + (row.event_ops - row.input_event_ops) * energy["mac"]
+    assert row.event_energy_pj == pytest.approx(expected)
+
+
 def test_profile_layer_called_twice_gets_two_rows():
     layer = _copy_alif()
 

@@ -658,10 +658,11 @@ class RecordsStats:
 class StackedForward(RecordsStats):
     """``forward`` of the sequence layers (EGRU, DeltaGRU, DeltaLSTM, ALIF), like ``nn.GRU``'s.
 
-    A layer supplies its `NeuronFamily` (``neuron_family``), the
-    options its backends' checks read (``_dispatch_options``) and ``_scan_direction(suffix, x,
-    state, scan) -> (out, final, trace, stats)``: one layer·direction through ``scan`` (a
-    backend, or the family's reference for a replay)."""
+    A layer implements [`StackLayer`][evsnn.nn.contract.StackLayer]: its `Family` record
+    (``neuron_family``), the options its backends' checks read (``dispatch_options``) and
+    ``_scan_direction(suffix, x, state, scan) -> (out, final, trace, stats)``: one
+    layer·direction through ``scan`` (a backend, or the family's reference for a replay), among
+    the hooks listed there."""
 
     def _resolve_backend(self, x: Tensor, given: Any = None):
         backend = dispatch.resolve(
@@ -671,7 +672,7 @@ class StackedForward(RecordsStats):
             dtype=x.dtype,
             shape=dispatch_shape(x, self.hidden_size, given, self.batch_first),
             training=grad_recorded(x, *self.parameters()),
-            **self._dispatch_options(),
+            **self.dispatch_options(),
         )
         check_dynamic_time(type(self).__name__, backend, given, self.batch_first)
         return backend
@@ -709,7 +710,7 @@ class StackedForward(RecordsStats):
         opaque = False
         if backend.name == "cpu_event" and grad_recorded(seq, *self.parameters()):
             traced = getattr(backend.fn, "traced_training", None)
-            opaque = traced is None or not traced(dtype=seq.dtype, **self._dispatch_options())
+            opaque = traced is None or not traced(dtype=seq.dtype, **self.dispatch_options())
         run = _run_opaque if opaque else _run
         out, final = run(self, x, seq, lengths, state, backend)
         return out, self._public_state(final)

@@ -11,6 +11,7 @@ from ..functional.alif import ALIFState, alif_initial_state, alif_step, decay, l
 from ..functional.checks import check_steps
 from ..functional.precision import state_dtype
 from ..ops import dispatch
+from ..ops.family import ALIF_FAMILY
 from ..stats import LayerStats
 from ..surrogate import MultiGaussian, Surrogate, as_surrogate
 from ._checks import (
@@ -24,7 +25,6 @@ from ._checks import (
     grad_recorded,
     to_time_first,
 )
-from ._family import ALIF_FAMILY
 from ._stack import (
     ALIFLayerState,
     PendingStats,
@@ -216,6 +216,33 @@ class _ALIFBase(ParameterChecks):
         like = self.weight_ih.new_zeros(batch, self.hidden_size)
         return alif_initial_state(like, self.b0.detach())
 
+    # the layer contract (evsnn.nn.contract.StreamLayer)
+
+    def dispatch_options(self) -> dict:
+        """The options the backends' checks read: ``surrogate``, ``recurrent``."""
+        return {"surrogate": self.surrogate, "recurrent": self.recurrent}
+
+    def scan_arguments(self) -> tuple[tuple, dict]:
+        """The ALIF scans' arguments after ``(current, state)`` (layer 0, forward)."""
+        kwargs = {
+            "tau_mem": self.tau_mem,
+            "tau_adapt": self.tau_adapt,
+            "b0": self.b0,
+            "beta": self.beta,
+            "surrogate": self.surrogate,
+            "weight_hh": self.weight_hh,
+            "bias_hh": self.bias_hh,
+        }
+        return (), kwargs
+
+    def scan_input(self, x: Tensor) -> Tensor:
+        """The current ``W_ih x + b_ih`` the scans take (layer 0, forward)."""
+        return nn.functional.linear(x, self.weight_ih, self.bias_ih)
+
+    def scan_initial_state(self, batch: int, like: Tensor) -> ALIFState:
+        """``v = 0, s = 0, b = b0`` for ``batch`` samples on ``like``'s device and dtype."""
+        return alif_initial_state(like.new_zeros(batch, self.hidden_size), self.b0)
+
 
 _NEURON_ARGS = """
         recurrent: add the recurrent product ``W_hh s_{t−1} + b_hh``.
@@ -351,9 +378,6 @@ class ALIF(StackedForward, _ALIFBase):
     def _direction_state_shapes(self, layer: int, batch: int) -> list[tuple[int, ...]]:
         return [(batch, self.hidden_size)] * 3
 
-    def _dispatch_options(self) -> dict:
-        return {"surrogate": self.surrogate, "recurrent": self.recurrent}
-
     def _scan_direction(self, suffix: str, x: Tensor, state: ALIFState | None, scan):
         current = torch.nn.functional.linear(x, getattr(self, "weight_ih" + suffix), getattr(self, "bias_ih" + suffix))
         tau_mem = getattr(self, "tau_mem" + suffix)
@@ -415,6 +439,8 @@ class ALIFCell(_ALIFBase):
         dtype: dtype of the parameters.
     """
     )
+
+    neuron_family = ALIF_FAMILY
 
     def __init__(
         self,
@@ -542,6 +568,27 @@ class LeakyReadout(ParameterChecks):
     @property
     def alpha(self) -> Tensor:
         return decay(self.tau)
+
+    # the layer contract (evsnn.nn.contract.StreamLayer): no backend to choose, its scan is
+    # elementwise after one linear map
+
+    neuron_family = None
+
+    def dispatch_options(self) -> dict:
+        """None: the readout has no backend choice."""
+        return {}
+
+    def scan_arguments(self) -> tuple[tuple, dict]:
+        """``((tau,), {})``: what `leaky_readout_scan` takes after ``(current, m)``."""
+        return (self.tau.detach().clone(),), {}
+
+    def scan_input(self, x: Tensor) -> Tensor:
+        """The current ``W x + b``."""
+        return self.linear(x)
+
+    def scan_initial_state(self, batch: int, like: Tensor) -> Tensor:
+        """``m = 0`` for ``batch`` samples on ``like``'s device and dtype."""
+        return like.new_zeros(batch, self.output_size)
 
 
 class ALIFReadout(_ALIFBase):

@@ -20,9 +20,9 @@ from ..functional.delta import (
 from ..functional.fixed_point import check_fixed_point, quantize_fixed_point
 from ..functional.precision import state_dtype
 from ..ops import dispatch
+from ..ops.family import DELTA_GRU_FAMILY, DELTA_LSTM_FAMILY
 from ..stats import LayerStats
 from ._checks import ParameterChecks, check_input, check_nonnegative, check_size, check_state, grad_recorded
-from ._family import DELTA_GRU_FAMILY, DELTA_LSTM_FAMILY
 from ._stack import (
     DeltaCellHidden,
     DeltaHidden,
@@ -89,6 +89,33 @@ class _DeltaBase(ParameterChecks):
         if self.weight_fixed_point is None or w is None:
             return w
         return quantize_fixed_point(w, *self.weight_fixed_point)
+
+    # the layer contract (evsnn.nn.contract.StreamLayer)
+
+    def dispatch_options(self) -> dict:
+        """The options the backends' checks read: ``theta_x``, ``theta_h``, ``delta_rule``, ``fixed_point``."""
+        return {
+            "theta_x": self.theta_x,
+            "theta_h": self.theta_h,
+            "delta_rule": self.delta_rule,
+            "fixed_point": self.fixed_point,
+        }
+
+    def scan_arguments(self) -> tuple[tuple, dict]:
+        """The delta scans' arguments after ``(x, state)`` (layer 0, forward): the weights as
+        the products use them (rounded to ``weight_fixed_point``), the biases and the options."""
+        args = (self._weight("weight_ih"), self._weight("weight_hh"), self.bias_ih, self.bias_hh)
+        return args, self._scan_options()
+
+    def scan_input(self, x: Tensor) -> Tensor:
+        """``x`` itself: the scans encode its deltas."""
+        return x
+
+    def scan_initial_state(self, batch: int, like: Tensor):
+        """Zero memories and ``h`` (and ``c``), the accumulators at the biases, for ``batch``
+        samples on ``like``'s device and dtype (SPEC §4)."""
+        init = delta_gru_initial_state if self.state_type is DeltaGRUState else delta_lstm_initial_state
+        return init(batch, self.input_size, self.hidden_size, self.bias_ih, self.bias_hh, like)
 
     def _add_direction(self, suffix: str, input_size: int, factory: dict) -> None:
         """The parameters of one layer·direction, named ``weight_ih{suffix}`` ... (nn.GRU's names)."""
@@ -390,14 +417,6 @@ class _DeltaLayer(StackedForward, _DeltaBase):
         if self.state_type is DeltaGRUState:
             return h
         return DeltaLSTMHidden(h, stacked.c)
-
-    def _dispatch_options(self) -> dict:
-        return {
-            "theta_x": self.theta_x,
-            "theta_h": self.theta_h,
-            "delta_rule": self.delta_rule,
-            "fixed_point": self.fixed_point,
-        }
 
     def _scan_direction(self, suffix: str, x: Tensor, state, scan):
         weight_ih = self._weight("weight_ih" + suffix)

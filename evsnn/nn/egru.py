@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..functional.egru import RESETS, EGRUState, egru_initial_state, egru_step
 from ..functional.precision import state_dtype
 from ..ops import dispatch
+from ..ops.family import EGRU_FAMILY
 from ..stats import LayerStats
 from ..surrogate import Surrogate, Triangle, as_surrogate
 from ._checks import (
@@ -21,7 +22,6 @@ from ._checks import (
     check_state,
     grad_recorded,
 )
-from ._family import EGRU_FAMILY
 from ._stack import (
     EGRUHidden,
     PendingStats,
@@ -156,6 +156,32 @@ class _EGRUBase(ParameterChecks):
         h = self.hidden_size
         return check_state(type(self).__name__, state, EGRUState, [(batch, h), (batch, h)], like)
 
+    # the layer contract (evsnn.nn.contract.StreamLayer)
+
+    def _zoneout_probability(self) -> float:
+        return 0.0  # zoneout is a recipe of the sequence layer (EGRU), not of the cell
+
+    def dispatch_options(self) -> dict:
+        """The options the backends' checks read: ``surrogate``, ``reset``, ``zoneout``."""
+        return {"surrogate": self.surrogate, "reset": self.reset, "zoneout": self._zoneout_probability()}
+
+    def scan_arguments(self) -> tuple[tuple, dict]:
+        """The EGRU scans' arguments after ``(x, state)`` (layer 0, forward), in evaluation
+        semantics: zoneout by its expectation, no DropConnect."""
+        kwargs = {"reset": self.reset, "surrogate": self.surrogate}
+        zoneout = self._zoneout_probability()
+        if zoneout > 0.0:
+            kwargs.update(zoneout=zoneout, training=False)
+        return (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.threshold.detach()), kwargs
+
+    def scan_input(self, x: Tensor) -> Tensor:
+        """``x`` itself: the scans project it."""
+        return x
+
+    def scan_initial_state(self, batch: int, like: Tensor) -> EGRUState:
+        """``c = 0, y = 0`` for ``batch`` samples on ``like``'s device and dtype."""
+        return egru_initial_state(batch, self.hidden_size, like)
+
 
 class EGRU(StackedForward, _EGRUBase):
     """Event-based GRU over a sequence (SPEC.md §3), constructed and called like ``torch.nn.GRU``.
@@ -289,8 +315,8 @@ class EGRU(StackedForward, _EGRUBase):
     def _direction_state_shapes(self, layer: int, batch: int) -> list[tuple[int, ...]]:
         return [(batch, self.hidden_size)] * 2
 
-    def _dispatch_options(self) -> dict:
-        return {"surrogate": self.surrogate, "reset": self.reset, "zoneout": self.zoneout}
+    def _zoneout_probability(self) -> float:
+        return self.zoneout
 
     def _scan_direction(self, suffix: str, x: Tensor, state: EGRUState | None, scan):
         weight_ih = getattr(self, "weight_ih" + suffix)
@@ -383,6 +409,8 @@ class EGRUCell(RecordsStats, _EGRUBase):
         device: device of the parameters.
         dtype: dtype of the parameters.
     """
+
+    neuron_family = EGRU_FAMILY
 
     def __init__(
         self,

@@ -247,7 +247,7 @@ def check_cpu(
     ``auto=False`` (an explicit ``backend="cpu_event"``) only checks that it *can* run: CPU,
     float32/float64, an evsnn surrogate, no zoneout (but in EGRU training on the fused kernel).
     Otherwise (``auto=True``, or ``None`` when the dispatcher does not say which) it also
-    declines where the measured crossover (`auto_reason`, `AUTO_RULES`) says the
+    declines where the measured crossover (`auto_reason`, the family record's regions) says the
     dense reference is faster for ``family`` (bound at registration) in training or inference.
     ``training``: whether the call records gradients (the layers pass it); a caller that does not
     say (``None``, e.g. [`evsnn.streaming.Stream`][evsnn.streaming.Stream], which runs in inference mode) gets the

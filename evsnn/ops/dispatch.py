@@ -38,7 +38,6 @@ backend (or any write to the registry) empties the cache.
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import os
 import warnings
@@ -50,6 +49,7 @@ import torch
 
 from ..functional.precision import LOW_PRECISION, autocast_enabled
 from .compile_marks import assume_constant_result
+from .family import FAMILIES as RECORDS
 from .transforms import active_transform
 
 __all__ = [
@@ -67,7 +67,7 @@ __all__ = [
 ]
 
 BACKENDS = ("auto", "torch", "cupy", "cpu_event")
-FAMILIES = ("alif", "egru", "delta_gru", "delta_lstm")
+FAMILIES = tuple(RECORDS)
 ENV_VAR = "EVSNN_BACKEND"
 
 
@@ -117,7 +117,7 @@ def register(backend: Backend) -> None:
 
 def registered(family: str) -> list[str]:
     """The backends registered for ``family`` (the accelerated ones are loaded first)."""
-    for name in _ACCELERATED:
+    for name in ("cpu_event", "cupy"):
         _ensure_loaded(name)
     return [name for (fam, name) in _REGISTRY if fam == family]
 
@@ -137,42 +137,29 @@ _INSTALL_HINT = {
 
 
 _LOADED: set[str] = set()
-
-
-# backend -> family -> (module under evsnn.ops, its scan, its check). The family modules import
-# nothing from this one (no import cycle): dispatch imports them and registers what they export.
-_ACCELERATED = {
-    "cpu_event": {
-        "alif": ("alif.cpu", "alif_scan_cpu", "check_cpu"),
-        "egru": ("egru.cpu", "egru_scan_cpu", "check_cpu"),
-        "delta_gru": ("delta.cpu", "delta_gru_scan_cpu", "check_cpu"),
-        "delta_lstm": ("delta.cpu", "delta_lstm_scan_cpu", "check_cpu"),
-    },
-    "cupy": {
-        "alif": ("alif.cuda", "alif_scan_cuda", "check_cuda"),
-        "egru": ("egru.cuda", "egru_scan_cuda", "check_cuda"),
-        "delta_gru": ("delta.cuda", "delta_gru_scan_cuda", "check_cuda"),
-        "delta_lstm": ("delta.cuda", "delta_lstm_scan_cuda", "check_cuda"),
-    },
-}
+# The accelerated backends, in the order "auto" and `registered` load them.
+_ACCELERATED_BACKENDS = ("cupy", "cpu_event")
 
 
 # Run, not traced, by torch.compile (importlib is opaque to it: a first request inside a compiled
 # model would otherwise break the graph); its result, None, is the constant it assumes.
 @assume_constant_result
 def _ensure_loaded(name: str) -> None:
-    # An accelerated backend's modules are imported and registered on first request; importing is
-    # cheap (CuPy and numba are imported lazily inside them). Done once per process. The cpu_event
-    # check decides "auto" per family, so it is bound to its family; the CuPy checks need no family.
-    if name in _LOADED or name not in _ACCELERATED:
+    # An accelerated backend's modules (named by the family records; they import nothing from this
+    # module, so there is no import cycle) are imported and registered on first request; importing
+    # is cheap (CuPy and numba are imported lazily inside them). Done once per process. The
+    # cpu_event check decides "auto" per family, so it is bound to its family; the CuPy checks
+    # need no family.
+    if name in _LOADED or name not in _ACCELERATED_BACKENDS:
         return
     _LOADED.add(name)
-    for family, (module, scan, check) in _ACCELERATED[name].items():
-        mod = importlib.import_module(f"{__package__}.{module}")
-        check_fn = getattr(mod, check)
+    for record in RECORDS.values():
+        if name not in record.scans:
+            continue
+        check_fn = record.check(name)
         if name == "cpu_event":
-            check_fn = functools.partial(check_fn, family=family)
-        register(Backend(name, family, getattr(mod, scan), check_fn, priority=10, auto=True))
+            check_fn = functools.partial(check_fn, family=record.name)
+        register(Backend(name, record.name, record.scan(name), check_fn, priority=10, auto=True))
 
 
 def _requested(requested: str) -> str:
@@ -291,7 +278,7 @@ def _resolve(
                 "and so does backend='auto', which picks the reference under this transform"
             )
         return backend, ()
-    for candidate in ("cupy", "cpu_event"):
+    for candidate in _ACCELERATED_BACKENDS:
         _ensure_loaded(candidate)
     candidates = sorted(
         (b for (fam, _), b in _REGISTRY.items() if fam == family and b.auto and b.name != "torch"),
@@ -318,17 +305,6 @@ def _resolve(
     return _REGISTRY[(family, "torch")], notes
 
 
-# Per family: the arguments that are operands of the products and are rounded to the low dtype
-# before the float32 kernel sees them. The delta cells' products take Δx, Δh, which the kernel
-# forms from float32 x, memories and h (SPEC §6): only their weights are rounded.
-_PRODUCT_OPERANDS = {
-    "alif": ("weight_hh",),
-    "egru": ("x", "weight_ih", "weight_hh"),
-    "delta_gru": ("weight_ih", "weight_hh"),
-    "delta_lstm": ("weight_ih", "weight_hh"),
-}
-
-
 def _upcast(value: Any, compute: torch.dtype) -> Any:
     if isinstance(value, torch.Tensor):
         return value.to(compute) if value.is_floating_point() and value.dtype != compute else value
@@ -345,14 +321,14 @@ def _signature(family: str) -> inspect.Signature:
 def run_lowered(fn: Callable[..., Any], family: str, low: torch.dtype, device_type: str, *args: Any, **kwargs: Any):
     """Run a float32 backend ``fn`` of ``family`` for a call in the low dtype ``low`` (SPEC §6).
 
-    The products' operands (`_PRODUCT_OPERANDS`) are rounded to ``low`` and then upcast,
+    The products' operands (the family's `Family.product_operands`) are rounded to ``low`` and then upcast,
     so the kernel multiplies exactly the low-precision values and accumulates in float32 (as a
     tensor-core product does); everything else is upcast to float32; autocast is switched off
     inside so that the kernel's own products stay float32. Returns the backend's
     ``(out, state, trace)`` with ``out`` in ``low`` and the state float32.
     """
     bound = _signature(family).bind(*args, **kwargs)
-    rounded = _PRODUCT_OPERANDS[family]
+    rounded = RECORDS[family].product_operands
     for name, value in bound.arguments.items():
         if name in rounded and isinstance(value, torch.Tensor) and value.dtype != low:
             value = value.to(low)
@@ -370,15 +346,8 @@ def _always(**_: Any) -> None:
 
 
 def _register_reference() -> None:
-    from ..functional import alif_scan, delta_gru_scan, delta_lstm_scan, egru_scan
-
-    for family, fn in (
-        ("alif", alif_scan),
-        ("egru", egru_scan),
-        ("delta_gru", delta_gru_scan),
-        ("delta_lstm", delta_lstm_scan),
-    ):
-        register(Backend("torch", family, fn, _always, priority=-100))
+    for record in RECORDS.values():
+        register(Backend("torch", record.name, record.reference, _always, priority=-100))
 
 
 _register_reference()

@@ -74,6 +74,30 @@ class ALIFRunner:
         self.b: Tensor | None = None
         self.s: Tensor | None = None
 
+    @classmethod
+    def from_scan_arguments(
+        cls,
+        *,
+        tau_mem: Tensor,
+        tau_adapt: Tensor,
+        b0: float | Tensor,
+        beta: float | Tensor,
+        weight_hh: Tensor | None = None,
+        bias_hh: Tensor | None = None,
+        **_: object,
+    ) -> "ALIFRunner":
+        """A runner for what the ALIF scans take after ``(current, state)`` (the streaming
+        runner of the family record; the surrogate is of no use without gradients)."""
+        return cls(tau_mem=tau_mem, tau_adapt=tau_adapt, b0=b0, beta=beta, weight_hh=weight_hh, bias_hh=bias_hh)
+
+    def stream_step(self, current: Tensor) -> Tensor:
+        """The spikes of one step from ``I_t [B, N]``."""
+        return self.step(current)[0]
+
+    def stream_chunk(self, current: Tensor) -> Tensor:
+        """The spikes of all steps of ``current [T, B, N]``."""
+        return self.run(current)[0]
+
     def load(self, state: ALIFState) -> None:
         if self.kernel == "numba":
             self.v, self.b, self.s = (t.detach().clone(memory_format=torch.contiguous_format) for t in state)

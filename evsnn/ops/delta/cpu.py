@@ -275,6 +275,31 @@ class _DeltaRunner:
         self._np_state = (_np(self.s_hat), _np(self.h), _np(self.m), c)
         self._d_step = np.empty((1, self.h.shape[0], self.input_size + self.hidden), dtype=c.dtype)
 
+    @classmethod
+    def from_scan_arguments(
+        cls,
+        weight_ih: Tensor,
+        weight_hh: Tensor,
+        bias_ih: Tensor | None,
+        bias_hh: Tensor | None,
+        *,
+        theta_x: float | Tensor = 0.0,
+        theta_h: float | Tensor = 0.0,
+        delta_rule: str = "strict",
+        **_: object,
+    ) -> "_DeltaRunner":
+        """A runner for what the delta scans take after ``(x, state)`` (the streaming runner of
+        the family record; dispatch does not pick this backend with ``fixed_point``)."""
+        return cls(weight_ih, weight_hh, bias_ih, bias_hh, theta_x=theta_x, theta_h=theta_h, delta_rule=delta_rule)
+
+    def stream_step(self, x: Tensor) -> Tensor:
+        """``h_t`` of one step on ``x_t [B, I]``."""
+        return self.step(x)
+
+    def stream_chunk(self, x: Tensor) -> Tensor:
+        """``h`` of all steps of ``x [T, B, I]``."""
+        return self.run(x)[0]
+
     def run(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """All steps of ``x [T, B, I]``; returns ``(h [T, B, H], deltas [T, B, I + H])``."""
         x = _upcast_low(x, self.wx.dtype)  # a low-precision layer's input (SPEC §6)

@@ -176,6 +176,31 @@ class EGRURunner:
         self.c: Tensor | None = None
         self.y: Tensor | None = None
 
+    @classmethod
+    def from_scan_arguments(
+        cls,
+        weight_ih: Tensor,
+        weight_hh: Tensor,
+        bias_ih: Tensor | None,
+        bias_hh: Tensor | None,
+        threshold: Tensor,
+        *,
+        reset: str = "output",
+        **_: object,
+    ) -> "EGRURunner":
+        """A runner for what the EGRU scans take after ``(x, state)`` (the streaming runner of
+        the family record; the surrogate is of no use without gradients, and dispatch does not
+        pick this backend for zoneout in inference)."""
+        return cls(weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset=reset)
+
+    def stream_step(self, x: Tensor) -> Tensor:
+        """The events ``y_t`` of one step on ``x_t [B, I]``."""
+        return self.step_input(x)
+
+    def stream_chunk(self, x: Tensor) -> Tensor:
+        """The events of all steps of ``x [T, B, I]``."""
+        return self.run(x)[0]
+
     def load(self, state: EGRUState) -> None:
         self.c = state.c.detach().clone(memory_format=torch.contiguous_format)
         self.y = state.y.detach().clone(memory_format=torch.contiguous_format)
