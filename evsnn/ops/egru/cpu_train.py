@@ -7,7 +7,9 @@ Forward, per step: ``gh = b_hh + Σ_{k: y_{t−1,k} ≠ 0} y_{t−1,k} · W_hh�
 units with an event), then the gates and state update of [`evsnn.functional.egru_pointwise`][evsnn.functional.egru_pointwise]
 (both resets, zoneout before the event test). Each sample keeps the list of its units with an
 event and adds their rows four at a time, so its accumulator is read and written once per four
-rows. It keeps for the backward the gates ``r, z, n`` and ``W_hn y + b_hn`` (elementwise, dense
+rows; the samples go through the rows in blocks together, so a block is fetched from L3 once
+per step for the whole batch. The gate math is one branch-free SIMD loop over the units, with
+the vectorisable ``sigmoid``/``tanh`` of [`evsnn.ops.cpu_vecmath`][evsnn.ops.cpu_vecmath]. It keeps for the backward the gates ``r, z, n`` and ``W_hn y + b_hn`` (elementwise, dense
 as in any GRU) and, as returned anyway, ``y`` and ``c_pre`` (the value compared with θ): the
 backward finds the events as the nonzero entries of ``y`` (a separate list would be a second
 copy), recomputes ``c_{t−1}`` from ``c_pre`` and θ, and reads the zoneout masks kept as bytes.
@@ -50,6 +52,7 @@ from ...functional.precision import Precision, project
 from ...surrogate import SnnTorchSurrogate, Surrogate, Triangle
 from ..cpu_common import numba_available, numba_batch_threads
 from ..cpu_surrogate import pseudo_derivative, surrogate_args
+from ..cpu_vecmath import sigmoid, tanh
 
 try:  # numba is optional (the ``cpu`` extra); this module is imported only on the training path
     from numba import njit, prange
@@ -68,6 +71,10 @@ _DEFAULT_SURROGATE = Triangle(0.3)
 # Zoneout modes of the kernels: none, the expectation p (evaluation), a Bernoulli mask (training).
 _ZO_NONE, _ZO_MEAN, _ZO_MASK = 0, 1, 2
 
+# Rows of W_hhᵀ per block of the forward's gather: 64 rows of 3H values (768 KiB in float32
+# at H = 1024) stay in a core's L2 beside the accumulators while every sample adds its rows.
+_ROW_BLOCK = 64
+
 
 @njit(cache=True, nogil=True, inline="always")
 def _pseudo_at(kind, params, gate, pseudo, t, b, j, x):  # pragma: no cover - numba
@@ -76,6 +83,17 @@ def _pseudo_at(kind, params, gate, pseudo, t, b, j, x):  # pragma: no cover - nu
     if kind < 0:
         return pseudo[t, b, j]
     return pseudo_derivative(kind, params, gate, x)
+
+
+@njit(cache=True, nogil=True)
+def _compress_events(row, events):  # pragma: no cover - numba
+    """Writes the indices of ``row``'s nonzero entries (NaN ≠ 0 counts: it spreads as in the dense
+    product) to the front of ``events`` and returns their number; branch-free."""
+    n = 0
+    for k in range(row.shape[0]):
+        events[n] = k
+        n += row[k] != 0.0
+    return n
 
 
 def _egru_forward(
@@ -109,70 +127,83 @@ def _egru_forward(
     for part in prange(chunks):
         b0 = part * per_chunk
         nb = max(0, min(batch, b0 + per_chunk) - b0)
-        acc = np.empty(h3, dtype=gi.dtype)
-        one = np.ones(1, dtype=gi.dtype)[0]
-        events = np.empty(hs, dtype=np.int64)
+        acc = np.empty((nb, h3), dtype=gi.dtype)
+        # The scalars of the gate loop in the arrays' dtype: a Python float would promote a
+        # float32 loop to float64 (half the SIMD width, and not the reference's arithmetic).
+        typed = np.empty(3, dtype=gi.dtype)
+        typed[0], typed[1], typed[2] = 1.0, 0.0, zo_p
+        one, zero, zp = typed[0], typed[1], typed[2]
+        events = np.empty((nb, hs), dtype=np.int64)
+        n_ev = np.empty(nb, dtype=np.int64)
+        done = np.empty(nb, dtype=np.int64)
         for bb in range(nb):
-            b = b0 + bb
-            # The units with an event in y_0 (NaN ≠ 0 counts: it spreads as in the dense product).
-            n_ev = 0
-            for k in range(hs):
-                if y[b, k] != 0.0:
-                    events[n_ev] = k
-                    n_ev += 1
-            for t in range(steps):
-                # gh = b_hh + Σ_{k: event} y_k · table[k], four rows per pass over the accumulator.
+            n_ev[bb] = _compress_events(y[b0 + bb], events[bb])
+        for t in range(steps):
+            # gh = b_hh + Σ_{k: event} y_k · table[k] for every sample. Few units fire at two
+            # steps in a row, so a sample's event rows are new at each step and come from L3.
+            # Here the samples go through the units in blocks of `_ROW_BLOCK` rows: the rows a
+            # block needs are read from L3 once for all samples and then from L2, while each
+            # sample adds its rows in the block four at a time (its accumulator read and
+            # written once per four rows).
+            for bb in range(nb):
+                done[bb] = 0
                 for j in range(h3):
-                    acc[j] = bias_hh[j]
-                p = 0
-                while p + 4 <= n_ev:
-                    k0, k1, k2, k3 = events[p], events[p + 1], events[p + 2], events[p + 3]
-                    w0, w1, w2, w3 = y[b, k0], y[b, k1], y[b, k2], y[b, k3]
-                    r0, r1, r2, r3 = table[k0], table[k1], table[k2], table[k3]
-                    for j in range(h3):
-                        acc[j] += w0 * r0[j] + w1 * r1[j] + w2 * r2[j] + w3 * r3[j]
-                    p += 4
-                while p < n_ev:
-                    k = events[p]
-                    w = y[b, k]
-                    row = table[k]
-                    for j in range(h3):
-                        acc[j] += w * row[j]
-                    p += 1
-                n_ev = 0
+                    acc[bb, j] = bias_hh[j]
+            for k_end in range(_ROW_BLOCK, hs + _ROW_BLOCK, _ROW_BLOCK):
+                for bb in range(nb):
+                    b = b0 + bb
+                    a = acc[bb]
+                    ev = events[bb]
+                    p = done[bb]
+                    q = p
+                    while q < n_ev[bb] and ev[q] < k_end:
+                        q += 1
+                    done[bb] = q
+                    while p + 4 <= q:
+                        k0, k1, k2, k3 = ev[p], ev[p + 1], ev[p + 2], ev[p + 3]
+                        w0, w1, w2, w3 = y[b, k0], y[b, k1], y[b, k2], y[b, k3]
+                        r0, r1, r2, r3 = table[k0], table[k1], table[k2], table[k3]
+                        for j in range(h3):
+                            a[j] += w0 * r0[j] + w1 * r1[j] + w2 * r2[j] + w3 * r3[j]
+                        p += 4
+                    while p < q:
+                        k = ev[p]
+                        w = y[b, k]
+                        row = table[k]
+                        for j in range(h3):
+                            a[j] += w * row[j]
+                        p += 1
+            for bb in range(nb):
+                b = b0 + bb
+                # Branch-free over the units (SIMD with the vectorisable sigmoid/tanh); the
+                # zoneout mode does not change inside the loop.
                 for j in range(hs):
-                    # In the arrays' dtype, as the reference computes (float32 libm calls are the
-                    # cheaper ones, and this loop's cost is mostly theirs).
-                    r = one / (one + np.exp(-(gi[t, b, j] + acc[j])))
-                    z = one / (one + np.exp(-(gi[t, b, hs + j] + acc[hs + j])))
-                    hn = acc[2 * hs + j]
-                    n = np.tanh(gi[t, b, 2 * hs + j] + r * hn)
+                    r = sigmoid(gi[t, b, j] + acc[bb, j])
+                    z = sigmoid(gi[t, b, hs + j] + acc[bb, hs + j])
+                    hn = acc[bb, 2 * hs + j]
+                    n = tanh(gi[t, b, 2 * hs + j] + r * hn)
                     c_prev = c[b, j]
                     v = z * c_prev + (one - z) * n
                     if reset_output:
                         v = v - y[b, j]
                     if zo_mode == 1:
-                        v = zo_p * c_prev + (1.0 - zo_p) * v
+                        v = zp * c_prev + (one - zp) * v
                     elif zo_mode == 2:
-                        d = 1.0 if zo_mask[t, b, j] else 0.0
-                        v = d * c_prev + (1.0 - d) * v
+                        d = one if zo_mask[t, b, j] else zero
+                        v = d * c_prev + (one - d) * v
                     gate_r[t, b, j] = r
                     gate_z[t, b, j] = z
                     gate_n[t, b, j] = n
                     gate_hn[t, b, j] = hn
                     out_v[t, b, j] = v
-                    v = out_v[t, b, j]  # the stored (array-dtype) value is what is compared
-                    if v > theta[j]:
-                        y[b, j] = v
-                        c[b, j] = v if reset_output else v - theta[j]
-                    else:
-                        # y = o·c_pre with o = 0, as in the reference: NaN for a NaN or −∞ c_pre.
-                        y[b, j] = 0.0 * v
-                        c[b, j] = v
-                    out_y[t, b, j] = y[b, j]
-                    if y[b, j] != 0.0:
-                        events[n_ev] = j
-                        n_ev += 1
+                    th = theta[j]
+                    fire = v > th
+                    # y = o·c_pre: with o = 0 that is 0, or NaN for a NaN or −∞ c_pre, as in the reference.
+                    yv = v if fire else zero * v
+                    y[b, j] = yv
+                    out_y[t, b, j] = yv
+                    c[b, j] = v - th if (fire and not reset_output) else v
+                n_ev[bb] = _compress_events(y[b], events[bb])
 
 
 def _egru_backward(
@@ -356,7 +387,11 @@ def _kernels() -> SimpleNamespace | None:
     # Reassociation lets the row loops vectorise; no NaN/inf assumptions are made, so non-finite
     # values propagate as in the reference.
     jit = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, parallel=True)
-    return SimpleNamespace(forward=jit(_egru_forward), backward=jit(_egru_backward), numba=numba)
+    # The forward's loops need no reassociation (no reduction) and must not have it where the
+    # vectorisable exp is inlined (`evsnn.ops.cpu_vecmath`); numpy's error model lets its
+    # divisions vectorise.
+    forward = numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy", parallel=True)
+    return SimpleNamespace(forward=forward(_egru_forward), backward=jit(_egru_backward), numba=numba)
 
 
 def egru_train_kernel_available() -> bool:
