@@ -7,21 +7,25 @@ Forward, per step: ``gh = b_hh + Σ_{k: y_{t−1,k} ≠ 0} y_{t−1,k} · W_hh�
 units with an event), then the gates and state update of [`evsnn.functional.egru_pointwise`][evsnn.functional.egru_pointwise]
 (both resets, zoneout before the event test). Each sample keeps the list of its units with an
 event and adds their rows four at a time, so its accumulator is read and written once per four
-rows. It keeps for the backward the gates ``r, z, n`` and ``W_hn y + b_hn`` (elementwise, dense
-as in any GRU) and, as returned anyway, ``y`` and ``c_pre`` (the value compared with θ): the
+rows; the samples go through the rows in blocks together, so a block is fetched from L3 once
+per step for the whole batch. The gate math is one branch-free SIMD loop over the units, with
+the vectorisable ``sigmoid``/``tanh`` of [`evsnn.ops.cpu_vecmath`][evsnn.ops.cpu_vecmath]. It
+keeps for the backward the gates ``r, z, n`` and ``W_hn y + b_hn`` (elementwise, dense as in
+any GRU) and, as returned anyway, ``y`` and ``c_pre`` (the value compared with θ): the
 backward finds the events as the nonzero entries of ``y`` (a separate list would be a second
 copy), recomputes ``c_{t−1}`` from ``c_pre`` and θ, and reads the zoneout masks kept as bytes.
 
-Backward, in reverse time: the elementwise adjoint of every unit, then the recurrent products
-only where they matter: ``∂L/∂y_{t−1,k} = W_hh[:, k]ᵀ δgh_t`` only for units ``k`` that fired at
+Backward, in reverse time: the elementwise adjoint of every unit (one SIMD loop per sample and
+step, the surrogate chosen outside it), then the recurrent products only where they matter: ``∂L/∂y_{t−1,k} = W_hh[:, k]ᵀ δgh_t`` only for units ``k`` that fired at
 ``t−1`` or whose pseudo-derivative ``g(c_pre − θ)`` at ``t−1`` is nonzero (inside the
-surrogate's support; otherwise ``y_{t−1,k}`` passes no gradient), and
-``∂L/∂W_hhᵀ[k] += y_{t−1,k} · δgh_t`` only for units with an event. The pseudo-derivative of
+surrogate's support; otherwise ``y_{t−1,k}`` passes no gradient), and, after the time loop
+(`_weight_gradient`), ``∂L/∂W_hhᵀ[k] = Σ_t y_{t−1,k} · δgh_t`` over the events of each unit
+only. The pseudo-derivative of
 a surrogate with a known ``kernel_spec`` (the five of SPEC §1 and their truncations) is
 evaluated in the kernel; any other [`Surrogate`][evsnn.surrogate.Surrogate] gets it from autograd of
 the surrogate itself (one dense torch pass), so every one gives the reference's gradient (one
-with infinite support makes the recurrent product dense: still exact). These products run
-unit-major over a thread's samples, four samples per pass over a row. A row of ``W_hh`` whose
+with infinite support makes the recurrent product dense: still exact). The products for
+``∂L/∂y`` run unit-major over a thread's samples, four samples per pass over a row. A row of ``W_hh`` whose
 unit never fires and never enters the support is never read, forward or backward.
 
 The result is the reference's ([`evsnn.functional.egru_scan`][evsnn.functional.egru_scan]) and so are its gradients, to
@@ -51,6 +55,7 @@ from ...surrogate import SnnTorchSurrogate, Surrogate, Triangle
 from ..compile_marks import compile_opaque
 from ..cpu_common import numba_available, numba_batch_threads
 from ..cpu_surrogate import pseudo_derivative, surrogate_args
+from ..cpu_vecmath import sigmoid, tanh
 
 try:  # numba is optional (the ``cpu`` extra); this module is imported only on the training path
     from numba import njit, prange
@@ -69,14 +74,49 @@ _DEFAULT_SURROGATE = Triangle(0.3)
 # Zoneout modes of the kernels: none, the expectation p (evaluation), a Bernoulli mask (training).
 _ZO_NONE, _ZO_MEAN, _ZO_MASK = 0, 1, 2
 
+# Rows of W_hhᵀ per block of the forward's gather: 64 rows of 3H values (768 KiB in float32
+# at H = 1024) stay in a core's L2 beside the accumulators while every sample adds its rows.
+_ROW_BLOCK = 64
 
-@njit(cache=True, nogil=True, inline="always")
-def _pseudo_at(kind, params, gate, pseudo, t, b, j, x):  # pragma: no cover - numba
-    """``g(x)`` of SPEC §1 at ``x = c_pre − θ`` of (t, b, j) (`pseudo_derivative`); ``kind``
-    -1 reads the precomputed ``pseudo``."""
+# Columns of the W_hh gradient per block (`_weight_gradient`): the block of δgh for all T·B
+# rows (800 KiB in float32 at T·B = 3200) stays in L2.
+_GRAD_TILE = 64
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _pseudo_row(kind, params, gate, pseudo, t, b, v, theta, out):  # pragma: no cover - numba
+    """``out[j] = g(v[j] − θ_j)`` of SPEC §1 (`pseudo_derivative`) for one (t, b) row, in
+    ``out``'s dtype; ``kind`` -1 copies the precomputed ``pseudo[t, b]``. The surrogate is chosen
+    outside the loops, so each is a branch-free loop over the units."""
     if kind < 0:
-        return pseudo[t, b, j]
-    return pseudo_derivative(kind, params, gate, x)
+        for j in range(out.shape[0]):
+            out[j] = pseudo[t, b, j]
+    elif kind == 0:
+        for j in range(out.shape[0]):
+            out[j] = pseudo_derivative(0, params, gate, v[j] - theta[j])
+    elif kind == 1:
+        for j in range(out.shape[0]):
+            out[j] = pseudo_derivative(1, params, gate, v[j] - theta[j])
+    elif kind == 2:
+        for j in range(out.shape[0]):
+            out[j] = pseudo_derivative(2, params, gate, v[j] - theta[j])
+    elif kind == 3:
+        for j in range(out.shape[0]):
+            out[j] = pseudo_derivative(3, params, gate, v[j] - theta[j])
+    else:
+        for j in range(out.shape[0]):
+            out[j] = pseudo_derivative(4, params, gate, v[j] - theta[j])
+
+
+@njit(cache=True, nogil=True)
+def _compress_events(row, events):  # pragma: no cover - numba
+    """Writes the indices of ``row``'s nonzero entries (NaN ≠ 0 counts: it spreads as in the dense
+    product) to the front of ``events`` and returns their number; branch-free."""
+    n = 0
+    for k in range(row.shape[0]):
+        events[n] = k
+        n += row[k] != 0.0
+    return n
 
 
 def _egru_forward(
@@ -110,70 +150,83 @@ def _egru_forward(
     for part in prange(chunks):
         b0 = part * per_chunk
         nb = max(0, min(batch, b0 + per_chunk) - b0)
-        acc = np.empty(h3, dtype=gi.dtype)
-        one = np.ones(1, dtype=gi.dtype)[0]
-        events = np.empty(hs, dtype=np.int64)
+        acc = np.empty((nb, h3), dtype=gi.dtype)
+        # The scalars of the gate loop in the arrays' dtype: a Python float would promote a
+        # float32 loop to float64 (half the SIMD width, and not the reference's arithmetic).
+        typed = np.empty(3, dtype=gi.dtype)
+        typed[0], typed[1], typed[2] = 1.0, 0.0, zo_p
+        one, zero, zp = typed[0], typed[1], typed[2]
+        events = np.empty((nb, hs), dtype=np.int64)
+        n_ev = np.empty(nb, dtype=np.int64)
+        done = np.empty(nb, dtype=np.int64)
         for bb in range(nb):
-            b = b0 + bb
-            # The units with an event in y_0 (NaN ≠ 0 counts: it spreads as in the dense product).
-            n_ev = 0
-            for k in range(hs):
-                if y[b, k] != 0.0:
-                    events[n_ev] = k
-                    n_ev += 1
-            for t in range(steps):
-                # gh = b_hh + Σ_{k: event} y_k · table[k], four rows per pass over the accumulator.
+            n_ev[bb] = _compress_events(y[b0 + bb], events[bb])
+        for t in range(steps):
+            # gh = b_hh + Σ_{k: event} y_k · table[k] for every sample. Few units fire at two
+            # steps in a row, so a sample's event rows are new at each step and come from L3.
+            # Here the samples go through the units in blocks of `_ROW_BLOCK` rows: the rows a
+            # block needs are read from L3 once for all samples and then from L2, while each
+            # sample adds its rows in the block four at a time (its accumulator read and
+            # written once per four rows).
+            for bb in range(nb):
+                done[bb] = 0
                 for j in range(h3):
-                    acc[j] = bias_hh[j]
-                p = 0
-                while p + 4 <= n_ev:
-                    k0, k1, k2, k3 = events[p], events[p + 1], events[p + 2], events[p + 3]
-                    w0, w1, w2, w3 = y[b, k0], y[b, k1], y[b, k2], y[b, k3]
-                    r0, r1, r2, r3 = table[k0], table[k1], table[k2], table[k3]
-                    for j in range(h3):
-                        acc[j] += w0 * r0[j] + w1 * r1[j] + w2 * r2[j] + w3 * r3[j]
-                    p += 4
-                while p < n_ev:
-                    k = events[p]
-                    w = y[b, k]
-                    row = table[k]
-                    for j in range(h3):
-                        acc[j] += w * row[j]
-                    p += 1
-                n_ev = 0
+                    acc[bb, j] = bias_hh[j]
+            for k_end in range(_ROW_BLOCK, hs + _ROW_BLOCK, _ROW_BLOCK):
+                for bb in range(nb):
+                    b = b0 + bb
+                    a = acc[bb]
+                    ev = events[bb]
+                    p = done[bb]
+                    q = p
+                    while q < n_ev[bb] and ev[q] < k_end:
+                        q += 1
+                    done[bb] = q
+                    while p + 4 <= q:
+                        k0, k1, k2, k3 = ev[p], ev[p + 1], ev[p + 2], ev[p + 3]
+                        w0, w1, w2, w3 = y[b, k0], y[b, k1], y[b, k2], y[b, k3]
+                        r0, r1, r2, r3 = table[k0], table[k1], table[k2], table[k3]
+                        for j in range(h3):
+                            a[j] += w0 * r0[j] + w1 * r1[j] + w2 * r2[j] + w3 * r3[j]
+                        p += 4
+                    while p < q:
+                        k = ev[p]
+                        w = y[b, k]
+                        row = table[k]
+                        for j in range(h3):
+                            a[j] += w * row[j]
+                        p += 1
+            for bb in range(nb):
+                b = b0 + bb
+                # Branch-free over the units (SIMD with the vectorisable sigmoid/tanh); the
+                # zoneout mode does not change inside the loop.
                 for j in range(hs):
-                    # In the arrays' dtype, as the reference computes (float32 libm calls are the
-                    # cheaper ones, and this loop's cost is mostly theirs).
-                    r = one / (one + np.exp(-(gi[t, b, j] + acc[j])))
-                    z = one / (one + np.exp(-(gi[t, b, hs + j] + acc[hs + j])))
-                    hn = acc[2 * hs + j]
-                    n = np.tanh(gi[t, b, 2 * hs + j] + r * hn)
+                    r = sigmoid(gi[t, b, j] + acc[bb, j])
+                    z = sigmoid(gi[t, b, hs + j] + acc[bb, hs + j])
+                    hn = acc[bb, 2 * hs + j]
+                    n = tanh(gi[t, b, 2 * hs + j] + r * hn)
                     c_prev = c[b, j]
                     v = z * c_prev + (one - z) * n
                     if reset_output:
                         v = v - y[b, j]
                     if zo_mode == 1:
-                        v = zo_p * c_prev + (1.0 - zo_p) * v
+                        v = zp * c_prev + (one - zp) * v
                     elif zo_mode == 2:
-                        d = 1.0 if zo_mask[t, b, j] else 0.0
-                        v = d * c_prev + (1.0 - d) * v
+                        d = one if zo_mask[t, b, j] else zero
+                        v = d * c_prev + (one - d) * v
                     gate_r[t, b, j] = r
                     gate_z[t, b, j] = z
                     gate_n[t, b, j] = n
                     gate_hn[t, b, j] = hn
                     out_v[t, b, j] = v
-                    v = out_v[t, b, j]  # the stored (array-dtype) value is what is compared
-                    if v > theta[j]:
-                        y[b, j] = v
-                        c[b, j] = v if reset_output else v - theta[j]
-                    else:
-                        # y = o·c_pre with o = 0, as in the reference: NaN for a NaN or −∞ c_pre.
-                        y[b, j] = 0.0 * v
-                        c[b, j] = v
-                    out_y[t, b, j] = y[b, j]
-                    if y[b, j] != 0.0:
-                        events[n_ev] = j
-                        n_ev += 1
+                    th = theta[j]
+                    fire = v > th
+                    # y = o·c_pre: with o = 0 that is 0, or NaN for a NaN or −∞ c_pre, as in the reference.
+                    yv = v if fire else zero * v
+                    y[b, j] = yv
+                    out_y[t, b, j] = yv
+                    c[b, j] = v - th if (fire and not reset_output) else v
+                n_ev[bb] = _compress_events(y[b], events[bb])
 
 
 def _egru_backward(
@@ -202,7 +255,7 @@ def _egru_backward(
     a_c,
     a_y,
     g_gi,
-    g_table_parts,
+    dgh_n,
     g_bias_parts,
     g_theta_parts,
 ):  # pragma: no cover - numba
@@ -211,10 +264,10 @@ def _egru_backward(
     ``a_c, a_y`` ``[B, H]`` enter as the gradients of the final ``c`` and ``y`` and leave as
     those of the initial state (in place). ``g_out``/``g_v`` are the gradients of ``y`` and of
     ``c_pre``; the pseudo-derivative ``g(c_pre − θ)`` is that of surrogate ``kind`` with
-    ``params`` and truncation ``gate`` (`_pseudo_at`), or ``pseudo [T, B, H]``. Writes ``g_gi [T, B, 3H]`` and
-    accumulates ``∂L/∂W_hhᵀ``, ``∂L/∂b_hh``, ``∂L/∂θ`` into the zero-filled part of its chunk
-    (the caller sums the parts). ``need_y0``: compute ``∂L/∂y_0`` for every unit (a given
-    initial event state that needs its gradient), else only what reaches the parameters.
+    ``params`` and truncation ``gate`` (`_pseudo_row`), or ``pseudo [T, B, H]``. Writes ``g_gi [T, B, 3H]``
+    and ``dgh_n [T, B, H]`` (the gradient of ``W_hn y_{t−1} + b_hn``); accumulates ``∂L/∂b_hh``, ``∂L/∂θ`` into the zero-filled part of its chunk (the caller sums
+    the parts; `_weight_gradient` then forms ``∂L/∂W_hh``). ``need_y0``: compute ``∂L/∂y_0`` for every unit (a given initial event state
+    that needs its gradient), else only what reaches the parameters.
     """
     steps, batch, hs = out_y.shape
     h3 = 3 * hs
@@ -224,88 +277,98 @@ def _egru_backward(
         b0 = part * per_chunk
         nb = max(0, min(batch, b0 + per_chunk) - b0)
         dgh = np.empty((nb, h3), dtype=out_y.dtype)
-        zero = np.zeros(1, dtype=out_y.dtype)[0]
+        # g(c_pre − θ) of the chunk's samples at t (used now) and at t − 1 (which units of
+        # y_{t−1} can pass gradient; it becomes the next step's row).
+        g_now = np.empty((nb, hs), dtype=out_y.dtype)
+        g_before = np.empty((nb, hs), dtype=out_y.dtype)
+        c_prev = np.empty(hs, dtype=out_y.dtype)
+        keep = np.empty(hs, dtype=out_y.dtype)
+        typed = np.empty(3, dtype=out_y.dtype)
+        typed[0], typed[1], typed[2] = 1.0, 0.0, zo_p
+        one, zero, zp = typed[0], typed[1], typed[2]
+        if zo_mode == 1:
+            for j in range(hs):
+                keep[j] = zp
         live_at = np.empty(nb, dtype=np.int64)
-        ev_at = np.empty(nb, dtype=np.int64)
-        ev_w = np.empty(nb, dtype=out_y.dtype)
-        g_table = g_table_parts[part]
         g_bias = g_bias_parts[part]
         g_theta = g_theta_parts[part]
+        for bb in range(nb):
+            _pseudo_row(kind, params, gate, pseudo, steps - 1, b0 + bb, out_v[steps - 1, b0 + bb], theta, g_now[bb])
         for t in range(steps - 1, -1, -1):
             for bb in range(nb):
                 b = b0 + bb
+                # c_{t−1} from c_pre and θ, and the zoneout mask, as rows: the loop below then
+                # has no branch that loads, and vectorises.
+                if t > 0:
+                    for j in range(hs):
+                        vp = out_v[t - 1, b, j]
+                        c_prev[j] = vp - theta[j] if (threshold_reset and vp > theta[j]) else vp
+                else:
+                    for j in range(hs):
+                        c_prev[j] = c0[b, j]
+                if zo_mode == 2:
+                    for j in range(hs):
+                        keep[j] = one if zo_mask[t, b, j] else zero
+                g = g_now[bb]
                 for j in range(hs):
                     th = theta[j]
                     v = out_v[t, b, j]
-                    o = 1.0 if v > th else 0.0
+                    o = one if v > th else zero
                     dy = g_out[t, b, j] + a_y[b, j]
                     dc = a_c[b, j]
                     # y = o·v, c = v − o·θ (threshold reset) or v; o = H(v − θ) with pseudo-derivative g.
                     do = dy * v
                     if threshold_reset:
                         do -= dc * th
-                    dx = do * _pseudo_at(kind, params, gate, pseudo, t, b, j, v - th)
+                    dx = do * g[j]
                     dv = dy * o + dc + dx + g_v[t, b, j]
-                    g_theta[j] -= dx
                     if threshold_reset:
-                        g_theta[j] -= dc * o
-                    if t > 0:
-                        vp = out_v[t - 1, b, j]
-                        c_prev = vp - th if (threshold_reset and vp > th) else vp
+                        g_theta[j] -= dx + dc * o
                     else:
-                        c_prev = c0[b, j]
+                        g_theta[j] -= dx
                     # Zoneout: v = d·c_{t−1} + (1 − d)·u.
-                    if zo_mode == 1:
-                        du = (1.0 - zo_p) * dv
-                        dc_prev = zo_p * dv
-                    elif zo_mode == 2:
-                        d = 1.0 if zo_mask[t, b, j] else 0.0
-                        du = (1.0 - d) * dv
-                        dc_prev = d * dv
-                    else:
+                    if zo_mode == 0:
                         du = dv
-                        dc_prev = 0.0
+                        dcp = zero
+                    else:
+                        d = keep[j]
+                        du = (one - d) * dv
+                        dcp = d * dv
                     r = gate_r[t, b, j]
                     z = gate_z[t, b, j]
                     n = gate_n[t, b, j]
                     # u = z·c_{t−1} + (1 − z)·n (− y_{t−1}), n = tanh(a_n + r·hn).
-                    dc_prev += du * z
-                    dan = du * (1.0 - z) * (1.0 - n * n)
-                    daz = du * (c_prev - n) * z * (1.0 - z)
-                    dar = dan * gate_hn[t, b, j] * r * (1.0 - r)
+                    dcp += du * z
+                    dan = du * (one - z) * (one - n * n)
+                    daz = du * (c_prev[j] - n) * z * (one - z)
+                    dar = dan * gate_hn[t, b, j] * r * (one - r)
                     g_gi[t, b, j] = dar
                     g_gi[t, b, hs + j] = daz
                     g_gi[t, b, 2 * hs + j] = dan
                     dgh[bb, j] = dar
                     dgh[bb, hs + j] = daz
                     dgh[bb, 2 * hs + j] = dan * r
-                    a_c[b, j] = dc_prev
-                    a_y[b, j] = -du if reset_output else 0.0
+                    dgh_n[t, b, j] = dan * r
+                    a_c[b, j] = dcp
+                    a_y[b, j] = -du if reset_output else zero
                 for j in range(h3):
                     g_bias[j] += dgh[bb, j]
-            # Recurrent products, unit-major so each row is read once for the chunk's samples, four
-            # samples per pass over it: ∂L/∂y_{t−1,k} for the samples where y_{t−1,k} can pass
-            # gradient ("live"), ∂L/∂W_hhᵀ[k] from the samples where it is an event.
+                if t > 0:
+                    _pseudo_row(kind, params, gate, pseudo, t - 1, b, out_v[t - 1, b], theta, g_before[bb])
+            # ∂L/∂y_{t−1,k} = W_hh[:, k]ᵀ δgh_t for the samples where y_{t−1,k} can pass gradient
+            # ("live": an event, or inside the surrogate's support), unit-major so each row is
+            # read once for the chunk's samples, four samples per pass over it.
             for k in range(hs):
                 th = theta[k]
                 n_live = 0
-                n_ev = 0
                 for bb in range(nb):
-                    b = b0 + bb
                     if t > 0:
-                        vp = out_v[t - 1, b, k]
-                        live = vp > th or _pseudo_at(kind, params, gate, pseudo, t - 1, b, k, vp - th) != 0.0
-                        w = out_y[t - 1, b, k]
+                        live = out_v[t - 1, b0 + bb, k] > th or g_before[bb, k] != 0.0
                     else:
                         live = need_y0
-                        w = y0[b, k]
                     if live:
                         live_at[n_live] = bb
                         n_live += 1
-                    if w != 0.0:
-                        ev_at[n_ev] = bb
-                        ev_w[n_ev] = w
-                        n_ev += 1
                 row = table[k]
                 p = 0
                 while p + 4 <= n_live:
@@ -332,20 +395,93 @@ def _egru_backward(
                         a0 += row[j] * d0[j]
                     a_y[b0 + live_at[p], k] += a0
                     p += 1
-                grow = g_table[k]
-                p = 0
-                while p + 4 <= n_ev:
-                    d0, d1, d2, d3 = dgh[ev_at[p]], dgh[ev_at[p + 1]], dgh[ev_at[p + 2]], dgh[ev_at[p + 3]]
-                    w0, w1, w2, w3 = ev_w[p], ev_w[p + 1], ev_w[p + 2], ev_w[p + 3]
-                    for j in range(h3):
-                        grow[j] += w0 * d0[j] + w1 * d1[j] + w2 * d2[j] + w3 * d3[j]
-                    p += 4
-                while p < n_ev:
-                    d0 = dgh[ev_at[p]]
-                    w0 = ev_w[p]
-                    for j in range(h3):
-                        grow[j] += w0 * d0[j]
-                    p += 1
+            g_now, g_before = g_before, g_now
+
+
+def _weight_gradient(y0, out_y, g_gi, dgh_n, chunks, g_table):  # pragma: no cover - numba
+    """``g_table = ∂L/∂W_hhᵀ = Σ_{t,b} y_{t−1,b}ᵀ δgh_{t,b}`` over the events of ``y_{t−1}`` only,
+    after the time loop: ``δgh`` is ``g_gi`` in its r and z thirds and ``dgh_n`` in the n third.
+
+    Accumulated step by step, every step would read and write the rows of every unit with an
+    event somewhere in the batch: most of ``W_hh``'s size, from L3, at each step. Here each
+    unit's list of events (its column of ``y_{t−1}`` over all (t, b)) is built once, and the
+    units (split between the threads) go through the gradient in blocks of `_GRAD_TILE`
+    columns: a block of ``δgh`` for all (t, b) stays in L2 while each unit sums its event rows
+    into a row segment that stays in L1, four rows per pass.
+    """
+    steps, batch, hs = out_y.shape
+    h3 = 3 * hs
+    n_rows = steps * batch
+    # The events of y_{t−1} per unit as lists of rows t·B + b (counting sort over the units).
+    count = np.zeros(hs + 1, dtype=np.int64)
+    events = np.empty(hs, dtype=np.int64)
+    for tb in range(n_rows):
+        t, b = tb // batch, tb % batch
+        y = y0[b] if t == 0 else out_y[t - 1, b]
+        n = _compress_events(y, events)
+        for p in range(n):
+            count[events[p] + 1] += 1
+    for k in range(hs):
+        count[k + 1] += count[k]
+    fill = count[:hs].copy()
+    at = np.empty(count[hs], dtype=np.int64)
+    weight = np.empty(count[hs], dtype=out_y.dtype)
+    for tb in range(n_rows):
+        t, b = tb // batch, tb % batch
+        y = y0[b] if t == 0 else out_y[t - 1, b]
+        n = _compress_events(y, events)
+        for p in range(n):
+            k = events[p]
+            at[fill[k]] = tb
+            weight[fill[k]] = y[k]
+            fill[k] += 1
+    rz = g_gi.reshape(n_rows, h3)
+    nn = dgh_n.reshape(n_rows, hs)
+    per_part = (hs + chunks - 1) // chunks
+    for part in prange(chunks):
+        k_lo = part * per_part
+        k_hi = min(hs, k_lo + per_part)
+        acc = np.empty(_GRAD_TILE, dtype=out_y.dtype)
+        # The block is copied out first: in place its row segments lie 3H apart, a stride at
+        # which they fall into a small fraction of the L2 sets and evict each other.
+        block = np.empty((n_rows, _GRAD_TILE), dtype=out_y.dtype)
+        # Blocks of the r, z thirds of δgh (g_gi's first 2H columns), then of the n third (dgh_n).
+        n_rz = (2 * hs + _GRAD_TILE - 1) // _GRAD_TILE
+        for blk in range(n_rz + (hs + _GRAD_TILE - 1) // _GRAD_TILE):
+            in_rz = blk < n_rz
+            src = rz if in_rz else nn
+            j0 = blk * _GRAD_TILE if in_rz else (blk - n_rz) * _GRAD_TILE
+            m = min(_GRAD_TILE, (2 * hs if in_rz else hs) - j0)
+            j_start = j0 if in_rz else 2 * hs + j0
+            for tb in range(n_rows):
+                for j in range(m):
+                    block[tb, j] = src[tb, j0 + j]
+            for k in range(k_lo, k_hi):
+                if m == _GRAD_TILE:  # a constant trip count: the row segment can live in registers
+                    _sum_rows(block, at, weight, count[k], count[k + 1], acc, _GRAD_TILE)
+                else:
+                    _sum_rows(block, at, weight, count[k], count[k + 1], acc, m)
+                for j in range(m):
+                    g_table[k, j_start + j] = acc[j]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sum_rows(block, at, weight, p, end, acc, m):  # pragma: no cover - numba
+    """``acc[:m] = Σ_{p ≤ i < end} weight[i] · block[at[i], :m]``, four rows per pass."""
+    for j in range(m):
+        acc[j] = 0.0
+    while p + 4 <= end:
+        d0, d1, d2, d3 = block[at[p]], block[at[p + 1]], block[at[p + 2]], block[at[p + 3]]
+        w0, w1, w2, w3 = weight[p], weight[p + 1], weight[p + 2], weight[p + 3]
+        for j in range(m):
+            acc[j] += w0 * d0[j] + w1 * d1[j] + w2 * d2[j] + w3 * d3[j]
+        p += 4
+    while p < end:
+        d0 = block[at[p]]
+        w0 = weight[p]
+        for j in range(m):
+            acc[j] += w0 * d0[j]
+        p += 1
 
 
 @functools.cache
@@ -354,10 +490,18 @@ def _kernels() -> SimpleNamespace | None:
         import numba
     except ImportError:
         return None
-    # Reassociation lets the row loops vectorise; no NaN/inf assumptions are made, so non-finite
-    # values propagate as in the reference.
-    jit = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, parallel=True)
-    return SimpleNamespace(forward=jit(_egru_forward), backward=jit(_egru_backward), numba=numba)
+    # Numpy's error model: no branch guards a division, so the loops over units vectorise. The
+    # forward's loops need no reassociation (no reduction) and must not have it where the
+    # vectorisable exp is inlined (`evsnn.ops.cpu_vecmath`); the backward's dot products need it.
+    # No NaN/inf assumptions are made, so non-finite values propagate as in the reference.
+    forward = numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy", parallel=True)
+    jit = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, error_model="numpy", parallel=True)
+    return SimpleNamespace(
+        forward=forward(_egru_forward),
+        backward=jit(_egru_backward),
+        weight_gradient=jit(_weight_gradient),
+        numba=numba,
+    )
 
 
 def egru_train_kernel_available() -> bool:
@@ -479,7 +623,7 @@ def train_backward(
     zo_mode, mask = _zoneout(zo_p, zo_mask)
     with _threads(batch) as chunks:
         g_gi = out_y.new_empty(steps, batch, 3 * hs)
-        g_table = table.new_zeros(chunks, *table.shape)
+        dgh_n = out_y.new_empty(steps, batch, hs)
         g_bias = table.new_zeros(chunks, 3 * hs)
         g_theta = table.new_zeros(chunks, hs)
         _kernels().backward(
@@ -487,9 +631,15 @@ def train_backward(
             _np(y0.detach().contiguous()), reset_output, zo_mode, zo_p, mask, need_y0, chunks, kind,
             np.asarray(params, dtype=np.float64), gate, _np(pseudo), _np(out_y.detach()), _np(out_v.detach()),
             *(_np(g) for g in gates.detach()),
-            _np(g_out), _np(g_v), _np(a_c), _np(a_y), _np(g_gi), _np(g_table), _np(g_bias), _np(g_theta),
+            _np(g_out), _np(g_v), _np(a_c), _np(a_y), _np(g_gi), _np(dgh_n), _np(g_bias), _np(g_theta),
         )  # fmt: skip
-    return g_gi, a_c, a_y, g_table.sum(0).t().contiguous(), g_bias.sum(0), g_theta.sum(0)
+    # The weight gradient's threads split the units, not the batch.
+    with _threads(hs) as chunks:
+        g_table = torch.empty_like(table)
+        _kernels().weight_gradient(
+            _np(y0.detach().contiguous()), _np(out_y.detach()), _np(g_gi), _np(dgh_n), chunks, _np(g_table)
+        )
+    return g_gi, a_c, a_y, g_table.t().contiguous(), g_bias.sum(0), g_theta.sum(0)
 
 
 class _EGRUTrain(torch.autograd.Function):
