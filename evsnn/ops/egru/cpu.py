@@ -29,6 +29,7 @@ from ..cpu_common import (
     event_matmul,
     numba_jit,
 )
+from ..cpu_vecmath import sigmoid, tanh
 
 __all__ = ["EGRURunner", "egru_scan_cpu", "check_cpu"]
 
@@ -40,8 +41,9 @@ __all__ = ["EGRURunner", "egru_scan_cpu", "check_cpu"]
 # for a whole ``nn.GRU`` step at H = 1024). These plain-Python loops, compiled once by numba,
 # run *all* steps of a chunk in one call: the gather of active rows and the gate math are
 # fused, nothing is allocated per step, and the cost per step is the active rows read plus
-# O(H) pointwise work. They compute the same equations as the reference scans, in the same
-# dtype (intermediate scalars in float64, stored in the array dtype).
+# O(H) pointwise work. They compute the same equations as the reference scans, in the arrays'
+# dtype, the gate math as one branch-free loop over the units that compiles to SIMD code (with
+# the vectorisable sigmoid and tanh of evsnn.ops.cpu_vecmath).
 
 
 def _egru_loop(
@@ -58,6 +60,8 @@ def _egru_loop(
     """
     h = table.shape[0]
     h3 = 3 * h
+    one = np.ones(1, dtype=table.dtype)[0]
+    zero = np.zeros(1, dtype=table.dtype)[0]
     project = gi.shape[0] == 0
     # acc_h = W_hh y + b_hh, acc_x = W_ih x + b_ih (two rows: the products index from 0 and vectorise)
     acc_h, acc_x = acc[0], acc[1]
@@ -89,38 +93,41 @@ def _egru_loop(
                 row = table[k]
                 for j in range(h3):
                     acc_h[j] += w * row[j]
-            n_act = 0
             for j in range(h):
-                r = 1.0 / (1.0 + np.exp(-(acc_x[j] + acc_h[j])))
-                z = 1.0 / (1.0 + np.exp(-(acc_x[h + j] + acc_h[h + j])))
-                n = np.tanh(acc_x[2 * h + j] + r * acc_h[2 * h + j])
-                c_pre = z * c[b, j] + (1.0 - z) * n
+                r = sigmoid(acc_x[j] + acc_h[j])
+                z = sigmoid(acc_x[h + j] + acc_h[h + j])
+                n = tanh(acc_x[2 * h + j] + r * acc_h[2 * h + j])
+                c_pre = z * c[b, j] + (one - z) * n
                 if reset_output:
                     c_pre -= y[b, j]
                 out_c[t, b, j] = c_pre
-                # θ > 0, so a unit that fired has y = c_pre ≠ 0: it is an active row next step.
-                if c_pre > theta[j]:
+                th = theta[j]
+                fire = c_pre > th
+                # y = o·c_pre: with o = 0 that is 0, or NaN for a NaN or −inf c_pre, which then
+                # reaches every unit through the product, like the dense W_hh y.
+                y_j = c_pre if fire else zero * c_pre
+                y[b, j] = y_j
+                out_y[t, b, j] = y_j
+                c[b, j] = c_pre - th if (fire and not reset_output) else c_pre
+            # The units whose y_t ≠ 0 (θ > 0: every unit that fired, and NaN) are next step's rows.
+            n_act = 0
+            for j in range(h):
+                if y[b, j] != 0.0:
                     idx[n_act] = j
                     n_act += 1
-                    y[b, j] = c_pre
-                    c[b, j] = c_pre if reset_output else c_pre - theta[j]
-                else:
-                    # y = o·c_pre with o = 0, as in the reference: NaN for a NaN or −inf c_pre,
-                    # which then reaches every unit through the product, like the dense W_hh y.
-                    y_j = 0.0 * c_pre
-                    y[b, j] = y_j
-                    if y_j != 0.0:
-                        idx[n_act] = j
-                        n_act += 1
-                    c[b, j] = c_pre
-                out_y[t, b, j] = y[b, j]
 
 
 @functools.cache
 def _kernels() -> SimpleNamespace | None:
     """The compiled loop, or ``None`` without numba (compiled on first use)."""
-    jit = numba_jit()
-    return None if jit is None else SimpleNamespace(egru=jit(_egru_loop))
+    if numba_jit() is None:
+        return None
+    import numba
+
+    # Numpy's error model (no branch guards a division) and no reassociation where the
+    # vectorisable exp is inlined: the gate loop over the units compiles to SIMD code.
+    jit = numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
+    return SimpleNamespace(egru=jit(_egru_loop))
 
 
 _EGRU_SURROGATE = Triangle(0.3)
