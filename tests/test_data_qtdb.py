@@ -294,3 +294,29 @@ def test_reproduce_ecg_runs_the_published_network_by_default(qtdb_dir, tmp_path,
     assert state["config"]["adaptive"] is False
     assert float(state["model"]["layer.beta"].abs().max()) == 0.0
     assert float(state["model"]["readout.beta"].min()) == pytest.approx(1.8)
+
+
+def test_ecg_gradient_norms_at_the_full_window_are_plain_autograd(qtdb_dir, tmp_path, load_example, single_thread):
+    """examples/ecg_gradient_norms.py: with a window as long as the trace it gives the norm of the
+    plain full-BPTT gradient of the saved network's loss; a shorter window gives another one."""
+    from evsnn.train import TrainConfig, train
+
+    run = tmp_path / "run"
+    config = TrainConfig(
+        model="alif", data="ecg", data_dir=str(qtdb_dir), hidden=6, epochs=1, batch_size=2, seed=0,
+        backend="torch", out=str(run), threads=1, adaptive=True,
+    )  # fmt: skip
+    train(config, progress=False)
+    example = load_example("ecg_gradient_norms")
+    norms = example.gradient_norms(run, str(qtdb_dir), [3, STEPS], batches=1, batch_size=2)
+
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    model = PerStepALIF(4, 6, 6, adaptive=True, backend="torch")
+    model.load_state_dict(state["model"])
+    x, y = load_qtdb(qtdb_dir).train.tensors
+    order = torch.randperm(2, generator=torch.Generator().manual_seed(0))
+    log_probs, _ = model(x[order].transpose(0, 1))
+    model.loss(log_probs, y[order]).backward()
+    full = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).norm().item()
+    assert norms[STEPS] == [pytest.approx(full, rel=1e-5)]
+    assert norms[3][0] != pytest.approx(full, rel=1e-3)
