@@ -46,6 +46,7 @@ from ...functional.delta import (
     delta_lstm_initial_state,
 )
 from ..cpu_common import _expand_theta, numba_available, numba_batch_threads
+from ..cpu_vecmath import sigmoid, tanh
 
 __all__ = [
     "delta_gru_train_scan",
@@ -99,6 +100,7 @@ def _delta_forward(
     steps, batch, n_in = x.shape
     hs = h.shape[1]
     x_cols = wx.shape[1]
+    one = np.ones(1, dtype=h.dtype)[0]
     for b in prange(batch):
         pos_x = b * steps * n_in
         pos_h = b * steps * hs
@@ -139,30 +141,37 @@ def _delta_forward(
                             m[b, j] += d * row[j]
                 else:
                     out_dh[t, b, k] = 0.0
-            for j in range(hs):
-                if gru:
-                    r = 1.0 / (1.0 + np.exp(-m[b, j]))
-                    z = 1.0 / (1.0 + np.exp(-m[b, hs + j]))
+            # The gate math in the arrays' dtype, one loop per cell type over the units: SIMD code
+            # with the vectorisable sigmoid/tanh.
+            if gru:
+                for j in range(hs):
+                    r = sigmoid(m[b, j])
+                    z = sigmoid(m[b, hs + j])
                     nh = m[b, 3 * hs + j]
-                    n = np.tanh(m[b, 2 * hs + j] + r * nh)
-                    h[b, j] = (1.0 - z) * n + z * h[b, j]
+                    n = tanh(m[b, 2 * hs + j] + r * nh)
+                    h_j = (one - z) * n + z * h[b, j]
+                    h[b, j] = h_j
+                    out_h[t, b, j] = h_j
                     gate0[t, b, j] = r
                     gate1[t, b, j] = z
                     gate2[t, b, j] = n
                     gate3[t, b, j] = nh
-                else:
-                    gi = 1.0 / (1.0 + np.exp(-m[b, j]))
-                    gf = 1.0 / (1.0 + np.exp(-m[b, hs + j]))
-                    gg = np.tanh(m[b, 2 * hs + j])
-                    go = 1.0 / (1.0 + np.exp(-m[b, 3 * hs + j]))
-                    c[b, j] = gf * c[b, j] + gi * gg
-                    h[b, j] = go * np.tanh(c[b, j])
-                    out_c[t, b, j] = c[b, j]
+            else:
+                for j in range(hs):
+                    gi = sigmoid(m[b, j])
+                    gf = sigmoid(m[b, hs + j])
+                    gg = tanh(m[b, 2 * hs + j])
+                    go = sigmoid(m[b, 3 * hs + j])
+                    c_j = gf * c[b, j] + gi * gg
+                    c[b, j] = c_j
+                    h_j = go * tanh(c_j)
+                    h[b, j] = h_j
+                    out_c[t, b, j] = c_j
+                    out_h[t, b, j] = h_j
                     gate0[t, b, j] = gi
                     gate1[t, b, j] = gf
                     gate2[t, b, j] = gg
                     gate3[t, b, j] = go
-                out_h[t, b, j] = h[b, j]
             off_x[cell, 1] = pos_x
             off_h[cell, 1] = pos_h
 
@@ -293,11 +302,13 @@ def _kernels() -> SimpleNamespace | None:
         import numba
     except ImportError:
         return None
-    # Reassociation lets the backward's dot products vectorise; no NaN/inf assumptions are made,
-    # so non-finite values propagate as in the reference.
-    fast = {"reassoc", "contract"}
-    jit = numba.njit(cache=True, nogil=True, fastmath=fast, parallel=True)
-    return SimpleNamespace(forward=jit(_delta_forward), backward=jit(_delta_backward), numba=numba)
+    # Reassociation lets the backward's dot products vectorise; the forward has no reduction and
+    # must not reassociate where the vectorisable exp is inlined (evsnn.ops.cpu_vecmath), and
+    # numpy's error model (no branch guarding a division) lets its gate loops vectorise. No
+    # NaN/inf assumptions are made, so non-finite values propagate as in the reference.
+    forward = numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy", parallel=True)
+    backward = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"}, parallel=True)
+    return SimpleNamespace(forward=forward(_delta_forward), backward=backward(_delta_backward), numba=numba)
 
 
 def _threads(batch: int) -> contextlib.AbstractContextManager[int]:
