@@ -18,7 +18,8 @@ gradient is formed) and a truncated one (``--alif-support``).
 ``--cell egru``: EGRU with the fused kernel (evsnn.ops.egru.cpu_train) vs the cpu_event torch-op loop
 vs nn.GRU, nn.GRU-initialised weights and the triangle(0.3) surrogate, θ calibrated to the event
 fractions ``--occupancy`` (e.g. 0.12 0.15); ``--curve`` times its forward and backward against
-backward sparsity, set by the triangle's width (``--widths``).
+backward sparsity, set by the triangle's width (``--widths``), interleaved with nn.GRU's training
+step, and gives the ratio.
 """
 
 from __future__ import annotations
@@ -238,12 +239,19 @@ def egru_rows(args) -> None:
             print(
                 f"\n{threads} thread(s), θ = {theta:.4f}, events {events(theta):.3f}, load {os.getloadavg()[0]:.2f}\n"
             )
-            print("| surrogate width ε | live units | backward sparsity | forward ms | backward ms |")
-            print("|---|---|---|---|---|")
+            print(
+                "| surrogate width ε | live units | backward sparsity | forward ms | backward ms | "
+                "nn.GRU ms | EGRU / nn.GRU |"
+            )
+            print("|---|---|---|---|---|---|---|")
             for width in args.widths:
                 surrogate = Triangle(width)
-                fwd, bwd = [], []
+                fwd, bwd, dense = [], [], []
                 for _ in range(args.repeats + 1):  # the first run is a warm-up
+                    # nn.GRU's training step interleaved with the EGRU's, so load moves both alike
+                    start = time.perf_counter()
+                    gru_step()
+                    dense.append(time.perf_counter() - start)
                     start = time.perf_counter()
                     out = forward(egru_train_scan, theta, surrogate, grad=True)[0]
                     mid = time.perf_counter()
@@ -251,9 +259,10 @@ def egru_rows(args) -> None:
                     fwd.append(mid - start)
                     bwd.append(time.perf_counter() - mid)
                 occ = live(theta, surrogate)
+                f, b, g = (statistics.median(v[1:]) for v in (fwd, bwd, dense))
                 print(
-                    f"| {width:g} | {occ:.3f} | {1 - occ:.3f} | {statistics.median(fwd[1:]) * 1e3:.0f} | "
-                    f"{statistics.median(bwd[1:]) * 1e3:.0f} |",
+                    f"| {width:g} | {occ:.3f} | {1 - occ:.3f} | {f * 1e3:.0f} | {b * 1e3:.0f} | {g * 1e3:.0f} | "
+                    f"{(f + b) / g:.2f}× |",
                     flush=True,
                 )
         print(f"\n# load at end {os.getloadavg()[0]:.2f}")
