@@ -27,7 +27,7 @@ try:  # numba is optional (the ``cpu`` extra); without it the kernels are never 
     from numba import types
     from numba.extending import overload
 except ImportError:  # pragma: no cover
-    overload = None
+    overload = None  # type: ignore[assignment]
 
 __all__ = ["exp_nonpos", "sigmoid", "tanh"]
 
@@ -150,9 +150,11 @@ if overload is not None:
     # Compiled as functions of their own (LLVM inlines them into the calling loop), with no
     # reassociation whatever the caller's flags, and numpy's error model so no branch guards a
     # division.
-    _OPTIONS = {"jit_options": {"fastmath": {"contract"}, "error_model": "numpy"}, "inline": "never"}
 
-    @overload(exp_nonpos, **_OPTIONS)
+    def _compiled_apart(fn):
+        return overload(fn, jit_options={"fastmath": {"contract"}, "error_model": "numpy"}, inline="never")
+
+    @_compiled_apart(exp_nonpos)
     def _ov_exp_nonpos(u):
         if u == types.float32:
             return _exp_nonpos_f32()
@@ -160,7 +162,7 @@ if overload is not None:
             return _exp_nonpos_f64()
         return None
 
-    @overload(sigmoid, **_OPTIONS)
+    @_compiled_apart(sigmoid)
     def _ov_sigmoid(x):
         if x == types.float32:
             return _sigmoid_impl(np.float32)
@@ -168,7 +170,7 @@ if overload is not None:
             return _sigmoid_impl(np.float64)
         return None
 
-    @overload(tanh, **_OPTIONS)
+    @_compiled_apart(tanh)
     def _ov_tanh(x):
         if x == types.float32:
             return _tanh_f32()
