@@ -51,7 +51,7 @@ from ..cpu_vecmath import sigmoid, tanh
 __all__ = [
     "delta_gru_train_scan",
     "delta_lstm_train_scan",
-    "train_kernels_available",
+    "kernels_available",
     "train_forward",
     "train_backward",
 ]
@@ -315,7 +315,7 @@ def _threads(batch: int) -> contextlib.AbstractContextManager[int]:
     return numba_batch_threads(_kernels().numba, batch)
 
 
-def train_kernels_available() -> bool:
+def kernels_available() -> bool:
     """Whether the fused numba training kernels can run (numba installed)."""
     return _kernels() is not None
 

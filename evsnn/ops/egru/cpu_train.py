@@ -66,7 +66,7 @@ except ImportError:  # pragma: no cover - without numba the kernels are never co
         return lambda fn: fn
 
 
-__all__ = ["egru_train_scan", "egru_train_kernel_available", "egru_train_reason", "train_forward", "train_backward"]
+__all__ = ["egru_train_scan", "kernels_available", "egru_train_reason", "train_forward", "train_backward"]
 
 _DTYPES = (torch.float32, torch.float64)
 _DEFAULT_SURROGATE = Triangle(0.3)
@@ -504,7 +504,7 @@ def _kernels() -> SimpleNamespace | None:
     )
 
 
-def egru_train_kernel_available() -> bool:
+def kernels_available() -> bool:
     """Whether the fused EGRU training kernel can run (numba installed)."""
     return _kernels() is not None
 
