@@ -10,7 +10,9 @@ import torch
 
 numba = pytest.importorskip("numba")
 
-from evsnn.ops.cpu_vecmath import sigmoid, tanh  # noqa: E402
+from evsnn.ops.cpu_vecmath import install, sigmoid, tanh  # noqa: E402
+
+install()
 
 
 @numba.njit(error_model="numpy", fastmath={"contract"})

@@ -16,20 +16,17 @@ A kernel that calls them must be compiled with ``error_model="numpy"`` (the defa
 error model guards each division with a branch, which stops vectorisation) and without
 ``reassoc`` in its fastmath flags where they are inlined: reassociation may fold the two-part
 ``ln 2`` of the range reduction into one constant and lose its precision. They are numba
-overloads: calling them from plain Python is an error.
+overloads, registered by `install` (which each kernel module calls before compiling, so that
+importing a backend module does not import numba): calling them from plain Python is an error.
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-try:  # numba is optional (the ``cpu`` extra); without it the kernels are never compiled
-    from numba import types
-    from numba.extending import overload
-except ImportError:  # pragma: no cover
-    overload = None  # type: ignore[assignment]
-
-__all__ = ["exp_nonpos", "sigmoid", "tanh"]
+__all__ = ["exp_nonpos", "install", "sigmoid", "tanh"]
 
 
 def exp_nonpos(u):  # pragma: no cover - replaced by the overload in compiled code
@@ -146,7 +143,17 @@ def _sigmoid_impl(f):
     return impl
 
 
-if overload is not None:
+@functools.cache
+def install() -> bool:
+    """Register the compiled forms with numba (once per process; ``False`` without numba). Each
+    kernel module calls it before compiling a kernel that uses them, so that importing a backend
+    module does not import numba."""
+    try:  # numba is optional (the ``cpu`` extra); without it the kernels are never compiled
+        from numba import types
+        from numba.extending import overload
+    except ImportError:  # pragma: no cover
+        return False
+
     # Compiled as functions of their own (LLVM inlines them into the calling loop), with no
     # reassociation whatever the caller's flags, and numpy's error model so no branch guards a
     # division.
@@ -177,3 +184,5 @@ if overload is not None:
         if x == types.float64:
             return _tanh_f64()
         return None
+
+    return True

@@ -39,7 +39,7 @@ from ..cpu_common import (
     event_matmul,
     numba_jit,
 )
-from ..cpu_vecmath import sigmoid, tanh
+from ..cpu_vecmath import install, sigmoid, tanh
 
 __all__ = ["DeltaGRURunner", "DeltaLSTMRunner", "delta_gru_scan_cpu", "delta_lstm_scan_cpu", "check_cpu"]
 
@@ -156,6 +156,8 @@ def _kernels() -> SimpleNamespace | None:
     if jit is None:
         return None
     import numba
+
+    install()  # the vectorisable sigmoid/tanh the loops call
 
     # Numpy's error model (no branch guards a division) and no reassociation where the
     # vectorisable exp is inlined: the gate loops over the units compile to SIMD code.

@@ -46,7 +46,7 @@ from ...functional.delta import (
     delta_lstm_initial_state,
 )
 from ..cpu_common import _expand_theta, numba_available, numba_batch_threads
-from ..cpu_vecmath import sigmoid, tanh
+from ..cpu_vecmath import install, sigmoid, tanh
 
 __all__ = [
     "delta_gru_train_scan",
@@ -302,6 +302,7 @@ def _kernels() -> SimpleNamespace | None:
         import numba
     except ImportError:
         return None
+    install()  # the vectorisable sigmoid/tanh the loops call
     # Reassociation lets the backward's dot products vectorise; the forward has no reduction and
     # must not reassociate where the vectorisable exp is inlined (evsnn.ops.cpu_vecmath), and
     # numpy's error model (no branch guarding a division) lets its gate loops vectorise. No

@@ -29,7 +29,7 @@ from ..cpu_common import (
     event_matmul,
     numba_jit,
 )
-from ..cpu_vecmath import sigmoid, tanh
+from ..cpu_vecmath import install, sigmoid, tanh
 
 __all__ = ["EGRURunner", "egru_scan_cpu", "check_cpu"]
 
@@ -123,6 +123,8 @@ def _kernels() -> SimpleNamespace | None:
     if numba_jit() is None:
         return None
     import numba
+
+    install()  # the vectorisable sigmoid/tanh the loops call
 
     # Numpy's error model (no branch guards a division) and no reassociation where the
     # vectorisable exp is inlined: the gate loop over the units compiles to SIMD code.

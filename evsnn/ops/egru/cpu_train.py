@@ -55,7 +55,7 @@ from ...surrogate import SnnTorchSurrogate, Surrogate, Triangle
 from ..compile_marks import compile_opaque
 from ..cpu_common import numba_available, numba_batch_threads
 from ..cpu_surrogate import pseudo_derivative, surrogate_args
-from ..cpu_vecmath import sigmoid, tanh
+from ..cpu_vecmath import install, sigmoid, tanh
 
 try:  # numba is optional (the ``cpu`` extra); this module is imported only on the training path
     from numba import njit, prange
@@ -490,6 +490,7 @@ def _kernels() -> SimpleNamespace | None:
         import numba
     except ImportError:
         return None
+    install()  # the vectorisable sigmoid/tanh the loops call
     # Numpy's error model: no branch guards a division, so the loops over units vectorise. The
     # forward's loops need no reassociation (no reduction) and must not have it where the
     # vectorisable exp is inlined (`evsnn.ops.cpu_vecmath`); the backward's dot products need it.
