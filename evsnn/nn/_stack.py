@@ -233,7 +233,7 @@ class EGRUHidden(StateTensor):
 # Dynamo before PyTorch 2.6 traced a __torch_function__ subclass only when told to: without it a
 # compiled layer could not return its h_n in one graph. Later releases trace them and ignore the
 # setting, so Dynamo (a second to import) is not loaded for it there.
-if tuple(int(part) for part in torch.__version__.split(".")[:2]) < (2, 6):
+if torch.__version__ < (2, 6):  # TorchVersion compares with a tuple
     for _carrier in (DeltaHidden, DeltaCellHidden, EGRUHidden):
         torch._dynamo.config.traceable_tensor_subclasses.add(_carrier)
 
