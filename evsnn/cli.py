@@ -434,18 +434,25 @@ _GPU_BACKENDS = frozenset({"cupy"})
 
 def _backend_status(family: str, backend: str, device: str) -> str:
     """Run one inference pass of the family's layer (B=1, T=4, H=256: a size every backend
-    accepts) with ``backend`` on ``device``: 'ok' or the reason it cannot run."""
+    accepts) with ``backend`` on ``device``: 'ok' or the reason it cannot run.
+
+    The pass goes through `evsnn.streaming.Stream`: the same backend choice and checks as the
+    layer's forward and the same kernels, called directly. The layer's forward would call them
+    through their ``torch.library`` custom ops, and PyTorch imports Dynamo on a custom op's first
+    call (about a second, more than the rest of ``evsnn info`` without torch's own import)."""
     import torch
 
     from . import nn as enn
+    from .streaming import Stream
 
     make = {"alif": enn.ALIF, "egru": enn.EGRU, "delta_gru": enn.DeltaGRU, "delta_lstm": enn.DeltaLSTM}[family]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            layer = make(8, 256, backend=backend).to(device)
-            with torch.no_grad():
-                layer(torch.rand(4, 1, 8, device=device))
+            stream = Stream(make(8, 256, backend=backend).to(device), backend=backend)
+            stream.chunk(torch.rand(4, 1, 8, device=device))
+        if stream.backend != backend:  # dispatch ran another backend instead of refusing
+            return f"no (ran {stream.backend})"
     except Exception as err:  # report any reason a backend cannot run here, in one line
         return f"no ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
     return "ok"

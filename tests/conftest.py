@@ -54,6 +54,9 @@ SLOW_TESTS: dict[str, str] = {
         "runs `evsnn train` in a subprocess until a signal or a closed pipe stops it"
     ),
     r"test_plot\.py::test_import_is_lazy_and_headless_uses_agg": "a fresh process that imports torch and matplotlib",
+    r"test_startup\.py::test_info_runs_the_backends_without_importing_dynamo": (
+        "runs `evsnn info` in a fresh process: imports torch and loads the numba kernels"
+    ),
     r"test_docs\.py::test_built_api_pages_.*": "builds the API pages of the site with mkdocs",
 }
 _SLOW_TEST_PATTERNS = [re.compile(pattern) for pattern in SLOW_TESTS]

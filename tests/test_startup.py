@@ -7,6 +7,7 @@ two evsnn modules import each other, directly or through others.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,17 @@ def test_help_does_not_import_torch(args):
     modules = _imported_modules(*args)
     assert "evsnn" in modules  # the package ran (evsnn.cli itself runs as __main__)
     assert "torch" not in modules, f"'evsnn {' '.join(args)}' imported torch"
+
+
+def test_info_runs_the_backends_without_importing_dynamo():
+    # `evsnn info` runs one pass per backend. Through a layer's forward the accelerated kernels are
+    # custom ops, and PyTorch imports torch._dynamo (a second or more) at a custom op's first call;
+    # info calls the same kernels through Stream and compiles nothing.
+    modules = _imported_modules("info")
+    assert {"torch", "evsnn.streaming", "evsnn.ops.alif.cpu", "evsnn.ops.delta.cpu"} <= modules
+    if importlib.util.find_spec("numba") is not None:  # the cpu_event kernels ran
+        assert "numba" in modules
+    assert "torch._dynamo" not in modules
 
 
 def test_train_option_choices_match_the_modules_that_use_them():
