@@ -1,10 +1,10 @@
 """ALIF on the GPU beside its peers, in one process: forward+backward of ``output.sum()``.
 
-Recurrent (P2 of ANCHORS.md), T=500, B=32, I=128, H=512, fp32 (TF32 off):
+Recurrent (the ALIF GPU goal of docs/benchmarks.md), T=500, B=32, I=128, H=512, fp32 (TF32 off):
   evsnn ``ALIF(recurrent=True)`` on the CuPy kernels (default multi-Gaussian surrogate: dense
   backward recurrent product; truncated at 0.5: event-sparse), the evsnn PyTorch reference,
   a snntorch 1.0 ``RLeaky`` loop and norse 1.1 ``LSNNRecurrent`` (each where installed).
-Feed-forward (P3), T=500, B=32, N=16384, elementwise only (the input current is given):
+Feed-forward (the feed-forward LIF goal), T=500, B=32, N=16384, elementwise only (the input current is given):
   evsnn ``alif_scan`` on the CuPy kernels vs SpikingJelly 2.0's multi-step ``LIFNode``
   (``SJ_LIF_CUDA_IMPLEMENTATION`` defaults to ``triton`` here) and the evsnn reference.
 
@@ -207,11 +207,15 @@ def table() -> str:
     ours = ms("evsnn_alif_rec_cupy_fwd_bwd")
     for peer in ("snntorch_rleaky_loop_fwd_bwd", "norse_lsnn_recurrent_fwd_bwd", "evsnn_alif_rec_reference_fwd_bwd"):
         if ours and ms(peer):
-            ratios.append(f"P2: {peer} / evsnn cupy recurrent = {ms(peer) / ours:.1f}x (target >= 40x for the peers)")
+            ratios.append(
+                f"ALIF GPU goal: {peer} / evsnn cupy recurrent = {ms(peer) / ours:.1f}x (target >= 40x for the peers)"
+            )
     ff = ms("evsnn_alif_ff_cupy_fwd_bwd")
     sj = ms("spikingjelly_lif_multistep_fwd_bwd")
     if ff and sj:
-        ratios.append(f"P3: evsnn cupy feed-forward / SpikingJelly LIF = {ff / sj:.2f}x (target <= 2x)")
+        ratios.append(
+            f"feed-forward LIF goal: evsnn cupy feed-forward / SpikingJelly LIF = {ff / sj:.2f}x (target <= 2x)"
+        )
     ref = ms("evsnn_alif_ff_reference_fwd_bwd")
     if ff and ref:
         ratios.append(f"feed-forward reference / cupy = {ref / ff:.1f}x")

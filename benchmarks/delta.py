@@ -1,8 +1,8 @@
 """DeltaGRU / DeltaLSTM on one GPU: evsnn's CuPy kernels vs cuDNN ``nn.GRU``/``nn.LSTM``, one process.
 
-1. Inference (P4): T=1000, H=1024, I=128, B ∈ {1, 32}, Θ = 0 and thresholds calibrated to ≈50 %,
+1. Inference (the delta GPU goal of docs/benchmarks.md at B = 1): T=1000, H=1024, I=128, B ∈ {1, 32}, Θ = 0 and thresholds calibrated to ≈50 %,
    ≈10 %, ≈2 % hidden-delta occupancy (Θ_x = Θ_h = Θ; the input is a smooth multi-sine signal).
-2. Training (P5): T=500, B=32, I=128, H=512, forward and forward+backward of ``out.sum()`` at the
+2. Training (the sparse-backward goal): T=500, B=32, I=128, H=512, forward and forward+backward of ``out.sum()`` at the
    same occupancy levels; backward time = (fwd+bwd) − fwd against backward sparsity (the fraction
    of hidden columns whose ``W_hhᵀ δM`` the backward skips).
 
@@ -10,6 +10,7 @@ fp32, TF32 off, CUDA-event timing, median of repeats. Prints markdown tables wit
 
     python benchmarks/delta.py            # full run (≈1–2 min on an H100)
     python benchmarks/delta.py --quick    # fewer repeats and levels
+    python benchmarks/delta.py --b1       # only B = 1 inference, median of 15
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ def training(levels, reps: int, steps: int, hidden: int, batch: int) -> list[dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats and occupancy levels")
-    parser.add_argument("--p4", action="store_true", help="only B = 1 inference (P4)")
+    parser.add_argument("--b1", action="store_true", help="only B = 1 inference (the delta GPU goal), median of 15")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/delta.py needs a CUDA GPU")
@@ -183,7 +184,7 @@ def main() -> None:
     reps = 3 if args.quick else 7
     device = torch.cuda.get_device_name()
     print(f"device: {device}, torch {torch.__version__}, date {datetime.date.today()}", flush=True)
-    if args.p4:
+    if args.b1:
         reps = 15
         inf = inference((1.0, 0.1, 0.02), reps, steps=1000, hidden=1024, batches=(1,))
         trn = []

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Every GPU check of the project in one call, for a lent GPU machine (see docs/benchmarks.md):
-# the GPU tests of the three CuPy families side by side, then the EGRU benchmark (full), the P4
-# rows of the delta benchmark and the recurrent ALIF benchmark (quick, with peers when the wheels
-# in .whl/ are carried).
+# Every GPU check of the project in one call, for a GPU machine (see docs/benchmarks.md):
+# the GPU tests of the three CuPy families side by side, then the EGRU benchmark (full), the B = 1
+# inference rows of the delta benchmark and the recurrent ALIF benchmark (quick, with peers when the wheels
+# in .whl/ are present).
 #   bash benchmarks/gpu_all.sh     (from the repository root; logs under $OUT or /tmp/evsnn_gpu_all)
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -28,6 +28,6 @@ for f in $files; do
   echo "$f: $(tail -1 "$out/$f.log")"
 done
 timeout 200 python3 benchmarks/egru.py 2>&1 | tee "$out/egru_bench.log" | tail -30
-timeout 40 python3 benchmarks/delta.py --p4 2>&1 | tee "$out/delta_bench.log" | tail -14
+timeout 40 python3 benchmarks/delta.py --b1 2>&1 | tee "$out/delta_bench.log" | tail -14
 timeout 45 python3 benchmarks/alif.py --quick --skip-ff 2>&1 | tee "$out/alif_bench.log" | tail -14
 echo "SUMMARY tests_rc=$rc"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU performance follow-up (ALIF recurrent backward, delta forward, shared grid barrier), in one go:
 # the GPU tests of the three CuPy families plus tests/test_gpu_perf_kernels.py (4 processes side by
-# side: correctness only), then the P2 and P4 benchmark rows, each beside the previous version.
+# side: correctness only), then the benchmark rows of the ALIF and delta GPU goals, each beside
+# the previous version.
 #   bash benchmarks/gpu_perf.sh          (from the repository root; logs under $OUT or /tmp/evsnn_gpu_perf)
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -26,5 +27,5 @@ for f in test_alif_cupy test_delta_cupy test_egru_cupy test_gpu_perf_kernels; do
   echo "$f: $(tail -1 "$out/$f.log")"
 done
 timeout 35 python3 benchmarks/alif.py --quick --skip-ff --out "$out/alif_bench.json" 2>&1 | tee "$out/alif_bench.log" | tail -22
-timeout 30 python3 benchmarks/delta.py --p4 2>&1 | tee "$out/delta_bench.log" | tail -12
+timeout 30 python3 benchmarks/delta.py --b1 2>&1 | tee "$out/delta_bench.log" | tail -12
 echo "SUMMARY tests_rc=$rc"

@@ -18,7 +18,7 @@ from evsnn.surrogate import MultiGaussian
 
 
 def test_smem_plan_shapes_and_limits():
-    # P2 shape on 132 SMs: 16 chunks of 32 columns x 8 groups of 4 samples; 79,360 bytes.
+    # The ALIF GPU benchmark's shape (B=32, H=512) on 132 SMs: 16 chunks of 32 columns x 8 groups of 4 samples; 79,360 bytes.
     assert alif_cuda.smem_plan(32, 512, 4, 132, 232448) == (128, 4, 4 * (512 * 32 + 512 * 4 + 4 * 4 * 32 + 7 * 4 * 32))
     # One sample: one group; the grid is the number of chunks.
     assert alif_cuda.smem_plan(1, 100, 8, 132, 232448)[:2] == (4, 1)

@@ -27,7 +27,7 @@ GPU_EGRU_HIDDEN = [128, 512, 1024]  # 15 % activity
 GPU_EGRU_HIDDEN_MS = [5.29, 10.03, 29.98]
 GPU_EGRU_HIDDEN_CUDNN_MS = [1.87, 19.75, 33.95]
 
-# "Delta cells on GPU", current version: same device, 2026-11-22, `python benchmarks/delta.py --p4`;
+# "Delta cells on GPU", current version: same device, 2026-11-22, `python benchmarks/delta.py --b1`;
 # inference, T=1000, I=128, H=1024, B=1; hidden-delta occupancy (%), evsnn and cuDNN ms.
 GPU_DELTA_OCC = [99.9, 10.0, 2.0]
 GPU_DELTA_GRU = ([8.34, 7.24, 7.11], 14.98)
