@@ -44,6 +44,13 @@ def test_every_tutorial_is_on_the_site() -> None:
     assert not missing, f"tutorials missing from mkdocs.yml nav: {missing}"
 
 
+def test_readme_tutorial_table_lists_every_notebook() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| \d\d \| `(\w+)` \|", text, re.M))
+    notebooks = {p.stem for p in (ROOT / "tutorials").glob("*.ipynb")}
+    assert notebooks and listed == notebooks, (sorted(notebooks - listed), sorted(listed - notebooks))
+
+
 def test_every_nav_page_exists_or_is_generated_from_the_root() -> None:
     generated = set(_hook().ROOT_PAGES)
     nav = _nav_files(_config()["nav"])
@@ -201,8 +208,8 @@ def _markdown_extensions() -> tuple[list[str], dict]:
     return names, configs
 
 
-@pytest.mark.parametrize("page", ["neurons/alif.md", "neurons/egru.md", "neurons/delta.md"])
-def test_neuron_page_equations_become_math_for_mathjax(page: str) -> None:
+@pytest.mark.parametrize("page", ["neurons/alif.md", "neurons/egru.md", "neurons/delta.md", "SPEC.md"])
+def test_page_equations_become_math_for_mathjax(page: str) -> None:
     import markdown
 
     text = (DOCS / page).read_text(encoding="utf-8")
@@ -215,6 +222,16 @@ def test_neuron_page_equations_become_math_for_mathjax(page: str) -> None:
     scripts = _config()["extra_javascript"]
     assert any("mathjax" in s and s.startswith("https://") for s in scripts)
     assert all((DOCS / s).is_file() for s in scripts if not s.startswith("https://"))
+
+
+def test_spec_equations_are_math_not_code_blocks() -> None:
+    # A fenced block shows its equations as monospace text; the specification has no code to show.
+    text = (DOCS / "SPEC.md").read_text(encoding="utf-8")
+    assert "```" not in text
+    # the equations of each section (ALIF, EGRU, delta cells) are display math
+    for number in ("2", "3", "4"):
+        section = re.search(rf"^## {number}\. .*?(?=^## )", text, re.S | re.M)
+        assert section and "\\[" in section.group(0), number
 
 
 def test_neuron_pages_and_figures_are_on_the_site() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import time
@@ -508,3 +509,24 @@ def test_animate_refuses_what_it_cannot_write(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="needs ffmpeg"):
         plot.animate(_known_spikes(), tmp_path / "x.mp4")
     assert not os.listdir(tmp_path)
+
+
+def test_animate_writes_an_mp4_with_ffmpeg(tmp_path):
+    from matplotlib import animation
+
+    if not animation.writers.is_available("ffmpeg"):
+        pytest.skip("needs ffmpeg on the PATH")
+    spikes = torch.zeros(5, 16)
+    spikes[2] = 1.0
+    path = plot.animate(spikes, tmp_path / "spikes.mp4", fps=5)
+    assert open(path, "rb").read(8)[4:] == b"ftyp"  # an ISO base media (MP4) file
+    assert os.listdir(tmp_path) == ["spikes.mp4"]
+    # ffmpeg decodes it back: one video frame per step
+    decoded = subprocess.run(
+        [matplotlib.rcParams["animation.ffmpeg_path"], "-v", "error", "-stats", "-i", str(path), "-f", "null", "-"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert decoded.returncode == 0, decoded.stderr
+    assert re.findall(r"frame=\s*(\d+)", decoded.stderr)[-1] == "5", decoded.stderr
