@@ -58,6 +58,9 @@ SLOW_TESTS: dict[str, str] = {
         "runs `evsnn info` in a fresh process: imports torch and loads the numba kernels"
     ),
     r"test_docs\.py::test_built_api_pages_.*": "builds the API pages of the site with mkdocs",
+    r"test_docs\.py::test_mathjax_typesets_arithmatex_and_notebook_markdown_only": (
+        "converts a notebook with nbconvert, as mkdocs-jupyter does"
+    ),
 }
 _SLOW_TEST_PATTERNS = [re.compile(pattern) for pattern in SLOW_TESTS]
 

@@ -325,3 +325,77 @@ def test_convert_roles_rewrites_string_literals_only() -> None:
         'DOC = (\'x `last_stats`\' + """\n    [`evsnn.ALIF`][evsnn.ALIF]:\n""")\n'
     )
     assert _convert_roles().convert_source(converted) == converted
+
+
+# --- MathJax's choice of elements ------------------------------------------------------------------
+
+
+def _mathjax_option(name: str) -> re.Pattern[str]:
+    """``options.<name>`` of docs/javascripts/mathjax.js as the regular expression MathJax 3 builds."""
+    script = (DOCS / "javascripts" / "mathjax.js").read_text(encoding="utf-8")
+    (value,) = re.findall(rf'{name}: "([^"]*)"', script)
+    return re.compile(rf"(^| )({value})( |$)")
+
+
+def _typeset_text(html: str) -> str:
+    """The text MathJax 3 searches for math in ``html``: its element walk (HTMLDomStrings), where an
+    element whose class matches ignoreHtmlClass is skipped with everything inside it unless its class
+    matches processHtmlClass, and <code>, <pre> and <script> are never searched."""
+    from html.parser import HTMLParser
+
+    ignore_class, process_class = _mathjax_option("ignoreHtmlClass"), _mathjax_option("processHtmlClass")
+    void = {"br", "img", "hr", "input", "meta", "link", "col", "area", "base", "source", "wbr"}
+
+    class Walk(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__(convert_charrefs=True)
+            self.stack: list[bool] = [False]  # True: this element's text is skipped
+            self.found: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag in void:
+                return
+            cls = dict(attrs).get("class") or ""
+            process = bool(process_class.search(cls))
+            skip = (self.stack[-1] or bool(ignore_class.search(cls))) and not process
+            self.stack.append(skip or tag in {"code", "pre", "script", "style"})
+
+        def handle_endtag(self, tag):
+            if tag not in void and len(self.stack) > 1:
+                self.stack.pop()
+
+        def handle_data(self, data):
+            if not self.stack[-1]:
+                self.found.append(data)
+
+    walk = Walk()
+    walk.feed(html)
+    return " ".join(walk.found)
+
+
+def test_mathjax_typesets_arithmatex_and_notebook_markdown_only(tmp_path) -> None:
+    nbformat = pytest.importorskip("nbformat")
+    nb2html = pytest.importorskip("mkdocs_jupyter.nbconvert2").nb2html
+
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_markdown_cell(
+            "A state $h_t$ in a paragraph.\n\n- and $y_{t-1}$ in a list item\n\n$$c_t = z_t$$"
+        ),
+        nbformat.v4.new_code_cell("print('$5 and $6')", outputs=[nbformat.v4.new_output("stream", text="$5 and $6\n")]),
+    ]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(notebook, path)
+    notebook_html = nb2html(str(path))
+    # the page as the material theme lays it out: everything inside its header and container
+    page = (
+        '<body><header class="md-header">Costs $1 or $2</header><div class="md-container">'
+        '<article class="md-content__inner md-typeset"><p>A page: $3 and $4, '
+        '<span class="arithmatex">\\(\\alpha\\)</span></p>' + notebook_html + "</article></div></body>"
+    )
+    text = _typeset_text(page)
+    for math in ("$h_t$", "$y_{t-1}$", "$$c_t = z_t$$", "\\(\\alpha\\)"):
+        assert math in text, math
+    # dollar signs outside math-bearing elements are never read as delimiters
+    for prose in ("Costs $1", "$3 and $4", "$5 and $6"):
+        assert prose not in text, prose
