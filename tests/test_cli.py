@@ -141,6 +141,15 @@ def test_info_lists_versions_and_backends(evsnn_cmd):
         assert "cupy: no (" not in proc.stdout  # not probed on CPU tensors
 
 
+def test_backend_status_reports_what_dispatch_says():
+    # a backend that refuses the call is reported with dispatch's reason; one that runs says ok
+    assert cli._backend_status("egru", "torch", "cpu") == "ok"
+    refused = cli._backend_status("egru", "cupy", "cpu")
+    assert refused.startswith("no (backend 'cupy' cannot run this egru call: the CuPy backend runs on CUDA tensors"), (
+        refused
+    )
+
+
 def test_info_versions_come_from_metadata_without_importing(tmp_path, monkeypatch):
     # An import would run the package's code: seconds for torch's neighbours, and their import-time
     # warnings (norse's FutureWarning from torch.jit) inside the table.
