@@ -276,6 +276,27 @@ def api_site(tmp_path_factory) -> Path:
     return site
 
 
+def test_rest_role_hook_warns_so_the_strict_build_fails(caplog) -> None:
+    spec = importlib.util.spec_from_file_location("rest_roles", DOCS / "hooks" / "rest_roles.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    assert hook.RENDERED_ROLE.pattern == RENDERED_ROLE.pattern
+
+    class Page:
+        class file:
+            src_uri = "api/nn.md"
+
+    clean = "<p>See <code>evsnn.ALIF</code> and <a href='x'>LayerStats</a>.</p>"
+    with caplog.at_level("WARNING", logger="mkdocs"):
+        assert hook.on_page_content(clean, Page, {}, None) == clean
+        assert not caplog.records
+        hook.on_page_content("<p>Uses :class:<code>~evsnn.ALIF</code> here.</p>", Page, {}, None)
+    (record,) = caplog.records
+    # strict mode counts the warnings of the "mkdocs" loggers
+    assert record.name.startswith("mkdocs.") and record.levelname == "WARNING"
+    assert "api/nn.md shows 1 reST role" in record.getMessage()
+
+
 def test_built_api_pages_show_no_rest_roles(api_site: Path) -> None:
     found = []
     for page in sorted(api_site.glob("api/*/index.html")):
