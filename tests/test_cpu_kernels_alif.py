@@ -17,6 +17,7 @@ import torch
 import evsnn
 from evsnn.functional import alif_scan
 from evsnn.functional.alif import ALIFState, alif_initial_state, alif_step, decay
+from evsnn.ops import cpu_common, dispatch
 from evsnn.ops.alif import cpu as alif_cpu
 from evsnn.ops.alif import cpu_kernels
 from evsnn.surrogate import ATan, FastSigmoid, Gaussian, MultiGaussian, SnnTorchSurrogate, Surrogate, Triangle
@@ -256,6 +257,7 @@ def test_two_threads_uneven_batch(single_thread):
 _THREADS_SCRIPT = """
 import torch
 from evsnn.ops.alif import cpu as alif_cpu
+from evsnn.ops import cpu_common, dispatch
 from evsnn.ops.alif import cpu_kernels
 torch.set_num_threads(1)
 current = torch.randn(4, 3, 6, dtype=torch.float64, requires_grad=True)
@@ -312,9 +314,9 @@ def test_bad_calls_raise_clear_errors():
     current, kw = _inputs((3, 2, 4), torch.float32, seed=0)
     with pytest.raises(TypeError, match="snntorch surrogate"):
         cpu_kernels.alif_train_scan(current, None, surrogate=SnnTorchSurrogate(torch.sigmoid), **kw)
-    with pytest.raises(TypeError, match="_NoKernel has no kernel_spec"):
+    with pytest.raises(TypeError, match="_NoKernel has no kernel_spec.*backend='torch'"):
         cpu_kernels.alif_train_scan(current, None, surrogate=_NoKernel(), **kw)
-    assert cpu_kernels.surrogate_reason(MultiGaussian().truncate(0.5)) is None
+    assert cpu_common.kernel_surrogate_reason(MultiGaussian().truncate(0.5)) is None
     with pytest.raises(TypeError, match="current is torch.float32, weight_hh is torch.float64"):
         cpu_kernels.alif_train_scan(current, None, **dict(kw, weight_hh=kw["weight_hh"].double()))
     with pytest.raises(ValueError, match=r"weight_hh of shape \(4, 4\), got \(4, 3\)"):
@@ -359,14 +361,12 @@ def _runner_case(dtype, seed, recurrent=True, poison=False):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("recurrent", [True, False])
-@pytest.mark.parametrize("kernel", ["numba", "torch"])
-def test_runner_kernels_equal_reference(single_thread, dtype, recurrent, kernel):
+def test_runner_kernels_equal_reference(single_thread, dtype, recurrent):
     """ALIFRunner (what the cpu_event inference scan and evsnn.streaming run), whole chunk and
     step by step, from a given state: the reference's spikes, membrane, threshold and state."""
     current, state, kw, (spikes, final, trace) = _runner_case(dtype, seed=21, recurrent=recurrent)
     tol = F64 if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
-    runner = alif_cpu.ALIFRunner(**kw, kernel=kernel)
-    assert runner.kernel == kernel
+    runner = alif_cpu.ALIFRunner(**kw)
     runner.load(state)
     got = runner.run(current)
     for a, r in zip((*got, *runner.state()), (spikes, trace.v, trace.threshold, *final)):
@@ -379,7 +379,7 @@ def test_runner_kernels_equal_reference(single_thread, dtype, recurrent, kernel)
 
 def test_runner_never_reads_rows_of_quiet_units(single_thread):
     current, state, kw, (spikes, final, trace) = _runner_case(torch.float64, seed=23, poison=True)
-    runner = alif_cpu.ALIFRunner(**kw, kernel="numba")
+    runner = alif_cpu.ALIFRunner(**kw)
     runner.load(state)
     out, v, thr = runner.run(current)
     assert torch.isfinite(v).all(), "a NaN row of a quiet unit was read"
@@ -393,7 +393,6 @@ def test_layer_training_runs_the_fused_kernel(single_thread, monkeypatch, backen
     """evsnn.ALIF in training on the CPU (explicitly, and by "auto" at an ECG-like size, H = 36,
     B = 64) runs the fused kernel (the autograd node of its op evsnn::alif_train_cpu_fwd), with the reference's spikes and gradients."""
     monkeypatch.delenv("EVSNN_BACKEND", raising=False)
-    monkeypatch.delenv("EVSNN_CPU_KERNEL", raising=False)
     torch.manual_seed(5)
     layer = evsnn.ALIF(4, 36, backend=backend, dtype=torch.float64)
     x = torch.randn(20, 64, 4, dtype=torch.float64) * 2.0
@@ -410,23 +409,30 @@ def test_layer_training_runs_the_fused_kernel(single_thread, monkeypatch, backen
         torch.testing.assert_close(a, r, **F64)
 
 
-def test_training_check_and_the_torch_op_loop(monkeypatch):
-    """Where the fused kernel cannot run a training call (a surrogate without a kernel spec,
-    ``EVSNN_CPU_KERNEL=torch``), "auto" declines cpu_event with the reason (the torch-op loop is
-    slower than the reference); an explicit request runs that loop, exact too."""
-    monkeypatch.delenv("EVSNN_CPU_KERNEL", raising=False)
+def test_surrogate_without_kernel_form(monkeypatch):
+    """ALIF's kernels evaluate the surrogate inside the backward: in training, one without a
+    kernel form makes an explicit backend="cpu_event" raise (naming the surrogates it knows and
+    backend="torch"), and "auto" runs the reference, exactly; inference does not look at it."""
+    monkeypatch.delenv("EVSNN_BACKEND", raising=False)
     ok = {"device": torch.device("cpu"), "dtype": torch.float64, "shape": (10, 8, 64), "family": "alif"}
-    assert alif_cpu.check_cpu(**ok, training=True, auto=True, surrogate=MultiGaussian()) is None
-    assert "kernel_spec" in alif_cpu.check_cpu(**ok, training=True, auto=True, surrogate=_NoKernel())
-    assert alif_cpu.check_cpu(**ok, training=True, auto=False, surrogate=_NoKernel()) is None
-    assert alif_cpu.check_cpu(**ok, training=False, auto=True, surrogate=_NoKernel()) is None
+    assert cpu_common.check_cpu(**ok, training=True, auto=True, surrogate=MultiGaussian()) is None
+    for auto in (True, False):
+        reason = cpu_common.check_cpu(**ok, training=True, auto=auto, surrogate=_NoKernel())
+        assert "kernel_spec" in reason and "multi_gaussian" in reason and "backend='torch'" in reason
+    assert cpu_common.check_cpu(**ok, training=False, auto=True, surrogate=_NoKernel()) is None
+    torch.manual_seed(3)
+    layer = evsnn.ALIF(4, 64, surrogate=_NoKernel(), backend="cpu_event", dtype=torch.float64)
+    x = torch.randn(10, 8, 4, dtype=torch.float64) * 2.0
+    with pytest.raises(dispatch.BackendUnavailable, match="_NoKernel has no kernel_spec.*backend='torch'"):
+        layer(x)
+    with torch.no_grad():
+        assert layer._resolve_backend(x).name == "cpu_event"
+    layer.backend = "auto"
+    assert layer._resolve_backend(x).name == "torch"
+    out, _ = layer(x)
+    layer.backend = "torch"
+    ref, _ = layer(x)
+    torch.testing.assert_close(out, ref, **F64)
     current, kw = _inputs((6, 2, 8), torch.float64, seed=25)
-    leaf = current.clone().requires_grad_(True)
-    assert (
-        type(alif_cpu.alif_scan_cpu(leaf, None, **kw)[0].grad_fn).__name__
-        == "GeneratedBackwardFor_evsnn_alif_train_cpu_fwd_defaultBackward"
-    )
-    monkeypatch.setenv("EVSNN_CPU_KERNEL", "torch")
-    assert "numba" in alif_cpu.check_cpu(**ok, training=True, auto=True, surrogate=MultiGaussian())
-    loop = _run(alif_cpu.alif_scan_cpu, current, None, kw)
-    _assert_same(loop, _run(alif_scan, current, None, kw), F64, "torch-op loop")
+    with pytest.raises(TypeError, match="_NoKernel has no kernel_spec"):
+        alif_cpu.alif_scan_cpu(current.requires_grad_(True), None, surrogate=_NoKernel(), **kw)

@@ -28,7 +28,7 @@ autograd carries them to τ.
 a finite ``x`` outside a finite support (Triangle: ``|x| ≤ ε`` passes; `Truncated`:
 ``|x| < ε``), whatever comes from above, NaN included. The formulas are those of
 [`evsnn.surrogate`][evsnn.surrogate] (one numba copy, selected by `Surrogate.kernel_spec`); a surrogate
-without a kernel spec is refused (`surrogate_reason`).
+without a kernel spec is refused ([`kernel_surrogate_reason`][evsnn.ops.cpu_common.kernel_surrogate_reason]).
 
 ``detach_reset=True`` is the snntorch convention of [`evsnn.interop.snntorch.ALIF`][evsnn.interop.snntorch.ALIF]:
 ``s_{t−1}`` enters the adaptation trace and the reset without gradient (it still does through
@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import functools
 from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 import torch
@@ -48,16 +47,16 @@ from torch import Tensor
 
 from ...functional.alif import ALIFState, ALIFTrace, alif_initial_state, decay
 from ...functional.checks import check_steps
-from ...surrogate import MultiGaussian, SnnTorchSurrogate, Surrogate
-from ..cpu_common import numba_available, numba_batch_threads
-from ..cpu_surrogate import KERNEL_SURROGATES, TRIANGLE, pseudo_derivative, surrogate_args
+from ...surrogate import MultiGaussian, Surrogate
+from ..cpu_common import NUMBA_REASON, kernel_surrogate_reason, numba_available, numba_batch_threads
+from ..cpu_surrogate import TRIANGLE, pseudo_derivative, surrogate_args
 
 try:  # numba is optional (the ``cpu`` extra)
     from numba import prange
 except ImportError:  # pragma: no cover - without numba the kernels are never compiled
     prange = range
 
-__all__ = ["alif_loop", "alif_train_scan", "kernels_available", "surrogate_reason", "train_forward", "train_backward"]
+__all__ = ["alif_loop", "alif_train_scan", "kernels_available", "train_forward", "train_backward"]
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -299,19 +298,6 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-def surrogate_reason(surrogate: Any) -> str | None:
-    """``None`` when the fused training kernel computes ``surrogate``'s pseudo-derivative, else why not."""
-    if isinstance(surrogate, SnnTorchSurrogate):
-        return "a snntorch surrogate has no closed form the fused ALIF kernel can evaluate; use an evsnn.surrogate"
-    if not isinstance(surrogate, Surrogate):
-        return f"surrogate must be an evsnn.surrogate.Surrogate, got {type(surrogate).__name__}"
-    if surrogate_args(surrogate) is None:
-        return (
-            f"{type(surrogate).__name__} has no kernel_spec the fused ALIF kernel knows ({sorted(KERNEL_SURROGATES)})"
-        )
-    return None
-
-
 def alif_loop(
     current: np.ndarray,
     table: np.ndarray,
@@ -503,19 +489,19 @@ def alif_train_scan(
         b0: baseline threshold (a number or an ``[N]`` tensor).
         beta: adaptation strength (a number or an ``[N]`` tensor).
         surrogate: the spike's pseudo-derivative (default ``MultiGaussian()``); one with a
-            kernel spec (`surrogate_reason`).
+            kernel spec ([`kernel_surrogate_reason`][evsnn.ops.cpu_common.kernel_surrogate_reason]).
         weight_hh: the recurrent weights ``[N, N]``, or ``None``.
         bias_hh: the recurrent bias ``[N]``, or ``None``.
         detach_reset: ``s_{t−1}`` enters the adaptation trace and the reset without gradient
             (the snntorch convention of [`evsnn.interop.snntorch.ALIF`][evsnn.interop.snntorch.ALIF]).
     """
     surrogate = MultiGaussian() if surrogate is None else surrogate
-    reason = surrogate_reason(surrogate)
+    reason = kernel_surrogate_reason(surrogate)
     if reason is not None:
         raise TypeError(f"the fused ALIF scan cannot run: {reason}")
     check_steps("the fused ALIF scan", current)
     if not numba_available():  # not _kernels(): torch.compile traces this check, numba's jit it cannot
-        raise RuntimeError("the fused ALIF kernels need numba: pip install numba (or evsnn[cpu])")
+        raise RuntimeError(f"the fused ALIF scan: {NUMBA_REASON}")
     if current.dim() != 3:
         raise ValueError(f"the fused ALIF scan expects current of shape [T, B, N], got {tuple(current.shape)}")
     steps, batch, n = current.shape

@@ -45,7 +45,7 @@ from ...functional.delta import (
     delta_gru_initial_state,
     delta_lstm_initial_state,
 )
-from ..cpu_common import _expand_theta, numba_available, numba_batch_threads
+from ..cpu_common import NUMBA_REASON, _expand_theta, numba_available, numba_batch_threads
 from ..cpu_vecmath import install, sigmoid, tanh
 
 __all__ = [
@@ -442,7 +442,7 @@ def _delta_train_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x,
     inclusive = check_delta_rule(delta_rule) == "inclusive"
     check_steps(f"the cpu_train {family} scan", x)
     if not numba_available():  # not _kernels(): torch.compile traces this check, numba's jit it cannot
-        raise RuntimeError("the fused CPU training kernels need numba: pip install numba (or evsnn[cpu])")
+        raise RuntimeError(f"the fused CPU training kernels: {NUMBA_REASON}")
     if x.dim() != 3:
         raise ValueError(f"the cpu_train {family} scan expects x of shape [T, B, I], got {tuple(x.shape)}")
     for name, t in (("x", x), ("weight_ih", weight_ih), ("weight_hh", weight_hh)):

@@ -53,7 +53,7 @@ from ...functional.egru import RESETS, EGRUState, EGRUTrace, egru_initial_state
 from ...functional.precision import Precision, project
 from ...surrogate import SnnTorchSurrogate, Surrogate, Triangle
 from ..compile_marks import compile_opaque
-from ..cpu_common import numba_available, numba_batch_threads
+from ..cpu_common import NUMBA_REASON, numba_available, numba_batch_threads
 from ..cpu_surrogate import pseudo_derivative, surrogate_args
 from ..cpu_vecmath import install, sigmoid, tanh
 
@@ -694,7 +694,7 @@ def egru_train_reason(surrogate: object, zoneout: float = 0.0) -> str | None:
     """``None`` when `egru_train_scan` can run with this surrogate and zoneout, else why not
     (numba missing; a snntorch closure or a non-[`Surrogate`][evsnn.surrogate.Surrogate])."""
     if not numba_available():  # not _kernels(): torch.compile traces this check, numba's jit it cannot
-        return "the fused EGRU training kernel needs numba: pip install numba (or evsnn[cpu])"
+        return f"the fused EGRU training kernel: {NUMBA_REASON}"
     if isinstance(surrogate, SnnTorchSurrogate):
         return "a snntorch surrogate is not supported by the fused EGRU training kernel; use an evsnn.surrogate"
     if not isinstance(surrogate, Surrogate):
