@@ -10,7 +10,7 @@ the dense torch reference (slow). Prints a Markdown table per thread count.
     python benchmarks/cpu_training.py --threads 1 2
 
 ``--cell alif``: a recurrent ALIF layer (evsnn.ALIF's initialisation, input ``W_ih x + b_ih`` inside
-the timed step) with the fused ALIF kernels (evsnn.ops.alif.cpu_kernels) vs nn.GRU, for the layer's default surrogate (infinite support: every unit's recurrent
+the timed step) with the fused ALIF kernels (evsnn.ops.alif.cpu_train) vs nn.GRU, for the layer's default surrogate (infinite support: every unit's recurrent
 gradient is formed) and a truncated one (``--alif-support``).
 
 ``--cell egru``: EGRU with the fused kernel (evsnn.ops.egru.cpu_train) vs nn.GRU, nn.GRU-initialised weights and the triangle(0.3) surrogate, θ calibrated to the event
@@ -32,7 +32,7 @@ import torch
 
 import evsnn
 from evsnn.functional import alif_scan, delta_gru_scan, delta_lstm_scan, egru_scan
-from evsnn.ops.alif import cpu_kernels as alif_kernels
+from evsnn.ops.alif import cpu_train as alif_train
 from evsnn.ops.delta import cpu as delta_cpu
 from evsnn.ops.delta import cpu_train
 from evsnn.ops.egru.cpu_train import egru_train_scan
@@ -142,7 +142,7 @@ def alif_rows(args) -> None:
         for surrogate in surrogates:
             outside = 0.0 if surrogate.support is None else (x_spike.abs() >= surrogate.support).float().mean().item()
             t_gru = timed(gru_step, args.repeats)
-            t_fused = timed(train_step(alif_kernels.alif_train_scan, surrogate), args.repeats)
+            t_fused = timed(train_step(alif_train.alif_train_scan, surrogate), args.repeats)
             ref = ""
             if args.reference:
                 ref = f" {timed(train_step(alif_scan, surrogate), 1) * 1e3:.0f} |"

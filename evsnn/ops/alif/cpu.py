@@ -1,5 +1,5 @@
 """ALIF on the ``"cpu_event"`` backend (SPEC §2): the inference runner and the scan (numba kernels of
-[`evsnn.ops.alif.cpu_kernels`][evsnn.ops.alif.cpu_kernels] in inference and training); same results as
+[`evsnn.ops.alif.cpu_train`][evsnn.ops.alif.cpu_train] in inference and training); same results as
 [`evsnn.functional.alif_scan`][evsnn.functional.alif_scan]."""
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from ..cpu_common import (
     check_cpu,
     require_numba,
 )
-from . import cpu_kernels
+from . import cpu_train
 
-__all__ = ["ALIFRunner", "alif_scan_cpu", "check_cpu"]
+__all__ = ["ALIFRunner", "alif_scan_cpu", "alif_scan_cpu_op", "check_cpu"]
 
 _ALIF_SURROGATE = MultiGaussian()
 
@@ -33,7 +33,7 @@ class ALIFRunner:
     """Inference-only ALIF stepper. ``step(current)`` takes ``I_t = W_in x_t + b_in``
     (``[B, N]``) and returns ``(s_t, v_t, B_t)``; the recurrent input ``W_rec s_{t−1}`` reads
     only the rows of spiking units. Runs the fused loop
-    ([`evsnn.ops.alif.cpu_kernels.alif_loop`][evsnn.ops.alif.cpu_kernels.alif_loop], one call per step or chunk); needs numba."""
+    ([`evsnn.ops.alif.cpu_train.alif_loop`][evsnn.ops.alif.cpu_train.alif_loop], one call per step or chunk); needs numba."""
 
     def __init__(
         self,
@@ -101,7 +101,7 @@ class ALIFRunner:
 
     def _fused(self, current: Tensor, out: Tensor, v_out: Tensor, thr_out: Tensor) -> None:
         _check_same_dtype("ALIF input", self.alpha, current)
-        cpu_kernels.alif_loop(
+        cpu_train.alif_loop(
             _np(current.contiguous()), *self._np_args, *self._np_state, _np(out), _np(v_out), _np(thr_out)
         )
 
@@ -128,6 +128,39 @@ class ALIFRunner:
         return out, vs, thrs
 
 
+@torch.library.custom_op("evsnn::alif_scan_cpu", mutates_args=(), device_types="cpu")
+def alif_scan_cpu_op(
+    current: Tensor,
+    v: Tensor,
+    b: Tensor,
+    s: Tensor,
+    tau_mem: Tensor,
+    tau_adapt: Tensor,
+    b0: Tensor,
+    beta: Tensor,
+    weight_hh: Tensor | None,
+    bias_hh: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """ALIF inference over ``current [T, B, N]`` from the state ``(v, b, s)`` ([`ALIFRunner`][evsnn.ops.alif.cpu.ALIFRunner]);
+    returns ``(spikes, v_T, b_T, s_T, v_seq, threshold_seq)`` (sequences ``[T, B, N]``, state
+    ``[B, N]``). A custom op (torch.compile sees one opaque op, shapes from its fake kernel); not
+    differentiable: a call that records gradients trains through `alif_train_scan`."""
+    runner = ALIFRunner(tau_mem=tau_mem, tau_adapt=tau_adapt, b0=b0, beta=beta, weight_hh=weight_hh, bias_hh=bias_hh)
+    runner.load(ALIFState(v, b, s))
+    spikes, vs, thresholds = runner.run(current)
+    v_final, b_final, s_final = runner.state()
+    return spikes, v_final, b_final, s_final, vs, thresholds
+
+
+@alif_scan_cpu_op.register_fake
+def _(current, v, b, s, tau_mem, tau_adapt, b0, beta, weight_hh, bias_hh):
+    # The runner computes in float32 for a bfloat16/float16 current (SPEC §6), else in its dtype.
+    dtype = state_dtype(current.dtype)
+    seq = current.new_empty(current.shape, dtype=dtype)
+    state = [t.new_empty(current.shape[1:], dtype=dtype) for t in (v, b, s)]
+    return seq, *state, torch.empty_like(seq), torch.empty_like(seq)
+
+
 def alif_scan_cpu(
     current: Tensor,
     state: ALIFState | None,
@@ -142,7 +175,7 @@ def alif_scan_cpu(
 ) -> tuple[Tensor, ALIFState, ALIFTrace]:
     """Event-sparse ALIF over ``current [T, B, N]``; same signature and result as
     [`evsnn.functional.alif_scan`][evsnn.functional.alif_scan] (SPEC §2). Training runs the fused kernels of
-    [`evsnn.ops.alif.cpu_kernels`][evsnn.ops.alif.cpu_kernels], which evaluate a surrogate with a kernel form only
+    [`evsnn.ops.alif.cpu_train`][evsnn.ops.alif.cpu_train], which evaluate a surrogate with a kernel form only
     (any other raises ``TypeError``; backend ``"torch"`` trains with it)."""
     _check_surrogate(surrogate)
     require_numba("the cpu_event alif scan")
@@ -152,7 +185,7 @@ def alif_scan_cpu(
         state = alif_initial_state(current[0], b0)
     params = (current, state, tau_mem, tau_adapt, b0, beta)
     if _grad_needed(*params, weight_hh, bias_hh):
-        return cpu_kernels.alif_train_scan(
+        return cpu_train.alif_train_scan(
             current,
             state,
             tau_mem=tau_mem,
@@ -163,8 +196,8 @@ def alif_scan_cpu(
             weight_hh=weight_hh,
             bias_hh=bias_hh,
         )
-    # evsnn::alif_scan_cpu (evsnn/ops/alif/op.py, registered on import of this package): one opaque
-    # op for torch.compile; the scalars b0, beta go in as tensors.
+    # Called through torch.ops (Dynamo keeps an op overload opaque; it would trace into the Python
+    # function); the op takes b0, beta as tensors.
     dtype = state_dtype(current.dtype)
     b0, beta = (torch.as_tensor(p, dtype=dtype) if not isinstance(p, Tensor) else p for p in (b0, beta))
     spikes, v, b, s, vs, thrs = torch.ops.evsnn.alif_scan_cpu(
