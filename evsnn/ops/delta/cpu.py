@@ -35,7 +35,15 @@ from ..cpu_common import (
 )
 from ..cpu_vecmath import install, sigmoid, tanh
 
-__all__ = ["DeltaGRURunner", "DeltaLSTMRunner", "delta_gru_scan_cpu", "delta_lstm_scan_cpu", "check_cpu"]
+__all__ = [
+    "DeltaGRURunner",
+    "DeltaLSTMRunner",
+    "delta_gru_scan_cpu",
+    "delta_lstm_scan_cpu",
+    "delta_gru_scan_cpu_op",
+    "delta_lstm_scan_cpu_op",
+    "check_cpu",
+]
 
 # --------------------------------------------------------------------------------------------
 # Fused inference loops (numba)
@@ -338,6 +346,84 @@ class DeltaLSTMRunner(_DeltaRunner):
         )
 
 
+def _trace(deltas: Tensor, n_in: int) -> tuple[Tensor, Tensor]:
+    return deltas[..., :n_in].contiguous(), deltas[..., n_in:].contiguous()
+
+
+@torch.library.custom_op("evsnn::delta_gru_scan_cpu", mutates_args=(), device_types="cpu")
+def delta_gru_scan_cpu_op(
+    x: Tensor,
+    h: Tensor,
+    x_hat: Tensor,
+    h_hat: Tensor,
+    m: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    theta_x: Tensor,
+    theta_h: Tensor,
+    delta_rule: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """DeltaGRU inference over ``x [T, B, I]`` from ``(h, x̂, ĥ, M)`` ([`DeltaGRURunner`][evsnn.ops.delta.cpu.DeltaGRURunner]);
+    returns ``(h_seq [T, B, H], h_T, x̂_T, ĥ_T, M_T, Δx [T, B, I], Δh [T, B, H])``. A custom op
+    (torch.compile sees one opaque op, shapes from its fake kernel); not differentiable: a call
+    that records gradients trains through [`evsnn.ops.delta.cpu_train`][evsnn.ops.delta.cpu_train]."""
+    runner = DeltaGRURunner(
+        weight_ih, weight_hh, bias_ih, bias_hh, theta_x=theta_x, theta_h=theta_h, delta_rule=delta_rule
+    )
+    runner.load(DeltaGRUState(h, x_hat, h_hat, m))
+    out, deltas = runner.run(x)
+    return (out, *runner.state(), *_trace(deltas, weight_ih.shape[1]))
+
+
+@torch.library.custom_op("evsnn::delta_lstm_scan_cpu", mutates_args=(), device_types="cpu")
+def delta_lstm_scan_cpu_op(
+    x: Tensor,
+    h: Tensor,
+    c: Tensor,
+    x_hat: Tensor,
+    h_hat: Tensor,
+    m: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    theta_x: Tensor,
+    theta_h: Tensor,
+    delta_rule: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """DeltaLSTM inference over ``x [T, B, I]`` from ``(h, c, x̂, ĥ, M)`` ([`DeltaLSTMRunner`][evsnn.ops.delta.cpu.DeltaLSTMRunner]);
+    returns ``(h_seq [T, B, H], h_T, c_T, x̂_T, ĥ_T, M_T, Δx [T, B, I], Δh [T, B, H])``; as
+    `delta_gru_scan_cpu_op`."""
+    runner = DeltaLSTMRunner(
+        weight_ih, weight_hh, bias_ih, bias_hh, theta_x=theta_x, theta_h=theta_h, delta_rule=delta_rule
+    )
+    runner.load(DeltaLSTMState(h, c, x_hat, h_hat, m))
+    out, deltas = runner.run(x)
+    return (out, *runner.state(), *_trace(deltas, weight_ih.shape[1]))
+
+
+def _fake(x: Tensor, state: tuple[Tensor, ...], weight_ih: Tensor, weight_hh: Tensor) -> tuple[Tensor, ...]:
+    # The runners compute in the weights' dtype (float32 for a bfloat16/float16 layer, SPEC §6);
+    # the final state has the shapes of the initial one.
+    steps, batch, n_in = x.shape
+    dtype = state_dtype(weight_ih.dtype)
+    out = x.new_empty(steps, batch, weight_hh.shape[1], dtype=dtype)
+    final = [t.new_empty(t.shape, dtype=dtype) for t in state]
+    return out, *final, x.new_empty(steps, batch, n_in, dtype=dtype), torch.empty_like(out)
+
+
+@delta_gru_scan_cpu_op.register_fake
+def _(x, h, x_hat, h_hat, m, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, delta_rule):
+    return _fake(x, (h, x_hat, h_hat, m), weight_ih, weight_hh)
+
+
+@delta_lstm_scan_cpu_op.register_fake
+def _(x, h, c, x_hat, h_hat, m, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, delta_rule):
+    return _fake(x, (h, c, x_hat, h_hat, m), weight_ih, weight_hh)
+
+
 def _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru: bool, delta_rule: str):
     family = "delta_gru" if gru else "delta_lstm"
     check_delta_rule(delta_rule)
@@ -349,8 +435,8 @@ def _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta
         state = init(x.shape[1], weight_ih.shape[1], weight_hh.shape[1], bias_ih, bias_hh, x)
     if _grad_needed(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h):
         return _delta_train(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru, delta_rule)
-    # evsnn::delta_gru_scan_cpu / delta_lstm_scan_cpu (evsnn/ops/delta/op.py, registered on import of
-    # this package): one opaque op for torch.compile; the thresholds go in as tensors.
+    # Called through torch.ops (Dynamo keeps an op overload opaque; it would trace into the Python
+    # function); the op takes the thresholds as tensors.
     like = x.new_zeros((), dtype=state_dtype(weight_ih.dtype))
     theta_x = _expand_theta(theta_x, weight_ih.shape[1], "theta_x", like)
     theta_h = _expand_theta(theta_h, weight_hh.shape[1], "theta_h", like)
@@ -360,9 +446,8 @@ def _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta
 
 
 def _delta_train(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru: bool, delta_rule: str):
-    # The fused event-sparse forward and backward: the custom ops evsnn::delta_train_cpu_fwd/_bwd
-    # (evsnn/ops/delta/op.py), which torch.compile keeps in its graph. numba's training kernels
-    # load on this path only.
+    # The fused event-sparse forward and backward: the custom ops evsnn::delta_train_cpu_fwd/_bwd,
+    # which torch.compile keeps in its graph. numba's training kernels load on this path only.
     from . import cpu_train
 
     train_scan = cpu_train.delta_gru_train_scan if gru else cpu_train.delta_lstm_train_scan
