@@ -705,7 +705,7 @@ class StackedForward(RecordsStats):
         # What torch.compile cannot trace runs eagerly behind one graph break here (instead of one
         # break per nested frame): EGRU's cpu_event training with a surrogate that has no kernel
         # form (an autograd node holding the surrogate object). The reference, cpu_event (custom
-        # ops, evsnn/ops/<family>/op.py; a scan's traced_training, where it has one, says whether
+        # ops beside each kernel in evsnn/ops/<family>/; a scan's traced_training, where it has one, says whether
         # it trains through them) and the CuPy scans (their raw-pointer reads live inside the
         # custom ops' bodies) are traced.
         opaque = False

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ...functional.checks import check_steps
 from ...functional.egru import RESETS, EGRUState, EGRUTrace, egru_initial_state
+from ...functional.precision import state_dtype
 from ...surrogate import Surrogate, Triangle
 from ..cpu_common import (
     _check_cpu_tensors,
@@ -29,7 +30,7 @@ from ..cpu_common import (
 )
 from ..cpu_vecmath import install, sigmoid, tanh
 
-__all__ = ["EGRURunner", "egru_scan_cpu", "check_cpu"]
+__all__ = ["EGRURunner", "egru_scan_cpu", "egru_scan_cpu_op", "check_cpu"]
 
 # --------------------------------------------------------------------------------------------
 # Fused inference loops (numba)
@@ -274,6 +275,39 @@ class EGRURunner:
         return out, c_pre
 
 
+@torch.library.custom_op("evsnn::egru_scan_cpu", mutates_args=(), device_types="cpu")
+def egru_scan_cpu_op(
+    x: Tensor,
+    c: Tensor,
+    y: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    threshold: Tensor,
+    reset: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """EGRU inference over ``x [T, B, I]`` from the state ``(c, y)`` ([`EGRURunner`][evsnn.ops.egru.cpu.EGRURunner]);
+    returns ``(y_seq [T, B, H], c_T [B, H], y_T [B, H], c_pre [T, B, H])``. A custom op
+    (torch.compile sees one opaque op, shapes from its fake kernel); not differentiable: a call
+    that records gradients trains through [`evsnn.ops.egru.cpu_train`][evsnn.ops.egru.cpu_train]."""
+    runner = EGRURunner(weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset=reset)
+    runner.load(EGRUState(c, y))
+    y_seq, c_pre = runner.run(x)
+    c_final, y_final = runner.state()
+    return y_seq, c_final, y_final, c_pre
+
+
+@egru_scan_cpu_op.register_fake
+def _(x, c, y, weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset):
+    # The runner computes in the weights' dtype (float32 for a bfloat16/float16 layer, SPEC §6).
+    steps, batch = x.shape[:2]
+    hidden = weight_hh.shape[1]
+    dtype = state_dtype(weight_ih.dtype)
+    seq = x.new_empty(steps, batch, hidden, dtype=dtype)
+    return seq, c.new_empty(batch, hidden, dtype=dtype), y.new_empty(batch, hidden, dtype=dtype), torch.empty_like(seq)
+
+
 def egru_scan_cpu(
     x: Tensor,
     state: EGRUState | None,
@@ -307,8 +341,8 @@ def egru_scan_cpu(
         return egru_train_scan(*params, reset=reset, surrogate=surrogate, zoneout=zoneout, training=training)
     if zoneout != 0.0:
         raise ValueError(f"the cpu_event EGRU implements zoneout only in training, got zoneout={zoneout}")
-    # evsnn::egru_scan_cpu (evsnn/ops/egru/op.py, registered on import of this package): one opaque
-    # op for torch.compile.
+    # Called through torch.ops: Dynamo keeps an op overload opaque (it would trace into the Python
+    # function).
     y, c, y_final, c_pre = torch.ops.evsnn.egru_scan_cpu(
         x, *state, weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset
     )
