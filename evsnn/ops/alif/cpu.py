@@ -24,9 +24,15 @@ from ..cpu_common import (
 )
 from . import cpu_train
 
-__all__ = ["ALIFRunner", "alif_scan_cpu", "alif_scan_cpu_op", "check_cpu"]
+__all__ = ["ALIFRunner", "alif_scan_cpu", "alif_scan_cpu_op", "check_cpu", "kernels_available"]
 
 _ALIF_SURROGATE = MultiGaussian()
+
+
+def kernels_available() -> bool:
+    """Whether the numba kernels this backend runs can run (numba installed: the ``cpu`` extra);
+    ALIF's inference loop sits with its training kernels in [`evsnn.ops.alif.cpu_train`][evsnn.ops.alif.cpu_train]."""
+    return cpu_train.kernels_available()
 
 
 class ALIFRunner:

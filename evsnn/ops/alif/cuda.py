@@ -41,6 +41,7 @@ __all__ = [
     "alif_scan_cuda_fwd",
     "alif_scan_cuda_bwd",
     "check_cuda",
+    "kernels_available",
     "surrogate_kernel_args",
     "smem_plan",
     "REC_THREADS",
@@ -57,6 +58,12 @@ SM_COLS = 32  # ALIF_SM_COLS of alif.cu: columns of W_hh per block
 SM_TILE = 4  # ALIF_SM_TILE of alif.cu: samples per pass
 
 _DEFAULT_SURROGATE = MultiGaussian()
+
+
+def kernels_available() -> bool:
+    """Whether the CuPy kernels can run here (CuPy and a CUDA GPU; the reason otherwise:
+    [`evsnn.ops.cupy_runtime.unavailable_reason`][evsnn.ops.cupy_runtime.unavailable_reason])."""
+    return rt.unavailable_reason() is None
 
 
 def check_cuda(

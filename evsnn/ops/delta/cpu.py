@@ -43,6 +43,7 @@ __all__ = [
     "delta_gru_scan_cpu_op",
     "delta_lstm_scan_cpu_op",
     "check_cpu",
+    "kernels_available",
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -165,6 +166,11 @@ def _kernels() -> SimpleNamespace | None:
     # vectorisable exp is inlined: the gate loops over the units compile to SIMD code.
     gates = numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
     return SimpleNamespace(encode=jit(_delta_encode_loop), delta=gates(_delta_loop))
+
+
+def kernels_available() -> bool:
+    """Whether the numba inference loops can run (numba installed: the ``cpu`` extra)."""
+    return _kernels() is not None
 
 
 class _DeltaRunner:

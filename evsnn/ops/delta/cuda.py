@@ -63,6 +63,7 @@ __all__ = [
     "delta_scan_bptt_fwd",
     "delta_scan_bptt_bwd",
     "check_cuda",
+    "kernels_available",
     "units_per_block",
     "columns_per_thread",
     "kernel_defines",
@@ -624,6 +625,12 @@ def delta_lstm_scan_cuda(
 ):
     """The CuPy backend of ``"delta_lstm"``."""
     return _scan(True, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, "cupy", delta_rule)
+
+
+def kernels_available() -> bool:
+    """Whether the CuPy kernels can run here (CuPy and a CUDA GPU; the reason otherwise:
+    [`evsnn.ops.cupy_runtime.unavailable_reason`][evsnn.ops.cupy_runtime.unavailable_reason])."""
+    return rt.unavailable_reason() is None
 
 
 def check_cuda(*, device: torch.device, dtype: torch.dtype | None = None, **config: Any) -> str | None:

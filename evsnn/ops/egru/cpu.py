@@ -30,7 +30,7 @@ from ..cpu_common import (
 )
 from ..cpu_vecmath import install, sigmoid, tanh
 
-__all__ = ["EGRURunner", "egru_scan_cpu", "egru_scan_cpu_op", "check_cpu"]
+__all__ = ["EGRURunner", "egru_scan_cpu", "egru_scan_cpu_op", "check_cpu", "kernels_available"]
 
 # --------------------------------------------------------------------------------------------
 # Fused inference loops (numba)
@@ -129,6 +129,11 @@ def _kernels() -> SimpleNamespace | None:
     # vectorisable exp is inlined: the gate loop over the units compiles to SIMD code.
     jit = numba.njit(cache=True, nogil=True, fastmath={"contract"}, error_model="numpy")
     return SimpleNamespace(egru=jit(_egru_loop))
+
+
+def kernels_available() -> bool:
+    """Whether the numba inference loop can run (numba installed: the ``cpu`` extra)."""
+    return _kernels() is not None
 
 
 _EGRU_SURROGATE = Triangle(0.3)

@@ -35,6 +35,7 @@ __all__ = [
     "egru_scan_cuda_fwd",
     "egru_scan_cuda_bwd",
     "check_cuda",
+    "kernels_available",
     "surrogate_kernel_args",
     "units_per_block",
 ]
@@ -101,6 +102,12 @@ def _layout(hidden: int, batch: int, dtype: torch.dtype, device: torch.device) -
     if bwd_base > limit:
         raise ValueError(f"batch {batch} is too large for the EGRU backward kernel's shared list ({bwd_base} bytes)")
     return u, nb, fwd_smem, fwd_base + (fwd_w if fwd_smem else 0), bwd_smem, bwd_base + (bwd_w if bwd_smem else 0)
+
+
+def kernels_available() -> bool:
+    """Whether the CuPy kernels can run here (CuPy and a CUDA GPU; the reason otherwise:
+    [`evsnn.ops.cupy_runtime.unavailable_reason`][evsnn.ops.cupy_runtime.unavailable_reason])."""
+    return rt.unavailable_reason() is None
 
 
 def check_cuda(
