@@ -9,9 +9,8 @@ reference, being slow, runs ``--ref-repeats`` times). Ratios are against ``torch
 ``Stream.step`` (one run of each per repeat), so that a change of machine load between them
 does not skew the ratio. Prints the load average and a Markdown table.
 
-Columns: "event" is the event path's scan over the whole chunk with its default kernel (the
-fused numba loop where numba is installed); "torch-op loop" the same scan with
-``EVSNN_CPU_KERNEL=torch`` (``--torch-kernel``); "Stream.step" one step at a time through
+Columns: "event" is the event path's scan over the whole chunk (the fused numba loop);
+"Stream.step" one step at a time through
 ``evsnn.streaming.Stream`` (``--stream``: one fused numba call per step, input projection or
 encoding included).
 
@@ -23,7 +22,6 @@ encoding included).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import statistics
@@ -34,7 +32,6 @@ from functools import partial
 import torch
 
 from evsnn.functional import alif_scan, delta_gru_scan, delta_lstm_scan, egru_scan
-from evsnn.ops import cpu_common
 from evsnn.ops.alif import cpu as alif_cpu
 from evsnn.ops.delta import cpu as delta_cpu
 from evsnn.ops.egru import cpu as egru_cpu
@@ -63,25 +60,6 @@ def run_stream(stream: Stream, x: torch.Tensor) -> None:
     stream.reset()
     for t in range(x.shape[0]):
         stream.step(x[t])
-
-
-@contextlib.contextmanager
-def cpu_kernel(name: str):
-    """Runs the event path with ``EVSNN_CPU_KERNEL=name`` (read when a runner is built)."""
-    old = os.environ.get(cpu_common.KERNEL_ENV_VAR)
-    os.environ[cpu_common.KERNEL_ENV_VAR] = name
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ[cpu_common.KERNEL_ENV_VAR]
-        else:
-            os.environ[cpu_common.KERNEL_ENV_VAR] = old
-
-
-def timed_kernel(name: str, fn: Callable[[], object], repeats: int) -> float:
-    with cpu_kernel(name):
-        return timed(fn, repeats)
 
 
 def make_input(steps: int, batch: int, features: int, seed: int) -> torch.Tensor:
@@ -127,9 +105,6 @@ def egru_rows(hidden, activities, args, x):
         theta = calibrate(activity, target, 1e-3, 1.0)
         th = torch.full((hidden,), theta)
         act = activity(theta, x)
-        t_ops = float("nan")
-        if args.torch_kernel:
-            t_ops = timed_kernel("torch", partial(egru_cpu.egru_scan_cpu, x, None, *w, th), args.repeats)
         t_ref = timed(partial(egru_scan, x, None, *w, th), args.ref_repeats) if not args.skip_ref else float("nan")
         stream_fn = None
         if args.stream:
@@ -143,7 +118,7 @@ def egru_rows(hidden, activities, args, x):
             stream_fn = partial(run_stream, Stream(layer, backend="cpu_event"), x)
         event_fn = partial(egru_cpu.egru_scan_cpu, x, None, *w, th)
         t_gru, t_ev, t_stream = timed_interleaved([lambda: gru(x), event_fn, stream_fn], args.repeats)
-        rows.append(("EGRU", hidden, act, t_ev, t_ops, t_stream, t_ref, t_gru, "nn.GRU"))
+        rows.append(("EGRU", hidden, act, t_ev, t_stream, t_ref, t_gru, "nn.GRU"))
     return rows
 
 
@@ -165,9 +140,6 @@ def delta_rows(gates, hidden, activities, args, x):
     for target in activities:
         theta = calibrate(activity, target, 0.0, 0.5)
         act = activity(theta, x)
-        t_ops = float("nan")
-        if args.torch_kernel:
-            t_ops = timed_kernel("torch", partial(ev_fn, x, None, *w, theta_x=theta, theta_h=theta), args.repeats)
         stream_fn = None
         if args.stream:
             from evsnn.nn import DeltaGRU, DeltaLSTM
@@ -184,13 +156,13 @@ def delta_rows(gates, hidden, activities, args, x):
             if not args.skip_ref
             else float("nan")
         )
-        rows.append((name, hidden, act, t_ev, t_ops, t_stream, t_ref, t_peer, "nn.GRU" if gates == 3 else "nn.LSTM"))
+        rows.append((name, hidden, act, t_ev, t_stream, t_ref, t_peer, "nn.GRU" if gates == 3 else "nn.LSTM"))
     return rows
 
 
 def alif_rows(hidden, activities, args, x):
     """Recurrent ALIF (evsnn.ALIF's initialisation) vs nn.GRU of the same width: ``W_ih x`` and the
-    scan (the fused numba loop of the cpu_event path), the torch-op loop, Stream.step, the reference."""
+    scan (the fused numba loop of the cpu_event path), Stream.step, the reference."""
     from evsnn.nn import ALIF
 
     torch.manual_seed(hidden)
@@ -210,9 +182,6 @@ def alif_rows(hidden, activities, args, x):
         # Spikes grow with the input scale: bisect on the negated scale with the decreasing rule.
         scale = -calibrate(lambda neg: activity(-neg), target, -20.0, 0.0)
         act = activity(scale)
-        t_ops = float("nan")
-        if args.torch_kernel:
-            t_ops = timed_kernel("torch", partial(scan, alif_cpu.alif_scan_cpu, scale), args.repeats)
         t_ref = timed(partial(scan, alif_scan, scale), args.ref_repeats) if not args.skip_ref else float("nan")
         stream_fn = None
         if args.stream:
@@ -221,7 +190,7 @@ def alif_rows(hidden, activities, args, x):
             stream_fn = partial(run_stream, Stream(layer, backend="cpu_event"), x)
         event_fn = partial(scan, alif_cpu.alif_scan_cpu, scale)
         t_gru, t_ev, t_stream = timed_interleaved([lambda: gru(x), event_fn, stream_fn], args.repeats)
-        rows.append(("ALIF", hidden, act, t_ev, t_ops, t_stream, t_ref, t_gru, "nn.GRU"))
+        rows.append(("ALIF", hidden, act, t_ev, t_stream, t_ref, t_gru, "nn.GRU"))
     return rows
 
 
@@ -251,7 +220,6 @@ def main() -> None:
     parser.add_argument("--ref-repeats", type=int, default=1)
     parser.add_argument("--skip-ref", action="store_true", help="skip the (slow) dense evsnn reference")
     parser.add_argument("--stream", action="store_true", help="also time Stream.step one step at a time")
-    parser.add_argument("--torch-kernel", action="store_true", help="also time the torch-op loop (no numba)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--crossover", action="store_true")
     parser.add_argument("--cross-hidden", type=int, nargs="+", default=[64, 128, 256, 512])
@@ -263,7 +231,6 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
         f"{time.strftime('%Y-%m-%d')}, B = 1, T = {args.steps}, input {args.input}, median of {args.repeats}, "
-        f"event kernel {'numba' if cpu_common.numba_available() else 'torch'}, "
         f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} on {os.cpu_count()} CPUs"
     )
     with torch.inference_mode():
@@ -283,18 +250,18 @@ def main() -> None:
                 rows += alif_rows(hidden, args.activity, args, x)
     print()
     print(
-        "| cell | H | activity | event ms | torch-op loop ms | Stream.step ms | dense ref ms | peer ms | "
+        "| cell | H | activity | event ms | Stream.step ms | dense ref ms | peer ms | "
         "peer / event | peer / Stream.step | µs per step (event) |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
 
     def ms(v: float) -> str:
         return "–" if v != v else f"{v * 1e3:.0f}"
 
-    for name, hidden, act, t_ev, t_ops, t_stream, t_ref, t_peer, peer in rows:
+    for name, hidden, act, t_ev, t_stream, t_ref, t_peer, peer in rows:
         per_stream = "–" if t_stream != t_stream else f"{t_peer / t_stream:.2f}×"
         print(
-            f"| {name} | {hidden} | {act:.1%} | {ms(t_ev)} | {ms(t_ops)} | {ms(t_stream)} | {ms(t_ref)} | "
+            f"| {name} | {hidden} | {act:.1%} | {ms(t_ev)} | {ms(t_stream)} | {ms(t_ref)} | "
             f"{peer} {ms(t_peer)} | {t_peer / t_ev:.2f}× | {per_stream} | {t_ev / args.steps * 1e6:.0f} |"
         )
 

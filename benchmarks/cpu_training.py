@@ -1,6 +1,5 @@
 """Delta-cell training on the CPU: the fused numba training kernels (evsnn.ops.delta.cpu_train, what
-backend="cpu_event" runs in training) vs the cpu_event torch-op loop (``EVSNN_CPU_KERNEL=torch``)
-vs torch.nn.GRU / nn.LSTM training, one process.
+backend="cpu_event" runs in training) vs torch.nn.GRU / nn.LSTM training, one process.
 
 Forward + backward of ``out.sum()`` with every parameter requiring a gradient, default shape
 H = 1024, B = 32, T = 100, input 64. Θ_x = Θ_h is calibrated so that the hidden-delta
@@ -11,12 +10,10 @@ the dense torch reference (slow). Prints a Markdown table per thread count.
     python benchmarks/cpu_training.py --threads 1 2
 
 ``--cell alif``: a recurrent ALIF layer (evsnn.ALIF's initialisation, input ``W_ih x + b_ih`` inside
-the timed step) with the fused ALIF kernels (evsnn.ops.alif.cpu_kernels) vs the cpu_event torch-op
-loop vs nn.GRU, for the layer's default surrogate (infinite support: every unit's recurrent
+the timed step) with the fused ALIF kernels (evsnn.ops.alif.cpu_train) vs nn.GRU, for the layer's default surrogate (infinite support: every unit's recurrent
 gradient is formed) and a truncated one (``--alif-support``).
 
-``--cell egru``: EGRU with the fused kernel (evsnn.ops.egru.cpu_train) vs the cpu_event torch-op loop
-vs nn.GRU, nn.GRU-initialised weights and the triangle(0.3) surrogate, θ calibrated to the event
+``--cell egru``: EGRU with the fused kernel (evsnn.ops.egru.cpu_train) vs nn.GRU, nn.GRU-initialised weights and the triangle(0.3) surrogate, θ calibrated to the event
 fractions ``--occupancy`` (e.g. 0.12 0.15); ``--curve`` times its forward and backward against
 backward sparsity, set by the triangle's width (``--widths``), interleaved with nn.GRU's training
 step, and gives the ratio.
@@ -35,12 +32,9 @@ import torch
 
 import evsnn
 from evsnn.functional import alif_scan, delta_gru_scan, delta_lstm_scan, egru_scan
-from evsnn.ops import cpu_common
-from evsnn.ops.alif import cpu as alif_cpu
-from evsnn.ops.alif import cpu_kernels as alif_kernels
+from evsnn.ops.alif import cpu_train as alif_train
 from evsnn.ops.delta import cpu as delta_cpu
 from evsnn.ops.delta import cpu_train
-from evsnn.ops.egru import cpu as egru_cpu
 from evsnn.ops.egru.cpu_train import egru_train_scan
 from evsnn.surrogate import Triangle
 
@@ -64,23 +58,6 @@ def make_input(steps: int, batch: int, features: int, seed: int) -> torch.Tensor
     freq = torch.rand(1, batch, features, generator=gen) * 0.05
     walk = torch.cumsum(torch.randn(steps, batch, features, generator=gen) * 0.05, dim=0)
     return torch.sin(t * freq * 6.28) + walk
-
-
-def torch_op_loop(fn: Callable[..., object]) -> Callable[..., object]:
-    """``fn`` run with ``EVSNN_CPU_KERNEL=torch``: the cpu_event torch-op training loop."""
-
-    def run(*args, **kwargs):
-        old = os.environ.get(cpu_common.KERNEL_ENV_VAR)
-        os.environ[cpu_common.KERNEL_ENV_VAR] = "torch"
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if old is None:
-                del os.environ[cpu_common.KERNEL_ENV_VAR]
-            else:
-                os.environ[cpu_common.KERNEL_ENV_VAR] = old
-
-    return run
 
 
 def backward_curve(fused, x, weights, thetas, occupancy, args) -> None:
@@ -112,7 +89,7 @@ def backward_curve(fused, x, weights, thetas, occupancy, args) -> None:
 
 
 def alif_rows(args) -> None:
-    """ALIF training rows: fused kernels vs the torch-op loop (vs the reference) vs nn.GRU."""
+    """ALIF training rows: fused kernels (vs the reference) vs nn.GRU."""
     hs, batch = args.hidden, args.batch
     x = make_input(args.steps, batch, args.input, seed=0)
     torch.manual_seed(0)
@@ -160,29 +137,25 @@ def alif_rows(args) -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         print(f"\n{threads} thread(s), load {os.getloadavg()[0]:.2f}\n")
-        print(
-            f"| surrogate | outside support | nn.GRU ms | fused ms | torch-op loop ms |{ref_col} fused / nn.GRU | loop / fused | load |"
-        )
-        print("|---|---|---|---|---|" + ("---|" if args.reference else "") + "---|---|---|")
+        print(f"| surrogate | outside support | nn.GRU ms | fused ms |{ref_col} fused / nn.GRU | load |")
+        print("|---|---|---|---|" + ("---|" if args.reference else "") + "---|---|")
         for surrogate in surrogates:
             outside = 0.0 if surrogate.support is None else (x_spike.abs() >= surrogate.support).float().mean().item()
             t_gru = timed(gru_step, args.repeats)
-            t_fused = timed(train_step(alif_kernels.alif_train_scan, surrogate), args.repeats)
-            t_loop = timed(train_step(torch_op_loop(alif_cpu.alif_scan_cpu), surrogate), args.repeats)
+            t_fused = timed(train_step(alif_train.alif_train_scan, surrogate), args.repeats)
             ref = ""
             if args.reference:
                 ref = f" {timed(train_step(alif_scan, surrogate), 1) * 1e3:.0f} |"
             print(
-                f"| {surrogate!r} | {outside:.3f} | {t_gru * 1e3:.0f} | {t_fused * 1e3:.0f} | {t_loop * 1e3:.0f} |{ref} "
-                f"{t_fused / t_gru:.2f}× | {t_loop / t_fused:.2f}× | {os.getloadavg()[0]:.2f} |",
+                f"| {surrogate!r} | {outside:.3f} | {t_gru * 1e3:.0f} | {t_fused * 1e3:.0f} |{ref} "
+                f"{t_fused / t_gru:.2f}× | {os.getloadavg()[0]:.2f} |",
                 flush=True,
             )
     print(f"\n# load at end {os.getloadavg()[0]:.2f}")
 
 
 def egru_rows(args) -> None:
-    """EGRU rows: the fused kernel (evsnn.ops.egru.cpu_train) vs the cpu_event torch-op loop vs
-    nn.GRU training, θ calibrated to the event fractions ``--occupancy``; ``--curve``: forward and
+    """EGRU rows: the fused kernel (evsnn.ops.egru.cpu_train) vs nn.GRU training, θ calibrated to the event fractions ``--occupancy``; ``--curve``: forward and
     backward time of the fused kernel against backward sparsity (the triangle surrogate's width
     sets how many silent units sit inside its support), at the first event fraction."""
     hs, batch = args.hidden, args.batch
@@ -271,18 +244,15 @@ def egru_rows(args) -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         print(f"\n{threads} thread(s), load {os.getloadavg()[0]:.2f}\n")
-        print(
-            f"| θ | events | live units | nn.GRU ms | fused ms | torch-op loop ms |{ref_col} fused / nn.GRU | loop / fused |"
-        )
-        print("|---|---|---|---|---|---|" + ("---|" if args.reference else "") + "---|---|")
+        print(f"| θ | events | live units | nn.GRU ms | fused ms |{ref_col} fused / nn.GRU |")
+        print("|---|---|---|---|---|" + ("---|" if args.reference else "") + "---|")
         for theta in thetas:
             t_gru = timed(gru_step, args.repeats)
             t_fused = timed(train_step(egru_train_scan, theta), args.repeats)
-            t_loop = timed(train_step(torch_op_loop(egru_cpu.egru_scan_cpu), theta), args.repeats)
             ref = f" {timed(train_step(egru_scan, theta), 1) * 1e3:.0f} |" if args.reference else ""
             print(
                 f"| {theta:.4f} | {events(theta):.3f} | {live(theta, EGRU_SURROGATE):.3f} | {t_gru * 1e3:.0f} | "
-                f"{t_fused * 1e3:.0f} | {t_loop * 1e3:.0f} |{ref} {t_fused / t_gru:.2f}× | {t_loop / t_fused:.2f}× |",
+                f"{t_fused * 1e3:.0f} |{ref} {t_fused / t_gru:.2f}× |",
                 flush=True,
             )
     print(f"\n# load at end {os.getloadavg()[0]:.2f}")
@@ -360,18 +330,17 @@ def main() -> None:
         torch.set_num_threads(threads)
         print(f"\n{threads} thread(s), load {os.getloadavg()[0]:.2f}\n")
         peer = "nn.GRU" if gru_cell else "nn.LSTM"
-        print(f"| Θ | hidden occ. | {peer} ms | fused ms | torch-op loop ms |{ref_col} fused / {peer} | loop / fused |")
-        print("|---|---|---|---|---|" + ("---|" if args.reference else "") + "---|---|")
+        print(f"| Θ | hidden occ. | {peer} ms | fused ms |{ref_col} fused / {peer} |")
+        print("|---|---|---|---|" + ("---|" if args.reference else "") + "---|")
         for theta in thetas.values():
             t_gru = timed(gru_step, args.repeats)
             t_fused = timed(train_step(fused, theta), args.repeats)
-            t_event = timed(train_step(torch_op_loop(event), theta), args.repeats)
             ref = ""
             if args.reference:
                 ref = f" {timed(train_step(reference, theta), 1) * 1e3:.0f} |"
             print(
-                f"| {theta:.4f} | {occupancy(theta):.3f} | {t_gru * 1e3:.0f} | {t_fused * 1e3:.0f} | "
-                f"{t_event * 1e3:.0f} |{ref} {t_fused / t_gru:.2f}× | {t_event / t_fused:.2f}× |",
+                f"| {theta:.4f} | {occupancy(theta):.3f} | {t_gru * 1e3:.0f} | {t_fused * 1e3:.0f} |{ref} "
+                f"{t_fused / t_gru:.2f}× |",
                 flush=True,
             )
     print(f"\n# load at end {os.getloadavg()[0]:.2f}")

@@ -47,7 +47,7 @@ SLOW_TESTS: dict[str, str] = {
     r"test_autocast\.py::test_float64_layer_stays_float64_under_autocast\[.*-cpu_event\]": (
         "compiles the cpu_event kernels for float64 under autocast"
     ),
-    r"test_(cpu_train|cpu_train_egru|cpu_kernels_alif)\.py::test_torch_thread_setting_survives_the_kernels": (
+    r"test_(cpu_train|cpu_train_egru|cpu_train_alif)\.py::test_torch_thread_setting_survives_the_kernels": (
         "a fresh process that imports torch and compiles the numba kernels"
     ),
     r"test_cli\.py::test_(interrupt_keeps_last_checkpoint|closed_stdout_pipe_ends_quietly)": (

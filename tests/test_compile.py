@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import evsnn
+from evsnn.surrogate import Surrogate
 
 IN, H = 3, 5
 
@@ -127,12 +128,18 @@ def test_cupy_backend_compiles_as_an_opaque_op(name):
     assert _compiled_matches_eager(layer, x, training=True) <= 1
 
 
-@pytest.mark.parametrize("name", ["EGRU", "DeltaGRU", "ALIF"])
-def test_a_torch_op_training_loop_runs_behind_one_graph_break(name, monkeypatch):
-    """The cpu_event torch-op training loops (chosen with EVSNN_CPU_KERNEL=torch) gather rows into
-    data-dependent shapes: a compiled model runs them eagerly behind one break at the layer's call,
-    never tracing into them (which would break at every gather)."""
-    monkeypatch.setenv("EVSNN_CPU_KERNEL", "torch")
-    layer = ACCELERATED[name](backend="cpu_event")
+class _NoKernelSurrogate(Surrogate):
+    def grad(self, x):
+        return torch.ones_like(x)
+
+    def primitive(self, x):
+        return x
+
+
+def test_egru_training_with_a_surrogate_without_kernel_form_runs_behind_one_graph_break():
+    """EGRU's cpu_event training with a surrogate that has no kernel form is an autograd node
+    holding the surrogate object (no custom-op schema carries it): a compiled model runs it
+    eagerly behind one break at the layer's call, never tracing into it."""
+    layer = evsnn.EGRU(IN, 16, surrogate=_NoKernelSurrogate(), backend="cpu_event")
     x = torch.randn(6, 1, IN) * 2
     assert _compiled_matches_eager(layer, x, training=True) <= 1

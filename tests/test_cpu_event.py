@@ -185,23 +185,6 @@ def test_delta_with_given_state_continues_the_reference():
     _close(got, ref, torch.float32, "delta continued")
 
 
-def test_event_matmul_equals_dense_and_its_gradient():
-    gen = torch.Generator().manual_seed(0)
-    values = torch.randn(4, 10, generator=gen, dtype=torch.float64) * (torch.rand(4, 10, generator=gen) < 0.3)
-    values[2] = 0.0  # a sample with no events
-    table = torch.randn(10, 6, generator=gen, dtype=torch.float64, requires_grad=True)
-    v = values.clone().requires_grad_(True)
-    active = (values != 0) | (torch.rand(4, 10, generator=gen) < 0.2)  # a superset of the nonzeros
-    out = cpu_common.event_matmul(v, table, active)
-    torch.testing.assert_close(out, values @ table)
-    g_v, g_t = torch.autograd.grad(out.sum(), (v, table))
-    v2 = values.clone().requires_grad_(True)
-    r_v, r_t = torch.autograd.grad((v2 @ table).sum(), (v2, table))
-    torch.testing.assert_close(g_t, r_t)
-    # ∂/∂values is returned on the active set and zero elsewhere.
-    torch.testing.assert_close(g_v, torch.where(active, r_v, torch.zeros_like(r_v)))
-
-
 def test_check_reasons_and_crossover():
     cpu = torch.device("cpu")
     ok = {"device": cpu, "dtype": torch.float32, "shape": (10, 1, 1024)}
@@ -333,16 +316,12 @@ def test_layers_through_dispatch(batch_first):
 
 
 # --------------------------------------------------------------------------------------------
-# The runners' kernels: fused numba loops and torch-op loops, chunk (run) and step by step
+# The runners' fused numba loops, chunk (run) and step by step (numba is a [dev] dependency:
+# without it these fail instead of skipping)
 # --------------------------------------------------------------------------------------------
 
-KERNEL_CHOICES = [
-    "numba",  # numba is a [dev] dependency: without it this fails instead of skipping
-    "torch",
-]
 
-
-def _runner_and_reference(family, shape, dtype, kernel, seed, poison=False):
+def _runner_and_reference(family, shape, dtype, seed, poison=False):
     """A runner with a non-trivial initial state, and the reference scan's result from that state.
 
     ``poison``: some units can never become active (θ huge); their outgoing weights (columns of
@@ -362,7 +341,7 @@ def _runner_and_reference(family, shape, dtype, kernel, seed, poison=False):
         if poison:
             w_hh = w_hh.clone()
             w_hh[:, quiet] = float("nan")
-        runner = egru_cpu.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta, reset=reset, kernel=kernel)
+        runner = egru_cpu.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta, reset=reset)
         runner.load(state)
         return runner, x, ref
     gates, ref_fn, _ = DELTA[0] if family == "delta_gru" else DELTA[1]
@@ -378,7 +357,7 @@ def _runner_and_reference(family, shape, dtype, kernel, seed, poison=False):
         params[1] = params[1].clone()
         params[1][:, quiet] = float("nan")
     runner_type = delta_cpu.DeltaGRURunner if family == "delta_gru" else delta_cpu.DeltaLSTMRunner
-    runner = runner_type(*params, theta_x=0.15, theta_h=theta_h, kernel=kernel)
+    runner = runner_type(*params, theta_x=0.15, theta_h=theta_h)
     runner.load(mid)
     runner.block = 2  # several GEMM blocks per chunk
     return runner, x[3:], ref
@@ -391,14 +370,12 @@ def _activity(family, ref):
     return float(((ref[0] if family.startswith("egru") else ref[2].delta_h) != 0).double().mean())
 
 
-@pytest.mark.parametrize("kernel", KERNEL_CHOICES)
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", [(8, 1, 3, 17), (9, 3, 5, 33)])
-def test_runner_chunk_equals_reference(kernel, family, dtype, shape):
+def test_runner_chunk_equals_reference(family, dtype, shape):
     with torch.inference_mode():
-        runner, x, ref = _runner_and_reference(family, shape, dtype, kernel, seed=sum(shape))
-        assert runner.kernel == kernel
+        runner, x, ref = _runner_and_reference(family, shape, dtype, seed=sum(shape))
         assert 0.0 < _activity(family, ref) < 0.9  # sparse steps are exercised
         if family.startswith("egru"):
             y, c_pre = runner.run(x)
@@ -410,11 +387,10 @@ def test_runner_chunk_equals_reference(kernel, family, dtype, shape):
             _close(got, (ref[0], tuple(ref[1]), *ref[2]), dtype, family)
 
 
-@pytest.mark.parametrize("kernel", KERNEL_CHOICES)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_runner_steps_equal_reference(kernel, family):
+def test_runner_steps_equal_reference(family):
     with torch.inference_mode():
-        runner, x, ref = _runner_and_reference(family, (8, 2, 4, 21), torch.float32, kernel, seed=3)
+        runner, x, ref = _runner_and_reference(family, (8, 2, 4, 21), torch.float32, seed=3)
         outs = []
         for t in range(x.shape[0]):
             if family.startswith("egru"):
@@ -424,43 +400,49 @@ def test_runner_steps_equal_reference(kernel, family):
         _close((torch.stack(outs), tuple(runner.state())), (ref[0], tuple(ref[1])), torch.float32, family)
 
 
-@pytest.mark.parametrize("kernel", KERNEL_CHOICES)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_runner_never_reads_rows_of_inactive_units(kernel, family):
+def test_runner_never_reads_rows_of_inactive_units(family):
     with torch.inference_mode():
-        runner, x, ref = _runner_and_reference(family, (6, 2, 3, 18), torch.float32, kernel, seed=9, poison=True)
+        runner, x, ref = _runner_and_reference(family, (6, 2, 3, 18), torch.float32, seed=9, poison=True)
         out = runner.run(x)[0]
         assert torch.isfinite(out).all(), "a NaN row of an inactive unit was read"
         _close(out, ref[0], torch.float32, f"{family} poisoned")
 
 
-def test_kernel_choice_and_errors(monkeypatch):
-    _, _, w_ih, w_hh, b_ih, b_hh, theta = _egru_inputs((2, 1, 2, 4), torch.float32, seed=0)
-    with pytest.raises(ValueError, match="kernel must be one of"):
-        egru_cpu.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta, kernel="fast")
-    monkeypatch.setenv(cpu_common.KERNEL_ENV_VAR, "torch")
-    assert egru_cpu.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta).kernel == "torch"
-    monkeypatch.setenv(cpu_common.KERNEL_ENV_VAR, "cuda")
-    with pytest.raises(ValueError, match="EVSNN_CPU_KERNEL='cuda'"):
-        egru_cpu.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta)
-    monkeypatch.delenv(cpu_common.KERNEL_ENV_VAR)
-    expected = "numba" if cpu_common.numba_available() else "torch"
-    assert egru_cpu.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta).kernel == expected
+def test_without_numba_cpu_event_raises_and_auto_runs_the_reference(monkeypatch):
+    """cpu_event is the numba kernels only: without numba an explicit request (layer, scan,
+    runner) raises naming the ``cpu`` extra, and "auto" picks the reference where it would
+    otherwise pick cpu_event."""
+    monkeypatch.delenv("EVSNN_BACKEND", raising=False)
+    x, state, w_ih, w_hh, b_ih, b_hh, theta = _egru_inputs((3, 1, 2, 4), torch.float32, seed=0)
+    inside = {"dtype": torch.float32, "shape": (10, 1, 1024), "training": False}
+    assert dispatch.resolve("egru", "auto", torch.device("cpu"), **inside).name == "cpu_event"
     monkeypatch.setattr(cpu_common, "numba_available", lambda: False)
-    with pytest.raises(ValueError, match="pip install numba"):
-        delta_cpu.DeltaGRURunner(torch.zeros(12, 2), torch.zeros(12, 4), None, None, kernel="numba")
+    dispatch._CACHE.clear()
+    try:
+        assert dispatch.resolve("egru", "auto", torch.device("cpu"), **inside).name == "torch"
+        with pytest.raises(dispatch.BackendUnavailable, match=r"numba.*evsnn\[cpu\]"):
+            evsnn.EGRU(2, 4, backend="cpu_event")(torch.randn(3, 1, 2))
+        with pytest.raises(RuntimeError, match=r"evsnn\[cpu\]"):
+            egru_cpu.egru_scan_cpu(x, state, w_ih, w_hh, b_ih, b_hh, theta)
+        with pytest.raises(RuntimeError, match=r"EGRURunner.*evsnn\[cpu\]"):
+            egru_cpu.EGRURunner(w_ih, w_hh, b_ih, b_hh, theta)
+        with pytest.raises(RuntimeError, match=r"DeltaGRURunner.*evsnn\[cpu\]"):
+            delta_cpu.DeltaGRURunner(torch.zeros(12, 2), torch.zeros(12, 4), None, None)
+    finally:
+        dispatch._CACHE.clear()
 
 
 def test_fused_runner_refuses_mixed_dtypes():
     x, state, *params = _egru_inputs((2, 1, 2, 4), torch.float32, seed=0)
-    runner = egru_cpu.EGRURunner(*params, kernel="numba")
+    runner = egru_cpu.EGRURunner(*params)
     with pytest.raises(TypeError, match="expected dtype torch.float32"):
         runner.load(evsnn.EGRUState(torch.zeros(1, 4, dtype=torch.float64), torch.zeros(1, 4, dtype=torch.float64)))
     runner.load(evsnn.EGRUState(torch.zeros(1, 4), torch.zeros(1, 4)))
     with pytest.raises(TypeError, match="got torch.float64"):
         runner.step(torch.zeros(1, 12, dtype=torch.float64))
     xd, pd = _delta_inputs((3, 1, 2, 4), 3, torch.float32, seed=0)
-    delta = delta_cpu.DeltaGRURunner(*pd, kernel="numba")
+    delta = delta_cpu.DeltaGRURunner(*pd)
     delta.load(delta.initial_state(1, xd))
     with pytest.raises(TypeError, match="got torch.float64"):
         delta.run(xd.double())

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from evsnn.functional import DeltaGRUState, DeltaLSTMState, delta_gru_scan, delta_lstm_scan
-from evsnn.ops import auto, cpu_common
+from evsnn.ops import auto
 from evsnn.ops.delta import cpu as delta_cpu
 from evsnn.ops.delta import cpu_train
 
@@ -170,7 +170,7 @@ def test_bad_inputs_are_refused():
 @pytest.mark.parametrize("cell", ["gru"])
 def test_cpu_event_training_path_uses_the_fused_kernel(single_thread, monkeypatch, cell):
     """backend="cpu_event" in training runs the fused kernel (and gives the reference's
-    gradients); EVSNN_CPU_KERNEL=torch keeps the torch-op training loop."""
+    gradients)."""
     gates, _, reference, fused_name = CELLS[cell]
     event = delta_cpu.delta_gru_scan_cpu if cell == "gru" else delta_cpu.delta_lstm_scan_cpu
     calls = []
@@ -187,9 +187,6 @@ def test_cpu_event_training_path_uses_the_fused_kernel(single_thread, monkeypatc
     r = torch.autograd.grad(ref.sum(), params)
     for a, b in zip(g, r):
         torch.testing.assert_close(a, b)
-    monkeypatch.setenv(cpu_common.KERNEL_ENV_VAR, "torch")
-    event(x, None, *params, theta_x=0.1, theta_h=0.1)
-    assert calls == [1]
 
 
 def test_layer_training_under_auto_runs_the_fused_kernel(single_thread, monkeypatch):

@@ -1,4 +1,4 @@
-"""The accelerated scans as ``torch.library`` custom ops (``evsnn::…``, evsnn/ops/<family>/op.py).
+"""The accelerated scans as ``torch.library`` custom ops (``evsnn::…``, defined beside their kernels).
 
 - ``torch.library.opcheck`` on each CPU op (schema, fake kernel against the real one, dispatch
   under AOT) in float32 and float64, and the op's outputs against the reference scan of
@@ -13,9 +13,17 @@ import pytest
 import torch
 
 import evsnn
-import evsnn.ops.alif
-import evsnn.ops.delta
-import evsnn.ops.egru  # noqa: F401  (each family package registers its evsnn:: ops)
+
+# the modules of the kernels define their evsnn:: ops
+import evsnn.ops.alif.cpu
+import evsnn.ops.alif.cpu_train
+import evsnn.ops.alif.cuda
+import evsnn.ops.delta.cpu
+import evsnn.ops.delta.cpu_train
+import evsnn.ops.delta.cuda
+import evsnn.ops.egru.cpu
+import evsnn.ops.egru.cpu_train
+import evsnn.ops.egru.cuda  # noqa: F401
 from evsnn.functional import alif_scan, delta_gru_scan, delta_lstm_scan, egru_scan
 from evsnn.functional.alif import ALIFState
 from evsnn.functional.delta import DeltaGRUState, DeltaLSTMState

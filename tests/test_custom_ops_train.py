@@ -1,5 +1,5 @@
 """The fused ``"cpu_event"`` training kernels as ``torch.library`` custom ops (``evsnn::<family>_train_cpu_fwd``
-/ ``_bwd``, evsnn/ops/<family>/op.py).
+/ ``_bwd``, defined beside their kernels in evsnn/ops/<family>/cpu_train.py).
 
 - ``torch.library.opcheck`` on each forward op (schema, fake kernel against the real one, the
   registered autograd under AOT) and each backward op, float32 and float64; the ops' outputs and
@@ -15,9 +15,17 @@ import pytest
 import torch
 
 import evsnn
-import evsnn.ops.alif
-import evsnn.ops.delta
-import evsnn.ops.egru  # noqa: F401  (each family package registers its evsnn:: ops)
+
+# the modules of the kernels define their evsnn:: ops
+import evsnn.ops.alif.cpu
+import evsnn.ops.alif.cpu_train
+import evsnn.ops.alif.cuda
+import evsnn.ops.delta.cpu
+import evsnn.ops.delta.cpu_train
+import evsnn.ops.delta.cuda
+import evsnn.ops.egru.cpu
+import evsnn.ops.egru.cpu_train
+import evsnn.ops.egru.cuda  # noqa: F401
 from evsnn.functional import alif_scan, delta_gru_scan, delta_lstm_scan, egru_scan
 from evsnn.functional.alif import ALIFState, decay
 from evsnn.functional.delta import DeltaGRUState, DeltaLSTMState

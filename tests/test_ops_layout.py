@@ -91,7 +91,18 @@ def test_ops_modules_are_short_or_say_why() -> None:
 
 
 def test_old_module_paths_are_gone() -> None:
-    for old in ("cpu_event", "cpu_train", "alif_cupy", "egru_cupy", "delta_cupy", "cupy_backends"):
+    for old in (
+        "cpu_event",
+        "cpu_train",
+        "alif_cupy",
+        "egru_cupy",
+        "delta_cupy",
+        "cupy_backends",
+        "alif.cpu_kernels",
+        "alif.op",
+        "egru.op",
+        "delta.op",
+    ):
         with pytest.raises(ModuleNotFoundError):
             importlib.import_module(f"evsnn.ops.{old}")
 
@@ -108,3 +119,16 @@ def test_registered_backends_are_the_family_modules_functions(family: str, backe
         assert registered.check is check
     else:  # the cpu_event check decides "auto" per family: bound to it
         assert registered.check.func is check and registered.check.keywords == {"family": family}
+
+
+@pytest.mark.parametrize("family", sorted(set(FAMILY_MODULES.values())))
+@pytest.mark.parametrize("kind", ["cpu", "cpu_train", "cuda"])
+def test_every_kernel_module_says_whether_its_kernels_can_run(family: str, kind: str) -> None:
+    """One name in every folder: cpu.py, cpu_train.py and cuda.py, each with kernels_available()
+    answering for its own runtime (numba for the CPU modules, CuPy and a GPU for cuda.py)."""
+    from evsnn.ops import cpu_common, cupy_runtime
+
+    module = importlib.import_module(f"evsnn.ops.{family}.{kind}")
+    expected = cupy_runtime.unavailable_reason() is None if kind == "cuda" else cpu_common.numba_available()
+    assert module.kernels_available() is expected
+    assert sorted(p.name for p in (OPS / family).glob("*.py")) == ["__init__.py", "cpu.py", "cpu_train.py", "cuda.py"]

@@ -9,7 +9,6 @@ import torch
 
 import evsnn
 from evsnn.functional import alif_scan, delta_gru_scan, delta_lstm_scan, egru_scan
-from evsnn.ops import cpu_common
 from evsnn.ops.alif import cpu as alif_cpu
 from evsnn.ops.delta import cpu as delta_cpu
 from evsnn.ops.egru import cpu as egru_cpu
@@ -66,11 +65,9 @@ def _run(fn, family, x, params, gen_theta):
     return fn(x, None, *params, theta_x=0.1, theta_h=0.05)
 
 
-@pytest.mark.parametrize("kernel", ["numba", "torch"])
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_cpu_event_propagates_nan_and_inf_like_the_reference(family, grad, kernel, monkeypatch):
-    monkeypatch.setenv(cpu_common.KERNEL_ENV_VAR, kernel)
+def test_cpu_event_propagates_nan_and_inf_like_the_reference(family, grad):
     gen = torch.Generator().manual_seed(3)
     t, b, i, h = 6, 3, 4, 7
     x = _poisoned_input(t, b, i, gen)
@@ -80,7 +77,7 @@ def test_cpu_event_propagates_nan_and_inf_like_the_reference(family, grad, kerne
     ref = _run(ref_fn, family, x, params, theta)
     got = _run(event_fn, family, x, params, theta)
     assert torch.isnan(ref[0]).any(), "the poisoned input must reach the reference's output"
-    _same_result(ref, got, f"{family} ({kernel}, grad={grad})")
+    _same_result(ref, got, f"{family} (grad={grad})")
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
@@ -100,10 +97,8 @@ def test_cpu_event_alif_propagates_nan_like_the_reference(grad):
     _same_result(alif_scan(current, None, **kwargs), alif_cpu.alif_scan_cpu(current, None, **kwargs), "alif")
 
 
-@pytest.mark.parametrize("kernel", ["numba", "torch"])
 @pytest.mark.parametrize("make", [evsnn.DeltaGRU, evsnn.DeltaLSTM, evsnn.EGRU], ids=lambda c: c.__name__)
-def test_stream_propagates_nan_like_the_reference(make, kernel, monkeypatch):
-    monkeypatch.setenv(cpu_common.KERNEL_ENV_VAR, kernel)
+def test_stream_propagates_nan_like_the_reference(make):
     extra = {} if make is evsnn.EGRU else {"theta_x": 0.1, "theta_h": 0.05}
     layer = make(4, 9, dtype=torch.float64, **extra).eval()
     gen = torch.Generator().manual_seed(5)

@@ -426,7 +426,7 @@ def test_signatures_are_explicit_and_documented(cls):
 def test_nn_gru_positional_order_and_bad_stacking_values(cls):
     layer = cls(IN, H, 2, True, True, 0.0, True)  # nn.GRU(input, hidden, num_layers, bias, batch_first, dropout, bidir)
     assert (layer.num_layers, layer.bias, layer.batch_first, layer.bidirectional) == (2, True, True, True)
-    with pytest.raises(ValueError, match="num_layers must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=f"{cls.__name__} num_layers must be >= 1, got 0"):
         cls(IN, H, 0)
     with pytest.raises(TypeError, match="num_layers.*pass bias= by keyword"):
         cls(IN, H, False)

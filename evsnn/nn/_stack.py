@@ -703,14 +703,15 @@ class StackedForward(RecordsStats):
             state = self._accept_state(state, seq.shape[1], seq)
         backend = self._resolve_backend(seq, x)
         # What torch.compile cannot trace runs eagerly behind one graph break here (instead of one
-        # break per nested frame): the cpu_event torch-op training loops (data-dependent row
-        # gathers). The reference, cpu_event (custom ops, evsnn/ops/<family>/op.py; a scan's
-        # traced_training says whether it trains through them) and the CuPy scans (their raw-pointer
-        # reads live inside the custom ops' bodies) are traced.
+        # break per nested frame): EGRU's cpu_event training with a surrogate that has no kernel
+        # form (an autograd node holding the surrogate object). The reference, cpu_event (custom
+        # ops beside each kernel in evsnn/ops/<family>/; a scan's traced_training, where it has one, says whether
+        # it trains through them) and the CuPy scans (their raw-pointer reads live inside the
+        # custom ops' bodies) are traced.
         opaque = False
         if backend.name == "cpu_event" and grad_recorded(seq, *self.parameters()):
             traced = getattr(backend.fn, "traced_training", None)
-            opaque = traced is None or not traced(dtype=seq.dtype, **self.dispatch_options())
+            opaque = traced is not None and not traced(dtype=seq.dtype, **self.dispatch_options())
         run = _run_opaque if opaque else _run
         out, final = run(self, x, seq, lengths, state, backend)
         return out, self._public_state(final)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import types
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -41,9 +44,27 @@ from .egru import _check_torch_rnn, _copy_from_torch, _copy_to_torch, _torch_arg
 __all__ = ["DeltaGRU", "DeltaGRUCell", "DeltaLSTM", "DeltaLSTMCell"]
 
 
+def _renamed(init: Callable[..., None], qualname: str) -> Callable[..., None]:
+    """A copy of the function ``init`` under ``qualname`` (same code, defaults and closure)."""
+    copy = types.FunctionType(init.__code__, init.__globals__, init.__name__, init.__defaults__, init.__closure__)
+    copy.__kwdefaults__ = init.__kwdefaults__
+    copy.__annotations__ = init.__annotations__
+    copy.__doc__ = init.__doc__
+    copy.__qualname__ = qualname
+    return copy
+
+
 class _DeltaBase(ParameterChecks):
     neuron_family = DELTA_GRU_FAMILY
     state_type: type = DeltaGRUState
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # The GRU and LSTM forms share one constructor; each public class gets its own copy, so that
+        # Python's argument errors ("DeltaLSTM.__init__() got an unexpected keyword argument")
+        # name the class the user called.
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_") and "__init__" not in cls.__dict__:
+            cls.__init__ = _renamed(cls.__init__, f"{cls.__qualname__}.__init__")
 
     @property
     def gates(self) -> int:
@@ -177,6 +198,28 @@ class _DeltaBase(ParameterChecks):
 
 
 class _DeltaCell(RecordsStats, _DeltaBase):
+    # DeltaGRUCell's and DeltaLSTMCell's constructor
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        bias: bool = True,
+        *,
+        theta_x: float = 0.0,
+        theta_h: float = 0.0,
+        record_stats: bool = True,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+        delta_rule: str = "strict",
+        fixed_point: tuple[int, int] | None = None,
+        weight_fixed_point: tuple[int, int] | None = None,
+    ):
+        self._set_official_options(delta_rule, fixed_point, weight_fixed_point)
+        super().__init__(input_size, hidden_size, bias, theta_x, theta_h, backend, device, dtype)
+        self.record_stats = bool(record_stats)
+        self.last_stats: LayerStats | None = None
+
     def initial_state(self, batch: int, h0: Tensor | None = None, c0: Tensor | None = None):
         """Memories at zero and accumulators at the biases; ``h0`` (and ``c0``) ``[B, H]`` optional."""
         return self._direction_initial_state(batch, "", self.input_size, h0, c0)
@@ -274,22 +317,28 @@ class _DeltaLayer(StackedForward, _DeltaBase):
     torch_type: type = nn.GRU
     _per_layer_fields = frozenset({"x_hat"})
 
+    # DeltaGRU's and DeltaLSTM's constructor (the cell type comes from the class; messages name it)
     def __init__(
         self,
         input_size: int,
         hidden_size: int,
-        num_layers: int,
-        bias: bool,
-        batch_first: bool,
-        dropout: float,
-        bidirectional: bool,
-        theta_x: float,
-        theta_h: float,
-        record_stats: bool,
-        backend: str,
-        device,
-        dtype,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        *,
+        theta_x: float = 0.0,
+        theta_h: float = 0.0,
+        record_stats: bool = True,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+        delta_rule: str = "strict",
+        fixed_point: tuple[int, int] | None = None,
+        weight_fixed_point: tuple[int, int] | None = None,
     ):
+        self._set_official_options(delta_rule, fixed_point, weight_fixed_point)
         num_layers, dropout, bidirectional = check_stack_args(type(self).__name__, num_layers, dropout, bidirectional)
         super().__init__(input_size, hidden_size, bias, theta_x, theta_h, backend, device, dtype)
         self.num_layers = num_layers
@@ -523,43 +572,6 @@ class DeltaGRU(_DeltaLayer):
     _layer_state_type = DeltaGRUState
     torch_type = nn.GRU
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        *,
-        theta_x: float = 0.0,
-        theta_h: float = 0.0,
-        record_stats: bool = True,
-        backend: str = "auto",
-        device=None,
-        dtype=None,
-        delta_rule: str = "strict",
-        fixed_point: tuple[int, int] | None = None,
-        weight_fixed_point: tuple[int, int] | None = None,
-    ):
-        self._set_official_options(delta_rule, fixed_point, weight_fixed_point)
-        super().__init__(
-            input_size,
-            hidden_size,
-            num_layers,
-            bias,
-            batch_first,
-            dropout,
-            bidirectional,
-            theta_x,
-            theta_h,
-            record_stats,
-            backend,
-            device,
-            dtype,
-        )
-
 
 class DeltaLSTM(_DeltaLayer):
     __doc__ = (
@@ -577,43 +589,6 @@ class DeltaLSTM(_DeltaLayer):
     _state_base = DeltaLSTMState
     _layer_state_type = DeltaLSTMState
     torch_type = nn.LSTM
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        *,
-        theta_x: float = 0.0,
-        theta_h: float = 0.0,
-        record_stats: bool = True,
-        backend: str = "auto",
-        device=None,
-        dtype=None,
-        delta_rule: str = "strict",
-        fixed_point: tuple[int, int] | None = None,
-        weight_fixed_point: tuple[int, int] | None = None,
-    ):
-        self._set_official_options(delta_rule, fixed_point, weight_fixed_point)
-        super().__init__(
-            input_size,
-            hidden_size,
-            num_layers,
-            bias,
-            batch_first,
-            dropout,
-            bidirectional,
-            theta_x,
-            theta_h,
-            record_stats,
-            backend,
-            device,
-            dtype,
-        )
 
 
 _CELL_ARGS = """
@@ -651,27 +626,6 @@ class DeltaGRUCell(_DeltaCell):
     neuron_family = DELTA_GRU_FAMILY
     state_type = DeltaGRUState
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        *,
-        theta_x: float = 0.0,
-        theta_h: float = 0.0,
-        record_stats: bool = True,
-        backend: str = "auto",
-        device=None,
-        dtype=None,
-        delta_rule: str = "strict",
-        fixed_point: tuple[int, int] | None = None,
-        weight_fixed_point: tuple[int, int] | None = None,
-    ):
-        self._set_official_options(delta_rule, fixed_point, weight_fixed_point)
-        super().__init__(input_size, hidden_size, bias, theta_x, theta_h, backend, device, dtype)
-        self.record_stats = bool(record_stats)
-        self.last_stats: LayerStats | None = None
-
     def step(self, x: Tensor, state: DeltaGRUState | None = None) -> tuple[Tensor, DeltaGRUState]:
         """One step on the functional state: ``(out, DeltaGRUState)``, the form of
         [`evsnn.functional.delta_gru_step`][evsnn.functional.delta_gru_step] (streaming, ONNX export, the snntorch/norse adapters)."""
@@ -704,27 +658,6 @@ class DeltaLSTMCell(_DeltaCell):
 
     neuron_family = DELTA_LSTM_FAMILY
     state_type = DeltaLSTMState
-
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        bias: bool = True,
-        *,
-        theta_x: float = 0.0,
-        theta_h: float = 0.0,
-        record_stats: bool = True,
-        backend: str = "auto",
-        device=None,
-        dtype=None,
-        delta_rule: str = "strict",
-        fixed_point: tuple[int, int] | None = None,
-        weight_fixed_point: tuple[int, int] | None = None,
-    ):
-        self._set_official_options(delta_rule, fixed_point, weight_fixed_point)
-        super().__init__(input_size, hidden_size, bias, theta_x, theta_h, backend, device, dtype)
-        self.record_stats = bool(record_stats)
-        self.last_stats: LayerStats | None = None
 
     def step(self, x: Tensor, state: DeltaLSTMState | None = None) -> tuple[Tensor, DeltaLSTMState]:
         """One step on the functional state: ``(out, DeltaLSTMState)``, the form of

@@ -1,46 +1,43 @@
-"""The ``"cpu_event"`` backend's shared parts: event-sparse propagation on the CPU.
+"""The ``"cpu_event"`` backend's shared parts: event-sparse recurrence on the CPU in numba kernels.
 
 At each step only the weight rows of *active* units are read and accumulated (SPEC.md §2–§4):
 
-    out[b] = Σ_{k active in sample b} value[b, k] · Wᵀ[k]          (``event_matmul``)
+    out[b] = Σ_{k active in sample b} value[b, k] · Wᵀ[k]
 
-with ``Wᵀ`` stored pre-transposed (``[K, N]``, contiguous rows) and the sum done by one
-``torch.nn.functional.embedding_bag`` call per step: a weighted sum of the gathered rows that
-never materialises them and keeps each sample's own active set (no union over the batch).
-Active means: a nonzero spike (ALIF), a nonzero event ``y`` (EGRU), a nonzero delta (delta
-cells). The elementwise parts stay dense, exactly as in the reference.
+with ``Wᵀ`` stored pre-transposed (``[K, N]``, contiguous rows). Active means: a nonzero spike
+(ALIF), a nonzero event ``y`` (EGRU), a nonzero delta (delta cells). The elementwise parts stay
+dense, exactly as in the reference.
 
-Two paths, the same math as the reference scans of [`evsnn.functional`][evsnn.functional]:
+The backend is the numba kernels of each family (the ``cpu`` extra, ``pip install "evsnn[cpu]"``),
+the same math as the reference scans of [`evsnn.functional`][evsnn.functional]:
 
 - inference (no tensor needs a gradient): [`EGRURunner`][evsnn.ops.egru.cpu.EGRURunner] & co. (also used by
-  [`evsnn.streaming`][evsnn.streaming]). With numba installed (the ``cpu`` extra) they run a whole chunk in
-  one compiled loop that gathers the active rows and does the gate math per step with no torch
-  dispatch (``_egru_loop``, ``_delta_loop``); without it, or with
-  ``EVSNN_CPU_KERNEL=torch``, a loop of in-place torch ops with one ``embedding_bag`` per step;
-- training: the same event-sparse forward written with differentiable torch ops, so autograd
-  gives the exact gradient. A unit must take part in the product whenever a gradient can pass
-  through its output: for the delta cells that is exactly the nonzero deltas (the mask is
-  piecewise constant); for EGRU/ALIF it is the units with an event *or* inside the surrogate's
-  finite support (SPEC §3 "sparse BPTT"); a surrogate with infinite support makes the product
-  dense in training (still exact).
+  [`evsnn.streaming`][evsnn.streaming]) run a whole chunk in one compiled loop that gathers the active
+  rows and does the gate math per step with no torch dispatch (``_egru_loop``, ``_delta_loop``);
+- training: the fused forward and backward kernels of each family's ``cpu_train`` module. A
+  unit takes part in the backward's products whenever a gradient can pass through its output:
+  for the delta cells exactly the nonzero deltas (the mask is piecewise constant); for
+  EGRU/ALIF the units with an event *or* inside the surrogate's finite support (SPEC §3
+  "sparse BPTT"); a surrogate with infinite support makes them dense (still exact).
 
-This module holds what the four families' CPU paths share ([`evsnn.ops.alif.cpu`][evsnn.ops.alif.cpu],
-[`evsnn.ops.egru.cpu`][evsnn.ops.egru.cpu], [`evsnn.ops.delta.cpu`][evsnn.ops.delta.cpu]): the sparse product, the numba/torch
-kernel choice, input checks, and `check_cpu`, the check the dispatcher runs; when ``"auto"``
-picks this backend is the measured table of [`evsnn.ops.auto`][evsnn.ops.auto].
+Without numba the backend cannot run: an explicit ``backend="cpu_event"`` raises, ``"auto"``
+runs the reference ([`evsnn.functional`][evsnn.functional]). There is no third path.
+
+This module holds what the families' CPU paths share ([`evsnn.ops.alif.cpu`][evsnn.ops.alif.cpu],
+[`evsnn.ops.egru.cpu`][evsnn.ops.egru.cpu], [`evsnn.ops.delta.cpu`][evsnn.ops.delta.cpu]): numba's loading and threads,
+input checks, and `check_cpu`, the check the dispatcher runs; when ``"auto"`` picks this
+backend is the measured table of [`evsnn.ops.auto`][evsnn.ops.auto].
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..functional.precision import LOW_PRECISION, state_dtype
@@ -48,61 +45,9 @@ from ..surrogate import SnnTorchSurrogate, Surrogate
 from .auto import auto_reason
 from .compile_marks import assume_constant_result
 
-__all__ = ["KERNELS", "KERNEL_ENV_VAR", "numba_available", "event_matmul", "check_cpu"]
+__all__ = ["NUMBA_REASON", "numba_available", "require_numba", "kernel_surrogate_reason", "check_cpu"]
 
 DTYPES = (torch.float32, torch.float64)
-
-
-# --------------------------------------------------------------------------------------------
-# The one sparse primitive
-# --------------------------------------------------------------------------------------------
-
-
-def event_matmul(values: Tensor, table: Tensor, active: Tensor | None = None) -> Tensor:
-    """``out[b] = Σ_{k: active[b, k]} values[b, k] · table[k]`` for ``values [B, K]``, ``table [K, N]``.
-
-    ``active`` defaults to ``values != 0``; passing a superset of the nonzeros gives the same
-    value and lets autograd return ``∂L/∂values`` on that superset (the rest gets 0).
-    Equals ``values @ table`` wherever ``values`` is zero outside ``active``. Differentiable in
-    ``values`` and ``table``. Work scales with the number of active entries, not with ``K``.
-    """
-    batch, k = values.shape
-    flat_values = values.reshape(-1)
-    sel = flat_values != 0 if active is None else active.reshape(-1)
-    flat = torch.nonzero(sel).squeeze(1)
-    if batch == 1:
-        idx, offsets = flat, flat.new_zeros(1)
-    else:
-        idx = flat.remainder(k)
-        # Entries are sorted by sample, so each sample's bag starts at the first index ≥ b·K.
-        offsets = torch.searchsorted(flat, torch.arange(batch, device=flat.device) * k)
-    return F.embedding_bag(idx, table, offsets, mode="sum", per_sample_weights=flat_values[flat])
-
-
-class _RowBag:
-    """``event_matmul`` for a fixed table and batch, minus the per-call bookkeeping.
-
-    ``__call__(values, active)`` takes the boolean set of active entries the caller already
-    has (an EGRU unit fired, a delta passed its threshold) instead of testing ``values != 0``;
-    the caller guarantees ``values`` is zero outside ``active``.
-    """
-
-    def __init__(self, table: Tensor, batch: int):
-        self.table = table
-        self.batch = batch
-        self.k = table.shape[0]
-        self.offsets = torch.zeros(1, dtype=torch.long, device=table.device)
-        self.starts = torch.arange(batch, device=table.device) * self.k
-
-    def __call__(self, values: Tensor, active: Tensor, weighted: bool = True) -> Tensor:
-        flat = torch.nonzero(active.reshape(-1)).squeeze(1)
-        if self.batch == 1:
-            idx, offsets = flat, self.offsets
-        else:
-            idx = flat.remainder(self.k)
-            offsets = torch.searchsorted(flat, self.starts)
-        weights = values.reshape(-1)[flat] if weighted else None
-        return F.embedding_bag(idx, self.table, offsets, mode="sum", per_sample_weights=weights)
 
 
 def _grad_needed(*tensors: Any) -> bool:
@@ -145,9 +90,6 @@ def _expand_theta(theta: float | Tensor, n: int, name: str, like: Tensor) -> Ten
     return t.expand(n)
 
 
-KERNELS = ("auto", "numba", "torch")
-
-
 @functools.cache
 def numba_jit() -> Any:
     """``numba.njit(cache=True, nogil=True)``, or ``None`` when numba is not installed (imported on
@@ -184,24 +126,13 @@ def numba_available() -> bool:
     return numba_jit() is not None
 
 
-KERNEL_ENV_VAR = "EVSNN_CPU_KERNEL"
+NUMBA_REASON = 'its kernels are compiled by numba, which is not installed: pip install "evsnn[cpu]"'
 
 
-def _pick_kernel(kernel: str) -> str:
-    """``"auto"`` → the environment variable ``EVSNN_CPU_KERNEL`` if set, else ``"numba"`` when
-    installed, else ``"torch"``; an explicit choice is honoured or refused with the reason."""
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    if kernel == "auto":
-        env = os.environ.get(KERNEL_ENV_VAR)
-        if env:
-            if env not in KERNELS:
-                raise ValueError(f"environment variable {KERNEL_ENV_VAR}={env!r} is not one of {KERNELS}")
-            return _pick_kernel(env)
-        return "numba" if numba_available() else "torch"
-    if kernel == "numba" and not numba_available():
-        raise ValueError("kernel='numba' needs numba: pip install numba (or evsnn[cpu])")
-    return kernel
+def require_numba(what: str) -> None:
+    """Raise ``RuntimeError`` naming the ``cpu`` extra unless numba is installed."""
+    if not numba_available():
+        raise RuntimeError(f"{what}: the cpu_event backend runs numba kernels only; {NUMBA_REASON}")
 
 
 def _check_same_dtype(what: str, like: Tensor, *tensors: Tensor) -> None:
@@ -229,6 +160,22 @@ def _check_surrogate(surrogate: Any) -> None:
         raise TypeError(f"cpu_event backend: {reason}")
 
 
+def kernel_surrogate_reason(surrogate: Any) -> str | None:
+    """``None`` when the numba kernels evaluate ``surrogate``'s pseudo-derivative themselves
+    (its ``kernel_spec`` is one they know), else a sentence saying which surrogates they know."""
+    from .cpu_surrogate import KERNEL_SURROGATES, surrogate_args  # its numba forms load with it
+
+    reason = _surrogate_reason(surrogate)
+    if reason is None and surrogate_args(surrogate) is not None:
+        return None
+    known = ", ".join(KERNEL_SURROGATES)
+    what = reason or f"{type(surrogate).__name__} has no kernel_spec the cpu_event kernels know"
+    return (
+        f"{what}; the cpu_event training kernels evaluate the surrogates of evsnn.surrogate that have one "
+        f"({known}, and their truncations); backend='torch' (the reference) trains with any surrogate"
+    )
+
+
 def check_cpu(
     *,
     device: torch.device | str,
@@ -244,26 +191,31 @@ def check_cpu(
 ) -> str | None:
     """``None`` when the cpu_event path can run a call, else the reason.
 
-    ``auto=False`` (an explicit ``backend="cpu_event"``) only checks that it *can* run: CPU,
-    float32/float64, an evsnn surrogate, no zoneout (but in EGRU training on the fused kernel).
-    Otherwise (``auto=True``, or ``None`` when the dispatcher does not say which) it also
-    declines where the measured crossover (`auto_reason`, the family record's regions) says the
-    dense reference is faster for ``family`` (bound at registration) in training or inference.
-    ``training``: whether the call records gradients (the layers pass it); a caller that does not
-    say (``None``, e.g. [`evsnn.streaming.Stream`][evsnn.streaming.Stream], which runs in inference mode) gets the
-    inference rule.
+    ``auto=False`` (an explicit ``backend="cpu_event"``) only checks that it *can* run: numba
+    installed (its kernels are numba's), CPU, float32/float64, an evsnn surrogate (in ALIF
+    training one with a kernel form: `kernel_surrogate_reason`), no zoneout (but in EGRU
+    training). Otherwise (``auto=True``, or ``None`` when the dispatcher does not say which) it
+    also declines where the measured crossover (`auto_reason`, the family record's regions) says
+    the dense reference is faster for ``family`` (bound at registration) in training or
+    inference: ``"auto"`` then runs the reference. ``training``: whether the call records
+    gradients (the layers pass it); a caller that does not say (``None``, e.g.
+    [`evsnn.streaming.Stream`][evsnn.streaming.Stream], which runs in inference mode) gets the inference rule.
     """
     if torch.device(device).type != "cpu":
         return f"it runs on CPU tensors only, got device {device}"
+    if not numba_available():
+        return NUMBA_REASON
     if dtype is not None and dtype not in DTYPES:
         return f"it supports float32 and float64, got {dtype}"
     if surrogate is not None:
-        reason = _surrogate_reason(surrogate)
+        # EGRU's kernels take any evsnn surrogate (autograd of the surrogate gives the pseudo-
+        # derivative of one without a kernel form); ALIF's evaluate it inside the kernel only.
+        reason = kernel_surrogate_reason(surrogate) if family == "alif" and training else _surrogate_reason(surrogate)
         if reason is not None:
             return reason
-    if zoneout and not (family == "egru" and training and numba_available() and _pick_kernel("auto") == "numba"):
-        # Only EGRU training on the fused numba kernel (evsnn.ops.egru.cpu_train) implements it.
-        return f"zoneout={zoneout} is implemented by the event path only in EGRU training on the fused numba kernel"
+    if zoneout and not (family == "egru" and training):
+        # Only the EGRU training kernel (evsnn.ops.egru.cpu_train) implements it.
+        return f"zoneout={zoneout} is implemented by the event path only in EGRU training"
     if fixed_point is not None:
         return f"fixed_point={fixed_point} (Qm.n rounding) is implemented by the torch reference only"
     if auto is not False:

@@ -115,7 +115,7 @@ _INFERENCE = (AutoRule(1, 16, AUTO_MIN_HIDDEN), AutoRule(17, AUTO_MAX_BATCH, 256
 # Both delta cells train with the fused kernels of evsnn.ops.delta.cpu_train, as fast or faster
 # from H = 128 up ("CPU training of the delta cells").
 _DELTA_TRAINING = (AutoRule(1, AUTO_MAX_BATCH, AUTO_MIN_HIDDEN),)
-# ALIF runs the fused numba kernels of evsnn.ops.alif.cpu_kernels in both modes; they beat the
+# ALIF runs the fused numba kernels of evsnn.ops.alif.cpu_train in both modes; they beat the
 # reference at every measured B up to 64 and H from 32 up, with one and two threads
 # (``benchmarks/cpu_crossover.py --families alif``). Every ALIF call without numba stays on the
 # reference (evsnn.ops.alif.cpu.check_cpu).

@@ -34,8 +34,19 @@ from ...surrogate import MultiGaussian, Surrogate
 from .. import cupy_runtime as rt
 from ..cupy_runtime import surrogate_kernel_args
 from ..packed_weights import packed
+from ..transforms import refuse_double_backward
 
-__all__ = ["alif_scan_cuda", "check_cuda", "surrogate_kernel_args", "smem_plan", "REC_THREADS", "FF_THREADS"]
+__all__ = [
+    "alif_scan_cuda",
+    "alif_scan_cuda_fwd",
+    "alif_scan_cuda_bwd",
+    "check_cuda",
+    "kernels_available",
+    "surrogate_kernel_args",
+    "smem_plan",
+    "REC_THREADS",
+    "FF_THREADS",
+]
 
 SOURCE = "alif.cu"
 # Threads per block of the recurrent kernels: must equal ALIF_REC_THREADS of alif.cu.
@@ -47,6 +58,12 @@ SM_COLS = 32  # ALIF_SM_COLS of alif.cu: columns of W_hh per block
 SM_TILE = 4  # ALIF_SM_TILE of alif.cu: samples per pass
 
 _DEFAULT_SURROGATE = MultiGaussian()
+
+
+def kernels_available() -> bool:
+    """Whether the CuPy kernels can run here (CuPy and a CUDA GPU; the reason otherwise:
+    [`evsnn.ops.cupy_runtime.unavailable_reason`][evsnn.ops.cupy_runtime.unavailable_reason])."""
+    return rt.unavailable_reason() is None
 
 
 def check_cuda(
@@ -136,7 +153,13 @@ def _g(t: Tensor) -> Tensor | None:
     return None if t.numel() == 0 else t.contiguous()
 
 
-def alif_forward_launch(
+# The launchers below are the custom ops themselves (torch.library: one opaque op per call for
+# torch.compile, whose raw-pointer reads stay inside the op; a fake kernel for its shapes; the
+# backward registered as the forward's gradient). Every output is a fresh tensor.
+
+
+@torch.library.custom_op("evsnn::alif_scan_cuda_fwd", mutates_args=(), device_types="cuda")
+def alif_scan_cuda_fwd(
     current: Tensor,
     v0: Tensor,
     bstate0: Tensor,
@@ -148,11 +171,14 @@ def alif_forward_launch(
     weight_hh: Tensor | None,
     bias_hh: Tensor | None,
     needs_grad: bool,
-) -> tuple[Tensor, ...]:
+    sg_kind: int,
+    sg_params: list[float],
+    sg_trunc: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The feed-forward or recurrent forward kernel over ``current [T, B, N]``: ``(spikes, v,
     threshold, v_T, b_T, s_T, b_trace, inputs)``; ``b_trace`` (and, recurrent, ``inputs``: the
     total input current of each step) are residuals for the backward, empty unless ``needs_grad``.
-    The body of the custom op ``evsnn::alif_scan_cuda_fwd`` (`op`)."""
+    The surrogate's kernel form (``sg_*``) serves the backward."""
     T, B, N = current.shape
     dev, dtype = current.device, current.dtype
     spikes = torch.empty_like(current)
@@ -189,7 +215,17 @@ def alif_forward_launch(
     )  # fmt: skip
 
 
-def alif_backward_launch(
+@alif_scan_cuda_fwd.register_fake
+def _(current, v0, bstate0, s0, alpha, rho, b0, beta, weight_hh, bias_hh, needs_grad, sg_kind, sg_params, sg_trunc):
+    seqs = [torch.empty_like(current) for _ in range(3)]
+    states = [v0.new_empty(v0.shape) for _ in range(3)]
+    b_trace = torch.empty_like(current) if needs_grad else current.new_empty(0)
+    inputs = torch.empty_like(current) if needs_grad and weight_hh is not None else current.new_empty(0)
+    return (*seqs, *states, b_trace, inputs)
+
+
+@torch.library.custom_op("evsnn::alif_scan_cuda_bwd", mutates_args=(), device_types="cuda")
+def alif_scan_cuda_bwd(
     grads: list[Tensor],
     inputs: Tensor,
     spikes: Tensor,
@@ -208,11 +244,11 @@ def alif_backward_launch(
     sg_trunc: float,
     need_w: bool,
     need_bias: bool,
-) -> tuple[Tensor, ...]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The backward kernel from the gradients of ``(spikes, v, threshold, v_T, b_T, s_T)`` (empty
     where absent) and the forward's residuals (``inputs``: the input currents, of every step when
     recurrent): ``(∂current, ∂v_0, ∂b_0, ∂s_0, ∂α, ∂ρ, ∂b0, ∂β, ∂W_hh, ∂b_hh)``, the last two
-    empty unless asked for. The body of the custom op ``evsnn::alif_scan_cuda_bwd`` (`op`)."""
+    empty unless asked for."""
     T, B, N = spikes.shape
     dev, dtype = spikes.device, spikes.dtype
     wt = None if weight_hh is None else packed("alif_transposed", _transposed, (weight_hh,))
@@ -259,6 +295,41 @@ def alif_backward_launch(
     if wt is not None and need_bias:
         g_bias = g_current.sum(dim=(0, 1))
     return (g_current, g_v0, g_bstate0, g_s0, p_alpha.sum(0), p_rho.sum(0), p_b0.sum(0), p_beta.sum(0), g_w, g_bias)
+
+
+@alif_scan_cuda_bwd.register_fake
+def _(grads, inputs, spikes, v_trace, b_trace, v0, bstate0, s0, alpha, rho, b0, beta, weight_hh, sg_kind, sg_params,
+      sg_trunc, need_w, need_bias):  # fmt: skip
+    recurrent = weight_hh is not None
+    per_neuron = [v0.new_empty(v0.shape[1:]) for _ in range(4)]
+    g_w = weight_hh.new_empty(weight_hh.shape) if recurrent and need_w else spikes.new_empty(0)
+    g_bias = spikes.new_empty(spikes.shape[2]) if recurrent and need_bias else spikes.new_empty(0)
+    return (torch.empty_like(spikes), *(v0.new_empty(v0.shape) for _ in range(3)), *per_neuron, g_w, g_bias)
+
+
+def _setup_alif(ctx, inputs, output) -> None:
+    current, v0, bstate0, s0, alpha, rho, b0, beta, weight_hh, bias_hh, _, sg_kind, sg_params, sg_trunc = inputs
+    spikes, v_trace, _, _, _, _, b_trace, rec_inputs = output
+    # The feed-forward backward reads the input current itself; the recurrent one the total current.
+    currents = current if weight_hh is None else rec_inputs
+    ctx.save_for_backward(currents, spikes, v_trace, b_trace, v0, bstate0, s0, alpha, rho, b0, beta, weight_hh)
+    ctx.surrogate = (sg_kind, sg_params, sg_trunc)
+    ctx.mark_non_differentiable(b_trace, rec_inputs)
+    ctx.set_materialize_grads(False)  # an absent gradient reaches the kernel as a null pointer
+
+
+def _backward_alif(ctx, g_spikes, g_vtrace, g_thr, g_vT, g_bT, g_sT, _g_btrace, _g_inputs):
+    saved = ctx.saved_tensors
+    refuse_double_backward("cupy", "alif", g_spikes, g_vtrace, g_thr, g_vT, g_bT, g_sT, *saved)
+    spikes = saved[1]
+    empty = spikes.new_empty(0)
+    grads = [empty if g is None else g for g in (g_spikes, g_vtrace, g_thr, g_vT, g_bT, g_sT)]
+    need = ctx.needs_input_grad
+    result = torch.ops.evsnn.alif_scan_cuda_bwd(grads, *saved, *ctx.surrogate, need[8], need[9])
+    return (*(g if n else None for g, n in zip(result, need[:10])), None, None, None, None)
+
+
+alif_scan_cuda_fwd.register_autograd(_backward_alif, setup_context=_setup_alif)
 
 
 def _check_tensor(name: str, t: Any, shape: tuple[int, ...], like: Tensor) -> Tensor:
@@ -323,7 +394,6 @@ def alif_scan_cuda(
     inputs = (current, v0, bstate0, s0, alpha, rho, b0_n, beta_n, weight_hh, bias_hh)
     needs_grad = torch.is_grad_enabled() and any(isinstance(t, Tensor) and t.requires_grad for t in inputs)
     kind, params, trunc = sg
-    # evsnn::alif_scan_cuda_fwd/_bwd (evsnn/ops/alif/op.py, registered on import of this package)
     spikes, v_trace, thr_trace, v_out, b_out, s_out, _, _ = torch.ops.evsnn.alif_scan_cuda_fwd(
         current.contiguous(),
         v0,

@@ -1,6 +1,6 @@
-"""DeltaGRU and DeltaLSTM on the ``"cpu_event"`` backend (SPEC §4): the inference runners (numba loops or
-torch ops) and the event-sparse differentiable scans (both cells train with the fused kernels of
-[`evsnn.ops.delta.cpu_train`][evsnn.ops.delta.cpu_train] when numba is there); same results as `evsnn.functional.delta`."""
+"""DeltaGRU and DeltaLSTM on the ``"cpu_event"`` backend (SPEC §4): the inference runners (numba loops)
+and the scans, which train with the fused kernels of [`evsnn.ops.delta.cpu_train`][evsnn.ops.delta.cpu_train]; same
+results as `evsnn.functional.delta`."""
 
 from __future__ import annotations
 
@@ -17,14 +17,10 @@ from ...functional.delta import (
     DeltaLSTMState,
     DeltaTrace,
     check_delta_rule,
-    delta_accumulator_increment,
-    delta_gru_gates,
     delta_gru_initial_state,
-    delta_lstm_gates,
     delta_lstm_initial_state,
 )
 from ...functional.precision import state_dtype
-from ..compile_marks import compile_opaque
 from ..cpu_common import (
     _check_cpu_tensors,
     _check_same_dtype,
@@ -32,23 +28,30 @@ from ..cpu_common import (
     _full,
     _grad_needed,
     _np,
-    _pick_kernel,
-    _RowBag,
     _upcast_low,
     check_cpu,
-    event_matmul,
     numba_jit,
+    require_numba,
 )
 from ..cpu_vecmath import install, sigmoid, tanh
 
-__all__ = ["DeltaGRURunner", "DeltaLSTMRunner", "delta_gru_scan_cpu", "delta_lstm_scan_cpu", "check_cpu"]
+__all__ = [
+    "DeltaGRURunner",
+    "DeltaLSTMRunner",
+    "delta_gru_scan_cpu",
+    "delta_lstm_scan_cpu",
+    "delta_gru_scan_cpu_op",
+    "delta_lstm_scan_cpu_op",
+    "check_cpu",
+    "kernels_available",
+]
 
 # --------------------------------------------------------------------------------------------
 # Fused inference loops (numba)
 # --------------------------------------------------------------------------------------------
-# At B = 1 a torch op costs a few µs of dispatch whatever its size, and one recurrent step of
-# the torch-op runners below needs ~15 of them (≈ 75 µs at any activity, against ≈ 350-600 µs
-# for a whole ``nn.GRU`` step at H = 1024). These plain-Python loops, compiled once by numba,
+# At B = 1 a torch op costs a few µs of dispatch whatever its size, and one recurrent step
+# written in torch ops needs ~15 of them (≈ 75 µs at any activity, against ≈ 350-600 µs for a
+# whole ``nn.GRU`` step at H = 1024). These plain-Python loops, compiled once by numba,
 # run *all* steps of a chunk in one call: the gather of active rows and the gate math are
 # fused, nothing is allocated per step, and the cost per step is the active rows read plus
 # O(H) pointwise work. They compute the same equations as the reference scans, in the arrays'
@@ -165,19 +168,9 @@ def _kernels() -> SimpleNamespace | None:
     return SimpleNamespace(encode=jit(_delta_encode_loop), delta=gates(_delta_loop))
 
 
-def _delta_increment(gx: Tensor, gh: Tensor, gru: bool) -> Tensor:
-    """Increments of the accumulators ``M [B, 4H]`` from ``gx = W_ih Δx`` and ``gh = W_hh Δh``,
-    in the slot layout of [`delta_accumulator_increment`][evsnn.functional.delta.delta_accumulator_increment]."""
-    return delta_accumulator_increment(gx, gh, gru)
-
-
-def _joint_delta_table(table_x: Tensor, table_h: Tensor, gru: bool) -> Tensor:
-    """``[W_ih; W_hh]ᵀ`` as one table ``[I + H, 4H]`` whose rows give the accumulator increments
-    of ``[Δx; Δh]`` in one product (SPEC §4), laid out by `_delta_increment`. For the GRU
-    each block has a zero part, so one product is exact for finite deltas only."""
-    rows_x = _delta_increment(table_x, table_h.new_zeros(table_x.shape[0], table_h.shape[1]), gru)
-    rows_h = _delta_increment(table_x.new_zeros(table_h.shape[0], table_x.shape[1]), table_h, gru)
-    return torch.cat([rows_x, rows_h], dim=0)
+def kernels_available() -> bool:
+    """Whether the numba inference loops can run (numba installed: the ``cpu`` extra)."""
+    return _kernels() is not None
 
 
 class _DeltaRunner:
@@ -185,9 +178,9 @@ class _DeltaRunner:
 
     Input and hidden are encoded together as ``s = [x_t; h_{t−1}]`` against the memory
     ``ŝ = [x̂; ĥ]`` and thresholds ``[Θ_x; Θ_h]``; row gathers of ``W_ihᵀ`` and ``W_hhᵀ`` over
-    the nonzero deltas update the accumulators ``M`` (``kernel="torch"``).
+    the nonzero deltas update the accumulators ``M``; needs numba.
 
-    With ``kernel="numba"`` (the default where numba is installed) `run` encodes a block
+    `run` encodes a block
     of up to `block` steps' input deltas first (they depend on ``x`` only), turns them into
     ``W_ih Δx_t`` with one dense GEMM for the block (``Δx`` is often denser than ``Δh``, and one
     batched GEMM beats per-step row gathers of it), then runs the fused loop
@@ -211,9 +204,8 @@ class _DeltaRunner:
         theta_x: float | Tensor = 0.0,
         theta_h: float | Tensor = 0.0,
         delta_rule: str = "strict",
-        kernel: str = "auto",
     ):
-        self.kernel = _pick_kernel(kernel)
+        require_numba(type(self).__name__)
         self.inclusive = check_delta_rule(delta_rule) == "inclusive"
         with torch.no_grad():
             self.input_size = weight_ih.shape[1]
@@ -229,16 +221,15 @@ class _DeltaRunner:
                     _expand_theta(theta_h, self.hidden, "theta_h", like),
                 ]
             )
-            if self.kernel == "numba":
-                self._np_args = (
-                    _np(self.wx),
-                    _np(self.wh),
-                    _np(self.theta[: self.input_size].contiguous()),
-                    _np(self.theta),
-                )
-                self._no_gx = np.empty((0, 1, self.wx.shape[1]), dtype=self._np_args[0].dtype)
-                self._idx = np.empty(self.input_size + self.hidden, dtype=np.int64)
-                self._kernel = _kernels().delta
+            self._np_args = (
+                _np(self.wx),
+                _np(self.wh),
+                _np(self.theta[: self.input_size].contiguous()),
+                _np(self.theta),
+            )
+            self._no_gx = np.empty((0, 1, self.wx.shape[1]), dtype=self._np_args[0].dtype)
+            self._idx = np.empty(self.input_size + self.hidden, dtype=np.int64)
+            self._kernel = _kernels().delta
         self.s_hat: Tensor | None = None
         self.m: Tensor | None = None
         self.h: Tensor | None = None
@@ -248,22 +239,6 @@ class _DeltaRunner:
         self.h = h.detach().clone()
         self.s_hat = torch.cat([x_hat.detach(), h_hat.detach()], dim=-1)
         self.m = m.detach().clone(memory_format=torch.contiguous_format)
-        self.zero = self.h.new_zeros(())
-        self.bag_x = _RowBag(self.wx, self.h.shape[0])
-        self.bag_h = _RowBag(self.wh, self.h.shape[0])
-
-    def _encode(self, s: Tensor, delta_out: Tensor | None) -> Tensor:
-        """``Δ = (s − ŝ)·1[|s − ŝ| > Θ]`` (``≥`` for the inclusive rule), ``ŝ += Δ``,
-        ``M += table-rows of the nonzero Δ``."""
-        diff = s - self.s_hat
-        passed = _passed(diff, self.theta, self.inclusive, grad=False)
-        delta = torch.where(passed, diff, self.zero, out=delta_out)
-        self.s_hat += delta
-        n_in = self.input_size
-        gx = self.bag_x(delta[:, :n_in], passed[:, :n_in])
-        gh = self.bag_h(delta[:, n_in:], passed[:, n_in:])
-        self.m += _delta_increment(gx, gh, self.gru)
-        return delta
 
     def _fused(self, x: Tensor, out: Tensor, deltas: Tensor, dx: Tensor) -> None:
         """Steps of ``x [t, B, I]`` through the numba loops: the input deltas encoded into ``dx``
@@ -283,8 +258,6 @@ class _DeltaRunner:
         self._kernel(gx, xd, wx, wh, theta, s_hat, h, m, c, out, deltas, self._idx, self.gru, self.inclusive)
 
     def _load_fused(self) -> None:
-        if self.kernel != "numba":
-            return
         _check_same_dtype("delta cell state", self.wx, self.h, self.s_hat, self.m)
         self.h = self.h.contiguous()
         c = np.empty((1, 1), dtype=_np(self.h).dtype) if self.c is None else _np(self.c)
@@ -321,40 +294,25 @@ class _DeltaRunner:
         """All steps of ``x [T, B, I]``; returns ``(h [T, B, H], deltas [T, B, I + H])``."""
         x = _upcast_low(x, self.wx.dtype)  # a low-precision layer's input (SPEC §6)
         steps, batch = x.shape[:2]
-        if self.kernel == "numba":
-            out = x.new_empty(steps, batch, self.hidden)
-            deltas = x.new_empty(steps, batch, self.input_size + self.hidden)
-            dx = x.new_empty(min(steps, self.block), batch, self.input_size)
-            for start in range(0, steps, self.block):
-                part = slice(start, start + self.block)
-                n = min(self.block, steps - start)
-                self._fused(x[part], out[part], deltas[part], dx[:n])
-            return out, deltas
-        s_all = x.new_empty(steps, batch, self.input_size + self.hidden)
-        s_all[..., : self.input_size] = x
         out = x.new_empty(steps, batch, self.hidden)
-        deltas = torch.empty_like(s_all)
-        for t in range(steps):
-            s_all[t, :, self.input_size :] = self.h
-            self._step_encoded(s_all[t], out[t], deltas[t])
+        deltas = x.new_empty(steps, batch, self.input_size + self.hidden)
+        dx = x.new_empty(min(steps, self.block), batch, self.input_size)
+        for start in range(0, steps, self.block):
+            part = slice(start, start + self.block)
+            n = min(self.block, steps - start)
+            self._fused(x[part], out[part], deltas[part], dx[:n])
         return out, deltas
 
     def step(self, x: Tensor) -> Tensor:
         """One step on ``x [B, I]``; returns ``h_t`` (a new tensor)."""
         x = _upcast_low(x, self.wx.dtype)
-        if self.kernel == "numba":
-            _check_same_dtype("delta cell input", self.wx, x)
-            # numpy in and out: a torch op costs µs of dispatch at B = 1, the whole step ~100 µs
-            batch = x.shape[0]
-            xd = (x.detach() if x.requires_grad else x).contiguous().numpy().reshape(1, batch, -1)
-            out = np.empty((1, batch, self.hidden), dtype=xd.dtype)
-            self._loop(self._no_gx, xd, out, self._d_step)
-            return torch.from_numpy(out[0])
-        s = torch.cat([x, self.h], dim=-1)
-        return self._step_encoded(s, None, None)
-
-    def _step_encoded(self, s, out, delta_out):  # pragma: no cover - overridden
-        raise NotImplementedError
+        _check_same_dtype("delta cell input", self.wx, x)
+        # numpy in and out: a torch op costs µs of dispatch at B = 1, the whole step ~100 µs
+        batch = x.shape[0]
+        xd = (x.detach() if x.requires_grad else x).contiguous().numpy().reshape(1, batch, -1)
+        out = np.empty((1, batch, self.hidden), dtype=xd.dtype)
+        self._loop(self._no_gx, xd, out, self._d_step)
+        return torch.from_numpy(out[0])
 
 
 class DeltaGRURunner(_DeltaRunner):
@@ -372,14 +330,6 @@ class DeltaGRURunner(_DeltaRunner):
     def state(self) -> DeltaGRUState:
         i = self.input_size
         return DeltaGRUState(self.h.clone(), self.s_hat[:, :i].clone(), self.s_hat[:, i:].clone(), self.m.clone())
-
-    def _step_encoded(self, s: Tensor, out: Tensor | None, delta_out: Tensor | None) -> Tensor:
-        self._encode(s, delta_out)
-        h_new = delta_gru_gates(self.m, self.h)
-        if out is not None:
-            h_new = out.copy_(h_new)
-        self.h = h_new
-        return h_new
 
 
 class DeltaLSTMRunner(_DeltaRunner):
@@ -401,76 +351,89 @@ class DeltaLSTMRunner(_DeltaRunner):
             self.h.clone(), self.c.clone(), self.s_hat[:, :i].clone(), self.s_hat[:, i:].clone(), self.m.clone()
         )
 
-    def _step_encoded(self, s: Tensor, out: Tensor | None, delta_out: Tensor | None) -> Tensor:
-        self._encode(s, delta_out)
-        h_new, self.c = delta_lstm_gates(self.m, self.c)
-        if out is not None:
-            h_new = out.copy_(h_new)
-        self.h = h_new
-        return h_new
+
+def _trace(deltas: Tensor, n_in: int) -> tuple[Tensor, Tensor]:
+    return deltas[..., :n_in].contiguous(), deltas[..., n_in:].contiguous()
 
 
-def _passed(diff: Tensor, theta: Tensor, inclusive: bool, grad: bool) -> Tensor:
-    """The reference's mask: ``|diff| > Θ`` (strict) or ``|diff| ≥ Θ`` (inclusive), written as
-    "not ≤" / "not <" so that a NaN difference passes on too, as the reference's
-    ``Δ = NaN·0 = NaN`` does. The rows of W it selects are the only ones the product and its
-    gradient need (SPEC §4). Without a gradient (``grad=False``) the inclusive rule also drops
-    ``diff = 0`` (admitted at Θ = 0): its Δ is 0 either way, but with a gradient the mask is
-    what passes ``∂Δ/∂s = 1``, so it must stay the reference's."""
-    mag = diff.detach().abs()
-    if inclusive:
-        mask = ~(mag < theta)
-        return mask if grad else mask & (diff != 0)
-    return ~(mag <= theta)
+@torch.library.custom_op("evsnn::delta_gru_scan_cpu", mutates_args=(), device_types="cpu")
+def delta_gru_scan_cpu_op(
+    x: Tensor,
+    h: Tensor,
+    x_hat: Tensor,
+    h_hat: Tensor,
+    m: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    theta_x: Tensor,
+    theta_h: Tensor,
+    delta_rule: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """DeltaGRU inference over ``x [T, B, I]`` from ``(h, x̂, ĥ, M)`` ([`DeltaGRURunner`][evsnn.ops.delta.cpu.DeltaGRURunner]);
+    returns ``(h_seq [T, B, H], h_T, x̂_T, ĥ_T, M_T, Δx [T, B, I], Δh [T, B, H])``. A custom op
+    (torch.compile sees one opaque op, shapes from its fake kernel); not differentiable: a call
+    that records gradients trains through [`evsnn.ops.delta.cpu_train`][evsnn.ops.delta.cpu_train]."""
+    runner = DeltaGRURunner(
+        weight_ih, weight_hh, bias_ih, bias_hh, theta_x=theta_x, theta_h=theta_h, delta_rule=delta_rule
+    )
+    runner.load(DeltaGRUState(h, x_hat, h_hat, m))
+    out, deltas = runner.run(x)
+    return (out, *runner.state(), *_trace(deltas, weight_ih.shape[1]))
 
 
-def _delta_autograd(x, state, weight_ih, weight_hh, theta_x, theta_h, gru: bool, inclusive: bool):
-    steps = x.shape[0]
-    n_in, hs = weight_ih.shape[1], weight_hh.shape[1]
-    table_x, table_h = weight_ih.t().contiguous(), weight_hh.t().contiguous()
-    table = _joint_delta_table(table_x, table_h, gru)
-    theta = torch.cat(
-        [_expand_theta(theta_x, n_in, "theta_x", table_x), _expand_theta(theta_h, hs, "theta_h", table_x)]
-    ).detach()
-    if gru:
-        h, x_hat, h_hat, m = state
-        c = None
-    else:
-        h, c, x_hat, h_hat, m = state
-    s_hat = torch.cat([x_hat, h_hat], dim=-1)
-    hs_out, deltas = [], []
-    for t in range(steps):
-        s = torch.cat([x[t], h], dim=-1)
-        diff = s - s_hat
-        mask = _passed(diff, theta, inclusive, grad=True)
-        delta = diff * mask.to(diff.dtype)
-        s_hat = s_hat + delta
-        # The mask is piecewise constant: ∂Δ/∂s is zero off the mask, so the nonzero deltas
-        # are exactly the rows whose gradient is needed (SPEC §4, no approximation).
-        if gru and not bool(torch.isfinite(delta.detach()).all()):
-            # The GRU's joint table has zero blocks; NaN/inf times zero would give NaN where
-            # the reference adds nothing, so such a step takes the two products apart.
-            gx = event_matmul(delta[:, :n_in], table_x, mask[:, :n_in])
-            gh = event_matmul(delta[:, n_in:], table_h, mask[:, n_in:])
-            m = m + _delta_increment(gx, gh, gru)
-        else:
-            m = m + event_matmul(delta, table, mask)
-        if gru:
-            h = delta_gru_gates(m, h)
-        else:
-            h, c = delta_lstm_gates(m, c)
-        hs_out.append(h)
-        deltas.append(delta)
-    delta_all = torch.stack(deltas)
-    trace = DeltaTrace(delta_all[..., :n_in], delta_all[..., n_in:])
-    x_hat, h_hat = s_hat[..., :n_in], s_hat[..., n_in:]
-    final = DeltaGRUState(h, x_hat, h_hat, m) if gru else DeltaLSTMState(h, c, x_hat, h_hat, m)
-    return torch.stack(hs_out), final, trace
+@torch.library.custom_op("evsnn::delta_lstm_scan_cpu", mutates_args=(), device_types="cpu")
+def delta_lstm_scan_cpu_op(
+    x: Tensor,
+    h: Tensor,
+    c: Tensor,
+    x_hat: Tensor,
+    h_hat: Tensor,
+    m: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    theta_x: Tensor,
+    theta_h: Tensor,
+    delta_rule: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """DeltaLSTM inference over ``x [T, B, I]`` from ``(h, c, x̂, ĥ, M)`` ([`DeltaLSTMRunner`][evsnn.ops.delta.cpu.DeltaLSTMRunner]);
+    returns ``(h_seq [T, B, H], h_T, c_T, x̂_T, ĥ_T, M_T, Δx [T, B, I], Δh [T, B, H])``; as
+    `delta_gru_scan_cpu_op`."""
+    runner = DeltaLSTMRunner(
+        weight_ih, weight_hh, bias_ih, bias_hh, theta_x=theta_x, theta_h=theta_h, delta_rule=delta_rule
+    )
+    runner.load(DeltaLSTMState(h, c, x_hat, h_hat, m))
+    out, deltas = runner.run(x)
+    return (out, *runner.state(), *_trace(deltas, weight_ih.shape[1]))
+
+
+def _fake(x: Tensor, state: tuple[Tensor, ...], weight_ih: Tensor, weight_hh: Tensor) -> tuple[Tensor, ...]:
+    # The runners compute in the weights' dtype (float32 for a bfloat16/float16 layer, SPEC §6);
+    # the final state has the shapes of the initial one.
+    steps, batch, n_in = x.shape
+    dtype = state_dtype(weight_ih.dtype)
+    out = x.new_empty(steps, batch, weight_hh.shape[1], dtype=dtype)
+    final = [t.new_empty(t.shape, dtype=dtype) for t in state]
+    return out, *final, x.new_empty(steps, batch, n_in, dtype=dtype), torch.empty_like(out)
+
+
+@delta_gru_scan_cpu_op.register_fake
+def _(x, h, x_hat, h_hat, m, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, delta_rule):
+    return _fake(x, (h, x_hat, h_hat, m), weight_ih, weight_hh)
+
+
+@delta_lstm_scan_cpu_op.register_fake
+def _(x, h, c, x_hat, h_hat, m, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, delta_rule):
+    return _fake(x, (h, c, x_hat, h_hat, m), weight_ih, weight_hh)
 
 
 def _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru: bool, delta_rule: str):
     family = "delta_gru" if gru else "delta_lstm"
     check_delta_rule(delta_rule)
+    require_numba(f"the cpu_event {family} scan")
     _check_cpu_tensors(family, x, weight_ih, weight_hh)
     check_steps(f"the cpu_event {family} scan", x)
     if state is None:
@@ -478,8 +441,8 @@ def _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta
         state = init(x.shape[1], weight_ih.shape[1], weight_hh.shape[1], bias_ih, bias_hh, x)
     if _grad_needed(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h):
         return _delta_train(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru, delta_rule)
-    # evsnn::delta_gru_scan_cpu / delta_lstm_scan_cpu (evsnn/ops/delta/op.py, registered on import of
-    # this package): one opaque op for torch.compile; the thresholds go in as tensors.
+    # Called through torch.ops (Dynamo keeps an op overload opaque; it would trace into the Python
+    # function); the op takes the thresholds as tensors.
     like = x.new_zeros((), dtype=state_dtype(weight_ih.dtype))
     theta_x = _expand_theta(theta_x, weight_ih.shape[1], "theta_x", like)
     theta_h = _expand_theta(theta_h, weight_hh.shape[1], "theta_h", like)
@@ -489,24 +452,14 @@ def _delta_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta
 
 
 def _delta_train(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru: bool, delta_rule: str):
-    inclusive = check_delta_rule(delta_rule) == "inclusive"
-    if _pick_kernel("auto") == "numba":
-        # The fused event-sparse forward and backward, measured faster than the torch-op loop
-        # below for both cells (docs/benchmarks.md, "CPU training of the delta cells"). The
-        # kernels are the custom ops evsnn::delta_train_cpu_fwd/_bwd (evsnn/ops/delta/op.py):
-        # torch.compile keeps them in its graph.
-        from . import cpu_train
+    # The fused event-sparse forward and backward: the custom ops evsnn::delta_train_cpu_fwd/_bwd,
+    # which torch.compile keeps in its graph. numba's training kernels load on this path only.
+    from . import cpu_train
 
-        train_scan = cpu_train.delta_gru_train_scan if gru else cpu_train.delta_lstm_train_scan
-        return train_scan(
-            x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x=theta_x, theta_h=theta_h, delta_rule=delta_rule
-        )
-    return _delta_autograd_opaque(x, state, weight_ih, weight_hh, theta_x, theta_h, gru, inclusive)
-
-
-# The torch-op training loop gathers rows into data-dependent shapes (and tests its deltas for
-# finiteness on the host): a compiled model runs it eagerly behind one graph break here.
-_delta_autograd_opaque = compile_opaque(_delta_autograd)
+    train_scan = cpu_train.delta_gru_train_scan if gru else cpu_train.delta_lstm_train_scan
+    return train_scan(
+        x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x=theta_x, theta_h=theta_h, delta_rule=delta_rule
+    )
 
 
 def delta_gru_scan_cpu(
@@ -545,13 +498,3 @@ def delta_lstm_scan_cpu(
     return _delta_scan(
         x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, gru=False, delta_rule=delta_rule
     )
-
-
-def _training_traced(**_: object) -> bool:
-    """Whether the delta scans train through their custom ops (torch.compile traces them), not
-    through the torch-op loop (which breaks the graph)."""
-    return _pick_kernel("auto") == "numba"
-
-
-delta_gru_scan_cpu.traced_training = _training_traced
-delta_lstm_scan_cpu.traced_training = _training_traced

@@ -45,15 +45,16 @@ from ...functional.delta import (
     delta_gru_initial_state,
     delta_lstm_initial_state,
 )
-from ..cpu_common import _expand_theta, numba_available, numba_batch_threads
+from ..cpu_common import NUMBA_REASON, _expand_theta, numba_available, numba_batch_threads
 from ..cpu_vecmath import install, sigmoid, tanh
+from ..transforms import refuse_double_backward
 
 __all__ = [
     "delta_gru_train_scan",
     "delta_lstm_train_scan",
     "kernels_available",
-    "train_forward",
-    "train_backward",
+    "delta_train_cpu_fwd",
+    "delta_train_cpu_bwd",
 ]
 
 _DTYPES = (torch.float32, torch.float64)
@@ -325,7 +326,13 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-def train_forward(
+# The launchers below are the custom ops themselves (torch.library: one opaque op per call for
+# torch.compile, a fake kernel for its shapes, the backward registered as the forward's gradient).
+# Every output is a fresh tensor (no output aliases an input or another output).
+
+
+@torch.library.custom_op("evsnn::delta_train_cpu_fwd", mutates_args=(), device_types="cpu")
+def delta_train_cpu_fwd(
     x: Tensor,
     h0: Tensor,
     c0: Tensor | None,
@@ -338,8 +345,9 @@ def train_forward(
     theta_h: Tensor,
     inclusive: bool,
     gru: bool,
-) -> tuple[Tensor, ...]:
-    """The fused forward (`_delta_forward`): ``(h_seq, h_T, c_T, x̂_T, ĥ_T, M_T, Δx, Δh, c_seq,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+           Tensor, Tensor, Tensor]:  # fmt: skip
+    """The fused forward (`_delta_forward`) over ``x [T, B, I]``: ``(h_seq, h_T, c_T, x̂_T, ĥ_T, M_T, Δx, Δh, c_seq,
     gates [4, T, B, H], idx_x, val_x, off_x, idx_h, val_h, off_h)``; for the GRU (``c0`` ``None``)
     ``c_T`` and ``c_seq`` are empty. The active columns travel in buffers of fixed capacity (one
     region per sample: ``[B·T·I]``/``[B·T·H]`` indices and deltas, ``[B·T, 2]`` offsets), so every
@@ -378,7 +386,24 @@ def train_forward(
     return out, h, c, x_hat, h_hat, m, dx, dh, out_c, gates, idx_x, val_x, off_x, idx_h, val_h, off_h
 
 
-def train_backward(
+@delta_train_cpu_fwd.register_fake
+def _(x, h0, c0, x_hat0, h_hat0, m0, weight_ih, weight_hh, theta_x, theta_h, inclusive, gru):
+    steps, batch, n_in = x.shape
+    hs = weight_hh.shape[1]
+    cells = steps * batch
+    seq = x.new_empty(steps, batch, hs)
+    lstm = c0 is not None
+    return (
+        seq, x.new_empty(batch, hs), x.new_empty(batch, hs) if lstm else x.new_empty(0, 0), x.new_empty(batch, n_in),
+        x.new_empty(batch, hs), x.new_empty(batch, 4 * hs), x.new_empty(steps, batch, n_in), torch.empty_like(seq),
+        torch.empty_like(seq) if lstm else x.new_empty(0, 0, 0), x.new_empty(4, steps, batch, hs),
+        x.new_empty(cells * n_in, dtype=torch.int32), x.new_empty(cells * n_in), x.new_empty(cells, 2, dtype=torch.int64),
+        x.new_empty(cells * hs, dtype=torch.int32), x.new_empty(cells * hs), x.new_empty(cells, 2, dtype=torch.int64),
+    )  # fmt: skip
+
+
+@torch.library.custom_op("evsnn::delta_train_cpu_bwd", mutates_args=(), device_types="cpu")
+def delta_train_cpu_bwd(
     g_out: Tensor | None,
     g_h: Tensor | None,
     g_c: Tensor | None,
@@ -401,9 +426,9 @@ def train_backward(
     val_h: Tensor,
     off_h: Tensor,
     gru: bool,
-) -> tuple[Tensor, ...]:
-    """The fused backward (`_delta_backward`) from the output gradients (``None``: zero) and
-    `train_forward`'s results: ``(∂x, ∂h_0, ∂c_0, ∂x̂_0, ∂ĥ_0, ∂M_0, ∂W_ih, ∂W_hh)`` (``∂c_0``
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The fused backward (`_delta_backward`, Chen et al.'s symmetric sparse BPTT) from the output
+    gradients (``None``: zero) and `delta_train_cpu_fwd`'s results: ``(∂x, ∂h_0, ∂c_0, ∂x̂_0, ∂ĥ_0, ∂M_0, ∂W_ih, ∂W_hh)`` (``∂c_0``
     empty for the GRU)."""
     steps, batch, hs = out.shape
     wx = weight_ih.detach().t().contiguous()
@@ -437,12 +462,46 @@ def train_backward(
     return g_x, a_h, a_c, a_xhat, a_hhat, a_m, g_wx.sum(0).t().contiguous(), g_wh.sum(0).t().contiguous()
 
 
+@delta_train_cpu_bwd.register_fake
+def _(g_out, g_h, g_c, g_xhat, g_hhat, g_m, g_dx, g_dh, h0, c0, out, c_seq, weight_ih, weight_hh, *rest):
+    steps, batch, hs = out.shape
+    n_in = weight_ih.shape[1]
+    return (
+        out.new_empty(steps, batch, n_in), out.new_empty(batch, hs),
+        out.new_empty(batch, hs) if c0 is not None else out.new_empty(0, 0), out.new_empty(batch, n_in),
+        out.new_empty(batch, hs), out.new_empty(batch, 4 * hs), weight_ih.new_empty(weight_ih.shape),
+        weight_hh.new_empty(weight_hh.shape),
+    )  # fmt: skip
+
+
+def _setup_train(ctx, inputs, output) -> None:
+    x, h0, c0, x_hat0, h_hat0, m0, weight_ih, weight_hh, theta_x, theta_h, inclusive, gru = inputs
+    out, _, c, *_, c_seq, gates, idx_x, val_x, off_x, idx_h, val_h, off_h = output
+    ctx.save_for_backward(h0, c0, out, c_seq, weight_ih, weight_hh, gates, idx_x, val_x, off_x, idx_h, val_h, off_h)
+    ctx.gru = gru
+    ctx.mark_non_differentiable(c_seq, gates, idx_x, val_x, off_x, idx_h, val_h, off_h)
+    if gru:
+        ctx.mark_non_differentiable(c)  # the GRU's empty placeholder
+
+
+def _backward_train(ctx, g_out, g_h, g_c, g_xhat, g_hhat, g_m, g_dx, g_dh, *_residuals):
+    saved = ctx.saved_tensors
+    refuse_double_backward("cpu_event", "delta_gru" if ctx.gru else "delta_lstm", g_out, g_h, g_c, g_dx, g_dh, *saved)
+    g_x, g_h0, g_c0, g_xhat0, g_hhat0, g_m0, g_wih, g_whh = torch.ops.evsnn.delta_train_cpu_bwd(
+        g_out, g_h, None if ctx.gru else g_c, g_xhat, g_hhat, g_m, g_dx, g_dh, *saved, ctx.gru
+    )
+    return g_x, g_h0, None if ctx.gru else g_c0, g_xhat0, g_hhat0, g_m0, g_wih, g_whh, None, None, None, None
+
+
+delta_train_cpu_fwd.register_autograd(_backward_train, setup_context=_setup_train)
+
+
 def _delta_train_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, delta_rule, gru):
     family = "delta_gru" if gru else "delta_lstm"
     inclusive = check_delta_rule(delta_rule) == "inclusive"
     check_steps(f"the cpu_train {family} scan", x)
     if not numba_available():  # not _kernels(): torch.compile traces this check, numba's jit it cannot
-        raise RuntimeError("the fused CPU training kernels need numba: pip install numba (or evsnn[cpu])")
+        raise RuntimeError(f"the fused CPU training kernels: {NUMBA_REASON}")
     if x.dim() != 3:
         raise ValueError(f"the cpu_train {family} scan expects x of shape [T, B, I], got {tuple(x.shape)}")
     for name, t in (("x", x), ("weight_ih", weight_ih), ("weight_hh", weight_hh)):
@@ -466,8 +525,6 @@ def _delta_train_scan(x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x,
                 f"{shapes[name]}, got a {t.device.type} {t.dtype} tensor of shape {tuple(t.shape)}"
             )
     fields = state_type(*state)._asdict()
-    # evsnn::delta_train_cpu_fwd and its registered backward (evsnn/ops/delta/op.py): one opaque op
-    # for torch.compile.
     out, h, c, x_hat, h_hat, m, dx, dh, *_ = torch.ops.evsnn.delta_train_cpu_fwd(
         x,
         fields["h"],

@@ -1,7 +1,7 @@
 """DeltaGRU / DeltaLSTM with an event-sparse forward and the symmetric sparse BPTT of Chen et al.
 
-SPEC.md §4. One pair of custom ops (forward, backward; [`evsnn.ops.delta.op`][evsnn.ops.delta.op]) holds the math;
-two engines run its recurrent core:
+SPEC.md §4. One pair of custom ops (`delta_scan_bptt_fwd`, `delta_scan_bptt_bwd`) holds the
+math; two engines run its recurrent core:
 
 - ``"cupy"``: the kernels of ``cuda/delta.cu`` (CUDA tensors). The forward is one
   persistent launch over all T steps that reads only the columns of
@@ -26,6 +26,9 @@ reference): in the CuPy engine the forward products and the recurrent ``W_hhᵀ 
 (only active columns are read). The two weight gradients and ``e_x`` are done once after the scan
 as dense GEMMs over the zero-filled deltas (cuBLAS, off the sequential path); the elementwise
 input-memory recurrence is a vectorised gather. The CPU twin uses dense masked products.
+
+The module runs past 600 lines because it holds both engines and the two launchers, which are
+the custom ops themselves with their fake kernels and autograd rule: one place per signature.
 """
 
 from __future__ import annotations
@@ -50,13 +53,17 @@ from ...functional.delta import (
 )
 from .. import cupy_runtime as rt
 from ..packed_weights import packed
+from ..transforms import refuse_double_backward
 
 __all__ = [
     "delta_gru_scan_bptt",
     "delta_lstm_scan_bptt",
     "delta_gru_scan_cuda",
     "delta_lstm_scan_cuda",
+    "delta_scan_bptt_fwd",
+    "delta_scan_bptt_bwd",
     "check_cuda",
+    "kernels_available",
     "units_per_block",
     "columns_per_thread",
     "kernel_defines",
@@ -325,7 +332,14 @@ def _input_memory_backward(dx: Tensor, e_x: Tensor, g_xhat_t: Tensor) -> tuple[T
     return g_x, g_xhat0
 
 
-def delta_forward_impl(
+# The launchers below are the custom ops themselves (torch.library: one opaque op per call for
+# torch.compile, whose raw-pointer reads stay inside the op; a fake kernel for its shapes; the
+# backward registered as the forward's gradient). Optional tensors (the GRU's c, the
+# accumulators kept for a backward) are empty tensors when absent; every output is a fresh tensor.
+
+
+@torch.library.custom_op("evsnn::delta_scan_bptt_fwd", mutates_args=())
+def delta_scan_bptt_fwd(
     x: Tensor,
     xhat0: Tensor,
     h0: Tensor,
@@ -340,11 +354,12 @@ def delta_forward_impl(
     lstm: bool,
     engine: str,
     keep: bool,
-) -> tuple[Tensor, ...]:
-    """The forward of either engine: ``(h [T, B, H], x̂_T, ĥ_T, M_T (unit-major), c_T, Δx, Δh,
-    M_all, c_all)``; ``c0``/``c_T``/``c_all`` are empty for the GRU, ``M_all`` (the per-step
-    accumulators the backward reads) is empty unless ``keep`` (a backward may follow). The body of
-    the custom op ``evsnn::delta_scan_bptt_fwd`` (`op`)."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The forward of either engine (``"cupy"``: the CUDA kernels; ``"torch"``: their twin in torch
+    ops, on any device) over ``x [T, B, I]`` from ``(x̂, h, ĥ, M [B, H, 4], c)``: ``(h [T, B, H],
+    x̂_T, ĥ_T, M_T (unit-major), c_T, Δx, Δh, M_all, c_all)``; ``c0``/``c_T``/``c_all`` are empty
+    for the GRU, ``M_all`` (the per-step accumulators the backward reads) is empty unless ``keep``
+    (a backward may follow)."""
     c0 = c0 if lstm else None
     if engine == "cupy":
         wp = packed("delta", _pack_weights, (w_ih, w_hh), lstm)
@@ -359,7 +374,21 @@ def delta_forward_impl(
     )  # fmt: skip
 
 
-def delta_backward_impl(
+@delta_scan_bptt_fwd.register_fake
+def _(x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh, theta_x, theta_h, inclusive, lstm, engine, keep):
+    steps, batch, n_in = x.shape
+    hidden = h0.shape[1]
+    seq = x.new_empty(steps, batch, hidden)
+    return (
+        seq, x.new_empty(batch, n_in), x.new_empty(batch, hidden), x.new_empty(batch, hidden, 4),
+        x.new_empty(batch, hidden) if lstm else x.new_empty(0), x.new_empty(steps, batch, n_in), torch.empty_like(seq),
+        x.new_empty(steps, batch, hidden, 4) if keep else x.new_empty(0),
+        torch.empty_like(seq) if lstm else x.new_empty(0),
+    )  # fmt: skip
+
+
+@torch.library.custom_op("evsnn::delta_scan_bptt_bwd", mutates_args=())
+def delta_scan_bptt_bwd(
     g_out: Tensor,
     g_xhat_t: Tensor,
     g_hhat_t: Tensor,
@@ -380,11 +409,10 @@ def delta_backward_impl(
     engine: str,
     need_w_ih: bool,
     need_w_hh: bool,
-) -> tuple[Tensor, ...]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The backward of either engine from the gradients of the forward's outputs (zeros where
     none): ``(∂x, ∂x̂_0, ∂h_0, ∂ĥ_0, ∂M_0 (unit-major), ∂c_0, ∂W_ih, ∂W_hh)``; ``∂c_0`` is empty
-    for the GRU and a weight's gradient is empty unless ``need_w_*``. The body of the custom op
-    ``evsnn::delta_scan_bptt_bwd`` (`op`)."""
+    for the GRU and a weight's gradient is empty unless ``need_w_*``."""
     steps, batch, hidden = out.shape
     inp = dx.shape[2]
     c0 = c0 if lstm else None
@@ -408,6 +436,59 @@ def delta_backward_impl(
     e_x = (dm_x @ w_ih).reshape(steps, batch, inp) + g_dx
     g_x, g_xhat0 = _input_memory_backward(dx, e_x, g_xhat_t)
     return g_x, g_xhat0, g_h0, g_hhat0, g_m0, (g_c0 if lstm else empty), g_w_ih, g_w_hh
+
+
+@delta_scan_bptt_bwd.register_fake
+def _(g_out, g_xhat_t, g_hhat_t, g_m_t, g_c_t, g_dx, g_dh, out, dx, dh, m_all, c_all, h0, c0, w_ih, w_hh, lstm,
+      engine, need_w_ih, need_w_hh):  # fmt: skip
+    empty = out.new_empty(0)
+    return (
+        dx.new_empty(dx.shape), g_xhat_t.new_empty(g_xhat_t.shape), h0.new_empty(h0.shape),
+        g_hhat_t.new_empty(g_hhat_t.shape), g_m_t.new_empty(g_m_t.shape), c0.new_empty(c0.shape) if lstm else empty,
+        w_ih.new_empty(w_ih.shape) if need_w_ih else out.new_empty(0),
+        w_hh.new_empty(w_hh.shape) if need_w_hh else out.new_empty(0),
+    )  # fmt: skip
+
+
+def _setup_bptt(ctx, inputs, output) -> None:
+    x, xhat0, h0, hhat0, m0u, c0, w_ih, w_hh, theta_x, theta_h, inclusive, lstm, engine, keep = inputs
+    out, xhat_t, hhat_t, m_t, c_t, dx, dh, m_all, c_all = output
+    ctx.save_for_backward(out, dx, dh, m_all, c_all, h0, c0, w_ih, w_hh)
+    ctx.flags = (lstm, engine)
+    # The per-step accumulators and cells are residuals for the backward, not results.
+    ctx.mark_non_differentiable(m_all, c_all)
+
+
+def _backward_bptt(ctx, g_out, g_xhat_t, g_hhat_t, g_m_t, g_c_t, g_dx, g_dh, _g_m_all, _g_c_all):
+    out, dx, dh, m_all, c_all, h0, c0, w_ih, w_hh = ctx.saved_tensors
+    lstm, engine = ctx.flags
+    family = "delta_lstm" if lstm else "delta_gru"
+    refuse_double_backward("cupy", family, g_out, g_dx, g_dh, out, dx, dh, h0, c0, w_ih, w_hh)
+    steps, batch, hidden = out.shape
+
+    def zeros_if_none(g: Tensor | None, *shape: int) -> Tensor:
+        return out.new_zeros(shape) if g is None else g
+
+    grads = torch.ops.evsnn.delta_scan_bptt_bwd(
+        zeros_if_none(g_out, steps, batch, hidden),
+        zeros_if_none(g_xhat_t, batch, dx.shape[2]),
+        zeros_if_none(g_hhat_t, batch, hidden),
+        zeros_if_none(g_m_t, batch, hidden, 4),
+        zeros_if_none(g_c_t, batch, hidden) if lstm else out.new_zeros(0),
+        zeros_if_none(g_dx, *dx.shape),
+        zeros_if_none(g_dh, *dh.shape),
+        out, dx, dh, m_all, c_all, h0, c0, w_ih, w_hh, lstm, engine,
+        ctx.needs_input_grad[6], ctx.needs_input_grad[7],
+    )  # fmt: skip
+    g_x, g_xhat0, g_h0, g_hhat0, g_m0, g_c0, g_w_ih, g_w_hh = grads
+    return (
+        g_x, g_xhat0, g_h0, g_hhat0, g_m0, g_c0 if lstm else None,
+        g_w_ih if ctx.needs_input_grad[6] else None, g_w_hh if ctx.needs_input_grad[7] else None,
+        None, None, None, None, None, None,
+    )  # fmt: skip
+
+
+delta_scan_bptt_fwd.register_autograd(_backward_bptt, setup_context=_setup_bptt)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -473,7 +554,6 @@ def _scan(lstm, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta
         (h0, xhat0, hhat0, m0), c0 = state, None
     inputs = (x, xhat0, h0, hhat0, m0, c0, weight_ih, weight_hh)
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    # evsnn::delta_scan_bptt_fwd/_bwd (evsnn/ops/delta/op.py, registered on import of this package)
     out, xhat_t, hhat_t, m_t, c_t, dx, dh, _, _ = torch.ops.evsnn.delta_scan_bptt_fwd(
         x,
         xhat0,
@@ -545,6 +625,12 @@ def delta_lstm_scan_cuda(
 ):
     """The CuPy backend of ``"delta_lstm"``."""
     return _scan(True, x, state, weight_ih, weight_hh, bias_ih, bias_hh, theta_x, theta_h, "cupy", delta_rule)
+
+
+def kernels_available() -> bool:
+    """Whether the CuPy kernels can run here (CuPy and a CUDA GPU; the reason otherwise:
+    [`evsnn.ops.cupy_runtime.unavailable_reason`][evsnn.ops.cupy_runtime.unavailable_reason])."""
+    return rt.unavailable_reason() is None
 
 
 def check_cuda(*, device: torch.device, dtype: torch.dtype | None = None, **config: Any) -> str | None:

@@ -1,5 +1,6 @@
-"""EGRU on the ``"cpu_event"`` backend (SPEC §3): the inference runner (numba loop or torch ops) and
-the event-sparse differentiable scan; same results as [`evsnn.functional.egru_scan`][evsnn.functional.egru_scan]."""
+"""EGRU on the ``"cpu_event"`` backend (SPEC §3): the inference runner (a numba loop) and the scan,
+which trains with the fused kernels of [`evsnn.ops.egru.cpu_train`][evsnn.ops.egru.cpu_train]; same results as
+[`evsnn.functional.egru_scan`][evsnn.functional.egru_scan]."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ...functional.checks import check_steps
-from ...functional.egru import RESETS, EGRUState, EGRUTrace, egru_initial_state, egru_pointwise
+from ...functional.egru import RESETS, EGRUState, EGRUTrace, egru_initial_state
+from ...functional.precision import state_dtype
 from ...surrogate import Surrogate, Triangle
-from ..compile_marks import compile_opaque
 from ..cpu_common import (
     _check_cpu_tensors,
     _check_same_dtype,
@@ -22,23 +23,21 @@ from ..cpu_common import (
     _full,
     _grad_needed,
     _np,
-    _pick_kernel,
-    _RowBag,
     _upcast_low,
     check_cpu,
-    event_matmul,
     numba_jit,
+    require_numba,
 )
 from ..cpu_vecmath import install, sigmoid, tanh
 
-__all__ = ["EGRURunner", "egru_scan_cpu", "check_cpu"]
+__all__ = ["EGRURunner", "egru_scan_cpu", "egru_scan_cpu_op", "check_cpu", "kernels_available"]
 
 # --------------------------------------------------------------------------------------------
 # Fused inference loops (numba)
 # --------------------------------------------------------------------------------------------
-# At B = 1 a torch op costs a few µs of dispatch whatever its size, and one recurrent step of
-# the torch-op runners below needs ~15 of them (≈ 75 µs at any activity, against ≈ 350-600 µs
-# for a whole ``nn.GRU`` step at H = 1024). These plain-Python loops, compiled once by numba,
+# At B = 1 a torch op costs a few µs of dispatch whatever its size, and one recurrent step
+# written in torch ops needs ~15 of them (≈ 75 µs at any activity, against ≈ 350-600 µs for a
+# whole ``nn.GRU`` step at H = 1024). These plain-Python loops, compiled once by numba,
 # run *all* steps of a chunk in one call: the gather of active rows and the gate math are
 # fused, nothing is allocated per step, and the cost per step is the active rows read plus
 # O(H) pointwise work. They compute the same equations as the reference scans, in the arrays'
@@ -132,6 +131,11 @@ def _kernels() -> SimpleNamespace | None:
     return SimpleNamespace(egru=jit(_egru_loop))
 
 
+def kernels_available() -> bool:
+    """Whether the numba inference loop can run (numba installed: the ``cpu`` extra)."""
+    return _kernels() is not None
+
+
 _EGRU_SURROGATE = Triangle(0.3)
 
 
@@ -140,9 +144,8 @@ class EGRURunner:
 
     ``step(gi)`` takes the input projection ``gi = W_ih x_t + b_ih`` (``[B, 3H]``) and returns
     ``(y_t, c_pre_t)``; the recurrent product reads only the rows of ``W_hhᵀ`` of units with an
-    event ``y_{t−1} ≠ 0``. `step_input` takes ``x_t`` itself (the streaming step).
-    ``kernel``: ``"numba"`` runs the fused loop `_egru_loop` (one call per step or chunk),
-    ``"torch"`` a loop of torch ops, ``"auto"`` numba when installed; `kernel` says which runs.
+    event ``y_{t−1} ≠ 0``. `step_input` takes ``x_t`` itself (the streaming step). Runs the
+    fused loop `_egru_loop` (one call per step or chunk); needs numba.
     """
 
     def __init__(
@@ -154,11 +157,10 @@ class EGRURunner:
         threshold: Tensor,
         *,
         reset: str = "output",
-        kernel: str = "auto",
     ):
         if reset not in RESETS:
             raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
-        self.kernel = _pick_kernel(kernel)
+        require_numba("EGRURunner")
         with torch.no_grad():
             h = weight_hh.shape[1]
             self.hidden = h
@@ -168,20 +170,19 @@ class EGRURunner:
             self.table = _full(weight_hh).t().contiguous()  # [H, 3H]: a unit's outgoing weights are one row
             self.bias_hh = _full(bias_hh)
             self.threshold = _full(threshold).clone()
-            if self.kernel == "numba":
-                zeros = self.table.new_zeros(3 * h)
-                self._np_args = (
-                    _np(self.table),
-                    _np(zeros if self.bias_hh is None else self.bias_hh.contiguous()),
-                    _np(self.threshold.expand(h).contiguous()),
-                )
-                # W_ihᵀ and b_ih for the projection inside the loop (step_input), made on its first
-                # call: a chunk (the scans' path) projects with one GEMM instead
-                self._np_input: tuple[np.ndarray, np.ndarray] | None = None
-                self._no_input = (np.empty((0, 3 * h), dtype=_np(zeros).dtype), _np(zeros))
-                self._np_scratch = (np.empty((2, 3 * h), dtype=_np(zeros).dtype), np.empty(h, dtype=np.int64))
-                self._no_gi = np.empty((0, 1, 3 * h), dtype=_np(zeros).dtype)
-                self._kernel = _kernels().egru
+            zeros = self.table.new_zeros(3 * h)
+            self._np_args = (
+                _np(self.table),
+                _np(zeros if self.bias_hh is None else self.bias_hh.contiguous()),
+                _np(self.threshold.expand(h).contiguous()),
+            )
+            # W_ihᵀ and b_ih for the projection inside the loop (step_input), made on its first
+            # call: a chunk (the scans' path) projects with one GEMM instead
+            self._np_input: tuple[np.ndarray, np.ndarray] | None = None
+            self._no_input = (np.empty((0, 3 * h), dtype=_np(zeros).dtype), _np(zeros))
+            self._np_scratch = (np.empty((2, 3 * h), dtype=_np(zeros).dtype), np.empty(h, dtype=np.int64))
+            self._no_gi = np.empty((0, 1, 3 * h), dtype=_np(zeros).dtype)
+            self._kernel = _kernels().egru
         self.c: Tensor | None = None
         self.y: Tensor | None = None
 
@@ -213,14 +214,10 @@ class EGRURunner:
     def load(self, state: EGRUState) -> None:
         self.c = state.c.detach().clone(memory_format=torch.contiguous_format)
         self.y = state.y.detach().clone(memory_format=torch.contiguous_format)
-        if self.kernel == "numba":
-            _check_same_dtype("EGRU state", self.table, self.c, self.y)
-            # The fused loop updates c and y in place: their numpy views stay valid.
-            self._np_state = (_np(self.c), _np(self.y))
-            self._c_pre_step = np.empty((1, *self.c.shape), dtype=self._np_state[0].dtype)
-            return
-        self.active = self.y != 0
-        self.bag = _RowBag(self.table, self.y.shape[0])
+        _check_same_dtype("EGRU state", self.table, self.c, self.y)
+        # The fused loop updates c and y in place: their numpy views stay valid.
+        self._np_state = (_np(self.c), _np(self.y))
+        self._c_pre_step = np.empty((1, *self.c.shape), dtype=self._np_state[0].dtype)
 
     def _fused(self, gi: Tensor, out: Tensor, c_pre: Tensor) -> None:
         _check_same_dtype("EGRU input", self.table, gi)
@@ -235,12 +232,9 @@ class EGRURunner:
     def step_input(self, x: Tensor) -> Tensor:
         """One step from the layer's input ``x [B, I]``; returns ``y_t`` (a new tensor).
 
-        With numba this is one call of `_egru_loop`, projection included (``W_ih x_t``
-        from ``W_ihᵀ`` held here): no torch op and no allocation besides ``y_t``. Otherwise
-        ``step(project(x))``."""
+        One call of `_egru_loop`, projection included (``W_ih x_t`` from ``W_ihᵀ`` held
+        here): no torch op and no allocation besides ``y_t``."""
         x = _upcast_low(x, self.weight_ih.dtype)
-        if self.kernel != "numba":
-            return self.step(self.project(x))[0]
         _check_same_dtype("EGRU input", self.table, x)
         # numpy in and out: a torch op costs µs of dispatch at B = 1, the whole step ~100 µs
         batch = x.shape[0]
@@ -271,26 +265,10 @@ class EGRURunner:
     def step(self, gi: Tensor, out: Tensor | None = None, c_pre_out: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """One step from ``gi [B, 3H]``; writes into ``out``/``c_pre_out`` when given (rows of
         the scan's output buffers, never overwritten later, so the state can point at them)."""
-        if self.kernel == "numba":
-            out = gi.new_empty(gi.shape[0], self.hidden) if out is None else out
-            c_pre_out = gi.new_empty(gi.shape[0], self.hidden) if c_pre_out is None else c_pre_out
-            self._fused(gi.unsqueeze(0), out.unsqueeze(0), c_pre_out.unsqueeze(0))
-            return out, c_pre_out
-        gh = self.bag(self.y, self.active)
-        if self.bias_hh is not None:
-            gh = gh + self.bias_hh
-        # No graph is recorded here, so any surrogate's forward is the Heaviside step.
-        y, (c, _), c_pre = egru_pointwise(
-            gi, gh, EGRUState(self.c, self.y), self.threshold, self.reset_mode, _EGRU_SURROGATE
-        )
-        if out is not None:
-            y = out.copy_(y)
-        if c_pre_out is not None:
-            c_pre = c_pre_out.copy_(c_pre)
-        self.c, self.y = c, y
-        # θ > 0, so a unit that fired has y = c_pre ≠ 0: the events are next step's active set.
-        self.active = y != 0
-        return y, c_pre
+        out = gi.new_empty(gi.shape[0], self.hidden) if out is None else out
+        c_pre_out = gi.new_empty(gi.shape[0], self.hidden) if c_pre_out is None else c_pre_out
+        self._fused(gi.unsqueeze(0), out.unsqueeze(0), c_pre_out.unsqueeze(0))
+        return out, c_pre_out
 
     def run(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """All steps of ``x [T, B, I]``; returns ``(y [T, B, H], c_pre [T, B, H])``."""
@@ -298,60 +276,41 @@ class EGRURunner:
         gi_all = self.project(x)
         out = gi_all.new_empty(steps, batch, self.hidden)
         c_pre = gi_all.new_empty(steps, batch, self.hidden)
-        if self.kernel == "numba":
-            self._fused(gi_all, out, c_pre)
-            return out, c_pre
-        for t in range(steps):
-            self.step(gi_all[t], out[t], c_pre[t])
+        self._fused(gi_all, out, c_pre)
         return out, c_pre
 
 
-def _egru_autograd(x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset, surrogate):
-    gi_all = x @ weight_ih.t()
-    if bias_ih is not None:
-        gi_all = gi_all + bias_ih
-    table = weight_hh.t().contiguous()
-    support = surrogate.support
-    c_prev, y_prev = state
-    # y_0 supplied with a gradient needs ∂L/∂y_0 for every unit: the first product stays dense.
-    dense = support is None or y_prev.requires_grad
-    active = None
-    ys, c_pres = [], []
-    for t in range(x.shape[0]):
-        gh = y_prev @ weight_hh.t() if dense else event_matmul(y_prev, table, active)
-        if bias_hh is not None:
-            gh = gh + bias_hh
-        y, (c, _), c_pre = egru_pointwise(gi_all[t], gh, EGRUState(c_prev, y_prev), threshold, reset, surrogate)
-        if support is not None:
-            dense = False
-            # A unit passes gradient through y_t if it fired or sits inside the support
-            # (|c − θ| < ε); "≤" keeps the boundary, a harmless superset.
-            with torch.no_grad():
-                active = (y != 0) | ((c_pre - threshold).abs() <= support)
-        ys.append(y)
-        c_pres.append(c_pre)
-        c_prev, y_prev = c, y
-    return torch.stack(ys), EGRUState(c_prev, y_prev), EGRUTrace(torch.stack(c_pres))
+@torch.library.custom_op("evsnn::egru_scan_cpu", mutates_args=(), device_types="cpu")
+def egru_scan_cpu_op(
+    x: Tensor,
+    c: Tensor,
+    y: Tensor,
+    weight_ih: Tensor,
+    weight_hh: Tensor,
+    bias_ih: Tensor | None,
+    bias_hh: Tensor | None,
+    threshold: Tensor,
+    reset: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """EGRU inference over ``x [T, B, I]`` from the state ``(c, y)`` ([`EGRURunner`][evsnn.ops.egru.cpu.EGRURunner]);
+    returns ``(y_seq [T, B, H], c_T [B, H], y_T [B, H], c_pre [T, B, H])``. A custom op
+    (torch.compile sees one opaque op, shapes from its fake kernel); not differentiable: a call
+    that records gradients trains through [`evsnn.ops.egru.cpu_train`][evsnn.ops.egru.cpu_train]."""
+    runner = EGRURunner(weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset=reset)
+    runner.load(EGRUState(c, y))
+    y_seq, c_pre = runner.run(x)
+    c_final, y_final = runner.state()
+    return y_seq, c_final, y_final, c_pre
 
 
-# The fused training kernels are the custom ops evsnn::egru_train_cpu_fwd/_bwd (evsnn/ops/egru/op.py):
-# torch.compile keeps them in its graph. Imported on first use, so numba loads on this path only.
-def _egru_fused_train(x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset, surrogate, zoneout, training):
-    from .cpu_train import egru_train_scan
-
-    return egru_train_scan(
-        x,
-        state,
-        weight_ih,
-        weight_hh,
-        bias_ih,
-        bias_hh,
-        threshold,
-        reset=reset,
-        surrogate=surrogate,
-        zoneout=zoneout,
-        training=training,
-    )
+@egru_scan_cpu_op.register_fake
+def _(x, c, y, weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset):
+    # The runner computes in the weights' dtype (float32 for a bfloat16/float16 layer, SPEC §6).
+    steps, batch = x.shape[:2]
+    hidden = weight_hh.shape[1]
+    dtype = state_dtype(weight_ih.dtype)
+    seq = x.new_empty(steps, batch, hidden, dtype=dtype)
+    return seq, c.new_empty(batch, hidden, dtype=dtype), y.new_empty(batch, hidden, dtype=dtype), torch.empty_like(seq)
 
 
 def egru_scan_cpu(
@@ -369,48 +328,38 @@ def egru_scan_cpu(
     training: bool = False,
 ) -> tuple[Tensor, EGRUState, EGRUTrace]:
     """Event-sparse EGRU over ``x [T, B, I]``; same signature and result as
-    [`evsnn.functional.egru_scan`][evsnn.functional.egru_scan] (SPEC §3). Training runs the fused numba kernel of
-    [`evsnn.ops.egru.cpu_train`][evsnn.ops.egru.cpu_train] (zoneout included); without numba or with
-    ``EVSNN_CPU_KERNEL=torch`` it runs the torch-op loop, which, like inference, refuses zoneout
+    [`evsnn.functional.egru_scan`][evsnn.functional.egru_scan] (SPEC §3). Training runs the fused numba kernels of
+    [`evsnn.ops.egru.cpu_train`][evsnn.ops.egru.cpu_train] (zoneout included); inference refuses zoneout
     (``ValueError``)."""
     if reset not in RESETS:
         raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
     _check_surrogate(surrogate)
+    require_numba("the cpu_event egru scan")
     _check_cpu_tensors("egru", x, weight_ih, weight_hh, threshold)
     check_steps("the cpu_event egru scan", x)
     if state is None:
         state = egru_initial_state(x.shape[1], weight_hh.shape[1], x)
     params = (x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold)
-    if _grad_needed(*params) and _pick_kernel("auto") == "numba":
-        return _egru_fused_train(*params, reset, surrogate, zoneout, training)
-    if zoneout != 0.0:
-        raise ValueError(
-            f"the cpu_event EGRU implements zoneout only in training on the fused numba kernel, got zoneout={zoneout}"
-        )
     if _grad_needed(*params):
-        return _egru_train(*params, reset, surrogate)
-    # evsnn::egru_scan_cpu (evsnn/ops/egru/op.py, registered on import of this package): one opaque
-    # op for torch.compile.
+        from .cpu_train import egru_train_scan  # numba's training kernels load on this path only
+
+        return egru_train_scan(*params, reset=reset, surrogate=surrogate, zoneout=zoneout, training=training)
+    if zoneout != 0.0:
+        raise ValueError(f"the cpu_event EGRU implements zoneout only in training, got zoneout={zoneout}")
+    # Called through torch.ops: Dynamo keeps an op overload opaque (it would trace into the Python
+    # function).
     y, c, y_final, c_pre = torch.ops.evsnn.egru_scan_cpu(
         x, *state, weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset
     )
     return y, EGRUState(c, y_final), EGRUTrace(c_pre)
 
 
-# The torch-op training loop (without numba, or EVSNN_CPU_KERNEL=torch) gathers rows into
-# data-dependent shapes and is not a custom op: a compiled model runs it eagerly behind one graph
-# break here.
-@compile_opaque
-def _egru_train(x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset, surrogate):
-    return _egru_autograd(x, state, weight_ih, weight_hh, bias_ih, bias_hh, threshold, reset, surrogate)
-
-
 def _training_traced(*, surrogate: Surrogate = _EGRU_SURROGATE, zoneout: float = 0.0, **_: object) -> bool:
     """Whether `egru_scan_cpu` trains through its custom ops (torch.compile traces them), not
-    through a path that breaks the graph (the torch-op loop; a surrogate without kernel spec)."""
+    through the autograd node of a surrogate without kernel form (which breaks the graph)."""
     from ..cpu_surrogate import surrogate_args  # imports numba: on this path only
 
-    return _pick_kernel("auto") == "numba" and surrogate_args(surrogate) is not None and 0.0 <= zoneout < 1.0
+    return surrogate_args(surrogate) is not None and 0.0 <= zoneout < 1.0
 
 
 egru_scan_cpu.traced_training = _training_traced

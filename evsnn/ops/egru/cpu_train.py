@@ -34,7 +34,8 @@ forward (a NaN or −∞ ``c_pre`` gives ``y = 0·c_pre = NaN``, an event that r
 
 The module runs past 600 lines because the forward and backward kernels (each handling both
 resets, zoneout and every surrogate with a kernel form) sit beside their launchers
-(`train_forward`, `train_backward`), which check and convert every argument.
+(`egru_train_cpu_fwd`, `egru_train_cpu_bwd`: the custom ops themselves, with their fake kernels
+and autograd rule), which check and convert every argument.
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ from ...functional.egru import RESETS, EGRUState, EGRUTrace, egru_initial_state
 from ...functional.precision import Precision, project
 from ...surrogate import SnnTorchSurrogate, Surrogate, Triangle
 from ..compile_marks import compile_opaque
-from ..cpu_common import numba_available, numba_batch_threads
+from ..cpu_common import NUMBA_REASON, numba_available, numba_batch_threads
 from ..cpu_surrogate import pseudo_derivative, surrogate_args
 from ..cpu_vecmath import install, sigmoid, tanh
+from ..transforms import refuse_double_backward
 
 try:  # numba is optional (the ``cpu`` extra); this module is imported only on the training path
     from numba import njit, prange
@@ -66,7 +68,7 @@ except ImportError:  # pragma: no cover - without numba the kernels are never co
         return lambda fn: fn
 
 
-__all__ = ["egru_train_scan", "kernels_available", "egru_train_reason", "train_forward", "train_backward"]
+__all__ = ["egru_train_scan", "kernels_available", "egru_train_reason", "egru_train_cpu_fwd", "egru_train_cpu_bwd"]
 
 _DTYPES = (torch.float32, torch.float64)
 _DEFAULT_SURROGATE = Triangle(0.3)
@@ -527,14 +529,23 @@ def _pseudo_derivative(surrogate: Surrogate, x: Tensor) -> Tensor:
     return g
 
 
+# kind -1: a surrogate without kernel spec (its pseudo-derivative comes from autograd, `_EGRUTrain`)
+_NO_KERNEL_FORM = (-1, [0.0] * 4, math.inf)
+
+
 def _surrogate_args(surrogate: Surrogate) -> tuple[int, list[float], float]:
-    """The surrogate as the custom ops' schema takes it, ``(kind, params, gate)``; kind -1: no
-    kernel spec (its pseudo-derivative comes from autograd, `_EGRUTrain`)."""
+    """The surrogate as the custom ops' schema takes it, ``(kind, params, gate)``."""
     args = surrogate_args(surrogate)
-    return (-1, [0.0] * 4, math.inf) if args is None else args
+    return _NO_KERNEL_FORM if args is None else args
 
 
-def train_forward(
+# The launchers below are the custom ops themselves (torch.library: one opaque op per call for
+# torch.compile, a fake kernel for its shapes, the backward registered as the forward's gradient).
+# Every output is a fresh tensor (no output aliases an input or another output).
+
+
+@torch.library.custom_op("evsnn::egru_train_cpu_fwd", mutates_args=(), device_types="cpu")
+def egru_train_cpu_fwd(
     gi: Tensor,
     c0: Tensor,
     y0: Tensor,
@@ -544,10 +555,14 @@ def train_forward(
     reset_output: bool,
     zo_p: float,
     zo_mask: Tensor,
+    sg_kind: int,
+    sg_params: list[float],
+    sg_gate: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The fused forward (`_egru_forward`): ``(y [T, B, H], c_T, y_T, c_pre [T, B, H], gates
-    [4, T, B, H])``, the gates ``r, z, n, W_hn y + b_hn`` kept for `train_backward`.
-    ``zo_mask``: the zoneout masks ``[T, B, H]`` (bool) in training, else empty."""
+    """The fused forward (`_egru_forward`) over ``gi = W_ih x + b_ih [T, B, 3H]``: ``(y [T, B, H],
+    c_T, y_T, c_pre [T, B, H], gates [4, T, B, H])``, the gates ``r, z, n, W_hn y + b_hn`` kept for
+    `egru_train_cpu_bwd`. ``zo_mask``: the zoneout masks ``[T, B, H]`` (bool) in training, else
+    empty. The surrogate's kernel form (``sg_*``) serves the backward."""
     steps, batch, h3 = gi.shape
     hs = h3 // 3
     table = weight_hh.detach().t().contiguous()
@@ -578,6 +593,15 @@ def train_forward(
     return out_y, c, y, out_v, gates
 
 
+@egru_train_cpu_fwd.register_fake
+def _(gi, c0, y0, weight_hh, bias_hh, theta, reset_output, zo_p, zo_mask, sg_kind, sg_params, sg_gate):
+    steps, batch, h3 = gi.shape
+    hidden = h3 // 3
+    seq = gi.new_empty(steps, batch, hidden)
+    state = gi.new_empty(batch, hidden)
+    return seq, state, torch.empty_like(state), torch.empty_like(seq), gi.new_empty(4, steps, batch, hidden)
+
+
 def _zoneout(zo_p: float, zo_mask: Tensor) -> tuple[int, np.ndarray]:
     if zo_p == 0.0:
         return _ZO_NONE, np.zeros((0, 0, 0), dtype=np.uint8)
@@ -586,7 +610,8 @@ def _zoneout(zo_p: float, zo_mask: Tensor) -> tuple[int, np.ndarray]:
     return _ZO_MASK, _np(zo_mask.contiguous()).view(np.uint8)
 
 
-def train_backward(
+@torch.library.custom_op("evsnn::egru_train_cpu_bwd", mutates_args=(), device_types="cpu")
+def egru_train_cpu_bwd(
     g_out: Tensor | None,
     g_c: Tensor | None,
     g_y: Tensor | None,
@@ -602,13 +627,15 @@ def train_backward(
     reset_output: bool,
     zo_p: float,
     need_y0: bool,
-    kind: int,
-    params: list[float],
-    gate: float,
+    sg_kind: int,
+    sg_params: list[float],
+    sg_gate: float,
     pseudo: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The fused backward (`_egru_backward`) from the output gradients (``None``: zero):
-    ``(∂gi, ∂c_0, ∂y_0, ∂W_hh, ∂b_hh, ∂θ)``. ``pseudo``: ``g(c_pre − θ)`` for ``kind`` -1."""
+    """The fused backward (`_egru_backward`) from the output gradients (``None``: zero) and the
+    forward's outputs: ``(∂gi, ∂c_0, ∂y_0, ∂W_hh, ∂b_hh, ∂θ)``. ``need_y0``: form ``∂L/∂y_0``
+    for every unit (else only what reaches the parameters). ``pseudo``: ``g(c_pre − θ)`` for
+    ``sg_kind`` -1 (a surrogate without kernel form)."""
     steps, batch, hs = out_y.shape
     table = weight_hh.detach().t().contiguous()
 
@@ -629,8 +656,8 @@ def train_backward(
         g_theta = table.new_zeros(chunks, hs)
         _kernels().backward(
             _np(table), _np(theta.detach().contiguous()), _np(c0.detach().contiguous()),
-            _np(y0.detach().contiguous()), reset_output, zo_mode, zo_p, mask, need_y0, chunks, kind,
-            np.asarray(params, dtype=np.float64), gate, _np(pseudo), _np(out_y.detach()), _np(out_v.detach()),
+            _np(y0.detach().contiguous()), reset_output, zo_mode, zo_p, mask, need_y0, chunks, sg_kind,
+            np.asarray(sg_params, dtype=np.float64), sg_gate, _np(pseudo), _np(out_y.detach()), _np(out_v.detach()),
             *(_np(g) for g in gates.detach()),
             _np(g_out), _np(g_v), _np(a_c), _np(a_y), _np(g_gi), _np(dgh_n), _np(g_bias), _np(g_theta),
         )  # fmt: skip
@@ -643,6 +670,45 @@ def train_backward(
     return g_gi, a_c, a_y, g_table.t().contiguous(), g_bias.sum(0), g_theta.sum(0)
 
 
+@egru_train_cpu_bwd.register_fake
+def _(grad_out, grad_c, grad_y, grad_c_pre, c0, y0, weight_hh, theta, out, c_pre, gates, zo_mask, *flags):
+    steps, batch, hidden = out.shape
+    return (
+        out.new_empty(steps, batch, 3 * hidden),
+        out.new_empty(batch, hidden),
+        out.new_empty(batch, hidden),
+        weight_hh.new_empty(3 * hidden, hidden),
+        weight_hh.new_empty(3 * hidden),
+        theta.new_empty(hidden),
+    )
+
+
+def _setup_train(ctx, inputs, output) -> None:
+    gi, c0, y0, weight_hh, bias_hh, theta, reset_output, zo_p, zo_mask, *surrogate = inputs
+    out, _, _, c_pre, gates = output
+    ctx.save_for_backward(c0, y0, weight_hh, theta, out, c_pre, gates, zo_mask)
+    ctx.flags = (reset_output, zo_p)
+    ctx.surrogate = surrogate
+    ctx.has_bias = bias_hh is not None
+    ctx.mark_non_differentiable(gates)
+
+
+def _backward_train(ctx, grad_out, grad_c, grad_y, grad_c_pre, _grad_gates):
+    c0, y0, weight_hh, theta, out, c_pre, gates, zo_mask = ctx.saved_tensors
+    grads = (grad_out, grad_c, grad_y, grad_c_pre)
+    refuse_double_backward("cpu_event", "egru", *grads, c0, y0, weight_hh, theta, out, c_pre)
+    grad_out, grad_c_pre = (torch.zeros_like(out) if g is None else g for g in (grad_out, grad_c_pre))
+    grad_c, grad_y = (torch.zeros_like(c0) if g is None else g for g in (grad_c, grad_y))
+    g_gi, g_c0, g_y0, g_w, g_bias, g_theta = torch.ops.evsnn.egru_train_cpu_bwd(
+        grad_out, grad_c, grad_y, grad_c_pre, c0, y0, weight_hh, theta, out, c_pre, gates, zo_mask,
+        *ctx.flags, bool(ctx.needs_input_grad[2]), *ctx.surrogate,
+    )  # fmt: skip
+    return g_gi, g_c0, g_y0, g_w, g_bias if ctx.has_bias else None, g_theta, None, None, None, None, None, None
+
+
+egru_train_cpu_fwd.register_autograd(_backward_train, setup_context=_setup_train)
+
+
 class _EGRUTrain(torch.autograd.Function):
     """The fused kernels as one autograd node over ``gi = W_ih x + b_ih``, for a surrogate without
     a kernel spec: its pseudo-derivative is autograd of the surrogate object, which no custom-op
@@ -650,7 +716,9 @@ class _EGRUTrain(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gi, c0, y0, weight_hh, bias_hh, theta, reset_output, surrogate, zo_p, zo_mask):
-        out_y, c, y, out_v, gates = train_forward(gi, c0, y0, weight_hh, bias_hh, theta, reset_output, zo_p, zo_mask)
+        out_y, c, y, out_v, gates = torch.ops.evsnn.egru_train_cpu_fwd(
+            gi, c0, y0, weight_hh, bias_hh, theta, reset_output, zo_p, zo_mask, *_NO_KERNEL_FORM
+        )
         ctx.options = (reset_output, surrogate, zo_p, bias_hh is not None)
         ctx.save_for_backward(c0, y0, weight_hh, theta, out_y, out_v, gates, zo_mask)
         return out_y, c, y, out_v
@@ -661,7 +729,7 @@ class _EGRUTrain(torch.autograd.Function):
         c0, y0, weight_hh, theta, out_y, out_v, gates, zo_mask = ctx.saved_tensors
         reset_output, surrogate, zo_p, has_bias = ctx.options
         pseudo = _pseudo_derivative(surrogate, out_v - theta)
-        g_gi, a_c, a_y, g_w, g_bias, g_theta = train_backward(
+        g_gi, a_c, a_y, g_w, g_bias, g_theta = torch.ops.evsnn.egru_train_cpu_bwd(
             g_out,
             g_c,
             g_y,
@@ -677,9 +745,7 @@ class _EGRUTrain(torch.autograd.Function):
             reset_output,
             zo_p,
             bool(ctx.needs_input_grad[2]),
-            -1,
-            [0.0] * 4,
-            math.inf,
+            *_NO_KERNEL_FORM,
             pseudo,
         )
         return g_gi, a_c, a_y, g_w, g_bias if has_bias else None, g_theta, None, None, None, None
@@ -694,7 +760,7 @@ def egru_train_reason(surrogate: object, zoneout: float = 0.0) -> str | None:
     """``None`` when `egru_train_scan` can run with this surrogate and zoneout, else why not
     (numba missing; a snntorch closure or a non-[`Surrogate`][evsnn.surrogate.Surrogate])."""
     if not numba_available():  # not _kernels(): torch.compile traces this check, numba's jit it cannot
-        return "the fused EGRU training kernel needs numba: pip install numba (or evsnn[cpu])"
+        return f"the fused EGRU training kernel: {NUMBA_REASON}"
     if isinstance(surrogate, SnnTorchSurrogate):
         return "a snntorch surrogate is not supported by the fused EGRU training kernel; use an evsnn.surrogate"
     if not isinstance(surrogate, Surrogate):
@@ -786,8 +852,6 @@ def egru_train_scan(
             gi, state.c, state.y, weight_hh, bias_hh, theta, reset == "output", surrogate, float(zoneout), mask
         )
     else:
-        # evsnn::egru_train_cpu_fwd and its registered backward (evsnn/ops/egru/op.py): one opaque
-        # op for torch.compile.
         out, c, y, c_pre, _ = torch.ops.evsnn.egru_train_cpu_fwd(
             gi,
             state.c,

@@ -28,8 +28,17 @@ from ...surrogate import Surrogate, Triangle
 from .. import cupy_runtime as rt
 from ..compile_marks import assume_constant_result
 from ..packed_weights import packed
+from ..transforms import refuse_double_backward
 
-__all__ = ["egru_scan_cuda", "check_cuda", "surrogate_kernel_args", "units_per_block"]
+__all__ = [
+    "egru_scan_cuda",
+    "egru_scan_cuda_fwd",
+    "egru_scan_cuda_bwd",
+    "check_cuda",
+    "kernels_available",
+    "surrogate_kernel_args",
+    "units_per_block",
+]
 
 _SOURCE = "egru.cu"
 _BUF = 64
@@ -95,6 +104,12 @@ def _layout(hidden: int, batch: int, dtype: torch.dtype, device: torch.device) -
     return u, nb, fwd_smem, fwd_base + (fwd_w if fwd_smem else 0), bwd_smem, bwd_base + (bwd_w if bwd_smem else 0)
 
 
+def kernels_available() -> bool:
+    """Whether the CuPy kernels can run here (CuPy and a CUDA GPU; the reason otherwise:
+    [`evsnn.ops.cupy_runtime.unavailable_reason`][evsnn.ops.cupy_runtime.unavailable_reason])."""
+    return rt.unavailable_reason() is None
+
+
 def check_cuda(
     *,
     device: torch.device,
@@ -156,12 +171,29 @@ def _pack_backward(weight_hh: Tensor, u: int, nb: int) -> Tensor:
     return w.view(3 * h, nb, u).permute(1, 2, 0).contiguous()
 
 
-def egru_forward_launch(
-    gi: Tensor, c0: Tensor, y0: Tensor, weight_hh: Tensor, bias_hh: Tensor, theta: Tensor, reset_threshold: bool
+# The launchers below are the custom ops themselves (torch.library: one opaque op per call for
+# torch.compile, whose raw-pointer reads stay inside the op; a fake kernel for its shapes; the
+# backward registered as the forward's gradient). Every output is a fresh tensor.
+
+
+@torch.library.custom_op("evsnn::egru_scan_cuda_fwd", mutates_args=(), device_types="cuda")
+def egru_scan_cuda_fwd(
+    gi: Tensor,
+    c0: Tensor,
+    y0: Tensor,
+    weight_hh: Tensor,
+    bias_hh: Tensor,
+    theta: Tensor,
+    reset_threshold: bool,
+    sg_kind: int,
+    sg_params: list[float],
+    sg_trunc: float,
+    support: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The persistent forward kernel over ``gi [T, B, 3H]`` (contiguous, one dtype and device):
-    ``(y [T, B, H], c_T [B, H], save [5, T, B, H])``; ``save[4]`` is ``c_pre``, the rest is what
-    the backward reads. The body of the custom op ``evsnn::egru_scan_cuda_fwd`` (`op`)."""
+    """The persistent forward kernel over ``gi = W_ih x + b_ih [T, B, 3H]`` (contiguous, one dtype
+    and device): ``(y [T, B, H], c_T [B, H], save [5, T, B, H])``; ``save[4]`` is ``c_pre``, the
+    rest is what the backward reads. The surrogate's kernel form (``sg_*``, ``support``) serves
+    the backward."""
     steps, batch, h3 = gi.shape
     hidden = h3 // 3
     device = gi.device
@@ -193,7 +225,15 @@ def egru_forward_launch(
     return out, c_state, save
 
 
-def egru_backward_launch(
+@egru_scan_cuda_fwd.register_fake
+def _(gi, c0, y0, weight_hh, bias_hh, theta, reset_threshold, sg_kind, sg_params, sg_trunc, support):
+    steps, batch, h3 = gi.shape
+    hidden = h3 // 3
+    return gi.new_empty(steps, batch, hidden), c0.new_empty(c0.shape), gi.new_empty(5, steps, batch, hidden)
+
+
+@torch.library.custom_op("evsnn::egru_scan_cuda_bwd", mutates_args=(), device_types="cuda")
+def egru_scan_cuda_bwd(
     grad_out: Tensor,
     grad_c: Tensor,
     save: Tensor,
@@ -210,8 +250,7 @@ def egru_backward_launch(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The persistent reverse-time kernel, then the dense weight-gradient GEMMs:
     ``(∂gi, ∂c_0, ∂y_0, ∂W_hh, ∂b_hh, ∂θ)``. The surrogate comes as its kernel form
-    ([`evsnn.ops.cupy_runtime.surrogate_kernel_args`][evsnn.ops.cupy_runtime.surrogate_kernel_args]) and its support (``inf`` for none).
-    The body of the custom op ``evsnn::egru_scan_cuda_bwd`` (`op`)."""
+    ([`evsnn.ops.cupy_runtime.surrogate_kernel_args`][evsnn.ops.cupy_runtime.surrogate_kernel_args]) and its support (``inf`` for none)."""
     steps, batch, hidden = out.shape
     device, dtype = out.device, out.dtype
     u, nb, _, _, bsm, bbytes = _layout(hidden, batch, dtype, device)
@@ -259,6 +298,39 @@ def egru_backward_launch(
     if not reset_threshold:
         d_y0 = d_y0 - dp0
     return dgi, dc, d_y0, d_weight_hh, d_bias_hh, dtheta_part.sum(0)
+
+
+@egru_scan_cuda_bwd.register_fake
+def _(grad_out, grad_c, save, c0, y0, out, weight_hh, theta, reset_threshold, sg_kind, sg_params, sg_trunc, support):
+    steps, batch, hidden = out.shape
+    return (
+        out.new_empty(steps, batch, 3 * hidden),
+        c0.new_empty(c0.shape),
+        y0.new_empty(y0.shape),
+        weight_hh.new_empty(weight_hh.shape),
+        weight_hh.new_empty(3 * hidden),
+        theta.new_empty(theta.shape),
+    )
+
+
+def _setup_fwd(ctx, inputs, output) -> None:
+    gi, c0, y0, weight_hh, bias_hh, theta, *flags = inputs
+    out, _, save = output
+    ctx.save_for_backward(save, c0, y0, out, weight_hh, theta)
+    ctx.flags = flags  # reset_threshold and the surrogate's kernel form
+    ctx.mark_non_differentiable(save)  # c_pre (save[4]) passes no gradient, as in every EGRU kernel
+
+
+def _backward_fwd(ctx, grad_out, grad_c, _grad_save):
+    save, c0, y0, out, weight_hh, theta = ctx.saved_tensors
+    refuse_double_backward("cupy", "egru", grad_out, grad_c, c0, y0, out, weight_hh, theta)
+    grad_out = torch.zeros_like(out) if grad_out is None else grad_out
+    grad_c = torch.zeros_like(c0) if grad_c is None else grad_c
+    grads = torch.ops.evsnn.egru_scan_cuda_bwd(grad_out, grad_c, save, c0, y0, out, weight_hh, theta, *ctx.flags)
+    return (*grads, None, None, None, None, None)
+
+
+egru_scan_cuda_fwd.register_autograd(_backward_fwd, setup_context=_setup_fwd)
 
 
 def _same(name: str, t: Tensor, like: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -311,7 +383,6 @@ def egru_scan_cuda(
     b_hh = x.new_zeros(3 * hidden) if bias_hh is None else _same("bias_hh", bias_hh, x, (3 * hidden,))
     kind, params, trunc = rt.surrogate_kernel_args(surrogate)
     support = math.inf if surrogate.support is None else float(surrogate.support)
-    # evsnn::egru_scan_cuda_fwd/_bwd (evsnn/ops/egru/op.py, registered on import of this package)
     out, c_final, save = torch.ops.evsnn.egru_scan_cuda_fwd(
         gi.contiguous(), c0, y0, weight_hh, b_hh, threshold, reset == "threshold", kind, list(params), trunc, support
     )

@@ -1,4 +1,4 @@
-"""The fused numba ALIF kernels (evsnn.ops.alif.cpu_kernels) against the reference
+"""The fused numba ALIF kernels (evsnn.ops.alif.cpu_train) against the reference
 :func:`evsnn.functional.alif_scan`: outputs, final state, trace and every gradient (float64
 autograd of the reference is the oracle), every surrogate with a kernel spec, the layers'
 conventions, NaN behaviour, and rows of units that never spike nor enter the surrogate's
@@ -17,8 +17,9 @@ import torch
 import evsnn
 from evsnn.functional import alif_scan
 from evsnn.functional.alif import ALIFState, alif_initial_state, alif_step, decay
+from evsnn.ops import cpu_common, dispatch
 from evsnn.ops.alif import cpu as alif_cpu
-from evsnn.ops.alif import cpu_kernels
+from evsnn.ops.alif import cpu_train
 from evsnn.surrogate import ATan, FastSigmoid, Gaussian, MultiGaussian, SnnTorchSurrogate, Surrogate, Triangle
 
 SURROGATES = [
@@ -91,7 +92,7 @@ def test_train_scan_equals_reference_float64(single_thread, surrogate, recurrent
     current, kw = _inputs((9, 3, 17), torch.float64, seed=3, recurrent=recurrent)
     ref = _run(alif_scan, current, None, kw, surrogate=surrogate)
     assert 0.02 < float(ref[0][0].mean()) < 0.6  # spiking and silent steps both occur
-    got = _run(cpu_kernels.alif_train_scan, current, None, kw, surrogate=surrogate)
+    got = _run(cpu_train.alif_train_scan, current, None, kw, surrogate=surrogate)
     _assert_same(got, ref, F64, repr(surrogate))
     assert ref[1]["tau_mem"][0] == 0 and got[1]["tau_mem"][0] == 0  # τ < 1 is clamped in both
 
@@ -101,7 +102,7 @@ def test_given_state_and_its_gradient(single_thread, surrogate):
     current, kw = _inputs((8, 4, 13), torch.float64, seed=7)
     state = _random_state(4, 13, torch.float64, seed=8)
     ref = _run(alif_scan, current, state, kw, surrogate=surrogate)
-    got = _run(cpu_kernels.alif_train_scan, current, state, kw, surrogate=surrogate)
+    got = _run(cpu_train.alif_train_scan, current, state, kw, surrogate=surrogate)
     _assert_same(got, ref, F64, "given state")
     assert got[1]["s0"].abs().sum() > 0
 
@@ -109,7 +110,7 @@ def test_given_state_and_its_gradient(single_thread, surrogate):
 def test_float32_within_tolerance(single_thread):
     current, kw = _inputs((10, 3, 19), torch.float32, seed=11)
     ref = _run(alif_scan, current, None, kw)
-    got = _run(cpu_kernels.alif_train_scan, current, None, kw)
+    got = _run(cpu_train.alif_train_scan, current, None, kw)
     _assert_same(got, ref, F32, "float32")
 
 
@@ -121,9 +122,7 @@ def test_scalar_b0_beta_and_no_recurrent_bias(single_thread, scalar):
     kw.update(b0=scalar(0.05), beta=scalar(1.8), bias_hh=None)
     if scalar is torch.tensor:
         kw.update(b0=kw["b0"].double(), beta=kw["beta"].double())
-    _assert_same(
-        _run(cpu_kernels.alif_train_scan, current, None, kw), _run(alif_scan, current, None, kw), F64, "numbers"
-    )
+    _assert_same(_run(cpu_train.alif_train_scan, current, None, kw), _run(alif_scan, current, None, kw), F64, "numbers")
 
 
 @pytest.mark.parametrize(
@@ -163,7 +162,7 @@ def test_layer_conventions(single_thread, options):
         return spikes.detach(), {n: p.grad.clone() for n, p in layer.named_parameters()}
 
     ref_spikes, ref = grads(alif_scan)
-    got_spikes, got = grads(cpu_kernels.alif_train_scan)
+    got_spikes, got = grads(cpu_train.alif_train_scan)
     assert ref_spikes.mean() > 0.02
     torch.testing.assert_close(got_spikes, ref_spikes, **F64)
     assert got.keys() == ref.keys() and ("b0" in ref) == bool(options.get("learn_threshold"))
@@ -198,9 +197,9 @@ def test_detach_reset_convention(single_thread):
     current, kw = _inputs((9, 3, 11), torch.float64, seed=5)
     state = _random_state(3, 11, torch.float64, seed=6)
     ref = _run(_detached_reset_reference, current, state, kw, surrogate=ATan())
-    got = _run(cpu_kernels.alif_train_scan, current, state, kw, surrogate=ATan(), detach_reset=True)
+    got = _run(cpu_train.alif_train_scan, current, state, kw, surrogate=ATan(), detach_reset=True)
     _assert_same(got, ref, F64, "detach_reset")
-    attached = _run(cpu_kernels.alif_train_scan, current, state, kw, surrogate=ATan())
+    attached = _run(cpu_train.alif_train_scan, current, state, kw, surrogate=ATan())
     assert not torch.allclose(attached[1]["tau_adapt"], got[1]["tau_adapt"])  # the option acts
 
 
@@ -212,7 +211,7 @@ def test_nan_and_inf_behave_as_the_reference(single_thread, surrogate):
     current[4, 1, 5] = float("inf")
     current[5, 2, 1] = -float("inf")
     ref = _run(alif_scan, current, None, kw, surrogate=surrogate)
-    got = _run(cpu_kernels.alif_train_scan, current, None, kw, surrogate=surrogate)
+    got = _run(cpu_train.alif_train_scan, current, None, kw, surrogate=surrogate)
     assert any(torch.isnan(g).any() for g in ref[1].values())  # the non-finite values do reach the gradients
     _assert_same(got, ref, F64, "non-finite current")
 
@@ -230,7 +229,7 @@ def test_rows_of_units_never_spiking_nor_in_support_are_never_read(single_thread
     ref = _run(alif_scan, current, None, kw, surrogate=surrogate)
     poisoned = dict(kw, weight_hh=kw["weight_hh"].clone())
     poisoned["weight_hh"][:, quiet] = float("nan")
-    got = _run(cpu_kernels.alif_train_scan, current, None, poisoned, surrogate=surrogate)
+    got = _run(cpu_train.alif_train_scan, current, None, poisoned, surrogate=surrogate)
     assert all(torch.isfinite(o).all() for o in got[0]), "a NaN row of a quiet unit was read"
     _assert_same(got, ref, F64, "poisoned")
     assert torch.count_nonzero(got[1]["weight_hh"][:, quiet]) == 0
@@ -244,23 +243,24 @@ def test_two_threads_uneven_batch(single_thread):
     """With two threads the samples run in parallel and the parameter gradients are summed from
     per-chunk parts (an uneven split of B = 5): still the reference's values."""
     torch.set_num_threads(2)  # the fixture restores the previous setting
-    with cpu_kernels._threads(5) as threads:
-        assert threads == min(2, cpu_kernels._kernels().numba.config.NUMBA_NUM_THREADS)
+    with cpu_train._threads(5) as threads:
+        assert threads == min(2, cpu_train._kernels().numba.config.NUMBA_NUM_THREADS)
     current, kw = _inputs((7, 5, 9), torch.float64, seed=13)
     state = _random_state(5, 9, torch.float64, seed=14)
     ref = _run(alif_scan, current, state, kw, surrogate=Triangle(0.5))
-    got = _run(cpu_kernels.alif_train_scan, current, state, kw, surrogate=Triangle(0.5))
+    got = _run(cpu_train.alif_train_scan, current, state, kw, surrogate=Triangle(0.5))
     _assert_same(got, ref, F64, "two threads")
 
 
 _THREADS_SCRIPT = """
 import torch
 from evsnn.ops.alif import cpu as alif_cpu
-from evsnn.ops.alif import cpu_kernels
+from evsnn.ops import cpu_common, dispatch
+from evsnn.ops.alif import cpu_train
 torch.set_num_threads(1)
 current = torch.randn(4, 3, 6, dtype=torch.float64, requires_grad=True)
 tau = torch.full((6,), 5.0, dtype=torch.float64)
-spikes = cpu_kernels.alif_train_scan(current, None, tau_mem=tau, tau_adapt=tau * 20, weight_hh=torch.eye(6).double())[0]
+spikes = cpu_train.alif_train_scan(current, None, tau_mem=tau, tau_adapt=tau * 20, weight_hh=torch.eye(6).double())[0]
 spikes.sum().backward()
 print(torch.get_num_threads())
 """
@@ -292,7 +292,7 @@ def test_inference_loop_equals_reference(single_thread, dtype, recurrent):
     table = w.t().contiguous().numpy() if recurrent else np.zeros((0, 0), dtype=v.dtype)
     bias = kw["bias_hh"].numpy() if recurrent else np.zeros(0, dtype=v.dtype)
     vec = [decay(kw["tau_mem"]), decay(kw["tau_adapt"]), kw["b0"], kw["beta"]]
-    cpu_kernels.alif_loop(current.numpy(), table, bias, *(t.numpy() for t in vec), v, b, s, *outs)
+    cpu_train.alif_loop(current.numpy(), table, bias, *(t.numpy() for t in vec), v, b, s, *outs)
     tol = F64 if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
     assert 0.02 < float(spikes.mean()) < 0.6
     got = [torch.from_numpy(a) for a in (*outs, v, b, s)]
@@ -311,23 +311,23 @@ class _NoKernel(Surrogate):
 def test_bad_calls_raise_clear_errors():
     current, kw = _inputs((3, 2, 4), torch.float32, seed=0)
     with pytest.raises(TypeError, match="snntorch surrogate"):
-        cpu_kernels.alif_train_scan(current, None, surrogate=SnnTorchSurrogate(torch.sigmoid), **kw)
-    with pytest.raises(TypeError, match="_NoKernel has no kernel_spec"):
-        cpu_kernels.alif_train_scan(current, None, surrogate=_NoKernel(), **kw)
-    assert cpu_kernels.surrogate_reason(MultiGaussian().truncate(0.5)) is None
+        cpu_train.alif_train_scan(current, None, surrogate=SnnTorchSurrogate(torch.sigmoid), **kw)
+    with pytest.raises(TypeError, match="_NoKernel has no kernel_spec.*backend='torch'"):
+        cpu_train.alif_train_scan(current, None, surrogate=_NoKernel(), **kw)
+    assert cpu_common.kernel_surrogate_reason(MultiGaussian().truncate(0.5)) is None
     with pytest.raises(TypeError, match="current is torch.float32, weight_hh is torch.float64"):
-        cpu_kernels.alif_train_scan(current, None, **dict(kw, weight_hh=kw["weight_hh"].double()))
+        cpu_train.alif_train_scan(current, None, **dict(kw, weight_hh=kw["weight_hh"].double()))
     with pytest.raises(ValueError, match=r"weight_hh of shape \(4, 4\), got \(4, 3\)"):
-        cpu_kernels.alif_train_scan(current, None, **dict(kw, weight_hh=kw["weight_hh"][:, :3]))
+        cpu_train.alif_train_scan(current, None, **dict(kw, weight_hh=kw["weight_hh"][:, :3]))
     with pytest.raises(ValueError, match="beta must be a number or a tensor broadcastable to"):
-        cpu_kernels.alif_train_scan(current, None, **dict(kw, beta=torch.ones(3)))
+        cpu_train.alif_train_scan(current, None, **dict(kw, beta=torch.ones(3)))
     with pytest.raises(TypeError, match=r"state field 'b' as a CPU torch.float32 tensor of shape \(2, 4\)"):
         state = ALIFState(torch.zeros(2, 4), torch.zeros(2, 5), torch.zeros(2, 4))
-        cpu_kernels.alif_train_scan(current, state, **kw)
+        cpu_train.alif_train_scan(current, state, **kw)
     with pytest.raises(ValueError, match="bias_hh without weight_hh"):
-        cpu_kernels.alif_train_scan(current, None, **dict(kw, weight_hh=None))
+        cpu_train.alif_train_scan(current, None, **dict(kw, weight_hh=None))
     leaf = current.clone().requires_grad_(True)
-    spikes = cpu_kernels.alif_train_scan(leaf, None, **kw)[0]
+    spikes = cpu_train.alif_train_scan(leaf, None, **kw)[0]
     # the backward op has no derivative of its own: a backward that would build one is refused
     # (never a wrong second derivative), naming the way out
     with pytest.raises(RuntimeError, match="first-order backward only.*backend='torch'"):
@@ -359,14 +359,12 @@ def _runner_case(dtype, seed, recurrent=True, poison=False):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("recurrent", [True, False])
-@pytest.mark.parametrize("kernel", ["numba", "torch"])
-def test_runner_kernels_equal_reference(single_thread, dtype, recurrent, kernel):
+def test_runner_kernels_equal_reference(single_thread, dtype, recurrent):
     """ALIFRunner (what the cpu_event inference scan and evsnn.streaming run), whole chunk and
     step by step, from a given state: the reference's spikes, membrane, threshold and state."""
     current, state, kw, (spikes, final, trace) = _runner_case(dtype, seed=21, recurrent=recurrent)
     tol = F64 if dtype == torch.float64 else {"rtol": 1e-5, "atol": 1e-5}
-    runner = alif_cpu.ALIFRunner(**kw, kernel=kernel)
-    assert runner.kernel == kernel
+    runner = alif_cpu.ALIFRunner(**kw)
     runner.load(state)
     got = runner.run(current)
     for a, r in zip((*got, *runner.state()), (spikes, trace.v, trace.threshold, *final)):
@@ -379,7 +377,7 @@ def test_runner_kernels_equal_reference(single_thread, dtype, recurrent, kernel)
 
 def test_runner_never_reads_rows_of_quiet_units(single_thread):
     current, state, kw, (spikes, final, trace) = _runner_case(torch.float64, seed=23, poison=True)
-    runner = alif_cpu.ALIFRunner(**kw, kernel="numba")
+    runner = alif_cpu.ALIFRunner(**kw)
     runner.load(state)
     out, v, thr = runner.run(current)
     assert torch.isfinite(v).all(), "a NaN row of a quiet unit was read"
@@ -393,7 +391,6 @@ def test_layer_training_runs_the_fused_kernel(single_thread, monkeypatch, backen
     """evsnn.ALIF in training on the CPU (explicitly, and by "auto" at an ECG-like size, H = 36,
     B = 64) runs the fused kernel (the autograd node of its op evsnn::alif_train_cpu_fwd), with the reference's spikes and gradients."""
     monkeypatch.delenv("EVSNN_BACKEND", raising=False)
-    monkeypatch.delenv("EVSNN_CPU_KERNEL", raising=False)
     torch.manual_seed(5)
     layer = evsnn.ALIF(4, 36, backend=backend, dtype=torch.float64)
     x = torch.randn(20, 64, 4, dtype=torch.float64) * 2.0
@@ -410,23 +407,30 @@ def test_layer_training_runs_the_fused_kernel(single_thread, monkeypatch, backen
         torch.testing.assert_close(a, r, **F64)
 
 
-def test_training_check_and_the_torch_op_loop(monkeypatch):
-    """Where the fused kernel cannot run a training call (a surrogate without a kernel spec,
-    ``EVSNN_CPU_KERNEL=torch``), "auto" declines cpu_event with the reason (the torch-op loop is
-    slower than the reference); an explicit request runs that loop, exact too."""
-    monkeypatch.delenv("EVSNN_CPU_KERNEL", raising=False)
+def test_surrogate_without_kernel_form(monkeypatch):
+    """ALIF's kernels evaluate the surrogate inside the backward: in training, one without a
+    kernel form makes an explicit backend="cpu_event" raise (naming the surrogates it knows and
+    backend="torch"), and "auto" runs the reference, exactly; inference does not look at it."""
+    monkeypatch.delenv("EVSNN_BACKEND", raising=False)
     ok = {"device": torch.device("cpu"), "dtype": torch.float64, "shape": (10, 8, 64), "family": "alif"}
-    assert alif_cpu.check_cpu(**ok, training=True, auto=True, surrogate=MultiGaussian()) is None
-    assert "kernel_spec" in alif_cpu.check_cpu(**ok, training=True, auto=True, surrogate=_NoKernel())
-    assert alif_cpu.check_cpu(**ok, training=True, auto=False, surrogate=_NoKernel()) is None
-    assert alif_cpu.check_cpu(**ok, training=False, auto=True, surrogate=_NoKernel()) is None
+    assert cpu_common.check_cpu(**ok, training=True, auto=True, surrogate=MultiGaussian()) is None
+    for auto in (True, False):
+        reason = cpu_common.check_cpu(**ok, training=True, auto=auto, surrogate=_NoKernel())
+        assert "kernel_spec" in reason and "multi_gaussian" in reason and "backend='torch'" in reason
+    assert cpu_common.check_cpu(**ok, training=False, auto=True, surrogate=_NoKernel()) is None
+    torch.manual_seed(3)
+    layer = evsnn.ALIF(4, 64, surrogate=_NoKernel(), backend="cpu_event", dtype=torch.float64)
+    x = torch.randn(10, 8, 4, dtype=torch.float64) * 2.0
+    with pytest.raises(dispatch.BackendUnavailable, match="_NoKernel has no kernel_spec.*backend='torch'"):
+        layer(x)
+    with torch.no_grad():
+        assert layer._resolve_backend(x).name == "cpu_event"
+    layer.backend = "auto"
+    assert layer._resolve_backend(x).name == "torch"
+    out, _ = layer(x)
+    layer.backend = "torch"
+    ref, _ = layer(x)
+    torch.testing.assert_close(out, ref, **F64)
     current, kw = _inputs((6, 2, 8), torch.float64, seed=25)
-    leaf = current.clone().requires_grad_(True)
-    assert (
-        type(alif_cpu.alif_scan_cpu(leaf, None, **kw)[0].grad_fn).__name__
-        == "GeneratedBackwardFor_evsnn_alif_train_cpu_fwd_defaultBackward"
-    )
-    monkeypatch.setenv("EVSNN_CPU_KERNEL", "torch")
-    assert "numba" in alif_cpu.check_cpu(**ok, training=True, auto=True, surrogate=MultiGaussian())
-    loop = _run(alif_cpu.alif_scan_cpu, current, None, kw)
-    _assert_same(loop, _run(alif_scan, current, None, kw), F64, "torch-op loop")
+    with pytest.raises(TypeError, match="_NoKernel has no kernel_spec"):
+        alif_cpu.alif_scan_cpu(current.requires_grad_(True), None, surrogate=_NoKernel(), **kw)

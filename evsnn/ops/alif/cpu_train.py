@@ -28,11 +28,14 @@ autograd carries them to τ.
 a finite ``x`` outside a finite support (Triangle: ``|x| ≤ ε`` passes; `Truncated`:
 ``|x| < ε``), whatever comes from above, NaN included. The formulas are those of
 [`evsnn.surrogate`][evsnn.surrogate] (one numba copy, selected by `Surrogate.kernel_spec`); a surrogate
-without a kernel spec is refused (`surrogate_reason`).
+without a kernel spec is refused ([`kernel_surrogate_reason`][evsnn.ops.cpu_common.kernel_surrogate_reason]).
 
 ``detach_reset=True`` is the snntorch convention of [`evsnn.interop.snntorch.ALIF`][evsnn.interop.snntorch.ALIF]:
 ``s_{t−1}`` enters the adaptation trace and the reset without gradient (it still does through
 ``W_hh s_{t−1}``).
+
+The module runs past 600 lines because each kernel sits beside its launcher, and each launcher
+is its custom op with the op's fake kernel and autograd rule: one place per signature.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import functools
 from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 import torch
@@ -48,16 +50,17 @@ from torch import Tensor
 
 from ...functional.alif import ALIFState, ALIFTrace, alif_initial_state, decay
 from ...functional.checks import check_steps
-from ...surrogate import MultiGaussian, SnnTorchSurrogate, Surrogate
-from ..cpu_common import numba_available, numba_batch_threads
-from ..cpu_surrogate import KERNEL_SURROGATES, TRIANGLE, pseudo_derivative, surrogate_args
+from ...surrogate import MultiGaussian, Surrogate
+from ..cpu_common import NUMBA_REASON, kernel_surrogate_reason, numba_available, numba_batch_threads
+from ..cpu_surrogate import TRIANGLE, pseudo_derivative, surrogate_args
+from ..transforms import refuse_double_backward
 
 try:  # numba is optional (the ``cpu`` extra)
     from numba import prange
 except ImportError:  # pragma: no cover - without numba the kernels are never compiled
     prange = range
 
-__all__ = ["alif_loop", "alif_train_scan", "kernels_available", "surrogate_reason", "train_forward", "train_backward"]
+__all__ = ["alif_loop", "alif_train_scan", "kernels_available", "alif_train_cpu_fwd", "alif_train_cpu_bwd"]
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -299,19 +302,6 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-def surrogate_reason(surrogate: Any) -> str | None:
-    """``None`` when the fused training kernel computes ``surrogate``'s pseudo-derivative, else why not."""
-    if isinstance(surrogate, SnnTorchSurrogate):
-        return "a snntorch surrogate has no closed form the fused ALIF kernel can evaluate; use an evsnn.surrogate"
-    if not isinstance(surrogate, Surrogate):
-        return f"surrogate must be an evsnn.surrogate.Surrogate, got {type(surrogate).__name__}"
-    if surrogate_args(surrogate) is None:
-        return (
-            f"{type(surrogate).__name__} has no kernel_spec the fused ALIF kernel knows ({sorted(KERNEL_SURROGATES)})"
-        )
-    return None
-
-
 def alif_loop(
     current: np.ndarray,
     table: np.ndarray,
@@ -358,7 +348,13 @@ def alif_loop(
         )
 
 
-def train_forward(
+# The launchers below are the custom ops themselves (torch.library: one opaque op per call for
+# torch.compile, a fake kernel for its shapes, the backward registered as the forward's gradient).
+# Every output is a fresh tensor (no output aliases an input or another output).
+
+
+@torch.library.custom_op("evsnn::alif_train_cpu_fwd", mutates_args=(), device_types="cpu")
+def alif_train_cpu_fwd(
     current: Tensor,
     v0: Tensor,
     b0_state: Tensor,
@@ -369,11 +365,17 @@ def train_forward(
     beta: Tensor,
     weight_hh: Tensor | None,
     bias_hh: Tensor | None,
-) -> tuple[Tensor, ...]:
-    """The fused forward with training storage: ``(spikes, v_T, b_T, s_T, v_seq, threshold_seq, b_seq,
-    I_seq, idx, off)``. ``idx [B·T·N]`` (int32; empty without ``weight_hh``) holds the units that
-    spiked at step t of sample b at ``idx[off[b·T + t, 0] : off[b·T + t, 1]]`` (``off [B·T, 2]``,
-    int64): one region of fixed capacity per sample, so the shapes depend on the sizes only."""
+    detach_reset: bool,
+    sg_kind: int,
+    sg_params: list[float],
+    sg_gate: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The fused forward (`_alif_forward`) over ``current [T, B, N]`` (``alpha, rho, b0, beta [N]``)
+    with training storage: ``(spikes, v_T, b_T, s_T, v_seq, threshold_seq, b_seq, I_seq, idx, off)``.
+    ``idx [B·T·N]`` (int32; empty without ``weight_hh``) holds the units that spiked at step t of
+    sample b at ``idx[off[b·T + t, 0] : off[b·T + t, 1]]`` (``off [B·T, 2]``, int64): one region
+    of fixed capacity per sample, so the shapes depend on the sizes only. ``detach_reset`` and
+    the surrogate's kernel form (``sg_*``) serve the backward."""
     steps, batch, n = current.shape
     recurrent = weight_hh is not None
     wt = weight_hh.detach().t().contiguous() if recurrent else current.new_zeros(0, 0)
@@ -400,7 +402,18 @@ def train_forward(
     return spikes, *work, vs, thrs, b_seq, i_seq, idx, off
 
 
-def train_backward(
+@alif_train_cpu_fwd.register_fake
+def _(current, v0, b0_state, s0, alpha, rho, b0, beta, weight_hh, bias_hh, detach_reset, sg_kind, sg_params, sg_gate):
+    steps, batch, n = current.shape
+    seqs = [current.new_empty(steps, batch, n) for _ in range(5)]
+    state = [current.new_empty(batch, n) for _ in range(3)]
+    idx = current.new_empty(batch * steps * n if weight_hh is not None else 0, dtype=torch.int32)
+    off = current.new_empty(batch * steps, 2, dtype=torch.int64)
+    return seqs[0], *state, *seqs[1:], idx, off
+
+
+@torch.library.custom_op("evsnn::alif_train_cpu_bwd", mutates_args=(), device_types="cpu")
+def alif_train_cpu_bwd(
     g_s: Tensor | None,
     g_vT: Tensor | None,
     g_bT: Tensor | None,
@@ -423,13 +436,13 @@ def train_backward(
     off: Tensor,
     detach_reset: bool,
     need_s0: bool,
-    kind: int,
-    params: list[float],
-    gate: float,
-) -> tuple[Tensor, ...]:
-    """The fused backward from the output gradients (``None``: zero) and `train_forward`'s
-    results: ``(∂current, ∂v_0, ∂b_0, ∂s_0, ∂α, ∂ρ, ∂b0, ∂β, ∂W_hh, ∂b_hh)`` (``∂W_hh`` ``[0, 0]``
-    without ``weight_hh``). ``need_s0``: form ``∂L/∂s_0`` for every unit."""
+    sg_kind: int,
+    sg_params: list[float],
+    sg_gate: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The fused backward (`_alif_backward`) from the output gradients (``None``: zero) and
+    `alif_train_cpu_fwd`'s results: ``(∂current, ∂v_0, ∂b_0, ∂s_0, ∂α, ∂ρ, ∂b0, ∂β, ∂W_hh, ∂b_hh)``
+    (``∂W_hh`` ``[0, 0]`` without ``weight_hh``). ``need_s0``: form ``∂L/∂s_0`` for every unit."""
     steps, batch, n = spikes.shape
     like = spikes
     recurrent = weight_hh is not None
@@ -452,12 +465,47 @@ def train_backward(
             _np(wt), _np(alpha.detach().contiguous()), _np(rho.detach().contiguous()),
             _np(beta.detach().contiguous()), *(_np(t.detach().contiguous()) for t in (v0, b0_state, s0)),
             *(_np(t.detach()) for t in outs), _np(idx), _np(off),
-            kind, np.asarray(params, dtype=np.float64), gate, detach_reset, need_s0, zero,
+            sg_kind, np.asarray(sg_params, dtype=np.float64), sg_gate, detach_reset, need_s0, zero,
             *(none if g is None else _np(g.detach().contiguous()) for g in (g_s, g_v, g_thr)),
             _np(a_v), _np(a_b), _np(a_s), _np(g_cur), *(_np(t) for t in sums), _np(g_wt),
         )  # fmt: skip
     g_alpha, g_rho, g_b0, g_beta, g_bias = (t.sum(0) for t in sums)
     return g_cur, a_v, a_b, a_s, g_alpha, g_rho, g_b0, g_beta, g_wt.sum(0).t().contiguous(), g_bias
+
+
+@alif_train_cpu_bwd.register_fake
+def _(g_s, g_vT, g_bT, g_sT, g_v, g_thr, v0, b0_state, s0, alpha, rho, beta, weight_hh, spikes, *rest):
+    steps, batch, n = spikes.shape
+    w = (n, n) if weight_hh is not None else (0, 0)
+    return (
+        spikes.new_empty(steps, batch, n), *(spikes.new_empty(batch, n) for _ in range(3)),
+        *(spikes.new_empty(n) for _ in range(4)), spikes.new_empty(w), spikes.new_empty(n),
+    )  # fmt: skip
+
+
+def _setup_train(ctx, inputs, output) -> None:
+    current, v0, b0_state, s0, alpha, rho, b0, beta, weight_hh, bias_hh, detach_reset, *surrogate = inputs
+    spikes, _, _, _, v_seq, thr_seq, b_seq, i_seq, idx, off = output
+    ctx.save_for_backward(v0, b0_state, s0, alpha, rho, beta, weight_hh, spikes, v_seq, thr_seq, b_seq, i_seq, idx, off)
+    ctx.detach_reset = detach_reset
+    ctx.surrogate = surrogate
+    ctx.has_bias = bias_hh is not None
+    ctx.mark_non_differentiable(b_seq, i_seq, idx, off)
+
+
+def _backward_train(ctx, g_s, g_vT, g_bT, g_sT, g_v, g_thr, *_residuals):
+    v0, b0_state, s0, alpha, rho, beta, weight_hh, *saved = ctx.saved_tensors
+    refuse_double_backward("cpu_event", "alif", g_s, g_vT, g_bT, g_sT, g_v, g_thr, alpha, rho, beta, weight_hh, *saved)
+    grads = torch.ops.evsnn.alif_train_cpu_bwd(
+        g_s, g_vT, g_bT, g_sT, g_v, g_thr, v0, b0_state, s0, alpha, rho, beta, weight_hh, *saved,
+        ctx.detach_reset, bool(ctx.needs_input_grad[3]), *ctx.surrogate,
+    )  # fmt: skip
+    *state_grads, g_w, g_bias = grads
+    return (*state_grads, g_w if weight_hh is not None else None, g_bias if ctx.has_bias else None,
+            None, None, None, None)  # fmt: skip
+
+
+alif_train_cpu_fwd.register_autograd(_backward_train, setup_context=_setup_train)
 
 
 def _vector(value: float | Tensor, n: int, name: str, like: Tensor) -> Tensor:
@@ -503,19 +551,19 @@ def alif_train_scan(
         b0: baseline threshold (a number or an ``[N]`` tensor).
         beta: adaptation strength (a number or an ``[N]`` tensor).
         surrogate: the spike's pseudo-derivative (default ``MultiGaussian()``); one with a
-            kernel spec (`surrogate_reason`).
+            kernel spec ([`kernel_surrogate_reason`][evsnn.ops.cpu_common.kernel_surrogate_reason]).
         weight_hh: the recurrent weights ``[N, N]``, or ``None``.
         bias_hh: the recurrent bias ``[N]``, or ``None``.
         detach_reset: ``s_{t−1}`` enters the adaptation trace and the reset without gradient
             (the snntorch convention of [`evsnn.interop.snntorch.ALIF`][evsnn.interop.snntorch.ALIF]).
     """
     surrogate = MultiGaussian() if surrogate is None else surrogate
-    reason = surrogate_reason(surrogate)
+    reason = kernel_surrogate_reason(surrogate)
     if reason is not None:
         raise TypeError(f"the fused ALIF scan cannot run: {reason}")
     check_steps("the fused ALIF scan", current)
     if not numba_available():  # not _kernels(): torch.compile traces this check, numba's jit it cannot
-        raise RuntimeError("the fused ALIF kernels need numba: pip install numba (or evsnn[cpu])")
+        raise RuntimeError(f"the fused ALIF scan: {NUMBA_REASON}")
     if current.dim() != 3:
         raise ValueError(f"the fused ALIF scan expects current of shape [T, B, N], got {tuple(current.shape)}")
     steps, batch, n = current.shape
@@ -556,8 +604,6 @@ def alif_train_scan(
                 f"the fused ALIF scan expects state field {name!r} as a CPU {current.dtype} tensor of shape "
                 f"{(batch, n)}, got {got}"
             )
-    # evsnn::alif_train_cpu_fwd and its registered backward (evsnn/ops/alif/op.py): one opaque op
-    # for torch.compile.
     spikes, v_t, b_t, s_t, vs, thrs, *_ = torch.ops.evsnn.alif_train_cpu_fwd(
         current,
         *state,
