@@ -291,11 +291,12 @@ def _delta_backward(
         b0 = part * per_chunk
         nb = max(0, min(batch, b0 + per_chunk) - b0)
         a_prev = np.empty((nb, hs), dtype=a_h.dtype)
-        # Per unit, the chunk's samples in which its column is active at the step, and where in
-        # idx_h/val_h that entry sits.
-        act_at = np.empty((hs, nb), dtype=np.int64)
-        act_p = np.empty((hs, nb), dtype=np.int64)
-        n_act = np.empty(hs, dtype=np.int64)
+        # Per column (hidden, then input), the chunk's samples in which it is active at the step,
+        # and where in idx_*/val_* that entry sits.
+        n_in = wx.shape[0]
+        act_at = np.empty((max(hs, n_in), nb), dtype=np.int64)
+        act_p = np.empty((max(hs, n_in), nb), dtype=np.int64)
+        n_act = np.empty(max(hs, n_in), dtype=np.int64)
         zero_row = np.zeros(a_m.shape[1], dtype=a_m.dtype)
         zero = zero_row[0]
         g_wx = g_wx_parts[part]
@@ -412,21 +413,55 @@ def _delta_backward(
                 b = b0 + bb
                 for j in range(hs):
                     a_h[b, j] = a_prev[bb, j]
-                cell = b * steps + t
-                # Active input columns: ∂L/∂Δx_i = W_ih[:, i]ᵀ δM (GRU: rows r, z, nx of M); W_ih
-                # and its gradient stay in L2.
+            # Active input columns: ∂L/∂Δx_i = W_ih[:, i]ᵀ δM (GRU: rows r, z, nx of M) and
+            # ∂L/∂W_ih[:, i] += δM · Δx_i, column-major over the chunk's samples as above.
+            for i in range(n_in):
+                n_act[i] = 0
+            for bb in range(nb):
+                cell = (b0 + bb) * steps + t
                 for p in range(off_x[cell, 0], off_x[cell, 1]):
                     i = idx_x[p]
-                    d = val_x[p]
-                    row = wx[i]
-                    grow = g_wx[i]
-                    acc = zero
+                    act_at[i, n_act[i]] = bb
+                    act_p[i, n_act[i]] = p
+                    n_act[i] += 1
+            for i in range(n_in):
+                n = n_act[i]
+                row = wx[i]
+                grow = g_wx[i]
+                q = 0
+                while q < n:
+                    m0 = a_m[b0 + act_at[i, q]]
+                    d0 = val_x[act_p[i, q]]
+                    m1, m2, m3 = zero_row, zero_row, zero_row
+                    d1, d2, d3 = zero, zero, zero
+                    if q + 1 < n:
+                        m1 = a_m[b0 + act_at[i, q + 1]]
+                        d1 = val_x[act_p[i, q + 1]]
+                    if q + 2 < n:
+                        m2 = a_m[b0 + act_at[i, q + 2]]
+                        d2 = val_x[act_p[i, q + 2]]
+                    if q + 3 < n:
+                        m3 = a_m[b0 + act_at[i, q + 3]]
+                        d3 = val_x[act_p[i, q + 3]]
+                    acc0 = zero
+                    acc1 = zero
+                    acc2 = zero
+                    acc3 = zero
                     for j in range(x_cols):
-                        acc += row[j] * a_m[b, j]
-                        grow[j] += d * a_m[b, j]
-                    g = acc + g_dx[t, b, i] + a_xhat[b, i]
-                    g_x[t, b, i] = g
-                    a_xhat[b, i] -= g
+                        rj = row[j]
+                        acc0 += rj * m0[j]
+                        acc1 += rj * m1[j]
+                        acc2 += rj * m2[j]
+                        acc3 += rj * m3[j]
+                        grow[j] += d0 * m0[j] + d1 * m1[j] + d2 * m2[j] + d3 * m3[j]
+                    for e in range(min(4, n - q)):
+                        b = b0 + act_at[i, q + e]
+                        acc = acc0 if e == 0 else (acc1 if e == 1 else (acc2 if e == 2 else acc3))
+                        # Δx_i = x_{t,i} − x̂_i and x̂_i += Δx_i.
+                        g = acc + g_dx[t, b, i] + a_xhat[b, i]
+                        g_x[t, b, i] = g
+                        a_xhat[b, i] -= g
+                    q += 4
 
 
 @functools.cache
