@@ -299,41 +299,45 @@ def _delta_backward(
         n_act = np.empty(max(hs, n_in), dtype=np.int64)
         zero_row = np.zeros(a_m.shape[1], dtype=a_m.dtype)
         zero = zero_row[0]
+        one = np.ones(1, dtype=a_m.dtype)[0]
         g_wx = g_wx_parts[part]
         g_wh = g_wh_parts[part]
         for t in range(steps - 1, -1, -1):
             for bb in range(nb):
                 b = b0 + bb
+                # The previous state as a row and the constants in the arrays' dtype: the loop has
+                # no branch and no float64 arithmetic on float32 data, and vectorises.
+                prev = (out_h[t - 1, b] if gru else out_c[t - 1, b]) if t > 0 else (h0[b] if gru else c0[b])
                 # δM_t = the gates' gradient + δM_{t+1}.
                 for j in range(hs):
                     gh = a_h[b, j] + g_out[t, b, j]
                     if gru:
                         # h_t = (1 − z)·n + z·h_{t−1}, n = tanh(M_nx + r·M_nh).
-                        h_prev = out_h[t - 1, b, j] if t > 0 else h0[b, j]
+                        h_prev = prev[j]
                         r = gate0[t, b, j]
                         z = gate1[t, b, j]
                         n = gate2[t, b, j]
-                        g_pre_n = gh * (1.0 - z) * (1.0 - n * n)
-                        a_m[b, j] += g_pre_n * gate3[t, b, j] * r * (1.0 - r)
-                        a_m[b, hs + j] += gh * (h_prev - n) * z * (1.0 - z)
+                        g_pre_n = gh * (one - z) * (one - n * n)
+                        a_m[b, j] += g_pre_n * gate3[t, b, j] * r * (one - r)
+                        a_m[b, hs + j] += gh * (h_prev - n) * z * (one - z)
                         a_m[b, 2 * hs + j] += g_pre_n
                         a_m[b, 3 * hs + j] += g_pre_n * r
                         a_prev[bb, j] = gh * z
                     else:
                         # c_t = f·c_{t−1} + i·g, h_t = o·tanh(c_t); h_{t−1} enters only through Δh.
-                        c_prev = out_c[t - 1, b, j] if t > 0 else c0[b, j]
+                        c_prev = prev[j]
                         gi = gate0[t, b, j]
                         gf = gate1[t, b, j]
                         gg = gate2[t, b, j]
                         go = gate3[t, b, j]
                         tc = np.tanh(out_c[t, b, j])
-                        gc = a_c[b, j] + gh * go * (1.0 - tc * tc)
-                        a_m[b, j] += gc * gg * gi * (1.0 - gi)
-                        a_m[b, hs + j] += gc * c_prev * gf * (1.0 - gf)
-                        a_m[b, 2 * hs + j] += gc * gi * (1.0 - gg * gg)
-                        a_m[b, 3 * hs + j] += gh * tc * go * (1.0 - go)
+                        gc = a_c[b, j] + gh * go * (one - tc * tc)
+                        a_m[b, j] += gc * gg * gi * (one - gi)
+                        a_m[b, hs + j] += gc * c_prev * gf * (one - gf)
+                        a_m[b, 2 * hs + j] += gc * gi * (one - gg * gg)
+                        a_m[b, 3 * hs + j] += gh * tc * go * (one - go)
                         a_c[b, j] = gc * gf
-                        a_prev[bb, j] = 0.0
+                        a_prev[bb, j] = zero
             # Active hidden columns: ∂L/∂Δh_k = W_hh[:, k]ᵀ δM (GRU: rows r, z, nh of M) and
             # ∂L/∂W_hh[:, k] += δM · Δh_k, unit-major over the chunk's samples: each row of W_hh
             # and of its gradient is read once per step for all samples (not once per sample),
