@@ -25,7 +25,8 @@ a surrogate with a known ``kernel_spec`` (the five of SPEC §1 and their truncat
 evaluated in the kernel; any other [`Surrogate`][evsnn.surrogate.Surrogate] gets it from autograd of
 the surrogate itself (one dense torch pass), so every one gives the reference's gradient (one
 with infinite support makes the recurrent product dense: still exact). The products for
-``∂L/∂y`` run unit-major over a thread's samples, four samples per pass over a row. A row of ``W_hh`` whose
+``∂L/∂y`` run unit-major over a thread's samples, four samples per pass over a row, in blocks
+of columns of a copy of ``W_hhᵀ`` whose blocks are contiguous. A row of ``W_hh`` whose
 unit never fires and never enters the support is never read, forward or backward.
 
 The result is the reference's ([`evsnn.functional.egru_scan`][evsnn.functional.egru_scan]) and so are its gradients, to
