@@ -3,16 +3,18 @@
 Forward (SPEC §4, the equations of [`evsnn.functional.delta_gru_scan`][evsnn.functional.delta_gru_scan] and
 [`delta_lstm_scan`][evsnn.functional.delta_lstm_scan]): per sample and step, encode ``Δx_t`` and ``Δh_{t−1}``,
 add the rows of ``W_ihᵀ``/``W_hhᵀ`` of the *active* columns to the accumulators ``M``, gates,
-``h_t``. It keeps for the backward only what the backward reads: per (step, sample) the list of
+``h_t``. The samples of a thread go through the rows of ``W_hhᵀ`` in blocks together, each adding
+its active rows four at a time, so a row comes from L3 once per step for all of them. It keeps for the backward only what the backward reads: per (step, sample) the list of
 active input and hidden columns and their delta values (``int32`` index + value, in buffers of
 fixed capacity, one region per sample, so the custom op's shapes follow from the sizes), and
 the gate values (GRU ``r, z, n, M_nh``; LSTM ``i, f, g, o`` and ``c_t``: elementwise, dense as in
-any GRU/LSTM). Samples are independent and run in parallel (``torch.get_num_threads()``).
+any GRU/LSTM). The batch is cut into one run of samples per thread (``torch.get_num_threads()``).
 
-Backward (Chen et al.'s symmetric sparse BPTT, SPEC §4), in reverse time per sample:
+Backward (Chen et al.'s symmetric sparse BPTT, SPEC §4), in reverse time:
 ``δM_t = gates' gradient + δM_{t+1}`` (the accumulator's gradient accumulates), and only for the
 columns active at step t: ``∂L/∂Δs_t = Wᵀ δM_t`` (one dot product per active column), then
-``∂L/∂W[:, k] += δM_t · Δs_t[k]``. Columns that were inactive are never read, forward or
+``∂L/∂W[:, k] += δM_t · Δs_t[k]``; unit-major over a thread's samples, so that a row of
+``W_hhᵀ`` and of its gradient is read once per step for all the samples in which it is active. Columns that were inactive are never read, forward or
 backward: a non-finite weight column of an input that never changes cannot reach anything.
 
 The masks are piecewise constant, so this is the exact gradient (autograd of the reference),
@@ -37,6 +39,8 @@ try:  # numba is optional (the ``cpu`` extra); this module is imported only on t
     from numba import prange
 except ImportError:  # pragma: no cover - without numba the kernels are never compiled
     prange = range
+
+
 from ...functional.delta import (
     DeltaGRUState,
     DeltaLSTMState,
@@ -58,6 +62,10 @@ __all__ = [
 ]
 
 _DTYPES = (torch.float32, torch.float64)
+
+# Rows of W_hhᵀ per block of the forward's gather: 64 rows of 3H–4H values (768 KiB–1 MiB in
+# float32 at H = 1024) stay in a core's L2 beside the accumulators while every sample adds its rows.
+_ROW_BLOCK = 64
 
 
 def _delta_forward(
@@ -87,6 +95,7 @@ def _delta_forward(
     idx_h,
     val_h,
     off_h,
+    chunks,
 ):  # pragma: no cover - numba
     """DeltaGRU (``gru``) or DeltaLSTM over ``x [T, B, I]`` from the state ``h, (c,) x̂, ĥ, M``
     (updated in place; ``c``/``out_c`` are unused placeholders for the GRU).
@@ -94,87 +103,146 @@ def _delta_forward(
     ``wx = W_ihᵀ [I, G·H]``, ``wh = W_hhᵀ [H, G·H]``. Writes ``h_t``, ``c_t``, ``Δx_t``,
     ``Δh_{t−1}`` and the gates (GRU: ``r, z, n, M_nh``; LSTM: ``i, f, g, o``); the active columns
     of step t of sample b are ``idx_*[off_*[b·T + t, 0] : off_*[b·T + t, 1]]``, their deltas in
-    ``val_*``; sample b writes only its own region (from ``b·T·I`` / ``b·T·H`` on), so samples run
-    in parallel. GRU accumulators ``M`` are ``(r, z, nx, nh)``: input rows feed ``r, z, nx``,
+    ``val_*``; sample b writes only its own region (from ``b·T·I`` / ``b·T·H`` on). The batch is
+    cut into ``chunks`` runs of samples that run in parallel. GRU accumulators ``M`` are ``(r, z, nx, nh)``: input rows feed ``r, z, nx``,
     hidden rows ``r, z, nh`` (SPEC §4); LSTM rows feed all four gates.
     """
     steps, batch, n_in = x.shape
     hs = h.shape[1]
     x_cols = wx.shape[1]
     one = np.ones(1, dtype=h.dtype)[0]
-    for b in prange(batch):
-        pos_x = b * steps * n_in
-        pos_h = b * steps * hs
+    per_chunk = (batch + chunks - 1) // chunks
+    for part in prange(chunks):
+        b0 = part * per_chunk
+        nb = max(0, min(batch, b0 + per_chunk) - b0)
+        pos_x = np.empty(nb, dtype=np.int64)
+        pos_h = np.empty(nb, dtype=np.int64)
+        done = np.empty(nb, dtype=np.int64)
+        for bb in range(nb):
+            pos_x[bb] = (b0 + bb) * steps * n_in
+            pos_h[bb] = (b0 + bb) * steps * hs
         for t in range(steps):
-            cell = b * steps + t
-            off_x[cell, 0] = pos_x
-            off_h[cell, 0] = pos_h
-            for i in range(n_in):
-                d = x[t, b, i] - x_hat[b, i]
-                # The reference's mask, written as "not ≤" / "not <" (a NaN difference passes on).
-                if (not abs(d) < theta_x[i]) if inclusive else (not abs(d) <= theta_x[i]):
-                    out_dx[t, b, i] = d
-                    x_hat[b, i] += d
-                    idx_x[pos_x] = i
-                    val_x[pos_x] = d
-                    pos_x += 1
-                    row = wx[i]
-                    for j in range(x_cols):
-                        m[b, j] += d * row[j]
-                else:
-                    out_dx[t, b, i] = 0.0
-            for k in range(hs):
-                d = h[b, k] - h_hat[b, k]
-                if (not abs(d) < theta_h[k]) if inclusive else (not abs(d) <= theta_h[k]):
-                    out_dh[t, b, k] = d
-                    h_hat[b, k] += d
-                    idx_h[pos_h] = k
-                    val_h[pos_h] = d
-                    pos_h += 1
-                    row = wh[k]
-                    if gru:
-                        for j in range(2 * hs):
-                            m[b, j] += d * row[j]
-                        for j in range(hs):
-                            m[b, 3 * hs + j] += d * row[2 * hs + j]
+            for bb in range(nb):
+                b = b0 + bb
+                cell = b * steps + t
+                # The deltas of the step and their lists; the rows are added below.
+                px = pos_x[bb]
+                off_x[cell, 0] = px
+                for i in range(n_in):
+                    d = x[t, b, i] - x_hat[b, i]
+                    # The reference's mask, written as "not ≤" / "not <" (a NaN difference passes on).
+                    if (not abs(d) < theta_x[i]) if inclusive else (not abs(d) <= theta_x[i]):
+                        out_dx[t, b, i] = d
+                        x_hat[b, i] += d
+                        idx_x[px] = i
+                        val_x[px] = d
+                        px += 1
                     else:
-                        for j in range(4 * hs):
-                            m[b, j] += d * row[j]
-                else:
-                    out_dh[t, b, k] = 0.0
+                        out_dx[t, b, i] = 0.0
+                off_x[cell, 1] = px
+                pos_x[bb] = px
+                ph = pos_h[bb]
+                off_h[cell, 0] = ph
+                for k in range(hs):
+                    d = h[b, k] - h_hat[b, k]
+                    if (not abs(d) < theta_h[k]) if inclusive else (not abs(d) <= theta_h[k]):
+                        out_dh[t, b, k] = d
+                        h_hat[b, k] += d
+                        idx_h[ph] = k
+                        val_h[ph] = d
+                        ph += 1
+                    else:
+                        out_dh[t, b, k] = 0.0
+                off_h[cell, 1] = ph
+                pos_h[bb] = ph
+                done[bb] = off_h[cell, 0]
+                # The input rows (W_ihᵀ is small enough to stay in L2), four per pass over M.
+                a = m[b]
+                p = off_x[cell, 0]
+                while p + 4 <= px:
+                    d0, d1, d2, d3 = val_x[p], val_x[p + 1], val_x[p + 2], val_x[p + 3]
+                    r0, r1, r2, r3 = wx[idx_x[p]], wx[idx_x[p + 1]], wx[idx_x[p + 2]], wx[idx_x[p + 3]]
+                    for j in range(x_cols):
+                        a[j] += d0 * r0[j] + d1 * r1[j] + d2 * r2[j] + d3 * r3[j]
+                    p += 4
+                while p < px:
+                    d0 = val_x[p]
+                    r0 = wx[idx_x[p]]
+                    for j in range(x_cols):
+                        a[j] += d0 * r0[j]
+                    p += 1
+            # The hidden rows: the samples go through the units in blocks of `_ROW_BLOCK` rows, so
+            # the rows a block needs come from L3 once per step for the whole batch (not once per
+            # sample), and each sample adds its rows of the block four at a time (its M read and
+            # written once per four rows). GRU rows feed r, z and M_nh (SPEC §4).
+            for k_end in range(_ROW_BLOCK, hs + _ROW_BLOCK, _ROW_BLOCK):
+                for bb in range(nb):
+                    b = b0 + bb
+                    a = m[b]
+                    end = off_h[b * steps + t, 1]
+                    p = done[bb]
+                    q = p
+                    while q < end and idx_h[q] < k_end:
+                        q += 1
+                    done[bb] = q
+                    while p + 4 <= q:
+                        d0, d1, d2, d3 = val_h[p], val_h[p + 1], val_h[p + 2], val_h[p + 3]
+                        r0, r1, r2, r3 = wh[idx_h[p]], wh[idx_h[p + 1]], wh[idx_h[p + 2]], wh[idx_h[p + 3]]
+                        if gru:
+                            for j in range(2 * hs):
+                                a[j] += d0 * r0[j] + d1 * r1[j] + d2 * r2[j] + d3 * r3[j]
+                            for j in range(hs):
+                                jj = 2 * hs + j
+                                a[3 * hs + j] += d0 * r0[jj] + d1 * r1[jj] + d2 * r2[jj] + d3 * r3[jj]
+                        else:
+                            for j in range(4 * hs):
+                                a[j] += d0 * r0[j] + d1 * r1[j] + d2 * r2[j] + d3 * r3[j]
+                        p += 4
+                    while p < q:
+                        d0 = val_h[p]
+                        r0 = wh[idx_h[p]]
+                        if gru:
+                            for j in range(2 * hs):
+                                a[j] += d0 * r0[j]
+                            for j in range(hs):
+                                a[3 * hs + j] += d0 * r0[2 * hs + j]
+                        else:
+                            for j in range(4 * hs):
+                                a[j] += d0 * r0[j]
+                        p += 1
             # The gate math in the arrays' dtype, one loop per cell type over the units: SIMD code
             # with the vectorisable sigmoid/tanh.
-            if gru:
-                for j in range(hs):
-                    r = sigmoid(m[b, j])
-                    z = sigmoid(m[b, hs + j])
-                    nh = m[b, 3 * hs + j]
-                    n = tanh(m[b, 2 * hs + j] + r * nh)
-                    h_j = (one - z) * n + z * h[b, j]
-                    h[b, j] = h_j
-                    out_h[t, b, j] = h_j
-                    gate0[t, b, j] = r
-                    gate1[t, b, j] = z
-                    gate2[t, b, j] = n
-                    gate3[t, b, j] = nh
-            else:
-                for j in range(hs):
-                    gi = sigmoid(m[b, j])
-                    gf = sigmoid(m[b, hs + j])
-                    gg = tanh(m[b, 2 * hs + j])
-                    go = sigmoid(m[b, 3 * hs + j])
-                    c_j = gf * c[b, j] + gi * gg
-                    c[b, j] = c_j
-                    h_j = go * tanh(c_j)
-                    h[b, j] = h_j
-                    out_c[t, b, j] = c_j
-                    out_h[t, b, j] = h_j
-                    gate0[t, b, j] = gi
-                    gate1[t, b, j] = gf
-                    gate2[t, b, j] = gg
-                    gate3[t, b, j] = go
-            off_x[cell, 1] = pos_x
-            off_h[cell, 1] = pos_h
+            for bb in range(nb):
+                b = b0 + bb
+                if gru:
+                    for j in range(hs):
+                        r = sigmoid(m[b, j])
+                        z = sigmoid(m[b, hs + j])
+                        nh = m[b, 3 * hs + j]
+                        n = tanh(m[b, 2 * hs + j] + r * nh)
+                        h_j = (one - z) * n + z * h[b, j]
+                        h[b, j] = h_j
+                        out_h[t, b, j] = h_j
+                        gate0[t, b, j] = r
+                        gate1[t, b, j] = z
+                        gate2[t, b, j] = n
+                        gate3[t, b, j] = nh
+                else:
+                    for j in range(hs):
+                        gi = sigmoid(m[b, j])
+                        gf = sigmoid(m[b, hs + j])
+                        gg = tanh(m[b, 2 * hs + j])
+                        go = sigmoid(m[b, 3 * hs + j])
+                        c_j = gf * c[b, j] + gi * gg
+                        c[b, j] = c_j
+                        h_j = go * tanh(c_j)
+                        h[b, j] = h_j
+                        out_c[t, b, j] = c_j
+                        out_h[t, b, j] = h_j
+                        gate0[t, b, j] = gi
+                        gate1[t, b, j] = gf
+                        gate2[t, b, j] = gg
+                        gate3[t, b, j] = go
 
 
 def _delta_backward(
@@ -221,80 +289,184 @@ def _delta_backward(
     chunks = g_wx_parts.shape[0]
     per_chunk = (batch + chunks - 1) // chunks
     for part in prange(chunks):
-        a_prev = np.empty(hs, dtype=a_h.dtype)
+        b0 = part * per_chunk
+        nb = max(0, min(batch, b0 + per_chunk) - b0)
+        a_prev = np.empty((nb, hs), dtype=a_h.dtype)
+        # Per column (hidden, then input), the chunk's samples in which it is active at the step,
+        # and where in idx_*/val_* that entry sits.
+        n_in = wx.shape[0]
+        act_at = np.empty((max(hs, n_in), nb), dtype=np.int64)
+        act_p = np.empty((max(hs, n_in), nb), dtype=np.int64)
+        n_act = np.empty(max(hs, n_in), dtype=np.int64)
+        zero_row = np.zeros(a_m.shape[1], dtype=a_m.dtype)
+        zero = zero_row[0]
+        one = np.ones(1, dtype=a_m.dtype)[0]
         g_wx = g_wx_parts[part]
         g_wh = g_wh_parts[part]
-        for b in range(part * per_chunk, min(batch, (part + 1) * per_chunk)):
-            for t in range(steps - 1, -1, -1):
-                cell = b * steps + t
+        for t in range(steps - 1, -1, -1):
+            for bb in range(nb):
+                b = b0 + bb
+                # The previous state as a row and the constants in the arrays' dtype: the loop has
+                # no branch and no float64 arithmetic on float32 data, and vectorises.
+                prev = (out_h[t - 1, b] if gru else out_c[t - 1, b]) if t > 0 else (h0[b] if gru else c0[b])
                 # δM_t = the gates' gradient + δM_{t+1}.
                 for j in range(hs):
                     gh = a_h[b, j] + g_out[t, b, j]
                     if gru:
                         # h_t = (1 − z)·n + z·h_{t−1}, n = tanh(M_nx + r·M_nh).
-                        h_prev = out_h[t - 1, b, j] if t > 0 else h0[b, j]
+                        h_prev = prev[j]
                         r = gate0[t, b, j]
                         z = gate1[t, b, j]
                         n = gate2[t, b, j]
-                        g_pre_n = gh * (1.0 - z) * (1.0 - n * n)
-                        a_m[b, j] += g_pre_n * gate3[t, b, j] * r * (1.0 - r)
-                        a_m[b, hs + j] += gh * (h_prev - n) * z * (1.0 - z)
+                        g_pre_n = gh * (one - z) * (one - n * n)
+                        a_m[b, j] += g_pre_n * gate3[t, b, j] * r * (one - r)
+                        a_m[b, hs + j] += gh * (h_prev - n) * z * (one - z)
                         a_m[b, 2 * hs + j] += g_pre_n
                         a_m[b, 3 * hs + j] += g_pre_n * r
-                        a_prev[j] = gh * z
+                        a_prev[bb, j] = gh * z
                     else:
                         # c_t = f·c_{t−1} + i·g, h_t = o·tanh(c_t); h_{t−1} enters only through Δh.
-                        c_prev = out_c[t - 1, b, j] if t > 0 else c0[b, j]
+                        c_prev = prev[j]
                         gi = gate0[t, b, j]
                         gf = gate1[t, b, j]
                         gg = gate2[t, b, j]
                         go = gate3[t, b, j]
                         tc = np.tanh(out_c[t, b, j])
-                        gc = a_c[b, j] + gh * go * (1.0 - tc * tc)
-                        a_m[b, j] += gc * gg * gi * (1.0 - gi)
-                        a_m[b, hs + j] += gc * c_prev * gf * (1.0 - gf)
-                        a_m[b, 2 * hs + j] += gc * gi * (1.0 - gg * gg)
-                        a_m[b, 3 * hs + j] += gh * tc * go * (1.0 - go)
+                        gc = a_c[b, j] + gh * go * (one - tc * tc)
+                        a_m[b, j] += gc * gg * gi * (one - gi)
+                        a_m[b, hs + j] += gc * c_prev * gf * (one - gf)
+                        a_m[b, 2 * hs + j] += gc * gi * (one - gg * gg)
+                        a_m[b, 3 * hs + j] += gh * tc * go * (one - go)
                         a_c[b, j] = gc * gf
-                        a_prev[j] = 0.0
-                # Active hidden columns: ∂L/∂Δh_k = W_hh[:, k]ᵀ δM (GRU: rows r, z, nh of M).
+                        a_prev[bb, j] = zero
+            # Active hidden columns: ∂L/∂Δh_k = W_hh[:, k]ᵀ δM (GRU: rows r, z, nh of M) and
+            # ∂L/∂W_hh[:, k] += δM · Δh_k, unit-major over the chunk's samples: each row of W_hh
+            # and of its gradient is read once per step for all samples (not once per sample),
+            # and meets the samples in which its column is active four at a time.
+            for k in range(hs):
+                n_act[k] = 0
+            for bb in range(nb):
+                cell = (b0 + bb) * steps + t
                 for p in range(off_h[cell, 0], off_h[cell, 1]):
                     k = idx_h[p]
-                    d = val_h[p]
-                    row = wh[k]
-                    grow = g_wh[k]
-                    acc = 0.0
+                    act_at[k, n_act[k]] = bb
+                    act_p[k, n_act[k]] = p
+                    n_act[k] += 1
+            for k in range(hs):
+                n = n_act[k]
+                if n == 0:
+                    continue
+                row = wh[k]
+                grow = g_wh[k]
+                q = 0
+                while q < n:
+                    # Four samples per pass; a shorter tail is padded with a row of zeros and a zero
+                    # delta (a repeated sample would turn a non-finite δM into 0·inf = NaN).
+                    s0 = act_at[k, q]
+                    m0 = a_m[b0 + s0]
+                    d0 = val_h[act_p[k, q]]
+                    m1, m2, m3 = zero_row, zero_row, zero_row
+                    d1, d2, d3 = zero, zero, zero
+                    if q + 1 < n:
+                        m1 = a_m[b0 + act_at[k, q + 1]]
+                        d1 = val_h[act_p[k, q + 1]]
+                    if q + 2 < n:
+                        m2 = a_m[b0 + act_at[k, q + 2]]
+                        d2 = val_h[act_p[k, q + 2]]
+                    if q + 3 < n:
+                        m3 = a_m[b0 + act_at[k, q + 3]]
+                        d3 = val_h[act_p[k, q + 3]]
+                    acc0 = zero
+                    acc1 = zero
+                    acc2 = zero
+                    acc3 = zero
                     if gru:
                         for j in range(2 * hs):
-                            acc += row[j] * a_m[b, j]
-                            grow[j] += d * a_m[b, j]
+                            rj = row[j]
+                            acc0 += rj * m0[j]
+                            acc1 += rj * m1[j]
+                            acc2 += rj * m2[j]
+                            acc3 += rj * m3[j]
+                            grow[j] += d0 * m0[j] + d1 * m1[j] + d2 * m2[j] + d3 * m3[j]
                         for j in range(hs):
-                            acc += row[2 * hs + j] * a_m[b, 3 * hs + j]
-                            grow[2 * hs + j] += d * a_m[b, 3 * hs + j]
+                            jm = 3 * hs + j
+                            rj = row[2 * hs + j]
+                            acc0 += rj * m0[jm]
+                            acc1 += rj * m1[jm]
+                            acc2 += rj * m2[jm]
+                            acc3 += rj * m3[jm]
+                            grow[2 * hs + j] += d0 * m0[jm] + d1 * m1[jm] + d2 * m2[jm] + d3 * m3[jm]
                     else:
                         for j in range(4 * hs):
-                            acc += row[j] * a_m[b, j]
-                            grow[j] += d * a_m[b, j]
-                    # Δh_k = h_{t−1,k} − ĥ_k and ĥ_k += Δh_k: the delta's gradient goes to h_{t−1}
-                    # and, with the opposite sign, to the previous memory.
-                    g = acc + g_dh[t, b, k] + a_hhat[b, k]
-                    a_prev[k] += g
-                    a_hhat[b, k] -= g
+                            rj = row[j]
+                            acc0 += rj * m0[j]
+                            acc1 += rj * m1[j]
+                            acc2 += rj * m2[j]
+                            acc3 += rj * m3[j]
+                            grow[j] += d0 * m0[j] + d1 * m1[j] + d2 * m2[j] + d3 * m3[j]
+                    for e in range(min(4, n - q)):
+                        bb = act_at[k, q + e]
+                        acc = acc0 if e == 0 else (acc1 if e == 1 else (acc2 if e == 2 else acc3))
+                        b = b0 + bb
+                        # Δh_k = h_{t−1,k} − ĥ_k and ĥ_k += Δh_k: the delta's gradient goes to
+                        # h_{t−1} and, with the opposite sign, to the previous memory.
+                        g = acc + g_dh[t, b, k] + a_hhat[b, k]
+                        a_prev[bb, k] += g
+                        a_hhat[b, k] -= g
+                    q += 4
+            for bb in range(nb):
+                b = b0 + bb
                 for j in range(hs):
-                    a_h[b, j] = a_prev[j]
-                # Active input columns: ∂L/∂Δx_i = W_ih[:, i]ᵀ δM (GRU: rows r, z, nx of M).
+                    a_h[b, j] = a_prev[bb, j]
+            # Active input columns: ∂L/∂Δx_i = W_ih[:, i]ᵀ δM (GRU: rows r, z, nx of M) and
+            # ∂L/∂W_ih[:, i] += δM · Δx_i, column-major over the chunk's samples as above.
+            for i in range(n_in):
+                n_act[i] = 0
+            for bb in range(nb):
+                cell = (b0 + bb) * steps + t
                 for p in range(off_x[cell, 0], off_x[cell, 1]):
                     i = idx_x[p]
-                    d = val_x[p]
-                    row = wx[i]
-                    grow = g_wx[i]
-                    acc = 0.0
+                    act_at[i, n_act[i]] = bb
+                    act_p[i, n_act[i]] = p
+                    n_act[i] += 1
+            for i in range(n_in):
+                n = n_act[i]
+                row = wx[i]
+                grow = g_wx[i]
+                q = 0
+                while q < n:
+                    m0 = a_m[b0 + act_at[i, q]]
+                    d0 = val_x[act_p[i, q]]
+                    m1, m2, m3 = zero_row, zero_row, zero_row
+                    d1, d2, d3 = zero, zero, zero
+                    if q + 1 < n:
+                        m1 = a_m[b0 + act_at[i, q + 1]]
+                        d1 = val_x[act_p[i, q + 1]]
+                    if q + 2 < n:
+                        m2 = a_m[b0 + act_at[i, q + 2]]
+                        d2 = val_x[act_p[i, q + 2]]
+                    if q + 3 < n:
+                        m3 = a_m[b0 + act_at[i, q + 3]]
+                        d3 = val_x[act_p[i, q + 3]]
+                    acc0 = zero
+                    acc1 = zero
+                    acc2 = zero
+                    acc3 = zero
                     for j in range(x_cols):
-                        acc += row[j] * a_m[b, j]
-                        grow[j] += d * a_m[b, j]
-                    g = acc + g_dx[t, b, i] + a_xhat[b, i]
-                    g_x[t, b, i] = g
-                    a_xhat[b, i] -= g
+                        rj = row[j]
+                        acc0 += rj * m0[j]
+                        acc1 += rj * m1[j]
+                        acc2 += rj * m2[j]
+                        acc3 += rj * m3[j]
+                        grow[j] += d0 * m0[j] + d1 * m1[j] + d2 * m2[j] + d3 * m3[j]
+                    for e in range(min(4, n - q)):
+                        b = b0 + act_at[i, q + e]
+                        acc = acc0 if e == 0 else (acc1 if e == 1 else (acc2 if e == 2 else acc3))
+                        # Δx_i = x_{t,i} − x̂_i and x̂_i += Δx_i.
+                        g = acc + g_dx[t, b, i] + a_xhat[b, i]
+                        g_x[t, b, i] = g
+                        a_xhat[b, i] -= g
+                    q += 4
 
 
 @functools.cache
@@ -376,12 +548,12 @@ def delta_train_cpu_fwd(
     val_h = x.new_zeros(cells * hs)
     off_x = torch.empty(cells, 2, dtype=torch.int64)
     off_h = torch.empty(cells, 2, dtype=torch.int64)
-    with _threads(batch):
+    with _threads(batch) as chunks:
         _kernels().forward(
             _np(x.detach().contiguous()), _np(wx), _np(wh), _np(theta_x.detach().contiguous()),
             _np(theta_h.detach().contiguous()), _np(h), _np(c), _np(x_hat), _np(h_hat), _np(m), inclusive, gru,
             _np(out), _np(out_c), _np(dx), _np(dh), *(_np(g) for g in gates),
-            _np(idx_x), _np(val_x), _np(off_x), _np(idx_h), _np(val_h), _np(off_h),
+            _np(idx_x), _np(val_x), _np(off_x), _np(idx_h), _np(val_h), _np(off_h), chunks,
         )  # fmt: skip
     return out, h, c, x_hat, h_hat, m, dx, dh, out_c, gates, idx_x, val_x, off_x, idx_h, val_h, off_h
 

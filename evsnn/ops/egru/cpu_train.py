@@ -25,7 +25,8 @@ a surrogate with a known ``kernel_spec`` (the five of SPEC §1 and their truncat
 evaluated in the kernel; any other [`Surrogate`][evsnn.surrogate.Surrogate] gets it from autograd of
 the surrogate itself (one dense torch pass), so every one gives the reference's gradient (one
 with infinite support makes the recurrent product dense: still exact). The products for
-``∂L/∂y`` run unit-major over a thread's samples, four samples per pass over a row. A row of ``W_hh`` whose
+``∂L/∂y`` run unit-major over a thread's samples, four samples per pass over a row, in blocks
+of columns of a copy of ``W_hhᵀ`` whose blocks are contiguous. A row of ``W_hh`` whose
 unit never fires and never enters the support is never read, forward or backward.
 
 The result is the reference's ([`evsnn.functional.egru_scan`][evsnn.functional.egru_scan]) and so are its gradients, to
@@ -81,8 +82,13 @@ _ZO_NONE, _ZO_MEAN, _ZO_MASK = 0, 1, 2
 _ROW_BLOCK = 64
 
 # Columns of the W_hh gradient per block (`_weight_gradient`): the block of δgh for all T·B
-# rows (800 KiB in float32 at T·B = 3200) stays in L2.
-_GRAD_TILE = 64
+# rows (1.6 MiB in float32 at T·B = 3200) stays in L2 (128 was the fastest of 32–256 there).
+_GRAD_TILE = 128
+
+# Columns per block of the backward's ∂L/∂y products: a row segment of W_hhᵀ (2 KiB in float32)
+# meets the δgh segments of its live samples, 64 KiB for 32 samples, that stay near the core
+# while the block's rows stream by (512 was the fastest of 128–1024 at H = 1024, B = 32).
+_DY_TILE = 512
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -275,6 +281,17 @@ def _egru_backward(
     h3 = 3 * hs
     per_chunk = (batch + chunks - 1) // chunks
     threshold_reset = not reset_output
+    # W_hhᵀ in blocks of `_DY_TILE` columns, each block's rows contiguous: the products below go
+    # through one block at a time, and a block read row after row from L3 is one sequential stream
+    # (segments of a row 3H apart defeat the hardware prefetcher).
+    n_tiles = (h3 + _DY_TILE - 1) // _DY_TILE
+    tiled = np.empty((n_tiles, hs, _DY_TILE), dtype=table.dtype)
+    for i in range(n_tiles):
+        j0 = i * _DY_TILE
+        m = min(_DY_TILE, h3 - j0)
+        for k in range(hs):
+            for j in range(m):
+                tiled[i, k, j] = table[k, j0 + j]
     for part in prange(chunks):
         b0 = part * per_chunk
         nb = max(0, min(batch, b0 + per_chunk) - b0)
@@ -291,7 +308,8 @@ def _egru_backward(
         if zo_mode == 1:
             for j in range(hs):
                 keep[j] = zp
-        live_at = np.empty(nb, dtype=np.int64)
+        live_at = np.empty((hs, nb), dtype=np.int64)
+        n_live = np.empty(hs, dtype=np.int64)
         g_bias = g_bias_parts[part]
         g_theta = g_theta_parts[part]
         for bb in range(nb):
@@ -358,45 +376,63 @@ def _egru_backward(
                 if t > 0:
                     _pseudo_row(kind, params, gate, pseudo, t - 1, b, out_v[t - 1, b], theta, g_before[bb])
             # ∂L/∂y_{t−1,k} = W_hh[:, k]ᵀ δgh_t for the samples where y_{t−1,k} can pass gradient
-            # ("live": an event, or inside the surrogate's support), unit-major so each row is
-            # read once for the chunk's samples, four samples per pass over it.
+            # ("live": an event, or inside the surrogate's support). First each unit's list of
+            # live samples, then the dot products in blocks of `_DY_TILE` columns, unit-major over
+            # the chunk's samples: each row segment of W_hh, read once per step for all samples,
+            # meets its live samples four at a time while the block of δgh stays in cache.
             for k in range(hs):
-                th = theta[k]
-                n_live = 0
+                n_live[k] = 0
+            if t > 0:
                 for bb in range(nb):
-                    if t > 0:
-                        live = out_v[t - 1, b0 + bb, k] > th or g_before[bb, k] != 0.0
-                    else:
-                        live = need_y0
-                    if live:
-                        live_at[n_live] = bb
-                        n_live += 1
-                row = table[k]
-                p = 0
-                while p + 4 <= n_live:
-                    d0, d1, d2, d3 = dgh[live_at[p]], dgh[live_at[p + 1]], dgh[live_at[p + 2]], dgh[live_at[p + 3]]
-                    a0 = zero
-                    a1 = zero
-                    a2 = zero
-                    a3 = zero
-                    for j in range(h3):
-                        rj = row[j]
-                        a0 += rj * d0[j]
-                        a1 += rj * d1[j]
-                        a2 += rj * d2[j]
-                        a3 += rj * d3[j]
-                    a_y[b0 + live_at[p], k] += a0
-                    a_y[b0 + live_at[p + 1], k] += a1
-                    a_y[b0 + live_at[p + 2], k] += a2
-                    a_y[b0 + live_at[p + 3], k] += a3
-                    p += 4
-                while p < n_live:
-                    d0 = dgh[live_at[p]]
-                    a0 = zero
-                    for j in range(h3):
-                        a0 += row[j] * d0[j]
-                    a_y[b0 + live_at[p], k] += a0
-                    p += 1
+                    v_prev = out_v[t - 1, b0 + bb]
+                    g_prev = g_before[bb]
+                    for k in range(hs):
+                        live_at[k, n_live[k]] = bb
+                        n_live[k] += v_prev[k] > theta[k] or g_prev[k] != 0.0
+            elif need_y0:
+                for k in range(hs):
+                    for bb in range(nb):
+                        live_at[k, bb] = bb
+                    n_live[k] = nb
+            for i in range(n_tiles):
+                j0 = i * _DY_TILE
+                m = min(_DY_TILE, h3 - j0)
+                for k in range(hs):
+                    n = n_live[k]
+                    if n == 0:
+                        continue
+                    live = live_at[k]
+                    row = tiled[i, k]
+                    p = 0
+                    while p + 4 <= n:
+                        s0, s1, s2, s3 = live[p], live[p + 1], live[p + 2], live[p + 3]
+                        d0 = dgh[s0, j0 : j0 + m]
+                        d1 = dgh[s1, j0 : j0 + m]
+                        d2 = dgh[s2, j0 : j0 + m]
+                        d3 = dgh[s3, j0 : j0 + m]
+                        a0 = zero
+                        a1 = zero
+                        a2 = zero
+                        a3 = zero
+                        for j in range(m):
+                            rj = row[j]
+                            a0 += rj * d0[j]
+                            a1 += rj * d1[j]
+                            a2 += rj * d2[j]
+                            a3 += rj * d3[j]
+                        a_y[b0 + s0, k] += a0
+                        a_y[b0 + s1, k] += a1
+                        a_y[b0 + s2, k] += a2
+                        a_y[b0 + s3, k] += a3
+                        p += 4
+                    while p < n:
+                        s0 = live[p]
+                        d0 = dgh[s0, j0 : j0 + m]
+                        a0 = zero
+                        for j in range(m):
+                            a0 += row[j] * d0[j]
+                        a_y[b0 + s0, k] += a0
+                        p += 1
             g_now, g_before = g_before, g_now
 
 
