@@ -1,6 +1,6 @@
 """Draw docs/img/cpu_scaling.png (or .svg/.pdf) from the points ``benchmarks/cpu_scaling.py --json``
-wrote (default ``docs/data/cpu_scaling.json``); nothing is measured here. Run from the repository root:
-``python docs/figures/cpu_scaling.py [--json FILE] [--format png|svg|pdf]``.
+wrote (default ``docs/data/cpu_scaling_training.json`` and ``cpu_scaling_streaming.json``); nothing is measured here. Run from the repository root:
+``python docs/figures/cpu_scaling.py [--json FILE ...] [--format png|svg|pdf]``.
 
 Two rows (time against activity at one hidden size; time against hidden size at one activity),
 one column per mode (training, ``Stream.chunk``, ``Stream.step``); each curve is evsnn's time as a
@@ -78,12 +78,21 @@ def figure(record: dict) -> plt.Figure:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--json", default=str(DOCS / "data" / "cpu_scaling.json"))
+    parser.add_argument(
+        "--json",
+        nargs="+",
+        default=[str(DOCS / "data" / f"cpu_scaling_{part}.json") for part in ("training", "streaming")],
+        help="one or more files, drawn together",
+    )
     parser.add_argument("--format", default="png", choices=("png", "svg", "pdf"))
     parser.add_argument("--dpi", type=int, default=150)
     args = parser.parse_args()
     plt.rcParams.update({"font.size": 8, "axes.titlesize": 8, "legend.fontsize": 7})
-    fig = figure(json.loads(Path(args.json).read_text()))
+    records = [json.loads(Path(name).read_text()) for name in args.json]
+    record = dict(records[0])
+    record["points"] = [p for r in records for p in r["points"]]
+    record["load"] = [min(r["load"][0] for r in records), max(r["load"][1] for r in records)]
+    fig = figure(record)
     out = DOCS / "img" / f"cpu_scaling.{args.format}"
     fig.savefig(out, dpi=args.dpi)
     print(out)
