@@ -77,64 +77,200 @@ def as_points(preds: Tensor) -> Tensor:
 
 
 class Forecaster(nn.Module):
-    """A DeltaGRU on a delay line of the last ``window`` values, with a linear readout.
+    """A DeltaGRU (or DeltaLSTM) on a delay line of the last ``window`` values, with a linear readout.
 
     ``mode="teacher"``: each step sees the true value (training and warm-up); the delay line and
-    the DeltaGRU state start from zero and are kept at the end. ``mode="autonomous"``: continues
+    the recurrent state start from zero and are kept at the end. ``mode="autonomous"``: continues
     from the kept state; the first step sees the true value, every later step the previous forecast.
+    `rollout` trains the autonomous mode itself: a batch of free-running forecasts from points of
+    the training series.
 
     Args:
-        window: length of the delay line (the DeltaGRU's input size).
-        hidden: DeltaGRU hidden size.
+        window: length of the delay line (the recurrent layer's input size).
+        hidden: hidden size.
         theta: delta threshold for inputs and hidden state.
         mean: standardization offset of the series.
         std: standardization scale of the series.
+        cell: ``"gru"`` (`evsnn.DeltaGRU`) or ``"lstm"`` (`evsnn.DeltaLSTM`).
+        noise: standard deviation of Gaussian noise added to the standardized series in training
+            (teacher-forced inputs only; the targets stay clean).
+        residual: the readout gives the change from the last value of the delay line instead of
+            the next value itself.
     """
 
     def __init__(
-        self, window: int = 50, hidden: int = 40, theta: float = 0.01, mean: float = 0.0, std: float = 1.0
+        self,
+        window: int = 50,
+        hidden: int = 40,
+        theta: float = 0.01,
+        mean: float = 0.0,
+        std: float = 1.0,
+        cell: str = "gru",
+        noise: float = 0.0,
+        residual: bool = False,
     ) -> None:
         super().__init__()
+        layers = {"gru": evsnn.DeltaGRU, "lstm": evsnn.DeltaLSTM}
+        if cell not in layers:
+            raise ValueError(f"Forecaster: cell must be one of {sorted(layers)}, got {cell!r}")
+        if noise < 0:
+            raise ValueError(f"Forecaster: noise must be >= 0, got {noise}")
         self.window = window
         self.mean, self.std = mean, std
-        self.rnn = evsnn.DeltaGRU(window, hidden, theta_x=theta, theta_h=theta, batch_first=True, dtype=torch.float64)
+        self.noise = noise
+        self.residual = residual
+        self.rnn = layers[cell](window, hidden, theta_x=theta, theta_h=theta, batch_first=True, dtype=torch.float64)
         self.readout = nn.Linear(hidden, 1, dtype=torch.float64)
         self.mode = "teacher"
         self.line: Tensor | None = None
         self.state: Any = None
 
+    def standardize(self, x: Tensor) -> Tensor:
+        """``[B, T, 1]`` series -> ``[B, T]`` standardized, with the training noise in train mode."""
+        z = (x[..., 0] - self.mean) / self.std
+        if self.training and self.noise > 0:
+            z = z + self.noise * torch.randn_like(z)
+        return z
+
+    def lines(self, z: Tensor) -> Tensor:
+        """``[B, T]`` -> ``[B, T, window]``: at step t the last ``window`` values up to z_t (zeros before)."""
+        padded = torch.cat([z.new_zeros(z.shape[0], self.window - 1), z], dim=1)
+        return padded.unfold(1, self.window, 1)
+
+    def predict(self, h: Tensor, lines: Tensor) -> Tensor:
+        """Standardized forecasts ``[..., 1]`` from hidden states ``[..., H]`` and their delay lines."""
+        out = self.readout(h)
+        return out + lines[..., -1:] if self.residual else out
+
     def forward(self, x: Tensor) -> Tensor:
-        z = (x[..., 0] - self.mean) / self.std  # [1, T]
         if self.mode == "teacher":
-            padded = torch.cat([z.new_zeros(1, self.window - 1), z], dim=1)
-            lines = padded.unfold(1, self.window, 1)  # [1, T, window]: the last `window` values
+            lines = self.lines(self.standardize(x))  # [1, T, window]
             h, self.state = self.rnn(lines)
             self.line = lines[:, -1].detach()
-            self.state = self.state.detach()  # h_n, carrying the delta memories
-            return self.readout(h) * self.std + self.mean
+            self.state = _detach(self.state)  # h_n, carrying the delta memories
+            return self.predict(h, lines) * self.std + self.mean
         if self.line is None:
             raise RuntimeError("Forecaster: run mode='teacher' over the history before mode='autonomous'")
+        z = (x[..., 0] - self.mean) / self.std
         out, value = [], z[:, :1]
         for _ in range(z.shape[1]):
             self.line = torch.cat([self.line[:, 1:], value], dim=1)
             h, self.state = self.rnn(self.line.unsqueeze(1), self.state)
-            value = self.readout(h[:, 0])  # [1, 1] standardized forecast, fed back
+            value = self.predict(h[:, 0], self.line)  # [1, 1] standardized forecast, fed back
             out.append(value)
         return torch.stack(out, dim=1) * self.std + self.mean
 
+    def rollout(self, x: Tensor, starts: Tensor, warmup: int, horizon: int) -> tuple[Tensor, Tensor]:
+        """Free-running forecasts from a batch of points of the series ``x`` (``[1, T, 1]``).
 
-def train(net: Forecaster, x: Tensor, y: Tensor, epochs: int, lr: float) -> float:
-    """Full-sequence, one-step-ahead MSE training with Adam (NeuroBench's LSTM example: 200 epochs,
-    lr 0.005, weight decay 0.001). Returns the last loss."""
-    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-3)
+        For each start s (one batch row, fresh state): ``warmup`` teacher-forced steps on the true
+        delay lines ending at x_s ... x_{s+warmup-1}, then ``horizon`` autonomous steps, each fed
+        the previous forecast (the first one the last teacher-forced forecast), as the
+        autonomous mode runs. Returns the forecasts in the series' units: teacher-forced
+        ``[B, warmup]`` (of x_{s+1} ... x_{s+warmup}) and free-running ``[B, horizon]`` (of
+        x_{s+warmup+1} ... x_{s+warmup+horizon}). Gradients flow through the fed-back forecasts.
+        """
+        if x.dim() != 3 or x.shape[0] != 1 or x.shape[2] != 1:
+            raise ValueError(f"Forecaster.rollout: x must be one series [1, T, 1], got {tuple(x.shape)}")
+        if warmup < 1 or horizon < 1:
+            raise ValueError(f"Forecaster.rollout: warmup and horizon must be >= 1, got {warmup} and {horizon}")
+        last = x.shape[1] - warmup - horizon - 1  # the last forecast target is x[s + warmup + horizon]
+        if starts.numel() == 0 or int(starts.min()) < 0 or int(starts.max()) > last:
+            raise ValueError(
+                f"Forecaster.rollout: starts must lie in [0, {last}] for a series of {x.shape[1]} points, "
+                f"warmup {warmup} and horizon {horizon}, got {starts.tolist()}"
+            )
+        lines = self.lines(self.standardize(x))[0]  # [T, window]
+        index = starts[:, None] + torch.arange(warmup)  # [B, warmup]
+        h, state = self.rnn(lines[index])
+        teacher = self.predict(h, lines[index])[..., 0]  # [B, warmup] standardized
+        line, value = lines[index[:, -1]], teacher[:, -1:]
+        free = []
+        for _ in range(horizon):
+            line = torch.cat([line[:, 1:], value], dim=1)
+            h, state = self.rnn(line.unsqueeze(1), state)
+            value = self.predict(h[:, 0], line)
+            free.append(value)
+        return teacher * self.std + self.mean, torch.cat(free, dim=1) * self.std + self.mean
+
+
+def _detach(state: Any) -> Any:
+    """The recurrent state without its graph: a DeltaGRU's ``h_n`` or a DeltaLSTM's ``(h_n, c_n)``."""
+    if isinstance(state, tuple):
+        return type(state)(*(s.detach() for s in state))
+    return state.detach()
+
+
+def _optimizer(net: nn.Module, lr: float, weight_decay: float, epochs: int, schedule: str) -> tuple[Any, Any]:
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+    if schedule == "cosine":
+        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+    if schedule == "constant":
+        return opt, None
+    raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+
+
+def _step(net: nn.Module, opt: Any, sched: Any, loss: Tensor, clip: float) -> None:
+    opt.zero_grad()
+    loss.backward()
+    if clip > 0:
+        nn.utils.clip_grad_norm_(net.parameters(), clip)
+    opt.step()
+    if sched is not None:
+        sched.step()
+
+
+def train(
+    net: Forecaster,
+    x: Tensor,
+    y: Tensor,
+    epochs: int,
+    lr: float,
+    *,
+    weight_decay: float = 1e-3,
+    schedule: str = "constant",
+    clip: float = 0.0,
+    washout: int = 0,
+    rollout_epochs: int = 0,
+    rollout_lr: float | None = None,
+    rollout_horizon: int = 30,
+    rollout_warmup: int = 50,
+    rollout_batch: int = 32,
+) -> float:
+    """Two phases, each with Adam (``weight_decay`` as Adam's L2 term), the lr ``schedule`` over the
+    phase (``"constant"`` or ``"cosine"`` to 0) and, with ``clip > 0``, gradient-norm clipping.
+
+    1. ``epochs`` full-sequence, one-step-ahead (teacher-forced) MSE epochs on the train split,
+       without the first ``washout`` steps (their delay lines are still zero-padded). NeuroBench's
+       LSTM example: 200 epochs, lr 0.005, weight decay 0.001, constant lr, no washout.
+    2. ``rollout_epochs`` epochs of free-running training: each a batch of ``rollout_batch``
+       `Forecaster.rollout` forecasts from random points of the train split (``rollout_warmup``
+       teacher-forced steps, then ``rollout_horizon`` autonomous ones); the loss is the MSE of
+       the autonomous forecasts plus that of the teacher-forced ones, at ``rollout_lr`` (default
+       ``lr``). This trains the mode that is scored: the model learns to correct the drift of its
+       own fed-back forecasts.
+
+    Returns the last loss.
+    """
     net.train()
     net.mode = "teacher"
     loss = torch.zeros(())
+    opt, sched = _optimizer(net, lr, weight_decay, epochs, schedule)
     for _ in range(epochs):
-        loss = nn.functional.mse_loss(net(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        loss = nn.functional.mse_loss(net(x)[:, washout:], y[:, washout:])
+        _step(net, opt, sched, loss, clip)
+    if rollout_epochs > 0:
+        last = x.shape[1] - rollout_warmup - rollout_horizon - 1
+        opt, sched = _optimizer(net, lr if rollout_lr is None else rollout_lr, weight_decay, rollout_epochs, schedule)
+        for _ in range(rollout_epochs):
+            starts = torch.randint(0, last + 1, (rollout_batch,))
+            teacher, free = net.rollout(x, starts, rollout_warmup, rollout_horizon)
+            index = starts[:, None] + torch.arange(rollout_warmup + rollout_horizon)  # y[t] = x[t+1]
+            target = y[0, index, 0]
+            loss = nn.functional.mse_loss(free, target[:, rollout_warmup:]) + nn.functional.mse_loss(
+                teacher, target[:, :rollout_warmup]
+            )
+            _step(net, opt, sched, loss, clip)
     return loss.item()
 
 
@@ -159,26 +295,72 @@ def main() -> None:
     p.add_argument("--file", default=None, help="NeuroBench's mg_17.npy (default: generate with jitcdde)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--offset", type=float, default=0.0, help="start offset in points (NeuroBench repeat r: 37.5 r)")
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--lr", type=float, default=0.005)
+    p.add_argument("--cell", choices=["gru", "lstm"], default="gru", help="DeltaGRU or DeltaLSTM")
     p.add_argument("--hidden", type=int, default=40)
     p.add_argument("--window", type=int, default=50)
     p.add_argument("--theta", type=float, default=0.01)
+    p.add_argument("--epochs", type=int, default=200, help="teacher-forced epochs")
+    p.add_argument("--lr", type=float, default=0.005)
+    p.add_argument("--weight-decay", type=float, default=1e-3)
+    p.add_argument("--schedule", choices=["constant", "cosine"], default="constant", help="lr over each phase")
+    p.add_argument("--clip", type=float, default=0.0, help="gradient-norm clipping (0: none)")
+    p.add_argument("--washout", type=int, default=0, help="teacher-forced steps left out of the loss")
+    p.add_argument("--residual", action="store_true", help="the readout forecasts the change from the last value")
+    p.add_argument("--noise", type=float, default=0.0, help="input noise std (standardized units) in training")
+    p.add_argument("--rollout-epochs", type=int, default=0, help="free-running epochs after the teacher-forced ones")
+    p.add_argument("--rollout-lr", type=float, default=None, help="lr of the free-running phase (default: --lr)")
+    p.add_argument("--rollout-horizon", type=int, default=30)
+    p.add_argument("--rollout-warmup", type=int, default=50)
+    p.add_argument("--rollout-batch", type=int, default=32)
+    p.add_argument("--save", default=None, help="write the forecast and the truth to this .npz")
     args = p.parse_args()
 
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     mg = mackey_glass(args.file, start_offset=args.offset)
     x, y, test = splits(mg)
-    net = Forecaster(args.window, args.hidden, args.theta, mean=float(x.mean()), std=float(x.std()))
+    net = Forecaster(
+        args.window,
+        args.hidden,
+        args.theta,
+        float(x.mean()),
+        float(x.std()),
+        cell=args.cell,
+        noise=args.noise,
+        residual=args.residual,
+    )
     t1 = time.perf_counter()
-    loss = train(net, x, y, args.epochs, args.lr)
+    loss = train(
+        net,
+        x,
+        y,
+        args.epochs,
+        args.lr,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        clip=args.clip,
+        washout=args.washout,
+        rollout_epochs=args.rollout_epochs,
+        rollout_lr=args.rollout_lr,
+        rollout_horizon=args.rollout_horizon,
+        rollout_warmup=args.rollout_warmup,
+        rollout_batch=args.rollout_batch,
+    )
     t2 = time.perf_counter()
     net.eval()
     net.mode = "teacher"
     with torch.no_grad():
         net(x)  # warm-up over the train split: state and delay line for the forecast
     net.mode = "autonomous"
+    if args.save:
+        import copy
+
+        import numpy as np
+
+        xt, yt = next(iter(test))
+        with torch.no_grad():
+            pred = copy.deepcopy(net)(as_sequence((xt, yt))[0])[0, :, 0]
+        np.savez(args.save, forecast=pred.numpy(), truth=yt[:, 0].numpy())
     r = benchmark(net, test)
     t3 = time.perf_counter()
 
@@ -187,10 +369,7 @@ def main() -> None:
     print(
         f"series {'file ' + args.file if args.file else 'generated (jitcdde)'}, offset {args.offset}, seed {args.seed}"
     )
-    print(
-        f"data {t1 - t0:.1f} s, training {t2 - t1:.1f} s ({args.epochs} epochs, last MSE {loss:.2e}), "
-        f"benchmark {t3 - t2:.1f} s"
-    )
+    print(f"data {t1 - t0:.1f} s, training {t2 - t1:.1f} s (last loss {loss:.2e}), benchmark {t3 - t2:.1f} s")
     print(f"raw results (per {steps}-step forecast): {r}")
     print(
         "| Model | sMAPE | Footprint (B) | Connection sparsity | Activation sparsity | Dense | Eff_MACs | Eff_ACs |"
@@ -198,9 +377,10 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     print(
-        f"| evsnn DeltaGRU H={args.hidden}, Θ={args.theta} (seed {args.seed}) | {r['SMAPE']:.2f} | {r['Footprint']} |"
-        f" {r['ConnectionSparsity']:.3f} | {r['ActivationSparsity']:.3f} | {ops['Dense'] / steps:.3g} |"
-        f" {ops['Effective_MACs'] / steps:.3g} | {ops['Effective_ACs'] / steps:.3g} | {r['MembraneUpdates'] / steps:.3g} |"
+        f"| evsnn Delta{args.cell.upper()} H={args.hidden}, Θ={args.theta} (seed {args.seed}) | {r['SMAPE']:.2f} |"
+        f" {r['Footprint']} | {r['ConnectionSparsity']:.3f} | {r['ActivationSparsity']:.3f} |"
+        f" {ops['Dense'] / steps:.3g} | {ops['Effective_MACs'] / steps:.3g} | {ops['Effective_ACs'] / steps:.3g} |"
+        f" {r['MembraneUpdates'] / steps:.3g} |"
     )
 
 

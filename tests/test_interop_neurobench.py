@@ -156,6 +156,54 @@ def test_mackey_glass_example_protocol_on_a_tiny_series(single_thread, tmp_path)
     assert 0 < r["SynapticOperations"]["Effective_MACs"] < r["SynapticOperations"]["Dense"]
 
 
+@pytest.mark.parametrize(("cell", "residual"), [("gru", False), ("gru", True), ("lstm", True)])
+def test_mackey_glass_rollout_training_equals_a_hand_unrolled_loop(single_thread, cell, residual) -> None:
+    """The example's batched free-running rollout (the loss of its rollout training) against one
+    start at a time, unrolled by hand with single-step calls of the same layer: the forecasts of
+    every row and the gradient of their squared error agree. Θ > 0, so the delta memories are
+    carried through the warm-up and the fed-back forecasts."""
+    ex = _load_example()
+    window, hidden, warmup, horizon = 6, 5, 7, 9
+    t = torch.arange(60, dtype=torch.float64)
+    x = (0.9 + 0.3 * torch.sin(0.21 * t) + 0.1 * torch.cos(0.37 * t)).reshape(1, 60, 1)
+    starts = torch.tensor([0, 3, 17, 60 - warmup - horizon - 1])
+    torch.manual_seed(0)
+    net = ex.Forecaster(window, hidden, theta=0.05, mean=0.9, std=0.3, cell=cell, residual=residual).train()
+    teacher, free = net.rollout(x, starts, warmup, horizon)
+    assert teacher.shape == (4, warmup) and free.shape == (4, horizon)
+    grads = torch.autograd.grad((free**2).sum() + (teacher**2).sum(), list(net.parameters()))
+
+    z = (x[0, :, 0] - 0.9) / 0.3
+    padded = torch.cat([z.new_zeros(window - 1), z])
+    hand_teacher, hand_free = [], []
+    for s in starts.tolist():
+        state, row_t, row_f = None, [], []
+        for k in range(warmup):  # true delay lines ending at z[s + k]
+            h, state = net.rnn(padded[s + k : s + k + window].reshape(1, 1, window), state)
+            row_t.append(net.readout(h[0, 0])[0] + (padded[s + k + window - 1] if residual else 0))
+        line, value = padded[s + warmup - 1 : s + warmup - 1 + window], row_t[-1]
+        for _ in range(horizon):
+            line = torch.cat([line[1:], value.reshape(1)])
+            h, state = net.rnn(line.reshape(1, 1, window), state)
+            value = net.readout(h[0, 0])[0] + (line[-1] if residual else 0)
+            row_f.append(value)
+        hand_teacher.append(torch.stack(row_t))
+        hand_free.append(torch.stack(row_f))
+    hand_t = torch.stack(hand_teacher) * 0.3 + 0.9
+    hand_f = torch.stack(hand_free) * 0.3 + 0.9
+    torch.testing.assert_close(teacher, hand_t, rtol=0, atol=1e-12)
+    torch.testing.assert_close(free, hand_f, rtol=0, atol=1e-12)
+    hand_grads = torch.autograd.grad((hand_f**2).sum() + (hand_t**2).sum(), list(net.parameters()))
+    for g, hg in zip(grads, hand_grads, strict=True):
+        torch.testing.assert_close(g, hg, rtol=1e-10, atol=1e-12)
+    # The forecasts are fed back: the free-running rows differ from the teacher-forced forecasts
+    # of the same points (delay lines of true values).
+    forced = net.rollout(x, starts[:-1], warmup + horizon, 1)[0][:, warmup:]
+    assert (free[:-1] - forced).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"starts must lie in \[0, 43\]"):
+        net.rollout(x, torch.tensor([44]), warmup, horizon)
+
+
 def test_benchmark_counts_snntorch_adapter_neurons_and_linear_layers(single_thread) -> None:
     """NeuroBench's Benchmark over a snntorch-style step loop (Linear → evsnn ALIF adapter →
     Linear → snn.Leaky): the adapter's neurons and both Linears are counted, by hand from the
