@@ -20,6 +20,8 @@ Run: ``OMP_NUM_THREADS=1 python examples/neurobench_mackey_glass.py --seed 0``
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 from typing import Any
 
@@ -49,7 +51,15 @@ def mackey_glass(
 
     class GeneratedMackeyGlass(MackeyGlass):
         def load_data(self, file: str) -> None:
-            self.generate_data()
+            # jitcdde builds its C module with setuptools in the working directory, which reads a
+            # pyproject.toml found there (this project's, run from the repository root) and stops.
+            cwd = os.getcwd()
+            with tempfile.TemporaryDirectory() as build:
+                os.chdir(build)
+                try:
+                    self.generate_data()
+                finally:
+                    os.chdir(cwd)
 
     return GeneratedMackeyGlass(
         "", start_offset=start_offset, traintime=traintime, testtime=testtime, bin_window=1, download=False
@@ -350,7 +360,9 @@ def main() -> None:
     net.eval()
     net.mode = "teacher"
     with torch.no_grad():
-        net(x)  # warm-up over the train split: state and delay line for the forecast
+        fit = net(x)  # warm-up over the train split: state and delay line for the forecast
+    # One-step error once the delay line is full: how far each forecast step strays by itself.
+    rmse = float(((fit - y)[:, args.window :] ** 2).mean().sqrt())
     net.mode = "autonomous"
     if args.save:
         import copy
@@ -369,7 +381,10 @@ def main() -> None:
     print(
         f"series {'file ' + args.file if args.file else 'generated (jitcdde)'}, offset {args.offset}, seed {args.seed}"
     )
-    print(f"data {t1 - t0:.1f} s, training {t2 - t1:.1f} s (last loss {loss:.2e}), benchmark {t3 - t2:.1f} s")
+    print(
+        f"data {t1 - t0:.1f} s, training {t2 - t1:.1f} s (last loss {loss:.2e}, one-step RMSE on the train split"
+        f" {rmse:.2e}), benchmark {t3 - t2:.1f} s"
+    )
     print(f"raw results (per {steps}-step forecast): {r}")
     print(
         "| Model | sMAPE | Footprint (B) | Connection sparsity | Activation sparsity | Dense | Eff_MACs | Eff_ACs |"
