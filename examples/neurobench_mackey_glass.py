@@ -230,6 +230,14 @@ def _step(net: nn.Module, opt: Any, sched: Any, loss: Tensor, clip: float) -> No
         sched.step()
 
 
+def rollout_loss(net: Forecaster, x: Tensor, y: Tensor, starts: Tensor, warmup: int, horizon: int) -> Tensor:
+    """MSE of `Forecaster.rollout`'s free-running forecasts plus that of its teacher-forced ones,
+    against the targets ``y`` (``y[t] = x[t+1]``, ``[1, T, 1]``)."""
+    teacher, free = net.rollout(x, starts, warmup, horizon)
+    target = y[0, starts[:, None] + torch.arange(warmup + horizon), 0]  # of x[s+1] ... x[s+warmup+horizon]
+    return nn.functional.mse_loss(free, target[:, warmup:]) + nn.functional.mse_loss(teacher, target[:, :warmup])
+
+
 def train(
     net: Forecaster,
     x: Tensor,
@@ -274,12 +282,7 @@ def train(
         opt, sched = _optimizer(net, lr if rollout_lr is None else rollout_lr, weight_decay, rollout_epochs, schedule)
         for _ in range(rollout_epochs):
             starts = torch.randint(0, last + 1, (rollout_batch,))
-            teacher, free = net.rollout(x, starts, rollout_warmup, rollout_horizon)
-            index = starts[:, None] + torch.arange(rollout_warmup + rollout_horizon)  # y[t] = x[t+1]
-            target = y[0, index, 0]
-            loss = nn.functional.mse_loss(free, target[:, rollout_warmup:]) + nn.functional.mse_loss(
-                teacher, target[:, :rollout_warmup]
-            )
+            loss = rollout_loss(net, x, y, starts, rollout_warmup, rollout_horizon)
             _step(net, opt, sched, loss, clip)
     return loss.item()
 

@@ -196,6 +196,11 @@ def test_mackey_glass_rollout_training_equals_a_hand_unrolled_loop(single_thread
     hand_grads = torch.autograd.grad((hand_f**2).sum() + (hand_t**2).sum(), list(net.parameters()))
     for g, hg in zip(grads, hand_grads, strict=True):
         torch.testing.assert_close(g, hg, rtol=1e-10, atol=1e-12)
+    # The training loss: both parts against the series' next values, x[s+1] ... x[s+warmup+horizon].
+    y = torch.cat([x[:, 1:], x[:, -1:] + 1.0], dim=1)  # y[t] = x[t+1]; the last target is never used
+    nxt = torch.stack([x[0, s + 1 : s + 1 + warmup + horizon, 0] for s in starts.tolist()])
+    want = ((hand_f - nxt[:, warmup:]) ** 2).mean() + ((hand_t - nxt[:, :warmup]) ** 2).mean()
+    torch.testing.assert_close(ex.rollout_loss(net, x, y, starts, warmup, horizon), want, rtol=1e-12, atol=0)
     # The forecasts are fed back: the free-running rows differ from the teacher-forced forecasts
     # of the same points (delay lines of true values).
     forced = net.rollout(x, starts[:-1], warmup + horizon, 1)[0][:, warmup:]
