@@ -14,7 +14,7 @@ between platforms, so the series is *not* bit-identical to their file; pass ``--
 use theirs. Needs ``pip install "evsnn[neurobench]"`` (neurobench and jitcdde; jitcdde compiles C
 with the system compiler on first use).
 
-Training (the defaults): 800 steps of free-running rollout training instead of NeuroBench's 200
+Training (the defaults): 1600 steps of free-running rollout training instead of NeuroBench's 200
 full-sequence teacher-forced epochs: each step, 32 forecasts from random points of the train split,
 40 teacher-forced steps then 20 autonomous ones (fed their own forecasts), MSE on both; Adam at lr
 0.005, cosine to 0, gradient norm clipped at 1, *no* weight decay (NeuroBench's 1e-3 keeps the
@@ -316,7 +316,7 @@ def main() -> None:
     p.add_argument("--schedule", choices=["constant", "cosine"], default="cosine", help="lr over each phase")
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clipping (0: none)")
     p.add_argument("--residual", action="store_true", help="the readout forecasts the change from the last value")
-    p.add_argument("--rollout-epochs", type=int, default=800, help="free-running epochs after the full-sequence ones")
+    p.add_argument("--rollout-epochs", type=int, default=1600, help="free-running epochs after the full-sequence ones")
     p.add_argument("--rollout-lr", type=float, default=None, help="lr of the free-running phase (default: --lr)")
     p.add_argument("--rollout-horizon", type=int, default=20, help="autonomous steps per rollout")
     p.add_argument("--rollout-warmup", type=int, default=40, help="teacher-forced steps before each rollout")
