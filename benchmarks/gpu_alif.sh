@@ -29,7 +29,7 @@ for dtype in (torch.float32, torch.float64):
         print(name, dtype, "regs", k.attributes["num_regs"], "local", k.attributes["local_size_bytes"])
 print(f"built in {time.time() - t:.1f}s")
 PY
-timeout 180 python3 -m pytest tests/test_alif_cupy.py tests/test_cuda_compile_alif.py -q -rfE -p no:cacheprovider \
+timeout 180 python3 -m pytest tests/ops/test_alif_cupy.py tests/ops/test_cuda_compile_alif.py -q -rfE -p no:cacheprovider \
   2>&1 | tee "$OUT/alif_tests.log" | tail -40
 timeout 240 python3 benchmarks/alif.py --out "$OUT/alif_bench.json" "$@" 2>&1 | tee "$OUT/alif_bench.log"
 echo "=== test summary"; tail -1 "$OUT/alif_tests.log"

@@ -6,7 +6,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=.
 out=${OUT:-/tmp/evsnn_gpu_egru}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | tee "$out/device.txt"
-timeout 200 python3 -m pytest tests/test_egru_cupy.py tests/test_cuda_compile.py -q -x -p no:cacheprovider 2>&1 \
+timeout 200 python3 -m pytest tests/ops/test_egru_cupy.py tests/ops/test_cuda_compile.py -q -x -p no:cacheprovider 2>&1 \
     | tee "$out/tests.log" | tail -n 25
 tests_rc=$?
 timeout 280 python3 benchmarks/egru.py "$@" 2>&1 | tee "$out/bench.log"

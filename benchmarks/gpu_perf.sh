@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU performance follow-up (ALIF recurrent backward, delta forward, shared grid barrier), in one go:
-# the GPU tests of the three CuPy families plus tests/test_gpu_perf_kernels.py (4 processes side by
+# the GPU tests of the three CuPy families plus tests/ops/test_gpu_perf_kernels.py (4 processes side by
 # side: correctness only), then the benchmark rows of the ALIF and delta GPU goals, each beside
 # the previous version.
 #   bash benchmarks/gpu_perf.sh          (from the repository root; logs under $OUT or /tmp/evsnn_gpu_perf)

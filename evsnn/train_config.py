@@ -15,7 +15,7 @@ from typing import Any
 __all__ = ["BACKENDS", "DATASETS", "DEVICE_HELP", "ENCODED_DATA", "ENCODINGS", "MODELS", "TrainConfig", "check_device"]
 
 # The same tuples as evsnn.models.MODELS, evsnn.data.encode.ENCODINGS and evsnn.ops.dispatch.BACKENDS
-# (tests/test_startup.py holds them equal); repeated here because those modules import torch.
+# (tests/project/test_startup.py holds them equal); repeated here because those modules import torch.
 MODELS = ("alif", "egru", "deltagru", "deltalstm")
 ENCODINGS = ("none", "rate", "latency", "delta")
 BACKENDS = ("auto", "torch", "cupy", "cpu_event")

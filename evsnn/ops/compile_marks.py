@@ -10,7 +10,7 @@ forward pass would pay that second for nothing. Here:
 - `compile_opaque` calls the function directly unless Dynamo is tracing the call, and behind
   ``torch.compiler.disable`` (created on that first traced call) when it is.
 
-``tests/test_compile.py`` compiles the layers through both, so a PyTorch release that reads
+``tests/ops/test_compile.py`` compiles the layers through both, so a PyTorch release that reads
 other marks fails there.
 """
 

@@ -4,7 +4,8 @@ Forward (SPEC §4, the equations of [`evsnn.functional.delta_gru_scan`][evsnn.fu
 [`delta_lstm_scan`][evsnn.functional.delta_lstm_scan]): per sample and step, encode ``Δx_t`` and ``Δh_{t−1}``,
 add the rows of ``W_ihᵀ``/``W_hhᵀ`` of the *active* columns to the accumulators ``M``, gates,
 ``h_t``. The samples of a thread go through the rows of ``W_hhᵀ`` in blocks together, each adding
-its active rows four at a time, so a row comes from L3 once per step for all of them. It keeps for the backward only what the backward reads: per (step, sample) the list of
+its active rows four at a time, so a row comes from L3 once per step for all of them. It keeps
+for the backward only what the backward reads: per (step, sample) the list of
 active input and hidden columns and their delta values (``int32`` index + value, in buffers of
 fixed capacity, one region per sample, so the custom op's shapes follow from the sizes), and
 the gate values (GRU ``r, z, n, M_nh``; LSTM ``i, f, g, o`` and ``c_t``: elementwise, dense as in
@@ -14,13 +15,18 @@ Backward (Chen et al.'s symmetric sparse BPTT, SPEC §4), in reverse time:
 ``δM_t = gates' gradient + δM_{t+1}`` (the accumulator's gradient accumulates), and only for the
 columns active at step t: ``∂L/∂Δs_t = Wᵀ δM_t`` (one dot product per active column), then
 ``∂L/∂W[:, k] += δM_t · Δs_t[k]``; unit-major over a thread's samples, so that a row of
-``W_hhᵀ`` and of its gradient is read once per step for all the samples in which it is active. Columns that were inactive are never read, forward or
+``W_hhᵀ`` and of its gradient is read once per step for all the samples in which it is active.
+Columns that were inactive are never read, forward or
 backward: a non-finite weight column of an input that never changes cannot reach anything.
 
 The masks are piecewise constant, so this is the exact gradient (autograd of the reference),
 with the reference's mask: ``|Δ| > Θ`` (strict) or ``|Δ| ≥ Θ`` (inclusive, which at ``Θ = 0``
 also passes the gradient of a zero difference). The thresholds get no gradient (as in the
 reference). Sums are grouped differently from the reference's, so results agree to rounding.
+
+The module runs past 600 lines because it holds the forward and backward kernels of both cells,
+each blocked over the samples of a thread for cache reuse, beside their launchers and custom-op
+registrations: splitting them would separate each kernel from the launcher that sizes its buffers.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import torch
 from evsnn import cli
 from evsnn.train import SequenceClassifier, TrainConfig, _global_batches, train
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

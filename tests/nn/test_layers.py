@@ -277,7 +277,7 @@ def test_egru_from_torch_copies_weights_and_to_torch_is_its_dense_gru():
 
 
 def test_from_torch_rejects_what_it_cannot_convert():
-    # stacked and bidirectional modules convert (tests/test_rnn_parity.py); a projection does not
+    # stacked and bidirectional modules convert (tests/nn/test_rnn_parity.py); a projection does not
     with pytest.raises(ValueError, match="proj_size"):
         evsnn.DeltaLSTM.from_torch(nn.LSTM(IN, H, proj_size=2))
     with pytest.raises(TypeError, match="expected a torch.nn.GRU, got LSTM"):

@@ -14,7 +14,7 @@ import torch
 
 import evsnn.train as train_mod
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ARGS = [
     "train",
     "--hidden",

@@ -13,7 +13,7 @@ import nbclient
 import nbformat
 import pytest
 
-TUTORIALS = sorted((Path(__file__).resolve().parent.parent / "tutorials").glob("*.ipynb"))
+TUTORIALS = sorted((Path(__file__).resolve().parents[2] / "tutorials").glob("*.ipynb"))
 
 EXPECTED = [
     "01_quickstart",
@@ -393,7 +393,7 @@ def test_gpu_tutorial_labels_recorded_numbers():
     text = _stream_text(nb)
     assert "RECORDED (docs/benchmarks.md" in text
     # the plotted sweep is the one in docs/benchmarks.md
-    bench = (Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md").read_text()
+    bench = (Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md").read_text()
     sweep = bench[bench.index("Activity sweep at H=512 in the same run") :]
     first_row = next(line for line in sweep.splitlines() if re.match(r"\| [0-9]", line))
     cells = [c.strip() for c in first_row.strip("|").split("|")]

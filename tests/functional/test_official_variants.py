@@ -157,7 +157,7 @@ def test_zoneout_is_refused_by_the_backends_without_it_and_auto_runs_the_referen
         shape=shape,
     )
     assert chosen.name == "torch"
-    # The inference loop has no zoneout (the fused training kernel has: tests/test_cpu_train_egru.py).
+    # The inference loop has no zoneout (the fused training kernel has: tests/ops/test_cpu_train_egru.py).
     with pytest.raises(dispatch.BackendUnavailable, match="zoneout"), torch.no_grad():
         evsnn.EGRU(3, 256, zoneout=0.3, backend="cpu_event").eval()(torch.randn(4, 2, 3))
     x = torch.randn(4, 2, 3, dtype=F64)

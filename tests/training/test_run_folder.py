@@ -17,7 +17,7 @@ import torch
 from evsnn import train as tr
 from evsnn.train import RunFolder, RunFolderError, RunFolderInUse, SequenceClassifier, TrainConfig, atomic_write
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(hidden=16, epochs=1, max_steps=2)
 
 

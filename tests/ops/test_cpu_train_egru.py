@@ -18,7 +18,7 @@ from evsnn.functional import EGRUState, egru_scan
 from evsnn.ops.egru import cpu_train
 
 # numba comes with the [dev] extra: without it these tests fail rather than skip.
-assert cpu_train.kernels_available(), "tests/test_cpu_train_egru.py needs numba: pip install -e '.[dev]'"
+assert cpu_train.kernels_available(), "tests/ops/test_cpu_train_egru.py needs numba: pip install -e '.[dev]'"
 
 
 class _SoftStep(sg.Surrogate):

@@ -19,7 +19,7 @@ import pytest
 
 from evsnn.ops import cupy_runtime as rt
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted(p for p in (ROOT / "cuda").iterdir() if p.suffix in (".cu", ".cuh"))
 
 

@@ -89,7 +89,7 @@ def _load_example():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "examples" / "neurobench_mackey_glass.py"
+    path = Path(__file__).resolve().parents[2] / "examples" / "neurobench_mackey_glass.py"
     spec = importlib.util.spec_from_file_location("neurobench_mackey_glass", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

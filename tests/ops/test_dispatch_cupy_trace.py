@@ -17,7 +17,7 @@ machine probe, the SM count and the shared-memory limit are stood in for), never
 - the public layers themselves (stack, dispatch and scan) compile to that one graph.
 
 A GPU run of the compiled layers (outputs and gradients equal to eager) is
-``tests/test_compile.py::test_cupy_backend_compiles_as_an_opaque_op`` (marked gpu).
+``tests/ops/test_compile.py::test_cupy_backend_compiles_as_an_opaque_op`` (marked gpu).
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def test_public_layer_compiles_fullgraph_on_cupy(family, train, fake_gpu):
     backend = aot_autograd(fw_compiler=_recorder(graphs)) if not train else _recorder(graphs)
     # The compiled function returns the output only: under this test's outer FakeTensorMode the
     # real outputs are fake tensors, and Dynamo cannot rebuild the returned h_n (a tensor subclass)
-    # around one; on a GPU the state is returned as in eager (tests/test_torch_conventions.py).
+    # around one; on a GPU the state is returned as in eager (tests/nn/test_torch_conventions.py).
     compiled = torch.compile(lambda x: layer(x)[0], fullgraph=True, backend=backend)
     with FakeTensorMode(allow_non_fake_inputs=True):
         layer.to_empty(device="cuda")

@@ -2,7 +2,7 @@
 
 NVRTC is the compiler CuPy uses at run time; the ``cupy-cuda13x`` wheel brings it. sm_80 and
 sm_90, float and double; any error or warning fails (``compile_check`` raises on warnings).
-The other families compile-check their own sources in ``tests/test_cuda_compile_<family>.py``.
+The other families compile-check their own sources in ``tests/ops/test_cuda_compile_<family>.py``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def test_compile_check_rejects_errors_and_warnings(tmp_path, monkeypatch) -> Non
     monkeypatch.setattr(rt, "CUDA_DIR", tmp_path)
     (tmp_path / "bad.cu").write_text('#include "common.cuh"\nextern "C" __global__ void k() { undefined_name(); }\n')
     (tmp_path / "warn.cu").write_text('extern "C" __global__ void k(int* p) { int unused = 3; p[0] = 1; }\n')
-    (tmp_path / "common.cuh").write_text((rt.Path(__file__).parent.parent / "cuda/common.cuh").read_text())
+    (tmp_path / "common.cuh").write_text((rt.Path(__file__).parents[2] / "cuda/common.cuh").read_text())
     with pytest.raises(rt.CompileError):
         rt.compile_check("bad.cu", "90", ["-Dscalar_t=float"])
     with pytest.raises(rt.CompileError, match="warning"):
@@ -42,7 +42,7 @@ def test_compile_check_rejects_errors_and_warnings(tmp_path, monkeypatch) -> Non
 
 def test_common_header_requires_scalar_t(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(rt, "CUDA_DIR", tmp_path)
-    (tmp_path / "common.cuh").write_text((rt.Path(__file__).parent.parent / "cuda/common.cuh").read_text())
+    (tmp_path / "common.cuh").write_text((rt.Path(__file__).parents[2] / "cuda/common.cuh").read_text())
     (tmp_path / "use.cu").write_text('#include "common.cuh"\n')
     with pytest.raises(rt.CompileError, match="scalar_t"):
         rt.compile_check("use.cu", "80")

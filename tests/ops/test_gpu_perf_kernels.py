@@ -2,7 +2,7 @@
 its plan, and several 4-sample passes per block, a partial last pass and a partial last column chunk,
 float32 and float64, against autograd of the reference (GPU tests skip without CUDA/CuPy; the plan
 test runs everywhere). The delta forward's tagged Δh exchange is checked against the reference by
-tests/test_delta_cupy.py.
+tests/ops/test_delta_cupy.py.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pytest
 
 from evsnn.ops import dispatch
 
-OPS = Path(__file__).resolve().parent.parent / "evsnn" / "ops"
+OPS = Path(__file__).resolve().parents[2] / "evsnn" / "ops"
 FAMILY_MODULES = {
     "alif": "alif",
     "egru": "egru",

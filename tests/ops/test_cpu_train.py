@@ -14,7 +14,7 @@ from evsnn.ops.delta import cpu as delta_cpu
 from evsnn.ops.delta import cpu_train
 
 # numba comes with the [dev] extra: without it these tests fail rather than skip.
-assert cpu_train.kernels_available(), "tests/test_cpu_train.py needs numba: pip install -e '.[dev]'"
+assert cpu_train.kernels_available(), "tests/ops/test_cpu_train.py needs numba: pip install -e '.[dev]'"
 
 
 CELLS = {
