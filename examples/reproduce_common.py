@@ -154,16 +154,23 @@ def train(
     l1_delta: float = 0.0,
     egru_target: float | None = None,
     egru_strength: float = 1.0,
+    egru_warmup: float = 0.0,
+    egru_ramp: float = 0.0,
     log_every: int = 0,
     test_set=None,
 ) -> float:
     """Adam with a one-cycle schedule on cross-entropy (+ the optional regularisers); returns
-    the training wall-clock seconds."""
+    the training wall-clock seconds.
+
+    The activity penalty is off for the first ``egru_warmup`` epochs, then its strength grows
+    linearly to ``egru_strength`` over ``egru_ramp`` epochs (both may be fractional; see
+    :func:`penalty_scale`)."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     per_epoch = len(train_set) // batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * per_epoch)
     activity = EGRUActivityRegularizer(egru_target, egru_strength, one_sided=True) if egru_target else None
+    step = 0
     start = time.perf_counter()
     for epoch in range(epochs):
         perm = torch.randperm(len(train_set), generator=gen)
@@ -176,12 +183,14 @@ def train(
                 # Σ|Δh| over the valid steps per sample (SPEC §4's L1 cost on the deltas)
                 dh = hidden_deltas(out, model.layer.theta_h, delta_rule=model.layer.delta_rule)
                 loss = loss + l1_delta * (dh.abs() * valid).sum() / x.shape[1]
-            if activity is not None:  # the event rate of the valid steps only ([steps, H] rows)
-                loss = loss + activity(out[valid[..., 0].bool()])
+            scale = penalty_scale(step / per_epoch, egru_warmup, egru_ramp)
+            if activity is not None and scale > 0.0:  # the event rate of the valid steps only ([steps, H] rows)
+                loss = loss + scale * activity(out[valid[..., 0].bool()])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            step += 1
         if log_every and (epoch + 1) % log_every == 0 and test_set is not None:
             r = evaluate(model, test_set)
             print(
@@ -189,6 +198,21 @@ def train(
                 flush=True,
             )
     return time.perf_counter() - start
+
+
+def penalty_scale(epoch: float, warmup: float, ramp: float) -> float:
+    """Factor on the activity penalty at ``epoch`` (fractional: steps done / steps per epoch): 0
+    during the ``warmup`` epochs, then linear up to 1 over ``ramp`` epochs, 1 after.
+
+    The network first learns with as many events as it wants (learning follows the activity at
+    the start, docs/egru-tuning.md) and the penalty then brings the activity down."""
+    if warmup < 0 or ramp < 0:
+        raise ValueError(f"warmup and ramp must be >= 0 epochs, got {warmup!r} and {ramp!r}")
+    if epoch < warmup:
+        return 0.0
+    if ramp == 0:
+        return 1.0
+    return min(1.0, (epoch - warmup) / ramp)
 
 
 def hardware() -> str:

@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--egru-lr", type=float, default=5e-2, help="peak lr of the EGRU (the other models use --lr)")
     p.add_argument("--egru-target", type=float, default=0.15, help="one-sided activity target of the EGRU")
+    p.add_argument("--egru-strength", type=float, default=1.0, help="strength of the EGRU's activity penalty")
+    p.add_argument("--egru-warmup", type=float, default=0.0, help="epochs before the EGRU's activity penalty starts")
+    p.add_argument(
+        "--egru-ramp", type=float, default=0.0, help="epochs over which the penalty then grows to its strength"
+    )
     p.add_argument("--egru-threshold", type=float, default=0.01, help="mean initial threshold θ of the EGRU")
     p.add_argument(
         "--egru-threshold-init",
@@ -93,7 +98,8 @@ def main() -> None:
     print(
         f"# {args.task}: hidden {args.hidden}, {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}; "
         f"EGRU θ {args.egru_threshold} ({args.egru_threshold_init}), reset {args.egru_reset}, lr {args.egru_lr}, "
-        f"target {args.egru_target}; {hardware()}\n"
+        f"target {args.egru_target} ×{args.egru_strength} after {args.egru_warmup} + {args.egru_ramp} epochs; "
+        f"{hardware()}\n"
     )
     print("| task | model | seed | test accuracy | activity | train s |\n|---|---|---|---|---|---|")
     results: dict[str, list] = {m: [] for m in args.models}
@@ -102,7 +108,14 @@ def main() -> None:
         for kind in args.models:
             torch.manual_seed(seed)
             net = make_net(kind, data.n_features, args.hidden, data.n_classes, args)
-            extra = {"egru_target": args.egru_target} if kind == "egru" else {}
+            extra = {}
+            if kind == "egru":
+                extra = {
+                    "egru_target": args.egru_target,
+                    "egru_strength": args.egru_strength,
+                    "egru_warmup": args.egru_warmup,
+                    "egru_ramp": args.egru_ramp,
+                }
             lr = args.egru_lr if kind == "egru" else args.lr
             secs = train(net, data.train, epochs=args.epochs, batch_size=args.batch_size, lr=lr, seed=seed, **extra)
             r = evaluate(net, data.test)

@@ -4,6 +4,8 @@ the layer's own defaults fail on one-value-per-step input while the recipe learn
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -96,3 +98,46 @@ def test_cli_builds_the_recipe_layer_for_mnist1d_only():
     other = build_model(TrainConfig(model="egru", data="digits", hidden=5).validate(), 8, 10)
     default = evsnn.EGRU(8, 5)
     assert other.layer.reset == default.reset and not torch.allclose(other.layer.threshold, torch.full((5,), 0.01))
+
+
+def test_penalty_scale_is_off_in_warmup_then_ramps_linearly(script):
+    common = sys.modules["reproduce_common"]
+    # hand-computed: warm-up 2 epochs, ramp 4 epochs
+    values = [common.penalty_scale(e, 2.0, 4.0) for e in (0.0, 1.99, 2.0, 3.0, 5.0, 6.0, 9.0)]
+    assert values == [0.0, 0.0, 0.0, 0.25, 0.75, 1.0, 1.0]
+    assert common.penalty_scale(0.0, 0.0, 0.0) == 1.0  # no warm-up, no ramp: full strength from the start
+    assert common.penalty_scale(1.5, 1.0, 0.0) == 1.0
+    with pytest.raises(ValueError, match="warmup and ramp must be >= 0 epochs, got -1"):
+        common.penalty_scale(0.0, -1.0, 0.0)
+
+
+def test_parser_passes_the_penalty_schedule(script):
+    args = script.build_parser().parse_args(["--task", "mnist1d"])
+    assert (args.egru_strength, args.egru_warmup, args.egru_ramp) == (1.0, 0.0, 0.0)
+    args = script.build_parser().parse_args(
+        ["--task", "mnist1d", "--egru-strength", "10", "--egru-warmup", "5", "--egru-ramp", "2.5"]
+    )
+    assert (args.egru_strength, args.egru_warmup, args.egru_ramp) == (10.0, 5.0, 2.5)
+
+
+def _tiny_training(script, **penalty):
+    common = sys.modules["reproduce_common"]
+    gen = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(
+        torch.randn(16, 5, 1, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+    )
+    torch.manual_seed(0)
+    net = common.Net("egru", 1, 8, 3, layer_options={"threshold": 0.01, "threshold_init": "constant"})
+    common.train(net, data, epochs=2, batch_size=8, lr=0.05, seed=0, **penalty)
+    return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+
+def test_warmup_over_the_whole_run_trains_as_without_penalty(script, single_thread):
+    # the independent truth: the same run with no activity target at all
+    free = _tiny_training(script)
+    warm = _tiny_training(script, egru_target=0.01, egru_strength=100.0, egru_warmup=2.0)
+    torch.testing.assert_close(warm, free, rtol=0, atol=0)
+    # a penalty that starts at once (and one that starts after one epoch) changes the weights
+    direct = _tiny_training(script, egru_target=0.01, egru_strength=100.0)
+    late = _tiny_training(script, egru_target=0.01, egru_strength=100.0, egru_warmup=1.0)
+    assert not torch.equal(direct, free) and not torch.equal(late, free) and not torch.equal(late, direct)
