@@ -57,6 +57,10 @@ def make_net(kind: str, n_in: int, hidden: int, n_classes: int, args: argparse.N
     if kind != "egru":
         return Net(kind, n_in, hidden, n_classes)
     egru = {"threshold": args.egru_threshold, "threshold_init": args.egru_threshold_init, "reset": args.egru_reset}
+    if args.egru_surrogate_width is not None or args.egru_surrogate_peak is not None:
+        # the layer's default Triangle(0.3) where an option is not given
+        width = 0.3 if args.egru_surrogate_width is None else args.egru_surrogate_width
+        egru["surrogate"] = evsnn.surrogate.Triangle(width, args.egru_surrogate_peak)
     return Net(kind, n_in, hidden, n_classes, layer_options=egru)
 
 
@@ -71,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--egru-lr", type=float, default=5e-2, help="peak lr of the EGRU (the other models use --lr)")
     p.add_argument("--egru-target", type=float, default=0.15, help="one-sided activity target of the EGRU")
+    p.add_argument(
+        "--egru-surrogate-width", type=float, help="support ε of the EGRU's triangle pseudo-derivative (layer: 0.3)"
+    )
+    p.add_argument(
+        "--egru-surrogate-peak",
+        type=float,
+        help="its peak γ (default 1/ε; the official EvNN code damps it: γ = 0.7 at ε = 1)",
+    )
     p.add_argument("--egru-strength", type=float, default=1.0, help="strength of the EGRU's activity penalty")
     p.add_argument("--egru-warmup", type=float, default=0.0, help="epochs before the EGRU's activity penalty starts")
     p.add_argument(

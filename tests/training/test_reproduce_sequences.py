@@ -141,3 +141,20 @@ def test_warmup_over_the_whole_run_trains_as_without_penalty(script, single_thre
     direct = _tiny_training(script, egru_target=0.01, egru_strength=100.0)
     late = _tiny_training(script, egru_target=0.01, egru_strength=100.0, egru_warmup=1.0)
     assert not torch.equal(direct, free) and not torch.equal(late, free) and not torch.equal(late, direct)
+
+
+def test_surrogate_options_build_the_triangle_they_name(script):
+    default = script.make_net("egru", 1, 4, 3, script.build_parser().parse_args(["--task", "mnist1d"]))
+    assert (
+        default.layer.surrogate.kernel_spec()
+        == evsnn.EGRU(1, 4).surrogate.kernel_spec()
+        == ("triangle", (0.3, 1 / 0.3))
+    )
+    damped = script.build_parser().parse_args(
+        ["--task", "mnist1d", "--egru-surrogate-width", "1", "--egru-surrogate-peak", "0.7"]
+    )
+    layer = script.make_net("egru", 1, 4, 3, damped).layer
+    assert layer.surrogate.kernel_spec() == ("triangle", (1.0, 0.7))
+    # the peak alone keeps the layer's width
+    peak = script.build_parser().parse_args(["--task", "mnist1d", "--egru-surrogate-peak", "1.5"])
+    assert script.make_net("egru", 1, 4, 3, peak).layer.surrogate.kernel_spec() == ("triangle", (0.3, 1.5))
