@@ -136,8 +136,30 @@ def evaluate(model: RNNModel, source: Tensor, bptt: int) -> tuple[float, float]:
     return total / count, nonzero / count
 
 
-def train_epoch(model: RNNModel, source: Tensor, args, lr: float) -> float:
-    """One pass of truncated BPTT with plain SGD at ``lr``; returns the mean training loss."""
+def step_trace(model: RNNModel, step: int, loss: Tensor, output: Tensor, grad_norm: float, grad_theta: float) -> dict:
+    """What one training step did to an EGRU, read after the clipped update: the loss, the
+    share of units with an event per step, the share of units silent over the whole window,
+    the gradient norms before clipping (all parameters, and θ's alone: ``log_threshold``) and
+    θ's 10/50/90 % quantiles."""
+    events = output != 0
+    theta = model.rnn.threshold.detach()
+    q = theta.quantile(torch.tensor([0.1, 0.5, 0.9], dtype=theta.dtype))
+    return {
+        "step": step,
+        "loss": round(loss.item(), 4),
+        "event_fraction": round(float(events.float().mean()), 5),
+        "silent_units": round(float((~events.flatten(0, 1).any(0)).float().mean()), 3),
+        "grad_norm": float(f"{grad_norm:.4g}"),
+        "grad_norm_theta": float(f"{grad_theta:.4g}"),
+        "theta_q10_q50_q90": [float(f"{v:.4g}") for v in q],
+    }
+
+
+def train_epoch(model: RNNModel, source: Tensor, args, lr: float, trace: list | None = None) -> float:
+    """One pass of truncated BPTT with plain SGD at ``lr``; returns the mean training loss.
+
+    With a ``trace`` list, an EGRU's first ``args.trace_steps`` steps are appended to it and
+    printed (`step_trace`)."""
     model.train()
     hidden = model.init_hidden(args.batch_size)
     total, count = 0.0, 0
@@ -145,13 +167,18 @@ def train_epoch(model: RNNModel, source: Tensor, args, lr: float) -> float:
         data, targets = get_batch(source, i, args.bptt)
         hidden = repackage_hidden(hidden)
         model.zero_grad()
-        logp, hidden, _ = model(data, hidden)
+        logp, hidden, output = model(data, hidden)
         loss = nn.functional.nll_loss(logp, targets)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip)
+        tracing = trace is not None and len(trace) < args.trace_steps
+        grad_theta = float(model.rnn.log_threshold.grad.norm()) if tracing else 0.0
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip))
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(p.grad, alpha=-lr)
+        if tracing:
+            trace.append(step_trace(model, len(trace), loss, output, grad_norm, grad_theta))
+            print(" ".join(f"{k} {v}" for k, v in trace[-1].items()), flush=True)
         total += loss.item()
         count += 1
     return total / count
@@ -176,7 +203,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threshold", type=float, help="EGRU threshold (default: the layer's)")
     p.add_argument("--threshold-init", choices=evsnn.nn.egru.THRESHOLD_INITS, help="EGRU threshold_init")
     p.add_argument("--reset", choices=evsnn.functional.egru.RESETS, help="EGRU reset")
+    p.add_argument(
+        "--trace-steps",
+        type=int,
+        default=0,
+        help="EGRU: print the first N training steps (loss, events, silent units, gradient norms, θ)",
+    )
     args = p.parse_args(argv)
+    if args.trace_steps and args.model != "EGRU":
+        p.error(f"--trace-steps reads an EGRU's events and thresholds, got --model {args.model}")
     egru_options = {
         name: value
         for name, value in (
@@ -201,9 +236,10 @@ def main(argv: list[str] | None = None) -> dict:
         flush=True,
     )
     lr, best, best_state = args.lr, math.inf, None
+    trace: list | None = [] if args.trace_steps else None
     start = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
-        train_loss = train_epoch(model, train_data, args, lr)
+        train_loss = train_epoch(model, train_data, args, lr, trace)
         val_loss, val_active = evaluate(model, val_data, args.bptt)
         print(
             f"epoch {epoch:2d} | lr {lr:6.2f} | train ppl {math.exp(train_loss):8.2f} | valid ppl "
@@ -222,6 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
         "valid_ppl": math.exp(best),
         "activity": test_active,
         "seconds": time.perf_counter() - start,
+        "trace": trace,
     }
     print(f"test ppl {result['test_ppl']:.2f} | activity {test_active:.3f} | {result['seconds']:.0f} s")
     return result
