@@ -33,7 +33,7 @@ def test_trace_of_the_first_step_matches_a_step_computed_here(lm, single_thread,
     grads = [p.grad for p in model.parameters()]
     norm = torch.sqrt(sum((g * g).sum() for g in grads))
     first = trace[0]
-    assert first["loss"] == pytest.approx(float(loss), abs=1e-4)
+    assert first["loss"] == pytest.approx(loss.item(), abs=1e-4)
     assert first["event_fraction"] == pytest.approx(float((output != 0).float().mean()), abs=1e-5)
     silent = (output != 0).sum(dim=(0, 1)) == 0
     assert first["silent_units"] == pytest.approx(float(silent.float().mean()), abs=1e-3)
