@@ -52,15 +52,23 @@ def load(task: str, seed: int):
     return load_digits_sequences(order, repeat=1, seed=seed)
 
 
+def egru_surrogate(args: argparse.Namespace) -> evsnn.surrogate.Triangle | None:
+    """The triangle the ``--egru-surrogate-*`` options name (width 0.3, the layer's, where only the
+    peak is given), or ``None`` for the layer's default."""
+    if args.egru_surrogate_width is None and args.egru_surrogate_peak is None:
+        return None
+    width = 0.3 if args.egru_surrogate_width is None else args.egru_surrogate_width
+    return evsnn.surrogate.Triangle(width, args.egru_surrogate_peak)
+
+
 def make_net(kind: str, n_in: int, hidden: int, n_classes: int, args: argparse.Namespace) -> Net:
     """``Net(kind, ...)``; an EGRU layer with the recipe's threshold and reset."""
     if kind != "egru":
         return Net(kind, n_in, hidden, n_classes)
     egru = {"threshold": args.egru_threshold, "threshold_init": args.egru_threshold_init, "reset": args.egru_reset}
-    if args.egru_surrogate_width is not None or args.egru_surrogate_peak is not None:
-        # the layer's default Triangle(0.3) where an option is not given
-        width = 0.3 if args.egru_surrogate_width is None else args.egru_surrogate_width
-        egru["surrogate"] = evsnn.surrogate.Triangle(width, args.egru_surrogate_peak)
+    surrogate = egru_surrogate(args)
+    if surrogate is not None:
+        egru["surrogate"] = surrogate
     return Net(kind, n_in, hidden, n_classes, layer_options=egru)
 
 
@@ -109,7 +117,8 @@ def main() -> None:
     torch.set_num_threads(1)
     print(
         f"# {args.task}: hidden {args.hidden}, {args.epochs} epochs, batch {args.batch_size}, lr {args.lr}; "
-        f"EGRU θ {args.egru_threshold} ({args.egru_threshold_init}), reset {args.egru_reset}, lr {args.egru_lr}, "
+        f"EGRU θ {args.egru_threshold} ({args.egru_threshold_init}), reset {args.egru_reset}, "
+        f"surrogate {egru_surrogate(args) or 'default'}, lr {args.egru_lr}, "
         f"target {args.egru_target} ×{args.egru_strength} after {args.egru_warmup} + {args.egru_ramp} epochs; "
         f"{hardware()}\n"
     )
