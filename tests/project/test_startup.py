@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -48,8 +49,23 @@ def test_info_runs_the_backends_without_importing_dynamo():
     # `evsnn info` runs one pass per backend. Through a layer's forward the accelerated kernels are
     # custom ops, and PyTorch imports torch._dynamo (a second or more) at a custom op's first call;
     # info calls the same kernels through Stream and compiles nothing.
-    modules = _imported_modules("info")
-    assert {"torch", "evsnn.streaming", "evsnn.ops.alif.cpu", "evsnn.ops.delta.cpu"} <= modules
+    # sys.modules after the command, not -X importtime: importtime's lines stop once numba's import
+    # hooks are in place, so a later import of Dynamo would not be seen there
+    script = (
+        "import json, sys\n"
+        "from evsnn.cli import main\n"
+        "code = main(['info'])\n"
+        "print('MODULES=' + json.dumps(sorted(sys.modules)))\n"
+        "sys.exit(code)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=PACKAGE.parent
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    listed = [line for line in proc.stdout.splitlines() if line.startswith("MODULES=")]
+    assert listed, proc.stdout[-2000:]
+    modules = set(json.loads(listed[0].removeprefix("MODULES=")))
+    assert {"torch", "evsnn.streaming", "evsnn.ops.alif.cpu", "evsnn.ops.egru.cpu", "evsnn.ops.delta.cpu"} <= modules
     if importlib.util.find_spec("numba") is not None:  # the cpu_event kernels ran
         assert "numba" in modules
     assert "torch._dynamo" not in modules
