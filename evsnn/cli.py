@@ -112,9 +112,20 @@ def _device(text: str) -> str:
 
 def _train_options(t: _Parser) -> None:
     # Only the torch-free train_config: 'evsnn train --help' answers without loading torch.
-    from .train_config import BACKENDS, DATASETS, DEVICE_HELP, ENCODED_DATA, ENCODINGS, MODELS, TrainConfig
+    from .train_config import (
+        BACKENDS,
+        DATASETS,
+        DEVICE_HELP,
+        ENCODED_DATA,
+        ENCODINGS,
+        MODELS,
+        TASK_DEFAULTS,
+        TBPTT_UPDATES,
+        TrainConfig,
+    )
 
     d = TrainConfig()
+    ecg = TASK_DEFAULTS["ecg"]
     t.description = (
         "Train an evsnn network; writes run.json, checkpoint.pt, metrics.json, events.pt, raster.png "
         "and curves.png into a new run folder."
@@ -149,7 +160,12 @@ def _train_options(t: _Parser) -> None:
         default=None,
         help=f"steps per digit row/pixel ({digits} only; default {d.repeat})",
     )
-    t.add_argument("--hidden", type=_positive_int, default=d.hidden, help="hidden units (default %(default)s)")
+    t.add_argument(
+        "--hidden",
+        type=_positive_int,
+        default=None,
+        help=f"hidden units (default {d.hidden}; {ecg['hidden']} for --data ecg)",
+    )
     adaptation = t.add_mutually_exclusive_group()
     adaptation.add_argument(
         "--no-adaptation",
@@ -167,7 +183,12 @@ def _train_options(t: _Parser) -> None:
         help="adaptive ALIF hidden layer (beta = 1.8; the default except for --data ecg, where "
         "it is an extension beyond the published network, whose readout alone adapts)",
     )
-    t.add_argument("--epochs", type=_positive_int, default=d.epochs, help="epochs (default %(default)s)")
+    t.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help=f"epochs (default {d.epochs}; {ecg['epochs']} for --data ecg)",
+    )
     t.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -186,11 +207,20 @@ def _train_options(t: _Parser) -> None:
     )
     t.add_argument(
         "--tbptt",
-        type=_positive_int,
+        type=_non_negative_int,
         default=None,
         metavar="K",
         help="truncated backpropagation through time: gradients flow within windows of K steps, the "
-        "state is carried exactly from one window to the next (default: the whole sequence)",
+        "state is carried exactly from one window to the next; 0: through the whole sequence "
+        f"(default 0; {ecg['tbptt']} for --data ecg)",
+    )
+    t.add_argument(
+        "--tbptt-update",
+        choices=TBPTT_UPDATES,
+        default=d.tbptt_update,
+        help="with --tbptt: window, an optimiser step after every window (truncated BPTT as Williams & "
+        "Peng and Yin et al. run it); sequence, one step per batch on the windows' summed gradients "
+        "(default %(default)s)",
     )
     t.add_argument("--backend", choices=BACKENDS, default=d.backend, help="evsnn op backend (default %(default)s)")
     t.add_argument(
@@ -243,7 +273,7 @@ def _bench_options(b: _Parser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train_config import ENCODED_DATA, TrainConfig
+    from .train_config import ENCODED_DATA, TASK_DEFAULTS, TrainConfig
 
     given = {name: getattr(args, name) for name in ("encoding", "repeat") if getattr(args, name) is not None}
     if given and args.data not in ENCODED_DATA:
@@ -253,12 +283,18 @@ def _train(args: argparse.Namespace) -> int:
             f"has no encoding step and would train without them",
             2,
         )
+    # The task's recipe for what the command line leaves out (TASK_DEFAULTS), else TrainConfig's defaults.
+    task = TASK_DEFAULTS.get(args.data, {})
+    d = TrainConfig()
+    hidden = args.hidden if args.hidden is not None else task.get("hidden", d.hidden)
+    epochs = args.epochs if args.epochs is not None else task.get("epochs", d.epochs)
+    tbptt = args.tbptt if args.tbptt is not None else task.get("tbptt", 0)
     config = TrainConfig(
         model=args.model,
         data=args.data,
         data_dir=args.data_dir,
-        hidden=args.hidden,
-        epochs=args.epochs,
+        hidden=hidden,
+        epochs=epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
@@ -268,7 +304,8 @@ def _train(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         threads=args.threads,
         adaptive=args.adaptive,
-        tbptt=args.tbptt,
+        tbptt=tbptt or None,
+        tbptt_update=args.tbptt_update,
         **given,
     )
     if args.data_dir is not None and not os.path.isdir(args.data_dir):

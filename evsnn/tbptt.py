@@ -4,8 +4,18 @@ A sequence is run in windows of ``k`` steps; the state reached at the end of a w
 next window exactly (the forward pass is the untruncated one), but detached, so that gradients
 flow within a window only. Two ways to use it:
 
-- `tbptt_windows` yields one `Window` at a time: compute the window's loss and call
-  ``backward()`` before asking for the next window, and only one window's graph is in memory:
+- `tbptt_windows` yields one `Window` at a time, computed only when asked for: compute the
+  window's loss and call ``backward()`` before asking for the next window, and only one window's
+  graph is in memory. Truncated BPTT as Williams & Peng define it (and as Yin et al. train their
+  ALIF networks) steps the optimiser after every window, so the next window runs on the updated
+  weights (``evsnn train --tbptt K``):
+
+      for window in tbptt_windows(layer, x, k=50):
+          opt.zero_grad()
+          loss_fn(window.output, y[window.start : window.stop]).backward()
+          opt.step()
+
+  or, summing the windows' gradients into one step per sequence (``--tbptt-update sequence``):
 
       opt.zero_grad()
       for window in tbptt_windows(layer, x, k=50):
@@ -14,6 +24,9 @@ flow within a window only. Two ways to use it:
 
 - `tbptt_forward` runs every window and returns the whole output and the final state, with
   the gradient cut at the window boundaries (one graph for the whole sequence).
+
+A step whose loss or gradient is inf or NaN should be skipped, not applied (an Adam step on a NaN
+gradient turns every weight into NaN); ``evsnn train`` skips it with a message.
 
 The step is anything called as ``step(x_window, state) -> (output, new_state)``, with
 ``state=None`` for the first window unless an initial state is given: every evsnn layer

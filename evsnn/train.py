@@ -22,7 +22,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -277,30 +277,56 @@ def _window_loss(
     return model.loss(out[-1], labels) if last else None
 
 
-def _backward(
-    model: SequenceClassifier | PerStepALIF, net: nn.Module, x: Tensor | PackedSequence, y: Tensor, tbptt: int | None
-) -> tuple[float, float]:
-    """Gradients of one batch in ``.grad`` (the optimiser step is the caller's): ``(loss, activity)``.
+def _gradients(
+    model: SequenceClassifier | PerStepALIF,
+    net: nn.Module,
+    x: Tensor | PackedSequence,
+    y: Tensor,
+    tbptt: int | None,
+    update: str,
+) -> Iterator[tuple[float, float]]:
+    """Gradients of one batch in ``.grad``, one optimiser step's worth at a time: yields
+    ``(loss, activity)`` and the caller steps (or skips) before asking for the next.
 
-    With ``tbptt`` the sequence runs in windows of that many steps (`evsnn.tbptt.tbptt_windows`),
-    one backward per window: the gradient is truncated at the window edges, the forward is exact."""
+    Without ``tbptt`` one gradient through the whole sequence. With ``tbptt`` the sequence runs in
+    windows of that many steps (`evsnn.tbptt.tbptt_windows`): the gradient is truncated at the
+    window edges, the forward is exact. ``update="window"`` yields after each window that holds a
+    loss term, so the next window runs on the updated weights; ``"sequence"`` yields once, with
+    the windows' gradients summed. The losses yielded sum to the batch's loss, and the activities
+    (fractions weighted by the window's length) to its activity."""
     if tbptt is None:
         logits, _ = net(x)
         loss = model.loss(logits, y)
         loss.backward()
         stats = model.layer.last_stats
-        return float(loss.detach()), stats.mean_event_fraction if stats else 0.0
+        yield float(loss.detach()), stats.mean_event_fraction if stats else 0.0
+        return
     from .tbptt import tbptt_windows
 
     total, activity, steps = 0.0, 0.0, x.shape[0]
     for window in tbptt_windows(_model_step(model), x, tbptt):
         loss = _window_loss(model, window.output[0], y, window.start, window.stop == steps)
+        stats = model.layer.last_stats
+        activity += (stats.mean_event_fraction if stats else 0.0) * (window.stop - window.start) / steps
         if loss is not None:
             loss.backward()
             total += float(loss.detach())
-        stats = model.layer.last_stats
-        activity += (stats.mean_event_fraction if stats else 0.0) * (window.stop - window.start) / steps
-    return total, activity
+            if update == "window":
+                yield total, activity
+                total, activity = 0.0, 0.0
+    if update == "sequence":
+        yield total, activity
+
+
+def _updates_per_batch(model: SequenceClassifier | PerStepALIF, train_set: Any, config: TrainConfig) -> int:
+    """Optimiser steps that one batch makes: one per window holding a loss term with
+    ``tbptt_update="window"`` (`_window_loss`; the sequences are of one length there), else one."""
+    if config.tbptt is None or config.tbptt_update != "window":
+        return 1
+    if isinstance(model, PerStepALIF):
+        steps = int(train_set[0][0].shape[0])
+        return sum(1 for start in range(0, steps, config.tbptt) if min(start + config.tbptt, steps) > model.warmup)
+    return 1
 
 
 def _all_finite(loss: float, norm: float, dist_info: _Dist, device: torch.device) -> bool:
@@ -502,7 +528,8 @@ def _train(
     per_epoch = len(_global_batches(len(train_set), config.batch_size, 0, config.seed))
     if per_epoch == 0:
         raise ValueError(f"batch size {config.batch_size} is larger than the {len(train_set)} training samples")
-    total_steps = per_epoch * config.epochs
+    updates = _updates_per_batch(model, train_set, config)
+    total_steps = per_epoch * updates * config.epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     max_lr = [group["lr"] for group in opt.param_groups]
@@ -525,33 +552,43 @@ def _train(
         if step >= total_steps:
             break
         bar = _progress(per_epoch, progress and dist_info.main, f"epoch {epoch}/{config.epochs}")
+        # loss_sum: per-sample loss summed over the steps applied; seen: the samples of the batches
+        # with a step applied; act_sum: their activities, one batch's worth per batch.
         loss_sum, seen, act_sum = 0.0, 0, 0.0
         for batch in _global_batches(len(train_set), config.batch_size, epoch, config.seed):
             mine = batch[dist_info.rank * shard : (dist_info.rank + 1) * shard]
             x, y = _batches(train_set, mine)
             opt.zero_grad(set_to_none=True)
-            value, activity = _backward(model, net, x.to(device), y.to(device), config.tbptt)
-            norm = _gradient_norm(model)
-            step += 1
-            if not _all_finite(value, norm, dist_info, device):
-                # Never applied: an inf/NaN update would turn every weight into NaN for good.
-                skipped += 1
-                streak.append(step)
-                if dist_info.main:
-                    log(f"step {step} (epoch {epoch}) skipped: the loss is {value}, the gradient norm {norm}")
-                if len(streak) >= MAX_NONFINITE_IN_A_ROW:
-                    raise RuntimeError(
-                        f"training diverged: the loss is {value} at epoch {epoch}, steps "
-                        f"{streak[0]}-{streak[-1]} ({len(streak)} in a row skipped, none applied; "
-                        f"lr {config.lr:g}; try a smaller --lr)"
-                    )
-            else:
-                streak.clear()
-                opt.step()
-                sched.step()
-                loss_sum += value * len(mine)
+            applied = False
+            for value, activity in _gradients(
+                model, net, x.to(device), y.to(device), config.tbptt, config.tbptt_update
+            ):
+                norm = _gradient_norm(model)
+                step += 1
+                if not _all_finite(value, norm, dist_info, device):
+                    # Never applied: an inf/NaN update would turn every weight into NaN for good.
+                    skipped += 1
+                    streak.append(step)
+                    if dist_info.main:
+                        log(f"step {step} (epoch {epoch}) skipped: the loss is {value}, the gradient norm {norm}")
+                    if len(streak) >= MAX_NONFINITE_IN_A_ROW:
+                        raise RuntimeError(
+                            f"training diverged: the loss is {value} at epoch {epoch}, steps "
+                            f"{streak[0]}-{streak[-1]} ({len(streak)} in a row skipped, none applied; "
+                            f"lr {config.lr:g}; try a smaller --lr)"
+                        )
+                else:
+                    streak.clear()
+                    opt.step()
+                    sched.step()
+                    loss_sum += value * len(mine)
+                    act_sum += activity
+                    applied = True
+                opt.zero_grad(set_to_none=True)
+                if step >= total_steps:
+                    break
+            if applied:
                 seen += len(mine)
-                act_sum += activity
             bar.update(1)
             if seen:
                 bar.set_postfix_str(f"loss {loss_sum / seen:.3f}")

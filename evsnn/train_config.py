@@ -12,7 +12,18 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["BACKENDS", "DATASETS", "DEVICE_HELP", "ENCODED_DATA", "ENCODINGS", "MODELS", "TrainConfig", "check_device"]
+__all__ = [
+    "BACKENDS",
+    "DATASETS",
+    "DEVICE_HELP",
+    "ENCODED_DATA",
+    "ENCODINGS",
+    "MODELS",
+    "TASK_DEFAULTS",
+    "TBPTT_UPDATES",
+    "TrainConfig",
+    "check_device",
+]
 
 # The same tuples as evsnn.models.MODELS, evsnn.data.encode.ENCODINGS and evsnn.ops.dispatch.BACKENDS
 # (tests/project/test_startup.py holds them equal); repeated here because those modules import torch.
@@ -33,6 +44,15 @@ DATASETS = (
 )
 # The data sets with an encoding step: --encoding and --repeat apply to these alone.
 ENCODED_DATA = ("digits", "digits-pixels", "digits-permuted")
+
+# How truncated BPTT updates the weights: "window", an optimiser step after every window (Williams &
+# Peng's TBPTT, as Yin et al.'s training scripts do it); "sequence", the windows' gradients summed
+# into one step per batch.
+TBPTT_UPDATES = ("window", "sequence")
+# What `evsnn train` uses for an option the command line leaves out, where a task's recipe differs
+# from the TrainConfig defaults: Yin et al.'s ECG network has 36 hidden neurons and trains with
+# truncated BPTT in windows of 50 steps (docs/reproductions.md, ECG section).
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {"ecg": {"hidden": 36, "epochs": 100, "tbptt": 50}}
 
 # torch.finfo(torch.float32).max: the optimiser keeps lr in float32, a larger value overflows there.
 _FLOAT32_MAX = 3.4028234663852886e38
@@ -56,7 +76,10 @@ class TrainConfig:
     ``adaptive=None`` takes the task's published configuration, fixed by `validate`: an
     adaptive ALIF hidden layer (β = 1.8) for the sequence tasks, a non-adaptive one (β = 0) for
     ``data="ecg"`` (Yin et al.'s ECG network adapts in its readout only). ``tbptt`` is the window
-    of truncated backpropagation through time in steps (``None``: through the whole sequence).
+    of truncated backpropagation through time in steps (``None``: through the whole sequence);
+    ``tbptt_update`` says when the optimiser steps with it (`TBPTT_UPDATES`: after every window,
+    or once per batch on the windows' summed gradients). The command line takes a task's recipe
+    from `TASK_DEFAULTS` for the options it is not given; this class keeps one set of defaults.
     """
 
     model: str = "alif"
@@ -76,6 +99,7 @@ class TrainConfig:
     threads: int | None = None
     adaptive: bool | None = None
     tbptt: int | None = None
+    tbptt_update: str = "window"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
@@ -131,6 +155,13 @@ class TrainConfig:
                 raise ValueError(
                     f"--data ecg trains Yin et al.'s ALIF network (--model alif), got --model {self.model}"
                 )
+        if self.tbptt_update not in TBPTT_UPDATES:
+            raise ValueError(f"tbptt_update must be one of {', '.join(TBPTT_UPDATES)}, got {self.tbptt_update!r}")
+        if self.tbptt is None and self.tbptt_update != "window":
+            raise ValueError(
+                f"tbptt_update={self.tbptt_update!r} (--tbptt-update) says how truncated BPTT steps; "
+                "it needs a window, tbptt (--tbptt K)"
+            )
         if self.tbptt is not None and self.data == "vowels":
             raise ValueError("tbptt needs sequences of one length; --data vowels has utterances of 7 to 29 steps")
         if self.adaptive is not None and not isinstance(self.adaptive, bool):

@@ -1,17 +1,18 @@
 """Gradient norm against the BPTT window on a trained QTDB ECG network.
 
 Loads the network of a finished ``evsnn train --data ecg`` run folder and, for each window
-length K, computes the gradient of one training batch exactly as ``evsnn train --tbptt K`` does
-(the sequence runs in windows of K steps, the state carried exactly from one window to the next,
-the gradient cut at the window edges, one backward per window, summed) and prints the norm of
-the whole gradient, the number the optimiser step receives and clipping would see. K = 1301
+length K, computes the gradient of one training batch exactly as ``evsnn train --tbptt K
+--tbptt-update sequence`` does (the sequence runs in windows of K steps, the state carried
+exactly from one window to the next, the gradient cut at the window edges, one backward per
+window, summed) and prints the norm of the whole gradient, the number the optimiser step
+receives and clipping would see. K = 1301
 (the trace length) is full backpropagation through time. Several training batches (the same for
 every K) give the median and the largest norm.
 
     OMP_NUM_THREADS=1 python examples/ecg_gradient_norms.py --data-dir ../shared/data/qtdb \
         --run runs/ecg400-tbptt50/adaptive-seed0 --windows 50 100 200 400 1301 --batches 4
 
-The gradients are those of ``evsnn train`` itself (``evsnn.train._backward``), so the table
+The gradients are those of ``evsnn train`` itself (``evsnn.train._gradients``), so the table
 describes the updates a run makes.
 """
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from evsnn.train import TrainConfig, _backward, _batches, _gradient_norm, build_model, load_data
+from evsnn.train import TrainConfig, _batches, _gradient_norm, _gradients, build_model, load_data
 
 
 def gradient_norms(
@@ -42,7 +43,8 @@ def gradient_norms(
         x, y = _batches(train_set, order[b * batch_size : (b + 1) * batch_size])
         for k in windows:
             model.zero_grad(set_to_none=True)
-            _backward(model, model, x, y, None if k >= x.shape[0] else k)
+            for _ in _gradients(model, model, x, y, None if k >= x.shape[0] else k, "sequence"):
+                pass
             norms[k].append(_gradient_norm(model))
     return norms
 

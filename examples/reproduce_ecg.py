@@ -14,7 +14,7 @@ of a trained network on one test trace with its labels and predictions.
         --epochs 40 --seeds 0 1 2 --settings lif adaptive --out runs/ecg --figures docs/img
 
 ``--summarise`` only reads the run folders already in ``OUT`` and draws the figures. ``--tbptt K``
-trains with truncated backpropagation through time (``evsnn train --tbptt K``).
+trains with truncated backpropagation through time (``evsnn train --tbptt K``, ``--tbptt-update``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch
 
 from evsnn.runs import load_run
 from evsnn.train import PerStepALIF, TrainConfig, train
+from evsnn.train_config import TBPTT_UPDATES
 
 # hidden-layer adaptation per setting: "lif" is the published network, "adaptive" the extension
 SETTINGS = {"lif": False, "adaptive": True}
@@ -54,6 +55,7 @@ def run_one(args: argparse.Namespace, setting: str, seed: int) -> dict:
         threads=1,
         adaptive=SETTINGS[setting],
         tbptt=args.tbptt,
+        tbptt_update=args.tbptt_update,
     )
     return train(config, progress=True, log=lambda s: print(f"[{setting} seed {seed}] {s}", flush=True))
 
@@ -104,7 +106,7 @@ def draw(rows: dict[str, list[dict]], args: argparse.Namespace) -> None:
             ax.axhline(PUBLISHED[setting], color=color, ls=":", lw=1)
     ax.set_xlabel("epoch")
     ax.set_ylabel("per-step test accuracy")
-    window = f", truncated BPTT K = {args.tbptt}" if args.tbptt else ""
+    window = f", truncated BPTT K = {args.tbptt} (a step per {args.tbptt_update})" if args.tbptt else ""
     ax.set_title(f"QTDB ECG, 36 recurrent ALIF neurons{window} (dotted: published)", fontsize=9)
     ax.legend()
     fig.tight_layout()
@@ -167,6 +169,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--backend", default="auto")
     p.add_argument("--tbptt", type=int, default=None, help="truncated BPTT window (evsnn train --tbptt)")
+    p.add_argument(
+        "--tbptt-update",
+        choices=TBPTT_UPDATES,
+        default="window",
+        help="with --tbptt: an optimiser step after every window, or one per batch (evsnn train --tbptt-update)",
+    )
     p.add_argument("--figures", default=None, help="folder for PREFIX_accuracy.png and PREFIX_raster.png")
     p.add_argument("--figure-prefix", default="ecg", help="file name prefix of the figures (default ecg)")
     p.add_argument("--summarise", action="store_true", help="only read finished runs in --out")

@@ -86,3 +86,24 @@ def test_tbptt_and_adaptation_options_reach_the_config(monkeypatch):
     assert seen["config"].tbptt is None and seen["config"].adaptive is False
     assert cli.main(["train", "--quiet"]) == 130
     assert seen["config"].adaptive is None  # the task's configuration, fixed by TrainConfig.validate
+    assert (seen["config"].hidden, seen["config"].epochs) == (TrainConfig.hidden, TrainConfig.epochs)
+    assert seen["config"].tbptt_update == "window"
+    assert cli.main(["train", "--tbptt", "7", "--tbptt-update", "sequence", "--quiet"]) == 130
+    assert (seen["config"].tbptt, seen["config"].tbptt_update) == (7, "sequence")
+
+
+def test_ecg_takes_its_recipe_for_the_options_left_out(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_train(config, **kwargs):
+        seen["config"] = config
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evsnn.train, "train", fake_train)
+    ecg = ["train", "--data", "ecg", "--data-dir", str(tmp_path), "--quiet"]
+    assert cli.main(ecg) == 130
+    config = seen["config"]
+    assert (config.hidden, config.epochs, config.tbptt, config.tbptt_update) == (36, 100, 50, "window")
+    assert cli.main([*ecg, "--hidden", "20", "--epochs", "3", "--tbptt", "0"]) == 130
+    config = seen["config"]
+    assert (config.hidden, config.epochs, config.tbptt) == (20, 3, None)  # 0: the whole sequence

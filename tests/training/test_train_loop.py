@@ -1,8 +1,10 @@
-"""evsnn train's loop: truncated BPTT (--tbptt), skipped non-finite steps, non-finite inputs.
+"""evsnn train's loop: truncated BPTT (--tbptt, --tbptt-update), skipped non-finite steps,
+non-finite inputs.
 
 The ECG task (per-step loss) runs on tiny QTDB files written here; the oracles are the
-untruncated loop (a window as long as the trace), a truncated loop written out by hand with the
-layers' own calls, and the untouched initial weights for a step that must not be applied.
+untruncated loop (a window as long as the trace), truncated loops written out by hand with the
+layers' own calls (one step per batch, or an SGD step after every window), and the untouched
+initial weights for a step that must not be applied.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def test_tbptt_gradient_is_the_hand_written_truncated_loop(k):
     y = torch.randint(0, 6, (3, STEPS))
     expected = _hand_truncated_gradients(model, x, y, k)
     model.zero_grad()
-    loss, _ = tr._backward(model, model, x, y, k)
+    [(loss, _)] = list(tr._gradients(model, model, x, y, k, "sequence"))
     full = model.loss(model(x)[0], y)
     # float32: the same terms, backpropagated window by window instead of in one pass, so the
     # sums of the gradient contributions run in another order (a few float32 ulp).
@@ -100,12 +102,82 @@ def test_tbptt_gradient_is_the_hand_written_truncated_loop(k):
         torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-6)
 
 
+def _hand_window_updates(model: PerStepALIF, x: torch.Tensor, y: torch.Tensor, k: int, lr: float) -> list[float]:
+    """Truncated BPTT as Williams & Peng (and Yin et al.'s scripts) run it: each window's part of
+    the ECG loss is backpropagated and an SGD step taken before the next window runs, from the
+    previous window's state detached by hand. Returns the losses of the windows that hold one."""
+    losses, hidden, readout = [], None, None
+    for start in range(0, x.shape[0], k):
+        spikes, hidden = model.layer(x[start : start + k], hidden)
+        v, readout = model.readout(spikes, readout)
+        log_probs = F.log_softmax(v, dim=-1)
+        hidden = type(hidden)(*(t.detach() for t in hidden))
+        readout = type(readout)(*(t.detach() for t in readout))
+        first = max(model.warmup - start, 0)
+        if first >= log_probs.shape[0]:
+            continue
+        target = y.t()[start + first : start + log_probs.shape[0]]
+        loss = F.nll_loss(log_probs[first:].reshape(-1, 6), target.reshape(-1), reduction="sum") / y.shape[0]
+        model.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= lr * p.grad
+        losses.append(float(loss.detach()))
+    return losses
+
+
+@pytest.mark.parametrize("k", [1, 4, 9])
+def test_tbptt_window_updates_are_the_hand_written_online_loop(k):
+    torch.manual_seed(3)
+    x = torch.randint(-2, 3, (STEPS, 3, 4)).float()
+    y = torch.randint(0, 6, (3, STEPS))
+    model = PerStepALIF(4, 8, 6, adaptive=True, backend="torch")
+    hand = PerStepALIF(4, 8, 6, adaptive=True, backend="torch")
+    hand.load_state_dict(model.state_dict())
+    expected = _hand_window_updates(hand, x, y, k, lr=0.05)
+    losses = []
+    model.zero_grad()
+    for loss, _ in tr._gradients(model, model, x, y, k, "window"):
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.05 * p.grad
+        model.zero_grad()
+        losses.append(loss)
+    # Windows wholly inside the warm-up hold no loss term and make no step.
+    windows_with_loss = sum(1 for start in range(0, STEPS, k) if min(start + k, STEPS) > model.warmup)
+    assert len(losses) == len(expected) == windows_with_loss
+    assert losses == pytest.approx(expected, rel=1e-5)
+    for (name, p), e in zip(model.named_parameters(), hand.parameters()):
+        torch.testing.assert_close(p, e, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_window_updates_make_one_optimiser_step_per_window_with_a_loss(qtdb_dir, tmp_path, single_thread):
+    # 23 steps in windows of 5: [0, 5) and [5, 10) lie in the 10-step warm-up; 3 windows step.
+    config = _ecg(qtdb_dir, tmp_path / "run", tbptt=5, epochs=2)
+    tr.train(config, progress=False)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    batches = N_TRAIN // config.batch_size
+    assert state["step"] == 2 * batches * 3
+    assert state["scheduler"]["total_steps"] == state["step"]
+    sequence = _ecg(qtdb_dir, tmp_path / "seq", tbptt=5, epochs=2, tbptt_update="sequence")
+    tr.train(sequence, progress=False)
+    assert torch.load(tmp_path / "seq" / "checkpoint.pt", weights_only=False)["step"] == 2 * batches
+
+
+def test_tbptt_update_is_checked():
+    with pytest.raises(ValueError, match="tbptt_update must be one of window, sequence, got 'batch'"):
+        TrainConfig(tbptt=5, tbptt_update="batch").validate()
+    with pytest.raises(ValueError, match="it needs a window, tbptt"):
+        TrainConfig(tbptt_update="sequence").validate()
+
+
 def test_tbptt_on_a_sequence_classifier_trains_the_last_window_only(single_thread):
     # The digits loss is on the last step's readout: windows before the last carry no loss term.
     config = TrainConfig(hidden=8, tbptt=4).validate()
     model = tr.build_model(config, 8, 10)
     x, y = torch.rand(24, 5, 8), torch.randint(0, 10, (5,))
-    loss, _ = tr._backward(model, model, x, y, 4)
+    [(loss, _)] = list(tr._gradients(model, model, x, y, 4, "window"))
     torch.testing.assert_close(torch.tensor(loss), model.loss(model(x)[0], y).detach(), rtol=1e-5, atol=1e-6)
     assert model.layer.weight_ih.grad is not None
 
