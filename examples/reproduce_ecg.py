@@ -106,8 +106,8 @@ def draw(rows: dict[str, list[dict]], args: argparse.Namespace) -> None:
             ax.axhline(PUBLISHED[setting], color=color, ls=":", lw=1)
     ax.set_xlabel("epoch")
     ax.set_ylabel("per-step test accuracy")
-    window = f", truncated BPTT K = {args.tbptt} (a step per {args.tbptt_update})" if args.tbptt else ""
-    ax.set_title(f"QTDB ECG, 36 recurrent ALIF neurons{window} (dotted: published)", fontsize=9)
+    window = f", truncated BPTT K = {args.tbptt}, a step per {args.tbptt_update}" if args.tbptt else ""
+    ax.set_title(f"QTDB ECG, 36 ALIF neurons{window}\n(dotted: published)", fontsize=9)
     ax.legend()
     fig.tight_layout()
     fig.savefig(fig_dir / f"{args.figure_prefix}_accuracy.png", dpi=120)
