@@ -45,13 +45,15 @@ def _run(fn, x, state, params, weights_out, **options):
     state = None if state is None else type(state)(*(s.clone().requires_grad_(True) for s in state))
     out, final, trace = fn(x, state, *params, **options)
     results = (out, *final, *trace)
-    loss = sum((r * w).sum() for r, w in zip(results, weights_out))
+    loss = sum((r * w).sum() for r, w in zip(results, weights_out) if w is not None)
     leaves = [x, *params] + ([] if state is None else list(state))
     grads = torch.autograd.grad(loss, leaves, allow_unused=True)
     return results, grads
 
 
-def _compare(shape, dtype, options, given_state, seed, atol, rtol, cell="gru"):
+def _compare(shape, dtype, options, given_state, seed, atol, rtol, cell="gru", used=None):
+    """``used``: the indices of the results (sequence, final state fields, delta traces) the loss
+    reads; all of them by default."""
     steps, batch, inp, hs = shape
     gates, state_type, reference, fused_name = CELLS[cell]
     fused = getattr(cpu_train, fused_name)
@@ -63,6 +65,8 @@ def _compare(shape, dtype, options, given_state, seed, atol, rtol, cell="gru"):
     state = _state(batch, inp, hs, dtype, gen, cell) if given_state else None
     ref_out, ref_final, ref_trace = reference(x, state, *params, **options)
     weights_out = [torch.randn(t.shape, generator=gen, dtype=dtype) for t in (ref_out, *ref_final, *ref_trace)]
+    if used is not None:
+        weights_out = [w if i in used else None for i, w in enumerate(weights_out)]
     ref, ref_g = _run(reference, x, state, params, weights_out, **options)
     got, got_g = _run(fused, x, state, params, weights_out, **options)
     names = ["h", *(f"final {f}" for f in state_type._fields), "delta_x", "delta_h"]
@@ -105,6 +109,25 @@ def test_batch_parallel_threads_give_the_same_result(single_thread, cell):
     with cpu_train._threads(5) as threads:
         assert threads == min(2, cpu_train._kernels().numba.config.NUMBA_NUM_THREADS)
     _compare((7, 5, 4, 6), torch.float64, OPTIONS[2], True, seed=6, atol=1e-10, rtol=1e-10, cell=cell)
+
+
+# Indices into (sequence, *final state, delta_x, delta_h); the final state has 4 fields (GRU) or 5 (LSTM).
+LOSS_PARTS = {
+    "sequence": lambda n: {0},
+    "final-h": lambda n: {1},
+    "final-state": lambda n: set(range(1, n + 1)),
+    "traces": lambda n: {n + 1, n + 2},
+    "delta_h": lambda n: {n + 2},
+}
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("part", list(LOSS_PARTS))
+def test_outputs_the_loss_does_not_read(single_thread, part, cell):
+    """A loss that reads only some outputs: the others' gradients reach the kernel as None (not
+    materialised as zeros) and are skipped there; the gradients are still the reference's."""
+    used = LOSS_PARTS[part](len(CELLS[cell][1]._fields))
+    _compare((9, 3, 5, 7), torch.float64, OPTIONS[2], True, seed=8, atol=1e-10, rtol=1e-10, cell=cell, used=used)
 
 
 def test_per_unit_thresholds(single_thread):

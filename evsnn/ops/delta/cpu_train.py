@@ -285,7 +285,8 @@ def _delta_backward(
 
     ``a_h, a_c, a_xhat, a_hhat, a_m`` enter as the gradients of the final state and leave as
     those of the initial state (in place; ``a_c`` unused for the GRU). ``g_out``, ``g_dx``,
-    ``g_dh`` are the gradients of the outputs and of the delta traces. Writes ``g_x [T, B, I]``
+    ``g_dh`` are the gradients of the outputs and of the delta traces (each empty where it is
+    zero). Writes ``g_x [T, B, I]``
     (zero-filled by the caller) and accumulates ``∂L/∂W_ihᵀ``, ``∂L/∂W_hhᵀ`` into
     ``g_wx_parts[c]``, ``g_wh_parts[c]`` (zero-filled), one part per chunk ``c`` of the batch:
     the chunks run in parallel and the caller sums the parts.
@@ -293,6 +294,10 @@ def _delta_backward(
     steps, batch, hs = out_h.shape
     x_cols = wx.shape[1]
     chunks = g_wx_parts.shape[0]
+    # An output whose gradient is zero (autograd's None) comes as an empty array and is not read.
+    has_out = g_out.shape[0] != 0
+    has_dx = g_dx.shape[0] != 0
+    has_dh = g_dh.shape[0] != 0
     per_chunk = (batch + chunks - 1) // chunks
     for part in prange(chunks):
         b0 = part * per_chunk
@@ -315,9 +320,12 @@ def _delta_backward(
                 # The previous state as a row and the constants in the arrays' dtype: the loop has
                 # no branch and no float64 arithmetic on float32 data, and vectorises.
                 prev = (out_h[t - 1, b] if gru else out_c[t - 1, b]) if t > 0 else (h0[b] if gru else c0[b])
+                if has_out:
+                    for j in range(hs):
+                        a_h[b, j] += g_out[t, b, j]
                 # δM_t = the gates' gradient + δM_{t+1}.
                 for j in range(hs):
-                    gh = a_h[b, j] + g_out[t, b, j]
+                    gh = a_h[b, j]
                     if gru:
                         # h_t = (1 − z)·n + z·h_{t−1}, n = tanh(M_nx + r·M_nh).
                         h_prev = prev[j]
@@ -416,7 +424,9 @@ def _delta_backward(
                         b = b0 + bb
                         # Δh_k = h_{t−1,k} − ĥ_k and ĥ_k += Δh_k: the delta's gradient goes to
                         # h_{t−1} and, with the opposite sign, to the previous memory.
-                        g = acc + g_dh[t, b, k] + a_hhat[b, k]
+                        g = acc + a_hhat[b, k]
+                        if has_dh:
+                            g += g_dh[t, b, k]
                         a_prev[bb, k] += g
                         a_hhat[b, k] -= g
                     q += 4
@@ -469,7 +479,9 @@ def _delta_backward(
                         b = b0 + act_at[i, q + e]
                         acc = acc0 if e == 0 else (acc1 if e == 1 else (acc2 if e == 2 else acc3))
                         # Δx_i = x_{t,i} − x̂_i and x̂_i += Δx_i.
-                        g = acc + g_dx[t, b, i] + a_xhat[b, i]
+                        g = acc + a_xhat[b, i]
+                        if has_dx:
+                            g += g_dx[t, b, i]
                         g_x[t, b, i] = g
                         a_xhat[b, i] -= g
                     q += 4
@@ -502,6 +514,13 @@ def kernels_available() -> bool:
 
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().numpy()
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+    """A zero-filled tensor from ``calloc``: a fresh large block comes as untouched zero pages, so
+    the parts a kernel never writes (the unused tail of a capacity buffer) cost neither a fill nor
+    a page fault, where ``torch.zeros`` writes every page."""
+    return torch.from_numpy(np.zeros(shape, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
 
 
 # The launchers below are the custom ops themselves (torch.library: one opaque op per call for
@@ -548,10 +567,10 @@ def delta_train_cpu_fwd(
     cells = steps * batch
     # Capacity for every column active, one region per sample; zero-filled, so that the op's outputs
     # are deterministic, the unused tail of each region included.
-    idx_x = torch.zeros(cells * n_in, dtype=torch.int32)
-    idx_h = torch.zeros(cells * hs, dtype=torch.int32)
-    val_x = x.new_zeros(cells * n_in)
-    val_h = x.new_zeros(cells * hs)
+    idx_x = _zeros((cells * n_in,), torch.int32)
+    idx_h = _zeros((cells * hs,), torch.int32)
+    val_x = _zeros((cells * n_in,), x.dtype)
+    val_h = _zeros((cells * hs,), x.dtype)
     off_x = torch.empty(cells, 2, dtype=torch.int64)
     off_h = torch.empty(cells, 2, dtype=torch.int64)
     with _threads(batch) as chunks:
@@ -613,23 +632,25 @@ def delta_train_cpu_bwd(
     wh = weight_hh.detach().t().contiguous()
     n_in = wx.shape[0]
 
-    def grad_or_zeros(g, *shape):
-        return out.new_zeros(shape) if g is None else g.detach().contiguous()
+    def grad_or_empty(g):
+        # A zero gradient (None) is not materialised: the kernel skips an empty one.
+        return out.new_empty(0, 0, 0) if g is None else g.detach().contiguous()
 
-    g_out = grad_or_zeros(g_out, steps, batch, hs)
-    g_dx = grad_or_zeros(g_dx, steps, batch, n_in)
-    g_dh = grad_or_zeros(g_dh, steps, batch, hs)
-    # In-place adjoints: start as the final state's gradients, end as the initial state's.
-    a_h = grad_or_zeros(g_h, batch, hs).clone()
-    a_c = out.new_zeros(0, 0) if gru else grad_or_zeros(g_c, batch, hs).clone()
-    a_xhat = grad_or_zeros(g_xhat, batch, n_in).clone()
-    a_hhat = grad_or_zeros(g_hhat, batch, hs).clone()
-    a_m = grad_or_zeros(g_m, batch, 4 * hs).clone()
-    g_x = out.new_zeros(steps, batch, n_in)
+    def adjoint(g, *shape):
+        # In-place adjoints: start as the final state's gradients, end as the initial state's.
+        return out.new_zeros(shape) if g is None else g.detach().clone(memory_format=torch.contiguous_format)
+
+    g_out, g_dx, g_dh = grad_or_empty(g_out), grad_or_empty(g_dx), grad_or_empty(g_dh)
+    a_h = adjoint(g_h, batch, hs)
+    a_c = out.new_zeros(0, 0) if gru else adjoint(g_c, batch, hs)
+    a_xhat = adjoint(g_xhat, batch, n_in)
+    a_hhat = adjoint(g_hhat, batch, hs)
+    a_m = adjoint(g_m, batch, 4 * hs)
+    g_x = _zeros((steps, batch, n_in), out.dtype)
     c0 = out.new_zeros(0, 0) if c0 is None else c0.detach()
     with _threads(batch) as parts:
-        g_wx = wx.new_zeros(parts, *wx.shape)
-        g_wh = wh.new_zeros(parts, *wh.shape)
+        g_wx = _zeros((parts, *wx.shape), wx.dtype)
+        g_wh = _zeros((parts, *wh.shape), wh.dtype)
         _kernels().backward(
             _np(wx), _np(wh), _np(h0.detach().contiguous()), _np(c0.contiguous()), gru, _np(out.detach()),
             _np(out_c.detach()), *(_np(g) for g in gates.detach()),
@@ -637,7 +658,10 @@ def delta_train_cpu_bwd(
             _np(g_out), _np(g_dx), _np(g_dh), _np(a_h), _np(a_c), _np(a_xhat), _np(a_hhat), _np(a_m),
             _np(g_x), _np(g_wx), _np(g_wh),
         )  # fmt: skip
-    return g_x, a_h, a_c, a_xhat, a_hhat, a_m, g_wx.sum(0).t().contiguous(), g_wh.sum(0).t().contiguous()
+    # One part per thread: with one thread the part is the sum (no copy before the transpose).
+    g_wx = g_wx[0] if parts == 1 else g_wx.sum(0)
+    g_wh = g_wh[0] if parts == 1 else g_wh.sum(0)
+    return g_x, a_h, a_c, a_xhat, a_hhat, a_m, g_wx.t().contiguous(), g_wh.t().contiguous()
 
 
 @delta_train_cpu_bwd.register_fake
@@ -657,6 +681,9 @@ def _setup_train(ctx, inputs, output) -> None:
     out, _, c, *_, c_seq, gates, idx_x, val_x, off_x, idx_h, val_h, off_h = output
     ctx.save_for_backward(h0, c0, out, c_seq, weight_ih, weight_hh, gates, idx_x, val_x, off_x, idx_h, val_h, off_h)
     ctx.gru = gru
+    # An output without a gradient reaches the backward as None, not as zeros of its shape: the
+    # gates and the capacity buffers alone would be 80 MB at H = 1024, B = 32, T = 100.
+    ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(c_seq, gates, idx_x, val_x, off_x, idx_h, val_h, off_h)
     if gru:
         ctx.mark_non_differentiable(c)  # the GRU's empty placeholder
