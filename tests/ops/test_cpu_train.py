@@ -130,6 +130,40 @@ def test_outputs_the_loss_does_not_read(single_thread, part, cell):
     _compare((9, 3, 5, 7), torch.float64, OPTIONS[2], True, seed=8, atol=1e-10, rtol=1e-10, cell=cell, used=used)
 
 
+# Losses whose gradient reaches the kernel in other layouts than a contiguous [T, B, H] tensor.
+SEQUENCE_LOSSES = {
+    "sum": lambda out, w: out.sum(),  # expanded: strides (0, 0, 0)
+    "sum-over-units": lambda out, w: (out.sum(-1) * w[..., 0]).sum(),  # expanded over units: (B, 1, 0)
+    "batch-major": lambda out, w: (out.permute(1, 0, 2) * w.permute(1, 0, 2).contiguous()).sum(),  # (H, BH, 1)
+    "unit-major": lambda out, w: (out.transpose(1, 2) * w.transpose(1, 2).contiguous()).sum(),  # (BH, 1, B)
+}
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("loss", list(SEQUENCE_LOSSES))
+def test_sequence_gradient_in_any_layout(single_thread, loss, cell):
+    """The sequence's gradient is read through its strides (a broadcast one is not copied out to
+    full size): each layout gives the reference's gradients."""
+    gates, state_type, reference, fused_name = CELLS[cell]
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(9, 3, 5, generator=gen, dtype=torch.float64)
+    params = _params(5, 7, torch.float64, gen, gates)
+    state = _state(3, 5, 7, torch.float64, gen, cell)
+    w = torch.randn(9, 3, 7, generator=gen, dtype=torch.float64)
+    grads = []
+    for fn in (getattr(cpu_train, fused_name), reference):
+        ps = [p.clone().requires_grad_(True) for p in params]
+        st = state_type(*(t.clone().requires_grad_(True) for t in state))
+        out = fn(x, st, *ps, **OPTIONS[2])[0]
+        grads.append(torch.autograd.grad(SEQUENCE_LOSSES[loss](out, w), [*ps, *st], allow_unused=True))
+    assert grads[1][1].abs().sum() > 0  # weight_hh gets a gradient: not a vacuous check
+    for got, want in zip(*grads):
+        if want is None:
+            assert got is None or torch.count_nonzero(got) == 0
+            continue
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
 def test_per_unit_thresholds(single_thread):
     gen = torch.Generator().manual_seed(3)
     theta_x = torch.rand(5, generator=gen, dtype=torch.float64) * 0.4

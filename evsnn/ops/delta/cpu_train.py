@@ -270,6 +270,7 @@ def _delta_backward(
     val_h,
     off_h,
     g_out,
+    out_strides,
     g_dx,
     g_dh,
     a_h,
@@ -286,7 +287,9 @@ def _delta_backward(
     ``a_h, a_c, a_xhat, a_hhat, a_m`` enter as the gradients of the final state and leave as
     those of the initial state (in place; ``a_c`` unused for the GRU). ``g_out``, ``g_dx``,
     ``g_dh`` are the gradients of the outputs and of the delta traces (each empty where it is
-    zero). Writes ``g_x [T, B, I]``
+    zero); ``g_out`` comes as the flat storage of a ``[T, B, H]`` tensor of element strides
+    ``out_strides``, so that a broadcast gradient (a sum's or mean's, strides 0) is read
+    without being copied out to full size. Writes ``g_x [T, B, I]``
     (zero-filled by the caller) and accumulates ``∂L/∂W_ihᵀ``, ``∂L/∂W_hhᵀ`` into
     ``g_wx_parts[c]``, ``g_wh_parts[c]`` (zero-filled), one part per chunk ``c`` of the batch:
     the chunks run in parallel and the caller sums the parts.
@@ -321,8 +324,14 @@ def _delta_backward(
                 # no branch and no float64 arithmetic on float32 data, and vectorises.
                 prev = (out_h[t - 1, b] if gru else out_c[t - 1, b]) if t > 0 else (h0[b] if gru else c0[b])
                 if has_out:
-                    for j in range(hs):
-                        a_h[b, j] += g_out[t, b, j]
+                    base = t * out_strides[0] + b * out_strides[1]
+                    if out_strides[2] == 1:
+                        g_row = g_out[base : base + hs]
+                        for j in range(hs):
+                            a_h[b, j] += g_row[j]
+                    else:
+                        for j in range(hs):
+                            a_h[b, j] += g_out[base + j * out_strides[2]]
                 # δM_t = the gates' gradient + δM_{t+1}.
                 for j in range(hs):
                     gh = a_h[b, j]
@@ -516,6 +525,16 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
+def _flat_storage(t: Tensor) -> tuple[Tensor, Tensor]:
+    """``t`` as the 1-D span of storage its elements occupy and its element strides (``int64``):
+    ``t[i, j, k] = flat[i·s₀ + j·s₁ + k·s₂]``. An expanded tensor (stride 0) stays as small as
+    its storage."""
+    if t.numel() == 0 or any(s < 0 for s in t.stride()):
+        t = t.contiguous()
+    span = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride())) if t.numel() else 0
+    return t.as_strided((span,), (1,)), torch.tensor(t.stride(), dtype=torch.int64)
+
+
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
     """A zero-filled tensor from ``calloc``: a fresh large block comes as untouched zero pages, so
     the parts a kernel never writes (the unused tail of a capacity buffer) cost neither a fill nor
@@ -640,7 +659,11 @@ def delta_train_cpu_bwd(
         # In-place adjoints: start as the final state's gradients, end as the initial state's.
         return out.new_zeros(shape) if g is None else g.detach().clone(memory_format=torch.contiguous_format)
 
-    g_out, g_dx, g_dh = grad_or_empty(g_out), grad_or_empty(g_dx), grad_or_empty(g_dh)
+    g_dx, g_dh = grad_or_empty(g_dx), grad_or_empty(g_dh)
+    if g_out is None:
+        g_out, out_strides = out.new_empty(0), torch.zeros(3, dtype=torch.int64)
+    else:
+        g_out, out_strides = _flat_storage(g_out.detach())
     a_h = adjoint(g_h, batch, hs)
     a_c = out.new_zeros(0, 0) if gru else adjoint(g_c, batch, hs)
     a_xhat = adjoint(g_xhat, batch, n_in)
@@ -655,7 +678,7 @@ def delta_train_cpu_bwd(
             _np(wx), _np(wh), _np(h0.detach().contiguous()), _np(c0.contiguous()), gru, _np(out.detach()),
             _np(out_c.detach()), *(_np(g) for g in gates.detach()),
             _np(idx_x), _np(val_x.detach()), _np(off_x), _np(idx_h), _np(val_h.detach()), _np(off_h),
-            _np(g_out), _np(g_dx), _np(g_dh), _np(a_h), _np(a_c), _np(a_xhat), _np(a_hhat), _np(a_m),
+            _np(g_out), _np(out_strides), _np(g_dx), _np(g_dh), _np(a_h), _np(a_c), _np(a_xhat), _np(a_hhat), _np(a_m),
             _np(g_x), _np(g_wx), _np(g_wh),
         )  # fmt: skip
     # One part per thread: with one thread the part is the sum (no copy before the transpose).
