@@ -383,8 +383,7 @@ def _delta_backward(
                 grow = g_wh[k]
                 q = 0
                 while q < n:
-                    # Four samples per pass; a shorter tail is padded with a row of zeros and a zero
-                    # delta (a repeated sample would turn a non-finite δM into 0·inf = NaN).
+                    # Up to four samples per pass.
                     s0 = act_at[k, q]
                     m0 = a_m[b0 + s0]
                     d0 = val_h[act_p[k, q]]
@@ -403,31 +402,92 @@ def _delta_backward(
                     acc1 = zero
                     acc2 = zero
                     acc3 = zero
-                    if gru:
-                        for j in range(2 * hs):
-                            rj = row[j]
-                            acc0 += rj * m0[j]
-                            acc1 += rj * m1[j]
-                            acc2 += rj * m2[j]
-                            acc3 += rj * m3[j]
-                            grow[j] += d0 * m0[j] + d1 * m1[j] + d2 * m2[j] + d3 * m3[j]
-                        for j in range(hs):
-                            jm = 3 * hs + j
-                            rj = row[2 * hs + j]
-                            acc0 += rj * m0[jm]
-                            acc1 += rj * m1[jm]
-                            acc2 += rj * m2[jm]
-                            acc3 += rj * m3[jm]
-                            grow[2 * hs + j] += d0 * m0[jm] + d1 * m1[jm] + d2 * m2[jm] + d3 * m3[jm]
+                    # One loop per count of samples (not a pass padded to four): the pass is bound by
+                    # its multiply-adds, and most columns are active in one to three samples of a step.
+                    c = min(4, n - q)
+                    if c == 4:
+                        if gru:
+                            for j in range(2 * hs):
+                                rj = row[j]
+                                acc0 += rj * m0[j]
+                                acc1 += rj * m1[j]
+                                acc2 += rj * m2[j]
+                                acc3 += rj * m3[j]
+                                grow[j] += d0 * m0[j] + d1 * m1[j] + d2 * m2[j] + d3 * m3[j]
+                            for j in range(hs):
+                                jm = 3 * hs + j
+                                rj = row[2 * hs + j]
+                                acc0 += rj * m0[jm]
+                                acc1 += rj * m1[jm]
+                                acc2 += rj * m2[jm]
+                                acc3 += rj * m3[jm]
+                                grow[2 * hs + j] += d0 * m0[jm] + d1 * m1[jm] + d2 * m2[jm] + d3 * m3[jm]
+                        else:
+                            for j in range(4 * hs):
+                                rj = row[j]
+                                acc0 += rj * m0[j]
+                                acc1 += rj * m1[j]
+                                acc2 += rj * m2[j]
+                                acc3 += rj * m3[j]
+                                grow[j] += d0 * m0[j] + d1 * m1[j] + d2 * m2[j] + d3 * m3[j]
+                    elif c == 3:
+                        if gru:
+                            for j in range(2 * hs):
+                                rj = row[j]
+                                acc0 += rj * m0[j]
+                                acc1 += rj * m1[j]
+                                acc2 += rj * m2[j]
+                                grow[j] += d0 * m0[j] + d1 * m1[j] + d2 * m2[j]
+                            for j in range(hs):
+                                jm = 3 * hs + j
+                                rj = row[2 * hs + j]
+                                acc0 += rj * m0[jm]
+                                acc1 += rj * m1[jm]
+                                acc2 += rj * m2[jm]
+                                grow[2 * hs + j] += d0 * m0[jm] + d1 * m1[jm] + d2 * m2[jm]
+                        else:
+                            for j in range(4 * hs):
+                                rj = row[j]
+                                acc0 += rj * m0[j]
+                                acc1 += rj * m1[j]
+                                acc2 += rj * m2[j]
+                                grow[j] += d0 * m0[j] + d1 * m1[j] + d2 * m2[j]
+                    elif c == 2:
+                        if gru:
+                            for j in range(2 * hs):
+                                rj = row[j]
+                                acc0 += rj * m0[j]
+                                acc1 += rj * m1[j]
+                                grow[j] += d0 * m0[j] + d1 * m1[j]
+                            for j in range(hs):
+                                jm = 3 * hs + j
+                                rj = row[2 * hs + j]
+                                acc0 += rj * m0[jm]
+                                acc1 += rj * m1[jm]
+                                grow[2 * hs + j] += d0 * m0[jm] + d1 * m1[jm]
+                        else:
+                            for j in range(4 * hs):
+                                rj = row[j]
+                                acc0 += rj * m0[j]
+                                acc1 += rj * m1[j]
+                                grow[j] += d0 * m0[j] + d1 * m1[j]
                     else:
-                        for j in range(4 * hs):
-                            rj = row[j]
-                            acc0 += rj * m0[j]
-                            acc1 += rj * m1[j]
-                            acc2 += rj * m2[j]
-                            acc3 += rj * m3[j]
-                            grow[j] += d0 * m0[j] + d1 * m1[j] + d2 * m2[j] + d3 * m3[j]
-                    for e in range(min(4, n - q)):
+                        if gru:
+                            for j in range(2 * hs):
+                                rj = row[j]
+                                acc0 += rj * m0[j]
+                                grow[j] += d0 * m0[j]
+                            for j in range(hs):
+                                jm = 3 * hs + j
+                                rj = row[2 * hs + j]
+                                acc0 += rj * m0[jm]
+                                grow[2 * hs + j] += d0 * m0[jm]
+                        else:
+                            for j in range(4 * hs):
+                                rj = row[j]
+                                acc0 += rj * m0[j]
+                                grow[j] += d0 * m0[j]
+                    for e in range(c):
                         bb = act_at[k, q + e]
                         acc = acc0 if e == 0 else (acc1 if e == 1 else (acc2 if e == 2 else acc3))
                         b = b0 + bb
