@@ -162,7 +162,8 @@ def _delta_forward(
                 off_h[cell, 1] = ph
                 pos_h[bb] = ph
                 done[bb] = off_h[cell, 0]
-                # The input rows (W_ihᵀ is small enough to stay in L2), four per pass over M.
+                # The input rows (W_ihᵀ is small enough to stay in L2), four per pass over M, the
+                # last one to three in one pass.
                 a = m[b]
                 p = off_x[cell, 0]
                 while p + 4 <= px:
@@ -171,16 +172,26 @@ def _delta_forward(
                     for j in range(x_cols):
                         a[j] += d0 * r0[j] + d1 * r1[j] + d2 * r2[j] + d3 * r3[j]
                     p += 4
-                while p < px:
+                if px - p == 3:
+                    d0, d1, d2 = val_x[p], val_x[p + 1], val_x[p + 2]
+                    r0, r1, r2 = wx[idx_x[p]], wx[idx_x[p + 1]], wx[idx_x[p + 2]]
+                    for j in range(x_cols):
+                        a[j] += d0 * r0[j] + d1 * r1[j] + d2 * r2[j]
+                elif px - p == 2:
+                    d0, d1 = val_x[p], val_x[p + 1]
+                    r0, r1 = wx[idx_x[p]], wx[idx_x[p + 1]]
+                    for j in range(x_cols):
+                        a[j] += d0 * r0[j] + d1 * r1[j]
+                elif px - p == 1:
                     d0 = val_x[p]
                     r0 = wx[idx_x[p]]
                     for j in range(x_cols):
                         a[j] += d0 * r0[j]
-                    p += 1
             # The hidden rows: the samples go through the units in blocks of `_ROW_BLOCK` rows, so
             # the rows a block needs come from L3 once per step for the whole batch (not once per
-            # sample), and each sample adds its rows of the block four at a time (its M read and
-            # written once per four rows). GRU rows feed r, z and M_nh (SPEC §4).
+            # sample), and each sample adds its rows of the block four at a time, the last one to
+            # three in one pass (its M read and written once per pass). GRU rows feed r, z and
+            # M_nh (SPEC §4).
             for k_end in range(_ROW_BLOCK, hs + _ROW_BLOCK, _ROW_BLOCK):
                 for bb in range(nb):
                     b = b0 + bb
@@ -204,18 +215,42 @@ def _delta_forward(
                             for j in range(4 * hs):
                                 a[j] += d0 * r0[j] + d1 * r1[j] + d2 * r2[j] + d3 * r3[j]
                         p += 4
-                    while p < q:
+                    if q - p == 3:
+                        d0, d1, d2 = val_h[p], val_h[p + 1], val_h[p + 2]
+                        r0, r1, r2 = wh[idx_h[p]], wh[idx_h[p + 1]], wh[idx_h[p + 2]]
+                        if gru:
+                            for j in range(2 * hs):
+                                a[j] += d0 * r0[j] + d1 * r1[j] + d2 * r2[j]
+                            for j in range(hs):
+                                jj = 2 * hs + j
+                                a[3 * hs + j] += d0 * r0[jj] + d1 * r1[jj] + d2 * r2[jj]
+                        else:
+                            for j in range(4 * hs):
+                                a[j] += d0 * r0[j] + d1 * r1[j] + d2 * r2[j]
+                    elif q - p == 2:
+                        d0, d1 = val_h[p], val_h[p + 1]
+                        r0, r1 = wh[idx_h[p]], wh[idx_h[p + 1]]
+                        if gru:
+                            for j in range(2 * hs):
+                                a[j] += d0 * r0[j] + d1 * r1[j]
+                            for j in range(hs):
+                                jj = 2 * hs + j
+                                a[3 * hs + j] += d0 * r0[jj] + d1 * r1[jj]
+                        else:
+                            for j in range(4 * hs):
+                                a[j] += d0 * r0[j] + d1 * r1[j]
+                    elif q - p == 1:
                         d0 = val_h[p]
                         r0 = wh[idx_h[p]]
                         if gru:
                             for j in range(2 * hs):
                                 a[j] += d0 * r0[j]
                             for j in range(hs):
-                                a[3 * hs + j] += d0 * r0[2 * hs + j]
+                                jj = 2 * hs + j
+                                a[3 * hs + j] += d0 * r0[jj]
                         else:
                             for j in range(4 * hs):
                                 a[j] += d0 * r0[j]
-                        p += 1
             # The gate math in the arrays' dtype, one loop per cell type over the units: SIMD code
             # with the vectorisable sigmoid/tanh.
             for bb in range(nb):
