@@ -400,7 +400,7 @@ def _delta_backward(
             # Active hidden columns: ∂L/∂Δh_k = W_hh[:, k]ᵀ δM (GRU: rows r, z, nh of M) and
             # ∂L/∂W_hh[:, k] += δM · Δh_k, unit-major over the chunk's samples: each row of W_hh
             # and of its gradient is read once per step for all samples (not once per sample),
-            # and meets the samples in which its column is active four at a time.
+            # and meets the samples in which its column is active up to four at a time.
             for k in range(hs):
                 n_act[k] = 0
             for bb in range(nb):
@@ -418,7 +418,8 @@ def _delta_backward(
                 grow = g_wh[k]
                 q = 0
                 while q < n:
-                    # Up to four samples per pass.
+                    # Up to four samples per pass; the rows of a shorter pass's absent samples are
+                    # placeholders that its loop does not read.
                     s0 = act_at[k, q]
                     m0 = a_m[b0 + s0]
                     d0 = val_h[act_p[k, q]]
@@ -437,8 +438,9 @@ def _delta_backward(
                     acc1 = zero
                     acc2 = zero
                     acc3 = zero
-                    # One loop per count of samples (not a pass padded to four): the pass is bound by
-                    # its multiply-adds, and most columns are active in one to three samples of a step.
+                    # One loop per count of samples, not a pass padded to four with zero rows (which
+                    # cost loads and multiply-adds as real ones): most columns are active in one to
+                    # three samples of a step.
                     c = min(4, n - q)
                     if c == 4:
                         if gru:
