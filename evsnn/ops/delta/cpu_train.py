@@ -626,10 +626,12 @@ def _flat_storage(t: Tensor) -> tuple[Tensor, Tensor]:
     """``t`` as the 1-D span of storage its elements occupy and its element strides (``int64``):
     ``t[i, j, k] = flat[i·s₀ + j·s₁ + k·s₂]``. An expanded tensor (stride 0) stays as small as
     its storage."""
-    if t.numel() == 0 or any(s < 0 for s in t.stride()):
-        t = t.contiguous()
-    span = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride())) if t.numel() else 0
-    return t.as_strided((span,), (1,)), torch.tensor(t.stride(), dtype=torch.int64)
+    strides = torch.tensor(t.stride(), dtype=torch.int64)
+    if t.numel() == 0:
+        return t.new_empty(0), strides
+    # torch strides are non-negative: the last element sits at Σ (nᵢ − 1)·sᵢ.
+    span = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
+    return t.as_strided((span,), (1,)), strides
 
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
