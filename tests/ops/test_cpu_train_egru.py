@@ -283,3 +283,46 @@ def test_layer_training_with_zoneout_runs_the_fused_kernel(single_thread, monkey
     torch.testing.assert_close(out, ref)
     for a, b in zip(g, r):
         torch.testing.assert_close(a, b)
+
+
+# Losses that read only some outputs: the others' gradients reach the backward as None and are
+# skipped, and a sum's or mean's gradient comes broadcast (all strides 0) or in another layout.
+_PARTIAL_LOSSES = {
+    "sequence_sum": lambda out, final, trace, w: out.sum(),
+    "sequence_mean": lambda out, final, trace, w: out.mean(),
+    # The sequence's gradient takes the layout of the weights: strides (H, T·H, 1) and (1, T, T·B).
+    "sequence_batch_major": lambda out, final, trace, w: (out * w.transpose(0, 1).contiguous().transpose(0, 1)).sum(),
+    "sequence_unit_major": lambda out, final, trace, w: (out * w.permute(2, 1, 0).contiguous().permute(2, 1, 0)).sum(),
+    "final_c": lambda out, final, trace, w: (final.c * w[0]).sum(),
+    "final_y": lambda out, final, trace, w: (final.y * w[-1]).sum(),
+    "trace_only": lambda out, final, trace, w: (trace.c_pre * w).sum(),
+    "trace_sum_and_final_y": lambda out, final, trace, w: trace.c_pre.sum() + (final.y * w[1]).sum(),
+}
+
+
+@pytest.mark.parametrize("loss", list(_PARTIAL_LOSSES))
+@pytest.mark.parametrize("surrogate", ["triangle", "user_soft_step"])
+def test_loss_reading_some_outputs_matches_reference(single_thread, loss, surrogate):
+    """Every gradient of a loss that reads only the sequence, only a final state field or only the
+    trace (the other outputs' gradients are zero, passed as None) equals float64 autograd of the
+    reference, also for a broadcast sequence gradient and for batch-major and unit-major ones."""
+    steps, batch, inp, hs = 7, 5, 4, 9
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(steps, batch, inp, generator=gen, dtype=torch.float64)
+    params = _params(inp, hs, torch.float64, gen)
+    c0 = torch.randn(batch, hs, generator=gen, dtype=torch.float64) * 0.5
+    state = EGRUState(c0, torch.where(c0 > 0.2, c0, torch.zeros_like(c0)))
+    w = torch.randn(steps, batch, hs, generator=gen, dtype=torch.float64)
+
+    def grads(fn):
+        leaves = [t.clone().requires_grad_(True) for t in (x, *params, *state)]
+        out, final, trace = fn(
+            leaves[0], EGRUState(*leaves[-2:]), *leaves[1:-2], surrogate=SURROGATES[surrogate], reset="threshold"
+        )
+        return torch.autograd.grad(_PARTIAL_LOSSES[loss](out, final, trace, w), leaves, allow_unused=True)
+
+    for i, (got, want) in enumerate(zip(grads(cpu_train.egru_train_scan), grads(egru_scan))):
+        if want is None:
+            assert got is None or not got.any(), f"gradient {i}"
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10, msg=lambda m, i=i: f"gradient {i}: {m}")

@@ -55,7 +55,7 @@ from ...functional.egru import RESETS, EGRUState, EGRUTrace, egru_initial_state
 from ...functional.precision import Precision, project
 from ...surrogate import SnnTorchSurrogate, Surrogate, Triangle
 from ..compile_marks import compile_opaque
-from ..cpu_common import NUMBA_REASON, numba_available, numba_batch_threads
+from ..cpu_common import NUMBA_REASON, cpu_empty, flat_storage, numba_available, numba_batch_threads
 from ..cpu_surrogate import pseudo_derivative, surrogate_args
 from ..cpu_vecmath import install, sigmoid, tanh
 from ..transforms import refuse_double_backward
@@ -84,6 +84,10 @@ _ROW_BLOCK = 64
 # Columns of the W_hh gradient per block (`_weight_gradient`): the block of δgh for all T·B
 # rows (1.6 MiB in float32 at T·B = 3200) stays in L2 (128 was the fastest of 32–256 there).
 _GRAD_TILE = 128
+
+# Units whose W_hh-gradient segments are written together (`_weight_gradient`): 16 values, a
+# cache line of float32, per row of W_hh.
+_UNIT_GROUP = 16
 
 # Columns per block of the backward's ∂L/∂y products: a row segment of W_hhᵀ (2 KiB in float32)
 # meets the δgh segments of its live samples, 64 KiB for 32 samples, that stay near the core
@@ -238,7 +242,7 @@ def _egru_forward(
 
 
 def _egru_backward(
-    table,
+    weight,
     theta,
     c0,
     y0,
@@ -259,6 +263,7 @@ def _egru_backward(
     gate_n,
     gate_hn,
     g_out,
+    out_strides,
     g_v,
     a_c,
     a_y,
@@ -267,11 +272,14 @@ def _egru_backward(
     g_bias_parts,
     g_theta_parts,
 ):  # pragma: no cover - numba
-    """Reverse-time adjoint of `_egru_forward`.
+    """Reverse-time adjoint of `_egru_forward`, with ``weight = W_hh [3H, H]``.
 
     ``a_c, a_y`` ``[B, H]`` enter as the gradients of the final ``c`` and ``y`` and leave as
     those of the initial state (in place). ``g_out``/``g_v`` are the gradients of ``y`` and of
-    ``c_pre``; the pseudo-derivative ``g(c_pre − θ)`` is that of surrogate ``kind`` with
+    ``c_pre``, each empty where it is zero (autograd's ``None``) and then not read; ``g_out`` comes
+    as the flat storage of a ``[T, B, H]`` tensor of element strides ``out_strides``, so that a
+    broadcast gradient (a sum's or a mean's, strides 0) is read without a full-size copy. The
+    pseudo-derivative ``g(c_pre − θ)`` is that of surrogate ``kind`` with
     ``params`` and truncation ``gate`` (`_pseudo_row`), or ``pseudo [T, B, H]``. Writes ``g_gi [T, B, 3H]``
     and ``dgh_n [T, B, H]`` (the gradient of ``W_hn y_{t−1} + b_hn``); accumulates ``∂L/∂b_hh``, ``∂L/∂θ`` into the zero-filled part of its chunk (the caller sums
     the parts; `_weight_gradient` then forms ``∂L/∂W_hh``). ``need_y0``: compute ``∂L/∂y_0`` for every unit (a given initial event state
@@ -281,17 +289,24 @@ def _egru_backward(
     h3 = 3 * hs
     per_chunk = (batch + chunks - 1) // chunks
     threshold_reset = not reset_output
+    has_out = g_out.shape[0] != 0
+    has_v = g_v.shape[0] != 0
     # W_hhᵀ in blocks of `_DY_TILE` columns, each block's rows contiguous: the products below go
     # through one block at a time, and a block read row after row from L3 is one sequential stream
     # (segments of a row 3H apart defeat the hardware prefetcher).
+    # Taken from W_hh itself, which is also the transposition (no separate copy of W_hhᵀ): 16
+    # rows of W_hh are read side by side (16 sequential streams) into 16-value segments (a cache
+    # line) of the block's rows.
     n_tiles = (h3 + _DY_TILE - 1) // _DY_TILE
-    tiled = np.empty((n_tiles, hs, _DY_TILE), dtype=table.dtype)
+    tiled = np.empty((n_tiles, hs, _DY_TILE), dtype=weight.dtype)
     for i in range(n_tiles):
         j0 = i * _DY_TILE
         m = min(_DY_TILE, h3 - j0)
-        for k in range(hs):
-            for j in range(m):
-                tiled[i, k, j] = table[k, j0 + j]
+        for jb in range(0, m, 16):
+            je = min(m, jb + 16)
+            for k in range(hs):
+                for j in range(jb, je):
+                    tiled[i, k, j] = weight[j0 + j, k]
     for part in prange(chunks):
         b0 = part * per_chunk
         nb = max(0, min(batch, b0 + per_chunk) - b0)
@@ -301,6 +316,7 @@ def _egru_backward(
         g_now = np.empty((nb, hs), dtype=out_y.dtype)
         g_before = np.empty((nb, hs), dtype=out_y.dtype)
         c_prev = np.empty(hs, dtype=out_y.dtype)
+        gv_row = np.zeros(hs, dtype=out_y.dtype)
         keep = np.empty(hs, dtype=out_y.dtype)
         typed = np.empty(3, dtype=out_y.dtype)
         typed[0], typed[1], typed[2] = 1.0, 0.0, zo_p
@@ -329,19 +345,33 @@ def _egru_backward(
                 if zo_mode == 2:
                     for j in range(hs):
                         keep[j] = one if zo_mask[t, b, j] else zero
+                # The output's gradient joins the adjoint of y_t (the loop below reads a_y first
+                # and then overwrites it), the trace's comes as a row; a zero one is skipped.
+                if has_out:
+                    base = t * out_strides[0] + b * out_strides[1]
+                    if out_strides[2] == 1:
+                        g_row = g_out[base : base + hs]
+                        for j in range(hs):
+                            a_y[b, j] += g_row[j]
+                    else:
+                        for j in range(hs):
+                            a_y[b, j] += g_out[base + j * out_strides[2]]
+                if has_v:
+                    for j in range(hs):
+                        gv_row[j] = g_v[t, b, j]
                 g = g_now[bb]
                 for j in range(hs):
                     th = theta[j]
                     v = out_v[t, b, j]
                     o = one if v > th else zero
-                    dy = g_out[t, b, j] + a_y[b, j]
+                    dy = a_y[b, j]
                     dc = a_c[b, j]
                     # y = o·v, c = v − o·θ (threshold reset) or v; o = H(v − θ) with pseudo-derivative g.
                     do = dy * v
                     if threshold_reset:
                         do -= dc * th
                     dx = do * g[j]
-                    dv = dy * o + dc + dx + g_v[t, b, j]
+                    dv = dy * o + dc + dx + gv_row[j]
                     if threshold_reset:
                         g_theta[j] -= dx + dc * o
                     else:
@@ -436,8 +466,8 @@ def _egru_backward(
             g_now, g_before = g_before, g_now
 
 
-def _weight_gradient(y0, out_y, g_gi, dgh_n, chunks, g_table):  # pragma: no cover - numba
-    """``g_table = ∂L/∂W_hhᵀ = Σ_{t,b} y_{t−1,b}ᵀ δgh_{t,b}`` over the events of ``y_{t−1}`` only,
+def _weight_gradient(y0, out_y, g_gi, dgh_n, chunks, g_weight):  # pragma: no cover - numba
+    """``g_weight = ∂L/∂W_hh = Σ_{t,b} δgh_{t,b} y_{t−1,b}ᵀ`` over the events of ``y_{t−1}`` only,
     after the time loop: ``δgh`` is ``g_gi`` in its r and z thirds and ``dgh_n`` in the n third.
 
     Accumulated step by step, every step would read and write the rows of every unit with an
@@ -479,7 +509,9 @@ def _weight_gradient(y0, out_y, g_gi, dgh_n, chunks, g_table):  # pragma: no cov
     for part in prange(chunks):
         k_lo = part * per_part
         k_hi = min(hs, k_lo + per_part)
-        acc = np.empty(_GRAD_TILE, dtype=out_y.dtype)
+        # The sums of 16 units at a time: written into W_hh's layout (transposed) as rows of
+        # 16 values, a cache line each, with no transposed copy of the whole gradient afterwards.
+        acc = np.empty((_UNIT_GROUP, _GRAD_TILE), dtype=out_y.dtype)
         # The block is copied out first: in place its row segments lie 3H apart, a stride at
         # which they fall into a small fraction of the L2 sets and evict each other.
         block = np.empty((n_rows, _GRAD_TILE), dtype=out_y.dtype)
@@ -494,13 +526,17 @@ def _weight_gradient(y0, out_y, g_gi, dgh_n, chunks, g_table):  # pragma: no cov
             for tb in range(n_rows):
                 for j in range(m):
                     block[tb, j] = src[tb, j0 + j]
-            for k in range(k_lo, k_hi):
-                if m == _GRAD_TILE:  # a constant trip count: the row segment can live in registers
-                    _sum_rows(block, at, weight, count[k], count[k + 1], acc, _GRAD_TILE)
-                else:
-                    _sum_rows(block, at, weight, count[k], count[k + 1], acc, m)
+            for k0 in range(k_lo, k_hi, _UNIT_GROUP):
+                k1 = min(k_hi, k0 + _UNIT_GROUP)
+                for k in range(k0, k1):
+                    a = acc[k - k0]
+                    if m == _GRAD_TILE:  # a constant trip count: the row segment can live in registers
+                        _sum_rows(block, at, weight, count[k], count[k + 1], a, _GRAD_TILE)
+                    else:
+                        _sum_rows(block, at, weight, count[k], count[k + 1], a, m)
                 for j in range(m):
-                    g_table[k, j_start + j] = acc[j]
+                    for k in range(k0, k1):
+                        g_weight[j_start + j, k] = acc[k - k0, j]
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -601,13 +637,13 @@ def egru_train_cpu_fwd(
     empty. The surrogate's kernel form (``sg_*``) serves the backward."""
     steps, batch, h3 = gi.shape
     hs = h3 // 3
-    table = weight_hh.detach().t().contiguous()
+    table = cpu_empty((hs, h3), gi.dtype).copy_(weight_hh.detach().t())
     bias = gi.new_zeros(h3) if bias_hh is None else bias_hh.detach().contiguous()
     c = c0.detach().clone(memory_format=torch.contiguous_format)
     y = y0.detach().clone(memory_format=torch.contiguous_format)
-    out_y = gi.new_empty(steps, batch, hs)
-    out_v = gi.new_empty(steps, batch, hs)
-    gates = gi.new_empty(4, steps, batch, hs)
+    out_y = cpu_empty((steps, batch, hs), gi.dtype)
+    out_v = cpu_empty((steps, batch, hs), gi.dtype)
+    gates = cpu_empty((4, steps, batch, hs), gi.dtype)
     zo_mode, mask = _zoneout(zo_p, zo_mask)
     with _threads(batch) as chunks:
         _kernels().forward(
@@ -673,37 +709,43 @@ def egru_train_cpu_bwd(
     for every unit (else only what reaches the parameters). ``pseudo``: ``g(c_pre − θ)`` for
     ``sg_kind`` -1 (a surrogate without kernel form)."""
     steps, batch, hs = out_y.shape
-    table = weight_hh.detach().t().contiguous()
+    weight = weight_hh.detach().contiguous()
 
-    def grad_or_zeros(g, *shape):
-        return out_y.new_zeros(shape) if g is None else g.detach().contiguous()
+    def adjoint(g):
+        # In-place adjoints: they start as the final state's gradients and end as the initial state's.
+        return out_y.new_zeros(batch, hs) if g is None else g.detach().clone(memory_format=torch.contiguous_format)
 
-    g_out = grad_or_zeros(g_out, steps, batch, hs)
-    g_v = grad_or_zeros(g_v, steps, batch, hs)
-    # In-place adjoints: they start as the final state's gradients and end as the initial state's.
-    a_c = grad_or_zeros(g_c, batch, hs).clone()
-    a_y = grad_or_zeros(g_y, batch, hs).clone()
+    # A zero gradient (None) is not materialised: the kernel skips an empty one.
+    if g_out is None:
+        g_out, out_strides = out_y.new_empty(0), torch.zeros(3, dtype=torch.int64)
+    else:
+        g_out, out_strides = flat_storage(g_out.detach())
+    g_v = out_y.new_empty(0, 0, 0) if g_v is None else g_v.detach().contiguous()
+    a_c, a_y = adjoint(g_c), adjoint(g_y)
     pseudo = out_y.new_empty(0, 0, 0) if pseudo is None else pseudo.contiguous()
     zo_mode, mask = _zoneout(zo_p, zo_mask)
     with _threads(batch) as chunks:
-        g_gi = out_y.new_empty(steps, batch, 3 * hs)
-        dgh_n = out_y.new_empty(steps, batch, hs)
-        g_bias = table.new_zeros(chunks, 3 * hs)
-        g_theta = table.new_zeros(chunks, hs)
+        g_gi = cpu_empty((steps, batch, 3 * hs), out_y.dtype)
+        dgh_n = cpu_empty((steps, batch, hs), out_y.dtype)
+        g_bias = weight.new_zeros(chunks, 3 * hs)
+        g_theta = weight.new_zeros(chunks, hs)
         _kernels().backward(
-            _np(table), _np(theta.detach().contiguous()), _np(c0.detach().contiguous()),
+            _np(weight), _np(theta.detach().contiguous()), _np(c0.detach().contiguous()),
             _np(y0.detach().contiguous()), reset_output, zo_mode, zo_p, mask, need_y0, chunks, sg_kind,
             np.asarray(sg_params, dtype=np.float64), sg_gate, _np(pseudo), _np(out_y.detach()), _np(out_v.detach()),
             *(_np(g) for g in gates.detach()),
-            _np(g_out), _np(g_v), _np(a_c), _np(a_y), _np(g_gi), _np(dgh_n), _np(g_bias), _np(g_theta),
+            _np(g_out), _np(out_strides), _np(g_v), _np(a_c), _np(a_y), _np(g_gi), _np(dgh_n), _np(g_bias),
+            _np(g_theta),
         )  # fmt: skip
     # The weight gradient's threads split the units, not the batch.
     with _threads(hs) as chunks:
-        g_table = torch.empty_like(table)
+        g_weight = cpu_empty((3 * hs, hs), weight.dtype)
         _kernels().weight_gradient(
-            _np(y0.detach().contiguous()), _np(out_y.detach()), _np(g_gi), _np(dgh_n), chunks, _np(g_table)
+            _np(y0.detach().contiguous()), _np(out_y.detach()), _np(g_gi), _np(dgh_n), chunks, _np(g_weight)
         )
-    return g_gi, a_c, a_y, g_table.t().contiguous(), g_bias.sum(0), g_theta.sum(0)
+    # One part per thread: with one thread the part is the sum (no copy).
+    g_bias, g_theta = (p[0] if p.shape[0] == 1 else p.sum(0) for p in (g_bias, g_theta))
+    return g_gi, a_c, a_y, g_weight, g_bias, g_theta
 
 
 @egru_train_cpu_bwd.register_fake
@@ -726,6 +768,9 @@ def _setup_train(ctx, inputs, output) -> None:
     ctx.flags = (reset_output, zo_p)
     ctx.surrogate = surrogate
     ctx.has_bias = bias_hh is not None
+    # An output without a gradient reaches the backward as None, not as zeros of its shape (the
+    # gates alone would be 52 MB at H = 1024, B = 32, T = 100): the backward op skips it.
+    ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(gates)
 
 
@@ -733,8 +778,6 @@ def _backward_train(ctx, grad_out, grad_c, grad_y, grad_c_pre, _grad_gates):
     c0, y0, weight_hh, theta, out, c_pre, gates, zo_mask = ctx.saved_tensors
     grads = (grad_out, grad_c, grad_y, grad_c_pre)
     refuse_double_backward("cpu_event", "egru", *grads, c0, y0, weight_hh, theta, out, c_pre)
-    grad_out, grad_c_pre = (torch.zeros_like(out) if g is None else g for g in (grad_out, grad_c_pre))
-    grad_c, grad_y = (torch.zeros_like(c0) if g is None else g for g in (grad_c, grad_y))
     g_gi, g_c0, g_y0, g_w, g_bias, g_theta = torch.ops.evsnn.egru_train_cpu_bwd(
         grad_out, grad_c, grad_y, grad_c_pre, c0, y0, weight_hh, theta, out, c_pre, gates, zo_mask,
         *ctx.flags, bool(ctx.needs_input_grad[2]), *ctx.surrogate,
@@ -756,6 +799,7 @@ class _EGRUTrain(torch.autograd.Function):
             gi, c0, y0, weight_hh, bias_hh, theta, reset_output, zo_p, zo_mask, *_NO_KERNEL_FORM
         )
         ctx.options = (reset_output, surrogate, zo_p, bias_hh is not None)
+        ctx.set_materialize_grads(False)  # a missing gradient stays None: the backward op skips it
         ctx.save_for_backward(c0, y0, weight_hh, theta, out_y, out_v, gates, zo_mask)
         return out_y, c, y, out_v
 
@@ -874,7 +918,11 @@ def egru_train_scan(
                 f"egru_train_scan expects state field {name!r} as a CPU {x.dtype} tensor of shape {(batch, hs)}, "
                 f"got a {t.device.type} {t.dtype} tensor of shape {tuple(t.shape)}"
             )
-    gi = project(x, weight_ih, bias_ih, Precision(x.dtype, x.dtype))
+    # The reference's projection, with its bias added in place: the same sum, without a second
+    # [T, B, 3H] tensor (39 MB at H = 1024, B = 32, T = 100, each of its pages a fresh fault).
+    gi = project(x, weight_ih, None, Precision(x.dtype, x.dtype))
+    if bias_ih is not None:
+        gi = gi.add_(bias_ih)
     if zoneout > 0.0 and training:
         # The reference's draws, in its order: one rand_like(c) per step.
         c = state.c
