@@ -434,3 +434,42 @@ def test_surrogate_without_kernel_form(monkeypatch):
     current, kw = _inputs((6, 2, 8), torch.float64, seed=25)
     with pytest.raises(TypeError, match="_NoKernel has no kernel_spec"):
         alif_cpu.alif_scan_cpu(current.requires_grad_(True), None, surrogate=_NoKernel(), **kw)
+
+
+# Losses that read only some outputs: the others' gradients reach the backward as None and are
+# skipped; a sum's gradient comes broadcast (all strides 0), a product's in the weights' layout.
+_PARTIAL_LOSSES = {
+    "spikes_sum": lambda s, final, trace, w: s.sum(),
+    "spikes_batch_major": lambda s, final, trace, w: (s * w.transpose(0, 1).contiguous().transpose(0, 1)).sum(),
+    "spikes_unit_major": lambda s, final, trace, w: (s * w.permute(2, 1, 0).contiguous().permute(2, 1, 0)).sum(),
+    "final_v": lambda s, final, trace, w: (final.v * w[0]).sum(),
+    "final_b": lambda s, final, trace, w: (final.b * w[1]).sum(),
+    "final_s": lambda s, final, trace, w: (final.s * w[2]).sum(),
+    "trace_v": lambda s, final, trace, w: (trace.v * w).sum(),
+    "trace_threshold_sum": lambda s, final, trace, w: trace.threshold.sum(),
+}
+
+
+@pytest.mark.parametrize("loss", list(_PARTIAL_LOSSES))
+@pytest.mark.parametrize("surrogate", [Triangle(0.5), MultiGaussian()], ids=repr)
+def test_loss_reading_some_outputs_matches_reference(single_thread, loss, surrogate):
+    """Every gradient of a loss that reads only the spikes, only a final state field or only a
+    trace (the other outputs' gradients are zero, passed as None) equals float64 autograd of the
+    reference, also for a broadcast spike gradient and for batch-major and unit-major ones."""
+    current, kw = _inputs((9, 3, 17), torch.float64, seed=5)
+    state = _random_state(3, 17, torch.float64, seed=6)
+    w = torch.randn(current.shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+
+    def grads(fn):
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in kw.items()}
+        cur = current.detach().clone().requires_grad_(True)
+        st = ALIFState(*(t.detach().clone().requires_grad_(True) for t in state))
+        spikes, final, trace = fn(cur, st, **leaves, surrogate=surrogate)
+        inputs = [cur, *leaves.values(), *st]
+        return torch.autograd.grad(_PARTIAL_LOSSES[loss](spikes, final, trace, w), inputs, allow_unused=True)
+
+    for i, (got, want) in enumerate(zip(grads(cpu_train.alif_train_scan), grads(alif_scan))):
+        if want is None:
+            assert got is None or not got.any(), f"gradient {i}"
+        else:
+            torch.testing.assert_close(got, want, **F64, msg=lambda m, i=i: f"gradient {i}: {m}")

@@ -51,7 +51,15 @@ from torch import Tensor
 from ...functional.alif import ALIFState, ALIFTrace, alif_initial_state, decay
 from ...functional.checks import check_steps
 from ...surrogate import MultiGaussian, Surrogate
-from ..cpu_common import NUMBA_REASON, kernel_surrogate_reason, numba_available, numba_batch_threads
+from ..cpu_common import (
+    NUMBA_REASON,
+    cpu_empty,
+    cpu_zeros,
+    flat_storage,
+    kernel_surrogate_reason,
+    numba_available,
+    numba_batch_threads,
+)
 from ..cpu_surrogate import TRIANGLE, pseudo_derivative, surrogate_args
 from ..transforms import refuse_double_backward
 
@@ -171,6 +179,7 @@ def _alif_backward(
     need_s0,
     zero,
     g_s,
+    s_strides,
     g_v,
     g_thr,
     a_v,
@@ -188,7 +197,9 @@ def _alif_backward(
 
     ``a_v, a_b, a_s [B, N]`` enter as the gradients of the final ``v, b, s`` and leave as those
     of the initial state (in place). ``g_s, g_v, g_thr`` are the gradients of the spikes and of
-    the trace (``[0, 0, 0]``: none). Writes ``g_cur [T, B, N]`` (``∂L/∂current``) and accumulates
+    the trace (empty: zero, not read); ``g_s`` comes as the flat storage of a ``[T, B, N]``
+    tensor of element strides ``s_strides``, so that a broadcast gradient (a sum's or a mean's,
+    strides 0) is read without a full-size copy. Writes ``g_cur [T, B, N]`` (``∂L/∂current``) and accumulates
     per chunk ``c`` of the batch ``∂L/∂α, ρ, b0, β, b_hh`` into ``g_*[c]`` and ``∂L/∂W_hhᵀ`` into
     ``g_wt[c]`` (zero-filled; the caller sums the parts). Surrogate ``kind`` with ``params``;
     ``gate``: the truncation support (``inf`` if none).
@@ -204,6 +215,7 @@ def _alif_backward(
         lo = part * per_chunk
         hi = min(batch, lo + per_chunk)
         for t in range(steps - 1, -1, -1):
+            s_base = t * s_strides[0]
             for j in range(n):
                 for bb in range(lo, hi):
                     x = out_v[t, bb, j] - out_thr[t, bb, j]
@@ -224,7 +236,7 @@ def _alif_backward(
                             acc += row[i] * gnext[i]
                         gs += acc
                     if has_gs:
-                        gs += g_s[t, bb, j]
+                        gs += g_s[s_base + bb * s_strides[1] + j * s_strides[2]]
                     gx = gs * g if passes else 0.0
                     gv = a_v[bb, j] + gx
                     if has_gv:
@@ -378,12 +390,13 @@ def alif_train_cpu_fwd(
     the surrogate's kernel form (``sg_*``) serve the backward."""
     steps, batch, n = current.shape
     recurrent = weight_hh is not None
-    wt = weight_hh.detach().t().contiguous() if recurrent else current.new_zeros(0, 0)
+    wt = cpu_empty((n, n), current.dtype).copy_(weight_hh.detach().t()) if recurrent else current.new_zeros(0, 0)
     bias = current.new_zeros(0) if bias_hh is None else bias_hh
     work = [t.detach().clone(memory_format=torch.contiguous_format) for t in (v0, b0_state, s0)]
-    outs = [current.new_empty(steps, batch, n) for _ in range(5)]  # s, v, B, b, I
-    # Zero-filled: the op's outputs are deterministic, the unused tail of each region included.
-    idx = torch.zeros(batch * steps * n if recurrent else 0, dtype=torch.int32)
+    outs = [cpu_empty((steps, batch, n), current.dtype) for _ in range(5)]  # s, v, B, b, I
+    # Zero-filled (calloc: the unused tail of each region is never touched): the op's outputs are
+    # deterministic, that tail included.
+    idx = cpu_zeros((batch * steps * n if recurrent else 0,), torch.int32)
     off = torch.empty(batch * steps, 2, dtype=torch.int64)
     vec = [t.detach().contiguous() for t in (alpha, rho, b0, beta, bias)]
     with _threads(batch):
@@ -446,31 +459,39 @@ def alif_train_cpu_bwd(
     steps, batch, n = spikes.shape
     like = spikes
     recurrent = weight_hh is not None
-    wt = weight_hh.detach().t().contiguous() if recurrent else like.new_zeros(0, 0)
+    wt = cpu_empty((n, n), like.dtype).copy_(weight_hh.detach().t()) if recurrent else like.new_zeros(0, 0)
     none = like.new_zeros(0, 0, 0)
 
     def grad(g, shape):
+        # In-place adjoints: they start as the final state's gradients and end as the initial state's.
         if g is None:
             return like.new_zeros(shape)
-        return g.detach().to(like.dtype).contiguous().clone()
+        return g.detach().to(like.dtype).clone(memory_format=torch.contiguous_format)
 
     a_v, a_b, a_s = grad(g_vT, (batch, n)), grad(g_bT, (batch, n)), grad(g_sT, (batch, n))
-    g_cur = like.new_empty(steps, batch, n)
+    # A zero gradient (None) is not materialised: the kernel skips an empty one.
+    if g_s is None:
+        g_s, s_strides = like.new_empty(0), torch.zeros(3, dtype=torch.int64)
+    else:
+        g_s, s_strides = flat_storage(g_s.detach().to(like.dtype))
+    g_cur = cpu_empty((steps, batch, n), like.dtype)
     zero = np.float32(0) if like.dtype == torch.float32 else np.float64(0)
     outs = (spikes, vs, thrs, b_seq, i_seq)
     with _threads(batch) as parts:
         sums = [like.new_zeros(parts, n) for _ in range(5)]  # alpha, rho, b0, beta, bias_hh
-        g_wt = like.new_zeros(parts, n, n) if recurrent else like.new_zeros(parts, 0, 0)
+        g_wt = cpu_zeros((parts, n, n) if recurrent else (parts, 0, 0), like.dtype)
         _kernels().backward(
             _np(wt), _np(alpha.detach().contiguous()), _np(rho.detach().contiguous()),
             _np(beta.detach().contiguous()), *(_np(t.detach().contiguous()) for t in (v0, b0_state, s0)),
             *(_np(t.detach()) for t in outs), _np(idx), _np(off),
             sg_kind, np.asarray(sg_params, dtype=np.float64), sg_gate, detach_reset, need_s0, zero,
-            *(none if g is None else _np(g.detach().contiguous()) for g in (g_s, g_v, g_thr)),
+            _np(g_s), _np(s_strides),
+            *(_np(none if g is None else g.detach().contiguous()) for g in (g_v, g_thr)),
             _np(a_v), _np(a_b), _np(a_s), _np(g_cur), *(_np(t) for t in sums), _np(g_wt),
         )  # fmt: skip
-    g_alpha, g_rho, g_b0, g_beta, g_bias = (t.sum(0) for t in sums)
-    return g_cur, a_v, a_b, a_s, g_alpha, g_rho, g_b0, g_beta, g_wt.sum(0).t().contiguous(), g_bias
+    # One part per thread: with one thread the part is the sum (no copy).
+    g_alpha, g_rho, g_b0, g_beta, g_bias, g_wt = (t[0] if parts == 1 else t.sum(0) for t in (*sums, g_wt))
+    return g_cur, a_v, a_b, a_s, g_alpha, g_rho, g_b0, g_beta, g_wt.t().contiguous(), g_bias
 
 
 @alif_train_cpu_bwd.register_fake
@@ -490,6 +511,9 @@ def _setup_train(ctx, inputs, output) -> None:
     ctx.detach_reset = detach_reset
     ctx.surrogate = surrogate
     ctx.has_bias = bias_hh is not None
+    # An output without a gradient reaches the backward as None, not as zeros of its shape (the
+    # two internal sequences and the spike lists alone are 39 MB at N = 1024, B = 32, T = 100).
+    ctx.set_materialize_grads(False)
     ctx.mark_non_differentiable(b_seq, i_seq, idx, off)
 
 
