@@ -214,27 +214,68 @@ def _alif_backward(
     for part in prange(chunks):
         lo = part * per_chunk
         hi = min(batch, lo + per_chunk)
+        nb = max(0, hi - lo)
+        g_at = np.empty((nb, n), dtype=out_v.dtype)
+        pass_at = np.empty((nb, n), dtype=np.bool_)
+        rec = np.empty(nb, dtype=out_v.dtype)
+        live = np.empty(nb, dtype=np.int64)
         for t in range(steps - 1, -1, -1):
             s_base = t * s_strides[0]
-            for j in range(n):
-                for bb in range(lo, hi):
+            # The pseudo-derivatives of the step first, sample by sample along the units (in
+            # memory order), for the unit-major loop below.
+            for bb in range(lo, hi):
+                for j in range(n):
                     x = out_v[t, bb, j] - out_thr[t, bb, j]
                     # The surrogate's pseudo-derivative with the reference's gating: a NaN or
                     # infinite x passes nothing (|x| < gate is false for them, gate = inf
                     # included), nor a finite x outside a finite support.
-                    g = pseudo_derivative(kind, params, gate, x)
+                    g_at[bb - lo, j] = pseudo_derivative(kind, params, gate, x)
                     # The triangle's G clamps at ±width, inclusive: the reference's product
                     # reaches s_t up to |x| = width (where g is 0, which a NaN product keeps NaN).
-                    passes = abs(x) < gate and (kind != TRIANGLE or abs(x) <= params[0])
-                    gs = a_s[bb, j]
-                    if passes and recurrent and t + 1 < steps:
-                        # ∂L/∂s_t gets W_hhᵀ gI_{t+1}: only where s_t can pass it on.
-                        row = wt[j]
-                        gnext = g_cur[t + 1, bb]
-                        acc = zero
+                    pass_at[bb - lo, j] = abs(x) < gate and (kind != TRIANGLE or abs(x) <= params[0])
+            for j in range(n):
+                n_live = 0
+                for bb in range(lo, hi):
+                    rec[bb - lo] = zero
+                    if pass_at[bb - lo, j]:
+                        live[n_live] = bb
+                        n_live += 1
+                if recurrent and t + 1 < steps:
+                    # ∂L/∂s_t gets W_hhᵀ gI_{t+1}: only where s_t can pass it on. Four samples
+                    # per pass over the row of W_hhᵀ: the row is loaded once for the four.
+                    row = wt[j]
+                    p = 0
+                    while p + 4 <= n_live:
+                        d0 = g_cur[t + 1, live[p]]
+                        d1 = g_cur[t + 1, live[p + 1]]
+                        d2 = g_cur[t + 1, live[p + 2]]
+                        d3 = g_cur[t + 1, live[p + 3]]
+                        a0 = zero
+                        a1 = zero
+                        a2 = zero
+                        a3 = zero
                         for i in range(n):
-                            acc += row[i] * gnext[i]
-                        gs += acc
+                            ri = row[i]
+                            a0 += ri * d0[i]
+                            a1 += ri * d1[i]
+                            a2 += ri * d2[i]
+                            a3 += ri * d3[i]
+                        rec[live[p] - lo] = a0
+                        rec[live[p + 1] - lo] = a1
+                        rec[live[p + 2] - lo] = a2
+                        rec[live[p + 3] - lo] = a3
+                        p += 4
+                    while p < n_live:
+                        d0 = g_cur[t + 1, live[p]]
+                        a0 = zero
+                        for i in range(n):
+                            a0 += row[i] * d0[i]
+                        rec[live[p] - lo] = a0
+                        p += 1
+                for bb in range(lo, hi):
+                    passes = pass_at[bb - lo, j]
+                    g = g_at[bb - lo, j]
+                    gs = a_s[bb, j] + rec[bb - lo]
                     if has_gs:
                         gs += g_s[s_base + bb * s_strides[1] + j * s_strides[2]]
                     gx = gs * g if passes else 0.0
