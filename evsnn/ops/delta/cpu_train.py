@@ -55,7 +55,7 @@ from ...functional.delta import (
     delta_gru_initial_state,
     delta_lstm_initial_state,
 )
-from ..cpu_common import NUMBA_REASON, _expand_theta, numba_available, numba_batch_threads
+from ..cpu_common import NUMBA_REASON, _expand_theta, cpu_zeros, flat_storage, numba_available, numba_batch_threads
 from ..cpu_vecmath import install, sigmoid, tanh
 from ..transforms import refuse_double_backward
 
@@ -622,25 +622,6 @@ def _np(t: Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-def _flat_storage(t: Tensor) -> tuple[Tensor, Tensor]:
-    """``t`` as the 1-D span of storage its elements occupy and its element strides (``int64``):
-    ``t[i, j, k] = flat[i·s₀ + j·s₁ + k·s₂]``. An expanded tensor (stride 0) stays as small as
-    its storage."""
-    strides = torch.tensor(t.stride(), dtype=torch.int64)
-    if t.numel() == 0:
-        return t.new_empty(0), strides
-    # torch strides are non-negative: the last element sits at Σ (nᵢ − 1)·sᵢ.
-    span = 1 + sum((n - 1) * s for n, s in zip(t.shape, t.stride()))
-    return t.as_strided((span,), (1,)), strides
-
-
-def _zeros(shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-    """A zero-filled tensor from ``calloc``: a fresh large block comes as untouched zero pages, so
-    the parts a kernel never writes (the unused tail of a capacity buffer) cost neither a fill nor
-    a page fault, where ``torch.zeros`` writes every page."""
-    return torch.from_numpy(np.zeros(shape, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
-
-
 # The launchers below are the custom ops themselves (torch.library: one opaque op per call for
 # torch.compile, a fake kernel for its shapes, the backward registered as the forward's gradient).
 # Every output is a fresh tensor (no output aliases an input or another output).
@@ -685,10 +666,10 @@ def delta_train_cpu_fwd(
     cells = steps * batch
     # Capacity for every column active, one region per sample; zero-filled, so that the op's outputs
     # are deterministic, the unused tail of each region included.
-    idx_x = _zeros((cells * n_in,), torch.int32)
-    idx_h = _zeros((cells * hs,), torch.int32)
-    val_x = _zeros((cells * n_in,), x.dtype)
-    val_h = _zeros((cells * hs,), x.dtype)
+    idx_x = cpu_zeros((cells * n_in,), torch.int32)
+    idx_h = cpu_zeros((cells * hs,), torch.int32)
+    val_x = cpu_zeros((cells * n_in,), x.dtype)
+    val_h = cpu_zeros((cells * hs,), x.dtype)
     off_x = torch.empty(cells, 2, dtype=torch.int64)
     off_h = torch.empty(cells, 2, dtype=torch.int64)
     with _threads(batch) as chunks:
@@ -762,17 +743,17 @@ def delta_train_cpu_bwd(
     if g_out is None:
         g_out, out_strides = out.new_empty(0), torch.zeros(3, dtype=torch.int64)
     else:
-        g_out, out_strides = _flat_storage(g_out.detach())
+        g_out, out_strides = flat_storage(g_out.detach())
     a_h = adjoint(g_h, batch, hs)
     a_c = out.new_zeros(0, 0) if gru else adjoint(g_c, batch, hs)
     a_xhat = adjoint(g_xhat, batch, n_in)
     a_hhat = adjoint(g_hhat, batch, hs)
     a_m = adjoint(g_m, batch, 4 * hs)
-    g_x = _zeros((steps, batch, n_in), out.dtype)
+    g_x = cpu_zeros((steps, batch, n_in), out.dtype)
     c0 = out.new_zeros(0, 0) if c0 is None else c0.detach()
     with _threads(batch) as parts:
-        g_wx = _zeros((parts, *wx.shape), wx.dtype)
-        g_wh = _zeros((parts, *wh.shape), wh.dtype)
+        g_wx = cpu_zeros((parts, *wx.shape), wx.dtype)
+        g_wh = cpu_zeros((parts, *wh.shape), wh.dtype)
         _kernels().backward(
             _np(wx), _np(wh), _np(h0.detach().contiguous()), _np(c0.contiguous()), gru, _np(out.detach()),
             _np(out_c.detach()), *(_np(g) for g in gates.detach()),
