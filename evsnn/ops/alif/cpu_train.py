@@ -17,7 +17,9 @@ with ``x_t = v_t − B_t`` and the pseudo-derivative ``g``,
 
 and the recurrent product ``(W_hhᵀ gI_t)_k`` is formed only for units whose ``s_{t−1,k}`` can
 pass a gradient: ``x_{t−1,k}`` inside the surrogate's support (every finite ``x`` for a surrogate
-without one; with ``state.s`` requiring a gradient, every unit at t = 0). ``∂L/∂W_hh`` is summed
+without one; with ``state.s`` requiring a gradient, every unit at t = 0). For a surrogate without
+a support that is every unit, and the launcher forms the products as one dense matrix product per
+step (``torch.mm``, between single-step kernel calls) instead. ``∂L/∂W_hh`` is summed
 from the spike lists. A unit that never spikes and never enters the support has its weight
 column read by neither pass. The parameters' gradients ``∂α, ∂ρ, ∂b0, ∂β, ∂b_hh`` are summed
 per unit; ``α = exp(−1/τ)`` and ``ρ`` stay torch ops ([`evsnn.functional.alif.decay`][evsnn.functional.alif.decay]), so
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -192,6 +195,9 @@ def _alif_backward(
     g_beta,
     g_bias,
     g_wt,
+    rec_in,
+    t_first,
+    t_last,
 ):  # pragma: no cover - numba
     """Reverse-time adjoint of `_alif_forward` (training storage).
 
@@ -202,13 +208,16 @@ def _alif_backward(
     strides 0) is read without a full-size copy. Writes ``g_cur [T, B, N]`` (``∂L/∂current``) and accumulates
     per chunk ``c`` of the batch ``∂L/∂α, ρ, b0, β, b_hh`` into ``g_*[c]`` and ``∂L/∂W_hhᵀ`` into
     ``g_wt[c]`` (zero-filled; the caller sums the parts). Surrogate ``kind`` with ``params``;
-    ``gate``: the truncation support (``inf`` if none).
+    ``gate``: the truncation support (``inf`` if none). Runs the steps ``t_last`` down to
+    ``t_first``; ``rec_in [B, N]`` (empty: formed here, unit by unit) holds ``W_hhᵀ gI_{t+1}`` for
+    every unit when a single step runs.
     """
     steps, batch, n = out_s.shape
     recurrent = wt.shape[0] > 0
     has_gs = g_s.shape[0] > 0
     has_gv = g_v.shape[0] > 0
     has_gthr = g_thr.shape[0] > 0
+    given = rec_in.shape[0] > 0
     chunks = g_alpha.shape[0]
     per_chunk = (batch + chunks - 1) // chunks
     for part in prange(chunks):
@@ -219,7 +228,7 @@ def _alif_backward(
         pass_at = np.empty((nb, n), dtype=np.bool_)
         rec = np.empty(nb, dtype=out_v.dtype)
         live = np.empty(nb, dtype=np.int64)
-        for t in range(steps - 1, -1, -1):
+        for t in range(t_last, t_first - 1, -1):
             s_base = t * s_strides[0]
             # The pseudo-derivatives of the step first, sample by sample along the units (in
             # memory order), for the unit-major loop below.
@@ -240,7 +249,7 @@ def _alif_backward(
                     if pass_at[bb - lo, j]:
                         live[n_live] = bb
                         n_live += 1
-                if recurrent and t + 1 < steps:
+                if recurrent and t + 1 < steps and not given:
                     # ∂L/∂s_t gets W_hhᵀ gI_{t+1}: only where s_t can pass it on. Four samples
                     # per pass over the row of W_hhᵀ: the row is loaded once for the four.
                     row = wt[j]
@@ -275,7 +284,7 @@ def _alif_backward(
                 for bb in range(lo, hi):
                     passes = pass_at[bb - lo, j]
                     g = g_at[bb - lo, j]
-                    gs = a_s[bb, j] + rec[bb - lo]
+                    gs = a_s[bb, j] + (rec_in[bb, j] if given and t + 1 < steps else rec[bb - lo])
                     if has_gs:
                         gs += g_s[s_base + bb * s_strides[1] + j * s_strides[2]]
                     gx = gs * g if passes else 0.0
@@ -521,7 +530,7 @@ def alif_train_cpu_bwd(
     with _threads(batch) as parts:
         sums = [like.new_zeros(parts, n) for _ in range(5)]  # alpha, rho, b0, beta, bias_hh
         g_wt = cpu_zeros((parts, n, n) if recurrent else (parts, 0, 0), like.dtype)
-        _kernels().backward(
+        args = (
             _np(wt), _np(alpha.detach().contiguous()), _np(rho.detach().contiguous()),
             _np(beta.detach().contiguous()), *(_np(t.detach().contiguous()) for t in (v0, b0_state, s0)),
             *(_np(t.detach()) for t in outs), _np(idx), _np(off),
@@ -530,6 +539,19 @@ def alif_train_cpu_bwd(
             *(_np(none if g is None else g.detach().contiguous()) for g in (g_v, g_thr)),
             _np(a_v), _np(a_b), _np(a_s), _np(g_cur), *(_np(t) for t in sums), _np(g_wt),
         )  # fmt: skip
+        if recurrent and math.isinf(sg_gate) and sg_kind != TRIANGLE:
+            # A surrogate without a support passes a gradient to every unit's s_t: the recurrent
+            # products W_hhᵀ gI_{t+1} are then a dense [B, N] × [N, N] product per step, which
+            # torch's matrix product forms faster than the kernel's per-unit dot products.
+            rec = cpu_empty((batch, n), like.dtype)
+            w = weight_hh.detach().to(like.dtype).contiguous()
+            kernel = _kernels().backward
+            kernel(*args, _np(rec[:0]), steps - 1, steps - 1)
+            for t in range(steps - 2, -1, -1):
+                torch.mm(g_cur[t + 1], w, out=rec)
+                kernel(*args, _np(rec), t, t)
+        else:
+            _kernels().backward(*args, _np(like.new_zeros(0, 0)), 0, steps - 1)
     # One part per thread: with one thread the part is the sum (no copy).
     g_alpha, g_rho, g_b0, g_beta, g_bias, g_wt = (t[0] if parts == 1 else t.sum(0) for t in (*sums, g_wt))
     return g_cur, a_v, a_b, a_s, g_alpha, g_rho, g_b0, g_beta, g_wt.t().contiguous(), g_bias
