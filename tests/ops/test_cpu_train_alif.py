@@ -239,16 +239,18 @@ def test_rows_of_units_never_spiking_nor_in_support_are_never_read(single_thread
         assert torch.isnan(alif_scan(current, None, surrogate=surrogate, **poisoned)[2].v).any()
 
 
-def test_two_threads_uneven_batch(single_thread):
+@pytest.mark.parametrize("surrogate", [Triangle(0.5), MultiGaussian()], ids=repr)
+def test_two_threads_uneven_batch(single_thread, surrogate):
     """With two threads the samples run in parallel and the parameter gradients are summed from
-    per-chunk parts (an uneven split of B = 5): still the reference's values."""
+    per-chunk parts (an uneven split of B = 5): still the reference's values, with the recurrent
+    products formed unit by unit in the kernel (a finite support) or as a dense product (none)."""
     torch.set_num_threads(2)  # the fixture restores the previous setting
     with cpu_train._threads(5) as threads:
         assert threads == min(2, cpu_train._kernels().numba.config.NUMBA_NUM_THREADS)
     current, kw = _inputs((7, 5, 9), torch.float64, seed=13)
     state = _random_state(5, 9, torch.float64, seed=14)
-    ref = _run(alif_scan, current, state, kw, surrogate=Triangle(0.5))
-    got = _run(cpu_train.alif_train_scan, current, state, kw, surrogate=Triangle(0.5))
+    ref = _run(alif_scan, current, state, kw, surrogate=surrogate)
+    got = _run(cpu_train.alif_train_scan, current, state, kw, surrogate=surrogate)
     _assert_same(got, ref, F64, "two threads")
 
 
