@@ -226,12 +226,12 @@ def _alif_backward(
         nb = max(0, hi - lo)
         g_at = np.empty((nb, n), dtype=out_v.dtype)
         pass_at = np.empty((nb, n), dtype=np.bool_)
-        rec = np.empty(nb, dtype=out_v.dtype)
+        rec = np.zeros((nb, n), dtype=out_v.dtype)  # W_hhᵀ gI_{t+1}; zero where s_t passes nothing
         live = np.empty(nb, dtype=np.int64)
         for t in range(t_last, t_first - 1, -1):
             s_base = t * s_strides[0]
             # The pseudo-derivatives of the step first, sample by sample along the units (in
-            # memory order), for the unit-major loop below.
+            # memory order), for the unit-major recurrent products below.
             for bb in range(lo, hi):
                 for j in range(n):
                     x = out_v[t, bb, j] - out_thr[t, bb, j]
@@ -242,14 +242,14 @@ def _alif_backward(
                     # The triangle's G clamps at ±width, inclusive: the reference's product
                     # reaches s_t up to |x| = width (where g is 0, which a NaN product keeps NaN).
                     pass_at[bb - lo, j] = abs(x) < gate and (kind != TRIANGLE or abs(x) <= params[0])
-            for j in range(n):
-                n_live = 0
-                for bb in range(lo, hi):
-                    rec[bb - lo] = zero
-                    if pass_at[bb - lo, j]:
-                        live[n_live] = bb
-                        n_live += 1
-                if recurrent and t + 1 < steps and not given:
+            if recurrent and t + 1 < steps and not given:
+                for j in range(n):
+                    n_live = 0
+                    for bb in range(lo, hi):
+                        rec[bb - lo, j] = zero
+                        if pass_at[bb - lo, j]:
+                            live[n_live] = bb
+                            n_live += 1
                     # ∂L/∂s_t gets W_hhᵀ gI_{t+1}: only where s_t can pass it on. Four samples
                     # per pass over the row of W_hhᵀ: the row is loaded once for the four.
                     row = wt[j]
@@ -269,22 +269,24 @@ def _alif_backward(
                             a1 += ri * d1[i]
                             a2 += ri * d2[i]
                             a3 += ri * d3[i]
-                        rec[live[p] - lo] = a0
-                        rec[live[p + 1] - lo] = a1
-                        rec[live[p + 2] - lo] = a2
-                        rec[live[p + 3] - lo] = a3
+                        rec[live[p] - lo, j] = a0
+                        rec[live[p + 1] - lo, j] = a1
+                        rec[live[p + 2] - lo, j] = a2
+                        rec[live[p + 3] - lo, j] = a3
                         p += 4
                     while p < n_live:
                         d0 = g_cur[t + 1, live[p]]
                         a0 = zero
                         for i in range(n):
                             a0 += row[i] * d0[i]
-                        rec[live[p] - lo] = a0
+                        rec[live[p] - lo, j] = a0
                         p += 1
-                for bb in range(lo, hi):
+            # The adjoints along the units (memory order) once every unit's ∂L/∂s_t is known.
+            for bb in range(lo, hi):
+                for j in range(n):
                     passes = pass_at[bb - lo, j]
                     g = g_at[bb - lo, j]
-                    gs = a_s[bb, j] + (rec_in[bb, j] if given and t + 1 < steps else rec[bb - lo])
+                    gs = a_s[bb, j] + (rec_in[bb, j] if given and t + 1 < steps else rec[bb - lo, j])
                     if has_gs:
                         gs += g_s[s_base + bb * s_strides[1] + j * s_strides[2]]
                     gx = gs * g if passes else 0.0
