@@ -261,20 +261,27 @@ def _model_step(model: SequenceClassifier | PerStepALIF) -> Callable[[Tensor, An
     return step
 
 
+def _window_has_loss(model: SequenceClassifier | PerStepALIF, stop: int, steps: int) -> bool:
+    """Whether the window ending before step ``stop`` of a ``steps``-step sequence holds a term of
+    ``model.loss``: one reaching past the per-step loss's warm-up (ECG), else the last window."""
+    return stop > model.warmup if isinstance(model, PerStepALIF) else stop == steps
+
+
 def _window_loss(
-    model: SequenceClassifier | PerStepALIF, out: Tensor, labels: Tensor, start: int, last: bool
+    model: SequenceClassifier | PerStepALIF, out: Tensor, labels: Tensor, start: int, steps: int
 ) -> Tensor | None:
-    """The part of ``model.loss`` over the whole sequence that falls on the window starting at step
-    ``start`` (the window losses sum to it), or ``None`` when the window holds no loss term."""
+    """The part of ``model.loss`` over the whole ``steps``-step sequence that falls on the window
+    starting at step ``start`` (the window losses sum to it), or ``None`` when the window holds no
+    loss term (`_window_has_loss`)."""
+    if not _window_has_loss(model, start + out.shape[0], steps):
+        return None
     if isinstance(model, PerStepALIF):
         skip = max(model.warmup - start, 0)
         kept = out[skip:]
-        if kept.shape[0] == 0:
-            return None
         target = labels.t()[start + skip : start + out.shape[0]]
         nll = torch.nn.functional.nll_loss(kept.reshape(-1, kept.shape[-1]), target.reshape(-1), reduction="sum")
         return nll / labels.shape[0]
-    return model.loss(out[-1], labels) if last else None
+    return model.loss(out[-1], labels)
 
 
 def _gradients(
@@ -305,7 +312,7 @@ def _gradients(
 
     total, activity, steps = 0.0, 0.0, x.shape[0]
     for window in tbptt_windows(_model_step(model), x, tbptt):
-        loss = _window_loss(model, window.output[0], y, window.start, window.stop == steps)
+        loss = _window_loss(model, window.output[0], y, window.start, steps)
         stats = model.layer.last_stats
         activity += (stats.mean_event_fraction if stats else 0.0) * (window.stop - window.start) / steps
         if loss is not None:
@@ -320,13 +327,11 @@ def _gradients(
 
 def _updates_per_batch(model: SequenceClassifier | PerStepALIF, train_set: Any, config: TrainConfig) -> int:
     """Optimiser steps that one batch makes: one per window holding a loss term with
-    ``tbptt_update="window"`` (`_window_loss`; the sequences are of one length there), else one."""
+    ``tbptt_update="window"`` (`_window_has_loss`; the sequences are of one length there), else one."""
     if config.tbptt is None or config.tbptt_update != "window":
         return 1
-    if isinstance(model, PerStepALIF):
-        steps = int(train_set[0][0].shape[0])
-        return sum(1 for start in range(0, steps, config.tbptt) if min(start + config.tbptt, steps) > model.warmup)
-    return 1
+    steps, k = int(train_set[0][0].shape[0]), config.tbptt
+    return sum(_window_has_loss(model, min(start + k, steps), steps) for start in range(0, steps, k))
 
 
 def _all_finite(loss: float, norm: float, dist_info: _Dist, device: torch.device) -> bool:
